@@ -1,0 +1,196 @@
+//! Leader elections: per-group FIFO of candidates whose head leads, with a term that grows on
+//! every change of leadership.
+//!
+//! Architecture invariant: a group's leader is always the head of its FIFO (no FIFO, no leader);
+//! a new candidate never displaces a leader; groups and their terms are never forgotten.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use slab::Slab;
+
+use super::events::{ElectionView, EventPayload, Topic};
+use super::registry::Registry;
+use super::types::{AgentId, AgentStatus, Map, Millis, new_map};
+use super::validate;
+use super::{Core, Outcome, Reply, limit_reached};
+
+pub struct Group {
+    pub name: Arc<str>,
+    /// Candidates in campaign order; the head leads.
+    pub candidates: VecDeque<(usize, AgentId)>,
+    pub term: u64,
+    pub elected_at: Millis,
+}
+
+impl Group {
+    pub fn view(&self) -> ElectionView {
+        ElectionView {
+            group: Arc::clone(&self.name),
+            leader: self.candidates.front().map(|&(_, id)| id),
+            term: self.term,
+            elected_at: self.elected_at,
+        }
+    }
+}
+
+pub struct ElectionTable {
+    groups: Slab<Group>,
+    by_name: Map<Arc<str>, usize>,
+}
+
+impl ElectionTable {
+    pub fn new(hash_seed: u64) -> Self {
+        ElectionTable {
+            groups: Slab::new(),
+            by_name: new_map(hash_seed),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The state of `group`; one nobody ever campaigned in has no leader and term 0.
+    pub fn view(&self, group: &str) -> ElectionView {
+        match self.by_name.get(group) {
+            Some(&key) => self.groups[key].view(),
+            None => ElectionView {
+                group: group.into(),
+                leader: None,
+                term: 0,
+                elected_at: 0,
+            },
+        }
+    }
+
+    pub fn check_invariants(&self, registry: &Registry) {
+        assert_eq!(self.by_name.len(), self.groups.len(), "group index size");
+        for (key, group) in &self.groups {
+            assert_eq!(
+                self.by_name.get(&group.name),
+                Some(&key),
+                "group {:?} not indexed",
+                group.name
+            );
+            if !group.candidates.is_empty() {
+                assert!(group.term > 0, "group {:?} has a leader in term 0", group.name);
+            }
+            for (position, &(agent, id)) in group.candidates.iter().enumerate() {
+                let candidate = registry.get(agent);
+                assert_eq!(candidate.id, id, "group {:?} candidate key", group.name);
+                assert_ne!(
+                    candidate.status,
+                    AgentStatus::Dead,
+                    "DEAD agent stands in group {:?}",
+                    group.name
+                );
+                assert!(
+                    candidate.groups.contains(&key),
+                    "group {:?} not listed under its candidate",
+                    group.name
+                );
+                let repeats = group
+                    .candidates
+                    .iter()
+                    .skip(position + 1)
+                    .any(|&(other, _)| other == agent);
+                assert!(!repeats, "agent {} stands twice in group {:?}", id, group.name);
+            }
+        }
+    }
+}
+
+impl Core {
+    pub(super) fn campaign(&mut self, group: String, agent_id: &str) -> Outcome {
+        validate::length("group", &group, 1, validate::GROUP_BYTES_MAX)?;
+        let agent = self.registry.lookup_live(agent_id)?;
+        let key = match self.elections.by_name.get(group.as_str()) {
+            Some(&key) => key,
+            None => {
+                if self.elections.len() >= self.config.groups_max {
+                    return Err(limit_reached("groups_max", self.config.groups_max));
+                }
+                let name: Arc<str> = group.into();
+                let key = self.elections.groups.insert(Group {
+                    name: Arc::clone(&name),
+                    candidates: VecDeque::new(),
+                    term: 0,
+                    elected_at: 0,
+                });
+                self.elections.by_name.insert(name, key);
+                key
+            }
+        };
+        let standing = self.elections.groups[key].candidates.iter().any(|&(a, _)| a == agent);
+        if !standing {
+            let id = self.registry.get(agent).id;
+            let group = &mut self.elections.groups[key];
+            group.candidates.push_back((agent, id));
+            self.registry.get_mut(agent).groups.push(key);
+            if group.candidates.len() == 1 {
+                self.leadership_changed(key);
+            }
+        }
+        Ok(Reply::Election(self.elections.groups[key].view()))
+    }
+
+    pub(super) fn resign(&mut self, group: &str, agent_id: &str) -> Outcome {
+        validate::length("group", group, 1, validate::GROUP_BYTES_MAX)?;
+        let agent = self.registry.lookup(agent_id)?;
+        if let Some(&key) = self.elections.by_name.get(group) {
+            self.withdraw(key, agent);
+        }
+        Ok(Reply::Done)
+    }
+
+    pub(super) fn watch_election(&mut self, group: String) -> Outcome {
+        validate::length("group", &group, 1, validate::GROUP_BYTES_MAX)?;
+        let state = self.elections.view(&group);
+        let subscriber = self.bus.watch_election(Arc::clone(&state.group))?;
+        Ok(Reply::WatchingElection { subscriber, state })
+    }
+
+    /// Removes an agent from every group it stands in (part of death clean-up).
+    pub(super) fn withdraw_from_all_groups(&mut self, agent: usize) {
+        let groups = std::mem::take(&mut self.registry.get_mut(agent).groups);
+        for key in groups {
+            self.remove_candidate(key, agent);
+        }
+    }
+
+    /// Takes `agent` out of one group's FIFO; a no-op where it does not stand.
+    fn withdraw(&mut self, key: usize, agent: usize) {
+        let groups = &mut self.registry.get_mut(agent).groups;
+        let Some(position) = groups.iter().position(|&g| g == key) else {
+            return;
+        };
+        groups.remove(position);
+        self.remove_candidate(key, agent);
+    }
+
+    fn remove_candidate(&mut self, key: usize, agent: usize) {
+        let candidates = &mut self.elections.groups[key].candidates;
+        let position = candidates
+            .iter()
+            .position(|&(a, _)| a == agent)
+            .expect("an agent listing a group stands in its FIFO");
+        candidates.remove(position);
+        if position == 0 {
+            self.leadership_changed(key);
+        }
+    }
+
+    /// The head of the FIFO changed (or the FIFO emptied): a new term begins.
+    fn leadership_changed(&mut self, key: usize) {
+        let group = &mut self.elections.groups[key];
+        group.term += 1;
+        group.elected_at = self.now;
+        let view = group.view();
+        self.emit(Topic::LeaderChanged, EventPayload::Election(view));
+    }
+}

@@ -1,0 +1,262 @@
+//! Exclusive leases on string keys with fencing tokens: re-entrant acquire, renew, release, and
+//! expiry by timer.
+//!
+//! Architecture invariant: fencing tokens come from one counter that only grows; a key has at
+//! most one holder; every lease is also listed under its holder (for death clean-up) and owns
+//! exactly one timer.
+
+use std::sync::Arc;
+
+use slab::Slab;
+
+use super::events::{EventPayload, LeaseView, Topic};
+use super::registry::Registry;
+use super::timers::{TimerKey, TimerWheel};
+use super::types::{AgentId, AgentStatus, Map, Millis, new_map};
+use super::validate;
+use super::{Core, CoreError, Deadline, ErrorCode, Outcome, Reply, limit_reached};
+
+pub struct Lease {
+    pub task_id: Arc<str>,
+    pub holder: usize,
+    pub holder_id: AgentId,
+    pub token: u64,
+    pub acquired_at: Millis,
+    pub expires_at: Millis,
+    /// The ttl of the last acquire or renew; a renew with ttl 0 reuses it.
+    pub ttl_ms: u64,
+    pub timer: TimerKey,
+}
+
+impl Lease {
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            task_id: Arc::clone(&self.task_id),
+            holder: self.holder_id,
+            token: self.token,
+            acquired_at: self.acquired_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+pub struct LeaseTable {
+    leases: Slab<Lease>,
+    by_task: Map<Arc<str>, usize>,
+    token_last: u64,
+}
+
+impl LeaseTable {
+    pub fn new(hash_seed: u64) -> Self {
+        LeaseTable {
+            leases: Slab::new(),
+            by_task: new_map(hash_seed),
+            token_last: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// The last fencing token handed out (0 before the first).
+    pub fn token_last(&self) -> u64 {
+        self.token_last
+    }
+
+    pub fn get(&self, key: usize) -> &Lease {
+        &self.leases[key]
+    }
+
+    fn lookup(&self, task_id: &str) -> Result<usize, CoreError> {
+        self.by_task.get(task_id).copied().ok_or_else(|| {
+            CoreError::new(
+                ErrorCode::NotFound,
+                format!("lease {} not found", validate::quote(task_id)),
+            )
+        })
+    }
+
+    /// The lease on `task_id`, checked to be held by `agent_id` under `token`.
+    fn lookup_held(&self, task_id: &str, agent_id: &str, token: u64) -> Result<usize, CoreError> {
+        let key = self.lookup(task_id)?;
+        let lease = &self.leases[key];
+        if AgentId::parse(agent_id) != Some(lease.holder_id) || lease.token != token {
+            return Err(CoreError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "token mismatch: lease {} is held by agent \"{}\" under another token",
+                    validate::quote(task_id),
+                    lease.holder_id
+                ),
+            ));
+        }
+        Ok(key)
+    }
+
+    fn remove(&mut self, key: usize) -> Lease {
+        let lease = self.leases.remove(key);
+        let removed = self.by_task.remove(&lease.task_id);
+        assert_eq!(removed, Some(key), "lease index out of step for {:?}", lease.task_id);
+        lease
+    }
+
+    pub fn check_invariants(&self, now: Millis, registry: &Registry, timers: &TimerWheel<Deadline>) {
+        assert_eq!(self.by_task.len(), self.leases.len(), "lease index size");
+        for (key, lease) in &self.leases {
+            assert_eq!(
+                self.by_task.get(&lease.task_id),
+                Some(&key),
+                "lease {:?} not indexed",
+                lease.task_id
+            );
+            assert!(lease.token <= self.token_last, "lease token above the counter");
+            assert!(now < lease.expires_at, "lease {:?} alive past expiry", lease.task_id);
+            assert_eq!(
+                timers.deadline(lease.timer),
+                lease.expires_at,
+                "lease {:?} timer",
+                lease.task_id
+            );
+            assert_eq!(
+                timers.get(lease.timer),
+                &Deadline::Lease(key),
+                "lease {:?} timer owner",
+                lease.task_id
+            );
+            let holder = registry.get(lease.holder);
+            assert_eq!(holder.id, lease.holder_id, "lease {:?} holder key", lease.task_id);
+            assert_ne!(
+                holder.status,
+                AgentStatus::Dead,
+                "DEAD agent holds lease {:?}",
+                lease.task_id
+            );
+            assert_eq!(
+                holder.leases.get(&lease.token),
+                Some(&key),
+                "lease {:?} not under its holder",
+                lease.task_id
+            );
+        }
+    }
+}
+
+impl Core {
+    pub(super) fn acquire_lease(&mut self, task_id: String, agent_id: &str, ttl_seconds: u32) -> Outcome {
+        validate::length("task_id", &task_id, 1, validate::LEASE_KEY_BYTES_MAX)?;
+        let ttl_ms = validate::ttl_ms(ttl_seconds, validate::LEASE_TTL_SECONDS_DEFAULT)?;
+        let agent = self.registry.lookup_live(agent_id)?;
+        let expires_at = self.now + ttl_ms;
+        if let Some(&key) = self.leases.by_task.get(task_id.as_str()) {
+            let lease = &mut self.leases.leases[key];
+            if lease.holder != agent {
+                return Ok(Reply::Lease {
+                    lease: lease.view(),
+                    acquired: false,
+                });
+            }
+            lease.expires_at = expires_at;
+            lease.ttl_ms = ttl_ms;
+            self.timers.reset(lease.timer, expires_at);
+            let view = lease.view();
+            self.emit(Topic::LeaseRenewed, EventPayload::Lease(view.clone()));
+            return Ok(Reply::Lease {
+                lease: view,
+                acquired: true,
+            });
+        }
+        if self.leases.len() >= self.config.leases_max {
+            return Err(limit_reached("leases_max", self.config.leases_max));
+        }
+        let table = &mut self.leases;
+        table.token_last += 1;
+        let token = table.token_last;
+        let entry = table.leases.vacant_entry();
+        let key = entry.key();
+        let task_id: Arc<str> = task_id.into();
+        let lease = entry.insert(Lease {
+            task_id: Arc::clone(&task_id),
+            holder: agent,
+            holder_id: self.registry.get(agent).id,
+            token,
+            acquired_at: self.now,
+            expires_at,
+            ttl_ms,
+            timer: self.timers.insert(expires_at, Deadline::Lease(key)),
+        });
+        let view = lease.view();
+        table.by_task.insert(task_id, key);
+        self.registry.get_mut(agent).leases.insert(token, key);
+        self.emit(Topic::LeaseAcquired, EventPayload::Lease(view.clone()));
+        Ok(Reply::Lease {
+            lease: view,
+            acquired: true,
+        })
+    }
+
+    pub(super) fn renew_lease(&mut self, task_id: &str, agent_id: &str, token: u64, ttl_seconds: u32) -> Outcome {
+        let key = self.leases.lookup_held(task_id, agent_id, token)?;
+        let lease = &mut self.leases.leases[key];
+        let ttl_ms = if ttl_seconds == 0 {
+            lease.ttl_ms
+        } else {
+            validate::ttl_ms(ttl_seconds, 0)?
+        };
+        lease.ttl_ms = ttl_ms;
+        lease.expires_at = self.now + ttl_ms;
+        self.timers.reset(lease.timer, lease.expires_at);
+        let view = lease.view();
+        self.emit(Topic::LeaseRenewed, EventPayload::Lease(view.clone()));
+        Ok(Reply::Lease {
+            lease: view,
+            acquired: true,
+        })
+    }
+
+    pub(super) fn release_lease(&mut self, task_id: &str, agent_id: &str, token: u64) -> Outcome {
+        let key = self.leases.lookup_held(task_id, agent_id, token)?;
+        let lease = self.leases.remove(key);
+        self.timers.cancel(lease.timer);
+        self.detach_from_holder(&lease, key);
+        self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+        Ok(Reply::Done)
+    }
+
+    /// A lease's timer fired: it has expired.
+    pub(super) fn lease_expired(&mut self, key: usize, timer: TimerKey) {
+        let lease = self.leases.remove(key);
+        assert_eq!(
+            lease.timer, timer,
+            "lease {:?} fired a timer it does not own",
+            lease.task_id
+        );
+        assert!(self.now >= lease.expires_at, "lease {:?} expired early", lease.task_id);
+        self.detach_from_holder(&lease, key);
+        self.emit(Topic::LeaseExpired, EventPayload::Lease(lease.view()));
+    }
+
+    /// Releases every lease an agent holds, in acquisition order (part of death clean-up).
+    pub(super) fn release_all_leases(&mut self, agent: usize) {
+        let held = std::mem::take(&mut self.registry.get_mut(agent).leases);
+        for key in held.into_values() {
+            let lease = self.leases.remove(key);
+            self.timers.cancel(lease.timer);
+            self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+        }
+    }
+
+    fn detach_from_holder(&mut self, lease: &Lease, key: usize) {
+        let removed = self.registry.get_mut(lease.holder).leases.remove(&lease.token);
+        assert_eq!(
+            removed,
+            Some(key),
+            "lease {:?} was not listed under its holder",
+            lease.task_id
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! The deterministic, sans-IO state machine: registry, leases, elections, entitlements, the
+//! event bus, search and timers, all owned by one `Core` that one thread drives.
+//!
+//! Architecture invariant: the core never reads a clock, a socket, a file or the OS RNG, never
+//! spawns or locks, and never lets hash-map order reach an output. Time comes in as `now`,
+//! randomness from the seeded RNG in `ids`. Protobuf types never enter here.
+
+pub mod elections;
+pub mod entitlements;
+pub mod events;
+pub mod ids;
+pub mod leases;
+pub mod registry;
+pub mod search;
+pub mod timers;
+pub mod types;
+pub mod validate;
+
+use std::fmt;
+use std::sync::Arc;
+
+use elections::ElectionTable;
+use entitlements::PolicyTable;
+use events::{Delivery, ElectionView, EventBus, LeaseView, SubscriberId};
+use ids::IdSource;
+use leases::LeaseTable;
+use registry::Registry;
+use timers::TimerWheel;
+use types::{AgentCard, Decision, Millis, Policy};
+
+pub use events::{AgentView, Event, EventPayload, Topic};
+
+/// Bounds and defaults the core enforces; every one has a name and a reason.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Seeds the RNG behind ids and hash seeds: the same seed, the same run.
+    pub seed: u64,
+    /// How long a DEAD agent stays visible to GetAgent before it is forgotten.
+    pub dead_retention_ms: u64,
+    /// How many recent events are kept for `from_sequence` resume.
+    pub event_ring_max: usize,
+    /// Open watch streams at most.
+    pub watchers_max: usize,
+    /// Known agents (any status) at most.
+    pub agents_max: usize,
+    /// Leases held at most.
+    pub leases_max: usize,
+    /// Policies at most.
+    pub policies_max: usize,
+    /// Election groups at most (a group is kept forever once created, so it is bounded).
+    pub groups_max: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            seed: 0,
+            dead_retention_ms: 3_600_000,
+            event_ring_max: 100_000,
+            watchers_max: 10_000,
+            agents_max: 1_000_000,
+            leases_max: 2_000_000,
+            policies_max: 2_000_000,
+            groups_max: 1_000_000,
+        }
+    }
+}
+
+/// Everything a client can ask of the core. Strings are as they came off the wire; the core
+/// validates them (see `validate`) before anything changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Register {
+        card: AgentCard,
+        ttl_seconds: u32,
+    },
+    Heartbeat {
+        agent_id: String,
+    },
+    Deregister {
+        agent_id: String,
+    },
+    GetAgent {
+        agent_id: String,
+    },
+    Find {
+        query: String,
+        tools: Vec<String>,
+        limit: u32,
+    },
+    Watch {
+        topics: Vec<String>,
+        from_sequence: u64,
+    },
+    Unwatch {
+        subscriber: SubscriberId,
+    },
+    AcquireLease {
+        task_id: String,
+        agent_id: String,
+        ttl_seconds: u32,
+    },
+    RenewLease {
+        task_id: String,
+        agent_id: String,
+        token: u64,
+        ttl_seconds: u32,
+    },
+    ReleaseLease {
+        task_id: String,
+        agent_id: String,
+        token: u64,
+    },
+    Campaign {
+        group: String,
+        agent_id: String,
+    },
+    Resign {
+        group: String,
+        agent_id: String,
+    },
+    WatchElection {
+        group: String,
+    },
+    SetPolicy {
+        policy: PolicyInput,
+    },
+    DeletePolicy {
+        id: String,
+    },
+    ListPolicies {
+        subject_prefix: String,
+    },
+    CheckPolicy {
+        subject: String,
+        action: String,
+        resource: String,
+    },
+}
+
+impl Command {
+    /// True when the command can change state (and so must be persisted before its reply).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Command::GetAgent { .. }
+                | Command::Find { .. }
+                | Command::ListPolicies { .. }
+                | Command::CheckPolicy { .. }
+        )
+    }
+
+    /// A short stable name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Register { .. } => "Register",
+            Command::Heartbeat { .. } => "Heartbeat",
+            Command::Deregister { .. } => "Deregister",
+            Command::GetAgent { .. } => "GetAgent",
+            Command::Find { .. } => "Find",
+            Command::Watch { .. } => "Watch",
+            Command::Unwatch { .. } => "Unwatch",
+            Command::AcquireLease { .. } => "AcquireLease",
+            Command::RenewLease { .. } => "RenewLease",
+            Command::ReleaseLease { .. } => "ReleaseLease",
+            Command::Campaign { .. } => "Campaign",
+            Command::Resign { .. } => "Resign",
+            Command::WatchElection { .. } => "WatchElection",
+            Command::SetPolicy { .. } => "SetPolicy",
+            Command::DeletePolicy { .. } => "DeletePolicy",
+            Command::ListPolicies { .. } => "ListPolicies",
+            Command::CheckPolicy { .. } => "CheckPolicy",
+        }
+    }
+}
+
+/// A policy as a client sent it: the effect may still be unspecified (which is invalid).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInput {
+    pub id: String,
+    pub subject: String,
+    pub action: String,
+    pub resource: String,
+    pub effect: Option<types::Effect>,
+}
+
+/// The core's answer to one command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Done; nothing to return (Heartbeat, Deregister, ReleaseLease, Resign, DeletePolicy).
+    Done,
+    Registered {
+        agent_id: types::AgentId,
+    },
+    Agent(AgentView),
+    Agents(Vec<AgentView>),
+    Lease {
+        lease: LeaseView,
+        acquired: bool,
+    },
+    Election(ElectionView),
+    /// A new event subscription, with the retained events to send before live ones.
+    Watching {
+        subscriber: SubscriberId,
+        replay: Vec<Arc<Event>>,
+    },
+    /// A new election subscription, with the group's state to send first.
+    WatchingElection {
+        subscriber: SubscriberId,
+        state: ElectionView,
+    },
+    Policy(Policy),
+    Policies(Vec<Policy>),
+    Decision(Decision),
+}
+
+/// The status classes of the behaviour contract's Errors section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    FailedPrecondition,
+    ResourceExhausted,
+    OutOfRange,
+    /// The daemon is shutting down (raised by the driver, never by the core's own logic).
+    Unavailable,
+}
+
+/// An operating error: a class and one human sentence naming the thing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CoreError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        CoreError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+pub type Outcome = Result<Reply, CoreError>;
+
+/// What a timer stands for. Slab keys are safe here because every owner cancels its timer
+/// before its key is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// An agent's next liveness transition (UNREACHABLE, then DEAD) or, once DEAD, its forgetting.
+    Agent(usize),
+    /// A lease's expiry.
+    Lease(usize),
+}
+
+/// Counts for gauges and the dashboard; cheap to compute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub agents_alive: usize,
+    pub agents_unreachable: usize,
+    pub agents_dead: usize,
+    pub leases: usize,
+    pub groups: usize,
+    pub policies: usize,
+    pub watchers: usize,
+    pub sequence_next: u64,
+    pub fencing_token_last: u64,
+}
+
+/// The state machine. One thread owns it; every input carries `now`.
+pub struct Core {
+    config: CoreConfig,
+    now: Millis,
+    ids: IdSource,
+    registry: Registry,
+    leases: LeaseTable,
+    elections: ElectionTable,
+    policies: PolicyTable,
+    bus: EventBus,
+    timers: TimerWheel<Deadline>,
+    expired: Vec<(timers::TimerKey, Deadline)>,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig, now: Millis) -> Core {
+        let mut ids = IdSource::new(config.seed);
+        let hash_seed = ids.hash_seed();
+        Core {
+            registry: Registry::new(hash_seed),
+            leases: LeaseTable::new(hash_seed),
+            elections: ElectionTable::new(hash_seed),
+            policies: PolicyTable::new(hash_seed),
+            bus: EventBus::new(config.event_ring_max, config.watchers_max),
+            timers: TimerWheel::new(now),
+            expired: Vec::new(),
+            ids,
+            now,
+            config,
+        }
+    }
+
+    /// The time the core last saw.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Applies one command at `now`, after firing every deadline due by then, so that whatever
+    /// has expired by `now` counts as expired whether or not a tick came first.
+    pub fn apply(&mut self, now: Millis, command: Command) -> Outcome {
+        self.tick(now);
+        match command {
+            Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds),
+            Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
+            Command::Deregister { agent_id } => self.deregister(&agent_id),
+            Command::GetAgent { agent_id } => self.get_agent(&agent_id),
+            Command::Find { query, tools, limit } => self.find(&query, &tools, limit),
+            Command::Watch { topics, from_sequence } => self.watch(&topics, from_sequence),
+            Command::Unwatch { subscriber } => {
+                self.bus.unwatch(subscriber);
+                Ok(Reply::Done)
+            }
+            Command::AcquireLease {
+                task_id,
+                agent_id,
+                ttl_seconds,
+            } => self.acquire_lease(task_id, &agent_id, ttl_seconds),
+            Command::RenewLease {
+                task_id,
+                agent_id,
+                token,
+                ttl_seconds,
+            } => self.renew_lease(&task_id, &agent_id, token, ttl_seconds),
+            Command::ReleaseLease {
+                task_id,
+                agent_id,
+                token,
+            } => self.release_lease(&task_id, &agent_id, token),
+            Command::Campaign { group, agent_id } => self.campaign(group, &agent_id),
+            Command::Resign { group, agent_id } => self.resign(&group, &agent_id),
+            Command::WatchElection { group } => self.watch_election(group),
+            Command::SetPolicy { policy } => self.set_policy(policy),
+            Command::DeletePolicy { id } => self.delete_policy(&id),
+            Command::ListPolicies { subject_prefix } => self.list_policies(&subject_prefix),
+            Command::CheckPolicy {
+                subject,
+                action,
+                resource,
+            } => self.check_policy(&subject, &action, &resource),
+        }
+    }
+
+    /// Fires every deadline due at or before `now`.
+    pub fn tick(&mut self, now: Millis) {
+        assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
+        self.now = now;
+        if self.timers.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let mut expired = std::mem::take(&mut self.expired);
+        self.timers.advance(now, &mut expired);
+        for (timer, deadline) in expired.drain(..) {
+            match deadline {
+                Deadline::Agent(key) => self.agent_deadline(key, timer),
+                Deadline::Lease(key) => self.lease_expired(key, timer),
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// The earliest time at which `tick` has work to do; the driver sleeps until then.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.next_deadline()
+    }
+
+    /// Moves every event delivery queued since the last call into `out`.
+    pub fn drain_deliveries(&mut self, out: &mut Vec<Delivery>) {
+        self.bus.drain_deliveries(out);
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        let (alive, unreachable, dead) = self.registry.counts();
+        CoreStats {
+            agents_alive: alive,
+            agents_unreachable: unreachable,
+            agents_dead: dead,
+            leases: self.leases.len(),
+            groups: self.elections.len(),
+            policies: self.policies.len(),
+            watchers: self.bus.subscriber_count(),
+            sequence_next: self.bus.sequence_next(),
+            fencing_token_last: self.leases.token_last(),
+        }
+    }
+
+    /// Checks every cross-structure invariant; O(state). The simulator calls it after each step.
+    pub fn check_invariants(&self) {
+        self.timers.check_invariants();
+        self.bus.check_invariants();
+        self.policies.check_invariants();
+        self.registry
+            .check_invariants(self.now, self.config.dead_retention_ms, &self.timers);
+        self.leases.check_invariants(self.now, &self.registry, &self.timers);
+        self.elections.check_invariants(&self.registry);
+    }
+
+    fn emit(&mut self, topic: Topic, payload: EventPayload) {
+        self.bus.emit(self.now, topic, payload);
+    }
+
+    fn watch(&mut self, topics: &[String], from_sequence: u64) -> Outcome {
+        validate::topics(topics)?;
+        let (subscriber, replay) = self.bus.watch(topics, from_sequence)?;
+        Ok(Reply::Watching { subscriber, replay })
+    }
+
+    fn set_policy(&mut self, input: PolicyInput) -> Outcome {
+        let policy = validate::policy(input)?;
+        if self.policies.get(&policy.id).is_none() && self.policies.len() >= self.config.policies_max {
+            return Err(limit_reached("policies_max", self.config.policies_max));
+        }
+        self.policies.upsert(policy.clone());
+        Ok(Reply::Policy(policy))
+    }
+
+    fn delete_policy(&mut self, id: &str) -> Outcome {
+        match self.policies.remove(id) {
+            Some(_) => Ok(Reply::Done),
+            None => Err(CoreError::new(
+                ErrorCode::NotFound,
+                format!("policy {} not found", validate::quote(id)),
+            )),
+        }
+    }
+
+    fn list_policies(&self, subject_prefix: &str) -> Outcome {
+        validate::length("subject_prefix", subject_prefix, 0, validate::PATTERN_BYTES_MAX)?;
+        Ok(Reply::Policies(self.policies.list(subject_prefix)))
+    }
+
+    fn check_policy(&self, subject: &str, action: &str, resource: &str) -> Outcome {
+        validate::length("subject", subject, 0, validate::PATTERN_BYTES_MAX)?;
+        validate::length("action", action, 0, validate::PATTERN_BYTES_MAX)?;
+        validate::length("resource", resource, 0, validate::PATTERN_BYTES_MAX)?;
+        Ok(Reply::Decision(self.policies.check(subject, action, resource)))
+    }
+}
+
+/// The RESOURCE_EXHAUSTED answer for a named limit.
+fn limit_reached(name: &str, value: usize) -> CoreError {
+    CoreError::new(
+        ErrorCode::ResourceExhausted,
+        format!("{name} reached: the daemon holds {value} already"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! The core's thread: drains commands in batches, reads the clock once per batch, fires due
+//! timers, routes event deliveries to subscribers' bounded buffers, then releases the replies.
+//!
+//! Architecture invariant: this thread is the only owner of the `Core`; nothing else touches
+//! its state, so no lock guards it. The driver never blocks on a subscriber or a client: every
+//! send out of here is a `try_send` or a oneshot.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::mpsc::error::TrySendError as TrySendErrorTokio;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::events::{Delivery, SubscriberId};
+use crate::core::types::{Map, Millis, new_map};
+use crate::core::{Command, Core, CoreConfig, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
+use crate::metrics::Metrics;
+
+/// Commands taken from the queue in one batch at most: bounds the latency of a batch's first
+/// reply behind its last command.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+
+/// How a watch stream ends, when the daemon ends it.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The driver's side of one watch stream: its bounded buffer and the slot for its last word.
+pub struct Sink {
+    pub events: mpsc::Sender<Arc<Event>>,
+    pub end: oneshot::Sender<StreamEnd>,
+}
+
+struct SinkState {
+    sink: Sink,
+    /// The last sequence put into the buffer (or replayed), for the overflow message.
+    sequence_last: u64,
+}
+
+/// One message to the driver.
+pub enum Request {
+    /// A unary command; the outcome goes back through `reply`.
+    Call {
+        command: Command,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// A command that opens a stream (Watch, WatchElection); on success the sink is attached
+    /// before any event can be routed to it.
+    Subscribe {
+        command: Command,
+        sink: Sink,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// Ends every open stream with UNAVAILABLE and refuses new ones (graceful shutdown).
+    EndStreams,
+    /// Stops the driver thread.
+    Stop,
+}
+
+/// Where the driver's `now` comes from.
+pub trait Clock: Send + 'static {
+    fn now(&mut self) -> Millis;
+}
+
+/// Wall time read once at start, advanced by a monotonic clock: never goes backwards, even when
+/// the system clock is stepped.
+pub struct RealClock {
+    anchor_wall_ms: Millis,
+    anchor: Instant,
+}
+
+impl RealClock {
+    #[allow(clippy::disallowed_methods)] // the one place the daemon reads the clocks
+    pub fn start() -> Self {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        RealClock {
+            anchor_wall_ms: wall.as_millis() as Millis,
+            anchor: Instant::now(),
+        }
+    }
+}
+
+impl Clock for RealClock {
+    fn now(&mut self) -> Millis {
+        self.anchor_wall_ms + self.anchor.elapsed().as_millis() as Millis
+    }
+}
+
+/// Starts the driver thread around a new core; returns the queue to send it requests.
+pub fn spawn(
+    config: CoreConfig,
+    mut clock: impl Clock,
+    queue_max: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
+    let (sender, receiver) = crossbeam_channel::bounded(queue_max);
+    let start = clock.now();
+    let hash_seed = config.seed;
+    let core = Core::new(config, start);
+    let handle = thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
+        Driver {
+            core,
+            clock,
+            metrics,
+            sinks: new_map(hash_seed),
+            closing: false,
+            deliveries: Vec::new(),
+        }
+        .run(&receiver)
+    })?;
+    Ok((sender, handle))
+}
+
+struct Driver<C: Clock> {
+    core: Core,
+    clock: C,
+    metrics: Arc<Metrics>,
+    sinks: Map<SubscriberId, SinkState>,
+    closing: bool,
+    deliveries: Vec<Delivery>,
+}
+
+impl<C: Clock> Driver<C> {
+    fn run(mut self, receiver: &Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+        loop {
+            let first = match self.core.next_deadline() {
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => {
+                    let wait_ms = deadline.saturating_sub(self.clock.now());
+                    receiver.recv_timeout(Duration::from_millis(wait_ms))
+                }
+            };
+            match first {
+                Ok(request) => batch.push(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while batch.len() < BATCH_COMMANDS_MAX {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            if !self.run_batch(&mut batch) {
+                return;
+            }
+        }
+    }
+
+    /// Applies one batch at one `now`; false once the driver was told to stop.
+    fn run_batch(&mut self, batch: &mut Vec<Request>) -> bool {
+        let started = Instant::now();
+        let now = self.clock.now().max(self.core.now());
+        self.core.tick(now);
+        let mut running = true;
+        let batch_len = batch.len();
+        for request in batch.drain(..) {
+            match request {
+                Request::Call { command, reply } => {
+                    let outcome = self.core.apply(now, command);
+                    let _ = reply.send(outcome);
+                }
+                Request::Subscribe { command, sink, reply } => self.subscribe(now, command, sink, reply),
+                Request::EndStreams => self.end_streams(),
+                Request::Stop => running = false,
+            }
+        }
+        self.route_deliveries(now);
+        self.publish(batch_len, started);
+        running
+    }
+
+    fn subscribe(&mut self, now: Millis, command: Command, sink: Sink, reply: oneshot::Sender<Outcome>) {
+        if self.closing {
+            let _ = reply.send(Err(CoreError::new(
+                ErrorCode::Unavailable,
+                "the daemon is shutting down",
+            )));
+            return;
+        }
+        let outcome = self.core.apply(now, command);
+        let subscriber = match &outcome {
+            Ok(Reply::Watching { subscriber, replay }) => Some((*subscriber, replay.last().map_or(0, |e| e.sequence))),
+            Ok(Reply::WatchingElection { subscriber, .. }) => Some((*subscriber, 0)),
+            _ => None,
+        };
+        if let Some((id, sequence_last)) = subscriber {
+            self.sinks.insert(id, SinkState { sink, sequence_last });
+        }
+        if reply.send(outcome).is_err()
+            && let Some((id, _)) = subscriber
+        {
+            self.sinks.remove(&id);
+            let _ = self.core.apply(now, Command::Unwatch { subscriber: id });
+        }
+    }
+
+    /// Puts each delivery into its subscriber's buffer; a full buffer ends that stream with
+    /// RESOURCE_EXHAUSTED, a closed one (client gone) just ends it.
+    fn route_deliveries(&mut self, now: Millis) {
+        self.core.drain_deliveries(&mut self.deliveries);
+        let mut ended: Vec<SubscriberId> = Vec::new();
+        for delivery in self.deliveries.drain(..) {
+            let Some(state) = self.sinks.get_mut(&delivery.subscriber) else {
+                continue;
+            };
+            let sequence = delivery.event.sequence;
+            match state.sink.events.try_send(delivery.event) {
+                Ok(()) => state.sequence_last = sequence,
+                Err(TrySendErrorTokio::Full(_)) => {
+                    // Removed at once: no later event may slip into the buffer after a gap.
+                    let state = self.sinks.remove(&delivery.subscriber).expect("sink present");
+                    let capacity = state.sink.events.max_capacity();
+                    let last = state.sequence_last;
+                    let message = format!(
+                        "watch buffer overflowed ({capacity} events): the last sequence delivered is {last}; \
+                         resume with from_sequence {}",
+                        last + 1
+                    );
+                    let _ = state.sink.end.send(StreamEnd {
+                        code: ErrorCode::ResourceExhausted,
+                        message,
+                    });
+                    self.metrics.watch_overflows.inc();
+                    ended.push(delivery.subscriber);
+                }
+                Err(TrySendErrorTokio::Closed(_)) => {
+                    self.sinks.remove(&delivery.subscriber);
+                    ended.push(delivery.subscriber);
+                }
+            }
+        }
+        for id in ended {
+            let _ = self.core.apply(now, Command::Unwatch { subscriber: id });
+        }
+        // Unwatch emits no events and drops what was queued for the ended subscribers.
+        self.core.drain_deliveries(&mut self.deliveries);
+        debug_assert!(self.deliveries.is_empty(), "unwatch produced deliveries");
+        self.deliveries.clear();
+    }
+
+    fn end_streams(&mut self) {
+        self.closing = true;
+        let now = self.core.now();
+        let mut ids: Vec<SubscriberId> = self.sinks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(state) = self.sinks.remove(&id) {
+                let end = StreamEnd {
+                    code: ErrorCode::Unavailable,
+                    message: "the daemon is shutting down".into(),
+                };
+                let _ = state.sink.end.send(end);
+            }
+            let _ = self.core.apply(now, Command::Unwatch { subscriber: id });
+        }
+    }
+
+    fn publish(&self, batch_len: usize, started: Instant) {
+        let stats: CoreStats = self.core.stats();
+        self.metrics.publish_core(&stats);
+        self.metrics.observe_batch(batch_len, started.elapsed());
+    }
+}
+
+/// The net threads' handle on the driver: a bounded queue that never blocks them.
+#[derive(Clone)]
+pub struct CoreHandle {
+    sender: Sender<Request>,
+}
+
+impl CoreHandle {
+    pub fn new(sender: Sender<Request>) -> Self {
+        CoreHandle { sender }
+    }
+
+    /// Queues a request; a full queue is RESOURCE_EXHAUSTED at once rather than a wait.
+    pub fn send(&self, request: Request) -> Result<(), CoreError> {
+        self.sender.try_send(request).map_err(|error| match error {
+            TrySendError::Full(_) => CoreError::new(
+                ErrorCode::ResourceExhausted,
+                format!("core_queue_max reached: {} commands are waiting", self.sender.len()),
+            ),
+            TrySendError::Disconnected(_) => CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down"),
+        })
+    }
+
+    /// Runs one unary command through the core.
+    pub async fn call(&self, command: Command) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Call { command, reply })?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down")))
+    }
+}

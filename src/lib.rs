@@ -1,0 +1,11 @@
+//! AgentKeeper: a coordination daemon for fleets of AI agents.
+//!
+//! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it;
+//! `server` speaks gRPC and HTTP around it; `metrics` is what both publish; `proto` holds the
+//! generated wire types.
+
+pub mod core;
+pub mod driver;
+pub mod metrics;
+pub mod proto;
+pub mod server;

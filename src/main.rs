@@ -1,0 +1,217 @@
+//! `agentkeeper`: flags, start-up, signals. Binds the ports, starts the core's driver thread and
+//! the network runtime, and shuts all of it down gracefully on SIGTERM/SIGINT.
+//!
+//! Architecture invariant: main wires things together and owns process concerns (exit codes,
+//! logs, signals); it holds no state of its own and never touches the core.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use agentkeeper::core::CoreConfig;
+use agentkeeper::driver::{self, CoreHandle, RealClock, Request};
+use agentkeeper::metrics::Metrics;
+use agentkeeper::server;
+
+/// Calls in flight get this long to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentkeeper",
+    version,
+    about = "A coordination daemon for fleets of AI agents: registry, \
+    heartbeats, leases with fencing tokens, leader elections, entitlements and an event bus over gRPC."
+)]
+struct Flags {
+    /// gRPC listen address, HOST:PORT. A Go-style ":PORT" listens on every interface.
+    #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_addr)]
+    addr: SocketAddr,
+
+    /// HTTP address for the dashboard (/), /healthz and /metrics. When not given and
+    /// 127.0.0.1:9090 is taken, the daemon warns and serves gRPC only.
+    #[arg(long, value_parser = parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+
+    /// Network threads serving gRPC and HTTP (the core has its own thread besides). One fits a
+    /// 2-core machine: one core for the network, one for the state machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    net_threads: u16,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive like "agentkeeper=debug".
+    #[arg(long, default_value = "info")]
+    log_level: String,
+
+    /// Seed for ids and hashing. The same seed and the same calls give the same agent ids.
+    /// Default: drawn from the operating system at start-up.
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// How long a DEAD agent stays visible to GetAgent before it is forgotten (e.g. 90s, 1h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    dead_retention: Duration,
+
+    /// Recent events kept for Watch's from_sequence resume.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    events_retained: u64,
+
+    /// Events one watch stream may have queued before it is cut off as too slow.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    watch_buffer: u64,
+
+    /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    core_queue_max: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses HOST:PORT, also the Go-style ":PORT" (every interface) and "localhost:PORT".
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.replacen("localhost:", "127.0.0.1:", 1),
+    };
+    full.parse()
+        .map_err(|_| format!("{text:?} is not HOST:PORT (for example 127.0.0.1:7070 or :7070)"))
+}
+
+fn init_logs(flags: &Flags) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", flags.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match flags.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+#[allow(clippy::disallowed_methods)] // the daemon's seed is drawn here, once
+fn seed(flags: &Flags) -> u64 {
+    flags
+        .seed
+        .unwrap_or_else(|| getrandom::u64().expect("the operating system RNG is available"))
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if let Err(message) = init_logs(&flags) {
+        eprintln!("agentkeeper: {message}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(flags.net_threads))
+        .thread_name("agentkeeper-net")
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("agentkeeper: cannot start the network runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("agentkeeper: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds the HTTP port by the contract's rule: a port given explicitly must be had; the default
+/// one may be taken (two embedded daemons side by side), and then we warn and go on without it.
+async fn bind_http(explicit: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+    let addr = explicit.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if explicit.is_some() => Err(format!("cannot listen on {addr} for HTTP (--metrics-addr): {error}")),
+        Err(error) => {
+            tracing::warn!(%addr, %error, "HTTP port unavailable; serving gRPC without dashboard and metrics");
+            Ok(None)
+        }
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let grpc_listener = TcpListener::bind(flags.addr)
+        .await
+        .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
+    let http_listener = bind_http(flags.metrics_addr).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let config = CoreConfig {
+        seed: seed(&flags),
+        dead_retention_ms: flags.dead_retention.as_millis() as u64,
+        event_ring_max: flags.events_retained as usize,
+        ..CoreConfig::default()
+    };
+    let queue_max = flags.core_queue_max as usize;
+    let (sender, core_thread) = driver::spawn(config, RealClock::start(), queue_max, Arc::clone(&metrics))
+        .map_err(|error| format!("cannot start the core thread: {error}"))?;
+    let core = CoreHandle::new(sender.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = http_listener.map(|listener| {
+        let addr = listener.local_addr().ok();
+        tracing::info!(addr = ?addr, "HTTP dashboard, /healthz and /metrics listening");
+        tokio::spawn(server::http::serve_http(
+            listener,
+            Arc::clone(&metrics),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let routes = server::routes(core.clone(), Arc::clone(&metrics), flags.watch_buffer as usize);
+    tracing::info!(addr = %flags.addr, "gRPC listening");
+    let grpc = tokio::spawn(server::serve_grpc(grpc_listener, routes, stopped(stop_rx.clone())));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");
+    let _ = stop_tx.send(true);
+    let _ = core.send(Request::EndStreams);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("calls still in flight after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    let _ = sender.send(Request::Stop);
+    let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics: the v1 names plus the core's gauges, published by the driver after each
+//! batch and counted by the servers per call.
+//!
+//! Architecture invariant: metrics are atomics inside the prometheus crate; reading them (the
+//! /metrics endpoint, the dashboard) never touches the core or waits on its thread.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::core::CoreStats;
+
+pub struct Metrics {
+    registry: Registry,
+    pub agents_alive: IntGauge,
+    pub agents_by_status: IntGaugeVec,
+    pub leases_active: IntGauge,
+    pub election_groups: IntGauge,
+    pub policies: IntGauge,
+    pub watchers: IntGauge,
+    pub events_total: IntGauge,
+    pub rpc_total: IntCounterVec,
+    pub rpc_errors_total: IntCounterVec,
+    pub watch_overflows: IntCounter,
+    pub batch_commands: Histogram,
+    pub batch_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("unique gauge");
+            g
+        };
+        let agents_alive = gauge("agentkeeper_agents_alive", "Agents currently ALIVE or UNREACHABLE");
+        let leases_active = gauge("agentkeeper_leases_active", "Leases currently held");
+        let election_groups = gauge("agentkeeper_election_groups", "Election groups known");
+        let policies = gauge("agentkeeper_policies", "Entitlement policies stored");
+        let watchers = gauge("agentkeeper_watchers", "Open watch streams");
+        let events_total = gauge(
+            "agentkeeper_events_total",
+            "Events emitted since start (the last sequence number)",
+        );
+        let agents_by_status =
+            IntGaugeVec::new(Opts::new("agentkeeper_agents", "Known agents by status"), &["status"]).expect("valid");
+        let rpc_total = IntCounterVec::new(
+            Opts::new("agentkeeper_rpc_total", "gRPC calls served per method"),
+            &["method"],
+        )
+        .expect("valid");
+        let rpc_errors_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_rpc_errors_total",
+                "gRPC calls answered with an error, per method and code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid");
+        let watch_overflows = IntCounter::new(
+            "agentkeeper_watch_overflows_total",
+            "Watch streams cut off because their buffer overflowed",
+        )
+        .expect("valid");
+        let batch_commands = Histogram::with_opts(
+            HistogramOpts::new("agentkeeper_core_batch_commands", "Commands applied per core batch")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+        )
+        .expect("valid");
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "agentkeeper_core_batch_seconds",
+                "Time the core thread spent on one batch",
+            )
+            .buckets(prometheus::exponential_buckets(1e-6, 4.0, 10).expect("valid buckets")),
+        )
+        .expect("valid");
+        for collector in [
+            Box::new(agents_by_status.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rpc_total.clone()),
+            Box::new(rpc_errors_total.clone()),
+            Box::new(watch_overflows.clone()),
+            Box::new(batch_commands.clone()),
+            Box::new(batch_seconds.clone()),
+        ] {
+            registry.register(collector).expect("unique collector");
+        }
+        Metrics {
+            registry,
+            agents_alive,
+            agents_by_status,
+            leases_active,
+            election_groups,
+            policies,
+            watchers,
+            events_total,
+            rpc_total,
+            rpc_errors_total,
+            watch_overflows,
+            batch_commands,
+            batch_seconds,
+        }
+    }
+
+    /// Copies the core's counts into the gauges (driver thread, after each batch).
+    pub fn publish_core(&self, stats: &CoreStats) {
+        let set = |gauge: &IntGauge, value: usize| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(&self.agents_alive, stats.agents_alive + stats.agents_unreachable);
+        set(&self.agents_by_status.with_label_values(&["alive"]), stats.agents_alive);
+        set(
+            &self.agents_by_status.with_label_values(&["unreachable"]),
+            stats.agents_unreachable,
+        );
+        set(&self.agents_by_status.with_label_values(&["dead"]), stats.agents_dead);
+        set(&self.leases_active, stats.leases);
+        set(&self.election_groups, stats.groups);
+        set(&self.policies, stats.policies);
+        set(&self.watchers, stats.watchers);
+        self.events_total
+            .set(i64::try_from(stats.sequence_next.saturating_sub(1)).unwrap_or(i64::MAX));
+    }
+
+    pub fn observe_batch(&self, commands: usize, elapsed: Duration) {
+        if commands > 0 {
+            self.batch_commands.observe(commands as f64);
+        }
+        self.batch_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one served call (and its error class, if any).
+    pub fn count_rpc(&self, method: &str, error: Option<&str>) {
+        self.rpc_total.with_label_values(&[method]).inc();
+        if let Some(code) = error {
+            self.rpc_errors_total.with_label_values(&[method, code]).inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,187 @@
+//! Conversions between the wire (`proto`) and the core's own types, and from core errors to
+//! gRPC statuses.
+//!
+//! Architecture invariant: this is the only place both type worlds meet; the core never sees a
+//! protobuf type and the services never build core values by hand.
+
+use prost::Message;
+use prost_types::{Any, Timestamp};
+use tonic::{Code, Status};
+
+use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView};
+use crate::core::types::{AgentCard, AgentStatus, Capability, Decision, Effect, Millis, Policy};
+use crate::core::{CoreError, ErrorCode, PolicyInput};
+use crate::driver::StreamEnd;
+use crate::proto as pb;
+
+const TYPE_URL_PREFIX: &str = "type.googleapis.com/agentkeeper.v1.";
+
+pub fn timestamp(ms: Millis) -> Option<Timestamp> {
+    if ms == 0 {
+        return None;
+    }
+    Some(Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+pub fn status(error: CoreError) -> Status {
+    Status::new(code(error.code), error.message)
+}
+
+pub fn stream_end(end: StreamEnd) -> Status {
+    Status::new(code(end.code), end.message)
+}
+
+fn code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::OutOfRange => Code::OutOfRange,
+        ErrorCode::Unavailable => Code::Unavailable,
+    }
+}
+
+pub fn card_from_pb(card: pb::AgentCard) -> AgentCard {
+    let mut metadata: Vec<(String, String)> = card.metadata.into_iter().collect();
+    metadata.sort_unstable();
+    AgentCard {
+        name: card.name,
+        description: card.description,
+        version: card.version,
+        capabilities: card
+            .capabilities
+            .into_iter()
+            .map(|c| Capability {
+                name: c.name,
+                description: c.description,
+            })
+            .collect(),
+        tools: card.tools,
+        metadata,
+    }
+}
+
+pub fn card_to_pb(card: &AgentCard) -> pb::AgentCard {
+    pb::AgentCard {
+        name: card.name.clone(),
+        description: card.description.clone(),
+        version: card.version.clone(),
+        capabilities: card
+            .capabilities
+            .iter()
+            .map(|c| pb::Capability {
+                name: c.name.clone(),
+                description: c.description.clone(),
+            })
+            .collect(),
+        tools: card.tools.clone(),
+        metadata: card.metadata.iter().cloned().collect(),
+    }
+}
+
+pub fn agent_to_pb(agent: &AgentView) -> pb::AgentInfo {
+    let status = match agent.status {
+        AgentStatus::Alive => pb::AgentStatus::Alive,
+        AgentStatus::Unreachable => pb::AgentStatus::Unreachable,
+        AgentStatus::Dead => pb::AgentStatus::Dead,
+    };
+    pb::AgentInfo {
+        agent_id: agent.agent_id.to_string(),
+        card: Some(card_to_pb(&agent.card)),
+        status: status as i32,
+        registered_at: timestamp(agent.registered_at),
+        last_heartbeat_at: timestamp(agent.last_heartbeat_at),
+    }
+}
+
+pub fn lease_to_pb(lease: &LeaseView) -> pb::Lease {
+    pb::Lease {
+        task_id: lease.task_id.to_string(),
+        holder_agent_id: lease.holder.to_string(),
+        token: Some(pb::FencingToken { value: lease.token }),
+        acquired_at: timestamp(lease.acquired_at),
+        expires_at: timestamp(lease.expires_at),
+    }
+}
+
+pub fn election_to_pb(state: &ElectionView) -> pb::ElectionState {
+    pb::ElectionState {
+        group: state.group.to_string(),
+        leader_agent_id: state.leader.map(|id| id.to_string()).unwrap_or_default(),
+        term: state.term,
+        elected_at: timestamp(state.elected_at),
+    }
+}
+
+pub fn policy_from_pb(policy: pb::Policy) -> PolicyInput {
+    let effect = match pb::PolicyEffect::try_from(policy.effect) {
+        Ok(pb::PolicyEffect::Allow) => Some(Effect::Allow),
+        Ok(pb::PolicyEffect::Deny) => Some(Effect::Deny),
+        _ => None,
+    };
+    PolicyInput {
+        id: policy.id,
+        subject: policy.subject,
+        action: policy.action,
+        resource: policy.resource,
+        effect,
+    }
+}
+
+pub fn policy_to_pb(policy: &Policy) -> pb::Policy {
+    let effect = match policy.effect {
+        Effect::Allow => pb::PolicyEffect::Allow,
+        Effect::Deny => pb::PolicyEffect::Deny,
+    };
+    pb::Policy {
+        id: policy.id.clone(),
+        subject: policy.subject.clone(),
+        action: policy.action.clone(),
+        resource: policy.resource.clone(),
+        effect: effect as i32,
+    }
+}
+
+pub fn decision_to_pb(decision: Decision) -> pb::CheckPolicyResponse {
+    pb::CheckPolicyResponse {
+        allowed: decision.allowed,
+        reason: decision.reason,
+    }
+}
+
+fn any<M: Message>(name: &str, message: &M) -> Any {
+    Any {
+        type_url: format!("{TYPE_URL_PREFIX}{name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+pub fn event_to_pb(event: &Event) -> pb::Event {
+    let payload = match &event.payload {
+        EventPayload::Agent(agent) => any("AgentInfo", &agent_to_pb(agent)),
+        EventPayload::Lease(lease) => any("Lease", &lease_to_pb(lease)),
+        EventPayload::Election(state) => any("ElectionState", &election_to_pb(state)),
+    };
+    pb::Event {
+        topic: event.topic.as_str().to_string(),
+        payload: Some(payload),
+        sequence_number: event.sequence,
+        occurred_at: timestamp(event.occurred_at),
+    }
+}
+
+/// WatchElection's first message: the group's current state as a `leader.changed` event with
+/// sequence 0 (a snapshot, not an event from the bus), stamped with the last change's time.
+pub fn election_snapshot_to_pb(state: &ElectionView) -> pb::Event {
+    pb::Event {
+        topic: "leader.changed".to_string(),
+        payload: Some(any("ElectionState", &election_to_pb(state))),
+        sequence_number: 0,
+        occurred_at: timestamp(state.elected_at),
+    }
+}

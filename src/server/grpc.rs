@@ -1,0 +1,454 @@
+//! The tonic services: each call becomes one `Command` for the core, each answer one message;
+//! Watch and WatchElection are server streams fed from the driver.
+//!
+//! Architecture invariant: only `server/` knows about gRPC. Services hold no state of their own
+//! beyond the handle on the driver; they never wait on anything but their own reply.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::core::events::SubscriberId;
+use crate::core::{Command, Event, Reply};
+use crate::driver::{self, CoreHandle, Sink, StreamEnd};
+use crate::metrics::Metrics;
+use crate::proto as pb;
+
+/// The one implementation of every service, shared by all transports.
+#[derive(Clone)]
+pub struct Api {
+    core: CoreHandle,
+    metrics: Arc<Metrics>,
+    /// Events a watch stream may have queued before it is cut off as too slow.
+    watch_buffer: usize,
+}
+
+impl Api {
+    pub fn new(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> Self {
+        assert!(watch_buffer > 0, "a watch buffer holds at least one event");
+        Api {
+            core,
+            metrics,
+            watch_buffer,
+        }
+    }
+
+    async fn call(&self, method: &'static str, command: Command) -> Result<Reply, Status> {
+        let outcome = self.core.call(command).await;
+        self.count(method, &outcome);
+        outcome.map_err(convert::status)
+    }
+
+    fn count<T>(&self, method: &'static str, outcome: &Result<T, crate::core::CoreError>) {
+        let code = outcome.as_ref().err().map(|e| format!("{:?}", e.code));
+        self.metrics.count_rpc(method, code.as_deref());
+    }
+
+    /// Opens a stream: the driver attaches the sink before any event can be routed to it.
+    async fn subscribe(&self, method: &'static str, command: Command) -> Result<(Reply, EventStream), Status> {
+        let (events, live) = mpsc::channel(self.watch_buffer);
+        let (end, end_rx) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
+        let request = driver::Request::Subscribe {
+            command,
+            sink: Sink { events, end },
+            reply,
+        };
+        let outcome = match self.core.send(request) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(crate::core::CoreError::new(
+                    crate::core::ErrorCode::Unavailable,
+                    "the daemon is shutting down",
+                ))
+            }),
+            Err(error) => Err(error),
+        };
+        self.count(method, &outcome);
+        let reply = outcome.map_err(convert::status)?;
+        let subscriber = match &reply {
+            Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. } => *subscriber,
+            other => return Err(unexpected(other)),
+        };
+        let stream = EventStream {
+            first: None,
+            replay: Vec::new().into_iter(),
+            live,
+            end: end_rx,
+            done: false,
+            _unwatch: UnwatchGuard {
+                core: self.core.clone(),
+                subscriber,
+            },
+        };
+        Ok((reply, stream))
+    }
+}
+
+fn unexpected(reply: &Reply) -> Status {
+    Status::internal(format!("the core answered with an unexpected reply: {reply:?}"))
+}
+
+/// A watch stream: first a snapshot or the replay, then live events, then the daemon's last word.
+pub struct EventStream {
+    first: Option<pb::Event>,
+    replay: std::vec::IntoIter<Arc<Event>>,
+    live: mpsc::Receiver<Arc<Event>>,
+    end: oneshot::Receiver<StreamEnd>,
+    done: bool,
+    _unwatch: UnwatchGuard,
+}
+
+impl Stream for EventStream {
+    type Item = Result<pb::Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if let Some(event) = self.replay.next() {
+            return Poll::Ready(Some(Ok(convert::event_to_pb(&event))));
+        }
+        match self.live.poll_recv(cx) {
+            Poll::Ready(Some(event)) => Poll::Ready(Some(Ok(convert::event_to_pb(&event)))),
+            Poll::Ready(None) => {
+                // The driver sets the last word before it drops the buffer's sender.
+                self.done = true;
+                match self.end.try_recv() {
+                    Ok(end) => Poll::Ready(Some(Err(convert::stream_end(end)))),
+                    Err(_) => Poll::Ready(None),
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Tells the core a stream is gone when the client hangs up (or the stream ends).
+struct UnwatchGuard {
+    core: CoreHandle,
+    subscriber: SubscriberId,
+}
+
+impl Drop for UnwatchGuard {
+    fn drop(&mut self) {
+        let (reply, _) = oneshot::channel();
+        // A full queue only delays the clean-up: the driver also drops a sink whose receiver is
+        // gone at its next delivery.
+        let _ = self.core.send(driver::Request::Call {
+            command: Command::Unwatch {
+                subscriber: self.subscriber,
+            },
+            reply,
+        });
+    }
+}
+
+type EventStreamBox = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::registry_service_server::RegistryService for Api {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let card = convert::card_from_pb(request.card.unwrap_or_default());
+        match self
+            .call(
+                "Register",
+                Command::Register {
+                    card,
+                    ttl_seconds: request.ttl_seconds,
+                },
+            )
+            .await?
+        {
+            Reply::Registered { agent_id } => Ok(Response::new(pb::RegisterResponse {
+                agent_id: agent_id.to_string(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let agent_id = request.into_inner().agent_id;
+        self.call("Heartbeat", Command::Heartbeat { agent_id }).await?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let agent_id = request.into_inner().agent_id;
+        self.call("Deregister", Command::Deregister { agent_id }).await?;
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let agent_id = request.into_inner().agent_id;
+        match self.call("GetAgent", Command::GetAgent { agent_id }).await? {
+            Reply::Agent(agent) => Ok(Response::new(pb::GetAgentResponse {
+                agent: Some(convert::agent_to_pb(&agent)),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn find(&self, request: Request<pb::FindRequest>) -> Result<Response<pb::FindResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::Find {
+            query: request.query,
+            tools: request.tools,
+            limit: request.limit,
+        };
+        match self.call("Find", command).await? {
+            Reply::Agents(agents) => Ok(Response::new(pb::FindResponse {
+                agents: agents.iter().map(convert::agent_to_pb).collect(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    type WatchStream = EventStreamBox;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let command = Command::Watch {
+            topics: request.topics,
+            from_sequence: request.from_sequence,
+        };
+        let (reply, mut stream) = self.subscribe("Watch", command).await?;
+        if let Reply::Watching { replay, .. } = reply {
+            stream.replay = replay.into_iter();
+        }
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lease_service_server::LeaseService for Api {
+    async fn acquire_lease(
+        &self,
+        request: Request<pb::AcquireLeaseRequest>,
+    ) -> Result<Response<pb::AcquireLeaseResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::AcquireLease {
+            task_id: r.task_id,
+            agent_id: r.agent_id,
+            ttl_seconds: r.ttl_seconds,
+        };
+        match self.call("AcquireLease", command).await? {
+            Reply::Lease { lease, acquired } => Ok(Response::new(pb::AcquireLeaseResponse {
+                lease: Some(convert::lease_to_pb(&lease)),
+                acquired,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let r = request.into_inner();
+        let token = r.token.map_or(0, |t| t.value);
+        let command = Command::RenewLease {
+            task_id: r.task_id,
+            agent_id: r.agent_id,
+            token,
+            ttl_seconds: r.ttl_seconds,
+        };
+        match self.call("RenewLease", command).await? {
+            Reply::Lease { lease, .. } => Ok(Response::new(pb::RenewLeaseResponse {
+                lease: Some(convert::lease_to_pb(&lease)),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let r = request.into_inner();
+        let token = r.token.map_or(0, |t| t.value);
+        self.call(
+            "ReleaseLease",
+            Command::ReleaseLease {
+                task_id: r.task_id,
+                agent_id: r.agent_id,
+                token,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::ReleaseLeaseResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::election_service_server::ElectionService for Api {
+    async fn campaign(&self, request: Request<pb::CampaignRequest>) -> Result<Response<pb::CampaignResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .call(
+                "Campaign",
+                Command::Campaign {
+                    group: r.group,
+                    agent_id: r.agent_id,
+                },
+            )
+            .await?
+        {
+            Reply::Election(state) => Ok(Response::new(pb::CampaignResponse {
+                state: Some(convert::election_to_pb(&state)),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn resign(&self, request: Request<pb::ResignRequest>) -> Result<Response<pb::ResignResponse>, Status> {
+        let r = request.into_inner();
+        self.call(
+            "Resign",
+            Command::Resign {
+                group: r.group,
+                agent_id: r.agent_id,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::ResignResponse {}))
+    }
+
+    type WatchElectionStream = EventStreamBox;
+
+    async fn watch_election(
+        &self,
+        request: Request<pb::WatchElectionRequest>,
+    ) -> Result<Response<Self::WatchElectionStream>, Status> {
+        let group = request.into_inner().group;
+        let (reply, mut stream) = self
+            .subscribe("WatchElection", Command::WatchElection { group })
+            .await?;
+        if let Reply::WatchingElection { state, .. } = reply {
+            stream.first = Some(convert::election_snapshot_to_pb(&state));
+        }
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::entitlements_service_server::EntitlementsService for Api {
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let policy = convert::policy_from_pb(request.into_inner().policy.unwrap_or_default());
+        match self.call("SetPolicy", Command::SetPolicy { policy }).await? {
+            Reply::Policy(policy) => Ok(Response::new(pb::SetPolicyResponse {
+                policy: Some(convert::policy_to_pb(&policy)),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let id = request.into_inner().id;
+        self.call("DeletePolicy", Command::DeletePolicy { id }).await?;
+        Ok(Response::new(pb::DeletePolicyResponse {}))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        let subject_prefix = request.into_inner().subject_prefix;
+        match self
+            .call("ListPolicies", Command::ListPolicies { subject_prefix })
+            .await?
+        {
+            Reply::Policies(policies) => Ok(Response::new(pb::ListPoliciesResponse {
+                policies: policies.iter().map(convert::policy_to_pb).collect(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn check_policy(
+        &self,
+        request: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::CheckPolicy {
+            subject: r.subject,
+            action: r.action,
+            resource: r.resource,
+        };
+        match self.call("CheckPolicy", command).await? {
+            Reply::Decision(decision) => Ok(Response::new(convert::decision_to_pb(decision))),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The task queue is not part of this version: every call says so plainly.
+#[derive(Clone, Default)]
+pub struct TaskQueueAbsent;
+
+fn tasks_absent() -> Status {
+    Status::unimplemented("TaskService is not implemented by this daemon version yet")
+}
+
+#[tonic::async_trait]
+impl pb::task_service_server::TaskService for TaskQueueAbsent {
+    async fn create_task(&self, _: Request<pb::CreateTaskRequest>) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        Err(tasks_absent())
+    }
+    async fn claim_task(&self, _: Request<pb::ClaimTaskRequest>) -> Result<Response<pb::ClaimTaskResponse>, Status> {
+        Err(tasks_absent())
+    }
+    async fn complete_task(
+        &self,
+        _: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        Err(tasks_absent())
+    }
+    async fn fail_task(&self, _: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        Err(tasks_absent())
+    }
+    async fn get_task(&self, _: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
+        Err(tasks_absent())
+    }
+    async fn list_tasks(&self, _: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        Err(tasks_absent())
+    }
+}
+
+/// The clock service of a daemon on the real clock: time is not the client's to move.
+#[derive(Clone, Default)]
+pub struct RealClockService;
+
+fn clock_is_real() -> Status {
+    Status::failed_precondition("this daemon runs on the real clock; only a manual-clock daemon can be advanced")
+}
+
+#[tonic::async_trait]
+impl pb::clock_service_server::ClockService for RealClockService {
+    async fn advance(&self, _: Request<pb::AdvanceRequest>) -> Result<Response<pb::AdvanceResponse>, Status> {
+        Err(clock_is_real())
+    }
+    async fn now(&self, _: Request<pb::NowRequest>) -> Result<Response<pb::NowResponse>, Status> {
+        Err(clock_is_real())
+    }
+}

@@ -1,0 +1,51 @@
+//! Everything that speaks to the network: the gRPC services, the HTTP endpoints, and the
+//! transport that carries them.
+//!
+//! Architecture invariant: only this module knows gRPC or HTTP; it reaches state only through
+//! the driver's queue. The transport is a seam: `serve_grpc` takes the routes and a listener,
+//! so another transport (io_uring) serves the same `Api` unchanged.
+
+pub mod convert;
+pub mod grpc;
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::driver::CoreHandle;
+use crate::metrics::Metrics;
+use crate::proto as pb;
+use grpc::{Api, RealClockService, TaskQueueAbsent};
+
+/// Largest gRPC message accepted: a 4 MiB task input plus its envelope.
+pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
+
+/// Every gRPC service of the daemon, ready for any transport.
+pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> Routes {
+    let api = Api::new(core, metrics, watch_buffer);
+    let n = MESSAGE_BYTES_MAX;
+    Routes::default()
+        .add_service(pb::registry_service_server::RegistryServiceServer::new(api.clone()).max_decoding_message_size(n))
+        .add_service(pb::lease_service_server::LeaseServiceServer::new(api.clone()).max_decoding_message_size(n))
+        .add_service(pb::election_service_server::ElectionServiceServer::new(api.clone()).max_decoding_message_size(n))
+        .add_service(pb::entitlements_service_server::EntitlementsServiceServer::new(api).max_decoding_message_size(n))
+        .add_service(pb::task_service_server::TaskServiceServer::new(TaskQueueAbsent).max_decoding_message_size(n))
+        .add_service(pb::clock_service_server::ClockServiceServer::new(RealClockService))
+}
+
+/// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
