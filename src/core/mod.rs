@@ -370,12 +370,20 @@ impl Core {
         if self.timers.next_deadline().is_none_or(|d| d > now) {
             return;
         }
+        // A firing timer may arm another that is already due (UNREACHABLE -> DEAD after a long
+        // pause): keep going until nothing due is left. Each round retires timers for good or
+        // moves an agent one step along its finite lifecycle, so this ends.
         let mut expired = std::mem::take(&mut self.expired);
-        self.timers.advance(now, &mut expired);
-        for (timer, deadline) in expired.drain(..) {
-            match deadline {
-                Deadline::Agent(key) => self.agent_deadline(key, timer),
-                Deadline::Lease(key) => self.lease_expired(key, timer),
+        loop {
+            self.timers.advance(now, &mut expired);
+            if expired.is_empty() {
+                break;
+            }
+            for (timer, deadline) in expired.drain(..) {
+                match deadline {
+                    Deadline::Agent(key) => self.agent_deadline(key, timer),
+                    Deadline::Lease(key) => self.lease_expired(key, timer),
+                }
             }
         }
         self.expired = expired;
