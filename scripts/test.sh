@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
+# tests, the Python SDK's tests, and the published v1 SDK against this daemon.
+# It installs what it needs: Python virtual environments under .venv/ and .venv-v1/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo build (the daemon the Python tests drive)"
+cargo build --quiet --bins
+export AGENTKEEPER_BIN="$PWD/target/debug/agentkeeper"
+
+step "cargo test (core unit tests, property tests, end-to-end tests)"
+cargo test --quiet --all-targets
+
+python=${PYTHON:-python3}
+
+if [ -d sdk/python ]; then
+    step "Python SDK tests"
+    if [ ! -x .venv/bin/python ]; then
+        "$python" -m venv .venv
+    fi
+    .venv/bin/pip install --quiet --disable-pip-version-check -e './sdk/python[test]'
+    .venv/bin/python -m pytest -q sdk/python/tests
+fi
+
+step "the published v1 Python SDK (agentkeeper 0.1.1) against this daemon"
+if [ ! -x .venv-v1/bin/python ]; then
+    "$python" -m venv .venv-v1
+fi
+.venv-v1/bin/pip install --quiet --disable-pip-version-check 'agentkeeper==0.1.1' pytest
+.venv-v1/bin/python -m pytest -q tests/compat_v1
+
+step "all suites passed"
