@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::mpsc::error::TrySendError as TrySendErrorTokio;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::core::events::{Delivery, SubscriberId};
 use crate::core::types::{Map, Millis, new_map};
 use crate::core::{Command, Core, CoreConfig, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
@@ -57,43 +58,20 @@ pub enum Request {
     },
     /// Ends every open stream with UNAVAILABLE and refuses new ones (graceful shutdown).
     EndStreams,
+    /// Reads or moves the clock (ClockService); answered with the clock's time after it moved
+    /// and every deadline due by then has fired.
+    Clock {
+        advance_ms: Option<Millis>,
+        reply: oneshot::Sender<Result<Millis, CoreError>>,
+    },
     /// Stops the driver thread.
     Stop,
-}
-
-/// Where the driver's `now` comes from.
-pub trait Clock: Send + 'static {
-    fn now(&mut self) -> Millis;
-}
-
-/// Wall time read once at start, advanced by a monotonic clock: never goes backwards, even when
-/// the system clock is stepped.
-pub struct RealClock {
-    anchor_wall_ms: Millis,
-    anchor: Instant,
-}
-
-impl RealClock {
-    #[allow(clippy::disallowed_methods)] // the one place the daemon reads the clocks
-    pub fn start() -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        RealClock {
-            anchor_wall_ms: wall.as_millis() as Millis,
-            anchor: Instant::now(),
-        }
-    }
-}
-
-impl Clock for RealClock {
-    fn now(&mut self) -> Millis {
-        self.anchor_wall_ms + self.anchor.elapsed().as_millis() as Millis
-    }
 }
 
 /// Starts the driver thread around a new core; returns the queue to send it requests.
 pub fn spawn(
     config: CoreConfig,
-    mut clock: impl Clock,
+    clock: Clock,
     queue_max: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
@@ -109,26 +87,34 @@ pub fn spawn(
             sinks: new_map(hash_seed),
             closing: false,
             deliveries: Vec::new(),
+            replies: Vec::new(),
         }
         .run(&receiver)
     })?;
     Ok((sender, handle))
 }
 
-struct Driver<C: Clock> {
+/// A reply held until the end of its batch.
+enum PendingReply {
+    Call(oneshot::Sender<Outcome>, Outcome),
+    Clock(oneshot::Sender<Result<Millis, CoreError>>, Result<Millis, CoreError>),
+}
+
+struct Driver {
     core: Core,
-    clock: C,
+    clock: Clock,
     metrics: Arc<Metrics>,
     sinks: Map<SubscriberId, SinkState>,
     closing: bool,
     deliveries: Vec<Delivery>,
+    replies: Vec<PendingReply>,
 }
 
-impl<C: Clock> Driver<C> {
+impl Driver {
     fn run(mut self, receiver: &Receiver<Request>) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         loop {
-            let first = match self.core.next_deadline() {
+            let first = match self.core.next_deadline().filter(|_| self.clock.runs_by_itself()) {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(deadline) => {
                     let wait_ms = deadline.saturating_sub(self.clock.now());
@@ -152,10 +138,12 @@ impl<C: Clock> Driver<C> {
         }
     }
 
-    /// Applies one batch at one `now`; false once the driver was told to stop.
+    /// Applies one batch; false once the driver was told to stop. Replies leave only after the
+    /// whole batch is applied and its events are routed (and, with a store, made durable).
+    #[allow(clippy::disallowed_methods)] // times the batch for the latency histogram
     fn run_batch(&mut self, batch: &mut Vec<Request>) -> bool {
         let started = Instant::now();
-        let now = self.clock.now().max(self.core.now());
+        let mut now = self.clock.now().max(self.core.now());
         self.core.tick(now);
         let mut running = true;
         let batch_len = batch.len();
@@ -163,14 +151,35 @@ impl<C: Clock> Driver<C> {
             match request {
                 Request::Call { command, reply } => {
                     let outcome = self.core.apply(now, command);
-                    let _ = reply.send(outcome);
+                    self.replies.push(PendingReply::Call(reply, outcome));
                 }
                 Request::Subscribe { command, sink, reply } => self.subscribe(now, command, sink, reply),
+                Request::Clock { advance_ms, reply } => {
+                    let moved = match advance_ms {
+                        Some(ms) => self.clock.advance(ms),
+                        None => self.clock.manual_now(),
+                    };
+                    if let Ok(time) = moved {
+                        now = now.max(time);
+                        self.core.tick(now);
+                    }
+                    self.replies.push(PendingReply::Clock(reply, moved));
+                }
                 Request::EndStreams => self.end_streams(),
                 Request::Stop => running = false,
             }
         }
         self.route_deliveries(now);
+        for pending in self.replies.drain(..) {
+            match pending {
+                PendingReply::Call(reply, outcome) => {
+                    let _ = reply.send(outcome);
+                }
+                PendingReply::Clock(reply, moved) => {
+                    let _ = reply.send(moved);
+                }
+            }
+        }
         self.publish(batch_len, started);
         running
     }
@@ -288,6 +297,15 @@ impl CoreHandle {
             ),
             TrySendError::Disconnected(_) => CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down"),
         })
+    }
+
+    /// Reads the clock (`None`) or advances it, through the driver.
+    pub async fn clock(&self, advance_ms: Option<Millis>) -> Result<Millis, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Clock { advance_ms, reply })?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down")))
     }
 
     /// Runs one unary command through the core.

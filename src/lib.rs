@@ -4,6 +4,7 @@
 //! `server` speaks gRPC and HTTP around it; `metrics` is what both publish; `proto` holds the
 //! generated wire types.
 
+pub mod clock;
 pub mod core;
 pub mod driver;
 pub mod metrics;

@@ -13,8 +13,9 @@ use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use agentkeeper::clock::Clock;
 use agentkeeper::core::CoreConfig;
-use agentkeeper::driver::{self, CoreHandle, RealClock, Request};
+use agentkeeper::driver::{self, CoreHandle, Request};
 use agentkeeper::metrics::Metrics;
 use agentkeeper::server;
 
@@ -51,6 +52,11 @@ struct Flags {
     #[arg(long, default_value = "info")]
     log_level: String,
 
+    /// Where time comes from: the real clock, or a manual clock that stands still until a client
+    /// calls ClockService.Advance (for deterministic tests of code that uses AgentKeeper).
+    #[arg(long, value_enum, default_value_t = ClockKind::Real)]
+    clock: ClockKind,
+
     /// Seed for ids and hashing. The same seed and the same calls give the same agent ids.
     /// Default: drawn from the operating system at start-up.
     #[arg(long)]
@@ -71,6 +77,12 @@ struct Flags {
     /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     core_queue_max: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClockKind {
+    Real,
+    Manual,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -165,7 +177,12 @@ async fn run(flags: Flags) -> Result<(), String> {
         ..CoreConfig::default()
     };
     let queue_max = flags.core_queue_max as usize;
-    let (sender, core_thread) = driver::spawn(config, RealClock::start(), queue_max, Arc::clone(&metrics))
+    let clock = match flags.clock {
+        ClockKind::Real => Clock::real(),
+        // A manual clock starts at the wall time of start-up, so timestamps look real.
+        ClockKind::Manual => Clock::manual(Clock::real().now()),
+    };
+    let (sender, core_thread) = driver::spawn(config, clock, queue_max, Arc::clone(&metrics))
         .map_err(|error| format!("cannot start the core thread: {error}"))?;
     let core = CoreHandle::new(sender.clone());
 

@@ -435,20 +435,36 @@ impl pb::task_service_server::TaskService for TaskQueueAbsent {
     }
 }
 
-/// The clock service of a daemon on the real clock: time is not the client's to move.
-#[derive(Clone, Default)]
-pub struct RealClockService;
-
-fn clock_is_real() -> Status {
-    Status::failed_precondition("this daemon runs on the real clock; only a manual-clock daemon can be advanced")
+fn duration_ms(duration: Option<prost_types::Duration>) -> Result<crate::core::types::Millis, Status> {
+    let duration = duration.unwrap_or_default();
+    if duration.seconds < 0 || duration.nanos < 0 {
+        return Err(Status::invalid_argument("duration must not be negative"));
+    }
+    let ms = (duration.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add(duration.nanos as u64 / 1_000_000);
+    Ok(ms)
 }
 
+/// ClockService: moves a manual clock; a real-clock daemon answers FAILED_PRECONDITION.
 #[tonic::async_trait]
-impl pb::clock_service_server::ClockService for RealClockService {
-    async fn advance(&self, _: Request<pb::AdvanceRequest>) -> Result<Response<pb::AdvanceResponse>, Status> {
-        Err(clock_is_real())
+impl pb::clock_service_server::ClockService for Api {
+    async fn advance(&self, request: Request<pb::AdvanceRequest>) -> Result<Response<pb::AdvanceResponse>, Status> {
+        let by_ms = duration_ms(request.into_inner().duration)?;
+        let outcome = self.core.clock(Some(by_ms)).await;
+        self.count("Advance", &outcome);
+        let now = outcome.map_err(convert::status)?;
+        Ok(Response::new(pb::AdvanceResponse {
+            now: convert::timestamp(now),
+        }))
     }
+
     async fn now(&self, _: Request<pb::NowRequest>) -> Result<Response<pb::NowResponse>, Status> {
-        Err(clock_is_real())
+        let outcome = self.core.clock(None).await;
+        self.count("Now", &outcome);
+        let now = outcome.map_err(convert::status)?;
+        Ok(Response::new(pb::NowResponse {
+            now: convert::timestamp(now),
+        }))
     }
 }

@@ -19,7 +19,7 @@ use tonic::service::Routes;
 use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 use crate::proto as pb;
-use grpc::{Api, RealClockService, TaskQueueAbsent};
+use grpc::{Api, TaskQueueAbsent};
 
 /// Largest gRPC message accepted: a 4 MiB task input plus its envelope.
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
@@ -32,9 +32,11 @@ pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> R
         .add_service(pb::registry_service_server::RegistryServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::lease_service_server::LeaseServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::election_service_server::ElectionServiceServer::new(api.clone()).max_decoding_message_size(n))
-        .add_service(pb::entitlements_service_server::EntitlementsServiceServer::new(api).max_decoding_message_size(n))
+        .add_service(
+            pb::entitlements_service_server::EntitlementsServiceServer::new(api.clone()).max_decoding_message_size(n),
+        )
         .add_service(pb::task_service_server::TaskServiceServer::new(TaskQueueAbsent).max_decoding_message_size(n))
-        .add_service(pb::clock_service_server::ClockServiceServer::new(RealClockService))
+        .add_service(pb::clock_service_server::ClockServiceServer::new(api))
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
