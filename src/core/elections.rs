@@ -55,6 +55,11 @@ impl ElectionTable {
         self.groups.is_empty()
     }
 
+    /// Every group, in slab order (sort before showing).
+    pub fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.groups.iter().map(|(_, group)| group)
+    }
+
     /// The state of `group`; one nobody ever campaigned in has no leader and term 0.
     pub fn view(&self, group: &str) -> ElectionView {
         match self.by_name.get(group) {

@@ -68,6 +68,11 @@ impl LeaseTable {
         self.token_last
     }
 
+    /// Every lease, in slab order (sort before showing).
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.iter().map(|(_, lease)| lease)
+    }
+
     pub fn get(&self, key: usize) -> &Lease {
         &self.leases[key]
     }
@@ -175,7 +180,10 @@ impl Core {
         }
         let table = &mut self.leases;
         table.token_last += 1;
-        let token = table.token_last;
+        let mut token = table.token_last;
+        if self.config.planted_bug == super::PlantedBug::ReuseFencingToken && token % 10 == 0 {
+            token -= 1;
+        }
         let entry = table.leases.vacant_entry();
         let key = entry.key();
         let task_id: Arc<str> = task_id.into();

@@ -9,6 +9,7 @@ pub mod elections;
 pub mod entitlements;
 pub mod events;
 pub mod ids;
+pub mod inspect;
 pub mod leases;
 pub mod registry;
 pub mod search;
@@ -49,6 +50,18 @@ pub struct CoreConfig {
     pub policies_max: usize,
     /// Election groups at most (a group is kept forever once created, so it is bounded).
     pub groups_max: usize,
+    /// A deliberate bug, for proving that the simulator's checks catch one. Never set outside
+    /// tests: no flag reaches it.
+    pub planted_bug: PlantedBug,
+}
+
+/// Deliberate bugs the simulator's own tests plant to show its checker fails when it should.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlantedBug {
+    #[default]
+    None,
+    /// Hands out the previous fencing token again on every tenth grant.
+    ReuseFencingToken,
 }
 
 impl Default for CoreConfig {
@@ -62,6 +75,7 @@ impl Default for CoreConfig {
             leases_max: 2_000_000,
             policies_max: 2_000_000,
             groups_max: 1_000_000,
+            planted_bug: PlantedBug::None,
         }
     }
 }

@@ -95,6 +95,11 @@ impl Registry {
         )
     }
 
+    /// Every known agent, in slab order (sort before showing).
+    pub fn iter(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.iter().map(|(_, agent)| agent)
+    }
+
     pub fn get(&self, key: usize) -> &Agent {
         &self.agents[key]
     }
