@@ -1,80 +1,506 @@
-//! PLACEHOLDER (replaced by the real index).
-use super::types::{Decision, Effect, Policy};
+//! The entitlements table: ABAC policies with glob patterns, and the index that answers a check
+//! without scanning every policy.
+//!
+//! Architecture invariant: a check visits only the policies whose indexed literal anchor fits the
+//! query, never the whole table; DENY beats ALLOW and ties name the smallest id, so the answer
+//! never depends on storage order.
+//!
+//! The index: each policy is filed under one *anchor*, the longest literal run among six
+//! candidates: for each of subject, action and resource, the literal prefix before its first `*`
+//! and the literal suffix after its last `*`. A field with no `*` is anchored exactly (its whole
+//! text). A query can only match a policy whose anchor is the query's field itself (exact), a
+//! prefix of it, or a suffix of it, so a check looks up the query field's whole text and each of
+//! its prefixes and suffixes whose length some anchor actually has (kept as a count per length),
+//! then verifies the few candidates with `glob_match`. With realistic tables (mostly literal
+//! `agent:<name>` subjects, a sprinkling of `agent:*`, `tool:*`, `*`), a check touches a handful
+//! of policies whatever the table size. The adversarial worst case, a million policies that are
+//! all `*`/`*`/`*` (or that share one short anchor), puts them in one bucket and a check then
+//! verifies them all: they all match the same queries anyway, and the limit on policies bounds it.
+
 use std::collections::BTreeMap;
-pub struct PolicyTable {
-    by_id: BTreeMap<String, Policy>,
+
+use slab::Slab;
+
+use super::types::{Decision, Effect, Map, Policy, new_map};
+
+/// Which part of a field an anchor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnchorKind {
+    /// The whole field: it has no `*`.
+    Exact,
+    /// The literal run before the first `*`.
+    Prefix,
+    /// The literal run after the last `*`.
+    Suffix,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Anchor {
+    field: usize,
+    kind: AnchorKind,
+    text: Box<str>,
+}
+
+/// The buckets of one field: exact texts, prefixes and suffixes, with a count of anchors per
+/// prefix and suffix length so a check only tries lengths that exist.
+struct FieldIndex {
+    exact: Map<Box<str>, Vec<usize>>,
+    prefix: Map<Box<str>, Vec<usize>>,
+    suffix: Map<Box<str>, Vec<usize>>,
+    prefix_lengths: BTreeMap<usize, usize>,
+    suffix_lengths: BTreeMap<usize, usize>,
+}
+
+impl FieldIndex {
+    fn new(hash_seed: u64) -> Self {
+        FieldIndex {
+            exact: new_map(hash_seed),
+            prefix: new_map(hash_seed),
+            suffix: new_map(hash_seed),
+            prefix_lengths: BTreeMap::new(),
+            suffix_lengths: BTreeMap::new(),
+        }
+    }
+
+    fn bucket_mut(&mut self, kind: AnchorKind) -> &mut Map<Box<str>, Vec<usize>> {
+        match kind {
+            AnchorKind::Exact => &mut self.exact,
+            AnchorKind::Prefix => &mut self.prefix,
+            AnchorKind::Suffix => &mut self.suffix,
+        }
+    }
+
+    fn lengths_mut(&mut self, kind: AnchorKind) -> Option<&mut BTreeMap<usize, usize>> {
+        match kind {
+            AnchorKind::Exact => None,
+            AnchorKind::Prefix => Some(&mut self.prefix_lengths),
+            AnchorKind::Suffix => Some(&mut self.suffix_lengths),
+        }
+    }
+
+    fn insert(&mut self, kind: AnchorKind, text: &str, key: usize) {
+        self.bucket_mut(kind).entry(text.into()).or_default().push(key);
+        if let Some(lengths) = self.lengths_mut(kind) {
+            *lengths.entry(text.len()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, kind: AnchorKind, text: &str, key: usize) {
+        let buckets = self.bucket_mut(kind);
+        let bucket = buckets.get_mut(text).expect("an indexed policy has its bucket");
+        let position = bucket.iter().position(|&k| k == key).expect("an indexed policy is in its bucket");
+        bucket.swap_remove(position);
+        if bucket.is_empty() {
+            buckets.remove(text);
+        }
+        if let Some(lengths) = self.lengths_mut(kind) {
+            let count = lengths.get_mut(&text.len()).expect("an anchor length is counted");
+            *count -= 1;
+            if *count == 0 {
+                lengths.remove(&text.len());
+            }
+        }
+    }
+
+    /// Calls `visit` with every policy whose anchor in this field fits `query`.
+    fn candidates(&self, query: &str, mut visit: impl FnMut(usize)) {
+        let mut bucket = |map: &Map<Box<str>, Vec<usize>>, text: &str| {
+            if let Some(keys) = map.get(text) {
+                keys.iter().for_each(|&k| visit(k));
+            }
+        };
+        bucket(&self.exact, query);
+        for &len in self.prefix_lengths.keys().take_while(|&&len| len <= query.len()) {
+            if query.is_char_boundary(len) {
+                bucket(&self.prefix, &query[..len]);
+            }
+        }
+        for &len in self.suffix_lengths.keys().take_while(|&&len| len <= query.len()) {
+            let start = query.len() - len;
+            if query.is_char_boundary(start) {
+                bucket(&self.suffix, &query[start..]);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        [&self.exact, &self.prefix, &self.suffix].iter().map(|m| m.values().map(Vec::len).sum::<usize>()).sum()
+    }
+}
+
+struct Entry {
+    policy: Policy,
+    anchor: Anchor,
+}
+
+/// The policies, by id, with the check index.
+pub struct PolicyTable {
+    entries: Slab<Entry>,
+    /// Ids in order: lookups, upserts and sorted listing.
+    by_id: BTreeMap<String, usize>,
+    fields: [FieldIndex; 3],
+}
+
+fn fields_of(policy: &Policy) -> [&str; 3] {
+    [&policy.subject, &policy.action, &policy.resource]
+}
+
+/// The longest literal run among the policy's six candidate anchors (ties: earlier field, then
+/// exact over prefix over suffix), so similar policies spread over many buckets.
+fn anchor_of(policy: &Policy) -> Anchor {
+    let mut best: Option<Anchor> = None;
+    for (field, pattern) in fields_of(policy).into_iter().enumerate() {
+        let options = match (pattern.find('*'), pattern.rfind('*')) {
+            (None, _) => vec![(AnchorKind::Exact, pattern)],
+            (Some(first), Some(last)) => {
+                vec![(AnchorKind::Prefix, &pattern[..first]), (AnchorKind::Suffix, &pattern[last + 1..])]
+            }
+            (Some(_), None) => unreachable!("find and rfind agree on whether `*` occurs"),
+        };
+        for (kind, text) in options {
+            // An exact anchor is worth more than an affix of the same length: it matches one text.
+            let weight = |a: AnchorKind, len: usize| 2 * len + usize::from(a == AnchorKind::Exact);
+            if best.as_ref().is_none_or(|b| weight(kind, text.len()) > weight(b.kind, b.text.len())) {
+                best = Some(Anchor { field, kind, text: text.into() });
+            }
+        }
+    }
+    best.expect("a policy has three fields")
+}
+
+impl PolicyTable {
+    pub fn new(hash_seed: u64) -> Self {
+        PolicyTable {
+            entries: Slab::new(),
+            by_id: BTreeMap::new(),
+            fields: [FieldIndex::new(hash_seed), FieldIndex::new(hash_seed), FieldIndex::new(hash_seed)],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Policy> {
+        self.by_id.get(id).map(|&key| &self.entries[key].policy)
+    }
+
+    /// Inserts or replaces the policy with this id; returns the replaced one.
+    pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
+        let replaced = self.remove(&policy.id);
+        let anchor = anchor_of(&policy);
+        let id = policy.id.clone();
+        let key = self.entries.insert(Entry { policy, anchor: anchor.clone() });
+        self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
+        self.by_id.insert(id, key);
+        debug_assert_eq!(self.by_id.len(), self.entries.len());
+        replaced
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Policy> {
+        let key = self.by_id.remove(id)?;
+        let entry = self.entries.remove(key);
+        self.fields[entry.anchor.field].remove(entry.anchor.kind, &entry.anchor.text, key);
+        Some(entry.policy)
+    }
+
+    /// Policies whose subject pattern starts with `subject_prefix`, sorted by id.
+    pub fn list(&self, subject_prefix: &str) -> Vec<Policy> {
+        self.by_id
+            .values()
+            .map(|&key| &self.entries[key].policy)
+            .filter(|policy| policy.subject.starts_with(subject_prefix))
+            .cloned()
+            .collect()
+    }
+
+    pub fn check(&self, subject: &str, action: &str, resource: &str) -> Decision {
+        self.check_counting(subject, action, resource).0
+    }
+
+    /// The decision and how many candidates it verified (the measure of "does not scan").
+    pub fn check_counting(&self, subject: &str, action: &str, resource: &str) -> (Decision, usize) {
+        let query = [subject, action, resource];
+        let mut deny: Option<&str> = None;
+        let mut allow: Option<&str> = None;
+        let mut examined = 0;
+        for (field, index) in self.fields.iter().enumerate() {
+            index.candidates(query[field], |key| {
+                examined += 1;
+                let policy = &self.entries[key].policy;
+                let matches = fields_of(policy).iter().zip(query).all(|(pattern, text)| glob_match(pattern, text));
+                if !matches {
+                    return;
+                }
+                let best = match policy.effect {
+                    Effect::Deny => &mut deny,
+                    Effect::Allow => &mut allow,
+                };
+                if best.is_none_or(|id| policy.id.as_str() < id) {
+                    *best = Some(&policy.id);
+                }
+            });
+        }
+        let decision = match (deny, allow) {
+            (Some(id), _) => Decision { allowed: false, reason: format!("denied by policy \"{id}\"") },
+            (None, Some(id)) => Decision { allowed: true, reason: format!("allowed by policy \"{id}\"") },
+            (None, None) => Decision { allowed: false, reason: "no matching policy: default deny".to_string() },
+        };
+        (decision, examined)
+    }
+
+    pub fn check_invariants(&self) {
+        assert_eq!(self.by_id.len(), self.entries.len(), "policy id index size");
+        let indexed: usize = self.fields.iter().map(FieldIndex::len).sum();
+        assert_eq!(indexed, self.entries.len(), "every policy is filed under exactly one anchor");
+        for (id, &key) in &self.by_id {
+            let entry = &self.entries[key];
+            assert_eq!(&entry.policy.id, id, "policy {id:?} filed under another id");
+            assert_eq!(entry.anchor, anchor_of(&entry.policy), "policy {id:?} anchor is stale");
+            let index = &self.fields[entry.anchor.field];
+            let bucket = match entry.anchor.kind {
+                AnchorKind::Exact => &index.exact,
+                AnchorKind::Prefix => &index.prefix,
+                AnchorKind::Suffix => &index.suffix,
+            };
+            let filed = bucket.get(&*entry.anchor.text).is_some_and(|keys| keys.contains(&key));
+            assert!(filed, "policy {id:?} missing from its bucket");
+        }
+    }
+}
+
+/// Glob match where `*` matches any run of bytes (the empty run and `:` included) and every
+/// other byte is literal. Greedy with backtracking to the last star: O(pattern x text) at worst,
+/// no recursion.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    let (mut p, mut t) = (0, 0);
+    // Where the last star was, and the text position it currently swallows up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
         } else {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
+    pattern[p..].iter().all(|&b| b == b'*')
 }
-impl PolicyTable {
-    pub fn new(_hash_seed: u64) -> Self {
-        PolicyTable { by_id: BTreeMap::new() }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(id: &str, subject: &str, action: &str, resource: &str, effect: Effect) -> Policy {
+        Policy { id: id.into(), subject: subject.into(), action: action.into(), resource: resource.into(), effect }
     }
-    pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
-        self.by_id.insert(policy.id.clone(), policy)
-    }
-    pub fn remove(&mut self, id: &str) -> Option<Policy> {
-        self.by_id.remove(id)
-    }
-    pub fn get(&self, id: &str) -> Option<&Policy> {
-        self.by_id.get(id)
-    }
-    pub fn list(&self, subject_prefix: &str) -> Vec<Policy> {
-        self.by_id
-            .values()
-            .filter(|p| p.subject.starts_with(subject_prefix))
-            .cloned()
-            .collect()
-    }
-    pub fn check(&self, subject: &str, action: &str, resource: &str) -> Decision {
-        let m = |p: &&Policy| {
-            glob_match(&p.subject, subject) && glob_match(&p.action, action) && glob_match(&p.resource, resource)
+
+    /// The contract, evaluated the slow way over every policy.
+    fn brute_force(policies: &[Policy], subject: &str, action: &str, resource: &str) -> Decision {
+        let matching = |effect| {
+            policies
+                .iter()
+                .filter(|p| p.effect == effect)
+                .filter(|p| glob_match(&p.subject, subject) && glob_match(&p.action, action))
+                .filter(|p| glob_match(&p.resource, resource))
+                .map(|p| p.id.clone())
+                .min()
         };
-        if let Some(p) = self.by_id.values().filter(m).find(|p| p.effect == Effect::Deny) {
-            return Decision {
-                allowed: false,
-                reason: format!("denied by policy \"{}\"", p.id),
-            };
-        }
-        if let Some(p) = self.by_id.values().filter(m).find(|p| p.effect == Effect::Allow) {
-            return Decision {
-                allowed: true,
-                reason: format!("allowed by policy \"{}\"", p.id),
-            };
-        }
-        Decision {
-            allowed: false,
-            reason: "no matching policy: default deny".into(),
+        match (matching(Effect::Deny), matching(Effect::Allow)) {
+            (Some(id), _) => Decision { allowed: false, reason: format!("denied by policy \"{id}\"") },
+            (None, Some(id)) => Decision { allowed: true, reason: format!("allowed by policy \"{id}\"") },
+            (None, None) => Decision { allowed: false, reason: "no matching policy: default deny".into() },
         }
     }
-    pub fn len(&self) -> usize {
-        self.by_id.len()
+
+    #[test]
+    fn glob_star_matches_empty_runs_colons_and_many_stars() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*", "a:b:c"));
+        assert!(glob_match("agent:*", "agent:"));
+        assert!(glob_match("a*b*c", "abc"));
+        assert!(glob_match("a*b*c", "a:x:b:y:c"));
+        assert!(glob_match("*:admin", "tool:db:admin"));
+        assert!(glob_match("**", "x"));
+        assert!(!glob_match("a*b", "a:c"));
+        assert!(!glob_match("abc", "abcd"));
+        assert!(!glob_match("abc", "ab"));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("", ""));
     }
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+
+    #[test]
+    fn glob_is_case_sensitive_and_literal_outside_stars() {
+        assert!(!glob_match("Agent:*", "agent:x"));
+        assert!(!glob_match("a?c", "abc"), "only * is special");
+        assert!(glob_match("a?c", "a?c"));
+        assert!(glob_match("tool:é*", "tool:été"));
     }
-    pub fn check_invariants(&self) {}
+
+    #[test]
+    fn glob_pathological_pattern_finishes_fast() {
+        let text = "a".repeat(1024);
+        let pattern = "a*".repeat(100) + "b";
+        assert!(!glob_match(&pattern, &text));
+        assert!(glob_match(&("a*".repeat(100)), &text));
+    }
+
+    #[test]
+    fn deny_beats_allow_and_the_smallest_id_is_named() {
+        let mut table = PolicyTable::new(1);
+        table.upsert(policy("z-allow", "agent:*", "call", "tool:*", Effect::Allow));
+        table.upsert(policy("b-allow", "*", "*", "*", Effect::Allow));
+        assert_eq!(table.check("agent:x", "call", "tool:y").reason, "allowed by policy \"b-allow\"");
+        table.upsert(policy("m-deny", "agent:x", "call", "tool:y", Effect::Deny));
+        table.upsert(policy("k-deny", "agent:*", "*", "tool:y", Effect::Deny));
+        let decision = table.check("agent:x", "call", "tool:y");
+        assert_eq!((decision.allowed, decision.reason.as_str()), (false, "denied by policy \"k-deny\""));
+        let none = PolicyTable::new(1).check("a", "b", "c");
+        assert_eq!((none.allowed, none.reason.as_str()), (false, "no matching policy: default deny"));
+    }
+
+    #[test]
+    fn upsert_replaces_the_old_pattern_and_remove_forgets() {
+        let mut table = PolicyTable::new(1);
+        assert!(table.upsert(policy("p", "a", "b", "c", Effect::Allow)).is_none());
+        let old = table.upsert(policy("p", "*:x", "b", "c", Effect::Allow));
+        assert_eq!(old.map(|p| p.subject), Some("a".to_string()));
+        assert!(!table.check("a", "b", "c").allowed, "the old pattern no longer matches");
+        assert!(table.check("q:x", "b", "c").allowed);
+        table.check_invariants();
+        assert!(table.remove("p").is_some());
+        assert!(table.remove("p").is_none());
+        assert!(table.is_empty());
+        table.check_invariants();
+    }
+
+    #[test]
+    fn list_is_sorted_by_id_and_filtered_by_subject_prefix() {
+        let mut table = PolicyTable::new(1);
+        for (id, subject) in [("c", "agent:b"), ("a", "user:x"), ("b", "agent:a"), ("d", "agent*")] {
+            table.upsert(policy(id, subject, "x", "y", Effect::Allow));
+        }
+        let ids = |list: Vec<Policy>| list.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(table.list("")), ["a", "b", "c", "d"]);
+        assert_eq!(ids(table.list("agent:")), ["b", "c"], "a plain prefix, not a glob");
+    }
+
+    #[test]
+    fn a_check_examines_a_handful_of_candidates_among_100k_policies() {
+        let mut table = PolicyTable::new(7);
+        for i in 0..100_000 {
+            let effect = if i % 10 == 0 { Effect::Deny } else { Effect::Allow };
+            table.upsert(policy(&format!("p{i}"), &format!("agent:a{i}"), "call", &format!("tool:t{}", i % 50), effect));
+        }
+        table.upsert(policy("wild-1", "agent:*", "read", "*", Effect::Allow));
+        table.upsert(policy("wild-2", "*", "*", "tool:admin", Effect::Deny));
+        table.upsert(policy("wild-3", "*:root", "*", "*", Effect::Deny));
+        let (decision, examined) = table.check_counting("agent:a77", "call", "tool:t27");
+        assert_eq!(decision.reason, "allowed by policy \"p77\"");
+        assert!(examined <= 5, "examined {examined} candidates");
+        let (decision, examined) = table.check_counting("agent:a70", "read", "tool:admin");
+        assert_eq!(decision.reason, "denied by policy \"wild-2\"");
+        assert!(examined <= 5, "examined {examined} candidates");
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[ab:*]{0,5}").expect("valid regex").prop_filter("non-empty", |s| !s.is_empty())
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[ab:]{0,6}").expect("valid regex")
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Upsert(Policy),
+        Remove(String),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let id = || proptest::string::string_regex("[a-e]").expect("valid regex");
+        let effect = prop_oneof![Just(Effect::Allow), Just(Effect::Deny)];
+        prop_oneof![
+            3 => (id(), pattern(), pattern(), pattern(), effect)
+                .prop_map(|(id, s, a, r, e): (String, String, String, String, Effect)| {
+                    Op::Upsert(policy(&id, &s, &a, &r, e))
+                }),
+            1 => id().prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn check_equals_brute_force_over_random_tables(
+            ops in proptest::collection::vec(op(), 1..40),
+            queries in proptest::collection::vec((text(), text(), text()), 1..20),
+        ) {
+            let mut table = PolicyTable::new(3);
+            let mut reference: Vec<Policy> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Upsert(p) => {
+                        reference.retain(|q| q.id != p.id);
+                        reference.push(p.clone());
+                        table.upsert(p);
+                    }
+                    Op::Remove(id) => {
+                        reference.retain(|q| q.id != id);
+                        table.remove(&id);
+                    }
+                }
+                table.check_invariants();
+                prop_assert_eq!(table.len(), reference.len());
+            }
+            for (s, a, r) in queries {
+                prop_assert_eq!(table.check(&s, &a, &r), brute_force(&reference, &s, &a, &r));
+            }
+        }
+    }
+
+    /// Run with `cargo test --release -- --ignored check_latency --nocapture`.
+    #[test]
+    #[ignore]
+    #[allow(clippy::disallowed_methods)] // a measurement, not the core
+    fn check_latency_at_one_million_policies() {
+        let mut table = PolicyTable::new(11);
+        for i in 0..1_000_000u64 {
+            let effect = if i % 7 == 0 { Effect::Deny } else { Effect::Allow };
+            let subject = format!("agent:a{i}");
+            table.upsert(policy(&format!("p{i:07}"), &subject, "call", &format!("tool:t{}", i % 1000), effect));
+        }
+        for (id, s, a, r) in [("w1", "agent:*", "read", "*"), ("w2", "*", "*", "tool:admin"), ("w3", "*:root", "*", "*")] {
+            table.upsert(policy(id, s, a, r, Effect::Deny));
+        }
+        let mut samples = Vec::with_capacity(10_000);
+        let mut allowed = 0;
+        for i in 0..10_000u64 {
+            let n = i.wrapping_mul(2_654_435_761) % 1_000_000;
+            let (subject, resource) = (format!("agent:a{n}"), format!("tool:t{}", n % 1000));
+            let start = std::time::Instant::now();
+            let decision = table.check(&subject, "call", &resource);
+            samples.push(start.elapsed());
+            allowed += usize::from(decision.allowed);
+        }
+        samples.sort_unstable();
+        println!(
+            "1,000,003 policies: check median {:?}, p99 {:?}, max {:?} ({allowed} of 10000 allowed)",
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100],
+            samples[samples.len() - 1]
+        );
+    }
 }
