@@ -88,7 +88,10 @@ impl FieldIndex {
     fn remove(&mut self, kind: AnchorKind, text: &str, key: usize) {
         let buckets = self.bucket_mut(kind);
         let bucket = buckets.get_mut(text).expect("an indexed policy has its bucket");
-        let position = bucket.iter().position(|&k| k == key).expect("an indexed policy is in its bucket");
+        let position = bucket
+            .iter()
+            .position(|&k| k == key)
+            .expect("an indexed policy is in its bucket");
         bucket.swap_remove(position);
         if bucket.is_empty() {
             buckets.remove(text);
@@ -124,7 +127,10 @@ impl FieldIndex {
     }
 
     fn len(&self) -> usize {
-        [&self.exact, &self.prefix, &self.suffix].iter().map(|m| m.values().map(Vec::len).sum::<usize>()).sum()
+        [&self.exact, &self.prefix, &self.suffix]
+            .iter()
+            .map(|m| m.values().map(Vec::len).sum::<usize>())
+            .sum()
     }
 }
 
@@ -153,15 +159,25 @@ fn anchor_of(policy: &Policy) -> Anchor {
         let options = match (pattern.find('*'), pattern.rfind('*')) {
             (None, _) => vec![(AnchorKind::Exact, pattern)],
             (Some(first), Some(last)) => {
-                vec![(AnchorKind::Prefix, &pattern[..first]), (AnchorKind::Suffix, &pattern[last + 1..])]
+                vec![
+                    (AnchorKind::Prefix, &pattern[..first]),
+                    (AnchorKind::Suffix, &pattern[last + 1..]),
+                ]
             }
             (Some(_), None) => unreachable!("find and rfind agree on whether `*` occurs"),
         };
         for (kind, text) in options {
             // An exact anchor is worth more than an affix of the same length: it matches one text.
             let weight = |a: AnchorKind, len: usize| 2 * len + usize::from(a == AnchorKind::Exact);
-            if best.as_ref().is_none_or(|b| weight(kind, text.len()) > weight(b.kind, b.text.len())) {
-                best = Some(Anchor { field, kind, text: text.into() });
+            if best
+                .as_ref()
+                .is_none_or(|b| weight(kind, text.len()) > weight(b.kind, b.text.len()))
+            {
+                best = Some(Anchor {
+                    field,
+                    kind,
+                    text: text.into(),
+                });
             }
         }
     }
@@ -173,7 +189,11 @@ impl PolicyTable {
         PolicyTable {
             entries: Slab::new(),
             by_id: BTreeMap::new(),
-            fields: [FieldIndex::new(hash_seed), FieldIndex::new(hash_seed), FieldIndex::new(hash_seed)],
+            fields: [
+                FieldIndex::new(hash_seed),
+                FieldIndex::new(hash_seed),
+                FieldIndex::new(hash_seed),
+            ],
         }
     }
 
@@ -194,7 +214,10 @@ impl PolicyTable {
         let replaced = self.remove(&policy.id);
         let anchor = anchor_of(&policy);
         let id = policy.id.clone();
-        let key = self.entries.insert(Entry { policy, anchor: anchor.clone() });
+        let key = self.entries.insert(Entry {
+            policy,
+            anchor: anchor.clone(),
+        });
         self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
         self.by_id.insert(id, key);
         debug_assert_eq!(self.by_id.len(), self.entries.len());
@@ -232,7 +255,10 @@ impl PolicyTable {
             index.candidates(query[field], |key| {
                 examined += 1;
                 let policy = &self.entries[key].policy;
-                let matches = fields_of(policy).iter().zip(query).all(|(pattern, text)| glob_match(pattern, text));
+                let matches = fields_of(policy)
+                    .iter()
+                    .zip(query)
+                    .all(|(pattern, text)| glob_match(pattern, text));
                 if !matches {
                     return;
                 }
@@ -246,9 +272,18 @@ impl PolicyTable {
             });
         }
         let decision = match (deny, allow) {
-            (Some(id), _) => Decision { allowed: false, reason: format!("denied by policy \"{id}\"") },
-            (None, Some(id)) => Decision { allowed: true, reason: format!("allowed by policy \"{id}\"") },
-            (None, None) => Decision { allowed: false, reason: "no matching policy: default deny".to_string() },
+            (Some(id), _) => Decision {
+                allowed: false,
+                reason: format!("denied by policy \"{id}\""),
+            },
+            (None, Some(id)) => Decision {
+                allowed: true,
+                reason: format!("allowed by policy \"{id}\""),
+            },
+            (None, None) => Decision {
+                allowed: false,
+                reason: "no matching policy: default deny".to_string(),
+            },
         };
         (decision, examined)
     }
@@ -256,7 +291,11 @@ impl PolicyTable {
     pub fn check_invariants(&self) {
         assert_eq!(self.by_id.len(), self.entries.len(), "policy id index size");
         let indexed: usize = self.fields.iter().map(FieldIndex::len).sum();
-        assert_eq!(indexed, self.entries.len(), "every policy is filed under exactly one anchor");
+        assert_eq!(
+            indexed,
+            self.entries.len(),
+            "every policy is filed under exactly one anchor"
+        );
         for (id, &key) in &self.by_id {
             let entry = &self.entries[key];
             assert_eq!(&entry.policy.id, id, "policy {id:?} filed under another id");
@@ -305,7 +344,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy(id: &str, subject: &str, action: &str, resource: &str, effect: Effect) -> Policy {
-        Policy { id: id.into(), subject: subject.into(), action: action.into(), resource: resource.into(), effect }
+        Policy {
+            id: id.into(),
+            subject: subject.into(),
+            action: action.into(),
+            resource: resource.into(),
+            effect,
+        }
     }
 
     /// The contract, evaluated the slow way over every policy.
@@ -320,9 +365,18 @@ mod tests {
                 .min()
         };
         match (matching(Effect::Deny), matching(Effect::Allow)) {
-            (Some(id), _) => Decision { allowed: false, reason: format!("denied by policy \"{id}\"") },
-            (None, Some(id)) => Decision { allowed: true, reason: format!("allowed by policy \"{id}\"") },
-            (None, None) => Decision { allowed: false, reason: "no matching policy: default deny".into() },
+            (Some(id), _) => Decision {
+                allowed: false,
+                reason: format!("denied by policy \"{id}\""),
+            },
+            (None, Some(id)) => Decision {
+                allowed: true,
+                reason: format!("allowed by policy \"{id}\""),
+            },
+            (None, None) => Decision {
+                allowed: false,
+                reason: "no matching policy: default deny".into(),
+            },
         }
     }
 
@@ -363,13 +417,22 @@ mod tests {
         let mut table = PolicyTable::new(1);
         table.upsert(policy("z-allow", "agent:*", "call", "tool:*", Effect::Allow));
         table.upsert(policy("b-allow", "*", "*", "*", Effect::Allow));
-        assert_eq!(table.check("agent:x", "call", "tool:y").reason, "allowed by policy \"b-allow\"");
+        assert_eq!(
+            table.check("agent:x", "call", "tool:y").reason,
+            "allowed by policy \"b-allow\""
+        );
         table.upsert(policy("m-deny", "agent:x", "call", "tool:y", Effect::Deny));
         table.upsert(policy("k-deny", "agent:*", "*", "tool:y", Effect::Deny));
         let decision = table.check("agent:x", "call", "tool:y");
-        assert_eq!((decision.allowed, decision.reason.as_str()), (false, "denied by policy \"k-deny\""));
+        assert_eq!(
+            (decision.allowed, decision.reason.as_str()),
+            (false, "denied by policy \"k-deny\"")
+        );
         let none = PolicyTable::new(1).check("a", "b", "c");
-        assert_eq!((none.allowed, none.reason.as_str()), (false, "no matching policy: default deny"));
+        assert_eq!(
+            (none.allowed, none.reason.as_str()),
+            (false, "no matching policy: default deny")
+        );
     }
 
     #[test]
@@ -403,7 +466,13 @@ mod tests {
         let mut table = PolicyTable::new(7);
         for i in 0..100_000 {
             let effect = if i % 10 == 0 { Effect::Deny } else { Effect::Allow };
-            table.upsert(policy(&format!("p{i}"), &format!("agent:a{i}"), "call", &format!("tool:t{}", i % 50), effect));
+            table.upsert(policy(
+                &format!("p{i}"),
+                &format!("agent:a{i}"),
+                "call",
+                &format!("tool:t{}", i % 50),
+                effect,
+            ));
         }
         table.upsert(policy("wild-1", "agent:*", "read", "*", Effect::Allow));
         table.upsert(policy("wild-2", "*", "*", "tool:admin", Effect::Deny));
@@ -417,7 +486,9 @@ mod tests {
     }
 
     fn pattern() -> impl Strategy<Value = String> {
-        proptest::string::string_regex("[ab:*]{0,5}").expect("valid regex").prop_filter("non-empty", |s| !s.is_empty())
+        proptest::string::string_regex("[ab:*]{0,5}")
+            .expect("valid regex")
+            .prop_filter("non-empty", |s| !s.is_empty())
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -480,9 +551,19 @@ mod tests {
         for i in 0..1_000_000u64 {
             let effect = if i % 7 == 0 { Effect::Deny } else { Effect::Allow };
             let subject = format!("agent:a{i}");
-            table.upsert(policy(&format!("p{i:07}"), &subject, "call", &format!("tool:t{}", i % 1000), effect));
+            table.upsert(policy(
+                &format!("p{i:07}"),
+                &subject,
+                "call",
+                &format!("tool:t{}", i % 1000),
+                effect,
+            ));
         }
-        for (id, s, a, r) in [("w1", "agent:*", "read", "*"), ("w2", "*", "*", "tool:admin"), ("w3", "*:root", "*", "*")] {
+        for (id, s, a, r) in [
+            ("w1", "agent:*", "read", "*"),
+            ("w2", "*", "*", "tool:admin"),
+            ("w3", "*:root", "*", "*"),
+        ] {
             table.upsert(policy(id, s, a, r, Effect::Deny));
         }
         let mut samples = Vec::with_capacity(10_000);

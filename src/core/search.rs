@@ -1,43 +1,585 @@
-//! PLACEHOLDER (replaced by the real index).
-use super::types::AgentCard;
-use std::collections::BTreeMap;
+//! The relevance index behind Find's natural-language query: BM25F over an agent card's fields
+//! (name, tools, capability names, description, capability descriptions, metadata values),
+//! updated incrementally as agents come and go.
+//!
+//! Architecture invariant: the index keeps only integer statistics (term frequencies, field
+//! lengths, document frequencies), so scores are a pure function of the indexed cards, whatever
+//! the order they arrived and left in; a query scores only the documents that share a term with
+//! it, summing in query-term order, and never lets hash-map order reach its output.
+
+use super::types::{AgentCard, Map, new_map};
+
 pub type DocKey = usize;
+
+/// Field weights: where a word appears says how much it tells about the agent.
+const FIELD_WEIGHTS: [f64; FIELDS] = [3.0, 2.0, 2.0, 1.0, 1.0, 0.5];
+const FIELDS: usize = 6;
+const FIELD_NAME: usize = 0;
+const FIELD_TOOLS: usize = 1;
+const FIELD_CAPABILITY_NAMES: usize = 2;
+const FIELD_DESCRIPTION: usize = 3;
+const FIELD_CAPABILITY_DESCRIPTIONS: usize = 4;
+const FIELD_METADATA: usize = 5;
+/// BM25's term-frequency saturation and length normalisation.
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+/// Query terms considered at most: bounds a query's work whatever its length.
+const QUERY_TERMS_MAX: usize = 64;
+
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "all",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "by",
+    "can",
+    "could",
+    "do",
+    "for",
+    "from",
+    "get",
+    "has",
+    "have",
+    "help",
+    "i",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "me",
+    "my",
+    "need",
+    "needs",
+    "of",
+    "on",
+    "or",
+    "our",
+    "please",
+    "some",
+    "someone",
+    "something",
+    "that",
+    "the",
+    "their",
+    "them",
+    "this",
+    "to",
+    "us",
+    "want",
+    "we",
+    "which",
+    "who",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+];
+
+type FieldCounts = [u32; FIELDS];
+
+struct Doc {
+    lengths: FieldCounts,
+    /// The document's distinct terms (to remove its postings without a scan).
+    terms: Vec<Box<str>>,
+}
+
 pub struct SearchIndex {
-    docs: BTreeMap<DocKey, String>,
+    docs: Map<DocKey, Doc>,
+    /// term -> document -> occurrences per field
+    postings: Map<Box<str>, Map<DocKey, FieldCounts>>,
+    total_lengths: [u64; FIELDS],
+    hash_seed: u64,
 }
+
+/// Lowercases, splits on anything not alphanumeric, drops stop words and one-letter tokens, and
+/// folds common English suffixes. A word joined by `_`, `-` or `.` (a tool name like
+/// `http_client`) also yields the whole word.
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| t.len() > 1)
-        .map(String::from)
-        .collect()
+    let mut tokens = Vec::new();
+    for word in text.split_whitespace() {
+        let lower = word.to_lowercase();
+        let parts: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|p| !p.is_empty())
+            .collect();
+        for part in &parts {
+            push_token(&mut tokens, part);
+        }
+        if parts.len() > 1 {
+            let whole = lower.trim_matches(|c: char| !c.is_alphanumeric());
+            if whole
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                tokens.push(whole.to_string());
+            }
+        }
+    }
+    tokens
 }
+
+/// Tokens of a tool name: the name's own tokens plus its camelCase parts.
+fn tokenize_tool(tool: &str) -> Vec<String> {
+    let mut spaced = String::with_capacity(tool.len() + 8);
+    let mut previous_lower = false;
+    for c in tool.chars() {
+        if c.is_uppercase() && previous_lower {
+            spaced.push(' ');
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        spaced.push(c);
+    }
+    let mut tokens = tokenize(tool);
+    if spaced.len() != tool.len() {
+        tokens.extend(tokenize(&spaced));
+    }
+    tokens
+}
+
+fn push_token(tokens: &mut Vec<String>, part: &str) {
+    if part.chars().count() < 2 || STOP_WORDS.contains(&part) {
+        return;
+    }
+    tokens.push(normalise(part));
+}
+
+/// A light, deterministic suffix folding so that "pages"/"page" and "parsing"/"parsed"/"parse"
+/// meet: plural and -ing/-ed endings go, a doubled final consonant folds, a final "e" goes. The
+/// result is an index key, not a word.
+fn normalise(word: &str) -> String {
+    if !word.is_ascii() || word.len() <= 3 {
+        return word.to_string();
+    }
+    let mut stem = word.to_string();
+    if let Some(base) = word.strip_suffix("ies") {
+        stem = format!("{base}y");
+    } else if ["sses", "xes", "ches", "shes"].iter().any(|s| word.ends_with(s)) {
+        stem.truncate(word.len() - 2);
+    } else if let Some(base) = word
+        .strip_suffix("ing")
+        .or_else(|| word.strip_suffix("ed"))
+        .filter(|b| b.len() >= 3)
+    {
+        stem = base.to_string();
+        let bytes = stem.as_bytes();
+        let n = bytes.len();
+        if bytes[n - 1] == bytes[n - 2] && !matches!(bytes[n - 1], b'l' | b's' | b'z') {
+            stem.truncate(n - 1);
+        }
+    } else if word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
+        stem.truncate(word.len() - 1);
+    }
+    if stem.len() > 3 && stem.ends_with('e') {
+        stem.truncate(stem.len() - 1);
+    }
+    stem
+}
+
+/// Every field's tokens for one card.
+fn card_fields(card: &AgentCard) -> [Vec<String>; FIELDS] {
+    let mut fields: [Vec<String>; FIELDS] = Default::default();
+    fields[FIELD_NAME] = tokenize(&card.name);
+    fields[FIELD_TOOLS] = card.tools.iter().flat_map(|t| tokenize_tool(t)).collect();
+    fields[FIELD_CAPABILITY_NAMES] = card.capabilities.iter().flat_map(|c| tokenize_tool(&c.name)).collect();
+    fields[FIELD_DESCRIPTION] = tokenize(&card.description);
+    fields[FIELD_CAPABILITY_DESCRIPTIONS] = card
+        .capabilities
+        .iter()
+        .flat_map(|c| tokenize(&c.description))
+        .collect();
+    fields[FIELD_METADATA] = card.metadata.iter().flat_map(|(_, v)| tokenize(v)).collect();
+    fields
+}
+
 impl SearchIndex {
-    pub fn new(_hash_seed: u64) -> Self {
-        SearchIndex { docs: BTreeMap::new() }
+    pub fn new(hash_seed: u64) -> Self {
+        SearchIndex {
+            docs: new_map(hash_seed),
+            postings: new_map(hash_seed),
+            total_lengths: [0; FIELDS],
+            hash_seed,
+        }
     }
-    pub fn insert(&mut self, doc: DocKey, card: &AgentCard) {
-        self.docs.insert(
-            doc,
-            format!("{} {} {}", card.name, card.description, card.tools.join(" ")).to_lowercase(),
-        );
-    }
-    pub fn remove(&mut self, doc: DocKey) {
-        self.docs.remove(&doc);
-    }
-    pub fn contains(&self, doc: DocKey) -> bool {
-        self.docs.contains_key(&doc)
-    }
-    pub fn score(&self, query: &str) -> Vec<(DocKey, f64)> {
-        let q = tokenize(query);
-        self.docs
-            .iter()
-            .map(|(k, t)| (*k, q.iter().filter(|w| t.contains(w.as_str())).count() as f64))
-            .filter(|x| x.1 > 0.0)
-            .collect()
-    }
+
     pub fn len(&self) -> usize {
         self.docs.len()
     }
-    pub fn check_invariants(&self) {}
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    pub fn contains(&self, doc: DocKey) -> bool {
+        self.docs.contains_key(&doc)
+    }
+
+    pub fn insert(&mut self, doc: DocKey, card: &AgentCard) {
+        assert!(!self.docs.contains_key(&doc), "document {doc} indexed twice");
+        let mut counts: Map<Box<str>, FieldCounts> = new_map(self.hash_seed);
+        let mut terms: Vec<Box<str>> = Vec::new();
+        let mut lengths = [0u32; FIELDS];
+        for (field, tokens) in card_fields(card).into_iter().enumerate() {
+            lengths[field] = tokens.len() as u32;
+            for token in tokens {
+                let entry = counts.entry(token.as_str().into()).or_insert_with(|| {
+                    terms.push(token.as_str().into());
+                    [0; FIELDS]
+                });
+                entry[field] += 1;
+            }
+        }
+        for term in &terms {
+            let tf = counts[term];
+            let hash_seed = self.hash_seed;
+            self.postings
+                .entry(term.clone())
+                .or_insert_with(|| new_map(hash_seed))
+                .insert(doc, tf);
+        }
+        for (total, len) in self.total_lengths.iter_mut().zip(lengths) {
+            *total += u64::from(len);
+        }
+        self.docs.insert(doc, Doc { lengths, terms });
+    }
+
+    pub fn remove(&mut self, doc: DocKey) {
+        let entry = self
+            .docs
+            .remove(&doc)
+            .unwrap_or_else(|| panic!("document {doc} is not indexed"));
+        for term in &entry.terms {
+            let posting = self.postings.get_mut(term).expect("an indexed term has postings");
+            posting
+                .remove(&doc)
+                .expect("an indexed document is in its terms' postings");
+            if posting.is_empty() {
+                self.postings.remove(term);
+            }
+        }
+        for (total, len) in self.total_lengths.iter_mut().zip(entry.lengths) {
+            *total -= u64::from(len);
+        }
+    }
+
+    /// Documents sharing a term with the query, by BM25F score (highest first, ties by key).
+    pub fn score(&self, query: &str) -> Vec<(DocKey, f64)> {
+        let mut terms: Vec<String> = Vec::new();
+        for token in tokenize(query) {
+            if !terms.contains(&token) && terms.len() < QUERY_TERMS_MAX {
+                terms.push(token);
+            }
+        }
+        let n = self.docs.len() as f64;
+        let average: Vec<f64> = self
+            .total_lengths
+            .iter()
+            .map(|&total| (total as f64 / n.max(1.0)).max(1.0))
+            .collect();
+        let mut scores: Map<DocKey, f64> = new_map(self.hash_seed);
+        for term in &terms {
+            let Some(posting) = self.postings.get(term.as_str()) else {
+                continue;
+            };
+            let df = posting.len() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for (&doc, tf) in posting {
+                let lengths = &self.docs[&doc].lengths;
+                let weighted: f64 = (0..FIELDS)
+                    .filter(|&f| tf[f] > 0)
+                    .map(|f| {
+                        let norm = 1.0 - B + B * f64::from(lengths[f]) / average[f];
+                        FIELD_WEIGHTS[f] * f64::from(tf[f]) / norm
+                    })
+                    .sum();
+                // Each document's sum runs in query-term order: the same for every map layout.
+                *scores.entry(doc).or_insert(0.0) += idf * weighted * (K1 + 1.0) / (weighted + K1);
+            }
+        }
+        let mut ranked: Vec<(DocKey, f64)> = scores.into_iter().filter(|&(_, s)| s > 0.0).collect();
+        ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked
+    }
+
+    pub fn check_invariants(&self) {
+        let mut totals = [0u64; FIELDS];
+        let mut postings = 0;
+        for (doc, entry) in &self.docs {
+            for (total, len) in totals.iter_mut().zip(entry.lengths) {
+                *total += u64::from(len);
+            }
+            for term in &entry.terms {
+                let present = self.postings.get(term).is_some_and(|p| p.contains_key(doc));
+                assert!(present, "document {doc} missing from the postings of {term:?}");
+            }
+            postings += entry.terms.len();
+        }
+        assert_eq!(totals, self.total_lengths, "field length totals drifted");
+        let posted: usize = self.postings.values().map(|p| p.len()).sum();
+        assert_eq!(posted, postings, "postings hold documents that are gone");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::Capability;
+
+    fn card(name: &str, description: &str, tools: &[&str]) -> AgentCard {
+        AgentCard {
+            name: name.into(),
+            description: description.into(),
+            tools: tools.iter().map(|t| t.to_string()).collect(),
+            ..AgentCard::default()
+        }
+    }
+
+    fn fleet() -> Vec<AgentCard> {
+        vec![
+            card(
+                "web-scraper",
+                "Fetches and parses web pages into structured data",
+                &["browser", "http_client"],
+            ),
+            card(
+                "sql-analyst",
+                "Runs SQL queries against the warehouse and summarises tables",
+                &["sql_runner"],
+            ),
+            card(
+                "code-reviewer",
+                "Reviews pull requests for bugs and style problems",
+                &["git", "github_api"],
+            ),
+            card(
+                "translator",
+                "Translates documents between English, German and French",
+                &["deepl"],
+            ),
+            card(
+                "pdf-reader",
+                "Extracts text and tables from PDF files",
+                &["pdf_reader", "ocr"],
+            ),
+            card(
+                "scheduler",
+                "Books meetings and manages calendars",
+                &["google_calendar"],
+            ),
+            card(
+                "support-bot",
+                "Answers customer support tickets by email",
+                &["zendesk", "email"],
+            ),
+            card(
+                "image-captioner",
+                "Describes images and generates alt text",
+                &["vision_model"],
+            ),
+            card(
+                "deployer",
+                "Deploys services to Kubernetes and rolls back failed releases",
+                &["kubectl", "helm"],
+            ),
+            card(
+                "summariser",
+                "Summarises long documents and meeting transcripts",
+                &["llm"],
+            ),
+        ]
+    }
+
+    fn index(cards: &[AgentCard]) -> SearchIndex {
+        let mut index = SearchIndex::new(5);
+        for (key, card) in cards.iter().enumerate() {
+            index.insert(key, card);
+        }
+        index.check_invariants();
+        index
+    }
+
+    fn top(index: &SearchIndex, cards: &[AgentCard], query: &str) -> String {
+        let ranked = index.score(query);
+        assert!(!ranked.is_empty(), "nothing matched {query:?}");
+        cards[ranked[0].0].name.clone()
+    }
+
+    #[test]
+    fn tokenizer_lowercases_splits_folds_plurals_and_drops_stop_words() {
+        assert_eq!(
+            tokenize("Fetch the Web-Pages, please!"),
+            ["fetch", "web", "pag", "web-pages"]
+        );
+        assert_eq!(
+            tokenize("parsing parsed parses parse"),
+            ["pars", "pars", "pars", "pars"]
+        );
+        assert_eq!(tokenize("running runs"), ["run", "run"]);
+        assert_eq!(tokenize("queries boxes classes"), ["query", "box", "class"]);
+        assert_eq!(tokenize("Übersetzer für Texte"), ["übersetzer", "für", "text"]);
+        assert_eq!(tokenize("http_client"), ["http", "client", "http_client"]);
+        assert!(tokenize("a I to of").is_empty());
+    }
+
+    #[test]
+    fn tool_names_split_on_snake_and_camel_case() {
+        assert_eq!(tokenize_tool("sqlRunner"), ["sqlrunner", "sql", "runner"]);
+        assert_eq!(tokenize_tool("github_api"), ["github", "api", "github_api"]);
+    }
+
+    #[test]
+    fn realistic_queries_rank_the_right_agent_first() {
+        let cards = fleet();
+        let index = index(&cards);
+        for (query, expected) in [
+            ("fetch and parse web pages", "web-scraper"),
+            ("run a SQL query on the warehouse", "sql-analyst"),
+            ("review my pull request", "code-reviewer"),
+            ("translate this document to German", "translator"),
+            ("extract tables from a PDF", "pdf-reader"),
+            ("book a meeting", "scheduler"),
+            ("deploy to kubernetes", "deployer"),
+            ("http_client", "web-scraper"),
+        ] {
+            assert_eq!(top(&index, &cards, query), expected, "query {query:?}");
+        }
+    }
+
+    #[test]
+    fn a_name_match_outranks_a_description_only_match() {
+        let cards = vec![
+            card("helper", "a translator of sorts", &[]),
+            card("translator", "helps with words", &[]),
+        ];
+        assert_eq!(top(&index(&cards), &cards, "translator"), "translator");
+    }
+
+    #[test]
+    fn a_rare_term_outranks_a_common_one() {
+        let mut cards: Vec<AgentCard> = (0..20).map(|i| card(&format!("a{i}"), "data pipeline", &[])).collect();
+        cards.push(card("z", "kafka data", &[]));
+        cards.push(card("y", "data data", &[]));
+        let index = index(&cards);
+        assert_eq!(top(&index, &cards, "kafka data"), "z");
+    }
+
+    #[test]
+    fn remove_restores_the_index_as_if_the_document_never_came() {
+        let cards = fleet();
+        let mut with = index(&cards);
+        let without = index(&cards[..9]);
+        let extra = card("intruder", "fetches web pages badly", &["browser"]);
+        with.insert(100, &extra);
+        assert!(with.score("web pages").iter().any(|&(k, _)| k == 100));
+        with.remove(100);
+        with.remove(9);
+        with.check_invariants();
+        assert!(!with.contains(100));
+        assert_eq!(
+            with.score("fetch web pages summarise documents"),
+            without.score("fetch web pages summarise documents")
+        );
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_insertion_order_or_hash_seed() {
+        let cards = fleet();
+        let forward = index(&cards);
+        let mut backward = SearchIndex::new(99);
+        for (key, card) in cards.iter().enumerate().rev() {
+            backward.insert(key, card);
+        }
+        for query in [
+            "web pages",
+            "documents meeting",
+            "sql tables pdf",
+            "nothing-matches-this",
+        ] {
+            assert_eq!(forward.score(query), backward.score(query), "{query:?}");
+            assert_eq!(forward.score(query), forward.score(query));
+        }
+    }
+
+    #[test]
+    fn capability_and_metadata_fields_are_searchable() {
+        let mut special = card("agent-x", "general purpose", &[]);
+        special.capabilities = vec![Capability {
+            name: "invoiceMatching".into(),
+            description: "reconciles ledgers".into(),
+        }];
+        special.metadata = vec![("team".into(), "accounting".into())];
+        let cards = vec![card("agent-y", "general purpose", &[]), special];
+        let index = index(&cards);
+        assert_eq!(top(&index, &cards, "invoice matching"), "agent-x");
+        assert_eq!(top(&index, &cards, "reconcile the ledgers"), "agent-x");
+        assert_eq!(top(&index, &cards, "accounting"), "agent-x");
+    }
+
+    #[test]
+    fn ten_thousand_cards_score_only_documents_that_share_a_term() {
+        let vocabulary = [
+            "scrape",
+            "translate",
+            "review",
+            "deploy",
+            "summarise",
+            "book",
+            "extract",
+            "answer",
+        ];
+        let mut index = SearchIndex::new(1);
+        for i in 0..10_000usize {
+            let description = format!("{} things for team{}", vocabulary[i % vocabulary.len()], i % 100);
+            index.insert(i, &card(&format!("agent-{i}"), &description, &[]));
+        }
+        let ranked = index.score("team43 deploy");
+        let shares_a_term = |k: usize| k % 100 == 43 || k % vocabulary.len() == 3;
+        assert!(
+            ranked.iter().all(|&(k, _)| shares_a_term(k)),
+            "a document without a query term was scored"
+        );
+        assert_eq!(ranked.len(), (0..10_000).filter(|&k| shares_a_term(k)).count());
+        let best = ranked[0].0;
+        assert!(best % 100 == 43 && best % vocabulary.len() == 3, "both terms beat one");
+    }
+
+    /// Run with `cargo test --release -- --ignored score_latency --nocapture`.
+    #[test]
+    #[ignore]
+    #[allow(clippy::disallowed_methods)] // a measurement, not the core
+    fn score_latency_over_ten_thousand_cards() {
+        let cards = fleet();
+        let mut index = SearchIndex::new(1);
+        for i in 0..10_000usize {
+            let mut c = cards[i % cards.len()].clone();
+            c.name = format!("{}-{i}", c.name);
+            index.insert(i, &c);
+        }
+        let mut samples = Vec::new();
+        for query in [
+            "fetch and parse web pages",
+            "review my pull request",
+            "deploy kubernetes service",
+        ]
+        .repeat(300)
+        {
+            let start = std::time::Instant::now();
+            let ranked = index.score(query);
+            samples.push(start.elapsed());
+            assert!(!ranked.is_empty());
+        }
+        samples.sort_unstable();
+        println!(
+            "10k cards: score median {:?}, p99 {:?}",
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100]
+        );
+    }
 }
