@@ -170,6 +170,8 @@ impl Driver {
             }
         }
         self.route_deliveries(now);
+        // Gauges first: a client that got its answer and then scrapes sees its own change.
+        self.publish(batch_len, started);
         for pending in self.replies.drain(..) {
             match pending {
                 PendingReply::Call(reply, outcome) => {
@@ -180,7 +182,6 @@ impl Driver {
                 }
             }
         }
-        self.publish(batch_len, started);
         running
     }
 
