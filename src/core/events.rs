@@ -131,7 +131,7 @@ pub struct Event {
 }
 
 /// A subscriber's identity; never reused within one core's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct SubscriberId(pub u64);
 
 /// One event bound for one subscriber; the driver moves it into that subscriber's buffer.

@@ -248,6 +248,17 @@ impl Core {
         self.emit(Topic::LeaseExpired, EventPayload::Lease(lease.view()));
     }
 
+    /// After a restart at `now`: no lease expires sooner than now + its ttl.
+    pub(super) fn grace_leases(&mut self, now: Millis) {
+        for (_, lease) in self.leases.leases.iter_mut() {
+            let expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            if expires_at != lease.expires_at {
+                lease.expires_at = expires_at;
+                self.timers.reset(lease.timer, expires_at);
+            }
+        }
+    }
+
     /// Releases every lease an agent holds, in acquisition order (part of death clean-up).
     pub(super) fn release_all_leases(&mut self, agent: usize) {
         let held = std::mem::take(&mut self.registry.get_mut(agent).leases);

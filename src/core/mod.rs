@@ -20,6 +20,8 @@ pub mod validate;
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use elections::ElectionTable;
 use entitlements::PolicyTable;
 use events::{Delivery, ElectionView, EventBus, LeaseView, SubscriberId};
@@ -81,8 +83,9 @@ impl Default for CoreConfig {
 }
 
 /// Everything a client can ask of the core. Strings are as they came off the wire; the core
-/// validates them (see `validate`) before anything changes.
-#[derive(Clone, Debug, PartialEq)]
+/// validates them (see `validate`) before anything changes. Serializable: the store logs the
+/// writes and replays them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     Register {
         card: AgentCard,
@@ -189,7 +192,7 @@ impl Command {
 }
 
 /// A policy as a client sent it: the effect may still be unspecified (which is invalid).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyInput {
     pub id: String,
     pub subject: String,
@@ -335,7 +338,7 @@ impl Core {
     /// Applies one command at `now`, after firing every deadline due by then, so that whatever
     /// has expired by `now` counts as expired whether or not a tick came first.
     pub fn apply(&mut self, now: Millis, command: Command) -> Outcome {
-        self.tick(now);
+        let _ = self.tick(now);
         match command {
             Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds),
             Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
@@ -377,13 +380,15 @@ impl Core {
         }
     }
 
-    /// Fires every deadline due at or before `now`.
-    pub fn tick(&mut self, now: Millis) {
+    /// Fires every deadline due at or before `now`; returns how many fired (0: nothing changed,
+    /// so a store need not log this tick).
+    pub fn tick(&mut self, now: Millis) -> usize {
         assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now;
         if self.timers.next_deadline().is_none_or(|d| d > now) {
-            return;
+            return 0;
         }
+        let mut fired = 0;
         // A firing timer may arm another that is already due (UNREACHABLE -> DEAD after a long
         // pause): keep going until nothing due is left. Each round retires timers for good or
         // moves an agent one step along its finite lifecycle, so this ends.
@@ -393,6 +398,7 @@ impl Core {
             if expired.is_empty() {
                 break;
             }
+            fired += expired.len();
             for (timer, deadline) in expired.drain(..) {
                 match deadline {
                     Deadline::Agent(key) => self.agent_deadline(key, timer),
@@ -401,6 +407,18 @@ impl Core {
             }
         }
         self.expired = expired;
+        fired
+    }
+
+    /// The daemon restarted at `now`: pushes every
+    /// agent's next liveness step and every lease's expiry to at least `now` + its ttl, so
+    /// nobody is punished for the time the daemon was down (as etcd refreshes leases on a new
+    /// leader). Recovery calls it once, after replay, before serving.
+    pub fn restart_grace(&mut self, now: Millis) {
+        assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
+        self.now = now;
+        self.grace_agents(now);
+        self.grace_leases(now);
     }
 
     /// The earliest time at which `tick` has work to do; the driver sleeps until then.

@@ -22,6 +22,9 @@ pub struct Agent {
     pub status: AgentStatus,
     pub registered_at: Millis,
     pub last_heartbeat_at: Millis,
+    /// The instant the ttl counts from: the last heartbeat, or later where a restart's grace
+    /// pushed it (nobody is punished for the daemon's downtime).
+    pub liveness_base: Millis,
     pub ttl_ms: u64,
     /// Registration order, for Find's ordering and tie-breaks.
     pub registration: u64,
@@ -47,8 +50,8 @@ impl Agent {
     /// When this agent's current timer is due, from its status, last heartbeat and time of death.
     fn deadline_expected(&self, dead_at: Option<Millis>, dead_retention_ms: u64) -> Millis {
         match self.status {
-            AgentStatus::Alive => self.last_heartbeat_at + self.ttl_ms,
-            AgentStatus::Unreachable => self.last_heartbeat_at + 2 * self.ttl_ms,
+            AgentStatus::Alive => self.liveness_base + self.ttl_ms,
+            AgentStatus::Unreachable => self.liveness_base + 2 * self.ttl_ms,
             AgentStatus::Dead => dead_at.expect("a DEAD agent has a time of death") + dead_retention_ms,
         }
     }
@@ -219,7 +222,7 @@ impl Registry {
                 AgentStatus::Alive => {
                     alive += 1;
                     assert!(
-                        now < agent.last_heartbeat_at + agent.ttl_ms,
+                        now < agent.liveness_base + agent.ttl_ms,
                         "agent {} ALIVE past its ttl",
                         agent.id
                     );
@@ -228,7 +231,7 @@ impl Registry {
                 AgentStatus::Unreachable => {
                     unreachable += 1;
                     assert!(
-                        now >= agent.last_heartbeat_at + agent.ttl_ms,
+                        now >= agent.liveness_base + agent.ttl_ms,
                         "agent {} UNREACHABLE early",
                         agent.id
                     );
@@ -305,6 +308,7 @@ impl Core {
             status: AgentStatus::Alive,
             registered_at: now,
             last_heartbeat_at: now,
+            liveness_base: now,
             ttl_ms,
             registration,
             timer,
@@ -333,6 +337,7 @@ impl Core {
         let now = self.now;
         let agent = self.registry.get_mut(key);
         agent.last_heartbeat_at = now;
+        agent.liveness_base = now;
         let deadline = now + agent.ttl_ms;
         let timer = agent.timer;
         let recovered = agent.status == AgentStatus::Unreachable;
@@ -387,20 +392,38 @@ impl Core {
         assert_eq!(agent.timer, timer, "agent {} fired a timer it does not own", agent.id);
         match agent.status {
             AgentStatus::Alive => {
-                let dead_deadline = agent.last_heartbeat_at + 2 * agent.ttl_ms;
-                debug_assert!(now >= agent.last_heartbeat_at + agent.ttl_ms);
+                let dead_deadline = agent.liveness_base + 2 * agent.ttl_ms;
+                debug_assert!(now >= agent.liveness_base + agent.ttl_ms);
                 self.registry.get_mut(key).timer = self.timers.insert(dead_deadline, Deadline::Agent(key));
                 self.registry.set_status(key, AgentStatus::Unreachable);
                 let view = self.registry.get(key).view();
                 self.emit(Topic::AgentUnreachable, EventPayload::Agent(view));
             }
             AgentStatus::Unreachable => {
-                debug_assert!(now >= agent.last_heartbeat_at + 2 * agent.ttl_ms);
+                debug_assert!(now >= agent.liveness_base + 2 * agent.ttl_ms);
                 // The fired timer's key is free; `kill` arms the retention timer in its place.
                 self.registry.get_mut(key).timer = self.timers.insert(now, Deadline::Agent(key));
                 self.kill(key);
             }
             AgentStatus::Dead => self.forget(key),
+        }
+    }
+
+    /// After a restart at `now`: every live agent gets at least a full ttl from now before its
+    /// next step (ALIVE: UNREACHABLE no earlier than now + ttl; UNREACHABLE: DEAD no earlier
+    /// than now + ttl), as if the downtime had not happened.
+    pub(super) fn grace_agents(&mut self, now: Millis) {
+        let keys: Vec<usize> = self.registry.by_registration.values().copied().collect();
+        for key in keys {
+            let agent = self.registry.get_mut(key);
+            agent.liveness_base = match agent.status {
+                AgentStatus::Alive => agent.liveness_base.max(now),
+                AgentStatus::Unreachable => agent.liveness_base.max(now.saturating_sub(agent.ttl_ms)),
+                AgentStatus::Dead => unreachable!("the registration index holds live agents only"),
+            };
+            let deadline = agent.deadline_expected(None, 0);
+            let timer = agent.timer;
+            self.timers.reset(timer, deadline);
         }
     }
 

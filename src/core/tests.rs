@@ -1132,3 +1132,59 @@ fn topic_names_match_the_contract() {
         ]
     );
 }
+
+// ── Restart grace ────────────────────────────────────────────────────────────
+
+#[test]
+fn restart_grace_gives_every_live_agent_and_lease_a_full_ttl_from_restart() {
+    let mut h = Harness::new();
+    let alive = h.register("alive", &[], 10);
+    let silent = h.register("silent", &[], 10);
+    let (lease, _) = h.acquire("k", &alive, 30);
+    h.advance(12 * SECOND);
+    h.ok(Command::Heartbeat {
+        agent_id: alive.clone(),
+    });
+    assert_eq!(h.agent(&silent).status, AgentStatus::Unreachable);
+    h.topics();
+    // The daemon was down for an hour; it restarts.
+    let restart = h.now + 3600 * SECOND;
+    h.core.restart_grace(restart);
+    h.now = restart;
+    h.core.check_invariants();
+    assert_eq!(
+        h.agent(&alive).status,
+        AgentStatus::Alive,
+        "the downtime does not count"
+    );
+    assert_eq!(h.agent(&silent).status, AgentStatus::Unreachable);
+    assert_eq!(h.core.leases()[0].expires_at, restart + 30 * SECOND);
+    assert_eq!(h.core.leases()[0].token, lease.token);
+    assert!(h.topics().is_empty(), "grace itself emits nothing");
+    h.advance(10 * SECOND - 1);
+    assert_eq!(h.agent(&alive).status, AgentStatus::Alive);
+    assert_eq!(h.agent(&silent).status, AgentStatus::Unreachable);
+    h.advance(1);
+    assert_eq!(h.agent(&alive).status, AgentStatus::Unreachable);
+    assert_eq!(
+        h.agent(&silent).status,
+        AgentStatus::Dead,
+        "the UNREACHABLE agent got one ttl from restart"
+    );
+    h.advance(10 * SECOND);
+    assert_eq!(h.agent(&alive).status, AgentStatus::Dead);
+    assert_eq!(
+        h.agent(&alive).last_heartbeat_at,
+        T0 + 12 * SECOND,
+        "last_heartbeat_at stays honest"
+    );
+}
+
+#[test]
+fn tick_reports_whether_anything_fired() {
+    let mut h = Harness::new();
+    h.register("a", &[], 10);
+    assert_eq!(h.core.tick(T0 + 5 * SECOND), 0);
+    assert_eq!(h.core.tick(T0 + 10 * SECOND), 1);
+    assert_eq!(h.core.tick(T0 + 10 * SECOND), 0);
+}

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Milliseconds since the Unix epoch, as handed to the core by its driver. Never decreases.
 pub type Millis = u64;
 
@@ -26,7 +28,7 @@ pub fn new_set<K>(seed: u64) -> Set<K> {
 }
 
 /// A 128-bit identifier drawn from the core's RNG; shown as 32 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct Id128(pub u128);
 
 impl Id128 {
@@ -52,14 +54,14 @@ pub type AgentId = Id128;
 pub type TaskId = Id128;
 
 /// What an agent can do, as named in its card.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Capability {
     pub name: String,
     pub description: String,
 }
 
 /// An agent's self-description, as registered.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentCard {
     pub name: String,
     pub description: String,
@@ -79,7 +81,7 @@ pub enum AgentStatus {
 }
 
 /// The effect a matching policy has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Effect {
     Allow,
     Deny,
