@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::Clock;
 use crate::core::events::{Delivery, SubscriberId};
 use crate::core::types::{Map, Millis, new_map};
-use crate::core::{Command, Core, CoreConfig, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
+use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
 use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::wal::{self, Record};
 
 /// Commands taken from the queue in one batch at most: bounds the latency of a batch's first
 /// reply behind its last command.
@@ -69,16 +71,17 @@ pub enum Request {
 }
 
 /// Starts the driver thread around a new core; returns the queue to send it requests.
+/// Starts the driver thread around `core` (new, or rebuilt from the store); with a store, every
+/// batch's state changes are logged and made durable before its replies leave.
 pub fn spawn(
-    config: CoreConfig,
+    core: Core,
     clock: Clock,
+    store: Option<Store>,
     queue_max: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
     let (sender, receiver) = crossbeam_channel::bounded(queue_max);
-    let start = clock.now();
-    let hash_seed = config.seed;
-    let core = Core::new(config, start);
+    let hash_seed = core.config().seed;
     let handle = thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
         Driver {
             core,
@@ -88,10 +91,23 @@ pub fn spawn(
             closing: false,
             deliveries: Vec::new(),
             replies: Vec::new(),
+            store: store.map(|store| Durability {
+                store,
+                batch: Vec::new(),
+                failed: None,
+            }),
         }
         .run(&receiver)
     })?;
     Ok((sender, handle))
+}
+
+/// The store and this batch's records not yet written.
+struct Durability {
+    store: Store,
+    batch: Vec<u8>,
+    /// Set once a write failed: the daemon then serves reads only, until restarted.
+    failed: Option<String>,
 }
 
 /// A reply held until the end of its batch.
@@ -108,13 +124,18 @@ struct Driver {
     closing: bool,
     deliveries: Vec<Delivery>,
     replies: Vec<PendingReply>,
+    store: Option<Durability>,
 }
 
 impl Driver {
     fn run(mut self, receiver: &Receiver<Request>) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         loop {
-            let first = match self.core.next_deadline().filter(|_| self.clock.runs_by_itself()) {
+            let first = match self
+                .core
+                .next_deadline()
+                .filter(|_| self.clock.runs_by_itself() && !self.closing)
+            {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(deadline) => {
                     let wait_ms = deadline.saturating_sub(self.clock.now());
@@ -139,20 +160,26 @@ impl Driver {
     }
 
     /// Applies one batch; false once the driver was told to stop. Replies leave only after the
-    /// whole batch is applied and its events are routed (and, with a store, made durable).
+    /// whole batch is applied, its records are durable and its events are routed; a read that
+    /// comes before any change in the batch is answered at once (it waits on no disk).
     #[allow(clippy::disallowed_methods)] // times the batch for the latency histogram
     fn run_batch(&mut self, batch: &mut Vec<Request>) -> bool {
         let started = Instant::now();
-        let mut now = self.clock.now().max(self.core.now());
-        self.core.tick(now);
+        // Once shutdown has begun, time stands still for the core: nobody may be declared dead,
+        // and no lease may expire, while clients cannot reach the daemon to prevent it.
+        let mut now = if self.closing {
+            self.core.now()
+        } else {
+            self.clock.now().max(self.core.now())
+        };
+        if self.core.tick(now) > 0 {
+            self.log(&Record::Tick { now });
+        }
         let mut running = true;
         let batch_len = batch.len();
         for request in batch.drain(..) {
             match request {
-                Request::Call { command, reply } => {
-                    let outcome = self.core.apply(now, command);
-                    self.replies.push(PendingReply::Call(reply, outcome));
-                }
+                Request::Call { command, reply } => self.call(now, command, reply),
                 Request::Subscribe { command, sink, reply } => self.subscribe(now, command, sink, reply),
                 Request::Clock { advance_ms, reply } => {
                     let moved = match advance_ms {
@@ -161,7 +188,9 @@ impl Driver {
                     };
                     if let Ok(time) = moved {
                         now = now.max(time);
-                        self.core.tick(now);
+                        if self.core.tick(now) > 0 {
+                            self.log(&Record::Tick { now });
+                        }
                     }
                     self.replies.push(PendingReply::Clock(reply, moved));
                 }
@@ -169,6 +198,7 @@ impl Driver {
                 Request::Stop => running = false,
             }
         }
+        self.commit();
         self.route_deliveries(now);
         // Gauges first: a client that got its answer and then scrapes sees its own change.
         self.publish(batch_len, started);
@@ -183,6 +213,63 @@ impl Driver {
             }
         }
         running
+    }
+
+    fn call(&mut self, now: Millis, command: Command, reply: oneshot::Sender<Outcome>) {
+        if command.is_logged() {
+            if let Some(failed) = self.store.as_ref().and_then(|d| d.failed.as_ref()) {
+                let message = format!("writes are refused since the log failed ({failed}); restart the daemon");
+                let _ = reply.send(Err(CoreError::new(ErrorCode::Unavailable, message)));
+                return;
+            }
+            if self.store.is_some() {
+                self.log(&Record::Apply {
+                    now,
+                    command: command.clone(),
+                });
+            }
+        }
+        let logged = command.is_logged();
+        let outcome = self.core.apply(now, command);
+        let nothing_pending = self.store.as_ref().is_none_or(|d| d.batch.is_empty()) && self.replies.is_empty();
+        if !logged && nothing_pending {
+            // A read with no change before it in this batch: it waits on no disk, answer now.
+            let _ = reply.send(outcome);
+        } else {
+            self.replies.push(PendingReply::Call(reply, outcome));
+        }
+    }
+
+    fn log(&mut self, record: &Record) {
+        if let Some(durability) = &mut self.store {
+            wal::encode_record(record, &mut durability.batch);
+        }
+    }
+
+    /// Group commit: the batch's records in one write and one fdatasync. If that fails, the
+    /// batch's answers become UNAVAILABLE and the daemon serves reads only from then on.
+    #[allow(clippy::disallowed_methods)] // times the fsync for the latency histogram
+    fn commit(&mut self) {
+        let Some(durability) = &mut self.store else {
+            return;
+        };
+        if durability.batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let written = durability.store.append(&durability.batch);
+        self.metrics.observe_sync(durability.batch.len(), started.elapsed());
+        durability.batch.clear();
+        if let Err(error) = written {
+            tracing::error!(%error, log = %durability.store.log_path().display(), "log write failed; serving reads only");
+            let message = format!("the change could not be made durable ({error}); the daemon serves reads only");
+            durability.failed = Some(error.to_string());
+            for pending in &mut self.replies {
+                if let PendingReply::Call(_, outcome) = pending {
+                    *outcome = Err(CoreError::new(ErrorCode::Unavailable, message.clone()));
+                }
+            }
+        }
     }
 
     fn subscribe(&mut self, now: Millis, command: Command, sink: Sink, reply: oneshot::Sender<Outcome>) {

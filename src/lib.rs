@@ -10,3 +10,4 @@ pub mod driver;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod store;

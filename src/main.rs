@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use agentkeeper::clock::Clock;
-use agentkeeper::core::CoreConfig;
+use agentkeeper::core::{Core, CoreConfig};
 use agentkeeper::driver::{self, CoreHandle, Request};
 use agentkeeper::metrics::Metrics;
 use agentkeeper::server;
+use agentkeeper::store::Store;
 
 /// Calls in flight get this long to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -56,6 +57,11 @@ struct Flags {
     /// calls ClockService.Advance (for deterministic tests of code that uses AgentKeeper).
     #[arg(long, value_enum, default_value_t = ClockKind::Real)]
     clock: ClockKind,
+
+    /// Keep state in this directory: every change is logged and made durable before its call is
+    /// answered, and a restart (even after kill -9) rebuilds everything. Default: in memory.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 
     /// Seed for ids and hashing. The same seed and the same calls give the same agent ids.
     /// Default: drawn from the operating system at start-up.
@@ -142,7 +148,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(flags)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
             eprintln!("agentkeeper: {message}");
             ExitCode::FAILURE
         }
@@ -176,13 +181,18 @@ async fn run(flags: Flags) -> Result<(), String> {
         event_ring_max: flags.events_retained as usize,
         ..CoreConfig::default()
     };
-    let queue_max = flags.core_queue_max as usize;
-    let clock = match flags.clock {
-        ClockKind::Real => Clock::real(),
-        // A manual clock starts at the wall time of start-up, so timestamps look real.
-        ClockKind::Manual => Clock::manual(Clock::real().now()),
+    let wall = Clock::real();
+    let (core, store) = match &flags.data_dir {
+        None => (Core::new(config, wall.now()), None),
+        Some(dir) => recover(dir, config, wall.now())?,
     };
-    let (sender, core_thread) = driver::spawn(config, clock, queue_max, Arc::clone(&metrics))
+    let clock = match flags.clock {
+        ClockKind::Real => wall,
+        // A manual clock starts where the state left off or at the wall time, whichever is later.
+        ClockKind::Manual => Clock::manual(wall.now().max(core.now())),
+    };
+    let queue_max = flags.core_queue_max as usize;
+    let (sender, core_thread) = driver::spawn(core, clock, store, queue_max, Arc::clone(&metrics))
         .map_err(|error| format!("cannot start the core thread: {error}"))?;
     let core = CoreHandle::new(sender.clone());
 
@@ -221,6 +231,47 @@ async fn run(flags: Flags) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the data dir, replays its log into a core, and gives everything a ttl of grace from
+/// now (made durable before the daemon serves).
+#[allow(clippy::disallowed_methods)] // times the recovery for the log line
+fn recover(dir: &std::path::Path, config: CoreConfig, now: u64) -> Result<(Core, Option<Store>), String> {
+    let started = std::time::Instant::now();
+    let (mut store, recovered) = Store::open(dir, config.seed, now).map_err(|e| e.to_string())?;
+    if let Some(torn) = &recovered.torn {
+        tracing::warn!(log = %store.log_path().display(), %torn, "cut a torn last record left by a crash");
+    }
+    if flags_seed_differs(&config, &recovered) {
+        tracing::warn!(
+            seed = recovered.header.seed,
+            "the data dir keeps the seed it was created with"
+        );
+    }
+    let records = recovered.records.len();
+    let mut core = agentkeeper::store::replay(&recovered, config);
+    let now = now.max(core.now());
+    core.restart_grace(now);
+    let mut grace = Vec::new();
+    agentkeeper::store::wal::encode_record(&agentkeeper::store::wal::Record::Grace { now }, &mut grace);
+    store
+        .append(&grace)
+        .map_err(|e| format!("cannot write to {}: {e}", store.log_path().display()))?;
+    let stats = core.stats();
+    tracing::info!(
+        dir = %dir.display(),
+        records,
+        agents = stats.agents_alive + stats.agents_unreachable,
+        leases = stats.leases,
+        policies = stats.policies,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered state from the data dir"
+    );
+    Ok((core, Some(store)))
+}
+
+fn flags_seed_differs(config: &CoreConfig, recovered: &agentkeeper::store::Recovered) -> bool {
+    !recovered.records.is_empty() && recovered.header.seed != config.seed
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub watch_overflows: IntCounter,
     pub batch_commands: Histogram,
     pub batch_seconds: Histogram,
+    pub store_syncs: IntCounter,
+    pub store_bytes: IntCounter,
+    pub store_sync_seconds: Histogram,
 }
 
 impl Metrics {
@@ -78,8 +81,22 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(1e-6, 4.0, 10).expect("valid buckets")),
         )
         .expect("valid");
+        let store_syncs = IntCounter::new(
+            "agentkeeper_store_syncs_total",
+            "Log writes made durable (one fdatasync each)",
+        )
+        .expect("valid");
+        let store_bytes = IntCounter::new("agentkeeper_store_bytes_total", "Bytes appended to the log").expect("valid");
+        let store_sync_seconds = Histogram::with_opts(
+            HistogramOpts::new("agentkeeper_store_sync_seconds", "Time of one log write + fdatasync")
+                .buckets(prometheus::exponential_buckets(1e-5, 2.5, 12).expect("valid buckets")),
+        )
+        .expect("valid");
         for collector in [
-            Box::new(agents_by_status.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_syncs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_bytes.clone()),
+            Box::new(store_sync_seconds.clone()),
+            Box::new(agents_by_status.clone()),
             Box::new(rpc_total.clone()),
             Box::new(rpc_errors_total.clone()),
             Box::new(watch_overflows.clone()),
@@ -102,7 +119,16 @@ impl Metrics {
             watch_overflows,
             batch_commands,
             batch_seconds,
+            store_syncs,
+            store_bytes,
+            store_sync_seconds,
         }
+    }
+
+    pub fn observe_sync(&self, bytes: usize, elapsed: Duration) {
+        self.store_syncs.inc();
+        self.store_bytes.inc_by(bytes as u64);
+        self.store_sync_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Copies the core's counts into the gauges (driver thread, after each batch).

@@ -156,14 +156,18 @@ pub enum Command {
 }
 
 impl Command {
-    /// True when the command can change state (and so must be persisted before its reply).
-    pub fn is_write(&self) -> bool {
+    /// True when the command can change durable state, so a store logs it and its reply waits
+    /// until the log is on disk. Reads and watch subscriptions are not logged.
+    pub fn is_logged(&self) -> bool {
         !matches!(
             self,
             Command::GetAgent { .. }
                 | Command::Find { .. }
                 | Command::ListPolicies { .. }
                 | Command::CheckPolicy { .. }
+                | Command::Watch { .. }
+                | Command::Unwatch { .. }
+                | Command::WatchElection { .. }
         )
     }
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Generate the ``agentkeeper.v1`` protobuf and gRPC modules from ``proto/`` at the repo root.
+
+Usage::
+
+    python sdk/python/scripts/generate_proto.py            # rewrite sdk/python/agentkeeper/v1/
+    python sdk/python/scripts/generate_proto.py --out DIR  # write DIR/agentkeeper/v1/ instead
+    python sdk/python/scripts/generate_proto.py --check    # exit 1 if the checked-in files are stale
+
+Needs ``grpcio-tools`` (the ``test`` extra). No system ``protoc`` is used.
+
+Post-processing, so the checked-in modules work as the package ``agentkeeper.v1``:
+
+- imports of sibling generated modules are made absolute (``from agentkeeper.v1 import ...``);
+- the gRPC stubs' runtime guard is lowered from the generating grpcio-tools version to the
+  grpcio floor this package declares (``GRPCIO_MIN``): the stubs only use
+  ``_registered_method=True``, which grpcio has understood since 1.63.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+SDK_DIR = Path(__file__).resolve().parents[1]
+REPO_DIR = SDK_DIR.parents[1]
+PROTO_ROOT = REPO_DIR / "proto"
+PROTO_FILES = ["agentkeeper/v1/agentkeeper.proto"]
+PACKAGE_DIR = Path("agentkeeper") / "v1"
+GENERATED = ["agentkeeper_pb2.py", "agentkeeper_pb2.pyi", "agentkeeper_pb2_grpc.py"]
+GRPCIO_MIN = "1.63.0"
+
+INIT_TEXT = '"""Generated protobuf and gRPC modules for the ``agentkeeper.v1`` wire contract.\n\nRegenerate with ``python sdk/python/scripts/generate_proto.py``; do not edit by hand.\n"""\n'
+
+
+def _fix(name: str, text: str) -> str:
+    # `import agentkeeper.v1.agentkeeper_pb2` / `from agentkeeper.v1 import x` are already
+    # absolute when protoc runs with -I proto/; normalise the bare form older plugins emit.
+    text = re.sub(
+        r"^import agentkeeper_pb2 as (\w+)$",
+        r"from agentkeeper.v1 import agentkeeper_pb2 as \1",
+        text,
+        flags=re.M,
+    )
+    if name.endswith("_grpc.py"):
+        text = re.sub(
+            r"^GRPC_GENERATED_VERSION = '[^']*'$",
+            f"GRPC_GENERATED_VERSION = '{GRPCIO_MIN}'",
+            text,
+            flags=re.M,
+        )
+    return text
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Run protoc (from grpcio-tools) and write the fixed-up modules under ``out_dir``."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    with tempfile.TemporaryDirectory() as raw:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={raw}",
+            f"--pyi_out={raw}",
+            f"--grpc_python_out={raw}",
+            *PROTO_FILES,
+        ]
+        code = protoc.main(args)
+        if code != 0:
+            raise SystemExit(f"protoc failed with exit code {code}")
+        target = out_dir / PACKAGE_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in GENERATED:
+            text = (Path(raw) / PACKAGE_DIR / name).read_text()
+            path = target / name
+            path.write_text(_fix(name, text))
+            written.append(path)
+        init = target / "__init__.py"
+        init.write_text(INIT_TEXT)
+        written.append(init)
+    return written
+
+
+def stale_files(checked_in: Path = SDK_DIR) -> list[str]:
+    """Regenerate into a temp dir; return a unified diff per checked-in file that differs."""
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fresh in generate(Path(tmp)):
+            rel = fresh.relative_to(tmp)
+            current = checked_in / rel
+            new_text = fresh.read_text()
+            old_text = current.read_text() if current.exists() else ""
+            if new_text != old_text:
+                diff = "".join(
+                    difflib.unified_diff(
+                        old_text.splitlines(keepends=True),
+                        new_text.splitlines(keepends=True),
+                        f"checked-in/{rel}",
+                        f"regenerated/{rel}",
+                        n=1,
+                    )
+                )
+                problems.append(diff[:4000])
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=SDK_DIR, help="directory holding agentkeeper/")
+    parser.add_argument("--check", action="store_true", help="only report stale files")
+    ns = parser.parse_args()
+    if ns.check:
+        problems = stale_files(ns.out)
+        for p in problems:
+            print(p)
+        if problems:
+            print("stale: run python sdk/python/scripts/generate_proto.py", file=sys.stderr)
+            return 1
+        print("generated modules are up to date")
+        return 0
+    for path in generate(ns.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+//! End to end: `--data-dir`: state survives SIGTERM and kill -9, every acknowledged write is
+//! there after a crash, tokens never go back, a torn tail is cut, the directory is locked.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use agentkeeper::proto as pb;
+use common::{Daemon, free_port};
+
+fn start_on(dir: &Path, port: u16, metrics_port: u16) -> Daemon {
+    let args = [
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        format!("--data-dir={}", dir.display()),
+    ];
+    let daemon = Daemon::spawn(&args, port, metrics_port);
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return daemon;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("the daemon did not come back: {}", daemon.stderr());
+}
+
+fn policy(id: &str) -> pb::SetPolicyRequest {
+    let policy = pb::Policy {
+        id: id.into(),
+        subject: "agent:*".into(),
+        action: "call".into(),
+        resource: "tool:*".into(),
+        effect: pb::PolicyEffect::Allow as i32,
+    };
+    pb::SetPolicyRequest { policy: Some(policy) }
+}
+
+#[tokio::test]
+async fn everything_survives_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &["x"], 60).await;
+    let b = c.register("b", &[], 60).await;
+    c.registry
+        .deregister(pb::DeregisterRequest { agent_id: b.clone() })
+        .await
+        .unwrap();
+    let (lease, _) = c.acquire("k", &a, 300).await;
+    let before = c.agent(&a).await.unwrap();
+    c.campaign("g", &a).await;
+    c.elections
+        .resign(pb::ResignRequest {
+            group: "g".into(),
+            agent_id: a.clone(),
+        })
+        .await
+        .unwrap();
+    c.campaign("g", &a).await;
+    c.policies.set_policy(policy("p")).await.unwrap();
+    let mut events = c.watch(&[], 0).await;
+    drop(c);
+    assert!(daemon.terminate(Duration::from_secs(7)).expect("exits").success());
+    drop(events.message().await);
+
+    let daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    let after = c.agent(&a).await.unwrap();
+    assert_eq!(
+        (after.card, after.registered_at, after.status),
+        (before.card, before.registered_at, before.status)
+    );
+    assert_eq!(c.status(&b).await, pb::AgentStatus::Dead);
+    let (again, acquired) = c.acquire("k", &a, 300).await;
+    assert!(acquired);
+    assert_eq!(again.token, lease.token, "the holder's lease and token survived");
+    assert_eq!(c.campaign("g", &a).await.term, 3, "terms survive");
+    let list = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.policies.len(), 1);
+    let mut resumed = c.watch(&[], 1).await;
+    let first = common::next_event(&mut resumed, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.sequence_number, 1, "the event history and its sequence survive");
+    let (next, _) = c.acquire("k2", &a, 300).await;
+    assert!(next.token.unwrap().value > lease.token.unwrap().value);
+}
+
+#[tokio::test]
+async fn no_agent_dies_and_no_lease_expires_because_the_daemon_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &[], 2).await;
+    c.acquire("k", &a, 2).await;
+    daemon.terminate(Duration::from_secs(7));
+    // Down for longer than both ttls.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    assert_eq!(c.status(&a).await, pb::AgentStatus::Alive);
+    let leases = c.registry.get_agent(pb::GetAgentRequest { agent_id: a.clone() }).await;
+    assert!(leases.is_ok());
+    let b = c.register("b", &[], 30).await;
+    let (_, acquired) = c.acquire("k", &b, 2).await;
+    assert!(!acquired, "a's lease is still held after the restart");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_exits_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = start_on(dir.path(), free_port(), free_port());
+    let port = free_port();
+    let args = [
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--data-dir={}", dir.path().display()),
+    ];
+    let mut second = Daemon::spawn(&args, port, 0);
+    let status = second
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second daemon exits");
+    assert!(!status.success());
+    let stderr = second.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("in use")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &[], 60).await;
+    c.policies.set_policy(policy("last")).await.unwrap();
+    drop(c);
+    daemon.terminate(Duration::from_secs(7));
+    // The log ends with the restart-free shutdown; cut into the policy's record.
+    let log = dir.path().join("wal.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let daemon = start_on(dir.path(), port, metrics_port);
+    let mut c = daemon.clients().await;
+    assert_eq!(
+        c.status(&a).await,
+        pb::AgentStatus::Alive,
+        "records before the torn one are kept"
+    );
+    let list = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.policies.is_empty(), "the torn record is gone, not half-applied");
+    assert!(daemon.stderr().contains("torn"), "{}", daemon.stderr());
+}
+
+#[test]
+fn damage_in_the_middle_of_the_log_refuses_to_start_saying_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("wal.log");
+    {
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut daemon = start_on(dir.path(), port, metrics_port);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut c = daemon.clients().await;
+            for i in 0..5 {
+                c.policies.set_policy(policy(&format!("p{i}"))).await.unwrap();
+            }
+        });
+        daemon.terminate(Duration::from_secs(7));
+    }
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[50] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+    let port = free_port();
+    let args = [
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--data-dir={}", dir.path().display()),
+    ];
+    let mut daemon = Daemon::spawn(&args, port, 0);
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("refuses to start");
+    assert!(!status.success());
+    assert!(daemon.stderr().contains("byte offset"), "{}", daemon.stderr());
+}
+
+/// Writers record what the daemon acknowledged; the daemon is killed with SIGKILL at random
+/// moments and restarted; every acknowledged write must be there and tokens must only grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_loses_no_acknowledged_write() {
+    const CRASHES: usize = 20;
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut acknowledged_policies: BTreeSet<String> = BTreeSet::new();
+    let mut acknowledged_agents: Vec<String> = Vec::new();
+    let mut token_max = 0u64;
+    let mut checked = 0usize;
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    for crash in 0..CRASHES {
+        let mut daemon = start_on(dir.path(), port, metrics_port);
+        let mut c = daemon.clients().await;
+        // Everything acknowledged before is still there.
+        let list = c
+            .policies
+            .list_policies(pb::ListPoliciesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let present: BTreeSet<String> = list.policies.into_iter().map(|p| p.id).collect();
+        let lost: Vec<&String> = acknowledged_policies.difference(&present).collect();
+        assert!(lost.is_empty(), "crash {crash}: acknowledged policies lost: {lost:?}");
+        for agent in &acknowledged_agents {
+            assert!(
+                c.agent(agent).await.is_ok(),
+                "crash {crash}: acknowledged agent {agent} lost"
+            );
+        }
+        checked += acknowledged_policies.len() + acknowledged_agents.len();
+        let holder = c.register(&format!("holder-{crash}"), &[], 600).await;
+        acknowledged_agents.push(holder.clone());
+        // Concurrent writers until the kill.
+        let mut tasks = Vec::new();
+        for writer in 0..WRITERS {
+            let mut c = daemon.clients().await;
+            let holder = holder.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut policies = Vec::new();
+                let mut tokens = Vec::new();
+                for i in 0.. {
+                    let id = format!("c{crash}-w{writer}-{i}");
+                    match c.policies.set_policy(policy(&id)).await {
+                        Ok(_) => policies.push(id),
+                        Err(_) => break,
+                    }
+                    let request = pb::AcquireLeaseRequest {
+                        task_id: format!("k{crash}-{writer}-{i}"),
+                        agent_id: holder.clone(),
+                        ttl_seconds: 600,
+                    };
+                    match c.leases.acquire_lease(request).await {
+                        Ok(reply) => tokens.push(reply.into_inner().lease.unwrap().token.unwrap().value),
+                        Err(_) => break,
+                    }
+                }
+                (policies, tokens)
+            }));
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(50 + rng % 200)).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &daemon.pid().to_string()])
+            .status();
+        daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+        let token_floor = token_max;
+        let mut run_tokens = BTreeSet::new();
+        for task in tasks {
+            let (policies, tokens) = task.await.unwrap();
+            acknowledged_policies.extend(policies);
+            for token in tokens {
+                assert!(
+                    token > token_floor,
+                    "crash {crash}: token {token} not above the last run's {token_floor}"
+                );
+                assert!(
+                    run_tokens.insert(token),
+                    "crash {crash}: token {token} handed out twice"
+                );
+                token_max = token_max.max(token);
+            }
+        }
+        // After the restart a new grant must be above every token ever acknowledged.
+        let daemon = start_on(dir.path(), port, metrics_port);
+        let mut c = daemon.clients().await;
+        let (lease, _) = c.acquire(&format!("probe-{crash}"), &holder, 600).await;
+        let probe = lease.token.unwrap().value;
+        assert!(
+            probe > token_max,
+            "crash {crash}: token {probe} not above acknowledged {token_max}"
+        );
+        token_max = probe;
+        drop(c);
+        drop(daemon);
+    }
+    eprintln!(
+        "{CRASHES} crashes, {} acknowledged policies and {} agents, {checked} checks, lost 0",
+        acknowledged_policies.len(),
+        acknowledged_agents.len()
+    );
+    assert!(acknowledged_policies.len() > CRASHES, "the load did write");
+}
