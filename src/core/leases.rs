@@ -181,7 +181,7 @@ impl Core {
         let table = &mut self.leases;
         table.token_last += 1;
         let mut token = table.token_last;
-        if self.config.planted_bug == super::PlantedBug::ReuseFencingToken && token % 10 == 0 {
+        if self.config.planted_bug == super::PlantedBug::ReuseFencingToken && token.is_multiple_of(10) {
             token -= 1;
         }
         let entry = table.leases.vacant_entry();
