@@ -35,8 +35,8 @@ impl Group {
 }
 
 pub struct ElectionTable {
-    groups: Slab<Group>,
-    by_name: Map<Arc<str>, usize>,
+    pub(super) groups: Slab<Group>,
+    pub(super) by_name: Map<Arc<str>, usize>,
 }
 
 impl ElectionTable {

@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::types::{AgentCard, AgentId, AgentStatus, Millis};
 use super::{CoreError, ErrorCode};
 
 /// Every topic the daemon emits. The set is closed, so a subscriber's prefixes compile to a mask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Topic {
     AgentRegistered,
     AgentUnreachable,
@@ -86,7 +88,7 @@ pub fn topic_mask(prefixes: &[String]) -> TopicMask {
 }
 
 /// An agent as it was when the event or answer was made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentView {
     pub agent_id: AgentId,
     pub card: Arc<AgentCard>,
@@ -97,7 +99,7 @@ pub struct AgentView {
 }
 
 /// A lease as it was when the event or answer was made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseView {
     pub task_id: Arc<str>,
     pub holder: AgentId,
@@ -107,7 +109,7 @@ pub struct LeaseView {
 }
 
 /// An election group's state; `leader` is `None` when nobody leads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ElectionView {
     pub group: Arc<str>,
     pub leader: Option<AgentId>,
@@ -115,14 +117,14 @@ pub struct ElectionView {
     pub elected_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
     Agent(AgentView),
     Lease(LeaseView),
     Election(ElectionView),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub sequence: u64,
     pub topic: Topic,
@@ -172,9 +174,9 @@ impl Subscriber {
 /// The bus: sequence counter, retained ring, subscribers, and deliveries not yet drained.
 #[derive(Debug)]
 pub struct EventBus {
-    sequence_next: u64,
-    ring: VecDeque<Arc<Event>>,
-    ring_max: usize,
+    pub(super) sequence_next: u64,
+    pub(super) ring: VecDeque<Arc<Event>>,
+    pub(super) ring_max: usize,
     subscribers: BTreeMap<SubscriberId, Subscriber>,
     subscriber_next: u64,
     subscribers_max: usize,

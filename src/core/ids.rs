@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use super::types::Id128;
 
 pub struct IdSource {
-    rng: ChaCha8Rng,
+    pub(super) rng: ChaCha8Rng,
 }
 
 impl IdSource {

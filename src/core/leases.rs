@@ -41,9 +41,9 @@ impl Lease {
 }
 
 pub struct LeaseTable {
-    leases: Slab<Lease>,
-    by_task: Map<Arc<str>, usize>,
-    token_last: u64,
+    pub(super) leases: Slab<Lease>,
+    pub(super) by_task: Map<Arc<str>, usize>,
+    pub(super) token_last: u64,
 }
 
 impl LeaseTable {

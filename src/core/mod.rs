@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod leases;
 pub mod registry;
 pub mod search;
+pub mod snapshot;
 pub mod timers;
 pub mod types;
 pub mod validate;
@@ -403,6 +404,9 @@ impl Core {
                 break;
             }
             fired += expired.len();
+            // Equal deadlines fire in an order fixed by the owners (registration, token), not by
+            // arming history, so a core restored from a snapshot fires exactly as its original.
+            expired.sort_by_cached_key(|(_, deadline)| self.expiry_rank(*deadline));
             for (timer, deadline) in expired.drain(..) {
                 match deadline {
                     Deadline::Agent(key) => self.agent_deadline(key, timer),
@@ -412,6 +416,26 @@ impl Core {
         }
         self.expired = expired;
         fired
+    }
+
+    /// Where a due timer ranks among those firing together: by deadline, agents before leases,
+    /// then by registration order or fencing token.
+    fn expiry_rank(&self, deadline: Deadline) -> (Millis, u8, u64) {
+        match deadline {
+            Deadline::Agent(key) => {
+                let agent = self.registry.get(key);
+                let dead_at = self.registry.dead_at.get(&key).copied();
+                (
+                    agent.deadline_expected(dead_at, self.config.dead_retention_ms),
+                    0,
+                    agent.registration,
+                )
+            }
+            Deadline::Lease(key) => {
+                let lease = self.leases.get(key);
+                (lease.expires_at, 1, lease.token)
+            }
+        }
     }
 
     /// The daemon restarted at `now`: pushes every

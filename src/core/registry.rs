@@ -48,7 +48,7 @@ impl Agent {
     }
 
     /// When this agent's current timer is due, from its status, last heartbeat and time of death.
-    fn deadline_expected(&self, dead_at: Option<Millis>, dead_retention_ms: u64) -> Millis {
+    pub(super) fn deadline_expected(&self, dead_at: Option<Millis>, dead_retention_ms: u64) -> Millis {
         match self.status {
             AgentStatus::Alive => self.liveness_base + self.ttl_ms,
             AgentStatus::Unreachable => self.liveness_base + 2 * self.ttl_ms,
@@ -58,19 +58,19 @@ impl Agent {
 }
 
 pub struct Registry {
-    agents: Slab<Agent>,
-    by_id: Map<AgentId, usize>,
+    pub(super) agents: Slab<Agent>,
+    pub(super) by_id: Map<AgentId, usize>,
     /// Agents not DEAD, in registration order.
-    by_registration: BTreeMap<u64, usize>,
+    pub(super) by_registration: BTreeMap<u64, usize>,
     /// Agents not DEAD, by each tool they list.
-    by_tool: Map<String, Set<usize>>,
-    search: SearchIndex,
-    registration_next: u64,
-    hash_seed: u64,
+    pub(super) by_tool: Map<String, Set<usize>>,
+    pub(super) search: SearchIndex,
+    pub(super) registration_next: u64,
+    pub(super) hash_seed: u64,
     /// When each DEAD agent died, for its retention deadline.
-    dead_at: Map<usize, Millis>,
-    alive: usize,
-    unreachable: usize,
+    pub(super) dead_at: Map<usize, Millis>,
+    pub(super) alive: usize,
+    pub(super) unreachable: usize,
 }
 
 impl Registry {

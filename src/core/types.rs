@@ -73,7 +73,7 @@ pub struct AgentCard {
 }
 
 /// Liveness as the registry sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AgentStatus {
     Alive,
     Unreachable,
@@ -88,7 +88,7 @@ pub enum Effect {
 }
 
 /// An ABAC rule: `subject`, `action` and `resource` are glob patterns where `*` matches any run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub id: String,
     pub subject: String,

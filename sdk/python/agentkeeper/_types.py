@@ -1,0 +1,157 @@
+"""Plain-Python data types returned by the SDK (never protobuf objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Optional, Union
+
+__all__ = [
+    "AgentStatus",
+    "PolicyEffect",
+    "TaskStatus",
+    "Capability",
+    "AgentCard",
+    "AgentInfo",
+    "Lease",
+    "ElectionState",
+    "Policy",
+    "CheckResult",
+    "Task",
+    "WatchEvent",
+    "Payload",
+]
+
+
+class AgentStatus(str, Enum):
+    """Liveness of an agent: ``ALIVE -> UNREACHABLE -> DEAD``."""
+
+    ALIVE = "ALIVE"
+    UNREACHABLE = "UNREACHABLE"
+    DEAD = "DEAD"
+
+
+class PolicyEffect(str, Enum):
+    """What a matching policy does. DENY always wins over ALLOW."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class TaskStatus(str, Enum):
+    """Lifecycle of a task in the TaskService."""
+
+    PENDING = "PENDING"
+    CLAIMED = "CLAIMED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    DEAD = "DEAD"
+
+
+@dataclass
+class Capability:
+    """A named capability an agent advertises (free text, used by ``find`` ranking)."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass
+class AgentCard:
+    """What an agent says about itself when it registers."""
+
+    name: str
+    description: str = ""
+    version: str = ""
+    tools: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    capabilities: list[Capability] = field(default_factory=list)
+
+
+@dataclass
+class AgentInfo:
+    """An agent as the daemon sees it. Timestamps are timezone-aware UTC datetimes."""
+
+    agent_id: str
+    card: AgentCard
+    status: AgentStatus
+    registered_at: datetime
+    last_heartbeat_at: datetime
+
+
+@dataclass
+class Lease:
+    """An exclusive, expiring claim on ``task_id`` with a fencing ``token``."""
+
+    task_id: str
+    holder_agent_id: str
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass
+class ElectionState:
+    """A group's leader (``""`` when nobody leads), its ``term`` and when it was elected."""
+
+    group: str
+    leader_agent_id: str
+    term: int
+    elected_at: Optional[datetime]
+
+
+@dataclass
+class Policy:
+    """An entitlement rule; ``subject``, ``action`` and ``resource`` may contain ``*``."""
+
+    id: str
+    subject: str
+    action: str
+    resource: str
+    effect: PolicyEffect
+
+
+@dataclass
+class CheckResult:
+    """The answer of ``check_policy``: whether it is allowed and which policy decided."""
+
+    allowed: bool
+    reason: str
+
+
+@dataclass
+class Task:
+    """A unit of work in the TaskService queue."""
+
+    id: str
+    type: str
+    status: TaskStatus
+    input: bytes = b""
+    output: bytes = b""
+    required_tools: list[str] = field(default_factory=list)
+    max_retries: int = 0
+    retry_count: int = 0
+    claimed_by_agent_id: str = ""
+    failure_reason: str = ""
+    created_at: Optional[datetime] = None
+    claimed_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+
+
+Payload = Union[AgentInfo, Lease, ElectionState, Task, None]
+
+
+@dataclass
+class WatchEvent:
+    """One event from the bus.
+
+    ``sequence`` is global and strictly increasing; ``timestamp`` is a UTC datetime;
+    ``payload`` is decoded: ``AgentInfo`` for ``agent.*``, ``Lease`` for ``lease.*``,
+    ``ElectionState`` for ``leader.changed``, ``Task`` for ``task.*``.
+    """
+
+    topic: str
+    sequence: int
+    timestamp: datetime
+    payload: Payload
