@@ -76,7 +76,7 @@ pub enum Request {
 pub fn spawn(
     core: Core,
     clock: Clock,
-    store: Option<Store>,
+    store: Option<Durability>,
     queue_max: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
@@ -91,11 +91,7 @@ pub fn spawn(
             closing: false,
             deliveries: Vec::new(),
             replies: Vec::new(),
-            store: store.map(|store| Durability {
-                store,
-                batch: Vec::new(),
-                failed: None,
-            }),
+            store,
         }
         .run(&receiver)
     })?;
@@ -103,11 +99,32 @@ pub fn spawn(
 }
 
 /// The store and this batch's records not yet written.
-struct Durability {
+pub struct Durability {
     store: Store,
     batch: Vec<u8>,
+    batch_records: u64,
     /// Set once a write failed: the daemon then serves reads only, until restarted.
     failed: Option<String>,
+    /// Records logged since the last snapshot, and how many make the next one due.
+    since_snapshot: u64,
+    snapshot_every: u64,
+    /// The snapshot being written off this thread, if one is.
+    writer: Option<thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Durability {
+    pub fn new(store: Store, snapshot_every: u64) -> Self {
+        assert!(snapshot_every > 0, "a snapshot is due after at least one record");
+        Durability {
+            store,
+            batch: Vec::new(),
+            batch_records: 0,
+            failed: None,
+            since_snapshot: 0,
+            snapshot_every,
+            writer: None,
+        }
+    }
 }
 
 /// A reply held until the end of its batch.
@@ -212,6 +229,7 @@ impl Driver {
                 }
             }
         }
+        self.snapshot_if_due();
         running
     }
 
@@ -243,6 +261,46 @@ impl Driver {
     fn log(&mut self, record: &Record) {
         if let Some(durability) = &mut self.store {
             wal::encode_record(record, &mut durability.batch);
+            durability.batch_records += 1;
+        }
+    }
+
+    /// Every `snapshot_every` records: a new log generation, and the state as of now encoded
+    /// here (the pause, measured) and written by another thread. The older generation stays
+    /// until that write is durable, so a crash in between loses nothing.
+    #[allow(clippy::disallowed_methods)] // times the snapshot pause for its histogram
+    fn snapshot_if_due(&mut self) {
+        let Some(durability) = &mut self.store else {
+            return;
+        };
+        let busy = durability.writer.as_ref().is_some_and(|w| !w.is_finished());
+        if durability.since_snapshot < durability.snapshot_every || busy || durability.failed.is_some() {
+            return;
+        }
+        if let Some(writer) = durability.writer.take() {
+            match writer.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "writing a snapshot failed; the logs are kept"),
+                Err(_) => tracing::error!("the snapshot writer panicked; the logs are kept"),
+            }
+        }
+        let started = Instant::now();
+        let (dir, generation) = match durability.store.rotate() {
+            Ok(rotated) => rotated,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a new log generation; continuing in the current one");
+                return;
+            }
+        };
+        let bytes = crate::store::encode_snapshot(&self.core.snapshot());
+        self.metrics.observe_snapshot(bytes.len(), started.elapsed());
+        durability.since_snapshot = 0;
+        let spawned = thread::Builder::new()
+            .name("agentkeeper-snapshot".into())
+            .spawn(move || crate::store::write_snapshot(&dir, generation, &bytes));
+        match spawned {
+            Ok(writer) => durability.writer = Some(writer),
+            Err(error) => tracing::error!(%error, "cannot start the snapshot writer"),
         }
     }
 
@@ -260,6 +318,7 @@ impl Driver {
         let written = durability.store.append(&durability.batch);
         self.metrics.observe_sync(durability.batch.len(), started.elapsed());
         durability.batch.clear();
+        durability.since_snapshot += std::mem::take(&mut durability.batch_records);
         if let Err(error) = written {
             tracing::error!(%error, log = %durability.store.log_path().display(), "log write failed; serving reads only");
             let message = format!("the change could not be made durable ({error}); the daemon serves reads only");

@@ -63,6 +63,11 @@ struct Flags {
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
 
+    /// With --data-dir: take a snapshot after this many logged changes, which bounds the log
+    /// and the restart time (the snapshot is encoded on the core thread, written by another).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
+
     /// Seed for ids and hashing. The same seed and the same calls give the same agent ids.
     /// Default: drawn from the operating system at start-up.
     #[arg(long)]
@@ -110,9 +115,12 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 fn init_logs(flags: &Flags) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
         .map_err(|e| format!("--log-level {:?}: {e}", flags.log_level))?;
+    // Colour only for a person at a terminal; log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match flags.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -184,7 +192,10 @@ async fn run(flags: Flags) -> Result<(), String> {
     let wall = Clock::real();
     let (core, store) = match &flags.data_dir {
         None => (Core::new(config, wall.now()), None),
-        Some(dir) => recover(dir, config, wall.now())?,
+        Some(dir) => {
+            let (core, store) = recover(dir, config, flags.seed, wall.now())?;
+            (core, Some(driver::Durability::new(store, flags.snapshot_every)))
+        }
     };
     let clock = match flags.clock {
         ClockKind::Real => wall,
@@ -236,20 +247,26 @@ async fn run(flags: Flags) -> Result<(), String> {
 /// Opens the data dir, replays its log into a core, and gives everything a ttl of grace from
 /// now (made durable before the daemon serves).
 #[allow(clippy::disallowed_methods)] // times the recovery for the log line
-fn recover(dir: &std::path::Path, config: CoreConfig, now: u64) -> Result<(Core, Option<Store>), String> {
+fn recover(
+    dir: &std::path::Path,
+    config: CoreConfig,
+    explicit_seed: Option<u64>,
+    now: u64,
+) -> Result<(Core, Store), String> {
     let started = std::time::Instant::now();
     let (mut store, recovered) = Store::open(dir, config.seed, now).map_err(|e| e.to_string())?;
     if let Some(torn) = &recovered.torn {
         tracing::warn!(log = %store.log_path().display(), %torn, "cut a torn last record left by a crash");
     }
-    if flags_seed_differs(&config, &recovered) {
+    if explicit_seed.is_some_and(|seed| seed != recovered.header.seed) && !recovered.records.is_empty() {
         tracing::warn!(
             seed = recovered.header.seed,
             "the data dir keeps the seed it was created with"
         );
     }
     let records = recovered.records.len();
-    let mut core = agentkeeper::store::replay(&recovered, config);
+    let from_snapshot = recovered.snapshot.is_some();
+    let mut core = agentkeeper::store::replay(recovered, config);
     let now = now.max(core.now());
     core.restart_grace(now);
     let mut grace = Vec::new();
@@ -260,6 +277,7 @@ fn recover(dir: &std::path::Path, config: CoreConfig, now: u64) -> Result<(Core,
     let stats = core.stats();
     tracing::info!(
         dir = %dir.display(),
+        from_snapshot,
         records,
         agents = stats.agents_alive + stats.agents_unreachable,
         leases = stats.leases,
@@ -267,11 +285,7 @@ fn recover(dir: &std::path::Path, config: CoreConfig, now: u64) -> Result<(Core,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered state from the data dir"
     );
-    Ok((core, Some(store)))
-}
-
-fn flags_seed_differs(config: &CoreConfig, recovered: &agentkeeper::store::Recovered) -> bool {
-    !recovered.records.is_empty() && recovered.header.seed != config.seed
+    Ok((core, store))
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub store_syncs: IntCounter,
     pub store_bytes: IntCounter,
     pub store_sync_seconds: Histogram,
+    pub snapshot_pause_seconds: Histogram,
+    pub snapshot_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -92,8 +94,18 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(1e-5, 2.5, 12).expect("valid buckets")),
         )
         .expect("valid");
+        let snapshot_pause_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "agentkeeper_snapshot_pause_seconds",
+                "Time the core thread paused to take a snapshot",
+            )
+            .buckets(prometheus::exponential_buckets(1e-4, 2.5, 12).expect("valid buckets")),
+        )
+        .expect("valid");
+        let snapshot_bytes = gauge("agentkeeper_snapshot_bytes", "Size of the last snapshot");
         for collector in [
-            Box::new(store_syncs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(snapshot_pause_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_syncs.clone()),
             Box::new(store_bytes.clone()),
             Box::new(store_sync_seconds.clone()),
             Box::new(agents_by_status.clone()),
@@ -122,7 +134,14 @@ impl Metrics {
             store_syncs,
             store_bytes,
             store_sync_seconds,
+            snapshot_pause_seconds,
+            snapshot_bytes,
         }
+    }
+
+    pub fn observe_snapshot(&self, bytes: usize, pause: Duration) {
+        self.snapshot_pause_seconds.observe(pause.as_secs_f64());
+        self.snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_sync(&self, bytes: usize, elapsed: Duration) {

@@ -11,11 +11,16 @@ use agentkeeper::proto as pb;
 use common::{Daemon, free_port};
 
 fn start_on(dir: &Path, port: u16, metrics_port: u16) -> Daemon {
-    let args = [
+    start_with(dir, port, metrics_port, &[])
+}
+
+fn start_with(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Daemon {
+    let mut args = vec![
         format!("--addr=127.0.0.1:{port}"),
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         format!("--data-dir={}", dir.display()),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let daemon = Daemon::spawn(&args, port, metrics_port);
     for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -143,7 +148,7 @@ async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
     drop(c);
     daemon.terminate(Duration::from_secs(7));
     // The log ends with the restart-free shutdown; cut into the policy's record.
-    let log = dir.path().join("wal.log");
+    let log = dir.path().join("wal-00000000.log");
     let len = std::fs::metadata(&log).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -171,7 +176,7 @@ async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
 #[test]
 fn damage_in_the_middle_of_the_log_refuses_to_start_saying_where() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("wal.log");
+    let log = dir.path().join("wal-00000000.log");
     {
         let (port, metrics_port) = (free_port(), free_port());
         let mut daemon = start_on(dir.path(), port, metrics_port);
@@ -212,7 +217,8 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
     let mut checked = 0usize;
     let mut rng = 0x9e3779b97f4a7c15u64;
     for crash in 0..CRASHES {
-        let mut daemon = start_on(dir.path(), port, metrics_port);
+        // Frequent snapshots, so that kills also land while one is being written.
+        let mut daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "300"]);
         let mut c = daemon.clients().await;
         // Everything acknowledged before is still there.
         let list = c
@@ -286,7 +292,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
             }
         }
         // After the restart a new grant must be above every token ever acknowledged.
-        let daemon = start_on(dir.path(), port, metrics_port);
+        let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "300"]);
         let mut c = daemon.clients().await;
         let (lease, _) = c.acquire(&format!("probe-{crash}"), &holder, 600).await;
         let probe = lease.token.unwrap().value;
@@ -304,4 +310,53 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
         acknowledged_agents.len()
     );
     assert!(acknowledged_policies.len() > CRASHES, "the load did write");
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn snapshots_bound_the_log_and_a_restart_starts_from_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "50"]);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &[], 600).await;
+    for i in 0..400 {
+        c.policies.set_policy(policy(&format!("p{i:03}"))).await.unwrap();
+    }
+    let (lease, _) = c.acquire("k", &a, 600).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let names = files(dir.path());
+    let logs = names.iter().filter(|n| n.starts_with("wal-")).count();
+    let snapshots = names
+        .iter()
+        .filter(|n| n.starts_with("snapshot-") && n.ends_with(".bin"))
+        .count();
+    assert!(logs <= 2 && snapshots == 1, "old generations are removed: {names:?}");
+    let (_, metrics) = daemon.http_get("/metrics");
+    assert!(
+        metrics.contains("agentkeeper_snapshot_pause_seconds_count"),
+        "{metrics}"
+    );
+    drop(c);
+    daemon.terminate(Duration::from_secs(7));
+    let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "50"]);
+    assert!(daemon.stderr().contains("from_snapshot=true"), "{}", daemon.stderr());
+    let mut c = daemon.clients().await;
+    let list = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.policies.len(), 400);
+    let (again, _) = c.acquire("k", &a, 600).await;
+    assert_eq!(again.token, lease.token);
 }

@@ -1,5 +1,10 @@
 //! Durable state under `--data-dir`: an append-only log of the core's inputs, written a batch
-//! at a time with one write and one fdatasync (group commit), and read back at start-up.
+//! at a time with one write and one fdatasync (group commit), cut into generations by periodic
+//! snapshots, and read back at start-up (latest whole snapshot + the logs after it).
+//!
+//! Files: `wal-<gen>.log` holds the inputs after `snapshot-<gen>.bin` (generation 0 has no
+//! snapshot: it starts from the empty core its header describes). Older generations are deleted
+//! only after a newer snapshot is durable.
 //!
 //! Architecture invariant: a reply leaves the daemon only after the records of its batch are
 //! durable; the directory is locked so that no two daemons share one log; the store holds bytes,
@@ -8,15 +13,39 @@
 pub mod wal;
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::core::snapshot::CoreSnapshot;
 use crate::core::types::Millis;
 use crate::core::{Core, CoreConfig};
 use wal::{Header, Record};
 
-const LOG_FILE: &str = "wal.log";
 const LOCK_FILE: &str = "LOCK";
+
+fn log_name(generation: u64) -> String {
+    format!("wal-{generation:08}.log")
+}
+
+fn snapshot_name(generation: u64) -> String {
+    format!("snapshot-{generation:08}.bin")
+}
+
+/// The generations present in `dir` for files named `<prefix><gen><suffix>`, ascending.
+fn generations(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<u64>, StoreError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let name = entry.map_err(io_error(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(generation) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix))
+            && let Ok(generation) = generation.parse()
+        {
+            found.push(generation);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
 
 /// Why the store cannot open: each names the path and what to do.
 #[derive(Debug)]
@@ -53,12 +82,17 @@ impl std::error::Error for StoreError {}
 /// What was read back at start-up.
 pub struct Recovered {
     pub header: Header,
+    /// The latest whole snapshot, if any; `records` follow it.
+    pub snapshot: Option<CoreSnapshot>,
     pub records: Vec<Record>,
     /// Set when a torn last record was cut off: what was cut and where.
     pub torn: Option<String>,
 }
 
 pub struct Store {
+    dir: PathBuf,
+    header: Header,
+    generation: u64,
     log: File,
     log_path: PathBuf,
     /// Held for the daemon's life: the flock on it keeps a second daemon out.
@@ -75,8 +109,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir`, locks the directory, and reads back every record.
-    /// A new log records `seed` and `now` in its header; an existing one keeps its own.
+    /// Opens (or creates) the store in `dir`, locks the directory, and reads back the latest
+    /// whole snapshot and every record after it. A new store records `seed` and `now` in its
+    /// header; an existing one keeps its own.
     pub fn open(dir: &Path, seed: u64, now: Millis) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -95,59 +130,100 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
         }
-        let log_path = dir.join(LOG_FILE);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(io_error(&log_path))?;
-        let mut bytes = Vec::new();
-        log.read_to_end(&mut bytes).map_err(io_error(&log_path))?;
-        let recovered = if bytes.is_empty() {
+        let logs = generations(dir, "wal-", ".log")?;
+        if logs.is_empty() {
             let header = Header { seed, created_at: now };
-            log.write_all(&header.encode()).map_err(io_error(&log_path))?;
-            log.sync_all().map_err(io_error(&log_path))?;
-            sync_dir(dir)?;
-            Recovered {
+            let (log, log_path) = create_log(dir, 0, header)?;
+            let durable_len = wal::HEADER_BYTES as u64;
+            let store = Store {
+                dir: dir.to_path_buf(),
                 header,
-                records: Vec::new(),
-                torn: None,
-            }
-        } else {
-            Self::read_back(&mut log, &log_path, &bytes)?
-        };
-        let durable_len = log.seek(SeekFrom::End(0)).map_err(io_error(&log_path))?;
-        Ok((
-            Store {
+                generation: 0,
                 log,
                 log_path,
                 _lock: lock,
                 durable_len,
+            };
+            return Ok((
+                store,
+                Recovered {
+                    header,
+                    snapshot: None,
+                    records: Vec::new(),
+                    torn: None,
+                },
+            ));
+        }
+        let (base, snapshot) = latest_snapshot(dir)?;
+        let replay: Vec<u64> = logs.into_iter().filter(|&g| g >= base).collect();
+        if replay.first() != Some(&base) {
+            let missing = dir.join(log_name(base));
+            return Err(StoreError::Damaged {
+                path: missing,
+                detail: "this log generation is missing".into(),
+            });
+        }
+        let mut records = Vec::new();
+        let mut header = None;
+        let mut torn = None;
+        let last = *replay.last().expect("at least one generation");
+        for &generation in &replay {
+            let path = dir.join(log_name(generation));
+            let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+            let read = read_log(&path, &bytes)?;
+            if let Some(cut) = &read.torn {
+                if generation != last {
+                    let detail = format!("a cut record in a log that is not the newest: {cut}");
+                    return Err(StoreError::Damaged { path, detail });
+                }
+                truncate(&path, read.valid_len)?;
+                torn = read.torn;
+            }
+            header.get_or_insert(read.header);
+            records.extend(read.records);
+        }
+        let header = header.expect("at least one log was read");
+        let log_path = dir.join(log_name(last));
+        let mut log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(io_error(&log_path))?;
+        let durable_len = log.seek(SeekFrom::End(0)).map_err(io_error(&log_path))?;
+        remove_generations_below(dir, base);
+        let store = Store {
+            dir: dir.to_path_buf(),
+            header,
+            generation: last,
+            log,
+            log_path,
+            _lock: lock,
+            durable_len,
+        };
+        Ok((
+            store,
+            Recovered {
+                header,
+                snapshot,
+                records,
+                torn,
             },
-            recovered,
         ))
     }
 
-    fn read_back(log: &mut File, path: &Path, bytes: &[u8]) -> Result<Recovered, StoreError> {
-        let damaged = |detail: String| StoreError::Damaged {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let header = Header::decode(bytes).map_err(|e| damaged(format!("header: {e}")))?;
-        let scan = wal::scan(bytes)
-            .map_err(|d| damaged(format!("record {} at byte offset {}: {}", d.record, d.offset, d.reason)))?;
-        if scan.torn.is_some() {
-            // Cut the torn tail so that new records follow the last whole one.
-            log.set_len(scan.valid_len).map_err(io_error(path))?;
-            log.sync_all().map_err(io_error(path))?;
-        }
-        Ok(Recovered {
-            header,
-            records: scan.records,
-            torn: scan.torn,
-        })
+    /// Starts a new log generation; the caller then writes the snapshot of the state as of now
+    /// with [`write_snapshot`] (off the core thread is fine: the older files stay until it lands).
+    pub fn rotate(&mut self) -> std::io::Result<(PathBuf, u64)> {
+        let generation = self.generation + 1;
+        let (log, log_path) = create_log(&self.dir, generation, self.header).map_err(|e| match e {
+            StoreError::Io { error, .. } => error,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        self.log = log;
+        self.log_path = log_path;
+        self.generation = generation;
+        self.durable_len = wal::HEADER_BYTES as u64;
+        Ok((self.dir.clone(), generation))
     }
 
     /// Appends a batch of framed records with one write and one fdatasync. On failure the log
@@ -183,9 +259,12 @@ impl Store {
 /// Rebuilds the core the log describes: a new core from the header's seed and creation time,
 /// then every record replayed in order. Events replayed here reach no subscriber (none exist yet)
 /// but keep their sequence numbers in the retained ring.
-pub fn replay(recovered: &Recovered, mut config: CoreConfig) -> Core {
+pub fn replay(recovered: Recovered, mut config: CoreConfig) -> Core {
     config.seed = recovered.header.seed;
-    let mut core = Core::new(config, recovered.header.created_at);
+    let mut core = match recovered.snapshot {
+        Some(snapshot) => Core::restore(config, snapshot),
+        None => Core::new(config, recovered.header.created_at),
+    };
     let mut discarded = Vec::new();
     for record in &recovered.records {
         match record {
@@ -201,6 +280,126 @@ pub fn replay(recovered: &Recovered, mut config: CoreConfig) -> Core {
         discarded.clear();
     }
     core
+}
+
+struct LogRead {
+    header: Header,
+    records: Vec<Record>,
+    valid_len: u64,
+    torn: Option<String>,
+}
+
+fn read_log(path: &Path, bytes: &[u8]) -> Result<LogRead, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let header = Header::decode(bytes).map_err(|e| damaged(format!("header: {e}")))?;
+    let scan = wal::scan(bytes)
+        .map_err(|d| damaged(format!("record {} at byte offset {}: {}", d.record, d.offset, d.reason)))?;
+    Ok(LogRead {
+        header,
+        records: scan.records,
+        valid_len: scan.valid_len,
+        torn: scan.torn,
+    })
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    file.set_len(len).and_then(|()| file.sync_all()).map_err(io_error(path))
+}
+
+fn create_log(dir: &Path, generation: u64, header: Header) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(log_name(generation));
+    let mut log = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    log.write_all(&header.encode())
+        .and_then(|()| log.sync_all())
+        .map_err(io_error(&path))?;
+    sync_dir(dir)?;
+    Ok((log, path))
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"AKSNAPSH";
+const SNAPSHOT_PREFIX_BYTES: usize = 8 + 4 + 8 + 4;
+
+/// Encodes a snapshot file: magic, format version, payload length, crc32, payload.
+pub fn encode_snapshot(snapshot: &CoreSnapshot) -> Vec<u8> {
+    let payload = postcard::to_stdvec(snapshot).expect("a snapshot always encodes");
+    let mut bytes = Vec::with_capacity(SNAPSHOT_PREFIX_BYTES + payload.len());
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&wal::FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<CoreSnapshot, String> {
+    if bytes.len() < SNAPSHOT_PREFIX_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("not a snapshot file".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != wal::FORMAT_VERSION {
+        return Err(format!("snapshot format version {version} is not supported"));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let payload = bytes
+        .get(SNAPSHOT_PREFIX_BYTES..SNAPSHOT_PREFIX_BYTES.saturating_add(len))
+        .ok_or("cut short")?;
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))
+}
+
+/// The newest snapshot that reads back whole (a torn one, from a crash while writing it, is
+/// passed over for the one before), and its generation; generation 0 without one.
+fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError> {
+    for generation in generations(dir, "snapshot-", ".bin")?.into_iter().rev() {
+        let path = dir.join(snapshot_name(generation));
+        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+        match decode_snapshot(&bytes) {
+            Ok(snapshot) => return Ok((generation, Some(snapshot))),
+            Err(reason) => tracing::warn!(path = %path.display(), %reason, "skipping an unreadable snapshot"),
+        }
+    }
+    Ok((0, None))
+}
+
+/// Writes `bytes` as generation `generation`'s snapshot (temp file, fsync, rename, fsync dir),
+/// then deletes every older generation. Runs off the core thread.
+pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let final_path = dir.join(snapshot_name(generation));
+    let temp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
+    let mut file = File::create(&temp_path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp_path, &final_path)?;
+    File::open(dir)?.sync_all()?;
+    remove_generations_below(dir, generation);
+    Ok(())
+}
+
+/// Deletes logs and snapshots older than `generation` (best effort: leftovers are harmless).
+fn remove_generations_below(dir: &Path, generation: u64) {
+    let kinds: [(&str, &str, fn(u64) -> String); 2] =
+        [("wal-", ".log", log_name), ("snapshot-", ".bin", snapshot_name)];
+    for (prefix, suffix, name) in kinds {
+        for old in generations(dir, prefix, suffix)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&g| g < generation)
+        {
+            let _ = std::fs::remove_file(dir.join(name(old)));
+        }
+    }
 }
 
 /// Makes a new file's directory entry durable.
@@ -261,7 +460,7 @@ mod tests {
             let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
             append(&mut store, &[Record::Tick { now: 1 }, Record::Tick { now: 2 }]);
         }
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(log_name(0));
         let len = std::fs::metadata(&path).unwrap().len();
         OpenOptions::new()
             .write(true)
@@ -294,7 +493,7 @@ mod tests {
                 ],
             );
         }
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(log_name(0));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[wal::HEADER_BYTES + 9] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();

@@ -1,0 +1,71 @@
+"""AgentKeeper: coordination for AI agents (registry, leases, elections, entitlements, events).
+
+Blocking client: :class:`AgentKeeperClient`; asyncio client: ``agentkeeper.aio.AgentKeeperClient``.
+"""
+
+from agentkeeper._client import AgentHandle, AgentKeeperClient, ElectionSubscription, LeaseHandle, Subscription
+from agentkeeper._common import RetryPolicy
+from agentkeeper._embedded import EmbeddedDaemon, find_binary
+from agentkeeper._errors import (
+    AgentKeeperError,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from agentkeeper._types import (
+    AgentCard,
+    AgentInfo,
+    AgentStatus,
+    Capability,
+    CheckResult,
+    ElectionState,
+    Lease,
+    Policy,
+    PolicyEffect,
+    Task,
+    TaskStatus,
+    WatchEvent,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "AgentKeeperClient",
+    "AgentHandle",
+    "LeaseHandle",
+    "Subscription",
+    "ElectionSubscription",
+    "RetryPolicy",
+    "EmbeddedDaemon",
+    "find_binary",
+    "AgentCard",
+    "Capability",
+    "AgentInfo",
+    "AgentStatus",
+    "Lease",
+    "ElectionState",
+    "Policy",
+    "PolicyEffect",
+    "CheckResult",
+    "Task",
+    "TaskStatus",
+    "WatchEvent",
+    "AgentKeeperError",
+    "NotFound",
+    "PermissionDenied",
+    "InvalidArgument",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "OutOfRange",
+    "Unavailable",
+    "Unimplemented",
+    "DeadlineExceeded",
+    "Cancelled",
+]

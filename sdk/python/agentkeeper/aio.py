@@ -1,0 +1,984 @@
+"""The asyncio client: the same calls as :class:`agentkeeper.AgentKeeperClient`, awaitable.
+
+::
+
+    from agentkeeper import aio
+
+    async with aio.AgentKeeperClient.embedded() as client:
+        async with client.register("worker", tools=["browser"]) as agent:
+            async with client.watch(["agent."]) as events:
+                ...
+                async for event in events:
+                    print(event.topic)
+
+``register``, ``acquire_lease``, ``watch``, ``watch_election`` and ``embedded`` return objects
+that can be awaited *or* used directly with ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
+
+import grpc
+import grpc.aio
+
+from agentkeeper import _convert as cv
+from agentkeeper._common import (
+    CHANNEL_OPTIONS,
+    DEFAULT_TIMEOUT,
+    IDEMPOTENT,
+    STREAM_RETRYABLE,
+    RetryPolicy,
+    interval_for,
+    resolve_address,
+)
+from agentkeeper._embedded import EmbeddedDaemon
+from agentkeeper._errors import (
+    AgentKeeperError,
+    Cancelled,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    from_rpc_error,
+)
+from agentkeeper._types import (
+    AgentInfo,
+    Capability,
+    CheckResult,
+    ElectionState,
+    Lease,
+    Policy,
+    PolicyEffect,
+    Task,
+    TaskStatus,
+    WatchEvent,
+)
+from agentkeeper.v1 import agentkeeper_pb2 as pb
+from agentkeeper.v1 import agentkeeper_pb2_grpc as stubs
+
+__all__ = ["AgentKeeperClient", "AgentHandle", "LeaseHandle", "WatchStream", "ElectionWatch"]
+
+log = logging.getLogger("agentkeeper")
+
+T = TypeVar("T")
+E = TypeVar("E")
+_Timeout = Optional[float]
+Callback = Callable[[T], Union[None, Awaitable[None], Any]]
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+class _Pending(Generic[T]):
+    """Something that is both awaitable (``await x``) and an async context manager (``async with x``)."""
+
+    def __init__(self, factory: Callable[[], Awaitable[T]], none_error: Optional[Callable[[], Exception]] = None):
+        self._factory = factory
+        self._none_error = none_error
+        self._task: Optional[asyncio.Future[T]] = None
+        self._value: Any = None
+
+    def _get(self) -> asyncio.Future[T]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._factory())
+        return self._task
+
+    def __await__(self) -> Any:
+        return self._get().__await__()
+
+    async def __aenter__(self) -> T:
+        value = await self._get()
+        if value is None:
+            raise (self._none_error() if self._none_error else FailedPrecondition("nothing to enter"))
+        self._value = value
+        entered: T = await value.__aenter__()  # type: ignore[attr-defined]
+        return entered
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> Optional[bool]:
+        result: Optional[bool] = await self._value.__aexit__(exc_type, exc, tb)
+        return result
+
+
+async def _stop_task(task: Optional[asyncio.Task[Any]]) -> None:
+    if task is None or task.done() or task is asyncio.current_task():
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+
+
+# ── handles ──────────────────────────────────────────────────────────────────────────────────────
+
+
+class AgentHandle:
+    """A registered agent (asyncio). Heartbeats every ``ttl/2`` s in a background task;
+    ``async with`` deregisters on exit; ``on_lost(handle)`` (sync or async) when a heartbeat
+    answers NOT_FOUND."""
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        agent_id: str,
+        ttl: int,
+        on_lost: Optional[Callback[AgentHandle]] = None,
+        heartbeat: bool = True,
+    ) -> None:
+        self._client = client
+        self._agent_id = agent_id
+        self._ttl = ttl
+        self._on_lost = on_lost
+        self._closing = False
+        self._lost = False
+        self._task: Optional[asyncio.Task[None]] = None
+        if heartbeat:
+            self._task = asyncio.ensure_future(self._loop(interval_for(ttl, 30, 0.5)))
+            client._track(self)
+
+    @property
+    def agent_id(self) -> str:
+        return self._agent_id
+
+    @property
+    def ttl(self) -> int:
+        return self._ttl
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    async def heartbeat(self, timeout: _Timeout = None) -> None:
+        """Send one heartbeat now (:class:`NotFound` if the agent is DEAD or unknown)."""
+        await self._client._unary("registry", "Heartbeat", pb.HeartbeatRequest(agent_id=self._agent_id), timeout)
+
+    async def info(self, timeout: _Timeout = None) -> AgentInfo:
+        return await self._client.get_agent(self._agent_id, timeout=timeout)
+
+    async def _loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.heartbeat()
+            except NotFound:
+                if self._closing:
+                    return
+                self._lost = True
+                log.warning("agentkeeper: agent %s was declared dead by the daemon", self._agent_id)
+                if self._on_lost is not None:
+                    try:
+                        await _maybe_await(self._on_lost(self))
+                    except Exception:
+                        log.exception("agentkeeper: on_lost callback for agent %s raised", self._agent_id)
+                return
+            except AgentKeeperError as e:
+                log.warning("agentkeeper: heartbeat for %s failed: %s", self._agent_id, e)
+
+    async def stop_heartbeat(self) -> None:
+        """Stop heartbeating without deregistering."""
+        self._closing = True
+        await _stop_task(self._task)
+
+    async def deregister(self, timeout: _Timeout = None) -> None:
+        """Stop heartbeating and mark the agent DEAD now."""
+        await self.stop_heartbeat()
+        await self._client._unary(
+            "registry", "Deregister", pb.DeregisterRequest(agent_id=self._agent_id), timeout
+        )
+
+    async def __aenter__(self) -> AgentHandle:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        try:
+            await self.deregister()
+        except NotFound:
+            pass
+
+    def __repr__(self) -> str:
+        return f"aio.AgentHandle(agent_id={self._agent_id!r}, ttl={self._ttl}, lost={self._lost})"
+
+
+class LeaseHandle:
+    """A held lease (asyncio). ``async with`` releases on exit; ``keep_alive=True`` renews every
+    ``ttl/3`` s; ``on_lost(handle)`` when a renewal finds it gone."""
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        lease: Lease,
+        ttl: int,
+        keep_alive: bool = False,
+        on_lost: Optional[Callback[LeaseHandle]] = None,
+    ) -> None:
+        self._client = client
+        self._lease = lease
+        self._ttl = ttl
+        self._on_lost = on_lost
+        self._closing = False
+        self._lost = False
+        self._released = False
+        self._task: Optional[asyncio.Task[None]] = None
+        if keep_alive:
+            self._task = asyncio.ensure_future(self._loop(interval_for(ttl, 60, 1 / 3)))
+            client._track(self)
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def token(self) -> int:
+        """The fencing token."""
+        return self._lease.token
+
+    @property
+    def task_id(self) -> str:
+        return self._lease.task_id
+
+    @property
+    def agent_id(self) -> str:
+        return self._lease.holder_agent_id
+
+    @property
+    def expires_at(self) -> datetime:
+        return self._lease.expires_at
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    async def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
+        """Move the expiry to now + ``ttl`` (default: the lease's own ttl)."""
+        request = pb.RenewLeaseRequest(
+            task_id=self._lease.task_id,
+            agent_id=self._lease.holder_agent_id,
+            token=pb.FencingToken(value=self._lease.token),
+            ttl_seconds=0 if ttl is None else cv.check_uint("ttl", ttl),
+        )
+        try:
+            response = await self._client._unary("lease", "RenewLease", request, timeout)
+        except (NotFound, PermissionDenied):
+            self._lost = True
+            raise
+        self._lease = cv.lease_from_pb(response.lease)
+        return self._lease
+
+    async def _loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew(self._ttl or None)
+            except (NotFound, PermissionDenied) as e:
+                if self._closing:
+                    return
+                log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, e)
+                if self._on_lost is not None:
+                    try:
+                        await _maybe_await(self._on_lost(self))
+                    except Exception:
+                        log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
+                return
+            except AgentKeeperError as e:
+                log.warning("agentkeeper: renewing lease %r failed: %s", self._lease.task_id, e)
+
+    async def stop_keep_alive(self) -> None:
+        self._closing = True
+        await _stop_task(self._task)
+
+    async def release(self, timeout: _Timeout = None) -> None:
+        """Give the lease up now (:class:`NotFound` if it already expired)."""
+        await self.stop_keep_alive()
+        request = pb.ReleaseLeaseRequest(
+            task_id=self._lease.task_id,
+            agent_id=self._lease.holder_agent_id,
+            token=pb.FencingToken(value=self._lease.token),
+        )
+        await self._client._unary("lease", "ReleaseLease", request, timeout)
+        self._released = True
+
+    async def __aenter__(self) -> LeaseHandle:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if self._released:
+            return
+        try:
+            await self.release()
+        except (NotFound, PermissionDenied):
+            self._lost = True
+
+    def __repr__(self) -> str:
+        return f"aio.LeaseHandle(task_id={self.task_id!r}, token={self.token}, lost={self._lost})"
+
+
+_END = object()
+
+
+class _AsyncStream(Generic[E]):
+    """A server stream that is reopened when it drops. Either calls ``callback`` for each item
+    (from a background task) or is consumed with ``async for``."""
+
+    _kind = "watch"
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        callback: Optional[Callback[E]],
+        on_error: Optional[Callback[AgentKeeperError]],
+        timeout: _Timeout,
+        queue_max: int = 1024,
+    ) -> None:
+        self._client = client
+        self._callback = callback
+        self._on_error = on_error
+        self._timeout = timeout
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_max)
+        self._call: Any = None
+        self._task: Optional[asyncio.Task[None]] = None
+        self._ready: Optional[asyncio.Event] = None
+        self._startup_error: Optional[AgentKeeperError] = None
+        self._drop_requested = False
+        self._cancelled = False
+        self._finished = False
+        self.error: Optional[AgentKeeperError] = None
+        """The error that ended the stream (OUT_OF_RANGE, RESOURCE_EXHAUSTED, ...), if any."""
+        self.reconnects = 0
+
+    # subclass hooks
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _accept(self, message: Any) -> Optional[E]:
+        raise NotImplementedError
+
+    async def start(self) -> _AsyncStream[E]:
+        """Open the stream and wait until the daemon has subscribed us (idempotent)."""
+        if self._task is not None:
+            return self
+        self._ready = asyncio.Event()
+        self._task = asyncio.ensure_future(self._pump())
+        self._client._track(self)
+        wait = self._client._timeout if self._timeout is None else self._timeout
+        try:
+            await asyncio.wait_for(self._ready.wait(), wait)
+        except asyncio.TimeoutError:
+            await self.cancel()
+            raise Unavailable(f"{self._kind} stream did not open within {wait}s") from None
+        if self._startup_error is not None:
+            await self.cancel()
+            raise self._startup_error
+        return self
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+    async def _pump(self) -> None:
+        assert self._ready is not None
+        delay = 0.0
+        try:
+            while not self._cancelled:
+                error: Optional[AgentKeeperError] = None
+                try:
+                    call = self._open()
+                    self._call = call
+                    await call.initial_metadata()
+                    if not call.done():
+                        self._ready.set()
+                    while True:
+                        message = await call.read()
+                        if message is grpc.aio.EOF:
+                            break
+                        self._ready.set()
+                        item = self._accept(message)
+                        if item is not None:
+                            await self._emit(item)
+                            delay = 0.0
+                except grpc.RpcError as e:
+                    error = from_rpc_error(e)
+                except asyncio.CancelledError:
+                    call = self._call
+                    if self._cancelled or call is None or not call.cancelled() or _being_cancelled():
+                        raise
+                    error = Cancelled("watch call cancelled")  # the call, not this task: a drop
+                finally:
+                    self._call = None
+                if self._cancelled:
+                    break
+                dropped_on_purpose, self._drop_requested = self._drop_requested, False
+                if error is not None and error.code() not in STREAM_RETRYABLE:
+                    if not self._ready.is_set():
+                        self._startup_error = error
+                        self._ready.set()
+                        return
+                    await self._fail(error)
+                    return
+                self.reconnects += 1
+                if dropped_on_purpose:
+                    continue
+                delay = self._client._retry.next_delay(delay)
+                log.info("agentkeeper: %s stream dropped (%s); reopening in %.2fs", self._kind, error, delay)
+                await asyncio.sleep(delay)
+        finally:
+            self._finished = True
+            if self._callback is None:
+                self._put_nowait_end()
+
+    def _put_nowait_end(self) -> None:
+        try:
+            self._queue.put_nowait(_END)
+        except asyncio.QueueFull:
+            pass  # the consumer sees _finished once it drains the queue
+
+    async def _emit(self, item: E) -> None:
+        if self._callback is None:
+            await self._queue.put(item)
+            return
+        try:
+            await _maybe_await(self._callback(item))
+        except Exception:
+            log.exception("agentkeeper: %s callback raised", self._kind)
+
+    async def _fail(self, error: AgentKeeperError) -> None:
+        self.error = error
+        if self._on_error is not None:
+            try:
+                await _maybe_await(self._on_error(error))
+            except Exception:
+                log.exception("agentkeeper: on_error callback raised")
+        elif self._callback is not None:
+            log.error("agentkeeper: %s stream ended: %s (pass on_error= to handle this)", self._kind, error)
+        # iterator mode without on_error: __anext__ raises self.error
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None and not self._finished and not self._cancelled
+
+    async def cancel(self) -> None:
+        """Stop the stream. Safe to call more than once."""
+        self._cancelled = True
+        call = self._call
+        if call is not None:
+            call.cancel()
+        await _stop_task(self._task)
+        self._finished = True
+        if self._callback is None:
+            self._put_nowait_end()
+
+    aclose = cancel
+
+    async def wait(self) -> None:
+        """Until the stream ends (cancelled or failed)."""
+        if self._task is not None:
+            try:
+                await asyncio.shield(self._task)
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _force_reconnect(self) -> None:
+        """Test hook: cancel the underlying gRPC call as if the connection dropped."""
+        call = self._call
+        if call is None:
+            return
+        self._drop_requested = True
+        call.cancel()
+
+    def __aiter__(self) -> AsyncIterator[E]:
+        if self._callback is not None:
+            raise TypeError("this stream delivers to its callback; call watch() without one to iterate")
+        return self
+
+    async def __anext__(self) -> E:
+        await self.start()
+        if self._finished and self._queue.empty():
+            return self._end()
+        item = await self._queue.get()
+        if item is _END:
+            return self._end()
+        result: E = item
+        return result
+
+    def _end(self) -> E:
+        self._put_nowait_end()
+        if self.error is not None and self._on_error is None and not self._cancelled:
+            raise self.error
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.cancel()
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
+class WatchStream(_AsyncStream[WatchEvent]):
+    """Events from :meth:`AgentKeeperClient.watch`, exactly once and in order across reconnects."""
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        topics: list[str],
+        callback: Optional[Callback[WatchEvent]],
+        on_error: Optional[Callback[AgentKeeperError]],
+        from_sequence: int,
+        timeout: _Timeout,
+    ) -> None:
+        super().__init__(client, callback, on_error, timeout)
+        self.topics = topics
+        self._from_sequence = from_sequence
+        self.last_sequence = from_sequence - 1 if from_sequence > 0 else 0
+
+    def _open(self) -> Any:
+        resume = self.last_sequence + 1 if self.last_sequence > 0 else self._from_sequence
+        return self._client._registry.Watch(pb.WatchRequest(topics=self.topics, from_sequence=resume))
+
+    def _accept(self, message: Any) -> Optional[WatchEvent]:
+        sequence = int(message.sequence_number)
+        if sequence <= self.last_sequence:
+            return None
+        self.last_sequence = sequence
+        return cv.watch_event_from_pb(message)
+
+
+class ElectionWatch(_AsyncStream[ElectionState]):
+    """States from :meth:`AgentKeeperClient.watch_election`: the current one, then each change."""
+
+    _kind = "election watch"
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        group: str,
+        callback: Optional[Callback[ElectionState]],
+        on_error: Optional[Callback[AgentKeeperError]],
+        timeout: _Timeout,
+    ) -> None:
+        super().__init__(client, callback, on_error, timeout)
+        self.group = group
+        self.last_state: Optional[ElectionState] = None
+
+    def _open(self) -> Any:
+        return self._client._election.WatchElection(pb.WatchElectionRequest(group=self.group))
+
+    def _accept(self, message: Any) -> Optional[ElectionState]:
+        state = cv.election_event_state(message)
+        if state is None:
+            return None
+        last = self.last_state
+        if last is not None and (last.term, last.leader_agent_id) == (state.term, state.leader_agent_id):
+            return None
+        self.last_state = state
+        return state
+
+
+# ── client ───────────────────────────────────────────────────────────────────────────────────────
+
+
+class AgentKeeperClient:
+    """asyncio client for the AgentKeeper daemon (``grpc.aio``); the same calls as the blocking
+    :class:`agentkeeper.AgentKeeperClient`, as coroutines. Create it inside a running event loop."""
+
+    def __init__(
+        self,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+        *,
+        timeout: _Timeout = DEFAULT_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.host, self.port = resolve_address(host, port)
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        options = list(CHANNEL_OPTIONS) + list(channel_options)
+        target = f"{self.host}:{self.port}"
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._registry = stubs.RegistryServiceStub(self._channel)
+        self._lease = stubs.LeaseServiceStub(self._channel)
+        self._election = stubs.ElectionServiceStub(self._channel)
+        self._entitlements = stubs.EntitlementsServiceStub(self._channel)
+        self._task = stubs.TaskServiceStub(self._channel)
+        self._clock = stubs.ClockServiceStub(self._channel)
+        self._stubs = {
+            "registry": self._registry,
+            "lease": self._lease,
+            "election": self._election,
+            "entitlements": self._entitlements,
+            "task": self._task,
+            "clock": self._clock,
+        }
+        self._daemon: Optional[EmbeddedDaemon] = None
+        self._background: list[Any] = []
+        self._closed = False
+
+    @classmethod
+    def embedded(
+        cls,
+        binary: Optional[Union[str, os.PathLike[str]]] = None,
+        port: Optional[int] = None,
+        data_dir: Optional[Union[str, os.PathLike[str]]] = None,
+        *,
+        clock: str = "real",
+        seed: Optional[int] = None,
+        extra_args: Sequence[str] = (),
+        timeout: _Timeout = DEFAULT_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        startup_timeout: float = 15.0,
+    ) -> _Pending[AgentKeeperClient]:
+        """Start a private daemon (see the blocking client's ``embedded``).
+
+        ``client = await aio.AgentKeeperClient.embedded(...)`` or
+        ``async with aio.AgentKeeperClient.embedded(...) as client:``.
+        """
+
+        async def start() -> AgentKeeperClient:
+            daemon = EmbeddedDaemon(
+                binary=binary, port=port, data_dir=data_dir, clock=clock, seed=seed, extra_args=extra_args
+            )
+            await asyncio.to_thread(daemon.start, startup_timeout)
+            try:
+                client = cls(host=daemon.host, port=daemon.port, timeout=timeout, retry=retry)
+                client._daemon = daemon
+                await asyncio.wait_for(client._channel.channel_ready(), startup_timeout)
+            except BaseException:
+                await asyncio.to_thread(daemon.stop)
+                raise
+            return client
+
+        return _Pending(start)
+
+    @property
+    def daemon(self) -> Optional[EmbeddedDaemon]:
+        return self._daemon
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _track(self, obj: Any) -> None:
+        self._background = [o for o in self._background if _still_running(o)]
+        self._background.append(obj)
+
+    async def close(self) -> None:
+        """Stop background tasks, close the channel, stop an embedded daemon."""
+        if self._closed:
+            return
+        self._closed = True
+        for obj in list(self._background):
+            if isinstance(obj, _AsyncStream):
+                await obj.cancel()
+            elif isinstance(obj, AgentHandle):
+                await obj.stop_heartbeat()
+            elif isinstance(obj, LeaseHandle):
+                await obj.stop_keep_alive()
+        self._background.clear()
+        await self._channel.close()
+        if self._daemon is not None:
+            daemon, self._daemon = self._daemon, None
+            await asyncio.to_thread(daemon.stop)
+
+    async def __aenter__(self) -> AgentKeeperClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        mode = "embedded" if self._daemon is not None else "sidecar"
+        return f"aio.AgentKeeperClient({self.address!r}, {mode})"
+
+    async def _unary(self, service: str, method: str, request: Any, timeout: _Timeout) -> Any:
+        call = getattr(self._stubs[service], method)
+        deadline = self._timeout if timeout is None else timeout
+        delays = self._retry.delays() if method in IDEMPOTENT else iter(())
+        while True:
+            try:
+                return await call(request, timeout=deadline)
+            except grpc.RpcError as e:
+                error = from_rpc_error(e)
+                if error.code() == grpc.StatusCode.UNAVAILABLE and not self._closed:
+                    delay = next(delays, None)
+                    if delay is not None:
+                        await asyncio.sleep(delay)
+                        continue
+                raise error from None
+
+    # ── registry ──
+
+    def register(
+        self,
+        name: str,
+        description: str = "",
+        version: str = "",
+        tools: Optional[Iterable[str]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        ttl: int = 30,
+        *,
+        capabilities: Optional[Sequence[Union[Capability, str]]] = None,
+        on_lost: Optional[Callback[AgentHandle]] = None,
+        heartbeat: bool = True,
+        timeout: _Timeout = None,
+    ) -> _Pending[AgentHandle]:
+        """Register an agent and heartbeat it in the background (``await`` or ``async with``)."""
+        card = cv.make_card(name, description, version, tools, metadata, capabilities)
+        ttl = cv.check_uint("ttl", ttl)
+
+        async def run() -> AgentHandle:
+            request = pb.RegisterRequest(card=cv.card_to_pb(card), ttl_seconds=ttl)
+            response = await self._unary("registry", "Register", request, timeout)
+            return AgentHandle(self, response.agent_id, ttl, on_lost=on_lost, heartbeat=heartbeat)
+
+        return _Pending(run)
+
+    async def heartbeat(self, agent_id: str, timeout: _Timeout = None) -> None:
+        """Send one heartbeat for ``agent_id``."""
+        await self._unary("registry", "Heartbeat", pb.HeartbeatRequest(agent_id=cv.check_str("agent_id", agent_id)), timeout)
+
+    async def deregister(self, agent_id: str, timeout: _Timeout = None) -> None:
+        """Mark ``agent_id`` DEAD now (already DEAD is fine)."""
+        request = pb.DeregisterRequest(agent_id=cv.check_str("agent_id", agent_id))
+        await self._unary("registry", "Deregister", request, timeout)
+
+    async def get_agent(self, agent_id: str, timeout: _Timeout = None) -> AgentInfo:
+        """Any known agent, DEAD ones included; :class:`NotFound` otherwise."""
+        request = pb.GetAgentRequest(agent_id=cv.check_str("agent_id", agent_id))
+        return cv.agent_info_from_pb((await self._unary("registry", "GetAgent", request, timeout)).agent)
+
+    async def find(
+        self, query: str = "", tools: Optional[Iterable[str]] = None, limit: int = 10, timeout: _Timeout = None
+    ) -> list[AgentInfo]:
+        """ALIVE agents with every tool in ``tools``, ranked by relevance to ``query``."""
+        request = pb.FindRequest(
+            query=cv.check_str("query", query),
+            tools=cv.check_str_list("tools", tools),
+            limit=cv.check_uint("limit", limit),
+        )
+        return [cv.agent_info_from_pb(a) for a in (await self._unary("registry", "Find", request, timeout)).agents]
+
+    # ── leases ──
+
+    def acquire_lease(
+        self,
+        task_id: str,
+        agent_id: str,
+        ttl: int = 60,
+        *,
+        keep_alive: bool = False,
+        on_lost: Optional[Callback[LeaseHandle]] = None,
+        timeout: _Timeout = None,
+    ) -> _Pending[Optional[LeaseHandle]]:
+        """Try to take the lease on ``task_id``: ``await`` gives a :class:`LeaseHandle` or ``None``
+        (held by another agent); ``async with`` raises :class:`FailedPrecondition` in that case."""
+        request = pb.AcquireLeaseRequest(
+            task_id=cv.check_str("task_id", task_id),
+            agent_id=cv.check_str("agent_id", agent_id),
+            ttl_seconds=cv.check_uint("ttl", ttl),
+        )
+        holder: list[str] = []
+
+        async def run() -> Optional[LeaseHandle]:
+            response = await self._unary("lease", "AcquireLease", request, timeout)
+            if not response.acquired:
+                holder.append(response.lease.holder_agent_id)
+                return None
+            return LeaseHandle(self, cv.lease_from_pb(response.lease), ttl, keep_alive=keep_alive, on_lost=on_lost)
+
+        def not_acquired() -> Exception:
+            who = holder[0] if holder else "another agent"
+            return FailedPrecondition(f'lease "{task_id}" is held by agent "{who}"')
+
+        return _Pending(run, not_acquired)
+
+    # ── elections ──
+
+    async def campaign(self, group: str, agent_id: str, timeout: _Timeout = None) -> ElectionState:
+        """Stand for ``group``; returns the current state (never displaces a leader)."""
+        request = pb.CampaignRequest(group=cv.check_str("group", group), agent_id=cv.check_str("agent_id", agent_id))
+        return cv.election_state_from_pb((await self._unary("election", "Campaign", request, timeout)).state)
+
+    async def resign(self, group: str, agent_id: str, timeout: _Timeout = None) -> None:
+        """Leave ``group``; the next candidate leads if ``agent_id`` led."""
+        request = pb.ResignRequest(group=cv.check_str("group", group), agent_id=cv.check_str("agent_id", agent_id))
+        await self._unary("election", "Resign", request, timeout)
+
+    def watch_election(
+        self,
+        group: str,
+        callback: Optional[Callback[ElectionState]] = None,
+        on_error: Optional[Callback[AgentKeeperError]] = None,
+        *,
+        timeout: _Timeout = None,
+    ) -> ElectionWatch:
+        """The group's current state, then each leader change: to ``callback`` (sync or async)
+        from a background task, or by ``async for state in client.watch_election(group)``.
+        ``await`` / ``async with`` it to wait until subscribed."""
+        return ElectionWatch(self, cv.check_str("group", group), callback, on_error, timeout)
+
+    # ── entitlements ──
+
+    async def set_policy(
+        self,
+        id: str,
+        subject: str,
+        action: str,
+        resource: str,
+        effect: Union[PolicyEffect, str],
+        timeout: _Timeout = None,
+    ) -> Policy:
+        """Create or replace (by ``id``) a policy."""
+        policy = Policy(
+            id=cv.check_str("id", id),
+            subject=cv.check_str("subject", subject),
+            action=cv.check_str("action", action),
+            resource=cv.check_str("resource", resource),
+            effect=cv.to_effect(effect),
+        )
+        response = await self._unary("entitlements", "SetPolicy", pb.SetPolicyRequest(policy=cv.policy_to_pb(policy)), timeout)
+        return cv.policy_from_pb(response.policy)
+
+    async def check_policy(self, subject: str, action: str, resource: str, timeout: _Timeout = None) -> CheckResult:
+        """DENY wins, then ALLOW, else default deny."""
+        request = pb.CheckPolicyRequest(
+            subject=cv.check_str("subject", subject),
+            action=cv.check_str("action", action),
+            resource=cv.check_str("resource", resource),
+        )
+        return cv.check_result_from_pb(await self._unary("entitlements", "CheckPolicy", request, timeout))
+
+    async def list_policies(self, subject_prefix: str = "", timeout: _Timeout = None) -> list[Policy]:
+        """Policies sorted by id, optionally filtered by subject prefix."""
+        request = pb.ListPoliciesRequest(subject_prefix=cv.check_str("subject_prefix", subject_prefix))
+        response = await self._unary("entitlements", "ListPolicies", request, timeout)
+        return [cv.policy_from_pb(p) for p in response.policies]
+
+    async def delete_policy(self, id: str, timeout: _Timeout = None) -> None:
+        """Delete a policy (:class:`NotFound` for an unknown id)."""
+        await self._unary("entitlements", "DeletePolicy", pb.DeletePolicyRequest(id=cv.check_str("id", id)), timeout)
+
+    # ── event bus ──
+
+    def watch(
+        self,
+        topics: Iterable[str] = (),
+        callback: Optional[Callback[WatchEvent]] = None,
+        on_error: Optional[Callback[AgentKeeperError]] = None,
+        *,
+        from_sequence: int = 0,
+        timeout: _Timeout = None,
+    ) -> WatchStream:
+        """Events whose topic starts with one of ``topics`` (empty: all), in order, exactly once
+        across reconnects: ``async for event in client.watch([...])``, or to ``callback``.
+
+        ``await`` / ``async with`` it to wait until the daemon has subscribed us. Errors that end
+        the stream go to ``on_error``; without one, ``async for`` raises them.
+        """
+        topic_list = cv.check_str_list("topics", topics)
+        start = cv.check_uint("from_sequence", from_sequence, cv.UINT64_MAX)
+        return WatchStream(self, topic_list, callback, on_error, start, timeout)
+
+    # ── tasks ──
+
+    async def create_task(
+        self,
+        type: str,
+        input: bytes = b"",
+        required_tools: Optional[Iterable[str]] = None,
+        max_retries: int = 0,
+        ttl: int = 60,
+        timeout: _Timeout = None,
+    ) -> Task:
+        """Enqueue a PENDING task."""
+        request = pb.CreateTaskRequest(
+            type=cv.check_str("type", type),
+            input=cv.check_bytes("input", input),
+            required_tools=cv.check_str_list("required_tools", required_tools),
+            max_retries=cv.check_uint("max_retries", max_retries),
+            ttl_seconds=cv.check_uint("ttl", ttl),
+        )
+        return cv.task_from_pb((await self._unary("task", "CreateTask", request, timeout)).task)
+
+    async def claim_task(self, agent_id: str, timeout: Optional[float] = None) -> Task:
+        """Long-poll for a task this agent can do; ``timeout=None`` waits without a deadline."""
+        request = pb.ClaimTaskRequest(agent_id=cv.check_str("agent_id", agent_id))
+        try:
+            response = await self._task.ClaimTask(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return cv.task_from_pb(response.task)
+
+    async def complete_task(self, task_id: str, agent_id: str, output: bytes = b"", timeout: _Timeout = None) -> None:
+        """Mark a claimed task COMPLETED."""
+        request = pb.CompleteTaskRequest(
+            task_id=cv.check_str("task_id", task_id),
+            agent_id=cv.check_str("agent_id", agent_id),
+            output=cv.check_bytes("output", output),
+        )
+        await self._unary("task", "CompleteTask", request, timeout)
+
+    async def fail_task(self, task_id: str, agent_id: str, reason: str = "", timeout: _Timeout = None) -> None:
+        """Record a failure of a claimed task."""
+        request = pb.FailTaskRequest(
+            task_id=cv.check_str("task_id", task_id),
+            agent_id=cv.check_str("agent_id", agent_id),
+            reason=cv.check_str("reason", reason),
+        )
+        await self._unary("task", "FailTask", request, timeout)
+
+    async def get_task(self, task_id: str, timeout: _Timeout = None) -> Task:
+        """One task, any status."""
+        request = pb.GetTaskRequest(task_id=cv.check_str("task_id", task_id))
+        return cv.task_from_pb((await self._unary("task", "GetTask", request, timeout)).task)
+
+    async def list_tasks(self, status: Optional[Union[TaskStatus, str]] = None, timeout: _Timeout = None) -> list[Task]:
+        """Tasks in creation order, optionally filtered by status."""
+        request = pb.ListTasksRequest(status=cv.task_status_to_pb(status))
+        return [cv.task_from_pb(t) for t in (await self._unary("task", "ListTasks", request, timeout)).tasks]
+
+    # ── manual clock ──
+
+    async def advance(self, seconds: Union[float, timedelta], timeout: _Timeout = None) -> datetime:
+        """Move a manual clock forward; due timers fire before this returns. Returns the new time."""
+        request = pb.AdvanceRequest(duration=cv.duration(cv.seconds_of("seconds", seconds)))
+        return cv.ts((await self._unary("clock", "Advance", request, timeout)).now)
+
+    async def now(self, timeout: _Timeout = None) -> datetime:
+        """The manual clock's current time (UTC)."""
+        return cv.ts((await self._unary("clock", "Now", pb.NowRequest(), timeout)).now)
+
+
+def _still_running(obj: Any) -> bool:
+    if isinstance(obj, _AsyncStream):
+        return obj.active
+    if isinstance(obj, (AgentHandle, LeaseHandle)):
+        return obj._task is not None and not obj._task.done()
+    return False
