@@ -389,17 +389,13 @@ pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Res
 
 /// Deletes logs and snapshots older than `generation` (best effort: leftovers are harmless).
 fn remove_generations_below(dir: &Path, generation: u64) {
-    let kinds: [(&str, &str, fn(u64) -> String); 2] =
-        [("wal-", ".log", log_name), ("snapshot-", ".bin", snapshot_name)];
-    for (prefix, suffix, name) in kinds {
-        for old in generations(dir, prefix, suffix)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|&g| g < generation)
-        {
-            let _ = std::fs::remove_file(dir.join(name(old)));
+    let remove = |prefix: &str, suffix: &str| {
+        for old in generations(dir, prefix, suffix).unwrap_or_default().into_iter().filter(|&g| g < generation) {
+            let _ = std::fs::remove_file(dir.join(format!("{prefix}{old:08}{suffix}")));
         }
-    }
+    };
+    remove("wal-", ".log");
+    remove("snapshot-", ".bin");
 }
 
 /// Makes a new file's directory entry durable.
