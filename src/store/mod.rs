@@ -390,7 +390,11 @@ pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Res
 /// Deletes logs and snapshots older than `generation` (best effort: leftovers are harmless).
 fn remove_generations_below(dir: &Path, generation: u64) {
     let remove = |prefix: &str, suffix: &str| {
-        for old in generations(dir, prefix, suffix).unwrap_or_default().into_iter().filter(|&g| g < generation) {
+        for old in generations(dir, prefix, suffix)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&g| g < generation)
+        {
             let _ = std::fs::remove_file(dir.join(format!("{prefix}{old:08}{suffix}")));
         }
     };

@@ -1,0 +1,158 @@
+"""Event bus: topics, decoded payloads, resume, reconnect exactly once in order, errors to on_error."""
+
+import threading
+from datetime import timezone
+
+import grpc
+import pytest
+
+from agentkeeper import (
+    AgentInfo,
+    AgentKeeperClient,
+    ElectionState,
+    Lease,
+    OutOfRange,
+    ResourceExhausted,
+    WatchEvent,
+)
+
+from conftest import wait_for
+
+
+def test_topics_are_prefixes_and_payloads_are_decoded(client):
+    everything: list[WatchEvent] = []
+    agents: list[WatchEvent] = []
+    with client.watch([], everything.append), client.watch(["agent."], agents.append):
+        with client.register("w") as a:
+            client.acquire_lease("task:1", a.agent_id).release()
+            client.campaign("g", a.agent_id)
+    expected = ["agent.registered", "lease.acquired", "lease.released", "leader.changed", "agent.died", "leader.changed"]
+    wait_for(lambda: [e.topic for e in everything] == expected)
+    wait_for(lambda: [e.topic for e in agents] == ["agent.registered", "agent.died"])
+    assert [e.sequence for e in everything] == list(range(1, 7))
+    assert all(e.timestamp.tzinfo == timezone.utc for e in everything)
+    assert isinstance(everything[0].payload, AgentInfo) and everything[0].payload.card.name == "w"
+    assert isinstance(everything[1].payload, Lease) and everything[1].payload.task_id == "task:1"
+    assert isinstance(everything[3].payload, ElectionState) and everything[3].payload.leader_agent_id == a.agent_id
+
+
+def test_watch_returns_once_subscribed_so_nothing_is_missed(client):
+    for _ in range(5):
+        seen = []
+        with client.watch(["agent.registered"], seen.append):
+            client.register("quick").deregister()
+            wait_for(lambda: len(seen) == 1)
+
+
+def test_from_sequence_replays_then_goes_live(client):
+    for i in range(3):
+        client.register(f"old-{i}").deregister()  # sequences 1..6
+    seen = []
+    with client.watch(["agent.died"], seen.append, from_sequence=3):
+        client.register("new").deregister()
+        wait_for(lambda: [e.sequence for e in seen] == [4, 6, 8])
+
+
+def test_reconnecting_watch_delivers_each_event_exactly_once_in_order(client):
+    """Drop the stream repeatedly while another thread keeps producing events."""
+    dropped: list[WatchEvent] = []
+    steady: list[WatchEvent] = []
+    stop = threading.Event()
+    total = 300
+
+    def produce():
+        for i in range(total // 2):
+            client.register(f"p{i}", ttl=3600).deregister()  # two events each
+        stop.set()
+
+    with client.watch([], steady.append), client.watch([], dropped.append) as sub:
+        producer = threading.Thread(target=produce)
+        producer.start()
+        drops = 0
+        while not stop.is_set():
+            wait_for(lambda: sub.last_sequence > 0, what="first event")
+            sub._force_reconnect()
+            drops += 1
+            threading.Event().wait(0.01)
+        producer.join()
+        wait_for(lambda: len(steady) == total and len(dropped) == total, timeout=10, what="all events")
+    assert sub.reconnects >= min(drops, 3) >= 3
+    assert [e.sequence for e in dropped] == list(range(1, total + 1)), "no gap, no duplicate, in order"
+    assert [(e.sequence, e.topic) for e in dropped] == [(e.sequence, e.topic) for e in steady]
+
+
+def test_resume_too_far_back_is_out_of_range(binary):
+    with AgentKeeperClient.embedded(binary=binary, extra_args=["--events-retained=4"]) as client:
+        for i in range(5):
+            client.register(f"a{i}").deregister()
+        with pytest.raises(OutOfRange) as e:
+            client.watch([], print, from_sequence=1)
+        assert isinstance(e.value, grpc.RpcError) and "oldest" in e.value.details()
+
+
+def test_out_of_range_on_reconnect_goes_to_on_error(binary):
+    errors = []
+    with AgentKeeperClient.embedded(binary=binary, extra_args=["--events-retained=4"]) as client:
+        leases = []
+        agent = client.register("holder", ttl=3600)
+        sub = client.watch(["lease."], leases.append, on_error=errors.append)
+        client.acquire_lease("task:1", agent.agent_id)
+        wait_for(lambda: len(leases) == 1)
+        for i in range(5):  # events the watcher does not want push its resume point out of the ring
+            client.register(f"noise{i}").deregister()
+        sub._force_reconnect()
+        assert sub.wait(5), "the subscription must end, not spin"
+        assert len(errors) == 1 and isinstance(errors[0], OutOfRange)
+        assert sub.error is errors[0] and not sub.active
+
+
+def test_a_slow_callback_is_cut_off_with_resource_exhausted_to_on_error(binary):
+    errors = []
+    release = threading.Event()
+    got = []
+
+    def slow(event):
+        got.append(event)
+        release.wait(10)
+
+    with AgentKeeperClient.embedded(binary=binary, extra_args=["--watch-buffer=4"]) as client:
+        sub = client.watch(["agent.registered"], slow, on_error=errors.append)
+        big = "x" * 8000
+        for i in range(400):
+            client.register(f"a{i}", description=big, ttl=3600)
+            if i % 50 == 0 and errors:
+                break
+        release.set()
+        assert sub.wait(10), "the subscription must end with an error"
+        assert len(errors) == 1 and isinstance(errors[0], ResourceExhausted), errors
+        assert not sub.active
+
+
+def test_callback_exceptions_do_not_stop_the_subscription(client):
+    seen = []
+
+    def flaky(event):
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("bug in user code")
+
+    with client.watch(["agent.registered"], flaky) as sub:
+        client.register("one")
+        client.register("two")
+        wait_for(lambda: len(seen) == 2)
+        assert sub.active
+
+
+def test_cancel_from_inside_the_callback(client):
+    seen = []
+    holder = {}
+
+    def once(event):
+        seen.append(event)
+        holder["sub"].cancel()
+
+    holder["sub"] = client.watch([], once)
+    client.register("a")
+    client.register("b")
+    wait_for(lambda: not holder["sub"].active)
+    assert len(seen) == 1
