@@ -292,12 +292,20 @@ impl Driver {
                 return;
             }
         };
-        let bytes = crate::store::encode_snapshot(&self.core.snapshot());
-        self.metrics.observe_snapshot(bytes.len(), started.elapsed());
+        // Only the ordered copy is made here; encoding and writing happen on the writer thread.
+        let snapshot = self.core.snapshot();
+        self.metrics.observe_snapshot(started.elapsed());
         durability.since_snapshot = 0;
+        let metrics = Arc::clone(&self.metrics);
         let spawned = thread::Builder::new()
             .name("agentkeeper-snapshot".into())
-            .spawn(move || crate::store::write_snapshot(&dir, generation, &bytes));
+            .spawn(move || {
+                let bytes = crate::store::encode_snapshot(&snapshot);
+                metrics
+                    .snapshot_bytes
+                    .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+                crate::store::write_snapshot(&dir, generation, &bytes)
+            });
         match spawned {
             Ok(writer) => durability.writer = Some(writer),
             Err(error) => tracing::error!(%error, "cannot start the snapshot writer"),

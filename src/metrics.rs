@@ -139,9 +139,8 @@ impl Metrics {
         }
     }
 
-    pub fn observe_snapshot(&self, bytes: usize, pause: Duration) {
+    pub fn observe_snapshot(&self, pause: Duration) {
         self.snapshot_pause_seconds.observe(pause.as_secs_f64());
-        self.snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_sync(&self, bytes: usize, elapsed: Duration) {
