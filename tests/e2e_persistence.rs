@@ -360,3 +360,60 @@ async fn snapshots_bound_the_log_and_a_restart_starts_from_the_latest() {
     let (again, _) = c.acquire("k", &a, 600).await;
     assert_eq!(again.token, lease.token);
 }
+
+/// Unmounts the test's tiny filesystem when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_writes_with_unavailable_and_reads_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: mounting a tiny tmpfs needs root");
+        return;
+    }
+    let _mount = Mount(dir.path().to_path_buf());
+    let (port, metrics_port) = (free_port(), free_port());
+    let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "1000000"]);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &[], 600).await;
+    let mut written = 0;
+    let error = loop {
+        let mut request = policy(&format!("p{written:05}"));
+        request.policy.as_mut().unwrap().resource = format!("tool:{}", "x".repeat(1000));
+        match c.policies.set_policy(request).await {
+            Ok(_) => written += 1,
+            Err(status) => break status,
+        }
+        assert!(written < 1000, "the disk never filled");
+    };
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
+    assert!(written > 10, "some writes fitted first");
+    // Reads still work; later writes are refused the same way; the daemon stays up.
+    assert_eq!(c.status(&a).await, pb::AgentStatus::Alive);
+    let list = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.policies.len() >= written);
+    let again = c
+        .registry
+        .heartbeat(pb::HeartbeatRequest { agent_id: a })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable);
+    assert!(again.message().contains("restart"), "{}", again.message());
+    drop(daemon);
+}
