@@ -1,0 +1,194 @@
+//! The work each scenario does: its set-up (agents, policies, watchers, made before timing) and
+//! one operation, as a worker repeats it.
+//!
+//! Invariant: set-up never counts toward the measurement; one `op` is one user-visible action
+//! (acquire-release is two calls and counts as one operation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentkeeper::proto as pb;
+use clap::ValueEnum;
+use pb::entitlements_service_client::EntitlementsServiceClient;
+use pb::lease_service_client::LeaseServiceClient;
+use pb::registry_service_client::RegistryServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    Heartbeat,
+    Acquire,
+    AcquireRelease,
+    Renew,
+    CheckPolicy,
+    Find,
+    Register,
+    GetAgent,
+    Mixed,
+    WatchFanout,
+}
+
+const WORDS: [&str; 16] = [
+    "fetch", "parse", "web", "pages", "sql", "tables", "review", "pull", "requests", "translate", "documents",
+    "deploy", "kubernetes", "summarise", "meetings", "invoices",
+];
+
+/// What every worker shares: ids made during set-up, and for watch-fanout the send times.
+pub struct Shared {
+    pub agents: Vec<String>,
+    pub policies: usize,
+    pub sent: Mutex<HashMap<String, Instant>>,
+}
+
+/// Set-up before timing: `agents` registered agents (long ttl), `policies` policies.
+pub async fn set_up(channel: &Channel, scenario: Scenario, agents: usize, policies: usize) -> Result<Shared, String> {
+    let mut registry = RegistryServiceClient::new(channel.clone());
+    let mut entitlements = EntitlementsServiceClient::new(channel.clone());
+    let mut ids = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let card = pb::AgentCard {
+            name: format!("bench-agent-{i}"),
+            description: format!("{} {} {}", WORDS[i % 16], WORDS[(i / 16) % 16], WORDS[(i / 256) % 16]),
+            tools: vec![format!("tool{}", i % 8)],
+            ..Default::default()
+        };
+        let reply = registry
+            .register(pb::RegisterRequest { card: Some(card), ttl_seconds: 86_400 })
+            .await
+            .map_err(|e| format!("set-up register: {e}"))?;
+        ids.push(reply.into_inner().agent_id);
+    }
+    let policies = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed) { policies } else { 0 };
+    for i in 0..policies {
+        let effect = if i % 10 == 0 { pb::PolicyEffect::Deny } else { pb::PolicyEffect::Allow };
+        let policy = pb::Policy {
+            id: format!("bench-{i:07}"),
+            subject: format!("agent:a{i}"),
+            action: "call".into(),
+            resource: format!("tool:t{}", i % 100),
+            effect: effect as i32,
+        };
+        entitlements
+            .set_policy(pb::SetPolicyRequest { policy: Some(policy) })
+            .await
+            .map_err(|e| format!("set-up set_policy: {e}"))?;
+    }
+    Ok(Shared { agents: ids, policies, sent: Mutex::new(HashMap::new()) })
+}
+
+/// One worker's clients and state.
+pub struct Worker {
+    pub id: usize,
+    registry: RegistryServiceClient<Channel>,
+    leases: LeaseServiceClient<Channel>,
+    entitlements: EntitlementsServiceClient<Channel>,
+    shared: Arc<Shared>,
+    counter: u64,
+    renewing: Option<(String, String, u64)>,
+}
+
+impl Worker {
+    pub fn new(id: usize, channel: &Channel, shared: Arc<Shared>) -> Self {
+        Worker {
+            id,
+            registry: RegistryServiceClient::new(channel.clone()),
+            leases: LeaseServiceClient::new(channel.clone()),
+            entitlements: EntitlementsServiceClient::new(channel.clone()),
+            shared,
+            counter: 0,
+            renewing: None,
+        }
+    }
+
+    fn agent(&self) -> String {
+        let agents = &self.shared.agents;
+        agents[(self.id + self.counter as usize * 7919) % agents.len()].clone()
+    }
+
+    /// One operation of `scenario`.
+    pub async fn op(&mut self, scenario: Scenario) -> Result<(), tonic::Status> {
+        self.counter += 1;
+        match scenario {
+            Scenario::Heartbeat => self.heartbeat().await,
+            Scenario::Acquire | Scenario::WatchFanout => self.acquire(false).await,
+            Scenario::AcquireRelease => self.acquire(true).await,
+            Scenario::Renew => self.renew().await,
+            Scenario::CheckPolicy => self.check().await,
+            Scenario::Find => self.find().await,
+            Scenario::Register => self.register().await,
+            Scenario::GetAgent => self.get_agent().await,
+            Scenario::Mixed => match self.counter % 20 {
+                0..=13 => self.heartbeat().await,
+                14 | 15 => self.acquire(true).await,
+                16 | 17 => self.check().await,
+                18 => self.find().await,
+                _ => self.get_agent().await,
+            },
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), tonic::Status> {
+        let agent_id = self.agent();
+        self.registry.heartbeat(pb::HeartbeatRequest { agent_id }).await.map(|_| ())
+    }
+
+    async fn get_agent(&mut self) -> Result<(), tonic::Status> {
+        let agent_id = self.agent();
+        self.registry.get_agent(pb::GetAgentRequest { agent_id }).await.map(|_| ())
+    }
+
+    async fn register(&mut self) -> Result<(), tonic::Status> {
+        let card = pb::AgentCard { name: format!("w{}-{}", self.id, self.counter), ..Default::default() };
+        self.registry.register(pb::RegisterRequest { card: Some(card), ttl_seconds: 86_400 }).await.map(|_| ())
+    }
+
+    async fn acquire(&mut self, release: bool) -> Result<(), tonic::Status> {
+        let task_id = format!("bench:w{}:{}", self.id, self.counter);
+        let agent_id = self.agent();
+        self.shared.sent.lock().expect("not poisoned").insert(task_id.clone(), Instant::now());
+        let request = pb::AcquireLeaseRequest { task_id: task_id.clone(), agent_id: agent_id.clone(), ttl_seconds: 600 };
+        let lease = self.leases.acquire_lease(request).await?.into_inner().lease;
+        if release {
+            let token = lease.and_then(|l| l.token);
+            self.leases.release_lease(pb::ReleaseLeaseRequest { task_id, agent_id, token }).await?;
+        }
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> Result<(), tonic::Status> {
+        if self.renewing.is_none() {
+            let task_id = format!("bench:renew:w{}", self.id);
+            let agent_id = self.agent();
+            let request = pb::AcquireLeaseRequest { task_id: task_id.clone(), agent_id: agent_id.clone(), ttl_seconds: 600 };
+            let lease = self.leases.acquire_lease(request).await?.into_inner().lease.expect("lease set");
+            self.renewing = Some((task_id, agent_id, lease.token.expect("token set").value));
+        }
+        let (task_id, agent_id, token) = self.renewing.clone().expect("set above");
+        let request = pb::RenewLeaseRequest {
+            task_id,
+            agent_id,
+            token: Some(pb::FencingToken { value: token }),
+            ttl_seconds: 600,
+        };
+        self.leases.renew_lease(request).await.map(|_| ())
+    }
+
+    async fn check(&mut self) -> Result<(), tonic::Status> {
+        let n = (self.id as u64 * 1_000_003 + self.counter * 7_919) % self.shared.policies.max(1) as u64;
+        let request = pb::CheckPolicyRequest {
+            subject: format!("agent:a{n}"),
+            action: "call".into(),
+            resource: format!("tool:t{}", n % 100),
+        };
+        self.entitlements.check_policy(request).await.map(|_| ())
+    }
+
+    async fn find(&mut self) -> Result<(), tonic::Status> {
+        let c = self.counter as usize;
+        let query = format!("{} {}", WORDS[c % 16], WORDS[(c / 3) % 16]);
+        let tools = if c % 2 == 0 { vec![format!("tool{}", c % 8)] } else { Vec::new() };
+        self.registry.find(pb::FindRequest { query, tools, limit: 10 }).await.map(|_| ())
+    }
+}
