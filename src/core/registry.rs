@@ -166,32 +166,32 @@ impl Registry {
     }
 
     /// The live agents that have every one of `tools`, in registration order.
-    fn candidates(&self, tools: &[String]) -> Vec<usize> {
-        let Some(rarest) = tools
+    /// True when the agent is ALIVE and lists every one of `tools`.
+    fn qualifies(&self, key: usize, tools: &[String]) -> bool {
+        let agent = &self.agents[key];
+        agent.status == AgentStatus::Alive && tools.iter().all(|t| agent.card.tools.contains(t))
+    }
+
+    /// The qualifying agents in registration order, lazily: Find takes only as many as it needs.
+    fn candidates<'a>(&'a self, tools: &'a [String]) -> Box<dyn Iterator<Item = usize> + 'a> {
+        let rarest = tools
             .iter()
             .map(|t| self.by_tool.get(t))
-            .min_by_key(|s| s.map_or(0, |s| s.len()))
-        else {
-            return self
-                .by_registration
-                .values()
-                .copied()
-                .filter(|&k| self.agents[k].status == AgentStatus::Alive)
-                .collect();
-        };
-        let Some(rarest) = rarest else {
-            return Vec::new();
-        };
-        let mut keys: Vec<usize> = rarest
-            .iter()
-            .copied()
-            .filter(|&k| {
-                let agent = &self.agents[k];
-                agent.status == AgentStatus::Alive && tools.iter().all(|t| agent.card.tools.contains(t))
-            })
-            .collect();
-        keys.sort_unstable_by_key(|&k| self.agents[k].registration);
-        keys
+            .min_by_key(|s| s.map_or(0, |s| s.len()));
+        match rarest {
+            None => Box::new(
+                self.by_registration
+                    .values()
+                    .copied()
+                    .filter(move |&k| self.qualifies(k, tools)),
+            ),
+            Some(None) => Box::new(std::iter::empty()),
+            Some(Some(holders)) => {
+                let mut keys: Vec<usize> = holders.iter().copied().filter(|&k| self.qualifies(k, tools)).collect();
+                keys.sort_unstable_by_key(|&k| self.agents[k].registration);
+                Box::new(keys.into_iter())
+            }
+        }
     }
 
     pub fn check_invariants(&self, now: Millis, dead_retention_ms: u64, timers: &TimerWheel<Deadline>) {
@@ -363,23 +363,38 @@ impl Core {
         Ok(Reply::Agent(self.registry.get(key).view()))
     }
 
+    /// Find: with a query, the agents sharing a term with it ranked by score (ties by
+    /// registration), then the rest in registration order (a query ranks, it does not filter);
+    /// only as many as `limit` are ever looked at beyond the scored ones.
     pub(super) fn find(&self, query: &str, tools: &[String], limit: u32) -> Outcome {
         validate::length("query", query, 0, validate::QUERY_BYTES_MAX)?;
         validate::tools("tools", tools)?;
         let limit = validate::find_limit(limit);
         let registry = &self.registry;
-        let mut keys = registry.candidates(tools);
-        if !query.trim().is_empty() {
-            let scores: Map<usize, f64> = {
-                let mut scores = new_map(registry.hash_seed);
-                scores.extend(registry.search.score(query));
-                scores
+        let mut scored: Vec<(f64, u64, usize)> = if query.trim().is_empty() {
+            Vec::new()
+        } else {
+            registry
+                .search
+                .score(query)
+                .into_iter()
+                .filter(|&(k, _)| registry.qualifies(k, tools))
+                .map(|(k, score)| (score, registry.get(k).registration, k))
+                .collect()
+        };
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.truncate(limit);
+        let mut keys: Vec<usize> = scored.iter().map(|&(_, _, k)| k).collect();
+        if keys.len() < limit {
+            let ranked: Set<usize> = {
+                let mut set = super::types::new_set(registry.hash_seed);
+                set.extend(keys.iter().copied());
+                set
             };
-            let score = |k: &usize| scores.get(k).copied().unwrap_or(0.0);
-            // Stable sort keeps registration order among equal scores.
-            keys.sort_by(|a, b| score(b).total_cmp(&score(a)));
+            let rest = registry.candidates(tools).filter(|k| !ranked.contains(k));
+            keys.extend(rest.take(limit - keys.len()));
         }
-        keys.truncate(limit);
+        debug_assert!(keys.len() <= limit);
         Ok(Reply::Agents(
             keys.into_iter().map(|k| registry.get(k).view()).collect(),
         ))
