@@ -328,6 +328,7 @@ class _StreamSubscription:
     ) -> None:
         self._client = client
         self._on_error = on_error
+        self._channel = client._new_channel(own_connection=True)
         self._lock = threading.Lock()
         self._call: Any = None
         self._cancelled = threading.Event()
@@ -394,6 +395,7 @@ class _StreamSubscription:
                     self._fail(error)
                     return
                 self.reconnects += 1
+                self._warn_if_no_resume_point()
                 if dropped_on_purpose:
                     continue
                 delay = self._client._retry.next_delay(delay)
@@ -402,6 +404,11 @@ class _StreamSubscription:
                     break
         finally:
             self._done.set()
+            if self._cancelled.is_set() or self.error is not None or self._startup_error is not None:
+                self._channel.close()
+
+    def _warn_if_no_resume_point(self) -> None:
+        """Election watches restart from the current state; nothing to resume."""
 
     def _fail(self, error: AgentKeeperError) -> None:
         self.error = error
@@ -427,6 +434,7 @@ class _StreamSubscription:
             call.cancel()
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout=5)
+        self._channel.close()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the subscription ends (cancelled or failed); False on timeout."""
@@ -476,7 +484,14 @@ class Subscription(_StreamSubscription):
     def _open(self) -> Any:
         resume = self.last_sequence + 1 if self.last_sequence > 0 else self._from_sequence
         request = pb.WatchRequest(topics=self.topics, from_sequence=resume)
-        return self._client._registry.Watch(request)
+        return stubs.RegistryServiceStub(self._channel).Watch(request)
+
+    def _warn_if_no_resume_point(self) -> None:
+        if self.last_sequence == 0:
+            log.warning(
+                "agentkeeper: watch stream dropped before its first event; events published while "
+                "it was down are not replayed (pass from_sequence= to resume from a known point)"
+            )
 
     def _deliver(self, message: Any) -> None:
         sequence = int(message.sequence_number)
@@ -512,7 +527,7 @@ class ElectionSubscription(_StreamSubscription):
         self.last_state: Optional[ElectionState] = None
 
     def _open(self) -> Any:
-        return self._client._election.WatchElection(pb.WatchElectionRequest(group=self.group))
+        return stubs.ElectionServiceStub(self._channel).WatchElection(pb.WatchElectionRequest(group=self.group))
 
     def _deliver(self, message: Any) -> None:
         state = cv.election_event_state(message)
@@ -556,12 +571,9 @@ class AgentKeeperClient:
         self.host, self.port = resolve_address(host, port)
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        options = list(CHANNEL_OPTIONS) + list(channel_options)
-        target = f"{self.host}:{self.port}"
-        if credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self._options = list(CHANNEL_OPTIONS) + list(channel_options)
+        self._credentials = credentials
+        self._channel = self._new_channel()
         self._registry = stubs.RegistryServiceStub(self._channel)
         self._lease = stubs.LeaseServiceStub(self._channel)
         self._election = stubs.ElectionServiceStub(self._channel)
@@ -623,6 +635,18 @@ class AgentKeeperClient:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def _new_channel(self, own_connection: bool = False) -> grpc.Channel:
+        options = list(self._options)
+        if own_connection:
+            # Each watch stream gets its own connection: with HTTP/2 a slow watcher would
+            # otherwise hold the shared connection's flow-control window and stall every unary
+            # call (heartbeats included) of this client.
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        target = f"{self.host}:{self.port}"
+        if self._credentials is not None:
+            return grpc.secure_channel(target, self._credentials, options=options)
+        return grpc.insecure_channel(target, options=options)
 
     def _track(self, obj: Any) -> None:
         self._background.add(obj)

@@ -63,7 +63,7 @@ def check_uint(name: str, value: Any, maximum: int = UINT32_MAX) -> int:
             raise InvalidArgument(f"{name} must be an int, got {value!r}")
     if not 0 <= value <= maximum:
         raise InvalidArgument(f"{name} must be 0..={maximum}, got {value}")
-    return value
+    return int(value)
 
 
 def check_str_list(name: str, values: Optional[Iterable[str]]) -> list[str]:
@@ -170,7 +170,7 @@ def policy_to_pb(policy: Policy) -> pb.Policy:
     )
 
 
-def task_status_to_pb(status: Optional[Union[TaskStatus, str]]) -> int:
+def task_status_to_pb(status: Optional[Union[TaskStatus, str]]) -> Any:
     if status is None:
         return pb.TASK_STATUS_UNSPECIFIED
     try:

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Optional, Union
+from typing import IO, Any, Optional, Union
 
 __all__ = ["EmbeddedDaemon", "find_binary", "free_port"]
 
@@ -115,7 +115,7 @@ class EmbeddedDaemon:
         self.extra_args = list(extra_args)
         self.process: Optional[subprocess.Popen[bytes]] = None
         self._log: Optional[IO[bytes]] = None
-        self._finalizer: Optional[weakref.finalize] = None
+        self._finalizer: Any = None  # weakref.finalize killing the process if the owner is lost
 
     @property
     def address(self) -> str:

@@ -350,6 +350,7 @@ class _AsyncStream(Generic[E]):
         self._on_error = on_error
         self._timeout = timeout
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_max)
+        self._channel: Optional[grpc.aio.Channel] = None
         self._call: Any = None
         self._task: Optional[asyncio.Task[None]] = None
         self._ready: Optional[asyncio.Event] = None
@@ -373,6 +374,7 @@ class _AsyncStream(Generic[E]):
         if self._task is not None:
             return self
         self._ready = asyncio.Event()
+        self._channel = self._client._new_channel(own_connection=True)
         self._task = asyncio.ensure_future(self._pump())
         self._client._track(self)
         wait = self._client._timeout if self._timeout is None else self._timeout
@@ -430,6 +432,7 @@ class _AsyncStream(Generic[E]):
                     await self._fail(error)
                     return
                 self.reconnects += 1
+                self._warn_if_no_resume_point()
                 if dropped_on_purpose:
                     continue
                 delay = self._client._retry.next_delay(delay)
@@ -439,6 +442,11 @@ class _AsyncStream(Generic[E]):
             self._finished = True
             if self._callback is None:
                 self._put_nowait_end()
+            if self._channel is not None and not self._cancelled:
+                await self._channel.close()
+
+    def _warn_if_no_resume_point(self) -> None:
+        """Election watches restart from the current state; nothing to resume."""
 
     def _put_nowait_end(self) -> None:
         try:
@@ -480,6 +488,8 @@ class _AsyncStream(Generic[E]):
         self._finished = True
         if self._callback is None:
             self._put_nowait_end()
+        if self._channel is not None:
+            await self._channel.close()
 
     aclose = cancel
 
@@ -554,7 +564,16 @@ class WatchStream(_AsyncStream[WatchEvent]):
 
     def _open(self) -> Any:
         resume = self.last_sequence + 1 if self.last_sequence > 0 else self._from_sequence
-        return self._client._registry.Watch(pb.WatchRequest(topics=self.topics, from_sequence=resume))
+        assert self._channel is not None
+        request = pb.WatchRequest(topics=self.topics, from_sequence=resume)
+        return stubs.RegistryServiceStub(self._channel).Watch(request)
+
+    def _warn_if_no_resume_point(self) -> None:
+        if self.last_sequence == 0:
+            log.warning(
+                "agentkeeper: watch stream dropped before its first event; events published while "
+                "it was down are not replayed (pass from_sequence= to resume from a known point)"
+            )
 
     def _accept(self, message: Any) -> Optional[WatchEvent]:
         sequence = int(message.sequence_number)
@@ -582,7 +601,8 @@ class ElectionWatch(_AsyncStream[ElectionState]):
         self.last_state: Optional[ElectionState] = None
 
     def _open(self) -> Any:
-        return self._client._election.WatchElection(pb.WatchElectionRequest(group=self.group))
+        assert self._channel is not None
+        return stubs.ElectionServiceStub(self._channel).WatchElection(pb.WatchElectionRequest(group=self.group))
 
     def _accept(self, message: Any) -> Optional[ElectionState]:
         state = cv.election_event_state(message)
@@ -615,12 +635,9 @@ class AgentKeeperClient:
         self.host, self.port = resolve_address(host, port)
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        options = list(CHANNEL_OPTIONS) + list(channel_options)
-        target = f"{self.host}:{self.port}"
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._options = list(CHANNEL_OPTIONS) + list(channel_options)
+        self._credentials = credentials
+        self._channel = self._new_channel()
         self._registry = stubs.RegistryServiceStub(self._channel)
         self._lease = stubs.LeaseServiceStub(self._channel)
         self._election = stubs.ElectionServiceStub(self._channel)
@@ -682,6 +699,17 @@ class AgentKeeperClient:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def _new_channel(self, own_connection: bool = False) -> grpc.aio.Channel:
+        options = list(self._options)
+        if own_connection:
+            # One connection per watch stream, so a slow watcher's HTTP/2 flow control cannot
+            # stall this client's unary calls (heartbeats included).
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        target = f"{self.host}:{self.port}"
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(target, self._credentials, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
 
     def _track(self, obj: Any) -> None:
         self._background = [o for o in self._background if _still_running(o)]

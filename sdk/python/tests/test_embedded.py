@@ -1,0 +1,135 @@
+"""Embedded mode: binary resolution, flags, side-by-side daemons, shutdown; manual clock calls."""
+
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import agentkeeper._embedded as embedded_module
+from agentkeeper import AgentKeeperClient, EmbeddedDaemon, FailedPrecondition, InvalidArgument, find_binary
+
+
+def _fake_binary(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_binary_resolution_order(tmp_path, monkeypatch):
+    explicit = _fake_binary(tmp_path / "explicit" / "agentkeeper")
+    env = _fake_binary(tmp_path / "env" / "agentkeeper")
+    on_path = _fake_binary(tmp_path / "bin" / "agentkeeper")
+    project = tmp_path / "project"
+    release = _fake_binary(project / "target" / "release" / "agentkeeper")
+    debug = _fake_binary(project / "target" / "debug" / "agentkeeper")
+    v1 = _fake_binary(project / "daemon" / "agentkeeper")
+    elsewhere = tmp_path / "nowhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(embedded_module, "_REPO_FROM_PACKAGE", elsewhere)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("AGENTKEEPER_BIN", str(env))
+    monkeypatch.setenv("PATH", f"{on_path.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    assert find_binary(explicit) == str(explicit)
+    assert find_binary() == str(env)
+    monkeypatch.delenv("AGENTKEEPER_BIN")
+    assert find_binary() == str(on_path)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    assert find_binary() == str(project / "target" / "release" / "agentkeeper")
+    release.unlink()
+    assert find_binary() == str(project / "target" / "debug" / "agentkeeper")
+    debug.unlink()
+    assert find_binary() == str(project / "daemon" / "agentkeeper")
+    v1.unlink()
+    with pytest.raises(FileNotFoundError, match="cargo build"):
+        find_binary()
+
+
+def test_build_output_is_found_relative_to_the_sdk_source(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    debug = _fake_binary(repo / "target" / "debug" / "agentkeeper")
+    monkeypatch.setattr(embedded_module, "_REPO_FROM_PACKAGE", repo)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AGENTKEEPER_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert find_binary() == str(debug)
+
+
+def test_a_missing_explicit_binary_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="binary="):
+        find_binary(tmp_path / "nope")
+    monkeypatch.setenv("AGENTKEEPER_BIN", str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="AGENTKEEPER_BIN"):
+        find_binary()
+
+
+def test_command_line(binary, tmp_path):
+    d = EmbeddedDaemon(binary=binary, port=7171, clock="manual", seed=9)
+    cmd = d.command()
+    assert cmd[:3] == [binary, "--addr=127.0.0.1:7171", f"--metrics-addr=127.0.0.1:{d.metrics_port}"]
+    assert "--clock=manual" in cmd and "--seed=9" in cmd
+    assert not any(a.startswith("--data-dir") for a in cmd), "only passed when data_dir is given"
+    assert f"--data-dir={tmp_path}" in EmbeddedDaemon(binary=binary, data_dir=tmp_path).command()
+    with pytest.raises(ValueError):
+        EmbeddedDaemon(binary=binary, clock="sundial")
+
+
+def test_two_embedded_daemons_side_by_side_and_stopped_on_close(binary):
+    with AgentKeeperClient.embedded(binary=binary) as a, AgentKeeperClient.embedded(binary=binary) as b:
+        assert a.port != b.port and a.daemon.metrics_port != b.daemon.metrics_port
+        agent = a.register("only-in-a")
+        assert [x.card.name for x in a.find()] == ["only-in-a"] and b.find() == []
+        process = a.daemon.process
+        agent.deregister()
+    assert process.poll() is not None, "the daemon is stopped when the client closes"
+    assert process.returncode == 0, "SIGTERM: clean exit"
+
+
+def test_explicit_port(binary):
+    from agentkeeper._embedded import free_port
+
+    port = free_port()
+    with AgentKeeperClient.embedded(binary=binary, port=port) as c:
+        assert c.port == port and c.find() == []
+
+
+def test_manual_clock_now_and_advance(manual):
+    start = manual.now()
+    assert start.tzinfo is not None
+    assert manual.now() == start, "a manual clock stands still"
+    after = manual.advance(1.5)
+    assert (after - start).total_seconds() == pytest.approx(1.5)
+    assert manual.advance(timedelta(minutes=1)) - after == timedelta(minutes=1)
+    with pytest.raises(InvalidArgument):
+        manual.advance(-5)
+    assert manual.now() == after + timedelta(minutes=1)
+
+
+def test_clock_calls_on_a_real_clock_are_failed_precondition(client):
+    with pytest.raises(FailedPrecondition):
+        client.advance(1)
+    with pytest.raises(FailedPrecondition):
+        client.now()
+
+
+def test_daemon_restart_watch_resumes_and_state_survives(binary, tmp_path):
+    """With persistence, a watcher survives a daemon restart and resumes without gap or repeat."""
+    seen = []
+    with AgentKeeperClient.embedded(binary=binary, data_dir=tmp_path) as client:
+        port = client.port
+        with client.watch([], seen.append) as sub:
+            client.register("before").deregister()
+            client.daemon.stop()
+            restarted = EmbeddedDaemon(binary=binary, port=port, data_dir=tmp_path)
+            restarted.start()
+            try:
+                client.register("after").deregister()
+                from conftest import wait_for
+
+                wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3, 4], timeout=10)
+                assert sub.reconnects >= 1
+            finally:
+                restarted.stop()
