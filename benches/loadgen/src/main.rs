@@ -115,14 +115,21 @@ async fn connect(target: &str, n: usize) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(n);
     for _ in 0..n {
         let endpoint = Endpoint::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
-        let channel = endpoint.tcp_nodelay(true).connect().await.map_err(|e| format!("connect to {target}: {e}"))?;
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {target}: {e}"))?;
         channels.push(channel);
     }
     Ok(channels)
 }
 
 async fn run(flags: Flags) -> Result<(), String> {
-    assert!(flags.connections > 0 && flags.concurrency > 0, "need at least one connection and one stream");
+    assert!(
+        flags.connections > 0 && flags.concurrency > 0,
+        "need at least one connection and one stream"
+    );
     let channels = connect(&flags.target, flags.connections).await?;
     let agents = flags.agents.max(1);
     let shared = Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies).await?);
@@ -186,7 +193,11 @@ fn progress_bar(visible: bool, duration: Duration, requests: Option<u64>) -> Pro
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(requests.unwrap_or(duration.as_millis() as u64));
-    let template = if requests.is_some() { "{bar:40} {pos}/{len} ops" } else { "{bar:40} {elapsed}/{duration}" };
+    let template = if requests.is_some() {
+        "{bar:40} {pos}/{len} ops"
+    } else {
+        "{bar:40} {elapsed}/{duration}"
+    };
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar
 }
@@ -199,7 +210,9 @@ async fn closed_loop(
     progress: &ProgressBar,
 ) -> (Vec<Worker>, Outcome) {
     let deadline = Instant::now() + duration;
-    let budget = Arc::new(std::sync::atomic::AtomicI64::new(requests.map_or(i64::MAX, |r| r as i64)));
+    let budget = Arc::new(std::sync::atomic::AtomicI64::new(
+        requests.map_or(i64::MAX, |r| r as i64),
+    ));
     let mut tasks = Vec::new();
     for mut worker in workers {
         let budget = Arc::clone(&budget);
@@ -224,7 +237,11 @@ async fn closed_loop(
                 if by_count {
                     progress.inc(1);
                 } else {
-                    progress.set_position(duration.saturating_sub(deadline - Instant::now().min(deadline)).as_millis() as u64);
+                    progress.set_position(
+                        duration
+                            .saturating_sub(deadline - Instant::now().min(deadline))
+                            .as_millis() as u64,
+                    );
                 }
             }
             (worker, latency, errors)
@@ -302,17 +319,30 @@ async fn start_watchers(
     let delays = Arc::new(std::sync::Mutex::new(histogram()));
     let channels = connect(target, watchers.div_ceil(64).max(1)).await?;
     for i in 0..watchers {
-        let mut registry = pb::registry_service_client::RegistryServiceClient::new(channels[i % channels.len()].clone());
-        let request = pb::WatchRequest { topics: vec!["lease.acquired".into()], from_sequence: 0 };
-        let mut stream = registry.watch(request).await.map_err(|e| format!("watch: {e}"))?.into_inner();
+        let mut registry =
+            pb::registry_service_client::RegistryServiceClient::new(channels[i % channels.len()].clone());
+        let request = pb::WatchRequest {
+            topics: vec!["lease.acquired".into()],
+            from_sequence: 0,
+        };
+        let mut stream = registry
+            .watch(request)
+            .await
+            .map_err(|e| format!("watch: {e}"))?
+            .into_inner();
         let (delays, shared) = (Arc::clone(&delays), Arc::clone(&shared));
         tokio::spawn(async move {
             while let Ok(Some(event)) = stream.message().await {
                 let Some(payload) = event.payload else { continue };
-                let Ok(lease) = <pb::Lease as prost::Message>::decode(payload.value.as_slice()) else { continue };
+                let Ok(lease) = <pb::Lease as prost::Message>::decode(payload.value.as_slice()) else {
+                    continue;
+                };
                 let sent = shared.sent.lock().expect("not poisoned").get(&lease.task_id).copied();
                 if let Some(sent) = sent {
-                    delays.lock().expect("not poisoned").saturating_record(sent.elapsed().as_micros() as u64);
+                    delays
+                        .lock()
+                        .expect("not poisoned")
+                        .saturating_record(sent.elapsed().as_micros() as u64);
                 }
             }
         });
@@ -347,6 +377,9 @@ fn print_report(report: &Report, json: bool) {
         l.max
     );
     if let Some(f) = &report.fanout_delay_us {
-        println!("fan-out delay µs: p50 {} p90 {} p99 {} p99.9 {} max {}", f.p50, f.p90, f.p99, f.p999, f.max);
+        println!(
+            "fan-out delay µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
+            f.p50, f.p90, f.p99, f.p999, f.max
+        );
     }
 }

@@ -31,8 +31,22 @@ pub enum Scenario {
 }
 
 const WORDS: [&str; 16] = [
-    "fetch", "parse", "web", "pages", "sql", "tables", "review", "pull", "requests", "translate", "documents",
-    "deploy", "kubernetes", "summarise", "meetings", "invoices",
+    "fetch",
+    "parse",
+    "web",
+    "pages",
+    "sql",
+    "tables",
+    "review",
+    "pull",
+    "requests",
+    "translate",
+    "documents",
+    "deploy",
+    "kubernetes",
+    "summarise",
+    "meetings",
+    "invoices",
 ];
 
 /// What every worker shares: ids made during set-up, and for watch-fanout the send times.
@@ -55,14 +69,25 @@ pub async fn set_up(channel: &Channel, scenario: Scenario, agents: usize, polici
             ..Default::default()
         };
         let reply = registry
-            .register(pb::RegisterRequest { card: Some(card), ttl_seconds: 86_400 })
+            .register(pb::RegisterRequest {
+                card: Some(card),
+                ttl_seconds: 86_400,
+            })
             .await
             .map_err(|e| format!("set-up register: {e}"))?;
         ids.push(reply.into_inner().agent_id);
     }
-    let policies = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed) { policies } else { 0 };
+    let policies = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed) {
+        policies
+    } else {
+        0
+    };
     for i in 0..policies {
-        let effect = if i % 10 == 0 { pb::PolicyEffect::Deny } else { pb::PolicyEffect::Allow };
+        let effect = if i % 10 == 0 {
+            pb::PolicyEffect::Deny
+        } else {
+            pb::PolicyEffect::Allow
+        };
         let policy = pb::Policy {
             id: format!("bench-{i:07}"),
             subject: format!("agent:a{i}"),
@@ -75,7 +100,11 @@ pub async fn set_up(channel: &Channel, scenario: Scenario, agents: usize, polici
             .await
             .map_err(|e| format!("set-up set_policy: {e}"))?;
     }
-    Ok(Shared { agents: ids, policies, sent: Mutex::new(HashMap::new()) })
+    Ok(Shared {
+        agents: ids,
+        policies,
+        sent: Mutex::new(HashMap::new()),
+    })
 }
 
 /// One worker's clients and state.
@@ -131,28 +160,57 @@ impl Worker {
 
     async fn heartbeat(&mut self) -> Result<(), tonic::Status> {
         let agent_id = self.agent();
-        self.registry.heartbeat(pb::HeartbeatRequest { agent_id }).await.map(|_| ())
+        self.registry
+            .heartbeat(pb::HeartbeatRequest { agent_id })
+            .await
+            .map(|_| ())
     }
 
     async fn get_agent(&mut self) -> Result<(), tonic::Status> {
         let agent_id = self.agent();
-        self.registry.get_agent(pb::GetAgentRequest { agent_id }).await.map(|_| ())
+        self.registry
+            .get_agent(pb::GetAgentRequest { agent_id })
+            .await
+            .map(|_| ())
     }
 
     async fn register(&mut self) -> Result<(), tonic::Status> {
-        let card = pb::AgentCard { name: format!("w{}-{}", self.id, self.counter), ..Default::default() };
-        self.registry.register(pb::RegisterRequest { card: Some(card), ttl_seconds: 86_400 }).await.map(|_| ())
+        let card = pb::AgentCard {
+            name: format!("w{}-{}", self.id, self.counter),
+            ..Default::default()
+        };
+        self.registry
+            .register(pb::RegisterRequest {
+                card: Some(card),
+                ttl_seconds: 86_400,
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn acquire(&mut self, release: bool) -> Result<(), tonic::Status> {
         let task_id = format!("bench:w{}:{}", self.id, self.counter);
         let agent_id = self.agent();
-        self.shared.sent.lock().expect("not poisoned").insert(task_id.clone(), Instant::now());
-        let request = pb::AcquireLeaseRequest { task_id: task_id.clone(), agent_id: agent_id.clone(), ttl_seconds: 600 };
+        self.shared
+            .sent
+            .lock()
+            .expect("not poisoned")
+            .insert(task_id.clone(), Instant::now());
+        let request = pb::AcquireLeaseRequest {
+            task_id: task_id.clone(),
+            agent_id: agent_id.clone(),
+            ttl_seconds: 600,
+        };
         let lease = self.leases.acquire_lease(request).await?.into_inner().lease;
         if release {
             let token = lease.and_then(|l| l.token);
-            self.leases.release_lease(pb::ReleaseLeaseRequest { task_id, agent_id, token }).await?;
+            self.leases
+                .release_lease(pb::ReleaseLeaseRequest {
+                    task_id,
+                    agent_id,
+                    token,
+                })
+                .await?;
         }
         Ok(())
     }
@@ -161,8 +219,18 @@ impl Worker {
         if self.renewing.is_none() {
             let task_id = format!("bench:renew:w{}", self.id);
             let agent_id = self.agent();
-            let request = pb::AcquireLeaseRequest { task_id: task_id.clone(), agent_id: agent_id.clone(), ttl_seconds: 600 };
-            let lease = self.leases.acquire_lease(request).await?.into_inner().lease.expect("lease set");
+            let request = pb::AcquireLeaseRequest {
+                task_id: task_id.clone(),
+                agent_id: agent_id.clone(),
+                ttl_seconds: 600,
+            };
+            let lease = self
+                .leases
+                .acquire_lease(request)
+                .await?
+                .into_inner()
+                .lease
+                .expect("lease set");
             self.renewing = Some((task_id, agent_id, lease.token.expect("token set").value));
         }
         let (task_id, agent_id, token) = self.renewing.clone().expect("set above");
@@ -188,7 +256,18 @@ impl Worker {
     async fn find(&mut self) -> Result<(), tonic::Status> {
         let c = self.counter as usize;
         let query = format!("{} {}", WORDS[c % 16], WORDS[(c / 3) % 16]);
-        let tools = if c % 2 == 0 { vec![format!("tool{}", c % 8)] } else { Vec::new() };
-        self.registry.find(pb::FindRequest { query, tools, limit: 10 }).await.map(|_| ())
+        let tools = if c % 2 == 0 {
+            vec![format!("tool{}", c % 8)]
+        } else {
+            Vec::new()
+        };
+        self.registry
+            .find(pb::FindRequest {
+                query,
+                tools,
+                limit: 10,
+            })
+            .await
+            .map(|_| ())
     }
 }
