@@ -1,104 +1,202 @@
 //! End to end: the process: HTTP endpoints, ports and the HTTP-port-taken rule, graceful
-//! shutdown, seeds, and the services that answer with fixed errors.
+//! shutdown, flags, seeds, and the services that answer with fixed errors.
+
+#![allow(clippy::disallowed_methods)] // the tests measure real time (shutdown, metrics polling)
 
 mod common;
 
 use std::net::TcpListener;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
-use common::{Daemon, free_port};
+use common::{Daemon, free_port, http_get_full, stream_end, token_of};
 use tonic::Code;
 
+/// Polls /metrics until every line in `lines` is present (gauges may trail a reply briefly).
+async fn await_metrics(daemon: &Daemon, lines: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, metrics) = daemon.http_get("/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let missing: Vec<&&str> = lines
+            .iter()
+            .filter(|line| !metrics.lines().any(|l| l == **line))
+            .collect();
+        if missing.is_empty() {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The non-empty lines of a daemon's stderr.
+fn stderr_lines(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .stderr()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test]
-async fn healthz_metrics_and_the_page_report_what_happened() {
+async fn healthz_answers_ok() {
+    let daemon = Daemon::start(&[]);
+    let (status, _, body) = http_get_full(daemon.metrics_port, "/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, "ok");
+    let (status, _) = daemon.http_get("/no-such-page");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[tokio::test]
+async fn metrics_report_agents_leases_and_calls_per_method() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    await_metrics(&daemon, &["agentkeeper_agents_alive 0", "agentkeeper_leases_active 0"]).await;
+    let a = c.register("a", &[], 30).await;
+    c.register("b", &[], 30).await;
+    let gone = c.register("c", &[], 30).await;
+    c.deregister(&gone).await.unwrap();
+    let (lease, _) = c.acquire("k1", &a, 30).await;
+    c.acquire("k2", &a, 30).await;
+    c.acquire("k3", &a, 30).await;
+    c.release("k1", &a, token_of(&lease)).await.unwrap();
+    let _ = c.agent(common::UNKNOWN_ID).await;
+    let metrics = await_metrics(
+        &daemon,
+        &[
+            "agentkeeper_agents_alive 2",
+            "agentkeeper_leases_active 2",
+            "agentkeeper_rpc_total{method=\"Register\"} 3",
+            "agentkeeper_rpc_total{method=\"Deregister\"} 1",
+            "agentkeeper_rpc_total{method=\"AcquireLease\"} 3",
+            "agentkeeper_rpc_total{method=\"ReleaseLease\"} 1",
+            "agentkeeper_rpc_errors_total{code=\"NotFound\",method=\"GetAgent\"} 1",
+        ],
+    )
+    .await;
+    assert!(
+        metrics.contains("# TYPE agentkeeper_rpc_total counter"),
+        "Prometheus text format:\n{metrics}"
+    );
+    let (_, headers, _) = http_get_full(daemon.metrics_port, "/metrics");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/plain")),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_page_is_html_with_the_counts() {
     let daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 30).await;
     c.register("b", &[], 30).await;
     c.acquire("k", &a, 30).await;
-    assert_eq!(
-        daemon.http_get("/healthz"),
-        ("HTTP/1.1 200 OK".to_string(), "ok".to_string())
-    );
-    let (status, metrics) = daemon.http_get("/metrics");
+    c.campaign("g", &a).await;
+    await_metrics(&daemon, &["agentkeeper_agents_alive 2", "agentkeeper_leases_active 1"]).await;
+    let (status, headers, page) = http_get_full(daemon.metrics_port, "/");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    for line in [
-        "agentkeeper_agents_alive 2",
-        "agentkeeper_leases_active 1",
-        "agentkeeper_rpc_total{method=\"Register\"} 2",
-        "agentkeeper_rpc_total{method=\"AcquireLease\"} 1",
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/html")),
+        "{headers:?}"
+    );
+    assert!(page.contains("<html"), "{page}");
+    for row in [
+        "<th>Agents alive or unreachable</th><td>2</td>",
+        "<th>Leases active</th><td>1</td>",
+        "<th>Election groups</th><td>1</td>",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+        assert!(page.contains(row), "missing {row:?} in {page}");
     }
-    let (_, page) = daemon.http_get("/");
-    assert!(
-        page.contains("<th>Agents alive or unreachable</th><td>2</td>"),
-        "{page}"
-    );
 }
 
 #[tokio::test]
-async fn errors_are_counted_by_method_and_code() {
-    let daemon = Daemon::start(&[]);
-    let mut c = daemon.clients().await;
-    let _ = c.agent("0123456789abcdef0123456789abcdef").await;
-    let (_, metrics) = daemon.http_get("/metrics");
-    assert!(
-        metrics.contains("agentkeeper_rpc_errors_total{code=\"NotFound\",method=\"GetAgent\"} 1"),
-        "{metrics}"
-    );
-}
-
-#[tokio::test]
-async fn sigterm_ends_watch_streams_with_unavailable_and_exits_zero() {
+async fn sigterm_ends_watch_streams_with_unavailable_and_exits_zero_within_seconds() {
     let mut daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
     let mut stream = c.watch(&[], 0).await;
+    let mut election = c.watch_election("g").await;
     c.register("a", &[], 30).await;
-    assert!(common::next_event(&mut stream, Duration::from_secs(5)).await.is_some());
-    let _ = Command::new("kill").args(["-TERM", &daemon_pid(&daemon)]).status();
-    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("the stream ends");
-    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(common::topics(&mut stream, 1).await, ["agent.registered"]);
+    assert_eq!(common::events(&mut election, 1).await[0].sequence_number, 0);
+    let sent = Instant::now();
+    daemon.sigterm();
+    let (_, end) = stream_end(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(end.code(), Code::Unavailable, "Watch: {end:?}");
+    let (_, end) = stream_end(&mut election, Duration::from_secs(5)).await;
+    assert_eq!(end.code(), Code::Unavailable, "WatchElection: {end:?}");
     let status = daemon
-        .wait_exit(Duration::from_secs(7))
-        .expect("the daemon exits within the grace period");
-    assert!(status.success(), "exit status {status:?}\n{}", daemon.stderr());
-}
-
-use std::process::Command;
-
-fn daemon_pid(daemon: &Daemon) -> String {
-    daemon.pid().to_string()
+        .exited(Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("no exit within 6 s of SIGTERM; stderr:\n{}", daemon.stderr()));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}\n{}", daemon.stderr());
+    assert!(sent.elapsed() < Duration::from_secs(6));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", daemon.port)).is_err(),
+        "the gRPC port is closed"
+    );
 }
 
 #[tokio::test]
-async fn a_second_daemon_without_metrics_addr_serves_grpc_when_the_http_port_is_taken() {
-    // Hold the default HTTP port ourselves, so the rule is exercised whatever else runs here.
-    let holder = TcpListener::bind("127.0.0.1:9090");
-    let port = free_port();
-    let daemon = Daemon::spawn(&[format!("--addr=127.0.0.1:{port}")], port, 0);
-    let mut c = connect_with_retry(&daemon).await;
-    c.register("side-by-side", &[], 30).await;
-    if holder.is_ok() {
-        assert!(daemon.stderr().contains("HTTP port unavailable"), "{}", daemon.stderr());
+async fn sigterm_and_sigint_exit_zero_promptly_when_idle() {
+    for signal in ["-TERM", "-INT"] {
+        let mut daemon = Daemon::start(&[]);
+        let mut c = daemon.clients().await;
+        c.register("a", &[], 30).await;
+        let sent = Instant::now();
+        let _ = Command::new("kill").args([signal, &daemon.pid().to_string()]).status();
+        let status = daemon
+            .exited(Duration::from_secs(6))
+            .await
+            .unwrap_or_else(|| panic!("no exit within 6 s of {signal}; stderr:\n{}", daemon.stderr()));
+        assert_eq!(status.code(), Some(0), "{signal}: {status:?}\n{}", daemon.stderr());
+        assert!(
+            sent.elapsed() < Duration::from_secs(3),
+            "{signal}: an idle daemon took {:?} to stop",
+            sent.elapsed()
+        );
     }
 }
 
-async fn connect_with_retry(daemon: &Daemon) -> common::Clients {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", daemon.port)).is_ok() {
-            return daemon.clients().await;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+#[tokio::test]
+async fn a_second_daemon_without_metrics_addr_serves_grpc_when_the_default_http_port_is_taken() {
+    // Hold the default HTTP port ourselves (if something else holds it, it is taken all the same).
+    let holder = TcpListener::bind("127.0.0.1:9090");
+    if let Err(error) = &holder {
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
     }
-    panic!("the daemon never served: {}", daemon.stderr());
+    let first = Daemon::start(&[]);
+    let port = free_port();
+    let mut second = Daemon::spawn(&[format!("--addr=127.0.0.1:{port}")], port, 0);
+    second.wait_serving();
+    let mut c1 = first.clients().await;
+    let mut c2 = second.clients().await;
+    let id1 = c1.register("first", &[], 30).await;
+    let id2 = c2.register("second", &[], 30).await;
+    assert_eq!(c1.find("", &[], 0).await, ["first"], "separate daemons, separate state");
+    assert_eq!(c2.find("", &[], 0).await, ["second"]);
+    assert_eq!(c2.agent(&id1).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(c1.agent(&id2).await.unwrap_err().code(), Code::NotFound);
+    assert!(second.is_running());
+    assert!(
+        second.stderr().contains("HTTP port unavailable"),
+        "the daemon warns:\n{}",
+        second.stderr()
+    );
+    assert_eq!(first.http_get("/healthz").1, "ok", "the first keeps its HTTP port");
+    drop(holder);
 }
 
 #[test]
-fn a_taken_grpc_port_exits_non_zero_naming_the_address() {
+fn a_taken_grpc_port_exits_non_zero_with_one_line_naming_the_address() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let args = [
@@ -107,16 +205,15 @@ fn a_taken_grpc_port_exits_non_zero_naming_the_address() {
     ];
     let mut daemon = Daemon::spawn(&args, port, 0);
     let status = daemon.wait_exit(Duration::from_secs(5)).expect("the daemon exits");
-    assert!(!status.success());
-    let stderr = daemon.stderr();
-    assert!(
-        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} for gRPC")),
-        "{stderr}"
-    );
+    assert!(!status.success(), "{status:?}");
+    let lines = stderr_lines(&daemon);
+    assert_eq!(lines.len(), 1, "one clear line: {lines:?}");
+    assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{lines:?}");
+    assert!(lines[0].contains("gRPC"), "{lines:?}");
 }
 
 #[test]
-fn an_explicit_metrics_addr_that_is_taken_exits_non_zero() {
+fn an_explicit_metrics_addr_that_is_taken_exits_non_zero_with_one_line() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().port();
     let port = free_port();
@@ -126,23 +223,33 @@ fn an_explicit_metrics_addr_that_is_taken_exits_non_zero() {
     ];
     let mut daemon = Daemon::spawn(&args, port, taken);
     let status = daemon.wait_exit(Duration::from_secs(5)).expect("the daemon exits");
-    assert!(!status.success());
-    assert!(daemon.stderr().contains("--metrics-addr"), "{}", daemon.stderr());
+    assert!(!status.success(), "{status:?}");
+    let lines = stderr_lines(&daemon);
+    assert_eq!(lines.len(), 1, "one clear line: {lines:?}");
+    assert!(lines[0].contains(&format!("127.0.0.1:{taken}")), "{lines:?}");
+    assert!(lines[0].contains("--metrics-addr"), "{lines:?}");
 }
 
 #[tokio::test]
-async fn go_style_port_only_addresses_listen_on_every_interface() {
+async fn a_go_style_port_only_addr_listens_on_every_interface() {
     let port = free_port();
-    let daemon = Daemon::spawn(
-        &[
-            format!("--addr=:{port}"),
-            format!("--metrics-addr=127.0.0.1:{}", free_port()),
-        ],
-        port,
-        0,
-    );
-    let mut c = connect_with_retry(&daemon).await;
+    let metrics_port = free_port();
+    let args = [
+        "--addr".to_string(),
+        format!(":{port}"),
+        "--metrics-addr".to_string(),
+        format!(":{metrics_port}"),
+    ];
+    let mut daemon = Daemon::spawn(&args, port, metrics_port);
+    daemon.wait_serving();
+    let mut c = daemon.clients().await;
     c.register("anywhere", &[], 30).await;
+    assert_eq!(daemon.http_get("/healthz").1, "ok");
+    // Listening on 0.0.0.0 also means 127.0.0.2 (another loopback address) reaches it.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.2", port)).is_ok(),
+        "not bound to 0.0.0.0"
+    );
 }
 
 #[tokio::test]
@@ -153,37 +260,87 @@ async fn the_same_seed_gives_the_same_agent_ids() {
         let mut c = daemon.clients().await;
         ids.push((c.register("a", &[], 30).await, c.register("b", &[], 30).await));
     }
-    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[0], ids[1], "--seed 7 twice: the same ids");
+    assert_ne!(ids[0].0, ids[0].1);
     let daemon = Daemon::start(&["--seed", "8"]);
     let mut c = daemon.clients().await;
+    assert_ne!(c.register("a", &[], 30).await, ids[0].0, "another seed, other ids");
+    let unseeded = Daemon::start(&[]);
+    let mut c = unseeded.clients().await;
     assert_ne!(c.register("a", &[], 30).await, ids[0].0);
 }
 
 #[tokio::test]
-async fn task_service_is_unimplemented_and_clock_service_refuses_on_the_real_clock() {
+async fn every_task_service_call_is_unimplemented() {
     let daemon = Daemon::start(&[]);
-    let channel = daemon.channel().await;
-    let mut tasks = pb::task_service_client::TaskServiceClient::new(channel.clone());
-    let error = tasks
-        .create_task(pb::CreateTaskRequest {
-            r#type: "t".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::Unimplemented);
-    let mut clock = pb::clock_service_client::ClockServiceClient::new(channel);
-    assert_eq!(
-        clock.now(pb::NowRequest {}).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
+    let mut tasks = pb::task_service_client::TaskServiceClient::new(daemon.channel().await);
+    let outcomes = [
+        tasks.create_task(pb::CreateTaskRequest::default()).await.map(|_| ()),
+        tasks.claim_task(pb::ClaimTaskRequest::default()).await.map(|_| ()),
+        tasks
+            .complete_task(pb::CompleteTaskRequest::default())
+            .await
+            .map(|_| ()),
+        tasks.fail_task(pb::FailTaskRequest::default()).await.map(|_| ()),
+        tasks.get_task(pb::GetTaskRequest::default()).await.map(|_| ()),
+        tasks.list_tasks(pb::ListTasksRequest::default()).await.map(|_| ()),
+    ];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let error = outcome.unwrap_err();
+        assert_eq!(error.code(), Code::Unimplemented, "call {i}: {error:?}");
+    }
+    let mut c = daemon.clients().await;
+    c.register("still-serving", &[], 30).await;
+}
+
+#[tokio::test]
+async fn clock_service_refuses_on_the_real_clock() {
+    let daemon = Daemon::start(&[]);
+    let mut clock = pb::clock_service_client::ClockServiceClient::new(daemon.channel().await);
+    let error = clock.now(pb::NowRequest {}).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
     let advance = pb::AdvanceRequest {
         duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
     };
-    assert_eq!(
-        clock.advance(advance).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
+    let error = clock.advance(advance).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+}
+
+#[tokio::test]
+async fn the_other_flags_are_accepted_and_json_logs_are_json() {
+    let daemon = Daemon::start(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--net-threads",
+        "2",
+        "--core-queue-max",
+        "64",
+    ]);
+    let mut c = daemon.clients().await;
+    c.register("a", &[], 30).await;
+    let lines = stderr_lines(&daemon);
+    assert!(!lines.is_empty(), "the daemon logs its start");
+    for line in &lines {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON line: {line}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_non_zero() {
+    for args in [
+        &["--addr", "not-an-address"][..],
+        &["--log-format", "xml"][..],
+        &["--dead-retention", "soon"][..],
+        &["--no-such-flag"][..],
+    ] {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut daemon = Daemon::spawn(&args, 0, 0);
+        let status = daemon.wait_exit(Duration::from_secs(5)).expect("the daemon exits");
+        assert!(!status.success(), "{args:?}: {status:?}");
+        assert!(!daemon.stderr().is_empty(), "{args:?}: says why");
+    }
 }
 
 #[tokio::test]
@@ -205,5 +362,14 @@ async fn oversized_and_garbage_requests_fail_cleanly_and_the_daemon_keeps_servin
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
     std::io::Write::write_all(&mut garbage, b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage").unwrap();
     drop(garbage);
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    std::io::Write::write_all(
+        &mut raw,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    drop(raw);
+    let mut c = daemon.clients().await;
     c.register("after", &[], 10).await;
+    assert_eq!(daemon.http_get("/healthz").1, "ok");
 }

@@ -21,14 +21,10 @@ fn start_with(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Daemo
         format!("--data-dir={}", dir.display()),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let daemon = Daemon::spawn(&args, port, metrics_port);
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return daemon;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("the daemon did not come back: {}", daemon.stderr());
+    let mut daemon = Daemon::spawn(&args, port, metrics_port);
+    // The gRPC port accepts before recovery is done: wait for an answered call, not a connect.
+    daemon.wait_serving();
+    daemon
 }
 
 fn policy(id: &str) -> pb::SetPolicyRequest {

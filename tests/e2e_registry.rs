@@ -1,129 +1,253 @@
-//! End to end: registration, heartbeats, liveness by ttl, deregistration, Find, and bad input.
+//! End to end: registration, heartbeats, liveness by ttl, deregistration, dead retention, GetAgent
+//! and Find.
 
 mod common;
 
 use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Daemon, card, topics};
+use common::{Daemon, UNKNOWN_ID, assert_quiet, card, decode, events, is_agent_id, topics, type_url};
 use tonic::Code;
 
+fn ms(timestamp: &Option<prost_types::Timestamp>) -> i64 {
+    let t = timestamp.as_ref().expect("timestamp set");
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
 #[tokio::test]
-async fn register_returns_a_32_hex_id_and_the_card_round_trips() {
+async fn register_returns_a_32_lowercase_hex_id_and_the_card_round_trips() {
     let daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
     let mut full = card("analyst", "reads data", &["sql_runner", "pdf_reader"]);
     full.version = "2.1.0".into();
-    full.metadata = [("team".to_string(), "data".to_string())].into();
-    full.capabilities = vec![pb::Capability {
-        name: "summarise".into(),
-        description: "short reports".into(),
-    }];
+    full.metadata = [
+        ("team".to_string(), "data".to_string()),
+        ("region".to_string(), "eu-west".to_string()),
+    ]
+    .into();
+    full.capabilities = vec![
+        pb::Capability {
+            name: "summarise".into(),
+            description: "short reports".into(),
+        },
+        pb::Capability {
+            name: "chart".into(),
+            description: String::new(),
+        },
+    ];
+    let request = pb::RegisterRequest {
+        card: Some(full.clone()),
+        ttl_seconds: 30,
+    };
     let id = c
         .registry
-        .register(pb::RegisterRequest {
-            card: Some(full.clone()),
-            ttl_seconds: 30,
-        })
+        .register(request.clone())
         .await
-        .unwrap();
-    let id = id.into_inner().agent_id;
-    assert_eq!(id.len(), 32);
-    assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        .unwrap()
+        .into_inner()
+        .agent_id;
+    assert!(is_agent_id(&id), "{id:?} is not 32 lowercase hex characters");
     let info = c.agent(&id).await.unwrap();
-    assert_eq!(info.card, Some(full));
+    assert_eq!(info.agent_id, id);
+    assert_eq!(info.card, Some(full), "card, metadata and capabilities round-trip");
     assert_eq!(info.status, pb::AgentStatus::Alive as i32);
-    assert!(info.registered_at.is_some() && info.last_heartbeat_at == info.registered_at);
+    assert!(info.registered_at.is_some());
+    assert_eq!(info.last_heartbeat_at, info.registered_at);
+
+    // Names are labels, not keys: the same card again is a second agent with its own id.
+    let twin = c.registry.register(request).await.unwrap().into_inner().agent_id;
+    assert!(is_agent_id(&twin));
+    assert_ne!(twin, id);
+    assert_eq!(c.find("", &[], 0).await, ["analyst", "analyst"]);
 }
 
 #[tokio::test]
-async fn missed_heartbeats_go_unreachable_recover_then_die_after_twice_the_ttl() {
+async fn registration_emits_agent_registered_with_the_agent_info() {
     let daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
-    let mut events = c.watch(&["agent."], 0).await;
-    let id = c.register("flaky", &[], 1).await;
-    assert_eq!(topics(&mut events, 1).await, ["agent.registered"]);
-    assert_eq!(
-        topics(&mut events, 1).await,
-        ["agent.unreachable"],
-        "no heartbeat for 1 s"
-    );
-    assert_eq!(c.status(&id).await, pb::AgentStatus::Unreachable);
-    c.heartbeat(&id).await.unwrap();
-    assert_eq!(topics(&mut events, 1).await, ["agent.recovered"]);
-    assert_eq!(c.status(&id).await, pb::AgentStatus::Alive);
-    assert_eq!(topics(&mut events, 2).await, ["agent.unreachable", "agent.died"]);
-    assert_eq!(c.status(&id).await, pb::AgentStatus::Dead);
-    let error = c.heartbeat(&id).await.unwrap_err();
-    assert_eq!(error.code(), Code::NotFound);
-    assert!(error.message().contains("register again"), "{}", error.message());
+    let mut stream = c.watch(&["agent."], 0).await;
+    let id = c.register("solo", &["t"], 30).await;
+    let event = events(&mut stream, 1).await.remove(0);
+    assert_eq!(event.topic, "agent.registered");
+    assert_eq!(type_url(&event), "type.googleapis.com/agentkeeper.v1.AgentInfo");
+    let info: pb::AgentInfo = decode(&event);
+    assert_eq!(info.agent_id, id);
+    assert_eq!(info.card.unwrap().name, "solo");
+    assert!(event.occurred_at.is_some());
 }
 
 #[tokio::test]
-async fn heartbeats_keep_an_agent_alive_past_its_ttl() {
+async fn heartbeats_keep_an_agent_alive_past_twice_its_ttl() {
     let daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
+    let mut stream = c.watch(&["agent."], 0).await;
     let id = c.register("steady", &[], 1).await;
+    assert_eq!(topics(&mut stream, 1).await, ["agent.registered"]);
+    let registered_at = ms(&c.agent(&id).await.unwrap().registered_at);
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         c.heartbeat(&id).await.unwrap();
     }
-    assert_eq!(c.status(&id).await, pb::AgentStatus::Alive);
-}
-
-#[tokio::test]
-async fn deregister_is_immediate_and_idempotent_and_dead_agents_are_forgotten_after_retention() {
-    let daemon = Daemon::start(&["--dead-retention", "1s"]);
-    let mut c = daemon.clients().await;
-    let mut events = c.watch(&["agent.died"], 0).await;
-    let id = c.register("leaving", &[], 30).await;
-    let request = || pb::DeregisterRequest { agent_id: id.clone() };
-    c.registry.deregister(request()).await.unwrap();
-    c.registry
-        .deregister(request())
-        .await
-        .expect("a second deregister is OK");
-    assert_eq!(topics(&mut events, 1).await, ["agent.died"]);
-    assert_eq!(c.status(&id).await, pb::AgentStatus::Dead, "DEAD agents stay visible");
+    let info = c.agent(&id).await.unwrap();
+    assert_eq!(info.status, pb::AgentStatus::Alive as i32);
     assert!(
-        common::next_event(&mut events, Duration::from_millis(300))
-            .await
-            .is_none(),
-        "one agent.died only"
+        ms(&info.last_heartbeat_at) >= registered_at + 2000,
+        "the heartbeat refreshed last_heartbeat_at"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(c.agent(&id).await.unwrap_err().code(), Code::NotFound);
-    let unknown = pb::DeregisterRequest {
-        agent_id: "0123456789abcdef0123456789abcdef".into(),
-    };
-    assert_eq!(c.registry.deregister(unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_quiet(&mut stream, Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
-async fn unknown_and_malformed_agent_ids_are_not_found() {
+async fn a_missed_heartbeat_makes_an_agent_unreachable_and_a_heartbeat_recovers_it() {
     let daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;
-    for id in ["0123456789abcdef0123456789abcdef", "not-an-id", ""] {
+    let mut stream = c.watch(&["agent."], 0).await;
+    let id = c.register("flaky", &[], 1).await;
+    assert_eq!(topics(&mut stream, 1).await, ["agent.registered"]);
+    let unreachable = events(&mut stream, 1).await.remove(0);
+    assert_eq!(unreachable.topic, "agent.unreachable", "no heartbeat for 1 s");
+    let info: pb::AgentInfo = decode(&unreachable);
+    assert_eq!(
+        (info.agent_id.as_str(), info.status),
+        (id.as_str(), pb::AgentStatus::Unreachable as i32)
+    );
+    let silent_ms = ms(&unreachable.occurred_at) - ms(&info.last_heartbeat_at);
+    assert!(
+        (1000..2000).contains(&silent_ms),
+        "UNREACHABLE after one ttl, got {silent_ms} ms"
+    );
+    assert_eq!(c.status(&id).await, pb::AgentStatus::Unreachable);
+    assert!(c.find("", &[], 0).await.is_empty(), "Find returns ALIVE agents only");
+
+    c.heartbeat(&id).await.unwrap();
+    let recovered = events(&mut stream, 1).await.remove(0);
+    assert_eq!(recovered.topic, "agent.recovered");
+    assert_eq!(
+        decode::<pb::AgentInfo>(&recovered).status,
+        pb::AgentStatus::Alive as i32
+    );
+    assert_eq!(c.status(&id).await, pb::AgentStatus::Alive);
+    assert_eq!(c.find("", &[], 0).await, ["flaky"]);
+    // The liveness clock restarts at the recovering heartbeat.
+    let again = events(&mut stream, 1).await.remove(0);
+    assert_eq!(again.topic, "agent.unreachable");
+    let info: pb::AgentInfo = decode(&again);
+    assert!(
+        ms(&info.last_heartbeat_at) > ms(&unreachable.occurred_at),
+        "the heartbeat was recorded"
+    );
+    let silent_ms = ms(&again.occurred_at) - ms(&info.last_heartbeat_at);
+    assert!(
+        (1000..2000).contains(&silent_ms),
+        "UNREACHABLE one ttl after the heartbeat, got {silent_ms} ms"
+    );
+    c.deregister(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_heartbeats_an_agent_dies_after_twice_its_ttl_and_must_register_again() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut stream = c.watch(&["agent."], 0).await;
+    let id = c.register("silent", &[], 1).await;
+    let seen = events(&mut stream, 3).await;
+    let names: Vec<&str> = seen.iter().map(|e| e.topic.as_str()).collect();
+    assert_eq!(names, ["agent.registered", "agent.unreachable", "agent.died"]);
+    let died: pb::AgentInfo = decode(&seen[2]);
+    assert_eq!(
+        (died.agent_id.as_str(), died.status),
+        (id.as_str(), pb::AgentStatus::Dead as i32)
+    );
+    let silent_ms = ms(&seen[2].occurred_at) - ms(&died.last_heartbeat_at);
+    assert!(
+        (2000..3000).contains(&silent_ms),
+        "DEAD after 2 x ttl without a heartbeat, got {silent_ms} ms"
+    );
+
+    // DEAD agents stay visible to GetAgent (default retention 1 h).
+    let info = c.agent(&id).await.expect("a DEAD agent is still known");
+    assert_eq!(info.status, pb::AgentStatus::Dead as i32);
+    assert_eq!(info.card.unwrap().name, "silent");
+
+    let error = c.heartbeat(&id).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error:?}");
+    assert!(error.message().contains("register again"), "{}", error.message());
+    assert_eq!(
+        c.status(&id).await,
+        pb::AgentStatus::Dead,
+        "a heartbeat does not revive"
+    );
+    assert_quiet(&mut stream, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn deregister_kills_at_once_and_a_second_deregister_is_ok_without_a_second_death() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut died = c.watch(&["agent.died"], 0).await;
+    let id = c.register("leaving", &[], 30).await;
+    let other = c.register("staying", &[], 30).await;
+    c.deregister(&id).await.unwrap();
+    assert_eq!(
+        c.status(&id).await,
+        pb::AgentStatus::Dead,
+        "DEAD at once, and still visible"
+    );
+    c.deregister(&id).await.expect("a second deregister is OK");
+    let event = events(&mut died, 1).await.remove(0);
+    assert_eq!(event.topic, "agent.died");
+    assert_eq!(decode::<pb::AgentInfo>(&event).agent_id, id);
+    assert_quiet(&mut died, Duration::from_millis(300)).await;
+    assert_eq!(c.find("", &[], 0).await, ["staying"]);
+    assert_eq!(c.status(&other).await, pb::AgentStatus::Alive);
+    let error = c.heartbeat(&id).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+
+    let error = c.deregister(UNKNOWN_ID).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "deregister of an unknown agent");
+}
+
+#[tokio::test]
+async fn dead_agents_are_forgotten_after_the_dead_retention() {
+    let daemon = Daemon::start(&["--dead-retention", "1s"]);
+    let mut c = daemon.clients().await;
+    let id = c.register("brief", &[], 30).await;
+    let alive = c.register("lasting", &[], 30).await;
+    c.deregister(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.status(&id).await, pb::AgentStatus::Dead, "kept during the retention");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match c.agent(&id).await {
+            Err(error) => {
+                assert_eq!(error.code(), Code::NotFound, "{error:?}");
+                break;
+            }
+            Ok(_) if tokio::time::Instant::now() > deadline => panic!("still known 3 s after its death"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(c.deregister(&id).await.unwrap_err().code(), Code::NotFound, "forgotten");
+    assert_eq!(
+        c.status(&alive).await,
+        pb::AgentStatus::Alive,
+        "retention concerns DEAD agents only"
+    );
+}
+
+#[tokio::test]
+async fn get_agent_of_an_unknown_or_malformed_id_is_not_found() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    c.register("present", &[], 30).await;
+    for id in [UNKNOWN_ID, "not-an-id", "", "0123456789ABCDEF0123456789ABCDEF", "zz"] {
         let error = c.agent(id).await.unwrap_err();
         assert_eq!(error.code(), Code::NotFound, "{id:?}");
         assert!(error.message().contains("not found"), "{}", error.message());
     }
 }
 
-async fn find(c: &mut common::Clients, query: &str, tools: &[&str], limit: u32) -> Vec<String> {
-    let request = pb::FindRequest {
-        query: query.into(),
-        tools: tools.iter().map(|t| t.to_string()).collect(),
-        limit,
-    };
-    let agents = c.registry.find(request).await.unwrap().into_inner().agents;
-    agents.into_iter().map(|a| a.card.unwrap().name).collect()
-}
-
-#[tokio::test]
-async fn find_filters_by_tools_keeps_registration_order_and_ranks_by_query() {
-    let daemon = Daemon::start(&[]);
-    let mut c = daemon.clients().await;
+async fn register_three(c: &mut common::Clients) {
     for (name, description, tools) in [
         (
             "scraper",
@@ -139,29 +263,87 @@ async fn find_filters_by_tools_keeps_registration_order_and_ranks_by_query() {
         };
         c.registry.register(request).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn find_returns_only_alive_agents_in_registration_order() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut unreachable = c.watch(&["agent.unreachable"], 0).await;
+    let sleepy = c.register("sleepy", &["browser"], 1).await;
+    register_three(&mut c).await;
     let dead = c.register("gone", &["browser"], 30).await;
-    c.registry
-        .deregister(pb::DeregisterRequest { agent_id: dead })
-        .await
-        .unwrap();
+    c.deregister(&dead).await.unwrap();
     assert_eq!(
-        find(&mut c, "", &[], 0).await,
+        c.find("", &[], 0).await,
+        ["sleepy", "scraper", "analyst", "reader"],
+        "registration order, oldest first"
+    );
+    assert_eq!(topics(&mut unreachable, 1).await, ["agent.unreachable"]);
+    assert_eq!(c.status(&sleepy).await, pb::AgentStatus::Unreachable);
+    assert_eq!(
+        c.find("", &[], 0).await,
         ["scraper", "analyst", "reader"],
-        "ALIVE only, registration order"
+        "neither UNREACHABLE nor DEAD agents are found"
     );
-    assert_eq!(find(&mut c, "", &["browser"], 0).await, ["scraper", "reader"]);
-    assert_eq!(find(&mut c, "", &["browser", "http_client"], 0).await, ["scraper"]);
-    assert!(
-        find(&mut c, "", &["Browser"], 0).await.is_empty(),
-        "tools are case-sensitive"
-    );
-    let ranked = find(&mut c, "extract text from pdf", &[], 0).await;
+    assert_eq!(c.find("", &["browser"], 0).await, ["scraper", "reader"]);
+    c.heartbeat(&sleepy).await.unwrap();
     assert_eq!(
-        ranked,
-        ["reader", "scraper", "analyst"],
-        "the query ranks every candidate"
+        c.find("", &[], 0).await,
+        ["sleepy", "scraper", "analyst", "reader"],
+        "a recovered agent keeps its place"
     );
-    assert_eq!(find(&mut c, "", &[], 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn find_tools_are_a_hard_filter_requiring_every_tool_exactly() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    register_three(&mut c).await;
+    assert_eq!(c.find("", &["browser"], 0).await, ["scraper", "reader"]);
+    assert_eq!(c.find("", &["browser", "http_client"], 0).await, ["scraper"]);
+    assert_eq!(c.find("", &["pdf_reader", "browser"], 0).await, ["reader"]);
+    assert_eq!(
+        c.find("", &["browser", "browser"], 0).await,
+        ["scraper", "reader"],
+        "a repeated tool"
+    );
+    assert!(c.find("", &["browser", "sql_runner"], 0).await.is_empty(), "all tools");
+    assert!(c.find("", &["Browser"], 0).await.is_empty(), "case-sensitive");
+    assert!(c.find("", &["brows"], 0).await.is_empty(), "exact, not a prefix");
+    assert!(
+        c.find("web pages", &["sql_runner", "pdf_reader"], 0).await.is_empty(),
+        "a query never brings back an agent the tools filter out"
+    );
+    assert_eq!(
+        c.find("parses web pages", &["browser"], 0).await,
+        ["scraper", "reader"],
+        "the query ranks among the filtered"
+    );
+    assert_eq!(
+        c.find("pdf text", &["browser"], 0).await,
+        ["reader", "scraper"],
+        "the query ranks among the filtered"
+    );
+}
+
+#[tokio::test]
+async fn find_with_a_query_ranks_the_relevant_agent_first_but_returns_every_candidate() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    register_three(&mut c).await;
+    assert_eq!(
+        c.find("extract text from pdf", &[], 0).await,
+        ["reader", "scraper", "analyst"],
+        "ranked, ties by registration order"
+    );
+    assert_eq!(c.find("sql queries", &[], 0).await, ["analyst", "scraper", "reader"]);
+    assert_eq!(c.find("sql queries", &[], 1).await, ["analyst"], "limit after ranking");
+    assert_eq!(
+        c.find("zebra xylophone", &[], 0).await,
+        ["scraper", "analyst", "reader"],
+        "a query that matches nothing still returns every candidate"
+    );
 }
 
 #[tokio::test]
@@ -171,91 +353,12 @@ async fn find_limit_zero_means_ten_and_large_limits_clamp_to_a_thousand() {
     for i in 0..1002 {
         c.register(&format!("a{i}"), &[], 60).await;
     }
-    assert_eq!(find(&mut c, "", &[], 0).await.len(), 10);
-    assert_eq!(find(&mut c, "", &[], 100_000).await.len(), 1000);
-}
-
-#[tokio::test]
-async fn invalid_cards_are_rejected_naming_the_field_and_the_daemon_keeps_serving() {
-    let daemon = Daemon::start(&[]);
-    let mut c = daemon.clients().await;
-    let long = |n: usize| "x".repeat(n);
-    let base = card("ok", "", &[]);
-    let cases: Vec<(pb::AgentCard, u32, &str)> = vec![
-        (
-            pb::AgentCard {
-                name: String::new(),
-                ..base.clone()
-            },
-            10,
-            "card.name",
-        ),
-        (
-            pb::AgentCard {
-                name: long(257),
-                ..base.clone()
-            },
-            10,
-            "card.name",
-        ),
-        (
-            pb::AgentCard {
-                name: "tab\there".into(),
-                ..base.clone()
-            },
-            10,
-            "card.name",
-        ),
-        (
-            pb::AgentCard {
-                description: long(8193),
-                ..base.clone()
-            },
-            10,
-            "card.description",
-        ),
-        (
-            pb::AgentCard {
-                tools: vec!["t".into(); 257],
-                ..base.clone()
-            },
-            10,
-            "card.tools",
-        ),
-        (
-            pb::AgentCard {
-                tools: vec![long(129)],
-                ..base.clone()
-            },
-            10,
-            "card.tools[]",
-        ),
-        (
-            pb::AgentCard {
-                metadata: (0..65).map(|i| (format!("k{i}"), "v".into())).collect(),
-                ..base.clone()
-            },
-            10,
-            "card.metadata",
-        ),
-        (base.clone(), 86_401, "ttl_seconds"),
-    ];
-    for (bad, ttl_seconds, field) in cases {
-        let error = c
-            .registry
-            .register(pb::RegisterRequest {
-                card: Some(bad),
-                ttl_seconds,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), Code::InvalidArgument, "{field}");
-        assert!(
-            error.message().contains(field),
-            "{:?} should name {field}",
-            error.message()
-        );
-    }
-    assert!(find(&mut c, "", &[], 0).await.is_empty(), "nothing was registered");
-    c.register("still-serving", &[], 10).await;
+    let first_ten: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    assert_eq!(c.find("", &[], 0).await, first_ten, "limit 0 means 10");
+    assert_eq!(c.find("", &[], 3).await, ["a0", "a1", "a2"]);
+    assert_eq!(c.find("", &[], 1000).await.len(), 1000);
+    let clamped = c.find("", &[], 100_000).await;
+    assert_eq!(clamped.len(), 1000, "clamped to 1000");
+    assert_eq!(clamped.last().unwrap(), "a999");
+    assert_eq!(c.find("", &[], u32::MAX).await.len(), 1000);
 }

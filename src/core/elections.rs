@@ -146,10 +146,12 @@ impl Core {
 
     pub(super) fn resign(&mut self, group: &str, agent_id: &str) -> Outcome {
         validate::length("group", group, 1, validate::GROUP_BYTES_MAX)?;
-        let agent = self.registry.lookup(agent_id)?;
-        if let Some(&key) = self.elections.by_name.get(group) {
-            self.withdraw(key, agent);
-        }
+        // An agent the daemon does not know (never registered, or forgotten after its dead
+        // retention) stands in no group: like any non-candidate, its resign is a no-op.
+        let (Ok(agent), Some(&key)) = (self.registry.lookup(agent_id), self.elections.by_name.get(group)) else {
+            return Ok(Reply::Done);
+        };
+        self.withdraw(key, agent);
         Ok(Reply::Done)
     }
 

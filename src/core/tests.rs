@@ -1188,3 +1188,21 @@ fn tick_reports_whether_anything_fired() {
     assert_eq!(h.core.tick(T0 + 10 * SECOND), 1);
     assert_eq!(h.core.tick(T0 + 10 * SECOND), 0);
 }
+
+#[test]
+fn resign_by_an_unknown_agent_is_a_no_op_too() {
+    let mut h = Harness::new();
+    let a = h.register("a", &[], 60);
+    h.campaign("g", &a);
+    h.topics();
+    h.ok(Command::Resign {
+        group: "g".into(),
+        agent_id: "0123456789abcdef0123456789abcdef".into(),
+    });
+    h.ok(Command::Resign {
+        group: "g".into(),
+        agent_id: "not-an-id".into(),
+    });
+    assert!(h.topics().is_empty());
+    assert_eq!(h.campaign("g", &a).term, 1);
+}
