@@ -4,8 +4,11 @@
 //! Architecture invariant: nothing here mutates state; every list comes out in a defined order
 //! (never hash-map order).
 
+use std::sync::Arc;
+
 use super::Core;
-use super::events::{AgentView, ElectionView, LeaseView};
+use super::events::{AgentView, ElectionView, Event, LeaseView};
+use super::types::Policy;
 
 impl Core {
     /// Every known agent (DEAD ones still retained included), in registration order.
@@ -35,5 +38,19 @@ impl Core {
             .collect();
         groups.sort_unstable_by(|a: &(ElectionView, Vec<_>), b| a.0.group.cmp(&b.0.group));
         groups
+    }
+
+    /// Every policy, sorted by id.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policies.list("")
+    }
+
+    /// The retained events with `sequence >= from`, oldest first (what the ring still holds).
+    pub fn events_since(&self, from: u64) -> Vec<Arc<Event>> {
+        // The ring holds consecutive sequences, so the start is an offset, not a scan.
+        let oldest = self.bus.ring.front().map_or(0, |e| e.sequence);
+        let skip =
+            usize::try_from(from.saturating_sub(oldest)).map_or(self.bus.ring.len(), |s| s.min(self.bus.ring.len()));
+        self.bus.ring.range(skip..).cloned().collect()
     }
 }

@@ -387,25 +387,26 @@ impl Core {
 
     /// Fires every deadline due at or before `now`; returns how many fired (0: nothing changed,
     /// so a store need not log this tick).
+    ///
+    /// Deadlines are handled one group at a time, earliest first, with the core's clock set to
+    /// each group's deadline: after a long pause everything happens in the order and at the
+    /// instants the contract's timeline says (an agent that died at 2 s releases the lease that
+    /// would have expired at 3 s; it does not let it expire), including timers that a handler
+    /// arms already due (UNREACHABLE, then DEAD, in one tick). Within a group, owners rank by
+    /// registration or token, so a restored core fires exactly like its original.
     pub fn tick(&mut self, now: Millis) -> usize {
         assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
-        self.now = now;
-        if self.timers.next_deadline().is_none_or(|d| d > now) {
-            return 0;
-        }
         let mut fired = 0;
-        // A firing timer may arm another that is already due (UNREACHABLE -> DEAD after a long
-        // pause): keep going until nothing due is left. Each round retires timers for good or
-        // moves an agent one step along its finite lifecycle, so this ends.
         let mut expired = std::mem::take(&mut self.expired);
-        loop {
-            self.timers.advance(now, &mut expired);
+        while let Some(bound) = self.timers.next_deadline().filter(|&d| d <= now) {
+            // `bound` is never later than the earliest deadline, so this fires exactly the timers
+            // due at the earliest deadline, or, when `bound` was a slot's start, only cascades.
+            self.timers.advance(bound, &mut expired);
             if expired.is_empty() {
-                break;
+                continue;
             }
+            self.now = self.now.max(bound);
             fired += expired.len();
-            // Equal deadlines fire in an order fixed by the owners (registration, token), not by
-            // arming history, so a core restored from a snapshot fires exactly as its original.
             expired.sort_by_cached_key(|(_, deadline)| self.expiry_rank(*deadline));
             for (timer, deadline) in expired.drain(..) {
                 match deadline {
@@ -415,6 +416,7 @@ impl Core {
             }
         }
         self.expired = expired;
+        self.now = now;
         fired
     }
 

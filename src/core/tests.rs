@@ -1206,3 +1206,49 @@ fn resign_by_an_unknown_agent_is_a_no_op_too() {
     assert!(h.topics().is_empty());
     assert_eq!(h.campaign("g", &a).term, 1);
 }
+
+// ── Found by the simulator ──────────────────────────────────────────────────
+
+#[test]
+fn a_death_and_its_leases_expiry_due_at_the_same_instant_release_the_lease_once() {
+    let mut h = Harness::new();
+    let a = h.register("a", &[], 2);
+    h.acquire("k", &a, 4);
+    h.topics();
+    // Death (2 x ttl) and the lease's expiry both fall due at +4 s, in one tick.
+    h.advance(2500);
+    h.advance(1500);
+    assert_eq!(
+        h.topics(),
+        ["agent.unreachable", "agent.died", "lease.released"],
+        "released by the death, not expired"
+    );
+    assert_eq!(h.core.stats().leases, 0);
+}
+
+#[test]
+fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
+    let mut h = Harness::new();
+    let a = h.register("a", &[], 1);
+    h.acquire("k", &a, 3);
+    let b = h.register("b", &[], 5);
+    let mut out = Vec::new();
+    h.core.drain_deliveries(&mut out);
+    h.advance(60 * SECOND);
+    let events: Vec<(&str, Millis)> = h
+        .deliveries_for(h.all)
+        .iter()
+        .map(|e| (e.topic.as_str(), e.occurred_at - T0))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("agent.unreachable", SECOND),
+            ("agent.died", 2 * SECOND),
+            ("lease.released", 2 * SECOND),
+            ("agent.unreachable", 5 * SECOND),
+            ("agent.died", 10 * SECOND),
+        ]
+    );
+    assert_eq!(h.agent(&b).status, AgentStatus::Dead);
+}

@@ -36,6 +36,8 @@ enum Place {
 }
 
 struct Entry<T> {
+    /// Tells this arming apart from any other that reuses the slab slot later.
+    generation: u64,
     deadline: Millis,
     /// Arming order, for a deterministic tie-break among equal deadlines.
     sequence: u64,
@@ -45,9 +47,13 @@ struct Entry<T> {
     value: T,
 }
 
-/// A handle on an armed timer; it becomes invalid once the timer fires or is cancelled.
+/// A handle on an armed timer; it becomes stale once the timer fires or is cancelled, and a stale
+/// handle never matches a later timer that reuses the slot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct TimerKey(usize);
+pub struct TimerKey {
+    slot: usize,
+    generation: u64,
+}
 
 pub struct TimerWheel<T> {
     entries: Slab<Entry<T>>,
@@ -58,8 +64,9 @@ pub struct TimerWheel<T> {
     /// The wheel's position: every timer at or before it has fired or sits in `due`.
     elapsed: Millis,
     sequence_next: u64,
-    /// Fired timers with their (deadline, sequence), sorted before they are handed out.
-    fired: Vec<(Millis, u64, usize, T)>,
+    /// Fired timers as (deadline, arming sequence, slot, generation, value), sorted by the first
+    /// two before they are handed out.
+    fired: Vec<(Millis, u64, usize, u64, T)>,
 }
 
 fn slot_span(level: usize) -> Millis {
@@ -91,48 +98,56 @@ impl<T> TimerWheel<T> {
     /// Arms a timer; a deadline at or before the wheel's position fires on the next advance.
     pub fn insert(&mut self, deadline: Millis, value: T) -> TimerKey {
         let sequence = self.next_sequence();
-        let key = self.entries.insert(Entry {
+        let entry = Entry {
+            generation: sequence,
             deadline,
             sequence,
             place: Place::Due,
             prev: NIL,
             next: NIL,
             value,
-        });
+        };
+        let key = self.entries.insert(entry);
         self.link(key);
-        TimerKey(key)
+        TimerKey {
+            slot: key,
+            generation: sequence,
+        }
+    }
+
+    /// True while `key`'s timer is armed (not fired, not cancelled).
+    pub fn is_armed(&self, key: TimerKey) -> bool {
+        self.entries
+            .get(key.slot)
+            .is_some_and(|e| e.generation == key.generation)
     }
 
     /// Moves an armed timer to a new deadline; it then ranks as armed last among equal deadlines.
     pub fn reset(&mut self, key: TimerKey, deadline: Millis) {
-        assert!(
-            self.entries.contains(key.0),
-            "reset of a timer that is not armed: {key:?}"
-        );
-        self.unlink(key.0);
+        assert!(self.is_armed(key), "reset of a timer that is not armed: {key:?}");
+        self.unlink(key.slot);
         let sequence = self.next_sequence();
-        let entry = &mut self.entries[key.0];
+        let entry = &mut self.entries[key.slot];
         entry.deadline = deadline;
         entry.sequence = sequence;
-        self.link(key.0);
+        self.link(key.slot);
     }
 
     /// Disarms a timer and returns its value.
     pub fn cancel(&mut self, key: TimerKey) -> T {
-        assert!(
-            self.entries.contains(key.0),
-            "cancel of a timer that is not armed: {key:?}"
-        );
-        self.unlink(key.0);
-        self.entries.remove(key.0).value
+        assert!(self.is_armed(key), "cancel of a timer that is not armed: {key:?}");
+        self.unlink(key.slot);
+        self.entries.remove(key.slot).value
     }
 
     pub fn deadline(&self, key: TimerKey) -> Millis {
-        self.entries[key.0].deadline
+        assert!(self.is_armed(key), "deadline of a timer that is not armed: {key:?}");
+        self.entries[key.slot].deadline
     }
 
     pub fn get(&self, key: TimerKey) -> &T {
-        &self.entries[key.0].value
+        assert!(self.is_armed(key), "value of a timer that is not armed: {key:?}");
+        &self.entries[key.slot].value
     }
 
     /// A lower bound on the earliest deadline, never later than it: exact for timers due or
@@ -175,8 +190,12 @@ impl<T> TimerWheel<T> {
             self.fire_due();
         }
         self.fired
-            .sort_unstable_by_key(|&(deadline, sequence, _, _)| (deadline, sequence));
-        expired.extend(self.fired.drain(..).map(|(_, _, key, value)| (TimerKey(key), value)));
+            .sort_unstable_by_key(|&(deadline, sequence, _, _, _)| (deadline, sequence));
+        expired.extend(
+            self.fired
+                .drain(..)
+                .map(|(_, _, slot, generation, value)| (TimerKey { slot, generation }, value)),
+        );
     }
 
     /// Full consistency check (the simulator calls it after every step); panics on a violation.
@@ -324,7 +343,8 @@ impl<T> TimerWheel<T> {
         let mut key = self.take_list(Place::Due);
         while key != NIL {
             let entry = self.entries.remove(key);
-            self.fired.push((entry.deadline, entry.sequence, key, entry.value));
+            self.fired
+                .push((entry.deadline, entry.sequence, key, entry.generation, entry.value));
             key = entry.next;
         }
     }
