@@ -3,7 +3,14 @@
 Blocking client: :class:`AgentKeeperClient`; asyncio client: ``agentkeeper.aio.AgentKeeperClient``.
 """
 
-from agentkeeper._client import AgentHandle, AgentKeeperClient, ElectionSubscription, LeaseHandle, Subscription
+from agentkeeper._client import (
+    AgentHandle,
+    AgentKeeperClient,
+    ElectionSubscription,
+    EventSubscription,
+    LeaseHandle,
+    Subscription,
+)
 from agentkeeper._common import RetryPolicy
 from agentkeeper._embedded import EmbeddedDaemon, find_binary
 from agentkeeper._errors import (
@@ -41,6 +48,7 @@ __all__ = [
     "AgentHandle",
     "LeaseHandle",
     "Subscription",
+    "EventSubscription",
     "ElectionSubscription",
     "RetryPolicy",
     "EmbeddedDaemon",

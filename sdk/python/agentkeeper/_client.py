@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import grpc
 
@@ -18,11 +18,13 @@ from agentkeeper import _convert as cv
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
     DEFAULT_TIMEOUT,
-    IDEMPOTENT,
     STREAM_RETRYABLE,
+    EventCursor,
     RetryPolicy,
+    effective_ttl,
     interval_for,
     resolve_address,
+    should_retry,
 )
 from agentkeeper._embedded import EmbeddedDaemon
 from agentkeeper._errors import (
@@ -47,11 +49,19 @@ from agentkeeper._types import (
 from agentkeeper.v1 import agentkeeper_pb2 as pb
 from agentkeeper.v1 import agentkeeper_pb2_grpc as stubs
 
-__all__ = ["AgentKeeperClient", "AgentHandle", "LeaseHandle", "Subscription", "ElectionSubscription"]
+__all__ = [
+    "AgentKeeperClient",
+    "AgentHandle",
+    "LeaseHandle",
+    "Subscription",
+    "EventSubscription",
+    "ElectionSubscription",
+]
 
 log = logging.getLogger("agentkeeper")
 
 _Timeout = Optional[float]
+_S = TypeVar("_S", bound="Subscription")
 
 
 class _Repeater:
@@ -186,9 +196,14 @@ class LeaseHandle:
     """A lease this client holds. Returned by :meth:`AgentKeeperClient.acquire_lease`.
 
     ``with lease:`` releases on exit, even on exception (a lease that already expired or was
-    released by the daemon is fine). With ``keep_alive=True`` a background thread renews every
-    ``ttl/3`` seconds; if a renewal answers NOT_FOUND or PERMISSION_DENIED the lease is
-    :attr:`lost` and ``on_lost(handle)`` is called.
+    released by the daemon is fine). :attr:`token` is the fencing token to pass along with
+    every write the lease protects.
+
+    With ``keep_alive=True`` a background thread renews every ``ttl/3`` seconds. The lease is
+    declared :attr:`lost` and ``on_lost(handle)`` is called (once, from that thread) when a
+    renewal answers NOT_FOUND or PERMISSION_DENIED, or when renewals kept failing (daemon
+    unreachable) for a whole ttl, so the lease may already belong to someone else. Renewal
+    stops then: stop the work, the lease no longer protects it.
     """
 
     def __init__(
@@ -198,6 +213,8 @@ class LeaseHandle:
         ttl: int,
         keep_alive: bool = False,
         on_lost: Optional[Callable[[LeaseHandle], Any]] = None,
+        *,
+        requested_at: Optional[float] = None,
     ) -> None:
         self._client = client
         self._lease = lease
@@ -207,6 +224,12 @@ class LeaseHandle:
         self._closing = False
         self._lost = False
         self._released = False
+        self.lost_reason = ""
+        """Why the lease was declared lost ("" while it is not)."""
+        # Local (monotonic) time until which the lease is surely still ours: the send time of the
+        # last successful acquire/renew plus its ttl. Past it with no successful renewal, the
+        # daemon may have handed the lease to someone else.
+        self._valid_until = (time.monotonic() if requested_at is None else requested_at) + effective_ttl(ttl, 60)
         self._repeater: Optional[_Repeater] = None
         if keep_alive:
             self._repeater = _Repeater(
@@ -226,19 +249,22 @@ class LeaseHandle:
 
     @property
     def task_id(self) -> str:
+        """The task id the lease is on."""
         return self._lease.task_id
 
     @property
     def agent_id(self) -> str:
+        """The holder agent's id."""
         return self._lease.holder_agent_id
 
     @property
     def expires_at(self) -> datetime:
+        """When the lease expires (daemon clock, UTC) as of the last acquire/renew."""
         return self._lease.expires_at
 
     @property
     def lost(self) -> bool:
-        """True once a renewal found the lease gone or held by someone else."""
+        """True once the lease is known or presumed gone (see the class docstring)."""
         return self._lost
 
     def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
@@ -252,12 +278,15 @@ class LeaseHandle:
             token=pb.FencingToken(value=self._lease.token),
             ttl_seconds=0 if ttl is None else cv.check_uint("ttl", ttl),
         )
+        sent = time.monotonic()
         try:
             response = self._client._unary("lease", "RenewLease", request, timeout)
-        except (NotFound, PermissionDenied):
+        except (NotFound, PermissionDenied) as e:
             self._lost = True
+            self.lost_reason = self.lost_reason or e.details()
             raise
         self._lease = cv.lease_from_pb(response.lease)
+        self._valid_until = sent + effective_ttl(ttl or self._ttl, 60)
         return self._lease
 
     def _keep_alive(self) -> bool:
@@ -265,19 +294,26 @@ class LeaseHandle:
             self.renew(self._ttl or None)
             return True
         except (NotFound, PermissionDenied) as e:
-            with self._lock:
-                if self._closing:
-                    return False
-            log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, e)
-            if self._on_lost is not None:
-                try:
-                    self._on_lost(self)
-                except Exception:
-                    log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
-            return False
+            return self._declare_lost(e.details())
         except AgentKeeperError as e:
+            if time.monotonic() >= self._valid_until:
+                return self._declare_lost(f"no successful renewal for a whole ttl (last error: {e})")
             log.warning("agentkeeper: renewing lease %r failed: %s", self._lease.task_id, e)
             return True
+
+    def _declare_lost(self, reason: str) -> bool:
+        with self._lock:
+            if self._closing:
+                return False
+            self._lost = True
+            self.lost_reason = reason
+        log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, reason)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(self)
+            except Exception:
+                log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
+        return False
 
     def stop_keep_alive(self) -> None:
         """Stop background renewal (the lease will then expire by its ttl)."""
@@ -309,14 +345,19 @@ class LeaseHandle:
             self.release()
         except (NotFound, PermissionDenied) as e:
             self._lost = True
-            log.info("agentkeeper: lease %r was already gone on release: %s", self._lease.task_id, e)
+            log.warning("agentkeeper: lease %r was already gone on release: %s", self._lease.task_id, e)
 
     def __repr__(self) -> str:
         return f"LeaseHandle(task_id={self.task_id!r}, token={self.token}, lost={self._lost})"
 
 
-class _StreamSubscription:
-    """Base for watch subscriptions: a thread that reads a server stream and reopens it when it drops."""
+class Subscription:
+    """A running :meth:`AgentKeeperClient.watch` or :meth:`AgentKeeperClient.watch_election`.
+
+    A background thread reads the server stream, hands each item to the callback and reopens the
+    stream (with backoff) when it drops. ``cancel()`` stops it; as a context manager it cancels
+    on exit. An error that ends it for good goes to ``on_error`` and is kept in :attr:`error`.
+    """
 
     _kind = "watch"
 
@@ -364,6 +405,7 @@ class _StreamSubscription:
         try:
             while not self._cancelled.is_set():
                 error: Optional[AgentKeeperError] = None
+                call = None
                 try:
                     call = self._open()
                     with self._lock:
@@ -378,16 +420,20 @@ class _StreamSubscription:
                         self._ready.set()
                         self._deliver(message)
                         delay = 0.0
-                except grpc.RpcError as e:
+                except grpc.RpcError as e:  # also an AgentKeeperError raised by _deliver
                     error = from_rpc_error(e)
                 finally:
                     with self._lock:
                         self._call = None
+                    if call is not None:
+                        call.cancel()  # no-op when the stream already ended
                 if self._cancelled.is_set():
                     break
                 with self._lock:
                     dropped_on_purpose, self._drop_requested = self._drop_requested, False
                 if error is not None and error.code() not in STREAM_RETRYABLE:
+                    if self._reopen_after(error):
+                        continue
                     if not self._ready.is_set():
                         self._startup_error = error
                         self._ready.set()
@@ -409,6 +455,10 @@ class _StreamSubscription:
 
     def _warn_if_no_resume_point(self) -> None:
         """Election watches restart from the current state; nothing to resume."""
+
+    def _reopen_after(self, error: AgentKeeperError) -> bool:
+        """Whether a stream that ended with ``error`` should be reopened at once after all."""
+        return False
 
     def _fail(self, error: AgentKeeperError) -> None:
         self.error = error
@@ -449,7 +499,7 @@ class _StreamSubscription:
             self._drop_requested = True
         call.cancel()
 
-    def __enter__(self) -> Any:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -458,12 +508,14 @@ class _StreamSubscription:
         self.cancel()
 
 
-class Subscription(_StreamSubscription):
+class EventSubscription(Subscription):
     """A running :meth:`AgentKeeperClient.watch`. ``cancel()`` or use as a context manager.
 
     The callback runs on the subscription's thread, once per event, in sequence order. If the
-    stream drops it is reopened (with backoff) from the last delivered sequence + 1, so no event
-    is lost or repeated while the daemon still retains it.
+    stream drops it is reopened (with backoff) where it stopped, so no event is lost or repeated
+    while the daemon still retains it. If it no longer does (or it is not the same history any
+    more: a daemon restarted without ``--data-dir``), the subscription ends with
+    :class:`~agentkeeper.OutOfRange` to ``on_error``.
     """
 
     def __init__(
@@ -477,35 +529,40 @@ class Subscription(_StreamSubscription):
         super().__init__(client, on_error, name="agentkeeper-watch")
         self.topics = topics
         self._callback = callback
-        self._from_sequence = from_sequence
-        self.last_sequence = from_sequence - 1 if from_sequence > 0 else 0
+        self._cursor = EventCursor(from_sequence)
+
+    @property
+    def last_sequence(self) -> int:
         """Sequence of the last event delivered to the callback (0: none yet)."""
+        return self._cursor.last_sequence
 
     def _open(self) -> Any:
-        resume = self.last_sequence + 1 if self.last_sequence > 0 else self._from_sequence
-        request = pb.WatchRequest(topics=self.topics, from_sequence=resume)
+        request = pb.WatchRequest(topics=self.topics, from_sequence=self._cursor.request_from())
         return stubs.RegistryServiceStub(self._channel).Watch(request)
 
     def _warn_if_no_resume_point(self) -> None:
-        if self.last_sequence == 0:
+        if not self._cursor.has_resume_point:
             log.warning(
                 "agentkeeper: watch stream dropped before its first event; events published while "
                 "it was down are not replayed (pass from_sequence= to resume from a known point)"
             )
 
+    def _reopen_after(self, error: AgentKeeperError) -> bool:
+        return error.code() == grpc.StatusCode.OUT_OF_RANGE and self._cursor.reopen_after_out_of_range()
+
     def _deliver(self, message: Any) -> None:
         sequence = int(message.sequence_number)
-        if sequence <= self.last_sequence:
+        at = message.occurred_at
+        if not self._cursor.accept(sequence, message.topic, at.seconds, at.nanos, message.payload.type_url):
             return  # already delivered before a reconnect
         event = cv.watch_event_from_pb(message)
-        self.last_sequence = sequence
         try:
             self._callback(event)
         except Exception:
             log.exception("agentkeeper: watch callback raised on %s #%d", event.topic, sequence)
 
 
-class ElectionSubscription(_StreamSubscription):
+class ElectionSubscription(Subscription):
     """A running :meth:`AgentKeeperClient.watch_election`.
 
     The callback first gets the group's current state, then every change. After a reconnect the
@@ -553,9 +610,11 @@ class AgentKeeperClient:
     ``AgentKeeperClient()`` connects to ``localhost:7070`` (or ``$AGENTKEEPER_ADDRESS``);
     :meth:`embedded` starts a private daemon. Use it as a context manager to close on exit.
 
-    ``timeout`` is the default per-call deadline in seconds (``None``: none); every call also
-    takes ``timeout=``. Idempotent calls are retried with backoff on UNAVAILABLE per ``retry``.
-    Failures raise :class:`~agentkeeper.AgentKeeperError` subclasses, which are ``grpc.RpcError``.
+    ``timeout`` is the default per-call deadline in seconds (``None``: none), retries included;
+    every call also takes ``timeout=``. Calls are retried with backoff on UNAVAILABLE per
+    ``retry``: idempotent ones always, the others only while no request could be sent (see
+    README, "Errors, timeouts and retries"). Failures raise
+    :class:`~agentkeeper.AgentKeeperError` subclasses, which are ``grpc.RpcError``.
     """
 
     def __init__(
@@ -634,6 +693,7 @@ class AgentKeeperClient:
 
     @property
     def address(self) -> str:
+        """``host:port`` this client talks to."""
         return f"{self.host}:{self.port}"
 
     def _new_channel(self, own_connection: bool = False) -> grpc.Channel:
@@ -657,7 +717,7 @@ class AgentKeeperClient:
             return
         self._closed = True
         for obj in list(self._background):
-            if isinstance(obj, _StreamSubscription):
+            if isinstance(obj, Subscription):
                 obj.cancel()
             elif isinstance(obj, AgentHandle):
                 obj.stop_heartbeat()
@@ -684,16 +744,18 @@ class AgentKeeperClient:
 
     def _unary(self, service: str, method: str, request: Any, timeout: _Timeout) -> Any:
         call = getattr(self._stubs[service], method)
-        deadline = self._timeout if timeout is None else timeout
-        delays = self._retry.delays() if method in IDEMPOTENT else iter(())
+        budget = self._timeout if timeout is None else timeout  # for the call, retries included
+        end = None if budget is None else time.monotonic() + budget
+        delays = self._retry.delays()
         while True:
+            remaining = None if end is None else max(0.001, end - time.monotonic())
             try:
-                return call(request, timeout=deadline)
+                return call(request, timeout=remaining)
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                if error.code() == grpc.StatusCode.UNAVAILABLE and not self._closed:
+                if not self._closed and should_retry(method, error.code(), error.details()):
                     delay = next(delays, None)
-                    if delay is not None:
+                    if delay is not None and (end is None or time.monotonic() + delay < end):
                         time.sleep(delay)
                         continue
                 raise error from None
@@ -782,10 +844,12 @@ class AgentKeeperClient:
             agent_id=cv.check_str("agent_id", agent_id),
             ttl_seconds=cv.check_uint("ttl", ttl),
         )
+        sent = time.monotonic()
         response = self._unary("lease", "AcquireLease", request, timeout)
         if not response.acquired:
             return None
-        return LeaseHandle(self, cv.lease_from_pb(response.lease), ttl, keep_alive=keep_alive, on_lost=on_lost)
+        lease = cv.lease_from_pb(response.lease)
+        return LeaseHandle(self, lease, ttl, keep_alive=keep_alive, on_lost=on_lost, requested_at=sent)
 
     # ── elections ──
 
@@ -869,7 +933,7 @@ class AgentKeeperClient:
         *,
         from_sequence: int = 0,
         timeout: _Timeout = None,
-    ) -> Subscription:
+    ) -> EventSubscription:
         """Call ``callback(event)`` on a background thread for every event whose topic starts with
         one of ``topics`` (empty: all), in sequence order.
 
@@ -881,7 +945,7 @@ class AgentKeeperClient:
         """
         topic_list = cv.check_str_list("topics", topics)
         start = cv.check_uint("from_sequence", from_sequence, cv.UINT64_MAX)
-        sub = Subscription(self, topic_list, callback, on_error, start)
+        sub = EventSubscription(self, topic_list, callback, on_error, start)
         self._track(sub)
         sub._start(timeout)
         return sub

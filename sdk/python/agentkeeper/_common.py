@@ -10,7 +10,16 @@ from typing import Optional
 
 import grpc
 
-__all__ = ["RetryPolicy", "IDEMPOTENT", "STREAM_RETRYABLE", "DEFAULT_TIMEOUT", "resolve_address", "CHANNEL_OPTIONS"]
+__all__ = [
+    "RetryPolicy",
+    "IDEMPOTENT",
+    "STREAM_RETRYABLE",
+    "DEFAULT_TIMEOUT",
+    "resolve_address",
+    "CHANNEL_OPTIONS",
+    "should_retry",
+    "EventCursor",
+]
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 7070
@@ -39,6 +48,12 @@ IDEMPOTENT = frozenset(
         "Now",
     }
 )
+
+# gRPC's own message when the channel had no connection to send the call on (the daemon is down
+# or restarting): the request never left this process, so even a non-idempotent call may be sent
+# again. An UNAVAILABLE that came back over a connection (the daemon shutting down, a reset in
+# flight) may follow a call the daemon already carried out.
+_NOT_SENT_MARKER = "failed to connect to all addresses"
 
 # A watch stream that ends with one of these (or ends cleanly) is reopened from where it left off;
 # anything else (OUT_OF_RANGE, RESOURCE_EXHAUSTED, INVALID_ARGUMENT, ...) goes to on_error.
@@ -91,6 +106,23 @@ class RetryPolicy:
         return min(previous * self.multiplier, self.max_backoff)
 
 
+def never_sent(code: grpc.StatusCode, details: str) -> bool:
+    """True when an UNAVAILABLE failure happened before the request left this process."""
+    return code == grpc.StatusCode.UNAVAILABLE and _NOT_SENT_MARKER in (details or "")
+
+
+def should_retry(method: str, code: grpc.StatusCode, details: str) -> bool:
+    """Whether a failed call of ``method`` may be sent again (after a backoff delay).
+
+    Idempotent calls: on any UNAVAILABLE. The others (Register, ReleaseLease, DeletePolicy,
+    Advance, task mutations): only when the request was never sent, as a second Register after a
+    lost reply would register a second agent and a second DeletePolicy would answer NOT_FOUND.
+    """
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return method in IDEMPOTENT or never_sent(code, details)
+
+
 def resolve_address(host: Optional[str], port: Optional[int]) -> tuple[str, int]:
     """``host``/``port`` as given, else from ``$AGENTKEEPER_ADDRESS`` (``host:port``), else localhost:7070."""
     env = os.environ.get("AGENTKEEPER_ADDRESS", "").strip()
@@ -106,7 +138,76 @@ def resolve_address(host: Optional[str], port: Optional[int]) -> tuple[str, int]
     return (host if host is not None else DEFAULT_HOST), (port if port is not None else DEFAULT_PORT)
 
 
+def effective_ttl(ttl: Optional[int], default_ttl: int) -> int:
+    """The ttl the daemon applies: ``ttl``, or its default when 0/None."""
+    return ttl if ttl else default_ttl
+
+
 def interval_for(ttl: int, default_ttl: int, fraction: float) -> float:
     """Background refresh period: ``fraction`` of the effective ttl, at least 50 ms."""
-    effective = ttl if ttl > 0 else default_ttl
-    return max(0.05, effective * fraction)
+    return max(0.05, effective_ttl(ttl, default_ttl) * fraction)
+
+
+class EventCursor:
+    """Where a watch stream resumes, and the check that the daemon still has the same history.
+
+    Sequences identify events only within one history: a daemon restarted without ``--data-dir``
+    (or another daemon behind the same address) numbers its events from 1 again. So a stream is
+    reopened at the last delivered event itself, not the one after it; the daemon must hand
+    that very event back first (same sequence, topic, time and payload type), and it is then
+    skipped. Anything else means the events in between cannot be known: the stream ends with
+    :class:`~agentkeeper.OutOfRange`, as when the daemon no longer retains them.
+    """
+
+    def __init__(self, from_sequence: int) -> None:
+        self.from_sequence = from_sequence
+        self.last_sequence = from_sequence - 1 if from_sequence > 0 else 0
+        self._last_identity: Optional[tuple[int, str, int, int, str]] = None
+        self._expect: Optional[tuple[int, str, int, int, str]] = None
+        self._skip_check_once = False
+
+    @property
+    def has_resume_point(self) -> bool:
+        """Whether a reopened stream can continue exactly where this one stopped."""
+        return self.last_sequence > 0
+
+    def request_from(self) -> int:
+        """The ``from_sequence`` for the next (re)opened stream."""
+        self._expect = None
+        if self._last_identity is not None and not self._skip_check_once:
+            self._expect = self._last_identity
+            return self._last_identity[0]
+        self._skip_check_once = False
+        return self.last_sequence + 1 if self.last_sequence > 0 else self.from_sequence
+
+    def accept(self, sequence: int, topic: str, seconds: int, nanos: int, type_url: str) -> bool:
+        """True if the event is new and must be delivered; False for one already delivered.
+
+        Raises :class:`~agentkeeper.OutOfRange` when the reopened stream shows another history.
+        """
+        identity = (sequence, topic, seconds, nanos, type_url)
+        if self._expect is not None:
+            expected, self._expect = self._expect, None
+            if identity == expected:
+                return False  # the event delivered last, handed back: same history, go on after it
+            from agentkeeper._errors import OutOfRange
+
+            raise OutOfRange(
+                f"cannot resume the watch after event #{expected[0]}: the daemon no longer has that "
+                f"event as it was delivered (first event back: #{sequence} {topic}); it was restarted "
+                "without --data-dir or is another daemon, so events may have been missed"
+            )
+        if sequence <= self.last_sequence:
+            return False
+        self.last_sequence = sequence
+        self._last_identity = identity
+        return True
+
+    def reopen_after_out_of_range(self) -> bool:
+        """OUT_OF_RANGE while asking for the last delivered event again: that event may just have
+        left the daemon's window. Reopen once from the next one (without the check)."""
+        if self._expect is None:
+            return False
+        self._expect = None
+        self._skip_check_once = True
+        return True

@@ -188,6 +188,7 @@ class EmbeddedDaemon:
 
     @property
     def running(self) -> bool:
+        """True while the daemon process is alive."""
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:

@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -33,11 +34,13 @@ from agentkeeper import _convert as cv
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
     DEFAULT_TIMEOUT,
-    IDEMPOTENT,
     STREAM_RETRYABLE,
+    EventCursor,
     RetryPolicy,
+    effective_ttl,
     interval_for,
     resolve_address,
+    should_retry,
 )
 from agentkeeper._embedded import EmbeddedDaemon
 from agentkeeper._errors import (
@@ -71,6 +74,7 @@ log = logging.getLogger("agentkeeper")
 T = TypeVar("T")
 E = TypeVar("E")
 _Timeout = Optional[float]
+_St = TypeVar("_St", bound="_AsyncStream[Any]")
 Callback = Callable[[T], Union[None, Awaitable[None], Any]]
 
 
@@ -150,14 +154,17 @@ class AgentHandle:
 
     @property
     def agent_id(self) -> str:
+        """The daemon-assigned id (32 lowercase hex characters)."""
         return self._agent_id
 
     @property
     def ttl(self) -> int:
+        """The registration ttl in seconds (0 means the daemon's default, 30)."""
         return self._ttl
 
     @property
     def lost(self) -> bool:
+        """True once a heartbeat was answered with NOT_FOUND."""
         return self._lost
 
     async def heartbeat(self, timeout: _Timeout = None) -> None:
@@ -165,6 +172,7 @@ class AgentHandle:
         await self._client._unary("registry", "Heartbeat", pb.HeartbeatRequest(agent_id=self._agent_id), timeout)
 
     async def info(self, timeout: _Timeout = None) -> AgentInfo:
+        """This agent as the daemon sees it (``get_agent``)."""
         return await self._client.get_agent(self._agent_id, timeout=timeout)
 
     async def _loop(self, interval: float) -> None:
@@ -214,8 +222,12 @@ class AgentHandle:
 
 
 class LeaseHandle:
-    """A held lease (asyncio). ``async with`` releases on exit; ``keep_alive=True`` renews every
-    ``ttl/3`` s; ``on_lost(handle)`` when a renewal finds it gone."""
+    """A held lease (asyncio). ``async with`` releases on exit; :attr:`token` is the fencing token.
+
+    ``keep_alive=True`` renews every ``ttl/3`` s in a background task; ``on_lost(handle)`` (sync
+    or async) is called once when a renewal answers NOT_FOUND or PERMISSION_DENIED, or when
+    renewals kept failing for a whole ttl (the lease may belong to someone else by now).
+    """
 
     def __init__(
         self,
@@ -224,6 +236,8 @@ class LeaseHandle:
         ttl: int,
         keep_alive: bool = False,
         on_lost: Optional[Callback[LeaseHandle]] = None,
+        *,
+        requested_at: Optional[float] = None,
     ) -> None:
         self._client = client
         self._lease = lease
@@ -232,6 +246,9 @@ class LeaseHandle:
         self._closing = False
         self._lost = False
         self._released = False
+        self.lost_reason = ""
+        """Why the lease was declared lost ("" while it is not)."""
+        self._valid_until = (time.monotonic() if requested_at is None else requested_at) + effective_ttl(ttl, 60)
         self._task: Optional[asyncio.Task[None]] = None
         if keep_alive:
             self._task = asyncio.ensure_future(self._loop(interval_for(ttl, 60, 1 / 3)))
@@ -239,6 +256,7 @@ class LeaseHandle:
 
     @property
     def lease(self) -> Lease:
+        """The lease as last seen (updated by :meth:`renew`)."""
         return self._lease
 
     @property
@@ -248,18 +266,22 @@ class LeaseHandle:
 
     @property
     def task_id(self) -> str:
+        """The task id the lease is on."""
         return self._lease.task_id
 
     @property
     def agent_id(self) -> str:
+        """The holder agent's id."""
         return self._lease.holder_agent_id
 
     @property
     def expires_at(self) -> datetime:
+        """When the lease expires (daemon clock, UTC) as of the last acquire/renew."""
         return self._lease.expires_at
 
     @property
     def lost(self) -> bool:
+        """True once the lease is known or presumed gone (see the class docstring)."""
         return self._lost
 
     async def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
@@ -270,12 +292,15 @@ class LeaseHandle:
             token=pb.FencingToken(value=self._lease.token),
             ttl_seconds=0 if ttl is None else cv.check_uint("ttl", ttl),
         )
+        sent = time.monotonic()
         try:
             response = await self._client._unary("lease", "RenewLease", request, timeout)
-        except (NotFound, PermissionDenied):
+        except (NotFound, PermissionDenied) as e:
             self._lost = True
+            self.lost_reason = self.lost_reason or e.details()
             raise
         self._lease = cv.lease_from_pb(response.lease)
+        self._valid_until = sent + effective_ttl(ttl or self._ttl, 60)
         return self._lease
 
     async def _loop(self, interval: float) -> None:
@@ -284,19 +309,28 @@ class LeaseHandle:
             try:
                 await self.renew(self._ttl or None)
             except (NotFound, PermissionDenied) as e:
-                if self._closing:
-                    return
-                log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, e)
-                if self._on_lost is not None:
-                    try:
-                        await _maybe_await(self._on_lost(self))
-                    except Exception:
-                        log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
+                await self._declare_lost(e.details())
                 return
             except AgentKeeperError as e:
+                if time.monotonic() >= self._valid_until:
+                    await self._declare_lost(f"no successful renewal for a whole ttl (last error: {e})")
+                    return
                 log.warning("agentkeeper: renewing lease %r failed: %s", self._lease.task_id, e)
 
+    async def _declare_lost(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._lost = True
+        self.lost_reason = reason
+        log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, reason)
+        if self._on_lost is not None:
+            try:
+                await _maybe_await(self._on_lost(self))
+            except Exception:
+                log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
+
     async def stop_keep_alive(self) -> None:
+        """Stop background renewal (the lease will then expire by its ttl)."""
         self._closing = True
         await _stop_task(self._task)
 
@@ -369,7 +403,7 @@ class _AsyncStream(Generic[E]):
     def _accept(self, message: Any) -> Optional[E]:
         raise NotImplementedError
 
-    async def start(self) -> _AsyncStream[E]:
+    async def start(self: _St) -> _St:
         """Open the stream and wait until the daemon has subscribed us (idempotent)."""
         if self._task is not None:
             return self
@@ -397,6 +431,7 @@ class _AsyncStream(Generic[E]):
         try:
             while not self._cancelled:
                 error: Optional[AgentKeeperError] = None
+                call = None
                 try:
                     call = self._open()
                     self._call = call
@@ -412,8 +447,10 @@ class _AsyncStream(Generic[E]):
                         if item is not None:
                             await self._emit(item)
                             delay = 0.0
-                except grpc.RpcError as e:
+                except grpc.RpcError as e:  # also an AgentKeeperError raised by _accept
                     error = from_rpc_error(e)
+                    if call is not None:
+                        call.cancel()  # no-op when the stream already ended
                 except asyncio.CancelledError:
                     call = self._call
                     if self._cancelled or call is None or not call.cancelled() or _being_cancelled():
@@ -425,6 +462,8 @@ class _AsyncStream(Generic[E]):
                     break
                 dropped_on_purpose, self._drop_requested = self._drop_requested, False
                 if error is not None and error.code() not in STREAM_RETRYABLE:
+                    if self._reopen_after(error):
+                        continue
                     if not self._ready.is_set():
                         self._startup_error = error
                         self._ready.set()
@@ -447,6 +486,10 @@ class _AsyncStream(Generic[E]):
 
     def _warn_if_no_resume_point(self) -> None:
         """Election watches restart from the current state; nothing to resume."""
+
+    def _reopen_after(self, error: AgentKeeperError) -> bool:
+        """Whether a stream that ended with ``error`` should be reopened at once after all."""
+        return False
 
     def _put_nowait_end(self) -> None:
         try:
@@ -476,6 +519,7 @@ class _AsyncStream(Generic[E]):
 
     @property
     def active(self) -> bool:
+        """True while items may still arrive (started, not cancelled, not ended by an error)."""
         return self._task is not None and not self._finished and not self._cancelled
 
     async def cancel(self) -> None:
@@ -530,7 +574,7 @@ class _AsyncStream(Generic[E]):
             raise self.error
         raise StopAsyncIteration
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self: _St) -> _St:
         return await self.start()
 
     async def __aexit__(
@@ -546,7 +590,8 @@ def _being_cancelled() -> bool:
 
 
 class WatchStream(_AsyncStream[WatchEvent]):
-    """Events from :meth:`AgentKeeperClient.watch`, exactly once and in order across reconnects."""
+    """Events from :meth:`AgentKeeperClient.watch`, exactly once and in order across reconnects;
+    ends with :class:`~agentkeeper.OutOfRange` when the daemon cannot resume where it stopped."""
 
     def __init__(
         self,
@@ -559,27 +604,34 @@ class WatchStream(_AsyncStream[WatchEvent]):
     ) -> None:
         super().__init__(client, callback, on_error, timeout)
         self.topics = topics
-        self._from_sequence = from_sequence
-        self.last_sequence = from_sequence - 1 if from_sequence > 0 else 0
+        self._cursor = EventCursor(from_sequence)
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the last event handed out (0: none yet)."""
+        return self._cursor.last_sequence
 
     def _open(self) -> Any:
-        resume = self.last_sequence + 1 if self.last_sequence > 0 else self._from_sequence
         assert self._channel is not None
-        request = pb.WatchRequest(topics=self.topics, from_sequence=resume)
+        request = pb.WatchRequest(topics=self.topics, from_sequence=self._cursor.request_from())
         return stubs.RegistryServiceStub(self._channel).Watch(request)
 
     def _warn_if_no_resume_point(self) -> None:
-        if self.last_sequence == 0:
+        if not self._cursor.has_resume_point:
             log.warning(
                 "agentkeeper: watch stream dropped before its first event; events published while "
                 "it was down are not replayed (pass from_sequence= to resume from a known point)"
             )
 
+    def _reopen_after(self, error: AgentKeeperError) -> bool:
+        return error.code() == grpc.StatusCode.OUT_OF_RANGE and self._cursor.reopen_after_out_of_range()
+
     def _accept(self, message: Any) -> Optional[WatchEvent]:
-        sequence = int(message.sequence_number)
-        if sequence <= self.last_sequence:
+        at = message.occurred_at
+        if not self._cursor.accept(
+            int(message.sequence_number), message.topic, at.seconds, at.nanos, message.payload.type_url
+        ):
             return None
-        self.last_sequence = sequence
         return cv.watch_event_from_pb(message)
 
 
@@ -694,10 +746,12 @@ class AgentKeeperClient:
 
     @property
     def daemon(self) -> Optional[EmbeddedDaemon]:
+        """The embedded daemon (``None`` in sidecar mode)."""
         return self._daemon
 
     @property
     def address(self) -> str:
+        """``host:port`` this client talks to."""
         return f"{self.host}:{self.port}"
 
     def _new_channel(self, own_connection: bool = False) -> grpc.aio.Channel:
@@ -747,16 +801,18 @@ class AgentKeeperClient:
 
     async def _unary(self, service: str, method: str, request: Any, timeout: _Timeout) -> Any:
         call = getattr(self._stubs[service], method)
-        deadline = self._timeout if timeout is None else timeout
-        delays = self._retry.delays() if method in IDEMPOTENT else iter(())
+        budget = self._timeout if timeout is None else timeout  # for the call, retries included
+        end = None if budget is None else time.monotonic() + budget
+        delays = self._retry.delays()
         while True:
+            remaining = None if end is None else max(0.001, end - time.monotonic())
             try:
-                return await call(request, timeout=deadline)
+                return await call(request, timeout=remaining)
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
-                if error.code() == grpc.StatusCode.UNAVAILABLE and not self._closed:
+                if not self._closed and should_retry(method, error.code(), error.details()):
                     delay = next(delays, None)
-                    if delay is not None:
+                    if delay is not None and (end is None or time.monotonic() + delay < end):
                         await asyncio.sleep(delay)
                         continue
                 raise error from None
@@ -835,11 +891,13 @@ class AgentKeeperClient:
         holder: list[str] = []
 
         async def run() -> Optional[LeaseHandle]:
+            sent = time.monotonic()
             response = await self._unary("lease", "AcquireLease", request, timeout)
             if not response.acquired:
                 holder.append(response.lease.holder_agent_id)
                 return None
-            return LeaseHandle(self, cv.lease_from_pb(response.lease), ttl, keep_alive=keep_alive, on_lost=on_lost)
+            lease = cv.lease_from_pb(response.lease)
+            return LeaseHandle(self, lease, ttl, keep_alive=keep_alive, on_lost=on_lost, requested_at=sent)
 
         def not_acquired() -> Exception:
             who = holder[0] if holder else "another agent"

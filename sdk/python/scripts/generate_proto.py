@@ -7,14 +7,16 @@ Usage::
     python sdk/python/scripts/generate_proto.py --out DIR  # write DIR/agentkeeper/v1/ instead
     python sdk/python/scripts/generate_proto.py --check    # exit 1 if the checked-in files are stale
 
-Needs ``grpcio-tools`` (the ``test`` extra). No system ``protoc`` is used.
+Needs ``grpcio-tools`` at the version the ``test`` extra pins (its protoc decides the protobuf
+gencode version, hence the package's protobuf floor). No system ``protoc`` is used.
 
 Post-processing, so the checked-in modules work as the package ``agentkeeper.v1``:
 
 - imports of sibling generated modules are made absolute (``from agentkeeper.v1 import ...``);
-- the gRPC stubs' runtime guard is lowered from the generating grpcio-tools version to the
-  grpcio floor this package declares (``GRPCIO_MIN``): the stubs only use
-  ``_registered_method=True``, which grpcio has understood since 1.63.
+- the gRPC module's runtime guard is lowered from the generating grpcio-tools version to the
+  grpcio floor this package declares (``GRPCIO_MIN``): the stubs pass
+  ``_registered_method=True`` (understood since 1.63) and the ``add_*_to_server`` helpers call
+  ``server.add_registered_method_handlers`` (since 1.64). The test suite runs at that floor.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PROTO_ROOT = REPO_DIR / "proto"
 PROTO_FILES = ["agentkeeper/v1/agentkeeper.proto"]
 PACKAGE_DIR = Path("agentkeeper") / "v1"
 GENERATED = ["agentkeeper_pb2.py", "agentkeeper_pb2.pyi", "agentkeeper_pb2_grpc.py"]
-GRPCIO_MIN = "1.63.0"
+GRPCIO_MIN = "1.64.0"
 
 INIT_TEXT = '"""Generated protobuf and gRPC modules for the ``agentkeeper.v1`` wire contract.\n\nRegenerate with ``python sdk/python/scripts/generate_proto.py``; do not edit by hand.\n"""\n'
 
@@ -112,7 +114,22 @@ def stale_files(checked_in: Path = SDK_DIR) -> list[str]:
     return problems
 
 
+def pinned_grpcio_tools() -> str:
+    """The grpcio-tools version pyproject.toml pins (the checked-in modules come from it)."""
+    match = re.search(r'"grpcio-tools==([^"]+)"', (SDK_DIR / "pyproject.toml").read_text())
+    return match.group(1) if match else "?"
+
+
 def main() -> int:
+    from importlib.metadata import version
+
+    installed, pinned = version("grpcio-tools"), pinned_grpcio_tools()
+    if installed != pinned:
+        print(
+            f"warning: grpcio-tools {installed} is installed but pyproject.toml pins {pinned}; "
+            "the output will differ from the checked-in modules (pip install -e 'sdk/python[test]')",
+            file=sys.stderr,
+        )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SDK_DIR, help="directory holding agentkeeper/")
     parser.add_argument("--check", action="store_true", help="only report stale files")

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 import agentkeeper._embedded as embedded_module
-from agentkeeper import AgentKeeperClient, EmbeddedDaemon, FailedPrecondition, InvalidArgument, find_binary
+from agentkeeper import (
+    AgentKeeperClient,
+    EmbeddedDaemon,
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfRange,
+    find_binary,
+)
+
+from conftest import wait_for
 
 
 def _fake_binary(path: Path) -> Path:
@@ -116,20 +125,57 @@ def test_clock_calls_on_a_real_clock_are_failed_precondition(client):
 
 
 def test_daemon_restart_watch_resumes_and_state_survives(binary, tmp_path):
-    """With persistence, a watcher survives a daemon restart and resumes without gap or repeat."""
+    """The restart case: daemon A publishes, its stream drops when A stops, daemon B (same port,
+    same --data-dir) takes over; the watcher resumes at the next sequence, nothing lost or repeated."""
     seen = []
+    errors = []
     with AgentKeeperClient.embedded(binary=binary, data_dir=tmp_path) as client:
         port = client.port
-        with client.watch([], seen.append) as sub:
+        with client.watch([], seen.append, on_error=errors.append) as sub:
+            keeper = client.register("keeper", ttl=3600, heartbeat=False)
             client.register("before").deregister()
-            client.daemon.stop()
+            client.set_policy("p", "agent:*", "call", "tool:*", "ALLOW")
+            wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3])
+            assert client.daemon.stop() == 0  # daemon A: SIGTERM, the stream ends with UNAVAILABLE
             restarted = EmbeddedDaemon(binary=binary, port=port, data_dir=tmp_path)
             restarted.start()
             try:
                 client.register("after").deregister()
-                from conftest import wait_for
-
-                wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3, 4], timeout=10)
-                assert sub.reconnects >= 1
+                wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3, 4, 5], timeout=10, what="resume")
+                assert [e.topic for e in seen] == ["agent.registered"] * 2 + ["agent.died", "agent.registered",
+                                                                             "agent.died"]
+                assert sub.reconnects >= 1 and sub.active and errors == []
+                assert client.get_agent(keeper.agent_id).card.name == "keeper"
+                assert client.check_policy("agent:x", "call", "tool:y").allowed
             finally:
                 restarted.stop()
+
+
+def test_in_memory_restart_is_reported_not_silently_skipped(binary):
+    """Without --data-dir a restarted daemon numbers its events from 1 again. A resuming watcher
+    must not mix the two histories or skip events quietly: it asks for its last event again,
+    sees that the daemon has another one under that number and ends with OutOfRange.
+
+    (The daemon answers a from_sequence beyond its newest event by waiting, so the watcher can
+    only tell once the new daemon has reached the old sequence: see the SDK report.)
+    """
+    seen = []
+    errors = []
+    with AgentKeeperClient.embedded(binary=binary) as client:
+        port = client.port
+        with client.watch([], seen.append, on_error=errors.append) as sub:
+            client.register("a", heartbeat=False)
+            client.register("b", heartbeat=False)
+            wait_for(lambda: len(seen) == 2)
+            client.daemon.stop()
+            fresh = EmbeddedDaemon(binary=binary, port=port)
+            fresh.start()
+            try:
+                for name in ("c", "d", "e"):  # sequences 1, 2, 3 of the new daemon
+                    client.register(name, heartbeat=False)
+                assert sub.wait(5), "the subscription must end"
+                assert [e.payload.card.name for e in seen] == ["a", "b"], "nothing from another history"
+                assert len(errors) == 1 and isinstance(errors[0], OutOfRange), errors
+                assert "restarted without --data-dir" in errors[0].details()
+            finally:
+                fresh.stop()

@@ -107,3 +107,40 @@ def test_address_defaults_and_environment(monkeypatch):
     c = AgentKeeperClient(host="agentkeeper.internal", port=7070)
     assert c.address == "agentkeeper.internal:7070"
     c.close()
+
+
+def test_event_cursor_resumes_at_the_last_event_and_checks_it():
+    from agentkeeper._common import EventCursor
+
+    cursor = EventCursor(0)
+    assert cursor.request_from() == 0 and not cursor.has_resume_point  # live, nothing to check
+    assert cursor.accept(5, "agent.registered", 100, 0, "t/AgentInfo")
+    assert cursor.accept(6, "agent.died", 101, 0, "t/AgentInfo")
+    assert not cursor.accept(6, "agent.died", 101, 0, "t/AgentInfo"), "a repeat is dropped"
+    assert cursor.request_from() == 6, "reopen at the last delivered event itself"
+    assert not cursor.accept(6, "agent.died", 101, 0, "t/AgentInfo"), "handed back: skipped"
+    assert cursor.accept(7, "lease.acquired", 102, 0, "t/Lease") and cursor.last_sequence == 7
+
+    assert cursor.request_from() == 7
+    with pytest.raises(OutOfRange, match="restarted without --data-dir"):
+        cursor.accept(7, "agent.registered", 500, 0, "t/AgentInfo")  # another event under #7
+
+    assert cursor.request_from() == 7
+    with pytest.raises(OutOfRange):
+        cursor.accept(9, "lease.released", 103, 0, "t/Lease")  # #7 is not there any more
+
+    assert cursor.request_from() == 7
+    assert cursor.reopen_after_out_of_range(), "#7 may just have left the window: try #8 once"
+    assert cursor.request_from() == 8
+    assert not cursor.reopen_after_out_of_range(), "no second fallback"
+    assert cursor.accept(8, "lease.released", 103, 0, "t/Lease")
+    assert cursor.request_from() == 8, "checked again from then on"
+
+
+def test_event_cursor_with_a_start_point():
+    from agentkeeper._common import EventCursor
+
+    cursor = EventCursor(10)
+    assert cursor.last_sequence == 9 and cursor.request_from() == 10
+    assert not cursor.accept(9, "x", 1, 0, ""), "before the start point"
+    assert cursor.request_from() == 10, "nothing delivered yet: no event to check, start again at 10"

@@ -1,12 +1,15 @@
 """The checked-in agentkeeper/v1 modules match what scripts/generate_proto.py makes from proto/."""
 
+import importlib.metadata
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_proto.py"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 PROTO = Path(__file__).resolve().parents[3] / "proto" / "agentkeeper" / "v1" / "agentkeeper.proto"
 
 
@@ -21,6 +24,12 @@ def _load_generator():
 @pytest.mark.skipif(not PROTO.exists(), reason="proto/ is not next to this SDK checkout")
 def test_generated_modules_are_up_to_date():
     pytest.importorskip("grpc_tools")
+    pinned = re.search(r'"grpcio-tools==([^"]+)"', PYPROJECT.read_text()).group(1)
+    installed = importlib.metadata.version("grpcio-tools")
+    assert installed == pinned, (
+        f"grpcio-tools {installed} is installed, but the checked-in modules are generated with {pinned} "
+        "(the version pyproject.toml pins in the test extra): pip install -e 'sdk/python[test]'"
+    )
     generator = _load_generator()
     stale = generator.stale_files()
     assert not stale, "checked-in modules are stale; run python sdk/python/scripts/generate_proto.py\n" + "\n".join(stale)

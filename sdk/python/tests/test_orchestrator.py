@@ -65,3 +65,29 @@ def test_the_same_seed_gives_the_same_ids(binary):
         with AgentKeeperClient.embedded(binary=binary, clock="manual", seed=42) as c:
             ids.append([c.register(f"a{i}").agent_id for i in range(3)])
     assert ids[0] == ids[1]
+
+
+def test_the_same_pattern_on_the_real_clock(client):
+    """As above with real time: ttl 1 s, the heartbeat stops, the daemon's own timers kill the agent."""
+    import time
+
+    seen: list[WatchEvent] = []
+    with client.watch(["agent.", "lease."], seen.append):
+        worker = client.register("scraper-1", "Fetches and parses web pages", "1.0.0", tools=["browser"], ttl=1)
+        lease = client.acquire_lease("task:real", worker.agent_id, ttl=60)
+        assert lease is not None
+        wait_for(lambda: len(seen) == 2)
+        crashed = time.monotonic()
+        worker.stop_heartbeat()  # the crash
+        wait_for(lambda: "agent.died" in [e.topic for e in seen], timeout=5, what="agent.died")
+        died_after = time.monotonic() - crashed
+        wait_for(lambda: len(seen) == 5)
+        assert [e.topic for e in seen] == [
+            "agent.registered", "lease.acquired", "agent.unreachable", "agent.died", "lease.released"]
+        assert all(isinstance(e.payload, AgentInfo) for e in seen if e.topic.startswith("agent."))
+        assert seen[4].payload.task_id == "task:real" and seen[4].payload.holder_agent_id == worker.agent_id
+        assert 0.9 < died_after < 3.5, died_after  # 2 x ttl after the last heartbeat (<= ttl/2 before)
+        assert client.get_agent(worker.agent_id).status == AgentStatus.DEAD
+        assert client.find(tools=["browser"]) == []
+        with client.register("scraper-2", tools=["browser"]) as replacement:
+            assert client.acquire_lease("task:real", replacement.agent_id).token > lease.token

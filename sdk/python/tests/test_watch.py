@@ -1,6 +1,7 @@
 """Event bus: topics, decoded payloads, resume, reconnect exactly once in order, errors to on_error."""
 
 import threading
+import urllib.request
 from datetime import timezone
 
 import grpc
@@ -98,28 +99,47 @@ def test_out_of_range_on_reconnect_goes_to_on_error(binary):
         assert sub.error is errors[0] and not sub.active
 
 
+def _metric(client: AgentKeeperClient, name: str) -> float:
+    with urllib.request.urlopen(f"{client.daemon.metrics_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"metric {name} not exported")
+
+
 def test_a_slow_callback_is_cut_off_with_resource_exhausted_to_on_error(binary):
     errors = []
     release = threading.Event()
 
     def slow(event):
-        release.wait(10)
+        release.wait(30)
 
-    # The watcher gets its own connection with small HTTP/2 windows, so flow control pushes
-    # back on the daemon quickly and its per-watcher buffer (4 events here) overflows.
+    # The callback blocks, so the events pile up in HTTP/2 and TCP buffers (the watcher has its
+    # own connection, with small windows where the grpcio version honours them) until the
+    # daemon's per-watcher buffer (4 events here) overflows and the daemon cuts the stream off.
+    # Events are large (~100 KB) and produced until the daemon reports the overflow, so the
+    # test does not depend on how much the transport buffers.
     narrow = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
               ("grpc.http2.lookahead_bytes", 8192)]
     with AgentKeeperClient.embedded(binary=binary, extra_args=["--watch-buffer=4"]) as client, \
             AgentKeeperClient(client.host, client.port, channel_options=narrow) as watcher:
         sub = watcher.watch(["agent.registered"], slow, on_error=errors.append)
-        big = "x" * 8000
-        for i in range(300):
-            client.register(f"a{i}", description=big, ttl=3600)
+        description = "x" * 8000
+        metadata = {f"k{i}": "v" * 1000 for i in range(64)}
+        tools = [f"tool-{i}-" + "t" * 100 for i in range(256)]
+        for i in range(1000):
+            client.register(f"a{i}", description=description, tools=tools, metadata=metadata, ttl=3600,
+                            heartbeat=False)
+            if i % 10 == 9 and _metric(client, "agentkeeper_watch_overflows_total") >= 1:
+                break
+        else:
+            raise AssertionError("the daemon never cut the slow watcher off")
         release.set()
         assert sub.wait(10), "the subscription must end with an error"
         assert len(errors) == 1 and isinstance(errors[0], ResourceExhausted), errors
         assert "last sequence delivered" in errors[0].details()
         assert not sub.active
+        assert sub.last_sequence >= 1
 
 
 def test_callback_exceptions_do_not_stop_the_subscription(client):
@@ -150,3 +170,14 @@ def test_cancel_from_inside_the_callback(client):
     client.register("b")
     wait_for(lambda: not holder["sub"].active)
     assert len(seen) == 1
+
+
+def test_both_watches_return_a_v1_subscription(client):
+    """v1 returned one Subscription class from watch() and watch_election(); isinstance still holds."""
+    from agentkeeper import ElectionSubscription, EventSubscription, Subscription
+
+    with client.watch([], print) as events, client.watch_election("g", print) as election:
+        assert isinstance(events, Subscription) and isinstance(events, EventSubscription)
+        assert isinstance(election, Subscription) and isinstance(election, ElectionSubscription)
+        assert events.active and election.active
+    assert not events.active and not election.active

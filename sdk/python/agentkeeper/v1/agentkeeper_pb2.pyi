@@ -236,7 +236,7 @@ class AcquireLeaseResponse(_message.Message):
     ACQUIRED_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     acquired: bool
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., acquired: _Optional[bool] = ...) -> None: ...
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., acquired: bool = ...) -> None: ...
 
 class RenewLeaseRequest(_message.Message):
     __slots__ = ("task_id", "agent_id", "token", "ttl_seconds")
@@ -352,7 +352,7 @@ class CheckPolicyResponse(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     reason: str
-    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("id", "type", "input", "output", "status", "required_tools", "max_retries", "retry_count", "claimed_by_agent_id", "failure_reason", "created_at", "claimed_at", "completed_at")

@@ -5,7 +5,7 @@ import warnings
 
 from agentkeeper.v1 import agentkeeper_pb2 as agentkeeper_dot_v1_dot_agentkeeper__pb2
 
-GRPC_GENERATED_VERSION = '1.63.0'
+GRPC_GENERATED_VERSION = '1.64.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class RegistryServiceStub:
+class RegistryServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -66,7 +66,7 @@ class RegistryServiceStub:
                 _registered_method=True)
 
 
-class RegistryServiceServicer:
+class RegistryServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
@@ -146,7 +146,7 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RegistryService:
+class RegistryService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -312,7 +312,7 @@ class RegistryService:
             _registered_method=True)
 
 
-class LeaseServiceStub:
+class LeaseServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -338,7 +338,7 @@ class LeaseServiceStub:
                 _registered_method=True)
 
 
-class LeaseServiceServicer:
+class LeaseServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def AcquireLease(self, request, context):
@@ -385,7 +385,7 @@ def add_LeaseServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class LeaseService:
+class LeaseService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -470,7 +470,7 @@ class LeaseService:
             _registered_method=True)
 
 
-class ElectionServiceStub:
+class ElectionServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -496,7 +496,7 @@ class ElectionServiceStub:
                 _registered_method=True)
 
 
-class ElectionServiceServicer:
+class ElectionServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Campaign(self, request, context):
@@ -543,7 +543,7 @@ def add_ElectionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ElectionService:
+class ElectionService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -628,7 +628,7 @@ class ElectionService:
             _registered_method=True)
 
 
-class EntitlementsServiceStub:
+class EntitlementsServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -659,7 +659,7 @@ class EntitlementsServiceStub:
                 _registered_method=True)
 
 
-class EntitlementsServiceServicer:
+class EntitlementsServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def SetPolicy(self, request, context):
@@ -717,7 +717,7 @@ def add_EntitlementsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class EntitlementsService:
+class EntitlementsService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -829,7 +829,7 @@ class EntitlementsService:
             _registered_method=True)
 
 
-class TaskServiceStub:
+class TaskServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -870,7 +870,7 @@ class TaskServiceStub:
                 _registered_method=True)
 
 
-class TaskServiceServicer:
+class TaskServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def CreateTask(self, request, context):
@@ -950,7 +950,7 @@ def add_TaskServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class TaskService:
+class TaskService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -1116,7 +1116,7 @@ class TaskService:
             _registered_method=True)
 
 
-class ClockServiceStub:
+class ClockServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -1137,7 +1137,7 @@ class ClockServiceStub:
                 _registered_method=True)
 
 
-class ClockServiceServicer:
+class ClockServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Advance(self, request, context):
@@ -1173,7 +1173,7 @@ def add_ClockServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ClockService:
+class ClockService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
