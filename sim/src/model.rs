@@ -1,0 +1,831 @@
+//! The reference model: a second, deliberately naive implementation of the behaviour contract
+//! (`shared/spec/semantics.md`, plus the decisions ARCHITECTURE.md records where it is silent),
+//! run side by side with the core. Vecs and linear scans only: no index, no timer wheel, no
+//! cleverness that could share a bug with the core. It borrows the core's plain value types
+//! (views, `Event`, `Reply`) so that answers compare with `==`, never its logic.
+//!
+//! Time is exact and chronological: when the clock moves to `now`, every deadline due by then
+//! fires in deadline order (ties: agents before leases, then registration order or token), one
+//! at a time, at its own deadline (events' `occurred_at`, a death's time), and whatever a firing
+//! arms is considered in that same order. So after a clock jump an agent that died at t=20
+//! holding a lease that would have expired at t=25 releases it in its death clean-up
+//! (`lease.released`), as the contract's timeline says.
+//!
+//! Where the contract leaves the order of two errors open (a renew with a bad ttl and a wrong
+//! token), the model follows the core's documented order; the tests of that order live with the
+//! core.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
+use agentkeeper::core::types::{AgentCard, AgentId, AgentStatus, Decision, Effect, Id128, Millis, Policy};
+use agentkeeper::core::{Command, CoreConfig, ErrorCode, Event, EventPayload, Outcome, PolicyInput, Reply, Topic};
+
+/// What the model says the core should have answered.
+pub type Expected = Result<Reply, ErrorCode>;
+
+/// Every topic name, from the contract's list (not from the core's `Topic::as_str`).
+pub fn topic_name(topic: Topic) -> &'static str {
+    match topic {
+        Topic::AgentRegistered => "agent.registered",
+        Topic::AgentUnreachable => "agent.unreachable",
+        Topic::AgentRecovered => "agent.recovered",
+        Topic::AgentDied => "agent.died",
+        Topic::LeaseAcquired => "lease.acquired",
+        Topic::LeaseRenewed => "lease.renewed",
+        Topic::LeaseExpired => "lease.expired",
+        Topic::LeaseReleased => "lease.released",
+        Topic::LeaderChanged => "leader.changed",
+        Topic::TaskCreated => "task.created",
+        Topic::TaskClaimed => "task.claimed",
+        Topic::TaskCompleted => "task.completed",
+        Topic::TaskFailed => "task.failed",
+        Topic::TaskDead => "task.dead",
+    }
+}
+
+/// Watch's topic filter: prefixes, the empty list meaning every topic.
+pub fn topics_match(prefixes: &[String], topic: Topic) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| topic_name(topic).starts_with(p.as_str()))
+}
+
+/// `*` matches any run of bytes (empty and `:` included); everything else is literal. Naive
+/// recursion: fine for the simulator's short patterns.
+pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}
+
+/// CheckPolicy by brute force over every policy, as the contract words it.
+pub fn decide(policies: &[Policy], subject: &str, action: &str, resource: &str) -> Decision {
+    let matching = |effect: Effect| {
+        policies
+            .iter()
+            .filter(|p| p.effect == effect)
+            .filter(|p| glob(p.subject.as_bytes(), subject.as_bytes()))
+            .filter(|p| glob(p.action.as_bytes(), action.as_bytes()))
+            .filter(|p| glob(p.resource.as_bytes(), resource.as_bytes()))
+            .map(|p| p.id.as_str())
+            .min()
+    };
+    if let Some(id) = matching(Effect::Deny) {
+        return Decision {
+            allowed: false,
+            reason: format!("denied by policy \"{id}\""),
+        };
+    }
+    if let Some(id) = matching(Effect::Allow) {
+        return Decision {
+            allowed: true,
+            reason: format!("allowed by policy \"{id}\""),
+        };
+    }
+    Decision {
+        allowed: false,
+        reason: "no matching policy: default deny".into(),
+    }
+}
+
+const TTL_SECONDS_MAX: u32 = 86_400;
+
+fn within(text: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&text.len())
+}
+
+fn ttl_ms(ttl_seconds: u32, default: u32) -> Option<u64> {
+    let seconds = if ttl_seconds == 0 { default } else { ttl_seconds };
+    (seconds <= TTL_SECONDS_MAX).then_some(u64::from(seconds) * 1000)
+}
+
+/// The contract's card limits (capabilities' own sizes: the project's bounds, 256 B and 8 KiB).
+fn card_valid(card: &AgentCard) -> bool {
+    within(&card.name, 1, 256)
+        && !card.name.chars().any(char::is_control)
+        && card.description.len() <= 8192
+        && card.version.len() <= 64
+        && tools_valid(&card.tools)
+        && card.capabilities.len() <= 256
+        && card
+            .capabilities
+            .iter()
+            .all(|c| c.name.len() <= 256 && c.description.len() <= 8192)
+        && card.metadata.len() <= 64
+        && card.metadata.iter().all(|(k, v)| k.len() <= 128 && v.len() <= 1024)
+}
+
+fn tools_valid(tools: &[String]) -> bool {
+    tools.len() <= 256 && tools.iter().all(|t| within(t, 1, 128))
+}
+
+struct Agent {
+    id: AgentId,
+    /// The id as the wire shows it; lookups compare strings, so `ABC...` never finds `abc...`.
+    text_id: String,
+    card: Arc<AgentCard>,
+    status: AgentStatus,
+    registered_at: Millis,
+    last_heartbeat_at: Millis,
+    ttl_ms: u64,
+    registration: u64,
+    dead_at: Option<Millis>,
+}
+
+impl Agent {
+    fn view(&self) -> AgentView {
+        AgentView {
+            agent_id: self.id,
+            card: Arc::clone(&self.card),
+            status: self.status,
+            registered_at: self.registered_at,
+            last_heartbeat_at: self.last_heartbeat_at,
+            ttl_ms: self.ttl_ms,
+        }
+    }
+}
+
+struct Lease {
+    key: String,
+    holder: AgentId,
+    token: u64,
+    acquired_at: Millis,
+    expires_at: Millis,
+    ttl_ms: u64,
+}
+
+impl Lease {
+    fn view(&self) -> LeaseView {
+        LeaseView {
+            task_id: self.key.as_str().into(),
+            holder: self.holder,
+            token: self.token,
+            acquired_at: self.acquired_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+struct Candidate {
+    agent: AgentId,
+    /// When it joined (a global counter), for the order of death clean-up.
+    joined: u64,
+}
+
+struct Group {
+    name: String,
+    candidates: Vec<Candidate>,
+    term: u64,
+    elected_at: Millis,
+}
+
+impl Group {
+    fn view(&self) -> ElectionView {
+        ElectionView {
+            group: self.name.as_str().into(),
+            leader: self.candidates.first().map(|c| c.agent),
+            term: self.term,
+            elected_at: self.elected_at,
+        }
+    }
+}
+
+/// Something due when time moves.
+enum Due {
+    Agent(usize),
+    Lease(usize),
+}
+
+pub struct Model {
+    config: CoreConfig,
+    now: Millis,
+    agents: Vec<Agent>,
+    registration_next: u64,
+    leases: Vec<Lease>,
+    token_last: u64,
+    groups: Vec<Group>,
+    joined_next: u64,
+    policies: Vec<Policy>,
+    /// The retained events (the newest `event_ring_max`).
+    ring: VecDeque<Arc<Event>>,
+    sequence_next: u64,
+    subscribers: Vec<u64>,
+    subscriber_next: u64,
+    /// Events emitted since the last `take_events`.
+    emitted: Vec<Arc<Event>>,
+}
+
+impl Model {
+    pub fn new(config: &CoreConfig, now: Millis) -> Model {
+        Model {
+            config: config.clone(),
+            now,
+            agents: Vec::new(),
+            registration_next: 1,
+            leases: Vec::new(),
+            token_last: 0,
+            groups: Vec::new(),
+            joined_next: 0,
+            policies: Vec::new(),
+            ring: VecDeque::new(),
+            sequence_next: 1,
+            subscribers: Vec::new(),
+            subscriber_next: 1,
+            emitted: Vec::new(),
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<Arc<Event>> {
+        std::mem::take(&mut self.emitted)
+    }
+
+    pub fn sequence_next(&self) -> u64 {
+        self.sequence_next
+    }
+
+    pub fn token_last(&self) -> u64 {
+        self.token_last
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    pub fn policies_len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn policies(&self) -> Vec<Policy> {
+        let mut policies = self.policies.clone();
+        policies.sort_by(|a, b| a.id.cmp(&b.id));
+        policies
+    }
+
+    /// Every known agent, in registration order.
+    pub fn agents(&self) -> Vec<AgentView> {
+        self.agents.iter().map(Agent::view).collect()
+    }
+
+    pub fn leases(&self) -> Vec<LeaseView> {
+        let mut leases: Vec<LeaseView> = self.leases.iter().map(Lease::view).collect();
+        leases.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        leases
+    }
+
+    pub fn elections(&self) -> Vec<(ElectionView, Vec<AgentId>)> {
+        let mut groups: Vec<(ElectionView, Vec<AgentId>)> = self
+            .groups
+            .iter()
+            .map(|g| (g.view(), g.candidates.iter().map(|c| c.agent).collect()))
+            .collect();
+        groups.sort_by(|a, b| a.0.group.cmp(&b.0.group));
+        groups
+    }
+
+    /// The exact earliest deadline: an agent's next liveness step or forgetting, a lease's expiry.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let agents = self.agents.iter().map(|a| self.agent_deadline(a));
+        let leases = self.leases.iter().map(|l| l.expires_at);
+        agents.chain(leases).min()
+    }
+
+    fn agent_deadline(&self, agent: &Agent) -> Millis {
+        match agent.status {
+            AgentStatus::Alive => agent.last_heartbeat_at + agent.ttl_ms,
+            AgentStatus::Unreachable => agent.last_heartbeat_at + 2 * agent.ttl_ms,
+            AgentStatus::Dead => {
+                agent.dead_at.expect("a DEAD agent has a time of death") + self.config.dead_retention_ms
+            }
+        }
+    }
+
+    /// Moves time to `now`, firing what is due in deadline order, one thing at a time, each at
+    /// its own deadline: what happens then (events' `occurred_at`, a death's time) is stamped
+    /// with the deadline, not with the later moment the clock was next read.
+    pub fn tick(&mut self, now: Millis) {
+        assert!(now >= self.now, "the model's time went backwards");
+        while let Some((at, due)) = self.earliest_due(now) {
+            self.now = self.now.max(at);
+            match due {
+                Due::Agent(index) => self.agent_step(index),
+                Due::Lease(index) => {
+                    let lease = self.leases.remove(index);
+                    self.emit(Topic::LeaseExpired, EventPayload::Lease(lease.view()));
+                }
+            }
+        }
+        self.now = now;
+    }
+
+    /// The first thing due by `now`: by deadline, agents before leases, then registration order
+    /// or token.
+    fn earliest_due(&self, now: Millis) -> Option<(Millis, Due)> {
+        let mut best: Option<((Millis, u8, u64), Due)> = None;
+        let mut consider = |rank: (Millis, u8, u64), due: Due| {
+            if rank.0 <= now && best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                best = Some((rank, due));
+            }
+        };
+        for (index, agent) in self.agents.iter().enumerate() {
+            consider((self.agent_deadline(agent), 0, agent.registration), Due::Agent(index));
+        }
+        for (index, lease) in self.leases.iter().enumerate() {
+            consider((lease.expires_at, 1, lease.token), Due::Lease(index));
+        }
+        best.map(|(rank, due)| (rank.0, due))
+    }
+
+    fn agent_step(&mut self, index: usize) {
+        match self.agents[index].status {
+            AgentStatus::Alive => {
+                self.agents[index].status = AgentStatus::Unreachable;
+                let view = self.agents[index].view();
+                self.emit(Topic::AgentUnreachable, EventPayload::Agent(view));
+            }
+            AgentStatus::Unreachable => self.kill(index),
+            AgentStatus::Dead => {
+                self.agents.remove(index);
+            }
+        }
+    }
+
+    fn emit(&mut self, topic: Topic, payload: EventPayload) {
+        let event = Arc::new(Event {
+            sequence: self.sequence_next,
+            topic,
+            occurred_at: self.now,
+            payload,
+        });
+        self.sequence_next += 1;
+        if self.ring.len() == self.config.event_ring_max {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(Arc::clone(&event));
+        self.emitted.push(event);
+    }
+
+    /// Death clean-up: `agent.died`, each lease released by token, each group left in the order
+    /// joined (`leader.changed` where it led).
+    fn kill(&mut self, index: usize) {
+        let agent = &mut self.agents[index];
+        agent.status = AgentStatus::Dead;
+        agent.dead_at = Some(self.now);
+        let id = agent.id;
+        let view = agent.view();
+        self.emit(Topic::AgentDied, EventPayload::Agent(view));
+        let mut held: Vec<Lease> = Vec::new();
+        let mut kept: Vec<Lease> = Vec::new();
+        for lease in self.leases.drain(..) {
+            if lease.holder == id {
+                held.push(lease);
+            } else {
+                kept.push(lease);
+            }
+        }
+        self.leases = kept;
+        held.sort_by_key(|l| l.token);
+        for lease in held {
+            self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+        }
+        let mut stood: Vec<(u64, String)> = self
+            .groups
+            .iter()
+            .filter_map(|g| {
+                g.candidates
+                    .iter()
+                    .find(|c| c.agent == id)
+                    .map(|c| (c.joined, g.name.clone()))
+            })
+            .collect();
+        stood.sort();
+        for (_, group) in stood {
+            self.withdraw(&group, id);
+        }
+    }
+
+    /// Takes `agent` out of `group`'s FIFO; a new term where it led.
+    fn withdraw(&mut self, group: &str, agent: AgentId) {
+        let Some(g) = self.groups.iter().position(|g| g.name == group) else {
+            return;
+        };
+        let Some(position) = self.groups[g].candidates.iter().position(|c| c.agent == agent) else {
+            return;
+        };
+        self.groups[g].candidates.remove(position);
+        if position == 0 {
+            self.leadership_changed(g);
+        }
+    }
+
+    fn leadership_changed(&mut self, g: usize) {
+        let group = &mut self.groups[g];
+        group.term += 1;
+        group.elected_at = self.now;
+        let view = group.view();
+        self.emit(Topic::LeaderChanged, EventPayload::Election(view));
+    }
+
+    fn agent_index(&self, text_id: &str) -> Option<usize> {
+        self.agents.iter().position(|a| a.text_id == text_id)
+    }
+
+    fn live_agent_index(&self, text_id: &str) -> Option<usize> {
+        self.agent_index(text_id)
+            .filter(|&i| self.agents[i].status != AgentStatus::Dead)
+    }
+
+    /// Applies `command` at `now`. `core` is the core's answer, from which only a Register's new
+    /// id is taken (ids come from the core's RNG; the model checks they are fresh).
+    pub fn apply(&mut self, now: Millis, command: &Command, core: &Outcome) -> Expected {
+        self.tick(now);
+        match command {
+            Command::Register { card, ttl_seconds } => self.register(card, *ttl_seconds, core),
+            Command::Heartbeat { agent_id } => self.heartbeat(agent_id),
+            Command::Deregister { agent_id } => {
+                let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+                if self.agents[index].status != AgentStatus::Dead {
+                    self.kill(index);
+                }
+                Ok(Reply::Done)
+            }
+            Command::GetAgent { agent_id } => {
+                let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+                Ok(Reply::Agent(self.agents[index].view()))
+            }
+            Command::Find { query, tools, limit } => self.find(query, tools, *limit),
+            Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
+            Command::Unwatch { subscriber } => {
+                self.subscribers.retain(|&s| s != subscriber.0);
+                Ok(Reply::Done)
+            }
+            Command::AcquireLease {
+                task_id,
+                agent_id,
+                ttl_seconds,
+            } => self.acquire(task_id, agent_id, *ttl_seconds),
+            Command::RenewLease {
+                task_id,
+                agent_id,
+                token,
+                ttl_seconds,
+            } => self.renew(task_id, agent_id, *token, *ttl_seconds),
+            Command::ReleaseLease {
+                task_id,
+                agent_id,
+                token,
+            } => {
+                let index = self.held_lease(task_id, agent_id, *token)?;
+                let lease = self.leases.remove(index);
+                self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+                Ok(Reply::Done)
+            }
+            Command::Campaign { group, agent_id } => self.campaign(group, agent_id),
+            Command::Resign { group, agent_id } => {
+                if !within(group, 1, 256) {
+                    return Err(ErrorCode::InvalidArgument);
+                }
+                // Any non-candidate's resign is an OK no-op, an unknown or forgotten agent's too
+                // (ARCHITECTURE.md's decision: an exit path never throws).
+                if let Some(index) = self.agent_index(agent_id) {
+                    let id = self.agents[index].id;
+                    self.withdraw(group, id);
+                }
+                Ok(Reply::Done)
+            }
+            Command::WatchElection { group } => {
+                if !within(group, 1, 256) {
+                    return Err(ErrorCode::InvalidArgument);
+                }
+                let state = match self.groups.iter().find(|g| &g.name == group) {
+                    Some(g) => g.view(),
+                    None => ElectionView {
+                        group: group.as_str().into(),
+                        leader: None,
+                        term: 0,
+                        elected_at: 0,
+                    },
+                };
+                let subscriber = self.subscribe()?;
+                Ok(Reply::WatchingElection { subscriber, state })
+            }
+            Command::SetPolicy { policy } => self.set_policy(policy),
+            Command::DeletePolicy { id } => {
+                let index = self
+                    .policies
+                    .iter()
+                    .position(|p| &p.id == id)
+                    .ok_or(ErrorCode::NotFound)?;
+                self.policies.remove(index);
+                Ok(Reply::Done)
+            }
+            Command::ListPolicies { subject_prefix } => {
+                if subject_prefix.len() > 1024 {
+                    return Err(ErrorCode::InvalidArgument);
+                }
+                let mut listed: Vec<Policy> = self
+                    .policies
+                    .iter()
+                    .filter(|p| p.subject.starts_with(subject_prefix.as_str()))
+                    .cloned()
+                    .collect();
+                listed.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Reply::Policies(listed))
+            }
+            Command::CheckPolicy {
+                subject,
+                action,
+                resource,
+            } => {
+                if [subject, action, resource].iter().any(|f| f.len() > 1024) {
+                    return Err(ErrorCode::InvalidArgument);
+                }
+                Ok(Reply::Decision(decide(&self.policies, subject, action, resource)))
+            }
+        }
+    }
+
+    fn register(&mut self, card: &AgentCard, ttl_seconds: u32, core: &Outcome) -> Expected {
+        if !card_valid(card) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let ttl_ms = ttl_ms(ttl_seconds, 30).ok_or(ErrorCode::InvalidArgument)?;
+        if self.agents.len() >= self.config.agents_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        // The id is the core's to draw; one that is not fresh shows up as a mismatch in the
+        // comparison (the model answers with its own placeholder then).
+        let id = match core {
+            Ok(Reply::Registered { agent_id }) if self.agent_index(&agent_id.to_string()).is_none() => *agent_id,
+            _ => Id128(u128::MAX - u128::from(self.registration_next)),
+        };
+        let registration = self.registration_next;
+        self.registration_next += 1;
+        self.agents.push(Agent {
+            id,
+            text_id: format!("{:032x}", id.0),
+            card: Arc::new(card.clone()),
+            status: AgentStatus::Alive,
+            registered_at: self.now,
+            last_heartbeat_at: self.now,
+            ttl_ms,
+            registration,
+            dead_at: None,
+        });
+        let view = self.agents.last().expect("just pushed").view();
+        self.emit(Topic::AgentRegistered, EventPayload::Agent(view));
+        Ok(Reply::Registered { agent_id: id })
+    }
+
+    fn heartbeat(&mut self, agent_id: &str) -> Expected {
+        let index = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+        let agent = &mut self.agents[index];
+        agent.last_heartbeat_at = self.now;
+        if agent.status == AgentStatus::Unreachable {
+            agent.status = AgentStatus::Alive;
+            let view = agent.view();
+            self.emit(Topic::AgentRecovered, EventPayload::Agent(view));
+        }
+        Ok(Reply::Done)
+    }
+
+    /// ALIVE agents with every tool, in registration order, cut to the limit. (With a query the
+    /// core ranks them; the comparison then checks the set, not the order.)
+    fn find(&self, query: &str, tools: &[String], limit: u32) -> Expected {
+        if query.len() > 8192 || !tools_valid(tools) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let limit = match limit {
+            0 => 10,
+            n => n.min(1000),
+        } as usize;
+        let found: Vec<AgentView> = self
+            .agents
+            .iter()
+            .filter(|a| a.status == AgentStatus::Alive)
+            .filter(|a| tools.iter().all(|t| a.card.tools.contains(t)))
+            .map(Agent::view)
+            .take(limit)
+            .collect();
+        Ok(Reply::Agents(found))
+    }
+
+    /// Every ALIVE agent with all of `tools` (no limit): what a ranked Find chooses among.
+    pub fn find_candidates(&self, tools: &[String]) -> Vec<AgentView> {
+        self.agents
+            .iter()
+            .filter(|a| a.status == AgentStatus::Alive)
+            .filter(|a| tools.iter().all(|t| a.card.tools.contains(t)))
+            .map(Agent::view)
+            .collect()
+    }
+
+    fn watch(&mut self, topics: &[String], from_sequence: u64) -> Expected {
+        if topics.len() > 64 || topics.iter().any(|t| t.len() > 256) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let oldest = self.ring.front().map_or(self.sequence_next, |e| e.sequence);
+        if from_sequence > 0 && from_sequence < oldest {
+            return Err(ErrorCode::OutOfRange);
+        }
+        let subscriber = self.subscribe()?;
+        let replay = if from_sequence > 0 {
+            self.ring
+                .iter()
+                .filter(|e| e.sequence >= from_sequence && topics_match(topics, e.topic))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Reply::Watching { subscriber, replay })
+    }
+
+    fn subscribe(&mut self) -> Result<SubscriberId, ErrorCode> {
+        if self.subscribers.len() >= self.config.watchers_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        let id = self.subscriber_next;
+        self.subscriber_next += 1;
+        self.subscribers.push(id);
+        Ok(SubscriberId(id))
+    }
+
+    fn acquire(&mut self, key: &str, agent_id: &str, ttl_seconds: u32) -> Expected {
+        if !within(key, 1, 1024) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let ttl_ms = ttl_ms(ttl_seconds, 60).ok_or(ErrorCode::InvalidArgument)?;
+        let agent = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+        let holder = self.agents[agent].id;
+        if let Some(index) = self.leases.iter().position(|l| l.key == key) {
+            let lease = &mut self.leases[index];
+            if lease.holder != holder {
+                return Ok(Reply::Lease {
+                    lease: lease.view(),
+                    acquired: false,
+                });
+            }
+            lease.expires_at = self.now + ttl_ms;
+            lease.ttl_ms = ttl_ms;
+            let view = lease.view();
+            self.emit(Topic::LeaseRenewed, EventPayload::Lease(view.clone()));
+            return Ok(Reply::Lease {
+                lease: view,
+                acquired: true,
+            });
+        }
+        if self.leases.len() >= self.config.leases_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        self.token_last += 1;
+        let lease = Lease {
+            key: key.to_string(),
+            holder,
+            token: self.token_last,
+            acquired_at: self.now,
+            expires_at: self.now + ttl_ms,
+            ttl_ms,
+        };
+        let view = lease.view();
+        self.leases.push(lease);
+        self.emit(Topic::LeaseAcquired, EventPayload::Lease(view.clone()));
+        Ok(Reply::Lease {
+            lease: view,
+            acquired: true,
+        })
+    }
+
+    /// The lease on `key`, checked to be held by `agent_id` under `token`.
+    fn held_lease(&self, key: &str, agent_id: &str, token: u64) -> Result<usize, ErrorCode> {
+        let index = self
+            .leases
+            .iter()
+            .position(|l| l.key == key)
+            .ok_or(ErrorCode::NotFound)?;
+        let lease = &self.leases[index];
+        if format!("{:032x}", lease.holder.0) != agent_id || lease.token != token {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        Ok(index)
+    }
+
+    fn renew(&mut self, key: &str, agent_id: &str, token: u64, ttl_seconds: u32) -> Expected {
+        let index = self.held_lease(key, agent_id, token)?;
+        let lease = &mut self.leases[index];
+        let ttl_ms = if ttl_seconds == 0 {
+            lease.ttl_ms
+        } else {
+            ttl_ms(ttl_seconds, 0).ok_or(ErrorCode::InvalidArgument)?
+        };
+        lease.ttl_ms = ttl_ms;
+        lease.expires_at = self.now + ttl_ms;
+        let view = lease.view();
+        self.emit(Topic::LeaseRenewed, EventPayload::Lease(view.clone()));
+        Ok(Reply::Lease {
+            lease: view,
+            acquired: true,
+        })
+    }
+
+    fn campaign(&mut self, group: &str, agent_id: &str) -> Expected {
+        if !within(group, 1, 256) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let agent = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+        let id = self.agents[agent].id;
+        let g = match self.groups.iter().position(|g| g.name == group) {
+            Some(g) => g,
+            None => {
+                if self.groups.len() >= self.config.groups_max {
+                    return Err(ErrorCode::ResourceExhausted);
+                }
+                self.groups.push(Group {
+                    name: group.to_string(),
+                    candidates: Vec::new(),
+                    term: 0,
+                    elected_at: 0,
+                });
+                self.groups.len() - 1
+            }
+        };
+        if !self.groups[g].candidates.iter().any(|c| c.agent == id) {
+            self.joined_next += 1;
+            self.groups[g].candidates.push(Candidate {
+                agent: id,
+                joined: self.joined_next,
+            });
+            if self.groups[g].candidates.len() == 1 {
+                self.leadership_changed(g);
+            }
+        }
+        Ok(Reply::Election(self.groups[g].view()))
+    }
+
+    fn set_policy(&mut self, input: &PolicyInput) -> Expected {
+        let valid = within(&input.id, 1, 256)
+            && within(&input.subject, 1, 1024)
+            && within(&input.action, 1, 1024)
+            && within(&input.resource, 1, 1024);
+        let (true, Some(effect)) = (valid, input.effect) else {
+            return Err(ErrorCode::InvalidArgument);
+        };
+        let existing = self.policies.iter().position(|p| p.id == input.id);
+        if existing.is_none() && self.policies.len() >= self.config.policies_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        let policy = Policy {
+            id: input.id.clone(),
+            subject: input.subject.clone(),
+            action: input.action.clone(),
+            resource: input.resource.clone(),
+            effect,
+        };
+        match existing {
+            Some(index) => self.policies[index] = policy.clone(),
+            None => self.policies.push(policy.clone()),
+        }
+        Ok(Reply::Policy(policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_follows_the_contract() {
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*b", b"a:x:b"));
+        assert!(glob(b"**", b"ab"));
+        assert!(!glob(b"a*b", b"a:c"));
+        assert!(!glob(b"", b"a"));
+        assert!(glob(b"", b""));
+    }
+
+    #[test]
+    fn a_jump_past_a_death_releases_the_lease_the_dead_agent_held() {
+        let config = CoreConfig::default();
+        let mut model = Model::new(&config, 0);
+        let card = AgentCard {
+            name: "a".into(),
+            ..AgentCard::default()
+        };
+        let id = Id128(7);
+        let registered: Outcome = Ok(Reply::Registered { agent_id: id });
+        model
+            .apply(0, &Command::Register { card, ttl_seconds: 1 }, &registered)
+            .unwrap();
+        let acquire = Command::AcquireLease {
+            task_id: "k".into(),
+            agent_id: format!("{:032x}", 7),
+            ttl_seconds: 3,
+        };
+        model.apply(0, &acquire, &Ok(Reply::Done)).unwrap();
+        model.take_events();
+        model.tick(10_000);
+        let topics: Vec<&str> = model.take_events().iter().map(|e| topic_name(e.topic)).collect();
+        assert_eq!(topics, ["agent.unreachable", "agent.died", "lease.released"]);
+    }
+}

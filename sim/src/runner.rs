@@ -1,0 +1,876 @@
+//! Executes steps against the real core and the reference model side by side, routes event
+//! deliveries into modelled per-subscriber buffers (cutting off an overflowing one with
+//! `Command::Unwatch`, as the driver does), and checks every named invariant after each step.
+//!
+//! Order of checks within a step: the named safety properties first (so a planted bug is reported
+//! by the property it breaks), then agreement with the reference model.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use agentkeeper::core::events::{Delivery, SubscriberId};
+use agentkeeper::core::types::{AgentStatus, Millis};
+use agentkeeper::core::{Command, Core, Event, EventPayload, Outcome, Reply, Topic};
+
+use crate::digest::Digest;
+use crate::model::{Expected, Model, decide, topics_match};
+use crate::step::{AgentRef, Op, SimConfig, Step, SubRef, TokenRef};
+
+/// The names of every invariant the simulator checks, as printed on a failure.
+pub mod invariant {
+    pub const ONE_HOLDER_PER_KEY: &str = "lease.one_holder_per_key";
+    pub const FENCING_TOKENS_INCREASE: &str = "lease.fencing_tokens_strictly_increase";
+    pub const STATUS_MATCHES_HEARTBEAT: &str = "agent.status_matches_heartbeat_and_ttl";
+    pub const DEAD_HOLDS_NOTHING: &str = "agent.dead_holds_no_lease_leads_no_group_stands_in_no_fifo";
+    pub const TERMS_NEVER_DECREASE: &str = "election.terms_never_decrease";
+    pub const LEADER_IS_LIVE_CANDIDATE: &str = "election.leader_is_live_head_candidate";
+    pub const SUBSCRIBER_STREAM_EXACT: &str = "watch.subscriber_gets_exactly_its_matching_events";
+    pub const CHECK_POLICY_BRUTE_FORCE: &str = "policy.check_equals_brute_force";
+    pub const FIND_ALIVE_WITH_TOOLS: &str = "find.only_alive_agents_with_every_tool";
+    pub const CORE_CHECK_INVARIANTS: &str = "core.check_invariants";
+    pub const CORE_PANIC: &str = "core.no_panic";
+    pub const MODEL_REPLY: &str = "model.reply_agrees";
+    pub const MODEL_EVENTS: &str = "model.events_agree";
+    pub const MODEL_STATE: &str = "model.state_agrees";
+
+    pub const ALL: [&str; 14] = [
+        ONE_HOLDER_PER_KEY,
+        FENCING_TOKENS_INCREASE,
+        STATUS_MATCHES_HEARTBEAT,
+        DEAD_HOLDS_NOTHING,
+        TERMS_NEVER_DECREASE,
+        LEADER_IS_LIVE_CANDIDATE,
+        SUBSCRIBER_STREAM_EXACT,
+        CHECK_POLICY_BRUTE_FORCE,
+        FIND_ALIVE_WITH_TOOLS,
+        CORE_CHECK_INVARIANTS,
+        CORE_PANIC,
+        MODEL_REPLY,
+        MODEL_EVENTS,
+        MODEL_STATE,
+    ];
+}
+
+/// A broken invariant: where, which, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub step: usize,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} invariant {}: {}", self.step, self.invariant, self.detail)
+    }
+}
+
+type Checked<T = ()> = Result<T, (&'static str, String)>;
+
+fn fail<T>(invariant: &'static str, detail: String) -> Checked<T> {
+    Err((invariant, detail))
+}
+
+/// Debug text cut to a readable length for a failure message.
+fn brief(value: &impl std::fmt::Debug) -> String {
+    const BRIEF_CHARS_MAX: usize = 1200;
+    let text = format!("{value:?}");
+    if text.chars().count() <= BRIEF_CHARS_MAX {
+        return text;
+    }
+    let head: String = text.chars().take(BRIEF_CHARS_MAX).collect();
+    format!("{head}…")
+}
+
+#[derive(Clone, Debug)]
+enum Filter {
+    Topics(Vec<String>),
+    Election(String),
+}
+
+/// One open subscription: what it asked for and the client-side bounded buffer.
+#[derive(Debug)]
+struct Subscription {
+    id: SubscriberId,
+    filter: Filter,
+    /// Events below this sequence are not for it (resume start); 0: everything after subscribing.
+    sequence_min: u64,
+    capacity: usize,
+    buffer: VecDeque<Arc<Event>>,
+}
+
+impl Subscription {
+    fn wants(&self, event: &Event) -> bool {
+        if event.sequence < self.sequence_min {
+            return false;
+        }
+        match &self.filter {
+            Filter::Topics(prefixes) => topics_match(prefixes, event.topic),
+            Filter::Election(group) => {
+                event.topic == Topic::LeaderChanged
+                    && matches!(&event.payload, EventPayload::Election(view) if *view.group == **group)
+            }
+        }
+    }
+}
+
+/// How often each op ran and each fault struck: what the coverage test asserts on.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    pub ops: BTreeMap<&'static str, u64>,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Coverage {
+    fn fault(&mut self, name: &'static str) {
+        *self.faults.entry(name).or_default() += 1;
+    }
+}
+
+/// A clock jump is any move of at least this much between two steps.
+pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
+
+pub struct Runner {
+    core: Core,
+    model: Model,
+    digest: Digest,
+    now: Millis,
+    /// Register step -> the agent id its (visible) reply carried.
+    agents: BTreeMap<usize, String>,
+    /// Acquire step -> the token its (visible) reply granted.
+    grants: BTreeMap<usize, u64>,
+    /// Opening step -> the subscriber id its (visible) reply carried (open or ended).
+    subscriber_ids: BTreeMap<usize, SubscriberId>,
+    /// Open subscriptions, by subscriber id.
+    subscriptions: BTreeMap<SubscriberId, Subscription>,
+    deregistered: BTreeSet<u128>,
+    /// The highest fencing token granted so far.
+    token_max: u64,
+    terms: BTreeMap<Arc<str>, u64>,
+    deliveries: Vec<Delivery>,
+    last_reply: Option<Outcome>,
+    /// The step may have changed policies: compare them all with the model's.
+    policies_touched: bool,
+    steps_run: u64,
+    coverage: Coverage,
+}
+
+impl Runner {
+    pub fn new(config: &SimConfig) -> Runner {
+        Runner {
+            core: Core::new(config.core.clone(), config.start_ms),
+            model: Model::new(&config.core, config.start_ms),
+            digest: Digest::default(),
+            now: config.start_ms,
+            agents: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            subscriber_ids: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            deregistered: BTreeSet::new(),
+            token_max: 0,
+            terms: BTreeMap::new(),
+            deliveries: Vec::new(),
+            last_reply: None,
+            policies_touched: false,
+            steps_run: 0,
+            coverage: Coverage::default(),
+        }
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn steps_run(&self) -> u64 {
+        self.steps_run
+    }
+
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    /// The reply the client saw for the last step (`None`: no core call, or the reply was lost).
+    pub fn last_reply(&self) -> Option<&Outcome> {
+        self.last_reply.as_ref()
+    }
+
+    /// True while the subscription opened at `step` is still open.
+    pub fn subscription_open(&self, sub: SubRef) -> bool {
+        self.subscriber_ids
+            .get(&sub.0)
+            .is_some_and(|id| self.subscriptions.contains_key(id))
+    }
+
+    /// Runs one step and every check after it. A panic in the core is a violation too.
+    pub fn step(&mut self, step: &Step) -> Result<(), Violation> {
+        let result = catch_unwind(AssertUnwindSafe(|| self.step_checked(step)));
+        self.steps_run += 1;
+        let failure = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(failure)) => failure,
+            Err(panic) => (invariant::CORE_PANIC, panic_text(&panic)),
+        };
+        Err(Violation {
+            step: step.index,
+            invariant: failure.0,
+            detail: failure.1,
+        })
+    }
+
+    fn step_checked(&mut self, step: &Step) -> Checked {
+        assert!(step.at >= self.now, "a step goes back in time");
+        if step.at - self.now >= CLOCK_JUMP_MS_MIN {
+            self.coverage.fault("clock_jump");
+        }
+        self.now = step.at;
+        *self.coverage.ops.entry(step.op.name()).or_default() += 1;
+        self.last_reply = None;
+        self.policies_touched = matches!(step.op, Op::SetPolicy { .. } | Op::DeletePolicy { .. });
+        match &step.op {
+            Op::Tick => {
+                let sequence_before = self.core.stats().sequence_next;
+                self.core.tick(step.at);
+                self.model.tick(step.at);
+                self.after_call(sequence_before)?;
+            }
+            Op::Consume { sub, count } => {
+                if let Some(open) = self
+                    .subscriber_ids
+                    .get(&sub.0)
+                    .and_then(|id| self.subscriptions.get_mut(id))
+                {
+                    let count = (*count as usize).min(open.buffer.len());
+                    open.buffer.drain(..count);
+                }
+            }
+            op => {
+                let (command, buffer) = self.command(op);
+                let mut outcome = self.call(command.clone(), buffer)?;
+                if step.lost {
+                    self.coverage.fault("lost_reply");
+                    if op.retry_safe() {
+                        // The reply never reached the client: the driver ends a stream whose
+                        // opening reply it could not hand over, and the client sends it again.
+                        if let Ok(Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. }) =
+                            &outcome
+                        {
+                            let subscriber = *subscriber;
+                            let _done = self.call(Command::Unwatch { subscriber }, 0)?;
+                        }
+                        outcome = self.call(command, buffer)?;
+                        self.coverage.fault("retry");
+                    } else {
+                        return self.state_checks();
+                    }
+                }
+                self.record(step.index, &outcome);
+                self.last_reply = Some(outcome);
+            }
+        }
+        self.state_checks()
+    }
+
+    /// Remembers what a visible reply named, for later steps' references.
+    fn record(&mut self, index: usize, outcome: &Outcome) {
+        match outcome {
+            Ok(Reply::Registered { agent_id }) => {
+                self.agents.insert(index, agent_id.to_string());
+            }
+            Ok(Reply::Lease { lease, acquired: true }) => {
+                self.grants.insert(index, lease.token);
+            }
+            Ok(Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. }) => {
+                self.subscriber_ids.insert(index, *subscriber);
+            }
+            Err(error) => {
+                *self.coverage.errors.entry(format!("{:?}", error.code)).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn agent(&self, agent: &AgentRef) -> String {
+        match agent {
+            AgentRef::Registered(step) => self
+                .agents
+                .get(step)
+                .cloned()
+                // Not a valid id: the core has never seen it, whatever it drew.
+                .unwrap_or_else(|| format!("unknown-agent-of-step-{step}")),
+            AgentRef::Literal(text) => text.clone(),
+        }
+    }
+
+    fn token(&self, token: TokenRef) -> u64 {
+        match token {
+            TokenRef::Granted { step, offset } => self
+                .grants
+                .get(&step)
+                .map_or(0, |&granted| granted.saturating_add_signed(offset)),
+            TokenRef::Literal(token) => token,
+        }
+    }
+
+    /// The command a step sends, and the buffer size of the stream it may open.
+    fn command(&self, op: &Op) -> (Command, u32) {
+        let command = match op {
+            Op::Register { card, ttl_seconds } => Command::Register {
+                card: card.clone(),
+                ttl_seconds: *ttl_seconds,
+            },
+            Op::Heartbeat { agent } => Command::Heartbeat {
+                agent_id: self.agent(agent),
+            },
+            Op::Deregister { agent } => Command::Deregister {
+                agent_id: self.agent(agent),
+            },
+            Op::GetAgent { agent } => Command::GetAgent {
+                agent_id: self.agent(agent),
+            },
+            Op::Find { query, tools, limit } => Command::Find {
+                query: query.clone(),
+                tools: tools.clone(),
+                limit: *limit,
+            },
+            Op::Watch {
+                topics,
+                from_sequence,
+                buffer,
+            } => {
+                let command = Command::Watch {
+                    topics: topics.clone(),
+                    from_sequence: *from_sequence,
+                };
+                return (command, *buffer);
+            }
+            Op::Unwatch { sub } => Command::Unwatch {
+                // A subscription never opened gets an id the core never handed out.
+                subscriber: self
+                    .subscriber_ids
+                    .get(&sub.0)
+                    .copied()
+                    .unwrap_or(SubscriberId(u64::MAX)),
+            },
+            Op::Acquire {
+                key,
+                agent,
+                ttl_seconds,
+            } => Command::AcquireLease {
+                task_id: key.clone(),
+                agent_id: self.agent(agent),
+                ttl_seconds: *ttl_seconds,
+            },
+            Op::Renew {
+                key,
+                agent,
+                token,
+                ttl_seconds,
+            } => Command::RenewLease {
+                task_id: key.clone(),
+                agent_id: self.agent(agent),
+                token: self.token(*token),
+                ttl_seconds: *ttl_seconds,
+            },
+            Op::Release { key, agent, token } => Command::ReleaseLease {
+                task_id: key.clone(),
+                agent_id: self.agent(agent),
+                token: self.token(*token),
+            },
+            Op::Campaign { group, agent } => Command::Campaign {
+                group: group.clone(),
+                agent_id: self.agent(agent),
+            },
+            Op::Resign { group, agent } => Command::Resign {
+                group: group.clone(),
+                agent_id: self.agent(agent),
+            },
+            Op::WatchElection { group, buffer } => {
+                return (Command::WatchElection { group: group.clone() }, *buffer);
+            }
+            Op::SetPolicy { policy } => Command::SetPolicy { policy: policy.clone() },
+            Op::DeletePolicy { id } => Command::DeletePolicy { id: id.clone() },
+            Op::ListPolicies { prefix } => Command::ListPolicies {
+                subject_prefix: prefix.clone(),
+            },
+            Op::CheckPolicy {
+                subject,
+                action,
+                resource,
+            } => Command::CheckPolicy {
+                subject: subject.clone(),
+                action: action.clone(),
+                resource: resource.clone(),
+            },
+            Op::Tick | Op::Consume { .. } => unreachable!("{} sends no command", op.name()),
+        };
+        (command, 0)
+    }
+
+    /// One command through the core and the model; checks the reply, the events and the
+    /// deliveries it caused; opens the stream it may have subscribed.
+    fn call(&mut self, command: Command, buffer: u32) -> Checked<Outcome> {
+        let sequence_before = self.core.stats().sequence_next;
+        if let Command::Unwatch { subscriber } = &command {
+            self.subscriptions.remove(subscriber);
+        }
+        let outcome = self.core.apply(self.now, command.clone());
+        let expected = self.model.apply(self.now, &command, &outcome);
+        self.digest.outcome(&outcome);
+        self.check_reply_properties(&command, &outcome)?;
+        self.after_call(sequence_before)?;
+        self.compare_reply(&command, &outcome, &expected)?;
+        if let Command::Deregister { agent_id } = &command
+            && outcome.is_ok()
+            && let Some(id) = agentkeeper::core::types::Id128::parse(agent_id)
+        {
+            self.deregistered.insert(id.0);
+        }
+        self.open_subscription(&command, &outcome, buffer);
+        Ok(outcome)
+    }
+
+    fn open_subscription(&mut self, command: &Command, outcome: &Outcome, buffer: u32) {
+        let (id, filter, sequence_min) = match (command, outcome) {
+            (Command::Watch { topics, from_sequence }, Ok(Reply::Watching { subscriber, .. })) => {
+                (*subscriber, Filter::Topics(topics.clone()), *from_sequence)
+            }
+            (Command::WatchElection { group }, Ok(Reply::WatchingElection { subscriber, .. })) => {
+                (*subscriber, Filter::Election(group.clone()), 0)
+            }
+            _ => return,
+        };
+        self.subscriptions.insert(
+            id,
+            Subscription {
+                id,
+                filter,
+                sequence_min,
+                capacity: buffer.max(1) as usize,
+                buffer: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Properties of one reply that need no model: Find's filter and order, CheckPolicy's answer.
+    fn check_reply_properties(&self, command: &Command, outcome: &Outcome) -> Checked {
+        match (command, outcome) {
+            (Command::Find { query, tools, .. }, Ok(Reply::Agents(found))) => {
+                let agents = self.core.agents();
+                let mut previous: Option<usize> = None;
+                let mut seen = BTreeSet::new();
+                for view in found {
+                    let Some(position) = agents.iter().position(|a| a.agent_id == view.agent_id) else {
+                        return fail(
+                            invariant::FIND_ALIVE_WITH_TOOLS,
+                            format!("found unknown agent {}", view.agent_id),
+                        );
+                    };
+                    let agent = &agents[position];
+                    if agent.status != AgentStatus::Alive || !tools.iter().all(|t| agent.card.tools.contains(t)) {
+                        return fail(
+                            invariant::FIND_ALIVE_WITH_TOOLS,
+                            format!(
+                                "found {} ({:?}, tools {:?}) for tools {tools:?}",
+                                view.agent_id, agent.status, agent.card.tools
+                            ),
+                        );
+                    }
+                    if !seen.insert(view.agent_id) {
+                        return fail(
+                            invariant::FIND_ALIVE_WITH_TOOLS,
+                            format!("found {} twice", view.agent_id),
+                        );
+                    }
+                    if query.is_empty() && previous.is_some_and(|p| p >= position) {
+                        return fail(
+                            invariant::FIND_ALIVE_WITH_TOOLS,
+                            format!("empty query answered out of registration order: {}", view.agent_id),
+                        );
+                    }
+                    previous = Some(position);
+                }
+                Ok(())
+            }
+            (
+                Command::CheckPolicy {
+                    subject,
+                    action,
+                    resource,
+                },
+                Ok(Reply::Decision(decision)),
+            ) => {
+                let expected = decide(&self.core.policies(), subject, action, resource);
+                if *decision != expected {
+                    return fail(
+                        invariant::CHECK_POLICY_BRUTE_FORCE,
+                        format!(
+                            "check({subject:?}, {action:?}, {resource:?}) = {decision:?}, brute force says {expected:?}"
+                        ),
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After any core call: the events it emitted, their deliveries, and the model's events.
+    fn after_call(&mut self, sequence_before: u64) -> Checked {
+        let sequence_after = self.core.stats().sequence_next;
+        let events = self.core.events_since(sequence_before);
+        let emitted = sequence_after - sequence_before;
+        if events.len() as u64 != emitted {
+            return fail(
+                invariant::MODEL_EVENTS,
+                format!("{emitted} events emitted but the ring holds {} of them", events.len()),
+            );
+        }
+        // Taken before routing: a cut-off subscriber's Unwatch is a call of its own.
+        let expected = self.model.take_events();
+        self.check_fencing(&events)?;
+        self.route(&events)?;
+        if events != expected {
+            let at = events
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(events.len().min(expected.len()));
+            return fail(
+                invariant::MODEL_EVENTS,
+                format!(
+                    "{} events from the core, {} from the model; first difference at #{at}: core {} model {}",
+                    events.len(),
+                    expected.len(),
+                    brief(&events.get(at)),
+                    brief(&expected.get(at))
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_fencing(&mut self, events: &[Arc<Event>]) -> Checked {
+        for event in events {
+            if let (Topic::LeaseAcquired, EventPayload::Lease(lease)) = (event.topic, &event.payload) {
+                if lease.token <= self.token_max {
+                    return fail(
+                        invariant::FENCING_TOKENS_INCREASE,
+                        format!(
+                            "lease {:?} granted token {} after token {} was granted",
+                            lease.task_id, lease.token, self.token_max
+                        ),
+                    );
+                }
+                self.token_max = lease.token;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the call's deliveries into the subscribers' buffers, checking each subscriber gets
+    /// exactly the events matching its filter, in order; an overflowing one is cut off.
+    fn route(&mut self, events: &[Arc<Event>]) -> Checked {
+        self.core.drain_deliveries(&mut self.deliveries);
+        let mut got: BTreeMap<SubscriberId, Vec<Arc<Event>>> = BTreeMap::new();
+        for delivery in self.deliveries.drain(..) {
+            if !self.subscriptions.contains_key(&delivery.subscriber) {
+                return fail(
+                    invariant::SUBSCRIBER_STREAM_EXACT,
+                    format!(
+                        "event {} delivered to ended subscriber {:?}",
+                        delivery.event.sequence, delivery.subscriber
+                    ),
+                );
+            }
+            got.entry(delivery.subscriber).or_default().push(delivery.event);
+        }
+        let mut ended = Vec::new();
+        for subscription in self.subscriptions.values_mut() {
+            let delivered = got.remove(&subscription.id).unwrap_or_default();
+            let wanted: Vec<&Arc<Event>> = events.iter().filter(|e| subscription.wants(e)).collect();
+            let same = delivered.len() == wanted.len() && delivered.iter().zip(&wanted).all(|(a, b)| a == *b);
+            if !same {
+                let sequences =
+                    |list: &mut dyn Iterator<Item = &Arc<Event>>| list.map(|e| e.sequence).collect::<Vec<_>>();
+                return fail(
+                    invariant::SUBSCRIBER_STREAM_EXACT,
+                    format!(
+                        "subscriber {:?} ({:?}, from {}) got sequences {:?}, its filter selects {:?}",
+                        subscription.id,
+                        subscription.filter,
+                        subscription.sequence_min,
+                        sequences(&mut delivered.iter()),
+                        sequences(&mut wanted.iter().copied())
+                    ),
+                );
+            }
+            for event in delivered {
+                if subscription.buffer.len() == subscription.capacity {
+                    ended.push(subscription.id);
+                    break;
+                }
+                self.digest.u64(subscription.id.0);
+                self.digest.event(&event);
+                subscription.buffer.push_back(event);
+            }
+        }
+        for subscriber in ended {
+            self.coverage.fault("subscriber_cut_off");
+            let _done = self.call(Command::Unwatch { subscriber }, 0)?;
+        }
+        Ok(())
+    }
+
+    fn compare_reply(&self, command: &Command, outcome: &Outcome, expected: &Expected) -> Checked {
+        let agrees = match (outcome, expected) {
+            (Err(error), Err(code)) => error.code == *code && !error.message.is_empty(),
+            (Ok(Reply::Agents(found)), Ok(Reply::Agents(_))) if matches!(command, Command::Find { query, .. } if !query.is_empty()) =>
+            {
+                let Command::Find { tools, limit, .. } = command else {
+                    unreachable!("matched a Find above")
+                };
+                self.ranked_find_agrees(found, tools, *limit)
+            }
+            (Ok(got), Ok(want)) => got == want,
+            _ => false,
+        };
+        if agrees {
+            return Ok(());
+        }
+        fail(
+            invariant::MODEL_REPLY,
+            format!(
+                "{} answered {}, the model expects {}",
+                command.name(),
+                brief(outcome),
+                brief(expected)
+            ),
+        )
+    }
+
+    /// A Find with a query ranks every ALIVE agent with the tools: the core's answer must be that
+    /// set when it fits the limit, else `limit` distinct members of it.
+    fn ranked_find_agrees(&self, found: &[agentkeeper::core::AgentView], tools: &[String], limit: u32) -> bool {
+        let limit = match limit {
+            0 => 10,
+            n => n.min(1000),
+        } as usize;
+        let candidates = self.model.find_candidates(tools);
+        let expected_len = candidates.len().min(limit);
+        found.len() == expected_len && found.iter().all(|view| candidates.contains(view))
+    }
+
+    /// The named state invariants, then the model's state, after every step.
+    fn state_checks(&mut self) -> Checked {
+        // The core's own time: a step that makes no core call (a client reading its buffer)
+        // moves the trace's clock but not the core's.
+        let now = self.core.now();
+        let agents = self.core.agents();
+        let status: BTreeMap<u128, AgentStatus> = agents.iter().map(|a| (a.agent_id.0, a.status)).collect();
+        let leases = self.core.leases();
+        for pair in leases.windows(2) {
+            if pair[0].task_id == pair[1].task_id {
+                return fail(
+                    invariant::ONE_HOLDER_PER_KEY,
+                    format!("two leases on {:?}", pair[0].task_id),
+                );
+            }
+        }
+        let mut tokens = BTreeSet::new();
+        for lease in &leases {
+            if now >= lease.expires_at {
+                return fail(
+                    invariant::ONE_HOLDER_PER_KEY,
+                    format!(
+                        "lease {:?} still held at {now}, past its expiry {}",
+                        lease.task_id, lease.expires_at
+                    ),
+                );
+            }
+            if !tokens.insert(lease.token) || lease.token > self.token_max {
+                return fail(
+                    invariant::FENCING_TOKENS_INCREASE,
+                    format!(
+                        "lease {:?} holds token {} (highest granted {})",
+                        lease.task_id, lease.token, self.token_max
+                    ),
+                );
+            }
+            match status.get(&lease.holder.0) {
+                Some(AgentStatus::Alive | AgentStatus::Unreachable) => {}
+                other => {
+                    return fail(
+                        invariant::DEAD_HOLDS_NOTHING,
+                        format!("lease {:?} held by {} which is {other:?}", lease.task_id, lease.holder),
+                    );
+                }
+            }
+        }
+        for agent in &agents {
+            let (heartbeat, ttl) = (agent.last_heartbeat_at, agent.ttl_ms);
+            let consistent = match agent.status {
+                AgentStatus::Alive => now < heartbeat + ttl,
+                AgentStatus::Unreachable => heartbeat + ttl <= now && now < heartbeat + 2 * ttl,
+                AgentStatus::Dead => self.deregistered.contains(&agent.agent_id.0) || now >= heartbeat + 2 * ttl,
+            };
+            if !consistent {
+                return fail(
+                    invariant::STATUS_MATCHES_HEARTBEAT,
+                    format!(
+                        "agent {} is {:?} at {now} with last heartbeat {heartbeat} and ttl {ttl} ms",
+                        agent.agent_id, agent.status
+                    ),
+                );
+            }
+        }
+        self.check_elections(&status)?;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.core.check_invariants())) {
+            return fail(invariant::CORE_CHECK_INVARIANTS, panic_text(&panic));
+        }
+        self.compare_state(&agents, &leases)
+    }
+
+    fn check_elections(&mut self, status: &BTreeMap<u128, AgentStatus>) -> Checked {
+        for (view, candidates) in self.core.elections() {
+            let previous = self.terms.get(&view.group).copied().unwrap_or(0);
+            if view.term < previous {
+                return fail(
+                    invariant::TERMS_NEVER_DECREASE,
+                    format!("group {:?} went from term {previous} to {}", view.group, view.term),
+                );
+            }
+            if view.leader != candidates.first().copied() {
+                return fail(
+                    invariant::LEADER_IS_LIVE_CANDIDATE,
+                    format!("group {:?} led by {:?}, FIFO {candidates:?}", view.group, view.leader),
+                );
+            }
+            if view.leader.is_some() && view.term == 0 {
+                return fail(
+                    invariant::LEADER_IS_LIVE_CANDIDATE,
+                    format!("group {:?} led in term 0", view.group),
+                );
+            }
+            for (position, candidate) in candidates.iter().enumerate() {
+                if !matches!(
+                    status.get(&candidate.0),
+                    Some(AgentStatus::Alive | AgentStatus::Unreachable)
+                ) {
+                    return fail(
+                        invariant::DEAD_HOLDS_NOTHING,
+                        format!(
+                            "group {:?} FIFO holds {candidate} which is {:?}",
+                            view.group,
+                            status.get(&candidate.0)
+                        ),
+                    );
+                }
+                if candidates[position + 1..].contains(candidate) {
+                    return fail(
+                        invariant::LEADER_IS_LIVE_CANDIDATE,
+                        format!("group {:?} FIFO holds {candidate} twice", view.group),
+                    );
+                }
+            }
+            if view.term != previous {
+                self.terms.insert(Arc::clone(&view.group), view.term);
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_state(
+        &self,
+        agents: &[agentkeeper::core::AgentView],
+        leases: &[agentkeeper::core::events::LeaseView],
+    ) -> Checked {
+        let model_agents = self.model.agents();
+        // Cards are compared where they travel (Register's event, GetAgent, Find); here the
+        // lifecycle fields, which is what time changes.
+        let lifecycle =
+            |a: &agentkeeper::core::AgentView| (a.agent_id, a.status, a.registered_at, a.last_heartbeat_at, a.ttl_ms);
+        let same = agents.len() == model_agents.len()
+            && agents
+                .iter()
+                .zip(&model_agents)
+                .all(|(a, b)| lifecycle(a) == lifecycle(b));
+        if !same {
+            let at = agents.iter().zip(&model_agents).position(|(a, b)| a != b);
+            return fail(
+                invariant::MODEL_STATE,
+                format!(
+                    "agents differ ({} in the core, {} in the model), first at {at:?}: core {} model {}",
+                    agents.len(),
+                    model_agents.len(),
+                    brief(&at.map(|i| &agents[i])),
+                    brief(&at.map(|i| &model_agents[i]))
+                ),
+            );
+        }
+        let model_leases = self.model.leases();
+        if leases != model_leases.as_slice() {
+            return fail(
+                invariant::MODEL_STATE,
+                format!("leases differ: core {} model {}", brief(&leases), brief(&model_leases)),
+            );
+        }
+        let elections = self.core.elections();
+        let model_elections = self.model.elections();
+        if elections != model_elections {
+            return fail(
+                invariant::MODEL_STATE,
+                format!(
+                    "elections differ: core {} model {}",
+                    brief(&elections),
+                    brief(&model_elections)
+                ),
+            );
+        }
+        let stats = self.core.stats();
+        let counters = (
+            stats.sequence_next,
+            stats.fencing_token_last,
+            stats.watchers,
+            stats.policies,
+        );
+        let model_counters = (
+            self.model.sequence_next(),
+            self.model.token_last(),
+            self.model.watchers(),
+            self.model.policies_len(),
+        );
+        if counters != model_counters {
+            return fail(
+                invariant::MODEL_STATE,
+                format!("(sequence_next, token_last, watchers, policies): core {counters:?} model {model_counters:?}"),
+            );
+        }
+        if self.policies_touched && self.core.policies() != self.model.policies() {
+            return fail(
+                invariant::MODEL_STATE,
+                format!(
+                    "policies differ: core {} model {}",
+                    brief(&self.core.policies()),
+                    brief(&self.model.policies())
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        return format!("panic: {text}");
+    }
+    if let Some(text) = panic.downcast_ref::<String>() {
+        return format!("panic: {text}");
+    }
+    "panic with a non-text payload".into()
+}

@@ -1,0 +1,886 @@
+//! What the simulator does, one step at a time, and the text trace those steps are written to.
+//!
+//! A step names the entities it touches symbolically (`@17` is "the agent registered at step 17",
+//! `token=@19+1` is "the token granted at step 19, plus one"), so that a trace replays exactly and
+//! stays meaningful when the shrinker drops steps: a reference to a dropped or failed step
+//! resolves to an id the core has never seen. Every line carries its absolute timestamp, so
+//! dropping a line never moves time for the others.
+//!
+//! Trace format (one step per line, `#` starts a comment):
+//!
+//! ```text
+//! agentkeeper-sim trace v1
+//! config seed=42 start_ms=1700000000000 dead_retention_ms=30000 event_ring_max=256 ...
+//! <index> <at_ms> <op> [key=value ...] [lost]
+//! ```
+
+use std::fmt::{self, Write as _};
+
+use agentkeeper::core::types::{AgentCard, Capability, Effect, Millis};
+use agentkeeper::core::{CoreConfig, PlantedBug, PolicyInput};
+
+/// An agent id as a step names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentRef {
+    /// The id the Register at this step returned (unknown if it failed or was dropped).
+    Registered(usize),
+    /// A literal string: malformed or unknown ids.
+    Literal(String),
+}
+
+/// A fencing token as a step names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRef {
+    /// The token of the lease in the reply at step `step`, plus `offset` (a wrong token when not 0).
+    Granted {
+        step: usize,
+        offset: i64,
+    },
+    Literal(u64),
+}
+
+/// A subscription as a step names it: the one opened at this step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubRef(pub usize);
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Time moves to the step's timestamp and due deadlines fire (`Core::tick`).
+    Tick,
+    Register {
+        card: AgentCard,
+        ttl_seconds: u32,
+    },
+    Heartbeat {
+        agent: AgentRef,
+    },
+    Deregister {
+        agent: AgentRef,
+    },
+    GetAgent {
+        agent: AgentRef,
+    },
+    Find {
+        query: String,
+        tools: Vec<String>,
+        limit: u32,
+    },
+    /// A Watch stream whose client-side buffer holds `buffer` events (the driver's bounded channel).
+    Watch {
+        topics: Vec<String>,
+        from_sequence: u64,
+        buffer: u32,
+    },
+    Unwatch {
+        sub: SubRef,
+    },
+    Acquire {
+        key: String,
+        agent: AgentRef,
+        ttl_seconds: u32,
+    },
+    Renew {
+        key: String,
+        agent: AgentRef,
+        token: TokenRef,
+        ttl_seconds: u32,
+    },
+    Release {
+        key: String,
+        agent: AgentRef,
+        token: TokenRef,
+    },
+    Campaign {
+        group: String,
+        agent: AgentRef,
+    },
+    Resign {
+        group: String,
+        agent: AgentRef,
+    },
+    WatchElection {
+        group: String,
+        buffer: u32,
+    },
+    SetPolicy {
+        policy: PolicyInput,
+    },
+    DeletePolicy {
+        id: String,
+    },
+    ListPolicies {
+        prefix: String,
+    },
+    CheckPolicy {
+        subject: String,
+        action: String,
+        resource: String,
+    },
+    /// The subscriber's client reads up to `count` events from its buffer (no core call).
+    Consume {
+        sub: SubRef,
+        count: u32,
+    },
+}
+
+impl Op {
+    /// The name used in traces and coverage counts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Tick => "tick",
+            Op::Register { .. } => "register",
+            Op::Heartbeat { .. } => "heartbeat",
+            Op::Deregister { .. } => "deregister",
+            Op::GetAgent { .. } => "get_agent",
+            Op::Find { .. } => "find",
+            Op::Watch { .. } => "watch",
+            Op::Unwatch { .. } => "unwatch",
+            Op::Acquire { .. } => "acquire",
+            Op::Renew { .. } => "renew",
+            Op::Release { .. } => "release",
+            Op::Campaign { .. } => "campaign",
+            Op::Resign { .. } => "resign",
+            Op::WatchElection { .. } => "watch_election",
+            Op::SetPolicy { .. } => "set_policy",
+            Op::DeletePolicy { .. } => "delete_policy",
+            Op::ListPolicies { .. } => "list_policies",
+            Op::CheckPolicy { .. } => "check_policy",
+            Op::Consume { .. } => "consume",
+        }
+    }
+
+    /// Every op name, for coverage reports.
+    pub const NAMES: [&'static str; 19] = [
+        "tick",
+        "register",
+        "heartbeat",
+        "deregister",
+        "get_agent",
+        "find",
+        "watch",
+        "unwatch",
+        "acquire",
+        "renew",
+        "release",
+        "campaign",
+        "resign",
+        "watch_election",
+        "set_policy",
+        "delete_policy",
+        "list_policies",
+        "check_policy",
+        "consume",
+    ];
+
+    /// True where the contract makes sending the same command again safe after a lost reply.
+    pub fn retry_safe(&self) -> bool {
+        !matches!(self, Op::Tick | Op::Register { .. } | Op::Consume { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The step's number in the original run; references name steps by it.
+    pub index: usize,
+    /// The time the step happens at (the core's `now`); never below the previous step's.
+    pub at: Millis,
+    pub op: Op,
+    /// The client never saw the reply (it retries retry-safe commands; a lost Watch reply makes
+    /// the driver end the stream at once).
+    pub lost: bool,
+}
+
+/// What a run needs besides its steps: the core's configuration and where time starts.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub core: CoreConfig,
+    pub start_ms: Millis,
+}
+
+/// A recorded run: configuration and steps, and the digest the recording run ended with.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub config: SimConfig,
+    pub steps: Vec<Step>,
+    /// "digest <hex>" of the run that wrote the trace, if known: a replay says whether it matches.
+    pub digest: Option<String>,
+}
+
+const HEADER: &str = "agentkeeper-sim trace v1";
+
+impl Trace {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let c = &self.config.core;
+        let _ = writeln!(out, "{HEADER}");
+        let _ = writeln!(out, "# replay with: agentkeeper-sim --replay <this file>");
+        let _ = writeln!(
+            out,
+            "config seed={} start_ms={} dead_retention_ms={} event_ring_max={} watchers_max={} agents_max={} \
+             leases_max={} policies_max={} groups_max={} planted_bug={}",
+            c.seed,
+            self.config.start_ms,
+            c.dead_retention_ms,
+            c.event_ring_max,
+            c.watchers_max,
+            c.agents_max,
+            c.leases_max,
+            c.policies_max,
+            c.groups_max,
+            planted_bug_name(c.planted_bug)
+        );
+        if let Some(digest) = &self.digest {
+            let _ = writeln!(out, "digest {digest}");
+        }
+        for step in &self.steps {
+            let _ = writeln!(out, "{step}");
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Trace, String> {
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(n, line)| (n + 1, line.trim()))
+            .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'));
+        match lines.next() {
+            Some((_, HEADER)) => {}
+            other => {
+                return Err(format!(
+                    "not a trace: the first line should be {HEADER:?}, got {other:?}"
+                ));
+            }
+        }
+        let mut config = None;
+        let mut digest = None;
+        let mut steps = Vec::new();
+        for (number, line) in lines {
+            let fail = |message: String| format!("line {number}: {message}");
+            if let Some(rest) = line.strip_prefix("config ") {
+                config = Some(parse_config(rest).map_err(fail)?);
+            } else if let Some(rest) = line.strip_prefix("digest ") {
+                digest = Some(rest.trim().to_string());
+            } else {
+                let step = parse_step(line).map_err(fail)?;
+                if steps
+                    .last()
+                    .is_some_and(|s: &Step| s.at > step.at || s.index >= step.index)
+                {
+                    return Err(fail("steps must go forward in index and time".into()));
+                }
+                steps.push(step);
+            }
+        }
+        let config = config.ok_or("the trace has no config line")?;
+        Ok(Trace { config, steps, digest })
+    }
+}
+
+pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
+    match bug {
+        PlantedBug::None => "none",
+        PlantedBug::ReuseFencingToken => "reuse_fencing_token",
+    }
+}
+
+pub fn planted_bug_from_name(name: &str) -> Option<PlantedBug> {
+    match name {
+        "none" => Some(PlantedBug::None),
+        "reuse_fencing_token" | "reuse-fencing-token" => Some(PlantedBug::ReuseFencingToken),
+        _ => None,
+    }
+}
+
+fn parse_config(text: &str) -> Result<SimConfig, String> {
+    let fields = parse_fields(&tokenize(text)?)?;
+    let number = |key: &str| -> Result<u64, String> {
+        match fields.iter().find(|(k, _)| k == key) {
+            Some((_, Value::Word(word))) => word.parse().map_err(|_| format!("config {key}: bad number {word:?}")),
+            _ => Err(format!("config lacks {key}")),
+        }
+    };
+    let bug = match fields.iter().find(|(k, _)| k == "planted_bug") {
+        Some((_, Value::Word(word))) => planted_bug_from_name(word).ok_or(format!("unknown planted_bug {word:?}"))?,
+        _ => PlantedBug::None,
+    };
+    Ok(SimConfig {
+        start_ms: number("start_ms")?,
+        core: CoreConfig {
+            seed: number("seed")?,
+            dead_retention_ms: number("dead_retention_ms")?,
+            event_ring_max: number("event_ring_max")? as usize,
+            watchers_max: number("watchers_max")? as usize,
+            agents_max: number("agents_max")? as usize,
+            leases_max: number("leases_max")? as usize,
+            policies_max: number("policies_max")? as usize,
+            groups_max: number("groups_max")? as usize,
+            planted_bug: bug,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+/// A string as the trace writes it: Rust-escaped and quoted, or `"x"*8193` for a long run of one
+/// character (the oversized inputs the workload sends to test size limits).
+fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    if let Some(first) = chars.next()
+        && text.len() > 32
+        && chars.all(|c| c == first)
+    {
+        return format!("{:?}*{}", first.to_string(), text.chars().count());
+    }
+    format!("{text:?}")
+}
+
+fn list(items: &[String]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+    format!("[{}]", inner.join(","))
+}
+
+fn pairs<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let inner: Vec<String> = items.map(|(a, b)| format!("({},{})", quoted(a), quoted(b))).collect();
+    format!("[{}]", inner.join(","))
+}
+
+impl fmt::Display for AgentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentRef::Registered(step) => write!(f, "@{step}"),
+            AgentRef::Literal(text) => write!(f, "{}", quoted(text)),
+        }
+    }
+}
+
+impl fmt::Display for TokenRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TokenRef::Granted { step, offset: 0 } => write!(f, "@{step}"),
+            TokenRef::Granted { step, offset } => write!(f, "@{step}{offset:+}"),
+            TokenRef::Literal(token) => write!(f, "{token}"),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name())?;
+        match self {
+            Op::Tick => Ok(()),
+            Op::Register { card, ttl_seconds } => write!(
+                f,
+                " ttl={ttl_seconds} name={} desc={} version={} tools={} caps={} meta={}",
+                quoted(&card.name),
+                quoted(&card.description),
+                quoted(&card.version),
+                list(&card.tools),
+                pairs(
+                    card.capabilities
+                        .iter()
+                        .map(|c| (c.name.as_str(), c.description.as_str()))
+                ),
+                pairs(card.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            ),
+            Op::Heartbeat { agent } | Op::Deregister { agent } | Op::GetAgent { agent } => write!(f, " agent={agent}"),
+            Op::Find { query, tools, limit } => {
+                write!(f, " query={} tools={} limit={limit}", quoted(query), list(tools))
+            }
+            Op::Watch {
+                topics,
+                from_sequence,
+                buffer,
+            } => write!(f, " topics={} from={from_sequence} buffer={buffer}", list(topics)),
+            Op::Unwatch { sub } => write!(f, " sub=@{}", sub.0),
+            Op::Acquire {
+                key,
+                agent,
+                ttl_seconds,
+            } => write!(f, " key={} agent={agent} ttl={ttl_seconds}", quoted(key)),
+            Op::Renew {
+                key,
+                agent,
+                token,
+                ttl_seconds,
+            } => write!(f, " key={} agent={agent} token={token} ttl={ttl_seconds}", quoted(key)),
+            Op::Release { key, agent, token } => write!(f, " key={} agent={agent} token={token}", quoted(key)),
+            Op::Campaign { group, agent } | Op::Resign { group, agent } => {
+                write!(f, " group={} agent={agent}", quoted(group))
+            }
+            Op::WatchElection { group, buffer } => write!(f, " group={} buffer={buffer}", quoted(group)),
+            Op::SetPolicy { policy } => write!(
+                f,
+                " id={} subject={} action={} resource={} effect={}",
+                quoted(&policy.id),
+                quoted(&policy.subject),
+                quoted(&policy.action),
+                quoted(&policy.resource),
+                match policy.effect {
+                    Some(Effect::Allow) => "allow",
+                    Some(Effect::Deny) => "deny",
+                    None => "none",
+                }
+            ),
+            Op::DeletePolicy { id } => write!(f, " id={}", quoted(id)),
+            Op::ListPolicies { prefix } => write!(f, " prefix={}", quoted(prefix)),
+            Op::CheckPolicy {
+                subject,
+                action,
+                resource,
+            } => write!(
+                f,
+                " subject={} action={} resource={}",
+                quoted(subject),
+                quoted(action),
+                quoted(resource)
+            ),
+            Op::Consume { sub, count } => write!(f, " sub=@{} count={count}", sub.0),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.index, self.at, self.op)?;
+        if self.lost {
+            write!(f, " lost")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+#[derive(Clone, Debug, PartialEq)]
+enum Token {
+    /// A bare word: names, numbers, `@17`, `@17+1`, `lost`.
+    Word(String),
+    Str(String),
+    Punct(char),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Value {
+    Word(String),
+    Str(String),
+    List(Vec<Value>),
+    Pair(Box<Value>, Box<Value>),
+}
+
+fn tokenize(text: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            ' ' | '\t' => {
+                chars.next();
+            }
+            '[' | ']' | '(' | ')' | ',' | '=' | '*' => {
+                chars.next();
+                tokens.push(Token::Punct(c));
+            }
+            '"' => {
+                chars.next();
+                tokens.push(Token::Str(unescape(&mut chars)?));
+            }
+            _ => {
+                let mut word = String::new();
+                while let Some(&c) = chars.peek() {
+                    if matches!(c, ' ' | '\t' | '[' | ']' | '(' | ')' | ',' | '=' | '*' | '"') {
+                        break;
+                    }
+                    word.push(c);
+                    chars.next();
+                }
+                tokens.push(Token::Word(word));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// Reads the rest of a Rust-escaped string literal (the opening quote already taken).
+fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        match chars.next() {
+            None => return Err("unterminated string".into()),
+            Some('"') => return Ok(out),
+            Some('\\') => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some('0') => out.push('\0'),
+                Some('\\') => out.push('\\'),
+                Some('"') => out.push('"'),
+                Some('\'') => out.push('\''),
+                Some('u') => {
+                    if chars.next() != Some('{') {
+                        return Err("bad \\u escape".into());
+                    }
+                    let mut hex = String::new();
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            break;
+                        }
+                        hex.push(c);
+                    }
+                    let code = u32::from_str_radix(&hex, 16).map_err(|_| format!("bad \\u{{{hex}}}"))?;
+                    out.push(char::from_u32(code).ok_or(format!("bad char {code:x}"))?);
+                }
+                other => return Err(format!("unknown escape \\{other:?}")),
+            },
+            Some(c) => out.push(c),
+        }
+    }
+}
+
+/// Parses `key=value` fields; a bare word without `=` (the `lost` flag) becomes `(word, "")`.
+fn parse_fields(tokens: &[Token]) -> Result<Vec<(String, Value)>, String> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while at < tokens.len() {
+        let Token::Word(key) = &tokens[at] else {
+            return Err(format!("expected a field name, got {:?}", tokens[at]));
+        };
+        at += 1;
+        if tokens.get(at) != Some(&Token::Punct('=')) {
+            fields.push((key.clone(), Value::Word(String::new())));
+            continue;
+        }
+        at += 1;
+        let value = parse_value(tokens, &mut at)?;
+        fields.push((key.clone(), value));
+    }
+    Ok(fields)
+}
+
+fn parse_value(tokens: &[Token], at: &mut usize) -> Result<Value, String> {
+    let token = tokens.get(*at).ok_or("a value is missing")?.clone();
+    *at += 1;
+    match token {
+        Token::Word(word) => Ok(Value::Word(word)),
+        Token::Str(text) => {
+            if tokens.get(*at) == Some(&Token::Punct('*')) {
+                let Some(Token::Word(count)) = tokens.get(*at + 1) else {
+                    return Err("a repeat count is missing after *".into());
+                };
+                let count: usize = count.parse().map_err(|_| format!("bad repeat count {count:?}"))?;
+                *at += 2;
+                return Ok(Value::Str(text.repeat(count)));
+            }
+            Ok(Value::Str(text))
+        }
+        Token::Punct('[') => {
+            let mut items = Vec::new();
+            while tokens.get(*at) != Some(&Token::Punct(']')) {
+                items.push(parse_value(tokens, at)?);
+                if tokens.get(*at) == Some(&Token::Punct(',')) {
+                    *at += 1;
+                }
+            }
+            *at += 1;
+            Ok(Value::List(items))
+        }
+        Token::Punct('(') => {
+            let first = parse_value(tokens, at)?;
+            if tokens.get(*at) != Some(&Token::Punct(',')) {
+                return Err("a pair needs a comma".into());
+            }
+            *at += 1;
+            let second = parse_value(tokens, at)?;
+            if tokens.get(*at) != Some(&Token::Punct(')')) {
+                return Err("a pair needs a closing parenthesis".into());
+            }
+            *at += 1;
+            Ok(Value::Pair(Box::new(first), Box::new(second)))
+        }
+        other => Err(format!("unexpected {other:?}")),
+    }
+}
+
+struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    fn get(&self, key: &str) -> Result<&Value, String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .ok_or(format!("missing field {key}"))
+    }
+
+    fn str(&self, key: &str) -> Result<String, String> {
+        match self.get(key)? {
+            Value::Str(text) => Ok(text.clone()),
+            other => Err(format!("{key} should be a string, got {other:?}")),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<T, String> {
+        match self.get(key)? {
+            Value::Word(word) => word.parse().map_err(|_| format!("{key}: bad number {word:?}")),
+            other => Err(format!("{key} should be a number, got {other:?}")),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, String> {
+        match self.get(key)? {
+            Value::List(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Str(text) => Ok(text.clone()),
+                    other => Err(format!("{key} should hold strings, got {other:?}")),
+                })
+                .collect(),
+            other => Err(format!("{key} should be a list, got {other:?}")),
+        }
+    }
+
+    fn pairs(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        match self.get(key)? {
+            Value::List(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Pair(a, b) => match (a.as_ref(), b.as_ref()) {
+                        (Value::Str(a), Value::Str(b)) => Ok((a.clone(), b.clone())),
+                        other => Err(format!("{key} should hold string pairs, got {other:?}")),
+                    },
+                    other => Err(format!("{key} should hold pairs, got {other:?}")),
+                })
+                .collect(),
+            other => Err(format!("{key} should be a list, got {other:?}")),
+        }
+    }
+
+    fn agent(&self) -> Result<AgentRef, String> {
+        match self.get("agent")? {
+            Value::Str(text) => Ok(AgentRef::Literal(text.clone())),
+            Value::Word(word) => Ok(AgentRef::Registered(parse_step_ref(word)?.0)),
+            other => Err(format!("agent should be @step or a string, got {other:?}")),
+        }
+    }
+
+    fn token(&self) -> Result<TokenRef, String> {
+        match self.get("token")? {
+            Value::Word(word) if word.starts_with('@') => {
+                let (step, offset) = parse_step_ref(word)?;
+                Ok(TokenRef::Granted { step, offset })
+            }
+            Value::Word(word) => word
+                .parse()
+                .map(TokenRef::Literal)
+                .map_err(|_| format!("bad token {word:?}")),
+            other => Err(format!("token should be @step or a number, got {other:?}")),
+        }
+    }
+
+    fn sub(&self) -> Result<SubRef, String> {
+        match self.get("sub")? {
+            Value::Word(word) => Ok(SubRef(parse_step_ref(word)?.0)),
+            other => Err(format!("sub should be @step, got {other:?}")),
+        }
+    }
+}
+
+/// `@17`, `@17+1`, `@17-2` -> (17, offset).
+fn parse_step_ref(word: &str) -> Result<(usize, i64), String> {
+    let rest = word.strip_prefix('@').ok_or(format!("expected @step, got {word:?}"))?;
+    let split = rest.find(['+', '-']).unwrap_or(rest.len());
+    let step = rest[..split]
+        .parse()
+        .map_err(|_| format!("bad step reference {word:?}"))?;
+    let offset = if split < rest.len() {
+        rest[split..]
+            .trim_start_matches('+')
+            .parse()
+            .map_err(|_| format!("bad offset in {word:?}"))?
+    } else {
+        0
+    };
+    Ok((step, offset))
+}
+
+fn parse_step(line: &str) -> Result<Step, String> {
+    let tokens = tokenize(line)?;
+    let word = |i: usize| match tokens.get(i) {
+        Some(Token::Word(word)) => Ok(word.clone()),
+        other => Err(format!("expected index, time and op, got {other:?}")),
+    };
+    let index: usize = word(0)?.parse().map_err(|_| "bad step index".to_string())?;
+    let at: Millis = word(1)?.parse().map_err(|_| "bad timestamp".to_string())?;
+    let name = word(2)?;
+    let fields = Fields(parse_fields(&tokens[3..])?);
+    let lost = fields.0.iter().any(|(k, _)| k == "lost");
+    let op = match name.as_str() {
+        "tick" => Op::Tick,
+        "register" => Op::Register {
+            ttl_seconds: fields.number("ttl")?,
+            card: AgentCard {
+                name: fields.str("name")?,
+                description: fields.str("desc")?,
+                version: fields.str("version")?,
+                tools: fields.strings("tools")?,
+                capabilities: fields
+                    .pairs("caps")?
+                    .into_iter()
+                    .map(|(name, description)| Capability { name, description })
+                    .collect(),
+                metadata: fields.pairs("meta")?,
+            },
+        },
+        "heartbeat" => Op::Heartbeat { agent: fields.agent()? },
+        "deregister" => Op::Deregister { agent: fields.agent()? },
+        "get_agent" => Op::GetAgent { agent: fields.agent()? },
+        "find" => Op::Find {
+            query: fields.str("query")?,
+            tools: fields.strings("tools")?,
+            limit: fields.number("limit")?,
+        },
+        "watch" => Op::Watch {
+            topics: fields.strings("topics")?,
+            from_sequence: fields.number("from")?,
+            buffer: fields.number("buffer")?,
+        },
+        "unwatch" => Op::Unwatch { sub: fields.sub()? },
+        "acquire" => Op::Acquire {
+            key: fields.str("key")?,
+            agent: fields.agent()?,
+            ttl_seconds: fields.number("ttl")?,
+        },
+        "renew" => Op::Renew {
+            key: fields.str("key")?,
+            agent: fields.agent()?,
+            token: fields.token()?,
+            ttl_seconds: fields.number("ttl")?,
+        },
+        "release" => Op::Release {
+            key: fields.str("key")?,
+            agent: fields.agent()?,
+            token: fields.token()?,
+        },
+        "campaign" => Op::Campaign {
+            group: fields.str("group")?,
+            agent: fields.agent()?,
+        },
+        "resign" => Op::Resign {
+            group: fields.str("group")?,
+            agent: fields.agent()?,
+        },
+        "watch_election" => Op::WatchElection {
+            group: fields.str("group")?,
+            buffer: fields.number("buffer")?,
+        },
+        "set_policy" => Op::SetPolicy {
+            policy: PolicyInput {
+                id: fields.str("id")?,
+                subject: fields.str("subject")?,
+                action: fields.str("action")?,
+                resource: fields.str("resource")?,
+                effect: match fields.get("effect")? {
+                    Value::Word(w) if w == "allow" => Some(Effect::Allow),
+                    Value::Word(w) if w == "deny" => Some(Effect::Deny),
+                    Value::Word(w) if w == "none" => None,
+                    other => return Err(format!("bad effect {other:?}")),
+                },
+            },
+        },
+        "delete_policy" => Op::DeletePolicy { id: fields.str("id")? },
+        "list_policies" => Op::ListPolicies {
+            prefix: fields.str("prefix")?,
+        },
+        "check_policy" => Op::CheckPolicy {
+            subject: fields.str("subject")?,
+            action: fields.str("action")?,
+            resource: fields.str("resource")?,
+        },
+        "consume" => Op::Consume {
+            sub: fields.sub()?,
+            count: fields.number("count")?,
+        },
+        other => return Err(format!("unknown op {other:?}")),
+    };
+    Ok(Step { index, at, op, lost })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(op: Op) {
+        let step = Step {
+            index: 12,
+            at: 1_700_000_000_123,
+            op,
+            lost: true,
+        };
+        let line = step.to_string();
+        assert_eq!(parse_step(&line).expect(&line), step, "{line}");
+    }
+
+    #[test]
+    fn every_op_renders_and_parses_back() {
+        roundtrip(Op::Tick);
+        roundtrip(Op::Register {
+            card: AgentCard {
+                name: "a \"q\" \u{7}\n é".into(),
+                description: "x".repeat(8193),
+                version: "1.0".into(),
+                tools: vec!["sql".into(), String::new()],
+                capabilities: vec![Capability {
+                    name: "parse".into(),
+                    description: "parses, pdfs".into(),
+                }],
+                metadata: vec![("k".into(), "v=(1)".into())],
+            },
+            ttl_seconds: 86_401,
+        });
+        roundtrip(Op::Heartbeat {
+            agent: AgentRef::Registered(3),
+        });
+        roundtrip(Op::Deregister {
+            agent: AgentRef::Literal("nope".into()),
+        });
+        roundtrip(Op::Find {
+            query: "pdf pages".into(),
+            tools: vec![],
+            limit: 2000,
+        });
+        roundtrip(Op::Watch {
+            topics: vec!["lease.".into(), String::new()],
+            from_sequence: 17,
+            buffer: 8,
+        });
+        roundtrip(Op::Renew {
+            key: "k1".into(),
+            agent: AgentRef::Registered(4),
+            token: TokenRef::Granted { step: 9, offset: -1 },
+            ttl_seconds: 0,
+        });
+        roundtrip(Op::Release {
+            key: "k1".into(),
+            agent: AgentRef::Registered(4),
+            token: TokenRef::Literal(0),
+        });
+        roundtrip(Op::SetPolicy {
+            policy: PolicyInput {
+                id: "p1".into(),
+                subject: "a*:".into(),
+                action: "*".into(),
+                resource: "b".into(),
+                effect: None,
+            },
+        });
+        roundtrip(Op::Consume {
+            sub: SubRef(5),
+            count: 3,
+        });
+        roundtrip(Op::WatchElection {
+            group: "g".into(),
+            buffer: 4,
+        });
+    }
+}

@@ -1,0 +1,700 @@
+//! The workload, swarm-style: each seed first draws its own shape (which op kinds run and how
+//! often, population sizes, agent temperaments, fault rates, buffer sizes), then generates steps
+//! one at a time from what the clients have seen so far. Only the generator is random; the
+//! runner executes what a step says, so a trace replays without it.
+
+use agentkeeper::core::types::{AgentCard, Capability, Effect, Millis};
+use agentkeeper::core::{CoreConfig, Outcome, PlantedBug, PolicyInput, Reply};
+
+use crate::Fault;
+use crate::rng::Rng;
+use crate::runner::Runner;
+use crate::step::{AgentRef, Op, SimConfig, Step, SubRef, TokenRef};
+
+/// Populations stay small so that O(state) checks after every step stay cheap.
+pub const AGENTS_MAX: usize = 64;
+pub const KEYS_MAX: usize = 32;
+pub const POLICIES_MAX: usize = 64;
+pub const GROUPS_MAX: usize = 8;
+/// Where simulated time starts: 2023-11-14, far from 0 so no arithmetic sits near zero.
+pub const START_MS: Millis = 1_700_000_000_000;
+
+const WORDS: [&str; 8] = ["pdf", "sql", "parse", "search", "summarize", "code", "review", "image"];
+const TOOLS: [&str; 5] = ["sql", "http", "fs", "git", "py"];
+const TOPIC_PREFIXES: [&str; 9] = [
+    "",
+    "agent.",
+    "lease.",
+    "leader.changed",
+    "agent.died",
+    "lease.acquired",
+    "lease.re",
+    "task.",
+    "nothing",
+];
+
+/// The op kinds a swarm weighs, in `Op::NAMES` order.
+const KINDS: usize = Op::NAMES.len();
+
+/// How a simulated agent heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Temperament {
+    /// Well within its ttl, every time.
+    Punctual,
+    /// Sometimes after its ttl (UNREACHABLE, then recovered) or after 2 x ttl (dead).
+    Late,
+    /// Never again after registering.
+    Silent,
+}
+
+/// One seed's shape of the workload.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    weights: [u32; KINDS],
+    population: usize,
+    keys: usize,
+    groups: usize,
+    policy_ids: usize,
+    temperaments: [u32; 3],
+    ttl_seconds_max: u32,
+    lease_ttl_seconds_max: u32,
+    advance_ms_max: u64,
+    faults: Vec<Fault>,
+    lost_per_mille: u32,
+    jump_per_mille: u32,
+    burst_per_mille: u32,
+    invalid_per_mille: u32,
+    stalled_per_mille: u32,
+    buffer_max: u32,
+}
+
+impl Swarm {
+    fn draw(rng: &mut Rng) -> Swarm {
+        let mut weights = [0; KINDS];
+        for (kind, weight) in weights.iter_mut().enumerate() {
+            let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
+            if always || rng.chance(750) {
+                *weight = rng.range(1, 10) as u32;
+            }
+        }
+        let mut faults = Vec::new();
+        for fault in [Fault::LostReply, Fault::StalledSubscriber, Fault::ClockJump] {
+            if rng.chance(700) {
+                faults.push(fault);
+            }
+        }
+        let has = |fault: Fault| faults.contains(&fault);
+        Swarm {
+            weights,
+            population: rng.range(1, AGENTS_MAX as u64 - 8) as usize,
+            keys: rng.range(1, KEYS_MAX as u64) as usize,
+            groups: rng.range(1, GROUPS_MAX as u64) as usize,
+            policy_ids: rng.range(1, POLICIES_MAX as u64) as usize,
+            temperaments: [
+                rng.range(0, 10) as u32 + 1,
+                rng.range(0, 10) as u32,
+                rng.range(0, 4) as u32,
+            ],
+            ttl_seconds_max: rng.range(1, 60) as u32,
+            lease_ttl_seconds_max: rng.range(1, 90) as u32,
+            advance_ms_max: rng.range(10, 3000),
+            lost_per_mille: if has(Fault::LostReply) {
+                rng.range(1, 100) as u32
+            } else {
+                0
+            },
+            jump_per_mille: if has(Fault::ClockJump) {
+                rng.range(1, 5) as u32
+            } else {
+                0
+            },
+            stalled_per_mille: if has(Fault::StalledSubscriber) {
+                rng.range(100, 800) as u32
+            } else {
+                0
+            },
+            burst_per_mille: rng.range(0, 600) as u32,
+            invalid_per_mille: rng.range(0, 60) as u32,
+            buffer_max: rng.range(1, 64) as u32,
+            faults,
+        }
+    }
+
+    /// The faults this seed turns on.
+    pub fn faults(&self) -> &[Fault] {
+        &self.faults
+    }
+}
+
+/// The core's bounds for one seed: small, so that limits are reached now and then.
+fn core_config(rng: &mut Rng, seed: u64, planted_bug: PlantedBug) -> CoreConfig {
+    CoreConfig {
+        seed,
+        dead_retention_ms: rng.range(1, 600) * 1000,
+        // At least what one step can emit (64 agents dying with every lease and group), so the
+        // simulator sees every event in the ring; small enough that resumes fall off its end.
+        event_ring_max: rng.range(1024, 2048) as usize,
+        watchers_max: rng.range(2, 24) as usize,
+        agents_max: rng.range(8, AGENTS_MAX as u64 + 16) as usize,
+        leases_max: rng.range(2, KEYS_MAX as u64) as usize,
+        policies_max: rng.range(4, POLICIES_MAX as u64) as usize,
+        groups_max: rng.range(1, GROUPS_MAX as u64) as usize,
+        planted_bug,
+    }
+}
+
+/// A simulated agent as its own client knows it.
+#[derive(Clone, Debug)]
+struct SimAgent {
+    registered_at_step: usize,
+    temperament: Temperament,
+    ttl_ms: u64,
+    /// When it means to heartbeat next; `None`: never (silent, or it knows it is gone).
+    heartbeat_at: Option<Millis>,
+    gone: bool,
+}
+
+/// A lease a client believes it holds.
+#[derive(Clone, Debug)]
+struct HeldLease {
+    key: String,
+    agent_step: usize,
+    grant_step: usize,
+}
+
+#[derive(Clone, Debug)]
+struct OpenStream {
+    sub: SubRef,
+    stalled: bool,
+    buffer: u32,
+}
+
+/// Generates one seed's steps from the replies the clients have seen.
+pub struct Generator {
+    rng: Rng,
+    swarm: Swarm,
+    config: SimConfig,
+    now: Millis,
+    index: usize,
+    agents: Vec<SimAgent>,
+    leases: Vec<HeldLease>,
+    streams: Vec<OpenStream>,
+}
+
+impl Generator {
+    pub fn new(seed: u64, planted_bug: PlantedBug) -> Generator {
+        let mut rng = Rng::new(seed);
+        let swarm = Swarm::draw(&mut rng);
+        let core = core_config(&mut rng, seed, planted_bug);
+        Generator {
+            rng,
+            swarm,
+            config: SimConfig {
+                core,
+                start_ms: START_MS,
+            },
+            now: START_MS,
+            index: 0,
+            agents: Vec::new(),
+            leases: Vec::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    pub fn swarm(&self) -> &Swarm {
+        &self.swarm
+    }
+
+    /// The next step, given what the runner has done so far.
+    pub fn next(&mut self, runner: &Runner) -> Step {
+        self.advance_time();
+        let index = self.index;
+        self.index += 1;
+        let op = self.due_heartbeat().unwrap_or_else(|| self.random_op(runner));
+        let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
+        Step {
+            index,
+            at: self.now,
+            op,
+            lost,
+        }
+    }
+
+    fn advance_time(&mut self) {
+        if self.rng.chance(self.swarm.jump_per_mille) {
+            self.now += if self.rng.chance(800) {
+                self.rng.range(60, 3600) * 1000
+            } else {
+                self.rng.range(1, 6) * 3_600_000
+            };
+        } else if !self.rng.chance(self.swarm.burst_per_mille) {
+            self.now += self.rng.range(0, self.swarm.advance_ms_max);
+        }
+    }
+
+    /// A scheduled heartbeat whose time has come, most of the time (the rest: a little late).
+    fn due_heartbeat(&mut self) -> Option<Op> {
+        let now = self.now;
+        let due = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.heartbeat_at.is_some_and(|at| at <= now))
+            .min_by_key(|(_, a)| a.heartbeat_at)?
+            .0;
+        if !self.rng.chance(800) {
+            return None;
+        }
+        let agent = &mut self.agents[due];
+        agent.heartbeat_at = None;
+        Some(Op::Heartbeat {
+            agent: AgentRef::Registered(agent.registered_at_step),
+        })
+    }
+
+    fn random_op(&mut self, runner: &Runner) -> Op {
+        let mut weights = self.swarm.weights;
+        let live = self.agents.iter().filter(|a| !a.gone).count();
+        let register = &mut weights[kind("register")];
+        if live >= self.swarm.population {
+            *register = u32::from(*register > 0 && self.rng.chance(50));
+        } else if live == 0 {
+            *register = (*register).max(1) * 10;
+        }
+        let Some(chosen) = self.rng.weighted(&weights) else {
+            return Op::Tick;
+        };
+        let invalid = self.rng.chance(self.swarm.invalid_per_mille);
+        match Op::NAMES[chosen] {
+            "tick" => Op::Tick,
+            "register" => self.register(invalid),
+            "heartbeat" => Op::Heartbeat {
+                agent: self.any_agent(),
+            },
+            "deregister" => Op::Deregister {
+                agent: self.any_agent(),
+            },
+            "get_agent" => Op::GetAgent {
+                agent: self.any_agent(),
+            },
+            "find" => self.find(invalid),
+            "watch" => self.watch(runner, invalid),
+            "unwatch" => self.unwatch(),
+            "acquire" => self.acquire(invalid),
+            "renew" => self.renew(invalid),
+            "release" => self.release(),
+            "campaign" => Op::Campaign {
+                group: self.group(invalid),
+                agent: self.any_agent(),
+            },
+            "resign" => Op::Resign {
+                group: self.group(invalid),
+                agent: self.any_agent(),
+            },
+            "watch_election" => Op::WatchElection {
+                group: self.group(invalid),
+                buffer: self.buffer(),
+            },
+            "set_policy" => self.set_policy(invalid),
+            "delete_policy" => Op::DeletePolicy { id: self.policy_id() },
+            "list_policies" => Op::ListPolicies {
+                prefix: if invalid {
+                    "a".repeat(1025)
+                } else {
+                    self.text(b"ab:*", 0, 2)
+                },
+            },
+            "check_policy" => self.check_policy(invalid),
+            "consume" => self.consume(),
+            other => unreachable!("no generator for {other}"),
+        }
+    }
+
+    fn text(&mut self, alphabet: &[u8], min: u64, max: u64) -> String {
+        let len = self.rng.range(min, max);
+        (0..len).map(|_| char::from(*self.rng.pick(alphabet))).collect()
+    }
+
+    fn words(&mut self, count_max: u64) -> String {
+        let count = self.rng.range(1, count_max);
+        let words: Vec<&str> = (0..count).map(|_| *self.rng.pick(&WORDS)).collect();
+        words.join(" ")
+    }
+
+    fn tools(&mut self, count_max: u64) -> Vec<String> {
+        let count = self.rng.range(0, count_max);
+        let mut tools: Vec<String> = Vec::new();
+        for _ in 0..count {
+            let tool = self.rng.pick(&TOOLS).to_string();
+            if !tools.contains(&tool) {
+                tools.push(tool);
+            }
+        }
+        tools
+    }
+
+    fn register(&mut self, invalid: bool) -> Op {
+        let mut card = AgentCard {
+            name: format!("agent-{}", self.words(2)),
+            description: self.words(6),
+            version: if self.rng.chance(500) {
+                "1.0".into()
+            } else {
+                String::new()
+            },
+            capabilities: (0..self.rng.range(0, 2))
+                .map(|_| Capability {
+                    name: self.words(1),
+                    description: self.words(3),
+                })
+                .collect(),
+            tools: self.tools(3),
+            metadata: if self.rng.chance(200) {
+                vec![("team".into(), self.words(1))]
+            } else {
+                Vec::new()
+            },
+        };
+        let mut ttl_seconds = if self.rng.chance(50) {
+            0
+        } else {
+            self.rng.range(1, u64::from(self.swarm.ttl_seconds_max)) as u32
+        };
+        if invalid {
+            match self.rng.below(6) {
+                0 => card.name = String::new(),
+                1 => card.name = "bad\u{7}name".into(),
+                2 => card.name = "n".repeat(257),
+                3 => card.tools.push(String::new()),
+                4 => card.description = "d".repeat(8193),
+                _ => ttl_seconds = 86_401,
+            }
+        }
+        Op::Register { card, ttl_seconds }
+    }
+
+    /// A known agent (gone ones included), or now and then an id the core never issued.
+    fn any_agent(&mut self) -> AgentRef {
+        if self.agents.is_empty() || self.rng.chance(40) {
+            let literal = match self.rng.below(3) {
+                0 => "nope".to_string(),
+                1 => "0".repeat(32),
+                _ => "F".repeat(32),
+            };
+            return AgentRef::Literal(literal);
+        }
+        // Mostly agents that are still around: the interesting conflicts are among them.
+        let live: Vec<usize> = (0..self.agents.len()).filter(|&i| !self.agents[i].gone).collect();
+        let index = if !live.is_empty() && self.rng.chance(850) {
+            *self.rng.pick(&live)
+        } else {
+            self.rng.index(self.agents.len())
+        };
+        AgentRef::Registered(self.agents[index].registered_at_step)
+    }
+
+    fn find(&mut self, invalid: bool) -> Op {
+        let query = if self.rng.chance(400) {
+            String::new()
+        } else {
+            self.words(3)
+        };
+        let mut tools = self.tools(2);
+        if invalid {
+            tools.push(String::new());
+        }
+        let limit = match self.rng.below(10) {
+            0 => 0,
+            1 => 2000,
+            _ => self.rng.range(1, 12) as u32,
+        };
+        Op::Find { query, tools, limit }
+    }
+
+    fn buffer(&mut self) -> u32 {
+        self.rng.range(1, u64::from(self.swarm.buffer_max)) as u32
+    }
+
+    fn watch(&mut self, runner: &Runner, invalid: bool) -> Op {
+        let count = self.rng.range(0, 2);
+        let mut topics: Vec<String> = (0..count).map(|_| self.rng.pick(&TOPIC_PREFIXES).to_string()).collect();
+        if invalid {
+            topics = vec!["x".into(); 65];
+        }
+        let next = runner.core().stats().sequence_next;
+        let ring = runner.core().config().event_ring_max as u64;
+        let from_sequence = match self.rng.below(4) {
+            0 | 1 => 0,
+            2 => next.saturating_sub(self.rng.range(0, ring + ring / 2)).max(1),
+            _ => next + self.rng.range(0, 3),
+        };
+        Op::Watch {
+            topics,
+            from_sequence,
+            buffer: self.buffer(),
+        }
+    }
+
+    fn unwatch(&mut self) -> Op {
+        if self.streams.is_empty() {
+            return Op::Unwatch {
+                sub: SubRef(self.index),
+            };
+        }
+        let at = self.rng.index(self.streams.len());
+        Op::Unwatch {
+            sub: self.streams[at].sub,
+        }
+    }
+
+    fn consume(&mut self) -> Op {
+        let reading: Vec<usize> = (0..self.streams.len()).filter(|&i| !self.streams[i].stalled).collect();
+        if reading.is_empty() {
+            return Op::Tick;
+        }
+        let stream = &self.streams[*self.rng.pick(&reading)];
+        let (sub, buffer) = (stream.sub, stream.buffer);
+        Op::Consume {
+            sub,
+            count: self.rng.range(1, u64::from(buffer) * 2) as u32,
+        }
+    }
+
+    fn key(&mut self, invalid: bool) -> String {
+        if invalid {
+            return if self.rng.chance(500) {
+                String::new()
+            } else {
+                "k".repeat(1025)
+            };
+        }
+        format!("k{}", self.rng.index(self.swarm.keys))
+    }
+
+    fn lease_ttl(&mut self, invalid: bool) -> u32 {
+        if invalid {
+            return 86_401;
+        }
+        if self.rng.chance(50) {
+            return 0;
+        }
+        self.rng.range(1, u64::from(self.swarm.lease_ttl_seconds_max)) as u32
+    }
+
+    fn acquire(&mut self, invalid: bool) -> Op {
+        let bad_ttl = invalid && self.rng.chance(500);
+        let ttl_seconds = self.lease_ttl(bad_ttl);
+        Op::Acquire {
+            key: self.key(invalid && ttl_seconds != 86_401),
+            agent: self.any_agent(),
+            ttl_seconds,
+        }
+    }
+
+    /// A lease the clients believe held, with the right token mostly, or a guess.
+    fn held_or_guess(&mut self) -> (String, AgentRef, TokenRef) {
+        if self.leases.is_empty() || self.rng.chance(100) {
+            let token = TokenRef::Literal(self.rng.range(0, 40));
+            return (self.key(false), self.any_agent(), token);
+        }
+        let lease = self.leases[self.rng.index(self.leases.len())].clone();
+        let offset = match self.rng.below(20) {
+            0 => -1,
+            1 => 1,
+            _ => 0,
+        };
+        let agent = if self.rng.chance(50) {
+            self.any_agent()
+        } else {
+            AgentRef::Registered(lease.agent_step)
+        };
+        (
+            lease.key,
+            agent,
+            TokenRef::Granted {
+                step: lease.grant_step,
+                offset,
+            },
+        )
+    }
+
+    fn renew(&mut self, invalid: bool) -> Op {
+        let (key, agent, token) = self.held_or_guess();
+        Op::Renew {
+            key,
+            agent,
+            token,
+            ttl_seconds: self.lease_ttl(invalid),
+        }
+    }
+
+    fn release(&mut self) -> Op {
+        let (key, agent, token) = self.held_or_guess();
+        Op::Release { key, agent, token }
+    }
+
+    fn group(&mut self, invalid: bool) -> String {
+        if invalid {
+            return if self.rng.chance(500) {
+                String::new()
+            } else {
+                "g".repeat(257)
+            };
+        }
+        format!("g{}", self.rng.index(self.swarm.groups))
+    }
+
+    fn policy_id(&mut self) -> String {
+        format!("p{}", self.rng.index(self.swarm.policy_ids))
+    }
+
+    fn set_policy(&mut self, invalid: bool) -> Op {
+        let mut policy = PolicyInput {
+            id: self.policy_id(),
+            subject: self.text(b"ab:*", 1, 4),
+            action: self.text(b"ab:*", 1, 4),
+            resource: self.text(b"ab:*", 1, 4),
+            effect: Some(if self.rng.chance(300) {
+                Effect::Deny
+            } else {
+                Effect::Allow
+            }),
+        };
+        if invalid {
+            match self.rng.below(3) {
+                0 => policy.id = String::new(),
+                1 => policy.subject = String::new(),
+                _ => policy.effect = None,
+            }
+        }
+        Op::SetPolicy { policy }
+    }
+
+    fn check_policy(&mut self, invalid: bool) -> Op {
+        let subject = if invalid {
+            "s".repeat(1025)
+        } else {
+            self.text(b"ab:", 0, 4)
+        };
+        Op::CheckPolicy {
+            subject,
+            action: self.text(b"ab:", 0, 4),
+            resource: self.text(b"ab:*", 0, 4),
+        }
+    }
+
+    /// Learns from the reply the client saw (if it saw one).
+    pub fn observe(&mut self, step: &Step, reply: Option<&Outcome>) {
+        let now = self.now;
+        match (&step.op, reply) {
+            (Op::Register { ttl_seconds, .. }, Some(Ok(Reply::Registered { .. }))) => {
+                let temperament = match self.rng.weighted(&self.swarm.temperaments) {
+                    Some(0) | None => Temperament::Punctual,
+                    Some(1) => Temperament::Late,
+                    Some(_) => Temperament::Silent,
+                };
+                let ttl_ms = u64::from(if *ttl_seconds == 0 { 30 } else { *ttl_seconds }) * 1000;
+                let mut agent = SimAgent {
+                    registered_at_step: step.index,
+                    temperament,
+                    ttl_ms,
+                    heartbeat_at: None,
+                    gone: false,
+                };
+                self.schedule(&mut agent, now);
+                self.agents.push(agent);
+                self.prune_agents();
+            }
+            (Op::Heartbeat { agent }, Some(outcome)) => {
+                let Some(index) = self.agent_index(agent) else { return };
+                let mut sim = self.agents[index].clone();
+                if outcome.is_err() {
+                    sim.gone = true;
+                    sim.heartbeat_at = None;
+                } else {
+                    self.schedule(&mut sim, now);
+                }
+                self.agents[index] = sim;
+            }
+            (Op::Deregister { agent }, Some(Ok(_))) => {
+                if let Some(index) = self.agent_index(agent) {
+                    self.agents[index].gone = true;
+                    self.agents[index].heartbeat_at = None;
+                }
+            }
+            (
+                Op::Acquire {
+                    key,
+                    agent: AgentRef::Registered(agent_step),
+                    ..
+                },
+                Some(Ok(Reply::Lease { acquired: true, .. })),
+            ) => {
+                self.leases.retain(|l| l.key != *key);
+                self.leases.push(HeldLease {
+                    key: key.clone(),
+                    agent_step: *agent_step,
+                    grant_step: step.index,
+                });
+            }
+            // A client forgets a lease after releasing it, mostly; after a failed renew, now and
+            // then (so stale tokens keep being tried).
+            (Op::Release { key, .. }, Some(_)) if self.rng.chance(700) => self.leases.retain(|l| l.key != *key),
+            (Op::Renew { key, .. }, Some(Err(_))) if self.rng.chance(300) => self.leases.retain(|l| l.key != *key),
+            (Op::Watch { buffer, .. } | Op::WatchElection { buffer, .. }, Some(Ok(_))) => {
+                let stalled = self.rng.chance(self.swarm.stalled_per_mille);
+                self.streams.push(OpenStream {
+                    sub: SubRef(step.index),
+                    stalled,
+                    buffer: *buffer,
+                });
+            }
+            (Op::Unwatch { sub }, _) => self.streams.retain(|s| s.sub != *sub),
+            _ => {}
+        }
+    }
+
+    /// Drops streams the runner has ended (overflow) from the clients' view.
+    pub fn forget_ended_streams(&mut self, runner: &Runner) {
+        self.streams.retain(|s| runner.subscription_open(s.sub));
+    }
+
+    fn agent_index(&self, agent: &AgentRef) -> Option<usize> {
+        let AgentRef::Registered(step) = agent else { return None };
+        self.agents.iter().position(|a| a.registered_at_step == *step)
+    }
+
+    fn schedule(&mut self, agent: &mut SimAgent, now: Millis) {
+        let ttl = agent.ttl_ms;
+        agent.heartbeat_at = match agent.temperament {
+            Temperament::Punctual => Some(now + ttl * self.rng.range(20, 60) / 100),
+            Temperament::Late => Some(now + ttl * self.rng.range(50, 250) / 100),
+            Temperament::Silent => None,
+        };
+    }
+
+    /// Keeps the clients' list of agents bounded: the oldest gone ones go first.
+    fn prune_agents(&mut self) {
+        const KNOWN_AGENTS_MAX: usize = AGENTS_MAX + 32;
+        while self.agents.len() > KNOWN_AGENTS_MAX {
+            let at = self.agents.iter().position(|a| a.gone).unwrap_or(0);
+            let removed = self.agents.remove(at);
+            self.leases.retain(|l| l.agent_step != removed.registered_at_step);
+        }
+    }
+}
+
+fn kind(name: &str) -> usize {
+    Op::NAMES.iter().position(|&n| n == name).expect("a known op name")
+}
+
+impl Op {
+    /// Ops whose reply can be lost: every core call (Register's is not retried).
+    fn retry_safe_or_register(&self) -> bool {
+        self.retry_safe() || matches!(self, Op::Register { .. })
+    }
+}
