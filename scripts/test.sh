@@ -10,15 +10,15 @@ step() { printf '\n=== %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo build (the daemon the Python tests drive)"
 cargo build --quiet --bins
 export AGENTKEEPER_BIN="$PWD/target/debug/agentkeeper"
 
-step "cargo test (core unit tests, property tests, end-to-end tests)"
-cargo test --quiet --all-targets
+step "cargo test (core unit and property tests, end-to-end tests, the simulator's seeds)"
+cargo test --quiet --workspace --all-targets
 
 python=${PYTHON:-python3}
 

@@ -259,7 +259,7 @@ async fn open_loop(
     progress: &ProgressBar,
 ) -> (Vec<Worker>, Outcome) {
     assert!(rate > 0, "--rate must be positive");
-    let total = requests.unwrap_or_else(|| (duration.as_secs_f64() * rate as f64) as u64);
+    let total = requests.unwrap_or((duration.as_secs_f64() * rate as f64) as u64);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     // Workers are the in-flight limit; an op waiting for a free worker keeps its scheduled start.
     let free = Arc::new(Semaphore::new(workers.len()));

@@ -256,7 +256,7 @@ impl Worker {
     async fn find(&mut self) -> Result<(), tonic::Status> {
         let c = self.counter as usize;
         let query = format!("{} {}", WORDS[c % 16], WORDS[(c / 3) % 16]);
-        let tools = if c % 2 == 0 {
+        let tools = if c.is_multiple_of(2) {
             vec![format!("tool{}", c % 8)]
         } else {
             Vec::new()
