@@ -152,23 +152,25 @@ fn sweep(range: &str, steps: u64, bug: PlantedBug, jobs: Option<usize>) -> Resul
                         break;
                     }
                     let report = run_seed(seed, steps, bug);
-                    reports.lock().expect("no worker panics holding the lock").push(report);
+                    // A failing seed is reported as soon as it fails, so an interrupted sweep
+                    // still tells what it found.
+                    if let Some(violation) = &report.violation {
+                        let written = write_failure_trace(&report, bug).map_or_else(|e| e, |(path, _)| path);
+                        println!("seed {} {violation} (trace: {written})", report.seed);
+                    }
+                    let mut reports = reports.lock().expect("no worker panics holding the lock");
+                    reports.push(report);
+                    if reports.len().is_multiple_of(50) {
+                        eprintln!("{} of {} seeds done", reports.len(), last - first + 1);
+                    }
                 }
             });
         }
     });
-    let mut reports = reports.into_inner().expect("workers are done");
-    reports.sort_by_key(|r| r.seed);
+    let reports = reports.into_inner().expect("workers are done");
     let total_steps: u64 = reports.iter().map(|r| r.steps).sum();
     let per_second_steps = rate(total_steps, since);
-    let mut violations = 0;
-    for report in &reports {
-        if let Some(violation) = &report.violation {
-            violations += 1;
-            let (path, _) = write_failure_trace(report, bug)?;
-            println!("seed {} {violation} (trace: {path})", report.seed);
-        }
-    }
+    let violations = reports.iter().filter(|r| r.violation.is_some()).count();
     println!(
         "seeds {first}..{last} ({} seeds) steps {total_steps} violations {violations} ({per_second_steps} steps/s)",
         reports.len()

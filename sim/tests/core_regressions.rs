@@ -11,10 +11,10 @@ fn replay_clean(text: &str) {
 }
 
 /// An UNREACHABLE agent's death and the expiry of a lease it holds fall due in one tick, death
-/// first: the death clean-up releases the lease, then the already-popped expiry timer fires for
-/// the removed lease and `LeaseTable::remove` panics ("invalid key"); the daemon's core thread
-/// dies. (Before that, the clean-up cancelled a timer key the agent's new retention timer had
-/// just reused.)
+/// first. Before 3bf2ef2 the death clean-up released the lease, then the already-popped expiry
+/// timer fired for the removed lease and `LeaseTable::remove` panicked ("invalid key"), killing
+/// the core thread; the clean-up had also cancelled a timer key that the agent's new retention
+/// timer had just reused.
 #[test]
 fn a_death_and_its_leases_expiry_due_in_one_tick_do_not_panic_the_core() {
     replay_clean(
@@ -28,11 +28,10 @@ config seed=1 start_ms=1700000000000 dead_retention_ms=60000 event_ring_max=1024
     );
 }
 
-/// After a pause longer than several deadlines, the core fires them in rounds (everything due
-/// at the start of the tick, then what that armed) instead of in deadline order: agent B's
-/// death at +26 s is reported after agent A's UNREACHABLE at +46 s, and a lease that expires
-/// after its holder died is reported `lease.expired` instead of `lease.released` by the death
-/// clean-up.
+/// After a pause longer than several deadlines, the core (before 3bf2ef2) fired them in rounds
+/// (everything due at the start of the tick, then what that armed) instead of in deadline order:
+/// agent B's death at +26 s came after agent A's UNREACHABLE at +46 s, and a lease expiring
+/// after its holder died was reported `lease.expired` instead of released by the death clean-up.
 #[test]
 fn deadlines_due_in_one_tick_fire_in_deadline_order() {
     replay_clean(
