@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::core::events::{Delivery, SubscriberId};
+use crate::core::tasks::WaiterId;
 use crate::core::types::{Map, Millis, new_map};
 use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
 use crate::metrics::Metrics;
@@ -24,6 +25,9 @@ use crate::store::wal::{self, Record};
 /// Commands taken from the queue in one batch at most: bounds the latency of a batch's first
 /// reply behind its last command.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
+
+/// How often, at most, the driver looks for waiting claims whose callers went away.
+const CLAIM_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How a watch stream ends, when the daemon ends it.
 #[derive(Debug, Clone)]
@@ -88,6 +92,9 @@ pub fn spawn(
             clock,
             metrics,
             sinks: new_map(hash_seed),
+            claims: new_map(hash_seed),
+            claims_swept_at: None,
+            claim_answers: Vec::new(),
             closing: false,
             deliveries: Vec::new(),
             replies: Vec::new(),
@@ -138,6 +145,10 @@ struct Driver {
     clock: Clock,
     metrics: Arc<Metrics>,
     sinks: Map<SubscriberId, SinkState>,
+    /// Waiting claims' callers, answered when the core hands out their answer.
+    claims: Map<WaiterId, oneshot::Sender<Outcome>>,
+    claims_swept_at: Option<Instant>,
+    claim_answers: Vec<(WaiterId, Outcome)>,
     closing: bool,
     deliveries: Vec<Delivery>,
     replies: Vec<PendingReply>,
@@ -192,6 +203,7 @@ impl Driver {
         if self.core.tick(now) > 0 {
             self.log(&Record::Tick { now });
         }
+        self.sweep_claims(now);
         let mut running = true;
         let batch_len = batch.len();
         for request in batch.drain(..) {
@@ -215,22 +227,100 @@ impl Driver {
                 Request::Stop => running = false,
             }
         }
-        self.commit();
-        self.route_deliveries(now);
-        // Gauges first: a client that got its answer and then scrapes sees its own change.
-        self.publish(batch_len, started);
-        for pending in self.replies.drain(..) {
-            match pending {
-                PendingReply::Call(reply, outcome) => {
-                    let _ = reply.send(outcome);
-                }
-                PendingReply::Clock(reply, moved) => {
-                    let _ = reply.send(moved);
-                }
-            }
-        }
+        self.release(now, batch_len, started);
         self.snapshot_if_due();
         running
+    }
+
+    /// The end of a batch: durable, events routed, claim answers and replies handed over. A
+    /// claim whose caller is gone puts its task back (ReturnTask), which is one more round.
+    #[allow(clippy::disallowed_methods)] // times the batch for the latency histogram
+    fn release(&mut self, now: Millis, batch_len: usize, started: Instant) {
+        loop {
+            self.commit();
+            self.route_deliveries(now);
+            self.route_claim_answers();
+            // Gauges first: a client that got its answer and then scrapes sees its own change.
+            self.publish(batch_len, started);
+            let mut returns = Vec::new();
+            for pending in self.replies.drain(..) {
+                match pending {
+                    PendingReply::Call(reply, outcome) => {
+                        if let Err(Ok(Reply::Claimed { task, lease })) = reply.send(outcome) {
+                            returns.push(Command::ReturnTask {
+                                task_id: task.id.to_string(),
+                                token: lease.token,
+                            });
+                        }
+                    }
+                    PendingReply::Clock(reply, moved) => {
+                        let _ = reply.send(moved);
+                    }
+                }
+            }
+            if returns.is_empty() {
+                return;
+            }
+            self.metrics.claims_undelivered.inc_by(returns.len() as u64);
+            for command in returns {
+                self.apply_own(now, command);
+            }
+        }
+    }
+
+    /// Applies a command the driver itself raises (no caller waits for it), logged like any.
+    fn apply_own(&mut self, now: Millis, command: Command) {
+        if command.is_logged() {
+            if self.store.as_ref().is_some_and(|d| d.failed.is_some()) {
+                return;
+            }
+            self.log(&Record::Apply {
+                now,
+                command: command.clone(),
+            });
+        }
+        let _ = self.core.apply(now, command);
+    }
+
+    /// Hands the core's answers to waiting claims to their callers, with this batch's replies.
+    fn route_claim_answers(&mut self) {
+        self.core.drain_claim_answers(&mut self.claim_answers);
+        let failed = self.store.as_ref().and_then(|d| d.failed.clone());
+        for (waiter, mut outcome) in self.claim_answers.drain(..) {
+            if let Some(failed) = &failed {
+                let message = format!("the claim could not be made durable ({failed}); restart the daemon");
+                outcome = Err(CoreError::new(ErrorCode::Unavailable, message));
+            }
+            if let Some(reply) = self.claims.remove(&waiter) {
+                self.replies.push(PendingReply::Call(reply, outcome));
+            }
+        }
+    }
+
+    /// Cancels waiting claims whose callers hung up, so that no task is handed to them; at
+    /// most every `CLAIM_SWEEP_INTERVAL` (a claim missed here is put back when its answer
+    /// cannot be delivered).
+    #[allow(clippy::disallowed_methods)] // paces the sweep
+    fn sweep_claims(&mut self, now: Millis) {
+        if self.claims.is_empty()
+            || self
+                .claims_swept_at
+                .is_some_and(|at| at.elapsed() < CLAIM_SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.claims_swept_at = Some(Instant::now());
+        let mut gone: Vec<WaiterId> = self
+            .claims
+            .iter()
+            .filter(|(_, reply)| reply.is_closed())
+            .map(|(waiter, _)| *waiter)
+            .collect();
+        gone.sort_unstable();
+        for waiter in gone {
+            self.claims.remove(&waiter);
+            self.apply_own(now, Command::CancelClaim { waiter });
+        }
     }
 
     fn call(&mut self, now: Millis, command: Command, reply: oneshot::Sender<Outcome>) {
@@ -249,6 +339,11 @@ impl Driver {
         }
         let logged = command.is_logged();
         let outcome = self.core.apply(now, command);
+        if let Ok(Reply::ClaimWaiting { waiter }) = outcome {
+            // Answered when the core hands a task (or the end of the wait) to this waiter.
+            self.claims.insert(waiter, reply);
+            return;
+        }
         let nothing_pending = self.store.as_ref().is_none_or(|d| d.batch.is_empty()) && self.replies.is_empty();
         if !logged && nothing_pending {
             // A read with no change before it in this batch: it waits on no disk, answer now.
@@ -411,6 +506,17 @@ impl Driver {
     fn end_streams(&mut self) {
         self.closing = true;
         let now = self.core.now();
+        let mut waiters: Vec<WaiterId> = self.claims.keys().copied().collect();
+        waiters.sort_unstable();
+        for waiter in waiters {
+            if let Some(reply) = self.claims.remove(&waiter) {
+                let _ = reply.send(Err(CoreError::new(
+                    ErrorCode::Unavailable,
+                    "the daemon is shutting down",
+                )));
+            }
+            self.apply_own(now, Command::CancelClaim { waiter });
+        }
         let mut ids: Vec<SubscriberId> = self.sinks.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {

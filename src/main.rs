@@ -85,6 +85,15 @@ struct Flags {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     watch_buffer: u64,
 
+    /// How long COMPLETED and DEAD tasks stay visible to GetTask and ListTasks (e.g. 24h, 30m).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    task_retention: Duration,
+
+    /// The longest a ClaimTask call waits for a task when none is pending (it also answers just
+    /// before the call's own deadline); an empty answer then tells the worker to ask again.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    claim_wait_max: Duration,
+
     /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     core_queue_max: u64,
@@ -187,6 +196,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         seed: seed(&flags),
         dead_retention_ms: flags.dead_retention.as_millis() as u64,
         event_ring_max: flags.events_retained as usize,
+        task_retention_ms: flags.task_retention.as_millis() as u64,
         ..CoreConfig::default()
     };
     let wall = Clock::real();
@@ -220,7 +230,12 @@ async fn run(flags: Flags) -> Result<(), String> {
             stopped(stop_rx.clone()),
         ))
     });
-    let routes = server::routes(core.clone(), Arc::clone(&metrics), flags.watch_buffer as usize);
+    let routes = server::routes(
+        core.clone(),
+        Arc::clone(&metrics),
+        flags.watch_buffer as usize,
+        flags.claim_wait_max,
+    );
     tracing::info!(addr = %flags.addr, "gRPC listening");
     let grpc = tokio::spawn(server::serve_grpc(grpc_listener, routes, stopped(stop_rx.clone())));
 

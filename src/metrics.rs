@@ -31,6 +31,9 @@ pub struct Metrics {
     pub store_sync_seconds: Histogram,
     pub snapshot_pause_seconds: Histogram,
     pub snapshot_bytes: IntGauge,
+    pub tasks_by_status: IntGaugeVec,
+    pub claims_waiting: IntGauge,
+    pub claims_undelivered: IntCounter,
 }
 
 impl Metrics {
@@ -103,6 +106,14 @@ impl Metrics {
         )
         .expect("valid");
         let snapshot_bytes = gauge("agentkeeper_snapshot_bytes", "Size of the last snapshot");
+        let claims_waiting = gauge("agentkeeper_claims_waiting", "ClaimTask calls waiting for a task");
+        let tasks_by_status =
+            IntGaugeVec::new(Opts::new("agentkeeper_tasks", "Tasks held, by status"), &["status"]).expect("valid");
+        let claims_undelivered = IntCounter::new(
+            "agentkeeper_claims_undelivered_total",
+            "Claims whose caller was gone: the task went back to PENDING",
+        )
+        .expect("valid");
         for collector in [
             Box::new(snapshot_pause_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(store_syncs.clone()),
@@ -114,6 +125,8 @@ impl Metrics {
             Box::new(watch_overflows.clone()),
             Box::new(batch_commands.clone()),
             Box::new(batch_seconds.clone()),
+            Box::new(tasks_by_status.clone()),
+            Box::new(claims_undelivered.clone()),
         ] {
             registry.register(collector).expect("unique collector");
         }
@@ -136,6 +149,9 @@ impl Metrics {
             store_sync_seconds,
             snapshot_pause_seconds,
             snapshot_bytes,
+            tasks_by_status,
+            claims_waiting,
+            claims_undelivered,
         }
     }
 
@@ -163,6 +179,15 @@ impl Metrics {
         set(&self.election_groups, stats.groups);
         set(&self.policies, stats.policies);
         set(&self.watchers, stats.watchers);
+        for (status, count) in [
+            ("pending", stats.tasks_pending),
+            ("claimed", stats.tasks_claimed),
+            ("completed", stats.tasks_completed),
+            ("dead", stats.tasks_dead),
+        ] {
+            set(&self.tasks_by_status.with_label_values(&[status]), count);
+        }
+        set(&self.claims_waiting, stats.claims_waiting);
         self.events_total
             .set(i64::try_from(stats.sequence_next.saturating_sub(1)).unwrap_or(i64::MAX));
     }

@@ -271,29 +271,6 @@ async fn the_same_seed_gives_the_same_agent_ids() {
 }
 
 #[tokio::test]
-async fn every_task_service_call_is_unimplemented() {
-    let daemon = Daemon::start(&[]);
-    let mut tasks = pb::task_service_client::TaskServiceClient::new(daemon.channel().await);
-    let outcomes = [
-        tasks.create_task(pb::CreateTaskRequest::default()).await.map(|_| ()),
-        tasks.claim_task(pb::ClaimTaskRequest::default()).await.map(|_| ()),
-        tasks
-            .complete_task(pb::CompleteTaskRequest::default())
-            .await
-            .map(|_| ()),
-        tasks.fail_task(pb::FailTaskRequest::default()).await.map(|_| ()),
-        tasks.get_task(pb::GetTaskRequest::default()).await.map(|_| ()),
-        tasks.list_tasks(pb::ListTasksRequest::default()).await.map(|_| ()),
-    ];
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        let error = outcome.unwrap_err();
-        assert_eq!(error.code(), Code::Unimplemented, "call {i}: {error:?}");
-    }
-    let mut c = daemon.clients().await;
-    c.register("still-serving", &[], 30).await;
-}
-
-#[tokio::test]
 async fn clock_service_refuses_on_the_real_clock() {
     let daemon = Daemon::start(&[]);
     let mut clock = pb::clock_service_client::ClockServiceClient::new(daemon.channel().await);

@@ -4,6 +4,7 @@
 //! the same digest on any machine.
 
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView};
+use agentkeeper::core::tasks::TaskView;
 use agentkeeper::core::types::{AgentCard, AgentStatus, Effect, Policy};
 use agentkeeper::core::{ErrorCode, Event, EventPayload, Outcome, Reply};
 
@@ -115,6 +116,26 @@ impl Digest {
                 self.tag(u8::from(decision.allowed));
                 self.str(&decision.reason);
             }
+            Reply::Task(task) => {
+                self.tag(11);
+                self.task(task);
+            }
+            Reply::Tasks { tasks, next_page_token } => {
+                self.tag(12);
+                self.u64(tasks.len() as u64);
+                tasks.iter().for_each(|t| self.task(t));
+                self.str(next_page_token);
+            }
+            Reply::Claimed { task, lease } => {
+                self.tag(13);
+                self.task(task);
+                self.lease(lease);
+            }
+            Reply::NoTask => self.tag(14),
+            Reply::ClaimWaiting { waiter } => {
+                self.tag(15);
+                self.u64(waiter.0);
+            }
         }
     }
 
@@ -135,7 +156,31 @@ impl Digest {
                 self.tag(b'e');
                 self.election(view);
             }
+            EventPayload::Task(view) => {
+                self.tag(b't');
+                self.task(view);
+            }
         }
+    }
+
+    fn task(&mut self, view: &TaskView) {
+        self.bytes(&view.id.0.to_le_bytes());
+        self.str(&view.kind);
+        self.u64(view.input.len() as u64);
+        self.bytes(&view.input);
+        self.u64(view.output.len() as u64);
+        self.bytes(&view.output);
+        self.str(view.status.as_str());
+        self.u64(view.required_tools.len() as u64);
+        view.required_tools.iter().for_each(|t| self.str(t));
+        self.u64(u64::from(view.max_retries));
+        self.u64(u64::from(view.retry_count));
+        self.u64(view.claimed_by.map_or(0, |a| a.0 as u64));
+        self.str(&view.failure_reason);
+        self.u64(view.created_at);
+        self.u64(view.claimed_at.unwrap_or(0));
+        self.u64(view.completed_at.unwrap_or(0));
+        self.u64(view.ttl_ms);
     }
 
     fn agent(&mut self, view: &AgentView) {

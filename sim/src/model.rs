@@ -543,6 +543,14 @@ impl Model {
                 }
                 Ok(Reply::Decision(decide(&self.policies, subject, action, resource)))
             }
+            Command::CreateTask { .. }
+            | Command::ClaimTask { .. }
+            | Command::CancelClaim { .. }
+            | Command::ReturnTask { .. }
+            | Command::CompleteTask { .. }
+            | Command::FailTask { .. }
+            | Command::GetTask { .. }
+            | Command::ListTasks { .. } => unreachable!("the swarm sends no task commands yet"),
         }
     }
 

@@ -316,6 +316,7 @@ fn parse_config(text: &str) -> Result<SimConfig, String> {
             policies_max: number("policies_max")? as usize,
             groups_max: number("groups_max")? as usize,
             planted_bug: bug,
+            ..CoreConfig::default()
         },
     })
 }

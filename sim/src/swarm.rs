@@ -140,6 +140,7 @@ fn core_config(rng: &mut Rng, seed: u64, planted_bug: PlantedBug) -> CoreConfig 
         policies_max: rng.range(4, POLICIES_MAX as u64) as usize,
         groups_max: rng.range(1, GROUPS_MAX as u64) as usize,
         planted_bug,
+        ..CoreConfig::default()
     }
 }
 

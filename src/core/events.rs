@@ -122,6 +122,8 @@ pub enum EventPayload {
     Agent(AgentView),
     Lease(LeaseView),
     Election(ElectionView),
+    /// A task, without its input and output bytes.
+    Task(super::tasks::TaskView),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

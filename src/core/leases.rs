@@ -26,6 +26,8 @@ pub struct Lease {
     /// The ttl of the last acquire or renew; a renew with ttl 0 reuses it.
     pub ttl_ms: u64,
     pub timer: TimerKey,
+    /// The task this lease is the claim of (its key is the task's id), if any.
+    pub task: Option<usize>,
 }
 
 impl Lease {
@@ -175,9 +177,37 @@ impl Core {
                 acquired: true,
             });
         }
+        if let Some(task) = self.tasks.by_key(&task_id) {
+            let status = self.tasks.get(task).view.status;
+            return Err(CoreError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "{} is a {} task's id: its lease is the claim's, taken with ClaimTask",
+                    validate::quote(&task_id),
+                    status.as_str()
+                ),
+            ));
+        }
+        let (_, view) = self.grant_lease(task_id.into(), agent, ttl_ms, None)?;
+        Ok(Reply::Lease {
+            lease: view,
+            acquired: true,
+        })
+    }
+
+    /// A new lease on the free key `task_id` for `agent`, with the next fencing token.
+    pub(super) fn grant_lease(
+        &mut self,
+        task_id: Arc<str>,
+        agent: usize,
+        ttl_ms: u64,
+        task: Option<usize>,
+    ) -> Result<(usize, LeaseView), CoreError> {
+        debug_assert!(!self.leases.by_task.contains_key(&*task_id));
         if self.leases.len() >= self.config.leases_max {
             return Err(limit_reached("leases_max", self.config.leases_max));
         }
+        let expires_at = self.now + ttl_ms;
         let table = &mut self.leases;
         table.token_last += 1;
         let mut token = table.token_last;
@@ -186,7 +216,6 @@ impl Core {
         }
         let entry = table.leases.vacant_entry();
         let key = entry.key();
-        let task_id: Arc<str> = task_id.into();
         let lease = entry.insert(Lease {
             task_id: Arc::clone(&task_id),
             holder: agent,
@@ -196,15 +225,13 @@ impl Core {
             expires_at,
             ttl_ms,
             timer: self.timers.insert(expires_at, Deadline::Lease(key)),
+            task,
         });
         let view = lease.view();
         table.by_task.insert(task_id, key);
         self.registry.get_mut(agent).leases.insert(token, key);
         self.emit(Topic::LeaseAcquired, EventPayload::Lease(view.clone()));
-        Ok(Reply::Lease {
-            lease: view,
-            acquired: true,
-        })
+        Ok((key, view))
     }
 
     pub(super) fn renew_lease(&mut self, task_id: &str, agent_id: &str, token: u64, ttl_seconds: u32) -> Outcome {
@@ -228,11 +255,20 @@ impl Core {
 
     pub(super) fn release_lease(&mut self, task_id: &str, agent_id: &str, token: u64) -> Outcome {
         let key = self.leases.lookup_held(task_id, agent_id, token)?;
+        let lease = self.remove_lease(key);
+        if let Some(task) = lease.task {
+            self.claim_lease_ended(task, "lease released");
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Takes a lease away as a release does: timer cancelled, off its holder, `lease.released`.
+    pub(super) fn remove_lease(&mut self, key: usize) -> Lease {
         let lease = self.leases.remove(key);
         self.timers.cancel(lease.timer);
         self.detach_from_holder(&lease, key);
         self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
-        Ok(Reply::Done)
+        lease
     }
 
     /// A lease's timer fired: it has expired.
@@ -245,6 +281,9 @@ impl Core {
         assert!(self.now >= lease.expires_at, "lease {:?} expired early", lease.task_id);
         self.detach_from_holder(&lease, key);
         self.emit(Topic::LeaseExpired, EventPayload::Lease(lease.view()));
+        if let Some(task) = lease.task {
+            self.claim_lease_ended(task, "lease expired");
+        }
     }
 
     /// After a restart at `now`: no lease expires sooner than now + its ttl.
@@ -258,9 +297,11 @@ impl Core {
         }
     }
 
-    /// Releases every lease an agent holds, in acquisition order (part of death clean-up).
-    pub(super) fn release_all_leases(&mut self, agent: usize) {
+    /// Releases every lease an agent holds, in acquisition order (part of death clean-up), and
+    /// returns the tasks whose claims they were, for the clean-up to fail after the elections.
+    pub(super) fn release_all_leases(&mut self, agent: usize) -> Vec<usize> {
         let held = std::mem::take(&mut self.registry.get_mut(agent).leases);
+        let mut claims = Vec::new();
         for key in held.into_values() {
             let lease = self.leases.remove(key);
             // Its expiry may be due at this very instant and already taken off the wheel.
@@ -268,7 +309,12 @@ impl Core {
                 self.timers.cancel(lease.timer);
             }
             self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+            if let Some(task) = lease.task {
+                self.tasks.tasks[task].lease = None;
+                claims.push(task);
+            }
         }
+        claims
     }
 
     fn detach_from_holder(&mut self, lease: &Lease, key: usize) {

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod registry;
 pub mod search;
 pub mod snapshot;
+pub mod tasks;
 pub mod timers;
 pub mod types;
 pub mod validate;
@@ -29,6 +30,7 @@ use events::{Delivery, ElectionView, EventBus, LeaseView, SubscriberId};
 use ids::IdSource;
 use leases::LeaseTable;
 use registry::Registry;
+use tasks::{TaskQueue, TaskStatus, TaskView, WaiterId};
 use timers::TimerWheel;
 use types::{AgentCard, Decision, Millis, Policy};
 
@@ -53,6 +55,14 @@ pub struct CoreConfig {
     pub policies_max: usize,
     /// Election groups at most (a group is kept forever once created, so it is bounded).
     pub groups_max: usize,
+    /// Tasks held at most (any status; finished ones count until forgotten).
+    pub tasks_max: usize,
+    /// Input and output bytes all held tasks may hold together.
+    pub task_bytes_max: usize,
+    /// Claims waiting for a task at most.
+    pub waiters_max: usize,
+    /// How long a COMPLETED or DEAD task stays visible before it is forgotten.
+    pub task_retention_ms: u64,
     /// A deliberate bug, for proving that the simulator's checks catch one. Never set outside
     /// tests: no flag reaches it.
     pub planted_bug: PlantedBug,
@@ -78,6 +88,10 @@ impl Default for CoreConfig {
             leases_max: 2_000_000,
             policies_max: 2_000_000,
             groups_max: 1_000_000,
+            tasks_max: 1_000_000,
+            task_bytes_max: 1 << 30,
+            waiters_max: 100_000,
+            task_retention_ms: 24 * 3_600_000,
             planted_bug: PlantedBug::None,
         }
     }
@@ -154,6 +168,47 @@ pub enum Command {
         action: String,
         resource: String,
     },
+    CreateTask {
+        kind: String,
+        input: Vec<u8>,
+        required_tools: Vec<String>,
+        max_retries: u32,
+        ttl_seconds: u32,
+    },
+    /// Claims the oldest claimable task; with `wait_ms` > 0 and none pending, waits in line
+    /// (the driver turns the caller's deadline into `wait_ms`).
+    ClaimTask {
+        agent_id: String,
+        wait_ms: u64,
+    },
+    /// The caller of a waiting claim went away.
+    CancelClaim {
+        waiter: WaiterId,
+    },
+    /// The reply to a claim could not be delivered: the task goes back to PENDING (raised by
+    /// the driver, never by a client).
+    ReturnTask {
+        task_id: String,
+        token: u64,
+    },
+    CompleteTask {
+        task_id: String,
+        agent_id: String,
+        output: Vec<u8>,
+    },
+    FailTask {
+        task_id: String,
+        agent_id: String,
+        reason: String,
+    },
+    GetTask {
+        task_id: String,
+    },
+    ListTasks {
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: String,
+    },
 }
 
 impl Command {
@@ -169,6 +224,8 @@ impl Command {
                 | Command::Watch { .. }
                 | Command::Unwatch { .. }
                 | Command::WatchElection { .. }
+                | Command::GetTask { .. }
+                | Command::ListTasks { .. }
         )
     }
 
@@ -192,6 +249,14 @@ impl Command {
             Command::DeletePolicy { .. } => "DeletePolicy",
             Command::ListPolicies { .. } => "ListPolicies",
             Command::CheckPolicy { .. } => "CheckPolicy",
+            Command::CreateTask { .. } => "CreateTask",
+            Command::ClaimTask { .. } => "ClaimTask",
+            Command::CancelClaim { .. } => "CancelClaim",
+            Command::ReturnTask { .. } => "ReturnTask",
+            Command::CompleteTask { .. } => "CompleteTask",
+            Command::FailTask { .. } => "FailTask",
+            Command::GetTask { .. } => "GetTask",
+            Command::ListTasks { .. } => "ListTasks",
         }
     }
 }
@@ -234,6 +299,23 @@ pub enum Reply {
     Policy(Policy),
     Policies(Vec<Policy>),
     Decision(Decision),
+    Task(Box<TaskView>),
+    /// A page of tasks; an empty token means the last page.
+    Tasks {
+        tasks: Vec<TaskView>,
+        next_page_token: String,
+    },
+    /// A claim granted: the task and its claim lease.
+    Claimed {
+        task: Box<TaskView>,
+        lease: LeaseView,
+    },
+    /// Nothing to claim (the wait, if any, ran out).
+    NoTask,
+    /// The claim waits in line; its answer comes later through `drain_claim_answers`.
+    ClaimWaiting {
+        waiter: WaiterId,
+    },
 }
 
 /// The status classes of the behaviour contract's Errors section.
@@ -283,6 +365,10 @@ pub enum Deadline {
     Agent(usize),
     /// A lease's expiry.
     Lease(usize),
+    /// A waiting claim's end of patience.
+    Claim(usize),
+    /// A finished task's forgetting.
+    Task(usize),
 }
 
 /// Counts for gauges and the dashboard; cheap to compute.
@@ -297,6 +383,11 @@ pub struct CoreStats {
     pub watchers: usize,
     pub sequence_next: u64,
     pub fencing_token_last: u64,
+    pub tasks_pending: usize,
+    pub tasks_claimed: usize,
+    pub tasks_completed: usize,
+    pub tasks_dead: usize,
+    pub claims_waiting: usize,
 }
 
 /// The state machine. One thread owns it; every input carries `now`.
@@ -308,6 +399,7 @@ pub struct Core {
     leases: LeaseTable,
     elections: ElectionTable,
     policies: PolicyTable,
+    tasks: TaskQueue,
     bus: EventBus,
     timers: TimerWheel<Deadline>,
     expired: Vec<(timers::TimerKey, Deadline)>,
@@ -322,6 +414,7 @@ impl Core {
             leases: LeaseTable::new(hash_seed),
             elections: ElectionTable::new(hash_seed),
             policies: PolicyTable::new(hash_seed),
+            tasks: TaskQueue::new(hash_seed),
             bus: EventBus::new(config.event_ring_max, config.watchers_max),
             timers: TimerWheel::new(now),
             expired: Vec::new(),
@@ -382,6 +475,32 @@ impl Core {
                 action,
                 resource,
             } => self.check_policy(&subject, &action, &resource),
+            Command::CreateTask {
+                kind,
+                input,
+                required_tools,
+                max_retries,
+                ttl_seconds,
+            } => self.create_task(kind, input, required_tools, max_retries, ttl_seconds),
+            Command::ClaimTask { agent_id, wait_ms } => self.claim_task(&agent_id, wait_ms),
+            Command::CancelClaim { waiter } => self.cancel_claim(waiter),
+            Command::ReturnTask { task_id, token } => self.return_task(&task_id, token),
+            Command::CompleteTask {
+                task_id,
+                agent_id,
+                output,
+            } => self.complete_task(&task_id, &agent_id, output),
+            Command::FailTask {
+                task_id,
+                agent_id,
+                reason,
+            } => self.fail_task(&task_id, &agent_id, &reason),
+            Command::GetTask { task_id } => self.get_task(&task_id),
+            Command::ListTasks {
+                status,
+                page_size,
+                page_token,
+            } => self.list_tasks(status, page_size, &page_token),
         }
     }
 
@@ -412,6 +531,8 @@ impl Core {
                 match deadline {
                     Deadline::Agent(key) => self.agent_deadline(key, timer),
                     Deadline::Lease(key) => self.lease_expired(key, timer),
+                    Deadline::Claim(key) => self.claim_expired(key, timer),
+                    Deadline::Task(key) => self.task_forgotten(key, timer),
                 }
             }
         }
@@ -421,7 +542,7 @@ impl Core {
     }
 
     /// Where a due timer ranks among those firing together: by deadline, agents before leases,
-    /// then by registration order or fencing token.
+    /// claims, then tasks, then by registration order, fencing token, arrival or creation.
     fn expiry_rank(&self, deadline: Deadline) -> (Millis, u8, u64) {
         match deadline {
             Deadline::Agent(key) => {
@@ -437,18 +558,29 @@ impl Core {
                 let lease = self.leases.get(key);
                 (lease.expires_at, 1, lease.token)
             }
+            Deadline::Claim(key) => {
+                let waiter = &self.tasks.waiters[key];
+                (waiter.deadline, 2, waiter.id.0)
+            }
+            Deadline::Task(key) => {
+                let task = self.tasks.get(key);
+                let finished_at = task.finished_at.expect("a task with a timer has finished");
+                (finished_at + self.config.task_retention_ms, 3, task.order)
+            }
         }
     }
 
     /// The daemon restarted at `now`: pushes every
     /// agent's next liveness step and every lease's expiry to at least `now` + its ttl, so
     /// nobody is punished for the time the daemon was down (as etcd refreshes leases on a new
-    /// leader). Recovery calls it once, after replay, before serving.
+    /// leader). Waiting claims are dropped: their callers went with the old process. Recovery
+    /// calls it once, after replay, before serving.
     pub fn restart_grace(&mut self, now: Millis) {
         assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now;
         self.grace_agents(now);
         self.grace_leases(now);
+        self.drop_waiters();
     }
 
     /// The earliest time at which `tick` has work to do; the driver sleeps until then.
@@ -473,6 +605,11 @@ impl Core {
             watchers: self.bus.subscriber_count(),
             sequence_next: self.bus.sequence_next(),
             fencing_token_last: self.leases.token_last(),
+            tasks_pending: self.tasks.count(TaskStatus::Pending),
+            tasks_claimed: self.tasks.count(TaskStatus::Claimed),
+            tasks_completed: self.tasks.count(TaskStatus::Completed),
+            tasks_dead: self.tasks.count(TaskStatus::Dead),
+            claims_waiting: self.tasks.waiting_claims(),
         }
     }
 
@@ -485,6 +622,7 @@ impl Core {
             .check_invariants(self.now, self.config.dead_retention_ms, &self.timers);
         self.leases.check_invariants(self.now, &self.registry, &self.timers);
         self.elections.check_invariants(&self.registry);
+        self.check_task_invariants();
     }
 
     fn emit(&mut self, topic: Topic, payload: EventPayload) {

@@ -443,7 +443,7 @@ impl Core {
     }
 
     /// Death clean-up, in one step, events in the contract's order: `agent.died`, then each
-    /// lease released, then each election left.
+    /// lease released, then each election left, then each claimed task failed.
     fn kill(&mut self, key: usize) {
         let now = self.now;
         self.registry.set_status(key, AgentStatus::Dead);
@@ -454,8 +454,11 @@ impl Core {
         self.timers.reset(agent.timer, retention);
         let view = agent.view();
         self.emit(Topic::AgentDied, EventPayload::Agent(view));
-        self.release_all_leases(key);
+        let claims = self.release_all_leases(key);
         self.withdraw_from_all_groups(key);
+        for task in claims {
+            self.claim_lease_ended(task, "agent died");
+        }
     }
 
     /// A DEAD agent's retention ran out: GetAgent no longer knows it.

@@ -18,6 +18,7 @@ use super::events::Event;
 use super::ids::IdSource;
 use super::leases::Lease;
 use super::registry::Agent;
+use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool_set};
 use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, new_set};
 use super::{Core, CoreConfig, Deadline};
 
@@ -55,6 +56,20 @@ pub struct GroupState {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub view: TaskView,
+    pub order: u64,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaiterState {
+    pub id: WaiterId,
+    pub agent_id: AgentId,
+    pub deadline: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CoreSnapshot {
     pub now: Millis,
     pub rng_seed: [u8; 32],
@@ -69,6 +84,13 @@ pub struct CoreSnapshot {
     pub policies: Vec<Policy>,
     pub sequence_next: u64,
     pub events: Vec<Event>,
+    /// Every task, in creation order, and the next creation rank.
+    pub tasks: Vec<TaskState>,
+    pub task_order_next: u64,
+    /// Waiting claims in arrival order (dropped by a restart's grace; kept so that a replayed
+    /// log behaves as the original did), and the next waiter id.
+    pub waiters: Vec<WaiterState>,
+    pub waiter_next: u64,
 }
 
 impl Core {
@@ -134,6 +156,27 @@ impl Core {
             policies: self.policies.list(""),
             sequence_next: self.bus.sequence_next,
             events: self.bus.ring.iter().map(|e| (**e).clone()).collect(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|task| TaskState {
+                    view: task.view.clone(),
+                    order: task.order,
+                    finished_at: task.finished_at,
+                })
+                .collect(),
+            task_order_next: self.tasks.order_next,
+            waiters: self
+                .tasks
+                .waiters_in_order()
+                .into_iter()
+                .map(|waiter| WaiterState {
+                    id: waiter.id,
+                    agent_id: waiter.agent_id,
+                    deadline: waiter.deadline,
+                })
+                .collect(),
+            waiter_next: self.tasks.waiter_next,
         }
     }
 
@@ -182,7 +225,67 @@ impl Core {
         }
         core.bus.sequence_next = snapshot.sequence_next;
         core.bus.ring = snapshot.events.into_iter().map(Arc::new).collect();
+        core.tasks = TaskQueue::new(hash_seed);
+        core.tasks.order_next = snapshot.task_order_next;
+        core.tasks.waiter_next = snapshot.waiter_next;
+        for task in snapshot.tasks {
+            core.restore_task(task, &keys);
+        }
+        for waiter in snapshot.waiters {
+            core.restore_waiter(waiter, &keys);
+        }
         core
+    }
+
+    fn restore_task(&mut self, state: TaskState, keys: &BTreeMap<AgentId, usize>) {
+        let status = state.view.status;
+        let id_text: Arc<str> = state.view.id.to_string().into();
+        let mut task = Task {
+            id_text: Arc::clone(&id_text),
+            view: state.view,
+            order: state.order,
+            lease: None,
+            holder: None,
+            finished_at: state.finished_at,
+            timer: None,
+        };
+        let queue = &mut self.tasks;
+        let key = queue.tasks.vacant_key();
+        if status == TaskStatus::Claimed {
+            let lease = queue_lease(&self.leases, &id_text);
+            task.lease = Some(lease);
+            task.holder = Some(keys[&task.view.claimed_by.expect("a claimed task names its claimer")]);
+            self.leases.leases[lease].task = Some(key);
+        }
+        if let Some(finished_at) = task.finished_at {
+            let forget_at = finished_at.saturating_add(self.config.task_retention_ms);
+            task.timer = Some(self.timers.insert(forget_at, Deadline::Task(key)));
+        }
+        queue.bytes += task.view.input.len() + task.view.output.len();
+        queue.by_id.insert(task.view.id, key);
+        queue.by_order.insert(task.order, key);
+        let inserted = queue.tasks.insert(task);
+        debug_assert_eq!(inserted, key);
+        queue.file(key, status);
+    }
+
+    fn restore_waiter(&mut self, state: WaiterState, keys: &BTreeMap<AgentId, usize>) {
+        // A waiter outlives a forgotten agent only until its next offer or deadline, and then
+        // changes nothing but itself: leaving it out changes no later answer but its own.
+        let Some(&agent) = keys.get(&state.agent_id) else {
+            return;
+        };
+        let key = self.tasks.waiters.vacant_key();
+        let waiter = Waiter {
+            id: state.id,
+            agent,
+            agent_id: state.agent_id,
+            tools: tool_set(&self.registry.agents[agent].card.tools),
+            deadline: state.deadline,
+            timer: self.timers.insert(state.deadline, Deadline::Claim(key)),
+        };
+        let added = self.tasks.add_waiter(waiter);
+        debug_assert_eq!(added, key);
     }
 
     fn restore_ids(&mut self, snapshot: &CoreSnapshot) {
@@ -252,10 +355,19 @@ impl Core {
             expires_at: state.expires_at,
             ttl_ms: state.ttl_ms,
             timer: self.timers.insert(state.expires_at, Deadline::Lease(key)),
+            task: None,
         });
         table.by_task.insert(task_id, key);
         self.registry.agents[holder].leases.insert(state.token, key);
     }
+}
+
+/// The lease a claimed task's snapshot relies on: restored before the tasks.
+fn queue_lease(leases: &super::leases::LeaseTable, id_text: &str) -> usize {
+    *leases
+        .by_task
+        .get(id_text)
+        .expect("a claimed task's lease is in the snapshot")
 }
 
 #[cfg(test)]

@@ -27,6 +27,14 @@ pub const FIND_LIMIT_DEFAULT: u32 = 10;
 pub const FIND_LIMIT_MAX: u32 = 1000;
 pub const TOPICS_MAX: usize = 64;
 pub const TOPIC_BYTES_MAX: usize = 256;
+pub const TASK_TYPE_BYTES_MAX: usize = 256;
+pub const TASK_PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const TASK_TTL_SECONDS_DEFAULT: u32 = 60;
+pub const FAILURE_REASON_BYTES_MAX: usize = 4096;
+pub const PAGE_SIZE_DEFAULT: u32 = 1000;
+pub const PAGE_SIZE_MAX: u32 = 10_000;
+/// Input and output bytes one page of tasks carries at most (past its first task).
+pub const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 
 fn invalid(message: String) -> CoreError {
     CoreError::new(ErrorCode::InvalidArgument, message)
@@ -119,6 +127,27 @@ pub fn topics(topics: &[String]) -> Result<(), CoreError> {
         length("topics[]", topic, 0, TOPIC_BYTES_MAX)?;
     }
     Ok(())
+}
+
+/// A task's input or output: at most 4 MiB.
+pub fn payload(field: &str, bytes: &[u8]) -> Result<(), CoreError> {
+    if bytes.len() > TASK_PAYLOAD_BYTES_MAX {
+        return Err(invalid(format!(
+            "{field} must be at most {TASK_PAYLOAD_BYTES_MAX} bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves a list's page size: 0 means the default, anything above the maximum is clamped.
+pub fn page_size(size: u32) -> usize {
+    let size = if size == 0 {
+        PAGE_SIZE_DEFAULT
+    } else {
+        size.min(PAGE_SIZE_MAX)
+    };
+    size as usize
 }
 
 /// Resolves Find's limit: 0 means the default, anything above the maximum is clamped.

@@ -9,6 +9,7 @@ use prost_types::{Any, Timestamp};
 use tonic::{Code, Status};
 
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView};
+use crate::core::tasks::{TaskStatus, TaskView};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Decision, Effect, Millis, Policy};
 use crate::core::{CoreError, ErrorCode, PolicyInput};
 use crate::driver::StreamEnd;
@@ -118,6 +119,47 @@ pub fn election_to_pb(state: &ElectionView) -> pb::ElectionState {
     }
 }
 
+pub fn task_to_pb(task: &TaskView) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        r#type: task.kind.to_string(),
+        input: task.input.to_vec(),
+        output: task.output.to_vec(),
+        status: task_status_to_pb(task.status) as i32,
+        required_tools: task.required_tools.iter().map(|t| t.to_string()).collect(),
+        max_retries: task.max_retries,
+        retry_count: task.retry_count,
+        claimed_by_agent_id: task.claimed_by.map(|id| id.to_string()).unwrap_or_default(),
+        failure_reason: task.failure_reason.to_string(),
+        created_at: timestamp(task.created_at),
+        claimed_at: task.claimed_at.and_then(timestamp),
+        completed_at: task.completed_at.and_then(timestamp),
+    }
+}
+
+fn task_status_to_pb(status: TaskStatus) -> pb::TaskStatus {
+    match status {
+        TaskStatus::Pending => pb::TaskStatus::Pending,
+        TaskStatus::Claimed => pb::TaskStatus::Claimed,
+        TaskStatus::Completed => pb::TaskStatus::Completed,
+        TaskStatus::Failed => pb::TaskStatus::Failed,
+        TaskStatus::Dead => pb::TaskStatus::Dead,
+    }
+}
+
+/// ListTasks' filter: UNSPECIFIED (0) means every status; an unknown number is refused.
+pub fn task_status_filter(status: i32) -> Result<Option<TaskStatus>, Status> {
+    match pb::TaskStatus::try_from(status) {
+        Ok(pb::TaskStatus::Unspecified) => Ok(None),
+        Ok(pb::TaskStatus::Pending) => Ok(Some(TaskStatus::Pending)),
+        Ok(pb::TaskStatus::Claimed) => Ok(Some(TaskStatus::Claimed)),
+        Ok(pb::TaskStatus::Completed) => Ok(Some(TaskStatus::Completed)),
+        Ok(pb::TaskStatus::Failed) => Ok(Some(TaskStatus::Failed)),
+        Ok(pb::TaskStatus::Dead) => Ok(Some(TaskStatus::Dead)),
+        Err(_) => Err(Status::invalid_argument(format!("status {status} is not a TaskStatus"))),
+    }
+}
+
 pub fn policy_from_pb(policy: pb::Policy) -> PolicyInput {
     let effect = match pb::PolicyEffect::try_from(policy.effect) {
         Ok(pb::PolicyEffect::Allow) => Some(Effect::Allow),
@@ -166,6 +208,7 @@ pub fn event_to_pb(event: &Event) -> pb::Event {
         EventPayload::Agent(agent) => any("AgentInfo", &agent_to_pb(agent)),
         EventPayload::Lease(lease) => any("Lease", &lease_to_pb(lease)),
         EventPayload::Election(state) => any("ElectionState", &election_to_pb(state)),
+        EventPayload::Task(task) => any("Task", &task_to_pb(task)),
     };
     pb::Event {
         topic: event.topic.as_str().to_string(),

@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -26,15 +27,18 @@ pub struct Api {
     metrics: Arc<Metrics>,
     /// Events a watch stream may have queued before it is cut off as too slow.
     watch_buffer: usize,
+    /// The longest a ClaimTask call waits for a task.
+    claim_wait_max: Duration,
 }
 
 impl Api {
-    pub fn new(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> Self {
+    pub fn new(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize, claim_wait_max: Duration) -> Self {
         assert!(watch_buffer > 0, "a watch buffer holds at least one event");
         Api {
             core,
             metrics,
             watch_buffer,
+            claim_wait_max,
         }
     }
 
@@ -402,36 +406,143 @@ impl pb::entitlements_service_server::EntitlementsService for Api {
     }
 }
 
-/// The task queue is not part of this version: every call says so plainly.
-#[derive(Clone, Default)]
-pub struct TaskQueueAbsent;
-
-fn tasks_absent() -> Status {
-    Status::unimplemented("TaskService is not implemented by this daemon version yet")
+/// How long a claim may wait: what the client asked (`wait_ms`), at most `--claim-wait-max`,
+/// and always short of the call's own deadline, so that "no task" arrives as an empty answer
+/// rather than DEADLINE_EXCEEDED.
+fn claim_wait(asked_ms: Option<u32>, deadline: Option<Duration>, cap: Duration) -> Duration {
+    let mut wait = asked_ms.map_or(cap, |ms| Duration::from_millis(u64::from(ms))).min(cap);
+    if let Some(deadline) = deadline {
+        let margin = (deadline / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        wait = wait.min(deadline.saturating_sub(margin));
+    }
+    wait
 }
 
+/// The call's deadline from its `grpc-timeout` header ("<digits><H|M|S|m|u|n>"), if any.
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// Slack past a claim's wait before the call gives up on the core's answer by itself: with the
+/// real clock the core answers first; with a manual clock (time stands still) this ends it.
+const CLAIM_SLACK: Duration = Duration::from_millis(250);
+
 #[tonic::async_trait]
-impl pb::task_service_server::TaskService for TaskQueueAbsent {
-    async fn create_task(&self, _: Request<pb::CreateTaskRequest>) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        Err(tasks_absent())
+impl pb::task_service_server::TaskService for Api {
+    async fn create_task(
+        &self,
+        request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::CreateTask {
+            kind: r.r#type,
+            input: r.input,
+            required_tools: r.required_tools,
+            max_retries: r.max_retries,
+            ttl_seconds: r.ttl_seconds,
+        };
+        match self.call("CreateTask", command).await? {
+            Reply::Task(task) => Ok(Response::new(pb::CreateTaskResponse {
+                task: Some(convert::task_to_pb(&task)),
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
-    async fn claim_task(&self, _: Request<pb::ClaimTaskRequest>) -> Result<Response<pb::ClaimTaskResponse>, Status> {
-        Err(tasks_absent())
+
+    async fn claim_task(
+        &self,
+        request: Request<pb::ClaimTaskRequest>,
+    ) -> Result<Response<pb::ClaimTaskResponse>, Status> {
+        let deadline = grpc_timeout(&request);
+        let r = request.into_inner();
+        let wait = claim_wait(r.wait_ms, deadline, self.claim_wait_max);
+        let command = Command::ClaimTask {
+            agent_id: r.agent_id,
+            wait_ms: wait.as_millis() as u64,
+        };
+        // Giving up drops the reply's receiver: the driver then cancels the waiting claim, or,
+        // if a task was handed over meanwhile, puts it back to PENDING.
+        let reply = match tokio::time::timeout(wait + CLAIM_SLACK, self.call("ClaimTask", command)).await {
+            Ok(reply) => reply?,
+            Err(_) => Reply::NoTask,
+        };
+        match reply {
+            Reply::Claimed { task, lease } => Ok(Response::new(pb::ClaimTaskResponse {
+                task: Some(convert::task_to_pb(&task)),
+                lease: Some(convert::lease_to_pb(&lease)),
+            })),
+            Reply::NoTask => Ok(Response::new(pb::ClaimTaskResponse {
+                task: None,
+                lease: None,
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
+
     async fn complete_task(
         &self,
-        _: Request<pb::CompleteTaskRequest>,
+        request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
-        Err(tasks_absent())
+        let r = request.into_inner();
+        let command = Command::CompleteTask {
+            task_id: r.task_id,
+            agent_id: r.agent_id,
+            output: r.output,
+        };
+        self.call("CompleteTask", command).await?;
+        Ok(Response::new(pb::CompleteTaskResponse {}))
     }
-    async fn fail_task(&self, _: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
-        Err(tasks_absent())
+
+    async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::FailTask {
+            task_id: r.task_id,
+            agent_id: r.agent_id,
+            reason: r.reason,
+        };
+        self.call("FailTask", command).await?;
+        Ok(Response::new(pb::FailTaskResponse {}))
     }
-    async fn get_task(&self, _: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
-        Err(tasks_absent())
+
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let task_id = request.into_inner().task_id;
+        match self.call("GetTask", Command::GetTask { task_id }).await? {
+            Reply::Task(task) => Ok(Response::new(pb::GetTaskResponse {
+                task: Some(convert::task_to_pb(&task)),
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
-    async fn list_tasks(&self, _: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
-        Err(tasks_absent())
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = request.into_inner();
+        let status = convert::task_status_filter(r.status)?;
+        let command = Command::ListTasks {
+            status,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        };
+        match self.call("ListTasks", command).await? {
+            Reply::Tasks { tasks, next_page_token } => Ok(Response::new(pb::ListTasksResponse {
+                tasks: tasks.iter().map(convert::task_to_pb).collect(),
+                next_page_token,
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 

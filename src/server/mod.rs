@@ -11,6 +11,7 @@ pub mod http;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -20,14 +21,14 @@ use tonic::service::Routes;
 use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 use crate::proto as pb;
-use grpc::{Api, TaskQueueAbsent};
+use grpc::Api;
 
 /// Largest gRPC message accepted: a 4 MiB task input plus its envelope.
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 
 /// Every gRPC service of the daemon, ready for any transport.
-pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> Routes {
-    let api = Api::new(core, metrics, watch_buffer);
+pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize, claim_wait_max: Duration) -> Routes {
+    let api = Api::new(core, metrics, watch_buffer, claim_wait_max);
     let n = MESSAGE_BYTES_MAX;
     Routes::default()
         .add_service(pb::registry_service_server::RegistryServiceServer::new(api.clone()).max_decoding_message_size(n))
@@ -36,7 +37,7 @@ pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize) -> R
         .add_service(
             pb::entitlements_service_server::EntitlementsServiceServer::new(api.clone()).max_decoding_message_size(n),
         )
-        .add_service(pb::task_service_server::TaskServiceServer::new(TaskQueueAbsent).max_decoding_message_size(n))
+        .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::clock_service_server::ClockServiceServer::new(api))
 }
 

@@ -17,6 +17,7 @@ use pb::election_service_client::ElectionServiceClient;
 use pb::entitlements_service_client::EntitlementsServiceClient;
 use pb::lease_service_client::LeaseServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
+use pb::task_service_client::TaskServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a daemon may take to start serving.
@@ -294,6 +295,7 @@ pub struct Clients {
     pub leases: LeaseServiceClient<Channel>,
     pub elections: ElectionServiceClient<Channel>,
     pub policies: EntitlementsServiceClient<Channel>,
+    pub tasks: TaskServiceClient<Channel>,
 }
 
 pub fn card(name: &str, description: &str, tools: &[&str]) -> pb::AgentCard {
@@ -316,6 +318,7 @@ impl Clients {
             leases: LeaseServiceClient::new(channel.clone()),
             elections: ElectionServiceClient::new(channel.clone()),
             policies: EntitlementsServiceClient::new(channel.clone()),
+            tasks: TaskServiceClient::new(channel.clone()),
             channel,
         }
     }

@@ -1,0 +1,476 @@
+//! End to end: the task queue through the real binary: workers that claim, complete and die; the
+//! long-poll and its empty answer before the deadline; a caller that hangs up; paging; events;
+//! and tasks surviving kill -9.
+
+#![allow(clippy::disallowed_methods)] // the tests time real waits of the long-poll
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkeeper::proto as pb;
+use common::{Clients, Daemon, EVENT_TIMEOUT, decode, free_port, next_event, token_of, type_url};
+use tokio::sync::Mutex;
+use tonic::Code;
+
+fn create_request(kind: &str, tools: &[&str], max_retries: u32, ttl_seconds: u32) -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        r#type: kind.into(),
+        input: format!("input of {kind}").into_bytes(),
+        required_tools: tools.iter().map(|t| t.to_string()).collect(),
+        max_retries,
+        ttl_seconds,
+    }
+}
+
+async fn create(c: &mut Clients, kind: &str, tools: &[&str], max_retries: u32, ttl_seconds: u32) -> pb::Task {
+    c.tasks
+        .create_task(create_request(kind, tools, max_retries, ttl_seconds))
+        .await
+        .expect("CreateTask")
+        .into_inner()
+        .task
+        .expect("a task")
+}
+
+/// ClaimTask with the call's own deadline `timeout` (sent as grpc-timeout) and no wait_ms.
+async fn claim(c: &mut Clients, agent: &str, timeout: Duration) -> Result<pb::ClaimTaskResponse, tonic::Status> {
+    let mut request = tonic::Request::new(pb::ClaimTaskRequest {
+        agent_id: agent.into(),
+        wait_ms: None,
+    });
+    request.set_timeout(timeout);
+    c.tasks.claim_task(request).await.map(tonic::Response::into_inner)
+}
+
+async fn get(c: &mut Clients, id: &str) -> pb::Task {
+    c.tasks
+        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .await
+        .expect("GetTask")
+        .into_inner()
+        .task
+        .expect("a task")
+}
+
+async fn list_all(c: &mut Clients, status: pb::TaskStatus) -> Vec<pb::Task> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .tasks
+            .list_tasks(pb::ListTasksRequest {
+                status: status as i32,
+                page_size: 0,
+                page_token,
+            })
+            .await
+            .expect("ListTasks")
+            .into_inner();
+        all.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// One worker process: its own connection, its own heartbeat, claim -> complete until told to
+/// stop. `die_after` claims, it stops dead in the middle of a task (no complete, no heartbeat).
+async fn worker(
+    daemon_url: String,
+    name: String,
+    die_after: Option<usize>,
+    completed: Arc<Mutex<BTreeMap<String, u32>>>,
+) {
+    let channel = tonic::transport::Channel::from_shared(daemon_url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut registry = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+    let mut tasks = pb::task_service_client::TaskServiceClient::new(channel.clone());
+    let agent = registry
+        .register(pb::RegisterRequest {
+            card: Some(common::card(&name, "a worker", &["work"])),
+            ttl_seconds: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent_id;
+    let mut heartbeat = registry.clone();
+    let beating_agent = agent.clone();
+    let beat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = heartbeat
+                .heartbeat(pb::HeartbeatRequest {
+                    agent_id: beating_agent.clone(),
+                })
+                .await;
+        }
+    });
+    let mut claims = 0;
+    loop {
+        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
+            agent_id: agent.clone(),
+            wait_ms: None,
+        });
+        request.set_timeout(Duration::from_millis(1500));
+        let answer = tasks.claim_task(request).await.unwrap().into_inner();
+        let Some(task) = answer.task else {
+            // No task for a whole wait: the queue is drained.
+            beat.abort();
+            return;
+        };
+        claims += 1;
+        if die_after == Some(claims) {
+            // Killed mid-task: no heartbeat, no answer, the connection goes away.
+            beat.abort();
+            return;
+        }
+        assert!(answer.lease.is_some(), "a claim carries its lease");
+        tasks
+            .complete_task(pb::CompleteTaskRequest {
+                task_id: task.id.clone(),
+                agent_id: agent.clone(),
+                output: b"ok".to_vec(),
+            })
+            .await
+            .unwrap();
+        *completed.lock().await.entry(task.id).or_default() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_finish_a_thousand_tasks_and_a_worker_killed_mid_task_loses_none() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        // The claim lease (ttl 1 s) of the killed worker's task expires before its death (4 s).
+        ids.push(create(&mut c, &format!("t{i}"), &["work"], 2, 1).await.id);
+    }
+    let completed = Arc::new(Mutex::new(BTreeMap::new()));
+    let workers: Vec<_> = [("w1", None), ("w2", None), ("w3-killed", Some(50))]
+        .into_iter()
+        .map(|(name, die_after)| tokio::spawn(worker(daemon.url(), name.into(), die_after, Arc::clone(&completed))))
+        .collect();
+    for worker in workers {
+        worker.await.expect("a worker ran to its end");
+    }
+    let completed = completed.lock().await;
+    assert_eq!(completed.len(), 1000, "every task completed");
+    assert!(completed.values().all(|&n| n == 1), "no task completed twice");
+    let all = list_all(&mut c, pb::TaskStatus::Unspecified).await;
+    assert_eq!(all.len(), 1000, "none lost");
+    assert!(all.iter().all(|t| t.status == pb::TaskStatus::Completed as i32));
+    assert_eq!(
+        all.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>(),
+        "creation order"
+    );
+    let retried: Vec<&pb::Task> = all.iter().filter(|t| t.retry_count > 0).collect();
+    assert_eq!(retried.len(), 1, "exactly the killed worker's task was retried");
+    assert_eq!(retried[0].failure_reason, "lease expired");
+}
+
+#[tokio::test]
+async fn a_claim_waits_for_a_task_and_an_empty_wait_answers_before_the_deadline() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let worker = c.register("w", &["web"], 60).await;
+    let started = Instant::now();
+    let empty = claim(&mut c, &worker, Duration::from_millis(800))
+        .await
+        .expect("an empty answer, not an error");
+    assert!(empty.task.is_none() && empty.lease.is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited: {:?}",
+        started.elapsed()
+    );
+
+    let mut waiting = c.tasks.clone();
+    let agent = worker.clone();
+    let claimer = tokio::spawn(async move {
+        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
+            agent_id: agent,
+            wait_ms: None,
+        });
+        request.set_timeout(Duration::from_secs(10));
+        waiting.claim_task(request).await.map(tonic::Response::into_inner)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = create(&mut c, "gpu job", &["gpu"], 0, 30).await;
+    let task = create(&mut c, "web job", &["web"], 0, 30).await;
+    let answer = tokio::time::timeout(EVENT_TIMEOUT, claimer)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    let (claimed, lease) = (answer.task.expect("the task"), answer.lease.expect("its lease"));
+    assert_eq!(claimed.id, task.id);
+    assert_eq!(claimed.status, pb::TaskStatus::Claimed as i32);
+    assert_eq!(claimed.claimed_by_agent_id, worker);
+    assert_eq!(claimed.input, b"input of web job");
+    assert_eq!(
+        (lease.task_id.as_str(), lease.holder_agent_id.as_str()),
+        (task.id.as_str(), worker.as_str())
+    );
+    // The claim lease is a lease: renewable through LeaseService with its fencing token.
+    let renewed = c
+        .renew(&task.id, &worker, token_of(&lease), 30)
+        .await
+        .expect("renew the claim lease");
+    assert_eq!(token_of(&renewed), token_of(&lease));
+    assert_eq!(get(&mut c, &other.id).await.status, pb::TaskStatus::Pending as i32);
+    // wait_ms 0: answer at once.
+    let started = Instant::now();
+    let now = c
+        .tasks
+        .claim_task(pb::ClaimTaskRequest {
+            agent_id: worker,
+            wait_ms: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(now.task.is_none());
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_claimer_that_hangs_up_gets_no_task_and_the_task_stays_pending_without_a_retry() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let worker = c.register("w", &[], 60).await;
+    let mut waiting = c.tasks.clone();
+    let agent = worker.clone();
+    let claimer = tokio::spawn(async move {
+        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
+            agent_id: agent,
+            wait_ms: None,
+        });
+        request.set_timeout(Duration::from_secs(30));
+        waiting.claim_task(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    claimer.abort();
+    let _ = claimer.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task = create(&mut c, "job", &[], 0, 30).await;
+    // Either the daemon noticed the hang-up first, or the claim went out, failed to arrive and
+    // came back: in both cases the task ends up PENDING, unclaimed, with no retry counted.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let now = get(&mut c, &task.id).await;
+        if now.status == pb::TaskStatus::Pending as i32 {
+            assert_eq!(now.retry_count, 0);
+            assert!(now.claimed_by_agent_id.is_empty());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task stayed {:?}", now.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it is there for the next claimer.
+    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(next.task.expect("the task").id, task.id);
+}
+
+#[tokio::test]
+async fn complete_and_fail_check_the_holder_and_retries_end_in_dead_with_events() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut stream = c.watch(&["task."], 0).await;
+    let worker = c.register("w", &[], 60).await;
+    let stranger = c.register("s", &[], 60).await;
+    let task = create(&mut c, "flaky", &[], 1, 30).await;
+    let created = next_event(&mut stream, EVENT_TIMEOUT).await.expect("task.created");
+    assert_eq!(created.topic, "task.created");
+    assert_eq!(type_url(&created), "type.googleapis.com/agentkeeper.v1.Task");
+    let payload: pb::Task = decode(&created);
+    assert_eq!(payload.id, task.id);
+    assert!(payload.input.is_empty(), "events carry no input bytes");
+
+    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let refused = c
+        .tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+            agent_id: stranger,
+            output: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let fail = |reason: &str| pb::FailTaskRequest {
+        task_id: task.id.clone(),
+        agent_id: worker.clone(),
+        reason: reason.into(),
+    };
+    c.tasks.fail_task(fail("first")).await.unwrap();
+    let retried = get(&mut c, &task.id).await;
+    assert_eq!(
+        (retried.status, retried.retry_count),
+        (pb::TaskStatus::Pending as i32, 1)
+    );
+    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    c.tasks.fail_task(fail("second")).await.unwrap();
+    let dead = get(&mut c, &task.id).await;
+    assert_eq!((dead.status, dead.retry_count), (pb::TaskStatus::Dead as i32, 2));
+    assert_eq!(dead.failure_reason, "second");
+    let mut seen = Vec::new();
+    while let Some(event) = next_event(&mut stream, Duration::from_millis(500)).await {
+        seen.push(event.topic);
+    }
+    assert_eq!(seen, ["task.claimed", "task.failed", "task.claimed", "task.dead"]);
+    let unknown = c
+        .tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: "f".repeat(32),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let bad_status = c
+        .tasks
+        .list_tasks(pb::ListTasksRequest {
+            status: 99,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn list_tasks_pages_through_every_task_in_creation_order() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(create(&mut c, &format!("t{i}"), &[], 0, 30).await.id);
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .tasks
+            .list_tasks(pb::ListTasksRequest {
+                status: pb::TaskStatus::Pending as i32,
+                page_size: 10,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.tasks.len() <= 10);
+        seen.extend(page.tasks.into_iter().map(|t| t.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn tasks_their_states_and_retry_counts_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let args = vec![
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        format!("--data-dir={}", dir.path().display()),
+    ];
+    let mut daemon = Daemon::spawn(&args, port, metrics_port);
+    daemon.wait_serving();
+    let mut c = daemon.clients().await;
+    let worker = c.register("w", &[], 300).await;
+    let done = create(&mut c, "done", &[], 0, 300).await;
+    let retried = create(&mut c, "retried", &[], 3, 300).await;
+    let held = create(&mut c, "held", &[], 0, 300).await;
+    let pending = create(&mut c, "pending", &[], 0, 300).await;
+    let first = claim(&mut c, &worker, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .task
+        .unwrap();
+    assert_eq!(first.id, done.id);
+    c.tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: done.id.clone(),
+            agent_id: worker.clone(),
+            output: b"42".to_vec(),
+        })
+        .await
+        .unwrap();
+    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    c.tasks
+        .fail_task(pb::FailTaskRequest {
+            task_id: retried.id.clone(),
+            agent_id: worker.clone(),
+            reason: "try again".into(),
+        })
+        .await
+        .unwrap();
+    // The retried task is the oldest pending again, then the held one.
+    assert_eq!(
+        claim(&mut c, &worker, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .task
+            .unwrap()
+            .id,
+        retried.id
+    );
+    let answer = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(answer.task.unwrap().id, held.id);
+    let token = token_of(&answer.lease.unwrap());
+
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &daemon.pid().to_string()])
+        .status();
+    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    drop(c);
+    let mut daemon = Daemon::spawn(&args, port, metrics_port);
+    daemon.wait_serving();
+    let mut c = daemon.clients().await;
+    let done_now = get(&mut c, &done.id).await;
+    assert_eq!(
+        (done_now.status, done_now.output.as_slice()),
+        (pb::TaskStatus::Completed as i32, &b"42"[..])
+    );
+    let retried_now = get(&mut c, &retried.id).await;
+    assert_eq!(
+        (
+            retried_now.status,
+            retried_now.retry_count,
+            retried_now.failure_reason.as_str()
+        ),
+        (pb::TaskStatus::Claimed as i32, 1, "try again")
+    );
+    let held_now = get(&mut c, &held.id).await;
+    assert_eq!(
+        (held_now.status, held_now.claimed_by_agent_id.as_str()),
+        (pb::TaskStatus::Claimed as i32, worker.as_str())
+    );
+    assert_eq!(get(&mut c, &pending.id).await.status, pb::TaskStatus::Pending as i32);
+    // The claim lease came back with its token: the holder completes, a new lease gets a higher token.
+    let renewed = c
+        .renew(&held.id, &worker, token, 0)
+        .await
+        .expect("the claim lease survived");
+    assert_eq!(token_of(&renewed), token);
+    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(next.task.unwrap().id, pending.id);
+    assert!(token_of(&next.lease.unwrap()) > token, "tokens never go back");
+}
