@@ -250,9 +250,103 @@ fn fanout(c: &mut Criterion) {
     });
 }
 
+/// A core that forgets finished tasks a millisecond after they finish, so that a bench which
+/// moves time on holds a steady number of tasks however many iterations it runs.
+fn task_core() -> Core {
+    Core::new(
+        CoreConfig {
+            seed: 1,
+            task_retention_ms: 1,
+            ..CoreConfig::default()
+        },
+        NOW,
+    )
+}
+
+const WAIT_LONG_MS: u64 = u32::MAX as u64;
+
+fn create_task(core: &mut Core, now: u64, tool: Option<usize>) {
+    let command = Command::CreateTask {
+        kind: "bench".into(),
+        input: vec![0; 64],
+        required_tools: tool.map(|t| vec![format!("tool{t}")]).unwrap_or_default(),
+        max_retries: 0,
+        ttl_seconds: 600,
+    };
+    core.apply(now, command).expect("create task");
+}
+
+fn claim(core: &mut Core, now: u64, agent: &str, wait_ms: u64) -> Reply {
+    let command = Command::ClaimTask {
+        agent_id: agent.to_string(),
+        wait_ms,
+    };
+    core.apply(now, command).expect("claim")
+}
+
+fn complete(core: &mut Core, now: u64, task_id: String, agent: &str) {
+    let command = Command::CompleteTask {
+        task_id,
+        agent_id: agent.to_string(),
+        output: Vec::new(),
+    };
+    core.apply(now, command).expect("complete");
+}
+
+/// The queue's two hot paths at size: a claim facing 100k pending tasks (nine tool sets), and a
+/// new task facing 10k waiting claimers (eight tool sets). Neither may scan the other side.
+fn tasks(c: &mut Criterion) {
+    let mut core = task_core();
+    let agents: Vec<String> = (0..8).map(|i| register(&mut core, i, "worker")).collect();
+    let pending = size(100_000);
+    for i in 0..pending {
+        create_task(&mut core, NOW, (i % 9 != 8).then_some(i % 9));
+    }
+    let (mut n, mut now) = (0, NOW);
+    c.bench_function(&format!("claim + complete + create ({pending} pending)"), |b| {
+        b.iter(|| {
+            n += 1;
+            now += 1;
+            let agent = &agents[n % 8];
+            let Reply::Claimed { task, .. } = claim(&mut core, now, agent, 0) else {
+                panic!("nothing to claim")
+            };
+            complete(&mut core, now, task.id.to_string(), agent);
+            create_task(&mut core, now, Some(n % 8));
+        })
+    });
+
+    let mut core = task_core();
+    let waiting = size(10_000);
+    let agents: Vec<String> = (0..waiting).map(|i| register(&mut core, i, "worker")).collect();
+    for agent in &agents {
+        claim(&mut core, NOW, agent, WAIT_LONG_MS);
+    }
+    let mut answers = Vec::new();
+    let (mut n, mut now) = (0, NOW);
+    c.bench_function(
+        &format!("create, handed to the first of {waiting} waiting claims"),
+        |b| {
+            b.iter(|| {
+                n += 1;
+                now += 1;
+                create_task(&mut core, now, Some(n % 8));
+                core.drain_claim_answers(&mut answers);
+                let Some((_, Ok(Reply::Claimed { task, lease }))) = answers.pop() else {
+                    panic!("no waiter took the task: {answers:?}")
+                };
+                let agent = lease.holder.to_string();
+                complete(&mut core, now, task.id.to_string(), &agent);
+                // Back in line, so the number of waiting claims stays the same.
+                claim(&mut core, now, &agent, WAIT_LONG_MS);
+            })
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = heartbeat, leases, policies, find, expiry, fanout
+    targets = heartbeat, leases, policies, find, expiry, fanout, tasks
 }
 criterion_main!(benches);

@@ -54,6 +54,9 @@ struct Flags {
     /// Policies set during set-up (check-policy, mixed).
     #[arg(long, default_value_t = 10_000)]
     policies: usize,
+    /// Pending tasks created during set-up (claim); size it above what the run will claim.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
     /// Watch streams for watch-fanout.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
@@ -132,7 +135,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     );
     let channels = connect(&flags.target, flags.connections).await?;
     let agents = flags.agents.max(1);
-    let shared = Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies).await?);
+    let shared = Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies, flags.tasks).await?);
     let fanout = if flags.scenario == Scenario::WatchFanout {
         Some(start_watchers(&flags.target, flags.watchers, Arc::clone(&shared)).await?)
     } else {

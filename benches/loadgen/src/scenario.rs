@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use pb::entitlements_service_client::EntitlementsServiceClient;
 use pb::lease_service_client::LeaseServiceClient;
 use pb::registry_service_client::RegistryServiceClient;
+use pb::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -28,6 +29,10 @@ pub enum Scenario {
     GetAgent,
     Mixed,
     WatchFanout,
+    /// A task's whole life: CreateTask, ClaimTask (long-poll), CompleteTask.
+    TaskCycle,
+    /// ClaimTask + CompleteTask against a queue pre-filled during set-up (`--tasks`).
+    Claim,
 }
 
 const WORDS: [&str; 16] = [
@@ -56,8 +61,15 @@ pub struct Shared {
     pub sent: Mutex<HashMap<String, Instant>>,
 }
 
-/// Set-up before timing: `agents` registered agents (long ttl), `policies` policies.
-pub async fn set_up(channel: &Channel, scenario: Scenario, agents: usize, policies: usize) -> Result<Shared, String> {
+/// Set-up before timing: `agents` registered agents (long ttl), `policies` policies, `tasks`
+/// pending tasks for the claim scenario.
+pub async fn set_up(
+    channel: &Channel,
+    scenario: Scenario,
+    agents: usize,
+    policies: usize,
+    tasks: usize,
+) -> Result<Shared, String> {
     let mut registry = RegistryServiceClient::new(channel.clone());
     let mut entitlements = EntitlementsServiceClient::new(channel.clone());
     let mut ids = Vec::with_capacity(agents);
@@ -100,11 +112,31 @@ pub async fn set_up(channel: &Channel, scenario: Scenario, agents: usize, polici
             .await
             .map_err(|e| format!("set-up set_policy: {e}"))?;
     }
+    if scenario == Scenario::Claim {
+        let mut queue = TaskServiceClient::new(channel.clone());
+        for i in 0..tasks {
+            queue
+                .create_task(task_request(i as u64))
+                .await
+                .map_err(|e| format!("set-up create_task: {e}"))?;
+        }
+    }
     Ok(Shared {
         agents: ids,
         policies,
         sent: Mutex::new(HashMap::new()),
     })
+}
+
+/// A small task any agent may claim (no required tools).
+fn task_request(n: u64) -> pb::CreateTaskRequest {
+    pb::CreateTaskRequest {
+        r#type: "bench".into(),
+        input: n.to_le_bytes().to_vec(),
+        required_tools: Vec::new(),
+        max_retries: 3,
+        ttl_seconds: 600,
+    }
 }
 
 /// One worker's clients and state.
@@ -113,6 +145,7 @@ pub struct Worker {
     registry: RegistryServiceClient<Channel>,
     leases: LeaseServiceClient<Channel>,
     entitlements: EntitlementsServiceClient<Channel>,
+    tasks: TaskServiceClient<Channel>,
     shared: Arc<Shared>,
     counter: u64,
     renewing: Option<(String, String, u64)>,
@@ -125,6 +158,7 @@ impl Worker {
             registry: RegistryServiceClient::new(channel.clone()),
             leases: LeaseServiceClient::new(channel.clone()),
             entitlements: EntitlementsServiceClient::new(channel.clone()),
+            tasks: TaskServiceClient::new(channel.clone()),
             shared,
             counter: 0,
             renewing: None,
@@ -148,6 +182,8 @@ impl Worker {
             Scenario::Find => self.find().await,
             Scenario::Register => self.register().await,
             Scenario::GetAgent => self.get_agent().await,
+            Scenario::TaskCycle => self.task_cycle(true).await,
+            Scenario::Claim => self.task_cycle(false).await,
             Scenario::Mixed => match self.counter % 20 {
                 0..=13 => self.heartbeat().await,
                 14 | 15 => self.acquire(true).await,
@@ -241,6 +277,31 @@ impl Worker {
             ttl_seconds: 600,
         };
         self.leases.renew_lease(request).await.map(|_| ())
+    }
+
+    /// (Create,) claim and complete one task. The claim long-polls, so a worker whose task was
+    /// taken by another waits for the next one instead of failing.
+    async fn task_cycle(&mut self, create: bool) -> Result<(), tonic::Status> {
+        if create {
+            self.tasks.create_task(task_request(self.counter)).await?;
+        }
+        let agent_id = self.agent();
+        let claim = pb::ClaimTaskRequest {
+            agent_id: agent_id.clone(),
+            wait_ms: Some(5_000),
+        };
+        let answer = self.tasks.claim_task(claim).await?.into_inner();
+        let Some(task) = answer.task else {
+            return Err(tonic::Status::deadline_exceeded("no task to claim within 5 s"));
+        };
+        self.tasks
+            .complete_task(pb::CompleteTaskRequest {
+                task_id: task.id,
+                agent_id,
+                output: Vec::new(),
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn check(&mut self) -> Result<(), tonic::Status> {
