@@ -1,4 +1,5 @@
-"""AgentKeeper: coordination for AI agents (registry, leases, elections, entitlements, events).
+"""AgentKeeper: coordination for AI agents (registry, leases, elections, entitlements, events,
+a task queue).
 
 Blocking client: :class:`AgentKeeperClient`; asyncio client: ``agentkeeper.aio.AgentKeeperClient``.
 """
@@ -6,10 +7,12 @@ Blocking client: :class:`AgentKeeperClient`; asyncio client: ``agentkeeper.aio.A
 from agentkeeper._client import (
     AgentHandle,
     AgentKeeperClient,
+    ClaimedTask,
     ElectionSubscription,
     EventSubscription,
     LeaseHandle,
     Subscription,
+    TaskWorker,
 )
 from agentkeeper._common import RetryPolicy
 from agentkeeper._embedded import EmbeddedDaemon, find_binary
@@ -50,6 +53,8 @@ __all__ = [
     "Subscription",
     "EventSubscription",
     "ElectionSubscription",
+    "ClaimedTask",
+    "TaskWorker",
     "RetryPolicy",
     "EmbeddedDaemon",
     "find_binary",

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 import grpc
 
 from agentkeeper import _convert as cv
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
+    CLAIM_POLL_SECONDS,
     DEFAULT_TIMEOUT,
+    EMPTY_POLL_PAUSE,
     STREAM_RETRYABLE,
     EventCursor,
     RetryPolicy,
+    deref,
     effective_ttl,
+    failure_reason,
     interval_for,
+    keep_claiming,
+    lease_ttl,
+    poll_timed_out,
     resolve_address,
     should_retry,
 )
 from agentkeeper._embedded import EmbeddedDaemon
 from agentkeeper._errors import (
     AgentKeeperError,
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
@@ -56,6 +67,8 @@ __all__ = [
     "Subscription",
     "EventSubscription",
     "ElectionSubscription",
+    "ClaimedTask",
+    "TaskWorker",
 ]
 
 log = logging.getLogger("agentkeeper")
@@ -600,6 +613,287 @@ class ElectionSubscription(Subscription):
             log.exception("agentkeeper: watch_election callback raised")
 
 
+# ── tasks ────────────────────────────────────────────────────────────────────────────────────────
+
+
+class ClaimedTask(Task):
+    """A task this client claimed for an agent (:meth:`AgentKeeperClient.claim_task`,
+    :meth:`AgentKeeperClient.tasks`): every :class:`~agentkeeper.Task` field as it was at the
+    claim, plus the claim lease and calls bound to the client and the claiming agent.
+
+    Finish it with :meth:`complete` or :meth:`fail`. Until then the daemon holds a lease on the
+    task's id for the claiming agent (:attr:`lease`, :attr:`token`, the task's ``ttl``); if it
+    expires (or the agent dies) the task fails with reason "lease expired" ("agent died") and is
+    retried or DEAD. For work longer than the ttl call :meth:`renew` now and then, or
+    :meth:`keep_alive` once to renew in the background until the task is finished.
+
+    ``with task:`` finishes it for you: if the block raises, the task is failed with the error's
+    text (``"ValueError: bad input"``) and the error propagates, unless :attr:`raise_errors` is
+    False (as in :meth:`AgentKeeperClient.tasks` by default), in which case it is logged and
+    swallowed. A block that ends without finishing the task completes it with empty output.
+
+    The fields are not updated after the claim; ``client.get_task(task.id)`` gives the current
+    state. ``task.finished`` tells whether this object completed or failed it.
+    """
+
+    # Set by _bind(), not dataclass fields: dataclasses.fields()/asdict()/== see a Task's fields.
+    _client: AgentKeeperClient
+    _handle: LeaseHandle
+    _finished: str
+    raise_errors: bool
+
+    @classmethod
+    def _bind(cls, client: AgentKeeperClient, task: Task, lease: Lease, requested_at: float) -> ClaimedTask:
+        claimed = cls(**{f.name: getattr(task, f.name) for f in dataclasses.fields(Task)})
+        claimed._client = client
+        claimed._handle = LeaseHandle(client, lease, lease_ttl(lease), requested_at=requested_at)
+        claimed._finished = ""
+        claimed.raise_errors = True
+        return claimed
+
+    @property
+    def lease(self) -> Lease:
+        """The claim lease (on the task's id, held by the claiming agent) as last seen."""
+        return self._handle.lease
+
+    @property
+    def token(self) -> int:
+        """The claim lease's fencing token: pass it with every write this task makes, so that the
+        resource can refuse a worker whose claim ran out and was handed to another (higher token)."""
+        return self._handle.token
+
+    @property
+    def agent_id(self) -> str:
+        """The claiming agent's id."""
+        return self._handle.agent_id
+
+    @property
+    def ttl(self) -> int:
+        """The claim lease's ttl in seconds, as claimed: the task's ``ttl`` (renewals keep it unless
+        given another)."""
+        return self._handle._ttl
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`complete` or :meth:`fail` succeeded through this object."""
+        return bool(self._finished)
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once a renewal found the claim gone (see :meth:`keep_alive`)."""
+        return self._handle.lost
+
+    def complete(self, output: bytes = b"", timeout: _Timeout = None) -> None:
+        """Mark the task COMPLETED with ``output`` (<= 4 MiB; a ``str`` is UTF-8 encoded).
+
+        Raises :class:`FailedPrecondition` if the claim is gone (the lease expired, the task was
+        already finished).
+        """
+        self._finish("completed", self._client.complete_task, output, timeout)
+
+    def fail(self, reason: str = "", timeout: _Timeout = None) -> None:
+        """Record a failure: the task goes back to PENDING while ``retry_count <= max_retries``
+        after this one, else DEAD. Raises :class:`FailedPrecondition` if the claim is gone."""
+        self._finish("failed", self._client.fail_task, reason, timeout)
+
+    def _finish(self, outcome: str, call: Callable[..., None], value: Any, timeout: _Timeout) -> None:
+        try:
+            call(self.id, self.agent_id, value, timeout=timeout)
+        except (NotFound, FailedPrecondition):
+            self._handle.stop_keep_alive()  # the claim is gone: nothing left to renew
+            raise
+        self._finished = outcome
+        self._handle.stop_keep_alive()
+
+    def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
+        """Push the claim lease's expiry to now + ``ttl`` (default: the task's ttl). Returns the
+        lease. Raises :class:`NotFound` if it already expired (the task was failed meanwhile)."""
+        return self._handle.renew(ttl, timeout)
+
+    def keep_alive(self, on_lost: Optional[Callable[[ClaimedTask], Any]] = None) -> ClaimedTask:
+        """Renew the claim lease every ttl/3 seconds on a background thread until the task is
+        completed or failed (or the client closes). ``on_lost(task)`` is called once if a renewal
+        finds the claim gone: stop working on it. Returns the task itself."""
+        if self._finished or self._handle._repeater is not None:
+            return self
+
+        def lost(handle: LeaseHandle) -> None:
+            if on_lost is not None:
+                on_lost(self)
+
+        old = self._handle
+        self._handle = LeaseHandle(self._client, old.lease, old._ttl, keep_alive=True, on_lost=lost)
+        self._handle._valid_until = old._valid_until  # as of the claim or the last renewal
+        return self
+
+    def _abandon(self, reason: str) -> None:
+        """Fail the task if it is still unfinished (best effort) and stop renewing."""
+        try:
+            if not self._finished:
+                self.fail(reason)
+        except AgentKeeperError as e:
+            log.warning("agentkeeper: could not fail task %s (%s): %s", self.id, reason, e)
+        finally:
+            self._handle.stop_keep_alive()
+
+    def __enter__(self) -> ClaimedTask:
+        return self
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> bool:
+        if exc is None:
+            if not self._finished:
+                try:
+                    self.complete()
+                except AgentKeeperError as e:
+                    if self.raise_errors:
+                        raise
+                    log.warning("agentkeeper: completing task %s at the end of its block failed: %s", self.id, e)
+            return False
+        if not self._finished:
+            self._abandon(failure_reason(exc))
+        if isinstance(exc, Exception) and not self.raise_errors:
+            log.error("agentkeeper: task %s (%s) raised; it was failed", self.id, self.type, exc_info=exc)
+            return True
+        return False
+
+
+class TaskWorker:
+    """Claims tasks for one agent, one at a time: ``for task in client.tasks(agent_id)``.
+
+    Made by :meth:`AgentKeeperClient.tasks`, which documents the loop. Each ``iter()`` starts a
+    claiming loop; ``with client.tasks(...) as worker:`` stops it on exit and, if the block raised,
+    fails the task in hand with the error's text. :meth:`stop` (from any thread, e.g. a signal
+    handler) ends the loop after the current task; a claim waiting for a task is cancelled.
+    """
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        agent_id: str,
+        *,
+        raise_errors: bool,
+        keep_alive: bool,
+        idle_timeout: Optional[float],
+        max_tasks: Optional[int],
+    ) -> None:
+        self._client = client
+        self.agent_id = agent_id
+        self.raise_errors = raise_errors
+        self.keep_alive = keep_alive
+        self.idle_timeout = idle_timeout
+        self.max_tasks = max_tasks
+        self.claimed = 0
+        """How many tasks this worker has handed out so far."""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._current: Optional[ClaimedTask] = None
+        # The claiming loops (generators) started by iter(). Held strongly only inside `with
+        # worker:`, so that __exit__ sees the exception that left the loop and fails the task in
+        # hand with its text; otherwise weakly, so that a plain `for` loop left by break or an
+        # exception closes its generator at once (which fails the unfinished task).
+        self._entered = False
+        self._loops: list[Any] = []
+
+    def __iter__(self) -> Iterator[ClaimedTask]:
+        loop = self._run()
+        self._loops = [r for r in self._loops if deref(r) is not None]
+        self._loops.append(loop if self._entered else weakref.ref(loop))
+        return loop
+
+    def _set_call(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+        if call is not None and self._stop.is_set():
+            call.cancel()
+
+    def stop(self) -> None:
+        """End the loop: no further task is claimed; a claim waiting for one is cancelled."""
+        self._stop.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def _run(self) -> Iterator[ClaimedTask]:
+        client = self._client
+        idle_since = time.monotonic()
+        backoff = 0.0
+        current: Optional[ClaimedTask] = None
+        try:
+            while not self._stop.is_set():
+                if self.max_tasks is not None and self.claimed >= self.max_tasks:
+                    return
+                wait: Optional[float] = None
+                if self.idle_timeout is not None:
+                    wait = self.idle_timeout - (time.monotonic() - idle_since)
+                    if wait <= 0:
+                        return
+                try:
+                    task = client._claim(self.agent_id, wait, stop=self._stop, on_call=self._set_call)
+                except Unavailable as e:
+                    backoff = client._retry.next_delay(backoff)
+                    log.warning("agentkeeper: claiming for %s failed (%s); again in %.2fs", self.agent_id, e, backoff)
+                    if self._stop.wait(backoff):
+                        return
+                    continue
+                backoff = 0.0
+                if task is None:
+                    if wait is None:
+                        continue
+                    return  # idle_timeout passed with no task (or stop())
+                task.raise_errors = self.raise_errors
+                if self.keep_alive:
+                    task.keep_alive()
+                current = self._current = task
+                self.claimed += 1
+                yield task
+                # The loop body ran to its end: a task it left unfinished counts as done.
+                if not task.finished:
+                    try:
+                        task.complete()
+                    except AgentKeeperError as e:
+                        log.warning("agentkeeper: completing task %s after the loop body failed: %s", task.id, e)
+                current = self._current = None
+                idle_since = time.monotonic()
+        finally:
+            if current is not None:
+                current._abandon("the worker loop ended before the task was finished")
+            self._current = None
+
+    def __enter__(self) -> TaskWorker:
+        self._entered = True
+        return self
+
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.stop()
+        current = self._current
+        if exc is not None and current is not None and not current.finished:
+            current._abandon(failure_reason(exc))
+        loops, self._loops = self._loops, []
+        self._entered = False
+        for ref in loops:
+            loop = deref(ref)
+            if loop is None:
+                continue
+            try:
+                loop.close()
+            except ValueError:  # running on another thread: stop() ends it there
+                pass
+
+    def __repr__(self) -> str:
+        return f"TaskWorker(agent_id={self.agent_id!r}, claimed={self.claimed}, stopped={self.stopped})"
+
+
 # ── client ───────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -723,6 +1017,8 @@ class AgentKeeperClient:
                 obj.stop_heartbeat()
             elif isinstance(obj, LeaseHandle):
                 obj.stop_keep_alive()
+            elif isinstance(obj, TaskWorker):
+                obj.stop()
         self._channel.close()
         if self._daemon is not None:
             self._daemon.stop()
@@ -961,7 +1257,15 @@ class AgentKeeperClient:
         ttl: int = 60,
         timeout: _Timeout = None,
     ) -> Task:
-        """Enqueue a PENDING task."""
+        """Enqueue a task; returns it PENDING (``task.created`` on the bus).
+
+        ``type``: 1..=256 bytes, free text for your workers. ``input``: <= 4 MiB (a ``str`` is
+        UTF-8 encoded). Only agents whose card lists every one of ``required_tools`` can claim
+        it. A failure (FailTask, its claim lease running out, its claimer dying) puts it back to
+        PENDING while ``retry_count <= max_retries``, else it is DEAD. ``ttl``: seconds of the
+        claim lease a claimer gets (0 means 60). Not retried: a retry after a lost reply would
+        enqueue it twice.
+        """
         request = pb.CreateTaskRequest(
             type=cv.check_str("type", type),
             input=cv.check_bytes("input", input),
@@ -971,20 +1275,163 @@ class AgentKeeperClient:
         )
         return cv.task_from_pb(self._unary("task", "CreateTask", request, timeout).task)
 
-    def claim_task(self, agent_id: str, timeout: Optional[float] = None) -> Task:
-        """Long-poll for the oldest PENDING task this agent has the tools for, and claim it.
+    @overload
+    def claim_task(self, agent_id: str, timeout: None = None) -> ClaimedTask: ...
 
-        Unlike other calls, ``timeout=None`` waits without a deadline.
+    @overload
+    def claim_task(self, agent_id: str, timeout: Union[float, timedelta]) -> Optional[ClaimedTask]: ...
+
+    def claim_task(self, agent_id: str, timeout: Union[float, timedelta, None] = None) -> Optional[ClaimedTask]:
+        """Claim the oldest PENDING task that ``agent_id`` has the tools for, waiting for one.
+
+        ``timeout`` is how long to wait, in seconds: ``None`` (the default, as in v1) waits until
+        a task comes, however long; ``0`` only takes one that is pending now. Returns a
+        :class:`ClaimedTask` (``task.complete(output)``, ``task.fail(reason)``, ``task.lease``,
+        ``task.renew()``), or ``None`` if no task came within ``timeout``.
+
+        Waiters are served in arrival order. The agent must be ALIVE: UNREACHABLE raises
+        :class:`FailedPrecondition`, unknown or DEAD :class:`NotFound`. Matching uses the tools
+        on the agent's card, so register the agent with the tools it can use.
         """
-        request = pb.ClaimTaskRequest(agent_id=cv.check_str("agent_id", agent_id))
-        try:
-            response = self._task.ClaimTask(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return cv.task_from_pb(response.task)
+        cv.check_str("agent_id", agent_id)
+        wait = None if timeout is None else cv.seconds_of("timeout", timeout)
+        if wait is not None and wait < 0:
+            raise InvalidArgument(f"timeout must not be negative, got {wait}")
+        return self._claim(agent_id, wait)
+
+    def _claim(
+        self,
+        agent_id: str,
+        wait: Optional[float],
+        *,
+        stop: Optional[threading.Event] = None,
+        on_call: Optional[Callable[[Any], None]] = None,
+    ) -> Optional[ClaimedTask]:
+        """Long-polls ClaimTask until a task is claimed, ``wait`` seconds passed (None: never) or
+        ``stop`` is set. The deadline of each poll tells the daemon how long to wait (wait_ms
+        unset); ``wait == 0`` sends wait_ms=0 instead."""
+        request = pb.ClaimTaskRequest(agent_id=agent_id)
+        if wait == 0:
+            request.wait_ms = 0
+        end = None if wait is None else time.monotonic() + wait
+        delays = self._retry.delays()
+        while True:
+            if stop is not None and stop.is_set():
+                return None
+            if wait == 0:
+                poll: Optional[float] = self._timeout
+            elif end is None:
+                poll = CLAIM_POLL_SECONDS
+            else:
+                poll = end - time.monotonic()
+                if poll <= 0:
+                    return None
+            sent = time.monotonic()
+            call = self._task.ClaimTask.future(request, timeout=poll)
+            if on_call is not None:
+                on_call(call)
+            try:
+                response = call.result()
+            except grpc.FutureCancelledError:
+                if stop is not None and stop.is_set():
+                    return None
+                raise Cancelled("the claim was cancelled") from None
+            except grpc.RpcError as e:
+                error = from_rpc_error(e)
+                code = error.code()
+                if not self._closed and should_retry("ClaimTask", code, error.details()):
+                    delay = next(delays, None)
+                    if delay is not None and (end is None or time.monotonic() + delay < end):
+                        if stop is not None and stop.wait(delay):
+                            return None
+                        if stop is None:
+                            time.sleep(delay)
+                        continue
+                if stop is not None and stop.is_set() and code == grpc.StatusCode.CANCELLED:
+                    return None
+                if not poll_timed_out(code, poll, sent, self._closed):
+                    raise error from None
+                response = None  # the poll's deadline passed with no task (see poll_timed_out)
+            finally:
+                if on_call is not None:
+                    on_call(None)
+            if response is not None and response.HasField("task"):
+                task = cv.task_from_pb(response.task)
+                return ClaimedTask._bind(self, task, cv.lease_from_pb(response.lease), sent)
+            delays = self._retry.delays()
+            if wait == 0:
+                return None
+            if end is not None and poll is not None and not keep_claiming(end - time.monotonic(), poll):
+                return None
+            pause = EMPTY_POLL_PAUSE - (time.monotonic() - sent)
+            if pause > 0:  # answered empty at once (a daemon with --claim-wait-max 0?): do not spin
+                if stop is not None:
+                    stop.wait(pause)
+                else:
+                    time.sleep(pause)
+
+    def tasks(
+        self,
+        agent: Union[str, AgentHandle],
+        *,
+        tools: Optional[Iterable[str]] = None,
+        raise_errors: bool = False,
+        keep_alive: bool = False,
+        idle_timeout: Optional[float] = None,
+        max_tasks: Optional[int] = None,
+    ) -> TaskWorker:
+        """Work loop: claim tasks for ``agent`` (an agent id or :class:`AgentHandle` you
+        registered, with the tools on its card) one at a time and yield each as a
+        :class:`ClaimedTask`::
+
+            for task in client.tasks(worker.agent_id):
+                with task:                    # raises: the task fails with the error's text
+                    task.complete(do(task.input))
+
+        The loop long-polls, so it costs nothing while the queue is empty. It ends after
+        ``max_tasks`` tasks, when no task came for ``idle_timeout`` seconds (``None``: never),
+        or on ``worker.stop()``. UNAVAILABLE (daemon restarting) is retried with backoff; other
+        errors (the agent is DEAD: :class:`NotFound`, UNREACHABLE: :class:`FailedPrecondition`)
+        end the loop.
+
+        What happens to the task in hand:
+
+        - the body calls ``task.complete(output)`` / ``task.fail(reason)``: that is its outcome;
+        - the body finishes without doing either: it is completed with empty output;
+        - inside ``with task:``, the body raises an ``Exception``: the task is failed with
+          ``"ExceptionType: message"`` as the reason; the error is logged and the loop goes on,
+          or, with ``raise_errors=True``, the error propagates and ends the loop;
+        - the loop is left otherwise (``break``, an exception outside ``with task:``): the task
+          is failed at once with reason "the worker loop ended before the task was finished"
+          (inside ``with client.tasks(...) as worker:``, with the exception's text), so it is
+          retried now instead of when its lease runs out. Finish a task before ``break``.
+
+        ``keep_alive=True`` renews each task's claim lease in the background until it is
+        finished (long work); otherwise the task's ttl is the time the body has.
+
+        ``tools`` does not select tasks: the daemon matches tasks against the tools on the
+        agent's card, never against this argument. If given, it is a check made here, once: the
+        agent's card must list all of them, else :class:`InvalidArgument`, since a worker
+        expecting tasks its card does not qualify it for would wait forever.
+        """
+        agent_id = agent.agent_id if isinstance(agent, AgentHandle) else cv.check_str("agent", agent)
+        if tools is not None:
+            cv.check_card_tools(agent_id, cv.check_str_list("tools", tools), self.get_agent(agent_id))
+        worker = TaskWorker(
+            self,
+            agent_id,
+            raise_errors=raise_errors,
+            keep_alive=keep_alive,
+            idle_timeout=None if idle_timeout is None else cv.seconds_of("idle_timeout", idle_timeout),
+            max_tasks=None if max_tasks is None else cv.check_uint("max_tasks", max_tasks),
+        )
+        self._track(worker)
+        return worker
 
     def complete_task(self, task_id: str, agent_id: str, output: bytes = b"", timeout: _Timeout = None) -> None:
-        """Mark a task this agent claimed COMPLETED with ``output``."""
+        """Mark a task ``agent_id`` claimed COMPLETED with ``output`` (<= 4 MiB); its claim lease
+        is released. Another agent, or a task not CLAIMED (any more): :class:`FailedPrecondition`;
+        unknown task: :class:`NotFound`."""
         request = pb.CompleteTaskRequest(
             task_id=cv.check_str("task_id", task_id),
             agent_id=cv.check_str("agent_id", agent_id),
@@ -993,7 +1440,9 @@ class AgentKeeperClient:
         self._unary("task", "CompleteTask", request, timeout)
 
     def fail_task(self, task_id: str, agent_id: str, reason: str = "", timeout: _Timeout = None) -> None:
-        """Record a failure of a claimed task: back to PENDING while retries remain, else DEAD."""
+        """Record a failure of a task ``agent_id`` claimed: ``retry_count`` + 1, then back to
+        PENDING while ``retry_count <= max_retries``, else DEAD. ``reason`` (<= 4096 bytes) is
+        kept as ``failure_reason``. Errors as for :meth:`complete_task`."""
         request = pb.FailTaskRequest(
             task_id=cv.check_str("task_id", task_id),
             agent_id=cv.check_str("agent_id", agent_id),
@@ -1002,14 +1451,57 @@ class AgentKeeperClient:
         self._unary("task", "FailTask", request, timeout)
 
     def get_task(self, task_id: str, timeout: _Timeout = None) -> Task:
-        """One task, any status."""
+        """One task, any status, with its input and output. :class:`NotFound` for an unknown id
+        (or a COMPLETED/DEAD one past the daemon's ``--task-retention``, 24 h by default)."""
         request = pb.GetTaskRequest(task_id=cv.check_str("task_id", task_id))
         return cv.task_from_pb(self._unary("task", "GetTask", request, timeout).task)
 
-    def list_tasks(self, status: Optional[Union[TaskStatus, str]] = None, timeout: _Timeout = None) -> list[Task]:
-        """Tasks in creation order, optionally only those with ``status``."""
-        request = pb.ListTasksRequest(status=cv.task_status_to_pb(status))
-        return [cv.task_from_pb(t) for t in self._unary("task", "ListTasks", request, timeout).tasks]
+    def list_tasks(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        timeout: _Timeout = None,
+    ) -> list[Task]:
+        """All tasks in creation order, optionally only those with ``status``, fetched page by page
+        (``page_size`` tasks a call, 0: the daemon's 1000; ``timeout`` is per page).
+
+        Pages are read one after the other, not as one snapshot: a task that changes status
+        meanwhile may be missed by a ``status`` filter. FAILED is never a resting status (a failed
+        task is PENDING again or DEAD at once), so ``status=FAILED`` lists nothing.
+        """
+        return list(self.iter_tasks(status, page_size, timeout))
+
+    def iter_tasks(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        timeout: _Timeout = None,
+    ) -> Iterator[Task]:
+        """:meth:`list_tasks` lazily: fetches the next page when the previous one is used up."""
+        token = ""
+        while True:
+            tasks, token = self.list_tasks_page(status, page_size, token, timeout)
+            yield from tasks
+            if not token:
+                return
+
+    def list_tasks_page(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: _Timeout = None,
+    ) -> tuple[list[Task], str]:
+        """One page of :meth:`list_tasks`: ``(tasks, next_page_token)``; pass the token back for the
+        next page; it is ``""`` after the last. A page holds at most ``page_size`` tasks (0:
+        1000, at most 10000) and about 3 MiB of input and output."""
+        request = pb.ListTasksRequest(
+            status=cv.task_status_to_pb(status),
+            page_size=cv.check_uint("page_size", page_size),
+            page_token=cv.check_str("page_token", page_token),
+        )
+        response = self._unary("task", "ListTasks", request, timeout)
+        return [cv.task_from_pb(t) for t in response.tasks], response.next_page_token
 
     # ── manual clock ──
 

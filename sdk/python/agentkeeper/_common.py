@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
+
+from agentkeeper._types import Lease
 
 __all__ = [
     "RetryPolicy",
@@ -19,6 +23,13 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "should_retry",
     "EventCursor",
+    "CLAIM_POLL_SECONDS",
+    "EMPTY_POLL_PAUSE",
+    "claim_margin",
+    "keep_claiming",
+    "failure_reason",
+    "poll_timed_out",
+    "lease_ttl",
 ]
 
 DEFAULT_HOST = "localhost"
@@ -136,6 +147,69 @@ def resolve_address(host: Optional[str], port: Optional[int]) -> tuple[str, int]
     if host is None and port is None:
         return env_host, env_port
     return (host if host is not None else DEFAULT_HOST), (port if port is not None else DEFAULT_PORT)
+
+
+# A claim that waits without a time limit (``claim_task(agent_id)``, the worker helper) is a series
+# of long polls of this many seconds each: the daemon answers empty just before each poll's
+# deadline (or after its --claim-wait-max, 60 s by default) and the SDK asks again. A bounded poll
+# also notices a connection that died silently.
+CLAIM_POLL_SECONDS = 30.0
+
+# The shortest time between two claim polls, so that a daemon answering empty at once (started
+# with --claim-wait-max 0) is not polled in a tight loop.
+EMPTY_POLL_PAUSE = 0.1
+
+# FailTask's reason is at most this many bytes (UTF-8).
+FAILURE_REASON_BYTES_MAX = 4096
+
+
+def claim_margin(deadline: float) -> float:
+    """How long before a ClaimTask call's deadline the daemon gives up waiting and answers empty:
+    a tenth of the deadline, at least 20 ms, at most 1 s (the daemon's own rule)."""
+    return min(1.0, max(0.02, deadline / 10))
+
+
+def keep_claiming(remaining: float, poll: float) -> bool:
+    """After an empty claim answer to a poll with deadline ``poll``: whether ``remaining`` seconds
+    of the caller's timeout are worth another poll. The daemon answers empty ``claim_margin(poll)``
+    before the deadline; more time left than about that means it stopped early (its
+    --claim-wait-max is shorter than the poll), so the caller's wait is not over."""
+    return remaining > 2 * claim_margin(poll)
+
+
+def failure_reason(error: BaseException) -> str:
+    """The FailTask reason for a task whose work raised ``error``: ``"Type: message"``, cut to the
+    daemon's 4096 bytes."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    data = text.encode("utf-8")
+    if len(data) <= FAILURE_REASON_BYTES_MAX:
+        return text
+    return data[: FAILURE_REASON_BYTES_MAX - 3].decode("utf-8", "ignore") + "..."
+
+
+def poll_timed_out(code: grpc.StatusCode, poll: Optional[float], sent: float, closed: bool) -> bool:
+    """Whether a ClaimTask poll that failed with ``code`` just ran out of time: "no task yet".
+
+    The daemon normally answers empty before the deadline. A manual-clock daemon does not always:
+    its wait runs on the manual clock, so a poll under about 2.5 s ends with DEADLINE_EXCEEDED,
+    or with CANCELLED ("Timeout expired") when the daemon's own deadline check ends it first.
+    Either is a claim that did not happen (the daemon puts back a task it could not deliver).
+    """
+    if closed or poll is None:
+        return False
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True
+    return code == grpc.StatusCode.CANCELLED and time.monotonic() >= sent + poll - 0.05
+
+
+def lease_ttl(lease: Lease) -> int:
+    """A freshly granted lease's ttl in whole seconds: its expiry minus its acquire time."""
+    return max(1, round((lease.expires_at - lease.acquired_at).total_seconds()))
+
+
+def deref(ref: Any) -> Any:
+    """``ref()`` for a weak reference, else ``ref`` itself."""
+    return ref() if isinstance(ref, weakref.ref) else ref
 
 
 def effective_ttl(ttl: Optional[int], default_ttl: int) -> int:

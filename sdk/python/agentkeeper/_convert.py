@@ -85,6 +85,16 @@ def check_bytes(name: str, value: Any) -> bytes:
     return bytes(value)
 
 
+def check_card_tools(agent_id: str, tools: list[str], info: AgentInfo) -> None:
+    """``tools`` must all be on the agent's card (the worker helper's ``tools=`` check)."""
+    missing = [t for t in tools if t not in info.card.tools]
+    if missing:
+        raise InvalidArgument(
+            f"agent {agent_id!r} does not list {missing} among its tools {info.card.tools}: tasks are "
+            "matched against the tools on the agent's card, so register it with the tools it can use"
+        )
+
+
 def to_effect(effect: Any) -> PolicyEffect:
     try:
         return effect if isinstance(effect, PolicyEffect) else PolicyEffect(str(effect).upper())

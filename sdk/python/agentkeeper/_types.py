@@ -40,7 +40,8 @@ class PolicyEffect(str, Enum):
 
 
 class TaskStatus(str, Enum):
-    """Lifecycle of a task in the TaskService."""
+    """Lifecycle of a task: ``PENDING -> CLAIMED -> COMPLETED``, or on a failure back to PENDING
+    (while retries remain) or DEAD. FAILED is a wire value only: a failed task never rests in it."""
 
     PENDING = "PENDING"
     CLAIMED = "CLAIMED"
@@ -122,7 +123,12 @@ class CheckResult:
 
 @dataclass
 class Task:
-    """A unit of work in the TaskService queue."""
+    """A unit of work in the task queue.
+
+    ``retry_count`` counts failures (FailTask, an expired or released claim lease, the claimer's
+    death); ``failure_reason`` is the last one's. ``claimed_by_agent_id`` is set while CLAIMED.
+    Tasks in events (``task.*``) come without ``input`` and ``output``.
+    """
 
     id: str
     type: str

@@ -10,6 +10,9 @@
                 ...
                 async for event in events:
                     print(event.topic)
+            async for task in client.tasks(agent):   # the task queue's worker loop
+                async with task:
+                    await task.complete(b"done")
 
 ``register``, ``acquire_lease``, ``watch``, ``watch_election`` and ``embedded`` return objects
 that can be awaited *or* used directly with ``async with``.
@@ -18,14 +21,16 @@ that can be awaited *or* used directly with ``async with``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union, overload
 
 import grpc
 import grpc.aio
@@ -33,12 +38,19 @@ import grpc.aio
 from agentkeeper import _convert as cv
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
+    CLAIM_POLL_SECONDS,
     DEFAULT_TIMEOUT,
+    EMPTY_POLL_PAUSE,
     STREAM_RETRYABLE,
     EventCursor,
     RetryPolicy,
+    deref,
     effective_ttl,
+    failure_reason,
     interval_for,
+    keep_claiming,
+    lease_ttl,
+    poll_timed_out,
     resolve_address,
     should_retry,
 )
@@ -47,6 +59,7 @@ from agentkeeper._errors import (
     AgentKeeperError,
     Cancelled,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
@@ -67,7 +80,15 @@ from agentkeeper._types import (
 from agentkeeper.v1 import agentkeeper_pb2 as pb
 from agentkeeper.v1 import agentkeeper_pb2_grpc as stubs
 
-__all__ = ["AgentKeeperClient", "AgentHandle", "LeaseHandle", "WatchStream", "ElectionWatch"]
+__all__ = [
+    "AgentKeeperClient",
+    "AgentHandle",
+    "LeaseHandle",
+    "WatchStream",
+    "ElectionWatch",
+    "ClaimedTask",
+    "TaskWorker",
+]
 
 log = logging.getLogger("agentkeeper")
 
@@ -667,6 +688,264 @@ class ElectionWatch(_AsyncStream[ElectionState]):
         return state
 
 
+# ── tasks ────────────────────────────────────────────────────────────────────────────────────────
+
+
+class ClaimedTask(Task):
+    """A task this client claimed for an agent (asyncio; see the blocking
+    :class:`agentkeeper.ClaimedTask`): the :class:`~agentkeeper.Task` fields as claimed, the claim
+    :attr:`lease`, and ``await task.complete(output)`` / ``await task.fail(reason)`` /
+    ``await task.renew()`` bound to the client and the claiming agent. :meth:`keep_alive` renews
+    in a background task until the task is finished.
+
+    ``async with task:`` fails the task with the error's text if the block raises (the error
+    propagates unless :attr:`raise_errors` is False, as in :meth:`AgentKeeperClient.tasks` by
+    default: then it is logged and swallowed), and completes it with empty output if the block
+    ends without finishing it.
+    """
+
+    _client: AgentKeeperClient
+    _handle: LeaseHandle
+    _finished: str
+    raise_errors: bool
+
+    @classmethod
+    def _bind(cls, client: AgentKeeperClient, task: Task, lease: Lease, requested_at: float) -> ClaimedTask:
+        claimed = cls(**{f.name: getattr(task, f.name) for f in dataclasses.fields(Task)})
+        claimed._client = client
+        claimed._handle = LeaseHandle(client, lease, lease_ttl(lease), requested_at=requested_at)
+        claimed._finished = ""
+        claimed.raise_errors = True
+        return claimed
+
+    @property
+    def lease(self) -> Lease:
+        """The claim lease (on the task's id, held by the claiming agent) as last seen."""
+        return self._handle.lease
+
+    @property
+    def token(self) -> int:
+        """The claim lease's fencing token."""
+        return self._handle.token
+
+    @property
+    def agent_id(self) -> str:
+        """The claiming agent's id."""
+        return self._handle.agent_id
+
+    @property
+    def ttl(self) -> int:
+        """The claim lease's ttl in seconds, as claimed: the task's ``ttl`` (renewals keep it unless
+        given another)."""
+        return self._handle._ttl
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`complete` or :meth:`fail` succeeded through this object."""
+        return bool(self._finished)
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once a renewal found the claim gone."""
+        return self._handle.lost
+
+    async def complete(self, output: bytes = b"", timeout: _Timeout = None) -> None:
+        """Mark the task COMPLETED with ``output`` (:class:`FailedPrecondition` if the claim is gone)."""
+        await self._finish("completed", self._client.complete_task, output, timeout)
+
+    async def fail(self, reason: str = "", timeout: _Timeout = None) -> None:
+        """Record a failure: PENDING again while retries remain, else DEAD."""
+        await self._finish("failed", self._client.fail_task, reason, timeout)
+
+    async def _finish(self, outcome: str, call: Callable[..., Awaitable[None]], value: Any, timeout: _Timeout) -> None:
+        try:
+            await call(self.id, self.agent_id, value, timeout=timeout)
+        except (NotFound, FailedPrecondition):
+            await self._handle.stop_keep_alive()
+            raise
+        self._finished = outcome
+        await self._handle.stop_keep_alive()
+
+    async def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
+        """Push the claim lease's expiry to now + ``ttl`` (default: the task's ttl)."""
+        return await self._handle.renew(ttl, timeout)
+
+    def keep_alive(self, on_lost: Optional[Callback[ClaimedTask]] = None) -> ClaimedTask:
+        """Renew the claim lease every ttl/3 s in a background task until the task is finished;
+        ``on_lost(task)`` (sync or async) if a renewal finds the claim gone. Returns the task."""
+        if self._finished or self._handle._task is not None:
+            return self
+
+        async def lost(handle: LeaseHandle) -> None:
+            if on_lost is not None:
+                await _maybe_await(on_lost(self))
+
+        old = self._handle
+        self._handle = LeaseHandle(self._client, old.lease, old._ttl, keep_alive=True, on_lost=lost)
+        self._handle._valid_until = old._valid_until  # as of the claim or the last renewal
+        return self
+
+    async def _abandon(self, reason: str) -> None:
+        try:
+            if not self._finished:
+                await self.fail(reason)
+        except AgentKeeperError as e:
+            log.warning("agentkeeper: could not fail task %s (%s): %s", self.id, reason, e)
+        finally:
+            await self._handle.stop_keep_alive()
+
+    async def __aenter__(self) -> ClaimedTask:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> bool:
+        if exc is None:
+            if not self._finished:
+                try:
+                    await self.complete()
+                except AgentKeeperError as e:
+                    if self.raise_errors:
+                        raise
+                    log.warning("agentkeeper: completing task %s at the end of its block failed: %s", self.id, e)
+            return False
+        if not self._finished:
+            await self._abandon(failure_reason(exc))
+        if isinstance(exc, Exception) and not self.raise_errors:
+            log.error("agentkeeper: task %s (%s) raised; it was failed", self.id, self.type, exc_info=exc)
+            return True
+        return False
+
+
+class TaskWorker:
+    """Claims tasks for one agent, one at a time: ``async for task in client.tasks(agent_id)``
+    (asyncio; the loop is documented at :meth:`AgentKeeperClient.tasks`).
+
+    ``async with client.tasks(...) as worker:`` stops it on exit and, if the block raised, fails
+    the task in hand with the error's text. :meth:`stop` ends the loop after the current task; a
+    claim waiting for a task is cancelled.
+    """
+
+    def __init__(
+        self,
+        client: AgentKeeperClient,
+        agent_id: str,
+        tools: Optional[list[str]],
+        *,
+        raise_errors: bool,
+        keep_alive: bool,
+        idle_timeout: Optional[float],
+        max_tasks: Optional[int],
+    ) -> None:
+        self._client = client
+        self.agent_id = agent_id
+        self._tools = tools
+        self.raise_errors = raise_errors
+        self.keep_alive = keep_alive
+        self.idle_timeout = idle_timeout
+        self.max_tasks = max_tasks
+        self.claimed = 0
+        """How many tasks this worker has handed out so far."""
+        self._stopped = False
+        self._call: Any = None
+        self._current: Optional[ClaimedTask] = None
+        self._entered = False
+        self._loops: list[Any] = []  # strongly inside `async with`, else weakly (see the blocking TaskWorker)
+
+    def __aiter__(self) -> AsyncIterator[ClaimedTask]:
+        loop = self._run()
+        self._loops = [r for r in self._loops if deref(r) is not None]
+        self._loops.append(loop if self._entered else weakref.ref(loop))
+        return loop
+
+    def _set_call(self, call: Any) -> None:
+        self._call = call
+        if call is not None and self._stopped:
+            call.cancel()
+
+    def stop(self) -> None:
+        """End the loop: no further task is claimed; a claim waiting for one is cancelled."""
+        self._stopped = True
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopped
+
+    async def _run(self) -> AsyncIterator[ClaimedTask]:
+        client = self._client
+        if self._tools is not None:
+            cv.check_card_tools(self.agent_id, self._tools, await client.get_agent(self.agent_id))
+        idle_since = time.monotonic()
+        backoff = 0.0
+        current: Optional[ClaimedTask] = None
+        try:
+            while not self._stopped:
+                if self.max_tasks is not None and self.claimed >= self.max_tasks:
+                    return
+                wait: Optional[float] = None
+                if self.idle_timeout is not None:
+                    wait = self.idle_timeout - (time.monotonic() - idle_since)
+                    if wait <= 0:
+                        return
+                try:
+                    task = await client._claim(self.agent_id, wait, worker=self)
+                except Unavailable as e:
+                    backoff = client._retry.next_delay(backoff)
+                    log.warning("agentkeeper: claiming for %s failed (%s); again in %.2fs", self.agent_id, e, backoff)
+                    await asyncio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                if task is None:
+                    if wait is None:
+                        continue
+                    return
+                task.raise_errors = self.raise_errors
+                if self.keep_alive:
+                    task.keep_alive()
+                current = self._current = task
+                self.claimed += 1
+                yield task
+                if not task.finished:
+                    try:
+                        await task.complete()
+                    except AgentKeeperError as e:
+                        log.warning("agentkeeper: completing task %s after the loop body failed: %s", task.id, e)
+                current = self._current = None
+                idle_since = time.monotonic()
+        finally:
+            if current is not None:
+                await current._abandon("the worker loop ended before the task was finished")
+            self._current = None
+
+    async def __aenter__(self) -> TaskWorker:
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.stop()
+        current = self._current
+        if exc is not None and current is not None and not current.finished:
+            await current._abandon(failure_reason(exc))
+        loops, self._loops = self._loops, []
+        self._entered = False
+        for ref in loops:
+            loop = deref(ref)
+            if loop is not None:
+                try:
+                    await loop.aclose()
+                except RuntimeError:  # running elsewhere: stop() ends it there
+                    pass
+
+    def __repr__(self) -> str:
+        return f"aio.TaskWorker(agent_id={self.agent_id!r}, claimed={self.claimed}, stopped={self.stopped})"
+
+
 # ── client ───────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -781,6 +1060,8 @@ class AgentKeeperClient:
                 await obj.stop_heartbeat()
             elif isinstance(obj, LeaseHandle):
                 await obj.stop_keep_alive()
+            elif isinstance(obj, TaskWorker):
+                obj.stop()
         self._background.clear()
         await self._channel.close()
         if self._daemon is not None:
@@ -1003,7 +1284,7 @@ class AgentKeeperClient:
         ttl: int = 60,
         timeout: _Timeout = None,
     ) -> Task:
-        """Enqueue a PENDING task."""
+        """Enqueue a PENDING task (see the blocking client's ``create_task``)."""
         request = pb.CreateTaskRequest(
             type=cv.check_str("type", type),
             input=cv.check_bytes("input", input),
@@ -1013,17 +1294,114 @@ class AgentKeeperClient:
         )
         return cv.task_from_pb((await self._unary("task", "CreateTask", request, timeout)).task)
 
-    async def claim_task(self, agent_id: str, timeout: Optional[float] = None) -> Task:
-        """Long-poll for a task this agent can do; ``timeout=None`` waits without a deadline."""
-        request = pb.ClaimTaskRequest(agent_id=cv.check_str("agent_id", agent_id))
-        try:
-            response = await self._task.ClaimTask(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return cv.task_from_pb(response.task)
+    @overload
+    async def claim_task(self, agent_id: str, timeout: None = None) -> ClaimedTask: ...
+
+    @overload
+    async def claim_task(self, agent_id: str, timeout: Union[float, timedelta]) -> Optional[ClaimedTask]: ...
+
+    async def claim_task(self, agent_id: str, timeout: Union[float, timedelta, None] = None) -> Optional[ClaimedTask]:
+        """Claim the oldest PENDING task ``agent_id`` has the tools for, waiting up to ``timeout``
+        seconds (``None``, the default: until one comes; ``0``: only one pending now). Returns a
+        :class:`ClaimedTask`, or ``None`` if none came in time. Cancelling the awaiting task
+        cancels the claim (a task handed over meanwhile goes back to PENDING)."""
+        cv.check_str("agent_id", agent_id)
+        wait = None if timeout is None else cv.seconds_of("timeout", timeout)
+        if wait is not None and wait < 0:
+            raise InvalidArgument(f"timeout must not be negative, got {wait}")
+        return await self._claim(agent_id, wait)
+
+    async def _claim(
+        self, agent_id: str, wait: Optional[float], *, worker: Optional[TaskWorker] = None
+    ) -> Optional[ClaimedTask]:
+        """Long-polls ClaimTask until a task is claimed, ``wait`` seconds passed (None: never) or
+        ``worker`` is stopped (see the blocking client's ``_claim``)."""
+        request = pb.ClaimTaskRequest(agent_id=agent_id)
+        if wait == 0:
+            request.wait_ms = 0
+        end = None if wait is None else time.monotonic() + wait
+        delays = self._retry.delays()
+        while True:
+            if worker is not None and worker.stopped:
+                return None
+            if wait == 0:
+                poll: Optional[float] = self._timeout
+            elif end is None:
+                poll = CLAIM_POLL_SECONDS
+            else:
+                poll = end - time.monotonic()
+                if poll <= 0:
+                    return None
+            sent = time.monotonic()
+            call = self._task.ClaimTask(request, timeout=poll)
+            if worker is not None:
+                worker._set_call(call)
+            try:
+                response = await call
+            except asyncio.CancelledError:
+                if worker is not None and worker.stopped and call.cancelled() and not _being_cancelled():
+                    return None
+                raise
+            except grpc.RpcError as e:
+                error = from_rpc_error(e)
+                code = error.code()
+                if not self._closed and should_retry("ClaimTask", code, error.details()):
+                    delay = next(delays, None)
+                    if delay is not None and (end is None or time.monotonic() + delay < end):
+                        await asyncio.sleep(delay)
+                        continue
+                if worker is not None and worker.stopped and code == grpc.StatusCode.CANCELLED:
+                    return None
+                if not poll_timed_out(code, poll, sent, self._closed):
+                    raise error from None
+                response = None  # the poll's deadline passed with no task (see poll_timed_out)
+            finally:
+                if worker is not None:
+                    worker._set_call(None)
+            if response is not None and response.HasField("task"):
+                task = cv.task_from_pb(response.task)
+                return ClaimedTask._bind(self, task, cv.lease_from_pb(response.lease), sent)
+            delays = self._retry.delays()
+            if wait == 0:
+                return None
+            if end is not None and poll is not None and not keep_claiming(end - time.monotonic(), poll):
+                return None
+            pause = EMPTY_POLL_PAUSE - (time.monotonic() - sent)
+            if pause > 0:  # answered empty at once (a daemon with --claim-wait-max 0?): do not spin
+                await asyncio.sleep(pause)
+
+    def tasks(
+        self,
+        agent: Union[str, AgentHandle],
+        *,
+        tools: Optional[Iterable[str]] = None,
+        raise_errors: bool = False,
+        keep_alive: bool = False,
+        idle_timeout: Optional[float] = None,
+        max_tasks: Optional[int] = None,
+    ) -> TaskWorker:
+        """Work loop: ``async for task in client.tasks(agent_id):`` claims tasks for the agent one
+        at a time (long-polling) and yields each as a :class:`ClaimedTask`; use
+        ``async with task:`` in the body so that an exception fails the task with its text.
+        Everything else (the outcome of a task the body leaves unfinished, ``raise_errors``,
+        ``keep_alive``, ``idle_timeout``, ``max_tasks``, what ``tools`` checks) is as in the
+        blocking client's ``tasks``; the ``tools`` check is made before the first claim."""
+        agent_id = agent.agent_id if isinstance(agent, AgentHandle) else cv.check_str("agent", agent)
+        worker = TaskWorker(
+            self,
+            agent_id,
+            None if tools is None else cv.check_str_list("tools", tools),
+            raise_errors=raise_errors,
+            keep_alive=keep_alive,
+            idle_timeout=None if idle_timeout is None else cv.seconds_of("idle_timeout", idle_timeout),
+            max_tasks=None if max_tasks is None else cv.check_uint("max_tasks", max_tasks),
+        )
+        self._track(worker)
+        return worker
 
     async def complete_task(self, task_id: str, agent_id: str, output: bytes = b"", timeout: _Timeout = None) -> None:
-        """Mark a claimed task COMPLETED."""
+        """Mark a task ``agent_id`` claimed COMPLETED (:class:`FailedPrecondition` if it is not
+        claimed by that agent, :class:`NotFound` for an unknown task)."""
         request = pb.CompleteTaskRequest(
             task_id=cv.check_str("task_id", task_id),
             agent_id=cv.check_str("agent_id", agent_id),
@@ -1032,7 +1410,8 @@ class AgentKeeperClient:
         await self._unary("task", "CompleteTask", request, timeout)
 
     async def fail_task(self, task_id: str, agent_id: str, reason: str = "", timeout: _Timeout = None) -> None:
-        """Record a failure of a claimed task."""
+        """Record a failure of a task ``agent_id`` claimed: PENDING again while
+        ``retry_count <= max_retries``, else DEAD."""
         request = pb.FailTaskRequest(
             task_id=cv.check_str("task_id", task_id),
             agent_id=cv.check_str("agent_id", agent_id),
@@ -1041,14 +1420,49 @@ class AgentKeeperClient:
         await self._unary("task", "FailTask", request, timeout)
 
     async def get_task(self, task_id: str, timeout: _Timeout = None) -> Task:
-        """One task, any status."""
+        """One task, any status, with its input and output."""
         request = pb.GetTaskRequest(task_id=cv.check_str("task_id", task_id))
         return cv.task_from_pb((await self._unary("task", "GetTask", request, timeout)).task)
 
-    async def list_tasks(self, status: Optional[Union[TaskStatus, str]] = None, timeout: _Timeout = None) -> list[Task]:
-        """Tasks in creation order, optionally filtered by status."""
-        request = pb.ListTasksRequest(status=cv.task_status_to_pb(status))
-        return [cv.task_from_pb(t) for t in (await self._unary("task", "ListTasks", request, timeout)).tasks]
+    async def list_tasks(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        timeout: _Timeout = None,
+    ) -> list[Task]:
+        """All tasks in creation order (optionally with ``status``), every page of them."""
+        return [task async for task in self.iter_tasks(status, page_size, timeout)]
+
+    async def iter_tasks(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        timeout: _Timeout = None,
+    ) -> AsyncIterator[Task]:
+        """``async for task in client.iter_tasks()``: :meth:`list_tasks` a page at a time."""
+        token = ""
+        while True:
+            tasks, token = await self.list_tasks_page(status, page_size, token, timeout)
+            for task in tasks:
+                yield task
+            if not token:
+                return
+
+    async def list_tasks_page(
+        self,
+        status: Optional[Union[TaskStatus, str]] = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: _Timeout = None,
+    ) -> tuple[list[Task], str]:
+        """One page: ``(tasks, next_page_token)``, the token ``""`` after the last page."""
+        request = pb.ListTasksRequest(
+            status=cv.task_status_to_pb(status),
+            page_size=cv.check_uint("page_size", page_size),
+            page_token=cv.check_str("page_token", page_token),
+        )
+        response = await self._unary("task", "ListTasks", request, timeout)
+        return [cv.task_from_pb(t) for t in response.tasks], response.next_page_token
 
     # ── manual clock ──
 
@@ -1067,4 +1481,6 @@ def _still_running(obj: Any) -> bool:
         return obj.active
     if isinstance(obj, (AgentHandle, LeaseHandle)):
         return obj._task is not None and not obj._task.done()
+    if isinstance(obj, TaskWorker):
+        return not obj.stopped
     return False
