@@ -17,8 +17,11 @@ step "cargo build (the daemon the Python tests drive)"
 cargo build --quiet --bins
 export AGENTKEEPER_BIN="$PWD/target/debug/agentkeeper"
 
-step "cargo test (core unit and property tests, end-to-end tests, the simulator's seeds)"
-cargo test --quiet --workspace --all-targets
+step "cargo test (core unit and property tests, end-to-end tests on io_uring, the simulator's seeds)"
+AGENTKEEPER_TEST_IO=uring cargo test --quiet --workspace --all-targets
+
+step "the end-to-end tests again, on the epoll transport"
+AGENTKEEPER_TEST_IO=epoll cargo test --quiet --test 'e2e_*'
 
 python=${PYTHON:-python3}
 

@@ -40,10 +40,16 @@ struct Flags {
     #[arg(long, value_parser = parse_addr)]
     metrics_addr: Option<SocketAddr>,
 
-    /// Network threads serving gRPC and HTTP (the core has its own thread besides). One fits a
-    /// 2-core machine: one core for the network, one for the state machine.
+    /// Network threads serving gRPC (the core has its own thread besides). One fits a 2-core
+    /// machine: one core for the network, one for the state machine. With io_uring each is a
+    /// ring of its own with its own listener (SO_REUSEPORT); HTTP then runs on one more thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     net_threads: u16,
+
+    /// How the network threads do I/O: io_uring (tokio-uring), epoll (tokio), or auto: io_uring
+    /// where the kernel allows it, else epoll with one log line saying why.
+    #[arg(long, value_enum, default_value_t = IoKind::Auto)]
+    io: IoKind,
 
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -89,14 +95,22 @@ struct Flags {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     task_retention: Duration,
 
-    /// The longest a ClaimTask call waits for a task when none is pending (it also answers just
-    /// before the call's own deadline); an empty answer then tells the worker to ask again.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// The longest a ClaimTask call waits for a task when none is pending; an empty answer then
+    /// tells the worker to ask again. A call with a deadline is answered just before it. The
+    /// default is long because v1 clients claim without a deadline and expect to block.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     claim_wait_max: Duration,
 
     /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     core_queue_max: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IoKind {
+    Auto,
+    Uring,
+    Epoll,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,8 +164,17 @@ fn main() -> ExitCode {
         eprintln!("agentkeeper: {message}");
         return ExitCode::FAILURE;
     }
+    let uring = match use_uring(flags.io) {
+        Ok(uring) => uring,
+        Err(message) => {
+            eprintln!("agentkeeper: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // With io_uring the gRPC threads are rings of their own; this runtime then only serves HTTP.
+    let workers = if uring { 1 } else { usize::from(flags.net_threads) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(flags.net_threads))
+        .worker_threads(workers)
         .thread_name("agentkeeper-net")
         .enable_all()
         .build();
@@ -162,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(flags)) {
+    match runtime.block_on(run(flags, uring)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("agentkeeper: {message}");
@@ -185,7 +208,25 @@ async fn bind_http(explicit: Option<SocketAddr>) -> Result<Option<TcpListener>, 
     }
 }
 
-async fn run(flags: Flags) -> Result<(), String> {
+/// Resolves `--io`: true for io_uring. `auto` probes and falls back to epoll with one warning;
+/// an explicit `uring` that the kernel refuses is an error.
+fn use_uring(io: IoKind) -> Result<bool, String> {
+    match io {
+        IoKind::Epoll => Ok(false),
+        IoKind::Uring => server::uring::probe()
+            .map(|()| true)
+            .map_err(|why| format!("--io uring: io_uring is not available here ({why})")),
+        IoKind::Auto => match server::uring::probe() {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                tracing::warn!(%why, "io_uring is not available; serving gRPC on epoll");
+                Ok(false)
+            }
+        },
+    }
+}
+
+async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
         .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
@@ -236,8 +277,21 @@ async fn run(flags: Flags) -> Result<(), String> {
         flags.watch_buffer as usize,
         flags.claim_wait_max,
     );
-    tracing::info!(addr = %flags.addr, "gRPC listening");
-    let grpc = tokio::spawn(server::serve_grpc(grpc_listener, routes, stopped(stop_rx.clone())));
+    let grpc = if uring {
+        let threads = usize::from(flags.net_threads);
+        tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
+        let (handoff, mut finished) = server::uring::spawn(threads, routes, stop_rx.clone())
+            .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
+        tokio::spawn(server::uring::accept(grpc_listener, handoff, stop_rx.clone()));
+        // Not a join: a thread still draining after the grace must not hold up the exit.
+        tokio::spawn(async move { while finished.recv().await.is_some() {} })
+    } else {
+        tracing::info!(addr = %flags.addr, io = "epoll", "gRPC listening");
+        let serving = server::serve_grpc(grpc_listener, routes, stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            let _ = serving.await;
+        })
+    };
 
     shutdown_signal().await;
     tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");

@@ -350,3 +350,70 @@ async fn oversized_and_garbage_requests_fail_cleanly_and_the_daemon_keeps_servin
     c.register("after", &[], 10).await;
     assert_eq!(daemon.http_get("/healthz").1, "ok");
 }
+
+#[tokio::test]
+async fn auto_io_falls_back_to_epoll_with_one_line_when_io_uring_is_refused() {
+    let daemon = Daemon::start_env(&["--io=auto"], &[("AGENTKEEPER_IO_URING_PROBE", "fail")]);
+    let mut c = daemon.clients().await;
+    c.register("served-on-epoll", &[], 30).await;
+    let stderr = daemon.stderr();
+    let fallback: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("io_uring is not available"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "one line says why:\n{stderr}");
+    assert!(
+        fallback[0].contains("AGENTKEEPER_IO_URING_PROBE=fail"),
+        "{}",
+        fallback[0]
+    );
+    assert!(stderr.contains(r#"io="epoll""#), "{stderr}");
+}
+
+#[test]
+fn io_uring_asked_for_but_refused_exits_non_zero_with_a_clear_error() {
+    let port = free_port();
+    let args = [
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{}", free_port()),
+        "--io=uring".to_string(),
+    ];
+    let mut daemon = Daemon::spawn_env(&args, port, 0, &[("AGENTKEEPER_IO_URING_PROBE", "fail")]);
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("the daemon exits");
+    assert!(!status.success());
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("--io uring: io_uring is not available here"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn both_transports_serve_the_same_api_and_say_which_one_they_use() {
+    for (io, shown) in [("uring", r#"io="io_uring""#), ("epoll", r#"io="epoll""#)] {
+        let daemon = Daemon::start(&[&format!("--io={io}"), "--net-threads=2"]);
+        let mut c = daemon.clients().await;
+        let id = c.register(&format!("on-{io}"), &["t"], 30).await;
+        assert_eq!(c.find("", &["t"], 10).await, [format!("on-{io}")]);
+        assert_eq!(c.status(&id).await, pb::AgentStatus::Alive);
+        assert!(daemon.stderr().contains(shown), "{}", daemon.stderr());
+    }
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_a_taken_grpc_port_fails_whatever_the_transport() {
+    let first = Daemon::start(&["--io=uring"]);
+    for io in ["uring", "epoll"] {
+        let args = [
+            format!("--addr=127.0.0.1:{}", first.port),
+            format!("--metrics-addr=127.0.0.1:{}", free_port()),
+            format!("--io={io}"),
+        ];
+        let mut second = Daemon::spawn(&args, first.port, 0);
+        let status = second
+            .wait_exit(Duration::from_secs(5))
+            .expect("the second daemon exits");
+        assert!(!status.success(), "{io}: {}", second.stderr());
+        assert!(second.stderr().contains("cannot listen on"), "{}", second.stderr());
+    }
+}

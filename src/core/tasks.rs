@@ -359,12 +359,17 @@ impl TaskQueue {
                 "task {} holder while {status:?}",
                 task.id_text
             );
-            assert_eq!(
-                task.view.claimed_by.is_some(),
-                claimed,
-                "task {} claimed_by",
-                task.id_text
-            );
+            // The claimer stays on record once the task is COMPLETED or DEAD (who finished it).
+            if claimed {
+                assert!(task.view.claimed_by.is_some(), "task {} claimed_by", task.id_text);
+            }
+            if status == TaskStatus::Pending {
+                assert!(
+                    task.view.claimed_by.is_none(),
+                    "pending task {} names a claimer",
+                    task.id_text
+                );
+            }
             let finished = matches!(status, TaskStatus::Completed | TaskStatus::Dead);
             assert_eq!(task.timer.is_some(), finished, "task {} retention timer", task.id_text);
             assert!(
@@ -557,7 +562,7 @@ impl Core {
             ));
         }
         self.drop_claim_lease(key);
-        self.requeue(key, None);
+        self.requeue(key);
         Ok(Reply::Done)
     }
 
@@ -580,7 +585,6 @@ impl Core {
         self.tasks.bytes += output.len();
         task.view.output = output.into();
         task.view.completed_at = Some(now);
-        task.view.claimed_by = None;
         task.holder = None;
         self.tasks.file(key, TaskStatus::Completed);
         self.finish(key);
@@ -747,30 +751,26 @@ impl Core {
         task.view.retry_count += 1;
         task.view.failure_reason = reason.into();
         if task.view.retry_count <= task.view.max_retries {
-            self.requeue(key, Some(()));
+            self.requeue(key);
             return;
         }
         self.tasks.unfile(key);
-        let task = &mut self.tasks.tasks[key];
-        task.view.claimed_by = None;
-        task.holder = None;
+        self.tasks.tasks[key].holder = None;
         self.tasks.file(key, TaskStatus::Dead);
         self.finish(key);
         let view = self.tasks.tasks[key].view.without_bytes();
         self.emit(Topic::TaskDead, EventPayload::Task(view));
     }
 
-    /// Back to PENDING (after a failure when `failed`, else after an undeliverable claim), with
-    /// `task.failed`, then offered to waiting claimers.
-    fn requeue(&mut self, key: usize, failed: Option<()>) {
+    /// Back to PENDING (after a failure, or after an undeliverable claim: then `failure_reason`
+    /// and `retry_count` stay as they were), with `task.failed` so that watchers see the task
+    /// leave its claimer, then offered to waiting claimers.
+    fn requeue(&mut self, key: usize) {
         self.tasks.unfile(key);
         let task = &mut self.tasks.tasks[key];
         task.view.claimed_by = None;
         task.view.claimed_at = None;
         task.holder = None;
-        if failed.is_none() {
-            task.view.failure_reason = "the claim's reply could not be delivered".into();
-        }
         self.tasks.file(key, TaskStatus::Pending);
         let view = self.tasks.tasks[key].view.without_bytes();
         self.emit(Topic::TaskFailed, EventPayload::Task(view));

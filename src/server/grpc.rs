@@ -406,16 +406,22 @@ impl pb::entitlements_service_server::EntitlementsService for Api {
     }
 }
 
-/// How long a claim may wait: what the client asked (`wait_ms`), at most `--claim-wait-max`,
-/// and always short of the call's own deadline, so that "no task" arrives as an empty answer
-/// rather than DEADLINE_EXCEEDED.
-fn claim_wait(asked_ms: Option<u32>, deadline: Option<Duration>, cap: Duration) -> Duration {
-    let mut wait = asked_ms.map_or(cap, |ms| Duration::from_millis(u64::from(ms))).min(cap);
-    if let Some(deadline) = deadline {
-        let margin = (deadline / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        wait = wait.min(deadline.saturating_sub(margin));
+/// How long a claim may wait, and when the handler gives up on the core's answer by itself.
+/// The wait is what the client asked (`wait_ms`), at most `--claim-wait-max`, and always short
+/// of the call's own deadline, so that "no task" arrives as an empty answer rather than
+/// DEADLINE_EXCEEDED. With the real clock the core answers at the end of the wait; under a
+/// manual clock time may stand still, and the handler's own limit (between the wait and the
+/// deadline) ends the call.
+fn claim_wait(asked_ms: Option<u32>, deadline: Option<Duration>, cap: Duration) -> (Duration, Duration) {
+    let wait = asked_ms.map_or(cap, |ms| Duration::from_millis(u64::from(ms))).min(cap);
+    match deadline {
+        None => (wait, wait + CLAIM_SLACK),
+        Some(deadline) => {
+            let margin = (deadline / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+            let wait = wait.min(deadline.saturating_sub(margin));
+            (wait, (wait + CLAIM_SLACK).min(deadline.saturating_sub(margin / 2)))
+        }
     }
-    wait
 }
 
 /// The call's deadline from its `grpc-timeout` header ("<digits><H|M|S|m|u|n>"), if any.
@@ -466,14 +472,14 @@ impl pb::task_service_server::TaskService for Api {
     ) -> Result<Response<pb::ClaimTaskResponse>, Status> {
         let deadline = grpc_timeout(&request);
         let r = request.into_inner();
-        let wait = claim_wait(r.wait_ms, deadline, self.claim_wait_max);
+        let (wait, give_up) = claim_wait(r.wait_ms, deadline, self.claim_wait_max);
         let command = Command::ClaimTask {
             agent_id: r.agent_id,
             wait_ms: wait.as_millis() as u64,
         };
         // Giving up drops the reply's receiver: the driver then cancels the waiting claim, or,
         // if a task was handed over meanwhile, puts it back to PENDING.
-        let reply = match tokio::time::timeout(wait + CLAIM_SLACK, self.call("ClaimTask", command)).await {
+        let reply = match tokio::time::timeout(give_up, self.call("ClaimTask", command)).await {
             Ok(reply) => reply?,
             Err(_) => Reply::NoTask,
         };

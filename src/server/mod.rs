@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod uring;
 
 use std::future::Future;
 use std::sync::Arc;

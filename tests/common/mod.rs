@@ -64,6 +64,11 @@ impl Daemon {
     /// answers a gRPC call. A free port can be taken between our probe and the daemon's bind (by
     /// any socket of the parallel tests), so a start that fails to listen is retried on new ports.
     pub fn start(extra: &[&str]) -> Daemon {
+        Self::start_env(extra, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables for the daemon.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         for _ in 0..3 {
             let (port, metrics_port) = (free_port(), free_port());
             let mut args = vec![
@@ -71,7 +76,7 @@ impl Daemon {
                 format!("--metrics-addr=127.0.0.1:{metrics_port}"),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
-            let mut daemon = Daemon::spawn(&args, port, metrics_port);
+            let mut daemon = Daemon::spawn_env(&args, port, metrics_port, env);
             match daemon.try_wait_serving() {
                 Ok(()) => return daemon,
                 Err(Exited(_)) if daemon.stderr().contains("cannot listen on") => continue,
@@ -84,13 +89,27 @@ impl Daemon {
     /// Starts the binary with exactly `args`, without waiting. `port` is where the test will
     /// reach gRPC, `metrics_port` HTTP (0 if none).
     pub fn spawn(args: &[String], port: u16, metrics_port: u16) -> Daemon {
+        Self::spawn_env(args, port, metrics_port, &[])
+    }
+
+    /// Like [`Daemon::spawn`], with extra environment variables for the daemon.
+    pub fn spawn_env(args: &[String], port: u16, metrics_port: u16, env: &[(&str, &str)]) -> Daemon {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let stderr_path =
             std::env::temp_dir().join(format!("agentkeeper-e2e-{}-{n}-{port}.stderr", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
+        // The whole suite runs once per transport: AGENTKEEPER_TEST_IO=epoll|uring picks it
+        // (unless a test names one itself); unset, the daemon's own default (auto) applies.
+        let mut args = args.to_vec();
+        if let Ok(io) = std::env::var("AGENTKEEPER_TEST_IO")
+            && !args.iter().any(|a| a.starts_with("--io"))
+        {
+            args.push(format!("--io={io}"));
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
-            .args(args)
+            .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

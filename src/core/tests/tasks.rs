@@ -289,6 +289,11 @@ fn complete_by_the_holder_releases_the_lease_and_only_the_holder_may_complete() 
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(&*done.output, b"done");
     assert_eq!(done.completed_at, Some(T0 + 2 * SECOND));
+    assert_eq!(
+        done.claimed_by.map(|a| a.to_string()),
+        Some(worker.clone()),
+        "who completed it stays on record"
+    );
     assert!(h.core.leases().is_empty());
     assert_eq!(
         complete(&mut h, &t, &worker).unwrap_err().code,
@@ -434,6 +439,7 @@ fn an_undeliverable_claim_goes_back_to_pending_without_a_retry_and_to_the_next_c
     assert_eq!(handed[0].0, waiter);
     let now = task(&mut h, &t.id.to_string());
     assert_eq!(now.retry_count, 0, "no retry is counted");
+    assert_eq!(&*now.failure_reason, "", "and no failure is recorded");
     assert_eq!(now.claimed_by.map(|a| a.to_string()), Some(next));
 }
 

@@ -1,0 +1,286 @@
+//! The io_uring transport: each net thread runs a tokio-uring runtime and serves HTTP/2 (hyper)
+//! over io_uring sockets handed to it by one acceptor, with the same tonic routes as the epoll
+//! path. `probe` decides at start-up whether the kernel lets us use io_uring at all.
+//!
+//! Architecture invariant: nothing here touches core state or blocks a thread: calls reach the
+//! core through the driver's queue, exactly as on the epoll path. A connection has at most one
+//! read and one write in flight, so a slow client holds back only its own connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+use std::thread;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{mpsc, watch};
+use tonic::service::Routes;
+
+/// Bytes one read may bring in: a whole small gRPC call and then some; large messages take
+/// several reads.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Submission queue entries per ring (each connection has at most two operations in flight).
+const RING_ENTRIES: u32 = 1024;
+/// Accepted connections waiting for their net thread at most.
+const HANDOFF_QUEUE: usize = 128;
+/// Set to `fail` to make the probe fail, as a kernel or seccomp profile that refuses io_uring
+/// would (tests of the fallback use it).
+pub const PROBE_ENV: &str = "AGENTKEEPER_IO_URING_PROBE";
+
+/// Checks that io_uring works here: set up a ring, submit a no-op, reap its completion. Returns
+/// why not, in one sentence, where it does not.
+pub fn probe() -> Result<(), String> {
+    if std::env::var(PROBE_ENV).is_ok_and(|v| v == "fail") {
+        return Err(format!("{PROBE_ENV}=fail is set"));
+    }
+    let mut ring = io_uring::IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let nop = io_uring::opcode::Nop::new().build().user_data(7);
+    // SAFETY: a no-op references no memory; the ring outlives the submission.
+    unsafe { ring.submission().push(&nop) }.map_err(|e| format!("cannot queue a no-op: {e}"))?;
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring_enter failed: {e}"))?;
+    let completion = ring.completion().next().ok_or("no completion for the no-op")?;
+    if completion.result() < 0 {
+        return Err(format!(
+            "the no-op failed: {}",
+            io::Error::from_raw_os_error(-completion.result())
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `threads` net threads, each a tokio-uring runtime serving the connections handed to
+/// it, and returns the senders to hand connections to them and a receiver that closes once every
+/// thread has ended. Each thread serves until `shutdown` turns true, then lets its connections
+/// finish (GOAWAY, calls in flight complete) and ends. The threads are detached, never joined,
+/// so a connection that outlives the shutdown grace cannot hold up the exit.
+pub fn spawn(
+    threads: usize,
+    routes: Routes,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<(Vec<mpsc::Sender<std::net::TcpStream>>, mpsc::Receiver<()>)> {
+    let (done, finished) = mpsc::channel(1);
+    let mut senders = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (sender, connections) = mpsc::channel(HANDOFF_QUEUE);
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        thread::Builder::new()
+            .name(format!("agentkeeper-uring-{i}"))
+            .spawn(move || {
+                tokio_uring::builder()
+                    .entries(RING_ENTRIES)
+                    .start(serve(connections, routes, shutdown));
+                drop(done);
+            })?;
+        senders.push(sender);
+    }
+    Ok((senders, finished))
+}
+
+/// Accepts gRPC connections (on the caller's runtime) and hands them to the net threads in turn,
+/// until `shutdown` turns true. One listener without SO_REUSEPORT, rather than one per thread
+/// with it: a second daemon started on the same port must fail to bind, as the contract says,
+/// not silently share the port; and accepting is far off the hot path.
+pub async fn accept(
+    listener: tokio::net::TcpListener,
+    threads: Vec<mpsc::Sender<std::net::TcpStream>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
+    let mut next = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot hand over an accepted connection");
+                            continue;
+                        }
+                    };
+                    if threads[next].send(stream).await.is_err() {
+                        return;
+                    }
+                    next = (next + 1) % threads.len();
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut stop => return,
+        }
+    }
+}
+
+async fn serve(
+    mut connections: mpsc::Receiver<std::net::TcpStream>,
+    routes: Routes,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = TowerToHyperService::new(routes);
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+    builder.timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            handed = connections.recv() => {
+                let Some(stream) = handed else { break };
+                let stream = tokio_uring::net::TcpStream::from_std(stream);
+                let _ = stream.set_nodelay(true);
+                let connection = builder.serve_connection(UringIo::new(stream), service.clone());
+                let connection = graceful.watch(connection);
+                tokio_uring::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(connections);
+    graceful.shutdown().await;
+}
+
+/// Runs hyper's per-stream tasks on this thread's local executor (tokio-uring is single-threaded).
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio_uring::spawn(future);
+    }
+}
+
+type ReadOp = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
+type WriteOp = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
+
+/// hyper's poll-based `Read`/`Write` over tokio-uring's owned-buffer operations.
+///
+/// Each direction owns one buffer that goes to the kernel and comes back: reads land in it and
+/// are copied into hyper's buffer; writes are copied into it and submitted whole (`write_all`),
+/// and `poll_write` reports them written at once. Back-pressure: a second `poll_write` (or a
+/// flush) waits until the write in flight completes, so hyper never queues more than one
+/// buffer per connection and a slow reader stalls only its own connection. Cancellation: if
+/// the connection is dropped with an operation in flight, tokio-uring keeps the buffer alive
+/// until the kernel is done with it; nothing here needs to wait.
+struct UringIo {
+    stream: Rc<tokio_uring::net::TcpStream>,
+    /// The read buffer while idle, with unread bytes at `read_pos..`.
+    read_buffer: Option<Vec<u8>>,
+    read_pos: usize,
+    read_op: Option<ReadOp>,
+    /// The write buffer while idle; its contents are already written.
+    write_buffer: Option<Vec<u8>>,
+    write_op: Option<WriteOp>,
+}
+
+impl UringIo {
+    fn new(stream: tokio_uring::net::TcpStream) -> Self {
+        UringIo {
+            stream: Rc::new(stream),
+            read_buffer: Some(Vec::with_capacity(READ_BUFFER_BYTES)),
+            read_pos: 0,
+            read_op: None,
+            write_buffer: Some(Vec::new()),
+            write_op: None,
+        }
+    }
+
+    /// Polls the write in flight to its end, returning its buffer for reuse.
+    fn poll_write_op(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(op) = self.write_op.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let (result, buffer) = ready!(op.as_mut().poll(cx));
+        self.write_op = None;
+        self.write_buffer = Some(buffer);
+        Poll::Ready(result)
+    }
+}
+
+impl Read for UringIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut cursor: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(buffer) = &this.read_buffer
+                && this.read_pos < buffer.len()
+            {
+                let n = cursor.remaining().min(buffer.len() - this.read_pos);
+                cursor.put_slice(&buffer[this.read_pos..this.read_pos + n]);
+                this.read_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            let op = match this.read_op.as_mut() {
+                Some(op) => op,
+                None => {
+                    let mut buffer = this.read_buffer.take().expect("an idle read owns its buffer");
+                    buffer.clear();
+                    let stream = Rc::clone(&this.stream);
+                    this.read_op.insert(Box::pin(async move { stream.read(buffer).await }))
+                }
+            };
+            let (result, buffer) = ready!(op.as_mut().poll(cx));
+            this.read_op = None;
+            this.read_pos = 0;
+            let read = buffer.len();
+            this.read_buffer = Some(buffer);
+            match result {
+                // End of stream: report it by filling nothing.
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(n) => debug_assert_eq!(n, read),
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl Write for UringIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_op(cx))?;
+        let mut buffer = this.write_buffer.take().expect("an idle write owns its buffer");
+        buffer.clear();
+        buffer.extend_from_slice(data);
+        let stream = Rc::clone(&this.stream);
+        let mut op: WriteOp = Box::pin(async move { stream.write_all(buffer).await });
+        // Submit now; a write that completes at once frees the buffer at once.
+        match op.as_mut().poll(cx) {
+            Poll::Ready((result, buffer)) => {
+                this.write_buffer = Some(buffer);
+                result?;
+            }
+            Poll::Pending => this.write_op = Some(op),
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_write_op(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_op(cx))?;
+        match this.stream.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
