@@ -1,22 +1,22 @@
 //! AgentKeeper's deterministic simulator (TigerBeetle VOPR style): the real core under a
 //! simulated clock and a seeded RNG, a swarm workload with faults, a naive reference model run
-//! side by side, and named invariants checked after every step. Same seed, same run, bit for
-//! bit: the run prints a digest of every reply and delivered event.
+//! side by side, an in-memory image of the daemon's store that crashes recover from, and named
+//! invariants checked after every step. Same seed, same run, bit for bit: the run prints a
+//! digest of every reply and delivered event.
 //!
 //! Architecture invariant: nothing here reads a clock or the OS RNG (only the binary times the
 //! run for its steps/s); no hash-map order reaches the digest or a trace.
 
 pub mod digest;
+pub mod image;
 pub mod model;
 pub mod rng;
 pub mod runner;
 pub mod step;
 pub mod swarm;
 
-use agentkeeper::core::PlantedBug;
-
 use runner::{Coverage, Runner, Violation};
-use step::{SimConfig, Step, Trace};
+use step::{Planted, SimConfig, Step, Trace};
 use swarm::Generator;
 
 /// The faults a seed may turn on.
@@ -29,8 +29,8 @@ pub enum Fault {
     StalledSubscriber,
     /// Time leaps minutes to hours between two steps.
     ClockJump,
-    /// The daemon crashes and restarts from the store's bytes. A seam: persistence is a later
-    /// issue, so no seed turns it on yet.
+    /// The daemon crashes and restarts from the store's bytes (the runner's image of its data
+    /// dir), now and then in the middle of writing a record (a torn last record).
     CrashRestart,
 }
 
@@ -44,16 +44,18 @@ pub struct RunReport {
     pub coverage: Coverage,
 }
 
-/// Runs `steps` generated steps for `seed`, stopping at the first violation.
-pub fn run_seed(seed: u64, steps: u64, planted_bug: PlantedBug) -> RunReport {
-    run_generated(seed, steps, planted_bug, None)
+/// Runs `steps` generated steps for `seed`, stopping at the first violation. `planted` is a
+/// core's `PlantedBug` or a [`Planted`] bug of the simulator's own.
+pub fn run_seed(seed: u64, steps: u64, planted: impl Into<Planted>) -> RunReport {
+    run_generated(seed, steps, planted.into(), None)
 }
 
 /// Like [`run_seed`], and records the steps run as a trace (the digest line included).
-pub fn record_seed(seed: u64, steps: u64, planted_bug: PlantedBug) -> (RunReport, Trace) {
+pub fn record_seed(seed: u64, steps: u64, planted: impl Into<Planted>) -> (RunReport, Trace) {
+    let planted = planted.into();
     let mut recorded = Vec::new();
-    let report = run_generated(seed, steps, planted_bug, Some(&mut recorded));
-    let config = Generator::new(seed, planted_bug).config().clone();
+    let report = run_generated(seed, steps, planted, Some(&mut recorded));
+    let config = Generator::new(seed, planted).config().clone();
     let trace = Trace {
         config,
         steps: recorded,
@@ -62,8 +64,8 @@ pub fn record_seed(seed: u64, steps: u64, planted_bug: PlantedBug) -> (RunReport
     (report, trace)
 }
 
-fn run_generated(seed: u64, steps: u64, planted_bug: PlantedBug, mut record: Option<&mut Vec<Step>>) -> RunReport {
-    let mut generator = Generator::new(seed, planted_bug);
+fn run_generated(seed: u64, steps: u64, planted: Planted, mut record: Option<&mut Vec<Step>>) -> RunReport {
+    let mut generator = Generator::new(seed, planted);
     let mut runner = Runner::new(generator.config());
     let mut violation = None;
     for _ in 0..steps {

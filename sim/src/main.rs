@@ -5,8 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use agentkeeper::core::PlantedBug;
-use agentkeeper_sim::step::{Trace, planted_bug_from_name};
+use agentkeeper_sim::step::{Planted, Trace};
 use agentkeeper_sim::{RunReport, record_seed, replay, run_seed, shrink};
 use clap::Parser;
 
@@ -25,7 +24,8 @@ struct Args {
     /// Replay a trace written by a failing run (or its shrunk form).
     #[arg(long, value_name = "FILE")]
     replay: Option<String>,
-    /// Plant a deliberate core bug (none | reuse_fencing_token), to see the checker catch it.
+    /// Plant a deliberate bug, to see the checker catch it: none | reuse_fencing_token (in the
+    /// core) | drop_last_log_record (in the simulated recovery, which seeds with crashes reach).
     #[arg(long, default_value = "none")]
     planted_bug: String,
     /// Worker threads for a sweep (default: every core).
@@ -55,10 +55,11 @@ fn main() -> ExitCode {
     // Core panics are caught and reported as violations; the default hook's text would only
     // interleave with the report.
     std::panic::set_hook(Box::new(|_| {}));
-    let Some(bug) = planted_bug_from_name(&args.planted_bug) else {
+    let Some(bug) = Planted::from_name(&args.planted_bug) else {
         eprintln!(
-            "unknown --planted-bug {:?} (none | reuse_fencing_token)",
-            args.planted_bug
+            "unknown --planted-bug {:?} ({})",
+            args.planted_bug,
+            Planted::NAMES.join(" | ")
         );
         return ExitCode::from(2);
     };
@@ -81,14 +82,14 @@ fn main() -> ExitCode {
 
 /// Writes the failing seed's trace (re-run deterministically up to the failure) and returns its
 /// path and the trace.
-fn write_failure_trace(report: &RunReport, bug: PlantedBug) -> Result<(String, Trace), String> {
+fn write_failure_trace(report: &RunReport, bug: Planted) -> Result<(String, Trace), String> {
     let (_, trace) = record_seed(report.seed, report.steps, bug);
     let path = format!("sim-failure-{}.trace", report.seed);
     std::fs::write(&path, trace.render()).map_err(|e| format!("cannot write {path}: {e}"))?;
     Ok((path, trace))
 }
 
-fn one_seed(seed: u64, steps: u64, bug: PlantedBug, shrink_budget: u64, coverage: bool) -> Result<bool, String> {
+fn one_seed(seed: u64, steps: u64, bug: Planted, shrink_budget: u64, coverage: bool) -> Result<bool, String> {
     let since = started();
     let report = run_seed(seed, steps, bug);
     let per_second = rate(report.steps, since);
@@ -135,7 +136,7 @@ fn parse_range(range: &str) -> Result<(u64, u64), String> {
     Ok((first, last))
 }
 
-fn sweep(range: &str, steps: u64, bug: PlantedBug, jobs: Option<usize>) -> Result<bool, String> {
+fn sweep(range: &str, steps: u64, bug: Planted, jobs: Option<usize>) -> Result<bool, String> {
     let (first, last) = parse_range(range)?;
     let jobs = jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

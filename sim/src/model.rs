@@ -11,6 +11,9 @@
 //! holding a lease that would have expired at t=25 releases it in its death clean-up
 //! (`lease.released`), as the contract's timeline says.
 //!
+//! A restart (`restart_grace`) forgives the downtime the naive way: every live agent's ttl and
+//! every lease's ttl counts again from the restart at the latest, and every stream is gone.
+//!
 //! Where the contract leaves the order of two errors open (a renew with a bad ttl and a wrong
 //! token), the model follows the core's documented order; the tests of that order live with the
 //! core.
@@ -121,6 +124,7 @@ fn tools_valid(tools: &[String]) -> bool {
     tools.len() <= 256 && tools.iter().all(|t| within(t, 1, 128))
 }
 
+#[derive(Clone)]
 struct Agent {
     id: AgentId,
     /// The id as the wire shows it; lookups compare strings, so `ABC...` never finds `abc...`.
@@ -129,6 +133,8 @@ struct Agent {
     status: AgentStatus,
     registered_at: Millis,
     last_heartbeat_at: Millis,
+    /// Where its ttl counts from: the last heartbeat, or a restart's time if that came later.
+    liveness_base: Millis,
     ttl_ms: u64,
     registration: u64,
     dead_at: Option<Millis>,
@@ -147,6 +153,7 @@ impl Agent {
     }
 }
 
+#[derive(Clone)]
 struct Lease {
     key: String,
     holder: AgentId,
@@ -168,12 +175,14 @@ impl Lease {
     }
 }
 
+#[derive(Clone)]
 struct Candidate {
     agent: AgentId,
     /// When it joined (a global counter), for the order of death clean-up.
     joined: u64,
 }
 
+#[derive(Clone)]
 struct Group {
     name: String,
     candidates: Vec<Candidate>,
@@ -198,6 +207,8 @@ enum Due {
     Lease(usize),
 }
 
+/// Cloned only where a step must be undone (a torn crash's lost command), never per step.
+#[derive(Clone)]
 pub struct Model {
     config: CoreConfig,
     now: Millis,
@@ -293,12 +304,44 @@ impl Model {
 
     fn agent_deadline(&self, agent: &Agent) -> Millis {
         match agent.status {
-            AgentStatus::Alive => agent.last_heartbeat_at + agent.ttl_ms,
-            AgentStatus::Unreachable => agent.last_heartbeat_at + 2 * agent.ttl_ms,
+            AgentStatus::Alive => agent.liveness_base + agent.ttl_ms,
+            AgentStatus::Unreachable => agent.liveness_base + 2 * agent.ttl_ms,
             AgentStatus::Dead => {
                 agent.dead_at.expect("a DEAD agent has a time of death") + self.config.dead_retention_ms
             }
         }
+    }
+
+    /// The daemon restarted at `now` (after being down since its last input): nothing fires for
+    /// the downtime. Every ALIVE agent gets a full ttl from `now` before it goes UNREACHABLE,
+    /// every UNREACHABLE one a full ttl from `now` before it dies, every lease a full ttl of its
+    /// own from `now` before it expires (none of them sooner than before); DEAD agents keep
+    /// their retention. Every stream ended with the old process, and subscriber ids start over.
+    pub fn restart_grace(&mut self, now: Millis) {
+        assert!(now >= self.now, "the model's time went backwards");
+        self.now = now;
+        for agent in &mut self.agents {
+            match agent.status {
+                AgentStatus::Alive => {
+                    if agent.liveness_base + agent.ttl_ms < now + agent.ttl_ms {
+                        agent.liveness_base = now;
+                    }
+                }
+                AgentStatus::Unreachable => {
+                    if agent.liveness_base + 2 * agent.ttl_ms < now + agent.ttl_ms {
+                        agent.liveness_base = now - agent.ttl_ms;
+                    }
+                }
+                AgentStatus::Dead => {}
+            }
+        }
+        for lease in &mut self.leases {
+            if lease.expires_at < now + lease.ttl_ms {
+                lease.expires_at = now + lease.ttl_ms;
+            }
+        }
+        self.subscribers.clear();
+        self.subscriber_next = 1;
     }
 
     /// Moves time to `now`, firing what is due in deadline order, one thing at a time, each at
@@ -577,6 +620,7 @@ impl Model {
             status: AgentStatus::Alive,
             registered_at: self.now,
             last_heartbeat_at: self.now,
+            liveness_base: self.now,
             ttl_ms,
             registration,
             dead_at: None,
@@ -590,6 +634,7 @@ impl Model {
         let index = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
         let agent = &mut self.agents[index];
         agent.last_heartbeat_at = self.now;
+        agent.liveness_base = self.now;
         if agent.status == AgentStatus::Unreachable {
             agent.status = AgentStatus::Alive;
             let view = agent.view();
@@ -833,6 +878,39 @@ mod tests {
         model.apply(0, &acquire, &Ok(Reply::Done)).unwrap();
         model.take_events();
         model.tick(10_000);
+        let topics: Vec<&str> = model.take_events().iter().map(|e| topic_name(e.topic)).collect();
+        assert_eq!(topics, ["agent.unreachable", "agent.died", "lease.released"]);
+    }
+
+    #[test]
+    fn a_restart_forgives_the_downtime_then_time_runs_again() {
+        let config = CoreConfig::default();
+        let mut model = Model::new(&config, 0);
+        let card = AgentCard {
+            name: "a".into(),
+            ..AgentCard::default()
+        };
+        let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(7) });
+        model
+            .apply(0, &Command::Register { card, ttl_seconds: 1 }, &registered)
+            .unwrap();
+        let acquire = Command::AcquireLease {
+            task_id: "k".into(),
+            agent_id: format!("{:032x}", 7),
+            ttl_seconds: 3,
+        };
+        model.apply(0, &acquire, &Ok(Reply::Done)).unwrap();
+        model.take_events();
+        // Down from 0 to 10 s: the agent would have died at 2 s and its lease expired at 3 s.
+        model.restart_grace(10_000);
+        assert_eq!(model.leases()[0].expires_at, 13_000);
+        model.tick(10_999);
+        assert!(
+            model.take_events().is_empty(),
+            "nothing is due within a ttl of the restart"
+        );
+        assert_eq!(model.next_deadline(), Some(11_000));
+        model.tick(12_000);
         let topics: Vec<&str> = model.take_events().iter().map(|e| topic_name(e.topic)).collect();
         assert_eq!(topics, ["agent.unreachable", "agent.died", "lease.released"]);
     }

@@ -16,6 +16,14 @@ impl Rng {
         }
     }
 
+    /// An independent stream of the same seed: draws from it never shift the main stream's, so a
+    /// seed's other choices stay what they were whether or not this stream is used.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Rng { stream: rng }
+    }
+
     pub fn u64(&mut self) -> u64 {
         self.stream.next_u64()
     }

@@ -1,21 +1,27 @@
 //! Executes steps against the real core and the reference model side by side, routes event
 //! deliveries into modelled per-subscriber buffers (cutting off an overflowing one with
-//! `Command::Unwatch`, as the driver does), and checks every named invariant after each step.
+//! `Command::Unwatch`, as the driver does), logs what the driver would log into an in-memory
+//! store image, crashes and recovers from that image, and checks every named invariant after
+//! each step.
 //!
 //! Order of checks within a step: the named safety properties first (so a planted bug is reported
-//! by the property it breaks), then agreement with the reference model.
+//! by the property it breaks), then agreement with the reference model. The runner never decides
+//! anything random: a step says everything, so a trace replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use agentkeeper::core::events::{Delivery, SubscriberId};
+use agentkeeper::core::snapshot::CoreSnapshot;
 use agentkeeper::core::types::{AgentStatus, Millis};
 use agentkeeper::core::{Command, Core, Event, EventPayload, Outcome, Reply, Topic};
+use agentkeeper::store::wal::Record;
 
 use crate::digest::Digest;
+use crate::image::{ReadError, StoreImage};
 use crate::model::{Expected, Model, decide, topics_match};
-use crate::step::{AgentRef, Op, SimConfig, Step, SubRef, TokenRef};
+use crate::step::{AgentRef, Op, Planted, SimConfig, Step, SubRef, TokenRef, TornWrite};
 
 /// The names of every invariant the simulator checks, as printed on a failure.
 pub mod invariant {
@@ -33,8 +39,10 @@ pub mod invariant {
     pub const MODEL_REPLY: &str = "model.reply_agrees";
     pub const MODEL_EVENTS: &str = "model.events_agree";
     pub const MODEL_STATE: &str = "model.state_agrees";
+    pub const RECOVERY_STATE_MATCHES: &str = "recovery.state_matches";
+    pub const RECOVERY_TORN_TAIL_CUT: &str = "recovery.torn_tail_cut";
 
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         ONE_HOLDER_PER_KEY,
         FENCING_TOKENS_INCREASE,
         STATUS_MATCHES_HEARTBEAT,
@@ -49,6 +57,8 @@ pub mod invariant {
         MODEL_REPLY,
         MODEL_EVENTS,
         MODEL_STATE,
+        RECOVERY_STATE_MATCHES,
+        RECOVERY_TORN_TAIL_CUT,
     ];
 }
 
@@ -133,8 +143,11 @@ impl Coverage {
 pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
 
 pub struct Runner {
+    config: SimConfig,
     core: Core,
     model: Model,
+    /// What the daemon's data dir would hold: every record the driver would have logged.
+    image: StoreImage,
     digest: Digest,
     now: Millis,
     /// Register step -> the agent id its (visible) reply carried.
@@ -146,7 +159,12 @@ pub struct Runner {
     /// Open subscriptions, by subscriber id.
     subscriptions: BTreeMap<SubscriberId, Subscription>,
     deregistered: BTreeSet<u128>,
-    /// The highest fencing token granted so far.
+    /// Agent id -> where the last restart's grace made its ttl count from (a live agent at a
+    /// restart is not punished for the downtime); ttl counts from the later of this and its last
+    /// heartbeat.
+    grace_bases: BTreeMap<u128, Millis>,
+    /// The highest fencing token granted so far (that anyone outside the core could see); it
+    /// survives crashes, so tokens are checked across restarts.
     token_max: u64,
     terms: BTreeMap<Arc<str>, u64>,
     deliveries: Vec<Delivery>,
@@ -160,8 +178,10 @@ pub struct Runner {
 impl Runner {
     pub fn new(config: &SimConfig) -> Runner {
         Runner {
+            config: config.clone(),
             core: Core::new(config.core.clone(), config.start_ms),
             model: Model::new(&config.core, config.start_ms),
+            image: StoreImage::new(config.core.seed, config.start_ms),
             digest: Digest::default(),
             now: config.start_ms,
             agents: BTreeMap::new(),
@@ -169,6 +189,7 @@ impl Runner {
             subscriber_ids: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             deregistered: BTreeSet::new(),
+            grace_bases: BTreeMap::new(),
             token_max: 0,
             terms: BTreeMap::new(),
             deliveries: Vec::new(),
@@ -207,9 +228,17 @@ impl Runner {
             .is_some_and(|id| self.subscriptions.contains_key(id))
     }
 
-    /// Runs one step and every check after it. A panic in the core is a violation too.
+    /// Runs one step and every check after it, then takes the store image's snapshot if one is
+    /// due (as the driver does after a batch). A panic in the core is a violation too.
     pub fn step(&mut self, step: &Step) -> Result<(), Violation> {
-        let result = catch_unwind(AssertUnwindSafe(|| self.step_checked(step)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.step_checked(step)?;
+            if self.image.since_snapshot() >= self.config.snapshot_every {
+                self.image.take_snapshot(&self.core);
+                self.coverage.fault("snapshot");
+            }
+            Ok(())
+        }));
         self.steps_run += 1;
         let failure = match result {
             Ok(Ok(())) => return Ok(()),
@@ -235,10 +264,11 @@ impl Runner {
         match &step.op {
             Op::Tick => {
                 let sequence_before = self.core.stats().sequence_next;
-                self.core.tick(step.at);
+                self.tick_logged();
                 self.model.tick(step.at);
                 self.after_call(sequence_before)?;
             }
+            Op::Crash { torn } => self.crash(torn.as_deref())?,
             Op::Consume { sub, count } => {
                 if let Some(open) = self
                     .subscriber_ids
@@ -407,7 +437,7 @@ impl Runner {
                 action: action.clone(),
                 resource: resource.clone(),
             },
-            Op::Tick | Op::Consume { .. } => unreachable!("{} sends no command", op.name()),
+            Op::Tick | Op::Consume { .. } | Op::Crash { .. } => unreachable!("{} sends no command", op.name()),
         };
         (command, 0)
     }
@@ -418,6 +448,15 @@ impl Runner {
         let sequence_before = self.core.stats().sequence_next;
         if let Command::Unwatch { subscriber } = &command {
             self.subscriptions.remove(subscriber);
+        }
+        // As the driver: what is due fires (and is logged) before the command, which is logged
+        // before it is applied.
+        self.tick_logged();
+        if command.is_logged() {
+            self.image.append(&Record::Apply {
+                now: self.now,
+                command: command.clone(),
+            });
         }
         let outcome = self.core.apply(self.now, command.clone());
         let expected = self.model.apply(self.now, &command, &outcome);
@@ -520,42 +559,193 @@ impl Runner {
         }
     }
 
-    /// After any core call: the events it emitted, their deliveries, and the model's events.
-    fn after_call(&mut self, sequence_before: u64) -> Checked {
-        let sequence_after = self.core.stats().sequence_next;
+    /// Fires what is due at the step's time, logging a tick that fired anything (the driver's
+    /// `Record::Tick`).
+    fn tick_logged(&mut self) {
+        if self.core.tick(self.now) > 0 {
+            self.image.append(&Record::Tick { now: self.now });
+        }
+    }
+
+    /// The daemon crashes and restarts from the store image (see `Op::Crash`): the torn write
+    /// first, if any, then recovery through the store's scan and replay, the checks that nothing
+    /// durable was lost, the restart grace (logged), and the recovered core swapped in. Every
+    /// stream broke; the clients keep the ids and tokens they knew.
+    fn crash(&mut self, torn: Option<&TornWrite>) -> Checked {
+        self.coverage.fault("crash");
+        let torn_written;
+        let before = match torn {
+            None => {
+                torn_written = false;
+                self.core.snapshot()
+            }
+            Some(torn) => {
+                let (before, written) = self.torn_write(torn)?;
+                if written {
+                    self.coverage.fault("torn_crash");
+                }
+                torn_written = written;
+                before
+            }
+        };
+        let (whole_len, whole_records) = (self.image.whole_len(), self.image.records());
+        let (mut recovered, reading) = match self.image.read() {
+            Ok(read) => read,
+            Err(ReadError::Damaged(detail)) => {
+                return fail(
+                    invariant::RECOVERY_TORN_TAIL_CUT,
+                    format!("the scan refused the log as damaged (the daemon would not start): {detail}"),
+                );
+            }
+            Err(ReadError::Undecodable(detail)) => {
+                return fail(
+                    invariant::RECOVERY_STATE_MATCHES,
+                    format!("the image does not decode: {detail}"),
+                );
+            }
+        };
+        if reading.from_snapshot {
+            self.coverage.fault("recovered_from_snapshot");
+        }
+        let kept = (reading.valid_len, reading.records);
+        if kept != (whole_len, whole_records) || reading.torn.is_some() != torn_written {
+            return fail(
+                invariant::RECOVERY_TORN_TAIL_CUT,
+                format!(
+                    "{} log of {whole_records} whole records ({whole_len} bytes) read back as {} records \
+                     ({} bytes), tail cut: {:?}",
+                    if torn_written { "a torn" } else { "an untorn" },
+                    reading.records,
+                    reading.valid_len,
+                    reading.torn
+                ),
+            );
+        }
+        if self.config.planted == Planted::DropLastLogRecord {
+            recovered.records.pop();
+        }
+        let mut core = agentkeeper::store::replay(recovered, self.config.core.clone());
+        let mut after = core.snapshot();
+        // The one thing a replay may leave behind: the clock of reads and ticks that fired
+        // nothing, which are not logged.
+        after.now = before.now;
+        if after != before {
+            return fail(
+                invariant::RECOVERY_STATE_MATCHES,
+                format!(
+                    "recovered from {} and {} records, the state differs: {}",
+                    if reading.from_snapshot {
+                        "a snapshot"
+                    } else {
+                        "the header"
+                    },
+                    reading.records,
+                    snapshot_difference(&before, &after)
+                ),
+            );
+        }
+        let now = self.now.max(core.now());
+        self.grant_grace(&core.agents(), now);
+        core.restart_grace(now);
+        self.image.append_grace(now);
+        self.model.restart_grace(now);
+        self.core = core;
+        self.subscriptions.clear();
+        self.subscriber_ids.clear();
+        self.deliveries.clear();
+        self.policies_touched = true;
+        Ok(())
+    }
+
+    /// A torn crash's write: what is due fires (its record whole: the batch's write reached that
+    /// far), then the command is applied to the core and the model and checked like any, but its
+    /// record is written torn, its reply never leaves and its events reach no subscriber (the
+    /// batch never committed). The model is then put back as it was before the command: that is
+    /// what recovery must rebuild. Returns the core's state before the command, and whether a
+    /// record was torn (a command that is not logged leaves none).
+    fn torn_write(&mut self, torn: &TornWrite) -> Checked<(CoreSnapshot, bool)> {
+        let sequence_before = self.core.stats().sequence_next;
+        self.tick_logged();
+        self.model.tick(self.now);
+        let events = self.emitted_since(sequence_before)?;
+        self.check_fencing(&events, false)?;
+        let expected = self.model.take_events();
+        compare_events(&events, &expected)?;
+        let before = self.core.snapshot();
+        let model_before = self.model.clone();
+        let (command, _) = self.command(&torn.op);
+        let record = command.is_logged().then(|| Record::Apply {
+            now: self.now,
+            command: command.clone(),
+        });
+        let sequence_before = self.core.stats().sequence_next;
+        let outcome = self.core.apply(self.now, command.clone());
+        let expected_reply = self.model.apply(self.now, &command, &outcome);
+        self.check_reply_properties(&command, &outcome)?;
+        let events = self.emitted_since(sequence_before)?;
+        // Never seen outside the core, so it raises no floor; it must still be above it.
+        self.check_fencing(&events, false)?;
+        compare_events(&events, &self.model.take_events())?;
+        self.compare_reply(&command, &outcome, &expected_reply)?;
+        self.model = model_before;
+        if let Some(record) = &record {
+            self.image.append_torn(record, torn.tear);
+        }
+        Ok((before, record.is_some()))
+    }
+
+    /// Where each live agent's ttl counts from after a restart's grace at `now`, for the status
+    /// invariant: ALIVE, a full ttl from `now` at least; UNREACHABLE, dead no sooner than a ttl
+    /// from `now`. `agents` is the recovered state (a torn command's effect is not in it);
+    /// agents no longer known are dropped from the map.
+    fn grant_grace(&mut self, agents: &[agentkeeper::core::AgentView], now: Millis) {
+        let mut bases = BTreeMap::new();
+        for agent in agents {
+            let id = agent.agent_id.0;
+            let base = self.liveness_base(id, agent.last_heartbeat_at);
+            let graced = match agent.status {
+                AgentStatus::Alive => base.max(now),
+                AgentStatus::Unreachable => base.max(now - agent.ttl_ms),
+                AgentStatus::Dead => continue,
+            };
+            bases.insert(id, graced);
+        }
+        self.grace_bases = bases;
+    }
+
+    /// Where an agent's ttl counts from: its last heartbeat, or a restart's grace if later.
+    fn liveness_base(&self, id: u128, last_heartbeat_at: Millis) -> Millis {
+        self.grace_bases
+            .get(&id)
+            .map_or(last_heartbeat_at, |&base| base.max(last_heartbeat_at))
+    }
+
+    /// The events emitted since `sequence_before`, all of them still in the ring.
+    fn emitted_since(&self, sequence_before: u64) -> Checked<Vec<Arc<Event>>> {
+        let emitted = self.core.stats().sequence_next - sequence_before;
         let events = self.core.events_since(sequence_before);
-        let emitted = sequence_after - sequence_before;
         if events.len() as u64 != emitted {
             return fail(
                 invariant::MODEL_EVENTS,
                 format!("{emitted} events emitted but the ring holds {} of them", events.len()),
             );
         }
-        // Taken before routing: a cut-off subscriber's Unwatch is a call of its own.
-        let expected = self.model.take_events();
-        self.check_fencing(&events)?;
-        self.route(&events)?;
-        if events != expected {
-            let at = events
-                .iter()
-                .zip(&expected)
-                .position(|(a, b)| a != b)
-                .unwrap_or(events.len().min(expected.len()));
-            return fail(
-                invariant::MODEL_EVENTS,
-                format!(
-                    "{} events from the core, {} from the model; first difference at #{at}: core {} model {}",
-                    events.len(),
-                    expected.len(),
-                    brief(&events.get(at)),
-                    brief(&expected.get(at))
-                ),
-            );
-        }
-        Ok(())
+        Ok(events)
     }
 
-    fn check_fencing(&mut self, events: &[Arc<Event>]) -> Checked {
+    /// After any core call: the events it emitted, their deliveries, and the model's events.
+    fn after_call(&mut self, sequence_before: u64) -> Checked {
+        let events = self.emitted_since(sequence_before)?;
+        // Taken before routing: a cut-off subscriber's Unwatch is a call of its own.
+        let expected = self.model.take_events();
+        self.check_fencing(&events, true)?;
+        self.route(&events)?;
+        compare_events(&events, &expected)
+    }
+
+    /// Grants must carry tokens above every token granted before; with `raise`, the grants are
+    /// visible and raise that floor.
+    fn check_fencing(&mut self, events: &[Arc<Event>], raise: bool) -> Checked {
         for event in events {
             if let (Topic::LeaseAcquired, EventPayload::Lease(lease)) = (event.topic, &event.payload) {
                 if lease.token <= self.token_max {
@@ -567,7 +757,9 @@ impl Runner {
                         ),
                     );
                 }
-                self.token_max = lease.token;
+                if raise {
+                    self.token_max = lease.token;
+                }
             }
         }
         Ok(())
@@ -714,16 +906,18 @@ impl Runner {
         }
         for agent in &agents {
             let (heartbeat, ttl) = (agent.last_heartbeat_at, agent.ttl_ms);
+            let base = self.liveness_base(agent.agent_id.0, heartbeat);
             let consistent = match agent.status {
-                AgentStatus::Alive => now < heartbeat + ttl,
-                AgentStatus::Unreachable => heartbeat + ttl <= now && now < heartbeat + 2 * ttl,
-                AgentStatus::Dead => self.deregistered.contains(&agent.agent_id.0) || now >= heartbeat + 2 * ttl,
+                AgentStatus::Alive => now < base + ttl,
+                AgentStatus::Unreachable => base + ttl <= now && now < base + 2 * ttl,
+                AgentStatus::Dead => self.deregistered.contains(&agent.agent_id.0) || now >= base + 2 * ttl,
             };
             if !consistent {
                 return fail(
                     invariant::STATUS_MATCHES_HEARTBEAT,
                     format!(
-                        "agent {} is {:?} at {now} with last heartbeat {heartbeat} and ttl {ttl} ms",
+                        "agent {} is {:?} at {now} with last heartbeat {heartbeat} (ttl counted from {base}) \
+                         and ttl {ttl} ms",
                         agent.agent_id, agent.status
                     ),
                 );
@@ -865,6 +1059,73 @@ impl Runner {
     }
 }
 
+/// The core's events against the model's, in order.
+fn compare_events(events: &[Arc<Event>], expected: &[Arc<Event>]) -> Checked {
+    if events == expected {
+        return Ok(());
+    }
+    let at = events
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(events.len().min(expected.len()));
+    fail(
+        invariant::MODEL_EVENTS,
+        format!(
+            "{} events from the core, {} from the model; first difference at #{at}: core {} model {}",
+            events.len(),
+            expected.len(),
+            brief(&events.get(at)),
+            brief(&expected.get(at))
+        ),
+    )
+}
+
+/// The first part of two core states that differs, readably.
+fn snapshot_difference(before: &CoreSnapshot, after: &CoreSnapshot) -> String {
+    fn first<T: PartialEq + std::fmt::Debug>(name: &str, before: &[T], after: &[T]) -> Option<String> {
+        if before == after {
+            return None;
+        }
+        let at = before
+            .iter()
+            .zip(after)
+            .position(|(a, b)| a != b)
+            .unwrap_or(before.len().min(after.len()));
+        Some(format!(
+            "{name}: {} before the crash, {} recovered; first difference at #{at}: before {} recovered {}",
+            before.len(),
+            after.len(),
+            brief(&before.get(at)),
+            brief(&after.get(at))
+        ))
+    }
+    let counters = |s: &CoreSnapshot| {
+        (
+            s.registration_next,
+            s.token_last,
+            s.sequence_next,
+            s.hash_seed,
+            s.rng_seed,
+            s.rng_stream,
+            s.rng_word_pos,
+        )
+    };
+    first("agents", &before.agents, &after.agents)
+        .or_else(|| first("leases", &before.leases, &after.leases))
+        .or_else(|| first("groups", &before.groups, &after.groups))
+        .or_else(|| first("policies", &before.policies, &after.policies))
+        .or_else(|| first("events", &before.events, &after.events))
+        .unwrap_or_else(|| {
+            format!(
+                "(registration_next, token_last, sequence_next, hash_seed, rng seed, stream, word position): \
+                 before {:?} recovered {:?}",
+                counters(before),
+                counters(after)
+            )
+        })
+}
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         return format!("panic: {text}");
@@ -873,4 +1134,74 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         return format!("panic: {text}");
     }
     "panic with a non-text payload".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::Trace;
+
+    fn runner_after(steps: &str) -> Runner {
+        let trace = Trace::parse(&format!(
+            "agentkeeper-sim trace v1
+config seed=3 start_ms=1700000000000 dead_retention_ms=60000 event_ring_max=1024 watchers_max=4 agents_max=8 \
+leases_max=4 policies_max=4 groups_max=2 snapshot_every=1000 planted_bug=none
+{steps}"
+        ))
+        .expect("the trace parses");
+        let mut runner = Runner::new(&trace.config);
+        for step in &trace.steps {
+            runner.step(step).expect("the steps before the damage run clean");
+        }
+        runner
+    }
+
+    const TWO_AGENTS: &str =
+        "0 1700000000000 register ttl=30 name=\"a\" desc=\"\" version=\"\" tools=[] caps=[] meta=[]
+1 1700000000000 register ttl=30 name=\"b\" desc=\"\" version=\"\" tools=[] caps=[] meta=[]
+";
+
+    fn crash(index: usize) -> Step {
+        Step {
+            index,
+            at: 1_700_000_001_000,
+            op: Op::Crash { torn: None },
+            lost: false,
+        }
+    }
+
+    #[test]
+    fn a_record_damaged_before_the_tail_is_reported_as_recovery_torn_tail_cut() {
+        let mut runner = runner_after(TWO_AGENTS);
+        // The first record's payload: the scan must refuse the log, which loses both agents.
+        runner.image.damage(agentkeeper::store::wal::HEADER_BYTES + 9);
+        let violation = runner.step(&crash(2)).expect_err("damage is not a torn tail");
+        assert_eq!(violation.invariant, invariant::RECOVERY_TORN_TAIL_CUT, "{violation}");
+        assert!(violation.detail.contains("damaged"), "{violation}");
+    }
+
+    #[test]
+    fn a_damaged_last_record_cut_as_torn_when_none_was_torn_is_reported() {
+        let mut runner = runner_after(TWO_AGENTS);
+        let last = usize::try_from(runner.image.whole_len()).unwrap() - 1;
+        runner.image.damage(last);
+        let violation = runner.step(&crash(2)).expect_err("an acknowledged record was lost");
+        assert_eq!(violation.invariant, invariant::RECOVERY_TORN_TAIL_CUT, "{violation}");
+        assert!(
+            violation.detail.contains("an untorn log of 2 whole records"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn an_intact_image_recovers_and_every_stream_ends() {
+        let mut runner = runner_after(&format!(
+            "{TWO_AGENTS}2 1700000000000 watch topics=[] from=0 buffer=8\n"
+        ));
+        assert!(runner.subscription_open(SubRef(2)));
+        runner.step(&crash(3)).expect("a clean recovery");
+        assert!(!runner.subscription_open(SubRef(2)));
+        assert_eq!(runner.core().stats().watchers, 0);
+        assert_eq!(runner.core().agents().len(), 2);
+    }
 }

@@ -12,6 +12,7 @@
 //! agentkeeper-sim trace v1
 //! config seed=42 start_ms=1700000000000 dead_retention_ms=30000 event_ring_max=256 ...
 //! <index> <at_ms> <op> [key=value ...] [lost]
+//! <index> <at_ms> crash [torn=<cut|zeros|garbage>:<per mille> <op> [key=value ...]]
 //! ```
 
 use std::fmt::{self, Write as _};
@@ -121,6 +122,94 @@ pub enum Op {
         sub: SubRef,
         count: u32,
     },
+    /// The daemon dies and restarts from its stored bytes at the step's time (every open stream
+    /// breaks). Untorn, it died between two writes after being down since the previous step.
+    /// Torn, it died at the step's time while writing the record of `torn.op`'s command: the
+    /// command was applied, its record reached the log cut short or garbled, its reply was never
+    /// sent, and the restart follows at once.
+    Crash {
+        torn: Option<Box<TornWrite>>,
+    },
+}
+
+/// The write a crash cut: the command whose record it was, and how it was cut.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TornWrite {
+    pub op: Op,
+    pub tear: Tear,
+}
+
+/// How a crash mangled the record being written. `per_mille` names a spot in the record's bytes
+/// relatively, so a step keeps its meaning when the record's length changes (after shrinking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tear {
+    /// Only the record's first bytes reached the disk (at least one byte, never all of them).
+    Cut { per_mille: u16 },
+    /// The record's first bytes, then zeros up to its full length (the file grew, the data did
+    /// not all land).
+    Zeros { per_mille: u16 },
+    /// The whole record, with one payload byte wrong: its checksum fails.
+    Garbage { per_mille: u16 },
+}
+
+impl Tear {
+    pub fn per_mille(self) -> u16 {
+        match self {
+            Tear::Cut { per_mille } | Tear::Zeros { per_mille } | Tear::Garbage { per_mille } => per_mille,
+        }
+    }
+
+    /// What reaches the log when the crash tears `record`, a whole framed record (prefix and
+    /// payload): never the whole of it, never nothing, never a valid record.
+    pub fn apply(self, record: &[u8]) -> Vec<u8> {
+        let len = record.len();
+        let spot = len * usize::from(self.per_mille().min(999)) / 1000;
+        match self {
+            Tear::Cut { .. } => record[..spot.clamp(1, len - 1)].to_vec(),
+            Tear::Zeros { .. } => {
+                let mut torn = record[..spot.clamp(1, len - 1)].to_vec();
+                torn.resize(len, 0);
+                torn
+            }
+            Tear::Garbage { .. } => {
+                // The 8-byte prefix (length, checksum) is left alone: the payload goes bad.
+                let mut torn = record.to_vec();
+                let at = (8 + spot).min(len - 1);
+                torn[at] ^= 0xa5;
+                torn
+            }
+        }
+    }
+}
+
+impl fmt::Display for Tear {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Tear::Cut { .. } => "cut",
+            Tear::Zeros { .. } => "zeros",
+            Tear::Garbage { .. } => "garbage",
+        };
+        write!(f, "{kind}:{}", self.per_mille())
+    }
+}
+
+impl std::str::FromStr for Tear {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Tear, String> {
+        let bad = || format!("bad tear {text:?} (cut|zeros|garbage:<0..999>)");
+        let (kind, per_mille) = text.split_once(':').ok_or_else(bad)?;
+        let per_mille: u16 = per_mille.parse().map_err(|_| bad())?;
+        if per_mille > 999 {
+            return Err(bad());
+        }
+        match kind {
+            "cut" => Ok(Tear::Cut { per_mille }),
+            "zeros" => Ok(Tear::Zeros { per_mille }),
+            "garbage" => Ok(Tear::Garbage { per_mille }),
+            _ => Err(bad()),
+        }
+    }
 }
 
 impl Op {
@@ -146,11 +235,12 @@ impl Op {
             Op::ListPolicies { .. } => "list_policies",
             Op::CheckPolicy { .. } => "check_policy",
             Op::Consume { .. } => "consume",
+            Op::Crash { .. } => "crash",
         }
     }
 
     /// Every op name, for coverage reports.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 20] = [
         "tick",
         "register",
         "heartbeat",
@@ -170,11 +260,15 @@ impl Op {
         "list_policies",
         "check_policy",
         "consume",
+        "crash",
     ];
 
     /// True where the contract makes sending the same command again safe after a lost reply.
     pub fn retry_safe(&self) -> bool {
-        !matches!(self, Op::Tick | Op::Register { .. } | Op::Consume { .. })
+        !matches!(
+            self,
+            Op::Tick | Op::Register { .. } | Op::Consume { .. } | Op::Crash { .. }
+        )
     }
 }
 
@@ -190,11 +284,72 @@ pub struct Step {
     pub lost: bool,
 }
 
-/// What a run needs besides its steps: the core's configuration and where time starts.
+/// What a run needs besides its steps: the core's configuration, where time starts, how often
+/// the stored image takes a snapshot, and the bug planted, if any.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// The core's bounds; its `planted_bug` is `planted.core_bug()`.
     pub core: CoreConfig,
     pub start_ms: Millis,
+    /// The stored image takes a snapshot (and starts its log over) after this many records, as
+    /// the daemon's `--snapshot-every` does.
+    pub snapshot_every: u64,
+    pub planted: Planted,
+}
+
+/// `snapshot_every` for a trace whose config line does not name one: the daemon's default.
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100_000;
+
+/// A deliberate bug, planted to show that the checks catch one: the core's own
+/// ([`PlantedBug`]), or one in the simulator's copy of the daemon's recovery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Planted {
+    #[default]
+    None,
+    /// The core's [`PlantedBug::ReuseFencingToken`].
+    ReuseFencingToken,
+    /// Recovery drops the last whole record of the stored log before replaying it, as a store
+    /// that lost an acknowledged write would.
+    DropLastLogRecord,
+}
+
+impl From<PlantedBug> for Planted {
+    fn from(bug: PlantedBug) -> Planted {
+        match bug {
+            PlantedBug::None => Planted::None,
+            PlantedBug::ReuseFencingToken => Planted::ReuseFencingToken,
+        }
+    }
+}
+
+impl Planted {
+    /// Every name `from_name` accepts (its canonical spelling), for usage messages.
+    pub const NAMES: [&'static str; 3] = ["none", "reuse_fencing_token", "drop_last_log_record"];
+
+    /// The bug planted in the core itself.
+    pub fn core_bug(self) -> PlantedBug {
+        match self {
+            Planted::ReuseFencingToken => PlantedBug::ReuseFencingToken,
+            Planted::None | Planted::DropLastLogRecord => PlantedBug::None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Planted::None => "none",
+            Planted::ReuseFencingToken => "reuse_fencing_token",
+            Planted::DropLastLogRecord => "drop_last_log_record",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Planted> {
+        match name.replace('-', "_").as_str() {
+            "none" => Some(Planted::None),
+            "reuse_fencing_token" => Some(Planted::ReuseFencingToken),
+            "drop_last_log_record" => Some(Planted::DropLastLogRecord),
+            _ => None,
+        }
+    }
 }
 
 /// A recorded run: configuration and steps, and the digest the recording run ended with.
@@ -217,7 +372,7 @@ impl Trace {
         let _ = writeln!(
             out,
             "config seed={} start_ms={} dead_retention_ms={} event_ring_max={} watchers_max={} agents_max={} \
-             leases_max={} policies_max={} groups_max={} planted_bug={}",
+             leases_max={} policies_max={} groups_max={} snapshot_every={} planted_bug={}",
             c.seed,
             self.config.start_ms,
             c.dead_retention_ms,
@@ -227,7 +382,8 @@ impl Trace {
             c.leases_max,
             c.policies_max,
             c.groups_max,
-            planted_bug_name(c.planted_bug)
+            self.config.snapshot_every,
+            self.config.planted.name()
         );
         if let Some(digest) = &self.digest {
             let _ = writeln!(out, "digest {digest}");
@@ -277,21 +433,6 @@ impl Trace {
     }
 }
 
-pub fn planted_bug_name(bug: PlantedBug) -> &'static str {
-    match bug {
-        PlantedBug::None => "none",
-        PlantedBug::ReuseFencingToken => "reuse_fencing_token",
-    }
-}
-
-pub fn planted_bug_from_name(name: &str) -> Option<PlantedBug> {
-    match name {
-        "none" => Some(PlantedBug::None),
-        "reuse_fencing_token" | "reuse-fencing-token" => Some(PlantedBug::ReuseFencingToken),
-        _ => None,
-    }
-}
-
 fn parse_config(text: &str) -> Result<SimConfig, String> {
     let fields = parse_fields(&tokenize(text)?)?;
     let number = |key: &str| -> Result<u64, String> {
@@ -300,12 +441,20 @@ fn parse_config(text: &str) -> Result<SimConfig, String> {
             _ => Err(format!("config lacks {key}")),
         }
     };
-    let bug = match fields.iter().find(|(k, _)| k == "planted_bug") {
-        Some((_, Value::Word(word))) => planted_bug_from_name(word).ok_or(format!("unknown planted_bug {word:?}"))?,
-        _ => PlantedBug::None,
+    let planted = match fields.iter().find(|(k, _)| k == "planted_bug") {
+        Some((_, Value::Word(word))) => Planted::from_name(word).ok_or(format!("unknown planted_bug {word:?}"))?,
+        _ => Planted::None,
+    };
+    // Traces written before the stored image existed have no snapshot_every.
+    let snapshot_every = if fields.iter().any(|(k, _)| k == "snapshot_every") {
+        number("snapshot_every")?.max(1)
+    } else {
+        SNAPSHOT_EVERY_DEFAULT
     };
     Ok(SimConfig {
         start_ms: number("start_ms")?,
+        snapshot_every,
+        planted,
         core: CoreConfig {
             seed: number("seed")?,
             dead_retention_ms: number("dead_retention_ms")?,
@@ -315,7 +464,7 @@ fn parse_config(text: &str) -> Result<SimConfig, String> {
             leases_max: number("leases_max")? as usize,
             policies_max: number("policies_max")? as usize,
             groups_max: number("groups_max")? as usize,
-            planted_bug: bug,
+            planted_bug: planted.core_bug(),
             ..CoreConfig::default()
         },
     })
@@ -438,6 +587,8 @@ impl fmt::Display for Op {
                 quoted(resource)
             ),
             Op::Consume { sub, count } => write!(f, " sub=@{} count={count}", sub.0),
+            Op::Crash { torn: None } => Ok(()),
+            Op::Crash { torn: Some(torn) } => write!(f, " torn={} {}", torn.tear, torn.op),
         }
     }
 }
@@ -713,8 +864,20 @@ fn parse_step(line: &str) -> Result<Step, String> {
     };
     let index: usize = word(0)?.parse().map_err(|_| "bad step index".to_string())?;
     let at: Millis = word(1)?.parse().map_err(|_| "bad timestamp".to_string())?;
-    let name = word(2)?;
-    let fields = Fields(parse_fields(&tokens[3..])?);
+    word(2)?;
+    let (op, lost) = parse_op(&tokens[2..])?;
+    Ok(Step { index, at, op, lost })
+}
+
+/// An op from its name and fields (`tokens[0]` is the name), and whether it carries `lost`.
+fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
+    let Some(Token::Word(name)) = tokens.first() else {
+        return Err(format!("expected an op name, got {:?}", tokens.first()));
+    };
+    if name == "crash" {
+        return parse_crash(&tokens[1..]);
+    }
+    let fields = Fields(parse_fields(&tokens[1..])?);
     let lost = fields.0.iter().any(|(k, _)| k == "lost");
     let op = match name.as_str() {
         "tick" => Op::Tick,
@@ -804,7 +967,26 @@ fn parse_step(line: &str) -> Result<Step, String> {
         },
         other => return Err(format!("unknown op {other:?}")),
     };
-    Ok(Step { index, at, op, lost })
+    Ok((op, lost))
+}
+
+/// `crash`, or `crash torn=<tear> <op> [fields]`.
+fn parse_crash(tokens: &[Token]) -> Result<(Op, bool), String> {
+    let tear = match tokens {
+        [] => return Ok((Op::Crash { torn: None }, false)),
+        [Token::Word(key), Token::Punct('='), Token::Word(tear), ..] if key == "torn" => tear.parse::<Tear>()?,
+        other => return Err(format!("crash takes only torn=<tear> <op>, got {other:?}")),
+    };
+    let (op, _) = parse_op(&tokens[3..])?;
+    if matches!(op, Op::Crash { .. }) {
+        return Err("a crash tears a command's record, not another crash".into());
+    }
+    Ok((
+        Op::Crash {
+            torn: Some(Box::new(TornWrite { op, tear })),
+        },
+        false,
+    ))
 }
 
 #[cfg(test)]
@@ -883,5 +1065,59 @@ mod tests {
             group: "g".into(),
             buffer: 4,
         });
+    }
+
+    #[test]
+    fn crashes_render_and_parse_back_torn_or_not() {
+        let crash = |torn| Step {
+            index: 40,
+            at: 1_700_000_000_500,
+            op: Op::Crash { torn },
+            lost: false,
+        };
+        let untorn = crash(None);
+        assert_eq!(untorn.to_string(), "40 1700000000500 crash");
+        assert_eq!(parse_step(&untorn.to_string()).unwrap(), untorn);
+        for tear in [
+            Tear::Cut { per_mille: 0 },
+            Tear::Zeros { per_mille: 512 },
+            Tear::Garbage { per_mille: 999 },
+        ] {
+            let torn = crash(Some(Box::new(TornWrite {
+                op: Op::Renew {
+                    key: "k 1".into(),
+                    agent: AgentRef::Registered(4),
+                    token: TokenRef::Granted { step: 9, offset: 1 },
+                    ttl_seconds: 3,
+                },
+                tear,
+            })));
+            let line = torn.to_string();
+            assert!(line.starts_with("40 1700000000500 crash torn="), "{line}");
+            assert_eq!(parse_step(&line).expect(&line), torn, "{line}");
+        }
+        assert!(parse_step("1 2 crash torn=cut:1000 tick").is_err());
+        assert!(parse_step("1 2 crash torn=cut:5 crash").is_err());
+        assert!(parse_step("1 2 crash now").is_err());
+    }
+
+    #[test]
+    fn a_tear_never_leaves_a_whole_record_nor_nothing() {
+        let record: Vec<u8> = (0..40).collect();
+        for per_mille in [0, 1, 500, 974, 999] {
+            for tear in [
+                Tear::Cut { per_mille },
+                Tear::Zeros { per_mille },
+                Tear::Garbage { per_mille },
+            ] {
+                let torn = tear.apply(&record);
+                assert!(!torn.is_empty() && torn != record, "{tear}");
+                assert_eq!(torn[0], record[0], "{tear}: the first byte always lands");
+                match tear {
+                    Tear::Cut { .. } => assert!(torn.len() < record.len()),
+                    Tear::Zeros { .. } | Tear::Garbage { .. } => assert_eq!(torn.len(), record.len()),
+                }
+            }
+        }
     }
 }

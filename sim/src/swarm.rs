@@ -2,14 +2,17 @@
 //! often, population sizes, agent temperaments, fault rates, buffer sizes), then generates steps
 //! one at a time from what the clients have seen so far. Only the generator is random; the
 //! runner executes what a step says, so a trace replays without it.
+//!
+//! Crashes draw from a stream of their own: a seed that does not turn them on runs exactly the
+//! workload it ran before they existed.
 
 use agentkeeper::core::types::{AgentCard, Capability, Effect, Millis};
-use agentkeeper::core::{CoreConfig, Outcome, PlantedBug, PolicyInput, Reply};
+use agentkeeper::core::{CoreConfig, Outcome, PolicyInput, Reply};
 
 use crate::Fault;
 use crate::rng::Rng;
 use crate::runner::Runner;
-use crate::step::{AgentRef, Op, SimConfig, Step, SubRef, TokenRef};
+use crate::step::{AgentRef, Op, Planted, SimConfig, Step, SubRef, Tear, TokenRef, TornWrite};
 
 /// Populations stay small so that O(state) checks after every step stay cheap.
 pub const AGENTS_MAX: usize = 64;
@@ -33,8 +36,11 @@ const TOPIC_PREFIXES: [&str; 9] = [
     "nothing",
 ];
 
-/// The op kinds a swarm weighs, in `Op::NAMES` order.
+/// The op kinds a swarm weighs, in `Op::NAMES` order (`crash` keeps weight 0: crashes come from
+/// their own stream).
 const KINDS: usize = Op::NAMES.len();
+/// The crash stream's number: the workload's own stream is 0.
+const CRASH_STREAM: u64 = 1;
 
 /// How a simulated agent heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +72,20 @@ pub struct Swarm {
     invalid_per_mille: u32,
     stalled_per_mille: u32,
     buffer_max: u32,
+    /// Crashes per 100 000 steps (0: the fault is off), and the share of them that tear the
+    /// record being written.
+    crash_per_100k: u32,
+    torn_per_mille: u32,
 }
 
 impl Swarm {
-    fn draw(rng: &mut Rng) -> Swarm {
+    /// The shape from the workload's stream, the crash fault from the crash stream.
+    fn draw(rng: &mut Rng, crash_rng: &mut Rng) -> Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
+            if Op::NAMES[kind] == "crash" {
+                continue;
+            }
             let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
             if always || rng.chance(750) {
                 *weight = rng.range(1, 10) as u32;
@@ -82,6 +96,9 @@ impl Swarm {
             if rng.chance(700) {
                 faults.push(fault);
             }
+        }
+        if crash_rng.chance(500) {
+            faults.push(Fault::CrashRestart);
         }
         let has = |fault: Fault| faults.contains(&fault);
         Swarm {
@@ -116,6 +133,12 @@ impl Swarm {
             burst_per_mille: rng.range(0, 600) as u32,
             invalid_per_mille: rng.range(0, 60) as u32,
             buffer_max: rng.range(1, 64) as u32,
+            crash_per_100k: if has(Fault::CrashRestart) {
+                crash_rng.range(2, 20) as u32
+            } else {
+                0
+            },
+            torn_per_mille: crash_rng.range(200, 700) as u32,
             faults,
         }
     }
@@ -127,7 +150,7 @@ impl Swarm {
 }
 
 /// The core's bounds for one seed: small, so that limits are reached now and then.
-fn core_config(rng: &mut Rng, seed: u64, planted_bug: PlantedBug) -> CoreConfig {
+fn core_config(rng: &mut Rng, seed: u64, planted_bug: agentkeeper::core::PlantedBug) -> CoreConfig {
     CoreConfig {
         seed,
         dead_retention_ms: rng.range(1, 600) * 1000,
@@ -170,9 +193,22 @@ struct OpenStream {
     buffer: u32,
 }
 
+/// How many records the store image takes a snapshot after: often (recoveries mostly start
+/// from a snapshot and replay a short log), now and then, or rarely (long logs, often none yet).
+/// Not more often than every 128 records: encoding a snapshot costs about a hundred steps.
+fn snapshot_every(crash_rng: &mut Rng) -> u64 {
+    match crash_rng.below(3) {
+        0 => crash_rng.range(128, 1024),
+        1 => crash_rng.range(1024, 8192),
+        _ => crash_rng.range(8192, 65_536),
+    }
+}
+
 /// Generates one seed's steps from the replies the clients have seen.
 pub struct Generator {
     rng: Rng,
+    /// Whether and how each step crashes the daemon: a stream apart from `rng`.
+    crash_rng: Rng,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -183,17 +219,21 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn new(seed: u64, planted_bug: PlantedBug) -> Generator {
+    pub fn new(seed: u64, planted: Planted) -> Generator {
         let mut rng = Rng::new(seed);
-        let swarm = Swarm::draw(&mut rng);
-        let core = core_config(&mut rng, seed, planted_bug);
+        let mut crash_rng = Rng::stream(seed, CRASH_STREAM);
+        let swarm = Swarm::draw(&mut rng, &mut crash_rng);
+        let core = core_config(&mut rng, seed, planted.core_bug());
         Generator {
             rng,
-            swarm,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
+                snapshot_every: snapshot_every(&mut crash_rng),
+                planted,
             },
+            crash_rng,
+            swarm,
             now: START_MS,
             index: 0,
             agents: Vec::new(),
@@ -215,6 +255,14 @@ impl Generator {
         self.advance_time();
         let index = self.index;
         self.index += 1;
+        if let Some(op) = self.crash(runner) {
+            return Step {
+                index,
+                at: self.now,
+                op,
+                lost: false,
+            };
+        }
         let op = self.due_heartbeat().unwrap_or_else(|| self.random_op(runner));
         let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
         Step {
@@ -235,6 +283,30 @@ impl Generator {
         } else if !self.rng.chance(self.swarm.burst_per_mille) {
             self.now += self.rng.range(0, self.swarm.advance_ms_max);
         }
+    }
+
+    /// A crash, if the crash stream strikes now: torn or not, and if torn, while writing which
+    /// command's record (one that is logged) and how.
+    fn crash(&mut self, runner: &Runner) -> Option<Op> {
+        let rate = u64::from(self.swarm.crash_per_100k);
+        if rate == 0 || self.crash_rng.below(100_000) >= rate {
+            return None;
+        }
+        if !self.crash_rng.chance(self.swarm.torn_per_mille) {
+            return Some(Op::Crash { torn: None });
+        }
+        let per_mille = self.crash_rng.below(1000) as u16;
+        let tear = match self.crash_rng.below(3) {
+            0 => Tear::Cut { per_mille },
+            1 => Tear::Zeros { per_mille },
+            _ => Tear::Garbage { per_mille },
+        };
+        let op = self
+            .due_heartbeat()
+            .unwrap_or_else(|| self.random_op_among(runner, logged_kind));
+        Some(Op::Crash {
+            torn: Some(Box::new(TornWrite { op, tear })),
+        })
     }
 
     /// A scheduled heartbeat whose time has come, most of the time (the rest: a little late).
@@ -258,7 +330,18 @@ impl Generator {
     }
 
     fn random_op(&mut self, runner: &Runner) -> Op {
+        self.random_op_among(runner, |_| true)
+    }
+
+    /// A random op of the kinds `allowed` lets through (by name); a tick if none has weight,
+    /// a heartbeat where only logged kinds are allowed.
+    fn random_op_among(&mut self, runner: &Runner, allowed: fn(&str) -> bool) -> Op {
         let mut weights = self.swarm.weights;
+        for (kind, weight) in weights.iter_mut().enumerate() {
+            if !allowed(Op::NAMES[kind]) {
+                *weight = 0;
+            }
+        }
         let live = self.agents.iter().filter(|a| !a.gone).count();
         let register = &mut weights[kind("register")];
         if live >= self.swarm.population {
@@ -267,7 +350,12 @@ impl Generator {
             *register = (*register).max(1) * 10;
         }
         let Some(chosen) = self.rng.weighted(&weights) else {
-            return Op::Tick;
+            if allowed("tick") {
+                return Op::Tick;
+            }
+            return Op::Heartbeat {
+                agent: self.any_agent(),
+            };
         };
         let invalid = self.rng.chance(self.swarm.invalid_per_mille);
         match Op::NAMES[chosen] {
@@ -311,6 +399,7 @@ impl Generator {
             },
             "check_policy" => self.check_policy(invalid),
             "consume" => self.consume(),
+            "crash" => unreachable!("crashes come from the crash stream, never from a weight"),
             other => unreachable!("no generator for {other}"),
         }
     }
@@ -655,6 +744,17 @@ impl Generator {
                 });
             }
             (Op::Unwatch { sub }, _) => self.streams.retain(|s| s.sub != *sub),
+            // The torn command's call failed with the connection; a heartbeating agent tries
+            // again at once. Other clients learnt nothing (a torn Register's agent is unknown to
+            // its client, as after a lost reply).
+            (Op::Crash { torn: Some(torn) }, _) => {
+                if let Op::Heartbeat { agent } = &torn.op
+                    && let Some(index) = self.agent_index(agent)
+                    && !self.agents[index].gone
+                {
+                    self.agents[index].heartbeat_at = Some(now);
+                }
+            }
             _ => {}
         }
     }
@@ -687,6 +787,24 @@ impl Generator {
             self.leases.retain(|l| l.agent_step != removed.registered_at_step);
         }
     }
+}
+
+/// The op kinds whose command the driver logs (`Command::is_logged`): those a torn crash can
+/// catch mid-write.
+fn logged_kind(name: &str) -> bool {
+    matches!(
+        name,
+        "register"
+            | "heartbeat"
+            | "deregister"
+            | "acquire"
+            | "renew"
+            | "release"
+            | "campaign"
+            | "resign"
+            | "set_policy"
+            | "delete_policy"
+    )
 }
 
 fn kind(name: &str) -> usize {

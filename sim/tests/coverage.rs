@@ -1,6 +1,7 @@
-//! A fixed set of seeds that, between them, run every op, strike with every fault and provoke
-//! every error class the workload can, with no violation. Seeds run on two threads; the step
-//! count is sized for a debug build (under a minute on two cores).
+//! A fixed set of seeds that, between them, run every op, strike with every fault (crashes, torn
+//! records and recoveries from a snapshot included) and provoke every error class the workload
+//! can, with no violation. Seeds run on two threads; the step count is sized for a debug build
+//! (about a minute on two cores). Seeds 11 and 12 are there for their crashes.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use agentkeeper::core::PlantedBug;
 use agentkeeper_sim::step::Op;
 use agentkeeper_sim::{RunReport, run_seed};
 
-const SEEDS: [u64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+const SEEDS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12];
 const STEPS: u64 = 15_000;
 
 fn run_all() -> Vec<RunReport> {
@@ -48,7 +49,16 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
     for op in Op::NAMES {
         assert!(ops.get(op).is_some_and(|&n| n > 0), "no seed ran {op}: {ops:?}");
     }
-    for fault in ["lost_reply", "retry", "subscriber_cut_off", "clock_jump"] {
+    for fault in [
+        "lost_reply",
+        "retry",
+        "subscriber_cut_off",
+        "clock_jump",
+        "snapshot",
+        "crash",
+        "torn_crash",
+        "recovered_from_snapshot",
+    ] {
         assert!(
             faults.get(fault).is_some_and(|&n| n > 0),
             "no seed struck with {fault}: {faults:?}"

@@ -340,7 +340,10 @@ pub fn encode_snapshot(snapshot: &CoreSnapshot) -> Vec<u8> {
     bytes
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<CoreSnapshot, String> {
+/// Decodes a snapshot file written by [`encode_snapshot`], checking its magic, format version,
+/// length and checksum before trusting the payload. Public so that the simulator can recover from
+/// the in-memory image of a data dir through the same decoder the daemon uses.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<CoreSnapshot, String> {
     if bytes.len() < SNAPSHOT_PREFIX_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err("not a snapshot file".into());
     }
