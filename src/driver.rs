@@ -159,16 +159,17 @@ impl Driver {
     fn run(mut self, receiver: &Receiver<Request>) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         loop {
-            let first = match self
+            let deadline = self
                 .core
                 .next_deadline()
                 .filter(|_| self.clock.runs_by_itself() && !self.closing)
-            {
+                .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now())));
+            // Parked claims need a look now and then even when nothing else happens: their
+            // callers may hang up while the daemon is idle.
+            let sweep = (!self.claims.is_empty()).then_some(CLAIM_SWEEP_INTERVAL);
+            let first = match [deadline, sweep].into_iter().flatten().min() {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    let wait_ms = deadline.saturating_sub(self.clock.now());
-                    receiver.recv_timeout(Duration::from_millis(wait_ms))
-                }
+                Some(wait) => receiver.recv_timeout(wait),
             };
             match first {
                 Ok(request) => batch.push(request),
