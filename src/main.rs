@@ -271,12 +271,17 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
             stopped(stop_rx.clone()),
         ))
     });
+    let serving = server::health::Serving::new().await;
     let routes = server::routes(
         core.clone(),
         Arc::clone(&metrics),
         flags.watch_buffer as usize,
         flags.claim_wait_max,
+        &serving,
     );
+    // SERVING before the first call can be answered: a client that got an answer never sees
+    // NOT_SERVING afterwards, until shutdown.
+    serving.serving().await;
     let grpc = if uring {
         let threads = usize::from(flags.net_threads);
         tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
@@ -295,6 +300,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");
+    serving.shutting_down().await;
     let _ = stop_tx.send(true);
     let _ = core.send(Request::EndStreams);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {

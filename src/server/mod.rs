@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod uring;
 
@@ -27,11 +28,22 @@ use grpc::Api;
 /// Largest gRPC message accepted: a 4 MiB task input plus its envelope.
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 
-/// Every gRPC service of the daemon, ready for any transport.
-pub fn routes(core: CoreHandle, metrics: Arc<Metrics>, watch_buffer: usize, claim_wait_max: Duration) -> Routes {
+/// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
+/// (reporting `serving`) and server reflection (v1 and v1alpha).
+pub fn routes(
+    core: CoreHandle,
+    metrics: Arc<Metrics>,
+    watch_buffer: usize,
+    claim_wait_max: Duration,
+    serving: &health::Serving,
+) -> Routes {
     let api = Api::new(core, metrics, watch_buffer, claim_wait_max);
     let n = MESSAGE_BYTES_MAX;
+    let (reflection_v1, reflection_v1alpha) = health::reflection();
     Routes::default()
+        .add_service(serving.health_service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::registry_service_server::RegistryServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::lease_service_server::LeaseServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::election_service_server::ElectionServiceServer::new(api.clone()).max_decoding_message_size(n))
