@@ -35,7 +35,7 @@ struct Flags {
     #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_addr)]
     addr: SocketAddr,
 
-    /// HTTP address for the dashboard (/), /healthz and /metrics. When not given and
+    /// HTTP address for the dashboard (/), /healthz, /readyz and /metrics. When not given and
     /// 127.0.0.1:9090 is taken, the daemon warns and serves gRPC only.
     #[arg(long, value_parser = parse_addr)]
     metrics_addr: Option<SocketAddr>,
@@ -227,12 +227,31 @@ fn use_uring(io: IoKind) -> Result<bool, String> {
 }
 
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
+    // Both ports first: a taken port is a one-line exit before any slow recovery.
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
         .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
     let http_listener = bind_http(flags.metrics_addr).await?;
 
     let metrics = Arc::new(Metrics::new());
+    let serving = server::health::Serving::new().await;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // HTTP serves from the start (/healthz ok, /readyz 503 while a data dir is replayed) and
+    // stops last, after gRPC has drained, so /readyz says "shutting down" meanwhile.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http = http_listener.map(|listener| {
+        let addr = listener.local_addr().ok();
+        tracing::info!(addr = ?addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
+        tokio::spawn(server::http::serve_http(
+            listener,
+            Arc::clone(&metrics),
+            serving.clone(),
+            stopped(http_stop_rx),
+        ))
+    });
+
     let config = CoreConfig {
         seed: seed(&flags),
         dead_retention_ms: flags.dead_retention.as_millis() as u64,
@@ -241,10 +260,14 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         ..CoreConfig::default()
     };
     let wall = Clock::real();
-    let (core, store) = match &flags.data_dir {
+    let (core, store) = match flags.data_dir.clone() {
         None => (Core::new(config, wall.now()), None),
         Some(dir) => {
-            let (core, store) = recover(dir, config, flags.seed, wall.now())?;
+            // Off the runtime: replaying a long log must not stall the HTTP answers.
+            let (seed, now) = (flags.seed, wall.now());
+            let (core, store) = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
+                .await
+                .map_err(|error| format!("recovery stopped: {error}"))??;
             (core, Some(driver::Durability::new(store, flags.snapshot_every)))
         }
     };
@@ -259,19 +282,6 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let core = CoreHandle::new(sender.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let http = http_listener.map(|listener| {
-        let addr = listener.local_addr().ok();
-        tracing::info!(addr = ?addr, "HTTP dashboard, /healthz and /metrics listening");
-        tokio::spawn(server::http::serve_http(
-            listener,
-            Arc::clone(&metrics),
-            stopped(stop_rx.clone()),
-        ))
-    });
-    let serving = server::health::Serving::new().await;
     let routes = server::routes(
         core.clone(),
         Arc::clone(&metrics),
@@ -279,8 +289,8 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         flags.claim_wait_max,
         &serving,
     );
-    // SERVING before the first call can be answered: a client that got an answer never sees
-    // NOT_SERVING afterwards, until shutdown.
+    // SERVING (and /readyz 200) before the first call can be answered: a client that got an
+    // answer never sees NOT_SERVING afterwards, until shutdown.
     serving.serving().await;
     let grpc = if uring {
         let threads = usize::from(flags.net_threads);
@@ -305,6 +315,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let _ = core.send(Request::EndStreams);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = grpc.await;
+        let _ = http_stop_tx.send(true);
         if let Some(http) = http {
             let _ = http.await;
         }

@@ -5,8 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use agentkeeper::proto as pb;
 use common::Daemon;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -180,4 +181,119 @@ async fn a_health_watch_sees_not_serving_when_shutdown_begins_then_ends_and_does
         "a health watcher held the shutdown up for {:?}",
         sent.elapsed()
     );
+}
+
+#[tokio::test]
+async fn readyz_is_200_ready_once_grpc_answers() {
+    let daemon = Daemon::start(&[]);
+    let (status, body) = daemon.http_get("/readyz");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready"));
+}
+
+#[tokio::test]
+async fn readyz_is_503_shutting_down_while_a_stream_that_cannot_drain_holds_the_shutdown_open() {
+    let mut daemon = Daemon::start(&[]);
+    // A watcher that never reads, on a connection with a 16 KiB window: once ~1 MiB of events is
+    // queued for it, its stream cannot finish, so the shutdown waits (up to its 5 s grace).
+    let slow = daemon.narrow_clients().await.watch(&[], 0).await;
+    let mut c = daemon.clients().await;
+    let description = "d".repeat(8 * 1024);
+    for i in 0..128 {
+        let card = common::card(&format!("agent-{i}"), &description, &[]);
+        c.registry
+            .register(pb::RegisterRequest {
+                card: Some(card),
+                ttl_seconds: 30,
+            })
+            .await
+            .unwrap();
+    }
+    daemon.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = daemon.http_get("/readyz");
+        if status == "HTTP/1.1 503 Service Unavailable" {
+            assert_eq!(body, "shutting down");
+            break;
+        }
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready"));
+        assert!(Instant::now() < deadline, "/readyz still ready 3 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(daemon.http_get("/healthz").1, "ok", "alive while draining");
+    assert!(daemon.is_running(), "the held stream keeps the shutdown open");
+    drop(slow);
+    let status = daemon.exited(Duration::from_secs(7)).await.expect("the daemon exits");
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+}
+
+/// Writes a data dir whose log holds `agents` registrations, as a daemon would have.
+fn data_dir_with_registrations(dir: &std::path::Path, agents: usize) {
+    use agentkeeper::core::Command;
+    use agentkeeper::core::types::AgentCard;
+    use agentkeeper::store::wal::{Record, encode_record};
+    let now = 1_700_000_000_000;
+    let (mut store, _) = agentkeeper::store::Store::open(dir, 1, now).unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..agents {
+        let card = AgentCard {
+            name: format!("agent-{i}"),
+            description: "replayed at start-up".into(),
+            tools: vec!["t".into()],
+            ..AgentCard::default()
+        };
+        let command = Command::Register {
+            card,
+            ttl_seconds: 86_400,
+        };
+        encode_record(&Record::Apply { now, command }, &mut bytes);
+    }
+    store.append(&bytes).unwrap();
+}
+
+#[test]
+fn readyz_is_503_starting_while_a_large_data_dir_is_replayed_then_200_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 2 s of replay in a debug build (seconds more on a busy machine): plenty of 503s.
+    data_dir_with_registrations(dir.path(), 10_000);
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let args = [
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        format!("--data-dir={}", dir.path().display()),
+    ];
+    let started = Instant::now();
+    let mut daemon = Daemon::spawn(&args, port, metrics_port);
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        assert!(daemon.is_running(), "{}", daemon.stderr());
+        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok() {
+            let (status, body) = daemon.http_get("/readyz");
+            if seen.last() != Some(&(status.clone(), body.clone())) {
+                seen.push((status.clone(), body));
+            }
+            if status == "HTTP/1.1 200 OK" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let expected = [
+        ("HTTP/1.1 503 Service Unavailable", "starting"),
+        ("HTTP/1.1 200 OK", "ready"),
+    ];
+    let seen: Vec<(&str, &str)> = seen.iter().map(|(s, b)| (s.as_str(), b.as_str())).collect();
+    assert_eq!(
+        seen,
+        expected,
+        "after {:?}; stderr:\n{}",
+        started.elapsed(),
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("recovered state from the data dir"),
+        "{}",
+        daemon.stderr()
+    );
+    daemon.wait_serving();
 }
