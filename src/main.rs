@@ -227,6 +227,8 @@ fn use_uring(io: IoKind) -> Result<bool, String> {
 }
 
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
+    // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
+    let signalled = shutdown_signal();
     // Both ports first: a taken port is a one-line exit before any slow recovery.
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
@@ -308,7 +310,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         })
     };
 
-    shutdown_signal().await;
+    signalled.await;
     tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");
     serving.shutting_down().await;
     let _ = stop_tx.send(true);
@@ -374,12 +376,16 @@ fn recover(
     Ok((core, store))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (a signal from here on is never the default
+/// kill) and returns the future that resolves at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
     }
 }
