@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::core::events::{Delivery, SubscriberId};
 use crate::core::tasks::WaiterId;
 use crate::core::types::{Map, Millis, new_map};
-use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply};
+use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply, Topic};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::wal::{self, Record};
@@ -86,8 +86,11 @@ pub fn spawn(
 ) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
     let (sender, receiver) = crossbeam_channel::bounded(queue_max);
     let hash_seed = core.config().seed;
+    // Events replayed from the data dir were counted by an earlier process: start from them.
+    let events_published = core.events_by_topic();
     let handle = thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
         Driver {
+            events_published,
             core,
             clock,
             metrics,
@@ -153,6 +156,8 @@ struct Driver {
     deliveries: Vec<Delivery>,
     replies: Vec<PendingReply>,
     store: Option<Durability>,
+    /// The per-topic event totals already added to the metrics.
+    events_published: [u64; Topic::ALL.len()],
 }
 
 impl Driver {
@@ -185,6 +190,10 @@ impl Driver {
             if !self.run_batch(&mut batch) {
                 return;
             }
+            // What arrived while the batch ran (an idle daemon shows 0).
+            self.metrics
+                .core_queue_depth
+                .set(i64::try_from(receiver.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -532,9 +541,11 @@ impl Driver {
         }
     }
 
-    fn publish(&self, batch_len: usize, started: Instant) {
+    fn publish(&mut self, batch_len: usize, started: Instant) {
         let stats: CoreStats = self.core.stats();
         self.metrics.publish_core(&stats);
+        self.metrics
+            .publish_events(&self.core.events_by_topic(), &mut self.events_published);
         self.metrics.observe_batch(batch_len, started.elapsed());
     }
 }

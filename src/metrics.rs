@@ -7,10 +7,17 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-use crate::core::CoreStats;
+use crate::core::{CoreStats, Topic};
+
+/// Upper bounds of the RPC latency buckets, in seconds: 100 µs to a minute (a ClaimTask may
+/// long-poll; a Watch is timed until its stream is open).
+const RPC_SECONDS_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +41,9 @@ pub struct Metrics {
     pub tasks_by_status: IntGaugeVec,
     pub claims_waiting: IntGauge,
     pub claims_undelivered: IntCounter,
+    pub events_by_topic: IntCounterVec,
+    pub rpc_duration_seconds: HistogramVec,
+    pub core_queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -114,8 +124,38 @@ impl Metrics {
             "Claims whose caller was gone: the task went back to PENDING",
         )
         .expect("valid");
+        let events_by_topic = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_events_by_topic_total",
+                "Events emitted since the daemon started, by topic (events replayed from the data dir \
+                 at start-up not included). topic=\"lease.expired\" counts lease expirations, \
+                 topic=\"agent.died\" agent deaths (missed heartbeats and Deregister alike)",
+            ),
+            &["topic"],
+        )
+        .expect("valid");
+        for topic in Topic::ALL {
+            events_by_topic.with_label_values(&[topic.as_str()]);
+        }
+        let rpc_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "agentkeeper_rpc_duration_seconds",
+                "gRPC call latency per method, from the request's headers to the response's \
+                 (for Watch and WatchElection: until the stream is open)",
+            )
+            .buckets(RPC_SECONDS_BUCKETS.to_vec()),
+            &["method"],
+        )
+        .expect("valid");
+        let core_queue_depth = gauge(
+            "agentkeeper_core_queue_depth",
+            "Commands waiting in the core's queue after the last batch (at most --core-queue-max): \
+             above zero, calls arrive faster than the core applies them",
+        );
         for collector in [
-            Box::new(snapshot_pause_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_by_topic.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rpc_duration_seconds.clone()),
+            Box::new(snapshot_pause_seconds.clone()),
             Box::new(store_syncs.clone()),
             Box::new(store_bytes.clone()),
             Box::new(store_sync_seconds.clone()),
@@ -152,6 +192,22 @@ impl Metrics {
             tasks_by_status,
             claims_waiting,
             claims_undelivered,
+            events_by_topic,
+            rpc_duration_seconds,
+            core_queue_depth,
+        }
+    }
+
+    /// Adds the events emitted since the last call: `emitted` and `published` are per-topic
+    /// totals in `Topic::ALL` order; `published` becomes `emitted` (driver thread, per batch).
+    pub fn publish_events(&self, emitted: &[u64; Topic::ALL.len()], published: &mut [u64; Topic::ALL.len()]) {
+        for ((topic, now), before) in Topic::ALL.iter().zip(emitted).zip(published.iter_mut()) {
+            if now > before {
+                self.events_by_topic
+                    .with_label_values(&[topic.as_str()])
+                    .inc_by(now - *before);
+                *before = *now;
+            }
         }
     }
 

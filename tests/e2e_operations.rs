@@ -297,3 +297,181 @@ fn readyz_is_503_starting_while_a_large_data_dir_is_replayed_then_200_ready() {
     );
     daemon.wait_serving();
 }
+
+/// /metrics, parsed by a Prometheus text parser.
+fn scrape(daemon: &Daemon) -> prometheus_parse::Scrape {
+    let (status, text) = daemon.http_get("/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text")
+}
+
+/// The value of a counter or gauge sample, or a histogram's count, with exactly these labels.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) && s.labels.len() == labels.len())
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            Value::Summary(_) => panic!("{name} is a summary"),
+        })
+}
+
+/// Scrapes until `check` passes (a scrape right after a reply normally has it already).
+async fn await_scrape(daemon: &Daemon, check: impl Fn(&prometheus_parse::Scrape) -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let scrape = scrape(daemon);
+        match check(&scrape) {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn expect(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)], want: f64) -> Result<(), String> {
+    match sample(scrape, name, labels) {
+        Some(got) if got == want => Ok(()),
+        got => Err(format!("{name}{labels:?}: {got:?}, expected {want}")),
+    }
+}
+
+const TOPICS: [&str; 14] = [
+    "agent.registered",
+    "agent.unreachable",
+    "agent.recovered",
+    "agent.died",
+    "lease.acquired",
+    "lease.renewed",
+    "lease.expired",
+    "lease.released",
+    "leader.changed",
+    "task.created",
+    "task.claimed",
+    "task.completed",
+    "task.failed",
+    "task.dead",
+];
+
+#[tokio::test]
+async fn metrics_count_events_by_topic_time_calls_by_method_and_show_the_core_queue() {
+    let daemon = Daemon::start(&["--clock=manual"]);
+    let before = scrape(&daemon);
+    for topic in TOPICS {
+        expect(&before, "agentkeeper_events_by_topic_total", &[("topic", topic)], 0.0).unwrap();
+    }
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &["t"], 10).await;
+    let b = c.register("b", &[], 10).await;
+    let gone = c.register("c", &[], 10).await;
+    c.acquire("short", &a, 5).await;
+    c.acquire("long", &b, 60).await;
+    c.deregister(&gone).await.unwrap();
+    c.campaign("g", &a).await;
+    c.find("", &[], 0).await;
+    c.find("", &["t"], 0).await;
+    let _ = c.agent(common::UNKNOWN_ID).await;
+    let mut clock = pb::clock_service_client::ClockServiceClient::new(daemon.channel().await);
+    let advance = pb::AdvanceRequest {
+        duration: Some(prost_types::Duration { seconds: 6, nanos: 0 }),
+    };
+    clock.advance(advance).await.unwrap(); // "short" expires; no agent misses its 10 s ttl
+
+    let mut events: Vec<(&str, f64)> = TOPICS.iter().map(|t| (*t, 0.0)).collect();
+    for (topic, count) in [
+        ("agent.registered", 3.0),
+        ("agent.died", 1.0),
+        ("lease.acquired", 2.0),
+        ("lease.expired", 1.0),
+        ("leader.changed", 1.0),
+    ] {
+        events.iter_mut().find(|(t, _)| *t == topic).unwrap().1 = count;
+    }
+    let calls = [
+        ("Register", 3.0),
+        ("AcquireLease", 2.0),
+        ("Deregister", 1.0),
+        ("Campaign", 1.0),
+        ("Find", 2.0),
+        ("GetAgent", 1.0),
+        ("Advance", 1.0),
+    ];
+    await_scrape(&daemon, |s| {
+        for (topic, count) in &events {
+            expect(s, "agentkeeper_events_by_topic_total", &[("topic", topic)], *count)?;
+        }
+        for (method, count) in calls {
+            expect(
+                s,
+                "agentkeeper_rpc_duration_seconds_count",
+                &[("method", method)],
+                count,
+            )?;
+            expect(s, "agentkeeper_rpc_total", &[("method", method)], count)?;
+        }
+        expect(s, "agentkeeper_events_total", &[], 8.0)?;
+        expect(s, "agentkeeper_election_groups", &[], 1.0)?;
+        expect(s, "agentkeeper_core_queue_depth", &[], 0.0)?;
+        Ok(())
+    })
+    .await;
+    let s = scrape(&daemon);
+    let sum = sample(&s, "agentkeeper_rpc_duration_seconds_sum", &[("method", "Register")]).unwrap();
+    assert!(sum > 0.0 && sum < 10.0, "three Register calls took {sum} s in all");
+    assert_eq!(
+        sample(&s, "agentkeeper_rpc_duration_seconds", &[("method", "Register")]),
+        Some(3.0),
+        "the histogram's +Inf bucket"
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "agentkeeper_rpc_duration_seconds_count",
+            &[("method", "NoSuchMethod")]
+        ),
+        None
+    );
+}
+
+#[tokio::test]
+async fn events_by_topic_count_this_process_only_not_the_events_replayed_from_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = format!("--data-dir={}", dir.path().display());
+    let mut first = Daemon::start(&[&data_dir]);
+    let mut c = first.clients().await;
+    c.register("a", &[], 30).await;
+    c.register("b", &[], 30).await;
+    await_scrape(&first, |s| {
+        expect(
+            s,
+            "agentkeeper_events_by_topic_total",
+            &[("topic", "agent.registered")],
+            2.0,
+        )
+    })
+    .await;
+    drop(c);
+    first.sigterm();
+    let exit = first.exited(Duration::from_secs(6)).await.and_then(|s| s.code());
+    assert_eq!(exit, Some(0), "{}", first.stderr());
+    let second = Daemon::start(&[&data_dir]);
+    let mut c = second.clients().await;
+    c.register("c", &[], 30).await;
+    await_scrape(&second, |s| {
+        expect(
+            s,
+            "agentkeeper_events_by_topic_total",
+            &[("topic", "agent.registered")],
+            1.0,
+        )?;
+        expect(s, "agentkeeper_events_total", &[], 3.0) // the sequence goes on
+    })
+    .await;
+}

@@ -183,6 +183,9 @@ pub struct EventBus {
     subscriber_next: u64,
     subscribers_max: usize,
     outbox: Vec<Delivery>,
+    /// Events emitted by this core, by topic (`Topic as usize`), since it was built: counted
+    /// at emit time for the metrics. Not state: a restored core starts again from zero.
+    emitted: [u64; Topic::ALL.len()],
 }
 
 impl EventBus {
@@ -196,6 +199,7 @@ impl EventBus {
             subscriber_next: 1,
             subscribers_max,
             outbox: Vec::new(),
+            emitted: [0; Topic::ALL.len()],
         }
     }
 
@@ -213,6 +217,12 @@ impl EventBus {
         self.subscribers.len()
     }
 
+    /// Events emitted since this bus was built, by topic (indexed by `Topic as usize`, in
+    /// `Topic::ALL` order).
+    pub fn emitted_by_topic(&self) -> [u64; Topic::ALL.len()] {
+        self.emitted
+    }
+
     /// Stamps, retains and routes one event.
     pub fn emit(&mut self, now: Millis, topic: Topic, payload: EventPayload) {
         let event = Arc::new(Event {
@@ -222,6 +232,7 @@ impl EventBus {
             payload,
         });
         self.sequence_next += 1;
+        self.emitted[topic as usize] += 1;
         for (id, subscriber) in &self.subscribers {
             if subscriber.wants(&event) {
                 self.outbox.push(Delivery {

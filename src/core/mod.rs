@@ -588,6 +588,12 @@ impl Core {
         self.timers.next_deadline()
     }
 
+    /// Events emitted since this core was built (replay included), by topic in `Topic::ALL`
+    /// order. Cheap: the driver reads it after every batch for the metrics.
+    pub fn events_by_topic(&self) -> [u64; events::Topic::ALL.len()] {
+        self.bus.emitted_by_topic()
+    }
+
     /// Moves every event delivery queued since the last call into `out`.
     pub fn drain_deliveries(&mut self, out: &mut Vec<Delivery>) {
         self.bus.drain_deliveries(out);

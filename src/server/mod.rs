@@ -9,6 +9,7 @@ pub mod convert;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod timing;
 pub mod uring;
 
 use std::future::Future;
@@ -29,7 +30,8 @@ use grpc::Api;
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 
 /// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
-/// (reporting `serving`) and server reflection (v1 and v1alpha).
+/// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
+/// into `agentkeeper_rpc_duration_seconds`.
 pub fn routes(
     core: CoreHandle,
     metrics: Arc<Metrics>,
@@ -37,10 +39,10 @@ pub fn routes(
     claim_wait_max: Duration,
     serving: &health::Serving,
 ) -> Routes {
-    let api = Api::new(core, metrics, watch_buffer, claim_wait_max);
+    let api = Api::new(core, Arc::clone(&metrics), watch_buffer, claim_wait_max);
     let n = MESSAGE_BYTES_MAX;
     let (reflection_v1, reflection_v1alpha) = health::reflection();
-    Routes::default()
+    let routes = Routes::default()
         .add_service(serving.health_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -51,7 +53,8 @@ pub fn routes(
             pb::entitlements_service_server::EntitlementsServiceServer::new(api.clone()).max_decoding_message_size(n),
         )
         .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
-        .add_service(pb::clock_service_server::ClockServiceServer::new(api))
+        .add_service(pb::clock_service_server::ClockServiceServer::new(api));
+    timing::timed(routes, &metrics)
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
