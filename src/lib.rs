@@ -2,10 +2,11 @@
 //!
 //! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it;
 //! `server` speaks gRPC and HTTP around it; `metrics` is what both publish; `proto` holds the
-//! generated wire types.
+//! generated wire types; `ctl` is the command-line client (`agentkeeper ctl`).
 
 pub mod clock;
 pub mod core;
+pub mod ctl;
 pub mod driver;
 pub mod metrics;
 pub mod proto;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,8 +28,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
     name = "agentkeeper",
     version,
     about = "A coordination daemon for fleets of AI agents: registry, \
-    heartbeats, leases with fencing tokens, leader elections, entitlements and an event bus over gRPC."
+    heartbeats, leases with fencing tokens, leader elections, entitlements and an event bus over gRPC.",
+    after_help = "With no command, runs the daemon. `agentkeeper ctl --help` lists the client's commands.",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
+
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Inspect and change a running daemon (agents, policies, tasks, elections, live events).
+    Ctl(agentkeeper::ctl::CtlArgs),
+}
+
+/// The daemon's flags.
+#[derive(Args, Debug)]
 struct Flags {
     /// gRPC listen address, HOST:PORT. A Go-style ":PORT" listens on every interface.
     #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_addr)]
@@ -159,7 +177,17 @@ fn seed(flags: &Flags) -> u64 {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let cli = Cli::parse();
+    if let Some(Tool::Ctl(args)) = cli.command {
+        return match agentkeeper::ctl::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("agentkeeper ctl: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let flags = cli.flags;
     if let Err(message) = init_logs(&flags) {
         eprintln!("agentkeeper: {message}");
         return ExitCode::FAILURE;

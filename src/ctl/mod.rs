@@ -1,0 +1,363 @@
+//! `agentkeeper ctl`: a command-line client for a running daemon, in the manner of etcdctl.
+//! Each command is one or a few gRPC calls of the public API; the output is an aligned table or,
+//! with `--json`, one JSON value (`watch --json`: one JSON object per line).
+//!
+//! Architecture invariant: ctl speaks only the public gRPC API, exactly as any client would; it
+//! adds nothing to the wire. What the API cannot list (leases, elections by name), ctl cannot.
+
+mod render;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto as pb;
+use render::Output;
+
+/// Inspect and change a running daemon from the command line.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The daemon's gRPC address, HOST:PORT (or an http:// URL).
+    #[arg(long, global = true, default_value = "127.0.0.1:7070")]
+    endpoint: String,
+
+    /// Print JSON (one value; for watch, one object per line) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// How long one call may take (e.g. 500ms, 10s). Watch streams are not limited.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List ALIVE agents (Find: UNREACHABLE and DEAD agents are not listed; see `agent ID`).
+    Agents {
+        /// Only agents with this tool (repeat for several: all of them are required).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
+        /// At most this many agents (the daemon returns at most 1000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Show one agent, whatever its status (DEAD ones are kept for --dead-retention).
+    Agent { id: String },
+    /// Find ALIVE agents by a natural-language query, best match first.
+    Find {
+        query: String,
+        /// Only agents with this tool (repeat for several).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+    /// Show an election group's leader and term.
+    Election { group: String },
+    /// Entitlement policies: set, check, list, delete.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// List tasks, oldest first (every page).
+    Tasks {
+        /// Only tasks in this status.
+        #[arg(long, value_enum)]
+        status: Option<TaskStatus>,
+    },
+    /// Show one task, with its input and output.
+    Task { id: String },
+    /// Print events as they happen, one line each, until interrupted.
+    Watch {
+        /// Topic prefixes, e.g. `agent.` or `lease.expired` (none: every topic).
+        topics: Vec<String>,
+        /// Start with the retained events from this sequence number on.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Create or replace a policy.
+    Set {
+        id: String,
+        /// Subject glob, e.g. `agent:*`.
+        #[arg(long)]
+        subject: String,
+        /// Action glob, e.g. `call`.
+        #[arg(long)]
+        action: String,
+        /// Resource glob, e.g. `tool:write_*`.
+        #[arg(long)]
+        resource: String,
+        #[arg(long, value_enum)]
+        effect: Effect,
+    },
+    /// Ask whether a subject may do an action on a resource (exit 0 either way).
+    Check {
+        subject: String,
+        action: String,
+        resource: String,
+    },
+    /// List policies, by id.
+    List {
+        /// Only policies whose subject starts with this.
+        #[arg(long, default_value = "")]
+        subject_prefix: String,
+    },
+    /// Delete a policy.
+    Delete { id: String },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TaskStatus {
+    Pending,
+    Claimed,
+    Completed,
+    Failed,
+    Dead,
+}
+
+/// Tasks asked for per ListTasks page.
+const TASK_PAGE: u32 = 500;
+
+/// Runs one ctl command; the error is the one line to print on stderr.
+pub fn run(args: CtlArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(execute(args))
+}
+
+async fn execute(args: CtlArgs) -> Result<(), String> {
+    let channel = connect(&args.endpoint, args.timeout).await?;
+    let out = Output::new(args.json);
+    match args.command {
+        Command::Agents { tools, limit } => {
+            let agents = find(&channel, String::new(), tools, limit).await?;
+            out.agents(&agents)
+        }
+        Command::Find { query, tools, limit } => {
+            let agents = find(&channel, query, tools, limit).await?;
+            out.agents(&agents)
+        }
+        Command::Agent { id } => {
+            let mut client = pb::registry_service_client::RegistryServiceClient::new(channel);
+            let reply = client
+                .get_agent(pb::GetAgentRequest { agent_id: id })
+                .await
+                .map_err(failed("GetAgent"))?;
+            out.agent(&reply.into_inner().agent.unwrap_or_default())
+        }
+        Command::Election { group } => {
+            let mut client = pb::election_service_client::ElectionServiceClient::new(channel);
+            let mut stream = client
+                .watch_election(pb::WatchElectionRequest { group })
+                .await
+                .map_err(failed("WatchElection"))?
+                .into_inner();
+            // The first message is the group's current state (sequence 0).
+            let first = stream
+                .message()
+                .await
+                .map_err(failed("WatchElection"))?
+                .ok_or("WatchElection: the stream ended before the group's state")?;
+            let state = render::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
+            out.election(&state)
+        }
+        Command::Policy(command) => policy(channel, command, &out).await,
+        Command::Tasks { status } => {
+            let status = status.map_or(pb::TaskStatus::Unspecified, |s| match s {
+                TaskStatus::Pending => pb::TaskStatus::Pending,
+                TaskStatus::Claimed => pb::TaskStatus::Claimed,
+                TaskStatus::Completed => pb::TaskStatus::Completed,
+                TaskStatus::Failed => pb::TaskStatus::Failed,
+                TaskStatus::Dead => pb::TaskStatus::Dead,
+            });
+            let mut client = pb::task_service_client::TaskServiceClient::new(channel);
+            let mut tasks = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListTasksRequest {
+                    status: status as i32,
+                    page_size: TASK_PAGE,
+                    page_token,
+                };
+                let page = client
+                    .list_tasks(request)
+                    .await
+                    .map_err(failed("ListTasks"))?
+                    .into_inner();
+                tasks.extend(page.tasks);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.tasks(&tasks)
+        }
+        Command::Task { id } => {
+            let mut client = pb::task_service_client::TaskServiceClient::new(channel);
+            let reply = client
+                .get_task(pb::GetTaskRequest { task_id: id })
+                .await
+                .map_err(failed("GetTask"))?;
+            out.task(&reply.into_inner().task.unwrap_or_default())
+        }
+        Command::Watch { topics, from } => watch(channel, topics, from, &out).await,
+    }
+}
+
+async fn find(channel: &Channel, query: String, tools: Vec<String>, limit: u32) -> Result<Vec<pb::AgentInfo>, String> {
+    let mut client = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+    let reply = client
+        .find(pb::FindRequest { query, tools, limit })
+        .await
+        .map_err(failed("Find"))?;
+    Ok(reply.into_inner().agents)
+}
+
+async fn policy(channel: Channel, command: PolicyCommand, out: &Output) -> Result<(), String> {
+    let mut client = pb::entitlements_service_client::EntitlementsServiceClient::new(channel);
+    match command {
+        PolicyCommand::Set {
+            id,
+            subject,
+            action,
+            resource,
+            effect,
+        } => {
+            let effect = match effect {
+                Effect::Allow => pb::PolicyEffect::Allow,
+                Effect::Deny => pb::PolicyEffect::Deny,
+            };
+            let policy = pb::Policy {
+                id,
+                subject,
+                action,
+                resource,
+                effect: effect as i32,
+            };
+            let reply = client
+                .set_policy(pb::SetPolicyRequest { policy: Some(policy) })
+                .await
+                .map_err(failed("SetPolicy"))?;
+            out.policies(&[reply.into_inner().policy.unwrap_or_default()])
+        }
+        PolicyCommand::Check {
+            subject,
+            action,
+            resource,
+        } => {
+            let reply = client
+                .check_policy(pb::CheckPolicyRequest {
+                    subject,
+                    action,
+                    resource,
+                })
+                .await
+                .map_err(failed("CheckPolicy"))?;
+            out.decision(&reply.into_inner())
+        }
+        PolicyCommand::List { subject_prefix } => {
+            let reply = client
+                .list_policies(pb::ListPoliciesRequest { subject_prefix })
+                .await
+                .map_err(failed("ListPolicies"))?;
+            out.policies(&reply.into_inner().policies)
+        }
+        PolicyCommand::Delete { id } => {
+            client
+                .delete_policy(pb::DeletePolicyRequest { id: id.clone() })
+                .await
+                .map_err(failed("DeletePolicy"))?;
+            out.deleted(&id)
+        }
+    }
+}
+
+async fn watch(channel: Channel, topics: Vec<String>, from_sequence: u64, out: &Output) -> Result<(), String> {
+    let mut client = pb::registry_service_client::RegistryServiceClient::new(channel);
+    let mut stream = client
+        .watch(pb::WatchRequest { topics, from_sequence })
+        .await
+        .map_err(failed("Watch"))?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let next = tokio::select! {
+            next = stream.message() => next,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match next.map_err(failed("Watch"))? {
+            Some(event) => {
+                let line = out.event_line(&event);
+                // A closed pipe (`| head`) ends the watch quietly.
+                if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, String> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{}", endpoint.replacen("localhost:", "127.0.0.1:", 1))
+    };
+    let endpoint_ = Endpoint::from_shared(url).map_err(|e| format!("--endpoint {endpoint:?}: {e}"))?;
+    endpoint_
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {}", chain(&e)))
+}
+
+/// An error and its causes, "a: b: c".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Turns a failed call into its one line: "GetAgent: NOT_FOUND: agent ... is not known".
+fn failed(method: &'static str) -> impl Fn(tonic::Status) -> String {
+    move |status| {
+        let code = format!("{:?}", status.code());
+        let mut name = String::new();
+        for (i, c) in code.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_uppercase());
+        }
+        let message = status.message();
+        if message.is_empty() {
+            format!("{method}: {name}")
+        } else {
+            format!("{method}: {name}: {message}")
+        }
+    }
+}
