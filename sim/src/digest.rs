@@ -1,10 +1,10 @@
-//! The run's fingerprint: FNV-1a 64 over a canonical rendering of every reply and every delivered
-//! event. The rendering is our own byte encoding (tags, little-endian integers, length-prefixed
+//! The run's fingerprint: FNV-1a 64 over a canonical rendering of every reply, every answer the
+//! core gave a waiting claim, and every delivered event. The rendering is our own byte encoding (tags, little-endian integers, length-prefixed
 //! strings), never `Debug` output, hash-map order, an address or a clock, so the same seed gives
 //! the same digest on any machine.
 
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView};
-use agentkeeper::core::tasks::TaskView;
+use agentkeeper::core::tasks::{TaskView, WaiterId};
 use agentkeeper::core::types::{AgentCard, AgentStatus, Effect, Policy};
 use agentkeeper::core::{ErrorCode, Event, EventPayload, Outcome, Reply};
 
@@ -64,6 +64,13 @@ impl Digest {
                 self.str(&error.message);
             }
         }
+    }
+
+    /// An answer the core handed to a waiting claim (delivered or not: the caller may be gone).
+    pub fn claim_answer(&mut self, waiter: WaiterId, outcome: &Outcome) {
+        self.tag(b'w');
+        self.u64(waiter.0);
+        self.outcome(outcome);
     }
 
     fn reply(&mut self, reply: &Reply) {

@@ -79,6 +79,7 @@ fn run_generated(seed: u64, steps: u64, planted: Planted, mut record: Option<&mu
             break;
         }
         generator.observe(&step, runner.last_reply());
+        generator.follow_claims(&step, &runner);
         generator.forget_ended_streams(&runner);
     }
     RunReport {

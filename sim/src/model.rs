@@ -12,7 +12,13 @@
 //! (`lease.released`), as the contract's timeline says.
 //!
 //! A restart (`restart_grace`) forgives the downtime the naive way: every live agent's ttl and
-//! every lease's ttl counts again from the restart at the latest, and every stream is gone.
+//! every lease's ttl counts again from the restart at the latest, and every stream and every
+//! waiting claim is gone.
+//!
+//! Tasks are a Vec in creation order (the oldest claimable task is the first match of a scan),
+//! waiting claims a Vec in arrival order; a claim lease is an ordinary entry of the lease list
+//! marked as a claim, whose expiry, release or holder's death fails its task. Answers to waiting
+//! claims are collected in the order they are made, for the runner to compare with the core's.
 //!
 //! Where the contract leaves the order of two errors open (a renew with a bad ttl and a wrong
 //! token), the model follows the core's documented order; the tests of that order live with the
@@ -22,6 +28,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
+use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentCard, AgentId, AgentStatus, Decision, Effect, Id128, Millis, Policy};
 use agentkeeper::core::{Command, CoreConfig, ErrorCode, Event, EventPayload, Outcome, PolicyInput, Reply, Topic};
 
@@ -94,6 +101,14 @@ pub fn decide(policies: &[Policy], subject: &str, action: &str, resource: &str) 
 }
 
 const TTL_SECONDS_MAX: u32 = 86_400;
+/// The contract's bounds on a task's input and output, and the project's on a failure reason.
+const PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
+const REASON_BYTES_MAX: usize = 4096;
+/// ListTasks: page size 0 means 1000, at most 10 000; a page holds at most 3 MiB of input and
+/// output past its first task (the project's bounds, so a page fits a client's 4 MiB message).
+const PAGE_SIZE_DEFAULT: usize = 1000;
+const PAGE_SIZE_MAX: u32 = 10_000;
+const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 
 fn within(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len())
@@ -161,6 +176,8 @@ struct Lease {
     acquired_at: Millis,
     expires_at: Millis,
     ttl_ms: u64,
+    /// A claim lease: its key is a CLAIMED task's id, and its end fails that task.
+    claim: bool,
 }
 
 impl Lease {
@@ -201,10 +218,55 @@ impl Group {
     }
 }
 
+#[derive(Clone)]
+struct Task {
+    /// The core's plain value type, so answers compare with `==`.
+    view: TaskView,
+    text_id: String,
+    /// Creation rank, from 1 (ListTasks' page tokens are these numbers).
+    order: u64,
+    finished_at: Option<Millis>,
+}
+
+impl Task {
+    fn bytes(&self) -> usize {
+        self.view.input.len() + self.view.output.len()
+    }
+
+    /// The view events carry: without the input and output bytes.
+    fn event_view(&self) -> TaskView {
+        TaskView {
+            input: Arc::from(&[][..]),
+            output: Arc::from(&[][..]),
+            ..self.view.clone()
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Waiter {
+    id: WaiterId,
+    agent: AgentId,
+    /// The agent's tools when it claimed.
+    tools: Vec<String>,
+    deadline: Millis,
+}
+
+/// True when every required tool is among `offered`.
+fn covers(offered: &[String], required: &[Arc<str>]) -> bool {
+    required
+        .iter()
+        .all(|tool| offered.iter().any(|o| o.as_str() == &**tool))
+}
+
 /// Something due when time moves.
 enum Due {
     Agent(usize),
     Lease(usize),
+    /// A waiting claim's end of patience.
+    Claim(usize),
+    /// A finished task's forgetting.
+    Task(usize),
 }
 
 /// Cloned only where a step must be undone (a torn crash's lost command), never per step.
@@ -226,6 +288,14 @@ pub struct Model {
     subscriber_next: u64,
     /// Events emitted since the last `take_events`.
     emitted: Vec<Arc<Event>>,
+    /// Every known task, in creation order.
+    tasks: Vec<Task>,
+    task_order_next: u64,
+    /// Waiting claims, in arrival order.
+    waiters: Vec<Waiter>,
+    waiter_next: u64,
+    /// Answers to waiting claims made since the last `take_answers`.
+    answers: Vec<(WaiterId, Expected)>,
 }
 
 impl Model {
@@ -245,11 +315,35 @@ impl Model {
             subscribers: Vec::new(),
             subscriber_next: 1,
             emitted: Vec::new(),
+            tasks: Vec::new(),
+            task_order_next: 1,
+            waiters: Vec::new(),
+            waiter_next: 1,
+            answers: Vec::new(),
         }
     }
 
     pub fn take_events(&mut self) -> Vec<Arc<Event>> {
         std::mem::take(&mut self.emitted)
+    }
+
+    /// The answers handed to waiting claims since the last call, in the order they were made.
+    pub fn take_answers(&mut self) -> Vec<(WaiterId, Expected)> {
+        std::mem::take(&mut self.answers)
+    }
+
+    /// Every known task, in creation order.
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = &TaskView> {
+        self.tasks.iter().map(|t| &t.view)
+    }
+
+    /// How many tasks rest in `status`.
+    pub fn task_count(&self, status: TaskStatus) -> usize {
+        self.tasks.iter().filter(|t| t.view.status == status).count()
+    }
+
+    pub fn waiting_claims(&self) -> usize {
+        self.waiters.len()
     }
 
     pub fn sequence_next(&self) -> u64 {
@@ -299,7 +393,15 @@ impl Model {
     pub fn next_deadline(&self) -> Option<Millis> {
         let agents = self.agents.iter().map(|a| self.agent_deadline(a));
         let leases = self.leases.iter().map(|l| l.expires_at);
-        agents.chain(leases).min()
+        let claims = self.waiters.iter().map(|w| w.deadline);
+        let tasks = self.tasks.iter().filter_map(|t| self.task_deadline(t));
+        agents.chain(leases).chain(claims).chain(tasks).min()
+    }
+
+    /// When a finished task is forgotten.
+    fn task_deadline(&self, task: &Task) -> Option<Millis> {
+        task.finished_at
+            .map(|at| at.saturating_add(self.config.task_retention_ms))
     }
 
     fn agent_deadline(&self, agent: &Agent) -> Millis {
@@ -342,6 +444,8 @@ impl Model {
         }
         self.subscribers.clear();
         self.subscriber_next = 1;
+        // Their callers went with the old process; nobody is answered.
+        self.waiters.clear();
     }
 
     /// Moves time to `now`, firing what is due in deadline order, one thing at a time, each at
@@ -356,14 +460,24 @@ impl Model {
                 Due::Lease(index) => {
                     let lease = self.leases.remove(index);
                     self.emit(Topic::LeaseExpired, EventPayload::Lease(lease.view()));
+                    if lease.claim {
+                        self.claim_ended(&lease.key, "lease expired");
+                    }
+                }
+                Due::Claim(index) => {
+                    let waiter = self.waiters.remove(index);
+                    self.answers.push((waiter.id, Ok(Reply::NoTask)));
+                }
+                Due::Task(index) => {
+                    self.tasks.remove(index);
                 }
             }
         }
         self.now = now;
     }
 
-    /// The first thing due by `now`: by deadline, agents before leases, then registration order
-    /// or token.
+    /// The first thing due by `now`: by deadline, agents before leases before waiting claims
+    /// before finished tasks, then registration order, token, arrival or creation.
     fn earliest_due(&self, now: Millis) -> Option<(Millis, Due)> {
         let mut best: Option<((Millis, u8, u64), Due)> = None;
         let mut consider = |rank: (Millis, u8, u64), due: Due| {
@@ -376,6 +490,14 @@ impl Model {
         }
         for (index, lease) in self.leases.iter().enumerate() {
             consider((lease.expires_at, 1, lease.token), Due::Lease(index));
+        }
+        for (index, waiter) in self.waiters.iter().enumerate() {
+            consider((waiter.deadline, 2, waiter.id.0), Due::Claim(index));
+        }
+        for (index, task) in self.tasks.iter().enumerate() {
+            if let Some(at) = self.task_deadline(task) {
+                consider((at, 3, task.order), Due::Task(index));
+            }
         }
         best.map(|(rank, due)| (rank.0, due))
     }
@@ -410,7 +532,8 @@ impl Model {
     }
 
     /// Death clean-up: `agent.died`, each lease released by token, each group left in the order
-    /// joined (`leader.changed` where it led).
+    /// joined (`leader.changed` where it led), then each task it had claimed fails ("agent
+    /// died"), in the order of its claim leases' tokens.
     fn kill(&mut self, index: usize) {
         let agent = &mut self.agents[index];
         agent.status = AgentStatus::Dead;
@@ -429,8 +552,12 @@ impl Model {
         }
         self.leases = kept;
         held.sort_by_key(|l| l.token);
+        let mut claims = Vec::new();
         for lease in held {
             self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+            if lease.claim {
+                claims.push(lease.key);
+            }
         }
         let mut stood: Vec<(u64, String)> = self
             .groups
@@ -445,6 +572,9 @@ impl Model {
         stood.sort();
         for (_, group) in stood {
             self.withdraw(&group, id);
+        }
+        for task_id in claims {
+            self.claim_ended(&task_id, "agent died");
         }
     }
 
@@ -522,6 +652,9 @@ impl Model {
                 let index = self.held_lease(task_id, agent_id, *token)?;
                 let lease = self.leases.remove(index);
                 self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+                if lease.claim {
+                    self.claim_ended(&lease.key, "lease released");
+                }
                 Ok(Reply::Done)
             }
             Command::Campaign { group, agent_id } => self.campaign(group, agent_id),
@@ -586,14 +719,46 @@ impl Model {
                 }
                 Ok(Reply::Decision(decide(&self.policies, subject, action, resource)))
             }
-            Command::CreateTask { .. }
-            | Command::ClaimTask { .. }
-            | Command::CancelClaim { .. }
-            | Command::ReturnTask { .. }
-            | Command::CompleteTask { .. }
-            | Command::FailTask { .. }
-            | Command::GetTask { .. }
-            | Command::ListTasks { .. } => unreachable!("the swarm sends no task commands yet"),
+            Command::CreateTask {
+                kind,
+                input,
+                required_tools,
+                max_retries,
+                ttl_seconds,
+            } => self.create_task(kind, input, required_tools, *max_retries, *ttl_seconds, core),
+            Command::ClaimTask { agent_id, wait_ms } => self.claim_task(agent_id, *wait_ms),
+            Command::CancelClaim { waiter } => {
+                self.waiters.retain(|w| w.id != *waiter);
+                Ok(Reply::Done)
+            }
+            Command::ReturnTask { task_id, token } => self.return_task(task_id, *token),
+            Command::CompleteTask {
+                task_id,
+                agent_id,
+                output,
+            } => self.complete_task(task_id, agent_id, output),
+            Command::FailTask {
+                task_id,
+                agent_id,
+                reason,
+            } => {
+                if reason.len() > REASON_BYTES_MAX {
+                    return Err(ErrorCode::InvalidArgument);
+                }
+                let index = self.claimed_by(task_id, agent_id)?;
+                self.drop_claim_lease(index);
+                self.task_failed(index, reason);
+                Ok(Reply::Done)
+            }
+            Command::GetTask { task_id } => {
+                let index = self.task_index(task_id).ok_or(ErrorCode::NotFound)?;
+                Ok(Reply::Task(Box::new(self.tasks[index].view.clone())))
+            }
+            Command::ListTasks {
+                status,
+                page_size,
+                page_token,
+            } => self.list_tasks(*status, *page_size, page_token),
         }
     }
 
@@ -729,6 +894,10 @@ impl Model {
                 acquired: true,
             });
         }
+        // A known task's id is its claim lease's key: taken only with ClaimTask.
+        if self.task_index(key).is_some() {
+            return Err(ErrorCode::FailedPrecondition);
+        }
         if self.leases.len() >= self.config.leases_max {
             return Err(ErrorCode::ResourceExhausted);
         }
@@ -740,6 +909,7 @@ impl Model {
             acquired_at: self.now,
             expires_at: self.now + ttl_ms,
             ttl_ms,
+            claim: false,
         };
         let view = lease.view();
         self.leases.push(lease);
@@ -814,6 +984,290 @@ impl Model {
             }
         }
         Ok(Reply::Election(self.groups[g].view()))
+    }
+
+    fn task_index(&self, task_id: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.text_id == task_id)
+    }
+
+    fn task_bytes(&self) -> usize {
+        self.tasks.iter().map(Task::bytes).sum()
+    }
+
+    fn emit_task(&mut self, topic: Topic, index: usize) {
+        let view = self.tasks[index].event_view();
+        self.emit(topic, EventPayload::Task(view));
+    }
+
+    fn create_task(
+        &mut self,
+        kind: &str,
+        input: &[u8],
+        required_tools: &[String],
+        max_retries: u32,
+        ttl_seconds: u32,
+        core: &Outcome,
+    ) -> Expected {
+        if !within(kind, 1, 256) || input.len() > PAYLOAD_BYTES_MAX || !tools_valid(required_tools) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let ttl_ms = ttl_ms(ttl_seconds, 60).ok_or(ErrorCode::InvalidArgument)?;
+        if self.tasks.len() >= self.config.tasks_max || self.task_bytes() + input.len() > self.config.task_bytes_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        let order = self.task_order_next;
+        self.task_order_next += 1;
+        // The id is the core's to draw; it must be fresh, and no lease may use it as its key.
+        let id = match core {
+            Ok(Reply::Task(view))
+                if self.task_index(&view.id.to_string()).is_none()
+                    && !self.leases.iter().any(|l| l.key == view.id.to_string()) =>
+            {
+                view.id
+            }
+            _ => Id128(u128::MAX - u128::from(order)),
+        };
+        let mut required: Vec<Arc<str>> = required_tools.iter().map(|t| Arc::from(t.as_str())).collect();
+        required.sort();
+        required.dedup();
+        self.tasks.push(Task {
+            view: TaskView {
+                id,
+                kind: kind.into(),
+                input: input.into(),
+                output: Arc::from(&[][..]),
+                status: TaskStatus::Pending,
+                required_tools: required.into(),
+                max_retries,
+                retry_count: 0,
+                claimed_by: None,
+                failure_reason: "".into(),
+                created_at: self.now,
+                claimed_at: None,
+                completed_at: None,
+                ttl_ms,
+            },
+            text_id: format!("{:032x}", id.0),
+            order,
+            finished_at: None,
+        });
+        let index = self.tasks.len() - 1;
+        self.emit_task(Topic::TaskCreated, index);
+        self.offer(index);
+        Ok(Reply::Task(Box::new(self.tasks[index].view.clone())))
+    }
+
+    fn claim_task(&mut self, agent_id: &str, wait_ms: u64) -> Expected {
+        let agent = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+        if self.agents[agent].status != AgentStatus::Alive {
+            return Err(ErrorCode::FailedPrecondition);
+        }
+        let tools = self.agents[agent].card.tools.clone();
+        let oldest = self
+            .tasks
+            .iter()
+            .position(|t| t.view.status == TaskStatus::Pending && covers(&tools, &t.view.required_tools));
+        if let Some(index) = oldest {
+            let (task, lease) = self.grant_claim(index, agent)?;
+            return Ok(Reply::Claimed {
+                task: Box::new(task),
+                lease,
+            });
+        }
+        if wait_ms == 0 {
+            return Ok(Reply::NoTask);
+        }
+        if self.waiters.len() >= self.config.waiters_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        let id = WaiterId(self.waiter_next);
+        self.waiter_next += 1;
+        self.waiters.push(Waiter {
+            id,
+            agent: self.agents[agent].id,
+            tools,
+            deadline: self.now.saturating_add(wait_ms),
+        });
+        Ok(Reply::ClaimWaiting { waiter: id })
+    }
+
+    /// Hands the PENDING task to the agent: a claim lease on its id with the task's ttl
+    /// (`lease.acquired`), then CLAIMED (`task.claimed`).
+    fn grant_claim(&mut self, index: usize, agent: usize) -> Result<(TaskView, LeaseView), ErrorCode> {
+        if self.leases.len() >= self.config.leases_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        self.token_last += 1;
+        let holder = self.agents[agent].id;
+        let task = &self.tasks[index];
+        let lease = Lease {
+            key: task.text_id.clone(),
+            holder,
+            token: self.token_last,
+            acquired_at: self.now,
+            expires_at: self.now + task.view.ttl_ms,
+            ttl_ms: task.view.ttl_ms,
+            claim: true,
+        };
+        let lease_view = lease.view();
+        self.leases.push(lease);
+        self.emit(Topic::LeaseAcquired, EventPayload::Lease(lease_view.clone()));
+        let task = &mut self.tasks[index];
+        task.view.status = TaskStatus::Claimed;
+        task.view.claimed_by = Some(holder);
+        task.view.claimed_at = Some(self.now);
+        self.emit_task(Topic::TaskClaimed, index);
+        Ok((self.tasks[index].view.clone(), lease_view))
+    }
+
+    /// The newly PENDING task goes to the earliest waiting claim whose tools cover it; a waiter
+    /// whose agent is not ALIVE (or no longer known) is answered FAILED_PRECONDITION and passed
+    /// over, as is one the claim lease cannot be granted to (RESOURCE_EXHAUSTED).
+    fn offer(&mut self, index: usize) {
+        loop {
+            let required = Arc::clone(&self.tasks[index].view.required_tools);
+            let Some(position) = self.waiters.iter().position(|w| covers(&w.tools, &required)) else {
+                return;
+            };
+            let waiter = self.waiters.remove(position);
+            let agent = self
+                .agents
+                .iter()
+                .position(|a| a.id == waiter.agent && a.status == AgentStatus::Alive);
+            let Some(agent) = agent else {
+                self.answers.push((waiter.id, Err(ErrorCode::FailedPrecondition)));
+                continue;
+            };
+            match self.grant_claim(index, agent) {
+                Ok((task, lease)) => {
+                    let answer = Reply::Claimed {
+                        task: Box::new(task),
+                        lease,
+                    };
+                    self.answers.push((waiter.id, Ok(answer)));
+                    return;
+                }
+                Err(code) => self.answers.push((waiter.id, Err(code))),
+            }
+        }
+    }
+
+    /// The task `task_id`, checked to be CLAIMED by `agent_id`.
+    fn claimed_by(&self, task_id: &str, agent_id: &str) -> Result<usize, ErrorCode> {
+        let index = self.task_index(task_id).ok_or(ErrorCode::NotFound)?;
+        let view = &self.tasks[index].view;
+        let by = view.claimed_by.map(|a| format!("{:032x}", a.0));
+        if view.status != TaskStatus::Claimed || by.as_deref() != Some(agent_id) {
+            return Err(ErrorCode::FailedPrecondition);
+        }
+        Ok(index)
+    }
+
+    /// Takes a CLAIMED task's lease away, as its holder's release would (`lease.released`).
+    fn drop_claim_lease(&mut self, index: usize) {
+        let key = &self.tasks[index].text_id;
+        let position = self
+            .leases
+            .iter()
+            .position(|l| l.claim && l.key == *key)
+            .expect("a CLAIMED task has its claim lease");
+        let lease = self.leases.remove(position);
+        self.emit(Topic::LeaseReleased, EventPayload::Lease(lease.view()));
+    }
+
+    /// A claim lease ended without the task finishing: the task fails with `reason`.
+    fn claim_ended(&mut self, task_id: &str, reason: &str) {
+        let index = self.task_index(task_id).expect("a claim lease's task is known");
+        assert_eq!(self.tasks[index].view.status, TaskStatus::Claimed);
+        self.task_failed(index, reason);
+    }
+
+    /// FailTask's effect (the lease already gone): one more retry, then PENDING or DEAD.
+    fn task_failed(&mut self, index: usize, reason: &str) {
+        let task = &mut self.tasks[index];
+        task.view.retry_count += 1;
+        task.view.failure_reason = reason.into();
+        if task.view.retry_count <= task.view.max_retries {
+            self.requeue(index);
+            return;
+        }
+        task.view.status = TaskStatus::Dead;
+        task.finished_at = Some(self.now);
+        self.emit_task(Topic::TaskDead, index);
+    }
+
+    /// Back to PENDING, no longer anybody's (`task.failed`), and offered to the waiting claims.
+    fn requeue(&mut self, index: usize) {
+        let task = &mut self.tasks[index];
+        task.view.status = TaskStatus::Pending;
+        task.view.claimed_by = None;
+        task.view.claimed_at = None;
+        self.emit_task(Topic::TaskFailed, index);
+        self.offer(index);
+    }
+
+    /// A claim's reply could not be delivered: PENDING again, no retry counted.
+    fn return_task(&mut self, task_id: &str, token: u64) -> Expected {
+        let index = self.task_index(task_id).ok_or(ErrorCode::NotFound)?;
+        let held = self
+            .leases
+            .iter()
+            .any(|l| l.claim && l.key == task_id && l.token == token);
+        if self.tasks[index].view.status != TaskStatus::Claimed || !held {
+            return Err(ErrorCode::FailedPrecondition);
+        }
+        self.drop_claim_lease(index);
+        self.requeue(index);
+        Ok(Reply::Done)
+    }
+
+    fn complete_task(&mut self, task_id: &str, agent_id: &str, output: &[u8]) -> Expected {
+        if output.len() > PAYLOAD_BYTES_MAX {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let index = self.claimed_by(task_id, agent_id)?;
+        if self.task_bytes() + output.len() > self.config.task_bytes_max {
+            return Err(ErrorCode::ResourceExhausted);
+        }
+        self.drop_claim_lease(index);
+        let task = &mut self.tasks[index];
+        task.view.output = output.into();
+        task.view.completed_at = Some(self.now);
+        task.view.status = TaskStatus::Completed;
+        task.finished_at = Some(self.now);
+        self.emit_task(Topic::TaskCompleted, index);
+        Ok(Reply::Done)
+    }
+
+    fn list_tasks(&self, status: Option<TaskStatus>, page_size: u32, page_token: &str) -> Expected {
+        let after: u64 = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse().map_err(|_| ErrorCode::InvalidArgument)?
+        };
+        let limit = match page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX) as usize,
+        };
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        let mut next = String::new();
+        let listed = self
+            .tasks
+            .iter()
+            .filter(|t| t.order >= after && status.is_none_or(|s| t.view.status == s));
+        for task in listed {
+            if tasks.len() == limit || (!tasks.is_empty() && bytes + task.bytes() > PAGE_BYTES_MAX) {
+                next = task.order.to_string();
+                break;
+            }
+            bytes += task.bytes();
+            tasks.push(task.view.clone());
+        }
+        Ok(Reply::Tasks {
+            tasks,
+            next_page_token: next,
+        })
     }
 
     fn set_policy(&mut self, input: &PolicyInput) -> Expected {

@@ -1,8 +1,9 @@
 //! Executes steps against the real core and the reference model side by side, routes event
 //! deliveries into modelled per-subscriber buffers (cutting off an overflowing one with
-//! `Command::Unwatch`, as the driver does), logs what the driver would log into an in-memory
-//! store image, crashes and recovers from that image, and checks every named invariant after
-//! each step.
+//! `Command::Unwatch`, as the driver does), hands the core's answers to waiting claims to their
+//! callers (returning a claimed task whose caller is gone with `Command::ReturnTask`, as the
+//! driver does), logs what the driver would log into an in-memory store image, crashes and
+//! recovers from that image, and checks every named invariant after each step.
 //!
 //! Order of checks within a step: the named safety properties first (so a planted bug is reported
 //! by the property it breaks), then agreement with the reference model. The runner never decides
@@ -12,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use agentkeeper::core::events::{Delivery, SubscriberId};
+use agentkeeper::core::events::{Delivery, LeaseView, SubscriberId};
 use agentkeeper::core::snapshot::CoreSnapshot;
+use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentStatus, Millis};
 use agentkeeper::core::{Command, Core, Event, EventPayload, Outcome, Reply, Topic};
 use agentkeeper::store::wal::Record;
@@ -21,7 +23,7 @@ use agentkeeper::store::wal::Record;
 use crate::digest::Digest;
 use crate::image::{ReadError, StoreImage};
 use crate::model::{Expected, Model, decide, topics_match};
-use crate::step::{AgentRef, Op, Planted, SimConfig, Step, SubRef, TokenRef, TornWrite};
+use crate::step::{AgentRef, ClaimRef, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, TokenRef, TornWrite};
 
 /// The names of every invariant the simulator checks, as printed on a failure.
 pub mod invariant {
@@ -34,6 +36,10 @@ pub mod invariant {
     pub const SUBSCRIBER_STREAM_EXACT: &str = "watch.subscriber_gets_exactly_its_matching_events";
     pub const CHECK_POLICY_BRUTE_FORCE: &str = "policy.check_equals_brute_force";
     pub const FIND_ALIVE_WITH_TOOLS: &str = "find.only_alive_agents_with_every_tool";
+    pub const TASK_ONE_STATE: &str = "task.one_state";
+    pub const TASK_NONE_LOST: &str = "task.none_lost";
+    pub const TASK_DEAD_AGENT_OWNS_NO_CLAIM: &str = "task.dead_agent_owns_no_claim";
+    pub const TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE: &str = "task.claimed_holder_alive_with_lease";
     pub const CORE_CHECK_INVARIANTS: &str = "core.check_invariants";
     pub const CORE_PANIC: &str = "core.no_panic";
     pub const MODEL_REPLY: &str = "model.reply_agrees";
@@ -42,7 +48,7 @@ pub mod invariant {
     pub const RECOVERY_STATE_MATCHES: &str = "recovery.state_matches";
     pub const RECOVERY_TORN_TAIL_CUT: &str = "recovery.torn_tail_cut";
 
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 20] = [
         ONE_HOLDER_PER_KEY,
         FENCING_TOKENS_INCREASE,
         STATUS_MATCHES_HEARTBEAT,
@@ -52,6 +58,10 @@ pub mod invariant {
         SUBSCRIBER_STREAM_EXACT,
         CHECK_POLICY_BRUTE_FORCE,
         FIND_ALIVE_WITH_TOOLS,
+        TASK_ONE_STATE,
+        TASK_NONE_LOST,
+        TASK_DEAD_AGENT_OWNS_NO_CLAIM,
+        TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
         CORE_CHECK_INVARIANTS,
         CORE_PANIC,
         MODEL_REPLY,
@@ -139,6 +149,27 @@ impl Coverage {
     }
 }
 
+/// A claim waiting in the core for its answer, and whether its caller is still there.
+#[derive(Clone, Copy, Debug)]
+struct WaitingCall {
+    /// The ClaimTask step.
+    step: usize,
+    /// The caller went away (the step's reply was lost, or it cancelled): a task handed to it
+    /// goes back.
+    gone: bool,
+    /// CancelClaim took it out of the core's line: no answer comes after this step's.
+    cancelled: bool,
+}
+
+/// What the runner saw of a task created by a committed command: for `task.none_lost` (known
+/// until its retention after it finished) and the claim lease's token.
+#[derive(Clone, Copy, Debug, Default)]
+struct CreatedTask {
+    finished_at: Option<Millis>,
+    /// The token of the last claim lease granted on its id.
+    claim_token: Option<u64>,
+}
+
 /// A clock jump is any move of at least this much between two steps.
 pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
 
@@ -156,6 +187,22 @@ pub struct Runner {
     grants: BTreeMap<usize, u64>,
     /// Opening step -> the subscriber id its (visible) reply carried (open or ended).
     subscriber_ids: BTreeMap<usize, SubscriberId>,
+    /// Step -> the task id its visible reply named (CreateTask, GetTask, a ClaimTask granted at
+    /// once), or the answer delivered to its waiting claim.
+    task_ids: BTreeMap<usize, String>,
+    /// ListTasks step -> the next page token its visible reply carried.
+    page_tokens: BTreeMap<usize, String>,
+    /// ClaimTask step -> the waiter id the core gave its wait (the driver always sees it).
+    claim_waiters: BTreeMap<usize, WaiterId>,
+    /// Claims the core holds in line, by waiter id, with their callers.
+    waiting: BTreeMap<WaiterId, WaitingCall>,
+    /// Answers handed to callers during the last step: (ClaimTask step, answer).
+    delivered: Vec<(usize, Outcome)>,
+    /// ReturnTask commands the driver owes for claims it could not deliver.
+    returns: Vec<Command>,
+    /// Every task a committed command created (by id), until its retention after finishing ran
+    /// out.
+    created: BTreeMap<u128, CreatedTask>,
     /// Open subscriptions, by subscriber id.
     subscriptions: BTreeMap<SubscriberId, Subscription>,
     deregistered: BTreeSet<u128>,
@@ -187,6 +234,13 @@ impl Runner {
             agents: BTreeMap::new(),
             grants: BTreeMap::new(),
             subscriber_ids: BTreeMap::new(),
+            task_ids: BTreeMap::new(),
+            page_tokens: BTreeMap::new(),
+            claim_waiters: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            delivered: Vec::new(),
+            returns: Vec::new(),
+            created: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             deregistered: BTreeSet::new(),
             grace_bases: BTreeMap::new(),
@@ -228,6 +282,20 @@ impl Runner {
             .is_some_and(|id| self.subscriptions.contains_key(id))
     }
 
+    /// True while the ClaimTask at `claim`'s step waits in line (not answered, cancelled or
+    /// dropped by a restart).
+    pub fn claim_waiting(&self, claim: ClaimRef) -> bool {
+        self.claim_waiters
+            .get(&claim.0)
+            .is_some_and(|waiter| self.waiting.contains_key(waiter))
+    }
+
+    /// The answers handed to waiting claims' callers during the last step: (ClaimTask step,
+    /// answer). A caller that is gone gets none.
+    pub fn claim_answers(&self) -> &[(usize, Outcome)] {
+        &self.delivered
+    }
+
     /// Runs one step and every check after it, then takes the store image's snapshot if one is
     /// due (as the driver does after a batch). A panic in the core is a violation too.
     pub fn step(&mut self, step: &Step) -> Result<(), Violation> {
@@ -260,6 +328,7 @@ impl Runner {
         self.now = step.at;
         *self.coverage.ops.entry(step.op.name()).or_default() += 1;
         self.last_reply = None;
+        self.delivered.clear();
         self.policies_touched = matches!(step.op, Op::SetPolicy { .. } | Op::DeletePolicy { .. });
         match &step.op {
             Op::Tick => {
@@ -267,6 +336,7 @@ impl Runner {
                 self.tick_logged();
                 self.model.tick(step.at);
                 self.after_call(sequence_before)?;
+                self.settle_claims()?;
             }
             Op::Crash { torn } => self.crash(torn.as_deref())?,
             Op::Consume { sub, count } => {
@@ -282,6 +352,15 @@ impl Runner {
             op => {
                 let (command, buffer) = self.command(op);
                 let mut outcome = self.call(command.clone(), buffer)?;
+                if let (Op::ClaimTask { .. }, Ok(Reply::ClaimWaiting { waiter })) = (op, &outcome) {
+                    self.claim_waiters.insert(step.index, *waiter);
+                    let call = WaitingCall {
+                        step: step.index,
+                        gone: step.lost,
+                        cancelled: false,
+                    };
+                    self.waiting.insert(*waiter, call);
+                }
                 if step.lost {
                     self.coverage.fault("lost_reply");
                     if op.retry_safe() {
@@ -296,14 +375,67 @@ impl Runner {
                         outcome = self.call(command, buffer)?;
                         self.coverage.fault("retry");
                     } else {
+                        // A claim the caller never got goes back, as the driver returns it.
+                        if let Ok(Reply::Claimed { task, lease }) = &outcome {
+                            self.returns.push(Command::ReturnTask {
+                                task_id: task.id.to_string(),
+                                token: lease.token,
+                            });
+                        }
+                        self.settle_claims()?;
                         return self.state_checks();
                     }
                 }
                 self.record(step.index, &outcome);
                 self.last_reply = Some(outcome);
+                self.settle_claims()?;
             }
         }
         self.state_checks()
+    }
+
+    /// The end of a step, as the driver ends a batch: the core's answers to waiting claims are
+    /// checked against the model's and handed to their callers; a task handed to a caller that
+    /// is gone goes back (ReturnTask), which may answer other claims in turn.
+    fn settle_claims(&mut self) -> Checked {
+        loop {
+            let mut answers = Vec::new();
+            self.core.drain_claim_answers(&mut answers);
+            compare_answers(&answers, &self.model.take_answers())?;
+            for (waiter, outcome) in answers {
+                self.digest.claim_answer(waiter, &outcome);
+                let Some(call) = self.waiting.remove(&waiter) else {
+                    return fail(
+                        invariant::MODEL_REPLY,
+                        format!("the core answered waiter {waiter:?}, which no claim waits as"),
+                    );
+                };
+                if call.gone {
+                    if let Ok(Reply::Claimed { task, lease }) = &outcome {
+                        self.returns.push(Command::ReturnTask {
+                            task_id: task.id.to_string(),
+                            token: lease.token,
+                        });
+                    }
+                    continue;
+                }
+                self.coverage.fault(match &outcome {
+                    Ok(Reply::Claimed { .. }) => "claim_answered",
+                    Ok(_) => "claim_timed_out",
+                    Err(_) => "claim_refused",
+                });
+                self.record(call.step, &outcome);
+                self.delivered.push((call.step, outcome));
+            }
+            if self.returns.is_empty() {
+                self.waiting.retain(|_, call| !call.cancelled);
+                return Ok(());
+            }
+            for command in std::mem::take(&mut self.returns) {
+                self.coverage.fault("claim_returned");
+                let _done = self.call(command, 0)?;
+            }
+        }
     }
 
     /// Remembers what a visible reply named, for later steps' references.
@@ -317,6 +449,16 @@ impl Runner {
             }
             Ok(Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. }) => {
                 self.subscriber_ids.insert(index, *subscriber);
+            }
+            Ok(Reply::Task(task)) => {
+                self.task_ids.insert(index, task.id.to_string());
+            }
+            Ok(Reply::Claimed { task, lease }) => {
+                self.task_ids.insert(index, task.id.to_string());
+                self.grants.insert(index, lease.token);
+            }
+            Ok(Reply::Tasks { next_page_token, .. }) if !next_page_token.is_empty() => {
+                self.page_tokens.insert(index, next_page_token.clone());
             }
             Err(error) => {
                 *self.coverage.errors.entry(format!("{:?}", error.code)).or_default() += 1;
@@ -334,6 +476,18 @@ impl Runner {
                 // Not a valid id: the core has never seen it, whatever it drew.
                 .unwrap_or_else(|| format!("unknown-agent-of-step-{step}")),
             AgentRef::Literal(text) => text.clone(),
+        }
+    }
+
+    fn task(&self, task: &TaskRef) -> String {
+        match task {
+            TaskRef::Step(step) => self
+                .task_ids
+                .get(step)
+                .cloned()
+                // Not a task id (nor, as a lease key, any task's): the core has never issued it.
+                .unwrap_or_else(|| format!("unknown-task-of-step-{step}")),
+            TaskRef::Literal(text) => text.clone(),
         }
     }
 
@@ -392,7 +546,7 @@ impl Runner {
                 agent,
                 ttl_seconds,
             } => Command::AcquireLease {
-                task_id: key.clone(),
+                task_id: self.task(key),
                 agent_id: self.agent(agent),
                 ttl_seconds: *ttl_seconds,
             },
@@ -402,13 +556,13 @@ impl Runner {
                 token,
                 ttl_seconds,
             } => Command::RenewLease {
-                task_id: key.clone(),
+                task_id: self.task(key),
                 agent_id: self.agent(agent),
                 token: self.token(*token),
                 ttl_seconds: *ttl_seconds,
             },
             Op::Release { key, agent, token } => Command::ReleaseLease {
-                task_id: key.clone(),
+                task_id: self.task(key),
                 agent_id: self.agent(agent),
                 token: self.token(*token),
             },
@@ -437,6 +591,57 @@ impl Runner {
                 action: action.clone(),
                 resource: resource.clone(),
             },
+            Op::CreateTask {
+                kind,
+                input,
+                tools,
+                max_retries,
+                ttl_seconds,
+            } => Command::CreateTask {
+                kind: kind.clone(),
+                input: input.clone().into_bytes(),
+                required_tools: tools.clone(),
+                max_retries: *max_retries,
+                ttl_seconds: *ttl_seconds,
+            },
+            Op::ClaimTask { agent, wait_ms } => Command::ClaimTask {
+                agent_id: self.agent(agent),
+                wait_ms: *wait_ms,
+            },
+            Op::CancelClaim { claim } => Command::CancelClaim {
+                // A claim that never waited gets a waiter id the core never handed out.
+                waiter: self.claim_waiters.get(&claim.0).copied().unwrap_or(WaiterId(u64::MAX)),
+            },
+            Op::CompleteTask { task, agent, output } => Command::CompleteTask {
+                task_id: self.task(task),
+                agent_id: self.agent(agent),
+                output: output.clone().into_bytes(),
+            },
+            Op::FailTask { task, agent, reason } => Command::FailTask {
+                task_id: self.task(task),
+                agent_id: self.agent(agent),
+                reason: reason.clone(),
+            },
+            Op::GetTask { task } => Command::GetTask {
+                task_id: self.task(task),
+            },
+            Op::ListTasks {
+                status,
+                page_size,
+                page,
+            } => Command::ListTasks {
+                status: *status,
+                page_size: *page_size,
+                page_token: match page {
+                    // A step that got no next token: the first page.
+                    PageRef::Step(step) => self.page_tokens.get(step).cloned().unwrap_or_default(),
+                    PageRef::Literal(text) => text.clone(),
+                },
+            },
+            Op::ReturnTask { task, token } => Command::ReturnTask {
+                task_id: self.task(task),
+                token: self.token(*token),
+            },
             Op::Tick | Op::Consume { .. } | Op::Crash { .. } => unreachable!("{} sends no command", op.name()),
         };
         (command, 0)
@@ -448,6 +653,14 @@ impl Runner {
         let sequence_before = self.core.stats().sequence_next;
         if let Command::Unwatch { subscriber } = &command {
             self.subscriptions.remove(subscriber);
+        }
+        // A cancelled claim's caller is gone. The tick before the cancel may still answer it: a
+        // task handed to it then goes back (ReturnTask) like any claim whose caller is gone.
+        if let Command::CancelClaim { waiter } = &command
+            && let Some(call) = self.waiting.get_mut(waiter)
+        {
+            call.gone = true;
+            call.cancelled = true;
         }
         // As the driver: what is due fires (and is logged) before the command, which is logged
         // before it is applied.
@@ -625,10 +838,20 @@ impl Runner {
             recovered.records.pop();
         }
         let mut core = agentkeeper::store::replay(recovered, self.config.core.clone());
+        // Answers the replay made to waiting claims have no caller in the new process.
+        let mut stale = Vec::new();
+        core.drain_claim_answers(&mut stale);
         let mut after = core.snapshot();
+        let mut before = before;
         // The one thing a replay may leave behind: the clock of reads and ticks that fired
         // nothing, which are not logged.
         after.now = before.now;
+        // And a waiting claim whose agent was forgotten: a snapshot image leaves it out when it
+        // is restored (`restore_waiter`), which changes no later answer but its own; the
+        // restart drops every waiting claim anyway.
+        let known: BTreeSet<u128> = before.agents.iter().map(|a| a.id.0).collect();
+        before.waiters.retain(|w| known.contains(&w.agent_id.0));
+        after.waiters.retain(|w| known.contains(&w.agent_id.0));
         if after != before {
             return fail(
                 invariant::RECOVERY_STATE_MATCHES,
@@ -653,14 +876,36 @@ impl Runner {
         self.subscriptions.clear();
         self.subscriber_ids.clear();
         self.deliveries.clear();
+        // The callers of waiting claims went with the old process: the restart dropped their
+        // claims, and nobody answers them.
+        if !self.waiting.is_empty() {
+            self.coverage.fault("claims_dropped");
+        }
+        self.waiting.clear();
+        self.returns.clear();
         self.policies_touched = true;
-        Ok(())
+        // The restarted daemon's first batch ticks at once: what fell due while it was down and
+        // the grace left due (a DEAD agent's or a finished task's retention) fires now, as the
+        // driver's loop fires it.
+        let sequence_before = self.core.stats().sequence_next;
+        self.tick_logged();
+        self.model.tick(now);
+        self.after_call(sequence_before)?;
+        self.settle_claims()
+    }
+
+    /// Checks the answers to waiting claims made so far against the model's, and drops them: the
+    /// batch never committed, so no caller hears one (and the restart drops every waiting claim).
+    fn drop_claim_answers(&mut self) -> Checked {
+        let mut answers = Vec::new();
+        self.core.drain_claim_answers(&mut answers);
+        compare_answers(&answers, &self.model.take_answers())
     }
 
     /// A torn crash's write: what is due fires (its record whole: the batch's write reached that
     /// far), then the command is applied to the core and the model and checked like any, but its
-    /// record is written torn, its reply never leaves and its events reach no subscriber (the
-    /// batch never committed). The model is then put back as it was before the command: that is
+    /// record is written torn, its reply never leaves, its events reach no subscriber and no
+    /// waiting claim hears an answer (the batch never committed). The model is then put back as it was before the command: that is
     /// what recovery must rebuild. Returns the core's state before the command, and whether a
     /// record was torn (a command that is not logged leaves none).
     fn torn_write(&mut self, torn: &TornWrite) -> Checked<(CoreSnapshot, bool)> {
@@ -668,9 +913,13 @@ impl Runner {
         self.tick_logged();
         self.model.tick(self.now);
         let events = self.emitted_since(sequence_before)?;
-        self.check_fencing(&events, false)?;
+        // The tick's record lands whole: a claim lease it granted (a task handed to a waiting
+        // claim) survives the crash, so its token raises the floor.
+        self.check_fencing(&events, true)?;
+        self.observe_task_events(&events);
         let expected = self.model.take_events();
         compare_events(&events, &expected)?;
+        self.drop_claim_answers()?;
         let before = self.core.snapshot();
         let model_before = self.model.clone();
         let (command, _) = self.command(&torn.op);
@@ -687,6 +936,7 @@ impl Runner {
         self.check_fencing(&events, false)?;
         compare_events(&events, &self.model.take_events())?;
         self.compare_reply(&command, &outcome, &expected_reply)?;
+        self.drop_claim_answers()?;
         self.model = model_before;
         if let Some(record) = &record {
             self.image.append_torn(record, torn.tear);
@@ -739,8 +989,34 @@ impl Runner {
         // Taken before routing: a cut-off subscriber's Unwatch is a call of its own.
         let expected = self.model.take_events();
         self.check_fencing(&events, true)?;
+        self.observe_task_events(&events);
         self.route(&events)?;
         compare_events(&events, &expected)
+    }
+
+    /// Follows committed task events for `task.none_lost` and the claim tokens: a task is known
+    /// from `task.created` on, finished at `task.completed` or `task.dead`; a `lease.acquired`
+    /// on its id is its claim's grant.
+    fn observe_task_events(&mut self, events: &[Arc<Event>]) {
+        for event in events {
+            match (&event.payload, event.topic) {
+                (EventPayload::Task(task), Topic::TaskCreated) => {
+                    self.created.insert(task.id.0, CreatedTask::default());
+                }
+                (EventPayload::Task(task), Topic::TaskCompleted | Topic::TaskDead) => {
+                    if let Some(created) = self.created.get_mut(&task.id.0) {
+                        created.finished_at = Some(event.occurred_at);
+                    }
+                }
+                (EventPayload::Lease(lease), Topic::LeaseAcquired) => {
+                    let task = agentkeeper::core::types::Id128::parse(&lease.task_id);
+                    if let Some(created) = task.and_then(|id| self.created.get_mut(&id.0)) {
+                        created.claim_token = Some(lease.token);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Grants must carry tokens above every token granted before; with `raise`, the grants are
@@ -924,10 +1200,134 @@ impl Runner {
             }
         }
         self.check_elections(&status)?;
+        let tasks = self.check_tasks(&status, &leases)?;
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.core.check_invariants())) {
             return fail(invariant::CORE_CHECK_INVARIANTS, panic_text(&panic));
         }
-        self.compare_state(&agents, &leases)
+        self.compare_state(&agents, &leases, &tasks)
+    }
+
+    /// Every task the core lists with `status` (`None`: all), in one page, through the core's
+    /// own ListTasks: a read, which changes nothing.
+    fn list_tasks(&mut self, status: Option<TaskStatus>) -> Checked<Vec<TaskView>> {
+        let now = self.core.now();
+        let command = Command::ListTasks {
+            status,
+            page_size: 10_000,
+            page_token: String::new(),
+        };
+        match self.core.apply(now, command) {
+            Ok(Reply::Tasks { tasks, next_page_token }) if next_page_token.is_empty() => Ok(tasks),
+            other => fail(
+                invariant::TASK_ONE_STATE,
+                format!("ListTasks({status:?}) answered {}", brief(&other)),
+            ),
+        }
+    }
+
+    /// The task invariants: each task under exactly one status (the model's), none lost before
+    /// its retention ran out, every CLAIMED task's claimer not DEAD and holding the claim lease
+    /// with the claim's token. Returns every task, in creation order.
+    fn check_tasks(&mut self, status: &BTreeMap<u128, AgentStatus>, leases: &[LeaseView]) -> Checked<Vec<TaskView>> {
+        let now = self.core.now();
+        let tasks = self.list_tasks(None)?;
+        let mut filed: BTreeMap<u128, TaskStatus> = BTreeMap::new();
+        for under in [
+            TaskStatus::Pending,
+            TaskStatus::Claimed,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Dead,
+        ] {
+            for task in self.list_tasks(Some(under))? {
+                if task.status != under {
+                    return fail(
+                        invariant::TASK_ONE_STATE,
+                        format!("task {} is listed under {under:?} but is {:?}", task.id, task.status),
+                    );
+                }
+                if let Some(other) = filed.insert(task.id.0, under) {
+                    return fail(
+                        invariant::TASK_ONE_STATE,
+                        format!("task {} is listed under {other:?} and under {under:?}", task.id),
+                    );
+                }
+            }
+        }
+        for (position, task) in tasks.iter().enumerate() {
+            if !filed.contains_key(&task.id.0) {
+                return fail(
+                    invariant::TASK_ONE_STATE,
+                    format!("task {} ({:?}) is listed under no status", task.id, task.status),
+                );
+            }
+            // Both lists are in creation order: the same task sits at the same place, unless
+            // they differ in more than status (which `model.state_agrees` reports).
+            let modelled = match self.model.tasks().nth(position) {
+                Some(m) if m.id == task.id => Some(m),
+                _ => self.model.tasks().find(|m| m.id == task.id),
+            };
+            if let Some(modelled) = modelled
+                && modelled.status != task.status
+            {
+                return fail(
+                    invariant::TASK_ONE_STATE,
+                    format!(
+                        "task {} is {:?} in the core, {:?} in the model",
+                        task.id, task.status, modelled.status
+                    ),
+                );
+            }
+        }
+        if filed.len() != tasks.len() {
+            return fail(
+                invariant::TASK_ONE_STATE,
+                format!("{} tasks listed by status, {} in all", filed.len(), tasks.len()),
+            );
+        }
+        let retention = self.config.core.task_retention_ms;
+        self.created
+            .retain(|_, c| c.finished_at.is_none_or(|at| now < at.saturating_add(retention)));
+        let mut known: Vec<u128> = tasks.iter().map(|t| t.id.0).collect();
+        known.sort_unstable();
+        if let Some((id, created)) = self.created.iter().find(|(id, _)| known.binary_search(id).is_err()) {
+            return fail(
+                invariant::TASK_NONE_LOST,
+                format!(
+                    "task {:032x} (finished at {:?}, retention {retention} ms) is no longer known at {now}",
+                    id, created.finished_at
+                ),
+            );
+        }
+        for task in tasks.iter().filter(|t| t.status == TaskStatus::Claimed) {
+            let Some(claimer) = task.claimed_by else {
+                return fail(
+                    invariant::TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
+                    format!("CLAIMED task {} names no claimer", task.id),
+                );
+            };
+            let claimer_status = status.get(&claimer.0);
+            if !matches!(claimer_status, Some(AgentStatus::Alive | AgentStatus::Unreachable)) {
+                return fail(
+                    invariant::TASK_DEAD_AGENT_OWNS_NO_CLAIM,
+                    format!("task {} is CLAIMED by {claimer}, which is {claimer_status:?}", task.id),
+                );
+            }
+            let id = task.id.to_string();
+            let lease = leases.iter().find(|l| *l.task_id == *id);
+            let token = self.created.get(&task.id.0).and_then(|c| c.claim_token);
+            if lease.is_none_or(|l| l.holder != claimer || Some(l.token) != token) {
+                return fail(
+                    invariant::TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
+                    format!(
+                        "task {} is CLAIMED by {claimer} under token {token:?}; the lease on its id: {}",
+                        task.id,
+                        brief(&lease)
+                    ),
+                );
+            }
+        }
+        Ok(tasks)
     }
 
     fn check_elections(&mut self, status: &BTreeMap<u128, AgentStatus>) -> Checked {
@@ -983,6 +1383,7 @@ impl Runner {
         &self,
         agents: &[agentkeeper::core::AgentView],
         leases: &[agentkeeper::core::events::LeaseView],
+        tasks: &[TaskView],
     ) -> Checked {
         let model_agents = self.model.agents();
         // Cards are compared where they travel (Register's event, GetAgent, Find); here the
@@ -1026,23 +1427,66 @@ impl Runner {
                 ),
             );
         }
+        if tasks.len() != self.model.tasks().len() || !tasks.iter().zip(self.model.tasks()).all(|(a, b)| a == b) {
+            let model_tasks: Vec<&TaskView> = self.model.tasks().collect();
+            let at = tasks
+                .iter()
+                .zip(&model_tasks)
+                .position(|(a, b)| a != *b)
+                .unwrap_or(tasks.len().min(model_tasks.len()));
+            return fail(
+                invariant::MODEL_STATE,
+                format!(
+                    "tasks differ ({} in the core, {} in the model), first at #{at}: core {} model {}",
+                    tasks.len(),
+                    model_tasks.len(),
+                    brief(&tasks.get(at)),
+                    brief(&model_tasks.get(at))
+                ),
+            );
+        }
         let stats = self.core.stats();
         let counters = (
             stats.sequence_next,
             stats.fencing_token_last,
             stats.watchers,
             stats.policies,
+            stats.claims_waiting,
         );
         let model_counters = (
             self.model.sequence_next(),
             self.model.token_last(),
             self.model.watchers(),
             self.model.policies_len(),
+            self.model.waiting_claims(),
         );
         if counters != model_counters {
             return fail(
                 invariant::MODEL_STATE,
-                format!("(sequence_next, token_last, watchers, policies): core {counters:?} model {model_counters:?}"),
+                format!(
+                    "(sequence_next, token_last, watchers, policies, claims_waiting): core {counters:?} model \
+                     {model_counters:?}"
+                ),
+            );
+        }
+        let task_counts = (
+            stats.tasks_pending,
+            stats.tasks_claimed,
+            stats.tasks_completed,
+            stats.tasks_dead,
+        );
+        let model_task_counts = (
+            self.model.task_count(TaskStatus::Pending),
+            self.model.task_count(TaskStatus::Claimed),
+            self.model.task_count(TaskStatus::Completed),
+            self.model.task_count(TaskStatus::Dead),
+        );
+        if task_counts != model_task_counts {
+            return fail(
+                invariant::MODEL_STATE,
+                format!(
+                    "task counts (pending, claimed, completed, dead): core {task_counts:?} model {model_task_counts:?}"
+                ),
             );
         }
         if self.policies_touched && self.core.policies() != self.model.policies() {
@@ -1057,6 +1501,37 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The core's answers to waiting claims against the model's, in order (errors by class).
+fn compare_answers(answers: &[(WaiterId, Outcome)], expected: &[(WaiterId, Expected)]) -> Checked {
+    let agree = |(waiter, outcome): &(WaiterId, Outcome), (want_waiter, want): &(WaiterId, Expected)| {
+        waiter == want_waiter
+            && match (outcome, want) {
+                (Err(error), Err(code)) => error.code == *code && !error.message.is_empty(),
+                (Ok(got), Ok(want)) => got == want,
+                _ => false,
+            }
+    };
+    if answers.len() == expected.len() && answers.iter().zip(expected).all(|(a, b)| agree(a, b)) {
+        return Ok(());
+    }
+    let at = answers
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| !agree(a, b))
+        .unwrap_or(answers.len().min(expected.len()));
+    fail(
+        invariant::MODEL_REPLY,
+        format!(
+            "{} answers to waiting claims from the core, {} from the model; first difference at #{at}: core {} \
+             model {}",
+            answers.len(),
+            expected.len(),
+            brief(&answers.get(at)),
+            brief(&expected.get(at))
+        ),
+    )
 }
 
 /// The core's events against the model's, in order.
@@ -1109,6 +1584,8 @@ fn snapshot_difference(before: &CoreSnapshot, after: &CoreSnapshot) -> String {
             s.rng_seed,
             s.rng_stream,
             s.rng_word_pos,
+            s.task_order_next,
+            s.waiter_next,
         )
     };
     first("agents", &before.agents, &after.agents)
@@ -1116,10 +1593,12 @@ fn snapshot_difference(before: &CoreSnapshot, after: &CoreSnapshot) -> String {
         .or_else(|| first("groups", &before.groups, &after.groups))
         .or_else(|| first("policies", &before.policies, &after.policies))
         .or_else(|| first("events", &before.events, &after.events))
+        .or_else(|| first("tasks", &before.tasks, &after.tasks))
+        .or_else(|| first("waiting claims", &before.waiters, &after.waiters))
         .unwrap_or_else(|| {
             format!(
-                "(registration_next, token_last, sequence_next, hash_seed, rng seed, stream, word position): \
-                 before {:?} recovered {:?}",
+                "(registration_next, token_last, sequence_next, hash_seed, rng seed, stream, word position, \
+                 task_order_next, waiter_next): before {:?} recovered {:?}",
                 counters(before),
                 counters(after)
             )

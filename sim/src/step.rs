@@ -17,6 +17,7 @@
 
 use std::fmt::{self, Write as _};
 
+use agentkeeper::core::tasks::TaskStatus;
 use agentkeeper::core::types::{AgentCard, Capability, Effect, Millis};
 use agentkeeper::core::{CoreConfig, PlantedBug, PolicyInput};
 
@@ -43,6 +44,29 @@ pub enum TokenRef {
 /// A subscription as a step names it: the one opened at this step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubRef(pub usize);
+
+/// A task id as a step names it; also a lease key (a claim lease's key is its task's id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskRef {
+    /// The id of the task step `N` learnt: the one its CreateTask created, or the one its
+    /// ClaimTask claimed (in the reply, or in the answer its wait got). Unknown if it learnt none.
+    Step(usize),
+    /// A literal string: a plain lease key (`k3`), or an id no task has.
+    Literal(String),
+}
+
+/// A claim as a step names it: the ClaimTask at this step (to cancel its wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimRef(pub usize);
+
+/// A ListTasks page token as a step names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageRef {
+    /// The `next_page_token` the ListTasks at this step got (the first page if it got none).
+    Step(usize),
+    /// A literal token: `""` is the first page; anything the core never gave out is invalid.
+    Literal(String),
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -75,19 +99,20 @@ pub enum Op {
     Unwatch {
         sub: SubRef,
     },
+    /// A lease on a plain key, or (`key=@N`) on a task's id: a claim lease.
     Acquire {
-        key: String,
+        key: TaskRef,
         agent: AgentRef,
         ttl_seconds: u32,
     },
     Renew {
-        key: String,
+        key: TaskRef,
         agent: AgentRef,
         token: TokenRef,
         ttl_seconds: u32,
     },
     Release {
-        key: String,
+        key: TaskRef,
         agent: AgentRef,
         token: TokenRef,
     },
@@ -121,6 +146,50 @@ pub enum Op {
     Consume {
         sub: SubRef,
         count: u32,
+    },
+    /// `input` travels as the command's bytes (the workload's inputs are text).
+    CreateTask {
+        kind: String,
+        input: String,
+        tools: Vec<String>,
+        max_retries: u32,
+        ttl_seconds: u32,
+    },
+    /// A claim; with `wait_ms` > 0 and nothing to take, it waits in line and its answer comes
+    /// later. `lost`: the caller is gone by the time the answer is sent, so a task handed to it
+    /// goes back (the driver's ReturnTask).
+    ClaimTask {
+        agent: AgentRef,
+        wait_ms: u64,
+    },
+    /// The caller of a waiting claim went away (the driver's CancelClaim).
+    CancelClaim {
+        claim: ClaimRef,
+    },
+    CompleteTask {
+        task: TaskRef,
+        agent: AgentRef,
+        output: String,
+    },
+    FailTask {
+        task: TaskRef,
+        agent: AgentRef,
+        reason: String,
+    },
+    GetTask {
+        task: TaskRef,
+    },
+    /// `status` `None`: every status (UNSPECIFIED).
+    ListTasks {
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page: PageRef,
+    },
+    /// What the driver sends when a claim's reply cannot be delivered (sent as a step of its own
+    /// now and then, stale or with a wrong token).
+    ReturnTask {
+        task: TaskRef,
+        token: TokenRef,
     },
     /// The daemon dies and restarts from its stored bytes at the step's time (every open stream
     /// breaks). Untorn, it died between two writes after being down since the previous step.
@@ -236,11 +305,19 @@ impl Op {
             Op::CheckPolicy { .. } => "check_policy",
             Op::Consume { .. } => "consume",
             Op::Crash { .. } => "crash",
+            Op::CreateTask { .. } => "create_task",
+            Op::ClaimTask { .. } => "claim_task",
+            Op::CancelClaim { .. } => "cancel_claim",
+            Op::CompleteTask { .. } => "complete_task",
+            Op::FailTask { .. } => "fail_task",
+            Op::GetTask { .. } => "get_task",
+            Op::ListTasks { .. } => "list_tasks",
+            Op::ReturnTask { .. } => "return_task",
         }
     }
 
     /// Every op name, for coverage reports.
-    pub const NAMES: [&'static str; 20] = [
+    pub const NAMES: [&'static str; 28] = [
         "tick",
         "register",
         "heartbeat",
@@ -261,13 +338,28 @@ impl Op {
         "check_policy",
         "consume",
         "crash",
+        "create_task",
+        "claim_task",
+        "cancel_claim",
+        "complete_task",
+        "fail_task",
+        "get_task",
+        "list_tasks",
+        "return_task",
     ];
 
-    /// True where the contract makes sending the same command again safe after a lost reply.
+    /// True where the contract makes sending the same command again safe after a lost reply. A
+    /// CreateTask sent again would create a second task; a ClaimTask whose reply is lost is
+    /// returned by the driver instead (ReturnTask).
     pub fn retry_safe(&self) -> bool {
         !matches!(
             self,
-            Op::Tick | Op::Register { .. } | Op::Consume { .. } | Op::Crash { .. }
+            Op::Tick
+                | Op::Register { .. }
+                | Op::Consume { .. }
+                | Op::Crash { .. }
+                | Op::CreateTask { .. }
+                | Op::ClaimTask { .. }
         )
     }
 }
@@ -372,7 +464,8 @@ impl Trace {
         let _ = writeln!(
             out,
             "config seed={} start_ms={} dead_retention_ms={} event_ring_max={} watchers_max={} agents_max={} \
-             leases_max={} policies_max={} groups_max={} snapshot_every={} planted_bug={}",
+             leases_max={} policies_max={} groups_max={} tasks_max={} task_bytes_max={} waiters_max={} \
+             task_retention_ms={} snapshot_every={} planted_bug={}",
             c.seed,
             self.config.start_ms,
             c.dead_retention_ms,
@@ -382,6 +475,10 @@ impl Trace {
             c.leases_max,
             c.policies_max,
             c.groups_max,
+            c.tasks_max,
+            c.task_bytes_max,
+            c.waiters_max,
+            c.task_retention_ms,
             self.config.snapshot_every,
             self.config.planted.name()
         );
@@ -451,11 +548,24 @@ fn parse_config(text: &str) -> Result<SimConfig, String> {
     } else {
         SNAPSHOT_EVERY_DEFAULT
     };
+    // Traces written before tasks existed name no task bounds: the core's defaults.
+    let defaults = CoreConfig::default();
+    let optional = |key: &str, default: u64| -> Result<u64, String> {
+        if fields.iter().any(|(k, _)| k == key) {
+            number(key)
+        } else {
+            Ok(default)
+        }
+    };
     Ok(SimConfig {
         start_ms: number("start_ms")?,
         snapshot_every,
         planted,
         core: CoreConfig {
+            tasks_max: optional("tasks_max", defaults.tasks_max as u64)? as usize,
+            task_bytes_max: optional("task_bytes_max", defaults.task_bytes_max as u64)? as usize,
+            waiters_max: optional("waiters_max", defaults.waiters_max as u64)? as usize,
+            task_retention_ms: optional("task_retention_ms", defaults.task_retention_ms)?,
             seed: number("seed")?,
             dead_retention_ms: number("dead_retention_ms")?,
             event_ring_max: number("event_ring_max")? as usize,
@@ -465,7 +575,6 @@ fn parse_config(text: &str) -> Result<SimConfig, String> {
             policies_max: number("policies_max")? as usize,
             groups_max: number("groups_max")? as usize,
             planted_bug: planted.core_bug(),
-            ..CoreConfig::default()
         },
     })
 }
@@ -515,6 +624,52 @@ impl fmt::Display for TokenRef {
     }
 }
 
+impl fmt::Display for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskRef::Step(step) => write!(f, "@{step}"),
+            TaskRef::Literal(text) => write!(f, "{}", quoted(text)),
+        }
+    }
+}
+
+impl fmt::Display for PageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PageRef::Step(step) => write!(f, "@{step}"),
+            PageRef::Literal(text) => write!(f, "{}", quoted(text)),
+        }
+    }
+}
+
+/// A ListTasks status filter as a trace writes it.
+fn status_name(status: Option<TaskStatus>) -> &'static str {
+    match status {
+        None => "any",
+        Some(TaskStatus::Pending) => "pending",
+        Some(TaskStatus::Claimed) => "claimed",
+        Some(TaskStatus::Completed) => "completed",
+        Some(TaskStatus::Failed) => "failed",
+        Some(TaskStatus::Dead) => "dead",
+    }
+}
+
+fn parse_status(word: &str) -> Result<Option<TaskStatus>, String> {
+    Ok(match word {
+        "any" => None,
+        "pending" => Some(TaskStatus::Pending),
+        "claimed" => Some(TaskStatus::Claimed),
+        "completed" => Some(TaskStatus::Completed),
+        "failed" => Some(TaskStatus::Failed),
+        "dead" => Some(TaskStatus::Dead),
+        other => {
+            return Err(format!(
+                "bad task status {other:?} (any|pending|claimed|completed|failed|dead)"
+            ));
+        }
+    })
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name())?;
@@ -548,14 +703,14 @@ impl fmt::Display for Op {
                 key,
                 agent,
                 ttl_seconds,
-            } => write!(f, " key={} agent={agent} ttl={ttl_seconds}", quoted(key)),
+            } => write!(f, " key={key} agent={agent} ttl={ttl_seconds}"),
             Op::Renew {
                 key,
                 agent,
                 token,
                 ttl_seconds,
-            } => write!(f, " key={} agent={agent} token={token} ttl={ttl_seconds}", quoted(key)),
-            Op::Release { key, agent, token } => write!(f, " key={} agent={agent} token={token}", quoted(key)),
+            } => write!(f, " key={key} agent={agent} token={token} ttl={ttl_seconds}"),
+            Op::Release { key, agent, token } => write!(f, " key={key} agent={agent} token={token}"),
             Op::Campaign { group, agent } | Op::Resign { group, agent } => {
                 write!(f, " group={} agent={agent}", quoted(group))
             }
@@ -587,6 +742,32 @@ impl fmt::Display for Op {
                 quoted(resource)
             ),
             Op::Consume { sub, count } => write!(f, " sub=@{} count={count}", sub.0),
+            Op::CreateTask {
+                kind,
+                input,
+                tools,
+                max_retries,
+                ttl_seconds,
+            } => write!(
+                f,
+                " type={} input={} tools={} retries={max_retries} ttl={ttl_seconds}",
+                quoted(kind),
+                quoted(input),
+                list(tools)
+            ),
+            Op::ClaimTask { agent, wait_ms } => write!(f, " agent={agent} wait={wait_ms}"),
+            Op::CancelClaim { claim } => write!(f, " claim=@{}", claim.0),
+            Op::CompleteTask { task, agent, output } => {
+                write!(f, " task={task} agent={agent} output={}", quoted(output))
+            }
+            Op::FailTask { task, agent, reason } => write!(f, " task={task} agent={agent} reason={}", quoted(reason)),
+            Op::GetTask { task } => write!(f, " task={task}"),
+            Op::ListTasks {
+                status,
+                page_size,
+                page,
+            } => write!(f, " status={} size={page_size} page={page}", status_name(*status)),
+            Op::ReturnTask { task, token } => write!(f, " task={task} token={token}"),
             Op::Crash { torn: None } => Ok(()),
             Op::Crash { torn: Some(torn) } => write!(f, " torn={} {}", torn.tear, torn.op),
         }
@@ -830,6 +1011,30 @@ impl Fields {
         }
     }
 
+    /// A task id or lease key: `@step` or a string.
+    fn task(&self, key: &str) -> Result<TaskRef, String> {
+        match self.get(key)? {
+            Value::Str(text) => Ok(TaskRef::Literal(text.clone())),
+            Value::Word(word) => Ok(TaskRef::Step(parse_step_ref(word)?.0)),
+            other => Err(format!("{key} should be @step or a string, got {other:?}")),
+        }
+    }
+
+    fn page(&self) -> Result<PageRef, String> {
+        match self.get("page")? {
+            Value::Str(text) => Ok(PageRef::Literal(text.clone())),
+            Value::Word(word) => Ok(PageRef::Step(parse_step_ref(word)?.0)),
+            other => Err(format!("page should be @step or a string, got {other:?}")),
+        }
+    }
+
+    fn word(&self, key: &str) -> Result<&str, String> {
+        match self.get(key)? {
+            Value::Word(word) => Ok(word),
+            other => Err(format!("{key} should be a word, got {other:?}")),
+        }
+    }
+
     fn sub(&self) -> Result<SubRef, String> {
         match self.get("sub")? {
             Value::Word(word) => Ok(SubRef(parse_step_ref(word)?.0)),
@@ -911,18 +1116,18 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
         },
         "unwatch" => Op::Unwatch { sub: fields.sub()? },
         "acquire" => Op::Acquire {
-            key: fields.str("key")?,
+            key: fields.task("key")?,
             agent: fields.agent()?,
             ttl_seconds: fields.number("ttl")?,
         },
         "renew" => Op::Renew {
-            key: fields.str("key")?,
+            key: fields.task("key")?,
             agent: fields.agent()?,
             token: fields.token()?,
             ttl_seconds: fields.number("ttl")?,
         },
         "release" => Op::Release {
-            key: fields.str("key")?,
+            key: fields.task("key")?,
             agent: fields.agent()?,
             token: fields.token()?,
         },
@@ -964,6 +1169,45 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
         "consume" => Op::Consume {
             sub: fields.sub()?,
             count: fields.number("count")?,
+        },
+        "create_task" => Op::CreateTask {
+            kind: fields.str("type")?,
+            input: fields.str("input")?,
+            tools: fields.strings("tools")?,
+            max_retries: fields.number("retries")?,
+            ttl_seconds: fields.number("ttl")?,
+        },
+        "claim_task" => Op::ClaimTask {
+            agent: fields.agent()?,
+            wait_ms: fields.number("wait")?,
+        },
+        "cancel_claim" => Op::CancelClaim {
+            claim: match fields.get("claim")? {
+                Value::Word(word) => ClaimRef(parse_step_ref(word)?.0),
+                other => return Err(format!("claim should be @step, got {other:?}")),
+            },
+        },
+        "complete_task" => Op::CompleteTask {
+            task: fields.task("task")?,
+            agent: fields.agent()?,
+            output: fields.str("output")?,
+        },
+        "fail_task" => Op::FailTask {
+            task: fields.task("task")?,
+            agent: fields.agent()?,
+            reason: fields.str("reason")?,
+        },
+        "get_task" => Op::GetTask {
+            task: fields.task("task")?,
+        },
+        "list_tasks" => Op::ListTasks {
+            status: parse_status(fields.word("status")?)?,
+            page_size: fields.number("size")?,
+            page: fields.page()?,
+        },
+        "return_task" => Op::ReturnTask {
+            task: fields.task("task")?,
+            token: fields.token()?,
         },
         other => return Err(format!("unknown op {other:?}")),
     };
@@ -1038,13 +1282,13 @@ mod tests {
             buffer: 8,
         });
         roundtrip(Op::Renew {
-            key: "k1".into(),
+            key: TaskRef::Literal("k1".into()),
             agent: AgentRef::Registered(4),
             token: TokenRef::Granted { step: 9, offset: -1 },
             ttl_seconds: 0,
         });
         roundtrip(Op::Release {
-            key: "k1".into(),
+            key: TaskRef::Step(7),
             agent: AgentRef::Registered(4),
             token: TokenRef::Literal(0),
         });
@@ -1065,6 +1309,74 @@ mod tests {
             group: "g".into(),
             buffer: 4,
         });
+        roundtrip(Op::Acquire {
+            key: TaskRef::Step(30),
+            agent: AgentRef::Registered(4),
+            ttl_seconds: 5,
+        });
+        roundtrip(Op::CreateTask {
+            kind: "resize".into(),
+            input: "x".repeat(4 * 1024 * 1024 + 1),
+            tools: vec!["sql".into()],
+            max_retries: 3,
+            ttl_seconds: 0,
+        });
+        roundtrip(Op::ClaimTask {
+            agent: AgentRef::Registered(4),
+            wait_ms: 30_000,
+        });
+        roundtrip(Op::CancelClaim { claim: ClaimRef(31) });
+        roundtrip(Op::CompleteTask {
+            task: TaskRef::Step(31),
+            agent: AgentRef::Registered(4),
+            output: "done \"ok\"".into(),
+        });
+        roundtrip(Op::FailTask {
+            task: TaskRef::Literal("f".repeat(32)),
+            agent: AgentRef::Literal("nope".into()),
+            reason: String::new(),
+        });
+        roundtrip(Op::GetTask { task: TaskRef::Step(0) });
+        for status in [
+            None,
+            Some(TaskStatus::Pending),
+            Some(TaskStatus::Claimed),
+            Some(TaskStatus::Completed),
+            Some(TaskStatus::Failed),
+            Some(TaskStatus::Dead),
+        ] {
+            roundtrip(Op::ListTasks {
+                status,
+                page_size: 3,
+                page: PageRef::Step(40),
+            });
+        }
+        roundtrip(Op::ListTasks {
+            status: None,
+            page_size: 0,
+            page: PageRef::Literal(String::new()),
+        });
+        roundtrip(Op::ReturnTask {
+            task: TaskRef::Step(31),
+            token: TokenRef::Granted { step: 31, offset: 1 },
+        });
+    }
+
+    #[test]
+    fn a_config_line_without_task_bounds_takes_the_cores_defaults() {
+        let trace = Trace::parse(
+            "agentkeeper-sim trace v1
+config seed=1 start_ms=5 dead_retention_ms=6 event_ring_max=7 watchers_max=8 agents_max=9 leases_max=10 \
+policies_max=11 groups_max=12 planted_bug=none
+",
+        )
+        .expect("an old config line parses");
+        let defaults = CoreConfig::default();
+        assert_eq!(trace.config.core.tasks_max, defaults.tasks_max);
+        assert_eq!(trace.config.core.task_retention_ms, defaults.task_retention_ms);
+        let rendered = Trace::parse(&trace.render()).expect("a rendered config parses");
+        assert_eq!(rendered.config.core.waiters_max, defaults.waiters_max);
+        assert_eq!(rendered.config.core.task_bytes_max, defaults.task_bytes_max);
     }
 
     #[test]
@@ -1085,7 +1397,7 @@ mod tests {
         ] {
             let torn = crash(Some(Box::new(TornWrite {
                 op: Op::Renew {
-                    key: "k 1".into(),
+                    key: TaskRef::Literal("k 1".into()),
                     agent: AgentRef::Registered(4),
                     token: TokenRef::Granted { step: 9, offset: 1 },
                     ttl_seconds: 3,

@@ -4,15 +4,20 @@
 //! runner executes what a step says, so a trace replays without it.
 //!
 //! Crashes draw from a stream of their own: a seed that does not turn them on runs exactly the
-//! workload it ran before they existed.
+//! workload it ran before they existed. Tasks draw their shape (their share of the steps, their
+//! mix, the core's task bounds) from another, so a seed's population, bounds and faults are what
+//! they were before tasks existed.
 
+use agentkeeper::core::tasks::TaskStatus;
 use agentkeeper::core::types::{AgentCard, Capability, Effect, Millis};
-use agentkeeper::core::{CoreConfig, Outcome, PolicyInput, Reply};
+use agentkeeper::core::{CoreConfig, ErrorCode, Outcome, PolicyInput, Reply};
 
 use crate::Fault;
 use crate::rng::Rng;
 use crate::runner::Runner;
-use crate::step::{AgentRef, Op, Planted, SimConfig, Step, SubRef, Tear, TokenRef, TornWrite};
+use crate::step::{
+    AgentRef, ClaimRef, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
+};
 
 /// Populations stay small so that O(state) checks after every step stay cheap.
 pub const AGENTS_MAX: usize = 64;
@@ -36,11 +41,34 @@ const TOPIC_PREFIXES: [&str; 9] = [
     "nothing",
 ];
 
-/// The op kinds a swarm weighs, in `Op::NAMES` order (`crash` keeps weight 0: crashes come from
-/// their own stream).
+/// The op kinds a swarm weighs, in `Op::NAMES` order (`crash` and the task kinds keep weight
+/// 0: crashes come from their own stream, task steps are chosen apart).
 const KINDS: usize = Op::NAMES.len();
 /// The crash stream's number: the workload's own stream is 0.
 const CRASH_STREAM: u64 = 1;
+/// The task shape's stream.
+const TASK_STREAM: u64 = 2;
+
+/// The op kinds of a task step, weighed per seed: `claim_lease` is an AcquireLease, RenewLease
+/// or ReleaseLease on a task's id.
+const TASK_KINDS: [&str; 9] = [
+    "create_task",
+    "claim_task",
+    "cancel_claim",
+    "complete_task",
+    "fail_task",
+    "get_task",
+    "list_tasks",
+    "return_task",
+    "claim_lease",
+];
+const TASK_TYPES: [&str; 4] = ["resize", "ocr", "crawl", "embed"];
+/// Task kinds every task seed sends.
+const TASK_KINDS_ALWAYS: [&str; 4] = ["create_task", "claim_task", "complete_task", "fail_task"];
+/// What the clients remember (tasks, claims, page tokens), newest kept.
+const KNOWN_TASKS_MAX: usize = 64;
+const HELD_CLAIMS_MAX: usize = 32;
+const PAGES_MAX: usize = 16;
 
 /// How a simulated agent heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,14 +104,22 @@ pub struct Swarm {
     /// record being written.
     crash_per_100k: u32,
     torn_per_mille: u32,
+    /// The share of steps that are task steps, and their mix (in `TASK_KINDS` order).
+    task_per_mille: u32,
+    task_weights: [u32; TASK_KINDS.len()],
+    task_ttl_seconds_max: u32,
+    task_input_max: u64,
+    claim_wait_ms_max: u64,
 }
 
 impl Swarm {
-    /// The shape from the workload's stream, the crash fault from the crash stream.
-    fn draw(rng: &mut Rng, crash_rng: &mut Rng) -> Swarm {
+    /// The shape from the workload's stream, the crash fault from the crash stream, the tasks'
+    /// share and mix from the task stream.
+    fn draw(rng: &mut Rng, crash_rng: &mut Rng, task_rng: &mut Rng) -> Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
-            if Op::NAMES[kind] == "crash" {
+            // Task steps are chosen apart (`task_per_mille`), from the task stream.
+            if Op::NAMES[kind] == "crash" || TASK_KINDS.contains(&Op::NAMES[kind]) {
                 continue;
             }
             let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
@@ -140,6 +176,27 @@ impl Swarm {
             },
             torn_per_mille: crash_rng.range(200, 700) as u32,
             faults,
+            // Most seeds spend about a tenth to a fifth of their steps on tasks; one in six is
+            // task-heavy.
+            task_per_mille: if task_rng.chance(170) {
+                task_rng.range(400, 650) as u32
+            } else {
+                task_rng.range(80, 220) as u32
+            },
+            task_weights: {
+                let mut weights = [0; TASK_KINDS.len()];
+                for (kind, weight) in weights.iter_mut().enumerate() {
+                    if TASK_KINDS_ALWAYS.contains(&TASK_KINDS[kind]) || task_rng.chance(800) {
+                        // The driver returns a claim only when its reply is lost: rare.
+                        let most = if TASK_KINDS[kind] == "return_task" { 2 } else { 10 };
+                        *weight = task_rng.range(1, most) as u32;
+                    }
+                }
+                weights
+            },
+            task_ttl_seconds_max: task_rng.range(2, 120) as u32,
+            task_input_max: task_rng.range(0, 48),
+            claim_wait_ms_max: task_rng.range(100, 60_000),
         }
     }
 
@@ -147,11 +204,21 @@ impl Swarm {
     pub fn faults(&self) -> &[Fault] {
         &self.faults
     }
+
+    /// The share of steps (per mille) this seed spends on tasks.
+    pub fn task_per_mille(&self) -> u32 {
+        self.task_per_mille
+    }
 }
 
-/// The core's bounds for one seed: small, so that limits are reached now and then.
-fn core_config(rng: &mut Rng, seed: u64, planted_bug: agentkeeper::core::PlantedBug) -> CoreConfig {
+/// The core's bounds for one seed: small, so that limits are reached now and then (the task
+/// bounds from the task stream, with a short retention, so finished tasks are forgotten).
+fn core_config(rng: &mut Rng, task_rng: &mut Rng, seed: u64, planted_bug: agentkeeper::core::PlantedBug) -> CoreConfig {
     CoreConfig {
+        tasks_max: task_rng.range(4, 96) as usize,
+        task_bytes_max: task_rng.range(32, 1024) as usize,
+        waiters_max: task_rng.range(1, 12) as usize,
+        task_retention_ms: task_rng.range(1, 300) * 1000,
         seed,
         dead_retention_ms: rng.range(1, 600) * 1000,
         // At least what one step can emit (64 agents dying with every lease and group), so the
@@ -163,7 +230,6 @@ fn core_config(rng: &mut Rng, seed: u64, planted_bug: agentkeeper::core::Planted
         policies_max: rng.range(4, POLICIES_MAX as u64) as usize,
         groups_max: rng.range(1, GROUPS_MAX as u64) as usize,
         planted_bug,
-        ..CoreConfig::default()
     }
 }
 
@@ -176,14 +242,32 @@ struct SimAgent {
     /// When it means to heartbeat next; `None`: never (silent, or it knows it is gone).
     heartbeat_at: Option<Millis>,
     gone: bool,
+    /// Its card's tools: what tasks for it require.
+    tools: Vec<String>,
 }
 
 /// A lease a client believes it holds.
 #[derive(Clone, Debug)]
 struct HeldLease {
-    key: String,
+    key: TaskRef,
     agent_step: usize,
     grant_step: usize,
+}
+
+/// A task a client believes its agent claimed: the ClaimTask step names the task and the claim
+/// lease's token.
+#[derive(Clone, Copy, Debug)]
+struct HeldClaim {
+    claim_step: usize,
+    agent_step: usize,
+}
+
+/// A claim waiting in line: its step, and its agent's Register step (`None`: its caller is gone,
+/// as after a lost reply; only the driver may still cancel it).
+#[derive(Clone, Copy, Debug)]
+struct WaitingClaim {
+    claim_step: usize,
+    agent: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +293,8 @@ pub struct Generator {
     rng: Rng,
     /// Whether and how each step crashes the daemon: a stream apart from `rng`.
     crash_rng: Rng,
+    /// Whether a step is a task step: a stream apart from `rng`.
+    task_rng: Rng,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -216,16 +302,24 @@ pub struct Generator {
     agents: Vec<SimAgent>,
     leases: Vec<HeldLease>,
     streams: Vec<OpenStream>,
+    /// CreateTask steps whose reply named a task.
+    tasks: Vec<usize>,
+    claims: Vec<HeldClaim>,
+    waiting: Vec<WaitingClaim>,
+    /// ListTasks steps that got a next page token, with the status they listed.
+    pages: Vec<(usize, Option<TaskStatus>)>,
 }
 
 impl Generator {
     pub fn new(seed: u64, planted: Planted) -> Generator {
         let mut rng = Rng::new(seed);
         let mut crash_rng = Rng::stream(seed, CRASH_STREAM);
-        let swarm = Swarm::draw(&mut rng, &mut crash_rng);
-        let core = core_config(&mut rng, seed, planted.core_bug());
+        let mut task_rng = Rng::stream(seed, TASK_STREAM);
+        let swarm = Swarm::draw(&mut rng, &mut crash_rng, &mut task_rng);
+        let core = core_config(&mut rng, &mut task_rng, seed, planted.core_bug());
         Generator {
             rng,
+            task_rng,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
@@ -239,6 +333,10 @@ impl Generator {
             agents: Vec::new(),
             leases: Vec::new(),
             streams: Vec::new(),
+            tasks: Vec::new(),
+            claims: Vec::new(),
+            waiting: Vec::new(),
+            pages: Vec::new(),
         }
     }
 
@@ -263,7 +361,13 @@ impl Generator {
                 lost: false,
             };
         }
-        let op = self.due_heartbeat().unwrap_or_else(|| self.random_op(runner));
+        let op = self.due_heartbeat().unwrap_or_else(|| {
+            if self.task_rng.chance(self.swarm.task_per_mille) {
+                self.task_op(runner, false)
+            } else {
+                self.random_op(runner)
+            }
+        });
         let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
         Step {
             index,
@@ -301,9 +405,13 @@ impl Generator {
             1 => Tear::Zeros { per_mille },
             _ => Tear::Garbage { per_mille },
         };
-        let op = self
-            .due_heartbeat()
-            .unwrap_or_else(|| self.random_op_among(runner, logged_kind));
+        let op = self.due_heartbeat().unwrap_or_else(|| {
+            if self.task_rng.chance(self.swarm.task_per_mille) {
+                self.task_op(runner, true)
+            } else {
+                self.random_op_among(runner, logged_kind)
+            }
+        });
         Some(Op::Crash {
             torn: Some(Box::new(TornWrite { op, tear })),
         })
@@ -579,17 +687,17 @@ impl Generator {
         let bad_ttl = invalid && self.rng.chance(500);
         let ttl_seconds = self.lease_ttl(bad_ttl);
         Op::Acquire {
-            key: self.key(invalid && ttl_seconds != 86_401),
+            key: TaskRef::Literal(self.key(invalid && ttl_seconds != 86_401)),
             agent: self.any_agent(),
             ttl_seconds,
         }
     }
 
     /// A lease the clients believe held, with the right token mostly, or a guess.
-    fn held_or_guess(&mut self) -> (String, AgentRef, TokenRef) {
+    fn held_or_guess(&mut self) -> (TaskRef, AgentRef, TokenRef) {
         if self.leases.is_empty() || self.rng.chance(100) {
             let token = TokenRef::Literal(self.rng.range(0, 40));
-            return (self.key(false), self.any_agent(), token);
+            return (TaskRef::Literal(self.key(false)), self.any_agent(), token);
         }
         let lease = self.leases[self.rng.index(self.leases.len())].clone();
         let offset = match self.rng.below(20) {
@@ -677,11 +785,315 @@ impl Generator {
         }
     }
 
+    /// A task step: create, claim (now or waiting), cancel a wait, complete or fail a claim (by
+    /// its claimer mostly, by a wrong agent now and then), read, list (following page tokens),
+    /// return a claim (stale or with a wrong token now and then), or a lease call on a task's
+    /// id. `logged_only`: only kinds whose command is logged (what a torn crash can catch).
+    fn task_op(&mut self, runner: &Runner, logged_only: bool) -> Op {
+        let mut weights = self.swarm.task_weights;
+        // Producers slow down while a backlog waits, so the queue drains now and then and claims
+        // wait in line for new tasks.
+        if runner.core().stats().tasks_pending >= 4 {
+            weights[task_kind("create_task")] = weights[task_kind("create_task")].div_ceil(8);
+        }
+        // Workers that hold claims get on with them before claiming more; without claims they
+        // rarely complete, fail or touch a claim lease; a cancel needs a waiting claim, mostly.
+        if self.claims.len() >= 3 {
+            weights[task_kind("claim_task")] = weights[task_kind("claim_task")].div_ceil(4);
+        }
+        if self.claims.is_empty() {
+            for kind in ["complete_task", "fail_task", "return_task", "claim_lease"] {
+                weights[task_kind(kind)] = weights[task_kind(kind)].div_ceil(4);
+            }
+        }
+        if self.waiting.is_empty() && !self.rng.chance(100) {
+            weights[task_kind("cancel_claim")] = 0;
+        }
+        if logged_only {
+            for (kind, weight) in weights.iter_mut().enumerate() {
+                if matches!(TASK_KINDS[kind], "get_task" | "list_tasks") {
+                    *weight = 0;
+                }
+            }
+        }
+        let Some(chosen) = self.rng.weighted(&weights) else {
+            return self.create_task(false);
+        };
+        let invalid = self.rng.chance(self.swarm.invalid_per_mille);
+        match TASK_KINDS[chosen] {
+            "create_task" => self.create_task(invalid),
+            "claim_task" => self.claim_task(),
+            "cancel_claim" => {
+                let claim = if self.waiting.is_empty() || self.rng.chance(50) {
+                    // A claim that never waited: a no-op.
+                    ClaimRef(self.index)
+                } else {
+                    ClaimRef(self.waiting[self.rng.index(self.waiting.len())].claim_step)
+                };
+                Op::CancelClaim { claim }
+            }
+            "complete_task" => {
+                let (task, agent) = self.claimed_task();
+                let output = if invalid && self.rng.chance(125) {
+                    "o".repeat(4 * 1024 * 1024 + 1)
+                } else {
+                    self.text(b"done ok", 0, 12)
+                };
+                Op::CompleteTask { task, agent, output }
+            }
+            "fail_task" => {
+                let (task, agent) = self.claimed_task();
+                let reason = if invalid { "r".repeat(4097) } else { self.words(2) };
+                Op::FailTask { task, agent, reason }
+            }
+            "get_task" => Op::GetTask { task: self.any_task() },
+            "list_tasks" => self.list_tasks(invalid),
+            "return_task" => self.return_task(),
+            "claim_lease" => self.claim_lease(invalid),
+            other => unreachable!("no generator for {other}"),
+        }
+    }
+
+    fn create_task(&mut self, invalid: bool) -> Op {
+        let mut kind = self.rng.pick(&TASK_TYPES).to_string();
+        let mut input = self.text(b"abxyz 019", 0, self.swarm.task_input_max);
+        let mut tools = self.task_tools();
+        let mut ttl_seconds = if self.rng.chance(50) {
+            0
+        } else {
+            self.rng.range(1, u64::from(self.swarm.task_ttl_seconds_max)) as u32
+        };
+        if invalid {
+            match self.rng.below(8) {
+                0 | 1 => kind = String::new(),
+                2 | 3 => kind = "t".repeat(257),
+                4 | 5 => tools.push(String::new()),
+                6 => ttl_seconds = 86_401,
+                _ => input = "i".repeat(4 * 1024 * 1024 + 1),
+            }
+        }
+        Op::CreateTask {
+            kind,
+            input,
+            tools,
+            max_retries: self.rng.range(0, 3) as u32,
+            ttl_seconds,
+        }
+    }
+
+    /// What a new task requires: mostly some of a live agent's tools (so somebody can take it),
+    /// now and then nothing, or tools drawn blind (which nobody may have).
+    fn task_tools(&mut self) -> Vec<String> {
+        let live: Vec<usize> = (0..self.agents.len()).filter(|&i| !self.agents[i].gone).collect();
+        match self.rng.below(20) {
+            0..6 => Vec::new(),
+            6..8 => self.tools(3),
+            _ if live.is_empty() => self.tools(3),
+            _ => {
+                let agent = *self.rng.pick(&live);
+                let offered = self.agents[agent].tools.clone();
+                offered.into_iter().filter(|_| self.rng.chance(600)).collect()
+            }
+        }
+    }
+
+    fn claim_task(&mut self) -> Op {
+        let wait_ms = match self.rng.below(100) {
+            0..50 => 0,
+            // Now and then a long poll that outlives its agent (and the agent's retention).
+            50..52 => self.rng.range(600_000, 1_800_000),
+            _ => self.rng.range(1, self.swarm.claim_wait_ms_max),
+        };
+        Op::ClaimTask {
+            agent: self.any_agent(),
+            wait_ms,
+        }
+    }
+
+    /// A task the clients know of (created or claimed), or now and then an id no task has.
+    fn any_task(&mut self) -> TaskRef {
+        let draw = self.rng.below(100);
+        if draw < 5 || (self.tasks.is_empty() && self.claims.is_empty()) {
+            return TaskRef::Literal(match self.rng.below(3) {
+                0 => "nope".to_string(),
+                1 => "0".repeat(32),
+                _ => "F".repeat(32),
+            });
+        }
+        if (draw < 30 && !self.claims.is_empty()) || self.tasks.is_empty() {
+            return TaskRef::Step(self.claims[self.rng.index(self.claims.len())].claim_step);
+        }
+        TaskRef::Step(self.tasks[self.rng.index(self.tasks.len())])
+    }
+
+    /// A claim the clients hold with its claimer, mostly; else some task and some agent.
+    fn claimed_task(&mut self) -> (TaskRef, AgentRef) {
+        if self.claims.is_empty() || self.rng.chance(150) {
+            return (self.any_task(), self.any_agent());
+        }
+        // The newest claim mostly: a worker finishes what it just took.
+        let claim = if self.rng.chance(600) {
+            self.claims[self.claims.len() - 1]
+        } else {
+            self.claims[self.rng.index(self.claims.len())]
+        };
+        let agent = if self.rng.chance(80) {
+            self.any_agent()
+        } else {
+            AgentRef::Registered(claim.agent_step)
+        };
+        (TaskRef::Step(claim.claim_step), agent)
+    }
+
+    fn list_tasks(&mut self, invalid: bool) -> Op {
+        const STATUSES: [Option<TaskStatus>; 6] = [
+            None,
+            Some(TaskStatus::Pending),
+            Some(TaskStatus::Claimed),
+            Some(TaskStatus::Completed),
+            Some(TaskStatus::Failed),
+            Some(TaskStatus::Dead),
+        ];
+        let mut status = if self.rng.chance(400) {
+            None
+        } else {
+            *self.rng.pick(&STATUSES)
+        };
+        let page_size = if self.rng.chance(200) {
+            0
+        } else {
+            self.rng.range(1, 4) as u32
+        };
+        let page = if invalid {
+            PageRef::Literal("nope".into())
+        } else if !self.pages.is_empty() && self.rng.chance(500) {
+            // The next page of an earlier listing, with its filter mostly.
+            let (step, listed) = self.pages[self.rng.index(self.pages.len())];
+            if self.rng.chance(900) {
+                status = listed;
+            }
+            PageRef::Step(step)
+        } else {
+            PageRef::Literal(String::new())
+        };
+        Op::ListTasks {
+            status,
+            page_size,
+            page,
+        }
+    }
+
+    /// A claim given back, as the driver gives back a claim whose reply it cannot deliver: one
+    /// the clients hold (its token, now and then a wrong one), or a stale guess.
+    fn return_task(&mut self) -> Op {
+        if self.claims.is_empty() || self.rng.chance(500) {
+            return Op::ReturnTask {
+                task: self.any_task(),
+                token: TokenRef::Literal(self.rng.range(0, 40)),
+            };
+        }
+        let claim = self.claims[self.rng.index(self.claims.len())];
+        let offset = match self.rng.below(4) {
+            0 => -1,
+            1 => 1,
+            _ => 0,
+        };
+        Op::ReturnTask {
+            task: TaskRef::Step(claim.claim_step),
+            token: TokenRef::Granted {
+                step: claim.claim_step,
+                offset,
+            },
+        }
+    }
+
+    /// The claim lease through LeaseService: its holder renews it mostly (keeping the claim),
+    /// releases it (failing the task) or acquires it again (its own token back); another agent
+    /// tries to take it; or somebody tries a lease on an unclaimed task's id.
+    fn claim_lease(&mut self, invalid: bool) -> Op {
+        if self.claims.is_empty() || self.rng.chance(100) {
+            return Op::Acquire {
+                key: self.any_task(),
+                agent: self.any_agent(),
+                ttl_seconds: self.lease_ttl(false),
+            };
+        }
+        let claim = self.claims[self.rng.index(self.claims.len())];
+        let key = TaskRef::Step(claim.claim_step);
+        let holder = AgentRef::Registered(claim.agent_step);
+        let token = TokenRef::Granted {
+            step: claim.claim_step,
+            offset: 0,
+        };
+        match self.rng.below(20) {
+            0..13 => Op::Renew {
+                key,
+                agent: holder,
+                token,
+                ttl_seconds: self.lease_ttl(invalid),
+            },
+            13..16 => Op::Release {
+                key,
+                agent: holder,
+                token,
+            },
+            16..18 => Op::Acquire {
+                key,
+                agent: holder,
+                ttl_seconds: self.lease_ttl(false),
+            },
+            _ => Op::Acquire {
+                key,
+                agent: self.any_agent(),
+                ttl_seconds: self.lease_ttl(false),
+            },
+        }
+    }
+
+    /// Follows the claims after a step: answers handed to waiting claims (a claimed task joins
+    /// the clients' claims), a lost claim the core still holds in line (its caller is gone; the
+    /// driver may still cancel it), and waits that ended (answered, cancelled, or dropped by a
+    /// restart).
+    pub fn follow_claims(&mut self, step: &Step, runner: &Runner) {
+        for (claim_step, answer) in runner.claim_answers() {
+            let Some(at) = self.waiting.iter().position(|w| w.claim_step == *claim_step) else {
+                continue;
+            };
+            let waited = self.waiting.remove(at);
+            if let (Ok(Reply::Claimed { .. }), Some(agent_step)) = (answer, waited.agent) {
+                self.hold_claim(*claim_step, agent_step);
+            }
+        }
+        if let Op::ClaimTask { .. } = step.op
+            && step.lost
+            && runner.claim_waiting(ClaimRef(step.index))
+        {
+            self.waiting.push(WaitingClaim {
+                claim_step: step.index,
+                agent: None,
+            });
+        }
+        self.waiting.retain(|w| runner.claim_waiting(ClaimRef(w.claim_step)));
+    }
+
+    fn hold_claim(&mut self, claim_step: usize, agent_step: usize) {
+        self.claims.push(HeldClaim { claim_step, agent_step });
+        if self.claims.len() > HELD_CLAIMS_MAX {
+            self.claims.remove(0);
+        }
+    }
+
+    fn forget_claim(&mut self, task: &TaskRef) {
+        if let TaskRef::Step(step) = task {
+            self.claims.retain(|c| c.claim_step != *step);
+        }
+    }
+
     /// Learns from the reply the client saw (if it saw one).
     pub fn observe(&mut self, step: &Step, reply: Option<&Outcome>) {
         let now = self.now;
         match (&step.op, reply) {
-            (Op::Register { ttl_seconds, .. }, Some(Ok(Reply::Registered { .. }))) => {
+            (Op::Register { ttl_seconds, card }, Some(Ok(Reply::Registered { .. }))) => {
                 let temperament = match self.rng.weighted(&self.swarm.temperaments) {
                     Some(0) | None => Temperament::Punctual,
                     Some(1) => Temperament::Late,
@@ -694,6 +1106,7 @@ impl Generator {
                     ttl_ms,
                     heartbeat_at: None,
                     gone: false,
+                    tools: card.tools.clone(),
                 };
                 self.schedule(&mut agent, now);
                 self.agents.push(agent);
@@ -733,8 +1146,69 @@ impl Generator {
             }
             // A client forgets a lease after releasing it, mostly; after a failed renew, now and
             // then (so stale tokens keep being tried).
-            (Op::Release { key, .. }, Some(_)) if self.rng.chance(700) => self.leases.retain(|l| l.key != *key),
-            (Op::Renew { key, .. }, Some(Err(_))) if self.rng.chance(300) => self.leases.retain(|l| l.key != *key),
+            (Op::Release { key, .. }, Some(_)) if self.rng.chance(700) => {
+                self.leases.retain(|l| l.key != *key);
+                self.forget_claim(key);
+            }
+            (Op::Renew { key, .. }, Some(Err(_))) if self.rng.chance(300) => {
+                self.leases.retain(|l| l.key != *key);
+                self.forget_claim(key);
+            }
+            (Op::CreateTask { .. }, Some(Ok(Reply::Task(_)))) => {
+                self.tasks.push(step.index);
+                if self.tasks.len() > KNOWN_TASKS_MAX {
+                    self.tasks.remove(0);
+                }
+            }
+            (
+                Op::ClaimTask {
+                    agent: AgentRef::Registered(agent_step),
+                    ..
+                },
+                Some(Ok(reply)),
+            ) => match reply {
+                Reply::Claimed { .. } => self.hold_claim(step.index, *agent_step),
+                Reply::ClaimWaiting { .. } => self.waiting.push(WaitingClaim {
+                    claim_step: step.index,
+                    agent: Some(*agent_step),
+                }),
+                _ => {}
+            },
+            // A task forgotten (its retention ran out) or never known: nobody asks for it again.
+            (
+                Op::CompleteTask {
+                    task: TaskRef::Step(task),
+                    ..
+                }
+                | Op::FailTask {
+                    task: TaskRef::Step(task),
+                    ..
+                }
+                | Op::GetTask {
+                    task: TaskRef::Step(task),
+                }
+                | Op::ReturnTask {
+                    task: TaskRef::Step(task),
+                    ..
+                },
+                Some(Err(error)),
+            ) if error.code == ErrorCode::NotFound => {
+                self.tasks.retain(|t| t != task);
+                self.claims.retain(|c| c.claim_step != *task);
+            }
+            // Done, or stale (its lease ran out, its agent died): the client lets it go, mostly.
+            (
+                Op::CompleteTask { task, .. } | Op::FailTask { task, .. } | Op::ReturnTask { task, .. },
+                Some(outcome),
+            ) if outcome.is_ok() || self.rng.chance(800) => self.forget_claim(task),
+            (Op::ListTasks { status, .. }, Some(Ok(Reply::Tasks { next_page_token, .. })))
+                if !next_page_token.is_empty() =>
+            {
+                self.pages.push((step.index, *status));
+                if self.pages.len() > PAGES_MAX {
+                    self.pages.remove(0);
+                }
+            }
             (Op::Watch { buffer, .. } | Op::WatchElection { buffer, .. }, Some(Ok(_))) => {
                 let stalled = self.rng.chance(self.swarm.stalled_per_mille);
                 self.streams.push(OpenStream {
@@ -804,7 +1278,17 @@ fn logged_kind(name: &str) -> bool {
             | "resign"
             | "set_policy"
             | "delete_policy"
+            | "create_task"
+            | "claim_task"
+            | "cancel_claim"
+            | "complete_task"
+            | "fail_task"
+            | "return_task"
     )
+}
+
+fn task_kind(name: &str) -> usize {
+    TASK_KINDS.iter().position(|&n| n == name).expect("a known task kind")
 }
 
 fn kind(name: &str) -> usize {
@@ -812,8 +1296,9 @@ fn kind(name: &str) -> usize {
 }
 
 impl Op {
-    /// Ops whose reply can be lost: every core call (Register's is not retried).
+    /// Ops whose reply can be lost: every core call (Register's and CreateTask's are not
+    /// retried; a ClaimTask's lost claim goes back).
     fn retry_safe_or_register(&self) -> bool {
-        self.retry_safe() || matches!(self, Op::Register { .. })
+        self.retry_safe() || matches!(self, Op::Register { .. } | Op::CreateTask { .. } | Op::ClaimTask { .. })
     }
 }

@@ -1,7 +1,9 @@
-//! A fixed set of seeds that, between them, run every op, strike with every fault (crashes, torn
-//! records and recoveries from a snapshot included) and provoke every error class the workload
-//! can, with no violation. Seeds run on two threads; the step count is sized for a debug build
-//! (about a minute on two cores). Seeds 11 and 12 are there for their crashes.
+//! A fixed set of seeds that, between them, run every op (the task ops included), strike with
+//! every fault (crashes, torn records and recoveries from a snapshot included), hand waiting
+//! claims every kind of answer (a task, none at the deadline, a refusal), return claims whose
+//! callers are gone, and provoke every error class the workload can, with no violation. Seeds
+//! run on two threads. Seeds 11 and 12 are there for their crashes, seed 57 for a crash that
+//! drops waiting claims.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,7 @@ use agentkeeper::core::PlantedBug;
 use agentkeeper_sim::step::Op;
 use agentkeeper_sim::{RunReport, run_seed};
 
-const SEEDS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12];
+const SEEDS: [u64; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 57];
 const STEPS: u64 = 15_000;
 
 fn run_all() -> Vec<RunReport> {
@@ -58,6 +60,11 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         "crash",
         "torn_crash",
         "recovered_from_snapshot",
+        "claim_answered",
+        "claim_timed_out",
+        "claim_refused",
+        "claim_returned",
+        "claims_dropped",
     ] {
         assert!(
             faults.get(fault).is_some_and(|&n| n > 0),
@@ -68,6 +75,7 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         "InvalidArgument",
         "NotFound",
         "PermissionDenied",
+        "FailedPrecondition",
         "ResourceExhausted",
         "OutOfRange",
     ] {
