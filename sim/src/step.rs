@@ -215,7 +215,8 @@ pub enum Tear {
     /// Only the record's first bytes reached the disk (at least one byte, never all of them).
     Cut { per_mille: u16 },
     /// The record's first bytes, then zeros up to its full length (the file grew, the data did
-    /// not all land).
+    /// not all land). At least one byte that is not zero is lost, so the record is never whole
+    /// by chance (a record may well end in zeros).
     Zeros { per_mille: u16 },
     /// The whole record, with one payload byte wrong: its checksum fails.
     Garbage { per_mille: u16 },
@@ -236,7 +237,8 @@ impl Tear {
         match self {
             Tear::Cut { .. } => record[..spot.clamp(1, len - 1)].to_vec(),
             Tear::Zeros { .. } => {
-                let mut torn = record[..spot.clamp(1, len - 1)].to_vec();
+                let last_nonzero = record.iter().rposition(|&b| b != 0).unwrap_or(0);
+                let mut torn = record[..spot.clamp(1, len - 1).min(last_nonzero.max(1))].to_vec();
                 torn.resize(len, 0);
                 torn
             }
@@ -1415,14 +1417,21 @@ policies_max=11 groups_max=12 planted_bug=none
 
     #[test]
     fn a_tear_never_leaves_a_whole_record_nor_nothing() {
-        let record: Vec<u8> = (0..40).collect();
+        let mut ends_in_zeros: Vec<u8> = (1..40).collect();
+        ends_in_zeros.extend([0, 0, 0]);
+        for record in [(0..40).collect::<Vec<u8>>(), ends_in_zeros] {
+            tears_of(&record);
+        }
+    }
+
+    fn tears_of(record: &[u8]) {
         for per_mille in [0, 1, 500, 974, 999] {
             for tear in [
                 Tear::Cut { per_mille },
                 Tear::Zeros { per_mille },
                 Tear::Garbage { per_mille },
             ] {
-                let torn = tear.apply(&record);
+                let torn = tear.apply(record);
                 assert!(!torn.is_empty() && torn != record, "{tear}");
                 assert_eq!(torn[0], record[0], "{tear}: the first byte always lands");
                 match tear {
