@@ -3,10 +3,16 @@
 //! fixed schedule and latency counts from the scheduled start, so a stall cannot hide itself:
 //! no coordinated omission), and reports throughput and HDR latency percentiles.
 //!
+//! With `--features peers` it drives Redis and etcd the same way (`--target-kind redis|etcd`):
+//! each peer's counterpart of a scenario, through the same loops and the same histograms, so
+//! benches/compare.sh measures every system with one tool.
+//!
 //! Invariant: set-up (agents, policies, watchers) happens before timing; warm-up is not recorded.
 
 #![allow(clippy::disallowed_methods)] // a load generator measures real time
 
+#[cfg(feature = "peers")]
+mod peers;
 mod scenario;
 
 use std::io::IsTerminal;
@@ -14,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use scenario::{Scenario, Shared, Worker};
@@ -27,9 +33,13 @@ struct Flags {
     /// What to do.
     #[arg(long, value_enum, default_value_t = Scenario::Heartbeat)]
     scenario: Scenario,
-    /// The daemon's gRPC address.
+    /// The daemon's gRPC address (or the peer's HOST:PORT with --target-kind).
     #[arg(long, default_value = "127.0.0.1:7070")]
     target: String,
+    /// What listens at --target. redis and etcd run the scenario's counterpart (acquire-release,
+    /// get-agent, set-policy; etcd also heartbeat) and need a build with `--features peers`.
+    #[arg(long, value_enum, default_value_t = TargetKind::Agentkeeper)]
+    target_kind: TargetKind,
     /// TCP connections (HTTP/2), each carrying `--concurrency` streams.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -65,14 +75,54 @@ struct Flags {
     json: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum TargetKind {
+    Agentkeeper,
+    Redis,
+    Etcd,
+}
+
+/// What one operation of `scenario` is on `kind`, or None when the peer has no counterpart.
+fn work(kind: TargetKind, scenario: Scenario) -> Option<&'static str> {
+    use Scenario::*;
+    Some(match (kind, scenario) {
+        (TargetKind::Agentkeeper, Heartbeat) => "Heartbeat",
+        (TargetKind::Agentkeeper, Acquire | WatchFanout) => "AcquireLease",
+        (TargetKind::Agentkeeper, AcquireRelease) => "AcquireLease + ReleaseLease",
+        (TargetKind::Agentkeeper, Renew) => "RenewLease",
+        (TargetKind::Agentkeeper, CheckPolicy) => "CheckPolicy",
+        (TargetKind::Agentkeeper, Find) => "Find",
+        (TargetKind::Agentkeeper, Register) => "Register",
+        (TargetKind::Agentkeeper, GetAgent) => "GetAgent",
+        (TargetKind::Agentkeeper, Mixed) => "70% Heartbeat, 10% acquire-release, 10% CheckPolicy, 5% Find, 5% GetAgent",
+        (TargetKind::Agentkeeper, TaskCycle) => "CreateTask + ClaimTask + CompleteTask",
+        (TargetKind::Agentkeeper, Claim) => "ClaimTask + CompleteTask",
+        (TargetKind::Agentkeeper, SetPolicy) => "SetPolicy",
+        (TargetKind::Redis, AcquireRelease) => "SET key owner NX PX + DEL",
+        (TargetKind::Redis, GetAgent) => "GET",
+        (TargetKind::Redis, SetPolicy) => "SET",
+        (TargetKind::Etcd, AcquireRelease) => "LeaseGrant + Txn(put if absent, with the lease) + LeaseRevoke",
+        (TargetKind::Etcd, GetAgent) => "Range (one key, linearizable)",
+        (TargetKind::Etcd, SetPolicy) => "Put",
+        (TargetKind::Etcd, Heartbeat | Renew) => "LeaseKeepAlive (request + answer on a held stream)",
+        _ => return None,
+    })
+}
+
 #[derive(serde::Serialize)]
 struct Report {
+    target_kind: TargetKind,
     scenario: Scenario,
+    /// The calls one operation makes on this target.
+    work: &'static str,
     mode: &'static str,
     connections: usize,
     concurrency: usize,
     operations: u64,
     errors: u64,
+    /// The first failed operation's error, to tell a misconfigured run from a loaded one.
+    first_error: Option<String>,
     seconds: f64,
     ops_per_second: f64,
     latency_us: Percentiles,
@@ -128,38 +178,144 @@ async fn connect(target: &str, n: usize) -> Result<Vec<Channel>, String> {
     Ok(channels)
 }
 
+/// One worker of whichever system is measured: the loops below drive them all alike. (Boxed
+/// where large, so moving a worker between tasks stays cheap.)
+enum Driver {
+    Ours(Box<Worker>),
+    #[cfg(feature = "peers")]
+    Redis(peers::RedisWorker),
+    #[cfg(feature = "peers")]
+    Etcd(Box<peers::EtcdWorker>),
+}
+
+impl Driver {
+    fn id(&self) -> usize {
+        match self {
+            Driver::Ours(w) => w.id,
+            #[cfg(feature = "peers")]
+            Driver::Redis(w) => w.id,
+            #[cfg(feature = "peers")]
+            Driver::Etcd(w) => w.id,
+        }
+    }
+
+    async fn op(&mut self, scenario: Scenario) -> Result<(), String> {
+        match self {
+            Driver::Ours(w) => w
+                .op(scenario)
+                .await
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message())),
+            #[cfg(feature = "peers")]
+            Driver::Redis(w) => w.op(scenario).await,
+            #[cfg(feature = "peers")]
+            Driver::Etcd(w) => w.op(scenario).await,
+        }
+    }
+}
+
+/// Connects, sets up and makes the workers of `flags.target_kind`; for watch-fanout also the
+/// watchers' delay histogram.
+async fn drivers(flags: &Flags) -> Result<(Vec<Driver>, Option<Fanout>), String> {
+    let workers = flags.connections * flags.concurrency;
+    let agents = flags.agents.max(1);
+    match flags.target_kind {
+        TargetKind::Agentkeeper => {
+            let channels = connect(&flags.target, flags.connections).await?;
+            let shared =
+                Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies, flags.tasks).await?);
+            let fanout = if flags.scenario == Scenario::WatchFanout {
+                Some(start_watchers(&flags.target, flags.watchers, Arc::clone(&shared)).await?)
+            } else {
+                None
+            };
+            let drivers = (0..workers)
+                .map(|id| {
+                    Driver::Ours(Box::new(Worker::new(
+                        id,
+                        &channels[id % channels.len()],
+                        Arc::clone(&shared),
+                    )))
+                })
+                .collect();
+            Ok((drivers, fanout))
+        }
+        #[cfg(feature = "peers")]
+        TargetKind::Redis => {
+            let connections = peers::redis_connect(&flags.target, flags.connections).await?;
+            peers::redis_set_up(&connections[0], flags.scenario, agents).await?;
+            let drivers = (0..workers)
+                .map(|id| {
+                    Driver::Redis(peers::RedisWorker::new(
+                        id,
+                        &connections[id % connections.len()],
+                        agents,
+                        flags.policies,
+                    ))
+                })
+                .collect();
+            Ok((drivers, None))
+        }
+        #[cfg(feature = "peers")]
+        TargetKind::Etcd => {
+            let mut clients = Vec::with_capacity(flags.connections);
+            for channel in connect(&flags.target, flags.connections).await? {
+                clients.push(peers::etcd_client(&channel).await?);
+            }
+            peers::etcd_set_up(&clients[0], flags.scenario, agents).await?;
+            let mut drivers = Vec::with_capacity(workers);
+            for id in 0..workers {
+                let client = &clients[id % clients.len()];
+                let worker = peers::EtcdWorker::new(id, client, flags.scenario, agents, flags.policies).await?;
+                drivers.push(Driver::Etcd(Box::new(worker)));
+            }
+            Ok((drivers, None))
+        }
+        #[cfg(not(feature = "peers"))]
+        TargetKind::Redis | TargetKind::Etcd => Err(format!(
+            "--target-kind {:?} needs a build with `--features peers`",
+            flags.target_kind
+        )),
+    }
+}
+
+type Fanout = Arc<std::sync::Mutex<Histogram<u64>>>;
+
 async fn run(flags: Flags) -> Result<(), String> {
     assert!(
         flags.connections > 0 && flags.concurrency > 0,
         "need at least one connection and one stream"
     );
-    let channels = connect(&flags.target, flags.connections).await?;
-    let agents = flags.agents.max(1);
-    let shared = Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies, flags.tasks).await?);
-    let fanout = if flags.scenario == Scenario::WatchFanout {
-        Some(start_watchers(&flags.target, flags.watchers, Arc::clone(&shared)).await?)
-    } else {
-        None
+    let Some(work) = work(flags.target_kind, flags.scenario) else {
+        return Err(format!(
+            "scenario {:?} has no {:?} counterpart",
+            flags.scenario, flags.target_kind
+        ));
     };
-    let workers: Vec<Worker> = (0..flags.connections * flags.concurrency)
-        .map(|id| Worker::new(id, &channels[id % channels.len()], Arc::clone(&shared)))
-        .collect();
+    let (workers, fanout) = drivers(&flags).await?;
     let (workers, _) = phase(&flags, workers, flags.warmup, None, false).await;
     if let Some(fanout) = &fanout {
         fanout.lock().expect("not poisoned").reset();
     }
     let started = Instant::now();
-    let (_, (latency, errors)) = phase(&flags, workers, flags.duration, flags.requests, true).await;
+    let (_, seen) = phase(&flags, workers, flags.duration, flags.requests, true).await;
     let seconds = started.elapsed().as_secs_f64();
+    let Seen {
+        latency,
+        errors,
+        first_error,
+    } = seen;
     let operations = latency.len();
     let fanout_delay_us = fanout.map(|h| Percentiles::of(&h.lock().expect("not poisoned")));
     let report = Report {
+        target_kind: flags.target_kind,
         scenario: flags.scenario,
+        work,
         mode: if flags.rate.is_some() { "open" } else { "closed" },
         connections: flags.connections,
         concurrency: flags.concurrency,
         operations,
         errors,
+        first_error,
         seconds,
         ops_per_second: operations as f64 / seconds,
         latency_us: Percentiles::of(&latency),
@@ -169,18 +325,51 @@ async fn run(flags: Flags) -> Result<(), String> {
     Ok(())
 }
 
-type Outcome = (Histogram<u64>, u64);
+/// What a phase saw: the latency of each successful operation, and the failures.
+struct Seen {
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            latency: histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn record(&mut self, result: Result<(), String>, micros: u64) {
+        match result {
+            Ok(()) => self.latency.saturating_record(micros),
+            Err(error) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(error);
+            }
+        }
+    }
+
+    fn add(&mut self, other: Seen) {
+        self.latency.add(&other.latency).expect("same bounds");
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
 
 /// Runs the workers for `duration` (or `requests` operations); returns them and what was seen.
 async fn phase(
     flags: &Flags,
-    workers: Vec<Worker>,
+    workers: Vec<Driver>,
     duration: Duration,
     requests: Option<u64>,
     visible: bool,
-) -> (Vec<Worker>, Outcome) {
+) -> (Vec<Driver>, Seen) {
     if duration.is_zero() && requests.is_none() {
-        return (workers, (histogram(), 0));
+        return (workers, Seen::new());
     }
     let progress = progress_bar(visible && !flags.json, duration, requests);
     let outcome = match flags.rate {
@@ -207,11 +396,11 @@ fn progress_bar(visible: bool, duration: Duration, requests: Option<u64>) -> Pro
 
 async fn closed_loop(
     scenario: Scenario,
-    workers: Vec<Worker>,
+    workers: Vec<Driver>,
     duration: Duration,
     requests: Option<u64>,
     progress: &ProgressBar,
-) -> (Vec<Worker>, Outcome) {
+) -> (Vec<Driver>, Seen) {
     let deadline = Instant::now() + duration;
     let budget = Arc::new(std::sync::atomic::AtomicI64::new(
         requests.map_or(i64::MAX, |r| r as i64),
@@ -222,8 +411,7 @@ async fn closed_loop(
         let progress = progress.clone();
         let by_count = requests.is_some();
         tasks.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut errors = 0;
+            let mut seen = Seen::new();
             loop {
                 if by_count {
                     if budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0 {
@@ -233,10 +421,8 @@ async fn closed_loop(
                     break;
                 }
                 let sent = Instant::now();
-                match worker.op(scenario).await {
-                    Ok(()) => latency.saturating_record(sent.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
-                }
+                let result = worker.op(scenario).await;
+                seen.record(result, sent.elapsed().as_micros() as u64);
                 if by_count {
                     progress.inc(1);
                 } else {
@@ -247,7 +433,7 @@ async fn closed_loop(
                     );
                 }
             }
-            (worker, latency, errors)
+            (worker, seen)
         }));
     }
     merge(tasks).await
@@ -255,12 +441,12 @@ async fn closed_loop(
 
 async fn open_loop(
     scenario: Scenario,
-    workers: Vec<Worker>,
+    workers: Vec<Driver>,
     rate: u64,
     duration: Duration,
     requests: Option<u64>,
     progress: &ProgressBar,
-) -> (Vec<Worker>, Outcome) {
+) -> (Vec<Driver>, Seen) {
     assert!(rate > 0, "--rate must be positive");
     let total = requests.unwrap_or((duration.as_secs_f64() * rate as f64) as u64);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -282,43 +468,32 @@ async fn open_loop(
             pool.lock().await.push(worker);
             drop(permit);
             progress.inc(1);
-            (result.is_ok(), waited)
+            (result, waited)
         }));
     }
-    let mut latency = histogram();
-    let mut errors = 0;
+    let mut seen = Seen::new();
     for task in tasks {
-        let (ok, micros) = task.await.expect("op task");
-        if ok {
-            latency.saturating_record(micros);
-        } else {
-            errors += 1;
-        }
+        let (result, micros) = task.await.expect("op task");
+        seen.record(result, micros);
     }
     let workers = std::mem::take(&mut *pool.lock().await);
-    (workers, (latency, errors))
+    (workers, seen)
 }
 
-async fn merge(tasks: Vec<tokio::task::JoinHandle<(Worker, Histogram<u64>, u64)>>) -> (Vec<Worker>, Outcome) {
+async fn merge(tasks: Vec<tokio::task::JoinHandle<(Driver, Seen)>>) -> (Vec<Driver>, Seen) {
     let mut workers = Vec::new();
-    let mut latency = histogram();
-    let mut errors = 0;
+    let mut seen = Seen::new();
     for task in tasks {
-        let (worker, h, e) = task.await.expect("worker task");
-        latency.add(&h).expect("same bounds");
-        errors += e;
+        let (worker, s) = task.await.expect("worker task");
+        seen.add(s);
         workers.push(worker);
     }
-    workers.sort_by_key(|w| w.id);
-    (workers, (latency, errors))
+    workers.sort_by_key(Driver::id);
+    (workers, seen)
 }
 
 /// Opens `watchers` lease.acquired streams; each records the delay from the acquire's send.
-async fn start_watchers(
-    target: &str,
-    watchers: usize,
-    shared: Arc<Shared>,
-) -> Result<Arc<std::sync::Mutex<Histogram<u64>>>, String> {
+async fn start_watchers(target: &str, watchers: usize, shared: Arc<Shared>) -> Result<Fanout, String> {
     let delays = Arc::new(std::sync::Mutex::new(histogram()));
     let channels = connect(target, watchers.div_ceil(64).max(1)).await?;
     for i in 0..watchers {
@@ -360,13 +535,21 @@ fn print_report(report: &Report, json: bool) {
     }
     let l = &report.latency_us;
     println!(
-        "{:<16} {:>6} {:>5}x{:<4} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<24} {:>6} {:>5}x{:<4} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "scenario", "mode", "conn", "str", "ops", "errors", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9", "max µs"
     );
     let name = serde_json::to_value(report.scenario).expect("serializes");
+    let name = name.as_str().unwrap_or("?");
+    let name = match report.target_kind {
+        TargetKind::Agentkeeper => name.to_string(),
+        kind => format!(
+            "{}/{name}",
+            serde_json::to_value(kind).expect("serializes").as_str().unwrap_or("?")
+        ),
+    };
     println!(
-        "{:<16} {:>6} {:>5}x{:<4} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        name.as_str().unwrap_or("?"),
+        "{:<24} {:>6} {:>5}x{:<4} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        name,
         report.mode,
         report.connections,
         report.concurrency,
@@ -379,6 +562,12 @@ fn print_report(report: &Report, json: bool) {
         l.p999,
         l.max
     );
+    if report.target_kind != TargetKind::Agentkeeper {
+        println!("one operation: {}", report.work);
+    }
+    if let Some(error) = &report.first_error {
+        println!("first error: {error}");
+    }
     if let Some(f) = &report.fanout_delay_us {
         println!(
             "fan-out delay µs: p50 {} p90 {} p99 {} p99.9 {} max {}",

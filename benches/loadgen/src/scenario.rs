@@ -33,6 +33,9 @@ pub enum Scenario {
     TaskCycle,
     /// ClaimTask + CompleteTask against a queue pre-filled during set-up (`--tasks`).
     Claim,
+    /// SetPolicy over a key space of `--policies` ids (created or overwritten): one write, the
+    /// durable-write scenario with `--data-dir`.
+    SetPolicy,
 }
 
 const WORDS: [&str; 16] = [
@@ -89,26 +92,22 @@ pub async fn set_up(
             .map_err(|e| format!("set-up register: {e}"))?;
         ids.push(reply.into_inner().agent_id);
     }
-    let policies = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed) {
+    let key_space = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed | Scenario::SetPolicy) {
         policies
     } else {
         0
     };
-    for i in 0..policies {
+    let created = if scenario == Scenario::SetPolicy { 0 } else { key_space };
+    for i in 0..created {
         let effect = if i % 10 == 0 {
             pb::PolicyEffect::Deny
         } else {
             pb::PolicyEffect::Allow
         };
-        let policy = pb::Policy {
-            id: format!("bench-{i:07}"),
-            subject: format!("agent:a{i}"),
-            action: "call".into(),
-            resource: format!("tool:t{}", i % 100),
-            effect: effect as i32,
-        };
         entitlements
-            .set_policy(pb::SetPolicyRequest { policy: Some(policy) })
+            .set_policy(pb::SetPolicyRequest {
+                policy: Some(policy(i, effect)),
+            })
             .await
             .map_err(|e| format!("set-up set_policy: {e}"))?;
     }
@@ -123,9 +122,20 @@ pub async fn set_up(
     }
     Ok(Shared {
         agents: ids,
-        policies,
+        policies: key_space,
         sent: Mutex::new(HashMap::new()),
     })
+}
+
+/// Policy `i` of the bench's key space.
+fn policy(i: usize, effect: pb::PolicyEffect) -> pb::Policy {
+    pb::Policy {
+        id: format!("bench-{i:07}"),
+        subject: format!("agent:a{i}"),
+        action: "call".into(),
+        resource: format!("tool:t{}", i % 100),
+        effect: effect as i32,
+    }
 }
 
 /// A small task any agent may claim (no required tools).
@@ -184,6 +194,7 @@ impl Worker {
             Scenario::GetAgent => self.get_agent().await,
             Scenario::TaskCycle => self.task_cycle(true).await,
             Scenario::Claim => self.task_cycle(false).await,
+            Scenario::SetPolicy => self.set_policy().await,
             Scenario::Mixed => match self.counter % 20 {
                 0..=13 => self.heartbeat().await,
                 14 | 15 => self.acquire(true).await,
@@ -312,6 +323,19 @@ impl Worker {
             resource: format!("tool:t{}", n % 100),
         };
         self.entitlements.check_policy(request).await.map(|_| ())
+    }
+
+    async fn set_policy(&mut self) -> Result<(), tonic::Status> {
+        let n = (self.id as u64 * 1_000_003 + self.counter * 7_919) % self.shared.policies.max(1) as u64;
+        let effect = if self.counter.is_multiple_of(2) {
+            pb::PolicyEffect::Allow
+        } else {
+            pb::PolicyEffect::Deny
+        };
+        let request = pb::SetPolicyRequest {
+            policy: Some(policy(n as usize, effect)),
+        };
+        self.entitlements.set_policy(request).await.map(|_| ())
     }
 
     async fn find(&mut self) -> Result<(), tonic::Status> {

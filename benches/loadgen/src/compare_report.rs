@@ -1,0 +1,343 @@
+//! `compare-report`: reads the results benches/compare.sh collected (a JSON array; each entry an
+//! `item` of comparable work, a `system`, a `role` and the load generator's `--json` report),
+//! prints one table with the ratios ours/peer, and draws the latency percentiles of each item
+//! into a PNG (one panel per item and stream count, log scale, one line per system).
+//!
+//!   compare-report --results benches/results/compare.json [--png benches/results/compare.png]
+//!                  [--markdown] [--font /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]
+//!
+//! With several runs of the same row (compare.sh --runs N), the run with the median ops/s stands
+//! for it, its percentiles with it (the lower of the middle two for an even N).
+//!
+//! Invariant: the first entry with role "ours" in an item and stream count is that group's
+//! baseline; a "peer" entry's ratios are against it (ops/s: ours / peer, so above 1 means ours
+//! does more; p50 and p99: peer / ours, so above 1 means ours answers sooner). Other "ours"
+//! entries are shown without ratios.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use plotters::prelude::*;
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(name = "compare-report", about = "Table and chart of benches/compare.sh results")]
+struct Flags {
+    /// The JSON array compare.sh wrote.
+    #[arg(long)]
+    results: PathBuf,
+    /// Draw the latency percentiles here.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Print the table as Markdown (for BENCHMARKS.md) instead of aligned text.
+    #[arg(long)]
+    markdown: bool,
+    /// A TrueType font for the chart's text (Debian: fonts-dejavu-core).
+    #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    font: PathBuf,
+}
+
+/// One measured run.
+struct Row {
+    item: String,
+    system: String,
+    ours: bool,
+    streams: u64,
+    work: String,
+    ops: f64,
+    errors: u64,
+    /// p50, p90, p99, p99.9 in µs.
+    percentiles: [u64; 4],
+    /// How many runs of this row there were (this one is their median by ops/s).
+    runs: usize,
+}
+
+fn rows(results: &Value) -> Result<Vec<Row>, String> {
+    let entries = results.as_array().ok_or("the results are not a JSON array")?;
+    let mut rows = Vec::new();
+    for entry in entries {
+        let text = |v: &Value, key: &str| v[key].as_str().map(str::to_string).ok_or(format!("no {key} in {v}"));
+        let number = |v: &Value, key: &str| v[key].as_u64().ok_or(format!("no {key} in {v}"));
+        let report = &entry["report"];
+        let latency = &report["latency_us"];
+        rows.push(Row {
+            item: text(entry, "item")?,
+            system: text(entry, "system")?,
+            ours: text(entry, "role")? == "ours",
+            streams: number(report, "connections")? * number(report, "concurrency")?,
+            work: text(report, "work")?,
+            ops: report["ops_per_second"].as_f64().ok_or("no ops_per_second")?,
+            errors: number(report, "errors")?,
+            percentiles: [
+                number(latency, "p50")?,
+                number(latency, "p90")?,
+                number(latency, "p99")?,
+                number(latency, "p999")?,
+            ],
+            runs: 1,
+        });
+    }
+    Ok(medians(rows))
+}
+
+/// One row per (item, streams, system), in first-seen order: the median run by ops/s.
+fn medians(rows: Vec<Row>) -> Vec<Row> {
+    let mut sets: Vec<Vec<Row>> = Vec::new();
+    for row in rows {
+        let same = |r: &Row| r.item == row.item && r.streams == row.streams && r.system == row.system;
+        match sets.iter_mut().find(|set| same(&set[0])) {
+            Some(set) => set.push(row),
+            None => sets.push(vec![row]),
+        }
+    }
+    sets.into_iter()
+        .map(|mut set| {
+            set.sort_by(|a, b| a.ops.total_cmp(&b.ops));
+            let runs = set.len();
+            let mut median = set.swap_remove((runs - 1) / 2);
+            median.runs = runs;
+            median
+        })
+        .collect()
+}
+
+/// The (item, streams) groups in first-seen order, each with its rows.
+fn groups(rows: &[Row]) -> Vec<((String, u64), Vec<&Row>)> {
+    let mut groups: Vec<((String, u64), Vec<&Row>)> = Vec::new();
+    for row in rows {
+        let key = (row.item.clone(), row.streams);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(row),
+            None => groups.push((key, vec![row])),
+        }
+    }
+    groups
+}
+
+fn micros(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_table(rows: &[Row], markdown: bool) {
+    let header = [
+        "work",
+        "streams",
+        "system",
+        "ops/s",
+        "p50",
+        "p99",
+        "ours/peer ops/s",
+        "peer/ours p50",
+        "peer/ours p99",
+    ];
+    let mut lines: Vec<[String; 9]> = Vec::new();
+    for ((item, streams), members) in groups(rows) {
+        let baseline = members.iter().find(|r| r.ours);
+        for row in &members {
+            let ratio = |f: &dyn Fn(&Row, &Row) -> f64| match baseline {
+                Some(base) if !row.ours => format!("{:.2}x", f(base, row)),
+                _ => "—".to_string(),
+            };
+            let errors = if row.errors > 0 {
+                format!(" ({} errors)", row.errors)
+            } else {
+                String::new()
+            };
+            lines.push([
+                item.clone(),
+                streams.to_string(),
+                row.system.clone(),
+                format!("{}{errors}", thousands(row.ops)),
+                micros(row.percentiles[0]),
+                micros(row.percentiles[2]),
+                ratio(&|base, peer| base.ops / peer.ops),
+                ratio(&|base, peer| peer.percentiles[0] as f64 / base.percentiles[0].max(1) as f64),
+                ratio(&|base, peer| peer.percentiles[2] as f64 / base.percentiles[2].max(1) as f64),
+            ]);
+        }
+    }
+    if markdown {
+        println!("| {} |", header.join(" | "));
+        println!("|{}", "---|".repeat(header.len()));
+        for line in &lines {
+            println!("| {} |", line.join(" | "));
+        }
+    } else {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for line in &lines {
+            for (w, cell) in widths.iter_mut().zip(line) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let show = |cells: Vec<&str>| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, w))| {
+                    let pad = w - cell.chars().count();
+                    if i < 3 {
+                        format!("{cell}{}", " ".repeat(pad))
+                    } else {
+                        format!("{}{cell}", " ".repeat(pad))
+                    }
+                })
+                .collect();
+            println!("{}", padded.join("  ").trim_end());
+        };
+        show(header.to_vec());
+        for line in &lines {
+            show(line.iter().map(String::as_str).collect());
+        }
+    }
+    println!();
+    let most = rows.iter().map(|r| r.runs).max().unwrap_or(1);
+    if most > 1 {
+        println!("Each row: the median of {most} runs by ops/s, with that run's percentiles.");
+    }
+    let mut seen = Vec::new();
+    for row in rows {
+        let line = format!("{} {}: {}", row.system, row.item, row.work);
+        if !seen.contains(&line) {
+            println!("  {line}");
+            seen.push(line);
+        }
+    }
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn draw(rows: &[Row], png: &PathBuf, font: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes: &'static [u8] = Box::leak(
+        std::fs::read(font)
+            .map_err(|e| format!("font {}: {e}", font.display()))?
+            .into_boxed_slice(),
+    );
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| "not a TrueType font")?;
+    let mut systems: Vec<&str> = Vec::new();
+    for row in rows {
+        if !systems.contains(&row.system.as_str()) {
+            systems.push(&row.system);
+        }
+    }
+    let groups = groups(rows);
+    let columns = 2;
+    let panel_rows = groups.len().div_ceil(columns);
+    let root = BitMapBackend::new(png, (1400, 60 + 360 * panel_rows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(60);
+    title.draw(&Text::new(
+        "Latency percentiles, AgentKeeper vs peers (same machine, same load generator; log scale)",
+        (20, 18),
+        ("sans-serif", 24).into_font(),
+    ))?;
+    let panels = body.split_evenly((panel_rows, columns));
+    let names = ["p50", "p90", "p99", "p99.9"];
+    for (((item, streams), members), panel) in groups.iter().zip(panels.iter()) {
+        // Whole decades (two at least), so the log axis is labelled at 10^n only.
+        let low = members.iter().flat_map(|r| r.percentiles).min().unwrap_or(1).max(1) as f64;
+        let high = members.iter().flat_map(|r| r.percentiles).max().unwrap_or(10).max(2) as f64;
+        let low = 10f64.powf((low * 0.95).log10().floor());
+        let mut high = 10f64.powf((high * 1.05).log10().ceil());
+        if high / low < 100.0 {
+            high *= 10.0; // one decade alone gets a label at every minor line
+        }
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("{item}, {streams} stream{}", if *streams == 1 { "" } else { "s" }),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.2f64..3.2f64, (low..high).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_labels(4)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && (0.0..=3.0).contains(&i) {
+                    names[i as usize].to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("latency")
+            .y_label_formatter(&|y| {
+                if *y >= 1_000_000.0 {
+                    format!("{:.0} s", y / 1_000_000.0)
+                } else if *y >= 1000.0 {
+                    format!("{:.0} ms", y / 1000.0)
+                } else {
+                    format!("{y:.0} µs")
+                }
+            })
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for row in members {
+            let index = systems.iter().position(|s| *s == row.system).unwrap_or(0);
+            let color = COLORS[index % COLORS.len()];
+            let points: Vec<(f64, f64)> = row
+                .percentiles
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as f64, (*p).max(1) as f64))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(row.system.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let flags = Flags::parse();
+    let run = || -> Result<(), String> {
+        let text = std::fs::read_to_string(&flags.results).map_err(|e| format!("{}: {e}", flags.results.display()))?;
+        let results: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", flags.results.display()))?;
+        let rows = rows(&results)?;
+        print_table(&rows, flags.markdown);
+        if let Some(png) = &flags.png {
+            draw(&rows, png, &flags.font).map_err(|e| format!("chart: {e}"))?;
+        }
+        Ok(())
+    };
+    if let Err(message) = run() {
+        eprintln!("compare-report: {message}");
+        std::process::exit(1);
+    }
+}
