@@ -1337,6 +1337,64 @@ mod tests {
     }
 
     #[test]
+    fn a_claimers_death_fails_its_task_after_its_lease_and_a_waiting_claim_takes_it() {
+        let config = CoreConfig::default();
+        let mut model = Model::new(&config, 0);
+        for (id, ttl_seconds) in [(7, 1), (8, 60)] {
+            let card = AgentCard {
+                name: "a".into(),
+                ..AgentCard::default()
+            };
+            let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(id) });
+            model
+                .apply(0, &Command::Register { card, ttl_seconds }, &registered)
+                .unwrap();
+        }
+        let create = Command::CreateTask {
+            kind: "t".into(),
+            input: b"in".to_vec(),
+            required_tools: vec![],
+            max_retries: 1,
+            ttl_seconds: 60,
+        };
+        // Without the core's id the model names the task itself.
+        model.apply(0, &create, &Ok(Reply::Done)).unwrap();
+        let claim = |agent: u128, wait_ms| Command::ClaimTask {
+            agent_id: format!("{agent:032x}"),
+            wait_ms,
+        };
+        let first = model.apply(0, &claim(7, 0), &Ok(Reply::Done)).unwrap();
+        assert!(matches!(first, Reply::Claimed { .. }), "{first:?}");
+        let waiting = model.apply(0, &claim(8, 60_000), &Ok(Reply::Done)).unwrap();
+        assert_eq!(waiting, Reply::ClaimWaiting { waiter: WaiterId(1) });
+        model.take_events();
+        // Agent 7 goes UNREACHABLE at 1 s and dies at 2 s.
+        model.tick(10_000);
+        let topics: Vec<&str> = model.take_events().iter().map(|e| topic_name(e.topic)).collect();
+        assert_eq!(
+            topics,
+            [
+                "agent.unreachable",
+                "agent.died",
+                "lease.released",
+                "task.failed",
+                "lease.acquired",
+                "task.claimed"
+            ]
+        );
+        let answers = model.take_answers();
+        assert_eq!(answers.len(), 1);
+        let (waiter, Ok(Reply::Claimed { task, lease })) = &answers[0] else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(*waiter, WaiterId(1));
+        assert_eq!((task.retry_count, &*task.failure_reason), (1, "agent died"));
+        assert_eq!((task.claimed_by, task.claimed_at), (Some(Id128(8)), Some(2000)));
+        assert_eq!((lease.token, lease.expires_at), (2, 62_000));
+        assert_eq!(&*task.input, b"in", "the claimer gets the input");
+    }
+
+    #[test]
     fn a_restart_forgives_the_downtime_then_time_runs_again() {
         let config = CoreConfig::default();
         let mut model = Model::new(&config, 0);
