@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# AgentKeeper, etcd and Redis side by side on this machine, measured by one tool: the load
+# generator (built with --features peers) drives each system through the same closed loop and
+# the same HDR histograms, at the same connections x streams. Starts ours in memory and with
+# --data-dir, redis without persistence and etcd with its default fsync on free local ports, one
+# system at a time, and stops everything it started on exit. Installs etcd-server, redis-server,
+# protobuf-compiler (etcd-client's build) and fonts-dejavu-core (the chart) with apt-get when
+# missing. Writes the runs to <out>/compare.json, prints one table of ratios, draws
+# <out>/compare.png.
+#   benches/compare.sh [--duration 5s] [--warmup 1s] [--runs 1] [--shapes "1x1 4x64"]
+#                      [--out benches/results] [--data-root target/compare] [--daemon PATH]
+# A shape is CONNECTIONSxSTREAMS_PER_CONNECTION; 1x1 is the sequential single-client latency.
+# --runs N repeats the whole sequence N times, the systems interleaved (ours, redis, etcd, ours,
+# ...), and the table and chart show each row's median run by ops/s.
+# --daemon measures an agentkeeper binary built elsewhere (e.g. from a clean checkout) instead of
+# building this tree's. --data-root holds the data directories: keep it on a real disk, not tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=5s warmup=1s runs=1 shapes="1x1 4x64" out=benches/results data_root=target/compare daemon=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) duration=$2; shift 2 ;;
+        --warmup) warmup=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        --shapes) shapes=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --data-root) data_root=$2; shift 2 ;;
+        --daemon) daemon=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+[ -f "$font" ] || missing+=(fonts-dejavu-core)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -z "$daemon" ]; then
+    cargo build --quiet --release -p agentkeeper --bin agentkeeper
+    daemon=target/release/agentkeeper
+fi
+cargo build --quiet --release -p agentkeeper-bench --features peers
+bench=target/release/agentkeeper-bench
+report=target/release/compare-report
+
+mkdir -p "$out" "$data_root"
+work=$(mktemp -d "$data_root/run.XXXXXX")
+work=$(cd "$work" && pwd)
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+trap 'stop_all; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# Waits until $1 (a command) succeeds, for 20 s at most.
+wait_until() {
+    for _ in $(seq 200); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "gave up waiting for: $*" >&2
+    return 1
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+etcd_healthy() {
+    python3 -c 'import json, sys, urllib.request as u; sys.exit(json.load(u.urlopen(sys.argv[1], timeout=1))["health"] != "true")' \
+        "http://127.0.0.1:$1/health"
+}
+
+start_ours() { # name [daemon flags...]
+    local name=$1; shift
+    port=$(free_port)
+    "$daemon" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$(free_port)" --log-level warn "$@" \
+        >"$work/$name.log" 2>&1 &
+    pids+=($!)
+    wait_until listening "$port"
+}
+start_redis() {
+    port=$(free_port)
+    mkdir -p "$work/redis.$round"
+    redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
+        --dir "$work/redis.$round" >"$work/redis.log" 2>&1 &
+    pids+=($!)
+    wait_until listening "$port"
+}
+start_etcd() {
+    port=$(free_port)
+    local peer
+    peer=$(free_port)
+    etcd --name bench --data-dir "$work/etcd.$round" --logger zap --log-level warn \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 &
+    pids+=($!)
+    wait_until etcd_healthy "$port"
+}
+
+lines="$work/results.jsonl"
+: >"$lines"
+# run ITEM SYSTEM ROLE KIND SCENARIO: every shape against the system listening on $port.
+run() {
+    local item=$1 system=$2 role=$3 kind=$4 scenario=$5 shape json
+    for shape in $shapes; do
+        if ! json=$("$bench" --target-kind "$kind" --target "127.0.0.1:$port" --scenario "$scenario" \
+            --connections "${shape%x*}" --concurrency "${shape#*x}" --duration "$duration" \
+            --warmup "$warmup" --agents 1000 --policies 10000 --json); then
+            echo "  $item / $system / $shape: the load generator failed; row left out" >&2
+            continue
+        fi
+        printf '{"item":"%s","system":"%s","role":"%s","round":%s,"report":%s}\n' \
+            "$item" "$system" "$role" "$round" "$json" >>"$lines"
+        echo "  $item / $system / $shape: $(echo "$json" | python3 -c \
+            'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
+print("%.0f ops/s, p50 %d µs, p99 %d µs, %d errors" % (r["ops_per_second"], l["p50"], l["p99"], r["errors"]))')" >&2
+    done
+}
+
+redis_version=$(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')
+etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
+echo "machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg);" \
+    "shapes $shapes, $duration each after $warmup warm-up, $runs run(s)" >&2
+
+for round in $(seq "$runs"); do
+    echo "agentkeeper, in memory (run $round)" >&2
+    start_ours memory
+    run acquire-release agentkeeper ours agentkeeper acquire-release
+    run heartbeat agentkeeper ours agentkeeper heartbeat
+    run read agentkeeper ours agentkeeper get-agent
+    run read "agentkeeper CheckPolicy" ours agentkeeper check-policy
+    run write agentkeeper ours agentkeeper set-policy
+    stop_all
+
+    echo "redis $redis_version, no persistence (run $round)" >&2
+    start_redis
+    run acquire-release "redis $redis_version" peer redis acquire-release
+    run read "redis $redis_version" peer redis get-agent
+    run write "redis $redis_version" peer redis set-policy
+    stop_all
+
+    echo "agentkeeper --data-dir (run $round)" >&2
+    start_ours "durable.$round" --data-dir "$work/agentkeeper.$round"
+    run "durable write" "agentkeeper --data-dir" ours agentkeeper set-policy
+    run "acquire-release, durable" "agentkeeper --data-dir" ours agentkeeper acquire-release
+    stop_all
+
+    echo "etcd $etcd_version (run $round)" >&2
+    start_etcd
+    run acquire-release "etcd $etcd_version" peer etcd acquire-release
+    run heartbeat "etcd $etcd_version" peer etcd heartbeat
+    run read "etcd $etcd_version" peer etcd get-agent
+    run "durable write" "etcd $etcd_version" peer etcd set-policy
+    stop_all
+done
+# etcd's writes are always durable: its acquire-release and Put rows are compared with ours in
+# memory (above) and with ours on disk (these copies of the same runs).
+grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"acquire-release"' \
+    | sed 's/"item":"acquire-release"/"item":"acquire-release, durable"/' >>"$lines"
+grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"durable write"' \
+    | sed 's/"item":"durable write"/"item":"write"/' >>"$lines"
+
+{ echo '['; sed '$!s/$/,/' "$lines"; echo ']'; } >"$out/compare.json"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo
+"$report" --results "$out/compare.json" --png "$out/compare.png" --font "$font"
+echo
+echo "results: $out/compare.json, chart: $out/compare.png"
