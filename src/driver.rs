@@ -249,10 +249,9 @@ impl Driver {
         loop {
             self.commit();
             self.route_deliveries(now);
-            self.route_claim_answers();
+            let mut returns = self.route_claim_answers();
             // Gauges first: a client that got its answer and then scrapes sees its own change.
             self.publish(batch_len, started);
-            let mut returns = Vec::new();
             for pending in self.replies.drain(..) {
                 match pending {
                     PendingReply::Call(reply, outcome) => {
@@ -293,18 +292,32 @@ impl Driver {
     }
 
     /// Hands the core's answers to waiting claims to their callers, with this batch's replies.
-    fn route_claim_answers(&mut self) {
+    /// A task handed to a waiter whose caller is already gone (swept or ended by shutdown in
+    /// this very batch) cannot be delivered: it goes back with ReturnTask, returned here.
+    fn route_claim_answers(&mut self) -> Vec<Command> {
         self.core.drain_claim_answers(&mut self.claim_answers);
         let failed = self.store.as_ref().and_then(|d| d.failed.clone());
+        let mut returns = Vec::new();
         for (waiter, mut outcome) in self.claim_answers.drain(..) {
-            if let Some(failed) = &failed {
-                let message = format!("the claim could not be made durable ({failed}); restart the daemon");
-                outcome = Err(CoreError::new(ErrorCode::Unavailable, message));
-            }
-            if let Some(reply) = self.claims.remove(&waiter) {
-                self.replies.push(PendingReply::Call(reply, outcome));
+            match self.claims.remove(&waiter) {
+                Some(reply) => {
+                    if let Some(failed) = &failed {
+                        let message = format!("the claim could not be made durable ({failed}); restart the daemon");
+                        outcome = Err(CoreError::new(ErrorCode::Unavailable, message));
+                    }
+                    self.replies.push(PendingReply::Call(reply, outcome));
+                }
+                None => {
+                    if let Ok(Reply::Claimed { task, lease }) = outcome {
+                        returns.push(Command::ReturnTask {
+                            task_id: task.id.to_string(),
+                            token: lease.token,
+                        });
+                    }
+                }
             }
         }
+        returns
     }
 
     /// Cancels waiting claims whose callers hung up, so that no task is handed to them; at
