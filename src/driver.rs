@@ -255,11 +255,8 @@ impl Driver {
             for pending in self.replies.drain(..) {
                 match pending {
                     PendingReply::Call(reply, outcome) => {
-                        if let Err(Ok(Reply::Claimed { task, lease })) = reply.send(outcome) {
-                            returns.push(Command::ReturnTask {
-                                task_id: task.id.to_string(),
-                                token: lease.token,
-                            });
+                        if let Err(undelivered) = reply.send(outcome) {
+                            returns.extend(return_of(&undelivered));
                         }
                     }
                     PendingReply::Clock(reply, moved) => {
@@ -307,14 +304,7 @@ impl Driver {
                     }
                     self.replies.push(PendingReply::Call(reply, outcome));
                 }
-                None => {
-                    if let Ok(Reply::Claimed { task, lease }) = outcome {
-                        returns.push(Command::ReturnTask {
-                            task_id: task.id.to_string(),
-                            token: lease.token,
-                        });
-                    }
-                }
+                None => returns.extend(return_of(&outcome)),
             }
         }
         returns
@@ -560,6 +550,17 @@ impl Driver {
         self.metrics
             .publish_events(&self.core.events_by_topic(), &mut self.events_published);
         self.metrics.observe_batch(batch_len, started.elapsed());
+    }
+}
+
+/// The ReturnTask that puts back a claim its caller never got (None for any other outcome).
+fn return_of(undelivered: &Outcome) -> Option<Command> {
+    match undelivered {
+        Ok(Reply::Claimed { task, lease }) => Some(Command::ReturnTask {
+            task_id: task.id.to_string(),
+            token: lease.token,
+        }),
+        _ => None,
     }
 }
 

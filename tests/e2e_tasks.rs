@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon, EVENT_TIMEOUT, decode, free_port, next_event, token_of, type_url};
+use common::{Clients, Daemon, EVENT_TIMEOUT, claim_within, decode, free_port, next_event, token_of, type_url};
 use tokio::sync::Mutex;
 use tonic::Code;
 
@@ -35,14 +35,8 @@ async fn create(c: &mut Clients, kind: &str, tools: &[&str], max_retries: u32, t
         .expect("a task")
 }
 
-/// ClaimTask with the call's own deadline `timeout` (sent as grpc-timeout) and no wait_ms.
 async fn claim(c: &mut Clients, agent: &str, timeout: Duration) -> Result<pb::ClaimTaskResponse, tonic::Status> {
-    let mut request = tonic::Request::new(pb::ClaimTaskRequest {
-        agent_id: agent.into(),
-        wait_ms: None,
-    });
-    request.set_timeout(timeout);
-    c.tasks.claim_task(request).await.map(tonic::Response::into_inner)
+    claim_within(&mut c.tasks, agent, timeout).await
 }
 
 async fn get(c: &mut Clients, id: &str) -> pb::Task {
@@ -115,12 +109,9 @@ async fn worker(
     });
     let mut claims = 0;
     loop {
-        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
-            agent_id: agent.clone(),
-            wait_ms: None,
-        });
-        request.set_timeout(Duration::from_millis(1500));
-        let answer = tasks.claim_task(request).await.unwrap().into_inner();
+        let answer = claim_within(&mut tasks, &agent, Duration::from_millis(1500))
+            .await
+            .unwrap();
         let Some(task) = answer.task else {
             // No task for a whole wait: the queue is drained.
             beat.abort();
@@ -196,14 +187,7 @@ async fn a_claim_waits_for_a_task_and_an_empty_wait_answers_before_the_deadline(
 
     let mut waiting = c.tasks.clone();
     let agent = worker.clone();
-    let claimer = tokio::spawn(async move {
-        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
-            agent_id: agent,
-            wait_ms: None,
-        });
-        request.set_timeout(Duration::from_secs(10));
-        waiting.claim_task(request).await.map(tonic::Response::into_inner)
-    });
+    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, Duration::from_secs(10)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let other = create(&mut c, "gpu job", &["gpu"], 0, 30).await;
     let task = create(&mut c, "web job", &["web"], 0, 30).await;
@@ -250,14 +234,7 @@ async fn a_claimer_that_hangs_up_gets_no_task_and_the_task_stays_pending_without
     let worker = c.register("w", &[], 60).await;
     let mut waiting = c.tasks.clone();
     let agent = worker.clone();
-    let claimer = tokio::spawn(async move {
-        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
-            agent_id: agent,
-            wait_ms: None,
-        });
-        request.set_timeout(Duration::from_secs(30));
-        waiting.claim_task(request).await
-    });
+    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, Duration::from_secs(30)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     claimer.abort();
     let _ = claimer.await;

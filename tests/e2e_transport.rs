@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Daemon, EVENT_TIMEOUT};
+use common::{Daemon, EVENT_TIMEOUT, claim_within};
 use pb::registry_service_client::RegistryServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use tonic::Code;
@@ -57,14 +57,7 @@ async fn clients_that_vanish_mid_call_or_mid_handshake_leave_the_daemon_serving(
     let channel = daemon.channel().await;
     let mut tasks = TaskServiceClient::new(channel.clone());
     let agent = worker.clone();
-    let waiting = tokio::spawn(async move {
-        let mut request = tonic::Request::new(pb::ClaimTaskRequest {
-            agent_id: agent,
-            wait_ms: None,
-        });
-        request.set_timeout(Duration::from_secs(30));
-        tasks.claim_task(request).await
-    });
+    let waiting = tokio::spawn(async move { claim_within(&mut tasks, &agent, Duration::from_secs(30)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     waiting.abort();
     drop(channel);

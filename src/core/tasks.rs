@@ -69,6 +69,20 @@ pub fn covers(offered: &[Arc<str>], required: &[Arc<str>]) -> bool {
     required.iter().all(|tool| offered.any(|o| o == tool))
 }
 
+/// The earliest entry among the heads of the groups whose tool set `matches`: one look at the
+/// head of each group, never at the entries behind it.
+fn earliest_head<K: Ord + Copy>(
+    groups: &Map<ToolSet, BTreeMap<K, usize>>,
+    matches: impl Fn(&[Arc<str>]) -> bool,
+) -> Option<usize> {
+    groups
+        .iter()
+        .filter(|(tools, _)| matches(tools))
+        .filter_map(|(_, group)| group.first_key_value())
+        .min_by_key(|(rank, _)| **rank)
+        .map(|(_, &key)| key)
+}
+
 /// A task as it was when the answer or event was made. Events carry it without the input and
 /// output bytes (GetTask has them), so a 4 MiB input is not copied to every subscriber.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,25 +267,14 @@ impl TaskQueue {
         }
     }
 
-    /// The oldest pending task that an agent offering `tools` can take: one look at the head of
-    /// each tool-set group.
+    /// The oldest pending task that an agent offering `tools` can take.
     fn oldest_claimable(&self, tools: &[Arc<str>]) -> Option<usize> {
-        self.pending
-            .iter()
-            .filter(|(required, _)| covers(tools, required))
-            .filter_map(|(_, group)| group.first_key_value())
-            .min_by_key(|(order, _)| **order)
-            .map(|(_, &key)| key)
+        earliest_head(&self.pending, |required| covers(tools, required))
     }
 
     /// The earliest waiting claimer whose agent can take a task requiring `required`.
     fn first_waiter_for(&self, required: &[Arc<str>]) -> Option<usize> {
-        self.waiting
-            .iter()
-            .filter(|(offered, _)| covers(offered, required))
-            .filter_map(|(_, group)| group.first_key_value())
-            .min_by_key(|(id, _)| **id)
-            .map(|(_, &key)| key)
+        earliest_head(&self.waiting, |offered| covers(offered, required))
     }
 
     fn remove_waiter(&mut self, key: usize) -> Waiter {
@@ -432,15 +435,7 @@ impl Core {
         if self.tasks.len() >= self.config.tasks_max {
             return Err(limit_reached("tasks_max", self.config.tasks_max));
         }
-        if self.tasks.bytes + input.len() > self.config.task_bytes_max {
-            return Err(CoreError::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "task_bytes_max reached: tasks hold {} bytes of input and output, the limit is {}",
-                    self.tasks.bytes, self.config.task_bytes_max
-                ),
-            ));
-        }
+        self.task_bytes_fit(input.len())?;
         // A task's id doubles as its claim lease's key: never one a lease already uses.
         let id = loop {
             let id = self.ids.next_id();
@@ -569,15 +564,7 @@ impl Core {
     pub(super) fn complete_task(&mut self, task_id: &str, agent_id: &str, output: Vec<u8>) -> Outcome {
         validate::payload("output", &output)?;
         let key = self.claimed_by(task_id, agent_id)?;
-        if self.tasks.bytes + output.len() > self.config.task_bytes_max {
-            return Err(CoreError::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "task_bytes_max reached: tasks hold {} bytes, the limit is {}",
-                    self.tasks.bytes, self.config.task_bytes_max
-                ),
-            ));
-        }
+        self.task_bytes_fit(output.len())?;
         self.drop_claim_lease(key);
         let now = self.now;
         self.tasks.unfile(key);
@@ -686,6 +673,20 @@ impl Core {
             ));
         }
         Ok(key)
+    }
+
+    /// RESOURCE_EXHAUSTED when `adding` more input or output bytes would pass `task_bytes_max`.
+    fn task_bytes_fit(&self, adding: usize) -> Result<(), CoreError> {
+        if self.tasks.bytes + adding <= self.config.task_bytes_max {
+            return Ok(());
+        }
+        Err(CoreError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "task_bytes_max reached: tasks hold {} bytes of input and output, the limit is {}",
+                self.tasks.bytes, self.config.task_bytes_max
+            ),
+        ))
     }
 
     /// Hands the pending task `key` to `agent`: a lease on its id, CLAIMED, `task.claimed`.

@@ -140,24 +140,20 @@ pub fn payload(field: &str, bytes: &[u8]) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Resolves a list's page size: 0 means the default, anything above the maximum is clamped.
-pub fn page_size(size: u32) -> usize {
-    let size = if size == 0 {
-        PAGE_SIZE_DEFAULT
-    } else {
-        size.min(PAGE_SIZE_MAX)
-    };
-    size as usize
+/// A client's count: 0 means `default`, anything above `max` is clamped.
+fn count_or_default(value: u32, default: u32, max: u32) -> usize {
+    let value = if value == 0 { default } else { value.min(max) };
+    value as usize
 }
 
-/// Resolves Find's limit: 0 means the default, anything above the maximum is clamped.
+/// Resolves a list's page size.
+pub fn page_size(size: u32) -> usize {
+    count_or_default(size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+}
+
+/// Resolves Find's limit.
 pub fn find_limit(limit: u32) -> usize {
-    let limit = if limit == 0 {
-        FIND_LIMIT_DEFAULT
-    } else {
-        limit.min(FIND_LIMIT_MAX)
-    };
-    limit as usize
+    count_or_default(limit, FIND_LIMIT_DEFAULT, FIND_LIMIT_MAX)
 }
 
 /// Shortens client text quoted in an error so that a huge bad value cannot bloat the answer.

@@ -326,6 +326,21 @@ pub fn card(name: &str, description: &str, tools: &[&str]) -> pb::AgentCard {
     }
 }
 
+/// ClaimTask with the call's own deadline `timeout` (sent as grpc-timeout) and wait_ms unset, as
+/// a v1 client sends it: the daemon waits for a task until just before the deadline.
+pub async fn claim_within(
+    tasks: &mut TaskServiceClient<Channel>,
+    agent_id: &str,
+    timeout: Duration,
+) -> Result<pb::ClaimTaskResponse, tonic::Status> {
+    let mut request = tonic::Request::new(pb::ClaimTaskRequest {
+        agent_id: agent_id.into(),
+        wait_ms: None,
+    });
+    request.set_timeout(timeout);
+    tasks.claim_task(request).await.map(tonic::Response::into_inner)
+}
+
 pub fn token_of(lease: &pb::Lease) -> u64 {
     lease.token.as_ref().expect("token set").value
 }
