@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
-# tests, the Python SDK's tests, and the published v1 SDK against this daemon.
-# It installs what it needs: Python virtual environments under .venv/ and .venv-v1/.
+# tests, the Python SDK's tests, the dashboard in headless Chromium, and the published v1 SDK
+# against this daemon. It installs what it needs: Python virtual environments under .venv/ and
+# .venv-v1/ (Playwright among them) and, when missing, the OS's chromium package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,17 @@ if [ -d sdk/python ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check -e './sdk/python[test]'
     .venv/bin/python -m pytest -q sdk/python/tests
 fi
+
+step "the live dashboard in headless Chromium (the system's chromium, driven by Playwright)"
+if ! command -v chromium >/dev/null 2>&1; then
+    # The OS package; Playwright's own browser download is not used.
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check 'playwright>=1.40'
+.venv/bin/python -m pytest -q -s tests/dashboard
 
 step "the published v1 Python SDK (agentkeeper 0.1.1) against this daemon"
 if [ ! -x .venv-v1/bin/python ]; then

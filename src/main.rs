@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -271,6 +271,8 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // HTTP serves from the start (/healthz ok, /readyz 503 while a data dir is replayed) and
     // stops last, after gRPC has drained, so /readyz says "shutting down" meanwhile.
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    // The dashboard's way to the core, filled in once the core runs (after any recovery).
+    let core_slot: Arc<OnceLock<CoreHandle>> = Arc::default();
     let http = http_listener.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(addr = ?addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
@@ -278,6 +280,11 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
             listener,
             Arc::clone(&metrics),
             serving.clone(),
+            server::dashboard::Dashboard::new(
+                Arc::clone(&core_slot),
+                Arc::clone(&metrics),
+                flags.watch_buffer as usize,
+            ),
             stopped(http_stop_rx),
         ))
     });
@@ -310,6 +317,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let (sender, core_thread) = driver::spawn(core, clock, store, queue_max, Arc::clone(&metrics))
         .map_err(|error| format!("cannot start the core thread: {error}"))?;
     let core = CoreHandle::new(sender.clone());
+    let _ = core_slot.set(core.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let routes = server::routes(

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub events_by_topic: IntCounterVec,
     pub rpc_duration_seconds: HistogramVec,
     pub core_queue_depth: IntGauge,
+    /// Every call served, all methods together (the dashboard's calls/s; not exported, as
+    /// `agentkeeper_rpc_total` already is its sum).
+    pub calls_total: IntCounter,
 }
 
 impl Metrics {
@@ -195,6 +198,7 @@ impl Metrics {
             events_by_topic,
             rpc_duration_seconds,
             core_queue_depth,
+            calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
         }
     }
 
@@ -258,6 +262,7 @@ impl Metrics {
     /// Counts one served call (and its error class, if any).
     pub fn count_rpc(&self, method: &str, error: Option<&str>) {
         self.rpc_total.with_label_values(&[method]).inc();
+        self.calls_total.inc();
         if let Some(code) = error {
             self.rpc_errors_total.with_label_values(&[method, code]).inc();
         }

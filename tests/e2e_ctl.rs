@@ -383,6 +383,83 @@ async fn election_shows_the_leader_and_term_of_a_group() {
     assert!(text.lines().any(|l| l == "TERM     2"), "{text}");
 }
 
+#[tokio::test]
+async fn elections_lists_every_group_with_leader_term_and_standbys() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let a = c.register("a", &[], 30).await;
+    let b = c.register("b", &[], 30).await;
+    c.campaign("writers", &a).await;
+    c.campaign("writers", &b).await;
+    c.campaign("indexers", &b).await;
+    let json = ctl(&daemon, &["elections", "--json"]).json();
+    let groups = json.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{json}");
+    assert_eq!(groups[0]["group"], "indexers", "by name");
+    assert_eq!(groups[0]["leader_agent_id"], b.as_str());
+    assert_eq!(groups[1]["group"], "writers");
+    assert_eq!(groups[1]["leader_agent_id"], a.as_str());
+    assert_eq!(groups[1]["term"], 1);
+    assert_eq!(
+        groups[1]["candidate_agent_ids"],
+        serde_json::json!([a, b]),
+        "FIFO order"
+    );
+    let text = ctl(&daemon, &["elections"]).ok();
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["GROUP", "LEADER", "TERM", "STANDBYS", "ELECTED"]);
+    let rows = aligned_rows(&text);
+    assert_eq!(rows[1][..4], ["writers".to_string(), a.clone(), "1".into(), b.clone()]);
+}
+
+#[tokio::test]
+async fn leases_follow_every_page_by_key_and_filter_by_prefix() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let holder = c.register("holder", &[], 30).await;
+    // More than one page of 500, so ctl must follow next_page_token.
+    let mut tokens = std::collections::BTreeMap::new();
+    for i in 0..1203 {
+        let key = format!("{}/{i:05}", if i % 3 == 0 { "jobs" } else { "locks" });
+        let (lease, acquired) = c.acquire(&key, &holder, 60).await;
+        assert!(acquired);
+        tokens.insert(key, common::token_of(&lease));
+    }
+    let json = ctl(&daemon, &["leases", "--json"]).json();
+    let listed: Vec<(String, u64)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["task_id"].as_str().unwrap().to_string(), l["token"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> = tokens.iter().map(|(k, t)| (k.clone(), *t)).collect();
+    assert_eq!(listed, want, "every lease once, by key, with its token");
+    assert_eq!(json[0]["holder_agent_id"], holder.as_str());
+
+    let jobs = ctl(&daemon, &["leases", "--prefix", "jobs/", "--json"]).json();
+    assert_eq!(jobs.as_array().unwrap().len(), 401);
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["task_id"].as_str().unwrap().starts_with("jobs/"))
+    );
+
+    let text = ctl(&daemon, &["leases", "--prefix", "jobs/0000"]).ok();
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["KEY", "HOLDER", "TOKEN", "ACQUIRED", "EXPIRES"]);
+    let rows = aligned_rows(&text);
+    assert_eq!(rows.len(), 4, "jobs/00000, 00003, 00006, 00009: {text}");
+    assert_eq!(
+        rows[0][..3],
+        [
+            "jobs/00000".to_string(),
+            holder.clone(),
+            tokens["jobs/00000"].to_string()
+        ]
+    );
+}
+
 /// A running `ctl watch`: its stdout lines arrive on a channel.
 struct Watching {
     child: std::process::Child,

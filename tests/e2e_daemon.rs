@@ -92,33 +92,6 @@ async fn metrics_report_agents_leases_and_calls_per_method() {
 }
 
 #[tokio::test]
-async fn the_dashboard_page_is_html_with_the_counts() {
-    let daemon = Daemon::start(&[]);
-    let mut c = daemon.clients().await;
-    let a = c.register("a", &[], 30).await;
-    c.register("b", &[], 30).await;
-    c.acquire("k", &a, 30).await;
-    c.campaign("g", &a).await;
-    await_metrics(&daemon, &["agentkeeper_agents_alive 2", "agentkeeper_leases_active 1"]).await;
-    let (status, headers, page) = http_get_full(daemon.metrics_port, "/");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(
-        headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/html")),
-        "{headers:?}"
-    );
-    assert!(page.contains("<html"), "{page}");
-    for row in [
-        "<th>Agents alive or unreachable</th><td>2</td>",
-        "<th>Leases active</th><td>1</td>",
-        "<th>Election groups</th><td>1</td>",
-    ] {
-        assert!(page.contains(row), "missing {row:?} in {page}");
-    }
-}
-
-#[tokio::test]
 async fn sigterm_ends_watch_streams_with_unavailable_and_exits_zero_within_seconds() {
     let mut daemon = Daemon::start(&[]);
     let mut c = daemon.clients().await;

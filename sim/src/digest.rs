@@ -139,6 +139,35 @@ impl Digest {
                 self.lease(lease);
             }
             Reply::NoTask => self.tag(14),
+            Reply::Leases {
+                leases,
+                next_page_token,
+            } => {
+                self.tag(16);
+                self.u64(leases.len() as u64);
+                leases.iter().for_each(|l| self.lease(l));
+                self.str(next_page_token);
+            }
+            Reply::Elections(groups) => {
+                self.tag(17);
+                self.u64(groups.len() as u64);
+                for (state, candidates) in groups {
+                    self.election(state);
+                    self.u64(candidates.len() as u64);
+                    candidates.iter().for_each(|id| self.bytes(&id.0.to_le_bytes()));
+                }
+            }
+            Reply::Overview(view) => {
+                self.tag(18);
+                self.u64(view.now);
+                self.u64(view.stats.sequence_next);
+                self.u64(view.agents.len() as u64);
+                view.agents.iter().for_each(|a| self.agent(a));
+                self.u64(view.leases.len() as u64);
+                view.leases.iter().for_each(|l| self.lease(l));
+                self.u64(view.policies.len() as u64);
+                view.policies.iter().for_each(|p| self.policy(p));
+            }
             Reply::ClaimWaiting { waiter } => {
                 self.tag(15);
                 self.u64(waiter.0);

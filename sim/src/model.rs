@@ -28,9 +28,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
+use agentkeeper::core::listing::Overview;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentCard, AgentId, AgentStatus, Decision, Effect, Id128, Millis, Policy};
-use agentkeeper::core::{Command, CoreConfig, ErrorCode, Event, EventPayload, Outcome, PolicyInput, Reply, Topic};
+use agentkeeper::core::{
+    Command, CoreConfig, CoreStats, ErrorCode, Event, EventPayload, Outcome, PolicyInput, Reply, Topic,
+};
 
 /// What the model says the core should have answered.
 pub type Expected = Result<Reply, ErrorCode>;
@@ -109,6 +112,8 @@ const REASON_BYTES_MAX: usize = 4096;
 const PAGE_SIZE_DEFAULT: usize = 1000;
 const PAGE_SIZE_MAX: u32 = 10_000;
 const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// ListLeases: page size 0 means 1000, at most 2000 (so a page of the longest keys fits 4 MiB).
+const LEASE_PAGE_SIZE_MAX: usize = 2000;
 
 fn within(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len())
@@ -759,6 +764,76 @@ impl Model {
                 page_size,
                 page_token,
             } => self.list_tasks(*status, *page_size, page_token),
+            Command::ListLeases {
+                prefix,
+                page_size,
+                page_token,
+            } => self.list_leases(prefix, *page_size, page_token),
+            Command::ListElections => Ok(Reply::Elections(self.elections())),
+            Command::Overview { agents_max, leases_max } => {
+                let mut agents = self.agents();
+                agents.truncate(*agents_max as usize);
+                let mut leases = self.leases();
+                leases.truncate(*leases_max as usize);
+                let mut policies = self.policies();
+                policies.truncate(*leases_max as usize);
+                Ok(Reply::Overview(Box::new(Overview {
+                    now: self.now,
+                    stats: self.stats(),
+                    agents,
+                    leases,
+                    elections: self.elections(),
+                    policies,
+                })))
+            }
+        }
+    }
+
+    /// Every lease with the prefix and a key after the token, by key, a page at a time.
+    fn list_leases(&self, prefix: &str, page_size: u32, page_token: &str) -> Expected {
+        if prefix.len() > 1024 || page_token.len() > 1024 {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let limit = match page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n as usize,
+        }
+        .min(LEASE_PAGE_SIZE_MAX);
+        let mut leases: Vec<LeaseView> = self
+            .leases()
+            .into_iter()
+            .filter(|l| l.task_id.starts_with(prefix) && (page_token.is_empty() || &*l.task_id > page_token))
+            .collect();
+        let more = leases.len() > limit;
+        leases.truncate(limit);
+        let next_page_token = match leases.last() {
+            Some(last) if more => last.task_id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Reply::Leases {
+            leases,
+            next_page_token,
+        })
+    }
+
+    /// Every count the core reports, counted by scanning.
+    pub fn stats(&self) -> CoreStats {
+        let agents = |status| self.agents.iter().filter(|a| a.status == status).count();
+        CoreStats {
+            agents_alive: agents(AgentStatus::Alive),
+            agents_unreachable: agents(AgentStatus::Unreachable),
+            agents_dead: agents(AgentStatus::Dead),
+            leases: self.leases.len(),
+            groups: self.groups.len(),
+            policies: self.policies.len(),
+            watchers: self.subscribers.len(),
+            sequence_next: self.sequence_next,
+            fencing_token_last: self.token_last,
+            tasks_pending: self.task_count(TaskStatus::Pending),
+            tasks_claimed: self.task_count(TaskStatus::Claimed),
+            tasks_completed: self.task_count(TaskStatus::Completed),
+            tasks_dead: self.task_count(TaskStatus::Dead),
+            claims_waiting: self.waiters.len(),
         }
     }
 

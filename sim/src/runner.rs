@@ -582,6 +582,20 @@ impl Runner {
             Op::ListPolicies { prefix } => Command::ListPolicies {
                 subject_prefix: prefix.clone(),
             },
+            Op::ListLeases {
+                prefix,
+                page_size,
+                page_token,
+            } => Command::ListLeases {
+                prefix: prefix.clone(),
+                page_size: *page_size,
+                page_token: page_token.clone(),
+            },
+            Op::ListElections => Command::ListElections,
+            Op::Overview { agents_max, leases_max } => Command::Overview {
+                agents_max: *agents_max,
+                leases_max: *leases_max,
+            },
             Op::CheckPolicy {
                 subject,
                 action,

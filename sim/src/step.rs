@@ -137,6 +137,18 @@ pub enum Op {
     ListPolicies {
         prefix: String,
     },
+    /// `page_token` is a literal key: pages start after it.
+    ListLeases {
+        prefix: String,
+        page_size: u32,
+        page_token: String,
+    },
+    ListElections,
+    /// The dashboard's read of everything.
+    Overview {
+        agents_max: u32,
+        leases_max: u32,
+    },
     CheckPolicy {
         subject: String,
         action: String,
@@ -304,6 +316,9 @@ impl Op {
             Op::SetPolicy { .. } => "set_policy",
             Op::DeletePolicy { .. } => "delete_policy",
             Op::ListPolicies { .. } => "list_policies",
+            Op::ListLeases { .. } => "list_leases",
+            Op::ListElections => "list_elections",
+            Op::Overview { .. } => "overview",
             Op::CheckPolicy { .. } => "check_policy",
             Op::Consume { .. } => "consume",
             Op::Crash { .. } => "crash",
@@ -319,7 +334,7 @@ impl Op {
     }
 
     /// Every op name, for coverage reports.
-    pub const NAMES: [&'static str; 28] = [
+    pub const NAMES: [&'static str; 31] = [
         "tick",
         "register",
         "heartbeat",
@@ -337,6 +352,9 @@ impl Op {
         "set_policy",
         "delete_policy",
         "list_policies",
+        "list_leases",
+        "list_elections",
+        "overview",
         "check_policy",
         "consume",
         "crash",
@@ -732,6 +750,18 @@ impl fmt::Display for Op {
             ),
             Op::DeletePolicy { id } => write!(f, " id={}", quoted(id)),
             Op::ListPolicies { prefix } => write!(f, " prefix={}", quoted(prefix)),
+            Op::ListLeases {
+                prefix,
+                page_size,
+                page_token,
+            } => write!(
+                f,
+                " prefix={} page_size={page_size} page_token={}",
+                quoted(prefix),
+                quoted(page_token)
+            ),
+            Op::ListElections => Ok(()),
+            Op::Overview { agents_max, leases_max } => write!(f, " agents_max={agents_max} leases_max={leases_max}"),
             Op::CheckPolicy {
                 subject,
                 action,
@@ -1163,6 +1193,16 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
         "list_policies" => Op::ListPolicies {
             prefix: fields.str("prefix")?,
         },
+        "list_leases" => Op::ListLeases {
+            prefix: fields.str("prefix")?,
+            page_size: fields.number("page_size")?,
+            page_token: fields.str("page_token")?,
+        },
+        "list_elections" => Op::ListElections,
+        "overview" => Op::Overview {
+            agents_max: fields.number("agents_max")?,
+            leases_max: fields.number("leases_max")?,
+        },
         "check_policy" => Op::CheckPolicy {
             subject: fields.str("subject")?,
             action: fields.str("action")?,
@@ -1253,6 +1293,16 @@ mod tests {
     #[test]
     fn every_op_renders_and_parses_back() {
         roundtrip(Op::Tick);
+        roundtrip(Op::ListLeases {
+            prefix: "k1".into(),
+            page_size: 2,
+            page_token: "k10".into(),
+        });
+        roundtrip(Op::ListElections);
+        roundtrip(Op::Overview {
+            agents_max: 3,
+            leases_max: 0,
+        });
         roundtrip(Op::Register {
             card: AgentCard {
                 name: "a \"q\" \u{7}\n é".into(),

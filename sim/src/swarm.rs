@@ -505,6 +505,24 @@ impl Generator {
                     self.text(b"ab:*", 0, 2)
                 },
             },
+            "list_leases" => Op::ListLeases {
+                prefix: if invalid {
+                    "k".repeat(1025)
+                } else {
+                    self.text(b"k12", 0, 2)
+                },
+                page_size: self.rng.range(0, 4) as u32,
+                page_token: if self.rng.chance(300) {
+                    self.key(false)
+                } else {
+                    String::new()
+                },
+            },
+            "list_elections" => Op::ListElections,
+            "overview" => Op::Overview {
+                agents_max: self.rng.range(0, 8) as u32,
+                leases_max: self.rng.range(0, 8) as u32,
+            },
             "check_policy" => self.check_policy(invalid),
             "consume" => self.consume(),
             "crash" => unreachable!("crashes come from the crash stream, never from a weight"),

@@ -241,6 +241,15 @@ impl PolicyTable {
             .collect()
     }
 
+    /// The first `limit` policies by id.
+    pub fn first(&self, limit: usize) -> Vec<Policy> {
+        self.by_id
+            .values()
+            .take(limit)
+            .map(|&key| self.entries[key].policy.clone())
+            .collect()
+    }
+
     pub fn check(&self, subject: &str, action: &str, resource: &str) -> Decision {
         self.check_counting(subject, action, resource).0
     }

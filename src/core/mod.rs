@@ -11,6 +11,7 @@ pub mod events;
 pub mod ids;
 pub mod inspect;
 pub mod leases;
+pub mod listing;
 pub mod registry;
 pub mod search;
 pub mod snapshot;
@@ -209,6 +210,18 @@ pub enum Command {
         page_size: u32,
         page_token: String,
     },
+    /// Leases whose key starts with `prefix`, by key, a page at a time.
+    ListLeases {
+        prefix: String,
+        page_size: u32,
+        page_token: String,
+    },
+    ListElections,
+    /// The dashboard's view of everything (see `listing::Overview`).
+    Overview {
+        agents_max: u32,
+        leases_max: u32,
+    },
 }
 
 impl Command {
@@ -226,6 +239,9 @@ impl Command {
                 | Command::WatchElection { .. }
                 | Command::GetTask { .. }
                 | Command::ListTasks { .. }
+                | Command::ListLeases { .. }
+                | Command::ListElections
+                | Command::Overview { .. }
         )
     }
 
@@ -257,6 +273,9 @@ impl Command {
             Command::FailTask { .. } => "FailTask",
             Command::GetTask { .. } => "GetTask",
             Command::ListTasks { .. } => "ListTasks",
+            Command::ListLeases { .. } => "ListLeases",
+            Command::ListElections => "ListElections",
+            Command::Overview { .. } => "Overview",
         }
     }
 }
@@ -310,6 +329,14 @@ pub enum Reply {
         task: Box<TaskView>,
         lease: LeaseView,
     },
+    /// A page of leases; an empty token means the last page.
+    Leases {
+        leases: Vec<LeaseView>,
+        next_page_token: String,
+    },
+    /// Every election group with its candidates in FIFO order.
+    Elections(Vec<(ElectionView, Vec<types::AgentId>)>),
+    Overview(Box<listing::Overview>),
     /// Nothing to claim (the wait, if any, ran out).
     NoTask,
     /// The claim waits in line; its answer comes later through `drain_claim_answers`.
@@ -501,6 +528,13 @@ impl Core {
                 page_size,
                 page_token,
             } => self.list_tasks(status, page_size, &page_token),
+            Command::ListLeases {
+                prefix,
+                page_size,
+                page_token,
+            } => self.list_leases(&prefix, page_size, &page_token),
+            Command::ListElections => self.list_elections(),
+            Command::Overview { agents_max, leases_max } => self.overview(agents_max, leases_max),
         }
     }
 

@@ -57,6 +57,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         limit: u32,
     },
+    /// List the leases held, by key (every page).
+    Leases {
+        /// Only leases whose key starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// List the election groups: leader, term and the candidates standing by.
+    Elections,
     /// Show an election group's leader and term.
     Election { group: String },
     /// Entitlement policies: set, check, list, delete.
@@ -128,8 +136,8 @@ enum TaskStatus {
     Dead,
 }
 
-/// Tasks asked for per ListTasks page.
-const TASK_PAGE: u32 = 500;
+/// Items asked for per ListTasks or ListLeases page.
+const LIST_PAGE: u32 = 500;
 
 /// Runs one ctl command; the error is the one line to print on stderr.
 pub fn run(args: CtlArgs) -> Result<(), String> {
@@ -176,6 +184,37 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             let state = render::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
             out.election(&state)
         }
+        Command::Leases { prefix } => {
+            let mut client = pb::lease_service_client::LeaseServiceClient::new(channel);
+            let mut leases = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListLeasesRequest {
+                    prefix: prefix.clone(),
+                    page_size: LIST_PAGE,
+                    page_token,
+                };
+                let page = client
+                    .list_leases(request)
+                    .await
+                    .map_err(failed("ListLeases"))?
+                    .into_inner();
+                leases.extend(page.leases);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.leases(&leases)
+        }
+        Command::Elections => {
+            let mut client = pb::election_service_client::ElectionServiceClient::new(channel);
+            let reply = client
+                .list_elections(pb::ListElectionsRequest {})
+                .await
+                .map_err(failed("ListElections"))?;
+            out.elections(&reply.into_inner().groups)
+        }
         Command::Policy(command) => policy(channel, command, &out).await,
         Command::Tasks { status } => {
             let status = status.map_or(pb::TaskStatus::Unspecified, |s| match s {
@@ -191,7 +230,7 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             loop {
                 let request = pb::ListTasksRequest {
                     status: status as i32,
-                    page_size: TASK_PAGE,
+                    page_size: LIST_PAGE,
                     page_token,
                 };
                 let page = client

@@ -98,6 +98,68 @@ impl Output {
         self.print(json, pairs(&fields))
     }
 
+    pub fn leases(&self, leases: &[pb::Lease]) -> Result<(), String> {
+        let rows = leases
+            .iter()
+            .map(|l| {
+                vec![
+                    l.task_id.clone(),
+                    l.holder_agent_id.clone(),
+                    l.token.as_ref().map_or(0, |t| t.value).to_string(),
+                    time(l.acquired_at.as_ref()),
+                    time(l.expires_at.as_ref()),
+                ]
+            })
+            .collect();
+        self.print(
+            Value::Array(leases.iter().map(lease_json).collect()),
+            table(&["KEY", "HOLDER", "TOKEN", "ACQUIRED", "EXPIRES"], rows),
+        )
+    }
+
+    pub fn elections(&self, groups: &[pb::ElectionGroup]) -> Result<(), String> {
+        let rows = groups
+            .iter()
+            .map(|g| {
+                let state = g.state.clone().unwrap_or_default();
+                let standbys: Vec<&str> = g
+                    .candidate_agent_ids
+                    .iter()
+                    .filter(|id| **id != state.leader_agent_id)
+                    .map(String::as_str)
+                    .collect();
+                vec![
+                    state.group,
+                    if state.leader_agent_id.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        state.leader_agent_id
+                    },
+                    state.term.to_string(),
+                    standbys.join(","),
+                    time(state.elected_at.as_ref()),
+                ]
+            })
+            .collect();
+        let json = groups
+            .iter()
+            .map(|g| {
+                let state = g.state.clone().unwrap_or_default();
+                json!({
+                    "group": state.group,
+                    "leader_agent_id": state.leader_agent_id,
+                    "term": state.term,
+                    "elected_at": time_json(state.elected_at.as_ref()),
+                    "candidate_agent_ids": g.candidate_agent_ids,
+                })
+            })
+            .collect();
+        self.print(
+            Value::Array(json),
+            table(&["GROUP", "LEADER", "TERM", "STANDBYS", "ELECTED"], rows),
+        )
+    }
+
     pub fn policies(&self, policies: &[pb::Policy]) -> Result<(), String> {
         let rows = policies
             .iter()

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::core::events::SubscriberId;
+use super::subscription::{self, Subscription, UnwatchGuard};
 use crate::core::{Command, Event, Reply};
-use crate::driver::{self, CoreHandle, Sink, StreamEnd};
+use crate::driver::{CoreHandle, StreamEnd};
 use crate::metrics::Metrics;
 use crate::proto as pb;
 
@@ -55,39 +55,21 @@ impl Api {
 
     /// Opens a stream: the driver attaches the sink before any event can be routed to it.
     async fn subscribe(&self, method: &'static str, command: Command) -> Result<(Reply, EventStream), Status> {
-        let (events, live) = mpsc::channel(self.watch_buffer);
-        let (end, end_rx) = oneshot::channel();
-        let (reply, answer) = oneshot::channel();
-        let request = driver::Request::Subscribe {
-            command,
-            sink: Sink { events, end },
-            reply,
-        };
-        let outcome = match self.core.send(request) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                Err(crate::core::CoreError::new(
-                    crate::core::ErrorCode::Unavailable,
-                    "the daemon is shutting down",
-                ))
-            }),
-            Err(error) => Err(error),
-        };
+        let outcome = subscription::open(&self.core, self.watch_buffer, command).await;
         self.count(method, &outcome);
-        let reply = outcome.map_err(convert::status)?;
-        let subscriber = match &reply {
-            Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. } => *subscriber,
-            other => return Err(unexpected(other)),
-        };
+        let Subscription {
+            reply,
+            live,
+            end,
+            guard,
+        } = outcome.map_err(convert::status)?;
         let stream = EventStream {
             first: None,
             replay: Vec::new().into_iter(),
             live,
-            end: end_rx,
+            end,
             done: false,
-            _unwatch: UnwatchGuard {
-                core: self.core.clone(),
-                subscriber,
-            },
+            _unwatch: guard,
         };
         Ok((reply, stream))
     }
@@ -132,26 +114,6 @@ impl Stream for EventStream {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// Tells the core a stream is gone when the client hangs up (or the stream ends).
-struct UnwatchGuard {
-    core: CoreHandle,
-    subscriber: SubscriberId,
-}
-
-impl Drop for UnwatchGuard {
-    fn drop(&mut self) {
-        let (reply, _) = oneshot::channel();
-        // A full queue only delays the clean-up: the driver also drops a sink whose receiver is
-        // gone at its next delivery.
-        let _ = self.core.send(driver::Request::Call {
-            command: Command::Unwatch {
-                subscriber: self.subscriber,
-            },
-            reply,
-        });
     }
 }
 
@@ -296,6 +258,28 @@ impl pb::lease_service_server::LeaseService for Api {
         .await?;
         Ok(Response::new(pb::ReleaseLeaseResponse {}))
     }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::ListLeases {
+            prefix: r.prefix,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        };
+        match self.call("ListLeases", command).await? {
+            Reply::Leases {
+                leases,
+                next_page_token,
+            } => Ok(Response::new(pb::ListLeasesResponse {
+                leases: leases.iter().map(convert::lease_to_pb).collect(),
+                next_page_token,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -330,6 +314,24 @@ impl pb::election_service_server::ElectionService for Api {
         )
         .await?;
         Ok(Response::new(pb::ResignResponse {}))
+    }
+
+    async fn list_elections(
+        &self,
+        _request: Request<pb::ListElectionsRequest>,
+    ) -> Result<Response<pb::ListElectionsResponse>, Status> {
+        match self.call("ListElections", Command::ListElections).await? {
+            Reply::Elections(groups) => Ok(Response::new(pb::ListElectionsResponse {
+                groups: groups
+                    .iter()
+                    .map(|(state, candidates)| pb::ElectionGroup {
+                        state: Some(convert::election_to_pb(state)),
+                        candidate_agent_ids: candidates.iter().map(ToString::to_string).collect(),
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
 
     type WatchElectionStream = EventStreamBox;

@@ -1,8 +1,9 @@
-//! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/`, a plain page of
-//! counts.
+//! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the live dashboard
+//! (`/`, `/api/overview`, `/api/events`, see `dashboard`).
 //!
-//! Architecture invariant: it reads only the metrics' atomics and the daemon's phase, never the
-//! core, so a busy core cannot slow a health probe and a scrape cannot slow the core.
+//! Architecture invariant: health and metrics read only atomics and the daemon's phase, never
+//! the core, so a busy core cannot slow a probe or a scrape; the dashboard asks the core through
+//! the driver's queue like any client.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,20 +11,26 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::dashboard::{self, Dashboard};
 use super::health::{Phase, Serving};
 use crate::metrics::Metrics;
 
-pub fn router(metrics: Arc<Metrics>, serving: Serving) -> Router {
+pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard) -> Router {
+    let pages = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/api/overview", get(dashboard::overview))
+        .route("/api/events", get(dashboard::events))
+        .with_state(dashboard);
     Router::new()
-        .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || ready(serving.phase())))
         .route("/metrics", get(prometheus_text))
         .with_state(metrics)
+        .merge(pages)
 }
 
 /// Serves HTTP until `shutdown` resolves. Main starts it before recovery (so `/healthz` and a
@@ -33,9 +40,10 @@ pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     serving: Serving,
+    dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, serving))
+    axum::serve(listener, router(metrics, serving, dashboard))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -54,24 +62,4 @@ async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         metrics.render(),
     )
-}
-
-async fn dashboard(State(metrics): State<Arc<Metrics>>) -> Html<String> {
-    let row = |label: &str, value: i64| format!("<tr><th>{label}</th><td>{value}</td></tr>");
-    let rows = [
-        row("Agents alive or unreachable", metrics.agents_alive.get()),
-        row("Leases active", metrics.leases_active.get()),
-        row("Election groups", metrics.election_groups.get()),
-        row("Policies", metrics.policies.get()),
-        row("Watch streams", metrics.watchers.get()),
-        row("Events emitted", metrics.events_total.get()),
-    ]
-    .concat();
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>AgentKeeper</title>\
-         <meta http-equiv=\"refresh\" content=\"5\">\
-         <style>body{{font-family:system-ui,sans-serif;margin:2em}}th{{text-align:left;padding-right:2em}}</style>\
-         </head><body><h1>AgentKeeper</h1><table>{rows}</table>\
-         <p><a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a></p></body></html>"
-    ))
 }

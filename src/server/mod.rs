@@ -6,9 +6,11 @@
 //! so another transport (io_uring) serves the same `Api` unchanged.
 
 pub mod convert;
+pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod subscription;
 pub mod timing;
 pub mod uring;
 

@@ -336,6 +336,11 @@ class LeaseServiceStub(object):
                 request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.ListLeases = channel.unary_unary(
+                '/agentkeeper.v1.LeaseService/ListLeases',
+                request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class LeaseServiceServicer(object):
@@ -359,6 +364,13 @@ class LeaseServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLeases(self, request, context):
+        """added
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -376,6 +388,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ListLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeases,
+                    request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +486,33 @@ class LeaseService(object):
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentkeeper.v1.LeaseService/ListLeases',
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ElectionServiceStub(object):
     """Missing associated documentation comment in .proto file."""
@@ -494,6 +538,11 @@ class ElectionServiceStub(object):
                 request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.WatchElectionRequest.SerializeToString,
                 response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.Event.FromString,
                 _registered_method=True)
+        self.ListElections = channel.unary_unary(
+                '/agentkeeper.v1.ElectionService/ListElections',
+                request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsResponse.FromString,
+                _registered_method=True)
 
 
 class ElectionServiceServicer(object):
@@ -517,6 +566,13 @@ class ElectionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListElections(self, request, context):
+        """added
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ElectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -534,6 +590,11 @@ def add_ElectionServiceServicer_to_server(servicer, server):
                     servicer.WatchElection,
                     request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.WatchElectionRequest.FromString,
                     response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.Event.SerializeToString,
+            ),
+            'ListElections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListElections,
+                    request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +678,33 @@ class ElectionService(object):
             '/agentkeeper.v1.ElectionService/WatchElection',
             agentkeeper_dot_v1_dot_agentkeeper__pb2.WatchElectionRequest.SerializeToString,
             agentkeeper_dot_v1_dot_agentkeeper__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListElections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentkeeper.v1.ElectionService/ListElections',
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.ListElectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,251 @@
+//! The live dashboard on the HTTP port: `/` (one page, embedded in the binary), `/api/overview`
+//! (the core's Overview as JSON) and `/api/events` (server-sent events: every core event from a
+//! sequence on, plus counts once a second for the charts).
+//!
+//! Architecture invariant: the dashboard is a client of the core like any gRPC caller, through
+//! the driver's bounded queue and an ordinary subscription; it never reads the core's state
+//! directly, and a page that cannot keep up is cut off like any slow watcher.
+
+mod json;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures_core::Stream;
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, oneshot};
+
+use super::subscription::{self, Subscription, UnwatchGuard};
+use crate::core::{Command, CoreError, ErrorCode, Event, Reply};
+use crate::driver::{CoreHandle, StreamEnd};
+use crate::metrics::Metrics;
+
+const PAGE: &str = include_str!("index.html");
+/// Agents the page receives at most (it pages through them); more are counted, not listed.
+const AGENTS_MAX: u32 = 20_000;
+/// Leases and policies the page receives at most.
+const LISTED_MAX: u32 = 1_000;
+/// How often the page gets fresh counts for its charts.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// After events, fresh counts follow this soon (the driver publishes them after each batch), so
+/// the page's counts agree with its rows without waiting for the next second.
+const STATS_AFTER_EVENTS: Duration = Duration::from_millis(200);
+
+/// What the dashboard's handlers share: the core's handle (set once the core runs; the HTTP
+/// port opens before recovery) and the metrics for the once-a-second counts.
+#[derive(Clone)]
+pub struct Dashboard {
+    core: Arc<OnceLock<CoreHandle>>,
+    metrics: Arc<Metrics>,
+    /// The labelled gauges, looked up once: reading them is then a load, never a map lookup.
+    by_status: Arc<[IntGauge; 7]>,
+    /// Events a page may have queued before it is cut off as too slow.
+    buffer: usize,
+}
+
+const STATUS_LABELS: [&str; 7] = [
+    "agents_alive",
+    "agents_unreachable",
+    "agents_dead",
+    "tasks_pending",
+    "tasks_claimed",
+    "tasks_completed",
+    "tasks_dead",
+];
+
+pub async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+pub async fn overview(State(dashboard): State<Dashboard>) -> Response {
+    let Some(core) = dashboard.core.get().cloned() else {
+        return starting();
+    };
+    let command = Command::Overview {
+        agents_max: AGENTS_MAX,
+        leases_max: LISTED_MAX,
+    };
+    match core.call(command).await {
+        Ok(Reply::Overview(view)) => axum::Json(json::overview(&view)).into_response(),
+        Ok(other) => error(&CoreError::new(
+            ErrorCode::Unavailable,
+            format!("the core answered Overview with {other:?}"),
+        )),
+        Err(refusal) => error(&refusal),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct From {
+    /// The first sequence to send (the overview's `sequence_next`); 0: live events only.
+    #[serde(default)]
+    from: u64,
+}
+
+pub async fn events(State(dashboard): State<Dashboard>, Query(From { from }): Query<From>) -> Response {
+    let Some(core) = dashboard.core.get().cloned() else {
+        return starting();
+    };
+    let command = Command::Watch {
+        topics: Vec::new(),
+        from_sequence: from,
+    };
+    let Subscription {
+        reply,
+        live,
+        end,
+        guard,
+    } = match subscription::open(&core, dashboard.buffer, command).await {
+        Ok(opened) => opened,
+        Err(refusal) => return error(&refusal),
+    };
+    let replay = match reply {
+        Reply::Watching { replay, .. } => replay,
+        _ => Vec::new(),
+    };
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let feed = Feed {
+        replay: replay.into_iter(),
+        live,
+        end,
+        tick,
+        soon: None,
+        metrics: dashboard.metrics,
+        by_status: dashboard.by_status,
+        done: false,
+        _unwatch: guard,
+    };
+    Sse::new(feed).keep_alive(KeepAlive::default()).into_response()
+}
+
+impl Dashboard {
+    pub fn new(core: Arc<OnceLock<CoreHandle>>, metrics: Arc<Metrics>, buffer: usize) -> Self {
+        assert!(buffer > 0, "a page's buffer holds at least one event");
+        let agents = |status: &str| metrics.agents_by_status.with_label_values(&[status]);
+        let tasks = |status: &str| metrics.tasks_by_status.with_label_values(&[status]);
+        // In STATUS_LABELS' order.
+        let by_status = Arc::new([
+            agents("alive"),
+            agents("unreachable"),
+            agents("dead"),
+            tasks("pending"),
+            tasks("claimed"),
+            tasks("completed"),
+            tasks("dead"),
+        ]);
+        Dashboard {
+            core,
+            metrics,
+            by_status,
+            buffer,
+        }
+    }
+}
+
+/// The HTTP port opens before recovery; the core's handle is set once it runs.
+fn starting() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "starting: the core is not running yet").into_response()
+}
+
+fn error(error: &CoreError) -> Response {
+    let status = match error.code {
+        ErrorCode::ResourceExhausted | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::InvalidArgument | ErrorCode::OutOfRange => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, error.message.clone()).into_response()
+}
+
+/// One page's stream: the replay, then live events, with counts once a second; after the
+/// daemon's last word (a page too slow, or shutdown) an `end` event, then nothing.
+struct Feed {
+    replay: std::vec::IntoIter<Arc<Event>>,
+    live: mpsc::Receiver<Arc<Event>>,
+    end: oneshot::Receiver<StreamEnd>,
+    tick: tokio::time::Interval,
+    /// Armed by the first event after a stats message: counts follow shortly.
+    soon: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<Metrics>,
+    by_status: Arc<[IntGauge; 7]>,
+    done: bool,
+    _unwatch: UnwatchGuard,
+}
+
+impl Feed {
+    fn stats(&self) -> SseEvent {
+        let m = &self.metrics;
+        let mut counts = serde_json::json!({
+            "leases": m.leases_active.get(),
+            "groups": m.election_groups.get(),
+            "policies": m.policies.get(),
+            "watchers": m.watchers.get(),
+            "claims_waiting": m.claims_waiting.get(),
+        });
+        for (label, gauge) in STATUS_LABELS.iter().zip(self.by_status.iter()) {
+            counts[*label] = gauge.get().into();
+        }
+        let data = serde_json::json!({
+            "calls": m.calls_total.get(),
+            "events": m.events_total.get(),
+            "counts": counts,
+        });
+        SseEvent::default().event("stats").data(data.to_string())
+    }
+}
+
+fn core_event(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .event("core")
+        .id(event.sequence.to_string())
+        .data(json::event(event).to_string())
+}
+
+impl Stream for Feed {
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // Counts first, so that a busy event stream cannot starve the charts.
+        let soon_due = self.soon.as_mut().is_some_and(|soon| soon.as_mut().poll(cx).is_ready());
+        if self.tick.poll_tick(cx).is_ready() || soon_due {
+            self.soon = None;
+            return Poll::Ready(Some(Ok(self.stats())));
+        }
+        if let Some(event) = self.replay.next() {
+            return Poll::Ready(Some(Ok(core_event(&event))));
+        }
+        match self.live.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                if self.soon.is_none() {
+                    let mut soon = Box::pin(tokio::time::sleep(STATS_AFTER_EVENTS));
+                    // Registers the waker: the stream is polled again when it is due.
+                    let _ = soon.as_mut().poll(cx);
+                    self.soon = Some(soon);
+                }
+                Poll::Ready(Some(Ok(core_event(&event))))
+            }
+            Poll::Ready(None) => {
+                // The driver sets the last word before it drops the buffer's sender.
+                self.done = true;
+                let message = match self.end.try_recv() {
+                    Ok(end) => end.message,
+                    Err(_) => "the stream ended".to_string(),
+                };
+                let data = serde_json::json!({ "message": message }).to_string();
+                Poll::Ready(Some(Ok(SseEvent::default().event("end").data(data))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! End to end: the dashboard's HTTP side without a browser: the page is self-contained, the
+//! overview is the core's state as JSON, and the event stream is live, resumable and unwatched
+//! when the page goes away. (tests/dashboard/ drives the page itself in headless Chromium.)
+
+#![allow(clippy::disallowed_methods)] // the stream tests wait on real time
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, http_get_full};
+use serde_json::Value;
+
+#[tokio::test]
+async fn the_page_is_one_self_contained_html_document() {
+    let daemon = Daemon::start(&[]);
+    let (status, headers, page) = http_get_full(daemon.metrics_port, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type: text/html")),
+        "{headers:?}"
+    );
+    assert!(page.contains("<title>AgentKeeper</title>"));
+    assert!(
+        page.contains("new EventSource(\"/api/events?from=\""),
+        "live by server-sent events"
+    );
+    for external in ["http://", "https://", "<script src", "<link rel=\"stylesheet\""] {
+        assert!(
+            !page.contains(external),
+            "the page loads nothing from outside: found {external:?}"
+        );
+    }
+}
+
+fn overview(daemon: &Daemon) -> Value {
+    let (status, body) = daemon.http_get("/api/overview");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn the_overview_lists_agents_leases_elections_and_policies_with_counts_and_its_sequence() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let a = c.register("alpha", &["sql"], 30).await;
+    let b = c.register("beta", &[], 30).await;
+    let (lease, _) = c.acquire("jobs/1", &a, 30).await;
+    c.campaign("writers", &a).await;
+    c.campaign("writers", &b).await;
+    let view = overview(&daemon);
+    assert_eq!(view["counts"]["agents_alive"], 2);
+    assert_eq!(view["counts"]["leases"], 1);
+    assert_eq!(view["counts"]["groups"], 1);
+    // Two registrations, one acquisition, one leader change.
+    assert_eq!(view["sequence_next"], 5);
+    let agents = view["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert_eq!(agents[0]["id"], a.as_str());
+    assert_eq!(agents[0]["name"], "alpha");
+    assert_eq!(agents[0]["status"], "ALIVE");
+    assert_eq!(agents[0]["tools"], serde_json::json!(["sql"]));
+    assert_eq!(agents[0]["ttl_ms"], 30_000);
+    assert_eq!(view["leases"][0]["key"], "jobs/1");
+    assert_eq!(view["leases"][0]["holder"], a.as_str());
+    assert_eq!(view["leases"][0]["token"], common::token_of(&lease));
+    assert_eq!(view["elections"][0]["group"], "writers");
+    assert_eq!(view["elections"][0]["leader"], a.as_str());
+    assert_eq!(view["elections"][0]["candidates"], serde_json::json!([a, b]));
+    assert_eq!(view["policies"], serde_json::json!([]));
+}
+
+/// A raw server-sent-events reader on the HTTP port.
+struct Feed {
+    stream: TcpStream,
+    seen: String,
+}
+
+impl Feed {
+    fn open(daemon: &Daemon, from: u64) -> Feed {
+        let mut stream = TcpStream::connect(("127.0.0.1", daemon.metrics_port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        write!(
+            stream,
+            "GET /api/events?from={from} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        Feed {
+            stream,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads until `text` has arrived (within the event timeout); everything so far stays in `seen`.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + common::EVENT_TIMEOUT;
+        let mut buffer = [0u8; 16 * 1024];
+        while !self.seen.contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} did not arrive; got:\n{}",
+                self.seen
+            );
+            match self.stream.read(&mut buffer) {
+                Ok(0) => panic!("the stream closed before {text:?}; got:\n{}", self.seen),
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("reading the stream: {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_replays_from_a_sequence_goes_live_and_sends_counts() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let a = c.register("alpha", &[], 30).await;
+    c.acquire("jobs/1", &a, 30).await;
+    let mut feed = Feed::open(&daemon, 2);
+    feed.wait_for("content-type: text/event-stream");
+    // From 2: the acquisition is replayed, the registration (1) is not.
+    feed.wait_for("\"sequence\":2,\"topic\":\"lease.acquired\"");
+    assert!(!feed.seen.contains("\"sequence\":1,"), "{}", feed.seen);
+    let b = c.register("beta", &[], 30).await;
+    feed.wait_for(&format!("\"id\":\"{b}\""));
+    feed.wait_for("\"sequence\":3,\"topic\":\"agent.registered\"");
+    feed.wait_for("event: stats");
+    feed.wait_for("\"agents_alive\":2");
+}
+
+#[tokio::test]
+async fn a_page_that_goes_away_is_unwatched() {
+    let daemon = Daemon::start(&[]);
+    let mut feed = Feed::open(&daemon, 0);
+    feed.wait_for("event: stats");
+    feed.wait_for("\"watchers\":1");
+    drop(feed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = daemon.http_get("/metrics");
+        if metrics.lines().any(|l| l == "agentkeeper_watchers 0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's subscription outlived it:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
