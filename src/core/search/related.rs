@@ -1,16 +1,24 @@
-//! The related-terms layer: `related_terms.txt`, groups of words people use for the same need,
-//! written by hand from general knowledge of the domains agents serve, tokenized like any text
-//! once, on first use. A term's relatives are fixed by the table: never learnt from queries or cards.
+//! The word lists, written by hand from general knowledge and tokenized like any text once, on
+//! first use: `related_terms.txt` (groups of words people use for the same need in the domains
+//! agents serve) and `common_words.txt` (words never taken for typos). Never learnt from queries or cards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use super::tokenize::tokenize;
 
 const TABLE: &str = include_str!("related_terms.txt");
+const COMMON_WORDS: &str = include_str!("common_words.txt");
 
 /// term -> its relatives (sorted, itself excluded), in a map whose order is its keys'.
 static RELATED: LazyLock<BTreeMap<String, Vec<String>>> = LazyLock::new(|| parse(TABLE));
+static COMMON: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
+    COMMON_WORDS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(tokenize)
+        .collect()
+});
 
 fn parse(table: &str) -> BTreeMap<String, Vec<String>> {
     let mut related: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -38,9 +46,9 @@ pub fn related(term: &str) -> &'static [String] {
     RELATED.get(term).map_or(&[], Vec::as_slice)
 }
 
-/// Whether the table knows the term: a known word is not taken for a typo of another.
+/// Whether a list knows the term as a word: a known word is not taken for a typo of another.
 pub fn is_known(term: &str) -> bool {
-    RELATED.contains_key(term)
+    RELATED.contains_key(term) || COMMON.contains(term)
 }
 
 #[cfg(test)]
@@ -76,5 +84,11 @@ mod tests {
         assert!(!invoice.is_empty() && !invoice.contains(stem));
         assert!(invoice.windows(2).all(|w| w[0] < w[1]));
         assert!(related("nonexistentword").is_empty());
+    }
+
+    #[test]
+    fn common_and_related_words_are_known_and_others_are_not() {
+        assert!(is_known("new") && is_known(&tokenize("making")[0]) && is_known("deploy"));
+        assert!(!is_known("reveiw") && !is_known("kubernet"));
     }
 }
