@@ -89,6 +89,6 @@ mod tests {
     #[test]
     fn common_and_related_words_are_known_and_others_are_not() {
         assert!(is_known("new") && is_known(&tokenize("making")[0]) && is_known("deploy"));
-        assert!(!is_known("reveiw") && !is_known("kubernet"));
+        assert!(!is_known("reveiw") && !is_known("dashbord"));
     }
 }
