@@ -36,8 +36,8 @@ const B: f64 = 0.75;
 const QUERY_TERMS_MAX: usize = 64;
 /// What a match through a typo correction (one edit, two edits) or a related term is worth
 /// against an exact match of the same term.
-const TYPO_WEIGHTS: [f64; 2] = [0.6, 0.4];
-const RELATED_WEIGHT: f64 = 0.5;
+const TYPO_WEIGHTS: [f64; 2] = [0.7, 0.5];
+const RELATED_WEIGHT: f64 = 0.7;
 /// Relatives of one query term looked up at most.
 const RELATED_PER_TERM_MAX: usize = 16;
 /// Postings visited for corrections and relatives, per query, at most: the expansions of a long
