@@ -40,9 +40,10 @@ const TYPO_WEIGHTS: [f64; 2] = [0.7, 0.5];
 const RELATED_WEIGHT: f64 = 0.7;
 /// Relatives of one query term looked up at most.
 const RELATED_PER_TERM_MAX: usize = 16;
-/// Postings visited for corrections and relatives, per query, at most: the expansions of a long
-/// query stop here (in query-term order, so the cut is the same for the same state).
-const EXPANSION_POSTINGS_MAX: usize = 60_000;
+/// Trigram entries and postings visited for corrections and relatives, per query, at most: the
+/// expansions of a long query stop here (in query-term order, so the cut is the same for the same
+/// state), which bounds a find whatever the vocabulary.
+const EXPANSION_WORK_MAX: usize = 60_000;
 
 type FieldCounts = [u32; FIELDS];
 
@@ -172,7 +173,7 @@ impl SearchIndex {
             .collect();
         let mut scores: Map<DocKey, f64> = new_map(self.hash_seed);
         let mut best: Map<DocKey, f64> = new_map(self.hash_seed);
-        let mut expansion_budget = EXPANSION_POSTINGS_MAX;
+        let mut expansion_budget = EXPANSION_WORK_MAX;
         for term in &terms {
             let expansion = self.expand(term, &mut expansion_budget);
             let single = expansion.len() == 1;
@@ -216,7 +217,7 @@ impl SearchIndex {
         if let Some((indexed, _)) = self.postings.get_key_value(term) {
             expansion.push((indexed, 1.0));
         } else if !related::is_known(term) {
-            for (correction, edits) in self.typos.corrections(term) {
+            for (correction, edits) in self.typos.corrections(term, budget) {
                 let (indexed, posting) = self
                     .postings
                     .get_key_value(&*correction)
@@ -479,6 +480,8 @@ mod tests {
             "documents meeting",
             "sql tables pdf",
             "nothing-matches-this",
+            "reveiw the pul request",
+            "ship the release and check the bills",
         ] {
             assert_eq!(forward.score(query), backward.score(query), "{query:?}");
             assert_eq!(forward.score(query), forward.score(query));

@@ -119,7 +119,9 @@ impl TypoIndex {
     /// Indexed terms near `term`, with their edit distance: nearest first, then alphabetical, at
     /// most `CORRECTIONS_MAX`. A candidate must share enough trigrams to be within reach (an
     /// edit breaks at most three, a transposition four), so few are compared letter by letter.
-    pub fn corrections(&self, term: &str) -> Vec<(Box<str>, usize)> {
+    /// Each trigram entry read is taken from `budget`; a look-up that would overdraw it stops
+    /// counting there.
+    pub fn corrections(&self, term: &str, budget: &mut usize) -> Vec<(Box<str>, usize)> {
         if !eligible(term) {
             return Vec::new();
         }
@@ -130,6 +132,10 @@ impl TypoIndex {
         let mut shared: Map<&str, usize> = new_map(self.hash_seed);
         for gram in &grams {
             if let Some(terms) = self.grams.get(gram) {
+                if *budget < terms.len() {
+                    break;
+                }
+                *budget -= terms.len();
                 for candidate in terms {
                     *shared.entry(candidate).or_insert(0) += 1;
                 }
@@ -189,8 +195,9 @@ mod tests {
             index.insert(term);
         }
         let names = |term: &str| -> Vec<(String, usize)> {
+            let mut budget = usize::MAX;
             index
-                .corrections(term)
+                .corrections(term, &mut budget)
                 .into_iter()
                 .map(|(t, d)| (t.into(), d))
                 .collect()
@@ -205,12 +212,23 @@ mod tests {
     }
 
     #[test]
+    fn a_look_up_takes_its_trigram_reads_from_the_budget_and_stops_when_it_runs_out() {
+        let mut index = TypoIndex::new(3);
+        index.insert("review");
+        let mut budget = 100;
+        assert_eq!(index.corrections("reveiw", &mut budget).len(), 1);
+        assert_eq!(budget, 98, "two trigrams of \"reveiw\" are indexed, one term each");
+        let mut budget = 0;
+        assert!(index.corrections("reveiw", &mut budget).is_empty());
+    }
+
+    #[test]
     fn removed_terms_are_no_longer_offered() {
         let mut index = TypoIndex::new(3);
         index.insert("review");
         index.insert("deploy");
         index.remove("review");
         index.check_invariants(["deploy"].into_iter());
-        assert!(index.corrections("reveiw").is_empty());
+        assert!(index.corrections("reveiw", &mut 1000).is_empty());
     }
 }
