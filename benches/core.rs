@@ -154,19 +154,38 @@ fn find(c: &mut Criterion) {
         "translate documents",
         "deploy services",
     ];
+    let query = |core: &mut Core, query: &str| {
+        let command = Command::Find {
+            query: query.into(),
+            tools: vec![],
+            limit: 10,
+        };
+        black_box(core.apply(NOW, command)).ok();
+    };
+    let mut small = core();
+    for i in 0..size(1_000) {
+        register(
+            &mut small,
+            i,
+            &format!("{} for team {}", words[i % words.len()], i % 50),
+        );
+    }
+    c.bench_function("find with a query (1k agents)", |b| {
+        b.iter(|| query(&mut small, "review my pull request"))
+    });
     let mut core = core();
     for i in 0..size(10_000) {
         register(&mut core, i, &format!("{} for team {}", words[i % words.len()], i % 50));
     }
     c.bench_function("find with a query (10k agents)", |b| {
-        b.iter(|| {
-            let command = Command::Find {
-                query: "review my pull request".into(),
-                tools: vec![],
-                limit: 10,
-            };
-            black_box(core.apply(NOW, command)).ok();
-        })
+        b.iter(|| query(&mut core, "review my pull request"))
+    });
+    // Typo corrections (trigram look-ups) and related terms (more postings) on top.
+    c.bench_function("find with a misspelt query (10k agents)", |b| {
+        b.iter(|| query(&mut core, "reveiw my pul requst"))
+    });
+    c.bench_function("find with a paraphrase (10k agents)", |b| {
+        b.iter(|| query(&mut core, "check the code changes and ship the release"))
     });
     c.bench_function("find by tool (10k agents)", |b| {
         b.iter(|| {

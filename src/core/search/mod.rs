@@ -1,13 +1,22 @@
 //! The relevance index behind Find's natural-language query: BM25F over an agent card's fields
 //! (name, tools, capability names, description, capability descriptions, metadata values),
-//! updated incrementally as agents come and go.
+//! updated incrementally as agents come and go, with each query term widened to typo corrections
+//! (`typo`) and related terms (`related`) at a discount, so an exact match still wins.
 //!
 //! Architecture invariant: the index keeps only integer statistics (term frequencies, field
 //! lengths, document frequencies), so scores are a pure function of the indexed cards, whatever
-//! the order they arrived and left in; a query scores only the documents that share a term with
-//! it, summing in query-term order, and never lets hash-map order reach its output.
+//! the order they arrived and left in; a query scores only the documents that share a term (or a
+//! correction or relative of one) with it, summing in query-term order, and never lets hash-map
+//! order reach its output.
+
+mod related;
+mod tokenize;
+mod typo;
+
+use tokenize::{tokenize, tokenize_tool};
 
 use super::types::{AgentCard, Map, new_map};
+use typo::TypoIndex;
 
 pub type DocKey = usize;
 
@@ -25,63 +34,16 @@ const K1: f64 = 1.2;
 const B: f64 = 0.75;
 /// Query terms considered at most: bounds a query's work whatever its length.
 const QUERY_TERMS_MAX: usize = 64;
-
-const STOP_WORDS: &[&str] = &[
-    "a",
-    "about",
-    "all",
-    "an",
-    "and",
-    "any",
-    "are",
-    "as",
-    "at",
-    "be",
-    "by",
-    "can",
-    "could",
-    "do",
-    "for",
-    "from",
-    "get",
-    "has",
-    "have",
-    "help",
-    "i",
-    "in",
-    "into",
-    "is",
-    "it",
-    "its",
-    "me",
-    "my",
-    "need",
-    "needs",
-    "of",
-    "on",
-    "or",
-    "our",
-    "please",
-    "some",
-    "someone",
-    "something",
-    "that",
-    "the",
-    "their",
-    "them",
-    "this",
-    "to",
-    "us",
-    "want",
-    "we",
-    "which",
-    "who",
-    "will",
-    "with",
-    "would",
-    "you",
-    "your",
-];
+/// What a match through a typo correction (one edit, two edits) or a related term is worth
+/// against an exact match of the same term.
+const TYPO_WEIGHTS: [f64; 2] = [0.7, 0.5];
+const RELATED_WEIGHT: f64 = 0.7;
+/// Relatives of one query term looked up at most.
+const RELATED_PER_TERM_MAX: usize = 16;
+/// Trigram entries and postings visited for corrections and relatives, per query, at most: the
+/// expansions of a long query stop here (in query-term order, so the cut is the same for the same
+/// state), which bounds a find whatever the vocabulary.
+const EXPANSION_WORK_MAX: usize = 60_000;
 
 type FieldCounts = [u32; FIELDS];
 
@@ -95,93 +57,14 @@ pub struct SearchIndex {
     docs: Map<DocKey, Doc>,
     /// term -> document -> occurrences per field
     postings: Map<Box<str>, Map<DocKey, FieldCounts>>,
+    /// The terms of `postings`, by trigram, for typo corrections.
+    typos: TypoIndex,
     total_lengths: [u64; FIELDS],
     hash_seed: u64,
 }
 
-/// Lowercases, splits on anything not alphanumeric, drops stop words and one-letter tokens, and
-/// folds common English suffixes. A word joined by `_`, `-` or `.` (a tool name like
-/// `http_client`) also yields the whole word.
-pub fn tokenize(text: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
-    for word in text.split_whitespace() {
-        let lower = word.to_lowercase();
-        let parts: Vec<&str> = lower
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|p| !p.is_empty())
-            .collect();
-        for part in &parts {
-            push_token(&mut tokens, part);
-        }
-        if parts.len() > 1 {
-            let whole = lower.trim_matches(|c: char| !c.is_alphanumeric());
-            if whole
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                tokens.push(whole.to_string());
-            }
-        }
-    }
-    tokens
-}
-
-/// Tokens of a tool name: the name's own tokens plus its camelCase parts.
-fn tokenize_tool(tool: &str) -> Vec<String> {
-    let mut spaced = String::with_capacity(tool.len() + 8);
-    let mut previous_lower = false;
-    for c in tool.chars() {
-        if c.is_uppercase() && previous_lower {
-            spaced.push(' ');
-        }
-        previous_lower = c.is_lowercase() || c.is_ascii_digit();
-        spaced.push(c);
-    }
-    let mut tokens = tokenize(tool);
-    if spaced.len() != tool.len() {
-        tokens.extend(tokenize(&spaced));
-    }
-    tokens
-}
-
-fn push_token(tokens: &mut Vec<String>, part: &str) {
-    if part.chars().count() < 2 || STOP_WORDS.contains(&part) {
-        return;
-    }
-    tokens.push(normalise(part));
-}
-
-/// A light, deterministic suffix folding so that "pages"/"page" and "parsing"/"parsed"/"parse"
-/// meet: plural and -ing/-ed endings go, a doubled final consonant folds, a final "e" goes. The
-/// result is an index key, not a word.
-fn normalise(word: &str) -> String {
-    if !word.is_ascii() || word.len() <= 3 {
-        return word.to_string();
-    }
-    let mut stem = word.to_string();
-    if let Some(base) = word.strip_suffix("ies") {
-        stem = format!("{base}y");
-    } else if ["sses", "xes", "ches", "shes"].iter().any(|s| word.ends_with(s)) {
-        stem.truncate(word.len() - 2);
-    } else if let Some(base) = word
-        .strip_suffix("ing")
-        .or_else(|| word.strip_suffix("ed"))
-        .filter(|b| b.len() >= 3)
-    {
-        stem = base.to_string();
-        let bytes = stem.as_bytes();
-        let n = bytes.len();
-        if bytes[n - 1] == bytes[n - 2] && !matches!(bytes[n - 1], b'l' | b's' | b'z') {
-            stem.truncate(n - 1);
-        }
-    } else if word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && !word.ends_with("is") {
-        stem.truncate(word.len() - 1);
-    }
-    if stem.len() > 3 && stem.ends_with('e') {
-        stem.truncate(stem.len() - 1);
-    }
-    stem
-}
+/// What one query term stands for: index terms, each with the weight a match through it gets.
+type Expansion<'a> = Vec<(&'a str, f64)>;
 
 /// Every field's tokens for one card.
 fn card_fields(card: &AgentCard) -> [Vec<String>; FIELDS] {
@@ -204,6 +87,7 @@ impl SearchIndex {
         SearchIndex {
             docs: new_map(hash_seed),
             postings: new_map(hash_seed),
+            typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
         }
@@ -239,10 +123,11 @@ impl SearchIndex {
         for term in &terms {
             let tf = counts[term];
             let hash_seed = self.hash_seed;
-            self.postings
-                .entry(term.clone())
-                .or_insert_with(|| new_map(hash_seed))
-                .insert(doc, tf);
+            let posting = self.postings.entry(term.clone()).or_insert_with(|| new_map(hash_seed));
+            if posting.is_empty() {
+                self.typos.insert(term);
+            }
+            posting.insert(doc, tf);
         }
         for (total, len) in self.total_lengths.iter_mut().zip(lengths) {
             *total += u64::from(len);
@@ -262,6 +147,7 @@ impl SearchIndex {
                 .expect("an indexed document is in its terms' postings");
             if posting.is_empty() {
                 self.postings.remove(term);
+                self.typos.remove(term);
             }
         }
         for (total, len) in self.total_lengths.iter_mut().zip(entry.lengths) {
@@ -269,7 +155,9 @@ impl SearchIndex {
         }
     }
 
-    /// Documents sharing a term with the query, by BM25F score (highest first, ties by key).
+    /// Documents sharing a term (or a correction or relative of one) with the query, by BM25F
+    /// score, highest first, ties by key. Each query term counts once per document: through the
+    /// best of its expansions there.
     pub fn score(&self, query: &str) -> Vec<(DocKey, f64)> {
         let mut terms: Vec<String> = Vec::new();
         for token in tokenize(query) {
@@ -284,28 +172,83 @@ impl SearchIndex {
             .map(|&total| (total as f64 / n.max(1.0)).max(1.0))
             .collect();
         let mut scores: Map<DocKey, f64> = new_map(self.hash_seed);
+        let mut best: Map<DocKey, f64> = new_map(self.hash_seed);
+        let mut expansion_budget = EXPANSION_WORK_MAX;
         for term in &terms {
-            let Some(posting) = self.postings.get(term.as_str()) else {
-                continue;
-            };
-            let df = posting.len() as f64;
-            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for (&doc, tf) in posting {
-                let lengths = &self.docs[&doc].lengths;
-                let weighted: f64 = (0..FIELDS)
-                    .filter(|&f| tf[f] > 0)
-                    .map(|f| {
-                        let norm = 1.0 - B + B * f64::from(lengths[f]) / average[f];
-                        FIELD_WEIGHTS[f] * f64::from(tf[f]) / norm
-                    })
-                    .sum();
-                // Each document's sum runs in query-term order: the same for every map layout.
-                *scores.entry(doc).or_insert(0.0) += idf * weighted * (K1 + 1.0) / (weighted + K1);
+            let expansion = self.expand(term, &mut expansion_budget);
+            let single = expansion.len() == 1;
+            for (index_term, weight) in expansion {
+                let posting = &self.postings[index_term];
+                let df = posting.len() as f64;
+                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                for (&doc, tf) in posting {
+                    let lengths = &self.docs[&doc].lengths;
+                    let weighted: f64 = (0..FIELDS)
+                        .filter(|&f| tf[f] > 0)
+                        .map(|f| {
+                            let norm = 1.0 - B + B * f64::from(lengths[f]) / average[f];
+                            FIELD_WEIGHTS[f] * f64::from(tf[f]) / norm
+                        })
+                        .sum();
+                    let score = weight * idf * weighted * (K1 + 1.0) / (weighted + K1);
+                    if single {
+                        *scores.entry(doc).or_insert(0.0) += score;
+                    } else {
+                        let kept = best.entry(doc).or_insert(0.0);
+                        *kept = kept.max(score);
+                    }
+                }
+            }
+            // Each document's sum runs in query-term order: the same for every map layout.
+            for (doc, score) in best.drain() {
+                *scores.entry(doc).or_insert(0.0) += score;
             }
         }
         let mut ranked: Vec<(DocKey, f64)> = scores.into_iter().filter(|&(_, s)| s > 0.0).collect();
         ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked
+    }
+
+    /// The index terms a query term stands for: itself when indexed, else its typo corrections
+    /// (unless the related-terms table knows it as a word of its own); then the relatives of
+    /// those, discounted again. Only terms with postings, each once, at its best weight.
+    fn expand<'a>(&'a self, term: &str, budget: &mut usize) -> Expansion<'a> {
+        let mut expansion: Expansion<'a> = Vec::new();
+        if let Some((indexed, _)) = self.postings.get_key_value(term) {
+            expansion.push((indexed, 1.0));
+        } else if !related::is_known(term) {
+            for (correction, edits) in self.typos.corrections(term, budget) {
+                let (indexed, posting) = self
+                    .postings
+                    .get_key_value(&*correction)
+                    .expect("the typo index holds only indexed terms");
+                if *budget < posting.len() {
+                    break;
+                }
+                *budget -= posting.len();
+                expansion.push((indexed, TYPO_WEIGHTS[edits - 1]));
+            }
+        }
+        let mut sources: Vec<(&str, f64)> = expansion.clone();
+        if sources.is_empty() {
+            sources.push((term, 1.0));
+        }
+        for (source, weight) in sources {
+            for relative in related::related(source).iter().take(RELATED_PER_TERM_MAX) {
+                let Some((indexed, posting)) = self.postings.get_key_value(relative.as_str()) else {
+                    continue;
+                };
+                if expansion.iter().any(|(t, _)| *t == &**indexed) {
+                    continue;
+                }
+                if *budget < posting.len() {
+                    return expansion;
+                }
+                *budget -= posting.len();
+                expansion.push((indexed, weight * RELATED_WEIGHT));
+            }
+        }
+        expansion
     }
 
     pub fn check_invariants(&self) {
@@ -324,6 +267,11 @@ impl SearchIndex {
         assert_eq!(totals, self.total_lengths, "field length totals drifted");
         let posted: usize = self.postings.values().map(|p| p.len()).sum();
         assert_eq!(posted, postings, "postings hold documents that are gone");
+        assert!(
+            self.postings.values().all(|p| !p.is_empty()),
+            "a term without documents kept"
+        );
+        self.typos.check_invariants(self.postings.keys().map(|t| &**t));
     }
 }
 
@@ -412,29 +360,6 @@ mod tests {
     }
 
     #[test]
-    fn tokenizer_lowercases_splits_folds_plurals_and_drops_stop_words() {
-        assert_eq!(
-            tokenize("Fetch the Web-Pages, please!"),
-            ["fetch", "web", "pag", "web-pages"]
-        );
-        assert_eq!(
-            tokenize("parsing parsed parses parse"),
-            ["pars", "pars", "pars", "pars"]
-        );
-        assert_eq!(tokenize("running runs"), ["run", "run"]);
-        assert_eq!(tokenize("queries boxes classes"), ["query", "box", "class"]);
-        assert_eq!(tokenize("Übersetzer für Texte"), ["übersetzer", "für", "text"]);
-        assert_eq!(tokenize("http_client"), ["http", "client", "http_client"]);
-        assert!(tokenize("a I to of").is_empty());
-    }
-
-    #[test]
-    fn tool_names_split_on_snake_and_camel_case() {
-        assert_eq!(tokenize_tool("sqlRunner"), ["sqlrunner", "sql", "runner"]);
-        assert_eq!(tokenize_tool("github_api"), ["github", "api", "github_api"]);
-    }
-
-    #[test]
     fn realistic_queries_rank_the_right_agent_first() {
         let cards = fleet();
         let index = index(&cards);
@@ -450,6 +375,60 @@ mod tests {
         ] {
             assert_eq!(top(&index, &cards, query), expected, "query {query:?}");
         }
+    }
+
+    #[test]
+    fn a_misspelt_query_finds_the_agent_through_a_typo_correction() {
+        let cards = fleet();
+        let index = index(&cards);
+        assert_eq!(top(&index, &cards, "translte docments into frnech"), "translator");
+        assert_eq!(top(&index, &cards, "deploi to kubernets"), "deployer");
+    }
+
+    #[test]
+    fn a_related_term_finds_an_agent_and_an_exact_match_still_outranks_it() {
+        let cards = vec![
+            card("builder-a", "ships builds to production", &[]),
+            card("builder-b", "deploys builds to production", &[]),
+            card("cook", "bakes bread", &[]),
+        ];
+        let index = index(&cards);
+        let ranked: Vec<&str> = index
+            .score("deploy")
+            .iter()
+            .map(|&(k, _)| cards[k].name.as_str())
+            .collect();
+        assert_eq!(ranked, ["builder-b", "builder-a"]);
+    }
+
+    #[test]
+    fn an_exact_match_outranks_a_typo_correction_of_another_term() {
+        let cards = vec![card("a", "reviews code", &[]), card("b", "previews code", &[])];
+        let index = index(&cards);
+        // "preview" is indexed, so it is taken as written, and "review" is not offered for it.
+        let ranked: Vec<&str> = index
+            .score("preview")
+            .iter()
+            .map(|&(k, _)| cards[k].name.as_str())
+            .collect();
+        assert_eq!(ranked, ["b"]);
+    }
+
+    #[test]
+    fn corrections_come_and_go_with_the_documents_that_hold_the_term() {
+        let cards = fleet();
+        let mut index = index(&cards);
+        let deployer = cards.iter().position(|c| c.name == "deployer").expect("in the fleet");
+        assert!(index.score("kuberntes").iter().any(|&(k, _)| k == deployer));
+        index.remove(deployer);
+        index.check_invariants();
+        assert!(
+            index.score("kuberntes").is_empty(),
+            "no document holds the corrected term any more"
+        );
+        index.insert(deployer, &cards[deployer]);
+        index.check_invariants();
+        assert_eq!(index.score("kuberntes")[0].0, deployer);
     }
 
     #[test]
@@ -501,6 +480,8 @@ mod tests {
             "documents meeting",
             "sql tables pdf",
             "nothing-matches-this",
+            "reveiw the pul request",
+            "ship the release and check the bills",
         ] {
             assert_eq!(forward.score(query), backward.score(query), "{query:?}");
             assert_eq!(forward.score(query), forward.score(query));
