@@ -185,26 +185,21 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             out.election(&state)
         }
         Command::Leases { prefix } => {
-            let mut client = pb::lease_service_client::LeaseServiceClient::new(channel);
-            let mut leases = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = pb::ListLeasesRequest {
-                    prefix: prefix.clone(),
-                    page_size: LIST_PAGE,
-                    page_token,
-                };
-                let page = client
-                    .list_leases(request)
-                    .await
-                    .map_err(failed("ListLeases"))?
-                    .into_inner();
-                leases.extend(page.leases);
-                if page.next_page_token.is_empty() {
-                    break;
+            let client = pb::lease_service_client::LeaseServiceClient::new(channel);
+            let leases = every_page(|page_token| {
+                let (mut client, prefix) = (client.clone(), prefix.clone());
+                async move {
+                    let request = pb::ListLeasesRequest {
+                        prefix,
+                        page_size: LIST_PAGE,
+                        page_token,
+                    };
+                    let page = client.list_leases(request).await.map_err(failed("ListLeases"))?;
+                    let page = page.into_inner();
+                    Ok((page.leases, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             out.leases(&leases)
         }
         Command::Elections => {
@@ -224,26 +219,21 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
                 TaskStatus::Failed => pb::TaskStatus::Failed,
                 TaskStatus::Dead => pb::TaskStatus::Dead,
             });
-            let mut client = pb::task_service_client::TaskServiceClient::new(channel);
-            let mut tasks = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = pb::ListTasksRequest {
-                    status: status as i32,
-                    page_size: LIST_PAGE,
-                    page_token,
-                };
-                let page = client
-                    .list_tasks(request)
-                    .await
-                    .map_err(failed("ListTasks"))?
-                    .into_inner();
-                tasks.extend(page.tasks);
-                if page.next_page_token.is_empty() {
-                    break;
+            let client = pb::task_service_client::TaskServiceClient::new(channel);
+            let tasks = every_page(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = pb::ListTasksRequest {
+                        status: status as i32,
+                        page_size: LIST_PAGE,
+                        page_token,
+                    };
+                    let page = client.list_tasks(request).await.map_err(failed("ListTasks"))?;
+                    let page = page.into_inner();
+                    Ok((page.tasks, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             out.tasks(&tasks)
         }
         Command::Task { id } => {
@@ -255,6 +245,25 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             out.task(&reply.into_inner().task.unwrap_or_default())
         }
         Command::Watch { topics, from } => watch(channel, topics, from, &out).await,
+    }
+}
+
+/// Every item of a paged listing: `fetch` gets a page token ("" first) and returns a page and
+/// the next token ("" after the last page).
+async fn every_page<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, String>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), String>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = fetch(page_token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        page_token = next;
     }
 }
 
