@@ -15,6 +15,7 @@ from agentkeeper._types import (
     AgentStatus,
     Capability,
     CheckResult,
+    ElectionGroup,
     ElectionState,
     Lease,
     Payload,
@@ -226,6 +227,13 @@ def election_state_from_pb(proto: pb.ElectionState) -> ElectionState:
         leader_agent_id=proto.leader_agent_id,
         term=int(proto.term),
         elected_at=ts_opt(proto.elected_at),
+    )
+
+
+def election_group_from_pb(proto: pb.ElectionGroup) -> ElectionGroup:
+    return ElectionGroup(
+        state=election_state_from_pb(proto.state),
+        candidate_agent_ids=list(proto.candidate_agent_ids),
     )
 
 

@@ -103,6 +103,15 @@ class ElectionState:
 
 
 @dataclass
+class ElectionGroup:
+    """An election group as ``list_elections`` shows it: its state and the candidates in line
+    (the leader first when there is one)."""
+
+    state: ElectionState
+    candidate_agent_ids: list[str]
+
+
+@dataclass
 class Policy:
     """An entitlement rule; ``subject``, ``action`` and ``resource`` may contain ``*``."""
 

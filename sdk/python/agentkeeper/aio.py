@@ -69,6 +69,7 @@ from agentkeeper._types import (
     AgentInfo,
     Capability,
     CheckResult,
+    ElectionGroup,
     ElectionState,
     Lease,
     Policy,
@@ -1197,6 +1198,42 @@ class AgentKeeperClient:
         """Leave ``group``; the next candidate leads if ``agent_id`` led."""
         request = pb.ResignRequest(group=cv.check_str("group", group), agent_id=cv.check_str("agent_id", agent_id))
         await self._unary("election", "Resign", request, timeout)
+
+    async def list_elections(self, timeout: _Timeout = None) -> list[ElectionGroup]:
+        """Every election group, by name, with its candidates in line (the leader first)."""
+        response = await self._unary("election", "ListElections", pb.ListElectionsRequest(), timeout)
+        return [cv.election_group_from_pb(g) for g in response.groups]
+
+    # ── listing leases ──
+
+    async def list_leases(self, prefix: str = "", page_size: int = 0, timeout: _Timeout = None) -> list[Lease]:
+        """Every lease held whose key starts with ``prefix``, by key, fetched page by page
+        (``page_size`` a call, 0: 1000, at most 2000; ``timeout`` is per page). Pages are read one
+        after the other, not as one snapshot."""
+        return [lease async for lease in self.iter_leases(prefix, page_size, timeout)]
+
+    async def iter_leases(self, prefix: str = "", page_size: int = 0, timeout: _Timeout = None) -> AsyncIterator[Lease]:
+        """:meth:`list_leases` lazily: fetches the next page when the previous one is used up."""
+        token = ""
+        while True:
+            leases, token = await self.list_leases_page(prefix, page_size, token, timeout)
+            for lease in leases:
+                yield lease
+            if not token:
+                return
+
+    async def list_leases_page(
+        self, prefix: str = "", page_size: int = 0, page_token: str = "", timeout: _Timeout = None
+    ) -> tuple[list[Lease], str]:
+        """One page of :meth:`list_leases`: ``(leases, next_page_token)``; the token is ``""`` after
+        the last page."""
+        request = pb.ListLeasesRequest(
+            prefix=cv.check_str("prefix", prefix),
+            page_size=cv.check_uint("page_size", page_size),
+            page_token=cv.check_str("page_token", page_token),
+        )
+        response = await self._unary("lease", "ListLeases", request, timeout)
+        return [cv.lease_from_pb(lease) for lease in response.leases], response.next_page_token
 
     def watch_election(
         self,
