@@ -120,6 +120,11 @@ struct Flags {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     claim_wait_max: Duration,
 
+    /// Require a bearer token on every call: FILE has one `ROLE TOKEN` per line, ROLE one of
+    /// admin, orchestrator, agent, reader. Without it, every client may call everything (v1).
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     limits: Limits,
 }
@@ -291,6 +296,10 @@ fn use_uring(io: IoKind) -> Result<bool, String> {
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
+    let tokens = match &flags.auth_tokens {
+        Some(path) => Some(Arc::new(server::auth::Tokens::load(path)?)),
+        None => None,
+    };
     // Both ports first: a taken port is a one-line exit before any slow recovery.
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
@@ -351,6 +360,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         flags.watch_buffer as usize,
         flags.claim_wait_max,
         flags.limits.message_bytes_max,
+        tokens,
         &serving,
     );
     let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));

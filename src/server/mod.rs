@@ -5,6 +5,7 @@
 //! the driver's queue. The transport is a seam: `serve_grpc` takes the routes and a listener,
 //! so another transport (io_uring) serves the same `Api` unchanged.
 
+pub mod auth;
 pub mod connections;
 pub mod convert;
 pub mod grpc;
@@ -31,13 +32,15 @@ use grpc::Api;
 /// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
 /// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
 /// into `agentkeeper_rpc_duration_seconds`. A request over `message_bytes_max` is
-/// RESOURCE_EXHAUSTED before it is decoded.
+/// RESOURCE_EXHAUSTED before it is decoded. With `tokens`, every call but health checks needs a
+/// bearer token whose role allows it.
 pub fn routes(
     core: CoreHandle,
     metrics: Arc<Metrics>,
     watch_buffer: usize,
     claim_wait_max: Duration,
     message_bytes_max: usize,
+    tokens: Option<Arc<auth::Tokens>>,
     serving: &health::Serving,
 ) -> Routes {
     let api = Api::new(core, Arc::clone(&metrics), watch_buffer, claim_wait_max);
@@ -55,7 +58,11 @@ pub fn routes(
         )
         .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::clock_service_server::ClockServiceServer::new(api).max_decoding_message_size(n));
-    oversize::named(timing::timed(routes, &metrics), message_bytes_max)
+    let routes = oversize::named(timing::timed(routes, &metrics), message_bytes_max);
+    match tokens {
+        Some(tokens) => auth::checked(routes, tokens),
+        None => routes,
+    }
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
