@@ -125,6 +125,19 @@ struct Flags {
     #[arg(long, value_name = "FILE")]
     auth_tokens: Option<std::path::PathBuf>,
 
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key. TLS runs on the
+    /// epoll transport: with --io auto it is chosen, with --io uring it is an error.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// With --tls-cert: require client certificates signed by this CA (PEM), i.e. mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     limits: Limits,
 }
@@ -198,7 +211,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     raise_open_files_limit(flags.limits.connections_max);
-    let uring = match use_uring(flags.io) {
+    let uring = match use_uring(flags.io, flags.tls_cert.is_some()) {
         Ok(uring) => uring,
         Err(message) => {
             eprintln!("agentkeeper: {message}");
@@ -276,8 +289,14 @@ async fn bind_http(explicit: Option<SocketAddr>) -> Result<Option<TcpListener>, 
 }
 
 /// Resolves `--io`: true for io_uring. `auto` probes and falls back to epoll with one warning;
-/// an explicit `uring` that the kernel refuses is an error.
-fn use_uring(io: IoKind) -> Result<bool, String> {
+/// an explicit `uring` that the kernel refuses is an error. TLS is served on epoll only.
+fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
+    if tls {
+        return match io {
+            IoKind::Uring => Err("--tls-cert needs the epoll transport (--io epoll or auto)".into()),
+            IoKind::Auto | IoKind::Epoll => Ok(false),
+        };
+    }
     match io {
         IoKind::Epoll => Ok(false),
         IoKind::Uring => server::uring::probe()
@@ -296,6 +315,10 @@ fn use_uring(io: IoKind) -> Result<bool, String> {
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
+    let tls = match (&flags.tls_cert, &flags.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls::config(cert, key, flags.tls_client_ca.as_deref())?),
+        _ => None,
+    };
     let tokens = match &flags.auth_tokens {
         Some(path) => Some(Arc::new(server::auth::Tokens::load(path)?)),
         None => None,
@@ -377,8 +400,9 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         // Not a join: a thread still draining after the grace must not hold up the exit.
         tokio::spawn(async move { while finished.recv().await.is_some() {} })
     } else {
-        tracing::info!(addr = %flags.addr, io = "epoll", "gRPC listening");
-        let serving = server::serve_grpc(grpc_listener, routes, gate, streams_max, stopped(stop_rx.clone()));
+        let tls_on = tls.is_some();
+        tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
+        let serving = server::serve_grpc(grpc_listener, routes, gate, streams_max, tls, stopped(stop_rx.clone()));
         tokio::spawn(async move {
             let _ = serving.await;
         })

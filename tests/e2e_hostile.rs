@@ -314,17 +314,24 @@ fn raise_open_files() -> u64 {
     limit.rlim_cur
 }
 
-/// Waits (up to 20 s) until the daemon's `agentkeeper_connections_open` reaches `n`.
+/// Waits (up to 20 s) until the daemon's `agentkeeper_connections_open` satisfies `done`;
+/// returns the last value seen. Async: the test's runtime must go on running, or the clients it
+/// dropped never hang up.
 #[allow(clippy::disallowed_methods)] // waits on real time for the daemon's accept loop
-fn wait_open(daemon: &Daemon, n: f64) -> f64 {
+async fn wait_connections(daemon: &Daemon, done: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let open = metric(daemon, "agentkeeper_connections_open");
-        if open >= n || Instant::now() > deadline {
+        if done(open) || Instant::now() > deadline {
             return open;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until at least `n` connections are open.
+async fn wait_open(daemon: &Daemon, n: f64) -> f64 {
+    wait_connections(daemon, |open| open >= n).await
 }
 
 #[tokio::test]
@@ -343,9 +350,9 @@ async fn ten_thousand_idle_connections_are_held_while_a_normal_client_is_served(
     let mut idle: Vec<TcpStream> = Vec::with_capacity(IDLE);
     while idle.len() < IDLE {
         idle.extend((0..BATCH).map(|_| connect(&daemon)));
-        wait_open(&daemon, idle.len() as f64);
+        wait_open(&daemon, idle.len() as f64).await;
     }
-    let open = wait_open(&daemon, IDLE as f64);
+    let open = wait_open(&daemon, IDLE as f64).await;
     eprintln!("hostile: {IDLE} idle connections: the daemon holds {open} open connections");
     assert!(open >= IDLE as f64, "the daemon accepted only {open} of {IDLE}");
     before
@@ -358,10 +365,12 @@ async fn ten_thousand_idle_connections_are_held_while_a_normal_client_is_served(
 #[tokio::test]
 async fn connections_past_connections_max_are_closed_unread_and_counted() {
     let (daemon, before) = daemon_with_state(&["--connections-max=3"]).await;
-    // The client that seeded the state has closed; hold two raw connections and one client.
+    // The clients that seeded the state have hung up; once the daemon has seen it, hold two
+    // raw connections and one client.
+    assert_eq!(wait_connections(&daemon, |open| open == 0.0).await, 0.0);
     let mut c = daemon.clients().await;
     let held: Vec<TcpStream> = (0..2).map(|_| connect(&daemon)).collect();
-    assert_eq!(wait_open(&daemon, 3.0), 3.0);
+    assert_eq!(wait_open(&daemon, 3.0).await, 3.0);
     let mut refused = connect(&daemon);
     let _ = refused.write_all(PREFACE);
     let answer = answer(&mut refused);

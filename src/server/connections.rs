@@ -67,10 +67,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let before = self.gate.open.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "a slot was freed twice");
-        self.gate
-            .metrics
-            .connections_open
-            .set(i64::try_from(before - 1).unwrap_or(i64::MAX));
+        self.gate.metrics.connections_open.dec();
     }
 }
 
@@ -138,9 +135,9 @@ mod tests {
         let _second = gate.enter().expect("second");
         assert!(gate.enter().is_none(), "a third is refused");
         assert_eq!(metrics.connections_refused.get(), 1);
-        assert_eq!(gate.open(), 2);
+        assert_eq!((gate.open(), metrics.connections_open.get()), (2, 2));
         drop(first);
-        assert_eq!(gate.open(), 1);
+        assert_eq!((gate.open(), metrics.connections_open.get()), (1, 1));
         assert!(gate.enter().is_some(), "a freed slot can be had again");
     }
 }

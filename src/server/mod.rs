@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod oversize;
 pub mod timing;
+pub mod tls;
 pub mod uring;
 
 use std::future::Future;
@@ -67,12 +68,13 @@ pub fn routes(
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
 /// At most `gate`'s bound of connections are open (one more is closed at once), each with at
-/// most `streams_per_connection_max` calls at a time.
+/// most `streams_per_connection_max` calls at a time; with `tls`, over TLS.
 pub async fn serve_grpc(
     listener: TcpListener,
     routes: Routes,
     gate: connections::Gate,
     streams_per_connection_max: u32,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     // The builder's tcp_nodelay applies only to listeners tonic binds itself: set it on each
@@ -86,7 +88,11 @@ pub async fn serve_grpc(
         }
         Err(error) => Some(Err(error)),
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .max_concurrent_streams(Some(streams_per_connection_max))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
