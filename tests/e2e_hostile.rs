@@ -497,5 +497,7 @@ async fn random_http2_frames_never_stop_the_daemon() {
     }
     assert!(daemon.is_running(), "the daemon is still running");
     before.unchanged(&daemon, "the end").await;
+    // A panic in a connection's task would not stop the daemon: tokio catches it and logs it.
+    assert!(!daemon.stderr().contains("panicked"), "a task panicked");
     eprintln!("fuzz: {cases} connections of random HTTP/2 frames: the daemon served throughout");
 }
