@@ -74,7 +74,7 @@ pub struct Limits {
 
     /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED
     /// (heartbeats and renewals wait in a lane of their own, ahead of everything else).
-    #[arg(long, default_value_t = CORE_QUEUE_MAX, value_parser = at_least_one)]
+    #[arg(long, default_value_t = CORE_QUEUE_MAX, value_parser = queue_bound)]
     pub core_queue_max: usize,
 }
 
@@ -117,6 +117,16 @@ impl Limits {
 /// The one message for a count limit reached, so that every one reads alike.
 pub fn reached_message(name: &str, value: usize) -> String {
     format!("limit {name} ({value}) reached")
+}
+
+/// The core queue's slots are allocated up front: at most this many.
+const CORE_QUEUE_MAX_MAX: usize = 10_000_000;
+
+fn queue_bound(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        n if n > CORE_QUEUE_MAX_MAX => Err(format!("must be at most {CORE_QUEUE_MAX_MAX}")),
+        n => Ok(n),
+    }
 }
 
 fn at_least_one(text: &str) -> Result<usize, String> {
@@ -188,5 +198,7 @@ mod tests {
         assert!(at_least_one("0").is_err());
         assert_eq!(at_least_one("12"), Ok(12));
         assert!(at_least_one("-1").is_err());
+        assert!(queue_bound("10000001").is_err(), "the queue is allocated up front");
+        assert_eq!(queue_bound("10000000"), Ok(10_000_000));
     }
 }
