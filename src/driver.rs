@@ -74,21 +74,53 @@ pub enum Request {
     Stop,
 }
 
-/// Starts the driver thread around a new core; returns the queue to send it requests.
+/// The driver's two inbound lanes: heartbeats, renewals and stream clean-up in a small lane of
+/// their own that every batch drains first, and everything else.
+pub struct Lanes {
+    priority: Receiver<Request>,
+    bulk: Receiver<Request>,
+}
+
+/// The queues to the driver: the handle the net threads send on, and the lanes it reads.
+/// `queue_max` bounds the bulk lane; the priority lane holds `limits::PRIORITY_QUEUE_MAX`.
+pub fn channels(queue_max: usize, metrics: Arc<Metrics>) -> (CoreHandle, Lanes) {
+    let (bulk_tx, bulk) = crossbeam_channel::bounded(queue_max);
+    let (priority_tx, priority) = crossbeam_channel::bounded(crate::limits::PRIORITY_QUEUE_MAX);
+    let handle = CoreHandle {
+        bulk: bulk_tx,
+        priority: priority_tx,
+        metrics,
+    };
+    (handle, Lanes { priority, bulk })
+}
+
 /// Starts the driver thread around `core` (new, or rebuilt from the store); with a store, every
-/// batch's state changes are logged and made durable before its replies leave.
+/// batch's state changes are logged and made durable before its replies leave. Returns the
+/// handle to send it requests.
 pub fn spawn(
     core: Core,
     clock: Clock,
     store: Option<Durability>,
     queue_max: usize,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(Sender<Request>, thread::JoinHandle<()>)> {
-    let (sender, receiver) = crossbeam_channel::bounded(queue_max);
+) -> std::io::Result<(CoreHandle, thread::JoinHandle<()>)> {
+    let (handle, lanes) = channels(queue_max, Arc::clone(&metrics));
+    let thread = spawn_on(lanes, core, clock, store, metrics)?;
+    Ok((handle, thread))
+}
+
+/// Starts the driver thread reading `lanes` (made by `channels`).
+pub fn spawn_on(
+    lanes: Lanes,
+    core: Core,
+    clock: Clock,
+    store: Option<Durability>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<thread::JoinHandle<()>> {
     let hash_seed = core.config().seed;
     // Events replayed from the data dir were counted by an earlier process: start from them.
     let events_published = core.events_by_topic();
-    let handle = thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
+    thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
         Driver {
             events_published,
             core,
@@ -103,9 +135,8 @@ pub fn spawn(
             replies: Vec::new(),
             store,
         }
-        .run(&receiver)
-    })?;
-    Ok((sender, handle))
+        .run(&lanes)
+    })
 }
 
 /// The store and this batch's records not yet written.
@@ -161,7 +192,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn run(mut self, receiver: &Receiver<Request>) {
+    fn run(mut self, lanes: &Lanes) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         loop {
             let deadline = self
@@ -173,18 +204,29 @@ impl Driver {
             // callers may hang up while the daemon is idle.
             let sweep = (!self.claims.is_empty()).then_some(CLAIM_SWEEP_INTERVAL);
             let first = match [deadline, sweep].into_iter().flatten().min() {
-                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(wait) => receiver.recv_timeout(wait),
+                None => crossbeam_channel::select! {
+                    recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                    recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                },
+                Some(wait) => crossbeam_channel::select! {
+                    recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                    recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                    default(wait) => Err(RecvTimeoutError::Timeout),
+                },
             };
             match first {
                 Ok(request) => batch.push(request),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            while batch.len() < BATCH_COMMANDS_MAX {
-                match receiver.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            // Heartbeats and renewals first: however long the bulk lane, a live agent's
+            // heartbeat waits for one batch at most, so overload never declares it dead.
+            for lane in [&lanes.priority, &lanes.bulk] {
+                while batch.len() < BATCH_COMMANDS_MAX {
+                    match lane.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
                 }
             }
             if !self.run_batch(&mut batch) {
@@ -193,7 +235,7 @@ impl Driver {
             // What arrived while the batch ran (an idle daemon shows 0).
             self.metrics
                 .core_queue_depth
-                .set(i64::try_from(receiver.len()).unwrap_or(i64::MAX));
+                .set(i64::try_from(lanes.bulk.len() + lanes.priority.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -553,6 +595,27 @@ impl Driver {
     }
 }
 
+/// Whether a request goes in the priority lane: what keeps agents and leases alive, and the
+/// clean-up that frees a stream's place.
+fn is_priority(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Call {
+            command: Command::Heartbeat { .. } | Command::RenewLease { .. } | Command::Unwatch { .. },
+            ..
+        }
+    )
+}
+
+/// The method label of a shed request.
+fn method_of(request: &Request) -> &'static str {
+    match request {
+        Request::Call { command, .. } | Request::Subscribe { command, .. } => command.name(),
+        Request::Clock { .. } => "Clock",
+        Request::EndStreams | Request::Stop => "Shutdown",
+    }
+}
+
 /// The ReturnTask that puts back a claim its caller never got (None for any other outcome).
 fn return_of(undelivered: &Outcome) -> Option<Command> {
     match undelivered {
@@ -564,26 +627,47 @@ fn return_of(undelivered: &Outcome) -> Option<Command> {
     }
 }
 
-/// The net threads' handle on the driver: a bounded queue that never blocks them.
+/// The net threads' handle on the driver: bounded lanes that never block them.
 #[derive(Clone)]
 pub struct CoreHandle {
-    sender: Sender<Request>,
+    bulk: Sender<Request>,
+    priority: Sender<Request>,
+    metrics: Arc<Metrics>,
 }
 
 impl CoreHandle {
-    pub fn new(sender: Sender<Request>) -> Self {
-        CoreHandle { sender }
-    }
-
-    /// Queues a request; a full queue is RESOURCE_EXHAUSTED at once rather than a wait.
+    /// Queues a request in its lane; a full lane is RESOURCE_EXHAUSTED at once rather than a
+    /// wait (load shedding, counted in `agentkeeper_shed_total{method}`).
     pub fn send(&self, request: Request) -> Result<(), CoreError> {
-        self.sender.try_send(request).map_err(|error| match error {
-            TrySendError::Full(_) => CoreError::new(
-                ErrorCode::ResourceExhausted,
-                format!("core_queue_max reached: {} commands are waiting", self.sender.len()),
-            ),
+        let lane = if is_priority(&request) {
+            &self.priority
+        } else {
+            &self.bulk
+        };
+        lane.try_send(request).map_err(|error| match error {
+            TrySendError::Full(request) => {
+                self.metrics.shed_total.with_label_values(&[method_of(&request)]).inc();
+                let capacity = lane.capacity().unwrap_or(0);
+                let name = if std::ptr::eq(lane, &self.bulk) {
+                    "core_queue_max"
+                } else {
+                    "priority_queue_max"
+                };
+                CoreError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "{}: the daemon is overloaded, retry with backoff",
+                        crate::limits::reached_message(name, capacity)
+                    ),
+                )
+            }
             TrySendError::Disconnected(_) => CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down"),
         })
+    }
+
+    /// Tells the driver to stop after what is queued; waits for room rather than being shed.
+    pub fn stop(&self) {
+        let _ = self.bulk.send(Request::Stop);
     }
 
     /// Reads the clock (`None`) or advances it, through the driver.
@@ -602,5 +686,130 @@ impl CoreHandle {
         answer
             .await
             .unwrap_or_else(|_| Err(CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::{AgentCard, AgentStatus};
+    use crate::core::{CoreConfig, Reply};
+
+    const T0: Millis = 1_000_000;
+
+    fn call(handle: &CoreHandle, command: Command) -> Result<oneshot::Receiver<Outcome>, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        handle.send(Request::Call { command, reply })?;
+        Ok(answer)
+    }
+
+    #[test]
+    fn a_full_bulk_lane_sheds_bulk_work_but_heartbeats_still_keep_an_agent_alive() {
+        let metrics = Arc::new(Metrics::new());
+        let mut core = Core::new(
+            CoreConfig {
+                seed: 3,
+                ..CoreConfig::default()
+            },
+            T0,
+        );
+        let card = AgentCard {
+            name: "live".into(),
+            ..AgentCard::default()
+        };
+        let Ok(Reply::Registered { agent_id }) = core.apply(T0, Command::Register { card, ttl_seconds: 1 }) else {
+            panic!("registers")
+        };
+        let agent_id = agent_id.to_string();
+        let (handle, lanes) = channels(4, Arc::clone(&metrics));
+        let find = || Command::Find {
+            query: "live".into(),
+            tools: vec![],
+            limit: 0,
+        };
+        // The driver is not running yet: the bulk lane fills up and stays full.
+        let queued: Vec<_> = (0..4)
+            .map(|_| call(&handle, find()).expect("room in the bulk lane"))
+            .collect();
+        let shed = call(&handle, find()).expect_err("the bulk lane is full");
+        assert_eq!(shed.code, ErrorCode::ResourceExhausted);
+        assert!(
+            shed.message.starts_with("limit core_queue_max (4) reached"),
+            "{}",
+            shed.message
+        );
+        assert_eq!(metrics.shed_total.with_label_values(&["Find"]).get(), 1);
+        let heartbeat = call(
+            &handle,
+            Command::Heartbeat {
+                agent_id: agent_id.clone(),
+            },
+        )
+        .expect("a heartbeat goes in its own lane");
+
+        // Just before the agent's ttl runs out, the core gets to work.
+        let thread = spawn_on(lanes, core, Clock::manual(T0 + 900), None, Arc::clone(&metrics)).expect("spawns");
+        assert_eq!(heartbeat.blocking_recv().expect("answered"), Ok(Reply::Done));
+        for answer in queued {
+            assert!(answer.blocking_recv().expect("answered").is_ok());
+        }
+        // 1.4 s after registration: past the first ttl, within the one the heartbeat renewed.
+        let (reply, moved) = oneshot::channel();
+        handle
+            .send(Request::Clock {
+                advance_ms: Some(500),
+                reply,
+            })
+            .expect("room");
+        assert_eq!(moved.blocking_recv().expect("answered"), Ok(T0 + 1400));
+        let status = call(&handle, Command::GetAgent { agent_id })
+            .expect("room")
+            .blocking_recv()
+            .expect("answered");
+        let Ok(Reply::Agent(agent)) = status else {
+            panic!("GetAgent: {status:?}")
+        };
+        assert_eq!(
+            agent.status,
+            AgentStatus::Alive,
+            "the heartbeat got through the overload"
+        );
+        handle.stop();
+        thread.join().expect("the driver ends");
+    }
+
+    #[test]
+    fn heartbeats_renewals_and_unwatch_take_the_priority_lane() {
+        let (reply, _) = oneshot::channel();
+        let heartbeat = Request::Call {
+            command: Command::Heartbeat { agent_id: "a".into() },
+            reply,
+        };
+        assert!(is_priority(&heartbeat));
+        let (reply, _) = oneshot::channel();
+        let renew = Request::Call {
+            command: Command::RenewLease {
+                task_id: "k".into(),
+                agent_id: "a".into(),
+                token: 1,
+                ttl_seconds: 1,
+            },
+            reply,
+        };
+        assert!(is_priority(&renew));
+        let (reply, _) = oneshot::channel();
+        let unwatch = Request::Call {
+            command: Command::Unwatch {
+                subscriber: SubscriberId(1),
+            },
+            reply,
+        };
+        assert!(is_priority(&unwatch));
+        let (reply, _) = oneshot::channel();
+        let register = Request::Call {
+            command: Command::Deregister { agent_id: "a".into() },
+            reply,
+        };
+        assert!(!is_priority(&register));
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it;
 //! `server` speaks gRPC and HTTP around it; `metrics` is what both publish; `proto` holds the
-//! generated wire types; `ctl` is the command-line client (`agentkeeper ctl`).
+//! generated wire types; `ctl` is the command-line client (`agentkeeper ctl`); `limits` names every
+//! limit with its default and flag.
 
 pub mod clock;
 pub mod core;
 pub mod ctl;
 pub mod driver;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod server;

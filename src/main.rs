@@ -15,7 +15,8 @@ use tokio::sync::watch;
 
 use agentkeeper::clock::Clock;
 use agentkeeper::core::{Core, CoreConfig};
-use agentkeeper::driver::{self, CoreHandle, Request};
+use agentkeeper::driver::{self, Request};
+use agentkeeper::limits::Limits;
 use agentkeeper::metrics::Metrics;
 use agentkeeper::server;
 use agentkeeper::store::Store;
@@ -119,9 +120,26 @@ struct Flags {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     claim_wait_max: Duration,
 
-    /// Commands waiting for the core at most; past it, calls fail fast with RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    core_queue_max: u64,
+    /// Require a bearer token on every call: FILE has one `ROLE TOKEN` per line, ROLE one of
+    /// admin, orchestrator, agent, reader. Without it, every client may call everything (v1).
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<std::path::PathBuf>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key. TLS runs on the
+    /// epoll transport: with --io auto it is chosen, with --io uring it is an error.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// With --tls-cert: require client certificates signed by this CA (PEM), i.e. mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    limits: Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,7 +210,8 @@ fn main() -> ExitCode {
         eprintln!("agentkeeper: {message}");
         return ExitCode::FAILURE;
     }
-    let uring = match use_uring(flags.io) {
+    raise_open_files_limit(flags.limits.connections_max);
+    let uring = match use_uring(flags.io, flags.tls_cert.is_some()) {
         Ok(uring) => uring,
         Err(message) => {
             eprintln!("agentkeeper: {message}");
@@ -222,6 +241,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every connection is a descriptor, and
+/// the usual soft limit (1024) is far below `--connections-max`. Warns when even the hard limit
+/// is below it (connections past the descriptors then fail at accept, which backs off).
+fn raise_open_files_limit(connections_max: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // Room for the listeners, the log, the data dir and the rings besides the connections.
+    let needed = connections_max as u64 + 64;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            connections_max,
+            "the open-files limit is below --connections-max; raise it (ulimit -n) or lower the flag"
+        );
+    }
+}
+
 /// Binds the HTTP port by the contract's rule: a port given explicitly must be had; the default
 /// one may be taken (two embedded daemons side by side), and then we warn and go on without it.
 async fn bind_http(explicit: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
@@ -237,8 +289,14 @@ async fn bind_http(explicit: Option<SocketAddr>) -> Result<Option<TcpListener>, 
 }
 
 /// Resolves `--io`: true for io_uring. `auto` probes and falls back to epoll with one warning;
-/// an explicit `uring` that the kernel refuses is an error.
-fn use_uring(io: IoKind) -> Result<bool, String> {
+/// an explicit `uring` that the kernel refuses is an error. TLS is served on epoll only.
+fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
+    if tls {
+        return match io {
+            IoKind::Uring => Err("--tls-cert needs the epoll transport (--io epoll or auto)".into()),
+            IoKind::Auto | IoKind::Epoll => Ok(false),
+        };
+    }
     match io {
         IoKind::Epoll => Ok(false),
         IoKind::Uring => server::uring::probe()
@@ -257,6 +315,14 @@ fn use_uring(io: IoKind) -> Result<bool, String> {
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
+    let tls = match (&flags.tls_cert, &flags.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls::config(cert, key, flags.tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    let tokens = match &flags.auth_tokens {
+        Some(path) => Some(Arc::new(server::auth::Tokens::load(path)?)),
+        None => None,
+    };
     // Both ports first: a taken port is a one-line exit before any slow recovery.
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
@@ -272,7 +338,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // stops last, after gRPC has drained, so /readyz says "shutting down" meanwhile.
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     // The dashboard's way to the core, filled in once the core runs (after any recovery).
-    let core_slot: Arc<OnceLock<CoreHandle>> = Arc::default();
+    let core_slot: Arc<OnceLock<driver::CoreHandle>> = Arc::default();
     let http = http_listener.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(addr = ?addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
@@ -285,17 +351,18 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
                 Arc::clone(&metrics),
                 flags.watch_buffer as usize,
             ),
+            tokens.clone(),
             stopped(http_stop_rx),
         ))
     });
 
-    let config = CoreConfig {
+    let config = flags.limits.core_config(CoreConfig {
         seed: seed(&flags),
         dead_retention_ms: flags.dead_retention.as_millis() as u64,
         event_ring_max: flags.events_retained as usize,
         task_retention_ms: flags.task_retention.as_millis() as u64,
         ..CoreConfig::default()
-    };
+    });
     let wall = Clock::real();
     let (core, store) = match flags.data_dir.clone() {
         None => (Core::new(config, wall.now()), None),
@@ -313,10 +380,9 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         // A manual clock starts where the state left off or at the wall time, whichever is later.
         ClockKind::Manual => Clock::manual(wall.now().max(core.now())),
     };
-    let queue_max = flags.core_queue_max as usize;
-    let (sender, core_thread) = driver::spawn(core, clock, store, queue_max, Arc::clone(&metrics))
+    let queue_max = flags.limits.core_queue_max;
+    let (core, core_thread) = driver::spawn(core, clock, store, queue_max, Arc::clone(&metrics))
         .map_err(|error| format!("cannot start the core thread: {error}"))?;
-    let core = CoreHandle::new(sender.clone());
     let _ = core_slot.set(core.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -325,22 +391,27 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         Arc::clone(&metrics),
         flags.watch_buffer as usize,
         flags.claim_wait_max,
+        flags.limits.message_bytes_max,
+        tokens,
         &serving,
     );
+    let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));
+    let streams_max = flags.limits.streams_per_connection_max;
     // SERVING (and /readyz 200) before the first call can be answered: a client that got an
     // answer never sees NOT_SERVING afterwards, until shutdown.
     serving.serving().await;
     let grpc = if uring {
         let threads = usize::from(flags.net_threads);
         tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
-        let (handoff, mut finished) = server::uring::spawn(threads, routes, stop_rx.clone())
+        let (handoff, mut finished) = server::uring::spawn(threads, routes, streams_max, stop_rx.clone())
             .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
-        tokio::spawn(server::uring::accept(grpc_listener, handoff, stop_rx.clone()));
+        tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
         // Not a join: a thread still draining after the grace must not hold up the exit.
         tokio::spawn(async move { while finished.recv().await.is_some() {} })
     } else {
-        tracing::info!(addr = %flags.addr, io = "epoll", "gRPC listening");
-        let serving = server::serve_grpc(grpc_listener, routes, stopped(stop_rx.clone()));
+        let tls_on = tls.is_some();
+        tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
+        let serving = server::serve_grpc(grpc_listener, routes, gate, streams_max, tls, stopped(stop_rx.clone()));
         tokio::spawn(async move {
             let _ = serving.await;
         })
@@ -362,7 +433,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     if drained.is_err() {
         tracing::warn!("calls still in flight after {SHUTDOWN_GRACE:?}; closing them");
     }
-    let _ = sender.send(Request::Stop);
+    core.stop();
     let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
     tracing::info!("stopped");
     Ok(())

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub events_by_topic: IntCounterVec,
     pub rpc_duration_seconds: HistogramVec,
     pub core_queue_depth: IntGauge,
+    pub shed_total: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
     /// Every call served, all methods together (the dashboard's calls/s; not exported, as
     /// `agentkeeper_rpc_total` already is its sum).
     pub calls_total: IntCounter,
@@ -155,8 +158,24 @@ impl Metrics {
             "Commands waiting in the core's queue after the last batch (at most --core-queue-max): \
              above zero, calls arrive faster than the core applies them",
         );
+        let shed_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_shed_total",
+                "Calls answered RESOURCE_EXHAUSTED at once because the core's queue was full, per method",
+            ),
+            &["method"],
+        )
+        .expect("valid");
+        let connections_open = gauge("agentkeeper_connections_open", "Open gRPC connections");
+        let connections_refused = IntCounter::new(
+            "agentkeeper_connections_refused_total",
+            "gRPC connections closed at once because --connections-max were open",
+        )
+        .expect("valid");
         for collector in [
-            Box::new(events_by_topic.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()),
+            Box::new(events_by_topic.clone()),
             Box::new(rpc_duration_seconds.clone()),
             Box::new(snapshot_pause_seconds.clone()),
             Box::new(store_syncs.clone()),
@@ -198,6 +217,9 @@ impl Metrics {
             events_by_topic,
             rpc_duration_seconds,
             core_queue_depth,
+            shed_total,
+            connections_open,
+            connections_refused,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
         }
     }

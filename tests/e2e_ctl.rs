@@ -597,3 +597,53 @@ fn daemon_flags_and_ctl_do_not_mix_and_bad_ctl_arguments_fail() {
         assert!(!output.stderr.is_empty(), "{args:?} says why");
     }
 }
+
+#[tokio::test]
+async fn with_auth_tokens_ctl_sends_the_token_from_the_flag_or_the_environment() {
+    const READER: &str = "reader-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, format!("reader {READER}\n")).unwrap();
+    let daemon = Daemon::start(&[&format!("--auth-tokens={}", path.display())]);
+    let refused = ctl(&daemon, &["leases"]).failed();
+    assert!(refused.contains("ListLeases: UNAUTHENTICATED"), "{refused}");
+    let listed = ctl(&daemon, &["leases", "--token", READER]).ok();
+    assert!(listed.starts_with("KEY"), "{listed}");
+    let output = Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
+        .args([
+            "ctl",
+            "--endpoint",
+            &format!("127.0.0.1:{}", daemon.port),
+            "elections",
+            "--json",
+        ])
+        .env("AGENTKEEPER_TOKEN", READER)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+    // A reader may not change policies: the error names the role needed.
+    let denied = ctl(
+        &daemon,
+        &[
+            "policy",
+            "set",
+            "p",
+            "--subject",
+            "a",
+            "--action",
+            "b",
+            "--resource",
+            "c",
+            "--effect",
+            "allow",
+            "--token",
+            READER,
+        ],
+    )
+    .failed();
+    assert!(
+        denied.contains("PERMISSION_DENIED") && denied.contains("admin"),
+        "{denied}"
+    );
+}

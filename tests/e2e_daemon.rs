@@ -312,9 +312,13 @@ async fn oversized_and_garbage_requests_fail_cleanly_and_the_daemon_keeps_servin
         })
         .await
         .unwrap_err();
-    // tonic's decoder reports a message over the limit as OUT_OF_RANGE, naming both sizes.
-    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
-    assert!(error.message().contains("too large"), "{}", error.message());
+    // A message over --message-bytes-max is RESOURCE_EXHAUSTED naming the limit and the size.
+    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+    assert!(
+        error.message().starts_with("limit message_bytes_max (4259840) reached"),
+        "{}",
+        error.message()
+    );
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
     std::io::Write::write_all(&mut garbage, b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage").unwrap();
     drop(garbage);

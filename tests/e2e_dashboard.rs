@@ -150,3 +150,44 @@ async fn a_page_that_goes_away_is_unwatched() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A raw HTTP/1.1 GET with an optional bearer token; returns the status line.
+fn get_status(daemon: &Daemon, path: &str, token: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", daemon.metrics_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).trim_end().to_string()
+}
+
+#[tokio::test]
+async fn with_auth_tokens_the_dashboards_data_needs_a_known_token_of_any_role() {
+    const READER: &str = "reader-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, format!("reader {READER}\nadmin admin-token-0123456789\n")).unwrap();
+    let daemon = Daemon::start(&[&format!("--auth-tokens={}", path.display())]);
+    assert_eq!(
+        get_status(&daemon, "/", None),
+        "HTTP/1.1 200 OK",
+        "the page holds no data"
+    );
+    for api in ["/api/overview", "/api/events?from=1"] {
+        assert_eq!(get_status(&daemon, api, None), "HTTP/1.1 401 Unauthorized", "{api}");
+        assert_eq!(
+            get_status(&daemon, api, Some("not-a-token-0123456789")),
+            "HTTP/1.1 401 Unauthorized",
+            "{api}"
+        );
+        assert_eq!(get_status(&daemon, api, Some(READER)), "HTTP/1.1 200 OK", "{api}");
+    }
+    assert_eq!(get_status(&daemon, "/healthz", None), "HTTP/1.1 200 OK");
+    assert!(!daemon.stderr().contains(READER), "a token never reaches the log");
+}

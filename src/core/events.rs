@@ -289,7 +289,7 @@ impl EventBus {
         if self.subscribers.len() >= self.subscribers_max {
             return Err(CoreError::new(
                 ErrorCode::ResourceExhausted,
-                format!("watchers_max reached: {} watch streams are open", self.subscribers_max),
+                crate::limits::reached_message("watchers_max", self.subscribers_max),
             ));
         }
         let id = SubscriberId(self.subscriber_next);

@@ -84,14 +84,14 @@ impl Default for CoreConfig {
             seed: 0,
             dead_retention_ms: 3_600_000,
             event_ring_max: 100_000,
-            watchers_max: 10_000,
-            agents_max: 1_000_000,
-            leases_max: 2_000_000,
-            policies_max: 2_000_000,
-            groups_max: 1_000_000,
-            tasks_max: 1_000_000,
-            task_bytes_max: 1 << 30,
-            waiters_max: 100_000,
+            watchers_max: crate::limits::WATCHERS_MAX,
+            agents_max: crate::limits::AGENTS_MAX,
+            leases_max: crate::limits::LEASES_MAX,
+            policies_max: crate::limits::POLICIES_MAX,
+            groups_max: crate::limits::GROUPS_MAX,
+            tasks_max: crate::limits::TASKS_MAX,
+            task_bytes_max: crate::limits::TASK_BYTES_MAX,
+            waiters_max: crate::limits::WAITERS_MAX,
             task_retention_ms: 24 * 3_600_000,
             planted_bug: PlantedBug::None,
         }
@@ -707,11 +707,11 @@ impl Core {
     }
 }
 
-/// The RESOURCE_EXHAUSTED answer for a named limit.
+/// The RESOURCE_EXHAUSTED answer for a named limit: "limit agents_max (1000000) reached".
 fn limit_reached(name: &str, value: usize) -> CoreError {
     CoreError::new(
         ErrorCode::ResourceExhausted,
-        format!("{name} reached: the daemon holds {value} already"),
+        crate::limits::reached_message(name, value),
     )
 }
 

@@ -508,7 +508,7 @@ impl Core {
             return Ok(Reply::NoTask);
         }
         if self.tasks.waiters.len() >= self.config.waiters_max {
-            return Err(limit_reached("waiters_max (claims waiting)", self.config.waiters_max));
+            return Err(limit_reached("waiters_max", self.config.waiters_max));
         }
         let id = WaiterId(self.tasks.waiter_next);
         self.tasks.waiter_next += 1;
@@ -683,8 +683,9 @@ impl Core {
         Err(CoreError::new(
             ErrorCode::ResourceExhausted,
             format!(
-                "task_bytes_max reached: tasks hold {} bytes of input and output, the limit is {}",
-                self.tasks.bytes, self.config.task_bytes_max
+                "{}: tasks hold {} bytes of input and output",
+                crate::limits::reached_message("task_bytes_max", self.config.task_bytes_max),
+                self.tasks.bytes
             ),
         ))
     }

@@ -1080,7 +1080,7 @@ fn watchers_limit_is_resource_exhausted() {
         from_sequence: 0,
     });
     assert_eq!(error.code, ErrorCode::ResourceExhausted);
-    assert!(error.message.starts_with("watchers_max"), "{}", error.message);
+    assert_eq!(error.message, "limit watchers_max (2) reached");
 }
 
 #[test]
@@ -1253,5 +1253,6 @@ fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
     assert_eq!(h.agent(&b).status, AgentStatus::Dead);
 }
 
+mod limits;
 mod listing;
 mod tasks;

@@ -11,6 +11,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto as pb;
@@ -30,6 +33,11 @@ pub struct CtlArgs {
     /// How long one call may take (e.g. 500ms, 10s). Watch streams are not limited.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+
+    /// A bearer token for a daemon started with --auth-tokens (better: the AGENTKEEPER_TOKEN
+    /// environment variable, which other users cannot read in the process list).
+    #[arg(long, global = true, env = "AGENTKEEPER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -149,7 +157,7 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
 }
 
 async fn execute(args: CtlArgs) -> Result<(), String> {
-    let channel = connect(&args.endpoint, args.timeout).await?;
+    let channel = connect(&args.endpoint, args.timeout, args.token.as_deref()).await?;
     let out = Output::new(args.json);
     match args.command {
         Command::Agents { tools, limit } => {
@@ -267,7 +275,7 @@ where
     }
 }
 
-async fn find(channel: &Channel, query: String, tools: Vec<String>, limit: u32) -> Result<Vec<pb::AgentInfo>, String> {
+async fn find(channel: &Conn, query: String, tools: Vec<String>, limit: u32) -> Result<Vec<pb::AgentInfo>, String> {
     let mut client = pb::registry_service_client::RegistryServiceClient::new(channel.clone());
     let reply = client
         .find(pb::FindRequest { query, tools, limit })
@@ -276,7 +284,7 @@ async fn find(channel: &Channel, query: String, tools: Vec<String>, limit: u32) 
     Ok(reply.into_inner().agents)
 }
 
-async fn policy(channel: Channel, command: PolicyCommand, out: &Output) -> Result<(), String> {
+async fn policy(channel: Conn, command: PolicyCommand, out: &Output) -> Result<(), String> {
     let mut client = pb::entitlements_service_client::EntitlementsServiceClient::new(channel);
     match command {
         PolicyCommand::Set {
@@ -335,7 +343,7 @@ async fn policy(channel: Channel, command: PolicyCommand, out: &Output) -> Resul
     }
 }
 
-async fn watch(channel: Channel, topics: Vec<String>, from_sequence: u64, out: &Output) -> Result<(), String> {
+async fn watch(channel: Conn, topics: Vec<String>, from_sequence: u64, out: &Output) -> Result<(), String> {
     let mut client = pb::registry_service_client::RegistryServiceClient::new(channel);
     let mut stream = client
         .watch(pb::WatchRequest { topics, from_sequence })
@@ -361,7 +369,36 @@ async fn watch(channel: Channel, topics: Vec<String>, from_sequence: u64, out: &
     }
 }
 
-async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, String> {
+/// The connection every command uses: the channel, with the bearer token (if any) on each call.
+type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to every call when ctl was given a token.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> Result<Conn, String> {
+    let bearer = match token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| "--token: not a valid header value".to_string())?,
+        ),
+        None => None,
+    };
+    let channel = open_channel(endpoint, timeout).await?;
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}
+
+async fn open_channel(endpoint: &str, timeout: Duration) -> Result<Channel, String> {
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {

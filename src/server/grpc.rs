@@ -4,8 +4,9 @@
 //! Architecture invariant: only `server/` knows about gRPC. Services hold no state of their own
 //! beyond the handle on the driver; they never wait on anything but their own reply.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, Role};
 use super::convert;
 use super::subscription::{self, Subscription, UnwatchGuard};
 use crate::core::{Command, Event, Reply};
@@ -29,6 +31,8 @@ pub struct Api {
     watch_buffer: usize,
     /// The longest a ClaimTask call waits for a task.
     claim_wait_max: Duration,
+    /// With `--auth-tokens`: each agent registered with an agent token, and that token's line.
+    owners: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Api {
@@ -39,7 +43,32 @@ impl Api {
             metrics,
             watch_buffer,
             claim_wait_max,
+            owners: Arc::default(),
         }
+    }
+
+    /// The agent token that makes this call, if one does (only with `--auth-tokens`).
+    fn agent_token<T>(request: &Request<T>) -> Option<usize> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .filter(|caller| caller.role == Role::Agent)
+            .map(|caller| caller.token_line)
+    }
+
+    /// With `--auth-tokens`, an agent token acts only for the agents it registered.
+    fn check_owner(&self, token_line: Option<usize>, agent_id: &str) -> Result<(), Status> {
+        let Some(token_line) = token_line else {
+            return Ok(());
+        };
+        let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        if owners.get(agent_id) == Some(&token_line) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "agent {} was not registered with this agent token",
+            crate::core::validate::quote(agent_id)
+        )))
     }
 
     async fn call(&self, method: &'static str, command: Command) -> Result<Reply, Status> {
@@ -122,6 +151,7 @@ type EventStreamBox = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Sen
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for Api {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let request = request.into_inner();
         let card = convert::card_from_pb(request.card.unwrap_or_default());
         match self
@@ -134,9 +164,15 @@ impl pb::registry_service_server::RegistryService for Api {
             )
             .await?
         {
-            Reply::Registered { agent_id } => Ok(Response::new(pb::RegisterResponse {
-                agent_id: agent_id.to_string(),
-            })),
+            Reply::Registered { agent_id } => {
+                if let Some(token_line) = token_line {
+                    let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+                    owners.insert(agent_id.to_string(), token_line);
+                }
+                Ok(Response::new(pb::RegisterResponse {
+                    agent_id: agent_id.to_string(),
+                }))
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -145,7 +181,9 @@ impl pb::registry_service_server::RegistryService for Api {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let agent_id = request.into_inner().agent_id;
+        self.check_owner(token_line, &agent_id)?;
         self.call("Heartbeat", Command::Heartbeat { agent_id }).await?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
@@ -154,8 +192,22 @@ impl pb::registry_service_server::RegistryService for Api {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let agent_id = request.into_inner().agent_id;
-        self.call("Deregister", Command::Deregister { agent_id }).await?;
+        self.check_owner(token_line, &agent_id)?;
+        self.call(
+            "Deregister",
+            Command::Deregister {
+                agent_id: agent_id.clone(),
+            },
+        )
+        .await?;
+        if token_line.is_some() {
+            self.owners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&agent_id);
+        }
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -206,7 +258,9 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::AcquireLeaseRequest>,
     ) -> Result<Response<pb::AcquireLeaseResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let r = request.into_inner();
+        self.check_owner(token_line, &r.agent_id)?;
         let command = Command::AcquireLease {
             task_id: r.task_id,
             agent_id: r.agent_id,
@@ -225,7 +279,9 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let r = request.into_inner();
+        self.check_owner(token_line, &r.agent_id)?;
         let token = r.token.map_or(0, |t| t.value);
         let command = Command::RenewLease {
             task_id: r.task_id,
@@ -245,7 +301,9 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let token_line = Self::agent_token(&request);
         let r = request.into_inner();
+        self.check_owner(token_line, &r.agent_id)?;
         let token = r.token.map_or(0, |t| t.value);
         self.call(
             "ReleaseLease",

@@ -15,16 +15,22 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::auth::{self, Tokens};
 use super::dashboard::{self, Dashboard};
 use super::health::{Phase, Serving};
 use crate::metrics::Metrics;
 
-pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard) -> Router {
-    let pages = Router::new()
-        .route("/", get(dashboard::page))
+/// With `tokens` (--auth-tokens), the dashboard's data needs a known bearer token; the page
+/// itself holds no data and asks for one.
+pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard, tokens: Option<Arc<Tokens>>) -> Router {
+    let mut data = Router::new()
         .route("/api/overview", get(dashboard::overview))
         .route("/api/events", get(dashboard::events))
         .with_state(dashboard);
+    if let Some(tokens) = tokens {
+        data = auth::http_checked(data, tokens);
+    }
+    let pages = Router::new().route("/", get(dashboard::page)).merge(data);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || ready(serving.phase())))
@@ -41,9 +47,10 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     serving: Serving,
     dashboard: Dashboard,
+    tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, serving, dashboard))
+    axum::serve(listener, router(metrics, serving, dashboard, tokens))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -5,13 +5,17 @@
 //! the driver's queue. The transport is a seam: `serve_grpc` takes the routes and a listener,
 //! so another transport (io_uring) serves the same `Api` unchanged.
 
+pub mod auth;
+pub mod connections;
 pub mod convert;
 pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod oversize;
 pub mod subscription;
 pub mod timing;
+pub mod tls;
 pub mod uring;
 
 use std::future::Future;
@@ -28,21 +32,22 @@ use crate::metrics::Metrics;
 use crate::proto as pb;
 use grpc::Api;
 
-/// Largest gRPC message accepted: a 4 MiB task input plus its envelope.
-pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
-
 /// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
 /// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
-/// into `agentkeeper_rpc_duration_seconds`.
+/// into `agentkeeper_rpc_duration_seconds`. A request over `message_bytes_max` is
+/// RESOURCE_EXHAUSTED before it is decoded. With `tokens`, every call but health checks needs a
+/// bearer token whose role allows it.
 pub fn routes(
     core: CoreHandle,
     metrics: Arc<Metrics>,
     watch_buffer: usize,
     claim_wait_max: Duration,
+    message_bytes_max: usize,
+    tokens: Option<Arc<auth::Tokens>>,
     serving: &health::Serving,
 ) -> Routes {
     let api = Api::new(core, Arc::clone(&metrics), watch_buffer, claim_wait_max);
-    let n = MESSAGE_BYTES_MAX;
+    let n = message_bytes_max;
     let (reflection_v1, reflection_v1alpha) = health::reflection();
     let routes = Routes::default()
         .add_service(serving.health_service())
@@ -55,25 +60,42 @@ pub fn routes(
             pb::entitlements_service_server::EntitlementsServiceServer::new(api.clone()).max_decoding_message_size(n),
         )
         .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
-        .add_service(pb::clock_service_server::ClockServiceServer::new(api));
-    timing::timed(routes, &metrics)
+        .add_service(pb::clock_service_server::ClockServiceServer::new(api).max_decoding_message_size(n));
+    let routes = oversize::named(timing::timed(routes, &metrics), message_bytes_max);
+    match tokens {
+        Some(tokens) => auth::checked(routes, tokens),
+        None => routes,
+    }
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
+/// At most `gate`'s bound of connections are open (one more is closed at once), each with at
+/// most `streams_per_connection_max` calls at a time; with `tls`, over TLS.
 pub async fn serve_grpc(
     listener: TcpListener,
     routes: Routes,
+    gate: connections::Gate,
+    streams_per_connection_max: u32,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     // The builder's tcp_nodelay applies only to listeners tonic binds itself: set it on each
     // accepted socket, or small replies wait on Nagle's algorithm behind a watch stream's data.
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
+    let incoming = TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
+        Ok(stream) => {
+            // Past the bound the stream is dropped here: closed before a byte is read.
+            let slot = gate.enter()?;
             let _ = stream.set_nodelay(true);
+            Some(Ok(connections::Counted::new(stream, slot)))
         }
-        accepted
+        Err(error) => Some(Err(error)),
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .max_concurrent_streams(Some(streams_per_connection_max))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

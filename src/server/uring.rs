@@ -20,6 +20,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, watch};
 use tonic::service::Routes;
 
+use super::connections::{Gate, Slot};
+
+/// A connection on its way to its net thread, with its place under `--connections-max`.
+type Handed = (std::net::TcpStream, Slot);
+
 /// Bytes one read may bring in: a whole small gRPC call and then some; large messages take
 /// several reads.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -61,8 +66,9 @@ pub fn probe() -> Result<(), String> {
 pub fn spawn(
     threads: usize,
     routes: Routes,
+    streams_per_connection_max: u32,
     shutdown: watch::Receiver<bool>,
-) -> io::Result<(Vec<mpsc::Sender<std::net::TcpStream>>, mpsc::Receiver<()>)> {
+) -> io::Result<(Vec<mpsc::Sender<Handed>>, mpsc::Receiver<()>)> {
     let (done, finished) = mpsc::channel(1);
     let mut senders = Vec::with_capacity(threads);
     for i in 0..threads {
@@ -73,9 +79,12 @@ pub fn spawn(
         thread::Builder::new()
             .name(format!("agentkeeper-uring-{i}"))
             .spawn(move || {
-                tokio_uring::builder()
-                    .entries(RING_ENTRIES)
-                    .start(serve(connections, routes, shutdown));
+                tokio_uring::builder().entries(RING_ENTRIES).start(serve(
+                    connections,
+                    routes,
+                    streams_per_connection_max,
+                    shutdown,
+                ));
                 drop(done);
             })?;
         senders.push(sender);
@@ -86,10 +95,12 @@ pub fn spawn(
 /// Accepts gRPC connections (on the caller's runtime) and hands them to the net threads in turn,
 /// until `shutdown` turns true. One listener without SO_REUSEPORT, rather than one per thread
 /// with it: a second daemon started on the same port must fail to bind, as the contract says,
-/// not silently share the port; and accepting is far off the hot path.
+/// not silently share the port; and accepting is far off the hot path. Past `gate`'s bound a
+/// connection is closed at once, unread.
 pub async fn accept(
     listener: tokio::net::TcpListener,
-    threads: Vec<mpsc::Sender<std::net::TcpStream>>,
+    threads: Vec<mpsc::Sender<Handed>>,
+    gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
@@ -101,6 +112,7 @@ pub async fn accept(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    let Some(slot) = gate.enter() else { continue };
                     let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
                         Ok(stream) => stream,
                         Err(error) => {
@@ -108,7 +120,7 @@ pub async fn accept(
                             continue;
                         }
                     };
-                    if threads[next].send(stream).await.is_err() {
+                    if threads[next].send((stream, slot)).await.is_err() {
                         return;
                     }
                     next = (next + 1) % threads.len();
@@ -125,18 +137,20 @@ pub async fn accept(
 }
 
 async fn serve(
-    mut connections: mpsc::Receiver<std::net::TcpStream>,
+    mut connections: mpsc::Receiver<Handed>,
     routes: Routes,
+    streams_per_connection_max: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let service = TowerToHyperService::new(routes);
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder.timer(TokioTimer::new());
+    builder.max_concurrent_streams(streams_per_connection_max);
     loop {
         tokio::select! {
             handed = connections.recv() => {
-                let Some(stream) = handed else { break };
+                let Some((stream, slot)) = handed else { break };
                 let stream = tokio_uring::net::TcpStream::from_std(stream);
                 let _ = stream.set_nodelay(true);
                 let connection = builder.serve_connection(UringIo::new(stream), service.clone());
@@ -145,6 +159,7 @@ async fn serve(
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = shutdown.wait_for(|stop| *stop) => break,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 import grpc
 
 from agentkeeper import _convert as cv
+from agentkeeper._auth import bearer_interceptor
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
     CLAIM_POLL_SECONDS,
@@ -910,6 +911,10 @@ class AgentKeeperClient:
     ``retry``: idempotent ones always, the others only while no request could be sent (see
     README, "Errors, timeouts and retries"). Failures raise
     :class:`~agentkeeper.AgentKeeperError` subclasses, which are ``grpc.RpcError``.
+
+    ``credentials`` (e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``) connects over TLS to a
+    daemon started with ``--tls-cert`` (and mutual TLS with ``--tls-client-ca``); ``token`` sends
+    ``authorization: Bearer TOKEN`` on every call, for a daemon started with ``--auth-tokens``.
     """
 
     def __init__(
@@ -920,9 +925,11 @@ class AgentKeeperClient:
         timeout: _Timeout = DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[str] = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.host, self.port = resolve_address(host, port)
+        self._token = token
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._options = list(CHANNEL_OPTIONS) + list(channel_options)
@@ -1000,8 +1007,12 @@ class AgentKeeperClient:
             options.append(("grpc.use_local_subchannel_pool", 1))
         target = f"{self.host}:{self.port}"
         if self._credentials is not None:
-            return grpc.secure_channel(target, self._credentials, options=options)
-        return grpc.insecure_channel(target, options=options)
+            channel = grpc.secure_channel(target, self._credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        if self._token is not None:
+            channel = grpc.intercept_channel(channel, bearer_interceptor(self._token))
+        return channel
 
     def _track(self, obj: Any) -> None:
         self._background.add(obj)

@@ -36,6 +36,7 @@ import grpc
 import grpc.aio
 
 from agentkeeper import _convert as cv
+from agentkeeper._auth import aio_bearer_interceptors
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
     CLAIM_POLL_SECONDS,
@@ -962,9 +963,11 @@ class AgentKeeperClient:
         timeout: _Timeout = DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[str] = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.host, self.port = resolve_address(host, port)
+        self._interceptors = aio_bearer_interceptors(token) if token is not None else None
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._options = list(CHANNEL_OPTIONS) + list(channel_options)
@@ -1042,8 +1045,10 @@ class AgentKeeperClient:
             options.append(("grpc.use_local_subchannel_pool", 1))
         target = f"{self.host}:{self.port}"
         if self._credentials is not None:
-            return grpc.aio.secure_channel(target, self._credentials, options=options)
-        return grpc.aio.insecure_channel(target, options=options)
+            return grpc.aio.secure_channel(
+                target, self._credentials, options=options, interceptors=self._interceptors
+            )
+        return grpc.aio.insecure_channel(target, options=options, interceptors=self._interceptors)
 
     def _track(self, obj: Any) -> None:
         self._background = [o for o in self._background if _still_running(o)]

@@ -1,0 +1,143 @@
+//! The bound on open gRPC connections (`--connections-max`), shared by both transports: a slot
+//! per accepted connection, given back when the connection ends.
+//!
+//! Architecture invariant: counts only; a connection past the bound is closed before a byte of
+//! it is read, so an idle or slow client can hold at most its own slots.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::metrics::Metrics;
+
+/// Open connections against their bound.
+#[derive(Clone)]
+pub struct Gate {
+    open: Arc<AtomicUsize>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
+        assert!(max > 0, "at least one connection may be open");
+        Gate {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+            metrics,
+        }
+    }
+
+    /// A slot for one more connection, or None (counted as refused) when `max` are open.
+    pub fn enter(&self) -> Option<Slot> {
+        let entered = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+            (open < self.max).then_some(open + 1)
+        });
+        match entered {
+            Ok(open) => {
+                self.metrics
+                    .connections_open
+                    .set(i64::try_from(open + 1).unwrap_or(i64::MAX));
+                Some(Slot { gate: self.clone() })
+            }
+            Err(_) => {
+                self.metrics.connections_refused.inc();
+                None
+            }
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One open connection's place; dropping it frees the place.
+pub struct Slot {
+    gate: Gate,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.gate.open.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a slot was freed twice");
+        self.gate.metrics.connections_open.dec();
+    }
+}
+
+/// A TCP connection holding its slot (the epoll path), for tonic's server.
+pub struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl Counted {
+    pub fn new(stream: TcpStream, slot: Slot) -> Self {
+        Counted { stream, _slot: slot }
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_refuses_past_its_bound_and_reopens_when_a_slot_is_freed() {
+        let metrics = Arc::new(Metrics::new());
+        let gate = Gate::new(2, Arc::clone(&metrics));
+        let first = gate.enter().expect("first");
+        let _second = gate.enter().expect("second");
+        assert!(gate.enter().is_none(), "a third is refused");
+        assert_eq!(metrics.connections_refused.get(), 1);
+        assert_eq!((gate.open(), metrics.connections_open.get()), (2, 2));
+        drop(first);
+        assert_eq!((gate.open(), metrics.connections_open.get()), (1, 1));
+        assert!(gate.enter().is_some(), "a freed slot can be had again");
+    }
+}
