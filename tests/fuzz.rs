@@ -89,9 +89,11 @@ async fn serve_bytes(api: &Api, bytes: &[u8]) -> Vec<(&'static str, Option<Code>
         pb::AcquireLeaseRequest => Lea, acquire_lease;
         pb::RenewLeaseRequest => Lea, renew_lease;
         pb::ReleaseLeaseRequest => Lea, release_lease;
+        pb::ListLeasesRequest => Lea, list_leases;
         pb::CampaignRequest => Ele, campaign;
         pb::ResignRequest => Ele, resign;
         pb::WatchElectionRequest => Ele, watch_election;
+        pb::ListElectionsRequest => Ele, list_elections;
         pb::SetPolicyRequest => Ent, set_policy;
         pb::DeletePolicyRequest => Ent, delete_policy;
         pb::ListPoliciesRequest => Ent, list_policies;
@@ -177,6 +179,9 @@ enum Op {
     Fail(u8, u8, String),
     GetTask(u8),
     ListTasks(u32, String),
+    ListLeases(String, u32, String),
+    ListElections,
+    Overview(u32, u32),
     Watch(Vec<String>, u64),
     Advance(u64),
 }
@@ -213,6 +218,9 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<u8>(), any::<u8>(), text()).prop_map(|(t, a, r)| Op::Fail(t, a, r)),
         any::<u8>().prop_map(Op::GetTask),
         (0u32..20_000, text()).prop_map(|(p, t)| Op::ListTasks(p, t)),
+        (text(), 0u32..5000, text()).prop_map(|(p, s, t)| Op::ListLeases(p, s, t)),
+        Just(Op::ListElections),
+        (0u32..50, 0u32..50).prop_map(|(a, l)| Op::Overview(a, l)),
         (proptest::collection::vec(text(), 0..3), 0u64..50).prop_map(|(t, f)| Op::Watch(t, f)),
         prop_oneof![0u64..2000, 2000u64..200_000].prop_map(Op::Advance),
     ]
@@ -335,6 +343,13 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
             page_size,
             page_token,
         },
+        Op::ListLeases(prefix, page_size, page_token) => Command::ListLeases {
+            prefix,
+            page_size,
+            page_token,
+        },
+        Op::ListElections => Command::ListElections,
+        Op::Overview(agents_max, leases_max) => Command::Overview { agents_max, leases_max },
         Op::Watch(topics, from_sequence) => Command::Watch { topics, from_sequence },
         Op::Advance(_) => return None,
     })
