@@ -20,7 +20,7 @@ class _Details(NamedTuple):
     compression: Any
 
 
-class _CallDetails(_Details, grpc.ClientCallDetails):
+class _CallDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]  # grpc's own recipe: its stubs type metadata loosely
     pass
 
 
@@ -51,10 +51,17 @@ class _Bearer(
     def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return continuation(_with_token(details, self._header), request)
 
-    intercept_unary_unary = _call
-    intercept_unary_stream = _call
-    intercept_stream_unary = _call
-    intercept_stream_stream = _call
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return self._call(continuation, client_call_details, request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return self._call(continuation, client_call_details, request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return self._call(continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return self._call(continuation, client_call_details, request_iterator)
 
 
 def bearer_interceptor(token: str) -> _Bearer:

@@ -79,6 +79,20 @@ _Timeout = Optional[float]
 _S = TypeVar("_S", bound="Subscription")
 
 
+
+_Item = TypeVar("_Item")
+
+
+def _every_page(fetch: Callable[[str], tuple[list[_Item], str]]) -> Iterator[_Item]:
+    """The items of a paged listing, lazily: ``fetch(token)`` returns a page and the next token
+    (``""`` first, and after the last page)."""
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+
 class _Repeater:
     """Calls ``fn`` every ``interval`` seconds on a daemon thread until ``fn`` returns False or stop()."""
 
@@ -1187,12 +1201,7 @@ class AgentKeeperClient:
 
     def iter_leases(self, prefix: str = "", page_size: int = 0, timeout: _Timeout = None) -> Iterator[Lease]:
         """:meth:`list_leases` lazily: fetches the next page when the previous one is used up."""
-        token = ""
-        while True:
-            leases, token = self.list_leases_page(prefix, page_size, token, timeout)
-            yield from leases
-            if not token:
-                return
+        return _every_page(lambda token: self.list_leases_page(prefix, page_size, token, timeout))
 
     def list_leases_page(
         self, prefix: str = "", page_size: int = 0, page_token: str = "", timeout: _Timeout = None
@@ -1525,12 +1534,7 @@ class AgentKeeperClient:
         timeout: _Timeout = None,
     ) -> Iterator[Task]:
         """:meth:`list_tasks` lazily: fetches the next page when the previous one is used up."""
-        token = ""
-        while True:
-            tasks, token = self.list_tasks_page(status, page_size, token, timeout)
-            yield from tasks
-            if not token:
-                return
+        return _every_page(lambda token: self.list_tasks_page(status, page_size, token, timeout))
 
     def list_tasks_page(
         self,

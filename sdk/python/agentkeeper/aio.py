@@ -106,6 +106,21 @@ async def _maybe_await(result: Any) -> None:
         await result
 
 
+
+_Item = TypeVar("_Item")
+
+
+async def _every_page(fetch: Callable[[str], Awaitable[tuple[list[_Item], str]]]) -> AsyncIterator[_Item]:
+    """The items of a paged listing, lazily: ``await fetch(token)`` returns a page and the next
+    token (``""`` first, and after the last page)."""
+    token = ""
+    while True:
+        items, token = await fetch(token)
+        for item in items:
+            yield item
+        if not token:
+            return
+
 class _Pending(Generic[T]):
     """Something that is both awaitable (``await x``) and an async context manager (``async with x``)."""
 
@@ -1219,13 +1234,8 @@ class AgentKeeperClient:
 
     async def iter_leases(self, prefix: str = "", page_size: int = 0, timeout: _Timeout = None) -> AsyncIterator[Lease]:
         """:meth:`list_leases` lazily: fetches the next page when the previous one is used up."""
-        token = ""
-        while True:
-            leases, token = await self.list_leases_page(prefix, page_size, token, timeout)
-            for lease in leases:
-                yield lease
-            if not token:
-                return
+        async for lease in _every_page(lambda token: self.list_leases_page(prefix, page_size, token, timeout)):
+            yield lease
 
     async def list_leases_page(
         self, prefix: str = "", page_size: int = 0, page_token: str = "", timeout: _Timeout = None
@@ -1482,13 +1492,8 @@ class AgentKeeperClient:
         timeout: _Timeout = None,
     ) -> AsyncIterator[Task]:
         """``async for task in client.iter_tasks()``: :meth:`list_tasks` a page at a time."""
-        token = ""
-        while True:
-            tasks, token = await self.list_tasks_page(status, page_size, token, timeout)
-            for task in tasks:
-                yield task
-            if not token:
-                return
+        async for task in _every_page(lambda token: self.list_tasks_page(status, page_size, token, timeout)):
+            yield task
 
     async def list_tasks_page(
         self,
