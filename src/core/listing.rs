@@ -4,7 +4,7 @@
 //! Architecture invariant: nothing here mutates state, every list comes out in a defined order,
 //! and each answer's work is bounded by its page size (a selection, not a sort of everything).
 
-use std::sync::Arc;
+use std::cmp::Ordering;
 
 use super::events::{AgentView, ElectionView, LeaseView};
 use super::types::{AgentId, Millis, Policy};
@@ -30,16 +30,16 @@ pub struct Overview {
     pub policies: Vec<Policy>,
 }
 
-/// Keeps the `limit` smallest items by `key`, sorted: O(n) selection, then a sort of `limit`.
-fn smallest_sorted<T, K: Ord>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Vec<T> {
+/// Keeps the `limit` smallest items in `order`, sorted: O(n) selection, then a sort of `limit`.
+fn smallest_sorted<T>(mut items: Vec<T>, limit: usize, order: impl Fn(&T, &T) -> Ordering) -> Vec<T> {
     if items.len() > limit {
         if limit == 0 {
             return Vec::new();
         }
-        items.select_nth_unstable_by(limit - 1, |a, b| key(a).cmp(&key(b)));
+        items.select_nth_unstable_by(limit - 1, &order);
         items.truncate(limit);
     }
-    items.sort_unstable_by_key(key);
+    items.sort_unstable_by(order);
     items
 }
 
@@ -58,7 +58,7 @@ impl Core {
             })
             .collect();
         let more = matching.len() > limit;
-        let page = smallest_sorted(matching, limit, |lease| Arc::clone(&lease.task_id));
+        let page = smallest_sorted(matching, limit, |a, b| a.task_id.cmp(&b.task_id));
         let next_page_token = match page.last() {
             Some(last) if more => last.task_id.to_string(),
             _ => String::new(),
@@ -82,9 +82,9 @@ impl Core {
             .iter()
             .map(|agent| (agent.registration, agent.view()))
             .collect();
-        let agents = smallest_sorted(agents, agents_max as usize, |(registration, _)| *registration);
+        let agents = smallest_sorted(agents, agents_max as usize, |a, b| a.0.cmp(&b.0));
         let leases: Vec<&super::leases::Lease> = self.leases.iter().collect();
-        let leases = smallest_sorted(leases, leases_max as usize, |lease| Arc::clone(&lease.task_id));
+        let leases = smallest_sorted(leases, leases_max as usize, |a, b| a.task_id.cmp(&b.task_id));
         let policies = self.policies.first(leases_max as usize);
         Ok(Reply::Overview(Box::new(Overview {
             now: self.now,
