@@ -18,6 +18,7 @@ use crate::core::events::{Delivery, SubscriberId};
 use crate::core::tasks::WaiterId;
 use crate::core::types::{Map, Millis, new_map};
 use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome, Reply, Topic};
+use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::wal::{self, Record};
@@ -102,19 +103,22 @@ pub fn spawn(
     clock: Clock,
     store: Option<Durability>,
     queue_max: usize,
+    spin: Duration,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(CoreHandle, thread::JoinHandle<()>)> {
     let (handle, lanes) = channels(queue_max, Arc::clone(&metrics));
-    let thread = spawn_on(lanes, core, clock, store, metrics)?;
+    let thread = spawn_on(lanes, core, clock, store, spin, metrics)?;
     Ok((handle, thread))
 }
 
-/// Starts the driver thread reading `lanes` (made by `channels`).
+/// Starts the driver thread reading `lanes` (made by `channels`); after a batch it polls them
+/// for up to `spin` before it sleeps (`idle::Spin`, adaptive; zero never spins).
 pub fn spawn_on(
     lanes: Lanes,
     core: Core,
     clock: Clock,
     store: Option<Durability>,
+    spin: Duration,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     let hash_seed = core.config().seed;
@@ -134,6 +138,7 @@ pub fn spawn_on(
             deliveries: Vec::new(),
             replies: Vec::new(),
             store,
+            spin: Spin::new(spin),
         }
         .run(&lanes)
     })
@@ -189,30 +194,29 @@ struct Driver {
     store: Option<Durability>,
     /// The per-topic event totals already added to the metrics.
     events_published: [u64; Topic::ALL.len()],
+    /// Whether to poll the lanes for a while after a batch before sleeping on them.
+    spin: Spin,
 }
 
 impl Driver {
     fn run(mut self, lanes: &Lanes) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+        let mut worked = false;
+        let waits = [Spun::Found, Spun::Missed, Spun::Skipped]
+            .map(|how| self.metrics.core_waits_total.with_label_values(&[how.as_str()]));
         loop {
-            let deadline = self
-                .core
-                .next_deadline()
-                .filter(|_| self.clock.runs_by_itself() && !self.closing)
-                .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now())));
-            // Parked claims need a look now and then even when nothing else happens: their
-            // callers may hang up while the daemon is idle.
-            let sweep = (!self.claims.is_empty()).then_some(CLAIM_SWEEP_INTERVAL);
-            let first = match [deadline, sweep].into_iter().flatten().min() {
-                None => crossbeam_channel::select! {
-                    recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
-                    recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
-                },
-                Some(wait) => crossbeam_channel::select! {
-                    recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
-                    recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
-                    default(wait) => Err(RecvTimeoutError::Timeout),
-                },
+            // Right after work, the next request often follows within microseconds (a client's
+            // next call, the rest of a burst): poll for it before paying for a sleep and a wake.
+            let spun = worked.then(|| {
+                self.spin
+                    .wait(|| lanes.priority.try_recv().or_else(|_| lanes.bulk.try_recv()).ok())
+            });
+            if let Some((_, how)) = &spun {
+                waits[*how as usize].inc();
+            }
+            let first = match spun {
+                Some((Some(request), _)) => Ok(request),
+                _ => self.sleep_for_work(lanes),
             };
             match first {
                 Ok(request) => batch.push(request),
@@ -229,6 +233,7 @@ impl Driver {
                     }
                 }
             }
+            worked = !batch.is_empty();
             if !self.run_batch(&mut batch) {
                 return;
             }
@@ -236,6 +241,29 @@ impl Driver {
             self.metrics
                 .core_queue_depth
                 .set(i64::try_from(lanes.bulk.len() + lanes.priority.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Blocks until a request comes, the next timer is due, or parked claims need a look.
+    fn sleep_for_work(&self, lanes: &Lanes) -> Result<Request, RecvTimeoutError> {
+        let deadline = self
+            .core
+            .next_deadline()
+            .filter(|_| self.clock.runs_by_itself() && !self.closing)
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now())));
+        // Parked claims need a look now and then even when nothing else happens: their
+        // callers may hang up while the daemon is idle.
+        let sweep = (!self.claims.is_empty()).then_some(CLAIM_SWEEP_INTERVAL);
+        match [deadline, sweep].into_iter().flatten().min() {
+            None => crossbeam_channel::select! {
+                recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+            },
+            Some(wait) => crossbeam_channel::select! {
+                recv(lanes.priority) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(lanes.bulk) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                default(wait) => Err(RecvTimeoutError::Timeout),
+            },
         }
     }
 
@@ -748,7 +776,15 @@ mod tests {
         .expect("a heartbeat goes in its own lane");
 
         // Just before the agent's ttl runs out, the core gets to work.
-        let thread = spawn_on(lanes, core, Clock::manual(T0 + 900), None, Arc::clone(&metrics)).expect("spawns");
+        let thread = spawn_on(
+            lanes,
+            core,
+            Clock::manual(T0 + 900),
+            None,
+            Duration::ZERO,
+            Arc::clone(&metrics),
+        )
+        .expect("spawns");
         assert_eq!(heartbeat.blocking_recv().expect("answered"), Ok(Reply::Done));
         for answer in queued {
             assert!(answer.blocking_recv().expect("answered").is_ok());

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub rpc_duration_seconds: HistogramVec,
     pub core_queue_depth: IntGauge,
     pub shed_total: IntCounterVec,
+    /// The core thread's waits for work by how they ended: `found` (work came while it spun),
+    /// `missed` (the spin window passed, then it slept), `slept` (it slept without spinning).
+    pub core_waits_total: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     /// Every call served, all methods together (the dashboard's calls/s; not exported, as
@@ -166,6 +169,16 @@ impl Metrics {
             &["method"],
         )
         .expect("valid");
+        let core_waits_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_core_waits_total",
+                "The core thread's waits for work after a batch, by how they ended: found (work \
+                 came while it spun, --core-spin), missed (the window passed, then it slept), \
+                 slept (it slept without spinning: spinning had not paid off lately, or is off)",
+            ),
+            &["result"],
+        )
+        .expect("valid");
         let connections_open = gauge("agentkeeper_connections_open", "Open gRPC connections");
         let connections_refused = IntCounter::new(
             "agentkeeper_connections_refused_total",
@@ -174,6 +187,7 @@ impl Metrics {
         .expect("valid");
         for collector in [
             Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(core_waits_total.clone()),
             Box::new(connections_refused.clone()),
             Box::new(events_by_topic.clone()),
             Box::new(rpc_duration_seconds.clone()),
@@ -218,6 +232,7 @@ impl Metrics {
             rpc_duration_seconds,
             core_queue_depth,
             shed_total,
+            core_waits_total,
             connections_open,
             connections_refused,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),

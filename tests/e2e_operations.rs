@@ -441,6 +441,41 @@ async fn metrics_count_events_by_topic_time_calls_by_method_and_show_the_core_qu
 }
 
 #[tokio::test]
+async fn core_spin_finds_a_clients_next_call_awake_and_zero_never_spins() {
+    let spinning = Daemon::start(&["--core-spin=50ms"]);
+    let mut c = spinning.clients().await;
+    // Each call is sent as soon as the last was answered: well inside a 50 ms window.
+    for _ in 0..20 {
+        c.find("", &[], 0).await;
+    }
+    let s = scrape(&spinning);
+    let found = sample(&s, "agentkeeper_core_waits_total", &[("result", "found")]).unwrap_or(0.0);
+    assert!(
+        found >= 10.0,
+        "of 20 back-to-back calls only {found} found the core spinning"
+    );
+
+    let sleeping = Daemon::start(&["--core-spin=0"]);
+    let mut c = sleeping.clients().await;
+    for _ in 0..20 {
+        c.find("", &[], 0).await;
+    }
+    let s = scrape(&sleeping);
+    for result in ["found", "missed"] {
+        assert_eq!(
+            sample(&s, "agentkeeper_core_waits_total", &[("result", result)]).unwrap_or(0.0),
+            0.0,
+            "--core-spin=0 never spins, so no wait ends {result}"
+        );
+    }
+    let slept = sample(&s, "agentkeeper_core_waits_total", &[("result", "slept")]).unwrap_or(0.0);
+    assert!(
+        slept >= 20.0,
+        "every one of 20 calls left the core asleep at once, counted {slept}"
+    );
+}
+
+#[tokio::test]
 async fn events_by_topic_count_this_process_only_not_the_events_replayed_from_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = format!("--data-dir={}", dir.path().display());

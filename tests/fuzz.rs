@@ -129,8 +129,15 @@ fn random_bytes_through_every_request_decoder_and_service_never_break_the_daemon
         },
         T0,
     );
-    let (handle, thread) = agentkeeper::driver::spawn(core, Clock::manual(T0), None, 1024, Arc::clone(&metrics))
-        .expect("the driver starts");
+    let (handle, thread) = agentkeeper::driver::spawn(
+        core,
+        Clock::manual(T0),
+        None,
+        1024,
+        Duration::ZERO,
+        Arc::clone(&metrics),
+    )
+    .expect("the driver starts");
     let api = Api::new(handle.clone(), metrics, 64, Duration::from_millis(10));
     let decoded = std::cell::Cell::new(0usize);
     runner(256)
