@@ -394,7 +394,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let _ = core_slot.set(core.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let routes = server::routes(
+    let grpc = server::grpc(
         core.clone(),
         Arc::clone(&metrics),
         flags.watch_buffer as usize,
@@ -411,7 +411,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let grpc = if uring {
         let threads = usize::from(flags.net_threads);
         tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
-        let (handoff, mut finished) = server::uring::spawn(threads, routes, streams_max, stop_rx.clone())
+        let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
             .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
         tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
         // Not a join: a thread still draining after the grace must not hold up the exit.
@@ -419,7 +419,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     } else {
         let tls_on = tls.is_some();
         tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
-        let serving = server::serve_grpc(grpc_listener, routes, gate, streams_max, tls, stopped(stop_rx.clone()));
+        let serving = server::serve_grpc(grpc_listener, grpc, gate, streams_max, tls, stopped(stop_rx.clone()));
         tokio::spawn(async move {
             let _ = serving.await;
         })

@@ -1,6 +1,6 @@
 //! Who may call what (`--auth-tokens FILE`): bearer tokens, each with a role, checked on every
-//! call before it reaches a service; the services then bind agents to the agent token that
-//! registered them. Without the flag nothing here runs and the daemon behaves as v1.
+//! call before it reaches a service (`admit`, called by `calls::CallLayer`); the services then
+//! bind agents to the agent token that registered them. Without the flag nothing here runs and the daemon behaves as v1.
 //!
 //! Architecture invariant: a token's value never leaves this module, not in a log, a metric or
 //! an error message (a caller is known by its token's line number); tokens are compared in
@@ -12,7 +12,6 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use tonic::Status;
-use tonic::service::Routes;
 
 /// What a token may do. Admin may do everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,12 +145,6 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
     })
 }
 
-/// The routes with every call authenticated and its role checked.
-pub fn checked(routes: Routes, tokens: Arc<Tokens>) -> Routes {
-    let layer = axum::middleware::from_fn_with_state(tokens, check);
-    Routes::from(routes.into_axum_router().layer(layer))
-}
-
 /// An HTTP router (the dashboard's data) that answers only callers with a known bearer token,
 /// whatever its role: the dashboard shows what a reader may read.
 pub fn http_checked(router: axum::Router, tokens: Arc<Tokens>) -> axum::Router {
@@ -177,10 +170,12 @@ async fn check_http(State(tokens): State<Arc<Tokens>>, request: Request, next: N
     next.run(request).await
 }
 
-async fn check(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    let Some(allowed) = allowed(&path) else {
-        return next.run(request).await;
+/// Admits a gRPC call whose bearer token's role allows its method, leaving the `Caller` in the
+/// request's extensions; otherwise the refusal (UNAUTHENTICATED or PERMISSION_DENIED).
+pub fn admit<B>(tokens: &Tokens, request: &mut http::Request<B>) -> Result<(), Status> {
+    let path = request.uri().path();
+    let Some(allowed) = allowed(path) else {
+        return Ok(());
     };
     let presented = request
         .headers()
@@ -193,7 +188,7 @@ async fn check(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Ne
             "this daemon needs a bearer token (authorization: Bearer TOKEN)"
         };
         tracing::debug!(%path, "unauthenticated call refused");
-        return Status::unauthenticated(why).into_http();
+        return Err(Status::unauthenticated(why));
     };
     if caller.role != Role::Admin && !allowed.contains(&caller.role) {
         let method = path.rsplit('/').next().unwrap_or("");
@@ -204,10 +199,10 @@ async fn check(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Ne
             caller.role.as_str()
         );
         tracing::debug!(%path, token_line = caller.token_line, "call refused for its role");
-        return Status::permission_denied(message).into_http();
+        return Err(Status::permission_denied(message));
     }
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]

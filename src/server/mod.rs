@@ -6,6 +6,7 @@
 //! so another transport (io_uring) serves the same `Api` unchanged.
 
 pub mod auth;
+pub mod calls;
 pub mod connections;
 pub mod convert;
 pub mod dashboard;
@@ -32,12 +33,19 @@ use crate::metrics::Metrics;
 use crate::proto as pb;
 use grpc::Api;
 
+/// What a transport serves: tonic's routes, and the layer it puts around every call.
+#[derive(Clone)]
+pub struct Grpc {
+    pub routes: Routes,
+    pub layer: calls::CallLayer,
+}
+
 /// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
 /// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
 /// into `agentkeeper_rpc_duration_seconds`. A request over `message_bytes_max` is
 /// RESOURCE_EXHAUSTED before it is decoded. With `tokens`, every call but health checks needs a
 /// bearer token whose role allows it.
-pub fn routes(
+pub fn grpc(
     core: CoreHandle,
     metrics: Arc<Metrics>,
     watch_buffer: usize,
@@ -45,8 +53,9 @@ pub fn routes(
     message_bytes_max: usize,
     tokens: Option<Arc<auth::Tokens>>,
     serving: &health::Serving,
-) -> Routes {
-    let api = Api::new(core, Arc::clone(&metrics), watch_buffer, claim_wait_max);
+) -> Grpc {
+    let layer = calls::CallLayer::new(&metrics, message_bytes_max, tokens);
+    let api = Api::new(core, metrics, watch_buffer, claim_wait_max);
     let n = message_bytes_max;
     let (reflection_v1, reflection_v1alpha) = health::reflection();
     let routes = Routes::default()
@@ -61,11 +70,7 @@ pub fn routes(
         )
         .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::clock_service_server::ClockServiceServer::new(api).max_decoding_message_size(n));
-    let routes = oversize::named(timing::timed(routes, &metrics), message_bytes_max);
-    match tokens {
-        Some(tokens) => auth::checked(routes, tokens),
-        None => routes,
-    }
+    Grpc { routes, layer }
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.
@@ -73,7 +78,7 @@ pub fn routes(
 /// most `streams_per_connection_max` calls at a time; with `tls`, over TLS.
 pub async fn serve_grpc(
     listener: TcpListener,
-    routes: Routes,
+    grpc: Grpc,
     gate: connections::Gate,
     streams_per_connection_max: u32,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -96,7 +101,8 @@ pub async fn serve_grpc(
     }
     builder
         .max_concurrent_streams(Some(streams_per_connection_max))
-        .add_routes(routes)
+        .layer(grpc.layer)
+        .add_routes(grpc.routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -1,4 +1,4 @@
-//! RPC latency: a layer over the gRPC routes that times each call of ours into
+//! RPC latency: the timers `calls::CallLayer` starts and stops around each call of ours, into
 //! `agentkeeper_rpc_duration_seconds{method}`, on both transports alike.
 //!
 //! Architecture invariant: only paths of our own methods are timed, each into a histogram made
@@ -6,33 +6,51 @@
 //! the label set.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus::Histogram;
-use tonic::service::Routes;
 
 use crate::metrics::Metrics;
 use crate::proto as pb;
 
-type ByPath = Arc<HashMap<String, Histogram>>;
+/// One histogram per method of ours, by its path, made once at start-up.
+pub struct Timers {
+    by_path: HashMap<String, Histogram>,
+}
 
-/// The routes with every call to one of our methods timed.
-pub fn timed(routes: Routes, metrics: &Metrics) -> Routes {
-    let by_path: ByPath = Arc::new(
-        method_paths()
+impl Timers {
+    pub fn new(metrics: &Metrics) -> Self {
+        let by_path = method_paths()
             .into_iter()
             .map(|(path, method)| {
                 let histogram = metrics.rpc_duration_seconds.with_label_values(&[method.as_str()]);
                 (path, histogram)
             })
-            .collect(),
-    );
-    let layer = axum::middleware::from_fn_with_state(by_path, time_call);
-    Routes::from(routes.into_axum_router().layer(layer))
+            .collect();
+        Timers { by_path }
+    }
+
+    /// Starts timing a call to `path` if it is one of our methods.
+    #[allow(clippy::disallowed_methods)] // times the call for the latency histogram
+    pub fn start(&self, path: &str) -> Option<Timer> {
+        let histogram = self.by_path.get(path)?.clone();
+        Some(Timer {
+            histogram,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A call being timed: `stop` once its answer (headers, or the whole unary answer) is ready.
+pub struct Timer {
+    histogram: Histogram,
+    started: Instant,
+}
+
+impl Timer {
+    pub fn stop(self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// ("/agentkeeper.v1.RegistryService/Register", "Register") for every method of ours.
@@ -49,17 +67,6 @@ fn method_paths() -> Vec<(String, String)> {
         }
     }
     paths
-}
-
-#[allow(clippy::disallowed_methods)] // times the call for the latency histogram
-async fn time_call(State(by_path): State<ByPath>, request: Request, next: Next) -> Response {
-    let Some(histogram) = by_path.get(request.uri().path()).cloned() else {
-        return next.run(request).await;
-    };
-    let started = Instant::now();
-    let response = next.run(request).await;
-    histogram.observe(started.elapsed().as_secs_f64());
-    response
 }
 
 #[cfg(test)]

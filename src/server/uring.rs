@@ -18,7 +18,7 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, watch};
-use tonic::service::Routes;
+use tower_layer::Layer;
 
 use super::connections::{Gate, Slot};
 
@@ -65,7 +65,7 @@ pub fn probe() -> Result<(), String> {
 /// so a connection that outlives the shutdown grace cannot hold up the exit.
 pub fn spawn(
     threads: usize,
-    routes: Routes,
+    grpc: super::Grpc,
     streams_per_connection_max: u32,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<(Vec<mpsc::Sender<Handed>>, mpsc::Receiver<()>)> {
@@ -73,7 +73,7 @@ pub fn spawn(
     let mut senders = Vec::with_capacity(threads);
     for i in 0..threads {
         let (sender, connections) = mpsc::channel(HANDOFF_QUEUE);
-        let routes = routes.clone();
+        let grpc = grpc.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
         thread::Builder::new()
@@ -81,7 +81,7 @@ pub fn spawn(
             .spawn(move || {
                 tokio_uring::builder().entries(RING_ENTRIES).start(serve(
                     connections,
-                    routes,
+                    grpc,
                     streams_per_connection_max,
                     shutdown,
                 ));
@@ -138,11 +138,11 @@ pub async fn accept(
 
 async fn serve(
     mut connections: mpsc::Receiver<Handed>,
-    routes: Routes,
+    grpc: super::Grpc,
     streams_per_connection_max: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = TowerToHyperService::new(routes);
+    let service = TowerToHyperService::new(grpc.layer.layer(grpc.routes));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder.timer(TokioTimer::new());
