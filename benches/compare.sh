@@ -4,8 +4,8 @@
 # the same HDR histograms, at the same connections x streams. Starts ours in memory and with
 # --data-dir, redis without persistence and etcd with its default fsync on free local ports, one
 # system at a time, and stops everything it started on exit. Installs etcd-server, redis-server,
-# protobuf-compiler (etcd-client's build) and fonts-dejavu-core (the chart) with apt-get when
-# missing. Writes the runs to <out>/compare.json, prints one table of ratios, draws
+# protobuf-compiler and libprotobuf-dev (etcd-client's build) and fonts-dejavu-core (the chart)
+# with apt-get when missing. Writes the runs to <out>/compare.json, prints one table of ratios, draws
 # <out>/compare.png.
 #   benches/compare.sh [--duration 5s] [--warmup 1s] [--runs 1] [--shapes "1x1 4x64"]
 #                      [--out benches/results] [--data-root target/compare] [--daemon PATH]
@@ -36,6 +36,8 @@ missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+# etcd-client's protos import the well-known types, which protoc finds only with these headers.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 [ -f "$font" ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
