@@ -202,8 +202,7 @@ impl Driver {
     fn run(mut self, lanes: &Lanes) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         let mut worked = false;
-        let waits = [Spun::Found, Spun::Missed, Spun::Skipped]
-            .map(|how| self.metrics.core_waits_total.with_label_values(&[how.as_str()]));
+        let waits = Spun::ALL.map(|how| self.metrics.core_waits_total.with_label_values(&[how.as_str()]));
         loop {
             // Right after work, the next request often follows within microseconds (a client's
             // next call, the rest of a burst): poll for it before paying for a sleep and a wake.

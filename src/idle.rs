@@ -23,6 +23,9 @@ pub enum Spun {
 }
 
 impl Spun {
+    /// Every outcome, each at the index of its discriminant.
+    pub const ALL: [Spun; 3] = [Spun::Found, Spun::Missed, Spun::Skipped];
+
     /// The `result` label of `agentkeeper_core_waits_total`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,6 +110,14 @@ impl Spin {
         debug_assert!(self.credit <= CREDIT_MAX);
     }
 }
+
+const _: () = {
+    let mut i = 0;
+    while i < Spun::ALL.len() {
+        assert!(Spun::ALL[i] as usize == i, "Spun::ALL is in discriminant order");
+        i += 1;
+    }
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,9 @@
 //! AgentKeeper: a coordination daemon for fleets of AI agents.
 //!
-//! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it (`idle`: how it waits for work);
-//! `server` speaks gRPC and HTTP around it; `metrics` is what both publish; `proto` holds the
-//! generated wire types; `ctl` is the command-line client (`agentkeeper ctl`); `limits` names every
-//! limit with its default and flag.
+//! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it
+//! (`idle`: how it waits for work); `server` speaks gRPC and HTTP around it; `metrics` is what
+//! both publish; `proto` holds the generated wire types; `ctl` is the command-line client
+//! (`agentkeeper ctl`); `limits` names every limit with its default and flag.
 
 pub mod clock;
 pub mod core;

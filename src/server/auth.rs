@@ -1,6 +1,7 @@
 //! Who may call what (`--auth-tokens FILE`): bearer tokens, each with a role, checked on every
 //! call before it reaches a service (`admit`, called by `calls::CallLayer`); the services then
-//! bind agents to the agent token that registered them. Without the flag nothing here runs and the daemon behaves as v1.
+//! bind agents to the agent token that registered them. Without the flag nothing here runs and
+//! the daemon behaves as v1.
 //!
 //! Architecture invariant: a token's value never leaves this module, not in a log, a metric or
 //! an error message (a caller is known by its token's line number); tokens are compared in
@@ -153,11 +154,7 @@ pub fn http_checked(router: axum::Router, tokens: Arc<Tokens>) -> axum::Router {
 
 async fn check_http(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
-    let known = request
-        .headers()
-        .get("authorization")
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .and_then(|token| tokens.lookup(token));
+    let known = bearer(&request).and_then(|token| tokens.lookup(token));
     if known.is_none() {
         tracing::debug!(path = %request.uri().path(), "unauthenticated dashboard request refused");
         return (
@@ -170,6 +167,14 @@ async fn check_http(State(tokens): State<Arc<Tokens>>, request: Request, next: N
     next.run(request).await
 }
 
+/// The token of an `authorization: Bearer TOKEN` header, if the request has one.
+fn bearer<B>(request: &http::Request<B>) -> Option<&[u8]> {
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+}
+
 /// Admits a gRPC call whose bearer token's role allows its method, leaving the `Caller` in the
 /// request's extensions; otherwise the refusal (UNAUTHENTICATED or PERMISSION_DENIED).
 pub fn admit<B>(tokens: &Tokens, request: &mut http::Request<B>) -> Result<(), Status> {
@@ -177,10 +182,7 @@ pub fn admit<B>(tokens: &Tokens, request: &mut http::Request<B>) -> Result<(), S
     let Some(allowed) = allowed(path) else {
         return Ok(());
     };
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    let presented = bearer(request);
     let Some(caller) = presented.and_then(|token| tokens.lookup(token)) else {
         let why = if presented.is_some() {
             "the bearer token is not known"

@@ -194,10 +194,10 @@ type WriteOp = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
 /// 0.9x the throughput at 256 streams, see BENCHMARKS.md). Only when the socket is full are the
 /// bytes copied into the buffer and submitted whole (`write_all`), and `poll_write` reports them
 /// written at once. Back-pressure: a second `poll_write` (or a flush) waits until the write in
-/// flight completes, so hyper never queues more than one
-/// buffer per connection and a slow reader stalls only its own connection. Cancellation: if
-/// the connection is dropped with an operation in flight, tokio-uring keeps the buffer alive
-/// until the kernel is done with it; nothing here needs to wait.
+/// flight completes, so hyper never queues more than one buffer per connection and a slow
+/// reader stalls only its own connection. Cancellation: if the connection is dropped with an
+/// operation in flight, tokio-uring keeps the buffer alive until the kernel is done with it;
+/// nothing here needs to wait.
 struct UringIo {
     stream: Rc<tokio_uring::net::TcpStream>,
     /// The read buffer while idle, with unread bytes at `read_pos..`.
