@@ -4,8 +4,10 @@
 
 use std::hint::black_box;
 
+use agentkeeper::core::entitlements::PolicyTable;
 use agentkeeper::core::events::Delivery;
-use agentkeeper::core::types::{AgentCard, Effect};
+use agentkeeper::core::search::SearchIndex;
+use agentkeeper::core::types::{AgentCard, Effect, Policy};
 use agentkeeper::core::{Command, Core, CoreConfig, PolicyInput, Reply};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -202,6 +204,75 @@ fn find(c: &mut Criterion) {
     });
 }
 
+/// The two indexes on their own, without a command around them: the policy table at a million
+/// policies (plus wildcard denies that every check must consider) and BM25F scoring.
+fn indexes(c: &mut Criterion) {
+    let full = size(1_000_000) as u64;
+    let mut table = PolicyTable::new(11);
+    let policy = |id: String, subject: &str, action: &str, resource: String, effect| Policy {
+        id,
+        subject: subject.into(),
+        action: action.into(),
+        resource,
+        effect,
+    };
+    for i in 0..full {
+        let effect = if i % 7 == 0 { Effect::Deny } else { Effect::Allow };
+        let subject = format!("agent:a{i}");
+        table.upsert(policy(
+            format!("p{i:07}"),
+            &subject,
+            "call",
+            format!("tool:t{}", i % 1000),
+            effect,
+        ));
+    }
+    for (id, s, a, r) in [
+        ("w1", "agent:*", "read", "*"),
+        ("w2", "*", "*", "tool:admin"),
+        ("w3", "*:root", "*", "*"),
+    ] {
+        table.upsert(policy(id.into(), s, a, r.into(), Effect::Deny));
+    }
+    let mut i = 0u64;
+    c.bench_function(&format!("entitlements index alone: check ({full} + 3 policies)"), |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let n = i.wrapping_mul(2_654_435_761) % full;
+            let (subject, resource) = (format!("agent:a{n}"), format!("tool:t{}", n % 1000));
+            black_box(table.check(&subject, "call", &resource))
+        })
+    });
+
+    let words = [
+        "fetches and parses web pages",
+        "runs sql queries",
+        "reviews pull requests",
+        "deploys services",
+    ];
+    let mut index = SearchIndex::new(1);
+    for i in 0..size(10_000) {
+        let card = AgentCard {
+            name: format!("agent-{i}"),
+            description: format!("{} for team {}", words[i % words.len()], i % 50),
+            ..AgentCard::default()
+        };
+        index.insert(i, &card);
+    }
+    let queries = [
+        "fetch and parse web pages",
+        "review my pull request",
+        "deploy kubernetes service",
+    ];
+    let mut q = 0;
+    c.bench_function(&format!("search index alone: score ({} cards)", size(10_000)), |b| {
+        b.iter(|| {
+            q = (q + 1) % queries.len();
+            black_box(index.score(queries[q]))
+        })
+    });
+}
+
 fn expiry(c: &mut Criterion) {
     let leases = size(1_000_000);
     c.bench_function(&format!("expire {leases} leases at one instant"), |b| {
@@ -366,6 +437,6 @@ fn tasks(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = heartbeat, leases, policies, find, expiry, fanout, tasks
+    targets = heartbeat, leases, policies, find, indexes, expiry, fanout, tasks
 }
 criterion_main!(benches);

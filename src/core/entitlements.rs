@@ -550,47 +550,4 @@ mod tests {
             }
         }
     }
-
-    /// Run with `cargo test --release -- --ignored check_latency --nocapture`.
-    #[test]
-    #[ignore]
-    #[allow(clippy::disallowed_methods)] // a measurement, not the core
-    fn check_latency_at_one_million_policies() {
-        let mut table = PolicyTable::new(11);
-        for i in 0..1_000_000u64 {
-            let effect = if i % 7 == 0 { Effect::Deny } else { Effect::Allow };
-            let subject = format!("agent:a{i}");
-            table.upsert(policy(
-                &format!("p{i:07}"),
-                &subject,
-                "call",
-                &format!("tool:t{}", i % 1000),
-                effect,
-            ));
-        }
-        for (id, s, a, r) in [
-            ("w1", "agent:*", "read", "*"),
-            ("w2", "*", "*", "tool:admin"),
-            ("w3", "*:root", "*", "*"),
-        ] {
-            table.upsert(policy(id, s, a, r, Effect::Deny));
-        }
-        let mut samples = Vec::with_capacity(10_000);
-        let mut allowed = 0;
-        for i in 0..10_000u64 {
-            let n = i.wrapping_mul(2_654_435_761) % 1_000_000;
-            let (subject, resource) = (format!("agent:a{n}"), format!("tool:t{}", n % 1000));
-            let start = std::time::Instant::now();
-            let decision = table.check(&subject, "call", &resource);
-            samples.push(start.elapsed());
-            allowed += usize::from(decision.allowed);
-        }
-        samples.sort_unstable();
-        println!(
-            "1,000,003 policies: check median {:?}, p99 {:?}, max {:?} ({allowed} of 10000 allowed)",
-            samples[samples.len() / 2],
-            samples[samples.len() * 99 / 100],
-            samples[samples.len() - 1]
-        );
-    }
 }

@@ -530,37 +530,4 @@ mod tests {
         let best = ranked[0].0;
         assert!(best % 100 == 43 && best % vocabulary.len() == 3, "both terms beat one");
     }
-
-    /// Run with `cargo test --release -- --ignored score_latency --nocapture`.
-    #[test]
-    #[ignore]
-    #[allow(clippy::disallowed_methods)] // a measurement, not the core
-    fn score_latency_over_ten_thousand_cards() {
-        let cards = fleet();
-        let mut index = SearchIndex::new(1);
-        for i in 0..10_000usize {
-            let mut c = cards[i % cards.len()].clone();
-            c.name = format!("{}-{i}", c.name);
-            index.insert(i, &c);
-        }
-        let mut samples = Vec::new();
-        for query in [
-            "fetch and parse web pages",
-            "review my pull request",
-            "deploy kubernetes service",
-        ]
-        .repeat(300)
-        {
-            let start = std::time::Instant::now();
-            let ranked = index.score(query);
-            samples.push(start.elapsed());
-            assert!(!ranked.is_empty());
-        }
-        samples.sort_unstable();
-        println!(
-            "10k cards: score median {:?}, p99 {:?}",
-            samples[samples.len() / 2],
-            samples[samples.len() * 99 / 100]
-        );
-    }
 }
