@@ -14,6 +14,7 @@ use tokio::sync::mpsc::error::TrySendError as TrySendErrorTokio;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::core::entry::Entry;
 use crate::core::events::{Delivery, SubscriberId};
 use crate::core::tasks::WaiterId;
 use crate::core::types::{Map, Millis, new_map};
@@ -21,7 +22,7 @@ use crate::core::{Command, Core, CoreError, CoreStats, ErrorCode, Event, Outcome
 use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::wal::{self, Record};
+use crate::store::wal;
 
 /// Commands taken from the queue in one batch at most: bounds the latency of a batch's first
 /// reply behind its last command.
@@ -280,7 +281,7 @@ impl Driver {
             self.clock.now().max(self.core.now())
         };
         if self.core.tick(now) > 0 {
-            self.log(&Record::Tick { now });
+            self.log(&Entry::Tick { now });
         }
         self.sweep_claims(now);
         let mut running = true;
@@ -297,7 +298,7 @@ impl Driver {
                     if let Ok(time) = moved {
                         now = now.max(time);
                         if self.core.tick(now) > 0 {
-                            self.log(&Record::Tick { now });
+                            self.log(&Entry::Tick { now });
                         }
                     }
                     self.replies.push(PendingReply::Clock(reply, moved));
@@ -349,9 +350,10 @@ impl Driver {
             if self.store.as_ref().is_some_and(|d| d.failed.is_some()) {
                 return;
             }
-            self.log(&Record::Apply {
+            self.log(&Entry::Apply {
                 now,
                 command: command.clone(),
+                principal: None,
             });
         }
         let _ = self.core.apply(now, command);
@@ -413,9 +415,10 @@ impl Driver {
                 return;
             }
             if self.store.is_some() {
-                self.log(&Record::Apply {
+                self.log(&Entry::Apply {
                     now,
                     command: command.clone(),
+                    principal: None,
                 });
             }
         }
@@ -435,7 +438,7 @@ impl Driver {
         }
     }
 
-    fn log(&mut self, record: &Record) {
+    fn log(&mut self, record: &Entry) {
         if let Some(durability) = &mut self.store {
             wal::encode_record(record, &mut durability.batch);
             durability.batch_records += 1;

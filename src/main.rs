@@ -473,7 +473,7 @@ fn recover(
     let now = now.max(core.now());
     core.restart_grace(now);
     let mut grace = Vec::new();
-    agentkeeper::store::wal::encode_record(&agentkeeper::store::wal::Record::Grace { now }, &mut grace);
+    agentkeeper::store::wal::encode_record(&agentkeeper::core::entry::Entry::Grace { now }, &mut grace);
     store
         .append(&grace)
         .map_err(|e| format!("cannot write to {}: {e}", store.log_path().display()))?;

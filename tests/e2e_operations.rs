@@ -230,8 +230,9 @@ async fn readyz_is_503_shutting_down_while_a_stream_that_cannot_drain_holds_the_
 /// Writes a data dir whose log holds `agents` registrations, as a daemon would have.
 fn data_dir_with_registrations(dir: &std::path::Path, agents: usize) {
     use agentkeeper::core::Command;
+    use agentkeeper::core::entry::Entry;
     use agentkeeper::core::types::AgentCard;
-    use agentkeeper::store::wal::{Record, encode_record};
+    use agentkeeper::store::wal::encode_record;
     let now = 1_700_000_000_000;
     let (mut store, _) = agentkeeper::store::Store::open(dir, 1, now).unwrap();
     let mut bytes = Vec::new();
@@ -246,7 +247,14 @@ fn data_dir_with_registrations(dir: &std::path::Path, agents: usize) {
             card,
             ttl_seconds: 86_400,
         };
-        encode_record(&Record::Apply { now, command }, &mut bytes);
+        encode_record(
+            &Entry::Apply {
+                now,
+                command,
+                principal: None,
+            },
+            &mut bytes,
+        );
     }
     store.append(&bytes).unwrap();
 }

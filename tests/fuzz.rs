@@ -443,9 +443,10 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 #[test]
 fn random_bytes_never_panic_the_store_readers() {
     let mut valid = Vec::new();
-    let record = wal::Record::Apply {
+    let record = agentkeeper::core::entry::Entry::Apply {
         now: T0,
         command: Command::Heartbeat { agent_id: "a".into() },
+        principal: None,
     };
     wal::encode_record(&record, &mut valid);
     assert_eq!(framed(&valid[8..]), valid, "the test frames records as the store does");

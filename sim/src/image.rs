@@ -6,8 +6,9 @@
 //! through `agentkeeper::store`; it never touches a file, a clock or an RNG.
 
 use agentkeeper::core::Core;
+use agentkeeper::core::entry::Entry;
 use agentkeeper::core::types::Millis;
-use agentkeeper::store::wal::{self, Header, Record};
+use agentkeeper::store::wal::{self, Header};
 use agentkeeper::store::{self, Recovered};
 
 use crate::step::Tear;
@@ -63,7 +64,7 @@ impl StoreImage {
     }
 
     /// Appends one whole record, as a batch's durable write does.
-    pub fn append(&mut self, record: &Record) {
+    pub fn append(&mut self, record: &Entry) {
         self.log.truncate(self.whole_len);
         wal::encode_record(record, &mut self.log);
         self.whole_len = self.log.len();
@@ -72,7 +73,7 @@ impl StoreImage {
     }
 
     /// Writes `record` as a crash mid-write leaves it: torn as `tear` says.
-    pub fn append_torn(&mut self, record: &Record, tear: Tear) {
+    pub fn append_torn(&mut self, record: &Entry, tear: Tear) {
         self.scratch.clear();
         wal::encode_record(record, &mut self.scratch);
         self.log.truncate(self.whole_len);
@@ -100,10 +101,10 @@ impl StoreImage {
         self.since_snapshot
     }
 
-    /// The recovery's `Record::Grace`, made durable before the restarted daemon serves. Its
+    /// The recovery's `Entry::Grace`, made durable before the restarted daemon serves. Its
     /// driver counts records towards the next snapshot from zero, so this one is not counted.
     pub fn append_grace(&mut self, now: Millis) {
-        self.append(&Record::Grace { now });
+        self.append(&Entry::Grace { now });
         self.since_snapshot = 0;
     }
 
@@ -155,12 +156,13 @@ mod tests {
     use super::*;
     use agentkeeper::core::{Command, CoreConfig};
 
-    fn heartbeat(now: Millis) -> Record {
-        Record::Apply {
+    fn heartbeat(now: Millis) -> Entry {
+        Entry::Apply {
             now,
             command: Command::Heartbeat {
                 agent_id: "a".repeat(32),
             },
+            principal: None,
         }
     }
 
@@ -168,17 +170,17 @@ mod tests {
     fn whole_records_read_back_and_a_torn_one_is_cut_and_overwritten() {
         let mut image = StoreImage::new(5, 1000);
         image.append(&heartbeat(1001));
-        image.append(&Record::Tick { now: 1002 });
+        image.append(&Entry::Tick { now: 1002 });
         let whole = image.whole_len();
         image.append_torn(&heartbeat(1003), Tear::Zeros { per_mille: 300 });
         let (recovered, reading) = image.read().expect("a torn tail is not damage");
-        assert_eq!(recovered.records, [heartbeat(1001), Record::Tick { now: 1002 }]);
+        assert_eq!(recovered.records, [heartbeat(1001), Entry::Tick { now: 1002 }]);
         assert_eq!((reading.records, reading.valid_len), (2, whole));
         assert!(reading.torn.is_some() && !reading.from_snapshot);
         image.append_grace(1004);
         assert_eq!(image.since_snapshot(), 0);
         let (recovered, reading) = image.read().unwrap();
-        assert_eq!(recovered.records.last(), Some(&Record::Grace { now: 1004 }));
+        assert_eq!(recovered.records.last(), Some(&Entry::Grace { now: 1004 }));
         assert_eq!((reading.records, reading.torn), (3, None));
     }
 
@@ -197,14 +199,15 @@ mod tests {
             },
             ttl_seconds: 10,
         };
-        image.append(&Record::Apply {
+        image.append(&Entry::Apply {
             now: 1000,
             command: register.clone(),
+            principal: None,
         });
         core.apply(1000, register).unwrap();
         image.take_snapshot(&core);
         assert_eq!((image.records(), image.since_snapshot()), (0, 0));
-        image.append(&Record::Tick { now: 12_000 });
+        image.append(&Entry::Tick { now: 12_000 });
         core.tick(12_000);
         let (recovered, reading) = image.read().unwrap();
         assert!(reading.from_snapshot);

@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use agentkeeper::core::entry::Entry;
 use agentkeeper::core::events::{Delivery, LeaseView, SubscriberId};
 use agentkeeper::core::snapshot::CoreSnapshot;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentStatus, Millis};
 use agentkeeper::core::{Command, Core, Event, EventPayload, Outcome, Reply, Topic};
-use agentkeeper::store::wal::Record;
 
 use crate::digest::Digest;
 use crate::image::{ReadError, StoreImage};
@@ -680,9 +680,10 @@ impl Runner {
         // before it is applied.
         self.tick_logged();
         if command.is_logged() {
-            self.image.append(&Record::Apply {
+            self.image.append(&Entry::Apply {
                 now: self.now,
                 command: command.clone(),
+                principal: None,
             });
         }
         let outcome = self.core.apply(self.now, command.clone());
@@ -787,10 +788,10 @@ impl Runner {
     }
 
     /// Fires what is due at the step's time, logging a tick that fired anything (the driver's
-    /// `Record::Tick`).
+    /// `Entry::Tick`).
     fn tick_logged(&mut self) {
         if self.core.tick(self.now) > 0 {
-            self.image.append(&Record::Tick { now: self.now });
+            self.image.append(&Entry::Tick { now: self.now });
         }
     }
 
@@ -937,9 +938,10 @@ impl Runner {
         let before = self.core.snapshot();
         let model_before = self.model.clone();
         let (command, _) = self.command(&torn.op);
-        let record = command.is_logged().then(|| Record::Apply {
+        let record = command.is_logged().then(|| Entry::Apply {
             now: self.now,
             command: command.clone(),
+            principal: None,
         });
         let sequence_before = self.core.stats().sequence_next;
         let outcome = self.core.apply(self.now, command.clone());

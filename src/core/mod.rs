@@ -7,6 +7,7 @@
 
 pub mod elections;
 pub mod entitlements;
+pub mod entry;
 pub mod events;
 pub mod ids;
 pub mod inspect;
@@ -33,7 +34,7 @@ use leases::LeaseTable;
 use registry::Registry;
 use tasks::{TaskQueue, TaskStatus, TaskView, WaiterId};
 use timers::TimerWheel;
-use types::{AgentCard, Decision, Millis, Policy};
+use types::{AgentCard, Decision, Millis, Policy, TokenId};
 
 pub use events::{AgentView, Event, EventPayload, Topic};
 
@@ -463,9 +464,19 @@ impl Core {
     /// Applies one command at `now`, after firing every deadline due by then, so that whatever
     /// has expired by `now` counts as expired whether or not a tick came first.
     pub fn apply(&mut self, now: Millis, command: Command) -> Outcome {
+        self.apply_as(now, command, None)
+    }
+
+    /// Applies `command` on behalf of `principal`, the agent token that makes the call if one
+    /// does (`--auth-tokens`): a Register binds the new agent to that token, and a call that acts
+    /// for an agent is refused unless the agent is bound to the same token (see `owner_check`).
+    pub fn apply_as(&mut self, now: Millis, command: Command, principal: Option<TokenId>) -> Outcome {
         let _ = self.tick(now);
+        if let Some(token) = principal {
+            self.owner_check(&command, token)?;
+        }
         match command {
-            Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds),
+            Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds, principal),
             Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
             Command::Deregister { agent_id } => self.deregister(&agent_id),
             Command::GetAgent { agent_id } => self.get_agent(&agent_id),
@@ -663,6 +674,35 @@ impl Core {
         self.leases.check_invariants(self.now, &self.registry, &self.timers);
         self.elections.check_invariants(&self.registry);
         self.check_task_invariants();
+    }
+
+    /// An agent token acts only for the agents it registered: Heartbeat, Deregister and the
+    /// lease calls name an agent, which must be bound to `token`. An unknown agent is refused
+    /// the same way, so a token learns nothing about agents that are not its own.
+    fn owner_check(&self, command: &Command, token: TokenId) -> Result<(), CoreError> {
+        let agent_id = match command {
+            Command::Heartbeat { agent_id }
+            | Command::Deregister { agent_id }
+            | Command::AcquireLease { agent_id, .. }
+            | Command::RenewLease { agent_id, .. }
+            | Command::ReleaseLease { agent_id, .. } => agent_id,
+            _ => return Ok(()),
+        };
+        let owner = self
+            .registry
+            .lookup(agent_id)
+            .ok()
+            .and_then(|key| self.registry.get(key).owner);
+        if owner == Some(token) {
+            return Ok(());
+        }
+        Err(CoreError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "agent {} was not registered with this agent token",
+                validate::quote(agent_id)
+            ),
+        ))
     }
 
     fn emit(&mut self, topic: Topic, payload: EventPayload) {

@@ -12,7 +12,7 @@ use slab::Slab;
 use super::events::{AgentView, EventPayload, Topic};
 use super::search::SearchIndex;
 use super::timers::{TimerKey, TimerWheel};
-use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, Set, new_map};
+use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, Set, TokenId, new_map};
 use super::validate;
 use super::{Core, CoreError, Deadline, ErrorCode, Outcome, Reply, limit_reached};
 
@@ -33,6 +33,8 @@ pub struct Agent {
     pub leases: BTreeMap<u64, usize>,
     /// Election groups stood in, in the order joined.
     pub groups: Vec<usize>,
+    /// The agent token that registered it, if one did: only that token may act for it.
+    pub owner: Option<TokenId>,
 }
 
 impl Agent {
@@ -283,7 +285,7 @@ impl Registry {
 }
 
 impl Core {
-    pub(super) fn register(&mut self, card: AgentCard, ttl_seconds: u32) -> Outcome {
+    pub(super) fn register(&mut self, card: AgentCard, ttl_seconds: u32, owner: Option<TokenId>) -> Outcome {
         validate::card(&card)?;
         let ttl_ms = validate::ttl_ms(ttl_seconds, validate::AGENT_TTL_SECONDS_DEFAULT)?;
         if self.registry.agents.len() >= self.config.agents_max {
@@ -314,6 +316,7 @@ impl Core {
             timer,
             leases: BTreeMap::new(),
             groups: Vec::new(),
+            owner,
         });
         registry.alive += 1;
         registry.by_id.insert(id, key);

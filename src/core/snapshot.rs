@@ -19,7 +19,7 @@ use super::ids::IdSource;
 use super::leases::Lease;
 use super::registry::Agent;
 use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool_set};
-use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, new_set};
+use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, TokenId, new_set};
 use super::{Core, CoreConfig, Deadline};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,8 @@ pub struct AgentState {
     pub dead_at: Option<Millis>,
     /// The groups it stands in, in the order it joined them.
     pub groups: Vec<String>,
+    /// The agent token that registered it, if one did.
+    pub owner: Option<TokenId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +114,7 @@ impl Core {
                 registration: agent.registration,
                 dead_at: registry.dead_at.get(&key).copied(),
                 groups: agent.groups.iter().map(group_name).collect(),
+                owner: agent.owner,
             })
             .collect();
         agents.sort_unstable_by_key(|a| a.registration);
@@ -311,6 +314,7 @@ impl Core {
             timer: self.timers.insert(0, Deadline::Agent(key)),
             leases: BTreeMap::new(),
             groups: Vec::new(),
+            owner: state.owner,
         };
         let deadline = agent.deadline_expected(state.dead_at, self.config.dead_retention_ms);
         self.timers.reset(agent.timer, deadline);

@@ -1256,3 +1256,62 @@ fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
 mod limits;
 mod listing;
 mod tasks;
+
+#[test]
+fn an_agent_token_acts_only_for_its_own_agents_across_a_snapshot_until_the_agent_is_forgotten() {
+    let mut h = Harness::with_config(CoreConfig {
+        seed: 42,
+        dead_retention_ms: 5 * SECOND,
+        ..CoreConfig::default()
+    });
+    let (mine, theirs) = (TokenId([1; 16]), TokenId([2; 16]));
+    let card = AgentCard {
+        name: "bound".into(),
+        ..AgentCard::default()
+    };
+    let register = Command::Register { card, ttl_seconds: 10 };
+    let Ok(Reply::Registered { agent_id }) = h.core.apply_as(h.now, register, Some(mine)) else {
+        panic!("registers")
+    };
+    let agent_id = agent_id.to_string();
+    let heartbeat = || Command::Heartbeat {
+        agent_id: agent_id.clone(),
+    };
+    assert_eq!(h.core.apply_as(h.now, heartbeat(), Some(mine)), Ok(Reply::Done));
+    let refused = h.core.apply_as(h.now, heartbeat(), Some(theirs)).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::PermissionDenied, "{refused}");
+    assert!(
+        refused.message.contains("not registered with this agent token"),
+        "{refused}"
+    );
+    let acquire = Command::AcquireLease {
+        task_id: "k".into(),
+        agent_id: agent_id.clone(),
+        ttl_seconds: 10,
+    };
+    assert_eq!(
+        h.core.apply_as(h.now, acquire, Some(theirs)).unwrap_err().code,
+        ErrorCode::PermissionDenied
+    );
+    // Callers without an agent token (orchestrators, admins, no --auth-tokens) act for anyone.
+    assert_eq!(h.core.apply(h.now, heartbeat()), Ok(Reply::Done));
+
+    // The binding is state: a restored core keeps it.
+    let mut restored = Core::restore(h.core.config().clone(), h.core.snapshot());
+    assert_eq!(restored.apply_as(h.now, heartbeat(), Some(mine)), Ok(Reply::Done));
+    assert_eq!(
+        restored.apply_as(h.now, heartbeat(), Some(theirs)).unwrap_err().code,
+        ErrorCode::PermissionDenied
+    );
+
+    // Dead, then forgotten: the token holds nothing any more (refused, as any unknown agent).
+    h.ok(Command::Deregister {
+        agent_id: agent_id.clone(),
+    });
+    h.advance(6 * SECOND);
+    assert_eq!(h.err(heartbeat()).code, ErrorCode::NotFound);
+    assert_eq!(
+        h.core.apply_as(h.now, heartbeat(), Some(mine)).unwrap_err().code,
+        ErrorCode::PermissionDenied
+    );
+}

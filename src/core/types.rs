@@ -50,6 +50,12 @@ impl fmt::Display for Id128 {
 
 /// An agent's identity.
 pub type AgentId = Id128;
+
+/// Which agent token made a call, as the core knows it: a digest of the token, never the token
+/// itself. An agent registered with one is bound to it (`--auth-tokens`): only that token may act
+/// for the agent, across restarts, until the agent is forgotten.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct TokenId(pub [u8; 16]);
 /// A task's identity.
 pub type TaskId = Id128;
 

@@ -16,10 +16,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::core::entry::Entry;
 use crate::core::snapshot::CoreSnapshot;
 use crate::core::types::Millis;
 use crate::core::{Core, CoreConfig};
-use wal::{Header, Record};
+use wal::Header;
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -84,7 +85,7 @@ pub struct Recovered {
     pub header: Header,
     /// The latest whole snapshot, if any; `records` follow it.
     pub snapshot: Option<CoreSnapshot>,
-    pub records: Vec<Record>,
+    pub records: Vec<Entry>,
     /// Set when a torn last record was cut off: what was cut and where.
     pub torn: Option<String>,
 }
@@ -268,13 +269,17 @@ pub fn replay(recovered: Recovered, mut config: CoreConfig) -> Core {
     let mut discarded = Vec::new();
     for record in &recovered.records {
         match record {
-            Record::Apply { now, command } => {
-                let _ = core.apply(*now, command.clone());
+            Entry::Apply {
+                now,
+                command,
+                principal,
+            } => {
+                let _ = core.apply_as(*now, command.clone(), *principal);
             }
-            Record::Tick { now } => {
+            Entry::Tick { now } => {
                 let _ = core.tick(*now);
             }
-            Record::Grace { now } => core.restart_grace(*now),
+            Entry::Grace { now } => core.restart_grace(*now),
         }
         core.drain_deliveries(&mut discarded);
         discarded.clear();
@@ -284,7 +289,7 @@ pub fn replay(recovered: Recovered, mut config: CoreConfig) -> Core {
 
 struct LogRead {
     header: Header,
-    records: Vec<Record>,
+    records: Vec<Entry>,
     valid_len: u64,
     torn: Option<String>,
 }
@@ -415,7 +420,7 @@ mod tests {
     use super::*;
     use crate::core::Command;
 
-    fn append(store: &mut Store, records: &[Record]) {
+    fn append(store: &mut Store, records: &[Entry]) {
         let mut bytes = Vec::new();
         for record in records {
             wal::encode_record(record, &mut bytes);
@@ -426,14 +431,15 @@ mod tests {
     #[test]
     fn records_survive_reopening_and_the_first_header_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let record = Record::Apply {
+        let record = Entry::Apply {
             now: 5,
             command: Command::DeletePolicy { id: "p".into() },
+            principal: None,
         };
         {
             let (mut store, recovered) = Store::open(dir.path(), 42, 1000).unwrap();
             assert!(recovered.records.is_empty());
-            append(&mut store, &[record.clone(), Record::Tick { now: 6 }]);
+            append(&mut store, &[record.clone(), Entry::Tick { now: 6 }]);
         }
         let (_, recovered) = Store::open(dir.path(), 99, 2000).unwrap();
         assert_eq!(
@@ -443,7 +449,7 @@ mod tests {
                 created_at: 1000
             }
         );
-        assert_eq!(recovered.records, [record, Record::Tick { now: 6 }]);
+        assert_eq!(recovered.records, [record, Entry::Tick { now: 6 }]);
     }
 
     #[test]
@@ -461,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
-            append(&mut store, &[Record::Tick { now: 1 }, Record::Tick { now: 2 }]);
+            append(&mut store, &[Entry::Tick { now: 1 }, Entry::Tick { now: 2 }]);
         }
         let path = dir.path().join(log_name(0));
         let len = std::fs::metadata(&path).unwrap().len();
@@ -473,12 +479,12 @@ mod tests {
             .unwrap();
         {
             let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
-            assert_eq!(recovered.records, [Record::Tick { now: 1 }]);
+            assert_eq!(recovered.records, [Entry::Tick { now: 1 }]);
             assert!(recovered.torn.is_some());
-            append(&mut store, &[Record::Tick { now: 3 }]);
+            append(&mut store, &[Entry::Tick { now: 3 }]);
         }
         let (_, recovered) = Store::open(dir.path(), 1, 1).unwrap();
-        assert_eq!(recovered.records, [Record::Tick { now: 1 }, Record::Tick { now: 3 }]);
+        assert_eq!(recovered.records, [Entry::Tick { now: 1 }, Entry::Tick { now: 3 }]);
         assert!(recovered.torn.is_none());
     }
 
@@ -489,11 +495,7 @@ mod tests {
             let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
             append(
                 &mut store,
-                &[
-                    Record::Tick { now: 1 },
-                    Record::Tick { now: 2 },
-                    Record::Tick { now: 3 },
-                ],
+                &[Entry::Tick { now: 1 }, Entry::Tick { now: 2 }, Entry::Tick { now: 3 }],
             );
         }
         let path = dir.path().join(log_name(0));

@@ -1,13 +1,11 @@
 //! The write-ahead log's format: a versioned header, then records of
-//! `[payload length u32 LE][crc32 of payload u32 LE][payload: postcard-encoded Record]`,
+//! `[payload length u32 LE][crc32 of payload u32 LE][payload: postcard-encoded Entry]`,
 //! and the scan that reads them back, telling a torn tail from damage.
 //!
 //! Architecture invariant: decoding never trusts a length or a payload before its checksum;
 //! damage anywhere but the tail is reported with its offset and record number, never skipped.
 
-use serde::{Deserialize, Serialize};
-
-use crate::core::Command;
+use crate::core::entry::Entry;
 use crate::core::types::Millis;
 
 pub const MAGIC: &[u8; 8] = b"AGENTKPR";
@@ -22,18 +20,6 @@ pub const RECORD_BYTES_MAX: usize = 8 * 1024 * 1024;
 pub struct Header {
     pub seed: u64,
     pub created_at: Millis,
-}
-
-/// One logged input of the core. Replaying them in order through a core built from the header
-/// rebuilds the exact state: ids, tokens, terms and sequence numbers included.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Record {
-    /// A state-changing command, applied at `now`.
-    Apply { now: Millis, command: Command },
-    /// A tick at `now` that fired at least one deadline.
-    Tick { now: Millis },
-    /// The restart grace given at `now` after a recovery.
-    Grace { now: Millis },
 }
 
 impl Header {
@@ -74,7 +60,7 @@ impl Header {
 }
 
 /// Appends one framed record to `out`.
-pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+pub fn encode_record(record: &Entry, out: &mut Vec<u8>) {
     let payload = postcard::to_stdvec(record).expect("a record always encodes");
     assert!(
         payload.len() <= RECORD_BYTES_MAX,
@@ -89,7 +75,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 /// What a scan of the log's records found.
 #[derive(Debug, PartialEq)]
 pub struct Scan {
-    pub records: Vec<Record>,
+    pub records: Vec<Entry>,
     /// Bytes of the file (from its start) that hold the header and whole, valid records.
     pub valid_len: u64,
     /// Why the tail after `valid_len` was cut, if it was.
@@ -146,7 +132,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
 
 /// One record from the front of `bytes`: the record and the bytes it used, or why it is bad and
 /// where it claims to end.
-fn read_record(bytes: &[u8]) -> Result<(Record, usize), (String, usize)> {
+fn read_record(bytes: &[u8]) -> Result<(Entry, usize), (String, usize)> {
     if bytes.len() < RECORD_PREFIX_BYTES {
         return Err((
             format!("only {} bytes of a record prefix", bytes.len()),
@@ -179,8 +165,9 @@ fn read_record(bytes: &[u8]) -> Result<(Record, usize), (String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Command;
 
-    fn log(records: &[Record]) -> Vec<u8> {
+    fn log(records: &[Entry]) -> Vec<u8> {
         let mut bytes = Header {
             seed: 7,
             created_at: 1000,
@@ -193,20 +180,22 @@ mod tests {
         bytes
     }
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<Entry> {
         vec![
-            Record::Apply {
+            Entry::Apply {
                 now: 1,
                 command: Command::Heartbeat {
                     agent_id: "a".repeat(32),
                 },
+                principal: None,
             },
-            Record::Tick { now: 2 },
-            Record::Apply {
+            Entry::Tick { now: 2 },
+            Entry::Apply {
                 now: 3,
                 command: Command::DeletePolicy { id: "p".into() },
+                principal: None,
             },
-            Record::Grace { now: 4 },
+            Entry::Grace { now: 4 },
         ]
     }
 
