@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use agentkeeper::clock::Clock;
+use agentkeeper::core::machine::{Input, Machine};
 use agentkeeper::core::{Core, CoreConfig};
 use agentkeeper::driver::{self, Request};
 use agentkeeper::limits::Limits;
@@ -388,8 +389,14 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         // A manual clock starts where the state left off or at the wall time, whichever is later.
         ClockKind::Manual => Clock::manual(wall.now().max(core.now())),
     };
+    let mut machine = Machine::new(core, store.is_some());
+    if store.is_some() {
+        // Nobody is punished for the downtime; logged (and durable before any answer) so that a
+        // crash right after replays it too.
+        machine.handle(clock.now(), Input::Grace);
+    }
     let queue_max = flags.limits.core_queue_max;
-    let (core, core_thread) = driver::spawn(core, clock, store, queue_max, flags.core_spin, Arc::clone(&metrics))
+    let (core, core_thread) = driver::spawn(machine, clock, store, queue_max, flags.core_spin, Arc::clone(&metrics))
         .map_err(|error| format!("cannot start the core thread: {error}"))?;
     let _ = core_slot.set(core.clone());
 
@@ -447,8 +454,8 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the data dir, replays its log into a core, and gives everything a ttl of grace from
-/// now (made durable before the daemon serves).
+/// Opens the data dir and replays its log into a core (the restart grace comes next, through
+/// the machine, which logs it).
 #[allow(clippy::disallowed_methods)] // times the recovery for the log line
 fn recover(
     dir: &std::path::Path,
@@ -457,7 +464,7 @@ fn recover(
     now: u64,
 ) -> Result<(Core, Store), String> {
     let started = std::time::Instant::now();
-    let (mut store, recovered) = Store::open(dir, config.seed, now).map_err(|e| e.to_string())?;
+    let (store, recovered) = Store::open(dir, config.seed, now).map_err(|e| e.to_string())?;
     if let Some(torn) = &recovered.torn {
         tracing::warn!(log = %store.log_path().display(), %torn, "cut a torn last record left by a crash");
     }
@@ -469,14 +476,7 @@ fn recover(
     }
     let records = recovered.records.len();
     let from_snapshot = recovered.snapshot.is_some();
-    let mut core = agentkeeper::store::replay(recovered, config);
-    let now = now.max(core.now());
-    core.restart_grace(now);
-    let mut grace = Vec::new();
-    agentkeeper::store::wal::encode_record(&agentkeeper::core::entry::Entry::Grace { now }, &mut grace);
-    store
-        .append(&grace)
-        .map_err(|e| format!("cannot write to {}: {e}", store.log_path().display()))?;
+    let core = agentkeeper::store::replay(recovered, config);
     let stats = core.stats();
     tracing::info!(
         dir = %dir.display(),

@@ -130,7 +130,7 @@ fn random_bytes_through_every_request_decoder_and_service_never_break_the_daemon
         T0,
     );
     let (handle, thread) = agentkeeper::driver::spawn(
-        core,
+        agentkeeper::core::machine::Machine::new(core, false),
         Clock::manual(T0),
         None,
         1024,

@@ -172,6 +172,10 @@ impl Digest {
                 self.tag(15);
                 self.u64(waiter.0);
             }
+            Reply::Now(now) => {
+                self.tag(16);
+                self.u64(*now);
+            }
         }
     }
 

@@ -351,6 +351,11 @@ impl Model {
         self.waiters.len()
     }
 
+    /// True while the claim that waits as `waiter` is still in line.
+    pub fn is_waiting(&self, waiter: WaiterId) -> bool {
+        self.waiters.iter().any(|w| w.id == waiter)
+    }
+
     pub fn sequence_next(&self) -> u64 {
         self.sequence_next
     }
@@ -632,6 +637,7 @@ impl Model {
                 let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
                 Ok(Reply::Agent(self.agents[index].view()))
             }
+            Command::Now => Ok(Reply::Now(self.now)),
             Command::Find { query, tools, limit } => self.find(query, tools, *limit),
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
             Command::Unwatch { subscriber } => {

@@ -1662,6 +1662,7 @@ leases_max=4 policies_max=4 groups_max=2 snapshot_every=1000 planted_bug=none
             at: 1_700_000_001_000,
             op: Op::Crash { torn: None },
             lost: false,
+            io: crate::step::Io::Durable,
         }
     }
 

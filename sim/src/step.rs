@@ -394,6 +394,64 @@ pub struct Step {
     /// The client never saw the reply (it retries retry-safe commands; a lost Watch reply makes
     /// the driver end the stream at once).
     pub lost: bool,
+    /// What the disk does with the entries written at the end of the step.
+    pub io: Io,
+}
+
+/// What the disk does with a step's batch: the entries the step's input emitted, and any left
+/// pending by slow steps before it. Written after the op in a trace line (`io=slow`); a step
+/// whose batch is simply made durable names none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Io {
+    /// Written and made durable at the end of the step.
+    #[default]
+    Durable,
+    /// A slow disk: the batch is not durable by the end of the step, so whatever waits on it
+    /// waits on; a later step's write carries it.
+    Slow,
+    /// The write fails (fsync reports an error) and the store cuts the log back: nothing of the
+    /// batch remains. The daemon serves reads only until it is restarted.
+    FsyncFails,
+    /// A short write: only the first bytes of the batch reached the disk (a tear inside its first
+    /// entry, `per_mille` of the way in) before the error, and they stay there.
+    ShortWrite { per_mille: u16 },
+    /// The batch is durable, then the daemon dies before anything it released could leave (a
+    /// crash between persist and reply); it restarts at once.
+    CrashAfterWrite,
+}
+
+impl fmt::Display for Io {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Io::Durable => write!(f, "durable"),
+            Io::Slow => write!(f, "slow"),
+            Io::FsyncFails => write!(f, "fsync_fails"),
+            Io::ShortWrite { per_mille } => write!(f, "short_write:{per_mille}"),
+            Io::CrashAfterWrite => write!(f, "crash_after_write"),
+        }
+    }
+}
+
+impl std::str::FromStr for Io {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Io, String> {
+        let bad = || format!("bad io {text:?} (durable|slow|fsync_fails|short_write:<0..999>|crash_after_write)");
+        Ok(match text {
+            "durable" => Io::Durable,
+            "slow" => Io::Slow,
+            "fsync_fails" => Io::FsyncFails,
+            "crash_after_write" => Io::CrashAfterWrite,
+            _ => {
+                let per_mille: u16 = text
+                    .strip_prefix("short_write:")
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n <= 999)
+                    .ok_or_else(bad)?;
+                Io::ShortWrite { per_mille }
+            }
+        })
+    }
 }
 
 /// What a run needs besides its steps: the core's configuration, where time starts, how often
@@ -423,6 +481,9 @@ pub enum Planted {
     /// Recovery drops the last whole record of the stored log before replaying it, as a store
     /// that lost an acknowledged write would.
     DropLastLogRecord,
+    /// The core's [`PlantedBug::ReplyBeforeDurable`]: replies leave before their entries are
+    /// durable.
+    ReplyBeforeDurable,
 }
 
 impl From<PlantedBug> for Planted {
@@ -430,18 +491,25 @@ impl From<PlantedBug> for Planted {
         match bug {
             PlantedBug::None => Planted::None,
             PlantedBug::ReuseFencingToken => Planted::ReuseFencingToken,
+            PlantedBug::ReplyBeforeDurable => Planted::ReplyBeforeDurable,
         }
     }
 }
 
 impl Planted {
     /// Every name `from_name` accepts (its canonical spelling), for usage messages.
-    pub const NAMES: [&'static str; 3] = ["none", "reuse_fencing_token", "drop_last_log_record"];
+    pub const NAMES: [&'static str; 4] = [
+        "none",
+        "reuse_fencing_token",
+        "drop_last_log_record",
+        "reply_before_durable",
+    ];
 
     /// The bug planted in the core itself.
     pub fn core_bug(self) -> PlantedBug {
         match self {
             Planted::ReuseFencingToken => PlantedBug::ReuseFencingToken,
+            Planted::ReplyBeforeDurable => PlantedBug::ReplyBeforeDurable,
             Planted::None | Planted::DropLastLogRecord => PlantedBug::None,
         }
     }
@@ -451,6 +519,7 @@ impl Planted {
             Planted::None => "none",
             Planted::ReuseFencingToken => "reuse_fencing_token",
             Planted::DropLastLogRecord => "drop_last_log_record",
+            Planted::ReplyBeforeDurable => "reply_before_durable",
         }
     }
 
@@ -459,6 +528,7 @@ impl Planted {
             "none" => Some(Planted::None),
             "reuse_fencing_token" => Some(Planted::ReuseFencingToken),
             "drop_last_log_record" => Some(Planted::DropLastLogRecord),
+            "reply_before_durable" => Some(Planted::ReplyBeforeDurable),
             _ => None,
         }
     }
@@ -812,6 +882,9 @@ impl fmt::Display for Step {
         if self.lost {
             write!(f, " lost")?;
         }
+        if self.io != Io::Durable {
+            write!(f, " io={}", self.io)?;
+        }
         Ok(())
     }
 }
@@ -1102,8 +1175,21 @@ fn parse_step(line: &str) -> Result<Step, String> {
     let index: usize = word(0)?.parse().map_err(|_| "bad step index".to_string())?;
     let at: Millis = word(1)?.parse().map_err(|_| "bad timestamp".to_string())?;
     word(2)?;
+    // `io=<what>` closes the line when the disk did anything but make the batch durable.
+    let (tokens, io) = match &tokens[..] {
+        [head @ .., Token::Word(key), Token::Punct('='), Token::Word(io)] if key == "io" && head.len() > 2 => {
+            (head, io.parse::<Io>()?)
+        }
+        all => (all, Io::Durable),
+    };
     let (op, lost) = parse_op(&tokens[2..])?;
-    Ok(Step { index, at, op, lost })
+    Ok(Step {
+        index,
+        at,
+        op,
+        lost,
+        io,
+    })
 }
 
 /// An op from its name and fields (`tokens[0]` is the name), and whether it carries `lost`.
@@ -1285,6 +1371,7 @@ mod tests {
             at: 1_700_000_000_123,
             op,
             lost: true,
+            io: Io::ShortWrite { per_mille: 412 },
         };
         let line = step.to_string();
         assert_eq!(parse_step(&line).expect(&line), step, "{line}");
@@ -1438,6 +1525,7 @@ policies_max=11 groups_max=12 planted_bug=none
             at: 1_700_000_000_500,
             op: Op::Crash { torn },
             lost: false,
+            io: Io::Durable,
         };
         let untorn = crash(None);
         assert_eq!(untorn.to_string(), "40 1700000000500 crash");

@@ -16,7 +16,7 @@ use crate::Fault;
 use crate::rng::Rng;
 use crate::runner::Runner;
 use crate::step::{
-    AgentRef, ClaimRef, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
+    AgentRef, ClaimRef, Io, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
 };
 
 /// Populations stay small so that O(state) checks after every step stay cheap.
@@ -359,6 +359,7 @@ impl Generator {
                 at: self.now,
                 op,
                 lost: false,
+                io: Io::Durable,
             };
         }
         let op = self.due_heartbeat().unwrap_or_else(|| {
@@ -374,6 +375,7 @@ impl Generator {
             at: self.now,
             op,
             lost,
+            io: Io::Durable,
         }
     }
 

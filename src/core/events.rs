@@ -217,6 +217,15 @@ impl EventBus {
         self.subscribers.len()
     }
 
+    pub fn is_subscribed(&self, id: SubscriberId) -> bool {
+        self.subscribers.contains_key(&id)
+    }
+
+    /// Every subscriber, in the order they subscribed.
+    pub fn subscriber_ids(&self) -> Vec<SubscriberId> {
+        self.subscribers.keys().copied().collect()
+    }
+
     /// Events emitted since this bus was built, by topic (indexed by `Topic as usize`, in
     /// `Topic::ALL` order).
     pub fn emitted_by_topic(&self) -> [u64; Topic::ALL.len()] {

@@ -40,6 +40,17 @@ impl Core {
         groups
     }
 
+    /// One page of ListTasks, read without a command (no tick, nothing changes): what the
+    /// simulator checks the task states with.
+    pub fn list_tasks_page(
+        &self,
+        status: Option<super::tasks::TaskStatus>,
+        page_size: u32,
+        page_token: &str,
+    ) -> super::Outcome {
+        self.list_tasks(status, page_size, page_token)
+    }
+
     /// Every policy, sorted by id.
     pub fn policies(&self) -> Vec<Policy> {
         self.policies.list("")

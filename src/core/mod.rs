@@ -13,6 +13,7 @@ pub mod ids;
 pub mod inspect;
 pub mod leases;
 pub mod listing;
+pub mod machine;
 pub mod registry;
 pub mod search;
 pub mod snapshot;
@@ -77,6 +78,8 @@ pub enum PlantedBug {
     None,
     /// Hands out the previous fencing token again on every tenth grant.
     ReuseFencingToken,
+    /// Releases replies and deliveries without waiting for their entries to be durable.
+    ReplyBeforeDurable,
 }
 
 impl Default for CoreConfig {
@@ -223,6 +226,8 @@ pub enum Command {
         agents_max: u32,
         leases_max: u32,
     },
+    /// The core's time (ClockService): answered once whatever fired by then is durable.
+    Now,
 }
 
 impl Command {
@@ -243,6 +248,7 @@ impl Command {
                 | Command::ListLeases { .. }
                 | Command::ListElections
                 | Command::Overview { .. }
+                | Command::Now
         )
     }
 
@@ -277,6 +283,7 @@ impl Command {
             Command::ListLeases { .. } => "ListLeases",
             Command::ListElections => "ListElections",
             Command::Overview { .. } => "Overview",
+            Command::Now => "Now",
         }
     }
 }
@@ -344,6 +351,8 @@ pub enum Reply {
     ClaimWaiting {
         waiter: WaiterId,
     },
+    /// The core's time.
+    Now(Millis),
 }
 
 /// The status classes of the behaviour contract's Errors section.
@@ -546,6 +555,7 @@ impl Core {
             } => self.list_leases(&prefix, page_size, &page_token),
             Command::ListElections => self.list_elections(),
             Command::Overview { agents_max, leases_max } => self.overview(agents_max, leases_max),
+            Command::Now => Ok(Reply::Now(self.now)),
         }
     }
 

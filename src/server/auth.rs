@@ -14,6 +14,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tonic::Status;
 
+use crate::core::types::TokenId;
+
 /// What a token may do. Admin may do everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -51,14 +53,34 @@ impl Role {
 /// The caller of one call, as the auth layer found it (in the request's extensions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's line in the file: how logs and bindings know it, never by its value.
+    /// The token's line in the file: how logs know it, never by its value.
     pub token_line: usize,
     pub role: Role,
+    /// How the core knows the token (a digest, never the value): agents registered with an
+    /// agent token are bound to it, across edits of the file and restarts.
+    pub token_id: TokenId,
 }
 
 /// The tokens of `--auth-tokens`.
 pub struct Tokens {
-    entries: Vec<(Vec<u8>, Role, usize)>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    token: Vec<u8>,
+    role: Role,
+    line: usize,
+    id: TokenId,
+}
+
+/// The core's name for a token: the first 16 bytes of its SHA-256. A token is at least
+/// `TOKEN_BYTES_MIN` bytes of the operator's secret, so the digest stands for it without
+/// revealing it, in memory, in the log and in snapshots.
+fn token_id(token: &[u8]) -> TokenId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_ref()[..16]);
+    TokenId(id)
 }
 
 /// Tokens shorter than this are refused: a guessable token is no authentication.
@@ -94,7 +116,12 @@ impl Tokens {
                     i + 1
                 ));
             }
-            entries.push((token.as_bytes().to_vec(), role, i + 1));
+            entries.push(Entry {
+                token: token.as_bytes().to_vec(),
+                role,
+                line: i + 1,
+                id: token_id(token.as_bytes()),
+            });
         }
         if entries.is_empty() {
             return Err("no tokens".into());
@@ -106,11 +133,12 @@ impl Tokens {
     /// time taken tells nothing of which one matched or how much of one did.
     fn lookup(&self, presented: &[u8]) -> Option<Caller> {
         let mut found = None;
-        for (token, role, line) in &self.entries {
-            if constant_time_eq(token, presented) {
+        for entry in &self.entries {
+            if constant_time_eq(&entry.token, presented) {
                 found = Some(Caller {
-                    token_line: *line,
-                    role: *role,
+                    token_line: entry.line,
+                    role: entry.role,
+                    token_id: entry.id,
                 });
             }
         }
@@ -221,7 +249,8 @@ mod tests {
             tokens.lookup(T1.as_bytes()),
             Some(Caller {
                 token_line: 2,
-                role: Role::Admin
+                role: Role::Admin,
+                token_id: token_id(T1.as_bytes()),
             })
         );
         assert_eq!(tokens.lookup(T2.as_bytes()).map(|c| c.role), Some(Role::Agent));

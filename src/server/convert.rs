@@ -9,10 +9,10 @@ use prost_types::{Any, Timestamp};
 use tonic::{Code, Status};
 
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView};
+use crate::core::machine::StreamEnd;
 use crate::core::tasks::{TaskStatus, TaskView};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Decision, Effect, Millis, Policy};
 use crate::core::{CoreError, ErrorCode, PolicyInput};
-use crate::driver::StreamEnd;
 use crate::proto as pb;
 
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/agentkeeper.v1.";

@@ -4,9 +4,8 @@
 //! Architecture invariant: only `server/` knows about gRPC. Services hold no state of their own
 //! beyond the handle on the driver; they never wait on anything but their own reply.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,8 +16,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{Caller, Role};
 use super::convert;
 use super::subscription::{self, Subscription, UnwatchGuard};
+use crate::core::machine::StreamEnd;
+use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
-use crate::driver::{CoreHandle, StreamEnd};
+use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 use crate::proto as pb;
 
@@ -31,8 +32,6 @@ pub struct Api {
     watch_buffer: usize,
     /// The longest a ClaimTask call waits for a task.
     claim_wait_max: Duration,
-    /// With `--auth-tokens`: each agent registered with an agent token, and that token's line.
-    owners: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Api {
@@ -43,36 +42,30 @@ impl Api {
             metrics,
             watch_buffer,
             claim_wait_max,
-            owners: Arc::default(),
         }
     }
 
-    /// The agent token that makes this call, if one does (only with `--auth-tokens`).
-    fn agent_token<T>(request: &Request<T>) -> Option<usize> {
+    /// The agent token that makes this call, if one does (only with `--auth-tokens`): the core
+    /// binds the agents it registers to it and lets it act for those agents only.
+    fn agent_token<T>(request: &Request<T>) -> Option<TokenId> {
         request
             .extensions()
             .get::<Caller>()
             .filter(|caller| caller.role == Role::Agent)
-            .map(|caller| caller.token_line)
-    }
-
-    /// With `--auth-tokens`, an agent token acts only for the agents it registered.
-    fn check_owner(&self, token_line: Option<usize>, agent_id: &str) -> Result<(), Status> {
-        let Some(token_line) = token_line else {
-            return Ok(());
-        };
-        let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-        if owners.get(agent_id) == Some(&token_line) {
-            return Ok(());
-        }
-        Err(Status::permission_denied(format!(
-            "agent {} was not registered with this agent token",
-            crate::core::validate::quote(agent_id)
-        )))
+            .map(|caller| caller.token_id)
     }
 
     async fn call(&self, method: &'static str, command: Command) -> Result<Reply, Status> {
-        let outcome = self.core.call(command).await;
+        self.call_as(method, command, None).await
+    }
+
+    async fn call_as(
+        &self,
+        method: &'static str,
+        command: Command,
+        principal: Option<TokenId>,
+    ) -> Result<Reply, Status> {
+        let outcome = self.core.call_as(command, principal).await;
         self.count(method, &outcome);
         outcome.map_err(convert::status)
     }
@@ -151,28 +144,17 @@ type EventStreamBox = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Sen
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for Api {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let request = request.into_inner();
         let card = convert::card_from_pb(request.card.unwrap_or_default());
-        match self
-            .call(
-                "Register",
-                Command::Register {
-                    card,
-                    ttl_seconds: request.ttl_seconds,
-                },
-            )
-            .await?
-        {
-            Reply::Registered { agent_id } => {
-                if let Some(token_line) = token_line {
-                    let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-                    owners.insert(agent_id.to_string(), token_line);
-                }
-                Ok(Response::new(pb::RegisterResponse {
-                    agent_id: agent_id.to_string(),
-                }))
-            }
+        let command = Command::Register {
+            card,
+            ttl_seconds: request.ttl_seconds,
+        };
+        match self.call_as("Register", command, principal).await? {
+            Reply::Registered { agent_id } => Ok(Response::new(pb::RegisterResponse {
+                agent_id: agent_id.to_string(),
+            })),
             other => Err(unexpected(&other)),
         }
     }
@@ -181,10 +163,10 @@ impl pb::registry_service_server::RegistryService for Api {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let agent_id = request.into_inner().agent_id;
-        self.check_owner(token_line, &agent_id)?;
-        self.call("Heartbeat", Command::Heartbeat { agent_id }).await?;
+        self.call_as("Heartbeat", Command::Heartbeat { agent_id }, principal)
+            .await?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
@@ -192,22 +174,10 @@ impl pb::registry_service_server::RegistryService for Api {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let agent_id = request.into_inner().agent_id;
-        self.check_owner(token_line, &agent_id)?;
-        self.call(
-            "Deregister",
-            Command::Deregister {
-                agent_id: agent_id.clone(),
-            },
-        )
-        .await?;
-        if token_line.is_some() {
-            self.owners
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&agent_id);
-        }
+        self.call_as("Deregister", Command::Deregister { agent_id }, principal)
+            .await?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -258,15 +228,14 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::AcquireLeaseRequest>,
     ) -> Result<Response<pb::AcquireLeaseResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let r = request.into_inner();
-        self.check_owner(token_line, &r.agent_id)?;
         let command = Command::AcquireLease {
             task_id: r.task_id,
             agent_id: r.agent_id,
             ttl_seconds: r.ttl_seconds,
         };
-        match self.call("AcquireLease", command).await? {
+        match self.call_as("AcquireLease", command, principal).await? {
             Reply::Lease { lease, acquired } => Ok(Response::new(pb::AcquireLeaseResponse {
                 lease: Some(convert::lease_to_pb(&lease)),
                 acquired,
@@ -279,9 +248,8 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let r = request.into_inner();
-        self.check_owner(token_line, &r.agent_id)?;
         let token = r.token.map_or(0, |t| t.value);
         let command = Command::RenewLease {
             task_id: r.task_id,
@@ -289,7 +257,7 @@ impl pb::lease_service_server::LeaseService for Api {
             token,
             ttl_seconds: r.ttl_seconds,
         };
-        match self.call("RenewLease", command).await? {
+        match self.call_as("RenewLease", command, principal).await? {
             Reply::Lease { lease, .. } => Ok(Response::new(pb::RenewLeaseResponse {
                 lease: Some(convert::lease_to_pb(&lease)),
             })),
@@ -301,19 +269,15 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-        let token_line = Self::agent_token(&request);
+        let principal = Self::agent_token(&request);
         let r = request.into_inner();
-        self.check_owner(token_line, &r.agent_id)?;
         let token = r.token.map_or(0, |t| t.value);
-        self.call(
-            "ReleaseLease",
-            Command::ReleaseLease {
-                task_id: r.task_id,
-                agent_id: r.agent_id,
-                token,
-            },
-        )
-        .await?;
+        let command = Command::ReleaseLease {
+            task_id: r.task_id,
+            agent_id: r.agent_id,
+            token,
+        };
+        self.call_as("ReleaseLease", command, principal).await?;
         Ok(Response::new(pb::ReleaseLeaseResponse {}))
     }
 

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::events::SubscriberId;
+use crate::core::machine::StreamEnd;
 use crate::core::{Command, CoreError, ErrorCode, Event, Reply};
-use crate::driver::{self, CoreHandle, Sink, StreamEnd};
+use crate::driver::{self, CoreHandle, Sink};
 
 /// One open subscription: the core's first answer, the live events, the daemon's last word.
 pub struct Subscription {
@@ -69,6 +70,7 @@ impl Drop for UnwatchGuard {
             command: Command::Unwatch {
                 subscriber: self.subscriber,
             },
+            principal: None,
             reply,
         });
     }

@@ -24,8 +24,9 @@ use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot};
 
 use super::subscription::{self, Subscription, UnwatchGuard};
+use crate::core::machine::StreamEnd;
 use crate::core::{Command, CoreError, ErrorCode, Event, Reply};
-use crate::driver::{CoreHandle, StreamEnd};
+use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 
 const PAGE: &str = include_str!("index.html");
