@@ -24,8 +24,13 @@ pub struct StoreImage {
     records: usize,
     /// Records written since the last snapshot (the driver's `since_snapshot`).
     since_snapshot: u64,
-    /// One record's bytes, before they are torn.
-    scratch: Vec<u8>,
+    /// The entries the machine handed out for the next write, framed, and where each starts;
+    /// with the machine's index of the last one.
+    staged: Vec<u8>,
+    staged_starts: Vec<usize>,
+    staged_last: u64,
+    /// The machine's index of the last entry made durable.
+    durable_index: u64,
 }
 
 /// What reading the image back found, besides the recovered state.
@@ -59,25 +64,81 @@ impl StoreImage {
             whole_len: wal::HEADER_BYTES,
             records: 0,
             since_snapshot: 0,
-            scratch: Vec::new(),
+            staged: Vec::new(),
+            staged_starts: Vec::new(),
+            staged_last: 0,
+            durable_index: 0,
         }
     }
 
-    /// Appends one whole record, as a batch's durable write does.
-    pub fn append(&mut self, record: &Entry) {
-        self.log.truncate(self.whole_len);
-        wal::encode_record(record, &mut self.log);
-        self.whole_len = self.log.len();
-        self.records += 1;
-        self.since_snapshot += 1;
+    /// Adds an entry the machine emitted to the next write (the driver's batch).
+    pub fn stage(&mut self, index: u64, entry: &Entry) {
+        assert!(
+            index > self.staged_last.max(self.durable_index),
+            "entries come in index order"
+        );
+        self.staged_starts.push(self.staged.len());
+        wal::encode_record(entry, &mut self.staged);
+        self.staged_last = index;
     }
 
-    /// Writes `record` as a crash mid-write leaves it: torn as `tear` says.
-    pub fn append_torn(&mut self, record: &Entry, tear: Tear) {
-        self.scratch.clear();
-        wal::encode_record(record, &mut self.scratch);
+    pub fn has_staged(&self) -> bool {
+        !self.staged_starts.is_empty()
+    }
+
+    /// The machine's index of the last entry made durable.
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
+    /// The staged entries written whole and made durable (one write, one fdatasync); returns the
+    /// index now durable.
+    pub fn commit(&mut self) -> u64 {
+        assert!(self.has_staged(), "a write of nothing");
         self.log.truncate(self.whole_len);
-        self.log.extend_from_slice(&tear.apply(&self.scratch));
+        self.log.extend_from_slice(&self.staged);
+        self.whole_len = self.log.len();
+        self.records += self.staged_starts.len();
+        self.since_snapshot += self.staged_starts.len() as u64;
+        self.durable_index = self.staged_last;
+        self.discard_staged();
+        self.durable_index
+    }
+
+    /// The process died with these entries unwritten.
+    pub fn discard_staged(&mut self) {
+        self.staged.clear();
+        self.staged_starts.clear();
+        self.staged_last = self.durable_index;
+    }
+
+    /// The write failed at its fsync; the store cut the log back to its durable length, so
+    /// nothing of the batch remains.
+    pub fn fail_fsync(&mut self) {
+        self.log.truncate(self.whole_len);
+        self.discard_staged();
+    }
+
+    /// A short write: the first bytes of the batch's first entry reached the disk before the
+    /// error, and stayed there (a torn tail the next start-up cuts).
+    pub fn fail_short(&mut self, per_mille: u16) {
+        let first_end = self.staged_starts.get(1).copied().unwrap_or(self.staged.len());
+        let torn = Tear::Cut { per_mille }.apply(&self.staged[..first_end]);
+        self.log.truncate(self.whole_len);
+        self.log.extend_from_slice(&torn);
+        self.discard_staged();
+    }
+
+    /// A crash while writing the batch: every staged entry but the last lands whole, the last
+    /// lands torn as `tear` says, and none of it was acknowledged.
+    pub fn commit_torn(&mut self, tear: Tear) {
+        let last_start = *self.staged_starts.last().expect("a torn write of nothing");
+        self.log.truncate(self.whole_len);
+        self.log.extend_from_slice(&self.staged[..last_start]);
+        self.whole_len = self.log.len();
+        self.records += self.staged_starts.len() - 1;
+        self.log.extend_from_slice(&tear.apply(&self.staged[last_start..]));
+        self.discard_staged();
     }
 
     /// Flips one byte of the log, as a disk that damaged a record already written would: for
@@ -85,6 +146,12 @@ impl StoreImage {
     #[cfg(test)]
     pub fn damage(&mut self, offset: usize) {
         self.log[offset] ^= 0xff;
+    }
+
+    /// True when bytes beyond the whole records lie in the log (a torn write's or a short
+    /// write's): the next start-up must cut them.
+    pub fn torn_tail(&self) -> bool {
+        self.log.len() > self.whole_len
     }
 
     /// Bytes of the log that hold the header and whole records.
@@ -99,13 +166,6 @@ impl StoreImage {
 
     pub fn since_snapshot(&self) -> u64 {
         self.since_snapshot
-    }
-
-    /// The recovery's `Entry::Grace`, made durable before the restarted daemon serves. Its
-    /// driver counts records towards the next snapshot from zero, so this one is not counted.
-    pub fn append_grace(&mut self, now: Millis) {
-        self.append(&Entry::Grace { now });
-        self.since_snapshot = 0;
     }
 
     /// A new generation: the snapshot file of `core`'s state, and a log that starts over.
@@ -141,6 +201,11 @@ impl StoreImage {
         self.log.truncate(valid_len);
         self.whole_len = valid_len;
         self.records = reading.records;
+        // A new process: its machine numbers entries from 1 again, and its driver counts them
+        // towards the next snapshot from here.
+        self.since_snapshot = 0;
+        self.durable_index = 0;
+        self.discard_staged();
         let recovered = Recovered {
             header,
             snapshot,
@@ -169,19 +234,43 @@ mod tests {
     #[test]
     fn whole_records_read_back_and_a_torn_one_is_cut_and_overwritten() {
         let mut image = StoreImage::new(5, 1000);
-        image.append(&heartbeat(1001));
-        image.append(&Entry::Tick { now: 1002 });
+        image.stage(1, &heartbeat(1001));
+        image.stage(2, &Entry::Tick { now: 1002 });
+        assert_eq!(image.commit(), 2);
         let whole = image.whole_len();
-        image.append_torn(&heartbeat(1003), Tear::Zeros { per_mille: 300 });
+        image.stage(3, &heartbeat(1003));
+        image.commit_torn(Tear::Zeros { per_mille: 300 });
         let (recovered, reading) = image.read().expect("a torn tail is not damage");
         assert_eq!(recovered.records, [heartbeat(1001), Entry::Tick { now: 1002 }]);
         assert_eq!((reading.records, reading.valid_len), (2, whole));
         assert!(reading.torn.is_some() && !reading.from_snapshot);
-        image.append_grace(1004);
-        assert_eq!(image.since_snapshot(), 0);
+        assert_eq!(image.since_snapshot(), 0, "a new process counts from zero");
+        image.stage(4, &Entry::Grace { now: 1004 });
+        image.commit();
         let (recovered, reading) = image.read().unwrap();
         assert_eq!(recovered.records.last(), Some(&Entry::Grace { now: 1004 }));
         assert_eq!((reading.records, reading.torn), (3, None));
+    }
+
+    #[test]
+    fn a_failed_fsync_leaves_nothing_and_a_short_write_leaves_a_torn_tail_of_its_first_entry() {
+        let mut image = StoreImage::new(5, 1000);
+        image.stage(1, &heartbeat(1001));
+        image.commit();
+        let whole = image.whole_len();
+        image.stage(2, &heartbeat(1002));
+        image.stage(3, &heartbeat(1003));
+        image.fail_fsync();
+        assert_eq!(
+            (image.whole_len(), image.durable_index(), image.has_staged()),
+            (whole, 1, false)
+        );
+        image.stage(4, &heartbeat(1004));
+        image.stage(5, &heartbeat(1005));
+        image.fail_short(600);
+        let (recovered, reading) = image.read().expect("a short write's tail is torn, not damage");
+        assert_eq!(recovered.records, [heartbeat(1001)]);
+        assert!(reading.torn.is_some());
     }
 
     #[test]
@@ -199,15 +288,20 @@ mod tests {
             },
             ttl_seconds: 10,
         };
-        image.append(&Entry::Apply {
-            now: 1000,
-            command: register.clone(),
-            principal: None,
-        });
+        image.stage(
+            1,
+            &Entry::Apply {
+                now: 1000,
+                command: register.clone(),
+                principal: None,
+            },
+        );
+        image.commit();
         core.apply(1000, register).unwrap();
         image.take_snapshot(&core);
         assert_eq!((image.records(), image.since_snapshot()), (0, 0));
-        image.append(&Entry::Tick { now: 12_000 });
+        image.stage(2, &Entry::Tick { now: 12_000 });
+        image.commit();
         core.tick(12_000);
         let (recovered, reading) = image.read().unwrap();
         assert!(reading.from_snapshot);

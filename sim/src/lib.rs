@@ -7,6 +7,7 @@
 //! Architecture invariant: nothing here reads a clock or the OS RNG (only the binary times the
 //! run for its steps/s); no hash-map order reaches the digest or a trace.
 
+pub mod checks;
 pub mod digest;
 pub mod image;
 pub mod model;
@@ -32,6 +33,14 @@ pub enum Fault {
     /// The daemon crashes and restarts from the store's bytes (the runner's image of its data
     /// dir), now and then in the middle of writing a record (a torn last record).
     CrashRestart,
+    /// The disk is slow: a step's write is not durable by the step's end, so replies and events
+    /// that wait for it wait across steps (and a crash meanwhile loses them).
+    SlowDisk,
+    /// A write fails (fsync reports an error, or a short write leaves a torn tail): the daemon
+    /// serves reads only until its operator restarts it.
+    FailedWrite,
+    /// The daemon dies right after a write is durable, before anything it released leaves.
+    CrashAfterWrite,
 }
 
 /// How one run ended.

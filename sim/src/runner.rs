@@ -1,9 +1,8 @@
-//! Executes steps against the real core and the reference model side by side, routes event
-//! deliveries into modelled per-subscriber buffers (cutting off an overflowing one with
-//! `Command::Unwatch`, as the driver does), hands the core's answers to waiting claims to their
-//! callers (returning a claimed task whose caller is gone with `Command::ReturnTask`, as the
-//! driver does), logs what the driver would log into an in-memory store image, crashes and
-//! recovers from that image, and checks every named invariant after each step.
+//! Runs steps against the real core, through the same protocol the daemon's driver uses
+//! (`core::machine::Machine`), and the reference model side by side. This file is the
+//! simulator's driver: it hands each step to the machine and does what the outputs say, as
+//! `src/driver/` does, with a simulated disk (`image.rs`, with its faults) and simulated clients
+//! (their buffers, lost replies, hang-ups). `checks.rs` holds the invariants it checks.
 //!
 //! Order of checks within a step: the named safety properties first (so a planted bug is reported
 //! by the property it breaks), then agreement with the reference model. The runner never decides
@@ -13,111 +12,44 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use agentkeeper::core::entry::Entry;
-use agentkeeper::core::events::{Delivery, LeaseView, SubscriberId};
+use agentkeeper::core::events::{LeaseView, SubscriberId};
+use agentkeeper::core::machine::{CallerId, Input, Machine, Output, Overflow, StreamEnd};
 use agentkeeper::core::snapshot::CoreSnapshot;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentStatus, Millis};
-use agentkeeper::core::{Command, Core, Event, EventPayload, Outcome, Reply, Topic};
+use agentkeeper::core::{Command, Core, ErrorCode, Event, EventPayload, Outcome, Reply, Topic};
 
+use crate::checks::{Checked, brief, compare_events, fail, panic_text, snapshot_difference};
 use crate::digest::Digest;
 use crate::image::{ReadError, StoreImage};
-use crate::model::{Expected, Model, decide, topics_match};
-use crate::step::{AgentRef, ClaimRef, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, TokenRef, TornWrite};
+use crate::model::{Expected, Model, topics_match};
+use crate::step::{
+    AgentRef, ClaimRef, Io, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, TokenRef, TornWrite,
+};
 
-/// The names of every invariant the simulator checks, as printed on a failure.
-pub mod invariant {
-    pub const ONE_HOLDER_PER_KEY: &str = "lease.one_holder_per_key";
-    pub const FENCING_TOKENS_INCREASE: &str = "lease.fencing_tokens_strictly_increase";
-    pub const STATUS_MATCHES_HEARTBEAT: &str = "agent.status_matches_heartbeat_and_ttl";
-    pub const DEAD_HOLDS_NOTHING: &str = "agent.dead_holds_no_lease_leads_no_group_stands_in_no_fifo";
-    pub const TERMS_NEVER_DECREASE: &str = "election.terms_never_decrease";
-    pub const LEADER_IS_LIVE_CANDIDATE: &str = "election.leader_is_live_head_candidate";
-    pub const SUBSCRIBER_STREAM_EXACT: &str = "watch.subscriber_gets_exactly_its_matching_events";
-    pub const CHECK_POLICY_BRUTE_FORCE: &str = "policy.check_equals_brute_force";
-    pub const FIND_ALIVE_WITH_TOOLS: &str = "find.only_alive_agents_with_every_tool";
-    pub const TASK_ONE_STATE: &str = "task.one_state";
-    pub const TASK_NONE_LOST: &str = "task.none_lost";
-    pub const TASK_DEAD_AGENT_OWNS_NO_CLAIM: &str = "task.dead_agent_owns_no_claim";
-    pub const TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE: &str = "task.claimed_holder_alive_with_lease";
-    pub const CORE_CHECK_INVARIANTS: &str = "core.check_invariants";
-    pub const CORE_PANIC: &str = "core.no_panic";
-    pub const MODEL_REPLY: &str = "model.reply_agrees";
-    pub const MODEL_EVENTS: &str = "model.events_agree";
-    pub const MODEL_STATE: &str = "model.state_agrees";
-    pub const RECOVERY_STATE_MATCHES: &str = "recovery.state_matches";
-    pub const RECOVERY_TORN_TAIL_CUT: &str = "recovery.torn_tail_cut";
-
-    pub const ALL: [&str; 20] = [
-        ONE_HOLDER_PER_KEY,
-        FENCING_TOKENS_INCREASE,
-        STATUS_MATCHES_HEARTBEAT,
-        DEAD_HOLDS_NOTHING,
-        TERMS_NEVER_DECREASE,
-        LEADER_IS_LIVE_CANDIDATE,
-        SUBSCRIBER_STREAM_EXACT,
-        CHECK_POLICY_BRUTE_FORCE,
-        FIND_ALIVE_WITH_TOOLS,
-        TASK_ONE_STATE,
-        TASK_NONE_LOST,
-        TASK_DEAD_AGENT_OWNS_NO_CLAIM,
-        TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
-        CORE_CHECK_INVARIANTS,
-        CORE_PANIC,
-        MODEL_REPLY,
-        MODEL_EVENTS,
-        MODEL_STATE,
-        RECOVERY_STATE_MATCHES,
-        RECOVERY_TORN_TAIL_CUT,
-    ];
-}
-
-/// A broken invariant: where, which, and what was seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    pub step: usize,
-    pub invariant: &'static str,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {} invariant {}: {}", self.step, self.invariant, self.detail)
-    }
-}
-
-type Checked<T = ()> = Result<T, (&'static str, String)>;
-
-fn fail<T>(invariant: &'static str, detail: String) -> Checked<T> {
-    Err((invariant, detail))
-}
-
-/// Debug text cut to a readable length for a failure message.
-fn brief(value: &impl std::fmt::Debug) -> String {
-    const BRIEF_CHARS_MAX: usize = 1200;
-    let text = format!("{value:?}");
-    if text.chars().count() <= BRIEF_CHARS_MAX {
-        return text;
-    }
-    let head: String = text.chars().take(BRIEF_CHARS_MAX).collect();
-    format!("{head}…")
-}
+pub use crate::checks::{Violation, invariant};
 
 #[derive(Clone, Debug)]
-enum Filter {
+pub(crate) enum Filter {
     Topics(Vec<String>),
     Election(String),
 }
 
-/// One open subscription: what it asked for and the client-side bounded buffer.
+/// One open subscription: what it asked for, the events it must get next, and the client-side
+/// bounded buffer.
 #[derive(Debug)]
-struct Subscription {
-    id: SubscriberId,
-    filter: Filter,
+pub(crate) struct Subscription {
+    pub(crate) filter: Filter,
     /// Events below this sequence are not for it (resume start); 0: everything after subscribing.
-    sequence_min: u64,
+    pub(crate) sequence_min: u64,
     capacity: usize,
     buffer: VecDeque<Arc<Event>>,
+    /// Emitted events it must be handed, in order, not yet handed.
+    owed: VecDeque<Arc<Event>>,
+    /// The last sequence that went into its buffer.
+    delivered_last: u64,
+    /// Its buffer overflowed: it takes nothing more and waits for its last word.
+    overflowed: bool,
 }
 
 impl Subscription {
@@ -149,84 +81,114 @@ impl Coverage {
     }
 }
 
-/// A claim waiting in the core for its answer, and whether its caller is still there.
-#[derive(Clone, Copy, Debug)]
-struct WaitingCall {
-    /// The ClaimTask step.
+/// A call in flight: who made it, and what the runner already knows of its answer.
+#[derive(Clone, Debug)]
+struct Call {
+    /// The step that made it; a retry belongs to the step of the call it repeats.
     step: usize,
-    /// The caller went away (the step's reply was lost, or it cancelled): a task handed to it
-    /// goes back.
-    gone: bool,
-    /// CancelClaim took it out of the core's line: no answer comes after this step's.
-    cancelled: bool,
+    command: Command,
+    buffer: u32,
+    /// The client is gone (its reply is lost): the answer cannot be handed over.
+    lost: bool,
+    /// The answer the core made when the call was handled (the machine holds it until the
+    /// entries it saw are durable), or `None` for a claim that waits.
+    made: Option<Outcome>,
+    /// The last entry index the answer depends on.
+    requires: u64,
+    /// The claim waits in the core (the model's waiter).
+    waiting: Option<WaiterId>,
 }
 
 /// What the runner saw of a task created by a committed command: for `task.none_lost` (known
 /// until its retention after it finished) and the claim lease's token.
 #[derive(Clone, Copy, Debug, Default)]
-struct CreatedTask {
-    finished_at: Option<Millis>,
+pub(crate) struct CreatedTask {
+    pub(crate) finished_at: Option<Millis>,
     /// The token of the last claim lease granted on its id.
-    claim_token: Option<u64>,
+    pub(crate) claim_token: Option<u64>,
+}
+
+/// The durable state to fall back to if entries not yet durable are lost (a slow disk, a failed
+/// write): the core's state and everything the runner keeps in step with it.
+#[derive(Clone)]
+struct DurablePoint {
+    snapshot: CoreSnapshot,
+    model: Model,
+    created: BTreeMap<u128, CreatedTask>,
+    deregistered: BTreeSet<u128>,
+    terms: BTreeMap<Arc<str>, u64>,
 }
 
 /// A clock jump is any move of at least this much between two steps.
 pub const CLOCK_JUMP_MS_MIN: u64 = 60_000;
 
 pub struct Runner {
-    config: SimConfig,
-    core: Core,
-    model: Model,
-    /// What the daemon's data dir would hold: every record the driver would have logged.
-    image: StoreImage,
+    pub(crate) config: SimConfig,
+    pub(crate) machine: Machine,
+    pub(crate) model: Model,
+    /// What the daemon's data dir would hold, and the entries staged for its next write.
+    pub(crate) image: StoreImage,
     digest: Digest,
     now: Millis,
     /// Register step -> the agent id its (visible) reply carried.
     agents: BTreeMap<usize, String>,
-    /// Acquire step -> the token its (visible) reply granted.
+    /// Acquire (or claim) step -> the token its (visible) reply granted.
     grants: BTreeMap<usize, u64>,
     /// Opening step -> the subscriber id its (visible) reply carried (open or ended).
     subscriber_ids: BTreeMap<usize, SubscriberId>,
-    /// Step -> the task id its visible reply named (CreateTask, GetTask, a ClaimTask granted at
-    /// once), or the answer delivered to its waiting claim.
+    /// Step -> the task id its visible reply named (CreateTask, GetTask, a claim granted now or
+    /// later).
     task_ids: BTreeMap<usize, String>,
     /// ListTasks step -> the next page token its visible reply carried.
     page_tokens: BTreeMap<usize, String>,
-    /// ClaimTask step -> the waiter id the core gave its wait (the driver always sees it).
-    claim_waiters: BTreeMap<usize, WaiterId>,
-    /// Claims the core holds in line, by waiter id, with their callers.
-    waiting: BTreeMap<WaiterId, WaitingCall>,
-    /// Answers handed to callers during the last step: (ClaimTask step, answer).
+    /// Calls the machine has not answered yet.
+    calls: BTreeMap<CallerId, Call>,
+    caller_next: u64,
+    /// ClaimTask step -> its caller, while the claim waits.
+    waiting_claims: BTreeMap<usize, CallerId>,
+    /// Answers the model made to waiting claims, by caller, with the entry index they depend
+    /// on, until the machine hands them out.
+    answers_owed: BTreeMap<CallerId, (Expected, u64)>,
+    /// The model's waiter ids (equal to the core's) and the callers waiting as them.
+    waiters: BTreeMap<WaiterId, CallerId>,
+    /// Answers handed to waiting claims' callers during the last step: (ClaimTask step, answer).
     delivered: Vec<(usize, Outcome)>,
-    /// ReturnTask commands the driver owes for claims it could not deliver.
-    returns: Vec<Command>,
+    /// Event sequence -> the last entry index its emission depends on, until it is delivered
+    /// or can no longer be.
+    event_requires: BTreeMap<u64, u64>,
     /// Every task a committed command created (by id), until its retention after finishing ran
     /// out.
-    created: BTreeMap<u128, CreatedTask>,
+    pub(crate) created: BTreeMap<u128, CreatedTask>,
     /// Open subscriptions, by subscriber id.
     subscriptions: BTreeMap<SubscriberId, Subscription>,
-    deregistered: BTreeSet<u128>,
+    pub(crate) deregistered: BTreeSet<u128>,
     /// Agent id -> where the last restart's grace made its ttl count from (a live agent at a
     /// restart is not punished for the downtime); ttl counts from the later of this and its last
     /// heartbeat.
     grace_bases: BTreeMap<u128, Millis>,
-    /// The highest fencing token granted so far (that anyone outside the core could see); it
+    /// The highest fencing token any client has seen (in a reply or a delivered event): it
     /// survives crashes, so tokens are checked across restarts.
-    token_max: u64,
-    terms: BTreeMap<Arc<str>, u64>,
-    deliveries: Vec<Delivery>,
+    token_seen: u64,
+    /// The highest fencing token the running core has granted (seen or not).
+    pub(crate) token_granted: u64,
+    pub(crate) terms: BTreeMap<Arc<str>, u64>,
+    /// Where to fall back to while entries are not durable (`None`: everything is).
+    durable_point: Option<DurablePoint>,
     last_reply: Option<Outcome>,
+    /// The step being run.
+    step_index: usize,
     /// The step may have changed policies: compare them all with the model's.
-    policies_touched: bool,
+    pub(crate) policies_touched: bool,
     steps_run: u64,
     coverage: Coverage,
 }
 
 impl Runner {
     pub fn new(config: &SimConfig) -> Runner {
+        let core = Core::new(config.core.clone(), config.start_ms);
         Runner {
             config: config.clone(),
-            core: Core::new(config.core.clone(), config.start_ms),
+            machine: Machine::new(core, true),
             model: Model::new(&config.core, config.start_ms),
             image: StoreImage::new(config.core.seed, config.start_ms),
             digest: Digest::default(),
@@ -236,18 +198,23 @@ impl Runner {
             subscriber_ids: BTreeMap::new(),
             task_ids: BTreeMap::new(),
             page_tokens: BTreeMap::new(),
-            claim_waiters: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            caller_next: 1,
+            waiting_claims: BTreeMap::new(),
+            answers_owed: BTreeMap::new(),
+            waiters: BTreeMap::new(),
             delivered: Vec::new(),
-            returns: Vec::new(),
+            event_requires: BTreeMap::new(),
             created: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             deregistered: BTreeSet::new(),
             grace_bases: BTreeMap::new(),
-            token_max: 0,
+            token_seen: 0,
+            token_granted: 0,
             terms: BTreeMap::new(),
-            deliveries: Vec::new(),
+            durable_point: None,
             last_reply: None,
+            step_index: 0,
             policies_touched: false,
             steps_run: 0,
             coverage: Coverage::default(),
@@ -255,7 +222,7 @@ impl Runner {
     }
 
     pub fn core(&self) -> &Core {
-        &self.core
+        self.machine.core()
     }
 
     pub fn digest(&self) -> &Digest {
@@ -270,24 +237,23 @@ impl Runner {
         &self.coverage
     }
 
-    /// The reply the client saw for the last step (`None`: no core call, or the reply was lost).
+    /// The reply the client saw for the last step (`None`: no core call, the reply was lost, or
+    /// it still waits for the disk).
     pub fn last_reply(&self) -> Option<&Outcome> {
         self.last_reply.as_ref()
     }
 
-    /// True while the subscription opened at `step` is still open.
+    /// True while the subscription opened at `step` is still open (and its client knows it).
     pub fn subscription_open(&self, sub: SubRef) -> bool {
         self.subscriber_ids
             .get(&sub.0)
-            .is_some_and(|id| self.subscriptions.contains_key(id))
+            .is_some_and(|id| self.subscriptions.get(id).is_some_and(|s| !s.overflowed))
     }
 
     /// True while the ClaimTask at `claim`'s step waits in line (not answered, cancelled or
     /// dropped by a restart).
     pub fn claim_waiting(&self, claim: ClaimRef) -> bool {
-        self.claim_waiters
-            .get(&claim.0)
-            .is_some_and(|waiter| self.waiting.contains_key(waiter))
+        self.waiting_claims.contains_key(&claim.0)
     }
 
     /// The answers handed to waiting claims' callers during the last step: (ClaimTask step,
@@ -296,13 +262,24 @@ impl Runner {
         &self.delivered
     }
 
+    /// True once a write failed: the daemon serves reads only until it is restarted.
+    pub fn read_only(&self) -> bool {
+        self.machine.failed().is_some()
+    }
+
+    /// True while entries wait for the disk.
+    pub fn writes_pending(&self) -> bool {
+        self.durable_point.is_some()
+    }
+
     /// Runs one step and every check after it, then takes the store image's snapshot if one is
     /// due (as the driver does after a batch). A panic in the core is a violation too.
     pub fn step(&mut self, step: &Step) -> Result<(), Violation> {
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.step_checked(step)?;
-            if self.image.since_snapshot() >= self.config.snapshot_every {
-                self.image.take_snapshot(&self.core);
+            let durable = self.machine.is_durable() && self.machine.failed().is_none();
+            if durable && self.image.since_snapshot() >= self.config.snapshot_every {
+                self.image.take_snapshot(self.machine.core());
                 self.coverage.fault("snapshot");
             }
             Ok(())
@@ -326,19 +303,28 @@ impl Runner {
             self.coverage.fault("clock_jump");
         }
         self.now = step.at;
+        self.step_index = step.index;
         *self.coverage.ops.entry(step.op.name()).or_default() += 1;
         self.last_reply = None;
         self.delivered.clear();
         self.policies_touched = matches!(step.op, Op::SetPolicy { .. } | Op::DeletePolicy { .. });
+        if matches!(step.io, Io::Slow | Io::FsyncFails | Io::ShortWrite { .. }) {
+            // This step's entries may never become durable: remember what is.
+            self.keep_durable_point();
+        }
         match &step.op {
-            Op::Tick => {
-                let sequence_before = self.core.stats().sequence_next;
-                self.tick_logged();
-                self.model.tick(step.at);
-                self.after_call(sequence_before)?;
-                self.settle_claims()?;
-            }
-            Op::Crash { torn } => self.crash(torn.as_deref())?,
+            Op::Crash { torn } => return self.crash(torn.as_deref()).and_then(|()| self.state_checks()),
+            op => self.perform(step.index, op, step.lost)?,
+        }
+        self.end_batch(step.io)?;
+        self.state_checks()
+    }
+
+    /// What one op does: a client's command, or what the driver hands the machine for it.
+    fn perform(&mut self, step: usize, op: &Op, lost: bool) -> Checked {
+        match op {
+            Op::Tick => self.handle(Input::Tick)?,
+            Op::Crash { .. } => unreachable!("a crash is not performed"),
             Op::Consume { sub, count } => {
                 if let Some(open) = self
                     .subscriber_ids
@@ -349,92 +335,490 @@ impl Runner {
                     open.buffer.drain(..count);
                 }
             }
+            Op::CancelClaim { claim } => {
+                // The caller of a waiting claim hangs up; the driver notices it.
+                if let Some(&caller) = self.waiting_claims.get(&claim.0) {
+                    self.calls.get_mut(&caller).expect("a waiting claim is a call").lost = true;
+                    self.handle(Input::CallerGone { caller })?;
+                    // Cancelled, unless the tick before it answered the claim (that answer, a
+                    // task included, then goes back as undelivered when it is released).
+                    if !self.answers_owed.contains_key(&caller) {
+                        self.calls.remove(&caller);
+                        self.waiting_claims.remove(&claim.0);
+                    }
+                }
+            }
+            Op::ReturnTask { task, token } => {
+                // The driver could not hand a claim over: the claim it names (stale or wrong
+                // now and then) goes back to the machine as undelivered.
+                let outcome = undelivered_claim(&self.task(task), self.token(*token), self.now);
+                self.handle(Input::Undelivered { outcome })?;
+            }
             op => {
                 let (command, buffer) = self.command(op);
-                let mut outcome = self.call(command.clone(), buffer)?;
-                if let (Op::ClaimTask { .. }, Ok(Reply::ClaimWaiting { waiter })) = (op, &outcome) {
-                    self.claim_waiters.insert(step.index, *waiter);
-                    let call = WaitingCall {
-                        step: step.index,
-                        gone: step.lost,
-                        cancelled: false,
-                    };
-                    self.waiting.insert(*waiter, call);
-                }
-                if step.lost {
-                    self.coverage.fault("lost_reply");
-                    if op.retry_safe() {
-                        // The reply never reached the client: the driver ends a stream whose
-                        // opening reply it could not hand over, and the client sends it again.
-                        if let Ok(Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. }) =
-                            &outcome
-                        {
-                            let subscriber = *subscriber;
-                            let _done = self.call(Command::Unwatch { subscriber }, 0)?;
-                        }
-                        outcome = self.call(command, buffer)?;
-                        self.coverage.fault("retry");
-                    } else {
-                        // A claim the caller never got goes back, as the driver returns it.
-                        if let Ok(Reply::Claimed { task, lease }) = &outcome {
-                            self.returns.push(Command::ReturnTask {
-                                task_id: task.id.to_string(),
-                                token: lease.token,
-                            });
-                        }
-                        self.settle_claims()?;
-                        return self.state_checks();
-                    }
-                }
-                self.record(step.index, &outcome);
-                self.last_reply = Some(outcome);
-                self.settle_claims()?;
+                self.send(step, command, buffer, lost)?;
             }
         }
-        self.state_checks()
+        Ok(())
     }
 
-    /// The end of a step, as the driver ends a batch: the core's answers to waiting claims are
-    /// checked against the model's and handed to their callers; a task handed to a caller that
-    /// is gone goes back (ReturnTask), which may answer other claims in turn.
-    fn settle_claims(&mut self) -> Checked {
-        loop {
-            let mut answers = Vec::new();
-            self.core.drain_claim_answers(&mut answers);
-            compare_answers(&answers, &self.model.take_answers())?;
-            for (waiter, outcome) in answers {
-                self.digest.claim_answer(waiter, &outcome);
-                let Some(call) = self.waiting.remove(&waiter) else {
+    /// Remembers the durable state, unless it already is remembered (earlier entries still
+    /// wait) or nothing can be written any more.
+    fn keep_durable_point(&mut self) {
+        if self.durable_point.is_some() || self.machine.failed().is_some() {
+            return;
+        }
+        debug_assert!(self.machine.is_durable() && !self.image.has_staged());
+        self.durable_point = Some(DurablePoint {
+            snapshot: self.core().snapshot(),
+            model: self.model.clone(),
+            created: self.created.clone(),
+            deregistered: self.deregistered.clone(),
+            terms: self.terms.clone(),
+        });
+    }
+
+    /// One command from a client, as step `step`'s call.
+    fn send(&mut self, step: usize, command: Command, buffer: u32, lost: bool) -> Checked {
+        let caller = CallerId(self.caller_next);
+        self.caller_next += 1;
+        let input = Input::Call {
+            caller,
+            command: command.clone(),
+            principal: None,
+        };
+        let sequence_before = self.core().stats().sequence_next;
+        let refused = self.machine.failed().is_some() && refused_when_read_only(&command);
+        self.machine.handle(self.now, input);
+        let waiter = self.machine.parked_waiter(caller);
+        let made = match waiter {
+            Some(waiter) => Ok(Reply::ClaimWaiting { waiter }),
+            None => self
+                .machine
+                .held_reply(caller)
+                .cloned()
+                .expect("a call is answered or parked"),
+        };
+        let expected = if refused {
+            // The daemon refuses writes and new streams after a failed write; time still runs.
+            self.model.tick(self.now);
+            Err(ErrorCode::Unavailable)
+        } else {
+            self.model.apply(self.now, &command, &made)
+        };
+        self.digest.outcome(&made);
+        self.check_reply_properties(&command, &made)?;
+        self.after_input(sequence_before)?;
+        self.compare_reply(&command, &made, &expected)?;
+        if let Command::Deregister { agent_id } = &command
+            && made.is_ok()
+            && let Some(id) = agentkeeper::core::types::Id128::parse(agent_id)
+        {
+            self.deregistered.insert(id.0);
+        }
+        if let Command::Unwatch { subscriber } = &command {
+            self.subscriptions.remove(subscriber);
+        }
+        self.open_subscription(&command, &made, buffer);
+        let waiting = match &expected {
+            Ok(Reply::ClaimWaiting { waiter }) => {
+                self.waiters.insert(*waiter, caller);
+                self.waiting_claims.insert(step, caller);
+                Some(*waiter)
+            }
+            _ => None,
+        };
+        let call = Call {
+            step,
+            command,
+            buffer,
+            lost,
+            made: waiter.is_none().then_some(made),
+            requires: self.machine.emitted(),
+            waiting,
+        };
+        self.calls.insert(caller, call);
+        self.drain()
+    }
+
+    /// Any other input: the machine takes it, the model does what it means.
+    fn handle(&mut self, input: Input) -> Checked {
+        let sequence_before = self.core().stats().sequence_next;
+        let now = self.now;
+        self.model.tick(now);
+        match &input {
+            Input::CallerGone { caller } => {
+                if let Some(waiter) = self.calls.get(caller).and_then(|c| c.waiting)
+                    && self.model.is_waiting(waiter)
+                {
+                    let _ = self
+                        .model
+                        .apply(now, &Command::CancelClaim { waiter }, &Ok(Reply::Done));
+                }
+            }
+            Input::Undelivered { outcome } => match outcome {
+                Ok(Reply::Claimed { task, lease }) => {
+                    let command = Command::ReturnTask {
+                        task_id: task.id.to_string(),
+                        token: lease.token,
+                    };
+                    let _ = self.model.apply(now, &command, &Ok(Reply::Done));
+                }
+                Ok(Reply::Watching { subscriber, .. } | Reply::WatchingElection { subscriber, .. }) => {
+                    self.subscriptions.remove(subscriber);
+                    let _ = self.model.apply(
+                        now,
+                        &Command::Unwatch {
+                            subscriber: *subscriber,
+                        },
+                        &Ok(Reply::Done),
+                    );
+                }
+                _ => {}
+            },
+            Input::SubscriberGone { subscriber, .. } => {
+                let _ = self.model.apply(
+                    now,
+                    &Command::Unwatch {
+                        subscriber: *subscriber,
+                    },
+                    &Ok(Reply::Done),
+                );
+            }
+            Input::PersistFailed { .. } => self.model_read_only(),
+            Input::Grace => {}
+            Input::Tick | Input::Persisted { .. } | Input::Call { .. } | Input::Shutdown => {}
+        }
+        self.machine.handle(now, input);
+        self.after_input(sequence_before)
+    }
+
+    /// What the model does when a write fails: every stream ends, every waiting claim is
+    /// answered UNAVAILABLE and leaves the line.
+    fn model_read_only(&mut self) {
+        // What waited for the lost entries is answered UNAVAILABLE instead.
+        let durable = self.image.durable_index();
+        for (answer, requires) in self.answers_owed.values_mut() {
+            if *requires > durable {
+                *answer = Err(ErrorCode::Unavailable);
+            }
+        }
+        for subscriber in self.subscriptions.keys().copied().collect::<Vec<_>>() {
+            let _ = self
+                .model
+                .apply(self.now, &Command::Unwatch { subscriber }, &Ok(Reply::Done));
+        }
+        let requires = self.machine.emitted();
+        for (waiter, caller) in std::mem::take(&mut self.waiters) {
+            if self.model.is_waiting(waiter) {
+                let _ = self
+                    .model
+                    .apply(self.now, &Command::CancelClaim { waiter }, &Ok(Reply::Done));
+                self.answers_owed
+                    .insert(caller, (Err(ErrorCode::Unavailable), requires));
+            }
+        }
+    }
+
+    /// After the machine took an input: the events it emitted against the model's, the fencing
+    /// floor, the tasks it created, what each subscription is now owed, the model's answers to
+    /// waiting claims.
+    fn after_input(&mut self, sequence_before: u64) -> Checked {
+        let events = self.emitted_since(sequence_before)?;
+        let expected = self.model.take_events();
+        self.check_fencing(&events)?;
+        self.observe_task_events(&events);
+        let requires = self.machine.emitted();
+        for event in &events {
+            self.event_requires.insert(event.sequence, requires);
+            for subscription in self.subscriptions.values_mut() {
+                if !subscription.overflowed && subscription.wants(event) {
+                    subscription.owed.push_back(Arc::clone(event));
+                }
+            }
+        }
+        compare_events(&events, &expected)?;
+        for (waiter, answer) in self.model.take_answers() {
+            match self.waiters.remove(&waiter) {
+                Some(caller) => {
+                    self.answers_owed.insert(caller, (answer, requires));
+                }
+                None => {
                     return fail(
                         invariant::MODEL_REPLY,
-                        format!("the core answered waiter {waiter:?}, which no claim waits as"),
+                        format!("the model answered waiter {waiter:?}, which no claim waits as"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Does what the machine's outputs say until it waits for the disk.
+    fn drain(&mut self) -> Checked {
+        while let Some(output) = self.machine.poll() {
+            match output {
+                Output::Persist { index, entry } => self.image.stage(index, &entry),
+                Output::Reply { caller, outcome } => self.reply_released(caller, outcome)?,
+                Output::Park { caller } => {
+                    let Some(call) = self.calls.get(&caller).filter(|c| c.waiting.is_some()) else {
+                        return fail(
+                            invariant::MODEL_REPLY,
+                            format!("the machine parked caller {caller:?}, whose claim does not wait"),
+                        );
+                    };
+                    // The client knows its claim is in line (its call has not returned).
+                    if call.step == self.step_index && !call.lost {
+                        self.last_reply = call.waiting.map(|waiter| Ok(Reply::ClaimWaiting { waiter }));
+                    }
+                }
+                Output::Deliver { subscriber, event } => self.deliver(subscriber, event)?,
+                Output::EndStream { subscriber, end } => self.stream_ended(subscriber, &end)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a step, as the end of the driver's batch: what is staged is written the way
+    /// the step's `io` says, and what the durable entries release goes out.
+    fn end_batch(&mut self, io: Io) -> Checked {
+        loop {
+            self.drain()?;
+            if !self.image.has_staged() {
+                break;
+            }
+            match io {
+                Io::Durable | Io::CrashAfterWrite => {
+                    let up_to = self.image.commit();
+                    if io == Io::CrashAfterWrite {
+                        // Durable, and the daemon dies before anything it released leaves.
+                        self.durable_point = None;
+                        self.coverage.fault("crash_after_write");
+                        return self.crash(None);
+                    }
+                    self.handle(Input::Persisted { up_to })?;
+                }
+                Io::Slow => {
+                    self.coverage.fault("slow_disk");
+                    return Ok(());
+                }
+                Io::FsyncFails | Io::ShortWrite { .. } => {
+                    let reason = match io {
+                        Io::ShortWrite { per_mille } => {
+                            self.image.fail_short(per_mille);
+                            self.coverage.fault("short_write");
+                            "short write: No space left on device (os error 28)"
+                        }
+                        _ => {
+                            self.image.fail_fsync();
+                            self.coverage.fault("fsync_fails");
+                            "fsync: Input/output error (os error 5)"
+                        }
+                    };
+                    let reason = reason.to_string();
+                    self.handle(Input::PersistFailed { reason })?;
+                }
+            }
+        }
+        if io == Io::CrashAfterWrite {
+            self.coverage.fault("crash_after_write");
+            return self.crash(None);
+        }
+        if self.machine.is_durable() && self.machine.failed().is_none() {
+            self.durable_point = None;
+        }
+        Ok(())
+    }
+
+    /// A reply the machine let go: it must be durable, agree with what was made (or with the
+    /// model's answer to a waiting claim), and reach its client unless the client is gone.
+    fn reply_released(&mut self, caller: CallerId, outcome: Outcome) -> Checked {
+        let Some(call) = self.calls.remove(&caller) else {
+            return fail(
+                invariant::MODEL_REPLY,
+                format!("a reply for caller {caller:?}, who waits for none: {}", brief(&outcome)),
+            );
+        };
+        let (requires, agrees) = match &call.made {
+            Some(made) => {
+                let refused =
+                    self.machine.failed().is_some() && matches!(&outcome, Err(e) if e.code == ErrorCode::Unavailable);
+                (call.requires, outcome == *made || refused)
+            }
+            None => {
+                self.waiting_claims.remove(&call.step);
+                self.digest.claim_answer(WaiterId(call.step as u64), &outcome);
+                let Some((expected, requires)) = self.answers_owed.remove(&caller) else {
+                    return fail(
+                        invariant::MODEL_REPLY,
+                        format!(
+                            "the core answered the claim of step {}, the model did not: {}",
+                            call.step,
+                            brief(&outcome)
+                        ),
                     );
                 };
-                if call.gone {
-                    if let Ok(Reply::Claimed { task, lease }) = &outcome {
-                        self.returns.push(Command::ReturnTask {
-                            task_id: task.id.to_string(),
-                            token: lease.token,
-                        });
-                    }
-                    continue;
-                }
-                self.coverage.fault(match &outcome {
-                    Ok(Reply::Claimed { .. }) => "claim_answered",
-                    Ok(_) => "claim_timed_out",
-                    Err(_) => "claim_refused",
-                });
-                self.record(call.step, &outcome);
-                self.delivered.push((call.step, outcome));
+                let agrees = match (&outcome, &expected) {
+                    (Err(error), Err(code)) => error.code == *code && !error.message.is_empty(),
+                    (Ok(got), Ok(want)) => got == want,
+                    _ => false,
+                };
+                (requires, agrees)
             }
-            if self.returns.is_empty() {
-                self.waiting.retain(|_, call| !call.cancelled);
-                return Ok(());
+        };
+        self.check_durable(requires, || {
+            format!("the reply to step {} ({})", call.step, call.command.name())
+        })?;
+        if !agrees {
+            return fail(
+                invariant::MODEL_REPLY,
+                format!(
+                    "step {} ({}) got {}, expected {}",
+                    call.step,
+                    call.command.name(),
+                    brief(&outcome),
+                    brief(
+                        &call
+                            .made
+                            .as_ref()
+                            .map_or_else(|| "the model's answer".to_string(), |m| format!("{m:?}"))
+                    )
+                ),
+            );
+        }
+        if call.lost {
+            return self.undelivered(call, outcome);
+        }
+        self.see_tokens(&outcome);
+        self.record(call.step, &outcome);
+        if call.waiting.is_some() {
+            self.coverage.fault(match &outcome {
+                Ok(Reply::Claimed { .. }) => "claim_answered",
+                Ok(_) => "claim_timed_out",
+                Err(_) => "claim_refused",
+            });
+            self.delivered.push((call.step, outcome));
+        } else {
+            self.last_reply = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// The client behind `call` is gone: the driver hands the reply back to the machine, and a
+    /// client whose call is safe to repeat sends it again.
+    fn undelivered(&mut self, call: Call, outcome: Outcome) -> Checked {
+        self.coverage.fault("lost_reply");
+        if matches!(outcome, Ok(Reply::Claimed { .. })) {
+            self.coverage.fault("claim_returned");
+        }
+        self.handle(Input::Undelivered { outcome })?;
+        if call.waiting.is_none() && retry_safe(&call.command) {
+            self.coverage.fault("retry");
+            return self.send(call.step, call.command, call.buffer, false);
+        }
+        Ok(())
+    }
+
+    /// An event for a subscriber's buffer: the next one it is owed, durable, and into the
+    /// buffer if there is room; an overflowing subscriber is cut off.
+    fn deliver(&mut self, subscriber: SubscriberId, event: Arc<Event>) -> Checked {
+        let requires = self.event_requires.get(&event.sequence).copied().unwrap_or(0);
+        self.check_durable(requires, || {
+            format!("event {} for subscriber {subscriber:?}", event.sequence)
+        })?;
+        let Some(subscription) = self.subscriptions.get_mut(&subscriber) else {
+            return fail(
+                invariant::SUBSCRIBER_STREAM_EXACT,
+                format!("event {} delivered to ended subscriber {subscriber:?}", event.sequence),
+            );
+        };
+        let owed = subscription.owed.pop_front();
+        if subscription.overflowed || owed.as_ref() != Some(&event) {
+            return fail(
+                invariant::SUBSCRIBER_STREAM_EXACT,
+                format!(
+                    "subscriber {subscriber:?} ({:?}, from {}{}) was handed sequence {}, it is owed {:?}",
+                    subscription.filter,
+                    subscription.sequence_min,
+                    if subscription.overflowed { ", cut off" } else { "" },
+                    event.sequence,
+                    owed.map(|e| e.sequence)
+                ),
+            );
+        }
+        if subscription.buffer.len() < subscription.capacity {
+            self.digest.u64(subscriber.0);
+            self.digest.event(&event);
+            subscription.delivered_last = event.sequence;
+            subscription.buffer.push_back(Arc::clone(&event));
+            if let (Topic::LeaseAcquired, EventPayload::Lease(lease)) = (event.topic, &event.payload) {
+                self.token_seen = self.token_seen.max(lease.token);
             }
-            for command in std::mem::take(&mut self.returns) {
-                self.coverage.fault("claim_returned");
-                let _done = self.call(command, 0)?;
+            return Ok(());
+        }
+        subscription.overflowed = true;
+        subscription.owed.clear();
+        let overflow = Overflow {
+            capacity: subscription.capacity,
+            delivered_last: subscription.delivered_last,
+        };
+        self.coverage.fault("subscriber_cut_off");
+        self.handle(Input::SubscriberGone {
+            subscriber,
+            overflow: Some(overflow),
+        })
+    }
+
+    /// A stream's last word: an overflowing one's names its last sequence; any other ends with
+    /// the daemon's own end (a failed write).
+    fn stream_ended(&mut self, subscriber: SubscriberId, end: &StreamEnd) -> Checked {
+        let Some(subscription) = self.subscriptions.remove(&subscriber) else {
+            return fail(
+                invariant::SUBSCRIBER_STREAM_EXACT,
+                format!("subscriber {subscriber:?} ended twice, or was never open: {end:?}"),
+            );
+        };
+        let expected = if subscription.overflowed {
+            let named = format!("the last sequence delivered is {}", subscription.delivered_last);
+            end.code == ErrorCode::ResourceExhausted && end.message.contains(&named)
+        } else {
+            end.code == ErrorCode::Unavailable && self.machine.failed().is_some()
+        };
+        if !expected {
+            return fail(
+                invariant::SUBSCRIBER_STREAM_EXACT,
+                format!(
+                    "subscriber {subscriber:?}{} ended with {end:?}",
+                    if subscription.overflowed { " (overflowed)" } else { "" }
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// What a client saw must be durable: `requires` (an entry index) within the image's
+    /// durable entries.
+    fn check_durable(&self, requires: u64, what: impl FnOnce() -> String) -> Checked {
+        let durable = self.image.durable_index();
+        if requires <= durable || self.machine.failed().is_some() && requires <= self.machine.emitted() {
+            return Ok(());
+        }
+        fail(
+            invariant::RELEASED_ONLY_WHEN_DURABLE,
+            format!(
+                "{} left the daemon depending on entry {requires}, but only entries up to {durable} are durable",
+                what()
+            ),
+        )
+    }
+
+    /// A reply that shows a fencing token raises what clients have seen.
+    fn see_tokens(&mut self, outcome: &Outcome) {
+        match outcome {
+            Ok(Reply::Lease { lease, acquired: true }) | Ok(Reply::Claimed { lease, .. }) => {
+                self.token_seen = self.token_seen.max(lease.token);
             }
+            _ => {}
         }
     }
 
@@ -622,10 +1006,6 @@ impl Runner {
                 agent_id: self.agent(agent),
                 wait_ms: *wait_ms,
             },
-            Op::CancelClaim { claim } => Command::CancelClaim {
-                // A claim that never waited gets a waiter id the core never handed out.
-                waiter: self.claim_waiters.get(&claim.0).copied().unwrap_or(WaiterId(u64::MAX)),
-            },
             Op::CompleteTask { task, agent, output } => Command::CompleteTask {
                 task_id: self.task(task),
                 agent_id: self.agent(agent),
@@ -652,56 +1032,15 @@ impl Runner {
                     PageRef::Literal(text) => text.clone(),
                 },
             },
-            Op::ReturnTask { task, token } => Command::ReturnTask {
-                task_id: self.task(task),
-                token: self.token(*token),
-            },
-            Op::Tick | Op::Consume { .. } | Op::Crash { .. } => unreachable!("{} sends no command", op.name()),
+            Op::Tick | Op::Consume { .. } | Op::Crash { .. } | Op::CancelClaim { .. } | Op::ReturnTask { .. } => {
+                unreachable!("{} sends no command", op.name())
+            }
         };
         (command, 0)
     }
 
-    /// One command through the core and the model; checks the reply, the events and the
-    /// deliveries it caused; opens the stream it may have subscribed.
-    fn call(&mut self, command: Command, buffer: u32) -> Checked<Outcome> {
-        let sequence_before = self.core.stats().sequence_next;
-        if let Command::Unwatch { subscriber } = &command {
-            self.subscriptions.remove(subscriber);
-        }
-        // A cancelled claim's caller is gone. The tick before the cancel may still answer it: a
-        // task handed to it then goes back (ReturnTask) like any claim whose caller is gone.
-        if let Command::CancelClaim { waiter } = &command
-            && let Some(call) = self.waiting.get_mut(waiter)
-        {
-            call.gone = true;
-            call.cancelled = true;
-        }
-        // As the driver: what is due fires (and is logged) before the command, which is logged
-        // before it is applied.
-        self.tick_logged();
-        if command.is_logged() {
-            self.image.append(&Entry::Apply {
-                now: self.now,
-                command: command.clone(),
-                principal: None,
-            });
-        }
-        let outcome = self.core.apply(self.now, command.clone());
-        let expected = self.model.apply(self.now, &command, &outcome);
-        self.digest.outcome(&outcome);
-        self.check_reply_properties(&command, &outcome)?;
-        self.after_call(sequence_before)?;
-        self.compare_reply(&command, &outcome, &expected)?;
-        if let Command::Deregister { agent_id } = &command
-            && outcome.is_ok()
-            && let Some(id) = agentkeeper::core::types::Id128::parse(agent_id)
-        {
-            self.deregistered.insert(id.0);
-        }
-        self.open_subscription(&command, &outcome, buffer);
-        Ok(outcome)
-    }
-
+    /// Opens the runner's side of a stream the call subscribed (its client learns the id when
+    /// the reply reaches it).
     fn open_subscription(&mut self, command: &Command, outcome: &Outcome, buffer: u32) {
         let (id, filter, sequence_min) = match (command, outcome) {
             (Command::Watch { topics, from_sequence }, Ok(Reply::Watching { subscriber, .. })) => {
@@ -712,110 +1051,85 @@ impl Runner {
             }
             _ => return,
         };
+        let delivered_last = match outcome {
+            Ok(Reply::Watching { replay, .. }) => replay.last().map_or(0, |e| e.sequence),
+            _ => 0,
+        };
         self.subscriptions.insert(
             id,
             Subscription {
-                id,
                 filter,
                 sequence_min,
                 capacity: buffer.max(1) as usize,
                 buffer: VecDeque::new(),
+                owed: VecDeque::new(),
+                delivered_last,
+                overflowed: false,
             },
         );
     }
 
-    /// Properties of one reply that need no model: Find's filter and order, CheckPolicy's answer.
-    fn check_reply_properties(&self, command: &Command, outcome: &Outcome) -> Checked {
-        match (command, outcome) {
-            (Command::Find { query, tools, .. }, Ok(Reply::Agents(found))) => {
-                let agents = self.core.agents();
-                let mut previous: Option<usize> = None;
-                let mut seen = BTreeSet::new();
-                for view in found {
-                    let Some(position) = agents.iter().position(|a| a.agent_id == view.agent_id) else {
-                        return fail(
-                            invariant::FIND_ALIVE_WITH_TOOLS,
-                            format!("found unknown agent {}", view.agent_id),
-                        );
-                    };
-                    let agent = &agents[position];
-                    if agent.status != AgentStatus::Alive || !tools.iter().all(|t| agent.card.tools.contains(t)) {
-                        return fail(
-                            invariant::FIND_ALIVE_WITH_TOOLS,
-                            format!(
-                                "found {} ({:?}, tools {:?}) for tools {tools:?}",
-                                view.agent_id, agent.status, agent.card.tools
-                            ),
-                        );
-                    }
-                    if !seen.insert(view.agent_id) {
-                        return fail(
-                            invariant::FIND_ALIVE_WITH_TOOLS,
-                            format!("found {} twice", view.agent_id),
-                        );
-                    }
-                    if query.is_empty() && previous.is_some_and(|p| p >= position) {
-                        return fail(
-                            invariant::FIND_ALIVE_WITH_TOOLS,
-                            format!("empty query answered out of registration order: {}", view.agent_id),
-                        );
-                    }
-                    previous = Some(position);
-                }
-                Ok(())
-            }
-            (
-                Command::CheckPolicy {
-                    subject,
-                    action,
-                    resource,
-                },
-                Ok(Reply::Decision(decision)),
-            ) => {
-                let expected = decide(&self.core.policies(), subject, action, resource);
-                if *decision != expected {
-                    return fail(
-                        invariant::CHECK_POLICY_BRUTE_FORCE,
-                        format!(
-                            "check({subject:?}, {action:?}, {resource:?}) = {decision:?}, brute force says {expected:?}"
-                        ),
-                    );
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Fires what is due at the step's time, logging a tick that fired anything (the driver's
-    /// `Entry::Tick`).
-    fn tick_logged(&mut self) {
-        if self.core.tick(self.now) > 0 {
-            self.image.append(&Entry::Tick { now: self.now });
-        }
-    }
-
     /// The daemon crashes and restarts from the store image (see `Op::Crash`): the torn write
     /// first, if any, then recovery through the store's scan and replay, the checks that nothing
-    /// durable was lost, the restart grace (logged), and the recovered core swapped in. Every
-    /// stream broke; the clients keep the ids and tokens they knew.
+    /// durable was lost, and a new machine around the recovered core, which gives the restart
+    /// grace. Every stream broke and every call in flight went unanswered; the clients keep the
+    /// ids and tokens they knew.
     fn crash(&mut self, torn: Option<&TornWrite>) -> Checked {
         self.coverage.fault("crash");
-        let torn_written;
-        let before = match torn {
-            None => {
-                torn_written = false;
-                self.core.snapshot()
-            }
+        let torn_written = match torn {
             Some(torn) => {
-                let (before, written) = self.torn_write(torn)?;
+                let written = self.torn_write(torn)?;
                 if written {
                     self.coverage.fault("torn_crash");
                 }
-                torn_written = written;
-                before
+                written
             }
+            None => false,
         };
+        // Entries staged and not written are lost with the process.
+        self.image.discard_staged();
+        let point = self.durable_point.take();
+        let before = match &point {
+            Some(point) => point.snapshot.clone(),
+            None => self.core().snapshot(),
+        };
+        let core = self.recover(before, torn_written || self.image.torn_tail())?;
+        if let Some(point) = point {
+            self.model = point.model;
+            self.created = point.created;
+            self.deregistered = point.deregistered;
+            self.terms = point.terms;
+        }
+        self.token_granted = core.stats().fencing_token_last;
+        let now = self.now.max(core.now());
+        self.grant_grace(&core.agents(), now);
+        self.machine = Machine::new(core, true);
+        self.subscriptions.clear();
+        self.subscriber_ids.clear();
+        // The callers of calls in flight went with the old process: nobody answers them.
+        if !self.waiting_claims.is_empty() {
+            self.coverage.fault("claims_dropped");
+        }
+        self.calls.clear();
+        self.waiting_claims.clear();
+        self.answers_owed.clear();
+        self.waiters.clear();
+        self.event_requires.clear();
+        self.policies_touched = true;
+        // The restart grace comes first, then what fell due while the daemon was down and the
+        // grace left due (a DEAD agent's or a finished task's retention) fires.
+        let sequence_before = self.core().stats().sequence_next;
+        self.model.restart_grace(now);
+        self.model.tick(now);
+        self.machine.handle(now, Input::Grace);
+        self.after_input(sequence_before)?;
+        self.end_batch(Io::Durable)
+    }
+
+    /// Reads the image back as the daemon's start-up does and rebuilds the core from it,
+    /// checking that exactly the whole records came back (a torn tail cut, if `torn`) and that
+    /// the state is `before`'s.
+    fn recover(&mut self, mut before: CoreSnapshot, torn_written: bool) -> Checked<Core> {
         let (whole_len, whole_records) = (self.image.whole_len(), self.image.records());
         let (mut recovered, reading) = match self.image.read() {
             Ok(read) => read,
@@ -857,7 +1171,6 @@ impl Runner {
         let mut stale = Vec::new();
         core.drain_claim_answers(&mut stale);
         let mut after = core.snapshot();
-        let mut before = before;
         // The one thing a replay may leave behind: the clock of reads and ticks that fired
         // nothing, which are not logged.
         after.now = before.now;
@@ -882,88 +1195,29 @@ impl Runner {
                 ),
             );
         }
-        let now = self.now.max(core.now());
-        self.grant_grace(&core.agents(), now);
-        core.restart_grace(now);
-        self.image.append_grace(now);
-        self.model.restart_grace(now);
-        self.core = core;
-        self.subscriptions.clear();
-        self.subscriber_ids.clear();
-        self.deliveries.clear();
-        // The callers of waiting claims went with the old process: the restart dropped their
-        // claims, and nobody answers them.
-        if !self.waiting.is_empty() {
-            self.coverage.fault("claims_dropped");
-        }
-        self.waiting.clear();
-        self.returns.clear();
-        self.policies_touched = true;
-        // The restarted daemon's first batch ticks at once: what fell due while it was down and
-        // the grace left due (a DEAD agent's or a finished task's retention) fires now, as the
-        // driver's loop fires it.
-        let sequence_before = self.core.stats().sequence_next;
-        self.tick_logged();
-        self.model.tick(now);
-        self.after_call(sequence_before)?;
-        self.settle_claims()
+        Ok(core)
     }
 
-    /// Checks the answers to waiting claims made so far against the model's, and drops them: the
-    /// batch never committed, so no caller hears one (and the restart drops every waiting claim).
-    fn drop_claim_answers(&mut self) -> Checked {
-        let mut answers = Vec::new();
-        self.core.drain_claim_answers(&mut answers);
-        compare_answers(&answers, &self.model.take_answers())
-    }
-
-    /// A torn crash's write: what is due fires (its record whole: the batch's write reached that
-    /// far), then the command is applied to the core and the model and checked like any, but its
-    /// record is written torn, its reply never leaves, its events reach no subscriber and no
-    /// waiting claim hears an answer (the batch never committed). The model is then put back as it was before the command: that is
-    /// what recovery must rebuild. Returns the core's state before the command, and whether a
-    /// record was torn (a command that is not logged leaves none).
-    fn torn_write(&mut self, torn: &TornWrite) -> Checked<(CoreSnapshot, bool)> {
-        let sequence_before = self.core.stats().sequence_next;
-        self.tick_logged();
-        self.model.tick(self.now);
-        let events = self.emitted_since(sequence_before)?;
-        // The tick's record lands whole: a claim lease it granted (a task handed to a waiting
-        // claim) survives the crash, so its token raises the floor.
-        self.check_fencing(&events, true)?;
-        self.observe_task_events(&events);
-        let expected = self.model.take_events();
-        compare_events(&events, &expected)?;
-        self.drop_claim_answers()?;
-        let before = self.core.snapshot();
-        let model_before = self.model.clone();
-        let (command, _) = self.command(&torn.op);
-        let record = command.is_logged().then(|| Entry::Apply {
-            now: self.now,
-            command: command.clone(),
-            principal: None,
-        });
-        let sequence_before = self.core.stats().sequence_next;
-        let outcome = self.core.apply(self.now, command.clone());
-        let expected_reply = self.model.apply(self.now, &command, &outcome);
-        self.check_reply_properties(&command, &outcome)?;
-        let events = self.emitted_since(sequence_before)?;
-        // Never seen outside the core, so it raises no floor; it must still be above it.
-        self.check_fencing(&events, false)?;
-        compare_events(&events, &self.model.take_events())?;
-        self.compare_reply(&command, &outcome, &expected_reply)?;
-        self.drop_claim_answers()?;
-        self.model = model_before;
-        if let Some(record) = &record {
-            self.image.append_torn(record, torn.tear);
+    /// A torn crash's write: what is due fires and is made durable (that batch's write
+    /// completed), then the command is handled and checked like any, and the daemon dies while
+    /// writing its batch: its entry lands torn, so nothing it released may have left. Returns
+    /// whether an entry was torn (a command that is not logged leaves none).
+    fn torn_write(&mut self, torn: &TornWrite) -> Checked<bool> {
+        self.handle(Input::Tick)?;
+        self.end_batch(Io::Durable)?;
+        self.keep_durable_point();
+        // Nothing of the step reaches its client: the daemon dies before the batch is durable.
+        self.perform(usize::MAX, &torn.op, true)?;
+        if self.image.has_staged() {
+            self.image.commit_torn(torn.tear);
+            return Ok(true);
         }
-        Ok((before, record.is_some()))
+        Ok(false)
     }
 
     /// Where each live agent's ttl counts from after a restart's grace at `now`, for the status
     /// invariant: ALIVE, a full ttl from `now` at least; UNREACHABLE, dead no sooner than a ttl
-    /// from `now`. `agents` is the recovered state (a torn command's effect is not in it);
-    /// agents no longer known are dropped from the map.
+    /// from `now`. `agents` is the recovered state; agents no longer known are dropped.
     fn grant_grace(&mut self, agents: &[agentkeeper::core::AgentView], now: Millis) {
         let mut bases = BTreeMap::new();
         for agent in agents {
@@ -980,7 +1234,7 @@ impl Runner {
     }
 
     /// Where an agent's ttl counts from: its last heartbeat, or a restart's grace if later.
-    fn liveness_base(&self, id: u128, last_heartbeat_at: Millis) -> Millis {
+    pub(crate) fn liveness_base(&self, id: u128, last_heartbeat_at: Millis) -> Millis {
         self.grace_bases
             .get(&id)
             .map_or(last_heartbeat_at, |&base| base.max(last_heartbeat_at))
@@ -988,8 +1242,8 @@ impl Runner {
 
     /// The events emitted since `sequence_before`, all of them still in the ring.
     fn emitted_since(&self, sequence_before: u64) -> Checked<Vec<Arc<Event>>> {
-        let emitted = self.core.stats().sequence_next - sequence_before;
-        let events = self.core.events_since(sequence_before);
+        let emitted = self.core().stats().sequence_next - sequence_before;
+        let events = self.core().events_since(sequence_before);
         if events.len() as u64 != emitted {
             return fail(
                 invariant::MODEL_EVENTS,
@@ -999,20 +1253,9 @@ impl Runner {
         Ok(events)
     }
 
-    /// After any core call: the events it emitted, their deliveries, and the model's events.
-    fn after_call(&mut self, sequence_before: u64) -> Checked {
-        let events = self.emitted_since(sequence_before)?;
-        // Taken before routing: a cut-off subscriber's Unwatch is a call of its own.
-        let expected = self.model.take_events();
-        self.check_fencing(&events, true)?;
-        self.observe_task_events(&events);
-        self.route(&events)?;
-        compare_events(&events, &expected)
-    }
-
-    /// Follows committed task events for `task.none_lost` and the claim tokens: a task is known
-    /// from `task.created` on, finished at `task.completed` or `task.dead`; a `lease.acquired`
-    /// on its id is its claim's grant.
+    /// Follows task events for `task.none_lost` and the claim tokens: a task is known from
+    /// `task.created` on, finished at `task.completed` or `task.dead`; a `lease.acquired` on its
+    /// id is its claim's grant. (Rolled back with the model when entries are lost.)
     fn observe_task_events(&mut self, events: &[Arc<Event>]) {
         for event in events {
             match (&event.payload, event.topic) {
@@ -1035,669 +1278,73 @@ impl Runner {
         }
     }
 
-    /// Grants must carry tokens above every token granted before; with `raise`, the grants are
-    /// visible and raise that floor.
-    fn check_fencing(&mut self, events: &[Arc<Event>], raise: bool) -> Checked {
+    /// Every grant's token must be above every token anybody saw, and above every token this
+    /// process granted before.
+    fn check_fencing(&mut self, events: &[Arc<Event>]) -> Checked {
         for event in events {
             if let (Topic::LeaseAcquired, EventPayload::Lease(lease)) = (event.topic, &event.payload) {
-                if lease.token <= self.token_max {
+                let floor = self.token_seen.max(self.token_granted);
+                if lease.token <= floor {
                     return fail(
                         invariant::FENCING_TOKENS_INCREASE,
                         format!(
-                            "lease {:?} granted token {} after token {} was granted",
-                            lease.task_id, lease.token, self.token_max
+                            "lease {:?} granted token {} after token {floor} was granted",
+                            lease.task_id, lease.token
                         ),
                     );
                 }
-                if raise {
-                    self.token_max = lease.token;
-                }
+                self.token_granted = lease.token;
             }
-        }
-        Ok(())
-    }
-
-    /// Moves the call's deliveries into the subscribers' buffers, checking each subscriber gets
-    /// exactly the events matching its filter, in order; an overflowing one is cut off.
-    fn route(&mut self, events: &[Arc<Event>]) -> Checked {
-        self.core.drain_deliveries(&mut self.deliveries);
-        let mut got: BTreeMap<SubscriberId, Vec<Arc<Event>>> = BTreeMap::new();
-        for delivery in self.deliveries.drain(..) {
-            if !self.subscriptions.contains_key(&delivery.subscriber) {
-                return fail(
-                    invariant::SUBSCRIBER_STREAM_EXACT,
-                    format!(
-                        "event {} delivered to ended subscriber {:?}",
-                        delivery.event.sequence, delivery.subscriber
-                    ),
-                );
-            }
-            got.entry(delivery.subscriber).or_default().push(delivery.event);
-        }
-        let mut ended = Vec::new();
-        for subscription in self.subscriptions.values_mut() {
-            let delivered = got.remove(&subscription.id).unwrap_or_default();
-            let wanted: Vec<&Arc<Event>> = events.iter().filter(|e| subscription.wants(e)).collect();
-            let same = delivered.len() == wanted.len() && delivered.iter().zip(&wanted).all(|(a, b)| a == *b);
-            if !same {
-                let sequences =
-                    |list: &mut dyn Iterator<Item = &Arc<Event>>| list.map(|e| e.sequence).collect::<Vec<_>>();
-                return fail(
-                    invariant::SUBSCRIBER_STREAM_EXACT,
-                    format!(
-                        "subscriber {:?} ({:?}, from {}) got sequences {:?}, its filter selects {:?}",
-                        subscription.id,
-                        subscription.filter,
-                        subscription.sequence_min,
-                        sequences(&mut delivered.iter()),
-                        sequences(&mut wanted.iter().copied())
-                    ),
-                );
-            }
-            for event in delivered {
-                if subscription.buffer.len() == subscription.capacity {
-                    ended.push(subscription.id);
-                    break;
-                }
-                self.digest.u64(subscription.id.0);
-                self.digest.event(&event);
-                subscription.buffer.push_back(event);
-            }
-        }
-        for subscriber in ended {
-            self.coverage.fault("subscriber_cut_off");
-            let _done = self.call(Command::Unwatch { subscriber }, 0)?;
-        }
-        Ok(())
-    }
-
-    fn compare_reply(&self, command: &Command, outcome: &Outcome, expected: &Expected) -> Checked {
-        let agrees = match (outcome, expected) {
-            (Err(error), Err(code)) => error.code == *code && !error.message.is_empty(),
-            (Ok(Reply::Agents(found)), Ok(Reply::Agents(_))) if matches!(command, Command::Find { query, .. } if !query.is_empty()) =>
-            {
-                let Command::Find { tools, limit, .. } = command else {
-                    unreachable!("matched a Find above")
-                };
-                self.ranked_find_agrees(found, tools, *limit)
-            }
-            (Ok(got), Ok(want)) => got == want,
-            _ => false,
-        };
-        if agrees {
-            return Ok(());
-        }
-        fail(
-            invariant::MODEL_REPLY,
-            format!(
-                "{} answered {}, the model expects {}",
-                command.name(),
-                brief(outcome),
-                brief(expected)
-            ),
-        )
-    }
-
-    /// A Find with a query ranks every ALIVE agent with the tools: the core's answer must be that
-    /// set when it fits the limit, else `limit` distinct members of it.
-    fn ranked_find_agrees(&self, found: &[agentkeeper::core::AgentView], tools: &[String], limit: u32) -> bool {
-        let limit = match limit {
-            0 => 10,
-            n => n.min(1000),
-        } as usize;
-        let candidates = self.model.find_candidates(tools);
-        let expected_len = candidates.len().min(limit);
-        found.len() == expected_len && found.iter().all(|view| candidates.contains(view))
-    }
-
-    /// The named state invariants, then the model's state, after every step.
-    fn state_checks(&mut self) -> Checked {
-        // The core's own time: a step that makes no core call (a client reading its buffer)
-        // moves the trace's clock but not the core's.
-        let now = self.core.now();
-        let agents = self.core.agents();
-        let status: BTreeMap<u128, AgentStatus> = agents.iter().map(|a| (a.agent_id.0, a.status)).collect();
-        let leases = self.core.leases();
-        for pair in leases.windows(2) {
-            if pair[0].task_id == pair[1].task_id {
-                return fail(
-                    invariant::ONE_HOLDER_PER_KEY,
-                    format!("two leases on {:?}", pair[0].task_id),
-                );
-            }
-        }
-        let mut tokens = BTreeSet::new();
-        for lease in &leases {
-            if now >= lease.expires_at {
-                return fail(
-                    invariant::ONE_HOLDER_PER_KEY,
-                    format!(
-                        "lease {:?} still held at {now}, past its expiry {}",
-                        lease.task_id, lease.expires_at
-                    ),
-                );
-            }
-            if !tokens.insert(lease.token) || lease.token > self.token_max {
-                return fail(
-                    invariant::FENCING_TOKENS_INCREASE,
-                    format!(
-                        "lease {:?} holds token {} (highest granted {})",
-                        lease.task_id, lease.token, self.token_max
-                    ),
-                );
-            }
-            match status.get(&lease.holder.0) {
-                Some(AgentStatus::Alive | AgentStatus::Unreachable) => {}
-                other => {
-                    return fail(
-                        invariant::DEAD_HOLDS_NOTHING,
-                        format!("lease {:?} held by {} which is {other:?}", lease.task_id, lease.holder),
-                    );
-                }
-            }
-        }
-        for agent in &agents {
-            let (heartbeat, ttl) = (agent.last_heartbeat_at, agent.ttl_ms);
-            let base = self.liveness_base(agent.agent_id.0, heartbeat);
-            let consistent = match agent.status {
-                AgentStatus::Alive => now < base + ttl,
-                AgentStatus::Unreachable => base + ttl <= now && now < base + 2 * ttl,
-                AgentStatus::Dead => self.deregistered.contains(&agent.agent_id.0) || now >= base + 2 * ttl,
-            };
-            if !consistent {
-                return fail(
-                    invariant::STATUS_MATCHES_HEARTBEAT,
-                    format!(
-                        "agent {} is {:?} at {now} with last heartbeat {heartbeat} (ttl counted from {base}) \
-                         and ttl {ttl} ms",
-                        agent.agent_id, agent.status
-                    ),
-                );
-            }
-        }
-        self.check_elections(&status)?;
-        let tasks = self.check_tasks(&status, &leases)?;
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.core.check_invariants())) {
-            return fail(invariant::CORE_CHECK_INVARIANTS, panic_text(&panic));
-        }
-        self.compare_state(&agents, &leases, &tasks)
-    }
-
-    /// Every task the core lists with `status` (`None`: all), in one page, through the core's
-    /// own ListTasks: a read, which changes nothing.
-    fn list_tasks(&mut self, status: Option<TaskStatus>) -> Checked<Vec<TaskView>> {
-        let now = self.core.now();
-        let command = Command::ListTasks {
-            status,
-            page_size: 10_000,
-            page_token: String::new(),
-        };
-        match self.core.apply(now, command) {
-            Ok(Reply::Tasks { tasks, next_page_token }) if next_page_token.is_empty() => Ok(tasks),
-            other => fail(
-                invariant::TASK_ONE_STATE,
-                format!("ListTasks({status:?}) answered {}", brief(&other)),
-            ),
-        }
-    }
-
-    /// The task invariants: each task under exactly one status (the model's), none lost before
-    /// its retention ran out, every CLAIMED task's claimer not DEAD and holding the claim lease
-    /// with the claim's token. Returns every task, in creation order.
-    fn check_tasks(&mut self, status: &BTreeMap<u128, AgentStatus>, leases: &[LeaseView]) -> Checked<Vec<TaskView>> {
-        let now = self.core.now();
-        let tasks = self.list_tasks(None)?;
-        let mut filed: BTreeMap<u128, TaskStatus> = BTreeMap::new();
-        for under in [
-            TaskStatus::Pending,
-            TaskStatus::Claimed,
-            TaskStatus::Completed,
-            TaskStatus::Failed,
-            TaskStatus::Dead,
-        ] {
-            for task in self.list_tasks(Some(under))? {
-                if task.status != under {
-                    return fail(
-                        invariant::TASK_ONE_STATE,
-                        format!("task {} is listed under {under:?} but is {:?}", task.id, task.status),
-                    );
-                }
-                if let Some(other) = filed.insert(task.id.0, under) {
-                    return fail(
-                        invariant::TASK_ONE_STATE,
-                        format!("task {} is listed under {other:?} and under {under:?}", task.id),
-                    );
-                }
-            }
-        }
-        for (position, task) in tasks.iter().enumerate() {
-            if !filed.contains_key(&task.id.0) {
-                return fail(
-                    invariant::TASK_ONE_STATE,
-                    format!("task {} ({:?}) is listed under no status", task.id, task.status),
-                );
-            }
-            // Both lists are in creation order: the same task sits at the same place, unless
-            // they differ in more than status (which `model.state_agrees` reports).
-            let modelled = match self.model.tasks().nth(position) {
-                Some(m) if m.id == task.id => Some(m),
-                _ => self.model.tasks().find(|m| m.id == task.id),
-            };
-            if let Some(modelled) = modelled
-                && modelled.status != task.status
-            {
-                return fail(
-                    invariant::TASK_ONE_STATE,
-                    format!(
-                        "task {} is {:?} in the core, {:?} in the model",
-                        task.id, task.status, modelled.status
-                    ),
-                );
-            }
-        }
-        if filed.len() != tasks.len() {
-            return fail(
-                invariant::TASK_ONE_STATE,
-                format!("{} tasks listed by status, {} in all", filed.len(), tasks.len()),
-            );
-        }
-        let retention = self.config.core.task_retention_ms;
-        self.created
-            .retain(|_, c| c.finished_at.is_none_or(|at| now < at.saturating_add(retention)));
-        let mut known: Vec<u128> = tasks.iter().map(|t| t.id.0).collect();
-        known.sort_unstable();
-        if let Some((id, created)) = self.created.iter().find(|(id, _)| known.binary_search(id).is_err()) {
-            return fail(
-                invariant::TASK_NONE_LOST,
-                format!(
-                    "task {:032x} (finished at {:?}, retention {retention} ms) is no longer known at {now}",
-                    id, created.finished_at
-                ),
-            );
-        }
-        for task in tasks.iter().filter(|t| t.status == TaskStatus::Claimed) {
-            let Some(claimer) = task.claimed_by else {
-                return fail(
-                    invariant::TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
-                    format!("CLAIMED task {} names no claimer", task.id),
-                );
-            };
-            let claimer_status = status.get(&claimer.0);
-            if !matches!(claimer_status, Some(AgentStatus::Alive | AgentStatus::Unreachable)) {
-                return fail(
-                    invariant::TASK_DEAD_AGENT_OWNS_NO_CLAIM,
-                    format!("task {} is CLAIMED by {claimer}, which is {claimer_status:?}", task.id),
-                );
-            }
-            let id = task.id.to_string();
-            let lease = leases.iter().find(|l| *l.task_id == *id);
-            let token = self.created.get(&task.id.0).and_then(|c| c.claim_token);
-            if lease.is_none_or(|l| l.holder != claimer || Some(l.token) != token) {
-                return fail(
-                    invariant::TASK_CLAIMED_HOLDER_ALIVE_WITH_LEASE,
-                    format!(
-                        "task {} is CLAIMED by {claimer} under token {token:?}; the lease on its id: {}",
-                        task.id,
-                        brief(&lease)
-                    ),
-                );
-            }
-        }
-        Ok(tasks)
-    }
-
-    fn check_elections(&mut self, status: &BTreeMap<u128, AgentStatus>) -> Checked {
-        for (view, candidates) in self.core.elections() {
-            let previous = self.terms.get(&view.group).copied().unwrap_or(0);
-            if view.term < previous {
-                return fail(
-                    invariant::TERMS_NEVER_DECREASE,
-                    format!("group {:?} went from term {previous} to {}", view.group, view.term),
-                );
-            }
-            if view.leader != candidates.first().copied() {
-                return fail(
-                    invariant::LEADER_IS_LIVE_CANDIDATE,
-                    format!("group {:?} led by {:?}, FIFO {candidates:?}", view.group, view.leader),
-                );
-            }
-            if view.leader.is_some() && view.term == 0 {
-                return fail(
-                    invariant::LEADER_IS_LIVE_CANDIDATE,
-                    format!("group {:?} led in term 0", view.group),
-                );
-            }
-            for (position, candidate) in candidates.iter().enumerate() {
-                if !matches!(
-                    status.get(&candidate.0),
-                    Some(AgentStatus::Alive | AgentStatus::Unreachable)
-                ) {
-                    return fail(
-                        invariant::DEAD_HOLDS_NOTHING,
-                        format!(
-                            "group {:?} FIFO holds {candidate} which is {:?}",
-                            view.group,
-                            status.get(&candidate.0)
-                        ),
-                    );
-                }
-                if candidates[position + 1..].contains(candidate) {
-                    return fail(
-                        invariant::LEADER_IS_LIVE_CANDIDATE,
-                        format!("group {:?} FIFO holds {candidate} twice", view.group),
-                    );
-                }
-            }
-            if view.term != previous {
-                self.terms.insert(Arc::clone(&view.group), view.term);
-            }
-        }
-        Ok(())
-    }
-
-    fn compare_state(
-        &self,
-        agents: &[agentkeeper::core::AgentView],
-        leases: &[agentkeeper::core::events::LeaseView],
-        tasks: &[TaskView],
-    ) -> Checked {
-        let model_agents = self.model.agents();
-        // Cards are compared where they travel (Register's event, GetAgent, Find); here the
-        // lifecycle fields, which is what time changes.
-        let lifecycle =
-            |a: &agentkeeper::core::AgentView| (a.agent_id, a.status, a.registered_at, a.last_heartbeat_at, a.ttl_ms);
-        let same = agents.len() == model_agents.len()
-            && agents
-                .iter()
-                .zip(&model_agents)
-                .all(|(a, b)| lifecycle(a) == lifecycle(b));
-        if !same {
-            let at = agents.iter().zip(&model_agents).position(|(a, b)| a != b);
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "agents differ ({} in the core, {} in the model), first at {at:?}: core {} model {}",
-                    agents.len(),
-                    model_agents.len(),
-                    brief(&at.map(|i| &agents[i])),
-                    brief(&at.map(|i| &model_agents[i]))
-                ),
-            );
-        }
-        let model_leases = self.model.leases();
-        if leases != model_leases.as_slice() {
-            return fail(
-                invariant::MODEL_STATE,
-                format!("leases differ: core {} model {}", brief(&leases), brief(&model_leases)),
-            );
-        }
-        let elections = self.core.elections();
-        let model_elections = self.model.elections();
-        if elections != model_elections {
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "elections differ: core {} model {}",
-                    brief(&elections),
-                    brief(&model_elections)
-                ),
-            );
-        }
-        if tasks.len() != self.model.tasks().len() || !tasks.iter().zip(self.model.tasks()).all(|(a, b)| a == b) {
-            let model_tasks: Vec<&TaskView> = self.model.tasks().collect();
-            let at = tasks
-                .iter()
-                .zip(&model_tasks)
-                .position(|(a, b)| a != *b)
-                .unwrap_or(tasks.len().min(model_tasks.len()));
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "tasks differ ({} in the core, {} in the model), first at #{at}: core {} model {}",
-                    tasks.len(),
-                    model_tasks.len(),
-                    brief(&tasks.get(at)),
-                    brief(&model_tasks.get(at))
-                ),
-            );
-        }
-        let stats = self.core.stats();
-        let counters = (
-            stats.sequence_next,
-            stats.fencing_token_last,
-            stats.watchers,
-            stats.policies,
-            stats.claims_waiting,
-        );
-        let model_counters = (
-            self.model.sequence_next(),
-            self.model.token_last(),
-            self.model.watchers(),
-            self.model.policies_len(),
-            self.model.waiting_claims(),
-        );
-        if counters != model_counters {
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "(sequence_next, token_last, watchers, policies, claims_waiting): core {counters:?} model \
-                     {model_counters:?}"
-                ),
-            );
-        }
-        let task_counts = (
-            stats.tasks_pending,
-            stats.tasks_claimed,
-            stats.tasks_completed,
-            stats.tasks_dead,
-        );
-        let model_task_counts = (
-            self.model.task_count(TaskStatus::Pending),
-            self.model.task_count(TaskStatus::Claimed),
-            self.model.task_count(TaskStatus::Completed),
-            self.model.task_count(TaskStatus::Dead),
-        );
-        if task_counts != model_task_counts {
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "task counts (pending, claimed, completed, dead): core {task_counts:?} model {model_task_counts:?}"
-                ),
-            );
-        }
-        if self.policies_touched && self.core.policies() != self.model.policies() {
-            return fail(
-                invariant::MODEL_STATE,
-                format!(
-                    "policies differ: core {} model {}",
-                    brief(&self.core.policies()),
-                    brief(&self.model.policies())
-                ),
-            );
         }
         Ok(())
     }
 }
 
-/// The core's answers to waiting claims against the model's, in order (errors by class).
-fn compare_answers(answers: &[(WaiterId, Outcome)], expected: &[(WaiterId, Expected)]) -> Checked {
-    let agree = |(waiter, outcome): &(WaiterId, Outcome), (want_waiter, want): &(WaiterId, Expected)| {
-        waiter == want_waiter
-            && match (outcome, want) {
-                (Err(error), Err(code)) => error.code == *code && !error.message.is_empty(),
-                (Ok(got), Ok(want)) => got == want,
-                _ => false,
-            }
-    };
-    if answers.len() == expected.len() && answers.iter().zip(expected).all(|(a, b)| agree(a, b)) {
-        return Ok(());
-    }
-    let at = answers
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| !agree(a, b))
-        .unwrap_or(answers.len().min(expected.len()));
-    fail(
-        invariant::MODEL_REPLY,
-        format!(
-            "{} answers to waiting claims from the core, {} from the model; first difference at #{at}: core {} \
-             model {}",
-            answers.len(),
-            expected.len(),
-            brief(&answers.get(at)),
-            brief(&expected.get(at))
-        ),
+/// True for what a daemon that can no longer write refuses: writes, and new streams.
+fn refused_when_read_only(command: &Command) -> bool {
+    command.is_logged() || matches!(command, Command::Watch { .. } | Command::WatchElection { .. })
+}
+
+/// True where the contract makes sending the same command again safe after a lost reply.
+fn retry_safe(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Register { .. } | Command::CreateTask { .. } | Command::ClaimTask { .. }
     )
 }
 
-/// The core's events against the model's, in order.
-fn compare_events(events: &[Arc<Event>], expected: &[Arc<Event>]) -> Checked {
-    if events == expected {
-        return Ok(());
-    }
-    let at = events
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(events.len().min(expected.len()));
-    fail(
-        invariant::MODEL_EVENTS,
-        format!(
-            "{} events from the core, {} from the model; first difference at #{at}: core {} model {}",
-            events.len(),
-            expected.len(),
-            brief(&events.get(at)),
-            brief(&expected.get(at))
-        ),
-    )
-}
-
-/// The first part of two core states that differs, readably.
-fn snapshot_difference(before: &CoreSnapshot, after: &CoreSnapshot) -> String {
-    fn first<T: PartialEq + std::fmt::Debug>(name: &str, before: &[T], after: &[T]) -> Option<String> {
-        if before == after {
-            return None;
-        }
-        let at = before
-            .iter()
-            .zip(after)
-            .position(|(a, b)| a != b)
-            .unwrap_or(before.len().min(after.len()));
-        Some(format!(
-            "{name}: {} before the crash, {} recovered; first difference at #{at}: before {} recovered {}",
-            before.len(),
-            after.len(),
-            brief(&before.get(at)),
-            brief(&after.get(at))
-        ))
-    }
-    let counters = |s: &CoreSnapshot| {
-        (
-            s.registration_next,
-            s.token_last,
-            s.sequence_next,
-            s.hash_seed,
-            s.rng_seed,
-            s.rng_stream,
-            s.rng_word_pos,
-            s.task_order_next,
-            s.waiter_next,
-        )
+/// The reply of a claim on `task_id` under `token`, as a driver that could not hand it over gives
+/// it back (only the task's id and the lease's token matter to the machine).
+fn undelivered_claim(task_id: &str, token: u64, now: Millis) -> Outcome {
+    let id = agentkeeper::core::types::Id128::parse(task_id).unwrap_or(agentkeeper::core::types::Id128(0));
+    let task = TaskView {
+        id,
+        kind: Arc::from(""),
+        input: Arc::from(&[][..]),
+        output: Arc::from(&[][..]),
+        status: TaskStatus::Claimed,
+        required_tools: agentkeeper::core::tasks::tool_set(&[]),
+        max_retries: 0,
+        retry_count: 0,
+        claimed_by: None,
+        failure_reason: Arc::from(""),
+        created_at: now,
+        claimed_at: Some(now),
+        completed_at: None,
+        ttl_ms: 0,
     };
-    first("agents", &before.agents, &after.agents)
-        .or_else(|| first("leases", &before.leases, &after.leases))
-        .or_else(|| first("groups", &before.groups, &after.groups))
-        .or_else(|| first("policies", &before.policies, &after.policies))
-        .or_else(|| first("events", &before.events, &after.events))
-        .or_else(|| first("tasks", &before.tasks, &after.tasks))
-        .or_else(|| first("waiting claims", &before.waiters, &after.waiters))
-        .unwrap_or_else(|| {
-            format!(
-                "(registration_next, token_last, sequence_next, hash_seed, rng seed, stream, word position, \
-                 task_order_next, waiter_next): before {:?} recovered {:?}",
-                counters(before),
-                counters(after)
-            )
-        })
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        return format!("panic: {text}");
-    }
-    if let Some(text) = panic.downcast_ref::<String>() {
-        return format!("panic: {text}");
-    }
-    "panic with a non-text payload".into()
+    let lease = LeaseView {
+        task_id: Arc::from(task_id),
+        holder: agentkeeper::core::types::Id128(0),
+        token,
+        acquired_at: now,
+        expires_at: now,
+    };
+    Ok(Reply::Claimed {
+        task: Box::new(task),
+        lease,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::step::Trace;
-
-    fn runner_after(steps: &str) -> Runner {
-        let trace = Trace::parse(&format!(
-            "agentkeeper-sim trace v1
-config seed=3 start_ms=1700000000000 dead_retention_ms=60000 event_ring_max=1024 watchers_max=4 agents_max=8 \
-leases_max=4 policies_max=4 groups_max=2 snapshot_every=1000 planted_bug=none
-{steps}"
-        ))
-        .expect("the trace parses");
-        let mut runner = Runner::new(&trace.config);
-        for step in &trace.steps {
-            runner.step(step).expect("the steps before the damage run clean");
-        }
-        runner
-    }
-
-    const TWO_AGENTS: &str =
-        "0 1700000000000 register ttl=30 name=\"a\" desc=\"\" version=\"\" tools=[] caps=[] meta=[]
-1 1700000000000 register ttl=30 name=\"b\" desc=\"\" version=\"\" tools=[] caps=[] meta=[]
-";
-
-    fn crash(index: usize) -> Step {
-        Step {
-            index,
-            at: 1_700_000_001_000,
-            op: Op::Crash { torn: None },
-            lost: false,
-            io: crate::step::Io::Durable,
-        }
-    }
-
-    #[test]
-    fn a_record_damaged_before_the_tail_is_reported_as_recovery_torn_tail_cut() {
-        let mut runner = runner_after(TWO_AGENTS);
-        // The first record's payload: the scan must refuse the log, which loses both agents.
-        runner.image.damage(agentkeeper::store::wal::HEADER_BYTES + 9);
-        let violation = runner.step(&crash(2)).expect_err("damage is not a torn tail");
-        assert_eq!(violation.invariant, invariant::RECOVERY_TORN_TAIL_CUT, "{violation}");
-        assert!(violation.detail.contains("damaged"), "{violation}");
-    }
-
-    #[test]
-    fn a_damaged_last_record_cut_as_torn_when_none_was_torn_is_reported() {
-        let mut runner = runner_after(TWO_AGENTS);
-        let last = usize::try_from(runner.image.whole_len()).unwrap() - 1;
-        runner.image.damage(last);
-        let violation = runner.step(&crash(2)).expect_err("an acknowledged record was lost");
-        assert_eq!(violation.invariant, invariant::RECOVERY_TORN_TAIL_CUT, "{violation}");
-        assert!(
-            violation.detail.contains("an untorn log of 2 whole records"),
-            "{violation}"
-        );
-    }
-
-    #[test]
-    fn an_intact_image_recovers_and_every_stream_ends() {
-        let mut runner = runner_after(&format!(
-            "{TWO_AGENTS}2 1700000000000 watch topics=[] from=0 buffer=8\n"
-        ));
-        assert!(runner.subscription_open(SubRef(2)));
-        runner.step(&crash(3)).expect("a clean recovery");
-        assert!(!runner.subscription_open(SubRef(2)));
-        assert_eq!(runner.core().stats().watchers, 0);
-        assert_eq!(runner.core().agents().len(), 2);
-    }
-}
+mod tests;

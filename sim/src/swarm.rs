@@ -48,6 +48,9 @@ const KINDS: usize = Op::NAMES.len();
 const CRASH_STREAM: u64 = 1;
 /// The task shape's stream.
 const TASK_STREAM: u64 = 2;
+/// The disk's faults' stream (slow, failed and short writes, crashes between a write and the
+/// replies): seeds without them run exactly the workload they ran before they existed.
+const IO_STREAM: u64 = 3;
 
 /// The op kinds of a task step, weighed per seed: `claim_lease` is an AcquireLease, RenewLease
 /// or ReleaseLease on a task's id.
@@ -110,12 +113,17 @@ pub struct Swarm {
     task_ttl_seconds_max: u32,
     task_input_max: u64,
     claim_wait_ms_max: u64,
+    /// The share of steps whose write is slow (per mille), failed writes and crashes right
+    /// after a write per 100 000 steps (0: the fault is off).
+    slow_per_mille: u32,
+    failed_write_per_100k: u32,
+    crash_after_write_per_100k: u32,
 }
 
 impl Swarm {
     /// The shape from the workload's stream, the crash fault from the crash stream, the tasks'
     /// share and mix from the task stream.
-    fn draw(rng: &mut Rng, crash_rng: &mut Rng, task_rng: &mut Rng) -> Swarm {
+    fn draw(rng: &mut Rng, crash_rng: &mut Rng, task_rng: &mut Rng, io_rng: &mut Rng) -> Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
             // Task steps are chosen apart (`task_per_mille`), from the task stream.
@@ -135,6 +143,11 @@ impl Swarm {
         }
         if crash_rng.chance(500) {
             faults.push(Fault::CrashRestart);
+        }
+        for fault in [Fault::SlowDisk, Fault::FailedWrite, Fault::CrashAfterWrite] {
+            if io_rng.chance(500) {
+                faults.push(fault);
+            }
         }
         let has = |fault: Fault| faults.contains(&fault);
         Swarm {
@@ -175,7 +188,6 @@ impl Swarm {
                 0
             },
             torn_per_mille: crash_rng.range(200, 700) as u32,
-            faults,
             // Most seeds spend about a tenth to a fifth of their steps on tasks; one in six is
             // task-heavy.
             task_per_mille: if task_rng.chance(170) {
@@ -197,6 +209,22 @@ impl Swarm {
             task_ttl_seconds_max: task_rng.range(2, 120) as u32,
             task_input_max: task_rng.range(0, 48),
             claim_wait_ms_max: task_rng.range(100, 60_000),
+            slow_per_mille: if has(Fault::SlowDisk) {
+                io_rng.range(20, 400) as u32
+            } else {
+                0
+            },
+            failed_write_per_100k: if has(Fault::FailedWrite) {
+                io_rng.range(5, 60) as u32
+            } else {
+                0
+            },
+            crash_after_write_per_100k: if has(Fault::CrashAfterWrite) {
+                io_rng.range(5, 60) as u32
+            } else {
+                0
+            },
+            faults,
         }
     }
 
@@ -295,6 +323,8 @@ pub struct Generator {
     crash_rng: Rng,
     /// Whether a step is a task step: a stream apart from `rng`.
     task_rng: Rng,
+    /// What the disk does with each step's write: a stream apart from `rng`.
+    io_rng: Rng,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -315,11 +345,13 @@ impl Generator {
         let mut rng = Rng::new(seed);
         let mut crash_rng = Rng::stream(seed, CRASH_STREAM);
         let mut task_rng = Rng::stream(seed, TASK_STREAM);
-        let swarm = Swarm::draw(&mut rng, &mut crash_rng, &mut task_rng);
+        let mut io_rng = Rng::stream(seed, IO_STREAM);
+        let swarm = Swarm::draw(&mut rng, &mut crash_rng, &mut task_rng, &mut io_rng);
         let core = core_config(&mut rng, &mut task_rng, seed, planted.core_bug());
         Generator {
             rng,
             task_rng,
+            io_rng,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
@@ -370,13 +402,37 @@ impl Generator {
             }
         });
         let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
+        let io = self.io();
         Step {
             index,
             at: self.now,
             op,
             lost,
-            io: Io::Durable,
+            io,
         }
+    }
+
+    /// What the disk does with this step's write.
+    fn io(&mut self) -> Io {
+        let swarm = &self.swarm;
+        if swarm.slow_per_mille == 0 && swarm.failed_write_per_100k == 0 && swarm.crash_after_write_per_100k == 0 {
+            return Io::Durable;
+        }
+        if self.io_rng.below(100_000) < u64::from(swarm.crash_after_write_per_100k) {
+            return Io::CrashAfterWrite;
+        }
+        if self.io_rng.below(100_000) < u64::from(swarm.failed_write_per_100k) {
+            return match self.io_rng.below(2) {
+                0 => Io::FsyncFails,
+                _ => Io::ShortWrite {
+                    per_mille: self.io_rng.below(1000) as u16,
+                },
+            };
+        }
+        if self.io_rng.chance(swarm.slow_per_mille) {
+            return Io::Slow;
+        }
+        Io::Durable
     }
 
     fn advance_time(&mut self) {
@@ -394,6 +450,10 @@ impl Generator {
     /// A crash, if the crash stream strikes now: torn or not, and if torn, while writing which
     /// command's record (one that is logged) and how.
     fn crash(&mut self, runner: &Runner) -> Option<Op> {
+        // A daemon whose write failed serves reads only: its operator restarts it soon.
+        if runner.read_only() && self.io_rng.chance(250) {
+            return Some(Op::Crash { torn: None });
+        }
         let rate = u64::from(self.swarm.crash_per_100k);
         if rate == 0 || self.crash_rng.below(100_000) >= rate {
             return None;

@@ -1,8 +1,9 @@
 //! A fixed set of seeds that, between them, run every op (the task ops included), strike with
 //! every fault (crashes, torn records and recoveries from a snapshot included), hand waiting
 //! claims every kind of answer (a task, none at the deadline, a refusal), return claims whose
-//! callers are gone, and provoke every error class the workload can, with no violation. Seeds
-//! run on two threads. Seeds 11 and 12 are there for their crashes, seed 57 for a crash that
+//! callers are gone, strike the disk with every fault (slow, failed and short writes, a crash
+//! right after a write), and provoke every error class the workload can, with no violation.
+//! Seeds run on two threads. Seeds 11 and 12 are there for their crashes, seed 57 for a crash that
 //! drops waiting claims.
 
 use std::collections::BTreeMap;
@@ -65,6 +66,10 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         "claim_refused",
         "claim_returned",
         "claims_dropped",
+        "slow_disk",
+        "fsync_fails",
+        "short_write",
+        "crash_after_write",
     ] {
         assert!(
             faults.get(fault).is_some_and(|&n| n > 0),

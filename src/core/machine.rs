@@ -220,6 +220,9 @@ impl Machine {
         if self.core.tick(now) > 0 {
             self.record(Entry::Tick { now });
         }
+        // What the tick answered is answered before the input is looked at: a claim the tick
+        // handed a task to is no longer parked when its caller's hang-up comes in.
+        self.collect();
         match input {
             Input::Call {
                 caller,
@@ -239,6 +242,8 @@ impl Machine {
             Input::CallerGone { caller } => {
                 if let Some(waiter) = self.parked_callers.remove(&caller) {
                     self.parked.remove(&waiter);
+                    self.held
+                        .retain(|(_, output)| !matches!(output, Output::Park { caller: c } if *c == caller));
                     self.apply_own(now, Command::CancelClaim { waiter });
                 }
             }
