@@ -143,7 +143,7 @@ async fn a_page_that_goes_away_is_unwatched() {
 /// A raw HTTP/1.1 GET with an optional bearer token; returns the status line.
 fn get_status(daemon: &Daemon, path: &str, token: Option<&str>) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", daemon.metrics_port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.set_read_timeout(Some(common::HANG_GUARD)).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

@@ -285,7 +285,7 @@ async fn a_claimer_that_hangs_up_gets_no_task_and_the_task_stays_pending_without
     assert_eq!(now.retry_count, 0);
     assert!(now.claimed_by_agent_id.is_empty());
     // And it is there for the next claimer.
-    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let next = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(next.task.expect("the task").id, task.id);
 }
 
@@ -304,7 +304,7 @@ async fn complete_and_fail_check_the_holder_and_retries_end_in_dead_with_events(
     assert_eq!(payload.id, task.id);
     assert!(payload.input.is_empty(), "events carry no input bytes");
 
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     let refused = c
         .tasks
         .complete_task(pb::CompleteTaskRequest {
@@ -326,7 +326,7 @@ async fn complete_and_fail_check_the_holder_and_retries_end_in_dead_with_events(
         (retried.status, retried.retry_count),
         (pb::TaskStatus::Pending as i32, 1)
     );
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     c.tasks.fail_task(fail("second")).await.unwrap();
     let dead = get(&mut c, &task.id).await;
     assert_eq!((dead.status, dead.retry_count), (pb::TaskStatus::Dead as i32, 2));
@@ -408,11 +408,7 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
     let retried = create(&mut c, "retried", &[], 3, 300).await;
     let held = create(&mut c, "held", &[], 0, 300).await;
     let pending = create(&mut c, "pending", &[], 0, 300).await;
-    let first = claim(&mut c, &worker, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .task
-        .unwrap();
+    let first = claim(&mut c, &worker, HANG_GUARD).await.unwrap().task.unwrap();
     assert_eq!(first.id, done.id);
     c.tasks
         .complete_task(pb::CompleteTaskRequest {
@@ -422,7 +418,7 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         })
         .await
         .unwrap();
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     c.tasks
         .fail_task(pb::FailTaskRequest {
             task_id: retried.id.clone(),
@@ -433,15 +429,10 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         .unwrap();
     // The retried task is the oldest pending again, then the held one.
     assert_eq!(
-        claim(&mut c, &worker, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .task
-            .unwrap()
-            .id,
+        claim(&mut c, &worker, HANG_GUARD).await.unwrap().task.unwrap().id,
         retried.id
     );
-    let answer = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let answer = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(answer.task.unwrap().id, held.id);
     let token = token_of(&answer.lease.unwrap());
 
@@ -476,7 +467,7 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         .await
         .expect("the claim lease survived");
     assert_eq!(token_of(&renewed), token);
-    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let next = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(next.task.unwrap().id, pending.id);
     assert!(token_of(&next.lease.unwrap()) > token, "tokens never go back");
 }
