@@ -147,6 +147,13 @@ struct Flags {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
 
+    /// Once the daemon serves (after any recovery), write the bound addresses to this file as
+    /// JSON, {"grpc":"127.0.0.1:41234","http":"127.0.0.1:41235","pid":1234} (http null without
+    /// HTTP), atomically; removed when shutdown begins. For supervisors and tests that start the
+    /// daemon on port 0.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     limits: Limits,
 }
@@ -324,6 +331,9 @@ fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
 async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
+    if let Some(path) = &flags.ready_file {
+        clear_ready_file(path)?;
+    }
     let tls = match (&flags.tls_cert, &flags.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls::config(cert, key, flags.tls_client_ca.as_deref())?),
         _ => None,
@@ -337,6 +347,13 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
     let http_listener = bind_http(flags.metrics_addr).await?;
+    let bound = BoundAddrs {
+        grpc: grpc_listener
+            .local_addr()
+            .map_err(|error| format!("cannot read the gRPC listener's address: {error}"))?,
+        http: http_listener.as_ref().and_then(|listener| listener.local_addr().ok()),
+    };
+    bound.log();
 
     let metrics = Arc::new(Metrics::new());
     let serving = server::health::Serving::new().await;
@@ -349,8 +366,9 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     // The dashboard's way to the core, filled in once the core runs (after any recovery).
     let core_slot: Arc<OnceLock<driver::CoreHandle>> = Arc::default();
     let http = http_listener.map(|listener| {
-        let addr = listener.local_addr().ok();
-        tracing::info!(addr = ?addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
+        if let Some(addr) = bound.http {
+            tracing::info!(%addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
+        }
         tokio::spawn(server::http::serve_http(
             listener,
             Arc::clone(&metrics),
@@ -417,7 +435,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     serving.serving().await;
     let grpc = if uring {
         let threads = usize::from(flags.net_threads);
-        tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
+        tracing::info!(addr = %bound.grpc, io = "io_uring", threads, "gRPC listening");
         let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
             .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
         tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
@@ -425,16 +443,27 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         tokio::spawn(async move { while finished.recv().await.is_some() {} })
     } else {
         let tls_on = tls.is_some();
-        tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
+        tracing::info!(addr = %bound.grpc, io = "epoll", tls = tls_on, "gRPC listening");
         let serving = server::serve_grpc(grpc_listener, grpc, gate, streams_max, tls, stopped(stop_rx.clone()));
         tokio::spawn(async move {
             let _ = serving.await;
         })
     };
 
-    signalled.await;
+    // A ready file that cannot be written stops the daemon: whoever waits for it would wait forever.
+    let ready = match &flags.ready_file {
+        Some(path) => write_ready_file(path, &bound.ready_json(std::process::id())),
+        None => Ok(()),
+    };
+    if ready.is_ok() {
+        signalled.await;
+    }
     tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");
     serving.shutting_down().await;
+    // Not ready any more, like /readyz from here on. Best effort: the exit goes on regardless.
+    if let Some(path) = flags.ready_file.as_ref().filter(|_| ready.is_ok()) {
+        let _ = std::fs::remove_file(path);
+    }
     let _ = stop_tx.send(true);
     let _ = core.send(Request::EndStreams);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -451,7 +480,67 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     core.stop();
     let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
     tracing::info!("stopped");
-    Ok(())
+    ready
+}
+
+/// The addresses the daemon listens on as bound: with port 0 the OS picks the port, and only
+/// these say which (for the log line, and the ready file a supervisor or test reads).
+struct BoundAddrs {
+    grpc: SocketAddr,
+    http: Option<SocketAddr>,
+}
+
+impl BoundAddrs {
+    /// One line in a stable form scripts may parse: `ports bound grpc=ADDR http=ADDR`, with
+    /// `http=none` when the daemon serves no HTTP (the JSON log has the same two fields).
+    fn log(&self) {
+        let http = self.http.map_or_else(|| "none".to_string(), |addr| addr.to_string());
+        tracing::info!(grpc = %self.grpc, http = %http, "ports bound");
+    }
+
+    /// The ready file's contents: `{"grpc":"ADDR","http":"ADDR"|null,"pid":N}`.
+    fn ready_json(&self, pid: u32) -> String {
+        let value = serde_json::json!({
+            "grpc": self.grpc.to_string(),
+            "http": self.http.map(|addr| addr.to_string()),
+            "pid": pid,
+        });
+        format!("{value}\n")
+    }
+}
+
+/// The temp file a ready file is written to before it is renamed into place.
+fn ready_temp_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    std::path::PathBuf::from(name)
+}
+
+/// Before anything else: removes a ready file an earlier run left behind (after a kill -9), so
+/// that whoever waits for the file sees this run's only, and proves its directory writable now
+/// rather than after a long recovery. A bad path is a one-line exit.
+fn clear_ready_file(path: &std::path::Path) -> Result<(), String> {
+    let failed = |error: std::io::Error| format!("--ready-file {}: {error}", path.display());
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(failed(error)),
+    }
+    let temp = ready_temp_path(path);
+    std::fs::write(&temp, b"").map_err(failed)?;
+    std::fs::remove_file(&temp).map_err(failed)
+}
+
+/// Writes the ready file atomically: a temp file beside it, then a rename, so a reader sees no
+/// file or the whole file, never a part.
+fn write_ready_file(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    let temp = ready_temp_path(path);
+    std::fs::write(&temp, contents)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|error| {
+            let _ = std::fs::remove_file(&temp);
+            format!("cannot write --ready-file {}: {error}", path.display())
+        })
 }
 
 /// Opens the data dir and replays its log into a core (the restart grace comes next, through

@@ -207,7 +207,7 @@ async fn campaign_by_an_unknown_or_deregistered_agent_is_not_found() {
 
 #[tokio::test]
 async fn resign_by_a_dead_or_unknown_agent_is_ok_as_it_is_not_a_candidate() {
-    let daemon = Daemon::start(&["--dead-retention", "1s"]);
+    let daemon = Daemon::start(&["--dead-retention", "1s", "--clock=manual"]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 30).await;
     let gone = c.register("gone", &[], 30).await;
@@ -217,7 +217,7 @@ async fn resign_by_a_dead_or_unknown_agent_is_ok_as_it_is_not_a_candidate() {
     c.resign("g", &gone).await.expect("DEAD, so not a candidate: OK");
     // Like Deregister, Resign must not throw from a context manager's exit once the agent is
     // gone: an agent nobody knows is not a candidate either.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.advance(Duration::from_secs(1)).await; // the dead retention
     assert_eq!(c.agent(&gone).await.unwrap_err().code(), Code::NotFound, "forgotten");
     c.resign("g", &gone).await.expect("forgotten, so not a candidate: OK");
     c.resign("g", UNKNOWN_ID)

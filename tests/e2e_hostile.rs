@@ -7,16 +7,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon};
+use common::{Clients, Daemon, HANG_GUARD, wait_until};
 use tonic::Code;
 
 /// The client's connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long a raw client waits for the daemon to answer or close.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a raw client waits for the daemon to answer or close: every test expects one or the
+/// other, so silence this long is a hang.
+const READ_TIMEOUT: Duration = HANG_GUARD;
 
 /// Some state of every kind, so that a change anywhere shows; returns the agent's id.
 async fn seed_state(c: &mut Clients) -> String {
@@ -168,14 +169,9 @@ fn garbage(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The value of a metric on the daemon's /metrics page (0 when absent).
+/// The value of an unlabelled metric on the daemon's /metrics page (0 when absent).
 fn metric(daemon: &Daemon, name: &str) -> f64 {
-    let (_, body) = daemon.http_get("/metrics");
-    body.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
+    daemon.metric(name).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -314,19 +310,18 @@ fn raise_open_files() -> u64 {
     limit.rlim_cur
 }
 
-/// Waits (up to 20 s) until the daemon's `agentkeeper_connections_open` satisfies `done`;
-/// returns the last value seen. Async: the test's runtime must go on running, or the clients it
-/// dropped never hang up.
-#[allow(clippy::disallowed_methods)] // waits on real time for the daemon's accept loop
+/// Waits until the daemon's `agentkeeper_connections_open` satisfies `done`; returns it.
+/// Async: the test's runtime must go on running, or the clients it dropped never hang up.
 async fn wait_connections(daemon: &Daemon, done: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_until("agentkeeper_connections_open", async || {
         let open = metric(daemon, "agentkeeper_connections_open");
-        if done(open) || Instant::now() > deadline {
-            return open;
+        if done(open) {
+            Ok(open)
+        } else {
+            Err(format!("{open} open"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until at least `n` connections are open.
@@ -450,14 +445,15 @@ async fn a_watcher_that_never_reads_is_cut_off_and_others_are_served() {
         c.deregister(&id).await.unwrap();
     }
     before.unchanged(&daemon, "the end").await;
-    assert!(metric(&daemon, "agentkeeper_watch_overflows_total") >= 1.0);
-    let (delivered, end) = common::stream_end(&mut stream, Duration::from_secs(10)).await;
+    daemon.wait_metric("agentkeeper_watch_overflows_total", 1.0).await;
+    let (delivered, end) = common::stream_end(&mut stream, HANG_GUARD).await;
     eprintln!(
         "hostile: a watcher that never reads, 400 events, --watch-buffer=16: {} events, then {end:?}",
         delivered.len()
     );
     assert_eq!(end.code(), Code::ResourceExhausted, "{end:?}");
-    assert_eq!(metric(&daemon, "agentkeeper_watchers"), 0.0, "its place was freed");
+    // Its place is freed (the gauge follows within a batch).
+    daemon.wait_metric("agentkeeper_watchers", 0.0).await;
 }
 
 /// Random HTTP/2 frames: well-formed frame headers (random type, flags, stream, length) with

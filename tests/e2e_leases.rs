@@ -1,24 +1,20 @@
 //! End to end: leases with fencing tokens across agents: exclusivity, re-entrance, renew and
 //! release checks, expiry, and release on the holder's death.
 
-#![allow(clippy::disallowed_methods)] // one test lines up with the daemon's wall clock
-
 mod common;
 
 use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Daemon, UNKNOWN_ID, assert_quiet, decode, events, token_of, topics, type_url};
+use common::{Daemon, UNKNOWN_ID, assert_quiet, decode, events, ms, token_of, topics, type_url};
 use tonic::Code;
 
 fn expiry_ms(lease: &pb::Lease) -> i64 {
-    let t = lease.expires_at.as_ref().expect("expires_at set");
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    ms(&lease.expires_at)
 }
 
 fn acquired_ms(lease: &pb::Lease) -> i64 {
-    let t = lease.acquired_at.as_ref().expect("acquired_at set");
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    ms(&lease.acquired_at)
 }
 
 #[tokio::test]
@@ -57,26 +53,23 @@ async fn a_second_agent_is_refused_and_told_the_holders_lease() {
 
 #[tokio::test]
 async fn a_reentrant_acquire_keeps_the_token_and_moves_the_expiry() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--clock=manual"]);
     let mut c = daemon.clients().await;
     let mut stream = c.watch(&["lease."], 0).await;
     let a = c.register("a", &[], 30).await;
     let (lease, _) = c.acquire("k", &a, 5).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now = c.advance(Duration::from_millis(50)).await;
     let (again, acquired) = c.acquire("k", &a, 60).await;
     assert!(acquired, "re-entrant");
     assert_eq!(token_of(&again), token_of(&lease), "same token");
     assert_eq!(again.holder_agent_id, a);
-    assert!(
-        expiry_ms(&again) >= expiry_ms(&lease) + 55_000,
-        "expiry moved to now + 60 s: {} -> {}",
-        expiry_ms(&lease),
-        expiry_ms(&again)
-    );
+    assert_eq!(expiry_ms(&again), now + 60_000, "expiry moved to now + 60 s");
+    assert_eq!(acquired_ms(&again), acquired_ms(&lease), "held since the first acquire");
     let (shorter, acquired) = c.acquire("k", &a, 2).await;
     assert!(acquired && token_of(&shorter) == token_of(&lease));
-    assert!(
-        expiry_ms(&shorter) < expiry_ms(&again) - 50_000,
+    assert_eq!(
+        expiry_ms(&shorter),
+        now + 2_000,
         "expiry = now + the ttl given, even when sooner"
     );
     assert_eq!(
@@ -87,7 +80,7 @@ async fn a_reentrant_acquire_keeps_the_token_and_moves_the_expiry() {
 
 #[tokio::test]
 async fn renew_checks_the_holder_and_token_and_moves_the_expiry() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--clock=manual"]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 30).await;
     let b = c.register("b", &[], 30).await;
@@ -108,27 +101,20 @@ async fn renew_checks_the_holder_and_token_and_moves_the_expiry() {
     assert_eq!(error.code(), Code::NotFound, "unknown lease: {error:?}");
     assert_quiet(&mut stream, Duration::from_millis(100)).await;
 
+    let now = c.advance(Duration::from_millis(1000)).await;
     let renewed = c.renew("k", &a, token, 60).await.unwrap();
     assert_eq!(token_of(&renewed), token, "a renewal keeps the token");
-    assert!(
-        expiry_ms(&renewed) >= expiry_ms(&lease) + 54_000,
-        "expiry moved to now + 60 s"
-    );
+    assert_eq!(expiry_ms(&renewed), now + 60_000, "expiry moved to now + 60 s");
     let event = events(&mut stream, 1).await.remove(0);
     assert_eq!(event.topic, "lease.renewed");
     assert_eq!(decode::<pb::Lease>(&event).expires_at, renewed.expires_at);
 
     // ttl 0: the lease's own ttl.
     let (k2, _) = c.acquire("k2", &a, 60).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now = c.advance(Duration::from_millis(50)).await;
     let own = c.renew("k2", &a, token_of(&k2), 0).await.unwrap();
-    assert!(
-        expiry_ms(&own) >= expiry_ms(&k2) + 40,
-        "0 means the lease's own ttl: {} -> {}",
-        expiry_ms(&k2),
-        expiry_ms(&own)
-    );
-    assert!(expiry_ms(&own) - acquired_ms(&own) < 61_000);
+    assert_eq!(expiry_ms(&own), now + 60_000, "0 means the lease's own ttl");
+    assert_eq!(acquired_ms(&own), acquired_ms(&k2));
 }
 
 #[tokio::test]
@@ -253,7 +239,7 @@ async fn acquire_by_a_deregistered_or_unknown_agent_is_not_found_and_unreachable
 
 #[tokio::test]
 async fn a_lease_is_free_from_its_expires_at_on_and_ttl_0_means_60_seconds() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--clock=manual"]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 30).await;
     let b = c.register("b", &[], 30).await;
@@ -266,15 +252,14 @@ async fn a_lease_is_free_from_its_expires_at_on_and_ttl_0_means_60_seconds() {
 
     let mut stream = c.watch(&["lease."], 0).await;
     let (lease, _) = c.acquire("k", &a, 1).await;
-    // The daemon's clock is the wall clock anchored at start-up: wait until just past expires_at.
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    };
-    let wait = expiry_ms(&lease) + 30 - now_ms();
-    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    let now = c.advance(Duration::from_millis(999)).await;
+    assert_eq!(now + 1, expiry_ms(&lease));
+    let (held, acquired) = c.acquire("k", &b, 30).await;
+    assert!(
+        !acquired && held.holder_agent_id == a,
+        "still a's 1 ms before expires_at"
+    );
+    c.advance(Duration::from_millis(1)).await;
     let (next, acquired) = c.acquire("k", &b, 30).await;
     assert!(acquired && next.holder_agent_id == b, "expired from expires_at on");
     let seen = events(&mut stream, 3).await;

@@ -1,30 +1,29 @@
 //! End to end: `--data-dir`: state survives SIGTERM and kill -9, every acknowledged write is
 //! there after a crash, tokens never go back, a torn tail is cut, the directory is locked.
 
+#![allow(clippy::disallowed_methods)] // one test waits until the wall clock passes a ttl
+
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentkeeper::proto as pb;
-use common::{Daemon, free_port};
+use common::{Daemon, HANG_GUARD, ms, wait_until};
 
-fn start_on(dir: &Path, port: u16, metrics_port: u16) -> Daemon {
-    start_with(dir, port, metrics_port, &[])
+/// Starts a daemon on `dir` (on fresh ports: no client here needs the last run's address) and
+/// waits until it serves, i.e. until recovery is done.
+fn start_on(dir: &Path) -> Daemon {
+    start_with(dir, &[])
 }
 
-fn start_with(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Daemon {
-    let mut args = vec![
-        format!("--addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
-        format!("--data-dir={}", dir.display()),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let mut daemon = Daemon::spawn(&args, port, metrics_port);
-    // The gRPC port accepts before recovery is done: wait for an answered call, not a connect.
-    daemon.wait_serving();
-    daemon
+fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+    let data_dir = format!("--data-dir={}", dir.display());
+    let mut args = vec![data_dir.as_str()];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 fn policy(id: &str) -> pb::SetPolicyRequest {
@@ -41,8 +40,7 @@ fn policy(id: &str) -> pb::SetPolicyRequest {
 #[tokio::test]
 async fn everything_survives_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
     let a = c.register("a", &["x"], 60).await;
     let b = c.register("b", &[], 60).await;
@@ -64,10 +62,11 @@ async fn everything_survives_a_graceful_restart() {
     c.policies.set_policy(policy("p")).await.unwrap();
     let mut events = c.watch(&[], 0).await;
     drop(c);
-    assert!(daemon.terminate(Duration::from_secs(7)).expect("exits").success());
+    daemon.sigterm();
+    assert!(daemon.exited().await.success());
     drop(events.message().await);
 
-    let daemon = start_on(dir.path(), port, metrics_port);
+    let daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
     let after = c.agent(&a).await.unwrap();
     assert_eq!(
@@ -87,7 +86,7 @@ async fn everything_survives_a_graceful_restart() {
         .into_inner();
     assert_eq!(list.policies.len(), 1);
     let mut resumed = c.watch(&[], 1).await;
-    let first = common::next_event(&mut resumed, Duration::from_secs(5)).await.unwrap();
+    let first = common::next_event(&mut resumed, HANG_GUARD).await.unwrap();
     assert_eq!(first.sequence_number, 1, "the event history and its sequence survive");
     let (next, _) = c.acquire("k2", &a, 300).await;
     assert!(next.token.unwrap().value > lease.token.unwrap().value);
@@ -96,37 +95,55 @@ async fn everything_survives_a_graceful_restart() {
 #[tokio::test]
 async fn no_agent_dies_and_no_lease_expires_because_the_daemon_was_down() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
-    let a = c.register("a", &[], 2).await;
-    c.acquire("k", &a, 2).await;
-    daemon.terminate(Duration::from_secs(7));
-    // Down for longer than both ttls.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let daemon = start_on(dir.path(), port, metrics_port);
+    let a = c.register("a", &[], 1).await;
+    let (lease, _) = c.acquire("k", &a, 1).await;
+    drop(c);
+    daemon.sigterm();
+    assert!(daemon.exited().await.success());
+    // Down for longer than both ttls: the downtime is what this test is about, so real time has
+    // to pass, until the wall clock (which the daemon's real clock follows) is past both expiries.
+    let expired_at = ms(&lease.expires_at) + 1;
+    wait_until("the wall clock to pass both ttls", async || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        if now > expired_at {
+            Ok(())
+        } else {
+            Err(format!("{} ms to go", expired_at - now))
+        }
+    })
+    .await;
+    // A manual clock for the second run: it starts at the restart's wall time (past both ttls)
+    // and then stands still, so the checks below see the moment of the restart however slowly
+    // this machine gets to them. Without the restart grace the agent would be UNREACHABLE and
+    // the lease expired right then.
+    let daemon = start_with(dir.path(), &["--clock=manual"]);
     let mut c = daemon.clients().await;
     assert_eq!(c.status(&a).await, pb::AgentStatus::Alive);
-    let leases = c.registry.get_agent(pb::GetAgentRequest { agent_id: a.clone() }).await;
-    assert!(leases.is_ok());
     let b = c.register("b", &[], 30).await;
-    let (_, acquired) = c.acquire("k", &b, 2).await;
+    let (held, acquired) = c.acquire("k", &b, 2).await;
     assert!(!acquired, "a's lease is still held after the restart");
+    assert_eq!(held.token, lease.token);
+    assert!(
+        ms(&held.expires_at) > expired_at,
+        "it got at least its ttl from the restart"
+    );
 }
 
 #[test]
 fn a_second_daemon_on_the_same_data_dir_exits_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = start_on(dir.path(), free_port(), free_port());
-    let port = free_port();
+    let _first = start_on(dir.path());
     let args = [
-        format!("--addr=127.0.0.1:{port}"),
+        "--addr=127.0.0.1:0".to_string(),
         format!("--data-dir={}", dir.path().display()),
     ];
-    let mut second = Daemon::spawn(&args, port, 0);
-    let status = second
-        .wait_exit(Duration::from_secs(5))
-        .expect("the second daemon exits");
+    let mut second = Daemon::spawn(&args);
+    let status = second.wait_exit();
     assert!(!status.success());
     let stderr = second.stderr();
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("in use")).collect();
@@ -136,13 +153,13 @@ fn a_second_daemon_on_the_same_data_dir_exits_with_one_clear_line() {
 #[tokio::test]
 async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut daemon = start_on(dir.path(), port, metrics_port);
+    let mut daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 60).await;
     c.policies.set_policy(policy("last")).await.unwrap();
     drop(c);
-    daemon.terminate(Duration::from_secs(7));
+    daemon.sigterm();
+    assert!(daemon.exited().await.success());
     // The log ends with the restart-free shutdown; cut into the policy's record.
     let log = dir.path().join("wal-00000000.log");
     let len = std::fs::metadata(&log).unwrap().len();
@@ -152,7 +169,7 @@ async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let daemon = start_on(dir.path(), port, metrics_port);
+    let daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
     assert_eq!(
         c.status(&a).await,
@@ -174,8 +191,7 @@ fn damage_in_the_middle_of_the_log_refuses_to_start_saying_where() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("wal-00000000.log");
     {
-        let (port, metrics_port) = (free_port(), free_port());
-        let mut daemon = start_on(dir.path(), port, metrics_port);
+        let mut daemon = start_on(dir.path());
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let mut c = daemon.clients().await;
@@ -183,30 +199,28 @@ fn damage_in_the_middle_of_the_log_refuses_to_start_saying_where() {
                 c.policies.set_policy(policy(&format!("p{i}"))).await.unwrap();
             }
         });
-        daemon.terminate(Duration::from_secs(7));
+        assert!(daemon.terminate().success());
     }
     let mut bytes = std::fs::read(&log).unwrap();
     bytes[50] ^= 0xff;
     std::fs::write(&log, bytes).unwrap();
-    let port = free_port();
     let args = [
-        format!("--addr=127.0.0.1:{port}"),
+        "--addr=127.0.0.1:0".to_string(),
         format!("--data-dir={}", dir.path().display()),
     ];
-    let mut daemon = Daemon::spawn(&args, port, 0);
-    let status = daemon.wait_exit(Duration::from_secs(5)).expect("refuses to start");
+    let mut daemon = Daemon::spawn(&args);
+    let status = daemon.wait_exit();
     assert!(!status.success());
     assert!(daemon.stderr().contains("byte offset"), "{}", daemon.stderr());
 }
 
 /// Writers record what the daemon acknowledged; the daemon is killed with SIGKILL at random
-/// moments and restarted; every acknowledged write must be there and tokens must only grow.
+/// points and restarted; every acknowledged write must be there and tokens must only grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_loses_no_acknowledged_write() {
     const CRASHES: usize = 20;
     const WRITERS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
     let mut acknowledged_policies: BTreeSet<String> = BTreeSet::new();
     let mut acknowledged_agents: Vec<String> = Vec::new();
     let mut token_max = 0u64;
@@ -214,7 +228,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
     let mut rng = 0x9e3779b97f4a7c15u64;
     for crash in 0..CRASHES {
         // Frequent snapshots, so that kills also land while one is being written.
-        let mut daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "300"]);
+        let mut daemon = start_with(dir.path(), &["--snapshot-every", "300"]);
         let mut c = daemon.clients().await;
         // Everything acknowledged before is still there.
         let list = c
@@ -236,10 +250,12 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
         let holder = c.register(&format!("holder-{crash}"), &[], 600).await;
         acknowledged_agents.push(holder.clone());
         // Concurrent writers until the kill.
+        let written = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for writer in 0..WRITERS {
             let mut c = daemon.clients().await;
             let holder = holder.clone();
+            let written = Arc::clone(&written);
             tasks.push(tokio::spawn(async move {
                 let mut policies = Vec::new();
                 let mut tokens = Vec::new();
@@ -249,6 +265,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
                         Ok(_) => policies.push(id),
                         Err(_) => break,
                     }
+                    written.fetch_add(1, Ordering::Relaxed);
                     let request = pb::AcquireLeaseRequest {
                         task_id: format!("k{crash}-{writer}-{i}"),
                         agent_id: holder.clone(),
@@ -258,18 +275,29 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
                         Ok(reply) => tokens.push(reply.into_inner().lease.unwrap().token.unwrap().value),
                         Err(_) => break,
                     }
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
                 (policies, tokens)
             }));
         }
+        // The kill comes after a random number of acknowledged writes, not after a random time:
+        // the same point in the load however fast this machine is, while the writes in flight
+        // (eight at a time) put it at a random point of the daemon's work (a batch, an fsync,
+        // a snapshot every 300 changes).
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(50 + rng % 200)).await;
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &daemon.pid().to_string()])
-            .status();
-        daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+        let kill_after = 10 + (rng % 600) as usize;
+        wait_until("the writes before the kill", async || {
+            let done = written.load(Ordering::Relaxed);
+            if done >= kill_after {
+                Ok(())
+            } else {
+                Err(format!("{done} of {kill_after} writes"))
+            }
+        })
+        .await;
+        daemon.kill_9();
         let token_floor = token_max;
         let mut run_tokens = BTreeSet::new();
         for task in tasks {
@@ -288,7 +316,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
             }
         }
         // After the restart a new grant must be above every token ever acknowledged.
-        let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "300"]);
+        let daemon = start_with(dir.path(), &["--snapshot-every", "300"]);
         let mut c = daemon.clients().await;
         let (lease, _) = c.acquire(&format!("probe-{crash}"), &holder, 600).await;
         let probe = lease.token.unwrap().value;
@@ -320,30 +348,38 @@ fn files(dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn snapshots_bound_the_log_and_a_restart_starts_from_the_latest() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "50"]);
+    let mut daemon = start_with(dir.path(), &["--snapshot-every", "50"]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 600).await;
     for i in 0..400 {
         c.policies.set_policy(policy(&format!("p{i:03}"))).await.unwrap();
     }
     let (lease, _) = c.acquire("k", &a, 600).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let names = files(dir.path());
-    let logs = names.iter().filter(|n| n.starts_with("wal-")).count();
-    let snapshots = names
-        .iter()
-        .filter(|n| n.starts_with("snapshot-") && n.ends_with(".bin"))
-        .count();
-    assert!(logs <= 2 && snapshots == 1, "old generations are removed: {names:?}");
+    // Eight snapshots were taken; another thread writes each and then deletes the generations
+    // before it. Were they kept, this would never hold.
+    wait_until("old generations to be removed", async || {
+        let names = files(dir.path());
+        let logs = names.iter().filter(|n| n.starts_with("wal-")).count();
+        let snapshots = names
+            .iter()
+            .filter(|n| n.starts_with("snapshot-") && n.ends_with(".bin"))
+            .count();
+        if logs <= 2 && snapshots == 1 {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
     let (_, metrics) = daemon.http_get("/metrics");
     assert!(
         metrics.contains("agentkeeper_snapshot_pause_seconds_count"),
         "{metrics}"
     );
     drop(c);
-    daemon.terminate(Duration::from_secs(7));
-    let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "50"]);
+    daemon.sigterm();
+    assert!(daemon.exited().await.success());
+    let daemon = start_with(dir.path(), &["--snapshot-every", "50"]);
     assert!(daemon.stderr().contains("from_snapshot=true"), "{}", daemon.stderr());
     let mut c = daemon.clients().await;
     let list = c
@@ -379,8 +415,7 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_keep_working() {
         return;
     }
     let _mount = Mount(dir.path().to_path_buf());
-    let (port, metrics_port) = (free_port(), free_port());
-    let daemon = start_with(dir.path(), port, metrics_port, &["--snapshot-every", "1000000"]);
+    let daemon = start_with(dir.path(), &["--snapshot-every", "1000000"]);
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 600).await;
     let mut written = 0;

@@ -2,16 +2,17 @@
 //! long-poll and its empty answer before the deadline; a caller that hangs up; paging; events;
 //! and tasks surviving kill -9.
 
-#![allow(clippy::disallowed_methods)] // the tests time real waits of the long-poll
+#![allow(clippy::disallowed_methods)] // one test checks that the long-poll waited in real time
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon, EVENT_TIMEOUT, claim_within, decode, free_port, next_event, token_of, type_url};
+use common::{Clients, Daemon, HANG_GUARD, claim_within, decode, next_event, token_of, topics, type_url, wait_until};
 use tokio::sync::Mutex;
 use tonic::Code;
 
@@ -71,14 +72,17 @@ async fn list_all(c: &mut Clients, status: pb::TaskStatus) -> Vec<pb::Task> {
     }
 }
 
-/// One worker process: its own connection, its own heartbeat, claim -> complete until told to
-/// stop. `die_after` claims, it stops dead in the middle of a task (no complete, no heartbeat).
+/// One worker process on a `--clock manual` daemon: its own connection, claim -> complete until
+/// `stop` is set (checked between claims). Its agent's ttl outlasts every clock advance of the
+/// test, so it needs no heartbeats. `die_after` claims, it stops dead in the middle of a task (no
+/// complete, no answer, its connection goes away) and returns that task's id.
 async fn worker(
     daemon_url: String,
     name: String,
     die_after: Option<usize>,
     completed: Arc<Mutex<BTreeMap<String, u32>>>,
-) {
+    stop: Arc<AtomicBool>,
+) -> Option<String> {
     let channel = tonic::transport::Channel::from_shared(daemon_url)
         .unwrap()
         .connect()
@@ -89,39 +93,29 @@ async fn worker(
     let agent = registry
         .register(pb::RegisterRequest {
             card: Some(common::card(&name, "a worker", &["work"])),
-            ttl_seconds: 2,
+            ttl_seconds: 3600,
         })
         .await
         .unwrap()
         .into_inner()
         .agent_id;
-    let mut heartbeat = registry.clone();
-    let beating_agent = agent.clone();
-    let beat = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = heartbeat
-                .heartbeat(pb::HeartbeatRequest {
-                    agent_id: beating_agent.clone(),
-                })
-                .await;
-        }
-    });
     let mut claims = 0;
-    loop {
-        let answer = claim_within(&mut tasks, &agent, Duration::from_millis(1500))
-            .await
-            .unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        // The deadline only bounds how long a worker takes to notice `stop`: on a manual clock
+        // a claim waits until the daemon gives up on its own, just before the deadline, or, if
+        // this machine is slow to get there, until the deadline itself (then a task handed out
+        // meanwhile goes back to PENDING, no retry counted).
+        let answer = match claim_within(&mut tasks, &agent, Duration::from_secs(1)).await {
+            Ok(answer) => answer,
+            Err(status) if status.code() == Code::DeadlineExceeded => continue,
+            Err(status) => panic!("ClaimTask: {status:?}"),
+        };
         let Some(task) = answer.task else {
-            // No task for a whole wait: the queue is drained.
-            beat.abort();
-            return;
+            continue; // nothing pending for now
         };
         claims += 1;
         if die_after == Some(claims) {
-            // Killed mid-task: no heartbeat, no answer, the connection goes away.
-            beat.abort();
-            return;
+            return Some(task.id);
         }
         assert!(answer.lease.is_some(), "a claim carries its lease");
         tasks
@@ -134,24 +128,57 @@ async fn worker(
             .unwrap();
         *completed.lock().await.entry(task.id).or_default() += 1;
     }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_finish_a_thousand_tasks_and_a_worker_killed_mid_task_loses_none() {
-    let daemon = Daemon::start(&[]);
+    // A manual clock: no claim lease runs out because this machine is slow, only the one the
+    // test lets run out by moving the clock.
+    let daemon = Daemon::start(&["--clock=manual"]);
     let mut c = daemon.clients().await;
     let mut ids = Vec::new();
     for i in 0..1000 {
-        // The claim lease (ttl 1 s) of the killed worker's task expires before its death (4 s).
         ids.push(create(&mut c, &format!("t{i}"), &["work"], 2, 1).await.id);
     }
     let completed = Arc::new(Mutex::new(BTreeMap::new()));
-    let workers: Vec<_> = [("w1", None), ("w2", None), ("w3-killed", Some(50))]
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers: Vec<_> = [("w1", None), ("w2", None), ("w3-killed", Some(50))]
         .into_iter()
-        .map(|(name, die_after)| tokio::spawn(worker(daemon.url(), name.into(), die_after, Arc::clone(&completed))))
+        .map(|(name, die_after)| {
+            let completed = Arc::clone(&completed);
+            tokio::spawn(worker(
+                daemon.url(),
+                name.into(),
+                die_after,
+                completed,
+                Arc::clone(&stop),
+            ))
+        })
         .collect();
+    let orphan = workers
+        .pop()
+        .unwrap()
+        .await
+        .unwrap()
+        .expect("the killed worker held a task");
+    let count = async || completed.lock().await.len();
+    wait_until("every task but the orphan completed", async || match count().await {
+        999 => Ok(()),
+        n => Err(format!("{n} completed")),
+    })
+    .await;
+    assert_eq!(get(&mut c, &orphan).await.status, pb::TaskStatus::Claimed as i32);
+    // Past the orphan's claim lease (ttl 1 s): it fails and goes to a waiting worker.
+    c.advance(Duration::from_millis(1001)).await;
+    wait_until("the orphan completed", async || match count().await {
+        1000 => Ok(()),
+        n => Err(format!("{n} completed")),
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
     for worker in workers {
-        worker.await.expect("a worker ran to its end");
+        assert_eq!(worker.await.expect("a worker ran to its end"), None);
     }
     let completed = completed.lock().await;
     assert_eq!(completed.len(), 1000, "every task completed");
@@ -166,7 +193,10 @@ async fn three_workers_finish_a_thousand_tasks_and_a_worker_killed_mid_task_lose
     );
     let retried: Vec<&pb::Task> = all.iter().filter(|t| t.retry_count > 0).collect();
     assert_eq!(retried.len(), 1, "exactly the killed worker's task was retried");
-    assert_eq!(retried[0].failure_reason, "lease expired");
+    assert_eq!(
+        (retried[0].id.as_str(), retried[0].failure_reason.as_str()),
+        (orphan.as_str(), "lease expired")
+    );
 }
 
 #[tokio::test]
@@ -179,6 +209,7 @@ async fn a_claim_waits_for_a_task_and_an_empty_wait_answers_before_the_deadline(
         .await
         .expect("an empty answer, not an error");
     assert!(empty.task.is_none() && empty.lease.is_none());
+    // A lower bound only: a slow machine makes the wait longer, never shorter.
     assert!(
         started.elapsed() >= Duration::from_millis(500),
         "it waited: {:?}",
@@ -187,11 +218,11 @@ async fn a_claim_waits_for_a_task_and_an_empty_wait_answers_before_the_deadline(
 
     let mut waiting = c.tasks.clone();
     let agent = worker.clone();
-    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, Duration::from_secs(10)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, HANG_GUARD).await });
+    daemon.wait_metric("agentkeeper_claims_waiting", 1.0).await;
     let other = create(&mut c, "gpu job", &["gpu"], 0, 30).await;
     let task = create(&mut c, "web job", &["web"], 0, 30).await;
-    let answer = tokio::time::timeout(EVENT_TIMEOUT, claimer)
+    let answer = tokio::time::timeout(HANG_GUARD, claimer)
         .await
         .expect("answered")
         .unwrap()
@@ -212,19 +243,20 @@ async fn a_claim_waits_for_a_task_and_an_empty_wait_answers_before_the_deadline(
         .expect("renew the claim lease");
     assert_eq!(token_of(&renewed), token_of(&lease));
     assert_eq!(get(&mut c, &other.id).await.status, pb::TaskStatus::Pending as i32);
-    // wait_ms 0: answer at once.
-    let started = Instant::now();
-    let now = c
-        .tasks
-        .claim_task(pb::ClaimTaskRequest {
+    // wait_ms 0: answer at once. No deadline, so a claim that waited at all would wait for
+    // --claim-wait-max (24 h), far past the guard.
+    let now = tokio::time::timeout(
+        HANG_GUARD,
+        c.tasks.claim_task(pb::ClaimTaskRequest {
             agent_id: worker,
             wait_ms: Some(0),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        }),
+    )
+    .await
+    .expect("wait_ms 0 does not wait")
+    .unwrap()
+    .into_inner();
     assert!(now.task.is_none());
-    assert!(started.elapsed() < Duration::from_secs(1));
 }
 
 #[tokio::test]
@@ -234,27 +266,26 @@ async fn a_claimer_that_hangs_up_gets_no_task_and_the_task_stays_pending_without
     let worker = c.register("w", &[], 60).await;
     let mut waiting = c.tasks.clone();
     let agent = worker.clone();
-    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, Duration::from_secs(30)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let claimer = tokio::spawn(async move { claim_within(&mut waiting, &agent, HANG_GUARD).await });
+    daemon.wait_metric("agentkeeper_claims_waiting", 1.0).await;
     claimer.abort();
     let _ = claimer.await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let task = create(&mut c, "job", &[], 0, 30).await;
     // Either the daemon noticed the hang-up first, or the claim went out, failed to arrive and
     // came back: in both cases the task ends up PENDING, unclaimed, with no retry counted.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
+    let now = wait_until("the task back to PENDING", async || {
         let now = get(&mut c, &task.id).await;
         if now.status == pb::TaskStatus::Pending as i32 {
-            assert_eq!(now.retry_count, 0);
-            assert!(now.claimed_by_agent_id.is_empty());
-            break;
+            Ok(now)
+        } else {
+            Err(format!("the task is {:?}", now.status))
         }
-        assert!(Instant::now() < deadline, "the task stayed {:?}", now.status);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(now.retry_count, 0);
+    assert!(now.claimed_by_agent_id.is_empty());
     // And it is there for the next claimer.
-    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let next = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(next.task.expect("the task").id, task.id);
 }
 
@@ -266,14 +297,14 @@ async fn complete_and_fail_check_the_holder_and_retries_end_in_dead_with_events(
     let worker = c.register("w", &[], 60).await;
     let stranger = c.register("s", &[], 60).await;
     let task = create(&mut c, "flaky", &[], 1, 30).await;
-    let created = next_event(&mut stream, EVENT_TIMEOUT).await.expect("task.created");
+    let created = next_event(&mut stream, HANG_GUARD).await.expect("task.created");
     assert_eq!(created.topic, "task.created");
     assert_eq!(type_url(&created), "type.googleapis.com/agentkeeper.v1.Task");
     let payload: pb::Task = decode(&created);
     assert_eq!(payload.id, task.id);
     assert!(payload.input.is_empty(), "events carry no input bytes");
 
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     let refused = c
         .tasks
         .complete_task(pb::CompleteTaskRequest {
@@ -295,16 +326,23 @@ async fn complete_and_fail_check_the_holder_and_retries_end_in_dead_with_events(
         (retried.status, retried.retry_count),
         (pb::TaskStatus::Pending as i32, 1)
     );
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     c.tasks.fail_task(fail("second")).await.unwrap();
     let dead = get(&mut c, &task.id).await;
     assert_eq!((dead.status, dead.retry_count), (pb::TaskStatus::Dead as i32, 2));
     assert_eq!(dead.failure_reason, "second");
-    let mut seen = Vec::new();
-    while let Some(event) = next_event(&mut stream, Duration::from_millis(500)).await {
-        seen.push(event.topic);
-    }
-    assert_eq!(seen, ["task.claimed", "task.failed", "task.claimed", "task.dead"]);
+    // Then one more task: its task.created comes right after these, so nothing else came between.
+    create(&mut c, "marker", &[], 0, 30).await;
+    assert_eq!(
+        topics(&mut stream, 5).await,
+        [
+            "task.claimed",
+            "task.failed",
+            "task.claimed",
+            "task.dead",
+            "task.created"
+        ]
+    );
     let unknown = c
         .tasks
         .get_task(pb::GetTaskRequest {
@@ -362,25 +400,15 @@ async fn list_tasks_pages_through_every_task_in_creation_order() {
 #[tokio::test]
 async fn tasks_their_states_and_retry_counts_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let args = vec![
-        format!("--addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
-        format!("--data-dir={}", dir.path().display()),
-    ];
-    let mut daemon = Daemon::spawn(&args, port, metrics_port);
-    daemon.wait_serving();
+    let data_dir = format!("--data-dir={}", dir.path().display());
+    let mut daemon = Daemon::start(&[&data_dir]);
     let mut c = daemon.clients().await;
     let worker = c.register("w", &[], 300).await;
     let done = create(&mut c, "done", &[], 0, 300).await;
     let retried = create(&mut c, "retried", &[], 3, 300).await;
     let held = create(&mut c, "held", &[], 0, 300).await;
     let pending = create(&mut c, "pending", &[], 0, 300).await;
-    let first = claim(&mut c, &worker, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .task
-        .unwrap();
+    let first = claim(&mut c, &worker, HANG_GUARD).await.unwrap().task.unwrap();
     assert_eq!(first.id, done.id);
     c.tasks
         .complete_task(pb::CompleteTaskRequest {
@@ -390,7 +418,7 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         })
         .await
         .unwrap();
-    claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     c.tasks
         .fail_task(pb::FailTaskRequest {
             task_id: retried.id.clone(),
@@ -401,25 +429,17 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         .unwrap();
     // The retried task is the oldest pending again, then the held one.
     assert_eq!(
-        claim(&mut c, &worker, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .task
-            .unwrap()
-            .id,
+        claim(&mut c, &worker, HANG_GUARD).await.unwrap().task.unwrap().id,
         retried.id
     );
-    let answer = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let answer = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(answer.task.unwrap().id, held.id);
     let token = token_of(&answer.lease.unwrap());
 
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &daemon.pid().to_string()])
-        .status();
-    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    daemon.kill_9();
     drop(c);
-    let mut daemon = Daemon::spawn(&args, port, metrics_port);
-    daemon.wait_serving();
+    // On fresh ports: the new client needs no old address.
+    let daemon = Daemon::start(&[&data_dir]);
     let mut c = daemon.clients().await;
     let done_now = get(&mut c, &done.id).await;
     assert_eq!(
@@ -447,7 +467,7 @@ async fn tasks_their_states_and_retry_counts_survive_kill_9() {
         .await
         .expect("the claim lease survived");
     assert_eq!(token_of(&renewed), token);
-    let next = claim(&mut c, &worker, Duration::from_secs(2)).await.unwrap();
+    let next = claim(&mut c, &worker, HANG_GUARD).await.unwrap();
     assert_eq!(next.task.unwrap().id, pending.id);
     assert!(token_of(&next.lease.unwrap()) > token, "tokens never go back");
 }

@@ -55,27 +55,12 @@ fn pki() -> Pki {
     }
 }
 
-/// Starts a daemon with `args` and waits on its plain-HTTP /readyz (the gRPC port speaks TLS).
+/// Starts a daemon with `args` and waits until it serves.
 fn start(args: &[String]) -> Daemon {
-    let (port, metrics_port) = (common::free_port(), common::free_port());
-    let mut all = vec![
-        format!("--addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
-        // TLS is served on epoll; --io uring with TLS is refused (tested below).
-        "--io=auto".to_string(),
-    ];
-    all.extend(args.iter().cloned());
-    let mut daemon = Daemon::spawn(&all, port, metrics_port);
-    for _ in 0..500 {
-        assert!(daemon.is_running(), "the daemon exited: {}", daemon.stderr());
-        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
-            && daemon.http_get("/readyz").0.contains("200")
-        {
-            return daemon;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("not ready: {}", daemon.stderr());
+    // TLS is served on epoll; --io uring with TLS is refused (tested below).
+    let mut all = vec!["--io=auto"];
+    all.extend(args.iter().map(String::as_str));
+    Daemon::start(&all)
 }
 
 fn tls_args(pki: &Pki) -> Vec<String> {
@@ -149,8 +134,8 @@ async fn tls_with_an_explicit_io_uring_is_refused_at_start() {
     let pki = pki();
     let mut args = tls_args(&pki);
     args.push("--io=uring".into());
-    let mut daemon = Daemon::spawn(&args, 0, 0);
-    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+    let mut daemon = Daemon::spawn(&args);
+    let status = daemon.wait_exit();
     assert!(!status.success());
     assert!(
         daemon.stderr().contains("--tls-cert needs the epoll transport"),

@@ -5,10 +5,9 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Daemon, EVENT_TIMEOUT, claim_within};
+use common::{Daemon, HANG_GUARD, claim_within};
 use pb::registry_service_client::RegistryServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use tonic::Code;
@@ -57,8 +56,8 @@ async fn clients_that_vanish_mid_call_or_mid_handshake_leave_the_daemon_serving(
     let channel = daemon.channel().await;
     let mut tasks = TaskServiceClient::new(channel.clone());
     let agent = worker.clone();
-    let waiting = tokio::spawn(async move { claim_within(&mut tasks, &agent, Duration::from_secs(30)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::spawn(async move { claim_within(&mut tasks, &agent, HANG_GUARD).await });
+    daemon.wait_metric("agentkeeper_claims_waiting", 1.0).await;
     waiting.abort();
     drop(channel);
     // Half a handshake and a stream of garbage, straight on the socket.
@@ -68,18 +67,7 @@ async fn clients_that_vanish_mid_call_or_mid_handshake_leave_the_daemon_serving(
         drop(raw);
     }
     // The daemon noticed the vanished claimer: no claim waits any more, and it still serves.
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let (_, metrics) = daemon.http_get("/metrics");
-        if metrics.lines().any(|l| l == "agentkeeper_claims_waiting 0") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiting claim was not dropped:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_metric("agentkeeper_claims_waiting", 0.0).await;
     assert_eq!(c.status(&worker).await, pb::AgentStatus::Alive);
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon, assert_quiet, events, stream_end, token_of, topics, type_url};
+use common::{Clients, Daemon, HANG_GUARD, assert_quiet, events, stream_end, token_of, topics, type_url};
 use tonic::Code;
 
 /// Makes 4 events: agent.registered, lease.acquired, lease.released, agent.died (sequences 1-4
@@ -146,12 +146,18 @@ async fn resuming_while_events_keep_coming_loses_nothing_and_repeats_nothing() {
     let mut c = daemon.clients().await;
     let mut writer = daemon.clients().await;
     let a = c.register("a", &[], 30).await;
+    let (under_way, started) = tokio::sync::oneshot::channel();
     let producer = tokio::spawn(async move {
+        let mut under_way = Some(under_way);
         for i in 0..300 {
             writer.acquire(&format!("k{i}"), &a, 30).await;
+            if i == 50 {
+                let _ = under_way.take().map(|tx| tx.send(()));
+            }
         }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Resume once the producer is well under way: the replay and the live events meet mid-run.
+    started.await.expect("the producer got under way");
     let mut resumed = c.watch(&[], 1).await;
     producer.await.unwrap();
     let sequences: Vec<u64> = events(&mut resumed, 301)
@@ -223,7 +229,7 @@ async fn a_watcher_that_never_reads_is_cut_off_and_others_keep_going() {
         "the daemon keeps serving"
     );
 
-    let (delivered, end) = stream_end(&mut slow, Duration::from_secs(5)).await;
+    let (delivered, end) = stream_end(&mut slow, HANG_GUARD).await;
     assert_eq!(end.code(), Code::ResourceExhausted, "{end:?}");
     let delivered: Vec<u64> = delivered.iter().map(|e| e.sequence_number).collect();
     let last = *delivered.last().expect("some events were delivered before the cut");
@@ -234,26 +240,7 @@ async fn a_watcher_that_never_reads_is_cut_off_and_others_keep_going() {
     );
     assert_eq!(delivered, (1..=last).collect::<Vec<_>>(), "contiguous up to the cut");
     assert!(last < 2001, "cut off before the end: {last}");
-    await_metric(&daemon, "agentkeeper_watch_overflows_total", "1").await;
-}
-
-/// The value of an unlabelled metric, polled until it equals `want` (or panics after 3 s).
-async fn await_metric(daemon: &Daemon, name: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let (_, metrics) = daemon.http_get("/metrics");
-        let value = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string));
-        if value.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} is {value:?}, expected {want}:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_metric("agentkeeper_watch_overflows_total", 1.0).await;
 }
 
 #[tokio::test]
@@ -262,10 +249,10 @@ async fn open_watch_streams_are_counted_and_a_closed_one_is_forgotten() {
     let mut c = daemon.clients().await;
     let first = c.watch(&[], 0).await;
     let second = c.watch(&["agent."], 0).await;
-    await_metric(&daemon, "agentkeeper_watchers", "2").await;
+    daemon.wait_metric("agentkeeper_watchers", 2.0).await;
     drop(first);
     c.register("a", &[], 30).await;
-    await_metric(&daemon, "agentkeeper_watchers", "1").await;
+    daemon.wait_metric("agentkeeper_watchers", 1.0).await;
     drop(second);
-    await_metric(&daemon, "agentkeeper_watchers", "0").await;
+    daemon.wait_metric("agentkeeper_watchers", 0.0).await;
 }

@@ -11,7 +11,7 @@ use agentkeeper::core::types::AgentCard;
 use agentkeeper::core::{Command, Core, CoreConfig, Reply};
 use agentkeeper::proto as pb;
 use agentkeeper::store::{self, Store};
-use common::{Daemon, free_port};
+use common::Daemon;
 
 const AGENTS: usize = 100_000;
 const LEASES_PER_AGENT: usize = 10;
@@ -88,15 +88,15 @@ fn restart_time_and_snapshot_pause_at_100k_agents_and_1m_leases() {
         store::write_snapshot(&path, generation, &bytes).unwrap();
         println!("snapshot write + fsync (off the core thread): {:?}", written.elapsed());
     }
-    let (port, metrics_port) = (free_port(), free_port());
     let started = Instant::now();
     let args = [
-        format!("--addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        "--addr=127.0.0.1:0".to_string(),
+        "--metrics-addr=127.0.0.1:0".to_string(),
         format!("--data-dir={}", dir.path().display()),
     ];
-    let daemon = Daemon::spawn(&args, port, metrics_port);
-    // The port is bound before recovery; the daemon serves once a call is answered.
+    let mut daemon = Daemon::spawn(&args);
+    // The ports are bound (and logged) before recovery; the daemon serves once a call is answered.
+    daemon.wait_bound();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         loop {

@@ -1,7 +1,6 @@
 """The v1 SDK README's flows, run unchanged with the published agentkeeper 0.1.1 package."""
 
 import threading
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -22,10 +21,10 @@ from agentkeeper.v1 import agentkeeper_pb2_grpc as stubs
 from conftest import daemon_binary, wait_for
 
 
-def test_quick_start_orchestrator_and_agent_sides(client):
+def test_quick_start_orchestrator_and_agent_sides(client, daemon):
     events: list[WatchEvent] = []
     sub = client.watch(["agent."], events.append)
-    time.sleep(0.2)  # v1 opens the stream in a background thread
+    daemon.wait_for_watchers(1)
     task_id = f"task:{uuid.uuid4()}"
     with client.register(
         name="scraper-1",
@@ -113,24 +112,24 @@ def test_leases_exclusive_renew_release_and_token_mismatch(client):
 def test_crashed_agent_dies_by_ttl_and_its_lease_is_released(client, daemon):
     events: list[WatchEvent] = []
     sub = client.watch(["agent.died", "lease."], events.append)
-    time.sleep(0.2)
+    daemon.wait_for_watchers(1)
     # A crashed agent: registered, then never heartbeats again.
     registry = stubs.RegistryServiceStub(client._channel)
     agent_id = registry.Register(pb.RegisterRequest(card=pb.AgentCard(name="crashy"), ttl_seconds=1)).agent_id
     assert client.acquire_lease("task:9", agent_id, ttl=120) is not None
-    wait_for(lambda: [e.topic for e in events] == ["lease.acquired", "agent.died", "lease.released"], timeout=6)
+    wait_for(lambda: [e.topic for e in events] == ["lease.acquired", "agent.died", "lease.released"])
     assert isinstance(events[2].payload, Lease) and events[2].payload.task_id == "task:9"
     assert [e.sequence for e in events] == sorted(e.sequence for e in events)
     assert client.get_agent(agent_id).status == AgentStatus.DEAD
     sub.cancel()
 
 
-def test_leader_election_failover_and_watch_election(client):
+def test_leader_election_failover_and_watch_election(client, daemon):
     changes: list[ElectionState] = []
     with client.register("orchestrator", "Pipeline orchestrator", "1.0.0") as orch, \
             client.register("orchestrator", "Pipeline orchestrator", "1.0.0") as standby:
         sub = client.watch_election("orchestrator:pipeline-A", changes.append)
-        time.sleep(0.2)
+        daemon.wait_for_watchers(1)
         state = client.campaign(group="orchestrator:pipeline-A", agent_id=orch.agent_id)
         assert state.leader_agent_id == orch.agent_id and state.term == 1
         state = client.campaign("orchestrator:pipeline-A", standby.agent_id)
@@ -166,11 +165,11 @@ def test_entitlements_readme_examples(client):
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_watch_prefixes_payload_types_and_cancel(client):
+def test_watch_prefixes_payload_types_and_cancel(client, daemon):
     agent_events: list[WatchEvent] = []
     everything: list[WatchEvent] = []
     with client.watch(["agent."], agent_events.append), client.watch([], everything.append):
-        time.sleep(0.2)
+        daemon.wait_for_watchers(2)
         with client.register("w", "watched", "1") as agent:
             lease = client.acquire_lease("task:w", agent.agent_id)
             lease.release()

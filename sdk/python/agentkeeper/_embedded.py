@@ -1,10 +1,11 @@
-"""Embedded mode: find the ``agentkeeper`` binary, start it on free ports, stop it on close."""
+"""Embedded mode: find the ``agentkeeper`` binary, start it on port 0 (the OS picks free ports)
+and learn them from its ready file, stop it on close."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-__all__ = ["EmbeddedDaemon", "find_binary", "free_port"]
+__all__ = ["EmbeddedDaemon", "find_binary"]
+
+# How often start() looks for the ready file (or the process's exit) while the daemon starts.
+_READY_POLL_SECONDS = 0.01
 
 _EXE = ".exe" if sys.platform == "win32" else ""
 _NAME = f"agentkeeper{_EXE}"
@@ -73,11 +77,22 @@ def find_binary(explicit: Optional[Union[str, os.PathLike[str]]] = None) -> str:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _port_of(address: str) -> int:
+    """The port of ``host:port`` (``[v6]:port`` too), as the daemon's ready file writes it."""
+    return int(address.rsplit(":", 1)[1])
+
+
+def _read_ready(path: Path) -> Optional[dict[str, Any]]:
+    """The daemon's ready file, or None while it is not there. The daemon renames it into place
+    whole, so a file that exists is complete."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    ready = json.loads(text)
+    if not isinstance(ready, dict) or not isinstance(ready.get("grpc"), str):
+        raise RuntimeError(f"agentkeeper daemon wrote an unexpected ready file: {text!r}")
+    return ready
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -106,15 +121,18 @@ class EmbeddedDaemon:
         if clock not in ("real", "manual"):
             raise ValueError(f"clock must be 'real' or 'manual', got {clock!r}")
         self.binary = find_binary(binary)
-        self._port_fixed = port is not None
-        self.port = port if port is not None else free_port()
-        self.metrics_port = free_port()
+        self._requested_port = port
+        self.port: Optional[int] = port
+        """The gRPC port: the one asked for, else the one the OS picked (known once started)."""
+        self.metrics_port: Optional[int] = None
+        """The HTTP port the OS picked (known once started)."""
         self.data_dir = None if data_dir is None else str(data_dir)
         self.clock = clock
         self.seed = seed
         self.extra_args = list(extra_args)
         self.process: Optional[subprocess.Popen[bytes]] = None
         self._log: Optional[IO[bytes]] = None
+        self._ready_dir: Optional[tempfile.TemporaryDirectory[str]] = None  # holds the ready file
         self._finalizer: Any = None  # weakref.finalize killing the process if the owner is lost
 
     @property
@@ -127,13 +145,23 @@ class EmbeddedDaemon:
         """Base URL of the dashboard, ``/healthz`` and ``/metrics``."""
         return f"http://{self.host}:{self.metrics_port}"
 
+    @property
+    def _ready_file(self) -> Optional[Path]:
+        return None if self._ready_dir is None else Path(self._ready_dir.name) / "ready.json"
+
     def command(self) -> list[str]:
-        """The command line used to start the daemon."""
+        """The command line used to start the daemon (``--ready-file`` once it is started).
+
+        Port 0 lets the OS pick a free port, so no other process can take it between a probe
+        and the daemon's bind; the daemon writes the ports it bound to its ``--ready-file``.
+        """
         cmd = [
             self.binary,
-            f"--addr={self.host}:{self.port}",
-            f"--metrics-addr={self.host}:{self.metrics_port}",
+            f"--addr={self.host}:{self._requested_port or 0}",
+            f"--metrics-addr={self.host}:0",
         ]
+        if self._ready_file is not None:
+            cmd.append(f"--ready-file={self._ready_file}")
         if self.clock != "real":
             cmd.append(f"--clock={self.clock}")
         if self.seed is not None:
@@ -154,16 +182,13 @@ class EmbeddedDaemon:
         return data.decode(errors="replace")
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start the process and wait until its gRPC port accepts connections."""
-        attempts = 1 if self._port_fixed else 3
-        for attempt in range(attempts):
-            if attempt:
-                self.port, self.metrics_port = free_port(), free_port()
-            if self._try_start(timeout):
-                return
-        raise RuntimeError(f"agentkeeper daemon failed to start: {self.command()}\n{self.log_text()}")
+        """Start the process and wait until it serves: its ready file appears (after any recovery
+        of ``data_dir``). ``timeout`` only guards against a daemon that hangs.
 
-    def _try_start(self, timeout: float) -> bool:
+        Raises RuntimeError with the daemon's log if it exits instead (a taken ``port``, say),
+        TimeoutError if it neither serves nor exits within ``timeout``.
+        """
+        self._ready_dir = tempfile.TemporaryDirectory(prefix="agentkeeper-")
         if self._log is None:
             self._log = tempfile.TemporaryFile(prefix="agentkeeper-", suffix=".log")
         process = subprocess.Popen(
@@ -171,20 +196,33 @@ class EmbeddedDaemon:
         )
         self.process = process
         self._finalizer = weakref.finalize(self, _kill, process)
+        ready = self._wait_ready(process, timeout)
+        self.port = _port_of(ready["grpc"])
+        self.metrics_port = None if ready.get("http") is None else _port_of(ready["http"])
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+        """The ready file's contents once it appears. If the process exits first, or neither
+        happens within ``timeout``, stops it and raises with its log."""
+        ready_file = self._ready_file
+        assert ready_file is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            ready = _read_ready(ready_file)
+            if ready is not None:
+                return ready
             if process.poll() is not None:
-                return False
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    pass
-            except OSError:
-                time.sleep(0.02)
-                continue
-            if process.poll() is None:
-                return True
-        _kill(process)
-        raise TimeoutError(f"agentkeeper daemon did not listen on {self.address} within {timeout}s\n{self.log_text()}")
+                raise RuntimeError(f"agentkeeper daemon failed to start: {self.command()}\n{self._give_up()}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"agentkeeper daemon did not serve within {timeout}s\n{self._give_up()}")
+            time.sleep(_READY_POLL_SECONDS)
+
+    def _give_up(self) -> str:
+        """Kills a daemon that did not start and cleans up after it; returns its log."""
+        if self.process is not None:
+            _kill(self.process)
+        log = self.log_text()
+        self.stop()
+        return log
 
     @property
     def running(self) -> bool:
@@ -209,6 +247,9 @@ class EmbeddedDaemon:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._ready_dir is not None:
+            self._ready_dir.cleanup()
+            self._ready_dir = None
         return code
 
     def kill(self) -> None:

@@ -19,20 +19,14 @@ from agentkeeper import (
 )
 from agentkeeper import aio
 
+from conftest import HANG_GUARD
+from conftest import wait_for_async as wait_until
+
 
 @pytest.fixture
 async def aclient(binary):
     async with aio.AgentKeeperClient.embedded(binary=binary, clock="manual", seed=7, timeout=10) as c:
         yield c
-
-
-async def wait_until(predicate, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 async def test_registry_leases_and_async_iteration(aclient):
@@ -82,7 +76,7 @@ async def test_manual_clock_death_on_lost_and_watch_callback(aclient):
         before = await aclient.now()
         after = await aclient.advance(5)
         assert (after - before).total_seconds() == 5
-        await asyncio.wait_for(lost.wait(), 3)
+        await asyncio.wait_for(lost.wait(), HANG_GUARD)
         assert agent.lost
         await wait_until(lambda: died == [agent.agent_id])
         async with agent:
@@ -95,7 +89,7 @@ async def test_keep_alive_and_lost_lease(aclient):
         lease = await aclient.acquire_lease("task:ka", agent.agent_id, ttl=1, keep_alive=True,
                                             on_lost=lost.append)
         await aclient.advance(2)
-        await wait_until(lambda: lost == [lease], timeout=3)
+        await wait_until(lambda: lost == [lease])
         assert lease.lost
         with pytest.raises(NotFound):
             await lease.renew()

@@ -1,7 +1,11 @@
-"""Embedded mode: binary resolution, flags, side-by-side daemons, shutdown; manual clock calls."""
+"""Embedded mode: binary resolution, flags, ports from the ready file, side-by-side daemons,
+shutdown; manual clock calls."""
 
+import json
 import os
+import socket
 import stat
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from agentkeeper import (
     find_binary,
 )
 
-from conftest import wait_for
+from conftest import HANG_GUARD, port_outside_the_ephemeral_range, wait_for
 
 
 def _fake_binary(path: Path) -> Path:
@@ -78,12 +82,46 @@ def test_a_missing_explicit_binary_is_an_error(tmp_path, monkeypatch):
 def test_command_line(binary, tmp_path):
     d = EmbeddedDaemon(binary=binary, port=7171, clock="manual", seed=9)
     cmd = d.command()
-    assert cmd[:3] == [binary, "--addr=127.0.0.1:7171", f"--metrics-addr=127.0.0.1:{d.metrics_port}"]
+    assert cmd[:3] == [binary, "--addr=127.0.0.1:7171", "--metrics-addr=127.0.0.1:0"]
     assert "--clock=manual" in cmd and "--seed=9" in cmd
     assert not any(a.startswith("--data-dir") for a in cmd), "only passed when data_dir is given"
     assert f"--data-dir={tmp_path}" in EmbeddedDaemon(binary=binary, data_dir=tmp_path).command()
+    assert EmbeddedDaemon(binary=binary).command()[1] == "--addr=127.0.0.1:0", "no port: the OS picks one"
     with pytest.raises(ValueError):
         EmbeddedDaemon(binary=binary, clock="sundial")
+
+
+def test_the_ports_come_from_the_daemons_ready_file_and_it_goes_with_the_daemon(binary):
+    d = EmbeddedDaemon(binary=binary)
+    assert (d.port, d.metrics_port) == (None, None), "not known before the daemon binds them"
+    d.start()
+    try:
+        ready_flag = [a for a in d.command() if a.startswith("--ready-file=")]
+        assert len(ready_flag) == 1
+        ready_file = Path(ready_flag[0].split("=", 1)[1])
+        assert json.loads(ready_file.read_text()) == {
+            "grpc": f"127.0.0.1:{d.port}",
+            "http": f"127.0.0.1:{d.metrics_port}",
+            "pid": d.process.pid,
+        }
+        with urllib.request.urlopen(f"{d.metrics_url}/readyz", timeout=10) as response:
+            assert response.read() == b"ready"
+        with AgentKeeperClient("127.0.0.1", d.port) as c:
+            assert c.find() == []
+    finally:
+        assert d.stop() == 0
+    assert not ready_file.parent.exists(), "the ready file's directory is removed with the daemon"
+
+
+def test_a_daemon_that_cannot_start_is_an_error_with_its_log(binary):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        d = EmbeddedDaemon(binary=binary, port=taken)
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{taken}"):
+            d.start()
+    assert not d.running
 
 
 def test_two_embedded_daemons_side_by_side_and_stopped_on_close(binary):
@@ -98,11 +136,9 @@ def test_two_embedded_daemons_side_by_side_and_stopped_on_close(binary):
 
 
 def test_explicit_port(binary):
-    from agentkeeper._embedded import free_port
-
-    port = free_port()
+    port = port_outside_the_ephemeral_range()
     with AgentKeeperClient.embedded(binary=binary, port=port) as c:
-        assert c.port == port and c.find() == []
+        assert c.port == port and c.daemon.port == port and c.find() == []
 
 
 def test_manual_clock_now_and_advance(manual):
@@ -129,8 +165,10 @@ def test_daemon_restart_watch_resumes_and_state_survives(binary, tmp_path):
     same --data-dir) takes over; the watcher resumes at the next sequence, nothing lost or repeated."""
     seen = []
     errors = []
-    with AgentKeeperClient.embedded(binary=binary, data_dir=tmp_path) as client:
-        port = client.port
+    # The watcher must find daemon B at A's address: a fixed port, which no other test's daemon
+    # (all on port 0) can take while A is gone.
+    port = port_outside_the_ephemeral_range()
+    with AgentKeeperClient.embedded(binary=binary, port=port, data_dir=tmp_path) as client:
         with client.watch([], seen.append, on_error=errors.append) as sub:
             keeper = client.register("keeper", ttl=3600, heartbeat=False)
             client.register("before").deregister()
@@ -141,7 +179,7 @@ def test_daemon_restart_watch_resumes_and_state_survives(binary, tmp_path):
             restarted.start()
             try:
                 client.register("after").deregister()
-                wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3, 4, 5], timeout=10, what="resume")
+                wait_for(lambda: [e.sequence for e in seen] == [1, 2, 3, 4, 5], what="resume")
                 assert [e.topic for e in seen] == ["agent.registered"] * 2 + ["agent.died", "agent.registered",
                                                                              "agent.died"]
                 assert sub.reconnects >= 1 and sub.active and errors == []
@@ -161,8 +199,8 @@ def test_in_memory_restart_is_reported_not_silently_skipped(binary):
     """
     seen = []
     errors = []
-    with AgentKeeperClient.embedded(binary=binary) as client:
-        port = client.port
+    port = port_outside_the_ephemeral_range()  # the same address after the restart, as above
+    with AgentKeeperClient.embedded(binary=binary, port=port) as client:
         with client.watch([], seen.append, on_error=errors.append) as sub:
             client.register("a", heartbeat=False)
             client.register("b", heartbeat=False)
@@ -173,7 +211,7 @@ def test_in_memory_restart_is_reported_not_silently_skipped(binary):
             try:
                 for name in ("c", "d", "e"):  # sequences 1, 2, 3 of the new daemon
                     client.register(name, heartbeat=False)
-                assert sub.wait(5), "the subscription must end"
+                assert sub.wait(HANG_GUARD), "the subscription must end"
                 assert [e.payload.card.name for e in seen] == ["a", "b"], "nothing from another history"
                 assert len(errors) == 1 and isinstance(errors[0], OutOfRange), errors
                 assert "restarted without --data-dir" in errors[0].details()

@@ -1,13 +1,14 @@
 """Leases: exclusive acquire, re-entrant, renew, release, context manager, keep_alive, on_lost."""
 
 import threading
+from datetime import timedelta
 
 import grpc
 import pytest
 
 from agentkeeper import Lease, LeaseHandle, NotFound, PermissionDenied
 
-from conftest import wait_for
+from conftest import HANG_GUARD, wait_for
 
 
 def test_acquire_is_exclusive_reentrant_and_tokens_increase(client):
@@ -63,14 +64,19 @@ def test_exit_after_the_lease_expired_does_not_raise(manual):
         assert lease.lost
 
 
-def test_keep_alive_renews_in_the_background(client):
+def test_keep_alive_renews_in_the_background(manual):
     events = []
-    with client.watch(["lease.renewed"], events.append), client.register("a") as a:
-        with client.acquire_lease("task:ka", a.agent_id, ttl=1, keep_alive=True) as lease:
-            wait_for(lambda: len(events) >= 3, timeout=3, what="three renewals")
-            threading.Event().wait(1.2)  # longer than the ttl: still ours
-            assert client.acquire_lease("task:ka", a.agent_id).token == lease.token
+    with manual.watch(["lease.renewed"], events.append), manual.register("a", ttl=3600) as a:
+        with manual.acquire_lease("task:ka", a.agent_id, ttl=1, keep_alive=True) as lease:
+            # Time moves only when the test moves it, each step shorter than the 1 s ttl, and
+            # each next step waits for a background renewal at the new time: three steps take
+            # the lease well past its ttl, which it would not outlive without the renewals.
+            for _ in range(3):
+                renewed_to = manual.advance(0.6) + timedelta(seconds=1)
+                wait_for(lambda: lease.lease.expires_at == renewed_to, what="a renewal at the new time")
+            assert manual.acquire_lease("task:ka", a.agent_id).token == lease.token
             assert not lease.lost
+        wait_for(lambda: len(events) >= 3, what="three lease.renewed events")
         assert all(e.payload.token == lease.token for e in events)
 
 
@@ -79,7 +85,7 @@ def test_keep_alive_on_lost_when_the_lease_expires(manual):
     with manual.register("a", ttl=3600) as a:
         with manual.acquire_lease("task:lost", a.agent_id, ttl=1, keep_alive=True, on_lost=lambda h: lost.set()) as lease:
             manual.advance(2)  # the manual clock jumps past the expiry between two renewals
-            assert lost.wait(3), "on_lost not called"
+            assert lost.wait(HANG_GUARD), "on_lost not called"
             assert lease.lost
         b = manual.register("b", ttl=3600)
         assert manual.acquire_lease("task:lost", b.agent_id) is not None

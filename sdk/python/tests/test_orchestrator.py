@@ -5,7 +5,7 @@ import uuid
 
 from agentkeeper import AgentInfo, AgentStatus, Lease, WatchEvent
 
-from conftest import wait_for
+from conftest import HANG_GUARD, wait_for
 
 
 def test_dead_agent_is_seen_by_the_orchestrator_and_its_lease_released(manual):
@@ -42,7 +42,7 @@ def test_dead_agent_is_seen_by_the_orchestrator_and_its_lease_released(manual):
         client.advance(5.5)
         assert client.get_agent(worker.agent_id).status == AgentStatus.UNREACHABLE
         client.advance(5)  # 2 x ttl since the last heartbeat: DEAD
-        assert done.wait(5), "the orchestrator never saw agent.died"
+        assert done.wait(HANG_GUARD), "the orchestrator never saw agent.died"
 
         assert reassigned == [task_id] and active_tasks == {}
         wait_for(lambda: [e.topic for e in events] == ["lease.acquired", "agent.died", "lease.released"])
@@ -79,14 +79,19 @@ def test_the_same_pattern_on_the_real_clock(client):
         wait_for(lambda: len(seen) == 2)
         crashed = time.monotonic()
         worker.stop_heartbeat()  # the crash
-        wait_for(lambda: "agent.died" in [e.topic for e in seen], timeout=5, what="agent.died")
+        wait_for(lambda: "agent.died" in [e.topic for e in seen], what="agent.died")
         died_after = time.monotonic() - crashed
         wait_for(lambda: len(seen) == 5)
         assert [e.topic for e in seen] == [
             "agent.registered", "lease.acquired", "agent.unreachable", "agent.died", "lease.released"]
         assert all(isinstance(e.payload, AgentInfo) for e in seen if e.topic.startswith("agent."))
         assert seen[4].payload.task_id == "task:real" and seen[4].payload.holder_agent_id == worker.agent_id
-        assert 0.9 < died_after < 3.5, died_after  # 2 x ttl after the last heartbeat (<= ttl/2 before)
+        # Never early: 2 x ttl after the last heartbeat, by the daemon's clock; that was at most
+        # ttl/2 before the crash. (No upper bound: a loaded machine may deliver the death late;
+        # the manual-clock test above pins its moment.)
+        died = seen[3]
+        assert (died.timestamp - died.payload.last_heartbeat_at).total_seconds() >= 2.0
+        assert died_after > 0.9, died_after
         assert client.get_agent(worker.agent_id).status == AgentStatus.DEAD
         assert client.find(tools=["browser"]) == []
         with client.register("scraper-2", tools=["browser"]) as replacement:

@@ -8,7 +8,7 @@ import pytest
 
 from agentkeeper import AgentCard, AgentInfo, AgentStatus, Capability, InvalidArgument, NotFound
 
-from conftest import wait_for
+from conftest import HANG_GUARD, wait_for
 
 
 def test_register_inspect_and_deregister_on_exit(client):
@@ -43,12 +43,15 @@ def test_v1_positional_signature(client):
         assert client.get_agent(orch.agent_id).card.version == "1.0.0"
 
 
-def test_background_heartbeat_keeps_a_short_ttl_agent_alive(client):
-    with client.register("beater", ttl=1) as agent:
-        first = client.get_agent(agent.agent_id).last_heartbeat_at
-        wait_for(lambda: client.get_agent(agent.agent_id).last_heartbeat_at > first, timeout=3)
-        threading.Event().wait(1.6)  # > ttl: without heartbeats it would be UNREACHABLE
-        assert client.get_agent(agent.agent_id).status == AgentStatus.ALIVE
+def test_background_heartbeat_keeps_a_short_ttl_agent_alive(manual):
+    with manual.register("beater", ttl=1) as agent:
+        # Time moves only when the test moves it, each step shorter than the 1 s ttl, and each
+        # next step waits for a background heartbeat at the new time: three steps take the agent
+        # well past its ttl, which would make it UNREACHABLE without the heartbeats.
+        for _ in range(3):
+            now = manual.advance(0.6)
+            wait_for(lambda: manual.get_agent(agent.agent_id).last_heartbeat_at == now, what="a heartbeat")
+        assert manual.get_agent(agent.agent_id).status == AgentStatus.ALIVE
 
 
 def test_heartbeat_recovers_an_unreachable_agent(manual):
@@ -74,7 +77,7 @@ def test_on_lost_when_the_daemon_declares_the_agent_dead(manual):
     with manual.register("doomed", ttl=1, on_lost=on_lost) as agent:
         manual.advance(5)  # two ttls pass at once: DEAD
         assert manual.get_agent(agent.agent_id).status == AgentStatus.DEAD
-        assert lost.wait(3), "on_lost not called"
+        assert lost.wait(HANG_GUARD), "on_lost not called"
         assert seen == [agent] and agent.lost
         with pytest.raises(NotFound):
             agent.heartbeat()

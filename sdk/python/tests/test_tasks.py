@@ -6,9 +6,12 @@ import asyncio
 import queue
 import threading
 import time
+from datetime import timedelta
 
 import grpc
 import pytest
+
+import agentkeeper._client
 
 from agentkeeper import (
     AgentKeeperClient,
@@ -25,7 +28,7 @@ from agentkeeper import (
 )
 from agentkeeper import aio
 
-from conftest import wait_for
+from conftest import HANG_GUARD, finishes, metric, wait_for, wait_for_async, wait_for_metric
 
 
 def test_create_get_and_list_across_pages(client):
@@ -83,7 +86,7 @@ def test_claim_complete_with_output_and_events(client):
         with pytest.raises(FailedPrecondition):
             claimed.complete(b"again")  # no longer claimed
 
-        topics = [events.get(timeout=5) for _ in range(3)]
+        topics = [events.get(timeout=HANG_GUARD) for _ in range(3)]
     assert [e.topic for e in topics] == ["task.created", "task.claimed", "task.completed"]
     first = topics[0].payload
     assert isinstance(first, Task) and first.id == created.id and first.status == TaskStatus.PENDING
@@ -107,19 +110,21 @@ def test_fail_retries_then_dead(client):
         assert dead.status == TaskStatus.DEAD and dead.retry_count == 2 and dead.failure_reason == "boom 2"
         assert client.claim_task(worker.agent_id, timeout=0) is None, "a DEAD task is not handed out"
         assert [t.id for t in client.list_tasks(status=TaskStatus.DEAD)] == [task.id]
-        assert [events.get(timeout=5).topic for _ in range(2)] == ["task.failed", "task.dead"]
+        assert [events.get(timeout=HANG_GUARD).topic for _ in range(2)] == ["task.failed", "task.dead"]
 
 
 def test_claim_returns_none_after_its_timeout(client):
     with client.register("idle", tools=["gpu"]) as worker:
         client.create_task("needs-other-tools", required_tools=["browser"])  # not for this agent
         start = time.monotonic()
-        assert client.claim_task(worker.agent_id, timeout=0.6) is None
+        assert finishes(lambda: client.claim_task(worker.agent_id, timeout=0.6), "claim_task(timeout=0.6)") is None
         elapsed = time.monotonic() - start
-        assert 0.45 <= elapsed < 1.5, f"waited {elapsed:.2f}s for a 0.6s timeout"
-        start = time.monotonic()
-        assert client.claim_task(worker.agent_id, timeout=0) is None
-        assert time.monotonic() - start < 0.5, "timeout=0 answers at once"
+        # A lower bound only: a slow machine makes the wait longer, never shorter.
+        assert elapsed >= 0.45, f"waited {elapsed:.2f}s for a 0.6s timeout"
+        # timeout=0 answers at once. Sent by a client without a default deadline: a claim that
+        # waited at all would wait for the daemon's --claim-wait-max (24 h), far past the guard.
+        with AgentKeeperClient(client.daemon.host, client.port, timeout=None) as unhurried:
+            assert finishes(lambda: unhurried.claim_task(worker.agent_id, timeout=0), "claim_task(timeout=0)") is None
         with pytest.raises(InvalidArgument):
             client.claim_task(worker.agent_id, timeout=-1)
 
@@ -127,19 +132,24 @@ def test_claim_returns_none_after_its_timeout(client):
 def test_a_waiting_claim_gets_a_task_created_later(client):
     with client.register("waiter", tools=["browser"]) as worker:
         got = []
-        claimer = threading.Thread(target=lambda: got.append(client.claim_task(worker.agent_id, timeout=10)))
-        start = time.monotonic()
+        claimer = threading.Thread(target=lambda: got.append(client.claim_task(worker.agent_id, timeout=HANG_GUARD)))
         claimer.start()
-        time.sleep(0.2)  # the claim is waiting in the daemon
+        wait_for_metric(client, "agentkeeper_claims_waiting", 1)  # the claim is waiting in the daemon
         task = client.create_task("late", input=b"x", required_tools=["browser"])
-        claimer.join(10)
+        claimer.join(HANG_GUARD)
+        # Answered when the task came: else it would have waited out its whole timeout, empty.
         assert got and got[0] is not None and got[0].id == task.id
-        assert time.monotonic() - start < 5, "the waiting claim was answered when the task came"
         got[0].complete()
 
         # No timeout (v1's claim_task(agent_id)) waits as long as it takes, too.
-        threading.Timer(0.2, lambda: client.create_task("later", required_tools=["browser"])).start()
-        assert client.claim_task(worker.agent_id).type == "later"
+        def create_once_waiting():
+            wait_for_metric(client, "agentkeeper_claims_waiting", 1)
+            client.create_task("later", required_tools=["browser"])
+
+        creator = threading.Thread(target=create_once_waiting)
+        creator.start()
+        assert finishes(lambda: client.claim_task(worker.agent_id), "claim_task() with no timeout").type == "later"
+        creator.join(HANG_GUARD)
 
 
 def test_strangers_get_typed_errors(manual):
@@ -206,15 +216,20 @@ def test_manual_clock_claim_lease_expiry_and_renewal(manual):
     assert back.status == TaskStatus.PENDING and back.failure_reason == "agent died"
 
 
-def test_keep_alive_renews_a_claim_in_the_background(client):
-    with client.register("long-worker") as worker:
-        task = client.create_task("long", ttl=1)
-        claimed = client.claim_task(worker.agent_id, timeout=0).keep_alive()
-        time.sleep(1.6)  # past the 1 s ttl: renewals every ~0.33 s keep it
-        assert client.get_task(task.id).status == TaskStatus.CLAIMED
-        assert claimed.lease.expires_at > claimed.lease.acquired_at
+def test_keep_alive_renews_a_claim_in_the_background(manual):
+    with manual.register("long-worker", ttl=3600) as worker:
+        task = manual.create_task("long", ttl=1)
+        claimed = manual.claim_task(worker.agent_id, timeout=0).keep_alive()
+        # Time moves only when the test moves it, each step shorter than the claim's 1 s ttl, and
+        # each next step waits for a background renewal at the new time. Three steps take the
+        # claim well past its ttl; without the renewals it would have expired in the second.
+        for _ in range(3):
+            now = manual.advance(0.6)
+            renewed_to = now + timedelta(seconds=1)
+            wait_for(lambda: claimed.lease.expires_at == renewed_to, what="a renewal at the new time")
+        assert manual.get_task(task.id).status == TaskStatus.CLAIMED
         claimed.complete(b"done")
-        assert client.get_task(task.id).status == TaskStatus.COMPLETED
+        assert manual.get_task(task.id).status == TaskStatus.COMPLETED
 
 
 def test_worker_helper_processes_tasks_and_fails_the_one_that_raises(client):
@@ -268,19 +283,29 @@ def test_worker_helper_processes_tasks_and_fails_the_one_that_raises(client):
             client.tasks(agent, tools=["browser", "gpu"])  # not on the agent's card
 
 
-def test_worker_stop_from_another_thread_ends_a_waiting_loop(client):
+def test_worker_stop_from_another_thread_ends_a_waiting_loop(client, monkeypatch):
+    # Polls longer than the guard: a stop() that did not cancel the waiting claim would leave
+    # the loop waiting the poll out, and the guard would fail the test.
+    monkeypatch.setattr(agentkeeper._client, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
     with client.register("worker") as agent:
         worker = client.tasks(agent)
-        threading.Timer(0.3, worker.stop).start()
-        start = time.monotonic()
-        assert list(worker) == []
-        assert time.monotonic() - start < 3, "stop() cancelled the waiting claim"
+
+        def stop_once_waiting():
+            wait_for_metric(client, "agentkeeper_claims_waiting", 1)
+            worker.stop()
+
+        stopper = threading.Thread(target=stop_once_waiting)
+        stopper.start()
+        assert finishes(lambda: list(worker), "the worker loop after stop()") == []
+        stopper.join(HANG_GUARD)
         task = client.create_task("after-stop")
         claimed = client.claim_task(agent.agent_id, timeout=0)
         assert claimed is not None and claimed.id == task.id, "the cancelled claim took nothing"
 
 
-async def test_aio_claim_complete_and_worker(binary):
+async def test_aio_claim_complete_and_worker(binary, monkeypatch):
+    # As in the blocking test: a stop() that did not cancel the claim would outlast the guard.
+    monkeypatch.setattr(aio, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
     async with aio.AgentKeeperClient.embedded(binary=binary, timeout=10) as ak:
         async with ak.register("async-worker", tools=["browser"]) as agent:
             assert await ak.claim_task(agent.agent_id, timeout=0.3) is None
@@ -309,10 +334,20 @@ async def test_aio_claim_complete_and_worker(binary):
             assert len(await ak.list_tasks(status=TaskStatus.COMPLETED, page_size=1)) == 4
 
             # A waiting claim gets a task created afterwards; stop() ends a waiting loop.
-            waiting = asyncio.ensure_future(ak.claim_task(agent.agent_id, timeout=10))
-            await asyncio.sleep(0.2)
+            waiting = asyncio.ensure_future(ak.claim_task(agent.agent_id, timeout=HANG_GUARD))
+            await wait_for_async(lambda: metric(ak, "agentkeeper_claims_waiting") == 1, "a waiting claim")
             late = await ak.create_task("late")
             assert (await waiting).id == late.id
             worker = ak.tasks(agent)
-            asyncio.get_running_loop().call_later(0.2, worker.stop)
-            assert [t async for t in worker] == []
+
+            async def stop_once_waiting():
+                await wait_for_async(lambda: metric(ak, "agentkeeper_claims_waiting") == 1, "the worker's claim")
+                worker.stop()
+
+            stopper = asyncio.ensure_future(stop_once_waiting())
+            assert await asyncio.wait_for(_collect(worker), HANG_GUARD) == []
+            await stopper
+
+
+async def _collect(worker):
+    return [t async for t in worker]

@@ -1,7 +1,6 @@
 """Event bus: topics, decoded payloads, resume, reconnect exactly once in order, errors to on_error."""
 
 import threading
-import urllib.request
 from datetime import timezone
 
 import grpc
@@ -17,7 +16,7 @@ from agentkeeper import (
     WatchEvent,
 )
 
-from conftest import wait_for
+from conftest import HANG_GUARD, metric, wait_for
 
 
 def test_topics_are_prefixes_and_payloads_are_decoded(client):
@@ -68,7 +67,7 @@ def test_reconnecting_watch_delivers_each_event_exactly_once_in_order(client):
             client.register(f"p{i}", ttl=3600).deregister()  # two events each
             if i % 10 == 0:
                 sub._force_reconnect()
-        wait_for(lambda: len(steady) == total and len(dropped) == total, timeout=10, what="all events")
+        wait_for(lambda: len(steady) == total and len(dropped) == total, what="all events")
     assert sub.reconnects >= 3
     assert [e.sequence for e in dropped] == list(range(1, total + 1)), "no gap, no duplicate, in order"
     assert [(e.sequence, e.topic) for e in dropped] == [(e.sequence, e.topic) for e in steady]
@@ -94,17 +93,10 @@ def test_out_of_range_on_reconnect_goes_to_on_error(binary):
         for i in range(5):  # events the watcher does not want push its resume point out of the ring
             client.register(f"noise{i}").deregister()
         sub._force_reconnect()
-        assert sub.wait(5), "the subscription must end, not spin"
+        assert sub.wait(HANG_GUARD), "the subscription must end, not spin"
         assert len(errors) == 1 and isinstance(errors[0], OutOfRange)
         assert sub.error is errors[0] and not sub.active
 
-
-def _metric(client: AgentKeeperClient, name: str) -> float:
-    with urllib.request.urlopen(f"{client.daemon.metrics_url}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"metric {name} not exported")
 
 
 def test_a_slow_callback_is_cut_off_with_resource_exhausted_to_on_error(binary):
@@ -112,7 +104,7 @@ def test_a_slow_callback_is_cut_off_with_resource_exhausted_to_on_error(binary):
     release = threading.Event()
 
     def slow(event):
-        release.wait(30)
+        release.wait(HANG_GUARD)
 
     # The callback blocks, so the events pile up in HTTP/2 and TCP buffers (the watcher has its
     # own connection, with small windows where the grpcio version honours them) until the
@@ -130,12 +122,12 @@ def test_a_slow_callback_is_cut_off_with_resource_exhausted_to_on_error(binary):
         for i in range(1000):
             client.register(f"a{i}", description=description, tools=tools, metadata=metadata, ttl=3600,
                             heartbeat=False)
-            if i % 10 == 9 and _metric(client, "agentkeeper_watch_overflows_total") >= 1:
+            if i % 10 == 9 and metric(client, "agentkeeper_watch_overflows_total") >= 1:
                 break
         else:
             raise AssertionError("the daemon never cut the slow watcher off")
         release.set()
-        assert sub.wait(10), "the subscription must end with an error"
+        assert sub.wait(HANG_GUARD), "the subscription must end with an error"
         assert len(errors) == 1 and isinstance(errors[0], ResourceExhausted), errors
         assert "last sequence delivered" in errors[0].details()
         assert not sub.active
