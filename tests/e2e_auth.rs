@@ -1,6 +1,7 @@
 //! End to end: `--auth-tokens`. No token or an unknown one is UNAUTHENTICATED; a role that may
 //! not call a method is PERMISSION_DENIED naming the role needed; an agent token acts only for
-//! the agents it registered; health checks stay open; no token value reaches the logs.
+//! the agents it registered, across a crash and an edited token file (the binding is core state,
+//! kept by the token's digest); health checks stay open; no token value reaches the logs.
 
 mod common;
 
@@ -25,14 +26,22 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
 
 fn daemon() -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens");
+    let daemon = start_with_tokens(dir.path(), &[]);
+    (daemon, dir)
+}
+
+/// A daemon whose token file (in `dir`) lists every token, in a fixed order; `extra` flags.
+fn start_with_tokens(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+    let path = dir.join("tokens");
     let text = format!(
         "# role token\nadmin {ADMIN}\norchestrator {ORCHESTRATOR}\nagent {AGENT}\nagent {OTHER_AGENT}\nreader {READER}\n"
     );
     std::fs::write(&path, text).unwrap();
+    let mut flags = vec![format!("--auth-tokens={}", path.display())];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // The harness's readiness probe has no token: UNAUTHENTICATED counts as serving.
-    let daemon = Daemon::start(&[&format!("--auth-tokens={}", path.display())]);
-    (daemon, dir)
+    Daemon::start(&flags)
 }
 
 async fn register(c: &mut Clients, token: Option<&str>) -> Result<String, Status> {
@@ -188,4 +197,56 @@ async fn an_agent_token_acts_only_for_the_agents_it_registered() {
         .deregister(with_token(deregister, Some(AGENT)))
         .await
         .expect("its own deregistration");
+}
+
+#[tokio::test]
+async fn an_agent_tokens_bindings_survive_a_crash_and_an_edited_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_flag = format!("--data-dir={}", data.display());
+    let mut first = start_with_tokens(dir.path(), &[&data_flag]);
+    let (mine, theirs) = {
+        let mut c = first.clients().await;
+        let mine = register(&mut c, Some(AGENT)).await.expect("an agent registers");
+        let theirs = register(&mut c, Some(OTHER_AGENT))
+            .await
+            .expect("another agent registers");
+        (mine, theirs)
+    };
+    first.kill_9();
+    // The operator reorders the file and adds a token: lines move, the tokens stay the same.
+    let path = dir.path().join("tokens");
+    let text = format!(
+        "reader {READER}\nagent {OTHER_AGENT}\nagent new-agent-token-0123456789\nadmin {ADMIN}\nagent {AGENT}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let second = Daemon::start(&[&format!("--auth-tokens={}", path.display()), &data_flag]);
+    let mut c = second.clients().await;
+    heartbeat(&mut c, &mine, Some(AGENT))
+        .await
+        .expect("its own agent, after the restart");
+    heartbeat(&mut c, &theirs, Some(OTHER_AGENT))
+        .await
+        .expect("the other token's own agent, after the restart");
+    for (agent, token) in [
+        (&mine, OTHER_AGENT),
+        (&theirs, AGENT),
+        (&mine, "new-agent-token-0123456789"),
+    ] {
+        let refused = heartbeat(&mut c, agent, Some(token))
+            .await
+            .expect_err("still not its agent after the restart");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    // Deregistered by its own token, it is DEAD like any (its binding is forgotten with it once
+    // its retention is over: the core's unit tests show that with a manual clock).
+    let deregister = pb::DeregisterRequest { agent_id: mine.clone() };
+    c.registry
+        .deregister(with_token(deregister, Some(AGENT)))
+        .await
+        .expect("its own deregistration");
+    let refused = heartbeat(&mut c, &mine, Some(AGENT))
+        .await
+        .expect_err("dead: register again");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
 }
