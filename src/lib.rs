@@ -3,8 +3,10 @@
 //! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it
 //! (`idle`: how it waits for work); `server` speaks gRPC and HTTP around it; `metrics` is what
 //! both publish; `proto` holds the generated wire types; `ctl` is the command-line client
-//! (`agentkeeper ctl`); `limits` names every limit with its default and flag.
+//! (`agentkeeper ctl`); `limits` names every limit with its default and flag; `buggify` holds the
+//! fault points of the I/O path (debug builds only).
 
+pub mod buggify;
 pub mod clock;
 pub mod core;
 pub mod ctl;

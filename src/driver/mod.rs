@@ -77,9 +77,17 @@ pub fn spawn_on(
         store,
         spin: Spin::new(spin),
     };
-    thread::Builder::new()
-        .name("agentkeeper-core".into())
-        .spawn(move || driver.run(&lanes))
+    thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
+        // The store's writes and the stream buffers' sends happen on this thread.
+        if let Some(seed) = crate::buggify::enable_from_env() {
+            tracing::warn!(
+                seed,
+                "fault points enabled ({}): writes and streams will fail now and then",
+                crate::buggify::ENV
+            );
+        }
+        driver.run(&lanes)
+    })
 }
 
 /// Where a caller's answer goes.
@@ -288,7 +296,13 @@ impl Driver {
                     return;
                 };
                 let sequence = event.sequence;
-                let overflow = match state.sink.events.try_send(event) {
+                let stalled = crate::buggify::fire(crate::buggify::Site::StalledSubscriber);
+                let sent = if stalled {
+                    Err(TrySendError::Full(event))
+                } else {
+                    state.sink.events.try_send(event)
+                };
+                let overflow = match sent {
                     Ok(()) => {
                         state.delivered_last = sequence;
                         return;

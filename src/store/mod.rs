@@ -230,7 +230,7 @@ impl Store {
     /// Appends a batch of framed records with one write and one fdatasync. On failure the log
     /// is cut back to its last durable length, so a later append does not follow garbage.
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let written = self.log.write_all(bytes).and_then(|()| self.log.sync_data());
+        let written = write_and_sync(&mut self.log, bytes);
         match written {
             Ok(()) => {
                 self.durable_len += bytes.len() as u64;
@@ -255,6 +255,28 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.durable_len == 0
     }
+}
+
+/// One write and one fdatasync, with the fault points of a disk that is slow, full or failing
+/// (`buggify`, debug builds only).
+fn write_and_sync(log: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    use crate::buggify::{self, Site};
+    if buggify::fire(Site::SlowDisk) {
+        std::thread::sleep(std::time::Duration::from_millis(1 + buggify::below(40)));
+    }
+    if buggify::fire(Site::ShortWrite) {
+        let cut = buggify::below(bytes.len() as u64) as usize;
+        log.write_all(&bytes[..cut])?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "short write: no space left on device (fault injected)",
+        ));
+    }
+    log.write_all(bytes)?;
+    if buggify::fire(Site::FsyncFails) {
+        return Err(std::io::Error::other("fdatasync: input/output error (fault injected)"));
+    }
+    log.sync_data()
 }
 
 /// Rebuilds the core the log describes: a new core from the header's seed and creation time,
