@@ -9,18 +9,17 @@
 
 mod durability;
 mod queue;
+mod streams;
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::core::events::SubscriberId;
-use crate::core::machine::{CallerId, Input, Machine, Output, Overflow};
+use crate::core::machine::{CallerId, Input, Machine, Output};
 use crate::core::types::{Map, Millis, Set, new_map, new_set};
 use crate::core::{Command, CoreError, Outcome, Reply, Topic};
 use crate::idle::{Spin, Spun};
@@ -28,6 +27,7 @@ use crate::metrics::Metrics;
 
 pub use durability::Durability;
 pub use queue::{CoreHandle, Lanes, Request, Sink, channels};
+use streams::Streams;
 
 /// Requests taken from the lanes in one batch at most: bounds the latency of a batch's first
 /// reply behind its last request.
@@ -73,7 +73,7 @@ pub fn spawn_on(
         parked: new_set(seed),
         swept_at: None,
         caller_next: 1,
-        sinks: new_map(seed),
+        streams: Streams::new(seed),
         store,
         spin: Spin::new(spin),
     };
@@ -97,14 +97,6 @@ enum Caller {
     Clock(oneshot::Sender<Result<Millis, CoreError>>),
 }
 
-/// An open stream's buffer and the last sequence put into it (for the overflow message).
-struct SinkState {
-    sink: Sink,
-    delivered_last: u64,
-    /// It overflowed: it waits for its last word and takes no more events.
-    overflowed: bool,
-}
-
 struct Driver {
     machine: Machine,
     clock: Clock,
@@ -114,7 +106,7 @@ struct Driver {
     parked: Set<CallerId>,
     swept_at: Option<Instant>,
     caller_next: u64,
-    sinks: Map<SubscriberId, SinkState>,
+    streams: Streams,
     store: Option<Durability>,
     /// The per-topic event totals already added to the metrics.
     events_published: [u64; Topic::ALL.len()],
@@ -270,7 +262,7 @@ impl Driver {
                 self.parked.remove(&caller);
                 let undelivered = match self.callers.remove(&caller) {
                     Some(Caller::Call(reply)) => reply.send(outcome).err(),
-                    Some(Caller::Subscribe(reply, sink)) => self.open_stream(reply, sink, outcome),
+                    Some(Caller::Subscribe(reply, sink)) => self.streams.open(reply, sink, outcome),
                     Some(Caller::Clock(reply)) => {
                         let _ = reply.send(outcome.map(|reply| match reply {
                             Reply::Now(time) => time,
@@ -291,68 +283,12 @@ impl Driver {
                 self.parked.insert(caller);
             }
             Output::Deliver { subscriber, event } => {
-                let Some(state) = self.sinks.get_mut(&subscriber).filter(|state| !state.overflowed) else {
-                    debug_assert!(!self.sinks.contains_key(&subscriber), "a delivery after an overflow");
-                    return;
-                };
-                let sequence = event.sequence;
-                let stalled = crate::buggify::fire(crate::buggify::Site::StalledSubscriber);
-                let sent = if stalled {
-                    Err(TrySendError::Full(event))
-                } else {
-                    state.sink.events.try_send(event)
-                };
-                let overflow = match sent {
-                    Ok(()) => {
-                        state.delivered_last = sequence;
-                        return;
-                    }
-                    Err(TrySendError::Full(_)) => Some(Overflow {
-                        capacity: state.sink.events.max_capacity(),
-                        delivered_last: state.delivered_last,
-                    }),
-                    Err(TrySendError::Closed(_)) => None,
-                };
-                // The machine drops what it still holds for this stream, so nothing later slips
-                // into the buffer after the gap. An overflowing stream's buffer stays until its
-                // last word (`EndStream`) is in place: the reader sees the events, then the error.
-                if overflow.is_some() {
-                    state.overflowed = true;
-                    self.metrics.watch_overflows.inc();
-                } else {
-                    self.sinks.remove(&subscriber);
-                }
-                self.machine.handle(now, Input::SubscriberGone { subscriber, overflow });
-            }
-            Output::EndStream { subscriber, end } => {
-                if let Some(state) = self.sinks.remove(&subscriber) {
-                    let _ = state.sink.end.send(end);
+                if let Some(gone) = self.streams.deliver(subscriber, event, &self.metrics) {
+                    self.machine.handle(now, gone);
                 }
             }
+            Output::EndStream { subscriber, end } => self.streams.end(subscriber, end),
         }
-    }
-
-    /// Attaches a new stream's buffer and hands over the opening reply; returns the reply if
-    /// its caller is gone (the machine then closes the stream again).
-    fn open_stream(&mut self, reply: oneshot::Sender<Outcome>, sink: Sink, outcome: Outcome) -> Option<Outcome> {
-        let opened = match &outcome {
-            Ok(Reply::Watching { subscriber, replay }) => Some((*subscriber, replay.last().map_or(0, |e| e.sequence))),
-            Ok(Reply::WatchingElection { subscriber, .. }) => Some((*subscriber, 0)),
-            _ => None,
-        };
-        if let Some((subscriber, delivered_last)) = opened {
-            let state = SinkState {
-                sink,
-                delivered_last,
-                overflowed: false,
-            };
-            self.sinks.insert(subscriber, state);
-        }
-        let undelivered = reply.send(outcome).err();
-        if let (Some((subscriber, _)), Some(_)) = (opened, &undelivered) {
-            self.sinks.remove(&subscriber);
-        }
-        undelivered
     }
 
     /// Tells the machine about parked callers that hung up, at most every `SWEEP_INTERVAL` (a
