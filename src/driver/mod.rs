@@ -175,7 +175,7 @@ impl Driver {
         let started = Instant::now();
         let mut now = self.clock.now();
         self.machine.handle(now, Input::Tick);
-        self.sweep_parked(now);
+        self.sweep(now);
         let mut running = true;
         let batch_len = batch.len();
         for request in batch.drain(..) {
@@ -291,11 +291,13 @@ impl Driver {
         }
     }
 
-    /// Tells the machine about parked callers that hung up, at most every `SWEEP_INTERVAL` (a
-    /// claim missed here goes back when its answer cannot be delivered).
+    /// Tells the machine about parked callers and stream readers that went away, at most every
+    /// `SWEEP_INTERVAL` (a claim missed here goes back when its answer cannot be delivered; a
+    /// stream's reader usually says so itself, with Unwatch, and its buffer goes here).
     #[allow(clippy::disallowed_methods)] // paces the sweep
-    fn sweep_parked(&mut self, now: Millis) {
-        if self.parked.is_empty() || self.swept_at.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
+    fn sweep(&mut self, now: Millis) {
+        let idle = self.parked.is_empty() && self.streams.is_empty();
+        if idle || self.swept_at.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
             return;
         }
         self.swept_at = Some(Instant::now());
@@ -308,6 +310,13 @@ impl Driver {
             self.parked.remove(&caller);
             self.callers.remove(&caller);
             self.machine.handle(now, Input::CallerGone { caller });
+        }
+        for subscriber in self.streams.sweep_closed() {
+            let gone = Input::SubscriberGone {
+                subscriber,
+                overflow: None,
+            };
+            self.machine.handle(now, gone);
         }
     }
 }

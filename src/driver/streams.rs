@@ -94,10 +94,56 @@ impl Streams {
         Some(Input::SubscriberGone { subscriber, overflow })
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Forgets the buffers whose readers are gone; returns their subscribers, in order.
+    pub(super) fn sweep_closed(&mut self) -> Vec<SubscriberId> {
+        let mut closed: Vec<SubscriberId> = (self.sinks.iter())
+            .filter(|(_, state)| state.sink.events.is_closed())
+            .map(|(subscriber, _)| *subscriber)
+            .collect();
+        closed.sort_unstable();
+        for subscriber in &closed {
+            self.sinks.remove(subscriber);
+        }
+        closed
+    }
+
     /// The stream's last word, then its end.
     pub(super) fn end(&mut self, subscriber: SubscriberId, end: StreamEnd) {
         if let Some(state) = self.sinks.remove(&subscriber) {
             let _ = state.sink.end.send(end);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn open(streams: &mut Streams, subscriber: u64) -> mpsc::Receiver<Arc<Event>> {
+        let (events, live) = mpsc::channel(1);
+        let (end, _) = oneshot::channel();
+        let (reply, _answer) = oneshot::channel();
+        let outcome = Ok(Reply::Watching {
+            subscriber: SubscriberId(subscriber),
+            replay: Vec::new(),
+        });
+        let _undelivered = streams.open(reply, Sink { events, end }, outcome);
+        live
+    }
+
+    #[test]
+    fn a_buffer_whose_reader_is_gone_is_swept_and_one_still_read_stays() {
+        let mut streams = Streams::new(1);
+        let gone = open(&mut streams, 1);
+        let _kept = open(&mut streams, 2);
+        drop(gone);
+        assert_eq!(streams.sweep_closed(), [SubscriberId(1)]);
+        assert!(streams.sweep_closed().is_empty(), "swept once");
+        assert!(!streams.is_empty(), "the stream still read stays");
     }
 }
