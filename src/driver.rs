@@ -160,14 +160,16 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(store: Store, snapshot_every: u64) -> Self {
+    /// `logged` counts the records the log already holds since the last snapshot (what recovery
+    /// replayed, and its grace), so that a daemon that restarts often still snapshots.
+    pub fn new(store: Store, snapshot_every: u64, logged: u64) -> Self {
         assert!(snapshot_every > 0, "a snapshot is due after at least one record");
         Durability {
             store,
             batch: Vec::new(),
             batch_records: 0,
             failed: None,
-            since_snapshot: 0,
+            since_snapshot: logged,
             snapshot_every,
             writer: None,
         }

@@ -102,10 +102,11 @@ impl StoreImage {
     }
 
     /// The recovery's `Entry::Grace`, made durable before the restarted daemon serves. Its
-    /// driver counts records towards the next snapshot from zero, so this one is not counted.
+    /// driver counts records towards the next snapshot from what the log already holds since
+    /// the last one (those replayed and this grace), as `Durability::new` is told.
     pub fn append_grace(&mut self, now: Millis) {
         self.append(&Entry::Grace { now });
-        self.since_snapshot = 0;
+        self.since_snapshot = self.records as u64;
     }
 
     /// A new generation: the snapshot file of `core`'s state, and a log that starts over.
@@ -178,7 +179,7 @@ mod tests {
         assert_eq!((reading.records, reading.valid_len), (2, whole));
         assert!(reading.torn.is_some() && !reading.from_snapshot);
         image.append_grace(1004);
-        assert_eq!(image.since_snapshot(), 0);
+        assert_eq!(image.since_snapshot(), 3, "the replayed records and the grace count");
         let (recovered, reading) = image.read().unwrap();
         assert_eq!(recovered.records.last(), Some(&Entry::Grace { now: 1004 }));
         assert_eq!((reading.records, reading.torn), (3, None));

@@ -109,6 +109,16 @@ pub struct Recovered {
     pub torn: Option<String>,
 }
 
+impl Recovered {
+    /// How many records recovery replays on top of the snapshot: the log written since it,
+    /// which the next snapshot makes unnecessary. A driver counts towards that snapshot from
+    /// here, not from zero, so that a daemon that restarts often still snapshots, and restart
+    /// time and disk use stay bounded whatever the crash rate.
+    pub fn replayed(&self) -> u64 {
+        self.records.len() as u64
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
     header: Header,
@@ -150,6 +160,8 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
         }
+        // The lock is ours, so no snapshot is being written: a temp file is a crash's leftover.
+        remove_snapshot_temps(dir);
         let logs = generations(dir, "wal-", ".log")?;
         if logs.is_empty() {
             let header = Header { seed, created_at: now };
@@ -392,14 +404,37 @@ fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError
 /// then deletes every older generation. Runs off the core thread.
 pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Result<()> {
     let final_path = dir.join(snapshot_name(generation));
-    let temp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
-    let mut file = File::create(&temp_path)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let temp_path = dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+    let written = File::create(&temp_path).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written {
+        // A full disk must not keep a half file: the next try writes a new one.
+        let _ = std::fs::remove_file(&temp_path);
+        return Err(error);
+    }
     std::fs::rename(&temp_path, &final_path)?;
     File::open(dir)?.sync_all()?;
     remove_generations_below(dir, generation);
     Ok(())
+}
+
+const SNAPSHOT_TEMP_SUFFIX: &str = ".tmp";
+
+/// Deletes snapshot temp files, which only a crash while writing one leaves behind (best
+/// effort, like every removal here: a leftover costs disk, never correctness).
+fn remove_snapshot_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot-") && name.ends_with(SNAPSHOT_TEMP_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Deletes logs and snapshots older than `generation` (best effort: leftovers are harmless).
@@ -519,10 +554,18 @@ mod tests {
 
 #[cfg(test)]
 mod recovery_tests {
-    //! Recovery across format versions: what is read, what is refused, what is kept on disk.
+    //! Recovery across format versions and crashes: what is read, replayed, refused and kept.
 
     use super::*;
     use crate::core::Command;
+
+    fn tick_records(store: &mut Store, from: u64, n: u64) {
+        let mut bytes = Vec::new();
+        for now in from..from + n {
+            wal::encode_record(&Entry::Tick { now }, &mut bytes);
+        }
+        store.append(&bytes).unwrap();
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -536,6 +579,57 @@ mod recovery_tests {
 
     fn empty_snapshot() -> Vec<u8> {
         encode_snapshot(&Core::new(CoreConfig::default(), 1).snapshot())
+    }
+
+    #[test]
+    fn recovery_counts_the_records_since_the_last_snapshot_and_a_snapshot_resets_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+            assert_eq!(recovered.replayed(), 0);
+            tick_records(&mut store, 1, 5);
+        }
+        {
+            let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+            assert_eq!(recovered.replayed(), 5);
+            // Restarts add up: the count is the log since the snapshot, not since the start.
+            tick_records(&mut store, 6, 3);
+        }
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 8);
+        let (snapshot_dir, generation) = store.rotate().unwrap();
+        tick_records(&mut store, 9, 2);
+        write_snapshot(&snapshot_dir, generation, &empty_snapshot()).unwrap();
+        drop(store);
+        let (_, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 2, "only the records after the snapshot");
+        assert_eq!(names(dir.path()), ["snapshot-00000001.bin", "wal-00000001.log"]);
+    }
+
+    #[test]
+    fn a_crash_while_the_first_snapshot_after_start_is_written_keeps_every_older_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
+            tick_records(&mut store, 1, 4);
+            let (snapshot_dir, generation) = store.rotate().unwrap();
+            tick_records(&mut store, 5, 2);
+            // The crash: the snapshot's temp file is half written, never renamed.
+            let temp = snapshot_dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+            std::fs::write(temp, &empty_snapshot()[..10]).unwrap();
+        }
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 6, "both generations are replayed");
+        assert!(recovered.snapshot.is_none());
+        assert_eq!(
+            names(dir.path()),
+            ["wal-00000000.log", "wal-00000001.log"],
+            "the temp file is gone, every log kept"
+        );
+        // The snapshot after this start lands: the older generations go.
+        let (snapshot_dir, generation) = store.rotate().unwrap();
+        write_snapshot(&snapshot_dir, generation, &empty_snapshot()).unwrap();
+        assert_eq!(names(dir.path()), ["snapshot-00000002.bin", "wal-00000002.log"]);
     }
 
     #[test]
@@ -605,7 +699,7 @@ mod recovery_tests {
             ..CoreConfig::default()
         };
         let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
-        assert!(recovered.snapshot.is_some() && !recovered.records.is_empty());
+        assert!(recovered.snapshot.is_some() && recovered.replayed() > 0);
         assert_eq!(recovered.header.seed, 2026);
         let v1_records = recovered.records.clone();
         let stats = replay(recovered, config.clone()).stats();
@@ -665,7 +759,7 @@ mod recovery_tests {
         assert_eq!(names(dir.path()), ["snapshot-00000003.bin", "wal-00000003.log"]);
         drop(store);
         let (_, recovered) = Store::open(dir.path(), 1, 1).unwrap();
-        assert!(recovered.records.is_empty());
+        assert_eq!(recovered.replayed(), 0);
         assert_eq!(recovered.snapshot.as_ref(), Some(&core.snapshot()));
     }
 }
