@@ -49,15 +49,14 @@ impl Header {
     }
 
     fn decode_versioned(bytes: &[u8]) -> Result<(Header, u32), FileError> {
-        let damaged = |detail: String| FileError::Damaged(detail);
         if bytes.len() < HEADER_BYTES {
-            return Err(damaged(format!(
+            return Err(FileError::Damaged(format!(
                 "the header is {} bytes, expected {HEADER_BYTES}",
                 bytes.len()
             )));
         }
         if &bytes[..8] != MAGIC {
-            return Err(damaged("not an agentkeeper log (bad magic)".to_string()));
+            return Err(FileError::Damaged("not an agentkeeper log (bad magic)".to_string()));
         }
         let word = |range: std::ops::Range<usize>| -> [u8; 8] { bytes[range].try_into().expect("8 bytes") };
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
@@ -66,13 +65,15 @@ impl Header {
         if let Err(refused) = format::check_version("log", version) {
             // A newer release may lay the rest of its header out differently, so the version
             // is named whatever the checksum says; the damage is mentioned when it fails.
-            return Err(FileError::Version(match crc_matches {
-                true => refused,
-                false => format!("{refused} (or the header is damaged: its checksum does not match)"),
-            }));
+            let detail = if crc_matches {
+                refused
+            } else {
+                format!("{refused} (or the header is damaged: its checksum does not match)")
+            };
+            return Err(FileError::Version(detail));
         }
         if !crc_matches {
-            return Err(damaged("the header's checksum does not match".to_string()));
+            return Err(FileError::Damaged("the header's checksum does not match".to_string()));
         }
         let header = Header {
             seed: u64::from_le_bytes(word(12..20)),
@@ -82,7 +83,6 @@ impl Header {
     }
 }
 
-/// Appends one framed record to `out`.
 /// Appends one framed record, in the current format version, to `out`.
 pub fn encode_record(record: &Entry, out: &mut Vec<u8>) {
     let start = out.len();
