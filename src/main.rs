@@ -396,10 +396,11 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         Some(dir) => {
             // Off the runtime: replaying a long log must not stall the HTTP answers.
             let (seed, now) = (flags.seed, wall.now());
-            let (core, store) = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
+            let recovered = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
                 .await
                 .map_err(|error| format!("recovery stopped: {error}"))??;
-            (core, Some(driver::Durability::new(store, flags.snapshot_every)))
+            let (core, store, logged) = recovered;
+            (core, Some(driver::Durability::new(store, flags.snapshot_every, logged)))
         }
     };
     let clock = match flags.clock {
@@ -544,14 +545,15 @@ fn write_ready_file(path: &std::path::Path, contents: &str) -> Result<(), String
 }
 
 /// Opens the data dir and replays its log into a core (the restart grace comes next, through
-/// the machine, which logs it).
+/// the machine, which logs it). Also returns how many records the log holds since the last
+/// snapshot (those replayed), where the snapshot count starts.
 #[allow(clippy::disallowed_methods)] // times the recovery for the log line
 fn recover(
     dir: &std::path::Path,
     config: CoreConfig,
     explicit_seed: Option<u64>,
     now: u64,
-) -> Result<(Core, Store), String> {
+) -> Result<(Core, Store, u64), String> {
     let started = std::time::Instant::now();
     let (store, recovered) = Store::open(dir, config.seed, now).map_err(|e| e.to_string())?;
     if let Some(torn) = &recovered.torn {
@@ -563,21 +565,21 @@ fn recover(
             "the data dir keeps the seed it was created with"
         );
     }
-    let records = recovered.records.len();
+    let replayed = recovered.replayed();
     let from_snapshot = recovered.snapshot.is_some();
     let core = agentkeeper::store::replay(recovered, config);
     let stats = core.stats();
     tracing::info!(
         dir = %dir.display(),
         from_snapshot,
-        records,
+        replayed,
         agents = stats.agents_alive + stats.agents_unreachable,
         leases = stats.leases,
         policies = stats.policies,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered state from the data dir"
     );
-    Ok((core, store))
+    Ok((core, store, replayed))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (a signal from here on is never the default

@@ -448,3 +448,100 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_keep_working() {
     assert!(again.message().contains("restart"), "{}", again.message());
     drop(daemon);
 }
+
+/// The records recovery replayed at the daemon's start, from its "recovered state" log line.
+fn replayed_at_start(daemon: &Daemon) -> u64 {
+    let stderr = daemon.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("recovered state from the data dir"))
+        .unwrap_or_else(|| panic!("no recovery line:\n{stderr}"));
+    let digits: String = line
+        .split_once("replayed=")
+        .unwrap_or_else(|| panic!("no replayed count: {line}"))
+        .1
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// A daemon killed more often than every `--snapshot-every` changes still snapshots, because
+/// its count starts from what recovery replayed: the records replayed at each start and the
+/// data dir's size stay bounded however often it crashes. Each round writes fewer records than
+/// a snapshot needs, then is killed with SIGKILL; the state stays the same size (writers keep
+/// overwriting the same policies), so only an unbounded log could make the dir grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_faster_than_snapshots_keep_replay_and_disk_bounded() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SNAPSHOT_EVERY: u64 = 400;
+    const WRITERS: usize = 8;
+    const ROUNDS: usize = 12;
+    /// Acknowledged writes per round: fewer than a snapshot needs.
+    const ROUND_WRITES: usize = 150;
+    /// At most: the writes (each writer may pass the target by one) and the restart's grace.
+    const ROUND_RECORDS_MAX: u64 = (ROUND_WRITES + WRITERS) as u64 + 1;
+    /// Under the threshold at the last start, plus a round, plus the batch that crossed it.
+    const REPLAYED_MAX: u64 = SNAPSHOT_EVERY + ROUND_RECORDS_MAX + WRITERS as u64;
+    /// A framed SetPolicy record below (a 200-byte resource) at most.
+    const RECORD_BYTES_MAX: u64 = 300;
+    /// The logs of REPLAYED_MAX records, and two snapshots (the old one may still be there).
+    const DIR_BYTES_MAX: u64 = REPLAYED_MAX * RECORD_BYTES_MAX + 2 * 32 * 1024;
+    assert!(
+        (ROUNDS * ROUND_WRITES) as u64 * 200 > DIR_BYTES_MAX && (ROUNDS * ROUND_WRITES) as u64 > REPLAYED_MAX,
+        "without snapshots the rounds would break both bounds"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut replayed_all = Vec::new();
+    for round in 0..ROUNDS {
+        let mut daemon = start_with(dir.path(), &["--snapshot-every=400"]);
+        let replayed = replayed_at_start(&daemon);
+        replayed_all.push(replayed);
+        assert!(
+            replayed <= REPLAYED_MAX,
+            "round {round}: {replayed} records replayed, more than {REPLAYED_MAX}: {replayed_all:?}"
+        );
+        let written = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for writer in 0..WRITERS {
+            let mut c = daemon.clients().await;
+            let written = Arc::clone(&written);
+            writers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    if written.load(Ordering::SeqCst) >= ROUND_WRITES {
+                        break;
+                    }
+                    let mut request = policy(&format!("w{writer}-{}", i % 4));
+                    request.policy.as_mut().unwrap().resource = format!("tool:{}", "x".repeat(195));
+                    c.policies.set_policy(request).await.expect("a write");
+                    written.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        daemon.kill_9();
+        let bytes = dir_bytes(dir.path());
+        assert!(
+            bytes <= DIR_BYTES_MAX,
+            "round {round}: the data dir holds {bytes} bytes, more than {DIR_BYTES_MAX}: {:?}",
+            files(dir.path())
+        );
+        eprintln!("round {round}: replayed {replayed} at start; {bytes} bytes after the kill");
+    }
+    // No round wrote enough for a snapshot; the count carried over from the replay did.
+    assert!(
+        files(dir.path()).iter().any(|f| f.starts_with("snapshot-")),
+        "{:?}",
+        files(dir.path())
+    );
+}

@@ -421,13 +421,17 @@ fn random_command_sequences_keep_the_core_consistent_and_rejections_change_nothi
     eprintln!("fuzz: {} command sequences of up to 80 commands", cases(64));
 }
 
-/// A log file: a valid header, then `records`.
-fn log_with(records: &[u8]) -> Vec<u8> {
+/// A log file: a valid header in format `version`, then `records`, so that a scan decodes
+/// them with that version's decoder.
+fn log_with(version: u32, records: &[u8]) -> Vec<u8> {
     let header = wal::Header {
         seed: 1,
         created_at: T0,
     };
     let mut bytes = header.encode().to_vec();
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     bytes.extend_from_slice(records);
     bytes
 }
@@ -440,8 +444,34 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// The payloads of a log's records.
+fn payloads(log: &[u8]) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut at = wal::HEADER_BYTES;
+    while at < log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        found.push(log[at + 8..at + 8 + len].to_vec());
+        at += 8 + len;
+    }
+    found
+}
+
+/// A snapshot file with its checksum fixed up after `payload` replaced the original's, so that
+/// the payload reaches the decoder.
+fn snapshot_with(original: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut bytes = original[..24].to_vec();
+    bytes[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes[20..24].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Every store reader, every format version it reads (the current one and the frozen version 1
+/// decoder): random bytes, and real files with bytes flipped (checksums fixed up so that the
+/// flipped payload reaches the decoder), are refused or read, never a panic.
 #[test]
 fn random_bytes_never_panic_the_store_readers() {
+    use agentkeeper::store::format;
     let mut valid = Vec::new();
     let record = agentkeeper::core::entry::Entry::Apply {
         now: T0,
@@ -451,12 +481,22 @@ fn random_bytes_never_panic_the_store_readers() {
     wal::encode_record(&record, &mut valid);
     assert_eq!(framed(&valid[8..]), valid, "the test frames records as the store does");
     let snapshot = agentkeeper::store::encode_snapshot(&Core::new(CoreConfig::default(), T0).snapshot());
+    // Version 1 files as release 2dd3316 wrote them (see src/store/format/golden.rs).
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format/v1");
+    let v1_log = std::fs::read(fixtures.join("wal.log")).expect("the v1 log fixture");
+    let v1_records = payloads(&v1_log);
+    let v1_snapshot = std::fs::read(fixtures.join("snapshot.bin")).expect("the v1 snapshot fixture");
+    assert!(
+        v1_records.len() > 10 && wal::scan(&v1_log).is_ok(),
+        "the v1 fixture reads"
+    );
     let inputs = (
         proptest::collection::vec(any::<u8>(), 0..512),
         proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        any::<usize>(),
     );
     runner(512)
-        .run(&inputs, |(random, flips)| {
+        .run(&inputs, |(random, flips, pick)| {
             let flip = |mut bytes: Vec<u8>| {
                 for (at, value) in &flips {
                     if !bytes.is_empty() {
@@ -467,22 +507,28 @@ fn random_bytes_never_panic_the_store_readers() {
                 bytes
             };
             let _ = wal::Header::decode(&random);
-            let _ = wal::scan(&log_with(&random));
-            // Random payloads past the checksum reach the record decoder itself.
-            let _ = wal::scan(&log_with(&framed(&random)));
+            let _ = agentkeeper::store::decode_snapshot(&random);
+            for version in format::VERSION_OLDEST..=format::VERSION + 1 {
+                let _ = wal::scan(&log_with(version, &random));
+                // Random payloads past the checksum reach the record decoder itself.
+                let _ = wal::scan(&log_with(version, &framed(&random)));
+                let _ = format::decode_entry(version, &random);
+                let _ = format::decode_snapshot(version, &random);
+            }
             let mut records = valid.clone();
             records.extend(framed(&flip(valid[8..].to_vec())));
-            let _ = wal::scan(&log_with(&flip(records)));
-            let _ = agentkeeper::store::decode_snapshot(&random);
+            let _ = wal::scan(&log_with(format::VERSION, &flip(records)));
+            let _ = wal::scan(&flip(v1_log.clone()));
+            let v1_record = flip(v1_records[pick % v1_records.len()].clone());
+            let _ = format::decode_entry(1, &v1_record);
+            let _ = wal::scan(&log_with(1, &framed(&v1_record)));
             let _ = agentkeeper::store::decode_snapshot(&flip(snapshot.clone()));
-            // A snapshot with a flipped payload and a fixed-up checksum reaches postcard.
-            let mut fixed = flip(snapshot.clone());
-            fixed[..24].copy_from_slice(&snapshot[..24]);
-            let crc = crc32fast::hash(&fixed[24..]);
-            fixed[20..24].copy_from_slice(&crc.to_le_bytes());
-            let _ = agentkeeper::store::decode_snapshot(&fixed);
+            // Snapshots with a flipped payload and a fixed-up checksum reach postcard.
+            let _ = agentkeeper::store::decode_snapshot(&snapshot_with(&snapshot, &flip(snapshot[24..].to_vec())));
+            let _ =
+                agentkeeper::store::decode_snapshot(&snapshot_with(&v1_snapshot, &flip(v1_snapshot[24..].to_vec())));
             Ok(())
         })
         .unwrap();
-    eprintln!("fuzz: {} inputs, each through 7 store reads", cases(512));
+    eprintln!("fuzz: {} inputs, each through 21 store reads", cases(512));
 }

@@ -202,8 +202,9 @@ impl StoreImage {
         self.whole_len = valid_len;
         self.records = reading.records;
         // A new process: its machine numbers entries from 1 again, and its driver counts them
-        // towards the next snapshot from here.
-        self.since_snapshot = 0;
+        // towards the next snapshot from what the log holds since the last one (the replayed
+        // records; `Durability::new` is told them).
+        self.since_snapshot = self.records as u64;
         self.durable_index = 0;
         self.discard_staged();
         let recovered = Recovered {
@@ -244,9 +245,10 @@ mod tests {
         assert_eq!(recovered.records, [heartbeat(1001), Entry::Tick { now: 1002 }]);
         assert_eq!((reading.records, reading.valid_len), (2, whole));
         assert!(reading.torn.is_some() && !reading.from_snapshot);
-        assert_eq!(image.since_snapshot(), 0, "a new process counts from zero");
+        assert_eq!(image.since_snapshot(), 2, "a new process counts the replayed records");
         image.stage(4, &Entry::Grace { now: 1004 });
         image.commit();
+        assert_eq!(image.since_snapshot(), 3, "the replayed records and the grace count");
         let (recovered, reading) = image.read().unwrap();
         assert_eq!(recovered.records.last(), Some(&Entry::Grace { now: 1004 }));
         assert_eq!((reading.records, reading.torn), (3, None));

@@ -4,14 +4,12 @@
 //! Architecture invariant: an entry is a plain value, never bytes: how it is written to disk
 //! (and which format versions a release reads) is the store's business, not the core's.
 
-use serde::{Deserialize, Serialize};
-
 use super::Command;
 use super::types::{Millis, TokenId};
 
 /// One input of the core. Replaying entries in order through a core built from the log's header
 /// (or a snapshot) rebuilds the exact state: ids, tokens, terms and sequence numbers included.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Entry {
     /// A state-changing command, applied at `now` on behalf of `principal` (the agent token
     /// that made the call, if one did).

@@ -7,13 +7,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::types::{AgentCard, AgentId, AgentStatus, Millis};
 use super::{CoreError, ErrorCode};
 
 /// Every topic the daemon emits. The set is closed, so a subscriber's prefixes compile to a mask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     AgentRegistered,
     AgentUnreachable,
@@ -88,7 +86,7 @@ pub fn topic_mask(prefixes: &[String]) -> TopicMask {
 }
 
 /// An agent as it was when the event or answer was made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentView {
     pub agent_id: AgentId,
     pub card: Arc<AgentCard>,
@@ -99,7 +97,7 @@ pub struct AgentView {
 }
 
 /// A lease as it was when the event or answer was made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseView {
     pub task_id: Arc<str>,
     pub holder: AgentId,
@@ -109,7 +107,7 @@ pub struct LeaseView {
 }
 
 /// An election group's state; `leader` is `None` when nobody leads.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElectionView {
     pub group: Arc<str>,
     pub leader: Option<AgentId>,
@@ -117,7 +115,7 @@ pub struct ElectionView {
     pub elected_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventPayload {
     Agent(AgentView),
     Lease(LeaseView),
@@ -126,7 +124,7 @@ pub enum EventPayload {
     Task(super::tasks::TaskView),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub sequence: u64,
     pub topic: Topic,
@@ -135,7 +133,7 @@ pub struct Event {
 }
 
 /// A subscriber's identity; never reused within one core's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(pub u64);
 
 /// One event bound for one subscriber; the driver moves it into that subscriber's buffer.

@@ -25,8 +25,6 @@ pub mod validate;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use elections::ElectionTable;
 use entitlements::PolicyTable;
 use events::{Delivery, ElectionView, EventBus, LeaseView, SubscriberId};
@@ -103,9 +101,9 @@ impl Default for CoreConfig {
 }
 
 /// Everything a client can ask of the core. Strings are as they came off the wire; the core
-/// validates them (see `validate`) before anything changes. Serializable: the store logs the
-/// writes and replays them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// validates them (see `validate`) before anything changes. The store logs the writes as its
+/// own versioned record type (`store::format`), never as this enum, and replays them.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Register {
         card: AgentCard,
@@ -289,7 +287,7 @@ impl Command {
 }
 
 /// A policy as a client sent it: the effect may still be unspecified (which is invalid).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyInput {
     pub id: String,
     pub subject: String,

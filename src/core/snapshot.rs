@@ -4,14 +4,14 @@
 //!
 //! Architecture invariant: a snapshot holds no slab key, hash layout or timer handle: only what
 //! the contract can observe plus the RNG's position, so a restored core answers every later
-//! command exactly as the core it was taken from would have.
+//! command exactly as the core it was taken from would have. It is a plain value: its bytes on
+//! disk are the store's business (`store::format`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use serde::{Deserialize, Serialize};
 
 use super::elections::Group;
 use super::events::Event;
@@ -22,7 +22,7 @@ use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool
 use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, TokenId, new_set};
 use super::{Core, CoreConfig, Deadline};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentState {
     pub id: AgentId,
     pub card: AgentCard,
@@ -39,7 +39,7 @@ pub struct AgentState {
     pub owner: Option<TokenId>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LeaseState {
     pub task_id: String,
     pub holder: AgentId,
@@ -49,7 +49,7 @@ pub struct LeaseState {
     pub ttl_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GroupState {
     pub name: String,
     pub candidates: Vec<AgentId>,
@@ -57,21 +57,21 @@ pub struct GroupState {
     pub elected_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskState {
     pub view: TaskView,
     pub order: u64,
     pub finished_at: Option<Millis>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WaiterState {
     pub id: WaiterId,
     pub agent_id: AgentId,
     pub deadline: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CoreSnapshot {
     pub now: Millis,
     pub rng_seed: [u8; 32],
@@ -497,8 +497,8 @@ mod tests {
         let (mut a_events, mut b_events) = (Vec::new(), Vec::new());
         for step in 0..4000 {
             if step == 1500 {
-                let bytes = postcard::to_stdvec(&original.snapshot()).expect("encodes");
-                let snapshot: CoreSnapshot = postcard::from_bytes(&bytes).expect("decodes");
+                let bytes = crate::store::encode_snapshot(&original.snapshot());
+                let snapshot = crate::store::decode_snapshot(&bytes).expect("decodes");
                 let mut copy = Core::restore(config.clone(), snapshot);
                 copy.check_invariants();
                 assert_eq!(copy.snapshot(), original.snapshot(), "restore round-trips");

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use slab::Slab;
 
 use super::events::{EventPayload, LeaseView, Topic};
@@ -20,7 +19,7 @@ use super::{Core, CoreError, Deadline, ErrorCode, Outcome, Reply, limit_reached}
 
 /// Where a task is in its life. FAILED is a wire value only: a failed task goes back to PENDING
 /// or on to DEAD at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskStatus {
     Pending,
     Claimed,
@@ -85,7 +84,7 @@ fn earliest_head<K: Ord + Copy>(
 
 /// A task as it was when the answer or event was made. Events carry it without the input and
 /// output bytes (GetTask has them), so a 4 MiB input is not copied to every subscriber.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskView {
     pub id: TaskId,
     pub kind: Arc<str>,
@@ -115,7 +114,7 @@ impl TaskView {
 }
 
 /// A long-poll claim's identity; never reused within one core's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WaiterId(pub u64);
 
 pub struct Task {

@@ -5,8 +5,6 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 /// Milliseconds since the Unix epoch, as handed to the core by its driver. Never decreases.
 pub type Millis = u64;
 
@@ -28,7 +26,7 @@ pub fn new_set<K>(seed: u64) -> Set<K> {
 }
 
 /// A 128-bit identifier drawn from the core's RNG; shown as 32 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct Id128(pub u128);
 
 impl Id128 {
@@ -54,20 +52,20 @@ pub type AgentId = Id128;
 /// Which agent token made a call, as the core knows it: a digest of the token, never the token
 /// itself. An agent registered with one is bound to it (`--auth-tokens`): only that token may act
 /// for the agent, across restarts, until the agent is forgotten.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct TokenId(pub [u8; 16]);
 /// A task's identity.
 pub type TaskId = Id128;
 
 /// What an agent can do, as named in its card.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Capability {
     pub name: String,
     pub description: String,
 }
 
 /// An agent's self-description, as registered.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AgentCard {
     pub name: String,
     pub description: String,
@@ -79,7 +77,7 @@ pub struct AgentCard {
 }
 
 /// Liveness as the registry sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AgentStatus {
     Alive,
     Unreachable,
@@ -87,14 +85,14 @@ pub enum AgentStatus {
 }
 
 /// The effect a matching policy has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Effect {
     Allow,
     Deny,
 }
 
 /// An ABAC rule: `subject`, `action` and `resource` are glob patterns where `*` matches any run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub id: String,
     pub subject: String,

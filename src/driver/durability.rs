@@ -29,14 +29,16 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(store: Store, snapshot_every: u64) -> Self {
+    /// `replayed` counts the entries the log already holds since the last snapshot (what
+    /// recovery replayed), so that a daemon that restarts often still snapshots.
+    pub fn new(store: Store, snapshot_every: u64, replayed: u64) -> Self {
         assert!(snapshot_every > 0, "a snapshot is due after at least one entry");
         Durability {
             store,
             batch: Vec::new(),
             batch_last: 0,
             batch_entries: 0,
-            since_snapshot: 0,
+            since_snapshot: replayed,
             snapshot_every,
             writer: None,
         }

@@ -4,12 +4,15 @@
 //!
 //! Files: `wal-<gen>.log` holds the inputs after `snapshot-<gen>.bin` (generation 0 has no
 //! snapshot: it starts from the empty core its header describes). Older generations are deleted
-//! only after a newer snapshot is durable.
+//! only after a newer snapshot is durable. Every file names its format version (`format`); a
+//! release reads older versions and appends only to a log in its own.
 //!
 //! Architecture invariant: a reply leaves the daemon only after the records of its batch are
 //! durable; the directory is locked so that no two daemons share one log; the store holds bytes,
 //! never core state, and the core never sees a file.
 
+pub mod format;
+mod snapshot_file;
 pub mod wal;
 
 use std::fs::{File, OpenOptions};
@@ -20,6 +23,8 @@ use crate::core::entry::Entry;
 use crate::core::snapshot::CoreSnapshot;
 use crate::core::types::Millis;
 use crate::core::{Core, CoreConfig};
+use format::FileError;
+pub use snapshot_file::{decode_snapshot, encode_snapshot};
 use wal::Header;
 
 const LOCK_FILE: &str = "LOCK";
@@ -51,9 +56,22 @@ fn generations(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<u64>, Store
 /// Why the store cannot open: each names the path and what to do.
 #[derive(Debug)]
 pub enum StoreError {
-    Io { path: PathBuf, error: std::io::Error },
-    Locked { path: PathBuf },
-    Damaged { path: PathBuf, detail: String },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Locked {
+        path: PathBuf,
+    },
+    Damaged {
+        path: PathBuf,
+        detail: String,
+    },
+    /// A file in a format version this release does not read (written by a newer one).
+    Version {
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -74,6 +92,7 @@ impl std::fmt::Display for StoreError {
                     path.display()
                 )
             }
+            StoreError::Version { path, detail } => write!(f, "{}: {detail}", path.display()),
         }
     }
 }
@@ -88,6 +107,16 @@ pub struct Recovered {
     pub records: Vec<Entry>,
     /// Set when a torn last record was cut off: what was cut and where.
     pub torn: Option<String>,
+}
+
+impl Recovered {
+    /// How many records recovery replays on top of the snapshot: the log written since it,
+    /// which the next snapshot makes unnecessary. A driver counts towards that snapshot from
+    /// here, not from zero, so that a daemon that restarts often still snapshots, and restart
+    /// time and disk use stay bounded whatever the crash rate.
+    pub fn replayed(&self) -> u64 {
+        self.records.len() as u64
+    }
 }
 
 pub struct Store {
@@ -131,6 +160,8 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
         }
+        // The lock is ours, so no snapshot is being written: a temp file is a crash's leftover.
+        remove_snapshot_temps(dir);
         let logs = generations(dir, "wal-", ".log")?;
         if logs.is_empty() {
             let header = Header { seed, created_at: now };
@@ -167,6 +198,7 @@ impl Store {
         let mut records = Vec::new();
         let mut header = None;
         let mut torn = None;
+        let mut last_version = format::VERSION;
         let last = *replay.last().expect("at least one generation");
         for &generation in &replay {
             let path = dir.join(log_name(generation));
@@ -181,6 +213,7 @@ impl Store {
                 torn = read.torn;
             }
             header.get_or_insert(read.header);
+            last_version = read.version;
             records.extend(read.records);
         }
         let header = header.expect("at least one log was read");
@@ -192,7 +225,7 @@ impl Store {
             .map_err(io_error(&log_path))?;
         let durable_len = log.seek(SeekFrom::End(0)).map_err(io_error(&log_path))?;
         remove_generations_below(dir, base);
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             header,
             generation: last,
@@ -201,6 +234,17 @@ impl Store {
             _lock: lock,
             durable_len,
         };
+        if last_version != format::VERSION {
+            // Never append to a log of another version: new records go to a new generation in
+            // this one. The older files stay until a snapshot in this version is durable.
+            store.rotate().map_err(io_error(dir))?;
+            tracing::info!(
+                from = last_version,
+                to = format::VERSION,
+                log = %store.log_path.display(),
+                "upgrading the data dir's format: new records go to a new log generation"
+            );
+        }
         Ok((
             store,
             Recovered {
@@ -311,6 +355,7 @@ pub fn replay(recovered: Recovered, mut config: CoreConfig) -> Core {
 
 struct LogRead {
     header: Header,
+    version: u32,
     records: Vec<Entry>,
     valid_len: u64,
     torn: Option<String>,
@@ -321,11 +366,18 @@ fn read_log(path: &Path, bytes: &[u8]) -> Result<LogRead, StoreError> {
         path: path.to_path_buf(),
         detail,
     };
-    let header = Header::decode(bytes).map_err(|e| damaged(format!("header: {e}")))?;
+    let header = Header::decode(bytes).map_err(|error| match error {
+        FileError::Version(detail) => StoreError::Version {
+            path: path.to_path_buf(),
+            detail,
+        },
+        FileError::Damaged(detail) => damaged(format!("header: {detail}")),
+    })?;
     let scan = wal::scan(bytes)
         .map_err(|d| damaged(format!("record {} at byte offset {}: {}", d.record, d.offset, d.reason)))?;
     Ok(LogRead {
         header,
+        version: scan.version,
         records: scan.records,
         valid_len: scan.valid_len,
         torn: scan.torn,
@@ -352,43 +404,6 @@ fn create_log(dir: &Path, generation: u64, header: Header) -> Result<(File, Path
     Ok((log, path))
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"AKSNAPSH";
-const SNAPSHOT_PREFIX_BYTES: usize = 8 + 4 + 8 + 4;
-
-/// Encodes a snapshot file: magic, format version, payload length, crc32, payload.
-pub fn encode_snapshot(snapshot: &CoreSnapshot) -> Vec<u8> {
-    let payload = postcard::to_stdvec(snapshot).expect("a snapshot always encodes");
-    let mut bytes = Vec::with_capacity(SNAPSHOT_PREFIX_BYTES + payload.len());
-    bytes.extend_from_slice(SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&wal::FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-/// Decodes a snapshot file written by [`encode_snapshot`], checking its magic, format version,
-/// length and checksum before trusting the payload. Public so that the simulator can recover from
-/// the in-memory image of a data dir through the same decoder the daemon uses.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<CoreSnapshot, String> {
-    if bytes.len() < SNAPSHOT_PREFIX_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err("not a snapshot file".into());
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != wal::FORMAT_VERSION {
-        return Err(format!("snapshot format version {version} is not supported"));
-    }
-    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    let payload = bytes
-        .get(SNAPSHOT_PREFIX_BYTES..SNAPSHOT_PREFIX_BYTES.saturating_add(len))
-        .ok_or("cut short")?;
-    if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
-    }
-    postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))
-}
-
 /// The newest snapshot that reads back whole (a torn one, from a crash while writing it, is
 /// passed over for the one before), and its generation; generation 0 without one.
 fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError> {
@@ -397,7 +412,11 @@ fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
         match decode_snapshot(&bytes) {
             Ok(snapshot) => return Ok((generation, Some(snapshot))),
-            Err(reason) => tracing::warn!(path = %path.display(), %reason, "skipping an unreadable snapshot"),
+            // Not torn: passing over it would replay from an older base, or find its logs gone.
+            Err(FileError::Version(detail)) => return Err(StoreError::Version { path, detail }),
+            Err(FileError::Damaged(reason)) => {
+                tracing::warn!(path = %path.display(), %reason, "skipping an unreadable snapshot")
+            }
         }
     }
     Ok((0, None))
@@ -407,14 +426,37 @@ fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError
 /// then deletes every older generation. Runs off the core thread.
 pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Result<()> {
     let final_path = dir.join(snapshot_name(generation));
-    let temp_path = dir.join(format!("{}.tmp", snapshot_name(generation)));
-    let mut file = File::create(&temp_path)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let temp_path = dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+    let written = File::create(&temp_path).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written {
+        // A full disk must not keep a half file: the next try writes a new one.
+        let _ = std::fs::remove_file(&temp_path);
+        return Err(error);
+    }
     std::fs::rename(&temp_path, &final_path)?;
     File::open(dir)?.sync_all()?;
     remove_generations_below(dir, generation);
     Ok(())
+}
+
+const SNAPSHOT_TEMP_SUFFIX: &str = ".tmp";
+
+/// Deletes snapshot temp files, which only a crash while writing one leaves behind (best
+/// effort, like every removal here: a leftover costs disk, never correctness).
+fn remove_snapshot_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot-") && name.ends_with(SNAPSHOT_TEMP_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Deletes logs and snapshots older than `generation` (best effort: leftovers are harmless).
@@ -529,5 +571,217 @@ mod tests {
             .expect("damage is refused")
             .to_string();
         assert!(error.contains("record 0 at byte offset 32"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    //! Recovery across format versions and crashes: what is read, replayed, refused and kept.
+
+    use super::*;
+    use crate::core::Command;
+
+    fn tick_records(store: &mut Store, from: u64, n: u64) {
+        let mut bytes = Vec::new();
+        for now in from..from + n {
+            wal::encode_record(&Entry::Tick { now }, &mut bytes);
+        }
+        store.append(&bytes).unwrap();
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn empty_snapshot() -> Vec<u8> {
+        encode_snapshot(&Core::new(CoreConfig::default(), 1).snapshot())
+    }
+
+    #[test]
+    fn recovery_counts_the_records_since_the_last_snapshot_and_a_snapshot_resets_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+            assert_eq!(recovered.replayed(), 0);
+            tick_records(&mut store, 1, 5);
+        }
+        {
+            let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+            assert_eq!(recovered.replayed(), 5);
+            // Restarts add up: the count is the log since the snapshot, not since the start.
+            tick_records(&mut store, 6, 3);
+        }
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 8);
+        let (snapshot_dir, generation) = store.rotate().unwrap();
+        tick_records(&mut store, 9, 2);
+        write_snapshot(&snapshot_dir, generation, &empty_snapshot()).unwrap();
+        drop(store);
+        let (_, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 2, "only the records after the snapshot");
+        assert_eq!(names(dir.path()), ["snapshot-00000001.bin", "wal-00000001.log"]);
+    }
+
+    #[test]
+    fn a_crash_while_the_first_snapshot_after_start_is_written_keeps_every_older_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
+            tick_records(&mut store, 1, 4);
+            let (snapshot_dir, generation) = store.rotate().unwrap();
+            tick_records(&mut store, 5, 2);
+            // The crash: the snapshot's temp file is half written, never renamed.
+            let temp = snapshot_dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+            std::fs::write(temp, &empty_snapshot()[..10]).unwrap();
+        }
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 6, "both generations are replayed");
+        assert!(recovered.snapshot.is_none());
+        assert_eq!(
+            names(dir.path()),
+            ["wal-00000000.log", "wal-00000001.log"],
+            "the temp file is gone, every log kept"
+        );
+        // The snapshot after this start lands: the older generations go.
+        let (snapshot_dir, generation) = store.rotate().unwrap();
+        write_snapshot(&snapshot_dir, generation, &empty_snapshot()).unwrap();
+        assert_eq!(names(dir.path()), ["snapshot-00000002.bin", "wal-00000002.log"]);
+    }
+
+    #[test]
+    fn a_log_from_a_newer_release_refuses_to_open_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 1, 1).unwrap());
+        let path = dir.path().join(log_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&(format::VERSION + 1).to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Store::open(dir.path(), 1, 1).err().expect("refused").to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: written by a newer agentkeeper (log format version {}); this daemon reads versions 1 to {}: \
+                 run the newer release",
+                path.display(),
+                format::VERSION + 1,
+                format::VERSION
+            )
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is left as it was");
+    }
+
+    #[test]
+    fn a_snapshot_from_a_newer_release_is_refused_not_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
+            let (snapshot_dir, generation) = store.rotate().unwrap();
+            let mut bytes = empty_snapshot();
+            bytes[8..12].copy_from_slice(&(format::VERSION + 1).to_le_bytes());
+            write_snapshot(&snapshot_dir, generation, &bytes).unwrap();
+        }
+        let error = Store::open(dir.path(), 1, 1).err().expect("refused").to_string();
+        assert!(
+            error.contains("snapshot-00000001.bin: written by a newer agentkeeper (snapshot format version"),
+            "{error}"
+        );
+    }
+
+    /// The data dir release 2dd3316 wrote (tests/fixtures/datadir-2dd3316, format version 1: a
+    /// snapshot and records after it), copied to `dir`.
+    fn release_2dd3316_data_dir(dir: &Path) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-2dd3316");
+        for entry in std::fs::read_dir(fixture).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+
+    fn version_of(path: &Path) -> u32 {
+        wal::Header::version(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_version_1_data_dir_reads_back_and_new_records_go_to_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        release_2dd3316_data_dir(dir.path());
+        let old = dir.path().join("wal-00000001.log");
+        let old_bytes = std::fs::read(&old).unwrap();
+        let config = CoreConfig {
+            dead_retention_ms: u64::MAX / 4,
+            task_retention_ms: u64::MAX / 4,
+            ..CoreConfig::default()
+        };
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert!(recovered.snapshot.is_some() && recovered.replayed() > 0);
+        assert_eq!(recovered.header.seed, 2026);
+        let v1_records = recovered.records.clone();
+        let stats = replay(recovered, config.clone()).stats();
+        // What the manifest (tests/fixtures/datadir-2dd3316.json) lists.
+        assert_eq!(
+            (
+                stats.agents_alive,
+                stats.agents_dead,
+                stats.leases,
+                stats.policies,
+                stats.groups
+            ),
+            (4, 1, 3, 2, 2)
+        );
+        assert_eq!(
+            (
+                stats.tasks_pending,
+                stats.tasks_claimed,
+                stats.tasks_completed,
+                stats.tasks_dead
+            ),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(stats.fencing_token_last, 6);
+        assert_eq!(store.log_path(), dir.path().join("wal-00000002.log"));
+        assert_eq!(version_of(store.log_path()), format::VERSION);
+        let heartbeat = Entry::Apply {
+            now: u64::MAX / 8,
+            command: Command::Heartbeat {
+                agent_id: "41045ce156e5c2fb0acf1aacbc47a384".into(),
+            },
+            principal: None,
+        };
+        let mut bytes = Vec::new();
+        wal::encode_record(&heartbeat, &mut bytes);
+        store.append(&bytes).unwrap();
+        drop(store);
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            old_bytes,
+            "a version 1 log is never written to"
+        );
+
+        // Mixed: the version 1 snapshot and log, then the version 2 log.
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.records[..v1_records.len()], v1_records[..]);
+        assert_eq!(recovered.records[v1_records.len()..], [heartbeat]);
+        assert_eq!(
+            store.log_path(),
+            dir.path().join("wal-00000002.log"),
+            "no second rotation"
+        );
+        let core = replay(recovered, config);
+        // The first snapshot in version 2 replaces every version 1 file.
+        let (snapshot_dir, generation) = store.rotate().unwrap();
+        write_snapshot(&snapshot_dir, generation, &encode_snapshot(&core.snapshot())).unwrap();
+        assert_eq!(names(dir.path()), ["snapshot-00000003.bin", "wal-00000003.log"]);
+        drop(store);
+        let (_, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.replayed(), 0);
+        assert_eq!(recovered.snapshot.as_ref(), Some(&core.snapshot()));
     }
 }

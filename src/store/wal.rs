@@ -1,21 +1,24 @@
-//! The write-ahead log's format: a versioned header, then records of
-//! `[payload length u32 LE][crc32 of payload u32 LE][payload: postcard-encoded Entry]`,
-//! and the scan that reads them back, telling a torn tail from damage.
+//! The write-ahead log's framing: a versioned header, then records of
+//! `[payload length u32 LE][crc32 of payload u32 LE][payload: the record in the file's format
+//! version]`, and the scan that reads them back, telling a torn tail from damage.
 //!
 //! Architecture invariant: decoding never trusts a length or a payload before its checksum;
 //! damage anywhere but the tail is reported with its offset and record number, never skipped.
+//! What a payload means is `format`'s business: the header's version picks its decoder.
 
+use super::format::{self, FileError};
 use crate::core::entry::Entry;
 use crate::core::types::Millis;
 
 pub const MAGIC: &[u8; 8] = b"AGENTKPR";
-pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_BYTES: usize = 32;
 const RECORD_PREFIX_BYTES: usize = 8;
 /// A record's payload at most: the largest command (a 4 MiB task input) with room to spare.
 pub const RECORD_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// What the log knows about the core it rebuilds: its seed and the time it was created.
+/// What the log knows about the core it rebuilds: its seed and the time it was created. A log
+/// is always written in the current format version; [`Header::version`] tells which one an
+/// existing file was written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub seed: u64,
@@ -23,10 +26,11 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of a new log, in the current format version.
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut bytes = [0u8; HEADER_BYTES];
         bytes[..8].copy_from_slice(MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[8..12].copy_from_slice(&format::VERSION.to_le_bytes());
         bytes[12..20].copy_from_slice(&self.seed.to_le_bytes());
         bytes[20..28].copy_from_slice(&self.created_at.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..28]);
@@ -34,47 +38,73 @@ impl Header {
         bytes
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Header, String> {
+    /// Reads a log's header, in any format version this release reads.
+    pub fn decode(bytes: &[u8]) -> Result<Header, FileError> {
+        Header::decode_versioned(bytes).map(|(header, _)| header)
+    }
+
+    /// The format version a log was written in (its header checked first).
+    pub fn version(bytes: &[u8]) -> Result<u32, FileError> {
+        Header::decode_versioned(bytes).map(|(_, version)| version)
+    }
+
+    fn decode_versioned(bytes: &[u8]) -> Result<(Header, u32), FileError> {
         if bytes.len() < HEADER_BYTES {
-            return Err(format!("the header is {} bytes, expected {HEADER_BYTES}", bytes.len()));
+            return Err(FileError::Damaged(format!(
+                "the header is {} bytes, expected {HEADER_BYTES}",
+                bytes.len()
+            )));
         }
         if &bytes[..8] != MAGIC {
-            return Err("not an agentkeeper log (bad magic)".to_string());
+            return Err(FileError::Damaged("not an agentkeeper log (bad magic)".to_string()));
         }
         let word = |range: std::ops::Range<usize>| -> [u8; 8] { bytes[range].try_into().expect("8 bytes") };
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(bytes[28..32].try_into().expect("4 bytes"));
-        if crc != crc32fast::hash(&bytes[..28]) {
-            return Err("the header's checksum does not match".to_string());
+        let crc_matches = crc == crc32fast::hash(&bytes[..28]);
+        if let Err(refused) = format::check_version("log", version) {
+            // A newer release may lay the rest of its header out differently, so the version
+            // is named whatever the checksum says; the damage is mentioned when it fails.
+            let detail = if crc_matches {
+                refused
+            } else {
+                format!("{refused} (or the header is damaged: its checksum does not match)")
+            };
+            return Err(FileError::Version(detail));
         }
-        if version != FORMAT_VERSION {
-            return Err(format!(
-                "format version {version} is not supported (this daemon reads {FORMAT_VERSION})"
-            ));
+        if !crc_matches {
+            return Err(FileError::Damaged("the header's checksum does not match".to_string()));
         }
-        Ok(Header {
+        let header = Header {
             seed: u64::from_le_bytes(word(12..20)),
             created_at: u64::from_le_bytes(word(20..28)),
-        })
+        };
+        Ok((header, version))
     }
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record, in the current format version, to `out`.
 pub fn encode_record(record: &Entry, out: &mut Vec<u8>) {
-    let payload = postcard::to_stdvec(record).expect("a record always encodes");
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_PREFIX_BYTES]);
+    format::encode_entry(record, out);
+    let payload = &out[start + RECORD_PREFIX_BYTES..];
     assert!(
-        payload.len() <= RECORD_BYTES_MAX,
-        "record of {} bytes exceeds the maximum",
+        !payload.is_empty() && payload.len() <= RECORD_BYTES_MAX,
+        "record of {} bytes is outside 1..={RECORD_BYTES_MAX}",
         payload.len()
     );
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = crc32fast::hash(payload).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + RECORD_PREFIX_BYTES].copy_from_slice(&crc);
 }
 
 /// What a scan of the log's records found.
 #[derive(Debug, PartialEq)]
 pub struct Scan {
+    /// The format version the log was written in.
+    pub version: u32,
     pub records: Vec<Entry>,
     /// Bytes of the file (from its start) that hold the header and whole, valid records.
     pub valid_len: u64,
@@ -90,14 +120,20 @@ pub struct Damage {
     pub reason: String,
 }
 
-/// Reads every record after the header. A bad record at the very end (cut short, or failing
-/// its checksum with nothing after it but zeros) is a torn tail; anywhere else it is damage.
+/// Reads every record after the header, each decoded in the header's format version. A bad
+/// record at the very end (cut short, or failing its checksum with nothing after it but zeros)
+/// is a torn tail; anywhere else it is damage. A bad header is damage at offset 0.
 pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
+    let version = Header::version(bytes).map_err(|reason| Damage {
+        offset: 0,
+        record: 0,
+        reason: format!("header: {reason}"),
+    })?;
     let mut records = Vec::new();
     let mut offset = HEADER_BYTES;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        match read_record(rest) {
+        match read_record(version, rest) {
             Ok((record, used)) => {
                 records.push(record);
                 offset += used;
@@ -106,7 +142,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
                 let at_tail = claimed_end >= rest.len() || rest[claimed_end.min(rest.len())..].iter().all(|&b| b == 0);
                 // A damaged length can point past the end; whole records after the bad spot
                 // prove it is damage, not a write the crash cut short.
-                let torn = at_tail && !(1..rest.len()).any(|p| read_record(&rest[p..]).is_ok());
+                let torn = at_tail && !(1..rest.len()).any(|p| read_record(version, &rest[p..]).is_ok());
                 if !torn {
                     return Err(Damage {
                         offset: offset as u64,
@@ -116,6 +152,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
                 }
                 let reason = format!("record {} at offset {offset}: {reason}", records.len());
                 return Ok(Scan {
+                    version,
                     records,
                     valid_len: offset as u64,
                     torn: Some(reason),
@@ -124,6 +161,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
         }
     }
     Ok(Scan {
+        version,
         records,
         valid_len: offset as u64,
         torn: None,
@@ -132,7 +170,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
 
 /// One record from the front of `bytes`: the record and the bytes it used, or why it is bad and
 /// where it claims to end.
-fn read_record(bytes: &[u8]) -> Result<(Entry, usize), (String, usize)> {
+fn read_record(version: u32, bytes: &[u8]) -> Result<(Entry, usize), (String, usize)> {
     if bytes.len() < RECORD_PREFIX_BYTES {
         return Err((
             format!("only {} bytes of a record prefix", bytes.len()),
@@ -158,7 +196,7 @@ fn read_record(bytes: &[u8]) -> Result<(Entry, usize), (String, usize)> {
     if crc32fast::hash(payload) != crc {
         return Err(("checksum mismatch".to_string(), end));
     }
-    let record = postcard::from_bytes(payload).map_err(|e| (format!("undecodable payload: {e}"), end))?;
+    let record = format::decode_entry(version, payload).map_err(|e| (format!("undecodable payload: {e}"), end))?;
     Ok((record, end))
 }
 
@@ -258,7 +296,7 @@ mod tests {
     fn a_damaged_header_is_refused() {
         let mut bytes = log(&sample());
         bytes[13] ^= 1;
-        assert!(Header::decode(&bytes).unwrap_err().contains("checksum"));
+        assert!(Header::decode(&bytes).unwrap_err().to_string().contains("checksum"));
         assert!(Header::decode(b"NOTALOG!").is_err());
     }
 }

@@ -1,0 +1,745 @@
+//! Today's core values to and from the current format version's types (`v2`): the only place
+//! that knows both. Encoding borrows from the core's values; decoding moves into them.
+//!
+//! Architecture invariant: every match here is exhaustive, with no wildcard arm, so a new
+//! command, field or variant in the core does not compile until someone decides how (or
+//! whether) it reaches the disk. When the format version is bumped, this file moves on to the
+//! new version's types and the old version gets an upgrade into the new one (as `v1` has).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::v2;
+use crate::core::entry::Entry;
+use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
+use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
+use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
+use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
+use crate::core::{Command, PolicyInput};
+
+fn text(value: &str) -> v2::Text<'_> {
+    Cow::Borrowed(value)
+}
+
+fn arc(value: v2::Text<'_>) -> Arc<str> {
+    Arc::from(value.as_ref())
+}
+
+/// The log record of `entry`. Panics on a command that does not change state: the driver logs
+/// only commands for which `Command::is_logged` holds.
+pub fn record(entry: &Entry) -> v2::Record<'_> {
+    match entry {
+        Entry::Apply {
+            now,
+            command,
+            principal,
+        } => v2::Record::Apply {
+            now: *now,
+            command: logged_command(command)
+                .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
+            principal: principal.map(|t| v2::Token(t.0)),
+        },
+        Entry::Tick { now } => v2::Record::Tick { now: *now },
+        Entry::Grace { now } => v2::Record::Grace { now: *now },
+    }
+}
+
+pub fn entry(record: v2::Record<'_>) -> Entry {
+    match record {
+        v2::Record::Apply {
+            now,
+            command: logged,
+            principal,
+        } => Entry::Apply {
+            now,
+            command: command(logged),
+            principal: principal.map(|t| TokenId(t.0)),
+        },
+        v2::Record::Tick { now } => Entry::Tick { now },
+        v2::Record::Grace { now } => Entry::Grace { now },
+    }
+}
+
+/// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
+/// with `Command::is_logged` (tested).
+pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
+    use v2::LoggedCommand as L;
+    Some(match command {
+        Command::Register { card, ttl_seconds } => L::Register {
+            card: card_of(card),
+            ttl_seconds: *ttl_seconds,
+        },
+        Command::Heartbeat { agent_id } => L::Heartbeat {
+            agent_id: text(agent_id),
+        },
+        Command::Deregister { agent_id } => L::Deregister {
+            agent_id: text(agent_id),
+        },
+        Command::AcquireLease {
+            task_id,
+            agent_id,
+            ttl_seconds,
+        } => L::AcquireLease {
+            task_id: text(task_id),
+            agent_id: text(agent_id),
+            ttl_seconds: *ttl_seconds,
+        },
+        Command::RenewLease {
+            task_id,
+            agent_id,
+            token,
+            ttl_seconds,
+        } => L::RenewLease {
+            task_id: text(task_id),
+            agent_id: text(agent_id),
+            token: *token,
+            ttl_seconds: *ttl_seconds,
+        },
+        Command::ReleaseLease {
+            task_id,
+            agent_id,
+            token,
+        } => L::ReleaseLease {
+            task_id: text(task_id),
+            agent_id: text(agent_id),
+            token: *token,
+        },
+        Command::Campaign { group, agent_id } => L::Campaign {
+            group: text(group),
+            agent_id: text(agent_id),
+        },
+        Command::Resign { group, agent_id } => L::Resign {
+            group: text(group),
+            agent_id: text(agent_id),
+        },
+        Command::SetPolicy { policy } => L::SetPolicy {
+            policy: v2::PolicyInput {
+                id: text(&policy.id),
+                subject: text(&policy.subject),
+                action: text(&policy.action),
+                resource: text(&policy.resource),
+                effect: policy.effect.map(effect_of),
+            },
+        },
+        Command::DeletePolicy { id } => L::DeletePolicy { id: text(id) },
+        Command::CreateTask {
+            kind,
+            input,
+            required_tools,
+            max_retries,
+            ttl_seconds,
+        } => L::CreateTask {
+            kind: text(kind),
+            input: Cow::Borrowed(input),
+            required_tools: Cow::Borrowed(required_tools),
+            max_retries: *max_retries,
+            ttl_seconds: *ttl_seconds,
+        },
+        Command::ClaimTask { agent_id, wait_ms } => L::ClaimTask {
+            agent_id: text(agent_id),
+            wait_ms: *wait_ms,
+        },
+        Command::CancelClaim { waiter } => L::CancelClaim { waiter: waiter.0 },
+        Command::ReturnTask { task_id, token } => L::ReturnTask {
+            task_id: text(task_id),
+            token: *token,
+        },
+        Command::CompleteTask {
+            task_id,
+            agent_id,
+            output,
+        } => L::CompleteTask {
+            task_id: text(task_id),
+            agent_id: text(agent_id),
+            output: Cow::Borrowed(output),
+        },
+        Command::FailTask {
+            task_id,
+            agent_id,
+            reason,
+        } => L::FailTask {
+            task_id: text(task_id),
+            agent_id: text(agent_id),
+            reason: text(reason),
+        },
+        Command::GetAgent { .. }
+        | Command::Find { .. }
+        | Command::Watch { .. }
+        | Command::Unwatch { .. }
+        | Command::WatchElection { .. }
+        | Command::ListPolicies { .. }
+        | Command::CheckPolicy { .. }
+        | Command::GetTask { .. }
+        | Command::ListTasks { .. }
+        | Command::ListLeases { .. }
+        | Command::ListElections
+        | Command::Overview { .. }
+        | Command::Now => return None,
+    })
+}
+
+pub fn command(logged: v2::LoggedCommand<'_>) -> Command {
+    use v2::LoggedCommand as L;
+    match logged {
+        L::Register { card, ttl_seconds } => Command::Register {
+            card: card_from(card),
+            ttl_seconds,
+        },
+        L::Heartbeat { agent_id } => Command::Heartbeat {
+            agent_id: agent_id.into_owned(),
+        },
+        L::Deregister { agent_id } => Command::Deregister {
+            agent_id: agent_id.into_owned(),
+        },
+        L::AcquireLease {
+            task_id,
+            agent_id,
+            ttl_seconds,
+        } => Command::AcquireLease {
+            task_id: task_id.into_owned(),
+            agent_id: agent_id.into_owned(),
+            ttl_seconds,
+        },
+        L::RenewLease {
+            task_id,
+            agent_id,
+            token,
+            ttl_seconds,
+        } => Command::RenewLease {
+            task_id: task_id.into_owned(),
+            agent_id: agent_id.into_owned(),
+            token,
+            ttl_seconds,
+        },
+        L::ReleaseLease {
+            task_id,
+            agent_id,
+            token,
+        } => Command::ReleaseLease {
+            task_id: task_id.into_owned(),
+            agent_id: agent_id.into_owned(),
+            token,
+        },
+        L::Campaign { group, agent_id } => Command::Campaign {
+            group: group.into_owned(),
+            agent_id: agent_id.into_owned(),
+        },
+        L::Resign { group, agent_id } => Command::Resign {
+            group: group.into_owned(),
+            agent_id: agent_id.into_owned(),
+        },
+        L::SetPolicy { policy } => Command::SetPolicy {
+            policy: PolicyInput {
+                id: policy.id.into_owned(),
+                subject: policy.subject.into_owned(),
+                action: policy.action.into_owned(),
+                resource: policy.resource.into_owned(),
+                effect: policy.effect.map(effect_from),
+            },
+        },
+        L::DeletePolicy { id } => Command::DeletePolicy { id: id.into_owned() },
+        L::CreateTask {
+            kind,
+            input,
+            required_tools,
+            max_retries,
+            ttl_seconds,
+        } => Command::CreateTask {
+            kind: kind.into_owned(),
+            input: input.into_owned(),
+            required_tools: required_tools.into_owned(),
+            max_retries,
+            ttl_seconds,
+        },
+        L::ClaimTask { agent_id, wait_ms } => Command::ClaimTask {
+            agent_id: agent_id.into_owned(),
+            wait_ms,
+        },
+        L::CancelClaim { waiter } => Command::CancelClaim {
+            waiter: WaiterId(waiter),
+        },
+        L::ReturnTask { task_id, token } => Command::ReturnTask {
+            task_id: task_id.into_owned(),
+            token,
+        },
+        L::CompleteTask {
+            task_id,
+            agent_id,
+            output,
+        } => Command::CompleteTask {
+            task_id: task_id.into_owned(),
+            agent_id: agent_id.into_owned(),
+            output: output.into_owned(),
+        },
+        L::FailTask {
+            task_id,
+            agent_id,
+            reason,
+        } => Command::FailTask {
+            task_id: task_id.into_owned(),
+            agent_id: agent_id.into_owned(),
+            reason: reason.into_owned(),
+        },
+    }
+}
+
+fn card_of(card: &AgentCard) -> v2::Card<'_> {
+    let AgentCard {
+        name,
+        description,
+        version,
+        capabilities,
+        tools,
+        metadata,
+    } = card;
+    v2::Card {
+        name: text(name),
+        description: text(description),
+        version: text(version),
+        capabilities: capabilities
+            .iter()
+            .map(|c| v2::Capability {
+                name: text(&c.name),
+                description: text(&c.description),
+            })
+            .collect(),
+        tools: Cow::Borrowed(tools),
+        metadata: metadata.iter().map(|(k, v)| (text(k), text(v))).collect(),
+    }
+}
+
+fn card_from(card: v2::Card<'_>) -> AgentCard {
+    AgentCard {
+        name: card.name.into_owned(),
+        description: card.description.into_owned(),
+        version: card.version.into_owned(),
+        capabilities: card
+            .capabilities
+            .into_iter()
+            .map(|c| Capability {
+                name: c.name.into_owned(),
+                description: c.description.into_owned(),
+            })
+            .collect(),
+        tools: card.tools.into_owned(),
+        metadata: card
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    }
+}
+
+fn effect_of(effect: Effect) -> v2::Effect {
+    match effect {
+        Effect::Allow => v2::Effect::Allow,
+        Effect::Deny => v2::Effect::Deny,
+    }
+}
+
+fn effect_from(effect: v2::Effect) -> Effect {
+    match effect {
+        v2::Effect::Allow => Effect::Allow,
+        v2::Effect::Deny => Effect::Deny,
+    }
+}
+
+fn status_of(status: AgentStatus) -> v2::AgentStatus {
+    match status {
+        AgentStatus::Alive => v2::AgentStatus::Alive,
+        AgentStatus::Unreachable => v2::AgentStatus::Unreachable,
+        AgentStatus::Dead => v2::AgentStatus::Dead,
+    }
+}
+
+fn status_from(status: v2::AgentStatus) -> AgentStatus {
+    match status {
+        v2::AgentStatus::Alive => AgentStatus::Alive,
+        v2::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v2::AgentStatus::Dead => AgentStatus::Dead,
+    }
+}
+
+fn task_status_of(status: TaskStatus) -> v2::TaskStatus {
+    match status {
+        TaskStatus::Pending => v2::TaskStatus::Pending,
+        TaskStatus::Claimed => v2::TaskStatus::Claimed,
+        TaskStatus::Completed => v2::TaskStatus::Completed,
+        TaskStatus::Failed => v2::TaskStatus::Failed,
+        TaskStatus::Dead => v2::TaskStatus::Dead,
+    }
+}
+
+fn task_status_from(status: v2::TaskStatus) -> TaskStatus {
+    match status {
+        v2::TaskStatus::Pending => TaskStatus::Pending,
+        v2::TaskStatus::Claimed => TaskStatus::Claimed,
+        v2::TaskStatus::Completed => TaskStatus::Completed,
+        v2::TaskStatus::Failed => TaskStatus::Failed,
+        v2::TaskStatus::Dead => TaskStatus::Dead,
+    }
+}
+
+/// Topics pair up by position in both enums; the match keeps them from drifting apart.
+fn topic_of(topic: Topic) -> v2::Topic {
+    match topic {
+        Topic::AgentRegistered => v2::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v2::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v2::Topic::AgentRecovered,
+        Topic::AgentDied => v2::Topic::AgentDied,
+        Topic::LeaseAcquired => v2::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v2::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v2::Topic::LeaseExpired,
+        Topic::LeaseReleased => v2::Topic::LeaseReleased,
+        Topic::LeaderChanged => v2::Topic::LeaderChanged,
+        Topic::TaskCreated => v2::Topic::TaskCreated,
+        Topic::TaskClaimed => v2::Topic::TaskClaimed,
+        Topic::TaskCompleted => v2::Topic::TaskCompleted,
+        Topic::TaskFailed => v2::Topic::TaskFailed,
+        Topic::TaskDead => v2::Topic::TaskDead,
+    }
+}
+
+fn topic_from(topic: v2::Topic) -> Topic {
+    match topic {
+        v2::Topic::AgentRegistered => Topic::AgentRegistered,
+        v2::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v2::Topic::AgentRecovered => Topic::AgentRecovered,
+        v2::Topic::AgentDied => Topic::AgentDied,
+        v2::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v2::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v2::Topic::LeaseExpired => Topic::LeaseExpired,
+        v2::Topic::LeaseReleased => Topic::LeaseReleased,
+        v2::Topic::LeaderChanged => Topic::LeaderChanged,
+        v2::Topic::TaskCreated => Topic::TaskCreated,
+        v2::Topic::TaskClaimed => Topic::TaskClaimed,
+        v2::Topic::TaskCompleted => Topic::TaskCompleted,
+        v2::Topic::TaskFailed => Topic::TaskFailed,
+        v2::Topic::TaskDead => Topic::TaskDead,
+    }
+}
+
+fn id(value: Id128) -> v2::Id {
+    v2::Id(value.0)
+}
+
+fn id_from(value: v2::Id) -> Id128 {
+    Id128(value.0)
+}
+
+/// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
+pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
+    let CoreSnapshot {
+        now,
+        rng_seed,
+        rng_stream,
+        rng_word_pos,
+        hash_seed,
+        registration_next,
+        agents,
+        token_last,
+        leases,
+        groups,
+        policies,
+        sequence_next,
+        events,
+        tasks,
+        task_order_next,
+        waiters,
+        waiter_next,
+    } = snapshot;
+    v2::Snapshot {
+        now: *now,
+        rng_seed: *rng_seed,
+        rng_stream: *rng_stream,
+        rng_word_pos: *rng_word_pos,
+        hash_seed: *hash_seed,
+        registration_next: *registration_next,
+        agents: agents.iter().map(agent_state_of).collect(),
+        token_last: *token_last,
+        leases: leases
+            .iter()
+            .map(|l| v2::LeaseState {
+                task_id: text(&l.task_id),
+                holder: id(l.holder),
+                token: l.token,
+                acquired_at: l.acquired_at,
+                expires_at: l.expires_at,
+                ttl_ms: l.ttl_ms,
+            })
+            .collect(),
+        groups: groups
+            .iter()
+            .map(|g| v2::GroupState {
+                name: text(&g.name),
+                candidates: g.candidates.iter().copied().map(id).collect(),
+                term: g.term,
+                elected_at: g.elected_at,
+            })
+            .collect(),
+        policies: policies.iter().map(policy_of).collect(),
+        sequence_next: *sequence_next,
+        events: events.iter().map(event_of).collect(),
+        tasks: tasks
+            .iter()
+            .map(|t| v2::TaskState {
+                view: task_view_of(&t.view),
+                order: t.order,
+                finished_at: t.finished_at,
+            })
+            .collect(),
+        task_order_next: *task_order_next,
+        waiters: waiters
+            .iter()
+            .map(|w| v2::WaiterState {
+                id: w.id.0,
+                agent_id: id(w.agent_id),
+                deadline: w.deadline,
+            })
+            .collect(),
+        waiter_next: *waiter_next,
+    }
+}
+
+pub fn core_snapshot(snapshot: v2::Snapshot<'_>) -> CoreSnapshot {
+    CoreSnapshot {
+        now: snapshot.now,
+        rng_seed: snapshot.rng_seed,
+        rng_stream: snapshot.rng_stream,
+        rng_word_pos: snapshot.rng_word_pos,
+        hash_seed: snapshot.hash_seed,
+        registration_next: snapshot.registration_next,
+        agents: snapshot.agents.into_iter().map(agent_state_from).collect(),
+        token_last: snapshot.token_last,
+        leases: snapshot
+            .leases
+            .into_iter()
+            .map(|l| LeaseState {
+                task_id: l.task_id.into_owned(),
+                holder: id_from(l.holder),
+                token: l.token,
+                acquired_at: l.acquired_at,
+                expires_at: l.expires_at,
+                ttl_ms: l.ttl_ms,
+            })
+            .collect(),
+        groups: snapshot
+            .groups
+            .into_iter()
+            .map(|g| GroupState {
+                name: g.name.into_owned(),
+                candidates: g.candidates.into_iter().map(id_from).collect(),
+                term: g.term,
+                elected_at: g.elected_at,
+            })
+            .collect(),
+        policies: snapshot.policies.into_iter().map(policy_from).collect(),
+        sequence_next: snapshot.sequence_next,
+        events: snapshot.events.into_iter().map(event_from).collect(),
+        tasks: snapshot
+            .tasks
+            .into_iter()
+            .map(|t| TaskState {
+                view: task_view_from(t.view),
+                order: t.order,
+                finished_at: t.finished_at,
+            })
+            .collect(),
+        task_order_next: snapshot.task_order_next,
+        waiters: snapshot
+            .waiters
+            .into_iter()
+            .map(|w| WaiterState {
+                id: WaiterId(w.id),
+                agent_id: id_from(w.agent_id),
+                deadline: w.deadline,
+            })
+            .collect(),
+        waiter_next: snapshot.waiter_next,
+    }
+}
+
+fn agent_state_of(agent: &AgentState) -> v2::AgentState<'_> {
+    let AgentState {
+        id: agent_id,
+        card,
+        status,
+        registered_at,
+        last_heartbeat_at,
+        liveness_base,
+        ttl_ms,
+        registration,
+        dead_at,
+        groups,
+        owner,
+    } = agent;
+    v2::AgentState {
+        id: id(*agent_id),
+        card: card_of(card),
+        status: status_of(*status),
+        registered_at: *registered_at,
+        last_heartbeat_at: *last_heartbeat_at,
+        liveness_base: *liveness_base,
+        ttl_ms: *ttl_ms,
+        registration: *registration,
+        dead_at: *dead_at,
+        groups: Cow::Borrowed(groups),
+        owner: owner.map(|t| v2::Token(t.0)),
+    }
+}
+
+fn agent_state_from(agent: v2::AgentState<'_>) -> AgentState {
+    AgentState {
+        id: id_from(agent.id),
+        card: card_from(agent.card),
+        status: status_from(agent.status),
+        registered_at: agent.registered_at,
+        last_heartbeat_at: agent.last_heartbeat_at,
+        liveness_base: agent.liveness_base,
+        ttl_ms: agent.ttl_ms,
+        registration: agent.registration,
+        dead_at: agent.dead_at,
+        groups: agent.groups.into_owned(),
+        owner: agent.owner.map(|t| TokenId(t.0)),
+    }
+}
+
+fn policy_of(policy: &Policy) -> v2::Policy<'_> {
+    v2::Policy {
+        id: text(&policy.id),
+        subject: text(&policy.subject),
+        action: text(&policy.action),
+        resource: text(&policy.resource),
+        effect: effect_of(policy.effect),
+    }
+}
+
+fn policy_from(policy: v2::Policy<'_>) -> Policy {
+    Policy {
+        id: policy.id.into_owned(),
+        subject: policy.subject.into_owned(),
+        action: policy.action.into_owned(),
+        resource: policy.resource.into_owned(),
+        effect: effect_from(policy.effect),
+    }
+}
+
+fn event_of(event: &Event) -> v2::Event<'_> {
+    let payload = match &event.payload {
+        EventPayload::Agent(agent) => v2::EventPayload::Agent(v2::AgentView {
+            agent_id: id(agent.agent_id),
+            card: card_of(&agent.card),
+            status: status_of(agent.status),
+            registered_at: agent.registered_at,
+            last_heartbeat_at: agent.last_heartbeat_at,
+            ttl_ms: agent.ttl_ms,
+        }),
+        EventPayload::Lease(lease) => v2::EventPayload::Lease(v2::LeaseView {
+            task_id: text(&lease.task_id),
+            holder: id(lease.holder),
+            token: lease.token,
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+        }),
+        EventPayload::Election(election) => v2::EventPayload::Election(v2::ElectionView {
+            group: text(&election.group),
+            leader: election.leader.map(id),
+            term: election.term,
+            elected_at: election.elected_at,
+        }),
+        EventPayload::Task(task) => v2::EventPayload::Task(task_view_of(task)),
+    };
+    v2::Event {
+        sequence: event.sequence,
+        topic: topic_of(event.topic),
+        occurred_at: event.occurred_at,
+        payload,
+    }
+}
+
+fn event_from(event: v2::Event<'_>) -> Event {
+    let payload = match event.payload {
+        v2::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+            agent_id: id_from(agent.agent_id),
+            card: Arc::new(card_from(agent.card)),
+            status: status_from(agent.status),
+            registered_at: agent.registered_at,
+            last_heartbeat_at: agent.last_heartbeat_at,
+            ttl_ms: agent.ttl_ms,
+        }),
+        v2::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+            task_id: arc(lease.task_id),
+            holder: id_from(lease.holder),
+            token: lease.token,
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+        }),
+        v2::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+            group: arc(election.group),
+            leader: election.leader.map(id_from),
+            term: election.term,
+            elected_at: election.elected_at,
+        }),
+        v2::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+    };
+    Event {
+        sequence: event.sequence,
+        topic: topic_from(event.topic),
+        occurred_at: event.occurred_at,
+        payload,
+    }
+}
+
+fn task_view_of(task: &TaskView) -> v2::TaskView<'_> {
+    let TaskView {
+        id: task_id,
+        kind,
+        input,
+        output,
+        status,
+        required_tools,
+        max_retries,
+        retry_count,
+        claimed_by,
+        failure_reason,
+        created_at,
+        claimed_at,
+        completed_at,
+        ttl_ms,
+    } = task;
+    v2::TaskView {
+        id: id(*task_id),
+        kind: text(kind),
+        input: Cow::Borrowed(input),
+        output: Cow::Borrowed(output),
+        status: task_status_of(*status),
+        required_tools: required_tools.iter().map(|t| text(t)).collect(),
+        max_retries: *max_retries,
+        retry_count: *retry_count,
+        claimed_by: claimed_by.map(id),
+        failure_reason: text(failure_reason),
+        created_at: *created_at,
+        claimed_at: *claimed_at,
+        completed_at: *completed_at,
+        ttl_ms: *ttl_ms,
+    }
+}
+
+fn task_view_from(task: v2::TaskView<'_>) -> TaskView {
+    TaskView {
+        id: id_from(task.id),
+        kind: arc(task.kind),
+        input: Arc::from(task.input.as_ref()),
+        output: Arc::from(task.output.as_ref()),
+        status: task_status_from(task.status),
+        required_tools: task.required_tools.into_iter().map(arc).collect(),
+        max_retries: task.max_retries,
+        retry_count: task.retry_count,
+        claimed_by: task.claimed_by.map(id_from),
+        failure_reason: arc(task.failure_reason),
+        created_at: task.created_at,
+        claimed_at: task.claimed_at,
+        completed_at: task.completed_at,
+        ttl_ms: task.ttl_ms,
+    }
+}

@@ -1,0 +1,505 @@
+//! Golden-bytes tests: a fixed sample of every log record variant and a sample snapshot,
+//! encoded and compared byte for byte with the committed files in `tests/fixtures/format/`, and
+//! every older version's files (written by the release that wrote that version) decoded into
+//! today's values.
+//!
+//! Architecture invariant: a fixture is never regenerated to make a failing test pass; only a
+//! new format version gets new files (`AGENTKEEPER_REGENERATE_GOLDEN=1`, see ARCHITECTURE.md).
+
+use std::path::PathBuf;
+
+use super::{VERSION, v2};
+use crate::core::entry::Entry;
+use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
+use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
+use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
+use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
+use crate::core::{Command, PolicyInput};
+use crate::store::wal::{self, Header};
+
+/// Set to 1 to write the current version's fixtures instead of comparing with them.
+const REGENERATE: &str = "AGENTKEEPER_REGENERATE_GOLDEN";
+
+const HEADER: Header = Header {
+    seed: 7,
+    created_at: 1_000,
+};
+
+const AGENT: &str = "0123456789abcdef0123456789abcdef";
+const TASK: &str = "fedcba9876543210fedcba9876543210";
+
+fn fixture(version: u32, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/format")
+        .join(format!("v{version}"))
+        .join(name)
+}
+
+fn token(byte: u8) -> TokenId {
+    TokenId([byte; 16])
+}
+
+fn card() -> AgentCard {
+    AgentCard {
+        name: "planner".into(),
+        description: "plans the work".into(),
+        version: "1.4.2".into(),
+        capabilities: vec![Capability {
+            name: "planning".into(),
+            description: "breaks work into tasks".into(),
+        }],
+        tools: vec!["code".into(), "plan".into()],
+        metadata: vec![("team".into(), "core".into()), ("zone".into(), "eu-1".into())],
+    }
+}
+
+/// One command of every variant that is logged, in `LoggedCommand`'s order.
+fn logged_commands() -> Vec<Command> {
+    vec![
+        Command::Register {
+            card: card(),
+            ttl_seconds: 30,
+        },
+        Command::Heartbeat { agent_id: AGENT.into() },
+        Command::Deregister { agent_id: AGENT.into() },
+        Command::AcquireLease {
+            task_id: "db-migration".into(),
+            agent_id: AGENT.into(),
+            ttl_seconds: 60,
+        },
+        Command::RenewLease {
+            task_id: "db-migration".into(),
+            agent_id: AGENT.into(),
+            token: 300,
+            ttl_seconds: 90,
+        },
+        Command::ReleaseLease {
+            task_id: "db-migration".into(),
+            agent_id: AGENT.into(),
+            token: 300,
+        },
+        Command::Campaign {
+            group: "coordinator".into(),
+            agent_id: AGENT.into(),
+        },
+        Command::Resign {
+            group: "coordinator".into(),
+            agent_id: AGENT.into(),
+        },
+        Command::SetPolicy {
+            policy: PolicyInput {
+                id: "no-prod".into(),
+                subject: "agent:*".into(),
+                action: "call".into(),
+                resource: "tool:prod-*".into(),
+                effect: Some(Effect::Deny),
+            },
+        },
+        Command::DeletePolicy { id: "no-prod".into() },
+        Command::CreateTask {
+            kind: "build".into(),
+            input: vec![0, 1, 2, 255],
+            required_tools: vec!["code".into(), "test".into()],
+            max_retries: 3,
+            ttl_seconds: 120,
+        },
+        Command::ClaimTask {
+            agent_id: AGENT.into(),
+            wait_ms: 25_000,
+        },
+        Command::CancelClaim { waiter: WaiterId(9) },
+        Command::ReturnTask {
+            task_id: TASK.into(),
+            token: 301,
+        },
+        Command::CompleteTask {
+            task_id: TASK.into(),
+            agent_id: AGENT.into(),
+            output: b"ok".to_vec(),
+        },
+        Command::FailTask {
+            task_id: TASK.into(),
+            agent_id: AGENT.into(),
+            reason: "network unreachable".into(),
+        },
+    ]
+}
+
+/// Every record variant: each logged command (every other one with a principal, when
+/// `principals`), then a tick and a grace.
+fn sample_entries(principals: bool) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = logged_commands()
+        .into_iter()
+        .enumerate()
+        .map(|(i, command)| Entry::Apply {
+            now: 1_000 + i as u64,
+            command,
+            principal: (principals && i % 2 == 0).then(|| token(i as u8 + 1)),
+        })
+        .collect();
+    entries.push(Entry::Tick { now: 2_000 });
+    entries.push(Entry::Grace { now: 3_000 });
+    entries
+}
+
+fn agent_view(status: AgentStatus) -> AgentView {
+    AgentView {
+        agent_id: Id128(0xa1),
+        card: card().into(),
+        status,
+        registered_at: 1_000,
+        last_heartbeat_at: 1_500,
+        ttl_ms: 30_000,
+    }
+}
+
+fn task_view(status: TaskStatus, bytes: bool) -> TaskView {
+    let (input, output): (&[u8], &[u8]) = if bytes { (&[0, 1, 2, 255], b"ok") } else { (&[], &[]) };
+    TaskView {
+        id: Id128(0x7a5c),
+        kind: "build".into(),
+        input: input.into(),
+        output: output.into(),
+        status,
+        required_tools: vec!["code".into(), "test".into()].into(),
+        max_retries: 3,
+        retry_count: 1,
+        claimed_by: Some(Id128(0xa1)),
+        failure_reason: "network unreachable".into(),
+        created_at: 1_100,
+        claimed_at: Some(1_200),
+        completed_at: (status == TaskStatus::Completed).then_some(1_300),
+        ttl_ms: 120_000,
+    }
+}
+
+/// A snapshot with every nested type and variant in it (not a state a core could reach: it
+/// pins the encoding, not the core's behaviour). `owner` is the first agent's.
+fn sample_snapshot(owner: Option<TokenId>) -> CoreSnapshot {
+    CoreSnapshot {
+        now: 5_000,
+        rng_seed: std::array::from_fn(|i| i as u8),
+        rng_stream: 3,
+        rng_word_pos: (1u128 << 70) + 5,
+        hash_seed: 0xdead_beef,
+        registration_next: 2,
+        agents: vec![
+            AgentState {
+                id: Id128(0xa1),
+                card: card(),
+                status: AgentStatus::Alive,
+                registered_at: 1_000,
+                last_heartbeat_at: 1_500,
+                liveness_base: 1_500,
+                ttl_ms: 30_000,
+                registration: 0,
+                dead_at: None,
+                groups: vec!["coordinator".into()],
+                owner,
+            },
+            AgentState {
+                id: Id128(u128::MAX),
+                card: AgentCard::default(),
+                status: AgentStatus::Dead,
+                registered_at: 1_001,
+                last_heartbeat_at: 1_001,
+                liveness_base: 1_001,
+                ttl_ms: 10_000,
+                registration: 1,
+                dead_at: Some(4_000),
+                groups: vec![],
+                owner: None,
+            },
+        ],
+        token_last: 301,
+        leases: vec![LeaseState {
+            task_id: "db-migration".into(),
+            holder: Id128(0xa1),
+            token: 300,
+            acquired_at: 1_003,
+            expires_at: 61_003,
+            ttl_ms: 60_000,
+        }],
+        groups: vec![GroupState {
+            name: "coordinator".into(),
+            candidates: vec![Id128(0xa1), Id128(0xb2)],
+            term: 4,
+            elected_at: 1_006,
+        }],
+        policies: vec![
+            Policy {
+                id: "no-prod".into(),
+                subject: "agent:*".into(),
+                action: "call".into(),
+                resource: "tool:prod-*".into(),
+                effect: Effect::Deny,
+            },
+            Policy {
+                id: "workers-code".into(),
+                subject: "agent:worker-*".into(),
+                action: "call".into(),
+                resource: "tool:code*".into(),
+                effect: Effect::Allow,
+            },
+        ],
+        sequence_next: 6,
+        events: vec![
+            event(
+                1,
+                Topic::AgentRegistered,
+                EventPayload::Agent(agent_view(AgentStatus::Alive)),
+            ),
+            event(
+                2,
+                Topic::AgentUnreachable,
+                EventPayload::Agent(agent_view(AgentStatus::Unreachable)),
+            ),
+            event(
+                3,
+                Topic::LeaseAcquired,
+                EventPayload::Lease(LeaseView {
+                    task_id: "db-migration".into(),
+                    holder: Id128(0xa1),
+                    token: 300,
+                    acquired_at: 1_003,
+                    expires_at: 61_003,
+                }),
+            ),
+            event(
+                4,
+                Topic::LeaderChanged,
+                EventPayload::Election(ElectionView {
+                    group: "coordinator".into(),
+                    leader: Some(Id128(0xa1)),
+                    term: 4,
+                    elected_at: 1_006,
+                }),
+            ),
+            event(
+                5,
+                Topic::TaskDead,
+                EventPayload::Task(task_view(TaskStatus::Dead, false)),
+            ),
+        ],
+        tasks: vec![
+            TaskState {
+                view: task_view(TaskStatus::Claimed, true),
+                order: 0,
+                finished_at: None,
+            },
+            TaskState {
+                view: task_view(TaskStatus::Completed, true),
+                order: 1,
+                finished_at: Some(1_300),
+            },
+        ],
+        task_order_next: 2,
+        waiters: vec![WaiterState {
+            id: WaiterId(9),
+            agent_id: Id128(0xb2),
+            deadline: 26_000,
+        }],
+        waiter_next: 10,
+    }
+}
+
+fn event(sequence: u64, topic: Topic, payload: EventPayload) -> Event {
+    Event {
+        sequence,
+        topic,
+        occurred_at: 1_000 + sequence,
+        payload,
+    }
+}
+
+/// A whole log file: the header, then every sample record.
+fn sample_log() -> Vec<u8> {
+    let mut bytes = HEADER.encode().to_vec();
+    for entry in sample_entries(true) {
+        wal::encode_record(&entry, &mut bytes);
+    }
+    bytes
+}
+
+/// Compares `actual` with the fixture `name` of the current version, or writes it when asked.
+/// `locate` names what holds a byte (a record, the header), for the failure message.
+fn golden(name: &str, actual: &[u8], locate: impl Fn(usize) -> String) {
+    let path = fixture(VERSION, name);
+    if std::env::var(REGENERATE).is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().expect("a fixture has a directory")).expect("create the fixture dir");
+        std::fs::write(&path, actual).expect("write the fixture");
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let expected = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; a new format version writes its fixtures with {REGENERATE}=1",
+            path.display()
+        )
+    });
+    if actual != expected {
+        let at = actual
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(actual.len().min(expected.len()));
+        panic!(
+            "the encoding of format version {VERSION} changed: {} does not match ({} bytes now, {} \
+             in the fixture; first difference at byte {at}, {}).\n\
+             Files written by a release must read back the same forever. If the change is \
+             intended: bump store::format::VERSION, freeze src/store/format/v{VERSION}.rs as it \
+             is (decode-only, plus an upgrade into the new version, as v1.rs), put the new types \
+             in a new file, move convert.rs to them, then write the new version's fixtures with \
+             {REGENERATE}=1 cargo test --lib store::format (the v{VERSION} fixtures stay, as \
+             decode tests). If the change was not meant to reach the disk, undo it.",
+            path.display(),
+            actual.len(),
+            expected.len(),
+            locate(at),
+        );
+    }
+}
+
+#[test]
+fn every_record_variant_encodes_to_the_committed_bytes_and_back() {
+    let log = sample_log();
+    let entries = sample_entries(true);
+    golden("wal.log", &log, |at| {
+        // Which record the byte falls in, so the message names the variant that moved.
+        let mut end = wal::HEADER_BYTES;
+        for entry in &entries {
+            let mut one = Vec::new();
+            wal::encode_record(entry, &mut one);
+            end += one.len();
+            if at < end {
+                return format!("in the record of {entry:?}");
+            }
+        }
+        "in the header".into()
+    });
+    let scan = wal::scan(&log).expect("the sample log reads back");
+    assert_eq!((scan.version, scan.torn), (VERSION, None));
+    assert_eq!(scan.records, entries);
+}
+
+#[test]
+fn the_sample_snapshot_encodes_to_the_committed_bytes_and_back() {
+    let snapshot = sample_snapshot(Some(token(0x5a)));
+    let bytes = crate::store::encode_snapshot(&snapshot);
+    golden("snapshot.bin", &bytes, |_| "in the snapshot".into());
+    assert_eq!(crate::store::decode_snapshot(&bytes).expect("decodes"), snapshot);
+}
+
+/// The version 1 fixtures were written by release 2dd3316's own encoders (its `Header`,
+/// `encode_record` and `encode_snapshot`) from the same sample, without what version 1 lacked
+/// (principals, agent owners): they must decode to exactly today's sample.
+#[test]
+fn version_1_files_written_by_release_2dd3316_decode_into_todays_values() {
+    let log = std::fs::read(fixture(1, "wal.log")).expect("the v1 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v1 log reads back");
+    assert_eq!((scan.version, scan.torn), (1, None));
+    assert_eq!(scan.records, sample_entries(false));
+    let snapshot = std::fs::read(fixture(1, "snapshot.bin")).expect("the v1 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v1 snapshot decodes"),
+        sample_snapshot(None)
+    );
+}
+
+/// The index postcard writes for each logged command: fixed forever (see `v2::LoggedCommand`).
+fn logged_index(command: &v2::LoggedCommand) -> u8 {
+    use v2::LoggedCommand as L;
+    match command {
+        L::Register { .. } => 0,
+        L::Heartbeat { .. } => 1,
+        L::Deregister { .. } => 2,
+        L::AcquireLease { .. } => 3,
+        L::RenewLease { .. } => 4,
+        L::ReleaseLease { .. } => 5,
+        L::Campaign { .. } => 6,
+        L::Resign { .. } => 7,
+        L::SetPolicy { .. } => 8,
+        L::DeletePolicy { .. } => 9,
+        L::CreateTask { .. } => 10,
+        L::ClaimTask { .. } => 11,
+        L::CancelClaim { .. } => 12,
+        L::ReturnTask { .. } => 13,
+        L::CompleteTask { .. } => 14,
+        L::FailTask { .. } => 15,
+    }
+}
+
+#[test]
+fn the_sample_holds_every_logged_command_under_its_fixed_index() {
+    for (i, command) in logged_commands().iter().enumerate() {
+        let logged = super::convert::logged_command(command).expect("a logged command");
+        assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
+        let record = v2::Record::Apply {
+            now: 0,
+            command: logged,
+            principal: None,
+        };
+        let bytes = postcard::to_stdvec(&record).expect("encodes");
+        assert_eq!(bytes[..3], [0, 0, i as u8], "{command:?}: Apply, now, then the index");
+    }
+}
+
+/// Every command, one of each variant: the log holds exactly those that `is_logged` says.
+#[test]
+fn the_log_takes_exactly_the_commands_that_change_state() {
+    use crate::core::events::SubscriberId;
+    let reads = [
+        Command::GetAgent { agent_id: AGENT.into() },
+        Command::Find {
+            query: "q".into(),
+            tools: vec![],
+            limit: 1,
+        },
+        Command::Watch {
+            topics: vec![],
+            from_sequence: 0,
+        },
+        Command::Unwatch {
+            subscriber: SubscriberId(1),
+        },
+        Command::WatchElection { group: "g".into() },
+        Command::ListPolicies {
+            subject_prefix: String::new(),
+        },
+        Command::CheckPolicy {
+            subject: "s".into(),
+            action: "a".into(),
+            resource: "r".into(),
+        },
+        Command::GetTask { task_id: TASK.into() },
+        Command::ListTasks {
+            status: None,
+            page_size: 0,
+            page_token: String::new(),
+        },
+        Command::ListLeases {
+            prefix: String::new(),
+            page_size: 0,
+            page_token: String::new(),
+        },
+        Command::ListElections,
+        Command::Overview {
+            agents_max: 1,
+            leases_max: 1,
+        },
+        Command::Now,
+    ];
+    let writes = logged_commands();
+    let mut names: Vec<&str> = reads.iter().chain(&writes).map(Command::name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 29, "one of every command: {names:?}");
+    for command in reads.iter().chain(&writes) {
+        assert_eq!(
+            super::convert::logged_command(command).is_some(),
+            command.is_logged(),
+            "{command:?}"
+        );
+    }
+}
