@@ -160,8 +160,8 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
         }
-        // The lock is ours, so no snapshot is being written: a temp file is a crash's leftover.
-        remove_snapshot_temps(dir);
+        // The lock is ours, so nothing is being written: a temp file is a crash's leftover.
+        remove_temps(dir);
         let logs = generations(dir, "wal-", ".log")?;
         if logs.is_empty() {
             let header = Header { seed, created_at: now };
@@ -391,14 +391,24 @@ fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
 
 fn create_log(dir: &Path, generation: u64, header: Header) -> Result<(File, PathBuf), StoreError> {
     let path = dir.join(log_name(generation));
+    if path.exists() {
+        let error = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the log generation exists");
+        return Err(StoreError::Io { path, error });
+    }
+    // The header goes into a temp file that is renamed into place: a crash at any moment leaves
+    // either no new log or one with its whole header, never an empty one that would keep the
+    // daemon from starting.
+    let temp = dir.join(format!("{}{TEMP_SUFFIX}", log_name(generation)));
     let mut log = OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
+        .open(&temp)
+        .map_err(io_error(&temp))?;
     log.write_all(&header.encode())
         .and_then(|()| log.sync_all())
+        .and_then(|()| std::fs::rename(&temp, &path))
         .map_err(io_error(&path))?;
     sync_dir(dir)?;
     Ok((log, path))
@@ -426,7 +436,7 @@ fn latest_snapshot(dir: &Path) -> Result<(u64, Option<CoreSnapshot>), StoreError
 /// then deletes every older generation. Runs off the core thread.
 pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Result<()> {
     let final_path = dir.join(snapshot_name(generation));
-    let temp_path = dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+    let temp_path = dir.join(format!("{}{TEMP_SUFFIX}", snapshot_name(generation)));
     let written = File::create(&temp_path).and_then(|mut file| {
         file.write_all(bytes)?;
         file.sync_all()
@@ -442,18 +452,18 @@ pub fn write_snapshot(dir: &Path, generation: u64, bytes: &[u8]) -> std::io::Res
     Ok(())
 }
 
-const SNAPSHOT_TEMP_SUFFIX: &str = ".tmp";
+const TEMP_SUFFIX: &str = ".tmp";
 
-/// Deletes snapshot temp files, which only a crash while writing one leaves behind (best
-/// effort, like every removal here: a leftover costs disk, never correctness).
-fn remove_snapshot_temps(dir: &Path) {
+/// Deletes the temp files of snapshots and new logs, which only a crash while writing one leaves
+/// behind (best effort, like every removal here: a leftover costs disk, never correctness).
+fn remove_temps(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snapshot-") && name.ends_with(SNAPSHOT_TEMP_SUFFIX) {
+        if (name.starts_with("snapshot-") || name.starts_with("wal-")) && name.ends_with(TEMP_SUFFIX) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -514,6 +524,24 @@ mod tests {
             }
         );
         assert_eq!(recovered.records, [record, Entry::Tick { now: 6 }]);
+    }
+
+    #[test]
+    fn a_crash_while_a_new_log_gets_its_header_leaves_no_empty_log_and_the_leftover_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = Store::open(dir.path(), 1, 1).unwrap();
+            append(&mut store, &[Entry::Tick { now: 2 }]);
+            store.rotate().unwrap();
+        }
+        // What a kill between creating generation 2's file and writing its header leaves.
+        let leftover = dir.path().join(format!("{}{TEMP_SUFFIX}", log_name(2)));
+        std::fs::write(&leftover, b"").unwrap();
+        assert!(!dir.path().join(log_name(2)).exists());
+        let (store, recovered) = Store::open(dir.path(), 1, 1).expect("a leftover temp file does not stop a start");
+        assert_eq!(recovered.records, [Entry::Tick { now: 2 }]);
+        assert!(!leftover.exists(), "the leftover is removed");
+        assert_eq!(store.log_path(), dir.path().join(log_name(1)));
     }
 
     #[test]
@@ -637,7 +665,7 @@ mod recovery_tests {
             let (snapshot_dir, generation) = store.rotate().unwrap();
             tick_records(&mut store, 5, 2);
             // The crash: the snapshot's temp file is half written, never renamed.
-            let temp = snapshot_dir.join(format!("{}{SNAPSHOT_TEMP_SUFFIX}", snapshot_name(generation)));
+            let temp = snapshot_dir.join(format!("{}{TEMP_SUFFIX}", snapshot_name(generation)));
             std::fs::write(temp, &empty_snapshot()[..10]).unwrap();
         }
         let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
