@@ -7,21 +7,13 @@
 mod common;
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon, HANG_GUARD, stream_end};
+use common::{Clients, Daemon, HANG_GUARD, allow_policy, stream_end};
 use tonic::Code;
 
 const FAULTS: &str = "AGENTKEEPER_BUGGIFY";
 
 async fn set_policy(c: &mut Clients, id: &str) -> Result<(), tonic::Status> {
-    let policy = pb::Policy {
-        id: id.into(),
-        subject: "agent:*".into(),
-        action: "call".into(),
-        resource: "tool:*".into(),
-        effect: pb::PolicyEffect::Allow as i32,
-    };
-    let request = pb::SetPolicyRequest { policy: Some(policy) };
-    c.policies.set_policy(request).await.map(|_| ())
+    c.policies.set_policy(allow_policy(id)).await.map(|_| ())
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentkeeper::proto as pb;
-use common::{Daemon, HANG_GUARD, ms, wait_until};
+use common::{Daemon, HANG_GUARD, allow_policy, ms, wait_until};
 
 /// Starts a daemon on `dir` (on fresh ports: no client here needs the last run's address) and
 /// waits until it serves, i.e. until recovery is done.
@@ -24,17 +24,6 @@ fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
     let mut args = vec![data_dir.as_str()];
     args.extend_from_slice(extra);
     Daemon::start(&args)
-}
-
-fn policy(id: &str) -> pb::SetPolicyRequest {
-    let policy = pb::Policy {
-        id: id.into(),
-        subject: "agent:*".into(),
-        action: "call".into(),
-        resource: "tool:*".into(),
-        effect: pb::PolicyEffect::Allow as i32,
-    };
-    pb::SetPolicyRequest { policy: Some(policy) }
 }
 
 #[tokio::test]
@@ -59,7 +48,7 @@ async fn everything_survives_a_graceful_restart() {
         .await
         .unwrap();
     c.campaign("g", &a).await;
-    c.policies.set_policy(policy("p")).await.unwrap();
+    c.policies.set_policy(allow_policy("p")).await.unwrap();
     let mut events = c.watch(&[], 0).await;
     drop(c);
     daemon.sigterm();
@@ -156,7 +145,7 @@ async fn a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_kept() {
     let mut daemon = start_on(dir.path());
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 60).await;
-    c.policies.set_policy(policy("last")).await.unwrap();
+    c.policies.set_policy(allow_policy("last")).await.unwrap();
     drop(c);
     daemon.sigterm();
     assert!(daemon.exited().await.success());
@@ -196,7 +185,7 @@ fn damage_in_the_middle_of_the_log_refuses_to_start_saying_where() {
         runtime.block_on(async {
             let mut c = daemon.clients().await;
             for i in 0..5 {
-                c.policies.set_policy(policy(&format!("p{i}"))).await.unwrap();
+                c.policies.set_policy(allow_policy(&format!("p{i}"))).await.unwrap();
             }
         });
         assert!(daemon.terminate().success());
@@ -261,7 +250,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_write() {
                 let mut tokens = Vec::new();
                 for i in 0.. {
                     let id = format!("c{crash}-w{writer}-{i}");
-                    match c.policies.set_policy(policy(&id)).await {
+                    match c.policies.set_policy(allow_policy(&id)).await {
                         Ok(_) => policies.push(id),
                         Err(_) => break,
                     }
@@ -352,7 +341,7 @@ async fn snapshots_bound_the_log_and_a_restart_starts_from_the_latest() {
     let mut c = daemon.clients().await;
     let a = c.register("a", &[], 600).await;
     for i in 0..400 {
-        c.policies.set_policy(policy(&format!("p{i:03}"))).await.unwrap();
+        c.policies.set_policy(allow_policy(&format!("p{i:03}"))).await.unwrap();
     }
     let (lease, _) = c.acquire("k", &a, 600).await;
     // Eight snapshots were taken; another thread writes each and then deletes the generations
@@ -420,7 +409,7 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_keep_working() {
     let a = c.register("a", &[], 600).await;
     let mut written = 0;
     let error = loop {
-        let mut request = policy(&format!("p{written:05}"));
+        let mut request = allow_policy(&format!("p{written:05}"));
         request.policy.as_mut().unwrap().resource = format!("tool:{}", "x".repeat(1000));
         match c.policies.set_policy(request).await {
             Ok(_) => written += 1,
@@ -519,7 +508,7 @@ async fn restarts_faster_than_snapshots_keep_replay_and_disk_bounded() {
                     if written.load(Ordering::SeqCst) >= ROUND_WRITES {
                         break;
                     }
-                    let mut request = policy(&format!("w{writer}-{}", i % 4));
+                    let mut request = allow_policy(&format!("w{writer}-{}", i % 4));
                     request.policy.as_mut().unwrap().resource = format!("tool:{}", "x".repeat(195));
                     c.policies.set_policy(request).await.expect("a write");
                     written.fetch_add(1, Ordering::SeqCst);

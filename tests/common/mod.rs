@@ -424,6 +424,19 @@ pub struct Clients {
     pub clock: ClockServiceClient<Channel>,
 }
 
+/// A SetPolicy request for an ALLOW policy `id` (`agent:*` may `call` `tool:*`): the write the
+/// durability tests count.
+pub fn allow_policy(id: &str) -> pb::SetPolicyRequest {
+    let policy = pb::Policy {
+        id: id.into(),
+        subject: "agent:*".into(),
+        action: "call".into(),
+        resource: "tool:*".into(),
+        effect: pb::PolicyEffect::Allow as i32,
+    };
+    pb::SetPolicyRequest { policy: Some(policy) }
+}
+
 pub fn card(name: &str, description: &str, tools: &[&str]) -> pb::AgentCard {
     pb::AgentCard {
         name: name.into(),

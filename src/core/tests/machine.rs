@@ -115,6 +115,18 @@ fn watch(d: &mut Driven, from_sequence: u64) -> (CallerId, SubscriberId) {
     }
 }
 
+/// A Watch opened now is refused UNAVAILABLE (a failed log, or shutdown).
+fn assert_new_watch_refused(d: &mut Driven) {
+    let again = d.call(Command::Watch {
+        topics: vec![],
+        from_sequence: 0,
+    });
+    assert_eq!(
+        reply_for(&d.drain(), again).unwrap().unwrap_err().code,
+        ErrorCode::Unavailable
+    );
+}
+
 fn policy_command(id: &str) -> Command {
     policy(id, "s", "a", "r", Effect::Allow)
 }
@@ -252,14 +264,7 @@ fn a_failed_write_answers_its_batch_unavailable_drops_its_events_ends_streams_an
         ErrorCode::Unavailable
     );
     assert!(reply_for(&out, read).unwrap().is_ok(), "reads are still served");
-    let again = d.call(Command::Watch {
-        topics: vec![],
-        from_sequence: 0,
-    });
-    assert_eq!(
-        reply_for(&d.drain(), again).unwrap().unwrap_err().code,
-        ErrorCode::Unavailable
-    );
+    assert_new_watch_refused(&mut d);
 }
 
 #[test]
@@ -415,14 +420,7 @@ fn shutdown_freezes_time_ends_streams_answers_waiting_claims_and_refuses_new_str
         panic!("get agent")
     };
     assert_eq!(view.status, AgentStatus::Alive);
-    let again = d.call(Command::Watch {
-        topics: vec![],
-        from_sequence: 0,
-    });
-    assert_eq!(
-        reply_for(&d.drain(), again).unwrap().unwrap_err().code,
-        ErrorCode::Unavailable
-    );
+    assert_new_watch_refused(&mut d);
 }
 
 #[test]
