@@ -257,7 +257,7 @@ fn indexes(c: &mut Criterion) {
             description: format!("{} for team {}", words[i % words.len()], i % 50),
             ..AgentCard::default()
         };
-        index.insert(i, &card);
+        index.insert(i, i as u64, &card);
     }
     let queries = [
         "fetch and parse web pages",

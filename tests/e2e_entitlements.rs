@@ -63,6 +63,7 @@ fn default_deny() -> (bool, String) {
 async fn list(c: &mut Clients, prefix: &str) -> Vec<pb::Policy> {
     let request = pb::ListPoliciesRequest {
         subject_prefix: prefix.into(),
+        ..Default::default()
     };
     c.policies
         .list_policies(request)

@@ -4,12 +4,13 @@
 //! Architecture invariant: a group's leader is always the head of its FIFO (no FIFO, no leader);
 //! a new candidate never displaces a leader; groups and their terms are never forgotten.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use slab::Slab;
 
 use super::events::{ElectionView, EventPayload, Topic};
+use super::listing::Page;
 use super::registry::Registry;
 use super::types::{AgentId, AgentStatus, Map, Millis, new_map};
 use super::validate;
@@ -34,9 +35,24 @@ impl Group {
     }
 }
 
+/// Candidates one listed group shows at most (its head first); `candidates_total` counts all.
+pub const CANDIDATES_LISTED_MAX: usize = 100;
+
+/// A group as a listing shows it: its state and the head of its line of candidates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupListing {
+    pub state: ElectionView,
+    /// The first candidates in line (the leader first), at most `CANDIDATES_LISTED_MAX`.
+    pub candidates: Vec<AgentId>,
+    pub candidates_total: usize,
+}
+
 pub struct ElectionTable {
     pub(super) groups: Slab<Group>,
+    /// By name, hashed: campaign, resign, watch.
     pub(super) by_name: Map<Arc<str>, usize>,
+    /// By name, ordered: ListElections pages are range reads of it.
+    pub(super) by_name_ordered: BTreeMap<Arc<str>, usize>,
 }
 
 impl ElectionTable {
@@ -44,7 +60,48 @@ impl ElectionTable {
         ElectionTable {
             groups: Slab::new(),
             by_name: new_map(hash_seed),
+            by_name_ordered: BTreeMap::new(),
         }
+    }
+
+    /// Adds a group, filed under its name in both indexes.
+    pub(super) fn add(&mut self, group: Group) -> usize {
+        let name = Arc::clone(&group.name);
+        let key = self.groups.insert(group);
+        let hashed = self.by_name.insert(Arc::clone(&name), key);
+        let ordered = self.by_name_ordered.insert(name, key);
+        assert!(hashed.is_none() && ordered.is_none(), "a group name is unique");
+        key
+    }
+
+    /// Groups by name after `after`, at most `limit`, each with the head of its line.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Page<GroupListing> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page::new();
+        if limit == 0 {
+            return page;
+        }
+        for (name, &key) in self.by_name_ordered.range::<str, _>((start, Bound::Unbounded)) {
+            if page.items.len() == limit {
+                page.next = page.items.last().map(|g: &GroupListing| g.state.group.to_string());
+                break;
+            }
+            page.examined += 1;
+            let group = &self.groups[key];
+            debug_assert_eq!(&group.name, name);
+            page.items.push(GroupListing {
+                state: group.view(),
+                candidates: group
+                    .candidates
+                    .iter()
+                    .take(CANDIDATES_LISTED_MAX)
+                    .map(|&(_, id)| id)
+                    .collect(),
+                candidates_total: group.candidates.len(),
+            });
+        }
+        page
     }
 
     pub fn len(&self) -> usize {
@@ -75,11 +132,22 @@ impl ElectionTable {
 
     pub fn check_invariants(&self, registry: &Registry) {
         assert_eq!(self.by_name.len(), self.groups.len(), "group index size");
+        assert_eq!(
+            self.by_name_ordered.len(),
+            self.groups.len(),
+            "ordered group index size"
+        );
         for (key, group) in &self.groups {
             assert_eq!(
                 self.by_name.get(&group.name),
                 Some(&key),
                 "group {:?} not indexed",
+                group.name
+            );
+            assert_eq!(
+                self.by_name_ordered.get(&group.name),
+                Some(&key),
+                "group {:?} not in the ordered index",
                 group.name
             );
             if !group.candidates.is_empty() {
@@ -120,18 +188,16 @@ impl Core {
                 if self.elections.len() >= self.config.groups_max {
                     return Err(limit_reached("groups_max", self.config.groups_max));
                 }
-                let name: Arc<str> = group.into();
-                let key = self.elections.groups.insert(Group {
-                    name: Arc::clone(&name),
+                self.elections.add(Group {
+                    name: group.into(),
                     candidates: VecDeque::new(),
                     term: 0,
                     elected_at: 0,
-                });
-                self.elections.by_name.insert(name, key);
-                key
+                })
             }
         };
-        let standing = self.elections.groups[key].candidates.iter().any(|&(a, _)| a == agent);
+        // The agent's own list of groups is short; the group's line may be long.
+        let standing = self.registry.get(agent).groups.contains(&key);
         if !standing {
             let id = self.registry.get(agent).id;
             let group = &mut self.elections.groups[key];

@@ -21,7 +21,12 @@ use std::collections::BTreeMap;
 
 use slab::Slab;
 
+use super::listing::Page;
 use super::types::{Decision, Effect, Map, Policy, new_map};
+
+/// Policies one page of ListPolicies looks at, at most: a subject prefix that few policies match
+/// cannot make a page walk the whole table.
+pub const POLICY_SCAN_MAX: usize = 4096;
 
 /// Which part of a field an anchor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +236,8 @@ impl PolicyTable {
         Some(entry.policy)
     }
 
-    /// Policies whose subject pattern starts with `subject_prefix`, sorted by id.
+    /// Every policy whose subject pattern starts with `subject_prefix`, sorted by id: O(table),
+    /// for the simulator and tests, never a command.
     pub fn list(&self, subject_prefix: &str) -> Vec<Policy> {
         self.by_id
             .values()
@@ -241,13 +247,31 @@ impl PolicyTable {
             .collect()
     }
 
-    /// The first `limit` policies by id.
-    pub fn first(&self, limit: usize) -> Vec<Policy> {
-        self.by_id
-            .values()
-            .take(limit)
-            .map(|&key| self.entries[key].policy.clone())
-            .collect()
+    /// Policies by id after `after`, whose subject pattern starts with `subject_prefix`: at most
+    /// `limit`, looking at no more than `POLICY_SCAN_MAX` policies, so a narrow prefix over a big
+    /// table answers a short page (even an empty one) whose `next` goes on from where it stopped.
+    pub fn page(&self, subject_prefix: &str, after: Option<&str>, limit: usize) -> Page<Policy> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page::new();
+        let mut last: Option<&str> = None;
+        if limit == 0 {
+            return page;
+        }
+        for (id, &key) in self.by_id.range::<str, _>((start, Bound::Unbounded)) {
+            if page.items.len() == limit || page.examined == POLICY_SCAN_MAX {
+                page.next = last.map(str::to_string);
+                break;
+            }
+            page.examined += 1;
+            last = Some(id);
+            let policy = &self.entries[key].policy;
+            if policy.subject.starts_with(subject_prefix) {
+                page.items.push(policy.clone());
+            }
+        }
+        debug_assert!(page.items.len() <= limit && page.examined <= POLICY_SCAN_MAX);
+        page
     }
 
     pub fn check(&self, subject: &str, action: &str, resource: &str) -> Decision {

@@ -19,7 +19,7 @@ use super::ids::IdSource;
 use super::leases::Lease;
 use super::registry::Agent;
 use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool_set};
-use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, new_set};
+use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy};
 use super::{Core, CoreConfig, Deadline};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,19 +198,17 @@ impl Core {
             memberships.push((key, agent.groups));
         }
         for group in snapshot.groups {
-            let name: Arc<str> = group.name.into();
             let candidates = group
                 .candidates
                 .iter()
                 .map(|id| (keys[id], *id))
                 .collect::<VecDeque<_>>();
-            let key = core.elections.groups.insert(Group {
-                name: Arc::clone(&name),
+            core.elections.add(Group {
+                name: group.name.into(),
                 candidates,
                 term: group.term,
                 elected_at: group.elected_at,
             });
-            core.elections.by_name.insert(name, key);
         }
         for (agent, names) in memberships {
             let groups = names.iter().map(|n| core.elections.by_name[n.as_str()]).collect();
@@ -314,29 +312,17 @@ impl Core {
         };
         let deadline = agent.deadline_expected(state.dead_at, self.config.dead_retention_ms);
         self.timers.reset(agent.timer, deadline);
-        let agent = entry.insert(agent);
+        entry.insert(agent);
         registry.by_id.insert(state.id, key);
-        match state.status {
-            AgentStatus::Alive => registry.alive += 1,
-            AgentStatus::Unreachable => registry.unreachable += 1,
-            AgentStatus::Dead => {
-                registry
-                    .dead_at
-                    .insert(key, state.dead_at.expect("a DEAD agent has a time of death"));
-            }
+        if let Some(dead_at) = state.dead_at {
+            registry.dead_at.insert(key, dead_at);
         }
-        if state.status != AgentStatus::Dead {
-            registry.by_registration.insert(state.registration, key);
-            for tool in &agent.card.tools {
-                let seed = registry.hash_seed;
-                registry
-                    .by_tool
-                    .entry(tool.clone())
-                    .or_insert_with(|| new_set(seed))
-                    .insert(key);
-            }
-            registry.search.insert(key, &agent.card);
-        }
+        assert_eq!(
+            state.dead_at.is_some(),
+            state.status == AgentStatus::Dead,
+            "a snapshot's agent has a time of death exactly when DEAD"
+        );
+        registry.file(key);
         key
     }
 
@@ -345,9 +331,8 @@ impl Core {
         let table = &mut self.leases;
         let entry = table.leases.vacant_entry();
         let key = entry.key();
-        let task_id: Arc<str> = state.task_id.into();
         entry.insert(Lease {
-            task_id: Arc::clone(&task_id),
+            task_id: state.task_id.into(),
             holder,
             holder_id: state.holder,
             token: state.token,
@@ -357,7 +342,7 @@ impl Core {
             timer: self.timers.insert(state.expires_at, Deadline::Lease(key)),
             task: None,
         });
-        table.by_task.insert(task_id, key);
+        table.index(key);
         self.registry.agents[holder].leases.insert(state.token, key);
     }
 }

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
-use super::convert;
 use super::subscription::{self, Subscription, UnwatchGuard};
+use super::{convert, pages};
 use crate::core::{Command, Event, Reply};
 use crate::driver::{CoreHandle, StreamEnd};
 use crate::metrics::Metrics;
@@ -77,6 +77,23 @@ impl Api {
         outcome.map_err(convert::status)
     }
 
+    /// One page gathered from as many core commands as it takes (see `pages`), counted as one
+    /// call.
+    async fn gather<S: pages::Slices>(
+        &self,
+        method: &'static str,
+        slices: &S,
+        want: usize,
+        page_token: String,
+    ) -> Result<pages::Gathered<S::Item>, Status> {
+        let outcome = pages::gather(&self.core, slices, want, page_token).await;
+        self.count(method, &outcome);
+        match outcome.map_err(convert::status)? {
+            Ok(page) => Ok(page),
+            Err(other) => Err(unexpected(&other)),
+        }
+    }
+
     fn count<T>(&self, method: &'static str, outcome: &Result<T, crate::core::CoreError>) {
         let code = outcome.as_ref().err().map(|e| format!("{:?}", e.code));
         self.metrics.count_rpc(method, code.as_deref());
@@ -101,6 +118,65 @@ impl Api {
             _unwatch: guard,
         };
         Ok((reply, stream))
+    }
+}
+
+/// ListPolicies' slices: policies by id whose subject starts with the prefix.
+struct PolicySlices {
+    subject_prefix: String,
+}
+
+impl pages::Slices for PolicySlices {
+    type Item = pb::Policy;
+
+    fn command(&self, size: u32, page_token: String) -> Command {
+        Command::ListPoliciesPage {
+            subject_prefix: self.subject_prefix.clone(),
+            page_size: size,
+            page_token,
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::Policy>, String), Reply> {
+        match reply {
+            Reply::Policies {
+                policies,
+                next_page_token,
+            } => Ok((policies.iter().map(convert::policy_to_pb).collect(), next_page_token)),
+            other => Err(other),
+        }
+    }
+
+    fn token_after(&self, policy: &pb::Policy) -> String {
+        policy.id.clone()
+    }
+}
+
+/// ListElections' slices: groups by name.
+struct ElectionSlices;
+
+impl pages::Slices for ElectionSlices {
+    type Item = pb::ElectionGroup;
+
+    fn command(&self, size: u32, page_token: String) -> Command {
+        Command::ListElectionsPage {
+            page_size: size,
+            page_token,
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::ElectionGroup>, String), Reply> {
+        match reply {
+            Reply::Elections {
+                groups,
+                next_page_token,
+            } => Ok((groups.iter().map(convert::group_to_pb).collect(), next_page_token)),
+            other => Err(other),
+        }
+    }
+
+    fn token_after(&self, group: &pb::ElectionGroup) -> String {
+        group.state.as_ref().map(|s| s.group.clone()).unwrap_or_default()
     }
 }
 
@@ -376,20 +452,17 @@ impl pb::election_service_server::ElectionService for Api {
 
     async fn list_elections(
         &self,
-        _request: Request<pb::ListElectionsRequest>,
+        request: Request<pb::ListElectionsRequest>,
     ) -> Result<Response<pb::ListElectionsResponse>, Status> {
-        match self.call("ListElections", Command::ListElections).await? {
-            Reply::Elections(groups) => Ok(Response::new(pb::ListElectionsResponse {
-                groups: groups
-                    .iter()
-                    .map(|(state, candidates)| pb::ElectionGroup {
-                        state: Some(convert::election_to_pb(state)),
-                        candidate_agent_ids: candidates.iter().map(ToString::to_string).collect(),
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let r = request.into_inner();
+        let want = crate::core::validate::page_size(r.page_size).min(pages::SLICE_MAX);
+        let page = self
+            .gather("ListElections", &ElectionSlices, want, r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListElectionsResponse {
+            groups: page.items,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     type WatchElectionStream = EventStreamBox;
@@ -437,16 +510,20 @@ impl pb::entitlements_service_server::EntitlementsService for Api {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        let subject_prefix = request.into_inner().subject_prefix;
-        match self
-            .call("ListPolicies", Command::ListPolicies { subject_prefix })
-            .await?
-        {
-            Reply::Policies(policies) => Ok(Response::new(pb::ListPoliciesResponse {
-                policies: policies.iter().map(convert::policy_to_pb).collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let r = request.into_inner();
+        // A v1 client sends no page size and expects the whole list: as much as fits one answer.
+        let want = match r.page_size {
+            0 => usize::MAX,
+            size => crate::core::validate::page_size(size),
+        };
+        let slices = PolicySlices {
+            subject_prefix: r.subject_prefix,
+        };
+        let page = self.gather("ListPolicies", &slices, want, r.page_token).await?;
+        Ok(Response::new(pb::ListPoliciesResponse {
+            policies: page.items,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn check_policy(

@@ -74,16 +74,23 @@ fn list_elections_shows_every_group_by_name_with_candidates_in_line() {
     h.campaign("alpha", &b);
     h.campaign("alpha", &a);
     let groups = match h.ok(Command::ListElections) {
-        Reply::Elections(groups) => groups,
+        Reply::Elections {
+            groups,
+            next_page_token,
+        } => {
+            assert!(next_page_token.is_empty(), "two groups fit one page");
+            groups
+        }
         other => panic!("unexpected {other:?}"),
     };
     let shown: Vec<(String, Option<String>, Vec<String>)> = groups
         .iter()
-        .map(|(state, candidates)| {
+        .map(|group| {
+            assert_eq!(group.candidates_total, group.candidates.len());
             (
-                state.group.to_string(),
-                state.leader.map(|id| id.to_string()),
-                candidates.iter().map(ToString::to_string).collect(),
+                group.state.group.to_string(),
+                group.state.leader.map(|id| id.to_string()),
+                group.candidates.iter().map(ToString::to_string).collect(),
             )
         })
         .collect();
