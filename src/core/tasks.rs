@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use slab::Slab;
 
 use super::events::{EventPayload, LeaseView, Topic};
+use super::listing::Page;
 use super::timers::TimerKey;
 use super::types::{AgentId, AgentStatus, Map, Millis, TaskId, new_map};
 use super::validate;
@@ -297,28 +298,31 @@ impl TaskQueue {
         key
     }
 
-    /// Lists tasks in creation order from `page_token` on, `status` only when given.
-    fn list(&self, status: Option<TaskStatus>, after: u64, limit: usize) -> (Vec<TaskView>, Option<u64>) {
+    /// Lists tasks in creation order from creation rank `from` on, `status` only when given: a
+    /// range read of that status's ordered index. The page's `next` is the rank it stopped at.
+    pub(super) fn list(&self, status: Option<TaskStatus>, from: u64, limit: usize) -> Page<TaskView> {
+        let mut page = Page::new();
         let index = match status {
             None => &self.by_order,
-            Some(TaskStatus::Failed) => return (Vec::new(), None),
+            Some(TaskStatus::Failed) => return page,
             Some(status) => &self.by_status[status.index()],
         };
-        let mut tasks = Vec::new();
         let mut bytes = 0;
-        let mut next = None;
-        for (&order, &key) in index.range(after..) {
+        for (&order, &key) in index.range(from..) {
+            page.examined += 1;
             let task = &self.tasks[key];
             // A page stays small enough for a client's default 4 MiB message limit, yet always
             // holds at least one task.
-            if tasks.len() == limit || (!tasks.is_empty() && bytes + task.bytes() > validate::PAGE_BYTES_MAX) {
-                next = Some(order);
+            if page.items.len() == limit || (!page.items.is_empty() && bytes + task.bytes() > validate::PAGE_BYTES_MAX)
+            {
+                page.next = Some(order.to_string());
                 break;
             }
             bytes += task.bytes();
-            tasks.push(task.view.clone());
+            page.items.push(task.view.clone());
         }
-        (tasks, next)
+        debug_assert!(page.examined <= limit + 1);
+        page
     }
 
     pub fn check_invariants(&self) {
@@ -608,10 +612,10 @@ impl Core {
             })?
         };
         let limit = validate::page_size(page_size);
-        let (tasks, next) = self.tasks.list(status, after, limit);
+        let page = self.tasks.list(status, after, limit);
         Ok(Reply::Tasks {
-            tasks,
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            next_page_token: page.token(),
+            tasks: page.items,
         })
     }
 

@@ -1253,6 +1253,7 @@ fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
     assert_eq!(h.agent(&b).status, AgentStatus::Dead);
 }
 
+mod find;
 mod limits;
 mod listing;
 mod tasks;

@@ -627,6 +627,35 @@ mod tests {
     }
 
     #[test]
+    fn the_budgeted_ranking_equals_scoring_every_document_when_the_postings_fit() {
+        let cards = fleet();
+        let index = index(&cards);
+        for query in [
+            "fetch and parse web pages",
+            "translte docments into frnech",
+            "check the code changes and ship the release",
+            "meeting",
+            "nothing-matches-this",
+        ] {
+            let prepared = index.prepare(query);
+            let mut every: Vec<(DocKey, f64)> = (0..cards.len())
+                .map(|doc| (doc, index.score_doc(&prepared, doc)))
+                .filter(|&(_, score)| score > 0.0)
+                .collect();
+            every.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let ranked = index.top(&prepared, usize::MAX, |_| true);
+            assert_eq!(ranked.docs, every, "{query:?}");
+            assert!(ranked.postings_read <= QUERY_POSTINGS_MAX);
+            let three = index.top(&prepared, 3, |_| true).docs;
+            assert_eq!(
+                three[..],
+                every[..every.len().min(3)],
+                "{query:?}: the top 3 of the same ranking"
+            );
+        }
+    }
+
+    #[test]
     fn a_name_match_outranks_a_description_only_match() {
         let cards = vec![
             card("helper", "a translator of sorts", &[]),
