@@ -108,10 +108,11 @@ const TTL_SECONDS_MAX: u32 = 86_400;
 /// The contract's bounds on a task's input and output, and the project's on a failure reason.
 const PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
 const REASON_BYTES_MAX: usize = 4096;
-/// ListTasks: page size 0 means 1000, at most 10 000; a page holds at most 3 MiB of input and
-/// output past its first task (the project's bounds, so a page fits a client's 4 MiB message).
+/// ListTasks: page size 0 means 1000, at most 1000 in one command (the gRPC handler gathers the
+/// wire's 10 000 from several); a page holds at most 3 MiB of input and output past its first
+/// task (the project's bounds, so a page fits a client's 4 MiB message).
 const PAGE_SIZE_DEFAULT: usize = 1000;
-const PAGE_SIZE_MAX: u32 = 10_000;
+const PAGE_SIZE_MAX: u32 = 1000;
 const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// ListLeases: page size 0 means 1000, at most 2000 (so a page of the longest keys fits 4 MiB).
 const LEASE_PAGE_SIZE_MAX: usize = 2000;
@@ -762,7 +763,13 @@ impl Model {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(*status, *page_size, page_token),
+            } => self.list_tasks(*status, *page_size, page_token, None),
+            Command::ListTasksSlice {
+                status,
+                page_size,
+                page_token,
+                bytes_left,
+            } => self.list_tasks(*status, *page_size, page_token, Some(*bytes_left)),
             Command::ListLeases {
                 prefix,
                 page_size,
@@ -822,7 +829,7 @@ impl Model {
         })
     }
 
-    fn policy_page(&self, prefix: &str, page_size: u32, page_token: &str) -> (Vec<Policy>, String) {
+    fn policy_page(&self, prefix: &str, page_size: u32, page_token: &str) -> (Vec<Arc<Policy>>, String) {
         let limit = (page_size as usize).min(LIST_PAGE_SIZE_MAX);
         let after: Vec<Policy> = self
             .policies()
@@ -839,7 +846,7 @@ impl Model {
                 return (listed, after[looked - 1].id.clone());
             }
             if policy.subject.starts_with(prefix) {
-                listed.push(policy.clone());
+                listed.push(Arc::new(policy.clone()));
             }
         }
         (listed, String::new())
@@ -1462,7 +1469,15 @@ impl Model {
         Ok(Reply::Done)
     }
 
-    fn list_tasks(&self, status: Option<TaskStatus>, page_size: u32, page_token: &str) -> Expected {
+    /// ListTasks (`bytes_left` `None`: a whole page, at least one task) or a further slice of a
+    /// gathered page (only tasks that fit what is left).
+    fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: &str,
+        bytes_left: Option<u64>,
+    ) -> Expected {
         let after: u64 = if page_token.is_empty() {
             0
         } else {
@@ -1472,6 +1487,7 @@ impl Model {
             0 => PAGE_SIZE_DEFAULT,
             n => n.min(PAGE_SIZE_MAX) as usize,
         };
+        let allowance = bytes_left.map_or(PAGE_BYTES_MAX, |b| usize::try_from(b).unwrap_or(usize::MAX));
         let mut tasks = Vec::new();
         let mut bytes = 0;
         let mut next = String::new();
@@ -1480,7 +1496,8 @@ impl Model {
             .iter()
             .filter(|t| t.order >= after && status.is_none_or(|s| t.view.status == s));
         for task in listed {
-            if tasks.len() == limit || (!tasks.is_empty() && bytes + task.bytes() > PAGE_BYTES_MAX) {
+            let first = tasks.is_empty() && bytes_left.is_none();
+            if tasks.len() == limit || (!first && bytes + task.bytes() > allowance) {
                 next = task.order.to_string();
                 break;
             }

@@ -18,6 +18,7 @@
 //! verifies them all: they all match the same queries anyway, and the limit on policies bounds it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use slab::Slab;
 
@@ -140,7 +141,8 @@ impl FieldIndex {
 }
 
 struct Entry {
-    policy: Policy,
+    /// Shared with the pages that list it: a page of policies copies pointers, not strings.
+    policy: Arc<Policy>,
     anchor: Anchor,
 }
 
@@ -211,7 +213,7 @@ impl PolicyTable {
     }
 
     pub fn get(&self, id: &str) -> Option<&Policy> {
-        self.by_id.get(id).map(|&key| &self.entries[key].policy)
+        self.by_id.get(id).map(|&key| &*self.entries[key].policy)
     }
 
     /// Inserts or replaces the policy with this id; returns the replaced one.
@@ -220,7 +222,7 @@ impl PolicyTable {
         let anchor = anchor_of(&policy);
         let id = policy.id.clone();
         let key = self.entries.insert(Entry {
-            policy,
+            policy: Arc::new(policy),
             anchor: anchor.clone(),
         });
         self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
@@ -233,7 +235,7 @@ impl PolicyTable {
         let key = self.by_id.remove(id)?;
         let entry = self.entries.remove(key);
         self.fields[entry.anchor.field].remove(entry.anchor.kind, &entry.anchor.text, key);
-        Some(entry.policy)
+        Some(Arc::unwrap_or_clone(entry.policy))
     }
 
     /// Every policy whose subject pattern starts with `subject_prefix`, sorted by id: O(table),
@@ -243,14 +245,14 @@ impl PolicyTable {
             .values()
             .map(|&key| &self.entries[key].policy)
             .filter(|policy| policy.subject.starts_with(subject_prefix))
-            .cloned()
+            .map(|policy| Policy::clone(policy))
             .collect()
     }
 
     /// Policies by id after `after`, whose subject pattern starts with `subject_prefix`: at most
     /// `limit`, looking at no more than `POLICY_SCAN_MAX` policies, so a narrow prefix over a big
     /// table answers a short page (even an empty one) whose `next` goes on from where it stopped.
-    pub fn page(&self, subject_prefix: &str, after: Option<&str>, limit: usize) -> Page<Policy> {
+    pub fn page(&self, subject_prefix: &str, after: Option<&str>, limit: usize) -> Page<Arc<Policy>> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut page = Page::new();
@@ -267,7 +269,7 @@ impl PolicyTable {
             last = Some(id);
             let policy = &self.entries[key].policy;
             if policy.subject.starts_with(subject_prefix) {
-                page.items.push(policy.clone());
+                page.items.push(Arc::clone(policy));
             }
         }
         debug_assert!(page.items.len() <= limit && page.examined <= POLICY_SCAN_MAX);

@@ -15,7 +15,7 @@ use super::{Core, Outcome, Reply, validate};
 /// Seeks into tool postings one find makes at most. An intersection of common tools that share
 /// few agents (the one case where leapfrogging cannot skip ahead) stops here and answers with the
 /// agents it found; every agent it answers with has every tool.
-pub const TOOL_STEPS_MAX: usize = 16_384;
+pub const TOOL_STEPS_MAX: usize = 8192;
 /// A tool filter this selective (its rarest tool's ALIVE agents, at most) is scored whole
 /// against a query, so the ranking among the agents it lets through is exact.
 const SCORE_WHOLE_FILTER_MAX: usize = QUERY_POSTINGS_MAX;

@@ -8,6 +8,7 @@
 //! comes out in a defined order.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::elections::GroupListing;
 use super::events::{AgentView, LeaseView};
@@ -18,8 +19,8 @@ use super::{Core, CoreError, CoreStats, ErrorCode, Outcome, Reply, validate};
 /// Leases in one ListLeases page at most: 2000 keys of the longest kind (1 KiB) still fit a
 /// 4 MiB message with their holders and times.
 pub const LEASE_PAGE_SIZE_MAX: usize = 2000;
-/// Policies, election groups and agents in one page at most (the gRPC services gather bigger
-/// pages from several, each its own command).
+/// Policies, election groups, agents and tasks in one page at most (the gRPC services gather
+/// bigger pages from several, each its own command).
 pub const PAGE_SIZE_MAX: usize = 1000;
 /// Entries of each list an Overview shows at most.
 pub const OVERVIEW_LIST_MAX: usize = 1000;
@@ -68,7 +69,7 @@ pub struct Overview {
     /// By group, with the head of each line of candidates, at most the asked number of leases.
     pub elections: Vec<GroupListing>,
     /// By id, at most the asked number of leases.
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     /// Each list's next page token (ListAgents, ListLeases, ListElections, ListPolicies); empty
     /// when the list is whole.
     pub agents_next: String,

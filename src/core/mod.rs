@@ -245,6 +245,15 @@ pub enum Command {
         page_size: u32,
         page_token: String,
     },
+    /// A further slice of a ListTasks page the gRPC handler gathers (the first is a ListTasks):
+    /// as ListTasks, but holding tasks only while their input and output bytes fit `bytes_left`,
+    /// what the page's earlier slices left of its allowance (so perhaps none).
+    ListTasksSlice {
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: String,
+        bytes_left: u64,
+    },
 }
 
 impl Command {
@@ -268,6 +277,7 @@ impl Command {
                 | Command::ListPoliciesPage { .. }
                 | Command::ListElectionsPage { .. }
                 | Command::ListAgents { .. }
+                | Command::ListTasksSlice { .. }
         )
     }
 
@@ -305,6 +315,7 @@ impl Command {
             Command::ListPoliciesPage { .. } => "ListPolicies",
             Command::ListElectionsPage { .. } => "ListElections",
             Command::ListAgents { .. } => "ListAgents",
+            Command::ListTasksSlice { .. } => "ListTasks",
         }
     }
 }
@@ -347,7 +358,7 @@ pub enum Reply {
     Policy(Policy),
     /// A page of policies; an empty token means the last page.
     Policies {
-        policies: Vec<Policy>,
+        policies: Vec<Arc<Policy>>,
         next_page_token: String,
     },
     Decision(Decision),
@@ -570,7 +581,13 @@ impl Core {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(status, page_size, &page_token),
+            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Whole),
+            Command::ListTasksSlice {
+                status,
+                page_size,
+                page_token,
+                bytes_left,
+            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Left(bytes_left)),
             Command::ListLeases {
                 prefix,
                 page_size,

@@ -142,13 +142,49 @@ impl pages::Slices for PolicySlices {
             Reply::Policies {
                 policies,
                 next_page_token,
-            } => Ok((policies.iter().map(convert::policy_to_pb).collect(), next_page_token)),
+            } => Ok((
+                policies.iter().map(|p| convert::policy_to_pb(p)).collect(),
+                next_page_token,
+            )),
             other => Err(other),
         }
     }
 
     fn token_after(&self, policy: &pb::Policy) -> String {
         policy.id.clone()
+    }
+}
+
+/// ListTasks' slices: tasks in creation order, one status or all.
+struct TaskSlices {
+    status: Option<crate::core::tasks::TaskStatus>,
+}
+
+impl pages::TaskSlicing for TaskSlices {
+    fn command(&self, size: u32, page_token: String, bytes_left: Option<u64>) -> Command {
+        match bytes_left {
+            None => Command::ListTasks {
+                status: self.status,
+                page_size: size,
+                page_token,
+            },
+            Some(bytes_left) => Command::ListTasksSlice {
+                status: self.status,
+                page_size: size,
+                page_token,
+                bytes_left,
+            },
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::Task>, usize, String), Reply> {
+        match reply {
+            Reply::Tasks { tasks, next_page_token } => {
+                let bytes = tasks.iter().map(|t| t.input.len() + t.output.len()).sum();
+                Ok((tasks.iter().map(convert::task_to_pb).collect(), bytes, next_page_token))
+            }
+            other => Err(other),
+        }
     }
 }
 
@@ -673,19 +709,14 @@ impl pb::task_service_server::TaskService for Api {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = request.into_inner();
-        let status = convert::task_status_filter(r.status)?;
-        let command = Command::ListTasks {
-            status,
-            page_size: r.page_size,
-            page_token: r.page_token,
+        let slices = TaskSlices {
+            status: convert::task_status_filter(r.status)?,
         };
-        match self.call("ListTasks", command).await? {
-            Reply::Tasks { tasks, next_page_token } => Ok(Response::new(pb::ListTasksResponse {
-                tasks: tasks.iter().map(convert::task_to_pb).collect(),
-                next_page_token,
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let want = crate::core::validate::page_size(r.page_size);
+        let outcome = pages::gather_tasks(&self.core, &slices, want, r.page_token).await;
+        self.count("ListTasks", &outcome);
+        let (tasks, next_page_token) = outcome.map_err(convert::status)?.map_err(|other| unexpected(&other))?;
+        Ok(Response::new(pb::ListTasksResponse { tasks, next_page_token }))
     }
 }
 

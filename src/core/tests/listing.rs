@@ -493,7 +493,9 @@ fn paging_through_tasks_of_one_status_looks_only_at_that_status() {
             } else {
                 token.parse().expect("a rank")
             };
-            h.core.tasks.list(status, from, 100)
+            h.core
+                .tasks
+                .list(status, from, 100, crate::core::tasks::PageBytes::Whole)
         });
         assert_eq!(tasks.len(), expected, "{status:?}");
         assert!(tasks.iter().all(|t| status.is_none_or(|s| t.status == s)));
@@ -503,4 +505,43 @@ fn paging_through_tasks_of_one_status_looks_only_at_that_status() {
             "{status:?}: {total} looked at for {expected}"
         );
     }
+}
+
+#[test]
+fn a_further_slice_of_tasks_holds_only_what_fits_the_bytes_left() {
+    let mut h = Harness::new();
+    for i in 0..3 {
+        h.ok(Command::CreateTask {
+            kind: format!("job-{i}"),
+            input: vec![b'x'; 10],
+            required_tools: Vec::new(),
+            max_retries: 0,
+            ttl_seconds: 60,
+        });
+    }
+    let slice = |h: &mut Harness, bytes_left: u64| match h.ok(Command::ListTasksSlice {
+        status: None,
+        page_size: 10,
+        page_token: String::new(),
+        bytes_left,
+    }) {
+        Reply::Tasks { tasks, next_page_token } => (tasks.len(), next_page_token),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(slice(&mut h, 25), (2, "3".to_string()), "two tasks' 20 bytes fit 25");
+    assert_eq!(slice(&mut h, 30), (3, String::new()));
+    assert_eq!(
+        slice(&mut h, 5),
+        (0, "1".to_string()),
+        "not even the first fits: an empty slice, going on from it"
+    );
+    // A whole page (ListTasks) always holds its first task.
+    let Reply::Tasks { tasks, .. } = h.ok(Command::ListTasks {
+        status: None,
+        page_size: 1,
+        page_token: String::new(),
+    }) else {
+        panic!("not a page of tasks")
+    };
+    assert_eq!(tasks.len(), 1);
 }

@@ -151,7 +151,7 @@ pub fn overview(view: &Overview) -> Value {
         "leases_total": stats.leases,
         "elections": view.elections.iter().map(group).collect::<Vec<_>>(),
         "elections_next": next(&view.elections_next),
-        "policies": view.policies.iter().map(policy).collect::<Vec<_>>(),
+        "policies": view.policies.iter().map(|p| policy(p)).collect::<Vec<_>>(),
         "policies_next": next(&view.policies_next),
         "policies_total": stats.policies,
     })

@@ -146,7 +146,7 @@ pub async fn policies(State(dashboard): State<Dashboard>, Query(cursor): Query<C
             next_page_token,
         }) => axum::Json(json::page(
             "policies",
-            policies.iter().map(json::policy),
+            policies.iter().map(|p| json::policy(p)),
             &next_page_token,
         ))
         .into_response(),
