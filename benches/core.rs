@@ -614,7 +614,7 @@ fn scale(c: &mut Criterion) {
         }),
     );
     read(
-        "scale: ListTasks, the largest page, 10000 (1M tasks)",
+        "scale: ListTasks asking 10000 (one command answers 1000; 1M tasks)",
         c,
         Box::new(move |n| Command::ListTasks {
             status: None,
