@@ -33,8 +33,8 @@ pub struct Agent {
     pub timer: TimerKey,
     /// Leases held, by fencing token (so clean-up releases them in acquisition order).
     pub leases: BTreeMap<u64, usize>,
-    /// Election groups stood in, in the order joined.
-    pub groups: Vec<usize>,
+    /// Election groups stood in, in the order joined, each with the agent's place in its line.
+    pub groups: Vec<(usize, u64)>,
 }
 
 impl Agent {

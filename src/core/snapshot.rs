@@ -6,7 +6,7 @@
 //! the contract can observe plus the RNG's position, so a restored core answers every later
 //! command exactly as the core it was taken from would have.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -97,7 +97,7 @@ impl Core {
     /// The whole state as ordered values; O(state).
     pub fn snapshot(&self) -> CoreSnapshot {
         let registry = &self.registry;
-        let group_name = |key: &usize| self.elections.groups[*key].name.to_string();
+        let group_name = |&(key, _): &(usize, u64)| self.elections.groups[key].name.to_string();
         let mut agents: Vec<AgentState> = registry
             .agents
             .iter()
@@ -135,7 +135,7 @@ impl Core {
             .iter()
             .map(|(_, g)| GroupState {
                 name: g.name.to_string(),
-                candidates: g.candidates.iter().map(|&(_, id)| id).collect(),
+                candidates: g.line().collect(),
                 term: g.term,
                 elected_at: g.elected_at,
             })
@@ -197,21 +197,27 @@ impl Core {
             keys.insert(agent.id, key);
             memberships.push((key, agent.groups));
         }
-        for group in snapshot.groups {
-            let candidates = group
-                .candidates
-                .iter()
-                .map(|id| (keys[id], *id))
-                .collect::<VecDeque<_>>();
-            core.elections.add(Group {
-                name: group.name.into(),
-                candidates,
-                term: group.term,
-                elected_at: group.elected_at,
-            });
+        // Places in line are numbered afresh from 0: only their order is state.
+        let mut places: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for state in snapshot.groups {
+            let mut group = Group::new(state.name.into());
+            group.term = state.term;
+            group.elected_at = state.elected_at;
+            let key = core.elections.groups.vacant_key();
+            for id in &state.candidates {
+                places.insert((keys[id], key), group.join(keys[id], *id));
+            }
+            let added = core.elections.add(group);
+            debug_assert_eq!(added, key);
         }
         for (agent, names) in memberships {
-            let groups = names.iter().map(|n| core.elections.by_name[n.as_str()]).collect();
+            let groups = names
+                .iter()
+                .map(|n| {
+                    let key = core.elections.by_name[n.as_str()];
+                    (key, places[&(agent, key)])
+                })
+                .collect();
             core.registry.agents[agent].groups = groups;
         }
         core.leases.token_last = snapshot.token_last;

@@ -61,14 +61,23 @@ impl Readers {
         }
     }
 
-    /// Pages through every lease (`page_size` a page) with ListLeases, again and again.
-    pub fn page_leases(&mut self, channel: Channel, page_size: u32) {
+    /// Pages through every lease (`page_size` a page) with ListLeases, again and again: a page
+    /// as soon as the last one is in, or one every `every`.
+    pub fn page_leases(&mut self, channel: Channel, page_size: u32, every: Option<Duration>) {
         let stop = Arc::clone(&self.stop);
         self.tasks.push(tokio::spawn(async move {
             let mut seen = Seen::new("ListLeases pager");
             let mut client = LeaseServiceClient::new(channel);
             let mut page_token = String::new();
+            let mut tick = every.map(|every| {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             while !stop.load(Ordering::Relaxed) {
+                if let Some(tick) = &mut tick {
+                    tick.tick().await;
+                }
                 let request = pb::ListLeasesRequest {
                     prefix: String::new(),
                     page_size,

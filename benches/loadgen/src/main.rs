@@ -82,12 +82,20 @@ struct Flags {
     /// Calls in flight during set-up (over all connections).
     #[arg(long, default_value_t = 64)]
     setup_concurrency: usize,
+    /// Make nothing: drive `--agents` (at most 1000) agents a previous run registered, as Find
+    /// answers them; for runs against a daemon a big set-up filled to its limits.
+    #[arg(long)]
+    reuse_agents: bool,
     /// While measuring, one more client pages through every lease with ListLeases, again and
     /// again (a page of `--list-leases-page`).
     #[arg(long)]
     list_leases: bool,
     #[arg(long, default_value_t = 1000)]
     list_leases_page: u32,
+    /// Ask for a page of leases every this long (e.g. 10ms); unset: the next page as soon as
+    /// the last one is in.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    list_leases_every: Option<Duration>,
     /// While measuring, poll the dashboard's /api/overview at this HTTP address (HOST:PORT).
     #[arg(long)]
     dashboard: Option<String>,
@@ -267,6 +275,7 @@ async fn drivers(flags: &Flags) -> Result<(Vec<Driver>, Option<Fanout>), String>
                 tasks: flags.tasks,
                 leases: flags.leases,
                 concurrency: flags.setup_concurrency,
+                reuse_agents: flags.reuse_agents,
             };
             let shared = Arc::new(scenario::set_up(&channels, &plan).await?);
             let fanout = if flags.scenario == Scenario::WatchFanout {
@@ -345,7 +354,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let mut readers = background::Readers::new();
     if flags.list_leases {
         let channel = connect(&flags.target, 1).await?.remove(0);
-        readers.page_leases(channel, flags.list_leases_page);
+        readers.page_leases(channel, flags.list_leases_page, flags.list_leases_every);
     }
     if let Some(address) = &flags.dashboard {
         readers.poll_overview(address.clone(), flags.dashboard_every);

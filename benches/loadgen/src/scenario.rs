@@ -77,12 +77,34 @@ pub struct SetUp {
     pub leases: usize,
     /// Calls in flight during set-up.
     pub concurrency: usize,
+    /// Drive agents a previous set-up registered (the first `agents` Find answers, at most
+    /// 1000) instead of registering new ones.
+    pub reuse_agents: bool,
 }
 
 /// Set-up before timing: the agents, leases, policies and tasks `plan` asks for, many calls in
 /// flight at once over every connection; progress and rates go to stderr.
 pub async fn set_up(channels: &[Channel], plan: &SetUp) -> Result<Shared, String> {
     let started = Instant::now();
+    if plan.reuse_agents {
+        let mut registry = RegistryServiceClient::new(channels[0].clone());
+        let request = pb::FindRequest {
+            query: String::new(),
+            tools: Vec::new(),
+            limit: u32::try_from(plan.agents).unwrap_or(u32::MAX),
+        };
+        let found = registry.find(request).await.map_err(|e| format!("set-up find: {e}"))?;
+        let ids: Vec<String> = found.into_inner().agents.into_iter().map(|a| a.agent_id).collect();
+        if ids.is_empty() {
+            return Err("set-up: --reuse-agents found no ALIVE agent".into());
+        }
+        eprintln!("set-up: driving {} agents already registered", ids.len());
+        return Ok(Shared {
+            agents: ids,
+            policies: 0,
+            sent: Mutex::new(HashMap::new()),
+        });
+    }
     let cards: Vec<pb::AgentCard> = (0..plan.agents).map(card).collect();
     let ids = in_flight(channels, plan.concurrency, cards, |channel, card| async move {
         let mut registry = RegistryServiceClient::new(channel);

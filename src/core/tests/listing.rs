@@ -545,3 +545,53 @@ fn a_further_slice_of_tasks_holds_only_what_fits_the_bytes_left() {
     };
     assert_eq!(tasks.len(), 1);
 }
+
+#[test]
+fn a_long_line_keeps_its_order_through_resignations_deaths_and_a_snapshot() {
+    let mut h = Harness::new();
+    let agents: Vec<String> = (0..2000)
+        .map(|i| quietly_register(&mut h, &format!("a{i}"), 600))
+        .collect();
+    for agent in &agents {
+        quietly(
+            &mut h,
+            Command::Campaign {
+                group: "line".into(),
+                agent_id: agent.clone(),
+            },
+        );
+    }
+    // Campaigning again changes nothing; resigning from the middle and the front, and a death,
+    // take those out and leave the rest in line.
+    assert_eq!(h.campaign("line", &agents[1500]).term, 1);
+    h.ok(Command::Resign {
+        group: "line".into(),
+        agent_id: agents[1000].clone(),
+    });
+    h.ok(Command::Resign {
+        group: "line".into(),
+        agent_id: agents[0].clone(),
+    });
+    h.ok(Command::Deregister {
+        agent_id: agents[1].clone(),
+    });
+    let mut expected: Vec<String> = agents.clone();
+    expected.retain(|a| ![&agents[0], &agents[1], &agents[1000]].contains(&a));
+    let line = |core: &Core| -> Vec<String> {
+        let (state, candidates) = core.elections().into_iter().next().expect("one group");
+        assert_eq!(
+            state.leader.map(|l| l.to_string()),
+            candidates.first().map(ToString::to_string)
+        );
+        candidates.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(line(&h.core), expected);
+    assert_eq!(h.core.elections()[0].0.term, 3, "two leaders left: two new terms");
+    // Rejoining goes to the back.
+    h.campaign("line", &agents[1000]);
+    expected.push(agents[1000].clone());
+    assert_eq!(line(&h.core), expected);
+    let restored = Core::restore(h.core.config().clone(), h.core.snapshot());
+    restored.check_invariants();
+    assert_eq!(line(&restored), expected);
+}
