@@ -257,7 +257,7 @@ fn indexes(c: &mut Criterion) {
             description: format!("{} for team {}", words[i % words.len()], i % 50),
             ..AgentCard::default()
         };
-        index.insert(i, &card);
+        index.insert(i, i as u64, &card);
     }
     let queries = [
         "fetch and parse web pages",
@@ -434,9 +434,281 @@ fn tasks(c: &mut Criterion) {
     );
 }
 
+/// Words of the big fleet's descriptions: every one is common (a fifth to a half of the agents).
+const FLEET_WORDS: [&str; 5] = [
+    "fetch web pages and parse them",
+    "run sql queries on the warehouse",
+    "review pull requests",
+    "deploy services to kubernetes",
+    "summarise documents and meetings",
+];
+
+/// The scale: 1M agents (8 common tools, one rare), 2M leases, 1M policies, 1M tasks
+/// (a quarter of them claimed and completed), 1000 election groups. Built once, read by every
+/// bench of `scale`; a hundredth of it under a debug build.
+fn fleet() -> Core {
+    let mut core = Core::new(
+        CoreConfig {
+            seed: 1,
+            ..CoreConfig::default()
+        },
+        NOW,
+    );
+    let agents: Vec<String> = (0..size(1_000_000))
+        .map(|i| {
+            let mut tools = vec![format!("tool{}", i % 8)];
+            if i % 1000 == 0 {
+                tools.push("rare".into());
+            }
+            let card = AgentCard {
+                name: format!("agent-{i}"),
+                description: format!("{} for team {}", FLEET_WORDS[i % 5], i % 100),
+                tools,
+                ..AgentCard::default()
+            };
+            match core.apply(
+                NOW,
+                Command::Register {
+                    card,
+                    ttl_seconds: 86_400,
+                },
+            ) {
+                Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    for i in 0..size(1_000_000) {
+        let policy = PolicyInput {
+            id: format!("p{i:07}"),
+            subject: if i % 5000 == 0 {
+                format!("team:t{i}")
+            } else {
+                format!("agent:a{i}")
+            },
+            action: "call".into(),
+            resource: format!("tool:t{}", i % 100),
+            effect: Some(Effect::Allow),
+        };
+        core.apply(NOW, Command::SetPolicy { policy }).expect("set policy");
+    }
+    let tasks = size(1_000_000);
+    for i in 0..tasks {
+        create_task(&mut core, NOW, (i % 9 != 8).then_some(i % 8));
+    }
+    for n in 0..tasks / 4 {
+        let agent = &agents[n % 8];
+        if let Reply::Claimed { task, .. } = claim(&mut core, NOW, agent, 0) {
+            complete(&mut core, NOW, task.id.to_string(), agent);
+        }
+    }
+    // After the claims: a claim takes a lease, and the leases fill `leases_max`.
+    for i in 0..size(2_000_000) {
+        let command = Command::AcquireLease {
+            task_id: format!("lease/{i:07}"),
+            agent_id: agents[i % agents.len()].clone(),
+            ttl_seconds: 86_400,
+        };
+        core.apply(NOW, command).expect("acquire");
+    }
+    for g in 0..1000 {
+        for agent in agents.iter().skip(g).step_by(1000).take(20) {
+            let command = Command::Campaign {
+                group: format!("group-{g:04}"),
+                agent_id: agent.clone(),
+            };
+            core.apply(NOW, command).expect("campaign");
+        }
+    }
+    let mut sink = Vec::new();
+    core.drain_deliveries(&mut sink);
+    core
+}
+
+/// Every read a client or the dashboard makes, one command each, against `fleet()`: each must
+/// stay within about a millisecond of the core's time.
+fn scale(c: &mut Criterion) {
+    let mut core = fleet();
+    let leases = size(2_000_000);
+    let mut read = |name: &str, c: &mut Criterion, mut command: Box<dyn FnMut(u64) -> Command>| {
+        let mut n = 0u64;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                let reply = core.apply(NOW, command(n)).expect(name);
+                black_box(reply);
+            })
+        });
+    };
+    let spread = move |n: u64, range: usize| (n.wrapping_mul(2_654_435_761) % range as u64) as usize;
+    read(
+        "scale: ListLeases, a page of 1000 from a token (2M leases)",
+        c,
+        Box::new(move |n| Command::ListLeases {
+            prefix: String::new(),
+            page_size: 1000,
+            page_token: format!("lease/{:07}", spread(n, leases)),
+        }),
+    );
+    read(
+        "scale: ListLeases, a page of 1000 under a prefix (2M leases)",
+        c,
+        Box::new(move |n| Command::ListLeases {
+            prefix: format!("lease/{:03}", spread(n, 200)),
+            page_size: 1000,
+            page_token: String::new(),
+        }),
+    );
+    read(
+        "scale: Overview, 100 per list (1M agents)",
+        c,
+        Box::new(|_| Command::Overview {
+            agents_max: 100,
+            leases_max: 100,
+        }),
+    );
+    read(
+        "scale: ListAgents, 100 ALIVE from a cursor (1M agents)",
+        c,
+        Box::new(move |n| Command::ListAgents {
+            status: Some(agentkeeper::core::types::AgentStatus::Alive),
+            query: String::new(),
+            page_size: 100,
+            page_token: spread(n, size(1_000_000)).to_string(),
+        }),
+    );
+    read(
+        "scale: ListPolicies, a page of 1000 from a token (1M policies)",
+        c,
+        Box::new(move |n| Command::ListPoliciesPage {
+            subject_prefix: String::new(),
+            page_size: 1000,
+            page_token: format!("p{:07}", spread(n, size(1_000_000))),
+        }),
+    );
+    read(
+        "scale: ListPolicies, a narrow prefix (the scan budget, 1M policies)",
+        c,
+        Box::new(move |n| Command::ListPoliciesPage {
+            subject_prefix: "team:".into(),
+            page_size: 1000,
+            page_token: format!("p{:07}", spread(n, size(1_000_000))),
+        }),
+    );
+    read(
+        "scale: ListTasks, a page of 1000 (1M tasks)",
+        c,
+        Box::new(move |n| Command::ListTasks {
+            status: None,
+            page_size: 1000,
+            page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+        }),
+    );
+    read(
+        "scale: ListTasks, a page of 1000 PENDING (1M tasks)",
+        c,
+        Box::new(move |n| Command::ListTasks {
+            status: Some(agentkeeper::core::tasks::TaskStatus::Pending),
+            page_size: 1000,
+            page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+        }),
+    );
+    read(
+        "scale: ListTasks asking 10000 (one command answers 1000; 1M tasks)",
+        c,
+        Box::new(move |n| Command::ListTasks {
+            status: None,
+            page_size: 10_000,
+            page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+        }),
+    );
+    read(
+        "scale: ListElections, a page of 1000 groups of 20",
+        c,
+        Box::new(|_| Command::ListElectionsPage {
+            page_size: 1000,
+            page_token: String::new(),
+        }),
+    );
+    let find = |query: &str, tools: &[&str], limit: u32| {
+        let (query, tools) = (
+            query.to_string(),
+            tools.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        );
+        Box::new(move |_| Command::Find {
+            query: query.clone(),
+            tools: tools.clone(),
+            limit,
+        }) as Box<dyn FnMut(u64) -> Command>
+    };
+    read(
+        "scale: Find, empty query + a tool (1M agents)",
+        c,
+        find("", &["tool3"], 10),
+    );
+    read(
+        "scale: Find, empty query + a common and a rare tool (1M agents)",
+        c,
+        find("", &["tool0", "rare"], 100),
+    );
+    read(
+        "scale: Find, empty query + two tools no agent has both of (1M agents)",
+        c,
+        find("", &["tool1", "tool2"], 10),
+    );
+    read(
+        "scale: Find, a query of common words (1M agents)",
+        c,
+        find("review pull requests and deploy services", &[], 10),
+    );
+    read(
+        "scale: Find, a query of common words, limit 1000 (1M agents)",
+        c,
+        find("summarise the meetings", &[], 1000),
+    );
+    read(
+        "scale: Find, a query of common words + a tool (1M agents)",
+        c,
+        find("fetch web pages", &["tool5"], 10),
+    );
+    read(
+        "scale: Find, a query + the rare tool (1M agents)",
+        c,
+        find("run sql queries", &["rare"], 10),
+    );
+    let agent = match core.apply(
+        NOW,
+        Command::ListAgents {
+            status: None,
+            query: String::new(),
+            page_size: 1,
+            page_token: String::new(),
+        },
+    ) {
+        Ok(Reply::AgentPage { agents, .. }) => agents[0].agent_id.to_string(),
+        other => panic!("{other:?}"),
+    };
+    c.bench_function("scale: Heartbeat (1M agents, for reference)", |b| {
+        b.iter(|| {
+            core.apply(
+                NOW,
+                Command::Heartbeat {
+                    agent_id: agent.clone(),
+                },
+            )
+            .expect("heartbeat");
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
     targets = heartbeat, leases, policies, find, indexes, expiry, fanout, tasks
 }
-criterion_main!(benches);
+criterion_group! {
+    name = at_scale;
+    config = Criterion::default().sample_size(20);
+    targets = scale
+}
+criterion_main!(benches, at_scale);

@@ -68,7 +68,64 @@ async fn the_overview_lists_agents_leases_elections_and_policies_with_counts_and
     assert_eq!(view["elections"][0]["group"], "writers");
     assert_eq!(view["elections"][0]["leader"], a.as_str());
     assert_eq!(view["elections"][0]["candidates"], serde_json::json!([a, b]));
+    assert_eq!(view["elections"][0]["candidates_total"], 2);
     assert_eq!(view["policies"], serde_json::json!([]));
+    for list in ["agents", "leases", "elections", "policies"] {
+        assert_eq!(
+            view[format!("{list}_next")],
+            Value::Null,
+            "{list} is whole: no next page"
+        );
+    }
+}
+
+fn get_json(daemon: &Daemon, path: &str) -> Value {
+    let (status, body) = daemon.http_get(path);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn the_overview_holds_one_page_of_each_list_and_the_rest_comes_a_page_at_a_time() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(c.register(&format!("agent-{i:03}"), &[], 30).await);
+    }
+    for i in 0..120 {
+        c.acquire(&format!("job/{i:03}"), &ids[i % 150], 30).await;
+    }
+    let view = overview(&daemon);
+    assert_eq!(view["agents_total"], 150);
+    let first = view["agents"].as_array().unwrap();
+    assert_eq!(first.len(), 100, "the overview carries a page of agents, not the fleet");
+    assert_eq!(first[0]["id"], ids[0].as_str());
+    assert_eq!(view["leases"].as_array().unwrap().len(), 100);
+    assert_eq!(view["leases_total"], 120);
+    let cursor = view["agents_next"].as_str().expect("more agents follow");
+    let rest = get_json(&daemon, &format!("/api/agents?after={cursor}"));
+    let rest = rest["agents"].as_array().unwrap();
+    let rest_ids: Vec<&str> = rest.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(rest_ids, ids[100..].iter().map(String::as_str).collect::<Vec<_>>());
+    let after = view["leases_next"].as_str().expect("more leases follow");
+    assert_eq!(after, "job/099");
+    let leases = get_json(&daemon, &format!("/api/leases?after={after}"));
+    assert_eq!(leases["leases"].as_array().unwrap().len(), 20);
+    assert_eq!(leases["leases"][0]["key"], "job/100");
+    assert_eq!(leases["next"], Value::Null);
+    // A status filter and a search: pages of the same bounded kind.
+    let dead = get_json(&daemon, "/api/agents?status=DEAD");
+    assert_eq!(dead["agents"], serde_json::json!([]));
+    assert!(dead["sequence_next"].as_u64().unwrap() >= 271);
+    let found = get_json(&daemon, "/api/agents?q=agent-123");
+    assert_eq!(
+        found["agents"][0]["id"],
+        ids[123].as_str(),
+        "the exact name ranks first"
+    );
+    let (status, _) = daemon.http_get("/api/agents?status=SLEEPING");
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
 }
 
 /// A raw server-sent-events reader on the HTTP port.

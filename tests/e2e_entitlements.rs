@@ -63,6 +63,7 @@ fn default_deny() -> (bool, String) {
 async fn list(c: &mut Clients, prefix: &str) -> Vec<pb::Policy> {
     let request = pb::ListPoliciesRequest {
         subject_prefix: prefix.into(),
+        ..Default::default()
     };
     c.policies
         .list_policies(request)
@@ -298,5 +299,57 @@ async fn delete_policy_removes_it_and_an_unknown_id_is_not_found() {
     assert!(
         matches!(error.code(), Code::NotFound | Code::InvalidArgument),
         "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_v1_list_policies_gets_the_whole_list_and_a_paged_one_follows_tokens() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    for i in 0..2500 {
+        let subject = if i % 100 == 7 {
+            format!("team:t{i}")
+        } else {
+            format!("agent:a{i}")
+        };
+        let policy = pb::Policy {
+            id: format!("p{i:05}"),
+            subject,
+            action: "call".into(),
+            resource: "tool:*".into(),
+            effect: pb::PolicyEffect::Allow as i32,
+        };
+        c.policies
+            .set_policy(pb::SetPolicyRequest { policy: Some(policy) })
+            .await
+            .unwrap();
+    }
+    // No page size, as v1 sends it: every policy, though the core answers 1000 a command.
+    let all = list(&mut c, "").await;
+    assert_eq!(all.len(), 2500);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "sorted by id");
+    let teams = list(&mut c, "team:").await;
+    assert_eq!(teams.len(), 25);
+    // With a page size: pages by id, each token going on after the last id shown.
+    let mut page_token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let request = pb::ListPoliciesRequest {
+            subject_prefix: "agent:".into(),
+            page_size: 1000,
+            page_token,
+        };
+        let page = c.policies.list_policies(request).await.unwrap().into_inner();
+        assert!(page.policies.len() <= 1000);
+        seen.extend(page.policies.into_iter().map(|p| p.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 2475);
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "no policy twice, none out of order"
     );
 }

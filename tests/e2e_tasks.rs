@@ -398,6 +398,74 @@ async fn list_tasks_pages_through_every_task_in_creation_order() {
 }
 
 #[tokio::test]
+async fn a_page_bigger_than_one_core_command_is_gathered_whole_and_within_its_bytes() {
+    let daemon = Daemon::start(&[]);
+    let mut c = daemon.clients().await;
+    let mut ids = Vec::new();
+    for i in 0..2500 {
+        ids.push(create(&mut c, &format!("t{i}"), &[], 0, 300).await.id);
+    }
+    let list = |page_size: u32, page_token: String| pb::ListTasksRequest {
+        status: pb::TaskStatus::Unspecified as i32,
+        page_size,
+        page_token,
+    };
+    // The core answers at most 1000 a command; the page asked for is gathered from three.
+    let page = c
+        .tasks
+        .list_tasks(list(2400, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let shown: Vec<&String> = page.tasks.iter().map(|t| &t.id).collect();
+    assert_eq!(shown, ids[..2400].iter().collect::<Vec<_>>());
+    let rest = c
+        .tasks
+        .list_tasks(list(2400, page.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.tasks.len(), 100);
+    assert!(rest.next_page_token.is_empty());
+    // Big inputs: a page stops at 3 MiB of input past its first task, across slices too.
+    let mut big = Vec::new();
+    for i in 0..4 {
+        let mut request = create_request(&format!("big{i}"), &[], 0, 300);
+        request.input = vec![b'x'; 1024 * 1024];
+        big.push(
+            c.tasks
+                .create_task(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .task
+                .unwrap()
+                .id,
+        );
+    }
+    let page = c.tasks.list_tasks(list(10_000, ids[2499].clone())).await;
+    assert_eq!(
+        page.unwrap_err().code(),
+        Code::InvalidArgument,
+        "a task id is not a page token"
+    );
+    let mut page_token = String::new();
+    let mut sizes = Vec::new();
+    loop {
+        let page = c.tasks.list_tasks(list(10_000, page_token)).await.unwrap().into_inner();
+        let input: usize = page.tasks.iter().map(|t| t.input.len()).sum();
+        assert!(input <= 3 * 1024 * 1024, "{input} bytes of input in one page");
+        sizes.push(page.tasks.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    // The small tasks' inputs ("input of t123") and two 1 MiB ones fit 3 MiB; a third does not.
+    assert_eq!(sizes, [2502, 2]);
+}
+
+#[tokio::test]
 async fn tasks_their_states_and_retry_counts_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = format!("--data-dir={}", dir.path().display());

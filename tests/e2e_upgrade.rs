@@ -114,7 +114,7 @@ async fn serves_the_manifest(c: &mut Clients, manifest: &Value) {
     assert_eq!(&Value::Array(served), &manifest["policies"]);
     let groups = c
         .elections
-        .list_elections(pb::ListElectionsRequest {})
+        .list_elections(pb::ListElectionsRequest::default())
         .await
         .unwrap()
         .into_inner()

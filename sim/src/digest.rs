@@ -1,7 +1,9 @@
 //! The run's fingerprint: FNV-1a 64 over a canonical rendering of every reply, every answer the
 //! core gave a waiting claim, and every delivered event. The rendering is our own byte encoding (tags, little-endian integers, length-prefixed
 //! strings), never `Debug` output, hash-map order, an address or a clock, so the same seed gives
-//! the same digest on any machine.
+//! the same digest on any machine. Fields a reply gained later (a page token, a count beyond the
+//! listed items) are rendered only when they say something, so pinned digests of runs that never
+//! saw them stay valid.
 
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView};
 use agentkeeper::core::tasks::{TaskView, WaiterId};
@@ -113,10 +115,14 @@ impl Digest {
                 self.tag(8);
                 self.policy(policy);
             }
-            Reply::Policies(policies) => {
+            Reply::Policies {
+                policies,
+                next_page_token,
+            } => {
                 self.tag(9);
                 self.u64(policies.len() as u64);
                 policies.iter().for_each(|p| self.policy(p));
+                self.later_token(next_page_token);
             }
             Reply::Decision(decision) => {
                 self.tag(10);
@@ -148,14 +154,33 @@ impl Digest {
                 leases.iter().for_each(|l| self.lease(l));
                 self.str(next_page_token);
             }
-            Reply::Elections(groups) => {
+            Reply::Elections {
+                groups,
+                next_page_token,
+            } => {
                 self.tag(17);
                 self.u64(groups.len() as u64);
-                for (state, candidates) in groups {
-                    self.election(state);
-                    self.u64(candidates.len() as u64);
-                    candidates.iter().for_each(|id| self.bytes(&id.0.to_le_bytes()));
+                for group in groups {
+                    self.election(&group.state);
+                    self.u64(group.candidates.len() as u64);
+                    group.candidates.iter().for_each(|id| self.bytes(&id.0.to_le_bytes()));
+                    if group.candidates_total != group.candidates.len() {
+                        self.tag(b'n');
+                        self.u64(group.candidates_total as u64);
+                    }
                 }
+                self.later_token(next_page_token);
+            }
+            Reply::AgentPage {
+                agents,
+                next_page_token,
+                sequence_next,
+            } => {
+                self.tag(19);
+                self.u64(agents.len() as u64);
+                agents.iter().for_each(|a| self.agent(a));
+                self.str(next_page_token);
+                self.u64(*sequence_next);
             }
             Reply::Overview(view) => {
                 self.tag(18);
@@ -167,6 +192,9 @@ impl Digest {
                 view.leases.iter().for_each(|l| self.lease(l));
                 self.u64(view.policies.len() as u64);
                 view.policies.iter().for_each(|p| self.policy(p));
+                for token in [&view.agents_next, &view.leases_next, &view.policies_next] {
+                    self.later_token(token);
+                }
             }
             Reply::ClaimWaiting { waiter } => {
                 self.tag(15);
@@ -200,6 +228,14 @@ impl Digest {
                 self.tag(b't');
                 self.task(view);
             }
+        }
+    }
+
+    /// A page token a reply gained later: rendered only when there is a next page.
+    fn later_token(&mut self, token: &str) {
+        if !token.is_empty() {
+            self.tag(b'>');
+            self.str(token);
         }
     }
 

@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use agentkeeper::core::elections::GroupListing;
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
 use agentkeeper::core::listing::Overview;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
@@ -107,13 +108,19 @@ const TTL_SECONDS_MAX: u32 = 86_400;
 /// The contract's bounds on a task's input and output, and the project's on a failure reason.
 const PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
 const REASON_BYTES_MAX: usize = 4096;
-/// ListTasks: page size 0 means 1000, at most 10 000; a page holds at most 3 MiB of input and
-/// output past its first task (the project's bounds, so a page fits a client's 4 MiB message).
+/// ListTasks: page size 0 means 1000, at most 1000 in one command (the gRPC handler gathers the
+/// wire's 10 000 from several); a page holds at most 3 MiB of input and output past its first
+/// task (the project's bounds, so a page fits a client's 4 MiB message).
 const PAGE_SIZE_DEFAULT: usize = 1000;
-const PAGE_SIZE_MAX: u32 = 10_000;
+const PAGE_SIZE_MAX: u32 = 1000;
 const PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// ListLeases: page size 0 means 1000, at most 2000 (so a page of the longest keys fits 4 MiB).
 const LEASE_PAGE_SIZE_MAX: usize = 2000;
+/// ListPolicies, ListElections, ListAgents and each list of an Overview: at most 1000 a page; a
+/// policy page looks at 4096 policies at most; a listed group shows its first 100 candidates.
+const LIST_PAGE_SIZE_MAX: usize = 1000;
+const POLICY_SCAN_MAX: usize = 4096;
+const CANDIDATES_LISTED_MAX: usize = 100;
 
 fn within(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len())
@@ -707,19 +714,12 @@ impl Model {
                 self.policies.remove(index);
                 Ok(Reply::Done)
             }
-            Command::ListPolicies { subject_prefix } => {
-                if subject_prefix.len() > 1024 {
-                    return Err(ErrorCode::InvalidArgument);
-                }
-                let mut listed: Vec<Policy> = self
-                    .policies
-                    .iter()
-                    .filter(|p| p.subject.starts_with(subject_prefix.as_str()))
-                    .cloned()
-                    .collect();
-                listed.sort_by(|a, b| a.id.cmp(&b.id));
-                Ok(Reply::Policies(listed))
-            }
+            Command::ListPolicies { subject_prefix } => self.list_policies(subject_prefix, 0, ""),
+            Command::ListPoliciesPage {
+                subject_prefix,
+                page_size,
+                page_token,
+            } => self.list_policies(subject_prefix, *page_size, page_token),
             Command::CheckPolicy {
                 subject,
                 action,
@@ -769,30 +769,185 @@ impl Model {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(*status, *page_size, page_token),
+            } => self.list_tasks(*status, *page_size, page_token, None),
+            Command::ListTasksSlice {
+                status,
+                page_size,
+                page_token,
+                bytes_left,
+            } => self.list_tasks(*status, *page_size, page_token, Some(*bytes_left)),
             Command::ListLeases {
                 prefix,
                 page_size,
                 page_token,
             } => self.list_leases(prefix, *page_size, page_token),
-            Command::ListElections => Ok(Reply::Elections(self.elections())),
+            Command::ListElections => self.list_elections(0, ""),
+            Command::ListElectionsPage { page_size, page_token } => self.list_elections(*page_size, page_token),
+            Command::ListAgents {
+                status,
+                query,
+                page_size,
+                page_token,
+            } => self.list_agents(*status, query, *page_size, page_token),
             Command::Overview { agents_max, leases_max } => {
-                let mut agents = self.agents();
-                agents.truncate(*agents_max as usize);
-                let mut leases = self.leases();
-                leases.truncate(*leases_max as usize);
-                let mut policies = self.policies();
-                policies.truncate(*leases_max as usize);
+                let lists_max = (*leases_max).min(LIST_PAGE_SIZE_MAX as u32);
+                let agents = self.agent_page(None, "", (*agents_max).min(LIST_PAGE_SIZE_MAX as u32))?;
+                let Ok(Reply::Leases {
+                    leases,
+                    next_page_token: leases_next,
+                }) = self.list_leases("", lists_max, "")
+                else {
+                    unreachable!("an empty prefix and token are valid")
+                };
+                let (elections, elections_next) = self.group_page(lists_max, "");
+                let (policies, policies_next) = self.policy_page("", lists_max, "");
                 Ok(Reply::Overview(Box::new(Overview {
                     now: self.now,
                     stats: self.stats(),
-                    agents,
-                    leases,
-                    elections: self.elections(),
+                    agents: agents.0,
+                    agents_next: agents.1,
+                    leases: if lists_max == 0 { Vec::new() } else { leases },
+                    leases_next: if lists_max == 0 { String::new() } else { leases_next },
+                    elections,
+                    elections_next,
                     policies,
+                    policies_next,
                 })))
             }
         }
+    }
+
+    /// ListPolicies: by id after the token, the subject starting with the prefix; a page stops
+    /// at its size or after looking at `POLICY_SCAN_MAX` policies, and then names the last one
+    /// it looked at.
+    fn list_policies(&self, prefix: &str, page_size: u32, page_token: &str) -> Expected {
+        if prefix.len() > 1024 || page_token.len() > 256 {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let size = match page_size {
+            0 => PAGE_SIZE_DEFAULT as u32,
+            n => n,
+        };
+        let (policies, next_page_token) = self.policy_page(prefix, size, page_token);
+        Ok(Reply::Policies {
+            policies,
+            next_page_token,
+        })
+    }
+
+    fn policy_page(&self, prefix: &str, page_size: u32, page_token: &str) -> (Vec<Arc<Policy>>, String) {
+        let limit = (page_size as usize).min(LIST_PAGE_SIZE_MAX);
+        let after: Vec<Policy> = self
+            .policies()
+            .into_iter()
+            .filter(|p| page_token.is_empty() || p.id.as_str() > page_token)
+            .collect();
+        let mut listed = Vec::new();
+        if limit == 0 {
+            return (listed, String::new());
+        }
+        // `looked` policies looked at so far: the ones before this one.
+        for (looked, policy) in after.iter().enumerate() {
+            if listed.len() == limit || looked == POLICY_SCAN_MAX {
+                return (listed, after[looked - 1].id.clone());
+            }
+            if policy.subject.starts_with(prefix) {
+                listed.push(Arc::new(policy.clone()));
+            }
+        }
+        (listed, String::new())
+    }
+
+    /// ListElections: groups by name after the token, each with the first candidates in line.
+    fn list_elections(&self, page_size: u32, page_token: &str) -> Expected {
+        if page_token.len() > 256 {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let size = match page_size {
+            0 => PAGE_SIZE_DEFAULT as u32,
+            n => n,
+        };
+        let (groups, next_page_token) = self.group_page(size, page_token);
+        Ok(Reply::Elections {
+            groups,
+            next_page_token,
+        })
+    }
+
+    fn group_page(&self, page_size: u32, page_token: &str) -> (Vec<GroupListing>, String) {
+        let limit = (page_size as usize).min(LIST_PAGE_SIZE_MAX);
+        let mut groups: Vec<GroupListing> = self
+            .elections()
+            .into_iter()
+            .filter(|(state, _)| page_token.is_empty() || &*state.group > page_token)
+            .map(|(state, candidates)| GroupListing {
+                state,
+                candidates_total: candidates.len(),
+                candidates: candidates.into_iter().take(CANDIDATES_LISTED_MAX).collect(),
+            })
+            .collect();
+        let more = groups.len() > limit;
+        groups.truncate(limit);
+        let next = match groups.last() {
+            Some(last) if more => last.state.group.to_string(),
+            _ => String::new(),
+        };
+        (groups, next)
+    }
+
+    /// The dashboard's agents: one status or all, by registration after the token; with a query,
+    /// Find's answer (whose ranking the runner checks by its properties, not by equality).
+    fn list_agents(&self, status: Option<AgentStatus>, query: &str, page_size: u32, page_token: &str) -> Expected {
+        if query.len() > 8 * 1024 {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let size = match page_size {
+            0 => PAGE_SIZE_DEFAULT as u32,
+            n => n,
+        };
+        if !query.trim().is_empty() {
+            if status.is_some_and(|s| s != AgentStatus::Alive) || !page_token.is_empty() {
+                return Err(ErrorCode::InvalidArgument);
+            }
+            let Ok(Reply::Agents(agents)) = self.find(query, &[], size.min(LIST_PAGE_SIZE_MAX as u32)) else {
+                unreachable!("a find without tools is valid")
+            };
+            return Ok(Reply::AgentPage {
+                agents,
+                next_page_token: String::new(),
+                sequence_next: self.sequence_next,
+            });
+        }
+        let (agents, next_page_token) = self.agent_page(status, page_token, size)?;
+        Ok(Reply::AgentPage {
+            agents,
+            next_page_token,
+            sequence_next: self.sequence_next,
+        })
+    }
+
+    fn agent_page(
+        &self,
+        status: Option<AgentStatus>,
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<(Vec<AgentView>, String), ErrorCode> {
+        let after = match page_token {
+            "" => 0,
+            token => token.parse::<u64>().map_err(|_| ErrorCode::InvalidArgument)?,
+        };
+        let limit = (page_size as usize).min(LIST_PAGE_SIZE_MAX);
+        let matching: Vec<&Agent> = self
+            .agents
+            .iter()
+            .filter(|a| a.registration > after && status.is_none_or(|s| a.status == s))
+            .collect();
+        let shown = &matching[..matching.len().min(limit)];
+        let next = match shown.last() {
+            Some(last) if matching.len() > limit => last.registration.to_string(),
+            _ => String::new(),
+        };
+        Ok((shown.iter().map(|a| a.view()).collect(), next))
     }
 
     /// Every lease with the prefix and a key after the token, by key, a page at a time.
@@ -1320,7 +1475,15 @@ impl Model {
         Ok(Reply::Done)
     }
 
-    fn list_tasks(&self, status: Option<TaskStatus>, page_size: u32, page_token: &str) -> Expected {
+    /// ListTasks (`bytes_left` `None`: a whole page, at least one task) or a further slice of a
+    /// gathered page (only tasks that fit what is left).
+    fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: &str,
+        bytes_left: Option<u64>,
+    ) -> Expected {
         let after: u64 = if page_token.is_empty() {
             0
         } else {
@@ -1330,6 +1493,7 @@ impl Model {
             0 => PAGE_SIZE_DEFAULT,
             n => n.min(PAGE_SIZE_MAX) as usize,
         };
+        let allowance = bytes_left.map_or(PAGE_BYTES_MAX, |b| usize::try_from(b).unwrap_or(usize::MAX));
         let mut tasks = Vec::new();
         let mut bytes = 0;
         let mut next = String::new();
@@ -1338,7 +1502,8 @@ impl Model {
             .iter()
             .filter(|t| t.order >= after && status.is_none_or(|s| t.view.status == s));
         for task in listed {
-            if tasks.len() == limit || (!tasks.is_empty() && bytes + task.bytes() > PAGE_BYTES_MAX) {
+            let first = tasks.is_empty() && bytes_left.is_none();
+            if tasks.len() == limit || (!first && bytes + task.bytes() > allowance) {
                 next = task.order.to_string();
                 break;
             }

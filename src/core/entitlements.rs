@@ -18,10 +18,16 @@
 //! verifies them all: they all match the same queries anyway, and the limit on policies bounds it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use slab::Slab;
 
+use super::listing::Page;
 use super::types::{Decision, Effect, Map, Policy, new_map};
+
+/// Policies one page of ListPolicies looks at, at most: a subject prefix that few policies match
+/// cannot make a page walk the whole table.
+pub const POLICY_SCAN_MAX: usize = 4096;
 
 /// Which part of a field an anchor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +141,8 @@ impl FieldIndex {
 }
 
 struct Entry {
-    policy: Policy,
+    /// Shared with the pages that list it: a page of policies copies pointers, not strings.
+    policy: Arc<Policy>,
     anchor: Anchor,
 }
 
@@ -206,7 +213,7 @@ impl PolicyTable {
     }
 
     pub fn get(&self, id: &str) -> Option<&Policy> {
-        self.by_id.get(id).map(|&key| &self.entries[key].policy)
+        self.by_id.get(id).map(|&key| &*self.entries[key].policy)
     }
 
     /// Inserts or replaces the policy with this id; returns the replaced one.
@@ -215,7 +222,7 @@ impl PolicyTable {
         let anchor = anchor_of(&policy);
         let id = policy.id.clone();
         let key = self.entries.insert(Entry {
-            policy,
+            policy: Arc::new(policy),
             anchor: anchor.clone(),
         });
         self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
@@ -228,26 +235,45 @@ impl PolicyTable {
         let key = self.by_id.remove(id)?;
         let entry = self.entries.remove(key);
         self.fields[entry.anchor.field].remove(entry.anchor.kind, &entry.anchor.text, key);
-        Some(entry.policy)
+        Some(Arc::unwrap_or_clone(entry.policy))
     }
 
-    /// Policies whose subject pattern starts with `subject_prefix`, sorted by id.
+    /// Every policy whose subject pattern starts with `subject_prefix`, sorted by id: O(table),
+    /// for the simulator and tests, never a command.
     pub fn list(&self, subject_prefix: &str) -> Vec<Policy> {
         self.by_id
             .values()
             .map(|&key| &self.entries[key].policy)
             .filter(|policy| policy.subject.starts_with(subject_prefix))
-            .cloned()
+            .map(|policy| Policy::clone(policy))
             .collect()
     }
 
-    /// The first `limit` policies by id.
-    pub fn first(&self, limit: usize) -> Vec<Policy> {
-        self.by_id
-            .values()
-            .take(limit)
-            .map(|&key| self.entries[key].policy.clone())
-            .collect()
+    /// Policies by id after `after`, whose subject pattern starts with `subject_prefix`: at most
+    /// `limit`, looking at no more than `POLICY_SCAN_MAX` policies, so a narrow prefix over a big
+    /// table answers a short page (even an empty one) whose `next` goes on from where it stopped.
+    pub fn page(&self, subject_prefix: &str, after: Option<&str>, limit: usize) -> Page<Arc<Policy>> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page::new();
+        let mut last: Option<&str> = None;
+        if limit == 0 {
+            return page;
+        }
+        for (id, &key) in self.by_id.range::<str, _>((start, Bound::Unbounded)) {
+            if page.items.len() == limit || page.examined == POLICY_SCAN_MAX {
+                page.next = last.map(str::to_string);
+                break;
+            }
+            page.examined += 1;
+            last = Some(id);
+            let policy = &self.entries[key].policy;
+            if policy.subject.starts_with(subject_prefix) {
+                page.items.push(Arc::clone(policy));
+            }
+        }
+        debug_assert!(page.items.len() <= limit && page.examined <= POLICY_SCAN_MAX);
+        page
     }
 
     pub fn check(&self, subject: &str, action: &str, resource: &str) -> Decision {

@@ -276,7 +276,15 @@ impl EventBus {
             sequence_min: from_sequence,
         };
         let replay = if from_sequence > 0 {
-            self.ring.iter().filter(|e| subscriber.wants(e)).cloned().collect()
+            // The ring holds consecutive sequences: the replay starts at an offset, and reads
+            // only the events from `from_sequence` on, not the whole ring.
+            let skip = usize::try_from(from_sequence - self.sequence_oldest()).unwrap_or(usize::MAX);
+            let skip = skip.min(self.ring.len());
+            self.ring
+                .range(skip..)
+                .filter(|e| subscriber.wants(e))
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
@@ -319,14 +327,14 @@ impl EventBus {
     }
 
     pub fn check_invariants(&self) {
-        let mut previous = 0;
-        for event in &self.ring {
-            assert!(
-                event.sequence > previous,
-                "event ring out of order at {}",
-                event.sequence
+        // Consecutive sequences: a resume's replay starts at an offset into the ring.
+        for pair in self.ring.iter().zip(self.ring.iter().skip(1)) {
+            assert_eq!(
+                pair.0.sequence + 1,
+                pair.1.sequence,
+                "event ring not consecutive at {}",
+                pair.1.sequence
             );
-            previous = event.sequence;
         }
         if let Some(last) = self.ring.back() {
             assert_eq!(

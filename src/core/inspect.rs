@@ -34,7 +34,7 @@ impl Core {
         let mut groups: Vec<_> = self
             .elections
             .iter()
-            .map(|group| (group.view(), group.candidates.iter().map(|&(_, id)| id).collect()))
+            .map(|group| (group.view(), group.line().collect()))
             .collect();
         groups.sort_unstable_by(|a: &(ElectionView, Vec<_>), b| a.0.group.cmp(&b.0.group));
         groups
@@ -48,7 +48,7 @@ impl Core {
         page_size: u32,
         page_token: &str,
     ) -> super::Outcome {
-        self.list_tasks(status, page_size, page_token)
+        self.list_tasks(status, page_size, page_token, super::tasks::PageBytes::Whole)
     }
 
     /// Every policy, sorted by id.

@@ -2,9 +2,11 @@
 //! expiry by timer.
 //!
 //! Architecture invariant: fencing tokens come from one counter that only grows; a key has at
-//! most one holder; every lease is also listed under its holder (for death clean-up) and owns
-//! exactly one timer.
+//! most one holder; every lease is indexed by key twice (hashed for the hot path, ordered for
+//! listings), is listed under its holder (for death clean-up) and owns exactly one timer.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use slab::Slab;
@@ -44,7 +46,10 @@ impl Lease {
 
 pub struct LeaseTable {
     pub(super) leases: Slab<Lease>,
+    /// By key, hashed: acquire, renew and release.
     pub(super) by_task: Map<Arc<str>, usize>,
+    /// By key, ordered: ListLeases pages are range reads of it.
+    pub(super) by_key: BTreeMap<Arc<str>, usize>,
     pub(super) token_last: u64,
 }
 
@@ -53,6 +58,7 @@ impl LeaseTable {
         LeaseTable {
             leases: Slab::new(),
             by_task: new_map(hash_seed),
+            by_key: BTreeMap::new(),
             token_last: 0,
         }
     }
@@ -73,6 +79,21 @@ impl LeaseTable {
     /// Every lease, in slab order (sort before showing).
     pub fn iter(&self) -> impl Iterator<Item = &Lease> {
         self.leases.iter().map(|(_, lease)| lease)
+    }
+
+    /// The leases from `start` on, by key.
+    pub fn by_key_from<'a>(&'a self, start: Bound<&str>) -> impl Iterator<Item = &'a Lease> + 'a {
+        self.by_key
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, &key)| &self.leases[key])
+    }
+
+    /// Files a new lease under its key in both indexes.
+    pub(super) fn index(&mut self, key: usize) {
+        let task_id = Arc::clone(&self.leases[key].task_id);
+        let hashed = self.by_task.insert(Arc::clone(&task_id), key);
+        let ordered = self.by_key.insert(task_id, key);
+        assert!(hashed.is_none() && ordered.is_none(), "a key has at most one lease");
     }
 
     pub fn get(&self, key: usize) -> &Lease {
@@ -109,16 +130,30 @@ impl LeaseTable {
         let lease = self.leases.remove(key);
         let removed = self.by_task.remove(&lease.task_id);
         assert_eq!(removed, Some(key), "lease index out of step for {:?}", lease.task_id);
+        let removed = self.by_key.remove(&lease.task_id);
+        assert_eq!(
+            removed,
+            Some(key),
+            "ordered lease index out of step for {:?}",
+            lease.task_id
+        );
         lease
     }
 
     pub fn check_invariants(&self, now: Millis, registry: &Registry, timers: &TimerWheel<Deadline>) {
         assert_eq!(self.by_task.len(), self.leases.len(), "lease index size");
+        assert_eq!(self.by_key.len(), self.leases.len(), "ordered lease index size");
         for (key, lease) in &self.leases {
             assert_eq!(
                 self.by_task.get(&lease.task_id),
                 Some(&key),
                 "lease {:?} not indexed",
+                lease.task_id
+            );
+            assert_eq!(
+                self.by_key.get(&lease.task_id),
+                Some(&key),
+                "lease {:?} not in the ordered index",
                 lease.task_id
             );
             assert!(lease.token <= self.token_last, "lease token above the counter");
@@ -217,7 +252,7 @@ impl Core {
         let entry = table.leases.vacant_entry();
         let key = entry.key();
         let lease = entry.insert(Lease {
-            task_id: Arc::clone(&task_id),
+            task_id,
             holder: agent,
             holder_id: self.registry.get(agent).id,
             token,
@@ -228,7 +263,7 @@ impl Core {
             task,
         });
         let view = lease.view();
-        table.by_task.insert(task_id, key);
+        table.index(key);
         self.registry.get_mut(agent).leases.insert(token, key);
         self.emit(Topic::LeaseAcquired, EventPayload::Lease(view.clone()));
         Ok((key, view))

@@ -9,6 +9,7 @@ pub mod elections;
 pub mod entitlements;
 pub mod entry;
 pub mod events;
+pub mod find;
 pub mod ids;
 pub mod inspect;
 pub mod leases;
@@ -218,14 +219,44 @@ pub enum Command {
         page_size: u32,
         page_token: String,
     },
+    /// The first page of election groups (as `ListElectionsPage` with defaults).
     ListElections,
-    /// The dashboard's view of everything (see `listing::Overview`).
+    /// The dashboard's view: counts and the first page of each list (see `listing::Overview`).
     Overview {
         agents_max: u32,
         leases_max: u32,
     },
     /// The core's time (ClockService): answered once whatever fired by then is durable.
     Now,
+    /// Policies by id whose subject starts with `subject_prefix`, a page at a time.
+    /// (`ListPolicies` is its first page with defaults.)
+    ListPoliciesPage {
+        subject_prefix: String,
+        page_size: u32,
+        page_token: String,
+    },
+    /// Election groups by name, a page at a time.
+    ListElectionsPage {
+        page_size: u32,
+        page_token: String,
+    },
+    /// The dashboard's agents: one status (or all) in registration order a page at a time, or
+    /// with a query Find's ranking of ALIVE agents.
+    ListAgents {
+        status: Option<types::AgentStatus>,
+        query: String,
+        page_size: u32,
+        page_token: String,
+    },
+    /// A further slice of a ListTasks page the gRPC handler gathers (the first is a ListTasks):
+    /// as ListTasks, but holding tasks only while their input and output bytes fit `bytes_left`,
+    /// what the page's earlier slices left of its allowance (so perhaps none).
+    ListTasksSlice {
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: String,
+        bytes_left: u64,
+    },
 }
 
 impl Command {
@@ -247,6 +278,10 @@ impl Command {
                 | Command::ListElections
                 | Command::Overview { .. }
                 | Command::Now
+                | Command::ListPoliciesPage { .. }
+                | Command::ListElectionsPage { .. }
+                | Command::ListAgents { .. }
+                | Command::ListTasksSlice { .. }
         )
     }
 
@@ -282,6 +317,10 @@ impl Command {
             Command::ListElections => "ListElections",
             Command::Overview { .. } => "Overview",
             Command::Now => "Now",
+            Command::ListPoliciesPage { .. } => "ListPolicies",
+            Command::ListElectionsPage { .. } => "ListElections",
+            Command::ListAgents { .. } => "ListAgents",
+            Command::ListTasksSlice { .. } => "ListTasks",
         }
     }
 }
@@ -322,7 +361,11 @@ pub enum Reply {
         state: ElectionView,
     },
     Policy(Policy),
-    Policies(Vec<Policy>),
+    /// A page of policies; an empty token means the last page.
+    Policies {
+        policies: Vec<Arc<Policy>>,
+        next_page_token: String,
+    },
     Decision(Decision),
     Task(Box<TaskView>),
     /// A page of tasks; an empty token means the last page.
@@ -340,8 +383,18 @@ pub enum Reply {
         leases: Vec<LeaseView>,
         next_page_token: String,
     },
-    /// Every election group with its candidates in FIFO order.
-    Elections(Vec<(ElectionView, Vec<types::AgentId>)>),
+    /// A page of election groups, each with the head of its line; an empty token means the last.
+    Elections {
+        groups: Vec<elections::GroupListing>,
+        next_page_token: String,
+    },
+    /// A page of agents, and the event sequence it was read at (events from there on are the
+    /// changes after it); an empty token means the last page.
+    AgentPage {
+        agents: Vec<AgentView>,
+        next_page_token: String,
+        sequence_next: u64,
+    },
     Overview(Box<listing::Overview>),
     /// Nothing to claim (the wait, if any, ran out).
     NoTask,
@@ -514,7 +567,7 @@ impl Core {
             Command::WatchElection { group } => self.watch_election(group),
             Command::SetPolicy { policy } => self.set_policy(policy),
             Command::DeletePolicy { id } => self.delete_policy(&id),
-            Command::ListPolicies { subject_prefix } => self.list_policies(&subject_prefix),
+            Command::ListPolicies { subject_prefix } => self.list_policies(&subject_prefix, 0, ""),
             Command::CheckPolicy {
                 subject,
                 action,
@@ -545,15 +598,33 @@ impl Core {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(status, page_size, &page_token),
+            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Whole),
+            Command::ListTasksSlice {
+                status,
+                page_size,
+                page_token,
+                bytes_left,
+            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Left(bytes_left)),
             Command::ListLeases {
                 prefix,
                 page_size,
                 page_token,
             } => self.list_leases(&prefix, page_size, &page_token),
-            Command::ListElections => self.list_elections(),
+            Command::ListElections => self.list_elections(0, ""),
             Command::Overview { agents_max, leases_max } => self.overview(agents_max, leases_max),
             Command::Now => Ok(Reply::Now(self.now)),
+            Command::ListPoliciesPage {
+                subject_prefix,
+                page_size,
+                page_token,
+            } => self.list_policies(&subject_prefix, page_size, &page_token),
+            Command::ListElectionsPage { page_size, page_token } => self.list_elections(page_size, &page_token),
+            Command::ListAgents {
+                status,
+                query,
+                page_size,
+                page_token,
+            } => self.list_agents(status, &query, page_size, &page_token),
         }
     }
 
@@ -740,11 +811,6 @@ impl Core {
                 format!("policy {} not found", validate::quote(id)),
             )),
         }
-    }
-
-    fn list_policies(&self, subject_prefix: &str) -> Outcome {
-        validate::length("subject_prefix", subject_prefix, 0, validate::PATTERN_BYTES_MAX)?;
-        Ok(Reply::Policies(self.policies.list(subject_prefix)))
     }
 
     fn check_policy(&self, subject: &str, action: &str, resource: &str) -> Outcome {

@@ -1,8 +1,10 @@
 //! Agents: registration, heartbeats, the ALIVE -> UNREACHABLE -> DEAD lifecycle, death clean-up
-//! in the contract's order, and Find (tool filter plus relevance ranking).
+//! in the contract's order, and the ordered indexes Find and the listings read (agents by status
+//! in registration order, ALIVE agents by tool, the search index).
 //!
 //! Architecture invariant: each agent owns exactly one timer (its next liveness transition, or
-//! its forgetting once DEAD); nothing here scans all agents on a tick.
+//! its forgetting once DEAD); every agent is filed under exactly its status; a status change
+//! moves it between indexes in O(tools x log n); nothing here scans all agents on a tick.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use slab::Slab;
 use super::events::{AgentView, EventPayload, Topic};
 use super::search::SearchIndex;
 use super::timers::{TimerKey, TimerWheel};
-use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, Set, TokenId, new_map};
+use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, TokenId, new_map};
 use super::validate;
 use super::{Core, CoreError, Deadline, ErrorCode, Outcome, Reply, limit_reached};
 
@@ -31,8 +33,8 @@ pub struct Agent {
     pub timer: TimerKey,
     /// Leases held, by fencing token (so clean-up releases them in acquisition order).
     pub leases: BTreeMap<u64, usize>,
-    /// Election groups stood in, in the order joined.
-    pub groups: Vec<usize>,
+    /// Election groups stood in, in the order joined, each with the agent's place in its line.
+    pub groups: Vec<(usize, u64)>,
     /// The agent token that registered it, if one did: only that token may act for it.
     pub owner: Option<TokenId>,
 }
@@ -59,20 +61,32 @@ impl Agent {
     }
 }
 
+/// The ordered index of one status: agents by registration.
+pub type ByRegistration = BTreeMap<u64, usize>;
+
 pub struct Registry {
     pub(super) agents: Slab<Agent>,
     pub(super) by_id: Map<AgentId, usize>,
-    /// Agents not DEAD, in registration order.
-    pub(super) by_registration: BTreeMap<u64, usize>,
-    /// Agents not DEAD, by each tool they list.
-    pub(super) by_tool: Map<String, Set<usize>>,
+    /// Every known agent under its status (ALIVE, UNREACHABLE, DEAD), in registration order:
+    /// listings page through them, Find's empty query reads the ALIVE one.
+    pub(super) by_status: [ByRegistration; 3],
+    /// ALIVE agents by each tool they list, in registration order: Find's tool filter.
+    pub(super) by_tool: Map<Box<str>, ByRegistration>,
+    /// Agents not DEAD, for Find's query.
     pub(super) search: SearchIndex,
     pub(super) registration_next: u64,
     pub(super) hash_seed: u64,
     /// When each DEAD agent died, for its retention deadline.
     pub(super) dead_at: Map<usize, Millis>,
-    pub(super) alive: usize,
-    pub(super) unreachable: usize,
+}
+
+/// Where a status's agents are filed in `Registry::by_status`.
+pub fn status_index(status: AgentStatus) -> usize {
+    match status {
+        AgentStatus::Alive => 0,
+        AgentStatus::Unreachable => 1,
+        AgentStatus::Dead => 2,
+    }
 }
 
 impl Registry {
@@ -80,24 +94,29 @@ impl Registry {
         Registry {
             agents: Slab::new(),
             by_id: new_map(hash_seed),
-            by_registration: BTreeMap::new(),
+            by_status: Default::default(),
             by_tool: new_map(hash_seed),
             search: SearchIndex::new(hash_seed),
             registration_next: 1,
             hash_seed,
             dead_at: new_map(hash_seed),
-            alive: 0,
-            unreachable: 0,
         }
     }
 
     /// (alive, unreachable, dead)
     pub fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.alive,
-            self.unreachable,
-            self.agents.len() - self.alive - self.unreachable,
-        )
+        let [alive, unreachable, dead] = &self.by_status;
+        (alive.len(), unreachable.len(), dead.len())
+    }
+
+    /// The agents in `status`, in registration order.
+    pub fn with_status(&self, status: AgentStatus) -> &ByRegistration {
+        &self.by_status[status_index(status)]
+    }
+
+    /// The ALIVE agents that list `tool`, in registration order (none: `None`).
+    pub fn with_tool(&self, tool: &str) -> Option<&ByRegistration> {
+        self.by_tool.get(tool)
     }
 
     /// Every known agent, in slab order (sort before showing).
@@ -137,68 +156,68 @@ impl Registry {
         Ok(key)
     }
 
+    /// Files a new (or restored) agent in every index its status calls for.
+    pub(super) fn file(&mut self, key: usize) {
+        let agent = &self.agents[key];
+        let (status, registration) = (agent.status, agent.registration);
+        let filed = self.by_status[status_index(status)].insert(registration, key);
+        assert!(filed.is_none(), "registration {registration} filed twice");
+        if status != AgentStatus::Dead {
+            let card = Arc::clone(&agent.card);
+            self.search.insert(key, registration, &card);
+        }
+        if status == AgentStatus::Alive {
+            self.post_tools(key);
+        }
+    }
+
+    /// Moves an agent to `status`, and between the indexes that depend on it: ALIVE agents are
+    /// posted under their tools, DEAD ones leave the search index.
     fn set_status(&mut self, key: usize, status: AgentStatus) {
         let agent = &mut self.agents[key];
-        match agent.status {
-            AgentStatus::Alive => self.alive -= 1,
-            AgentStatus::Unreachable => self.unreachable -= 1,
-            AgentStatus::Dead => unreachable!("a DEAD agent never changes status"),
-        }
+        let (from, registration) = (agent.status, agent.registration);
+        assert_ne!(from, AgentStatus::Dead, "a DEAD agent never changes status");
+        assert_ne!(from, status, "agent {} is already {status:?}", agent.id);
         agent.status = status;
+        let moved = self.by_status[status_index(from)].remove(&registration);
+        assert_eq!(moved, Some(key), "agent {} not filed under {from:?}", agent.id);
+        self.by_status[status_index(status)].insert(registration, key);
+        if from == AgentStatus::Alive {
+            self.unpost_tools(key);
+        }
         match status {
-            AgentStatus::Alive => self.alive += 1,
-            AgentStatus::Unreachable => self.unreachable += 1,
-            AgentStatus::Dead => {}
+            AgentStatus::Alive => self.post_tools(key),
+            AgentStatus::Dead => self.search.remove(key),
+            AgentStatus::Unreachable => {}
         }
     }
 
-    /// Drops a newly DEAD agent from every index that serves live agents.
-    fn unindex(&mut self, key: usize) {
+    fn post_tools(&mut self, key: usize) {
         let agent = &self.agents[key];
-        self.by_registration.remove(&agent.registration);
         for tool in &agent.card.tools {
-            if let Some(holders) = self.by_tool.get_mut(tool) {
-                holders.remove(&key);
-                if holders.is_empty() {
-                    self.by_tool.remove(tool);
-                }
-            }
+            let posting = match self.by_tool.get_mut(tool.as_str()) {
+                Some(posting) => posting,
+                None => self.by_tool.entry(tool.as_str().into()).or_default(),
+            };
+            // A card may list a tool twice; it is posted once.
+            posting.insert(agent.registration, key);
         }
-        self.search.remove(key);
     }
 
-    /// The live agents that have every one of `tools`, in registration order.
-    /// True when the agent is ALIVE and lists every one of `tools`.
-    fn qualifies(&self, key: usize, tools: &[String]) -> bool {
+    fn unpost_tools(&mut self, key: usize) {
         let agent = &self.agents[key];
-        agent.status == AgentStatus::Alive && tools.iter().all(|t| agent.card.tools.contains(t))
-    }
-
-    /// The qualifying agents in registration order, lazily: Find takes only as many as it needs.
-    fn candidates<'a>(&'a self, tools: &'a [String]) -> Box<dyn Iterator<Item = usize> + 'a> {
-        let rarest = tools
-            .iter()
-            .map(|t| self.by_tool.get(t))
-            .min_by_key(|s| s.map_or(0, |s| s.len()));
-        match rarest {
-            None => Box::new(
-                self.by_registration
-                    .values()
-                    .copied()
-                    .filter(move |&k| self.qualifies(k, tools)),
-            ),
-            Some(None) => Box::new(std::iter::empty()),
-            Some(Some(holders)) => {
-                let mut keys: Vec<usize> = holders.iter().copied().filter(|&k| self.qualifies(k, tools)).collect();
-                keys.sort_unstable_by_key(|&k| self.agents[k].registration);
-                Box::new(keys.into_iter())
+        for tool in &agent.card.tools {
+            if let Some(posting) = self.by_tool.get_mut(tool.as_str()) {
+                posting.remove(&agent.registration);
+                if posting.is_empty() {
+                    self.by_tool.remove(tool.as_str());
+                }
             }
         }
     }
 
     pub fn check_invariants(&self, now: Millis, dead_retention_ms: u64, timers: &TimerWheel<Deadline>) {
-        let mut alive = 0;
-        let mut unreachable = 0;
+        let mut tool_postings = 0;
         for (key, agent) in &self.agents {
             assert_eq!(
                 self.by_id.get(&agent.id),
@@ -222,7 +241,6 @@ impl Registry {
             let expected = agent.deadline_expected(dead_at, dead_retention_ms);
             match agent.status {
                 AgentStatus::Alive => {
-                    alive += 1;
                     assert!(
                         now < agent.liveness_base + agent.ttl_ms,
                         "agent {} ALIVE past its ttl",
@@ -231,7 +249,6 @@ impl Registry {
                     assert_eq!(timers.deadline(agent.timer), expected, "agent {} ALIVE timer", agent.id);
                 }
                 AgentStatus::Unreachable => {
-                    unreachable += 1;
                     assert!(
                         now >= agent.liveness_base + agent.ttl_ms,
                         "agent {} UNREACHABLE early",
@@ -257,28 +274,43 @@ impl Registry {
                     assert!(!self.search.contains(key), "DEAD agent {} still searchable", agent.id);
                 }
             }
-            let live = agent.status != AgentStatus::Dead;
             assert_eq!(
-                self.by_registration.get(&agent.registration) == Some(&key),
-                live,
-                "registration index"
+                self.with_status(agent.status).get(&agent.registration),
+                Some(&key),
+                "agent {} not filed under {:?}",
+                agent.id,
+                agent.status
             );
-            for tool in &agent.card.tools {
-                let indexed = self.by_tool.get(tool).is_some_and(|s| s.contains(&key));
-                assert_eq!(indexed, live, "tool index of agent {}", agent.id);
+            assert_eq!(
+                self.search.contains(key),
+                agent.status != AgentStatus::Dead,
+                "search index of agent {}",
+                agent.id
+            );
+            let alive = agent.status == AgentStatus::Alive;
+            let mut tools: Vec<&str> = agent.card.tools.iter().map(String::as_str).collect();
+            tools.sort_unstable();
+            tools.dedup();
+            for tool in tools {
+                let posted = self.by_tool.get(tool).and_then(|p| p.get(&agent.registration));
+                assert_eq!(posted == Some(&key), alive, "tool index of agent {}", agent.id);
+                tool_postings += usize::from(alive);
             }
         }
-        assert_eq!(
-            (alive, unreachable),
-            (self.alive, self.unreachable),
-            "status counters drifted"
-        );
         assert_eq!(self.by_id.len(), self.agents.len(), "id index holds forgotten agents");
+        let filed: usize = self.by_status.iter().map(BTreeMap::len).sum();
         assert_eq!(
-            self.by_registration.len(),
-            alive + unreachable,
-            "registration index size"
+            filed,
+            self.agents.len(),
+            "every agent is filed under exactly one status"
         );
+        let posted: usize = self.by_tool.values().map(BTreeMap::len).sum();
+        assert_eq!(posted, tool_postings, "tool postings hold agents that are not ALIVE");
+        assert!(
+            self.by_tool.values().all(|p| !p.is_empty()),
+            "an empty tool posting kept"
+        );
+        let (alive, unreachable, _) = self.counts();
         assert_eq!(self.search.len(), alive + unreachable, "search index size");
         self.search.check_invariants();
     }
@@ -318,19 +350,9 @@ impl Core {
             groups: Vec::new(),
             owner,
         });
-        registry.alive += 1;
-        registry.by_id.insert(id, key);
-        registry.by_registration.insert(registration, key);
-        for tool in &agent.card.tools {
-            let hash_seed = registry.hash_seed;
-            registry
-                .by_tool
-                .entry(tool.clone())
-                .or_insert_with(|| super::types::new_set(hash_seed))
-                .insert(key);
-        }
-        registry.search.insert(key, &agent.card);
         let view = agent.view();
+        registry.by_id.insert(id, key);
+        registry.file(key);
         self.emit(Topic::AgentRegistered, EventPayload::Agent(view));
         Ok(Reply::Registered { agent_id: id })
     }
@@ -366,43 +388,6 @@ impl Core {
         Ok(Reply::Agent(self.registry.get(key).view()))
     }
 
-    /// Find: with a query, the agents sharing a term with it ranked by score (ties by
-    /// registration), then the rest in registration order (a query ranks, it does not filter);
-    /// only as many as `limit` are ever looked at beyond the scored ones.
-    pub(super) fn find(&self, query: &str, tools: &[String], limit: u32) -> Outcome {
-        validate::length("query", query, 0, validate::QUERY_BYTES_MAX)?;
-        validate::tools("tools", tools)?;
-        let limit = validate::find_limit(limit);
-        let registry = &self.registry;
-        let mut scored: Vec<(f64, u64, usize)> = if query.trim().is_empty() {
-            Vec::new()
-        } else {
-            registry
-                .search
-                .score(query)
-                .into_iter()
-                .filter(|&(k, _)| registry.qualifies(k, tools))
-                .map(|(k, score)| (score, registry.get(k).registration, k))
-                .collect()
-        };
-        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored.truncate(limit);
-        let mut keys: Vec<usize> = scored.iter().map(|&(_, _, k)| k).collect();
-        if keys.len() < limit {
-            let ranked: Set<usize> = {
-                let mut set = super::types::new_set(registry.hash_seed);
-                set.extend(keys.iter().copied());
-                set
-            };
-            let rest = registry.candidates(tools).filter(|k| !ranked.contains(k));
-            keys.extend(rest.take(limit - keys.len()));
-        }
-        debug_assert!(keys.len() <= limit);
-        Ok(Reply::Agents(
-            keys.into_iter().map(|k| registry.get(k).view()).collect(),
-        ))
-    }
-
     /// An agent's timer fired: the next step of its lifecycle.
     pub(super) fn agent_deadline(&mut self, key: usize, timer: TimerKey) {
         let now = self.now;
@@ -431,13 +416,17 @@ impl Core {
     /// next step (ALIVE: UNREACHABLE no earlier than now + ttl; UNREACHABLE: DEAD no earlier
     /// than now + ttl), as if the downtime had not happened.
     pub(super) fn grace_agents(&mut self, now: Millis) {
-        let keys: Vec<usize> = self.registry.by_registration.values().copied().collect();
+        let registry = &self.registry;
+        let keys: Vec<usize> = [AgentStatus::Alive, AgentStatus::Unreachable]
+            .into_iter()
+            .flat_map(|status| registry.with_status(status).values().copied())
+            .collect();
         for key in keys {
             let agent = self.registry.get_mut(key);
             agent.liveness_base = match agent.status {
                 AgentStatus::Alive => agent.liveness_base.max(now),
                 AgentStatus::Unreachable => agent.liveness_base.max(now.saturating_sub(agent.ttl_ms)),
-                AgentStatus::Dead => unreachable!("the registration index holds live agents only"),
+                AgentStatus::Dead => unreachable!("only live agents were taken"),
             };
             let deadline = agent.deadline_expected(None, 0);
             let timer = agent.timer;
@@ -450,7 +439,6 @@ impl Core {
     fn kill(&mut self, key: usize) {
         let now = self.now;
         self.registry.set_status(key, AgentStatus::Dead);
-        self.registry.unindex(key);
         self.registry.dead_at.insert(key, now);
         let agent = self.registry.get(key);
         let retention = now + self.config.dead_retention_ms;
@@ -471,5 +459,7 @@ impl Core {
         debug_assert!(agent.status == AgentStatus::Dead && agent.leases.is_empty() && agent.groups.is_empty());
         registry.by_id.remove(&agent.id);
         registry.dead_at.remove(&key);
+        let filed = registry.by_status[status_index(AgentStatus::Dead)].remove(&agent.registration);
+        assert_eq!(filed, Some(key), "a forgotten agent was filed as DEAD");
     }
 }

@@ -7,7 +7,7 @@
 //! command exactly as the core it was taken from would have. It is a plain value: its bytes on
 //! disk are the store's business (`store::format`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -19,7 +19,7 @@ use super::ids::IdSource;
 use super::leases::Lease;
 use super::registry::Agent;
 use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool_set};
-use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, TokenId, new_set};
+use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, TokenId};
 use super::{Core, CoreConfig, Deadline};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -99,7 +99,7 @@ impl Core {
     /// The whole state as ordered values; O(state).
     pub fn snapshot(&self) -> CoreSnapshot {
         let registry = &self.registry;
-        let group_name = |key: &usize| self.elections.groups[*key].name.to_string();
+        let group_name = |&(key, _): &(usize, u64)| self.elections.groups[key].name.to_string();
         let mut agents: Vec<AgentState> = registry
             .agents
             .iter()
@@ -138,7 +138,7 @@ impl Core {
             .iter()
             .map(|(_, g)| GroupState {
                 name: g.name.to_string(),
-                candidates: g.candidates.iter().map(|&(_, id)| id).collect(),
+                candidates: g.line().collect(),
                 term: g.term,
                 elected_at: g.elected_at,
             })
@@ -200,23 +200,27 @@ impl Core {
             keys.insert(agent.id, key);
             memberships.push((key, agent.groups));
         }
-        for group in snapshot.groups {
-            let name: Arc<str> = group.name.into();
-            let candidates = group
-                .candidates
-                .iter()
-                .map(|id| (keys[id], *id))
-                .collect::<VecDeque<_>>();
-            let key = core.elections.groups.insert(Group {
-                name: Arc::clone(&name),
-                candidates,
-                term: group.term,
-                elected_at: group.elected_at,
-            });
-            core.elections.by_name.insert(name, key);
+        // Places in line are numbered afresh from 0: only their order is state.
+        let mut places: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for state in snapshot.groups {
+            let mut group = Group::new(state.name.into());
+            group.term = state.term;
+            group.elected_at = state.elected_at;
+            let key = core.elections.groups.vacant_key();
+            for id in &state.candidates {
+                places.insert((keys[id], key), group.join(keys[id], *id));
+            }
+            let added = core.elections.add(group);
+            debug_assert_eq!(added, key);
         }
         for (agent, names) in memberships {
-            let groups = names.iter().map(|n| core.elections.by_name[n.as_str()]).collect();
+            let groups = names
+                .iter()
+                .map(|n| {
+                    let key = core.elections.by_name[n.as_str()];
+                    (key, places[&(agent, key)])
+                })
+                .collect();
             core.registry.agents[agent].groups = groups;
         }
         core.leases.token_last = snapshot.token_last;
@@ -318,29 +322,17 @@ impl Core {
         };
         let deadline = agent.deadline_expected(state.dead_at, self.config.dead_retention_ms);
         self.timers.reset(agent.timer, deadline);
-        let agent = entry.insert(agent);
+        entry.insert(agent);
         registry.by_id.insert(state.id, key);
-        match state.status {
-            AgentStatus::Alive => registry.alive += 1,
-            AgentStatus::Unreachable => registry.unreachable += 1,
-            AgentStatus::Dead => {
-                registry
-                    .dead_at
-                    .insert(key, state.dead_at.expect("a DEAD agent has a time of death"));
-            }
+        if let Some(dead_at) = state.dead_at {
+            registry.dead_at.insert(key, dead_at);
         }
-        if state.status != AgentStatus::Dead {
-            registry.by_registration.insert(state.registration, key);
-            for tool in &agent.card.tools {
-                let seed = registry.hash_seed;
-                registry
-                    .by_tool
-                    .entry(tool.clone())
-                    .or_insert_with(|| new_set(seed))
-                    .insert(key);
-            }
-            registry.search.insert(key, &agent.card);
-        }
+        assert_eq!(
+            state.dead_at.is_some(),
+            state.status == AgentStatus::Dead,
+            "a snapshot's agent has a time of death exactly when DEAD"
+        );
+        registry.file(key);
         key
     }
 
@@ -349,9 +341,8 @@ impl Core {
         let table = &mut self.leases;
         let entry = table.leases.vacant_entry();
         let key = entry.key();
-        let task_id: Arc<str> = state.task_id.into();
         entry.insert(Lease {
-            task_id: Arc::clone(&task_id),
+            task_id: state.task_id.into(),
             holder,
             holder_id: state.holder,
             token: state.token,
@@ -361,7 +352,7 @@ impl Core {
             timer: self.timers.insert(state.expires_at, Deadline::Lease(key)),
             task: None,
         });
-        table.by_task.insert(task_id, key);
+        table.index(key);
         self.registry.agents[holder].leases.insert(state.token, key);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 use super::events::{EventPayload, LeaseView, Topic};
+use super::listing::Page;
 use super::timers::TimerKey;
 use super::types::{AgentId, AgentStatus, Map, Millis, TaskId, new_map};
 use super::validate;
@@ -111,6 +112,15 @@ impl TaskView {
             ..self.clone()
         }
     }
+}
+
+/// The input and output bytes one ListTasks answer may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageBytes {
+    /// A whole page: `validate::PAGE_BYTES_MAX` past its first task (always at least one).
+    Whole,
+    /// What a gathered page's earlier slices left: perhaps not even one task's worth.
+    Left(u64),
 }
 
 /// A long-poll claim's identity; never reused within one core's life.
@@ -296,28 +306,35 @@ impl TaskQueue {
         key
     }
 
-    /// Lists tasks in creation order from `page_token` on, `status` only when given.
-    fn list(&self, status: Option<TaskStatus>, after: u64, limit: usize) -> (Vec<TaskView>, Option<u64>) {
+    /// Lists tasks in creation order from creation rank `from` on, `status` only when given: a
+    /// range read of that status's ordered index. The page's `next` is the rank it stopped at.
+    pub(super) fn list(&self, status: Option<TaskStatus>, from: u64, limit: usize, bytes: PageBytes) -> Page<TaskView> {
+        let mut page = Page::new();
         let index = match status {
             None => &self.by_order,
-            Some(TaskStatus::Failed) => return (Vec::new(), None),
+            Some(TaskStatus::Failed) => return page,
             Some(status) => &self.by_status[status.index()],
         };
-        let mut tasks = Vec::new();
-        let mut bytes = 0;
-        let mut next = None;
-        for (&order, &key) in index.range(after..) {
+        // A page stays small enough for a client's default 4 MiB message limit, yet a whole page
+        // always holds at least one task.
+        let (allowance, at_least_one) = match bytes {
+            PageBytes::Whole => (validate::PAGE_BYTES_MAX, true),
+            PageBytes::Left(left) => (usize::try_from(left).unwrap_or(usize::MAX), false),
+        };
+        let mut held = 0;
+        for (&order, &key) in index.range(from..) {
+            page.examined += 1;
             let task = &self.tasks[key];
-            // A page stays small enough for a client's default 4 MiB message limit, yet always
-            // holds at least one task.
-            if tasks.len() == limit || (!tasks.is_empty() && bytes + task.bytes() > validate::PAGE_BYTES_MAX) {
-                next = Some(order);
+            let fits = held + task.bytes() <= allowance || (page.items.is_empty() && at_least_one);
+            if page.items.len() == limit || !fits {
+                page.next = Some(order.to_string());
                 break;
             }
-            bytes += task.bytes();
-            tasks.push(task.view.clone());
+            held += task.bytes();
+            page.items.push(task.view.clone());
         }
-        (tasks, next)
+        debug_assert!(page.examined <= limit + 1);
+        page
     }
 
     pub fn check_invariants(&self) {
@@ -592,7 +609,15 @@ impl Core {
         Ok(Reply::Task(Box::new(self.tasks.tasks[key].view.clone())))
     }
 
-    pub(super) fn list_tasks(&self, status: Option<TaskStatus>, page_size: u32, page_token: &str) -> Outcome {
+    /// ListTasks: in creation order from the page token, one status or all, at most 1000 tasks
+    /// and the input and output bytes `bytes` allows.
+    pub(super) fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        page_size: u32,
+        page_token: &str,
+        bytes: PageBytes,
+    ) -> Outcome {
         let after = if page_token.is_empty() {
             0
         } else {
@@ -606,11 +631,11 @@ impl Core {
                 )
             })?
         };
-        let limit = validate::page_size(page_size);
-        let (tasks, next) = self.tasks.list(status, after, limit);
+        let limit = validate::page_size(page_size).min(super::listing::PAGE_SIZE_MAX);
+        let page = self.tasks.list(status, after, limit, bytes);
         Ok(Reply::Tasks {
-            tasks,
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            next_page_token: page.token(),
+            tasks: page.items,
         })
     }
 

@@ -936,7 +936,7 @@ fn list_policies_sorted_by_id_with_subject_prefix_and_delete() {
     h.ok(policy("m", "agent:orch", "a", "r", Effect::Allow));
     h.ok(policy("a", "user:bob", "a", "r", Effect::Deny));
     let ids = |reply: Reply| match reply {
-        Reply::Policies(list) => list.into_iter().map(|p| p.id).collect::<Vec<_>>(),
+        Reply::Policies { policies, .. } => policies.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
     assert_eq!(
@@ -1253,6 +1253,7 @@ fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
     assert_eq!(h.agent(&b).status, AgentStatus::Dead);
 }
 
+mod find;
 mod limits;
 mod listing;
 mod machine;

@@ -211,12 +211,21 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             out.leases(&leases)
         }
         Command::Elections => {
-            let mut client = pb::election_service_client::ElectionServiceClient::new(channel);
-            let reply = client
-                .list_elections(pb::ListElectionsRequest {})
-                .await
-                .map_err(failed("ListElections"))?;
-            out.elections(&reply.into_inner().groups)
+            let client = pb::election_service_client::ElectionServiceClient::new(channel);
+            let groups = every_page(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = pb::ListElectionsRequest {
+                        page_size: LIST_PAGE,
+                        page_token,
+                    };
+                    let page = client.list_elections(request).await.map_err(failed("ListElections"))?;
+                    let page = page.into_inner();
+                    Ok((page.groups, page.next_page_token))
+                }
+            })
+            .await?;
+            out.elections(&groups)
         }
         Command::Policy(command) => policy(channel, command, &out).await,
         Command::Tasks { status } => {
@@ -327,11 +336,21 @@ async fn policy(channel: Conn, command: PolicyCommand, out: &Output) -> Result<(
             out.decision(&reply.into_inner())
         }
         PolicyCommand::List { subject_prefix } => {
-            let reply = client
-                .list_policies(pb::ListPoliciesRequest { subject_prefix })
-                .await
-                .map_err(failed("ListPolicies"))?;
-            out.policies(&reply.into_inner().policies)
+            let policies = every_page(|page_token| {
+                let (mut client, subject_prefix) = (client.clone(), subject_prefix.clone());
+                async move {
+                    let request = pb::ListPoliciesRequest {
+                        subject_prefix,
+                        page_size: LIST_PAGE,
+                        page_token,
+                    };
+                    let page = client.list_policies(request).await.map_err(failed("ListPolicies"))?;
+                    let page = page.into_inner();
+                    Ok((page.policies, page.next_page_token))
+                }
+            })
+            .await?;
+            out.policies(&policies)
         }
         PolicyCommand::Delete { id } => {
             client

@@ -8,6 +8,7 @@ use prost::Message;
 use prost_types::{Any, Timestamp};
 use tonic::{Code, Status};
 
+use crate::core::elections::GroupListing;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView};
 use crate::core::machine::StreamEnd;
 use crate::core::tasks::{TaskStatus, TaskView};
@@ -116,6 +117,15 @@ pub fn election_to_pb(state: &ElectionView) -> pb::ElectionState {
         leader_agent_id: state.leader.map(|id| id.to_string()).unwrap_or_default(),
         term: state.term,
         elected_at: timestamp(state.elected_at),
+    }
+}
+
+/// A listed election group: its state and the head of its line of candidates.
+pub fn group_to_pb(group: &GroupListing) -> pb::ElectionGroup {
+    pb::ElectionGroup {
+        state: Some(election_to_pb(&group.state)),
+        candidate_agent_ids: group.candidates.iter().map(ToString::to_string).collect(),
+        candidates_total: u32::try_from(group.candidates_total).unwrap_or(u32::MAX),
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
-use super::convert;
 use super::subscription::{self, Subscription, UnwatchGuard};
+use super::{convert, pages};
 use crate::core::machine::StreamEnd;
 use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
@@ -70,6 +70,23 @@ impl Api {
         outcome.map_err(convert::status)
     }
 
+    /// One page gathered from as many core commands as it takes (see `pages`), counted as one
+    /// call.
+    async fn gather<S: pages::Slices>(
+        &self,
+        method: &'static str,
+        slices: &S,
+        want: usize,
+        page_token: String,
+    ) -> Result<pages::Gathered<S::Item>, Status> {
+        let outcome = pages::gather(&self.core, slices, want, page_token).await;
+        self.count(method, &outcome);
+        match outcome.map_err(convert::status)? {
+            Ok(page) => Ok(page),
+            Err(other) => Err(unexpected(&other)),
+        }
+    }
+
     fn count<T>(&self, method: &'static str, outcome: &Result<T, crate::core::CoreError>) {
         let code = outcome.as_ref().err().map(|e| format!("{:?}", e.code));
         self.metrics.count_rpc(method, code.as_deref());
@@ -94,6 +111,101 @@ impl Api {
             _unwatch: guard,
         };
         Ok((reply, stream))
+    }
+}
+
+/// ListPolicies' slices: policies by id whose subject starts with the prefix.
+struct PolicySlices {
+    subject_prefix: String,
+}
+
+impl pages::Slices for PolicySlices {
+    type Item = pb::Policy;
+
+    fn command(&self, size: u32, page_token: String) -> Command {
+        Command::ListPoliciesPage {
+            subject_prefix: self.subject_prefix.clone(),
+            page_size: size,
+            page_token,
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::Policy>, String), Reply> {
+        match reply {
+            Reply::Policies {
+                policies,
+                next_page_token,
+            } => Ok((
+                policies.iter().map(|p| convert::policy_to_pb(p)).collect(),
+                next_page_token,
+            )),
+            other => Err(other),
+        }
+    }
+
+    fn token_after(&self, policy: &pb::Policy) -> String {
+        policy.id.clone()
+    }
+}
+
+/// ListTasks' slices: tasks in creation order, one status or all.
+struct TaskSlices {
+    status: Option<crate::core::tasks::TaskStatus>,
+}
+
+impl pages::TaskSlicing for TaskSlices {
+    fn command(&self, size: u32, page_token: String, bytes_left: Option<u64>) -> Command {
+        match bytes_left {
+            None => Command::ListTasks {
+                status: self.status,
+                page_size: size,
+                page_token,
+            },
+            Some(bytes_left) => Command::ListTasksSlice {
+                status: self.status,
+                page_size: size,
+                page_token,
+                bytes_left,
+            },
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::Task>, usize, String), Reply> {
+        match reply {
+            Reply::Tasks { tasks, next_page_token } => {
+                let bytes = tasks.iter().map(|t| t.input.len() + t.output.len()).sum();
+                Ok((tasks.iter().map(convert::task_to_pb).collect(), bytes, next_page_token))
+            }
+            other => Err(other),
+        }
+    }
+}
+
+/// ListElections' slices: groups by name.
+struct ElectionSlices;
+
+impl pages::Slices for ElectionSlices {
+    type Item = pb::ElectionGroup;
+
+    fn command(&self, size: u32, page_token: String) -> Command {
+        Command::ListElectionsPage {
+            page_size: size,
+            page_token,
+        }
+    }
+
+    fn split(&self, reply: Reply) -> Result<(Vec<pb::ElectionGroup>, String), Reply> {
+        match reply {
+            Reply::Elections {
+                groups,
+                next_page_token,
+            } => Ok((groups.iter().map(convert::group_to_pb).collect(), next_page_token)),
+            other => Err(other),
+        }
+    }
+
+    fn token_after(&self, group: &pb::ElectionGroup) -> String {
+        group.state.as_ref().map(|s| s.group.clone()).unwrap_or_default()
     }
 }
 
@@ -340,20 +452,17 @@ impl pb::election_service_server::ElectionService for Api {
 
     async fn list_elections(
         &self,
-        _request: Request<pb::ListElectionsRequest>,
+        request: Request<pb::ListElectionsRequest>,
     ) -> Result<Response<pb::ListElectionsResponse>, Status> {
-        match self.call("ListElections", Command::ListElections).await? {
-            Reply::Elections(groups) => Ok(Response::new(pb::ListElectionsResponse {
-                groups: groups
-                    .iter()
-                    .map(|(state, candidates)| pb::ElectionGroup {
-                        state: Some(convert::election_to_pb(state)),
-                        candidate_agent_ids: candidates.iter().map(ToString::to_string).collect(),
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let r = request.into_inner();
+        let want = crate::core::validate::page_size(r.page_size).min(pages::SLICE_MAX);
+        let page = self
+            .gather("ListElections", &ElectionSlices, want, r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListElectionsResponse {
+            groups: page.items,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     type WatchElectionStream = EventStreamBox;
@@ -401,16 +510,20 @@ impl pb::entitlements_service_server::EntitlementsService for Api {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        let subject_prefix = request.into_inner().subject_prefix;
-        match self
-            .call("ListPolicies", Command::ListPolicies { subject_prefix })
-            .await?
-        {
-            Reply::Policies(policies) => Ok(Response::new(pb::ListPoliciesResponse {
-                policies: policies.iter().map(convert::policy_to_pb).collect(),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let r = request.into_inner();
+        // A v1 client sends no page size and expects the whole list: as much as fits one answer.
+        let want = match r.page_size {
+            0 => usize::MAX,
+            size => crate::core::validate::page_size(size),
+        };
+        let slices = PolicySlices {
+            subject_prefix: r.subject_prefix,
+        };
+        let page = self.gather("ListPolicies", &slices, want, r.page_token).await?;
+        Ok(Response::new(pb::ListPoliciesResponse {
+            policies: page.items,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn check_policy(
@@ -560,19 +673,14 @@ impl pb::task_service_server::TaskService for Api {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = request.into_inner();
-        let status = convert::task_status_filter(r.status)?;
-        let command = Command::ListTasks {
-            status,
-            page_size: r.page_size,
-            page_token: r.page_token,
+        let slices = TaskSlices {
+            status: convert::task_status_filter(r.status)?,
         };
-        match self.call("ListTasks", command).await? {
-            Reply::Tasks { tasks, next_page_token } => Ok(Response::new(pb::ListTasksResponse {
-                tasks: tasks.iter().map(convert::task_to_pb).collect(),
-                next_page_token,
-            })),
-            other => Err(unexpected(&other)),
-        }
+        let want = crate::core::validate::page_size(r.page_size);
+        let outcome = pages::gather_tasks(&self.core, &slices, want, r.page_token).await;
+        self.count("ListTasks", &outcome);
+        let (tasks, next_page_token) = outcome.map_err(convert::status)?.map_err(|other| unexpected(&other))?;
+        Ok(Response::new(pb::ListTasksResponse { tasks, next_page_token }))
     }
 }
 

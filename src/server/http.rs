@@ -1,5 +1,6 @@
 //! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the live dashboard
-//! (`/`, `/api/overview`, `/api/events`, see `dashboard`).
+//! (`/`, `/api/overview`, a page of `/api/agents`, `/api/leases`, `/api/policies` or
+//! `/api/elections`, and `/api/events`, see `dashboard`).
 //!
 //! Architecture invariant: health and metrics read only atomics and the daemon's phase, never
 //! the core, so a busy core cannot slow a probe or a scrape; the dashboard asks the core through
@@ -25,6 +26,10 @@ use crate::metrics::Metrics;
 pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard, tokens: Option<Arc<Tokens>>) -> Router {
     let mut data = Router::new()
         .route("/api/overview", get(dashboard::overview))
+        .route("/api/agents", get(dashboard::agents))
+        .route("/api/leases", get(dashboard::leases))
+        .route("/api/policies", get(dashboard::policies))
+        .route("/api/elections", get(dashboard::elections))
         .route("/api/events", get(dashboard::events))
         .with_state(dashboard);
     if let Some(tokens) = tokens {

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod oversize;
+pub mod pages;
 pub mod subscription;
 pub mod timing;
 pub mod tls;

@@ -132,7 +132,7 @@ fn search_quality_meets_its_floors_on_the_evaluation_set() {
     assert!(queries.len() >= 50, "at least 50 queries, got {}", queries.len());
     let mut index = SearchIndex::new(7);
     for (key, card) in cards.iter().enumerate() {
-        index.insert(key, card);
+        index.insert(key, key as u64, card);
     }
     index.check_invariants();
 

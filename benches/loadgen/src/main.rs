@@ -7,10 +7,16 @@
 //! each peer's counterpart of a scenario, through the same loops and the same histograms, so
 //! benches/compare.sh measures every system with one tool.
 //!
-//! Invariant: set-up (agents, policies, watchers) happens before timing; warm-up is not recorded.
+//! Background readers (`--list-leases`, `--dashboard`) run beside the measured phase: a client
+//! paging through every lease and a dashboard polling its overview, each reported on its own, so
+//! the measured calls' latency shows what big reads cost everyone else.
+//!
+//! Invariant: set-up (agents, leases, policies, watchers) happens before timing; warm-up is not
+//! recorded.
 
 #![allow(clippy::disallowed_methods)] // a load generator measures real time
 
+mod background;
 #[cfg(feature = "peers")]
 mod peers;
 mod scenario;
@@ -70,6 +76,32 @@ struct Flags {
     /// Watch streams for watch-fanout.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Leases acquired during set-up (any scenario): `bench:lease:<i>`, spread over the agents.
+    #[arg(long, default_value_t = 0)]
+    leases: usize,
+    /// Calls in flight during set-up (over all connections).
+    #[arg(long, default_value_t = 64)]
+    setup_concurrency: usize,
+    /// Make nothing: drive `--agents` (at most 1000) agents a previous run registered, as Find
+    /// answers them; for runs against a daemon a big set-up filled to its limits.
+    #[arg(long)]
+    reuse_agents: bool,
+    /// While measuring, one more client pages through every lease with ListLeases, again and
+    /// again (a page of `--list-leases-page`).
+    #[arg(long)]
+    list_leases: bool,
+    #[arg(long, default_value_t = 1000)]
+    list_leases_page: u32,
+    /// Ask for a page of leases every this long (e.g. 10ms); unset: the next page as soon as
+    /// the last one is in.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    list_leases_every: Option<Duration>,
+    /// While measuring, poll the dashboard's /api/overview at this HTTP address (HOST:PORT).
+    #[arg(long)]
+    dashboard: Option<String>,
+    /// How often the dashboard is polled.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    dashboard_every: Duration,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -128,6 +160,21 @@ struct Report {
     latency_us: Percentiles,
     /// watch-fanout: delay from the causing call's send to each watcher's receipt.
     fanout_delay_us: Option<Percentiles>,
+    /// The background readers that ran beside the measured phase.
+    background: Vec<BackgroundReport>,
+}
+
+#[derive(serde::Serialize)]
+struct BackgroundReport {
+    name: &'static str,
+    calls: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Full passes through every lease (the pager) or overviews fetched (the poller).
+    passes: u64,
+    /// Bytes of overview answers in all (the poller).
+    bytes: u64,
+    latency_us: Percentiles,
 }
 
 #[derive(serde::Serialize)]
@@ -221,8 +268,16 @@ async fn drivers(flags: &Flags) -> Result<(Vec<Driver>, Option<Fanout>), String>
     match flags.target_kind {
         TargetKind::Agentkeeper => {
             let channels = connect(&flags.target, flags.connections).await?;
-            let shared =
-                Arc::new(scenario::set_up(&channels[0], flags.scenario, agents, flags.policies, flags.tasks).await?);
+            let plan = scenario::SetUp {
+                scenario: flags.scenario,
+                agents,
+                policies: flags.policies,
+                tasks: flags.tasks,
+                leases: flags.leases,
+                concurrency: flags.setup_concurrency,
+                reuse_agents: flags.reuse_agents,
+            };
+            let shared = Arc::new(scenario::set_up(&channels, &plan).await?);
             let fanout = if flags.scenario == Scenario::WatchFanout {
                 Some(start_watchers(&flags.target, flags.watchers, Arc::clone(&shared)).await?)
             } else {
@@ -296,9 +351,31 @@ async fn run(flags: Flags) -> Result<(), String> {
     if let Some(fanout) = &fanout {
         fanout.lock().expect("not poisoned").reset();
     }
+    let mut readers = background::Readers::new();
+    if flags.list_leases {
+        let channel = connect(&flags.target, 1).await?.remove(0);
+        readers.page_leases(channel, flags.list_leases_page, flags.list_leases_every);
+    }
+    if let Some(address) = &flags.dashboard {
+        readers.poll_overview(address.clone(), flags.dashboard_every);
+    }
     let started = Instant::now();
     let (_, seen) = phase(&flags, workers, flags.duration, flags.requests, true).await;
     let seconds = started.elapsed().as_secs_f64();
+    let background = readers
+        .stop()
+        .await
+        .into_iter()
+        .map(|seen| BackgroundReport {
+            name: seen.name,
+            calls: seen.latency.len(),
+            errors: seen.errors,
+            first_error: seen.first_error,
+            passes: seen.passes,
+            bytes: seen.bytes,
+            latency_us: Percentiles::of(&seen.latency),
+        })
+        .collect();
     let Seen {
         latency,
         errors,
@@ -320,6 +397,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         ops_per_second: operations as f64 / seconds,
         latency_us: Percentiles::of(&latency),
         fanout_delay_us,
+        background,
     };
     print_report(&report, flags.json);
     Ok(())
@@ -573,5 +651,15 @@ fn print_report(report: &Report, json: bool) {
             "fan-out delay µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
             f.p50, f.p90, f.p99, f.p999, f.max
         );
+    }
+    for b in &report.background {
+        let l = &b.latency_us;
+        println!(
+            "beside it, {}: {} calls, {} errors, {} passes; µs p50 {} p99 {} p99.9 {} max {}",
+            b.name, b.calls, b.errors, b.passes, l.p50, l.p99, l.p999, l.max
+        );
+        if let Some(error) = &b.first_error {
+            println!("  first error: {error}");
+        }
     }
 }

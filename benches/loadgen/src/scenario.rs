@@ -64,67 +64,182 @@ pub struct Shared {
     pub sent: Mutex<HashMap<String, Instant>>,
 }
 
-/// Set-up before timing: `agents` registered agents (long ttl), `policies` policies, `tasks`
-/// pending tasks for the claim scenario.
-pub async fn set_up(
-    channel: &Channel,
-    scenario: Scenario,
-    agents: usize,
-    policies: usize,
-    tasks: usize,
-) -> Result<Shared, String> {
-    let mut registry = RegistryServiceClient::new(channel.clone());
-    let mut entitlements = EntitlementsServiceClient::new(channel.clone());
-    let mut ids = Vec::with_capacity(agents);
-    for i in 0..agents {
-        let card = pb::AgentCard {
-            name: format!("bench-agent-{i}"),
-            description: format!("{} {} {}", WORDS[i % 16], WORDS[(i / 16) % 16], WORDS[(i / 256) % 16]),
-            tools: vec![format!("tool{}", i % 8)],
-            ..Default::default()
+/// What set-up makes before timing.
+pub struct SetUp {
+    pub scenario: Scenario,
+    /// Agents registered (long ttl).
+    pub agents: usize,
+    /// Policies set (check-policy, mixed, set-policy's key space).
+    pub policies: usize,
+    /// Pending tasks created (claim).
+    pub tasks: usize,
+    /// Leases acquired (any scenario), `bench:lease:<i>`, spread over the agents.
+    pub leases: usize,
+    /// Calls in flight during set-up.
+    pub concurrency: usize,
+    /// Drive agents a previous set-up registered (the first `agents` Find answers, at most
+    /// 1000) instead of registering new ones.
+    pub reuse_agents: bool,
+}
+
+/// Set-up before timing: the agents, leases, policies and tasks `plan` asks for, many calls in
+/// flight at once over every connection; progress and rates go to stderr.
+pub async fn set_up(channels: &[Channel], plan: &SetUp) -> Result<Shared, String> {
+    let started = Instant::now();
+    if plan.reuse_agents {
+        let mut registry = RegistryServiceClient::new(channels[0].clone());
+        let request = pb::FindRequest {
+            query: String::new(),
+            tools: Vec::new(),
+            limit: u32::try_from(plan.agents).unwrap_or(u32::MAX),
+        };
+        let found = registry.find(request).await.map_err(|e| format!("set-up find: {e}"))?;
+        let ids: Vec<String> = found.into_inner().agents.into_iter().map(|a| a.agent_id).collect();
+        if ids.is_empty() {
+            return Err("set-up: --reuse-agents found no ALIVE agent".into());
+        }
+        eprintln!("set-up: driving {} agents already registered", ids.len());
+        return Ok(Shared {
+            agents: ids,
+            policies: 0,
+            sent: Mutex::new(HashMap::new()),
+        });
+    }
+    let cards: Vec<pb::AgentCard> = (0..plan.agents).map(card).collect();
+    let ids = in_flight(channels, plan.concurrency, cards, |channel, card| async move {
+        let mut registry = RegistryServiceClient::new(channel);
+        let request = pb::RegisterRequest {
+            card: Some(card),
+            ttl_seconds: 86_400,
         };
         let reply = registry
-            .register(pb::RegisterRequest {
-                card: Some(card),
-                ttl_seconds: 86_400,
-            })
+            .register(request)
             .await
             .map_err(|e| format!("set-up register: {e}"))?;
-        ids.push(reply.into_inner().agent_id);
-    }
+        Ok(reply.into_inner().agent_id)
+    })
+    .await?;
+    report("agents registered", plan.agents, started);
+    let started = Instant::now();
+    let requests: Vec<pb::AcquireLeaseRequest> = (0..plan.leases)
+        .map(|i| pb::AcquireLeaseRequest {
+            task_id: format!("bench:lease:{i:08}"),
+            agent_id: ids[i % ids.len().max(1)].clone(),
+            ttl_seconds: 86_400,
+        })
+        .collect();
+    in_flight(channels, plan.concurrency, requests, |channel, request| async move {
+        let mut leases = LeaseServiceClient::new(channel);
+        let reply = leases
+            .acquire_lease(request)
+            .await
+            .map_err(|e| format!("set-up acquire: {e}"))?;
+        match reply.into_inner().acquired {
+            true => Ok(()),
+            false => Err("set-up acquire: the key was held already".to_string()),
+        }
+    })
+    .await?;
+    report("leases acquired", plan.leases, started);
+    let scenario = plan.scenario;
     let key_space = if matches!(scenario, Scenario::CheckPolicy | Scenario::Mixed | Scenario::SetPolicy) {
-        policies
+        plan.policies
     } else {
         0
     };
     let created = if scenario == Scenario::SetPolicy { 0 } else { key_space };
-    for i in 0..created {
-        let effect = if i % 10 == 0 {
-            pb::PolicyEffect::Deny
-        } else {
-            pb::PolicyEffect::Allow
-        };
+    let policies: Vec<pb::Policy> = (0..created)
+        .map(|i| {
+            let effect = if i % 10 == 0 {
+                pb::PolicyEffect::Deny
+            } else {
+                pb::PolicyEffect::Allow
+            };
+            policy(i, effect)
+        })
+        .collect();
+    in_flight(channels, plan.concurrency, policies, |channel, policy| async move {
+        let mut entitlements = EntitlementsServiceClient::new(channel);
+        let request = pb::SetPolicyRequest { policy: Some(policy) };
         entitlements
-            .set_policy(pb::SetPolicyRequest {
-                policy: Some(policy(i, effect)),
-            })
+            .set_policy(request)
             .await
             .map_err(|e| format!("set-up set_policy: {e}"))?;
-    }
+        Ok(())
+    })
+    .await?;
     if scenario == Scenario::Claim {
-        let mut queue = TaskServiceClient::new(channel.clone());
-        for i in 0..tasks {
+        let requests: Vec<pb::CreateTaskRequest> = (0..plan.tasks as u64).map(task_request).collect();
+        in_flight(channels, plan.concurrency, requests, |channel, request| async move {
+            let mut queue = TaskServiceClient::new(channel);
             queue
-                .create_task(task_request(i as u64))
+                .create_task(request)
                 .await
                 .map_err(|e| format!("set-up create_task: {e}"))?;
-        }
+            Ok(())
+        })
+        .await?;
     }
     Ok(Shared {
         agents: ids,
         policies: key_space,
         sent: Mutex::new(HashMap::new()),
     })
+}
+
+/// The card of set-up agent `i`: three of the bench's words, one of eight tools.
+fn card(i: usize) -> pb::AgentCard {
+    pb::AgentCard {
+        name: format!("bench-agent-{i}"),
+        description: format!("{} {} {}", WORDS[i % 16], WORDS[(i / 16) % 16], WORDS[(i / 256) % 16]),
+        tools: vec![format!("tool{}", i % 8)],
+        ..Default::default()
+    }
+}
+
+fn report(what: &str, n: usize, started: Instant) {
+    if n > 0 {
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("set-up: {n} {what} in {seconds:.1} s ({:.0}/s)", n as f64 / seconds);
+    }
+}
+
+/// Runs `call` on every item with `concurrency` calls in flight, spread over the channels;
+/// returns the answers in the items' order.
+async fn in_flight<T, R, F, Fut>(
+    channels: &[Channel],
+    concurrency: usize,
+    items: Vec<T>,
+    call: F,
+) -> Result<Vec<R>, String>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Channel, T) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<R, String>> + Send,
+{
+    let lanes = concurrency.max(1).min(items.len().max(1));
+    let mut queues: Vec<Vec<(usize, T)>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        queues[i % lanes].push((i, item));
+    }
+    let mut tasks = Vec::with_capacity(lanes);
+    for (lane, queue) in queues.into_iter().enumerate() {
+        let (channel, call) = (channels[lane % channels.len()].clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(queue.len());
+            for (i, item) in queue {
+                answers.push((i, call(channel.clone(), item).await?));
+            }
+            Ok::<_, String>(answers)
+        }));
+    }
+    let mut answers: Vec<(usize, R)> = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.map_err(|e| format!("set-up task: {e}"))??);
+    }
+    answers.sort_unstable_by_key(|(i, _)| *i);
+    Ok(answers.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Policy `i` of the bench's key space.

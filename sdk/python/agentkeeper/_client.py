@@ -1187,9 +1187,16 @@ class AgentKeeperClient:
         self._unary("election", "Resign", request, timeout)
 
     def list_elections(self, timeout: _Timeout = None) -> list[ElectionGroup]:
-        """Every election group, by name, with its candidates in line (the leader first)."""
-        response = self._unary("election", "ListElections", pb.ListElectionsRequest(), timeout)
-        return [cv.election_group_from_pb(g) for g in response.groups]
+        """Every election group, by name, with the head of its line of candidates (the leader
+        first; ``candidates_total`` counts them all), fetched page by page (``timeout`` is per
+        page)."""
+
+        def page(token: str) -> tuple[list[ElectionGroup], str]:
+            request = pb.ListElectionsRequest(page_token=token)
+            response = self._unary("election", "ListElections", request, timeout)
+            return [cv.election_group_from_pb(g) for g in response.groups], response.next_page_token
+
+        return list(_every_page(page))
 
     # ── listing leases ──
 
@@ -1267,9 +1274,16 @@ class AgentKeeperClient:
         return cv.check_result_from_pb(self._unary("entitlements", "CheckPolicy", request, timeout))
 
     def list_policies(self, subject_prefix: str = "", timeout: _Timeout = None) -> list[Policy]:
-        """Policies sorted by id, optionally only those whose subject starts with ``subject_prefix``."""
-        request = pb.ListPoliciesRequest(subject_prefix=cv.check_str("subject_prefix", subject_prefix))
-        return [cv.policy_from_pb(p) for p in self._unary("entitlements", "ListPolicies", request, timeout).policies]
+        """Policies sorted by id, optionally only those whose subject starts with ``subject_prefix``,
+        fetched page by page (each as much as fits ~3 MiB; ``timeout`` is per page)."""
+        prefix = cv.check_str("subject_prefix", subject_prefix)
+
+        def page(token: str) -> tuple[list[Policy], str]:
+            request = pb.ListPoliciesRequest(subject_prefix=prefix, page_token=token)
+            response = self._unary("entitlements", "ListPolicies", request, timeout)
+            return [cv.policy_from_pb(p) for p in response.policies], response.next_page_token
+
+        return list(_every_page(page))
 
     def delete_policy(self, id: str, timeout: _Timeout = None) -> None:
         """Delete a policy. Raises :class:`NotFound` for an unknown id."""

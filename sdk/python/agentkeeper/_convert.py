@@ -234,6 +234,8 @@ def election_group_from_pb(proto: pb.ElectionGroup) -> ElectionGroup:
     return ElectionGroup(
         state=election_state_from_pb(proto.state),
         candidate_agent_ids=list(proto.candidate_agent_ids),
+        # A daemon from before the field counts nothing: then the list is the whole line.
+        candidates_total=proto.candidates_total or len(proto.candidate_agent_ids),
     )
 
 

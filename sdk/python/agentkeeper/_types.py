@@ -104,11 +104,13 @@ class ElectionState:
 
 @dataclass
 class ElectionGroup:
-    """An election group as ``list_elections`` shows it: its state and the candidates in line
-    (the leader first when there is one)."""
+    """An election group as ``list_elections`` shows it: its state and the head of its line of
+    candidates (the leader first when there is one; the daemon lists the first 100), and how
+    many stand in line in all."""
 
     state: ElectionState
     candidate_agent_ids: list[str]
+    candidates_total: int = 0
 
 
 @dataclass

@@ -1220,9 +1220,16 @@ class AgentKeeperClient:
         await self._unary("election", "Resign", request, timeout)
 
     async def list_elections(self, timeout: _Timeout = None) -> list[ElectionGroup]:
-        """Every election group, by name, with its candidates in line (the leader first)."""
-        response = await self._unary("election", "ListElections", pb.ListElectionsRequest(), timeout)
-        return [cv.election_group_from_pb(g) for g in response.groups]
+        """Every election group, by name, with the head of its line of candidates (the leader
+        first; ``candidates_total`` counts them all), fetched page by page (``timeout`` is per
+        page)."""
+
+        async def page(token: str) -> tuple[list[ElectionGroup], str]:
+            request = pb.ListElectionsRequest(page_token=token)
+            response = await self._unary("election", "ListElections", request, timeout)
+            return [cv.election_group_from_pb(g) for g in response.groups], response.next_page_token
+
+        return [group async for group in _every_page(page)]
 
     # ── listing leases ──
 
@@ -1295,10 +1302,16 @@ class AgentKeeperClient:
         return cv.check_result_from_pb(await self._unary("entitlements", "CheckPolicy", request, timeout))
 
     async def list_policies(self, subject_prefix: str = "", timeout: _Timeout = None) -> list[Policy]:
-        """Policies sorted by id, optionally filtered by subject prefix."""
-        request = pb.ListPoliciesRequest(subject_prefix=cv.check_str("subject_prefix", subject_prefix))
-        response = await self._unary("entitlements", "ListPolicies", request, timeout)
-        return [cv.policy_from_pb(p) for p in response.policies]
+        """Policies sorted by id, optionally filtered by subject prefix, fetched page by page (each
+        as much as fits ~3 MiB; ``timeout`` is per page)."""
+        prefix = cv.check_str("subject_prefix", subject_prefix)
+
+        async def page(token: str) -> tuple[list[Policy], str]:
+            request = pb.ListPoliciesRequest(subject_prefix=prefix, page_token=token)
+            response = await self._unary("entitlements", "ListPolicies", request, timeout)
+            return [cv.policy_from_pb(p) for p in response.policies], response.next_page_token
+
+        return [policy async for policy in _every_page(page)]
 
     async def delete_policy(self, id: str, timeout: _Timeout = None) -> None:
         """Delete a policy (:class:`NotFound` for an unknown id)."""

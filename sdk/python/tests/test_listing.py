@@ -46,6 +46,7 @@ def test_list_elections_shows_leaders_terms_and_candidates_in_line(manual: Agent
     assert writers.state.leader_agent_id == b.agent_id
     assert writers.state.term == 2
     assert writers.candidate_agent_ids == [b.agent_id]
+    assert writers.candidates_total == 1
 
 
 async def test_the_asyncio_client_lists_leases_and_elections_too(binary: str) -> None:

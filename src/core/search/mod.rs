@@ -3,24 +3,33 @@
 //! updated incrementally as agents come and go, with each query term widened to typo corrections
 //! (`typo`) and related terms (`related`) at a discount, so an exact match still wins.
 //!
+//! A query's work is bounded whatever the fleet's size: it reads at most `QUERY_POSTINGS_MAX`
+//! posting entries, shared among its terms rarest first (a rare term's documents are all read; a
+//! common term's best ones, in posting order: best field first, then oldest), and scores each
+//! document it meets once, from that document's own term list, against every query term. Where
+//! every posting fits the budget (any fleet of a few thousand cards) that is exact BM25F.
+//!
 //! Architecture invariant: the index keeps only integer statistics (term frequencies, field
 //! lengths, document frequencies), so scores are a pure function of the indexed cards, whatever
-//! the order they arrived and left in; a query scores only the documents that share a term (or a
-//! correction or relative of one) with it, summing in query-term order, and never lets hash-map
-//! order reach its output.
+//! the order they arrived and left in; a document's score sums in query-term order; hash-map
+//! order never reaches an output.
 
+mod posting;
 mod related;
 mod tokenize;
 mod typo;
 
+use slab::Slab;
 use tokenize::{tokenize, tokenize_tool};
 
-use super::types::{AgentCard, Map, new_map};
+use super::types::{AgentCard, Map, Set, new_map, new_set};
+use posting::{Entry, Posting};
 use typo::TypoIndex;
 
 pub type DocKey = usize;
 
-/// Field weights: where a word appears says how much it tells about the agent.
+/// Field weights: where a word appears says how much it tells about the agent. Highest first, so
+/// a field's index is also its tier in a posting's reading order.
 const FIELD_WEIGHTS: [f64; FIELDS] = [3.0, 2.0, 2.0, 1.0, 1.0, 0.5];
 const FIELDS: usize = 6;
 const FIELD_NAME: usize = 0;
@@ -44,27 +53,73 @@ const RELATED_PER_TERM_MAX: usize = 16;
 /// expansions of a long query stop here (in query-term order, so the cut is the same for the same
 /// state), which bounds a find whatever the vocabulary.
 const EXPANSION_WORK_MAX: usize = 60_000;
+/// Posting entries one query reads at most (each document met is then scored once): with a
+/// million cards a query for common words stays within about a millisecond of the core's time.
+pub const QUERY_POSTINGS_MAX: usize = 8192;
 
 type FieldCounts = [u32; FIELDS];
+type TermId = u32;
 
 struct Doc {
+    /// Where the document ranks among equals (its agent's registration): posting order and ties.
+    rank: u64,
     lengths: FieldCounts,
-    /// The document's distinct terms (to remove its postings without a scan).
-    terms: Vec<Box<str>>,
+    /// The document's distinct terms with their occurrences per field, by term id: scoring a
+    /// document reads this, never another posting.
+    terms: Box<[(TermId, FieldCounts)]>,
+}
+
+impl Doc {
+    fn counts(&self, term: TermId) -> Option<&FieldCounts> {
+        let at = self.terms.binary_search_by_key(&term, |&(t, _)| t).ok()?;
+        Some(&self.terms[at].1)
+    }
+}
+
+struct Term {
+    text: Box<str>,
+    docs: Posting,
 }
 
 pub struct SearchIndex {
-    docs: Map<DocKey, Doc>,
-    /// term -> document -> occurrences per field
-    postings: Map<Box<str>, Map<DocKey, FieldCounts>>,
+    /// By document key (dense: the registry's slab keys).
+    docs: Vec<Option<Doc>>,
+    doc_count: usize,
+    /// The vocabulary: every term with at least one document, interned.
+    terms: Slab<Term>,
+    by_text: Map<Box<str>, TermId>,
     /// The terms of `postings`, by trigram, for typo corrections.
     typos: TypoIndex,
     total_lengths: [u64; FIELDS],
     hash_seed: u64,
 }
 
-/// What one query term stands for: index terms, each with the weight a match through it gets.
-type Expansion<'a> = Vec<(&'a str, f64)>;
+/// One index term a query term stands for, with the weight a match through it gets.
+struct Expansion {
+    term: TermId,
+    weight: f64,
+    idf: f64,
+}
+
+/// A query made ready against the index: per query term (deduplicated, in order) the index
+/// terms it stands for, and the statistics its scores use.
+pub struct Query {
+    terms: Vec<Vec<Expansion>>,
+    average: [f64; FIELDS],
+}
+
+impl Query {
+    /// True when no query term stands for any indexed term: nothing can match.
+    pub fn matches_nothing(&self) -> bool {
+        self.terms.iter().all(Vec::is_empty)
+    }
+}
+
+/// Documents a query ranked, best first, and the posting entries it read to find them.
+pub struct Ranked {
+    pub docs: Vec<(DocKey, f64)>,
+    pub postings_read: usize,
+}
 
 /// Every field's tokens for one card.
 fn card_fields(card: &AgentCard) -> [Vec<String>; FIELDS] {
@@ -82,11 +137,21 @@ fn card_fields(card: &AgentCard) -> [Vec<String>; FIELDS] {
     fields
 }
 
+/// The best field a term occurs in: its tier in the term's posting.
+fn tier(counts: &FieldCounts) -> usize {
+    counts
+        .iter()
+        .position(|&n| n > 0)
+        .expect("a document's term occurs in some field")
+}
+
 impl SearchIndex {
     pub fn new(hash_seed: u64) -> Self {
         SearchIndex {
-            docs: new_map(hash_seed),
-            postings: new_map(hash_seed),
+            docs: Vec::new(),
+            doc_count: 0,
+            terms: Slab::new(),
+            by_text: new_map(hash_seed),
             typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
@@ -94,60 +159,94 @@ impl SearchIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.docs.len()
+        self.doc_count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.docs.is_empty()
+        self.doc_count == 0
     }
 
     pub fn contains(&self, doc: DocKey) -> bool {
-        self.docs.contains_key(&doc)
+        self.doc(doc).is_some()
     }
 
-    pub fn insert(&mut self, doc: DocKey, card: &AgentCard) {
-        assert!(!self.docs.contains_key(&doc), "document {doc} indexed twice");
-        let mut counts: Map<Box<str>, FieldCounts> = new_map(self.hash_seed);
-        let mut terms: Vec<Box<str>> = Vec::new();
+    fn doc(&self, doc: DocKey) -> Option<&Doc> {
+        self.docs.get(doc).and_then(Option::as_ref)
+    }
+
+    /// The rank `doc` was indexed with.
+    pub fn rank_of(&self, doc: DocKey) -> u64 {
+        self.doc(doc).expect("an indexed document").rank
+    }
+
+    /// Indexes `card` as `doc`; `rank` orders it among equals (the agent's registration).
+    pub fn insert(&mut self, doc: DocKey, rank: u64, card: &AgentCard) {
+        assert!(!self.contains(doc), "document {doc} indexed twice");
+        let mut counts: Vec<(String, FieldCounts)> = Vec::new();
+        let mut seen: Map<String, usize> = new_map(self.hash_seed);
         let mut lengths = [0u32; FIELDS];
         for (field, tokens) in card_fields(card).into_iter().enumerate() {
             lengths[field] = tokens.len() as u32;
             for token in tokens {
-                let entry = counts.entry(token.as_str().into()).or_insert_with(|| {
-                    terms.push(token.as_str().into());
-                    [0; FIELDS]
+                let at = *seen.entry(token.clone()).or_insert_with(|| {
+                    counts.push((token, [0; FIELDS]));
+                    counts.len() - 1
                 });
-                entry[field] += 1;
+                counts[at].1[field] += 1;
             }
         }
-        for term in &terms {
-            let tf = counts[term];
-            let hash_seed = self.hash_seed;
-            let posting = self.postings.entry(term.clone()).or_insert_with(|| new_map(hash_seed));
-            if posting.is_empty() {
-                self.typos.insert(term);
-            }
-            posting.insert(doc, tf);
+        let mut terms: Vec<(TermId, FieldCounts)> = Vec::with_capacity(counts.len());
+        for (text, tf) in counts {
+            let id = self.intern(text);
+            self.terms[id as usize].docs.insert(Entry::new(tier(&tf), rank, doc));
+            terms.push((id, tf));
         }
+        terms.sort_unstable_by_key(|&(id, _)| id);
         for (total, len) in self.total_lengths.iter_mut().zip(lengths) {
             *total += u64::from(len);
         }
-        self.docs.insert(doc, Doc { lengths, terms });
+        if self.docs.len() <= doc {
+            self.docs.resize_with(doc + 1, || None);
+        }
+        self.docs[doc] = Some(Doc {
+            rank,
+            lengths,
+            terms: terms.into_boxed_slice(),
+        });
+        self.doc_count += 1;
+    }
+
+    /// The id of `text`, entering it into the vocabulary (and the typo index) if new.
+    fn intern(&mut self, text: String) -> TermId {
+        if let Some(&id) = self.by_text.get(text.as_str()) {
+            return id;
+        }
+        self.typos.insert(&text);
+        let text: Box<str> = text.into();
+        let id = self.terms.insert(Term {
+            text: text.clone(),
+            docs: Posting::new(),
+        });
+        let id = TermId::try_from(id).expect("the vocabulary fits 32-bit term ids");
+        self.by_text.insert(text, id);
+        id
     }
 
     pub fn remove(&mut self, doc: DocKey) {
         let entry = self
             .docs
-            .remove(&doc)
+            .get_mut(doc)
+            .and_then(Option::take)
             .unwrap_or_else(|| panic!("document {doc} is not indexed"));
-        for term in &entry.terms {
-            let posting = self.postings.get_mut(term).expect("an indexed term has postings");
-            posting
-                .remove(&doc)
-                .expect("an indexed document is in its terms' postings");
-            if posting.is_empty() {
-                self.postings.remove(term);
-                self.typos.remove(term);
+        self.doc_count -= 1;
+        for &(id, ref tf) in entry.terms.iter() {
+            let term = &mut self.terms[id as usize];
+            let removed = term.docs.remove(Entry::new(tier(tf), entry.rank, doc));
+            assert!(removed, "an indexed document is in its terms' postings");
+            if term.docs.is_empty() {
+                let term = self.terms.remove(id as usize);
+                self.by_text.remove(&term.text);
+                self.typos.remove(&term.text);
             }
         }
         for (total, len) in self.total_lengths.iter_mut().zip(entry.lengths) {
@@ -155,97 +254,165 @@ impl SearchIndex {
         }
     }
 
-    /// Documents sharing a term (or a correction or relative of one) with the query, by BM25F
-    /// score, highest first, ties by key. Each query term counts once per document: through the
-    /// best of its expansions there.
-    pub fn score(&self, query: &str) -> Vec<(DocKey, f64)> {
-        let mut terms: Vec<String> = Vec::new();
-        for token in tokenize(query) {
-            if !terms.contains(&token) && terms.len() < QUERY_TERMS_MAX {
-                terms.push(token);
+    /// Makes `text` ready to score: its terms (at most 64, each once), each with the index terms
+    /// it stands for and their idf, and the average field lengths.
+    pub fn prepare(&self, text: &str) -> Query {
+        let mut words: Vec<String> = Vec::new();
+        for token in tokenize(text) {
+            if !words.contains(&token) && words.len() < QUERY_TERMS_MAX {
+                words.push(token);
             }
         }
-        let n = self.docs.len() as f64;
-        let average: Vec<f64> = self
-            .total_lengths
+        let n = self.doc_count as f64;
+        let mut average = [0.0; FIELDS];
+        for (average, &total) in average.iter_mut().zip(&self.total_lengths) {
+            *average = (total as f64 / n.max(1.0)).max(1.0);
+        }
+        let mut budget = EXPANSION_WORK_MAX;
+        let terms = words
             .iter()
-            .map(|&total| (total as f64 / n.max(1.0)).max(1.0))
+            .map(|word| {
+                self.expand(word, &mut budget)
+                    .into_iter()
+                    .map(|(term, weight)| {
+                        let df = self.terms[term as usize].docs.len() as f64;
+                        let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                        Expansion { term, weight, idf }
+                    })
+                    .collect()
+            })
             .collect();
-        let mut scores: Map<DocKey, f64> = new_map(self.hash_seed);
-        let mut best: Map<DocKey, f64> = new_map(self.hash_seed);
-        let mut expansion_budget = EXPANSION_WORK_MAX;
-        for term in &terms {
-            let expansion = self.expand(term, &mut expansion_budget);
-            let single = expansion.len() == 1;
-            for (index_term, weight) in expansion {
-                let posting = &self.postings[index_term];
-                let df = posting.len() as f64;
-                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                for (&doc, tf) in posting {
-                    let lengths = &self.docs[&doc].lengths;
-                    let weighted: f64 = (0..FIELDS)
-                        .filter(|&f| tf[f] > 0)
-                        .map(|f| {
-                            let norm = 1.0 - B + B * f64::from(lengths[f]) / average[f];
-                            FIELD_WEIGHTS[f] * f64::from(tf[f]) / norm
-                        })
-                        .sum();
-                    let score = weight * idf * weighted * (K1 + 1.0) / (weighted + K1);
-                    if single {
-                        *scores.entry(doc).or_insert(0.0) += score;
-                    } else {
-                        let kept = best.entry(doc).or_insert(0.0);
-                        *kept = kept.max(score);
-                    }
+        Query { terms, average }
+    }
+
+    /// `doc`'s BM25F score for `query` (0 when it shares no term): each query term counts once,
+    /// through the best of its expansions there, summed in query-term order.
+    pub fn score_doc(&self, query: &Query, doc: DocKey) -> f64 {
+        let Some(entry) = self.doc(doc) else {
+            return 0.0;
+        };
+        let mut total = 0.0;
+        for expansions in &query.terms {
+            let mut best: Option<f64> = None;
+            for expansion in expansions {
+                if let Some(tf) = entry.counts(expansion.term) {
+                    let score = term_score(expansion, tf, &entry.lengths, &query.average);
+                    best = Some(best.map_or(score, |b: f64| b.max(score)));
                 }
             }
-            // Each document's sum runs in query-term order: the same for every map layout.
-            for (doc, score) in best.drain() {
-                *scores.entry(doc).or_insert(0.0) += score;
+            if let Some(best) = best {
+                total += best;
             }
         }
-        let mut ranked: Vec<(DocKey, f64)> = scores.into_iter().filter(|&(_, s)| s > 0.0).collect();
-        ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked
+        total
+    }
+
+    /// The documents `query` ranks, best first (ties by rank), at most `limit`, among those
+    /// `accept` lets through: found by reading at most `QUERY_POSTINGS_MAX` posting entries.
+    pub fn top(&self, query: &Query, limit: usize, accept: impl Fn(DocKey) -> bool) -> Ranked {
+        let mut met: Set<DocKey> = new_set(self.hash_seed);
+        let mut docs: Vec<(DocKey, f64)> = Vec::new();
+        let postings_read = self.candidates(query, QUERY_POSTINGS_MAX, |doc| {
+            if met.insert(doc) && accept(doc) {
+                let score = self.score_doc(query, doc);
+                if score > 0.0 {
+                    docs.push((doc, score));
+                }
+            }
+        });
+        debug_assert!(postings_read <= QUERY_POSTINGS_MAX);
+        let order = |a: &(DocKey, f64), b: &(DocKey, f64)| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| self.rank_of(a.0).cmp(&self.rank_of(b.0)))
+        };
+        if docs.len() > limit {
+            if limit == 0 {
+                docs.clear();
+            } else {
+                docs.select_nth_unstable_by(limit - 1, order);
+                docs.truncate(limit);
+            }
+        }
+        docs.sort_unstable_by(order);
+        Ranked { docs, postings_read }
+    }
+
+    /// Every document `text` ranks, best first: `top` with no limit but its reading budget.
+    pub fn score(&self, text: &str) -> Vec<(DocKey, f64)> {
+        self.top(&self.prepare(text), usize::MAX, |_| true).docs
+    }
+
+    /// Calls `visit` with the documents of the query's index terms, rarest term first, reading at
+    /// most `budget` entries: each term gets an equal share of what the rarer ones left, so a
+    /// rare term is read whole and every common one contributes its best documents. Returns the
+    /// entries read.
+    fn candidates(&self, query: &Query, budget: usize, mut visit: impl FnMut(DocKey)) -> usize {
+        let mut terms: Vec<TermId> = query.terms.iter().flatten().map(|e| e.term).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        let mut terms: Vec<(usize, &str, &Posting)> = terms
+            .into_iter()
+            .map(|id| {
+                let term = &self.terms[id as usize];
+                (term.docs.len(), &*term.text, &term.docs)
+            })
+            .collect();
+        terms.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut read = 0;
+        let count = terms.len();
+        for (done, (_, _, posting)) in terms.into_iter().enumerate() {
+            let share = (budget - read) / (count - done);
+            for entry in posting.iter().take(share) {
+                visit(entry.doc);
+                read += 1;
+            }
+        }
+        debug_assert!(read <= budget);
+        read
     }
 
     /// The index terms a query term stands for: itself when indexed, else its typo corrections
     /// (unless the related-terms table knows it as a word of its own); then the relatives of
     /// those, discounted again. Only terms with postings, each once, at its best weight.
-    fn expand<'a>(&'a self, term: &str, budget: &mut usize) -> Expansion<'a> {
-        let mut expansion: Expansion<'a> = Vec::new();
-        if let Some((indexed, _)) = self.postings.get_key_value(term) {
-            expansion.push((indexed, 1.0));
-        } else if !related::is_known(term) {
-            for (correction, edits) in self.typos.corrections(term, budget) {
-                let (indexed, posting) = self
-                    .postings
-                    .get_key_value(&*correction)
+    fn expand(&self, word: &str, budget: &mut usize) -> Vec<(TermId, f64)> {
+        let mut expansion: Vec<(TermId, f64)> = Vec::new();
+        if let Some(&id) = self.by_text.get(word) {
+            expansion.push((id, 1.0));
+        } else if !related::is_known(word) {
+            for (correction, edits) in self.typos.corrections(word, budget) {
+                let id = *self
+                    .by_text
+                    .get(&*correction)
                     .expect("the typo index holds only indexed terms");
-                if *budget < posting.len() {
+                let df = self.terms[id as usize].docs.len();
+                if *budget < df {
                     break;
                 }
-                *budget -= posting.len();
-                expansion.push((indexed, TYPO_WEIGHTS[edits - 1]));
+                *budget -= df;
+                expansion.push((id, TYPO_WEIGHTS[edits - 1]));
             }
         }
-        let mut sources: Vec<(&str, f64)> = expansion.clone();
+        let mut sources: Vec<(&str, f64)> = expansion
+            .iter()
+            .map(|&(id, weight)| (&*self.terms[id as usize].text, weight))
+            .collect();
         if sources.is_empty() {
-            sources.push((term, 1.0));
+            sources.push((word, 1.0));
         }
         for (source, weight) in sources {
             for relative in related::related(source).iter().take(RELATED_PER_TERM_MAX) {
-                let Some((indexed, posting)) = self.postings.get_key_value(relative.as_str()) else {
+                let Some(&id) = self.by_text.get(relative.as_str()) else {
                     continue;
                 };
-                if expansion.iter().any(|(t, _)| *t == &**indexed) {
+                if expansion.iter().any(|&(t, _)| t == id) {
                     continue;
                 }
-                if *budget < posting.len() {
+                let df = self.terms[id as usize].docs.len();
+                if *budget < df {
                     return expansion;
                 }
-                *budget -= posting.len();
-                expansion.push((indexed, weight * RELATED_WEIGHT));
+                *budget -= df;
+                expansion.push((id, weight * RELATED_WEIGHT));
             }
         }
         expansion
@@ -254,25 +421,53 @@ impl SearchIndex {
     pub fn check_invariants(&self) {
         let mut totals = [0u64; FIELDS];
         let mut postings = 0;
-        for (doc, entry) in &self.docs {
+        let mut docs = 0;
+        for (doc, entry) in self.docs.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            docs += 1;
             for (total, len) in totals.iter_mut().zip(entry.lengths) {
                 *total += u64::from(len);
             }
-            for term in &entry.terms {
-                let present = self.postings.get(term).is_some_and(|p| p.contains_key(doc));
-                assert!(present, "document {doc} missing from the postings of {term:?}");
+            assert!(
+                entry.terms.windows(2).all(|w| w[0].0 < w[1].0),
+                "document {doc}'s terms out of order"
+            );
+            for (id, tf) in entry.terms.iter() {
+                let term = self.terms.get(*id as usize);
+                let posted = term.is_some_and(|t| t.docs.contains(Entry::new(tier(tf), entry.rank, doc)));
+                assert!(posted, "document {doc} missing from the posting of term {id}");
             }
             postings += entry.terms.len();
         }
+        assert_eq!(docs, self.doc_count, "document count drifted");
         assert_eq!(totals, self.total_lengths, "field length totals drifted");
-        let posted: usize = self.postings.values().map(|p| p.len()).sum();
+        let posted: usize = self.terms.iter().map(|(_, t)| t.docs.len()).sum();
         assert_eq!(posted, postings, "postings hold documents that are gone");
-        assert!(
-            self.postings.values().all(|p| !p.is_empty()),
-            "a term without documents kept"
-        );
-        self.typos.check_invariants(self.postings.keys().map(|t| &**t));
+        assert_eq!(self.by_text.len(), self.terms.len(), "vocabulary index size");
+        for (id, term) in &self.terms {
+            assert!(!term.docs.is_empty(), "a term without documents kept");
+            assert_eq!(
+                self.by_text.get(&term.text).map(|&t| t as usize),
+                Some(id),
+                "term {:?} not interned",
+                term.text
+            );
+            term.docs.check_invariants();
+        }
+        self.typos.check_invariants(self.terms.iter().map(|(_, t)| &*t.text));
     }
+}
+
+/// One index term's BM25F contribution to one document.
+fn term_score(expansion: &Expansion, tf: &FieldCounts, lengths: &FieldCounts, average: &[f64; FIELDS]) -> f64 {
+    let weighted: f64 = (0..FIELDS)
+        .filter(|&f| tf[f] > 0)
+        .map(|f| {
+            let norm = 1.0 - B + B * f64::from(lengths[f]) / average[f];
+            FIELD_WEIGHTS[f] * f64::from(tf[f]) / norm
+        })
+        .sum();
+    expansion.weight * expansion.idf * weighted * (K1 + 1.0) / (weighted + K1)
 }
 
 #[cfg(test)]
@@ -347,7 +542,7 @@ mod tests {
     fn index(cards: &[AgentCard]) -> SearchIndex {
         let mut index = SearchIndex::new(5);
         for (key, card) in cards.iter().enumerate() {
-            index.insert(key, card);
+            index.insert(key, key as u64, card);
         }
         index.check_invariants();
         index
@@ -426,9 +621,38 @@ mod tests {
             index.score("kuberntes").is_empty(),
             "no document holds the corrected term any more"
         );
-        index.insert(deployer, &cards[deployer]);
+        index.insert(deployer, deployer as u64, &cards[deployer]);
         index.check_invariants();
         assert_eq!(index.score("kuberntes")[0].0, deployer);
+    }
+
+    #[test]
+    fn the_budgeted_ranking_equals_scoring_every_document_when_the_postings_fit() {
+        let cards = fleet();
+        let index = index(&cards);
+        for query in [
+            "fetch and parse web pages",
+            "translte docments into frnech",
+            "check the code changes and ship the release",
+            "meeting",
+            "nothing-matches-this",
+        ] {
+            let prepared = index.prepare(query);
+            let mut every: Vec<(DocKey, f64)> = (0..cards.len())
+                .map(|doc| (doc, index.score_doc(&prepared, doc)))
+                .filter(|&(_, score)| score > 0.0)
+                .collect();
+            every.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let ranked = index.top(&prepared, usize::MAX, |_| true);
+            assert_eq!(ranked.docs, every, "{query:?}");
+            assert!(ranked.postings_read <= QUERY_POSTINGS_MAX);
+            let three = index.top(&prepared, 3, |_| true).docs;
+            assert_eq!(
+                three[..],
+                every[..every.len().min(3)],
+                "{query:?}: the top 3 of the same ranking"
+            );
+        }
     }
 
     #[test]
@@ -455,7 +679,7 @@ mod tests {
         let mut with = index(&cards);
         let without = index(&cards[..9]);
         let extra = card("intruder", "fetches web pages badly", &["browser"]);
-        with.insert(100, &extra);
+        with.insert(100, 100, &extra);
         assert!(with.score("web pages").iter().any(|&(k, _)| k == 100));
         with.remove(100);
         with.remove(9);
@@ -473,7 +697,7 @@ mod tests {
         let forward = index(&cards);
         let mut backward = SearchIndex::new(99);
         for (key, card) in cards.iter().enumerate().rev() {
-            backward.insert(key, card);
+            backward.insert(key, key as u64, card);
         }
         for query in [
             "web pages",
@@ -518,7 +742,7 @@ mod tests {
         let mut index = SearchIndex::new(1);
         for i in 0..10_000usize {
             let description = format!("{} things for team{}", vocabulary[i % vocabulary.len()], i % 100);
-            index.insert(i, &card(&format!("agent-{i}"), &description, &[]));
+            index.insert(i, i as u64, &card(&format!("agent-{i}"), &description, &[]));
         }
         let ranked = index.score("team43 deploy");
         let shares_a_term = |k: usize| k % 100 == 43 || k % vocabulary.len() == 3;

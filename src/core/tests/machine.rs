@@ -163,7 +163,7 @@ fn a_read_behind_an_unpersisted_write_waits_for_it_but_a_read_with_nothing_pendi
     assert_eq!((reply_for(&out, write), reply_for(&out, read)), (None, None));
     d.persist_all();
     let out = d.drain();
-    let Some(Ok(Reply::Policies(seen))) = reply_for(&out, read) else {
+    let Some(Ok(Reply::Policies { policies: seen, .. })) = reply_for(&out, read) else {
         panic!("{out:?}")
     };
     assert_eq!(seen.len(), 1, "the read saw the write, so it waited for it");

@@ -7,10 +7,11 @@
 use serde_json::{Value, json};
 
 use crate::core::CoreStats;
+use crate::core::elections::GroupListing;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView};
 use crate::core::listing::Overview;
 use crate::core::tasks::TaskView;
-use crate::core::types::{AgentId, AgentStatus, Effect, Policy};
+use crate::core::types::{AgentStatus, Effect, Policy};
 
 pub fn agent(view: &AgentView) -> Value {
     json!({
@@ -40,17 +41,40 @@ pub fn lease(view: &LeaseView) -> Value {
     })
 }
 
-pub fn election(view: &ElectionView, candidates: Option<&[AgentId]>) -> Value {
-    let mut value = json!({
+pub fn election(view: &ElectionView) -> Value {
+    json!({
         "group": &*view.group,
         "leader": view.leader.map(|id| id.to_string()),
         "term": view.term,
         "elected_at": view.elected_at,
-    });
-    if let Some(candidates) = candidates {
-        value["candidates"] = candidates.iter().map(ToString::to_string).collect();
-    }
+    })
+}
+
+/// A listed group: its state, the head of its line and how many stand in it.
+pub fn group(group: &GroupListing) -> Value {
+    let mut value = election(&group.state);
+    value["candidates"] = group.candidates.iter().map(ToString::to_string).collect();
+    value["candidates_total"] = group.candidates_total.into();
     value
+}
+
+/// One page of a list: its rows under `field`, and the cursor of the next page (null: the last).
+pub fn page(field: &str, rows: impl Iterator<Item = Value>, next_page_token: &str) -> Value {
+    let mut value = json!({ "next": next(next_page_token) });
+    value[field] = rows.collect();
+    value
+}
+
+/// A page of agents, with the event sequence it was read at.
+pub fn agent_page(agents: &[AgentView], next_page_token: &str, sequence_next: u64) -> Value {
+    let mut value = page("agents", agents.iter().map(agent), next_page_token);
+    value["sequence_next"] = sequence_next.into();
+    value
+}
+
+/// A page token as the page reads it: null when there is no next page.
+fn next(token: &str) -> Value {
+    if token.is_empty() { Value::Null } else { token.into() }
 }
 
 pub fn policy(policy: &Policy) -> Value {
@@ -89,7 +113,7 @@ pub fn event(event: &Event) -> Value {
     let (field, payload) = match &event.payload {
         EventPayload::Agent(view) => ("agent", agent(view)),
         EventPayload::Lease(view) => ("lease", lease(view)),
-        EventPayload::Election(view) => ("election", election(view, None)),
+        EventPayload::Election(view) => ("election", election(view)),
         EventPayload::Task(view) => ("task", task(view)),
     };
     value[field] = payload;
@@ -120,15 +144,15 @@ pub fn overview(view: &Overview) -> Value {
         "sequence_next": stats.sequence_next,
         "counts": counts(stats),
         "agents": view.agents.iter().map(agent).collect::<Vec<_>>(),
+        "agents_next": next(&view.agents_next),
         "agents_total": stats.agents_alive + stats.agents_unreachable + stats.agents_dead,
         "leases": view.leases.iter().map(lease).collect::<Vec<_>>(),
+        "leases_next": next(&view.leases_next),
         "leases_total": stats.leases,
-        "elections": view
-            .elections
-            .iter()
-            .map(|(state, candidates)| election(state, Some(candidates)))
-            .collect::<Vec<_>>(),
-        "policies": view.policies.iter().map(policy).collect::<Vec<_>>(),
+        "elections": view.elections.iter().map(group).collect::<Vec<_>>(),
+        "elections_next": next(&view.elections_next),
+        "policies": view.policies.iter().map(|p| policy(p)).collect::<Vec<_>>(),
+        "policies_next": next(&view.policies_next),
         "policies_total": stats.policies,
     })
 }

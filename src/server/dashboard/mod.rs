@@ -1,10 +1,13 @@
 //! The live dashboard on the HTTP port: `/` (one page, embedded in the binary), `/api/overview`
-//! (the core's Overview as JSON) and `/api/events` (server-sent events: every core event from a
-//! sequence on, plus counts once a second for the charts).
+//! (the core's Overview as JSON: counts and the first page of each list), one page of a list
+//! from a cursor (`/api/agents`, `/api/leases`, `/api/policies`, `/api/elections`) and
+//! `/api/events` (server-sent events: every core event from a sequence on, plus counts once a
+//! second for the charts).
 //!
 //! Architecture invariant: the dashboard is a client of the core like any gRPC caller, through
 //! the driver's bounded queue and an ordinary subscription; it never reads the core's state
-//! directly, and a page that cannot keep up is cut off like any slow watcher.
+//! directly, never asks for more than a page at a time (never the whole fleet), and a page that
+//! cannot keep up is cut off like any slow watcher.
 
 mod json;
 
@@ -25,15 +28,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::subscription::{self, Subscription, UnwatchGuard};
 use crate::core::machine::StreamEnd;
+use crate::core::types::AgentStatus;
 use crate::core::{Command, CoreError, ErrorCode, Event, Reply};
 use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 
 const PAGE: &str = include_str!("index.html");
-/// Agents the page receives at most (it pages through them); more are counted, not listed.
-const AGENTS_MAX: u32 = 20_000;
-/// Leases and policies the page receives at most.
-const LISTED_MAX: u32 = 1_000;
+/// Rows of a list the page receives at once: it pages through the rest by cursor.
+const ROWS: u32 = 100;
 /// How often the page gets fresh counts for its charts.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// After events, fresh counts follow this soon (the driver publishes them after each batch), so
@@ -67,21 +69,118 @@ pub async fn page() -> impl IntoResponse {
 }
 
 pub async fn overview(State(dashboard): State<Dashboard>) -> Response {
-    let Some(core) = dashboard.core.get().cloned() else {
-        return starting();
-    };
     let command = Command::Overview {
-        agents_max: AGENTS_MAX,
-        leases_max: LISTED_MAX,
+        agents_max: ROWS,
+        leases_max: ROWS,
     };
-    match core.call(command).await {
+    match dashboard.ask(command).await {
         Ok(Reply::Overview(view)) => axum::Json(json::overview(&view)).into_response(),
-        Ok(other) => error(&CoreError::new(
-            ErrorCode::Unavailable,
-            format!("the core answered Overview with {other:?}"),
-        )),
-        Err(refusal) => error(&refusal),
+        Ok(other) => unexpected("Overview", &other),
+        Err(response) => response,
     }
+}
+
+/// Where a list's page starts (the last key the previous page showed), and for agents the
+/// status filter and search.
+#[derive(serde::Deserialize)]
+pub struct Cursor {
+    #[serde(default)]
+    after: String,
+    /// ALIVE, UNREACHABLE or DEAD; empty: any.
+    #[serde(default)]
+    status: String,
+    /// Find's query: ALIVE agents, best first.
+    #[serde(default)]
+    q: String,
+}
+
+pub async fn agents(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
+    let status = match cursor.status.as_str() {
+        "" => None,
+        "ALIVE" => Some(AgentStatus::Alive),
+        "UNREACHABLE" => Some(AgentStatus::Unreachable),
+        "DEAD" => Some(AgentStatus::Dead),
+        other => return (StatusCode::BAD_REQUEST, format!("unknown status {other:?}")).into_response(),
+    };
+    let command = Command::ListAgents {
+        status,
+        query: cursor.q,
+        page_size: ROWS,
+        page_token: cursor.after,
+    };
+    match dashboard.ask(command).await {
+        Ok(Reply::AgentPage {
+            agents,
+            next_page_token,
+            sequence_next,
+        }) => axum::Json(json::agent_page(&agents, &next_page_token, sequence_next)).into_response(),
+        Ok(other) => unexpected("ListAgents", &other),
+        Err(response) => response,
+    }
+}
+
+pub async fn leases(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
+    let command = Command::ListLeases {
+        prefix: String::new(),
+        page_size: ROWS,
+        page_token: cursor.after,
+    };
+    match dashboard.ask(command).await {
+        Ok(Reply::Leases {
+            leases,
+            next_page_token,
+        }) => axum::Json(json::page("leases", leases.iter().map(json::lease), &next_page_token)).into_response(),
+        Ok(other) => unexpected("ListLeases", &other),
+        Err(response) => response,
+    }
+}
+
+pub async fn policies(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
+    let command = Command::ListPoliciesPage {
+        subject_prefix: String::new(),
+        page_size: ROWS,
+        page_token: cursor.after,
+    };
+    match dashboard.ask(command).await {
+        Ok(Reply::Policies {
+            policies,
+            next_page_token,
+        }) => axum::Json(json::page(
+            "policies",
+            policies.iter().map(|p| json::policy(p)),
+            &next_page_token,
+        ))
+        .into_response(),
+        Ok(other) => unexpected("ListPolicies", &other),
+        Err(response) => response,
+    }
+}
+
+pub async fn elections(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
+    let command = Command::ListElectionsPage {
+        page_size: ROWS,
+        page_token: cursor.after,
+    };
+    match dashboard.ask(command).await {
+        Ok(Reply::Elections {
+            groups,
+            next_page_token,
+        }) => axum::Json(json::page(
+            "elections",
+            groups.iter().map(json::group),
+            &next_page_token,
+        ))
+        .into_response(),
+        Ok(other) => unexpected("ListElections", &other),
+        Err(response) => response,
+    }
+}
+
+fn unexpected(command: &str, reply: &Reply) -> Response {
+    error(&CoreError::new(
+        ErrorCode::Unavailable,
+        format!("the core answered {command} with {reply:?}"),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -129,6 +228,14 @@ pub async fn events(State(dashboard): State<Dashboard>, Query(From { from }): Qu
 }
 
 impl Dashboard {
+    /// One read command through the driver's queue; an error is already the HTTP answer.
+    async fn ask(&self, command: Command) -> Result<Reply, Response> {
+        let Some(core) = self.core.get().cloned() else {
+            return Err(starting());
+        };
+        core.call(command).await.map_err(|refusal| error(&refusal))
+    }
+
     pub fn new(core: Arc<OnceLock<CoreHandle>>, metrics: Arc<Metrics>, buffer: usize) -> Self {
         assert!(buffer > 0, "a page's buffer holds at least one event");
         let agents = |status: &str| metrics.agents_by_status.with_label_values(&[status]);

@@ -174,7 +174,11 @@ pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
         | Command::ListLeases { .. }
         | Command::ListElections
         | Command::Overview { .. }
-        | Command::Now => return None,
+        | Command::Now
+        | Command::ListPoliciesPage { .. }
+        | Command::ListElectionsPage { .. }
+        | Command::ListAgents { .. }
+        | Command::ListTasksSlice { .. } => return None,
     })
 }
 

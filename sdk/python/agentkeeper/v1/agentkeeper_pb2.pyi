@@ -321,22 +321,30 @@ class WatchElectionRequest(_message.Message):
     def __init__(self, group: _Optional[str] = ...) -> None: ...
 
 class ListElectionsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ElectionGroup(_message.Message):
-    __slots__ = ("state", "candidate_agent_ids")
+    __slots__ = ("state", "candidate_agent_ids", "candidates_total")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     state: ElectionState
     candidate_agent_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping]] = ..., candidate_agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    candidates_total: int
+    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping]] = ..., candidate_agent_ids: _Optional[_Iterable[str]] = ..., candidates_total: _Optional[int] = ...) -> None: ...
 
 class ListElectionsResponse(_message.Message):
-    __slots__ = ("groups",)
+    __slots__ = ("groups", "next_page_token")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedCompositeFieldContainer[ElectionGroup]
-    def __init__(self, groups: _Optional[_Iterable[_Union[ElectionGroup, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, groups: _Optional[_Iterable[_Union[ElectionGroup, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("policy",)
@@ -361,16 +369,22 @@ class DeletePolicyResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
-    __slots__ = ("subject_prefix",)
+    __slots__ = ("subject_prefix", "page_size", "page_token")
     SUBJECT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     subject_prefix: str
-    def __init__(self, subject_prefix: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, subject_prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPoliciesResponse(_message.Message):
-    __slots__ = ("policies",)
+    __slots__ = ("policies", "next_page_token")
     POLICIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     policies: _containers.RepeatedCompositeFieldContainer[Policy]
-    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CheckPolicyRequest(_message.Message):
     __slots__ = ("subject", "action", "resource")
