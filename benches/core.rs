@@ -580,7 +580,7 @@ fn scale(c: &mut Criterion) {
     read(
         "scale: ListPolicies, a page of 1000 from a token (1M policies)",
         c,
-        Box::new(move |n| Command::ListPoliciesPage {
+        Box::new(move |n| Command::ListPolicies {
             subject_prefix: String::new(),
             page_size: 1000,
             page_token: format!("p{:07}", spread(n, size(1_000_000))),
@@ -589,7 +589,7 @@ fn scale(c: &mut Criterion) {
     read(
         "scale: ListPolicies, a narrow prefix (the scan budget, 1M policies)",
         c,
-        Box::new(move |n| Command::ListPoliciesPage {
+        Box::new(move |n| Command::ListPolicies {
             subject_prefix: "team:".into(),
             page_size: 1000,
             page_token: format!("p{:07}", spread(n, size(1_000_000))),
@@ -602,6 +602,7 @@ fn scale(c: &mut Criterion) {
             status: None,
             page_size: 1000,
             page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+            bytes_left: None,
         }),
     );
     read(
@@ -611,6 +612,7 @@ fn scale(c: &mut Criterion) {
             status: Some(agentkeeper::core::tasks::TaskStatus::Pending),
             page_size: 1000,
             page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+            bytes_left: None,
         }),
     );
     read(
@@ -620,12 +622,13 @@ fn scale(c: &mut Criterion) {
             status: None,
             page_size: 10_000,
             page_token: (1 + spread(n, size(1_000_000) / 2)).to_string(),
+            bytes_left: None,
         }),
     );
     read(
         "scale: ListElections, a page of 1000 groups of 20",
         c,
-        Box::new(|_| Command::ListElectionsPage {
+        Box::new(|_| Command::ListElections {
             page_size: 1000,
             page_token: String::new(),
         }),

@@ -349,13 +349,17 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
             status: None,
             page_size,
             page_token,
+            bytes_left: None,
         },
         Op::ListLeases(prefix, page_size, page_token) => Command::ListLeases {
             prefix,
             page_size,
             page_token,
         },
-        Op::ListElections => Command::ListElections,
+        Op::ListElections => Command::ListElections {
+            page_size: 0,
+            page_token: String::new(),
+        },
         Op::Overview(agents_max, leases_max) => Command::Overview { agents_max, leases_max },
         Op::Watch(topics, from_sequence) => Command::Watch { topics, from_sequence },
         Op::Advance(_) => return None,

@@ -714,8 +714,7 @@ impl Model {
                 self.policies.remove(index);
                 Ok(Reply::Done)
             }
-            Command::ListPolicies { subject_prefix } => self.list_policies(subject_prefix, 0, ""),
-            Command::ListPoliciesPage {
+            Command::ListPolicies {
                 subject_prefix,
                 page_size,
                 page_token,
@@ -769,20 +768,14 @@ impl Model {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(*status, *page_size, page_token, None),
-            Command::ListTasksSlice {
-                status,
-                page_size,
-                page_token,
                 bytes_left,
-            } => self.list_tasks(*status, *page_size, page_token, Some(*bytes_left)),
+            } => self.list_tasks(*status, *page_size, page_token, *bytes_left),
             Command::ListLeases {
                 prefix,
                 page_size,
                 page_token,
             } => self.list_leases(prefix, *page_size, page_token),
-            Command::ListElections => self.list_elections(0, ""),
-            Command::ListElectionsPage { page_size, page_token } => self.list_elections(*page_size, page_token),
+            Command::ListElections { page_size, page_token } => self.list_elections(*page_size, page_token),
             Command::ListAgents {
                 status,
                 query,

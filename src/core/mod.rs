@@ -164,8 +164,12 @@ pub enum Command {
     DeletePolicy {
         id: String,
     },
+    /// Policies by id whose subject starts with `subject_prefix`, a page at a time (a v1
+    /// request, with no page size, is the first page with the defaults).
     ListPolicies {
         subject_prefix: String,
+        page_size: u32,
+        page_token: String,
     },
     CheckPolicy {
         subject: String,
@@ -208,10 +212,15 @@ pub enum Command {
     GetTask {
         task_id: String,
     },
+    /// Tasks in creation order from the page token, one status or all. `bytes_left`: what a
+    /// page the gRPC handler gathers from several of these has left of its byte allowance (the
+    /// tasks' input and output; perhaps none); `None` for a page's first slice, which takes at
+    /// least one task.
     ListTasks {
         status: Option<TaskStatus>,
         page_size: u32,
         page_token: String,
+        bytes_left: Option<u64>,
     },
     /// Leases whose key starts with `prefix`, by key, a page at a time.
     ListLeases {
@@ -219,8 +228,11 @@ pub enum Command {
         page_size: u32,
         page_token: String,
     },
-    /// The first page of election groups (as `ListElectionsPage` with defaults).
-    ListElections,
+    /// Election groups by name, a page at a time.
+    ListElections {
+        page_size: u32,
+        page_token: String,
+    },
     /// The dashboard's view: counts and the first page of each list (see `listing::Overview`).
     Overview {
         agents_max: u32,
@@ -228,18 +240,6 @@ pub enum Command {
     },
     /// The core's time (ClockService): answered once whatever fired by then is durable.
     Now,
-    /// Policies by id whose subject starts with `subject_prefix`, a page at a time.
-    /// (`ListPolicies` is its first page with defaults.)
-    ListPoliciesPage {
-        subject_prefix: String,
-        page_size: u32,
-        page_token: String,
-    },
-    /// Election groups by name, a page at a time.
-    ListElectionsPage {
-        page_size: u32,
-        page_token: String,
-    },
     /// The dashboard's agents: one status (or all) in registration order a page at a time, or
     /// with a query Find's ranking of ALIVE agents.
     ListAgents {
@@ -247,15 +247,6 @@ pub enum Command {
         query: String,
         page_size: u32,
         page_token: String,
-    },
-    /// A further slice of a ListTasks page the gRPC handler gathers (the first is a ListTasks):
-    /// as ListTasks, but holding tasks only while their input and output bytes fit `bytes_left`,
-    /// what the page's earlier slices left of its allowance (so perhaps none).
-    ListTasksSlice {
-        status: Option<TaskStatus>,
-        page_size: u32,
-        page_token: String,
-        bytes_left: u64,
     },
 }
 
@@ -275,13 +266,10 @@ impl Command {
                 | Command::GetTask { .. }
                 | Command::ListTasks { .. }
                 | Command::ListLeases { .. }
-                | Command::ListElections
+                | Command::ListElections { .. }
                 | Command::Overview { .. }
                 | Command::Now
-                | Command::ListPoliciesPage { .. }
-                | Command::ListElectionsPage { .. }
                 | Command::ListAgents { .. }
-                | Command::ListTasksSlice { .. }
         )
     }
 
@@ -314,13 +302,10 @@ impl Command {
             Command::GetTask { .. } => "GetTask",
             Command::ListTasks { .. } => "ListTasks",
             Command::ListLeases { .. } => "ListLeases",
-            Command::ListElections => "ListElections",
+            Command::ListElections { .. } => "ListElections",
             Command::Overview { .. } => "Overview",
             Command::Now => "Now",
-            Command::ListPoliciesPage { .. } => "ListPolicies",
-            Command::ListElectionsPage { .. } => "ListElections",
             Command::ListAgents { .. } => "ListAgents",
-            Command::ListTasksSlice { .. } => "ListTasks",
         }
     }
 }
@@ -567,7 +552,11 @@ impl Core {
             Command::WatchElection { group } => self.watch_election(group),
             Command::SetPolicy { policy } => self.set_policy(policy),
             Command::DeletePolicy { id } => self.delete_policy(&id),
-            Command::ListPolicies { subject_prefix } => self.list_policies(&subject_prefix, 0, ""),
+            Command::ListPolicies {
+                subject_prefix,
+                page_size,
+                page_token,
+            } => self.list_policies(&subject_prefix, page_size, &page_token),
             Command::CheckPolicy {
                 subject,
                 action,
@@ -598,27 +587,19 @@ impl Core {
                 status,
                 page_size,
                 page_token,
-            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Whole),
-            Command::ListTasksSlice {
-                status,
-                page_size,
-                page_token,
                 bytes_left,
-            } => self.list_tasks(status, page_size, &page_token, tasks::PageBytes::Left(bytes_left)),
+            } => {
+                let bytes = bytes_left.map_or(tasks::PageBytes::Whole, tasks::PageBytes::Left);
+                self.list_tasks(status, page_size, &page_token, bytes)
+            }
             Command::ListLeases {
                 prefix,
                 page_size,
                 page_token,
             } => self.list_leases(&prefix, page_size, &page_token),
-            Command::ListElections => self.list_elections(0, ""),
+            Command::ListElections { page_size, page_token } => self.list_elections(page_size, &page_token),
             Command::Overview { agents_max, leases_max } => self.overview(agents_max, leases_max),
             Command::Now => Ok(Reply::Now(self.now)),
-            Command::ListPoliciesPage {
-                subject_prefix,
-                page_size,
-                page_token,
-            } => self.list_policies(&subject_prefix, page_size, &page_token),
-            Command::ListElectionsPage { page_size, page_token } => self.list_elections(page_size, &page_token),
             Command::ListAgents {
                 status,
                 query,

@@ -941,20 +941,26 @@ fn list_policies_sorted_by_id_with_subject_prefix_and_delete() {
     };
     assert_eq!(
         ids(h.ok(Command::ListPolicies {
-            subject_prefix: String::new()
+            subject_prefix: String::new(),
+            page_size: 0,
+            page_token: String::new(),
         })),
         ["a", "m", "z"]
     );
     assert_eq!(
         ids(h.ok(Command::ListPolicies {
-            subject_prefix: "agent:".into()
+            subject_prefix: "agent:".into(),
+            page_size: 0,
+            page_token: String::new(),
         })),
         ["m", "z"]
     );
     h.ok(Command::DeletePolicy { id: "m".into() });
     assert_eq!(
         ids(h.ok(Command::ListPolicies {
-            subject_prefix: "agent:".into()
+            subject_prefix: "agent:".into(),
+            page_size: 0,
+            page_token: String::new(),
         })),
         ["z"]
     );

@@ -123,7 +123,7 @@ impl pages::Slices for PolicySlices {
     type Item = pb::Policy;
 
     fn command(&self, size: u32, page_token: String) -> Command {
-        Command::ListPoliciesPage {
+        Command::ListPolicies {
             subject_prefix: self.subject_prefix.clone(),
             page_size: size,
             page_token,
@@ -155,18 +155,11 @@ struct TaskSlices {
 
 impl pages::TaskSlicing for TaskSlices {
     fn command(&self, size: u32, page_token: String, bytes_left: Option<u64>) -> Command {
-        match bytes_left {
-            None => Command::ListTasks {
-                status: self.status,
-                page_size: size,
-                page_token,
-            },
-            Some(bytes_left) => Command::ListTasksSlice {
-                status: self.status,
-                page_size: size,
-                page_token,
-                bytes_left,
-            },
+        Command::ListTasks {
+            status: self.status,
+            page_size: size,
+            page_token,
+            bytes_left,
         }
     }
 
@@ -188,7 +181,7 @@ impl pages::Slices for ElectionSlices {
     type Item = pb::ElectionGroup;
 
     fn command(&self, size: u32, page_token: String) -> Command {
-        Command::ListElectionsPage {
+        Command::ListElections {
             page_size: size,
             page_token,
         }

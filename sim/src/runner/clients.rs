@@ -208,6 +208,8 @@ impl Runner {
             Op::DeletePolicy { id } => Command::DeletePolicy { id: id.clone() },
             Op::ListPolicies { prefix } => Command::ListPolicies {
                 subject_prefix: prefix.clone(),
+                page_size: 0,
+                page_token: String::new(),
             },
             Op::ListLeases {
                 prefix,
@@ -218,7 +220,10 @@ impl Runner {
                 page_size: *page_size,
                 page_token: page_token.clone(),
             },
-            Op::ListElections => Command::ListElections,
+            Op::ListElections => Command::ListElections {
+                page_size: 0,
+                page_token: String::new(),
+            },
             Op::Overview { agents_max, leases_max } => Command::Overview {
                 agents_max: *agents_max,
                 leases_max: *leases_max,
@@ -274,6 +279,7 @@ impl Runner {
                     PageRef::Step(step) => self.page_tokens.get(step).cloned().unwrap_or_default(),
                     PageRef::Literal(text) => text.clone(),
                 },
+                bytes_left: None,
             },
             Op::Tick | Op::Consume { .. } | Op::Crash { .. } | Op::CancelClaim { .. } | Op::ReturnTask { .. } => {
                 unreachable!("{} sends no command", op.name())

@@ -115,7 +115,10 @@ fn list_elections_shows_every_group_by_name_with_candidates_in_line() {
     h.campaign("zeta", &a);
     h.campaign("alpha", &b);
     h.campaign("alpha", &a);
-    let groups = match h.ok(Command::ListElections) {
+    let groups = match h.ok(Command::ListElections {
+        page_size: 0,
+        page_token: String::new(),
+    }) {
         Reply::Elections {
             groups,
             next_page_token,
@@ -377,6 +380,8 @@ fn a_narrow_policy_prefix_pages_through_a_big_table_in_bounded_steps() {
         next_page_token,
     } = h.ok(Command::ListPolicies {
         subject_prefix: "team:".into(),
+        page_size: 0,
+        page_token: String::new(),
     })
     else {
         panic!("not a page of policies")
@@ -424,7 +429,7 @@ fn list_elections_pages_by_name_and_shows_the_head_of_a_long_line() {
     let Reply::Elections {
         groups,
         next_page_token,
-    } = h.ok(Command::ListElectionsPage {
+    } = h.ok(Command::ListElections {
         page_size: 20,
         page_token: "g05".into(),
     })
@@ -519,11 +524,11 @@ fn a_further_slice_of_tasks_holds_only_what_fits_the_bytes_left() {
             ttl_seconds: 60,
         });
     }
-    let slice = |h: &mut Harness, bytes_left: u64| match h.ok(Command::ListTasksSlice {
+    let slice = |h: &mut Harness, bytes_left: u64| match h.ok(Command::ListTasks {
         status: None,
         page_size: 10,
         page_token: String::new(),
-        bytes_left,
+        bytes_left: Some(bytes_left),
     }) {
         Reply::Tasks { tasks, next_page_token } => (tasks.len(), next_page_token),
         other => panic!("unexpected {other:?}"),
@@ -540,6 +545,7 @@ fn a_further_slice_of_tasks_holds_only_what_fits_the_bytes_left() {
         status: None,
         page_size: 1,
         page_token: String::new(),
+        bytes_left: None,
     }) else {
         panic!("not a page of tasks")
     };

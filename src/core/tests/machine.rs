@@ -150,6 +150,8 @@ fn a_read_behind_an_unpersisted_write_waits_for_it_but_a_read_with_nothing_pendi
     let mut d = Driven::new(true);
     let early = d.call(Command::ListPolicies {
         subject_prefix: String::new(),
+        page_size: 0,
+        page_token: String::new(),
     });
     assert!(
         reply_for(&d.drain(), early).is_some(),
@@ -158,6 +160,8 @@ fn a_read_behind_an_unpersisted_write_waits_for_it_but_a_read_with_nothing_pendi
     let write = d.call(policy_command("p1"));
     let read = d.call(Command::ListPolicies {
         subject_prefix: String::new(),
+        page_size: 0,
+        page_token: String::new(),
     });
     let out = d.drain();
     assert_eq!((reply_for(&out, write), reply_for(&out, read)), (None, None));

@@ -65,6 +65,7 @@ fn list(h: &mut Harness, status: Option<TaskStatus>, page_size: u32, page_token:
         status,
         page_size,
         page_token: page_token.into(),
+        bytes_left: None,
     }) {
         Reply::Tasks { tasks, next_page_token } => {
             (tasks.iter().map(|t| t.kind.to_string()).collect(), next_page_token)
@@ -486,6 +487,7 @@ fn list_tasks_is_in_creation_order_filters_by_status_and_pages() {
         status: None,
         page_size: 0,
         page_token: "nope".into(),
+        bytes_left: None,
     });
     assert_eq!(bad.code, ErrorCode::InvalidArgument);
 }

@@ -136,7 +136,7 @@ pub async fn leases(State(dashboard): State<Dashboard>, Query(cursor): Query<Cur
 }
 
 pub async fn policies(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
-    let command = Command::ListPoliciesPage {
+    let command = Command::ListPolicies {
         subject_prefix: String::new(),
         page_size: ROWS,
         page_token: cursor.after,
@@ -157,7 +157,7 @@ pub async fn policies(State(dashboard): State<Dashboard>, Query(cursor): Query<C
 }
 
 pub async fn elections(State(dashboard): State<Dashboard>, Query(cursor): Query<Cursor>) -> Response {
-    let command = Command::ListElectionsPage {
+    let command = Command::ListElections {
         page_size: ROWS,
         page_token: cursor.after,
     };

@@ -172,13 +172,10 @@ pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
         | Command::GetTask { .. }
         | Command::ListTasks { .. }
         | Command::ListLeases { .. }
-        | Command::ListElections
+        | Command::ListElections { .. }
         | Command::Overview { .. }
         | Command::Now
-        | Command::ListPoliciesPage { .. }
-        | Command::ListElectionsPage { .. }
-        | Command::ListAgents { .. }
-        | Command::ListTasksSlice { .. } => return None,
+        | Command::ListAgents { .. } => return None,
     })
 }
 
