@@ -69,6 +69,46 @@ fn heartbeat(c: &mut Criterion) {
     });
 }
 
+/// The same heartbeat through the protocol the driver speaks (`Machine::handle` and `poll`), with
+/// and without a log: what the protocol adds to a command, and what waiting for `Persisted` adds.
+fn heartbeat_through_the_machine(c: &mut Criterion) {
+    use agentkeeper::core::machine::{CallerId, Input, Machine, Output};
+    for logged in [false, true] {
+        let mut core = core();
+        let agents: Vec<String> = (0..size(10_000)).map(|i| register(&mut core, i, "worker")).collect();
+        let mut machine = Machine::new(core, logged);
+        let mut i = 0;
+        let name = format!("heartbeat through the machine (10k agents, logged: {logged})");
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                i = (i + 1) % agents.len();
+                let command = Command::Heartbeat {
+                    agent_id: agents[i].clone(),
+                };
+                let caller = CallerId(i as u64);
+                machine.handle(
+                    NOW,
+                    Input::Call {
+                        caller,
+                        command,
+                        principal: None,
+                    },
+                );
+                let mut replied = false;
+                while !replied {
+                    match machine.poll() {
+                        Some(Output::Persist { index, .. }) => machine.handle(NOW, Input::Persisted { up_to: index }),
+                        Some(Output::Reply { .. }) => replied = true,
+                        Some(other) => panic!("{other:?}"),
+                        None => panic!("nothing to do and no reply"),
+                    }
+                }
+                black_box(replied)
+            })
+        });
+    }
+}
+
 fn leases(c: &mut Criterion) {
     let mut core = core();
     let agent = register(&mut core, 0, "holder");
@@ -707,7 +747,7 @@ fn scale(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = heartbeat, leases, policies, find, indexes, expiry, fanout, tasks
+    targets = heartbeat, heartbeat_through_the_machine, leases, policies, find, indexes, expiry, fanout, tasks
 }
 criterion_group! {
     name = at_scale;
