@@ -25,7 +25,8 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     replay: Option<String>,
     /// Plant a deliberate bug, to see the checker catch it: none | reuse_fencing_token (in the
-    /// core) | drop_last_log_record (in the simulated recovery, which seeds with crashes reach).
+    /// core) | drop_last_log_record (in the simulated recovery, which seeds with crashes reach)
+    /// | reply_before_durable (in the machine: replies leave before their records are durable).
     #[arg(long, default_value = "none")]
     planted_bug: String,
     /// Worker threads for a sweep (default: every core).
