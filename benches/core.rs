@@ -39,6 +39,11 @@ fn register(core: &mut Core, i: usize, description: &str) -> String {
         tools: vec![format!("tool{}", i % 8)],
         ..AgentCard::default()
     };
+    register_card(core, card)
+}
+
+/// Registers `card` for a day and answers its agent id.
+fn register_card(core: &mut Core, card: AgentCard) -> String {
     match core.apply(
         NOW,
         Command::Register {
@@ -487,13 +492,7 @@ const FLEET_WORDS: [&str; 5] = [
 /// (a quarter of them claimed and completed), 1000 election groups. Built once, read by every
 /// bench of `scale`; a hundredth of it under a debug build.
 fn fleet() -> Core {
-    let mut core = Core::new(
-        CoreConfig {
-            seed: 1,
-            ..CoreConfig::default()
-        },
-        NOW,
-    );
+    let mut core = core();
     let agents: Vec<String> = (0..size(1_000_000))
         .map(|i| {
             let mut tools = vec![format!("tool{}", i % 8)];
@@ -506,16 +505,7 @@ fn fleet() -> Core {
                 tools,
                 ..AgentCard::default()
             };
-            match core.apply(
-                NOW,
-                Command::Register {
-                    card,
-                    ttl_seconds: 86_400,
-                },
-            ) {
-                Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
-                other => panic!("{other:?}"),
-            }
+            register_card(&mut core, card)
         })
         .collect();
     for i in 0..size(1_000_000) {
