@@ -303,10 +303,15 @@ export class AgentKeeperClient implements AsyncDisposable {
     return this.connection.unary(
       "WatchElection",
       async (s, o) => {
+        // The deadline as a signal: connect's own timer for a stream's timeoutMs outlives a
+        // stream left early and would keep the process alive until it fires.
         const stop = new AbortController();
-        const signal = o.signal === undefined ? stop.signal : AbortSignal.any([stop.signal, o.signal]);
+        const signals = [stop.signal];
+        if (o.signal !== undefined) signals.push(o.signal);
+        if (o.timeoutMs !== undefined) signals.push(AbortSignal.timeout(o.timeoutMs));
+        const signal = AbortSignal.any(signals);
         try {
-          for await (const event of s.election.watchElection({ group }, { ...o, signal })) {
+          for await (const event of s.election.watchElection({ group }, { signal })) {
             const state = eventFromPbElection(event);
             if (state !== undefined) return state;
           }
