@@ -202,7 +202,12 @@ export class Connection {
       try {
         return await call(this.endpoint.services, options);
       } catch (thrown) {
-        const error = fromCallError(thrown);
+        let error = fromCallError(thrown);
+        if (error.code === "CANCELLED" && !signal.aborted) {
+          // Nobody cancelled it: the connection went away under the call (connect reports the
+          // stream's reset as CANCELLED). The call may or may not have arrived.
+          error = new Unavailable(`the connection closed during the call (${error.details})`, "UNAVAILABLE", { cause: thrown });
+        }
         if (!this.closed && !signal.aborted && shouldRetry(method, error)) {
           const next = delays.next();
           if (!next.done && (end === null || Date.now() + next.value < end)) {
