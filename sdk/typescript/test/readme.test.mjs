@@ -13,7 +13,7 @@ import { EmbeddedDaemon } from "../dist/index.js";
 
 const PACKAGE = fileURLToPath(new URL("..", import.meta.url));
 // Inside the package, so that `import "agentkeeper"` resolves to this package itself (exports).
-const WORK = join(PACKAGE, "test", ".readme");
+const WORK = join(PACKAGE, ".readme-test");
 const COMPILE_ONLY = "// Compiled by the tests, not run";
 
 const examples = [...readFileSync(join(PACKAGE, "README.md"), "utf8").matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m, i) => ({
