@@ -1,4 +1,4 @@
-// Every `ts` example of README.md, as a new user would run it: compiled with tsc against this
+// Every `ts` example of README.md (and of the repository's README.md), as a new user would run it: compiled with tsc against this
 // package (imported by its name, "agentkeeper") and run with node against a fresh daemon. A
 // `// → text` comment is output the example must print; a block that starts with
 // "// Compiled by the tests, not run" is only type-checked.
@@ -16,15 +16,18 @@ const PACKAGE = fileURLToPath(new URL("..", import.meta.url));
 const WORK = join(PACKAGE, ".readme-test");
 const COMPILE_ONLY = "// Compiled by the tests, not run";
 
-const examples = [...readFileSync(join(PACKAGE, "README.md"), "utf8").matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m, i) => ({
+// This package's README and the repository's, whose TypeScript quick start uses this package.
+const READMES = [join(PACKAGE, "README.md"), join(PACKAGE, "..", "..", "README.md")];
+const blocks = READMES.flatMap((path) => [...readFileSync(path, "utf8").matchAll(/^```ts\n([\s\S]*?)^```$/gm)]);
+const examples = blocks.map((m, i) => ({
   name: `example${i + 1}`,
   code: m[1],
   runs: !m[1].startsWith(COMPILE_ONLY),
   expected: [...m[1].matchAll(/\/\/ → (.+)$/gm)].map((e) => e[1].trim()),
 }));
 
-test("README.md has examples, and every one type-checks with tsc --strict", () => {
-  assert.ok(examples.length >= 8, `only ${examples.length} examples found`);
+test("the READMEs have examples, and every one type-checks with tsc --strict", () => {
+  assert.ok(examples.length >= 12, `only ${examples.length} examples found`);
   rmSync(WORK, { recursive: true, force: true });
   mkdirSync(WORK, { recursive: true });
   for (const example of examples) writeFileSync(join(WORK, `${example.name}.ts`), example.code);
