@@ -3,7 +3,7 @@ call may be sent again after a failure that may have followed its arrival.
 
 The clients call through these (``channel.unary_unary(rpc.path, ...)``) rather than through the
 generated ``*_pb2_grpc`` stubs, which carry no types: here every request and response keeps its
-generated message type, end to end.
+generated message type, end to end. It only describes methods: it never makes a call.
 """
 
 from __future__ import annotations

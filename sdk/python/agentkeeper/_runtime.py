@@ -5,7 +5,8 @@ that a call returns before it has run.
 The asyncio client (``agentkeeper/_async/``) is written against the ``Async*`` names;
 ``scripts/unasync.py`` turns it into the blocking client (``agentkeeper/_sync/``) by removing
 ``async``/``await`` and the prefix, so each pair here must keep one shape: the same methods, the
-same arguments, ``async def`` on one side where the other has ``def``.
+same arguments, ``async def`` on one side where the other has ``def``. Nothing here knows gRPC
+or the daemon.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 // tasks one at a time. It never decides a task's outcome by itself except as documented on
 // work(): a handler that returns completes the task, one that throws fails it.
 import type { AgentKeeperClient } from "./client.js";
+import { FailedPrecondition, NotFound } from "./errors.js";
 import type { Lease } from "./handles.js";
 import type { Task } from "./types.js";
 
@@ -82,19 +83,28 @@ export async function* claimLoop(client: AgentKeeperClient, agentId: string, opt
 export type TaskHandler = (task: ClaimedTask) => Promise<string | Uint8Array | void> | string | Uint8Array | void;
 
 /** The worker loop: each claimed task goes to `handler`; its return value completes the task, a
- * throw fails it with the error's text (and the loop goes on). Resolves with the count handled. */
+ * throw fails it with the error's text (and the loop goes on, as it does when the task turns out
+ * no longer to be ours). Other errors (the agent is DEAD: NotFound from the claim) end the loop.
+ * Resolves with the count handled. */
 export async function work(client: AgentKeeperClient, agentId: string, handler: TaskHandler, options: WorkerOptions): Promise<number> {
   let handled = 0;
   for await (const task of claimLoop(client, agentId, options)) {
     handled++;
+    let outcome: () => Promise<void>;
     try {
       const output = await handler(task);
-      if (!task.finished) await task.complete(output ?? undefined);
+      outcome = () => task.complete(output ?? undefined);
     } catch (error) {
-      if (!task.finished) {
-        const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-        await task.fail(text);
-      }
+      const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+      outcome = () => task.fail(text);
+    }
+    if (task.finished) continue; // the handler finished it itself
+    try {
+      await outcome();
+    } catch (error) {
+      // The task is no longer ours (its claim lease ran out, or it was finished elsewhere): the
+      // daemon has put it back or ended it; the loop goes on with the next one.
+      if (!(error instanceof FailedPrecondition || error instanceof NotFound)) throw error;
     }
   }
   return handled;

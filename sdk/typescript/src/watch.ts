@@ -2,7 +2,7 @@
 // stopped, on a connection of its own, handing out each event exactly once and in order. It
 // never drops an event silently: a gap it cannot close ends the stream with OutOfRange.
 import type { Connection, Endpoint } from "./connection.js";
-import { AgentKeeperError, OutOfRange, fromCallError } from "./errors.js";
+import { AgentKeeperError, OutOfRange, Unavailable, fromCallError } from "./errors.js";
 import type * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
 import { eventFromPb, type WatchEvent } from "./types.js";
 
@@ -129,10 +129,29 @@ export class WatchStream implements AsyncIterable<WatchEvent>, AsyncDisposable {
   }
 
   /** Starts the stream if needed; resolves once the daemon has subscribed it, rejects with the
-   * error that ended it first (OutOfRange for a `fromSequence` no longer retained). */
-  async opened(): Promise<this> {
+   * error that ended it first (OutOfRange for a `fromSequence` no longer retained), or with
+   * Unavailable (and closes the stream) if it did not open within `timeoutMs` (default: the
+   * client's timeout) while the daemon could not be reached. */
+  async opened(options: { timeoutMs?: number | null } = {}): Promise<this> {
     this.start();
-    await this.subscribed.promise;
+    const timeoutMs = options.timeoutMs === undefined ? this.connection.defaultTimeoutMs : options.timeoutMs;
+    if (timeoutMs === null) {
+      await this.subscribed.promise;
+      return this;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), timeoutMs);
+      timer.unref();
+    });
+    try {
+      if ((await Promise.race([this.subscribed.promise, late])) === "late") {
+        await this.close();
+        throw new Unavailable(`the watch stream did not open within ${timeoutMs} ms`, "UNAVAILABLE");
+      }
+    } finally {
+      clearTimeout(timer);
+    }
     return this;
   }
 

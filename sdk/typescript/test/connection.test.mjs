@@ -21,11 +21,12 @@ import {
 } from "../dist/index.js";
 import { embedded, freePort, metric, waitFor } from "./helpers.mjs";
 
-test("a daemon nobody listens for is Unavailable once the retries are spent", async (t) => {
+test("a daemon nobody listens for is Unavailable once the retries are spent, and a watch that cannot open within its timeout too", async (t) => {
   const client = new AgentKeeperClient({ address: `127.0.0.1:${await freePort()}`, retry: { maxAttempts: 3 } });
   t.after(() => client.close());
   await assert.rejects(client.getAgent("x"), Unavailable);
   await assert.rejects(client.register({ name: "nobody" }), Unavailable);
+  await assert.rejects(client.watch(["agent."]).opened({ timeoutMs: 300 }), Unavailable);
 });
 
 test("an idempotent call is retried until the daemon comes up", async (t) => {

@@ -103,3 +103,24 @@ test("work() completes a task with the handler's value, fails the one whose hand
   assert.equal(failed.status, "DEAD");
   assert.equal(failed.failureReason, "RangeError: no such page");
 });
+
+test("work() goes on when a task turns out no longer to be its own (claim lease ran out), and completes it when it comes back", async (t) => {
+  const client = await embedded(t, { clock: "manual" });
+  const worker = await client.register({ name: "w", ttlSeconds: 3600 });
+  const created = await client.createTask({ type: "slow", ttlSeconds: 10, maxRetries: 1 });
+  let attempts = 0;
+  const handled = await client.work(
+    worker,
+    async () => {
+      attempts++;
+      if (attempts === 1) await client.advance(11_000); // the claim lease runs out mid-work
+      return `attempt ${attempts}`;
+    },
+    { idleTimeoutMs: 200 },
+  );
+  assert.equal(handled, 2);
+  const done = await client.getTask(created.id);
+  assert.equal(done.status, "COMPLETED");
+  assert.equal(text(done.output), "attempt 2");
+  assert.equal(done.retryCount, 1);
+});

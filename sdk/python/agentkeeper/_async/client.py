@@ -5,7 +5,8 @@ This is the one source of both clients. As it is, it is the asyncio client
 (``agentkeeper.aio.AgentKeeperClient``); ``scripts/unasync.py`` makes the blocking client
 (``agentkeeper.AgentKeeperClient``, ``agentkeeper/_sync/client.py``) from it. So the docstrings
 here speak of both: "returns" means "returns" in the blocking client and "the awaited value" in
-the asyncio one.
+the asyncio one. It never touches a gRPC channel itself (``_transport`` does) and never imports
+asyncio (``_runtime`` does), so that the generated blocking client has neither.
 """
 
 from __future__ import annotations

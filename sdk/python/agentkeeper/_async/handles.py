@@ -2,6 +2,8 @@
 background, and a held lease that can renew itself in the background.
 
 The one source of both clients: ``scripts/unasync.py`` makes ``agentkeeper/_sync/handles.py``.
+A handle never keeps the process alive (its workers are daemon threads or tasks of the client)
+and never raises from its background work: failures go to ``on_lost`` or the log.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ when it drops, consumed by iterating over it or handed item by item to a callbac
 
 The one source of both clients: ``scripts/unasync.py`` makes ``agentkeeper/_sync/streams.py``
 (where the classes keep the v1 SDK's names, ``EventSubscription`` and ``ElectionSubscription``).
+A stream never skips or repeats an event silently: a gap it cannot close ends it with OutOfRange.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 worker loop that claims tasks for one agent, one at a time.
 
 The one source of both clients: ``scripts/unasync.py`` makes ``agentkeeper/_sync/tasks.py``.
+It never leaves a claimed task unfinished when its loop ends: the task is failed at once, so it is
+retried without waiting for its claim lease to run out.
 """
 
 from __future__ import annotations
