@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import random
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
@@ -295,11 +294,6 @@ def poll_timed_out(code: grpc.StatusCode, poll: Optional[float], sent: float, cl
 def lease_ttl(lease: Lease) -> int:
     """A freshly granted lease's ttl in whole seconds: its expiry minus its acquire time."""
     return max(1, round((lease.expires_at - lease.acquired_at).total_seconds()))
-
-
-def deref(ref: Any) -> Any:
-    """``ref()`` for a weak reference, else ``ref`` itself."""
-    return ref() if isinstance(ref, weakref.ref) else ref
 
 
 def effective_ttl(ttl: Optional[int], default_ttl: int) -> int:
