@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
-# tests, the Python SDK's tests, the dashboard in headless Chromium, and the published v1 SDK
-# against this daemon. It installs what it needs: Python virtual environments under .venv/ and
-# .venv-v1/ (Playwright among them) and, when missing, the OS's chromium package.
+# tests, the Python SDK's tests, the TypeScript SDK's tests, the dashboard in headless Chromium,
+# and the published v1 SDK against this daemon. It installs what it needs: Python virtual
+# environments under .venv/ and .venv-v1/ (Playwright among them), the TypeScript SDK's packages
+# from its lockfile (npm ci), and, when missing, the OS's chromium and nodejs packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,23 @@ if [ -d sdk/python ]; then
     fi
     .venv/bin/pip install --quiet --disable-pip-version-check -e './sdk/python[test]'
     .venv/bin/python -m pytest -q sdk/python/tests
+fi
+
+if [ -d sdk/typescript ]; then
+    step "TypeScript SDK tests (node --test against the daemon; README examples compiled and run)"
+    node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+    if [ "$(node_major)" -lt 20 ]; then
+        # The OS package, when it is new enough (Debian 13, Ubuntu 24.04); else say what is needed.
+        sudo_=""
+        [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+        $sudo_ apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq nodejs npm >/dev/null || true
+        if [ "$(node_major)" -lt 20 ]; then
+            echo "the TypeScript SDK needs Node 20 or newer (found: $(node --version 2>/dev/null || echo none))" >&2
+            exit 1
+        fi
+    fi
+    (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test)
 fi
 
 step "the live dashboard in headless Chromium (the system's chromium, driven by Playwright)"

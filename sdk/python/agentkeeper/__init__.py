@@ -2,20 +2,16 @@
 a task queue).
 
 Blocking client: :class:`AgentKeeperClient`; asyncio client: ``agentkeeper.aio.AgentKeeperClient``.
+Both are one source: ``agentkeeper/_async/`` is the asyncio client, and ``agentkeeper/_sync/`` is
+generated from it by ``scripts/unasync.py``.
 """
 
-from agentkeeper._client import (
-    AgentHandle,
-    AgentKeeperClient,
-    ClaimedTask,
-    ElectionSubscription,
-    EventSubscription,
-    LeaseHandle,
-    Subscription,
-    TaskWorker,
-)
 from agentkeeper._common import RetryPolicy
 from agentkeeper._embedded import EmbeddedDaemon, find_binary
+from agentkeeper._sync.client import AgentKeeperClient
+from agentkeeper._sync.handles import AgentHandle, LeaseHandle
+from agentkeeper._sync.streams import ElectionSubscription, EventSubscription, Subscription
+from agentkeeper._sync.tasks import ClaimedTask, TaskWorker
 from agentkeeper._errors import (
     AgentKeeperError,
     Cancelled,
@@ -35,6 +31,9 @@ from agentkeeper._types import (
     AgentStatus,
     Capability,
     CheckResult,
+    ClockMode,
+    ConnectionState,
+    EffectName,
     ElectionGroup,
     ElectionState,
     Lease,
@@ -42,6 +41,7 @@ from agentkeeper._types import (
     PolicyEffect,
     Task,
     TaskStatus,
+    TaskStatusName,
     WatchEvent,
 )
 
@@ -72,6 +72,10 @@ __all__ = [
     "Task",
     "TaskStatus",
     "WatchEvent",
+    "ConnectionState",
+    "ClockMode",
+    "EffectName",
+    "TaskStatusName",
     "AgentKeeperError",
     "NotFound",
     "PermissionDenied",

@@ -1,18 +1,21 @@
-"""Pieces shared by the sync and asyncio clients: retry policy, call table, address defaults."""
+"""Pieces shared by the sync and asyncio clients that involve no I/O: the retry policy and which
+calls may be retried, address defaults and ``agentkeeper://`` URLs, the watch cursor, the
+connection-state rules, and the task queue's small rules."""
 
 from __future__ import annotations
 
 import os
 import random
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import NamedTuple, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 
-from agentkeeper._types import Lease
+from agentkeeper._rpc import IDEMPOTENT_NAMES
+from agentkeeper._types import ConnectionState, Lease
 
 __all__ = [
     "RetryPolicy",
@@ -30,6 +33,8 @@ __all__ = [
     "failure_reason",
     "poll_timed_out",
     "lease_ttl",
+    "parse_url",
+    "ConnectionTracker",
 ]
 
 DEFAULT_HOST = "localhost"
@@ -37,28 +42,9 @@ DEFAULT_PORT = 7070
 DEFAULT_TIMEOUT = 30.0
 """Seconds a unary call may take before it fails with ``DeadlineExceeded`` (``None``: no limit)."""
 
-# Calls that are safe to send again when the first attempt may or may not have arrived:
-# Deregister of a DEAD agent is OK, AcquireLease is re-entrant for its holder, Campaign of a
-# candidate and Resign of a non-candidate are no-ops, SetPolicy is an upsert, the rest only read
-# or refresh a deadline. Register, ReleaseLease, DeletePolicy, Advance and the task mutations are not.
-IDEMPOTENT = frozenset(
-    {
-        "Heartbeat",
-        "Deregister",
-        "GetAgent",
-        "Find",
-        "AcquireLease",
-        "RenewLease",
-        "Campaign",
-        "Resign",
-        "SetPolicy",
-        "ListPolicies",
-        "CheckPolicy",
-        "GetTask",
-        "ListTasks",
-        "Now",
-    }
-)
+# Calls that are safe to send again when the first attempt may or may not have arrived (the
+# method table in _rpc says which, and why).
+IDEMPOTENT = IDEMPOTENT_NAMES
 
 # gRPC's own message when the channel had no connection to send the call on (the daemon is down
 # or restarting): the request never left this process, so even a non-idempotent call may be sent
@@ -149,6 +135,109 @@ def resolve_address(host: Optional[str], port: Optional[int]) -> tuple[str, int]
     return (host if host is not None else DEFAULT_HOST), (port if port is not None else DEFAULT_PORT)
 
 
+class ParsedUrl(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+    token: Optional[str]
+    timeout: Optional[float]
+
+
+URL_SCHEMES = {"agentkeeper": False, "agentkeepers": True}
+"""URL scheme -> TLS: ``agentkeeper://`` plain, ``agentkeepers://`` over TLS (as redis/rediss)."""
+
+
+def parse_url(url: str) -> ParsedUrl:
+    """``agentkeeper://[:TOKEN@]HOST[:PORT][?timeout=SECONDS]`` (``agentkeepers://`` for TLS).
+
+    The port defaults to 7070. A bearer token goes where redis URLs put the password; the query
+    may set the default per-call ``timeout`` (seconds; ``none`` for no deadline).
+    """
+    from agentkeeper._errors import InvalidArgument
+
+    parts = urlsplit(url)
+    if parts.scheme not in URL_SCHEMES:
+        raise InvalidArgument(f"URL scheme must be agentkeeper:// or agentkeepers://, got {url!r}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise InvalidArgument(f"the port in {url!r} is not a number 1..=65535") from None
+    host = parts.hostname or DEFAULT_HOST
+    if ":" in host:
+        host = f"[{host}]"  # IPv6, bracketed again for the host:port target
+    if parts.path not in ("", "/"):
+        raise InvalidArgument(f"an agentkeeper URL has no path, got {parts.path!r} in {url!r}")
+    token = unquote(parts.password) if parts.password else (unquote(parts.username) if parts.username else None)
+    timeout: Optional[float] = DEFAULT_TIMEOUT
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key != "timeout":
+            raise InvalidArgument(f"unknown URL parameter {key!r} in {url!r} (known: timeout)")
+        text = values[-1]
+        if text.lower() == "none":
+            timeout = None
+        else:
+            try:
+                timeout = float(text)
+            except ValueError:
+                raise InvalidArgument(f"timeout must be seconds or none, got {text!r}") from None
+    return ParsedUrl(host, port, URL_SCHEMES[parts.scheme], token, timeout)
+
+
+class ConnectionTracker:
+    """Turns the channel's connectivity into what a connection-state listener is told:
+
+    - ``"connected"``: the channel is READY;
+    - ``"reconnecting"``: it was connected and is not any more (or the first connection fails),
+      and gRPC is trying again; calls meanwhile fail with UNAVAILABLE or are retried;
+    - ``"lost"``: no connection for ``lost_after`` seconds since it was last connected (or since
+      it started trying), or the client was closed. Agents whose ttl is shorter may have been
+      declared UNREACHABLE or DEAD meanwhile, and their leases may have expired.
+
+    ``"connected"`` follows ``"lost"`` when the connection comes back. Only changes are reported.
+    """
+
+    def __init__(self, lost_after: float) -> None:
+        self.lost_after = lost_after
+        self.state: Optional[ConnectionState] = None
+        self._down_since: Optional[float] = None
+
+    def observe(self, connectivity: str, now: float) -> Optional[ConnectionState]:
+        """The state to report for the channel's ``connectivity`` (a ``grpc.ChannelConnectivity``
+        name), or None when nothing changed."""
+        if connectivity == "READY":
+            self._down_since = None
+            return self._change("connected")
+        if connectivity == "SHUTDOWN":
+            self._down_since = None
+            return self._change("lost")
+        if connectivity == "TRANSIENT_FAILURE" or self.state == "connected":
+            if self._down_since is None:
+                self._down_since = now
+            if self.state == "lost":
+                return None
+            return self._change("reconnecting")
+        return None  # IDLE or CONNECTING before any connection: nothing to say yet
+
+    def wait_seconds(self, now: float) -> Optional[float]:
+        """How long until the connection counts as lost (None: no such deadline now)."""
+        if self._down_since is None or self.state == "lost":
+            return None
+        return max(0.0, self._down_since + self.lost_after - now)
+
+    def expire(self, now: float) -> Optional[ConnectionState]:
+        """``"lost"`` once the connection has been down for ``lost_after`` seconds."""
+        remaining = self.wait_seconds(now)
+        if remaining is None or remaining > 0:
+            return None
+        return self._change("lost")
+
+    def _change(self, state: ConnectionState) -> Optional[ConnectionState]:
+        if state == self.state:
+            return None
+        self.state = state
+        return state
+
+
 # A claim that waits without a time limit (``claim_task(agent_id)``, the worker helper) is a series
 # of long polls of this many seconds each: the daemon answers empty just before each poll's
 # deadline (or after its --claim-wait-max, 60 s by default) and the SDK asks again. A bounded poll
@@ -205,11 +294,6 @@ def poll_timed_out(code: grpc.StatusCode, poll: Optional[float], sent: float, cl
 def lease_ttl(lease: Lease) -> int:
     """A freshly granted lease's ttl in whole seconds: its expiry minus its acquire time."""
     return max(1, round((lease.expires_at - lease.acquired_at).total_seconds()))
-
-
-def deref(ref: Any) -> Any:
-    """``ref()`` for a weak reference, else ``ref`` itself."""
-    return ref() if isinstance(ref, weakref.ref) else ref
 
 
 def effective_ttl(ttl: Optional[int], default_ttl: int) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 
 from agentkeeper._errors import InvalidArgument
 from agentkeeper._types import (
@@ -50,13 +50,13 @@ _TASK_STATUS_TO_PB = {v: k for k, v in _TASK_STATUS_FROM_PB.items()}
 # ── argument checks (only what protobuf itself cannot carry; the daemon checks the rest) ──
 
 
-def check_str(name: str, value: Any) -> str:
+def check_str(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a str, got {type(value).__name__}")
     return value
 
 
-def check_uint(name: str, value: Any, maximum: int = UINT32_MAX) -> int:
+def check_uint(name: str, value: object, maximum: int = UINT32_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -78,7 +78,7 @@ def check_str_list(name: str, values: Optional[Iterable[str]]) -> list[str]:
     return out
 
 
-def check_bytes(name: str, value: Any) -> bytes:
+def check_bytes(name: str, value: object) -> bytes:
     if isinstance(value, str):
         return value.encode()
     if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -96,7 +96,7 @@ def check_card_tools(agent_id: str, tools: list[str], info: AgentInfo) -> None:
         )
 
 
-def to_effect(effect: Any) -> PolicyEffect:
+def to_effect(effect: object) -> PolicyEffect:
     try:
         return effect if isinstance(effect, PolicyEffect) else PolicyEffect(str(effect).upper())
     except ValueError:
@@ -147,9 +147,9 @@ def card_to_pb(card: AgentCard) -> pb.AgentCard:
 
 
 def make_card(
-    name: Any,
-    description: Any,
-    version: Any,
+    name: object,
+    description: object,
+    version: object,
     tools: Optional[Iterable[str]],
     metadata: Optional[Mapping[str, str]],
     capabilities: Optional[Sequence[Union[Capability, str]]],
@@ -181,7 +181,7 @@ def policy_to_pb(policy: Policy) -> pb.Policy:
     )
 
 
-def task_status_to_pb(status: Optional[Union[TaskStatus, str]]) -> Any:
+def task_status_to_pb(status: Optional[Union[TaskStatus, str]]) -> pb.TaskStatus:
     if status is None:
         return pb.TASK_STATUS_UNSPECIFIED
     try:
@@ -271,21 +271,20 @@ def task_from_pb(proto: pb.Task) -> Task:
     )
 
 
-_PAYLOADS: list[tuple[Any, Any]] = [
-    (pb.AgentInfo, agent_info_from_pb),
-    (pb.Lease, lease_from_pb),
-    (pb.ElectionState, election_state_from_pb),
-    (pb.Task, task_from_pb),
-]
-
-
-def payload_from_any(any_msg: Any) -> Payload:
-    for message_type, convert in _PAYLOADS:
-        if any_msg.Is(message_type.DESCRIPTOR):
-            msg = message_type()
-            any_msg.Unpack(msg)
-            result: Payload = convert(msg)
-            return result
+def payload_from_any(any_msg: any_pb2.Any) -> Payload:
+    """The event's payload as the SDK's type; ``None`` for a type this SDK does not know."""
+    agent = pb.AgentInfo()
+    if any_msg.Unpack(agent):  # False, leaving it empty, for another type
+        return agent_info_from_pb(agent)
+    lease = pb.Lease()
+    if any_msg.Unpack(lease):  # False, leaving it empty, for another type
+        return lease_from_pb(lease)
+    state = pb.ElectionState()
+    if any_msg.Unpack(state):  # False, leaving it empty, for another type
+        return election_state_from_pb(state)
+    task = pb.Task()
+    if any_msg.Unpack(task):  # False, leaving it empty, for another type
+        return task_from_pb(task)
     return None
 
 

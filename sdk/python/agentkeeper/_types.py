@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 __all__ = [
     "AgentStatus",
@@ -21,7 +21,23 @@ __all__ = [
     "Task",
     "WatchEvent",
     "Payload",
+    "EffectName",
+    "TaskStatusName",
+    "ClockMode",
+    "ConnectionState",
 ]
+
+EffectName = Literal["ALLOW", "DENY"]
+"""A :class:`PolicyEffect` by name."""
+
+TaskStatusName = Literal["PENDING", "CLAIMED", "COMPLETED", "FAILED", "DEAD"]
+"""A :class:`TaskStatus` by name."""
+
+ClockMode = Literal["real", "manual"]
+"""An embedded daemon's clock: the real one, or one that moves only with ``advance()``."""
+
+ConnectionState = Literal["connected", "reconnecting", "lost"]
+"""What a connection-state listener is told (see ``AgentKeeperClient.add_listener``)."""
 
 
 class AgentStatus(str, Enum):

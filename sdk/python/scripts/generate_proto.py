@@ -13,6 +13,8 @@ gencode version, hence the package's protobuf floor). No system ``protoc`` is us
 Post-processing, so the checked-in modules work as the package ``agentkeeper.v1``:
 
 - imports of sibling generated modules are made absolute (``from agentkeeper.v1 import ...``);
+- the type stub's dict form of a message (``_Union[Task, _Mapping]``) gets type arguments
+  (``_Mapping[str, object]``), so that ``mypy --strict`` accepts the stub as it is;
 - the gRPC module's runtime guard is lowered from the generating grpcio-tools version to the
   grpcio floor this package declares (``GRPCIO_MIN``): the stubs pass
   ``_registered_method=True`` (understood since 1.63) and the ``add_*_to_server`` helpers call
@@ -48,6 +50,8 @@ def _fix(name: str, text: str) -> str:
         text,
         flags=re.M,
     )
+    if name.endswith(".pyi"):
+        text = re.sub(r"\b_Mapping\]", "_Mapping[str, object]]", text)
     if name.endswith("_grpc.py"):
         text = re.sub(
             r"^GRPC_GENERATED_VERSION = '[^']*'$",

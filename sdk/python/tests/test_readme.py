@@ -31,7 +31,8 @@ def test_readme_has_examples_for_every_feature():
                  "campaign(", "resign(", "watch_election(", "set_policy(", "check_policy(", "list_policies(",
                  "delete_policy(", "watch(", "from_sequence=", "on_error=", "embedded(", 'clock="manual"',
                  "advance(", "now()", "aio.AgentKeeperClient", "async for", "create_task(", "RetryPolicy(",
-                 "on_lost=", "claim_task(", ".tasks(", "complete(", "list_tasks("]:
+                 "on_lost=", "claim_task(", ".tasks(", "complete(", "list_tasks(", "from_url(", "add_listener(",
+                 "wait=10", "for event in stream:"]:
         assert call in code, f"README has no example of {call}"
 
 
@@ -58,3 +59,4 @@ def test_readme_python_blocks_run(binary, monkeypatch):
     assert "agent.died" in printed and "token" in printed
     assert "DEAD 2 ValueError: cannot fetch 'not a url'" in printed  # the task queue's worker loop
     assert "TaskStatus.PENDING lease expired 1" in printed
+    assert "None\nTrue\n" in printed  # acquire_lease(wait=): none while held, then taken

@@ -11,7 +11,8 @@ from datetime import timedelta
 import grpc
 import pytest
 
-import agentkeeper._client
+import agentkeeper._async.client
+import agentkeeper._sync.client
 
 from agentkeeper import (
     AgentKeeperClient,
@@ -286,7 +287,7 @@ def test_worker_helper_processes_tasks_and_fails_the_one_that_raises(client):
 def test_worker_stop_from_another_thread_ends_a_waiting_loop(client, monkeypatch):
     # Polls longer than the guard: a stop() that did not cancel the waiting claim would leave
     # the loop waiting the poll out, and the guard would fail the test.
-    monkeypatch.setattr(agentkeeper._client, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
+    monkeypatch.setattr(agentkeeper._sync.client, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
     with client.register("worker") as agent:
         worker = client.tasks(agent)
 
@@ -305,7 +306,7 @@ def test_worker_stop_from_another_thread_ends_a_waiting_loop(client, monkeypatch
 
 async def test_aio_claim_complete_and_worker(binary, monkeypatch):
     # As in the blocking test: a stop() that did not cancel the claim would outlast the guard.
-    monkeypatch.setattr(aio, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
+    monkeypatch.setattr(agentkeeper._async.client, "CLAIM_POLL_SECONDS", 3 * HANG_GUARD)
     async with aio.AgentKeeperClient.embedded(binary=binary, timeout=10) as ak:
         async with ak.register("async-worker", tools=["browser"]) as agent:
             assert await ak.claim_task(agent.agent_id, timeout=0.3) is None

@@ -76,7 +76,7 @@ class AgentCard(_message.Message):
     capabilities: _containers.RepeatedCompositeFieldContainer[Capability]
     tools: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping]]] = ..., tools: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping[str, object]]]] = ..., tools: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("agent_id", "card", "status", "registered_at", "last_heartbeat_at")
@@ -90,7 +90,7 @@ class AgentInfo(_message.Message):
     status: AgentStatus
     registered_at: _timestamp_pb2.Timestamp
     last_heartbeat_at: _timestamp_pb2.Timestamp
-    def __init__(self, agent_id: _Optional[str] = ..., card: _Optional[_Union[AgentCard, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., card: _Optional[_Union[AgentCard, _Mapping[str, object]]] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class FencingToken(_message.Message):
     __slots__ = ("value",)
@@ -110,7 +110,7 @@ class Lease(_message.Message):
     token: FencingToken
     acquired_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., holder_agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping]] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., holder_agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping[str, object]]] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class ElectionState(_message.Message):
     __slots__ = ("group", "leader_agent_id", "term", "elected_at")
@@ -122,7 +122,7 @@ class ElectionState(_message.Message):
     leader_agent_id: str
     term: int
     elected_at: _timestamp_pb2.Timestamp
-    def __init__(self, group: _Optional[str] = ..., leader_agent_id: _Optional[str] = ..., term: _Optional[int] = ..., elected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, group: _Optional[str] = ..., leader_agent_id: _Optional[str] = ..., term: _Optional[int] = ..., elected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("topic", "payload", "sequence_number", "occurred_at")
@@ -134,7 +134,7 @@ class Event(_message.Message):
     payload: _any_pb2.Any
     sequence_number: int
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, topic: _Optional[str] = ..., payload: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., sequence_number: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, topic: _Optional[str] = ..., payload: _Optional[_Union[_any_pb2.Any, _Mapping[str, object]]] = ..., sequence_number: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("id", "subject", "action", "resource", "effect")
@@ -156,7 +156,7 @@ class RegisterRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     card: AgentCard
     ttl_seconds: int
-    def __init__(self, card: _Optional[_Union[AgentCard, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    def __init__(self, card: _Optional[_Union[AgentCard, _Mapping[str, object]]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("agent_id",)
@@ -194,7 +194,7 @@ class GetAgentResponse(_message.Message):
     __slots__ = ("agent",)
     AGENT_FIELD_NUMBER: _ClassVar[int]
     agent: AgentInfo
-    def __init__(self, agent: _Optional[_Union[AgentInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, agent: _Optional[_Union[AgentInfo, _Mapping[str, object]]] = ...) -> None: ...
 
 class FindRequest(_message.Message):
     __slots__ = ("query", "tools", "limit")
@@ -210,7 +210,7 @@ class FindResponse(_message.Message):
     __slots__ = ("agents",)
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping[str, object]]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("topics", "from_sequence")
@@ -236,7 +236,7 @@ class AcquireLeaseResponse(_message.Message):
     ACQUIRED_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     acquired: bool
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., acquired: bool = ...) -> None: ...
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping[str, object]]] = ..., acquired: bool = ...) -> None: ...
 
 class RenewLeaseRequest(_message.Message):
     __slots__ = ("task_id", "agent_id", "token", "ttl_seconds")
@@ -248,13 +248,13 @@ class RenewLeaseRequest(_message.Message):
     agent_id: str
     token: FencingToken
     ttl_seconds: int
-    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping[str, object]]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class RenewLeaseResponse(_message.Message):
     __slots__ = ("lease",)
     LEASE_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping[str, object]]] = ...) -> None: ...
 
 class ReleaseLeaseRequest(_message.Message):
     __slots__ = ("task_id", "agent_id", "token")
@@ -264,7 +264,7 @@ class ReleaseLeaseRequest(_message.Message):
     task_id: str
     agent_id: str
     token: FencingToken
-    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., token: _Optional[_Union[FencingToken, _Mapping[str, object]]] = ...) -> None: ...
 
 class ReleaseLeaseResponse(_message.Message):
     __slots__ = ()
@@ -286,7 +286,7 @@ class ListLeasesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     next_page_token: str
-    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping[str, object]]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CampaignRequest(_message.Message):
     __slots__ = ("group", "agent_id")
@@ -300,7 +300,7 @@ class CampaignResponse(_message.Message):
     __slots__ = ("state",)
     STATE_FIELD_NUMBER: _ClassVar[int]
     state: ElectionState
-    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping]] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping[str, object]]] = ...) -> None: ...
 
 class ResignRequest(_message.Message):
     __slots__ = ("group", "agent_id")
@@ -336,7 +336,7 @@ class ElectionGroup(_message.Message):
     state: ElectionState
     candidate_agent_ids: _containers.RepeatedScalarFieldContainer[str]
     candidates_total: int
-    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping]] = ..., candidate_agent_ids: _Optional[_Iterable[str]] = ..., candidates_total: _Optional[int] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[ElectionState, _Mapping[str, object]]] = ..., candidate_agent_ids: _Optional[_Iterable[str]] = ..., candidates_total: _Optional[int] = ...) -> None: ...
 
 class ListElectionsResponse(_message.Message):
     __slots__ = ("groups", "next_page_token")
@@ -344,19 +344,19 @@ class ListElectionsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedCompositeFieldContainer[ElectionGroup]
     next_page_token: str
-    def __init__(self, groups: _Optional[_Iterable[_Union[ElectionGroup, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, groups: _Optional[_Iterable[_Union[ElectionGroup, _Mapping[str, object]]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("policy",)
     POLICY_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
-    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping[str, object]]] = ...) -> None: ...
 
 class SetPolicyResponse(_message.Message):
     __slots__ = ("policy",)
     POLICY_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
-    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping[str, object]]] = ...) -> None: ...
 
 class DeletePolicyRequest(_message.Message):
     __slots__ = ("id",)
@@ -384,7 +384,7 @@ class ListPoliciesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     policies: _containers.RepeatedCompositeFieldContainer[Policy]
     next_page_token: str
-    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping[str, object]]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CheckPolicyRequest(_message.Message):
     __slots__ = ("subject", "action", "resource")
@@ -432,7 +432,7 @@ class Task(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     claimed_at: _timestamp_pb2.Timestamp
     completed_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[bytes] = ..., output: _Optional[bytes] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., required_tools: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., retry_count: _Optional[int] = ..., claimed_by_agent_id: _Optional[str] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[bytes] = ..., output: _Optional[bytes] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., required_tools: _Optional[_Iterable[str]] = ..., max_retries: _Optional[int] = ..., retry_count: _Optional[int] = ..., claimed_by_agent_id: _Optional[str] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class CreateTaskRequest(_message.Message):
     __slots__ = ("type", "input", "required_tools", "max_retries", "ttl_seconds")
@@ -452,7 +452,7 @@ class CreateTaskResponse(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: Task
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+    def __init__(self, task: _Optional[_Union[Task, _Mapping[str, object]]] = ...) -> None: ...
 
 class ClaimTaskRequest(_message.Message):
     __slots__ = ("agent_id", "wait_ms")
@@ -468,7 +468,7 @@ class ClaimTaskResponse(_message.Message):
     LEASE_FIELD_NUMBER: _ClassVar[int]
     task: Task
     lease: Lease
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    def __init__(self, task: _Optional[_Union[Task, _Mapping[str, object]]] = ..., lease: _Optional[_Union[Lease, _Mapping[str, object]]] = ...) -> None: ...
 
 class CompleteTaskRequest(_message.Message):
     __slots__ = ("task_id", "agent_id", "output")
@@ -508,7 +508,7 @@ class GetTaskResponse(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: Task
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+    def __init__(self, task: _Optional[_Union[Task, _Mapping[str, object]]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("status", "page_size", "page_token")
@@ -526,19 +526,19 @@ class ListTasksResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     next_page_token: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping[str, object]]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AdvanceRequest(_message.Message):
     __slots__ = ("duration",)
     DURATION_FIELD_NUMBER: _ClassVar[int]
     duration: _duration_pb2.Duration
-    def __init__(self, duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping[str, object]]] = ...) -> None: ...
 
 class AdvanceResponse(_message.Message):
     __slots__ = ("now",)
     NOW_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...
 
 class NowRequest(_message.Message):
     __slots__ = ()
@@ -548,4 +548,4 @@ class NowResponse(_message.Message):
     __slots__ = ("now",)
     NOW_FIELD_NUMBER: _ClassVar[int]
     now: _timestamp_pb2.Timestamp
-    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, object]]] = ...) -> None: ...

@@ -1,0 +1,334 @@
+"""The gRPC side of the clients, in two flavours with one shape (see ``_runtime``):
+``AsyncTransport`` over ``grpc.aio`` and ``Transport`` over blocking ``grpc``.
+
+A transport owns one channel (TLS credentials, bearer token, options) and makes single calls
+through the typed method table (``_rpc``): a unary call, a unary call that can be cancelled from
+elsewhere, a server stream, and the channel's connectivity. Every gRPC failure leaves here as an
+:class:`~agentkeeper.AgentKeeperError`. Retries, reconnects and everything else the clients do
+are written once, in ``agentkeeper/_async/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Sequence
+from typing import Generic, Optional, TypeVar, Union
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from agentkeeper._auth import aio_bearer_interceptors, bearer_interceptor
+from agentkeeper._errors import Cancelled, from_rpc_error
+from agentkeeper._rpc import Rpc
+from agentkeeper._runtime import being_cancelled
+
+__all__ = [
+    "AsyncTransport",
+    "Transport",
+    "AsyncUnaryCall",
+    "UnaryCall",
+    "AsyncStreamCall",
+    "StreamCall",
+    "ChannelOption",
+    "AsyncChannel",
+    "Channel",
+]
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+ChannelOption = tuple[str, Union[str, int]]
+AsyncChannel = grpc.aio.Channel
+Channel = grpc.Channel
+
+# Each watch stream gets its own connection: with HTTP/2 a slow watcher would otherwise hold the
+# shared connection's flow-control window and stall every unary call (heartbeats included).
+_OWN_CONNECTION: ChannelOption = ("grpc.use_local_subchannel_pool", 1)
+
+
+def _serialize(message: Message) -> bytes:
+    # Through the instance: ``Message.SerializeToString`` itself is the abstract base's method.
+    return message.SerializeToString()
+
+
+def _name(state: grpc.ChannelConnectivity) -> str:
+    """``READY``, ``IDLE``, ``CONNECTING``, ``TRANSIENT_FAILURE`` or ``SHUTDOWN``."""
+    return state.name
+
+
+# ── asyncio ───────────────────────────────────────────────────────────────────────────────────
+
+
+class AsyncUnaryCall(Generic[Resp]):
+    """A unary call in flight that another task may :meth:`cancel`."""
+
+    def __init__(self, call: grpc.aio.UnaryUnaryCall[Message, Resp]) -> None:
+        self._call = call
+
+    async def result(self) -> Resp:
+        """The response; :class:`Cancelled` if :meth:`cancel` ended the call."""
+        try:
+            return await self._call
+        except asyncio.CancelledError:
+            if self._call.cancelled() and not being_cancelled():
+                raise Cancelled("the call was cancelled") from None
+            raise
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncStreamCall(Generic[Resp]):
+    """A server stream in flight: :meth:`opened`, then :meth:`read` until ``None``."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Message, Resp], response: type[Resp]) -> None:
+        self._call = call
+        self._response = response
+
+    async def opened(self) -> bool:
+        """Wait for the daemon's response headers (it has subscribed us). False if the stream
+        already ended: :meth:`read` then says how."""
+        try:
+            await self._call.initial_metadata()
+        except grpc.RpcError:
+            return False
+        return not self._call.done()
+
+    async def read(self) -> Optional[Resp]:
+        """The next message; ``None`` when the stream ended cleanly. :class:`Cancelled` after
+        :meth:`cancel`."""
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            if self._call.cancelled() and not being_cancelled():
+                raise Cancelled("the stream was cancelled") from None
+            raise
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return message if isinstance(message, self._response) else None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncTransport:
+    """One ``grpc.aio`` channel to the daemon."""
+
+    def __init__(
+        self,
+        target: str,
+        credentials: Optional[grpc.ChannelCredentials],
+        token: Optional[str],
+        options: Sequence[ChannelOption],
+    ) -> None:
+        self.target = target
+        self._credentials = credentials
+        self._token = token
+        self._options = list(options)
+        interceptors = aio_bearer_interceptors(token) if token is not None else None
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, credentials, self._options, interceptors=interceptors)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, self._options, interceptors=interceptors)
+
+    @property
+    def channel(self) -> AsyncChannel:
+        """The channel itself (for raw ``*_pb2_grpc`` stubs)."""
+        return self._channel
+
+    def own_connection(self) -> AsyncTransport:
+        """A new transport with the same settings on a connection of its own (for a stream)."""
+        return AsyncTransport(self.target, self._credentials, self._token, [*self._options, _OWN_CONNECTION])
+
+    async def call(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> Resp:
+        """One attempt of a unary call."""
+        method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
+        try:
+            response: Resp = await method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return response
+
+    def start(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> AsyncUnaryCall[Resp]:
+        """A unary call that runs while the caller waits for :meth:`AsyncUnaryCall.result`."""
+        method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
+        return AsyncUnaryCall(method(request, timeout=timeout))
+
+    def stream(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float] = None) -> AsyncStreamCall[Resp]:
+        """Open a server stream (``timeout``: a deadline for the whole stream)."""
+        method = self._channel.unary_stream(rpc.path, _serialize, rpc.response.FromString)
+        return AsyncStreamCall(method(request, timeout=timeout), rpc.response)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until the channel is connected (embedded mode, right after the daemon started)."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    def connectivity(self) -> str:
+        """The channel's state now; asks it to connect when idle."""
+        return _name(self._channel.get_state(try_to_connect=True))
+
+    async def next_connectivity(self, last: str, timeout: Optional[float]) -> Optional[str]:
+        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first."""
+        state = self._channel.get_state(try_to_connect=True)
+        if _name(state) != last:
+            return _name(state)
+        try:
+            await asyncio.wait_for(self._channel.wait_for_state_change(state), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return self.connectivity()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+# ── blocking ──────────────────────────────────────────────────────────────────────────────────
+
+
+class UnaryCall(Generic[Resp]):
+    """A unary call in flight that another thread may :meth:`cancel`."""
+
+    # grpc._CallFuture and grpc._CallIterator are the stubs' names for what blocking calls return
+    # (annotations only: they do not exist at run time).
+    def __init__(self, future: grpc._CallFuture[Resp]) -> None:
+        self._future = future
+
+    def result(self) -> Resp:
+        """The response; :class:`Cancelled` if :meth:`cancel` ended the call."""
+        try:
+            response: Resp = self._future.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled("the call was cancelled") from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return response
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
+class StreamCall(Generic[Resp]):
+    """A server stream in flight: :meth:`opened`, then :meth:`read` until ``None``."""
+
+    def __init__(self, call: grpc._CallIterator[Resp], response: type[Resp]) -> None:
+        self._call = call
+        self._response = response
+
+    def opened(self) -> bool:
+        """Wait for the daemon's response headers (it has subscribed us). False if the stream
+        already ended: :meth:`read` then says how."""
+        try:
+            self._call.initial_metadata()
+        except grpc.RpcError:
+            return False
+        active: bool = self._call.is_active()
+        return active
+
+    def read(self) -> Optional[Resp]:
+        """The next message; ``None`` when the stream ended cleanly. :class:`Cancelled` after
+        :meth:`cancel`."""
+        try:
+            message: Resp = next(self._call)
+            return message
+        except StopIteration:
+            return None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class Transport:
+    """One blocking ``grpc`` channel to the daemon."""
+
+    def __init__(
+        self,
+        target: str,
+        credentials: Optional[grpc.ChannelCredentials],
+        token: Optional[str],
+        options: Sequence[ChannelOption],
+    ) -> None:
+        self.target = target
+        self._credentials = credentials
+        self._token = token
+        self._options = list(options)
+        if credentials is not None:
+            channel = grpc.secure_channel(target, credentials, self._options)
+        else:
+            channel = grpc.insecure_channel(target, self._options)
+        if token is not None:
+            channel = grpc.intercept_channel(channel, bearer_interceptor(token))
+        self._channel = channel
+        self._connectivity: list[queue.SimpleQueue[str]] = []
+
+    @property
+    def channel(self) -> Channel:
+        """The channel itself (for raw ``*_pb2_grpc`` stubs)."""
+        return self._channel
+
+    def own_connection(self) -> Transport:
+        """A new transport with the same settings on a connection of its own (for a stream)."""
+        return Transport(self.target, self._credentials, self._token, [*self._options, _OWN_CONNECTION])
+
+    def call(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> Resp:
+        """One attempt of a unary call."""
+        method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def start(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> UnaryCall[Resp]:
+        """A unary call that runs while the caller waits for :meth:`UnaryCall.result`."""
+        method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
+        return UnaryCall(method.future(request, timeout=timeout))
+
+    def stream(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float] = None) -> StreamCall[Resp]:
+        """Open a server stream (``timeout``: a deadline for the whole stream)."""
+        method = self._channel.unary_stream(rpc.path, _serialize, rpc.response.FromString)
+        return StreamCall(method(request, timeout=timeout), rpc.response)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the channel is connected (embedded mode, right after the daemon started)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def connectivity(self) -> str:
+        """The channel's state now; asks it to connect when idle (the first change it reports
+        through :meth:`next_connectivity` is this state)."""
+        assert not self._connectivity, "one connectivity listener per transport"
+        changes: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._connectivity.append(changes)
+        self._channel.subscribe(lambda state: changes.put(_name(state)), try_to_connect=True)
+        return changes.get()
+
+    def next_connectivity(self, last: str, timeout: Optional[float]) -> Optional[str]:
+        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first."""
+        changes = self._connectivity[0]
+        if last == "IDLE":
+            self._ask_to_connect()
+        while True:
+            try:
+                state = changes.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if state != last:
+                return state
+
+    def _ask_to_connect(self) -> None:
+        # A channel whose connection went away rests IDLE and reconnects only when asked (the
+        # asyncio flavour asks with get_state(try_to_connect=True)); a subscription that tries
+        # to connect is the blocking API's way to ask.
+        def ignore(state: grpc.ChannelConnectivity) -> None:
+            pass
+
+        self._channel.subscribe(ignore, try_to_connect=True)
+        self._channel.unsubscribe(ignore)
+
+    def close(self) -> None:
+        for changes in self._connectivity:
+            changes.put("SHUTDOWN")  # wakes a listener thread waiting for the next change
+        self._channel.close()
