@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
-# tests, the Python SDK's tests, the dashboard in headless Chromium, and the published v1 SDK
-# against this daemon. It installs what it needs: Python virtual environments under .venv/ and
-# .venv-v1/ (Playwright among them) and, when missing, the OS's chromium package.
+# tests, the Python SDK's tests, the dashboard in headless Chromium, the published v1 SDK
+# against this daemon, and the packages (wheel, .deb, tarball, systemd unit, container
+# recipe). It installs what it needs: Python virtual environments under .venv/ and .venv-v1/
+# (Playwright among them), maturin in .venv-build/ and, when missing, the OS's chromium package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,5 +53,10 @@ if [ ! -x .venv-v1/bin/python ]; then
 fi
 .venv-v1/bin/pip install --quiet --disable-pip-version-check 'agentkeeper==0.1.1' pytest
 .venv-v1/bin/python -m pytest -q tests/compat_v1
+
+step "the packages: the wheel in a fresh venv, the .deb, the tarball, the unit, the container recipe"
+# Last: maturin relinks target/debug/agentkeeper (stripped) for the wheel, which a later cargo
+# step would link again.
+.venv/bin/python -m pytest -q packaging/tests
 
 step "all suites passed"
