@@ -159,6 +159,69 @@ fn watchdog_pings_follow_ready_on_an_abstract_socket_while_the_core_makes_progre
 }
 
 #[test]
+fn a_core_stuck_in_one_batch_gets_no_watchdog_pings_until_it_finishes_it() {
+    let supervisor = Supervisor::at_path();
+    // A debug build's fault point: the core thread holds every batch while this file exists.
+    let wedge = supervisor._dir.path().join("wedge");
+    let wedge_env = wedge.display().to_string();
+    // 400 ms: a look (and a ping) every 200 ms.
+    let env = [
+        ("NOTIFY_SOCKET", supervisor.address.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+        ("AGENTKEEPER_BUGGIFY_WEDGE", wedge_env.as_str()),
+    ];
+    let mut daemon = Daemon::spawn_env(&daemon_args(&[]), &env);
+    let ready = supervisor.next(&daemon);
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    let serving = ready.lines().nth(1).expect("a status line").to_string();
+    assert_eq!(supervisor.next(&daemon), "WATCHDOG=1");
+    let http = daemon.wait_serving().http.expect("HTTP").port();
+
+    std::fs::write(&wedge, b"").expect("wedge the core");
+    // The dashboard's data goes through the core: this call starts a batch that stays open.
+    let call = std::thread::spawn(move || http_get(http, "/api/overview"));
+    // A look or two may still find the batch new (a ping each); the next finds it the same.
+    let withheld = (0..4)
+        .map(|_| supervisor.next(&daemon))
+        .find(|message| message != "WATCHDOG=1")
+        .expect("the pings stop within a few looks");
+    assert_eq!(
+        withheld,
+        "STATUS=the core thread has been in one batch for over 200 ms; watchdog pings withheld"
+    );
+    assert!(
+        daemon.stderr().contains("watchdog pings withheld"),
+        "{}",
+        daemon.stderr()
+    );
+    // Three more looks find it in the same batch: not one ping (systemd would restart it).
+    supervisor
+        .socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(600)))
+        .expect("timeout");
+    let mut buffer = [0u8; 4096];
+    let silent = supervisor.socket.recv(&mut buffer);
+    assert!(
+        silent.is_err(),
+        "a message while wedged: {:?}",
+        silent.map(|n| String::from_utf8_lossy(&buffer[..n]).into_owned())
+    );
+    supervisor.socket.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
+
+    std::fs::remove_file(&wedge).expect("free the core");
+    assert_eq!(
+        supervisor.next(&daemon),
+        "WATCHDOG=1",
+        "pings resume once the batch is done"
+    );
+    assert_eq!(supervisor.next(&daemon), serving, "and the status says it serves again");
+    let (status, _) = call.join().expect("the call returns");
+    assert_eq!(status, "HTTP/1.1 200 OK", "the held call was answered");
+    daemon.sigterm();
+    assert!(daemon.wait_exit().success(), "{}", daemon.stderr());
+}
+
+#[test]
 fn a_watchdog_meant_for_another_process_is_not_fed() {
     let supervisor = Supervisor::at_path();
     let env = [

@@ -144,6 +144,7 @@ impl Driver {
             }
             worked = !batch.is_empty();
             lanes.progress.batch_started();
+            crate::buggify::hold_while_wedged();
             let running = self.run_batch(&mut batch);
             lanes.progress.batch_finished();
             if !running {
