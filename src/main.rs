@@ -72,8 +72,12 @@ enum Tool {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `agentkeeper man | man -l -`.
-    Man,
+    /// Print the man page (roff), e.g. `agentkeeper man | man -l -`; with --dir, write one page
+    /// per command there instead (agentkeeper.1, agentkeeper-ctl.1, agentkeeper-ctl-agents.1, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// The daemon's flags.
@@ -291,9 +295,18 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command.clone(), "agentkeeper", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Some(Tool::Man) => {
-            return match clap_mangen::Man::new(command.clone()).render(&mut std::io::stdout()) {
+        Some(Tool::Man { dir }) => {
+            // No `help` command in the pages: `man` is the help, and it would name a page that
+            // generate_to does not write.
+            let pages = command.clone().disable_help_subcommand(true);
+            let written = match dir {
+                None => clap_mangen::Man::new(pages).render(&mut std::io::stdout()),
+                Some(dir) => clap_mangen::generate_to(pages, dir),
+            };
+            return match written {
+                // `agentkeeper man | head` is not a failure.
                 Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("agentkeeper man: {error}");
                     ExitCode::FAILURE

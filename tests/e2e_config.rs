@@ -221,4 +221,24 @@ fn completions_and_the_man_page_come_from_the_flags_themselves() {
         "the page names each flag's variable"
     );
     assert!(man.contains("\\-\\-print\\-config"), "the page lists the flags");
+
+    // One page per command, for a package's man1 directory.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let written = agentkeeper(&["man", "--dir", dir.path().to_str().expect("UTF-8")], &[]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("the pages")
+        .map(|entry| entry.expect("an entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for page in [
+        "agentkeeper.1",
+        "agentkeeper-ctl.1",
+        "agentkeeper-ctl-policy-set.1",
+        "agentkeeper-probe.1",
+    ] {
+        assert!(pages.contains(&page.to_string()), "{page} in {pages:?}");
+    }
+    let main_page = std::fs::read_to_string(dir.path().join("agentkeeper.1")).expect("the main page");
+    assert_eq!(main_page, man, "the same main page as `agentkeeper man` prints");
 }

@@ -184,7 +184,17 @@ with AgentKeeperClient.embedded() as client:
 # --- the .deb ----------------------------------------------------------------------------
 
 
-def test_the_deb_holds_binary_unit_config_completions_man_page_and_its_binary_serves(deb, tmp_path):
+def man_pages(binary: Path, tmp: Path) -> list[str]:
+    """The man pages `binary` writes, one per command (agentkeeper.1, agentkeeper-ctl.1, ...)."""
+    pages = tmp / "man-pages"
+    pages.mkdir()
+    run([str(binary), "man", "--dir", str(pages)])
+    names = sorted(page.name for page in pages.iterdir())
+    assert "agentkeeper.1" in names and "agentkeeper-ctl.1" in names, names
+    return names
+
+
+def test_the_deb_holds_binary_unit_config_completions_man_pages_and_its_binary_serves(deb, binary, tmp_path):
     info = run(["dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture", "Depends"]).stdout
     assert f"Package: agentkeeper\nVersion: {VERSION}\nArchitecture: amd64\n" in info, info
     assert re.search(r"^Depends: libc6 \(>= 2\.\d+\), libgcc-s1$", info, re.MULTILINE), info
@@ -197,10 +207,9 @@ def test_the_deb_holds_binary_unit_config_completions_man_page_and_its_binary_se
         "/usr/share/bash-completion/completions/agentkeeper",
         "/usr/share/zsh/vendor-completions/_agentkeeper",
         "/usr/share/fish/vendor_completions.d/agentkeeper.fish",
-        "/usr/share/man/man1/agentkeeper.1.gz",
         "/usr/share/doc/agentkeeper/copyright",
         "/usr/share/doc/agentkeeper/README.md.gz",
-    }
+    } | {f"/usr/share/man/man1/{page}.gz" for page in man_pages(binary, tmp_path)}
     assert files == expected, f"extra: {files - expected}, missing: {expected - files}"
     assert all(" root/root " in line for line in listing.splitlines()), listing
     control = tmp_path / "control"
@@ -255,7 +264,9 @@ def test_the_systemd_unit_verifies_and_starts_the_packaged_binary_with_the_packa
 # --- the tarball -------------------------------------------------------------------------
 
 
-def test_the_tarball_holds_binary_readme_license_unit_config_completions_and_sums_check(tarball, deb, binary, tmp_path):
+def test_the_tarball_holds_binary_readme_license_unit_config_completions_man_pages_and_sums_check(
+    tarball, deb, binary, tmp_path
+):
     name = f"agentkeeper-{VERSION}-x86_64-linux"
     with tarfile.open(tarball) as archive:
         members = {member.name: member for member in archive.getmembers()}
@@ -268,7 +279,7 @@ def test_the_tarball_holds_binary_readme_license_unit_config_completions_and_sum
             "LICENSE",
             "agentkeeper.service",
             "agentkeeper.toml",
-            "agentkeeper.1",
+            *(f"man/{page}" for page in man_pages(binary, tmp_path)),
             "completions/agentkeeper.bash",
             "completions/_agentkeeper",
             "completions/agentkeeper.fish",
