@@ -55,6 +55,13 @@ fi
 .venv-v1/bin/python -m pytest -q tests/compat_v1
 
 step "the packages: the wheel in a fresh venv, the .deb, the tarball, the unit, the container recipe"
+if ! command -v dpkg-deb >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1 || ! command -v strip >/dev/null 2>&1; then
+    # dpkg-deb builds the .deb; binutils' objdump and strip read and trim the binary.
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq dpkg binutils >/dev/null
+fi
 # Last: maturin relinks target/debug/agentkeeper (stripped) for the wheel, which a later cargo
 # step would link again.
 .venv/bin/python -m pytest -q packaging/tests
