@@ -55,12 +55,20 @@ fi
 .venv-v1/bin/python -m pytest -q tests/compat_v1
 
 step "the packages: the wheel in a fresh venv, the .deb, the tarball, the unit, the container recipe"
-if ! command -v dpkg-deb >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1 || ! command -v strip >/dev/null 2>&1; then
-    # dpkg-deb builds the .deb; binutils' objdump and strip read and trim the binary.
+# dpkg-deb builds the .deb; binutils' objdump and strip read and trim the binary; as root,
+# systemd-nspawn (systemd-container) boots a systemd container to install the .deb into.
+missing=""
+command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
+command -v objdump >/dev/null 2>&1 && command -v strip >/dev/null 2>&1 || missing="$missing binutils"
+if [ "$(id -u)" -eq 0 ] && ! command -v systemd-nspawn >/dev/null 2>&1; then
+    missing="$missing systemd-container"
+fi
+if [ -n "$missing" ]; then
     sudo_=""
     [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq dpkg binutils >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
 fi
 # Last: maturin relinks target/debug/agentkeeper (stripped) for the wheel, which a later cargo
 # step would link again.

@@ -1,7 +1,9 @@
 """The packages as a user meets them: the wheel installed into a fresh venv runs embedded mode
 with no cargo and no target/ around; the .deb and the release tarball hold what they promise and
-their binary serves with the packaged config; the systemd unit verifies; the container recipe's
-settings are ones the daemon accepts.
+their binary serves with the packaged config; the systemd unit verifies, and the .deb installed
+into a booted systemd container (this machine's own system under an overlay) starts as a notify
+service, is restarted by the watchdog when it hangs, refuses a bad config key without restarts;
+the container recipe's settings are ones the daemon accepts.
 
 The wheel is built here with maturin's dev profile (it reuses the debug build); the .deb and the
 tarball package the debug binary ($AGENTKEEPER_BIN, else target/debug/agentkeeper), so nothing
@@ -357,3 +359,89 @@ def test_the_container_images_settings_are_ones_the_daemon_accepts_and_its_healt
         daemon.wait(timeout=HANG_GUARD)
     logs = daemon.stderr.read().splitlines()
     assert logs and all(line.startswith("{") for line in logs), "log-format json applies"
+
+
+# --- the .deb under a real systemd -------------------------------------------------------
+
+
+def boot_systemd_container(deb: Path, tmp: Path) -> str:
+    """Boots this machine's own system, read-only under an overlay, as a systemd container
+    (systemd-nspawn, private network), runs systemd_trial.sh in it as a boot-time service with
+    the .deb at /dist, and returns what the trial wrote."""
+    root, upper, work, out = tmp / "root", tmp / "upper", tmp / "work", tmp / "out"
+    for path in (root, upper, work, out):
+        path.mkdir()
+    run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir=/,upperdir={upper},workdir={work}", str(root)])
+    try:
+        units = root / "etc" / "systemd" / "system"
+        (units / "agentkeeper-trial.service").write_text(
+            "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sh /trial/systemd_trial.sh\n"
+        )
+        wants = units / "multi-user.target.wants"
+        wants.mkdir(exist_ok=True)
+        (wants / "agentkeeper-trial.service").symlink_to("/etc/systemd/system/agentkeeper-trial.service")
+        booted = subprocess.run(
+            [
+                "systemd-nspawn",
+                f"--directory={root}",
+                "--boot",
+                "--private-network",
+                "--register=no",
+                "--link-journal=no",
+                "--keep-unit",
+                f"--bind-ro={Path(__file__).parent}:/trial",
+                f"--bind-ro={deb.parent}:/dist",
+                f"--bind={out}:/out",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        trial = out / "trial.log"
+        assert trial.exists(), f"the trial never ran: {booted.stdout[-3000:]}\n{booted.stderr[-3000:]}"
+        return trial.read_text()
+    finally:
+        subprocess.run(["umount", str(root)], check=False)
+
+
+def trial_step(log: str, name: str) -> str:
+    """The output of one step of systemd_trial.sh."""
+    steps = dict(part.split("\n", 1) for part in log.split("== ")[1:])
+    assert name in steps, log
+    return steps[name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("systemd-nspawn") is None, reason="needs root and systemd-nspawn")
+def test_the_deb_under_systemd_starts_notifies_is_restarted_by_the_watchdog_and_refuses_a_bad_key(deb, tmp_path):
+    log = boot_systemd_container(deb, tmp_path)
+    assert "timed out" not in log, log
+    installed = trial_step(log, "install")
+    for line in (
+        "Type=notify",
+        "ActiveState=active",
+        "StatusText=serving gRPC on 127.0.0.1:7070 and HTTP on 127.0.0.1:9090",
+        "DynamicUser=yes",
+        "WatchdogUSec=30s",
+        "UnitFileState=enabled",
+        "127.0.0.1:9090/readyz HTTP/1.0 200 OK: ready",
+    ):
+        assert line in installed.splitlines(), f"{line!r} in:\n{installed}"
+    watchdog = trial_step(log, "watchdog").splitlines()
+    for line in (
+        "NRestarts=1",
+        "ActiveState=active",
+        "agentkeeper.service: Watchdog timeout (limit 2s)!",
+        "agentkeeper.service: Failed with result 'watchdog'.",
+    ):
+        assert line in watchdog, f"{line!r} in:\n{log}"
+    refused = trial_step(log, "bad-config").splitlines()
+    for line in (
+        "ActiveState=failed",
+        "ExecMainStatus=2",
+        "NRestarts=0",
+        'agentkeeper: /etc/agentkeeper/agentkeeper.toml line 2: metric-addr: unknown key (did you mean `metrics-addr`?)',
+    ):
+        assert line in refused, f"{line!r} in:\n{log}"
+    purged = trial_step(log, "purge").splitlines()
+    assert "LoadState=not-found" in purged and "state kept" in purged, log
