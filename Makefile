@@ -1,8 +1,9 @@
 # The two commands a new user needs: `make run` (or `cargo run --release`) and `make test`.
 # `make test` installs what the suite needs (a Python venv with the SDK and its test tools)
-# and runs everything CI runs.
+# and runs everything CI runs. `make wheel`, `make deb` and `make dist` build what a user
+# installs, into dist/ (packaging/build.sh says how).
 
-.PHONY: run test check rust-test python-test compat-test
+.PHONY: run test check release wheel deb tarball dist
 
 run:
 	cargo run --release
@@ -13,3 +14,23 @@ test:
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+release:
+	cargo build --release --locked --bin agentkeeper
+
+# dist/agentkeeper-VERSION-py3-none-manylinux_*.whl: the Python SDK and the daemon (maturin
+# builds the daemon itself, in release mode).
+wheel:
+	packaging/build.sh wheel dist
+
+# dist/agentkeeper_VERSION_ARCH.deb
+deb: release
+	packaging/build.sh deb target/release/agentkeeper dist
+
+tarball: release
+	packaging/build.sh tarball target/release/agentkeeper dist
+
+# The release tarball and the .deb, with SHA256SUMS over every package in dist/ (a wheel
+# built before by `make wheel` included).
+dist: tarball deb
+	packaging/build.sh sums dist

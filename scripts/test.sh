@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
 # tests, the Python SDK's tests, the TypeScript SDK's tests, the dashboard in headless Chromium,
-# and the published v1 SDK against this daemon. It installs what it needs: Python virtual
-# environments under .venv/ and .venv-v1/ (Playwright among them), the TypeScript SDK's packages
+# the published v1 SDK against this daemon, and the packages (wheel, .deb, tarball, systemd
+# unit, container recipe). It installs what it needs: Python virtual environments under .venv/
+# and .venv-v1/ (Playwright among them), maturin in .venv-build/, the TypeScript SDK's packages
 # from its lockfile (npm ci), and, when missing, the OS's chromium and nodejs packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,5 +71,25 @@ if [ ! -x .venv-v1/bin/python ]; then
 fi
 .venv-v1/bin/pip install --quiet --disable-pip-version-check 'agentkeeper==0.1.1' pytest
 .venv-v1/bin/python -m pytest -q tests/compat_v1
+
+step "the packages: the wheel in a fresh venv, the .deb, the tarball, the unit, the container recipe"
+# dpkg-deb builds the .deb; binutils' objdump and strip read and trim the binary; as root,
+# systemd-nspawn (systemd-container) boots a systemd container to install the .deb into.
+missing=""
+command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
+command -v objdump >/dev/null 2>&1 && command -v strip >/dev/null 2>&1 || missing="$missing binutils"
+if [ "$(id -u)" -eq 0 ] && ! command -v systemd-nspawn >/dev/null 2>&1; then
+    missing="$missing systemd-container"
+fi
+if [ -n "$missing" ]; then
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
+fi
+# Last: maturin relinks target/debug/agentkeeper (stripped) for the wheel, which a later cargo
+# step would link again.
+.venv/bin/python -m pytest -q packaging/tests
 
 step "all suites passed"

@@ -2,7 +2,8 @@
 //! fsync, a short write, a slow disk, a stalled subscriber) the real code path takes the branch a
 //! failing disk or a client that stops reading would make it take. A run enables them with a seed
 //! (`AGENTKEEPER_BUGGIFY=<seed>`, read once by the thread that does the I/O): the seed decides
-//! which sites are on and how often each fires.
+//! which sites are on and how often each fires. One more, a core thread wedged in a batch, is
+//! switched by a file (`AGENTKEEPER_BUGGIFY_WEDGE`).
 //!
 //! Architecture invariant: debug builds only. In a release build `fire` is a constant `false`
 //! and every site compiles away; the core never reaches a site (it does no I/O).
@@ -116,6 +117,28 @@ pub fn enable_from_env() -> Option<u64> {
         None
     }
 }
+
+/// The variable that names the wedge file: while a file exists at that path, the core thread
+/// holds each batch it starts, as a hung disk or a bug stuck in one batch would. Not a seeded
+/// site: a test (the systemd watchdog's) wedges and frees the core by creating and removing it.
+pub const WEDGE_ENV: &str = "AGENTKEEPER_BUGGIFY_WEDGE";
+
+/// Called by the core thread inside each batch: returns once no wedge file exists.
+#[cfg(debug_assertions)]
+pub fn hold_while_wedged() {
+    static WEDGE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(path) = WEDGE.get_or_init(|| std::env::var_os(WEDGE_ENV).map(Into::into)) else {
+        return;
+    };
+    while path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Release builds have no fault points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hold_while_wedged() {}
 
 /// True when the fault at `site` strikes now.
 #[cfg(debug_assertions)]

@@ -4,16 +4,22 @@
 //! (`idle`: how it waits for work); `server` speaks gRPC and HTTP around it; `metrics` is what
 //! both publish; `proto` holds the generated wire types; `ctl` is the command-line client
 //! (`agentkeeper ctl`); `limits` names every limit with its default and flag; `buggify` holds the
-//! fault points of the I/O path (debug builds only).
+//! fault points of the I/O path (debug builds only); `config` layers the config file and the
+//! environment under the flags; `notify` and `watchdog` speak to a service manager (systemd);
+//! `probe` is the readiness check a container image runs.
 
 pub mod buggify;
 pub mod clock;
+pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod driver;
 pub mod idle;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
+pub mod probe;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod watchdog;

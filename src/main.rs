@@ -1,5 +1,6 @@
 //! `agentkeeper`: flags, start-up, signals. Binds the ports, starts the core's driver thread and
-//! the network runtime, and shuts all of it down gracefully on SIGTERM/SIGINT.
+//! the network runtime, and shuts all of it down gracefully on SIGTERM/SIGINT; tells a service
+//! manager (systemd's notify protocol) where it is in that life.
 //!
 //! Architecture invariant: main wires things together and owns process concerns (exit codes,
 //! logs, signals); it holds no state of its own and never touches the core.
@@ -9,29 +10,46 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use agentkeeper::clock::Clock;
+use agentkeeper::config;
 use agentkeeper::core::machine::{Input, Machine};
 use agentkeeper::core::{Core, CoreConfig};
 use agentkeeper::driver::{self, Request};
 use agentkeeper::limits::Limits;
 use agentkeeper::metrics::Metrics;
+use agentkeeper::notify::{self, Notifier};
 use agentkeeper::server;
 use agentkeeper::store::Store;
+use agentkeeper::watchdog;
 
 /// Calls in flight get this long to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// `agentkeeper --version`: the release and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AGENTKEEPER_GIT_COMMIT"),
+    ")"
+);
+
+/// The exit status for a configuration that cannot work (a bad flag, key or value): the
+/// systemd unit does not restart on it (`RestartPreventExitStatus=2`), as a retry cannot help.
+const EXIT_BAD_CONFIG: u8 = 2;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "agentkeeper",
-    version,
+    version = VERSION,
     about = "A coordination daemon for fleets of AI agents: registry, \
     heartbeats, leases with fencing tokens, leader elections, entitlements and an event bus over gRPC.",
-    after_help = "With no command, runs the daemon. `agentkeeper ctl --help` lists the client's commands.",
+    after_help = "With no command, runs the daemon. `agentkeeper ctl --help` lists the client's commands. \
+    Every flag that takes a value can also be set by its AGENTKEEPER_* variable or, under the \
+    flag's name, in the --config file; a flag beats its variable, which beats the file.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -46,11 +64,36 @@ struct Cli {
 enum Tool {
     /// Inspect and change a running daemon (agents, policies, tasks, elections, live events).
     Ctl(agentkeeper::ctl::CtlArgs),
+    /// Ask a daemon's HTTP port whether it is ready (GET /readyz): exit 0 if so, 1 if not
+    /// (a container healthcheck; the image has no curl).
+    Probe(agentkeeper::probe::ProbeArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `agentkeeper man | man -l -`; with --dir, write one page
+    /// per command there instead (agentkeeper.1, agentkeeper-ctl.1, agentkeeper-ctl-agents.1, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// The daemon's flags.
 #[derive(Args, Debug)]
 struct Flags {
+    /// Read settings from this TOML file: each key a flag's name (`metrics-addr = ":9090"`).
+    /// Flags and AGENTKEEPER_* variables override it; an unknown key or a bad value is an error
+    /// naming the key and its line.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (flags, variables, file and defaults merged, each
+    /// value with where it came from) as a file --config reads, and exit.
+    #[arg(long)]
+    print_config: bool,
+
     /// gRPC listen address, HOST:PORT. A Go-style ":PORT" listens on every interface.
     #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_addr)]
     addr: SocketAddr,
@@ -210,29 +253,82 @@ fn seed(flags: &Flags) -> u64 {
         .unwrap_or_else(|| getrandom::u64().expect("the operating system RNG is available"))
 }
 
+/// The command line's definition: the flags, each with its AGENTKEEPER_* variable.
+fn command() -> clap::Command {
+    config::with_env(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(Tool::Ctl(args)) = cli.command {
-        return match agentkeeper::ctl::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("agentkeeper ctl: {message}");
-                ExitCode::FAILURE
-            }
-        };
+    let command = command();
+    let layered = match config::parse(&command, std::env::args_os().collect()) {
+        Ok(Ok(layered)) => layered,
+        Ok(Err(message)) => {
+            eprintln!("agentkeeper: {message}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+        Err(error) => error.exit(),
+    };
+    let cli = Cli::from_arg_matches(&layered.matches).unwrap_or_else(|error| error.exit());
+    match cli.command {
+        Some(Tool::Ctl(args)) => {
+            return match agentkeeper::ctl::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("agentkeeper ctl: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Tool::Probe(args)) => {
+            return match agentkeeper::probe::run(&args) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("agentkeeper probe: not ready: {why}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Tool::Completions { shell }) => {
+            clap_complete::generate(shell, &mut command.clone(), "agentkeeper", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Tool::Man { dir }) => {
+            // No `help` command in the pages: `man` is the help, and it would name a page that
+            // generate_to does not write.
+            let pages = command.clone().disable_help_subcommand(true);
+            let written = match dir {
+                None => clap_mangen::Man::new(pages).render(&mut std::io::stdout()),
+                Some(dir) => clap_mangen::generate_to(pages, dir),
+            };
+            return match written {
+                // `agentkeeper man | head` is not a failure.
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("agentkeeper man: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let flags = cli.flags;
+    if flags.print_config {
+        print!("{}", config::render(&command, &layered));
+        return ExitCode::SUCCESS;
+    }
     if let Err(message) = init_logs(&flags) {
         eprintln!("agentkeeper: {message}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    let notifier = Arc::new(Notifier::from_env());
     raise_open_files_limit(flags.limits.connections_max);
     let uring = match use_uring(flags.io, flags.tls_cert.is_some()) {
         Ok(uring) => uring,
-        Err(message) => {
-            eprintln!("agentkeeper: {message}");
-            return ExitCode::FAILURE;
-        }
+        Err(message) => return failed(&notifier, &message),
     };
     // With io_uring the gRPC threads are rings of their own; this runtime then only serves HTTP.
     let workers = if uring { 1 } else { usize::from(flags.net_threads) };
@@ -243,18 +339,19 @@ fn main() -> ExitCode {
         .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("agentkeeper: cannot start the network runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return failed(&notifier, &format!("cannot start the network runtime: {error}")),
     };
-    match runtime.block_on(run(flags, uring)) {
+    match runtime.block_on(run(flags, uring, Arc::clone(&notifier))) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("agentkeeper: {message}");
-            ExitCode::FAILURE
-        }
+        Err(message) => failed(&notifier, &message),
     }
+}
+
+/// Says why the daemon stops, on stderr and to the service manager (`systemctl status` shows it).
+fn failed(notifier: &Notifier, message: &str) -> ExitCode {
+    eprintln!("agentkeeper: {message}");
+    notifier.status(&format!("failed: {message}"));
+    ExitCode::FAILURE
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a descriptor, and
@@ -328,7 +425,7 @@ fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
     }
 }
 
-async fn run(flags: Flags, uring: bool) -> Result<(), String> {
+async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
     if let Some(path) = &flags.ready_file {
@@ -394,6 +491,7 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
     let (core, store) = match flags.data_dir.clone() {
         None => (Core::new(config, wall.now()), None),
         Some(dir) => {
+            notifier.status(&format!("recovering the state in {}", dir.display()));
             // Off the runtime: replaying a long log must not stall the HTTP answers.
             let (seed, now) = (flags.seed, wall.now());
             let recovered = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
@@ -457,8 +555,20 @@ async fn run(flags: Flags, uring: bool) -> Result<(), String> {
         None => Ok(()),
     };
     if ready.is_ok() {
+        // /readyz answers 200 from here on; so the service manager hears it now too.
+        let status = bound.serving_status();
+        let watchdog_timeout = notify::watchdog_timeout().filter(|_| notifier.enabled());
+        if let Some(timeout) = watchdog_timeout {
+            tracing::info!(timeout_ms = timeout.as_millis() as u64, "systemd watchdog enabled");
+        }
+        notifier.ready(&status);
+        if let Some(timeout) = watchdog_timeout {
+            let progress = core.progress().clone();
+            tokio::spawn(watchdog::run(Arc::clone(&notifier), progress, timeout, status));
+        }
         signalled.await;
     }
+    notifier.stopping("shutting down: no new calls, finishing calls in flight");
     tracing::info!("shutting down: no new calls, finishing calls in flight, ending watch streams");
     serving.shutting_down().await;
     // Not ready any more, like /readyz from here on. Best effort: the exit goes on regardless.
@@ -497,6 +607,14 @@ impl BoundAddrs {
     fn log(&self) {
         let http = self.http.map_or_else(|| "none".to_string(), |addr| addr.to_string());
         tracing::info!(grpc = %self.grpc, http = %http, "ports bound");
+    }
+
+    /// The service manager's status line while the daemon serves.
+    fn serving_status(&self) -> String {
+        match self.http {
+            Some(http) => format!("serving gRPC on {} and HTTP on {http}", self.grpc),
+            None => format!("serving gRPC on {} (no HTTP)", self.grpc),
+        }
     }
 
     /// The ready file's contents: `{"grpc":"ADDR","http":"ADDR"|null,"pid":N}`.

@@ -8,6 +8,7 @@
 //! every send out of here is a `try_send` or a oneshot.
 
 mod durability;
+mod progress;
 mod queue;
 mod streams;
 
@@ -26,6 +27,7 @@ use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 
 pub use durability::Durability;
+pub use progress::{Beat, Progress};
 pub use queue::{CoreHandle, Lanes, Request, Sink, channels};
 use streams::Streams;
 
@@ -141,7 +143,11 @@ impl Driver {
                 batch.push(request);
             }
             worked = !batch.is_empty();
-            if !self.run_batch(&mut batch) {
+            lanes.progress.batch_started();
+            crate::buggify::hold_while_wedged();
+            let running = self.run_batch(&mut batch);
+            lanes.progress.batch_finished();
+            if !running {
                 return;
             }
             let depth = i64::try_from(lanes.len()).unwrap_or(i64::MAX);

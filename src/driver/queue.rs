@@ -15,6 +15,8 @@ use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, CoreError, ErrorCode, Event, Outcome};
 use crate::metrics::Metrics;
 
+use super::progress::Progress;
+
 /// The driver's side of one watch stream: its bounded buffer and the slot for its last word.
 pub struct Sink {
     pub events: mpsc::Sender<Arc<Event>>,
@@ -53,6 +55,8 @@ pub enum Request {
 pub struct Lanes {
     pub(super) priority: Receiver<Request>,
     pub(super) bulk: Receiver<Request>,
+    /// Bumped by the driver around each batch; the handles read it.
+    pub(super) progress: Progress,
 }
 
 impl Lanes {
@@ -72,12 +76,21 @@ impl Lanes {
 pub fn channels(queue_max: usize, metrics: Arc<Metrics>) -> (CoreHandle, Lanes) {
     let (bulk_tx, bulk) = crossbeam_channel::bounded(queue_max);
     let (priority_tx, priority) = crossbeam_channel::bounded(crate::limits::PRIORITY_QUEUE_MAX);
+    let progress = Progress::default();
     let handle = CoreHandle {
         bulk: bulk_tx,
         priority: priority_tx,
         metrics,
+        progress: progress.clone(),
     };
-    (handle, Lanes { priority, bulk })
+    (
+        handle,
+        Lanes {
+            priority,
+            bulk,
+            progress,
+        },
+    )
 }
 
 /// Whether a request goes in the priority lane: what keeps agents and leases alive, and the
@@ -111,6 +124,7 @@ pub struct CoreHandle {
     bulk: Sender<Request>,
     priority: Sender<Request>,
     metrics: Arc<Metrics>,
+    progress: Progress,
 }
 
 impl CoreHandle {
@@ -141,6 +155,12 @@ impl CoreHandle {
             }
             TrySendError::Disconnected(_) => shutting_down(),
         })
+    }
+
+    /// The driver thread's batch counter: whether it is making progress, read without waiting
+    /// on it (the systemd watchdog).
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
     /// Tells the driver to stop after what is queued; waits for room rather than being shed.

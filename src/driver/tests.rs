@@ -98,3 +98,40 @@ fn a_full_bulk_lane_sheds_bulk_work_but_heartbeats_still_keep_an_agent_alive() {
     handle.stop();
     thread.join().expect("the driver ends");
 }
+
+#[test]
+fn the_handle_sees_the_driver_start_and_finish_its_batches() {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, lanes) = channels(4, Arc::clone(&metrics));
+    let before = handle.progress().read();
+    assert!(!before.busy(), "no batch before the thread runs");
+    let core = Core::new(CoreConfig::default(), T0);
+    let thread = spawn_on(
+        lanes,
+        Machine::new(core, false),
+        Clock::manual(T0),
+        None,
+        Duration::ZERO,
+        Arc::clone(&metrics),
+    )
+    .expect("spawns");
+    let answer = call(
+        &handle,
+        Command::GetAgent {
+            agent_id: "none".into(),
+        },
+    )
+    .expect("room");
+    assert!(answer.blocking_recv().is_ok(), "answered");
+    let answered = handle.progress().read();
+    assert_ne!(
+        answered, before,
+        "the answer came out of a batch, which the counter saw start"
+    );
+    assert!(!answered.stalled_since(before));
+    handle.stop();
+    thread.join().expect("the driver ends");
+    let after = handle.progress().read();
+    assert!(!after.busy(), "the thread finished its last batch before it ended");
+    assert_ne!(after, answered);
+}

@@ -3,6 +3,7 @@ and learn them from its ready file, stop it on close."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any, Optional, Union
 
 __all__ = ["EmbeddedDaemon", "find_binary"]
@@ -41,7 +42,27 @@ def _candidates(explicit: Optional[str]) -> list[tuple[str, Path]]:
             found.append((f"target/{profile}", root / "target" / profile / _NAME))
     for root in (Path.cwd(), _REPO_FROM_PACKAGE):
         found.append(("v1 dev layout", root / "daemon" / _NAME))
+    wheel = _wheel_binary()
+    if wheel is not None:
+        found.append(("this wheel", wheel))
     return found
+
+
+def _wheel_binary() -> Optional[Path]:
+    """The daemon installed with this package, when it came from the wheel that carries it.
+
+    pip puts the wheel's binary in the environment's scripts directory (``bin/``), which is on
+    ``PATH`` only while the environment is activated; the installed files' record says where it
+    went either way (a venv, ``--user``, ``--prefix``). None for an install without the binary.
+    """
+    try:
+        files = importlib.metadata.distribution("agentkeeper").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if PurePath(file).name == _NAME:
+            return Path(str(file.locate())).resolve()
+    return None
 
 
 def _executable(path: Path) -> bool:
@@ -53,7 +74,9 @@ def find_binary(explicit: Optional[Union[str, os.PathLike[str]]] = None) -> str:
 
     Order: ``explicit``; ``$AGENTKEEPER_BIN``; ``agentkeeper`` on ``PATH``; this repository's
     ``target/release/agentkeeper`` then ``target/debug/agentkeeper`` (looked up from the SDK's
-    source directory and from the current directory); v1's ``./daemon/agentkeeper``.
+    source directory and from the current directory); v1's ``./daemon/agentkeeper``; last, the
+    binary installed with this package by the wheel that carries it (``pip install
+    agentkeeper-*.whl``), also when its environment is not activated.
     An explicit path or ``$AGENTKEEPER_BIN`` that does not exist is an error, not skipped.
     """
     if explicit is not None:
@@ -73,7 +96,8 @@ def find_binary(explicit: Optional[Union[str, os.PathLike[str]]] = None) -> str:
         tried.append(str(path))
     raise FileNotFoundError(
         "agentkeeper binary not found. Pass binary=, set AGENTKEEPER_BIN, put agentkeeper on PATH, "
-        "or build it with `cargo build`. Tried: " + ", ".join(tried)
+        "install the wheel that carries it (`make wheel`), or build it with `cargo build`. "
+        "Tried: " + ", ".join(tried)
     )
 
 

@@ -204,8 +204,9 @@ class AgentKeeperClient:
         """Start a private daemon and give a client connected to it; ``close()`` stops it.
 
         ``binary``: path to the daemon (else ``$AGENTKEEPER_BIN``, ``PATH``, this repo's
-        ``target/{release,debug}``, ``./daemon/agentkeeper``). ``port``: gRPC port (default: one
-        the OS picks; the HTTP port is always one the OS picks, so daemons run side by side).
+        ``target/{release,debug}``, ``./daemon/agentkeeper``, the wheel's own binary). ``port``:
+        gRPC port (default: one the OS picks; the HTTP port is always one the OS picks, so
+        daemons run side by side).
         ``data_dir``: persist state there (passed as ``--data-dir``). ``clock="manual"``: time
         stands still until :meth:`advance`. ``seed``: deterministic ids. The asyncio client's
         result is awaited, or entered as an asynchronous context manager.
