@@ -8,6 +8,7 @@
 
 pub mod buggify;
 pub mod clock;
+pub mod cluster;
 pub mod core;
 pub mod ctl;
 pub mod driver;

@@ -512,6 +512,12 @@ impl Runner {
                 }
                 Output::Deliver { subscriber, event } => self.deliver(subscriber, event)?,
                 Output::EndStream { subscriber, end } => self.stream_ended(subscriber, &end)?,
+                Output::Propose { entry } => {
+                    return fail(
+                        invariant::MODEL_REPLY,
+                        format!("a single node's machine proposed {entry:?}"),
+                    );
+                }
             }
         }
         Ok(())
