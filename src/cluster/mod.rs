@@ -13,8 +13,8 @@ pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{Entry as RaftEntry, EntryType, Message};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::eraftpb::{Entry as RaftEntry, EntryType};
+use raft::{RawNode, ReadOnlyOption};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -25,6 +25,9 @@ use crate::core::{Command, Core, CoreConfig, CoreError, ErrorCode};
 
 pub use log_store::LogStore;
 pub use proposal::ProposalId;
+/// The consensus types a driver touches, from the one raft-rs this crate builds with.
+pub use raft::StateRole;
+pub use raft::eraftpb::Message;
 
 /// Deliberate consensus misuses, for proving the simulator's checks catch one. Never set
 /// outside the simulator's tests.
@@ -120,6 +123,15 @@ pub struct NodeStatus {
     pub applied: u64,
 }
 
+/// A call answered by a committed entry: which entry (for the simulator's checks that nothing
+/// acknowledged is lost, and for proposal latency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub caller: CallerId,
+    pub index: u64,
+    pub term: u64,
+}
+
 struct Pending {
     caller: Option<CallerId>,
     deadline: Millis,
@@ -151,6 +163,8 @@ pub struct Node {
     seen: (u64, StateRole),
     applied: u64,
     outbox: VecDeque<NodeOutput>,
+    /// Calls answered by committed entries since the driver last took them.
+    answered: Vec<Answered>,
 }
 
 /// How many consensus ticks one input may run at most (a long pause is not replayed tick by
@@ -195,6 +209,7 @@ impl Node {
             tick_in_flight: None,
             applied: 0,
             outbox: VecDeque::new(),
+            answered: Vec::new(),
             config,
         };
         node.redraw();
@@ -221,6 +236,12 @@ impl Node {
     /// The consensus log, as the driver must keep it across a restart.
     pub fn log(&self) -> &LogStore {
         self.raw.store()
+    }
+
+    /// The calls committed entries answered since the last take (the driver takes them after
+    /// each batch).
+    pub fn take_answered(&mut self) -> Vec<Answered> {
+        std::mem::take(&mut self.answered)
     }
 
     /// When time next matters: the next consensus tick.
@@ -486,6 +507,13 @@ impl Node {
                 }
                 _ => None,
             };
+            if let Some(caller) = caller {
+                self.answered.push(Answered {
+                    caller,
+                    index: raft_entry.index,
+                    term: raft_entry.term,
+                });
+            }
             self.machine.handle(self.now, Input::Committed { entry, caller });
         }
     }
