@@ -9,10 +9,12 @@
 //! Architecture invariant: nothing here reads a clock or the OS RNG; one seed, one run, bit for
 //! bit (the digest covers every reply). Panics inside a node are caught and reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use agentkeeper::cluster::{ClusterPlanted, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, StateRole};
+use agentkeeper::cluster::{
+    ClusterPlanted, Forward, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, StateRole,
+};
 use agentkeeper::core::machine::{CallerId, Output};
 use agentkeeper::core::types::{AgentCard, Millis};
 use agentkeeper::core::{Command, CoreConfig, ErrorCode, Outcome, Reply};
@@ -25,6 +27,7 @@ use crate::rng::Rng;
 pub mod invariant {
     pub const ONE_LEADER_PER_TERM: &str = "cluster.one_leader_per_term";
     pub const COMMITTED_ENTRIES_AGREE: &str = "cluster.committed_entries_agree";
+    pub const EACH_PROPOSAL_COMMITTED_ONCE: &str = "cluster.each_proposal_committed_once";
     pub const REPLICAS_AGREE: &str = "cluster.replicas_agree_at_equal_applied_index";
     pub const ACKNOWLEDGED_ONLY_WHEN_COMMITTED: &str = "cluster.acknowledged_only_when_committed";
     pub const FENCING_TOKENS_RISE: &str = "cluster.fencing_tokens_rise";
@@ -110,10 +113,19 @@ struct Slot {
     restarts: u64,
 }
 
+/// What travels between nodes: consensus messages, and writes forwarded to the leader.
+#[derive(Clone)]
+enum Packet {
+    Raft(Box<Message>),
+    Forward(Forward),
+}
+
 struct InFlight {
     at: Millis,
     order: u64,
-    message: Box<Message>,
+    from: usize,
+    to: usize,
+    packet: Packet,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +165,8 @@ pub struct ClusterSim {
     leaders: BTreeMap<u64, u64>,
     /// The cluster's committed log as first seen: per index, (term, a hash of the entry).
     committed: Vec<(u64, u64)>,
+    /// The proposal ids among those entries.
+    committed_ids: BTreeSet<ProposalId>,
     /// Per applied index, the first replica state seen there (a hash of its snapshot).
     states: BTreeMap<u64, (usize, u64)>,
     digest: Digest,
@@ -209,6 +223,7 @@ impl ClusterSim {
             tokens_granted: BTreeMap::new(),
             leaders: BTreeMap::new(),
             committed: Vec::new(),
+            committed_ids: BTreeSet::new(),
             states: BTreeMap::new(),
             digest: Digest::default(),
             coverage: BTreeMap::new(),
@@ -419,9 +434,7 @@ impl ClusterSim {
         self.partition.as_ref().is_none_or(|groups| groups[from] == groups[to])
     }
 
-    fn send(&mut self, message: Box<Message>) {
-        let from = message.from as usize - 1;
-        let to = message.to as usize - 1;
+    fn send(&mut self, from: usize, to: usize, packet: Packet) {
         if !self.reachable(from, to) || self.net_rng.chance(self.faults.drop_per_mille) {
             self.count("message_lost");
             return;
@@ -442,7 +455,9 @@ impl ClusterSim {
             self.net.push(InFlight {
                 at: self.now + delay,
                 order: self.order,
-                message: message.clone(),
+                from,
+                to,
+                packet: packet.clone(),
             });
         }
     }
@@ -461,8 +476,7 @@ impl ClusterSim {
         self.net = rest;
         due.sort_by_key(|f| (f.at, f.order));
         for flight in due {
-            let to = flight.message.to as usize - 1;
-            let from = flight.message.from as usize - 1;
+            let (from, to) = (flight.from, flight.to);
             // A paused node's messages wait in its socket; a crashed node's are lost; a
             // partition that formed meanwhile cuts what was still in flight.
             if self.slots[to].paused_until.is_some() {
@@ -474,7 +488,11 @@ impl ClusterSim {
             }
             let now = self.node_now(to);
             let node = self.slots[to].node.as_mut().expect("up");
-            node.handle(now, NodeInput::Peer(flight.message));
+            let input = match flight.packet {
+                Packet::Raft(message) => NodeInput::Peer(message),
+                Packet::Forward(forward) => NodeInput::Forwarded(forward),
+            };
+            node.handle(now, input);
         }
     }
 
@@ -502,7 +520,14 @@ impl ClusterSim {
             let polled = catch_unwind(AssertUnwindSafe(|| {
                 while let Some(output) = node.poll() {
                     match output {
-                        NodeOutput::Send(message) => sent.push(message),
+                        NodeOutput::Send(message) => {
+                            let to = message.to as usize - 1;
+                            sent.push((to, Packet::Raft(message)));
+                        }
+                        NodeOutput::Forward(forward) => {
+                            let to = forward.to as usize - 1;
+                            sent.push((to, Packet::Forward(forward)));
+                        }
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
                         NodeOutput::Machine(_) => {}
                     }
@@ -528,8 +553,8 @@ impl ClusterSim {
                     );
                 }
             }
-            for message in sent {
-                self.send(message);
+            for (to, packet) in sent {
+                self.send(i, to, packet);
             }
             for (caller, outcome) in replies {
                 self.reply(i, caller, outcome)?;
@@ -633,7 +658,18 @@ impl ClusterSim {
                         );
                     }
                     Some(_) => {}
-                    None => self.committed.push(seen),
+                    None => {
+                        self.committed.push(seen);
+                        if let Ok(id) = ProposalId::decode(&entry.context)
+                            && !self.committed_ids.insert(id)
+                        {
+                            return fail(
+                                self.step,
+                                invariant::EACH_PROPOSAL_COMMITTED_ONCE,
+                                format!("proposal {id:?} was committed twice, the second time as entry {index}"),
+                            );
+                        }
+                    }
                 }
             }
             // The replicated state, compared with the first replica seen at that index.

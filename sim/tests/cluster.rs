@@ -75,3 +75,18 @@ fn applying_entries_before_they_are_committed_is_caught() {
         assert_eq!(clean.violation, None, "seed {seed}");
     }
 }
+
+/// A leader that proposes a forwarded write each time it arrives commits a doubled message's
+/// write twice (seed 2's network doubles messages early).
+#[test]
+fn a_forwarded_write_committed_twice_is_caught() {
+    let report = run_cluster(2, 3, 2_000, ClusterPlanted::ForwardTwice);
+    let violation = report.violation.expect("the planted misuse must be caught");
+    assert_eq!(
+        violation.invariant,
+        invariant::EACH_PROPOSAL_COMMITTED_ONCE,
+        "{violation}"
+    );
+    let clean = run_cluster(2, 3, violation.step, ClusterPlanted::None);
+    assert_eq!(clean.violation, None);
+}

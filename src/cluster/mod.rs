@@ -1,7 +1,8 @@
 //! A cluster node, sans-IO: one raft-rs `RawNode` (consensus) and one replicated `Machine` (the
 //! core) stepped together by one thread. The leader stamps each write with its own clock and
-//! proposes it; every replica applies what is committed, in log order; reads wait for a
-//! ReadIndex to be applied, so they are linearizable on any node.
+//! proposes it (a follower forwards its callers' writes to the leader, and answers them when it
+//! applies their entry); every replica applies what is committed, in log order; reads wait for
+//! a ReadIndex to be applied, so they are linearizable on any node.
 //!
 //! Architecture invariant: nothing changes the core but a committed entry, and every replica
 //! applies the same entries at the same indexes. No clock, socket, file or OS randomness here:
@@ -37,6 +38,8 @@ pub enum ClusterPlanted {
     None,
     /// Apply entries as soon as they are appended, before they are committed.
     ApplyBeforeCommit,
+    /// Propose a forwarded write each time it arrives (a doubled message commits it twice).
+    ForwardTwice,
 }
 
 /// A node's settings; everything but `id` and `epoch` is the same on every node.
@@ -94,6 +97,8 @@ pub enum NodeInput {
     },
     /// A consensus message from a peer.
     Peer(Box<Message>),
+    /// A write a follower forwarded to this node, as leader.
+    Forwarded(Forward),
     /// Time passed (the driver comes at `poll_timeout()`).
     Tick,
     /// What a single node's machine takes as well: a hang-up, an undelivered reply, a gone
@@ -107,8 +112,22 @@ pub enum NodeInput {
 pub enum NodeOutput {
     /// Send a consensus message to peer `msg.to` (best effort: consensus copes with losses).
     Send(Box<Message>),
+    /// Hand a caller's write to the leader, peer `forward.to` (best effort: a lost one times
+    /// out UNAVAILABLE here).
+    Forward(Forward),
     /// A reply, a park, a delivery or a stream's end, as a single node's machine hands them.
     Machine(Output),
+}
+
+/// A write on its way from a follower to the leader: the leader stamps it with its own clock and
+/// proposes it under the follower's proposal id, so the follower answers its caller when the
+/// entry is applied there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    pub to: u64,
+    pub id: ProposalId,
+    /// `proposal::encode_entry` of an `Entry::Apply` (its time is the leader's to set).
+    pub entry: Vec<u8>,
 }
 
 /// What a node knows of the cluster, for status pages and checks.
@@ -165,7 +184,13 @@ pub struct Node {
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
+    /// Forwarded proposals this node proposed as leader, by origin and epoch, newest last: a
+    /// forward that arrives twice is proposed once.
+    forwarded: BTreeMap<(u64, u64), VecDeque<u64>>,
 }
+
+/// Forwarded proposal numbers remembered per origin incarnation.
+const FORWARDED_REMEMBERED: usize = 4096;
 
 /// How many consensus ticks one input may run at most (a long pause is not replayed tick by
 /// tick: an election timeout's worth shows the same).
@@ -210,6 +235,7 @@ impl Node {
             applied: 0,
             outbox: VecDeque::new(),
             answered: Vec::new(),
+            forwarded: BTreeMap::new(),
             config,
         };
         node.redraw();
@@ -264,6 +290,7 @@ impl Node {
                 let _ = self.raw.step(*message);
                 self.redraw();
             }
+            NodeInput::Forwarded(forward) => self.forwarded(forward),
             NodeInput::Tick => {}
             NodeInput::Local(input) => self.machine.handle(self.now, input),
         }
@@ -328,15 +355,32 @@ impl Node {
         }
         if self.raw.raft.state != StateRole::Leader {
             let leader = self.raw.raft.leader_id;
-            let message = if leader == 0 {
-                format!(
-                    "node {} is not the leader, and no leader is known: retry",
+            if leader == 0 {
+                let message = format!(
+                    "node {} knows no leader (an election is under way?): retry",
                     self.config.id
-                )
-            } else {
-                format!("node {} is not the leader; the leader is node {leader}", self.config.id)
+                );
+                return self.answer(caller, ErrorCode::Unavailable, message);
+            }
+            let seq = self.next_seq();
+            let entry = Entry::Apply {
+                now: 0,
+                command,
+                principal,
             };
-            return self.answer(caller, ErrorCode::Unavailable, message);
+            self.proposals.insert(
+                seq,
+                Pending {
+                    caller: Some(caller),
+                    deadline: self.now + self.config.request_timeout_ms,
+                },
+            );
+            self.outbox.push_back(NodeOutput::Forward(Forward {
+                to: leader,
+                id: self.proposal_id(seq),
+                entry: proposal::encode_entry(&entry),
+            }));
+            return;
         }
         let now = self.now.max(self.machine.core().now());
         let entry = Entry::Apply {
@@ -345,6 +389,38 @@ impl Node {
             principal,
         };
         self.propose(Some(caller), entry);
+    }
+
+    /// A follower's write, if this node still leads: stamped with this clock, proposed under
+    /// the follower's id (once, however often it arrives). Otherwise dropped: the follower's
+    /// caller times out UNAVAILABLE, and retries.
+    fn forwarded(&mut self, forward: Forward) {
+        if self.raw.raft.state != StateRole::Leader || forward.id.origin == self.config.id {
+            return;
+        }
+        let seen = self.forwarded.entry((forward.id.origin, forward.id.epoch)).or_default();
+        if seen.contains(&forward.id.seq) && self.config.planted != ClusterPlanted::ForwardTwice {
+            return;
+        }
+        if seen.len() == FORWARDED_REMEMBERED {
+            seen.pop_front();
+        }
+        seen.push_back(forward.id.seq);
+        let Ok(Entry::Apply { command, principal, .. }) = proposal::decode_entry(&forward.entry) else {
+            tracing::warn!(from = forward.id.origin, "a forwarded write does not decode; dropped");
+            return;
+        };
+        if !command.is_logged() {
+            return;
+        }
+        let now = self.now.max(self.machine.core().now());
+        let entry = Entry::Apply {
+            now,
+            command,
+            principal,
+        };
+        // The follower waits for it; nobody here does.
+        let _ = self.raw.propose(forward.id.encode(), proposal::encode_entry(&entry));
     }
 
     fn answer(&mut self, caller: CallerId, code: ErrorCode, message: String) {

@@ -36,10 +36,12 @@ impl Net {
     fn settle(&mut self) {
         loop {
             let mut sent = Vec::new();
+            let mut forwards = Vec::new();
             for (i, node) in self.nodes.iter_mut().enumerate() {
                 while let Some(output) = node.poll() {
                     match output {
                         NodeOutput::Send(message) => sent.push(message),
+                        NodeOutput::Forward(forward) => forwards.push(forward),
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => {
                             self.replies.push((i as u64 + 1, caller, outcome));
                         }
@@ -47,8 +49,12 @@ impl Net {
                     }
                 }
             }
-            if sent.is_empty() {
+            if sent.is_empty() && forwards.is_empty() {
                 return;
+            }
+            for forward in forwards {
+                let to = forward.to as usize - 1;
+                self.nodes[to].handle(self.now, NodeInput::Forwarded(forward));
             }
             for message in sent {
                 let to = message.to as usize - 1;
@@ -146,18 +152,65 @@ fn three_nodes_elect_one_leader_and_a_write_there_is_read_on_every_node() {
 }
 
 #[test]
-fn a_write_to_a_follower_is_refused_naming_the_leader() {
+fn a_write_to_a_follower_is_forwarded_to_the_leader_and_answered_by_the_follower() {
     let mut net = Net::new(3);
     net.advance(3_000);
     let leader = net.leader().expect("a leader");
     let follower = (1..=3).find(|&n| n != leader).unwrap();
-    let err = net.call(follower, 1, register("a")).unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unavailable);
-    assert!(
-        err.message.contains(&format!("the leader is node {leader}")),
-        "{}",
-        err.message
+    let Ok(Reply::Registered { agent_id }) = net.call(follower, 1, register("a")) else {
+        panic!("a forwarded register failed");
+    };
+    let got = net.call(
+        leader,
+        2,
+        Command::GetAgent {
+            agent_id: agent_id.to_string(),
+        },
     );
+    assert!(matches!(got, Ok(Reply::Agent(_))), "{got:?}");
+    // Delivered twice, a forward is still proposed once.
+    let forward = Forward {
+        to: leader,
+        id: ProposalId {
+            origin: follower,
+            epoch: 9,
+            seq: 1,
+        },
+        entry: proposal::encode_entry(&Entry::Apply {
+            now: 0,
+            command: register("twice"),
+            principal: None,
+        }),
+    };
+    let before = net.nodes[leader as usize - 1].machine().core().stats().agents_alive;
+    for _ in 0..2 {
+        net.nodes[leader as usize - 1].handle(net.now, NodeInput::Forwarded(forward.clone()));
+        net.settle();
+    }
+    let after = net.nodes[leader as usize - 1].machine().core().stats().agents_alive;
+    assert_eq!(after, before + 1);
+}
+
+#[test]
+fn with_no_leader_known_a_write_is_refused_and_says_so() {
+    let mut net = Net::new(3);
+    net.nodes[0].handle(
+        net.now,
+        NodeInput::Call {
+            caller: CallerId(1),
+            command: register("early"),
+            principal: None,
+        },
+    );
+    let mut reply = None;
+    while let Some(output) = net.nodes[0].poll() {
+        if let NodeOutput::Machine(Output::Reply { outcome, .. }) = output {
+            reply = Some(outcome);
+        }
+    }
+    let err = reply.expect("answered at once").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(err.message.contains("knows no leader"), "{}", err.message);
 }
 
 #[test]
