@@ -529,7 +529,8 @@ impl ClusterSim {
                             sent.push((to, Packet::Forward(forward)));
                         }
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
-                        NodeOutput::Machine(_) => {}
+                        // The simulated disk is the node's own LogStore, stable at once.
+                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } => {}
                     }
                 }
             }));

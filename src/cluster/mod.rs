@@ -14,7 +14,7 @@ pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{Entry as RaftEntry, EntryType};
+use raft::eraftpb::{Entry as RaftEntry, EntryType, HardState};
 use raft::{RawNode, ReadOnlyOption};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -110,6 +110,12 @@ pub enum NodeInput {
 #[must_use = "an output is a duty of the driver"]
 #[derive(Debug)]
 pub enum NodeOutput {
+    /// Make these consensus records durable (`store::consensus_log`) before any output after
+    /// this one leaves the node: raft-rs counts them stable from now on.
+    Persist {
+        entries: Vec<RaftEntry>,
+        hard_state: Option<HardState>,
+    },
     /// Send a consensus message to peer `msg.to` (best effort: consensus copes with losses).
     Send(Box<Message>),
     /// Hand a caller's write to the leader, peer `forward.to` (best effort: a lost one times
@@ -524,8 +530,15 @@ impl Node {
                 self.apply(appended);
             }
             self.raw.mut_store().append(ready.entries());
-            if let Some(hard_state) = ready.hs() {
+            let hard_state = ready.hs().cloned();
+            if let Some(hard_state) = &hard_state {
                 self.raw.mut_store().set_hard_state(hard_state.clone());
+            }
+            if !ready.entries().is_empty() || hard_state.is_some() {
+                self.outbox.push_back(NodeOutput::Persist {
+                    entries: ready.entries().clone(),
+                    hard_state,
+                });
             }
             self.send(ready.take_persisted_messages());
             for state in ready.take_read_states() {
