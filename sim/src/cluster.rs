@@ -20,7 +20,11 @@ use agentkeeper::core::types::{AgentCard, Millis};
 use agentkeeper::core::{Command, CoreConfig, ErrorCode, Outcome, Reply};
 use agentkeeper::store::format::encode_snapshot;
 
+use agentkeeper::core::PolicyInput;
+use agentkeeper::core::types::Effect;
+
 use crate::digest::Digest;
+use crate::linearizability::{self, Model, Operation, Verdict};
 use crate::rng::Rng;
 
 /// The named invariants, as reports print them.
@@ -33,6 +37,7 @@ pub mod invariant {
     pub const FENCING_TOKENS_RISE: &str = "cluster.fencing_tokens_rise";
     pub const NODE_INVARIANTS: &str = "cluster.node_invariants";
     pub const CONVERGES_AFTER_HEAL: &str = "cluster.converges_after_heal";
+    pub const LINEARIZABLE: &str = "cluster.policies_linearizable";
 }
 
 const T0: Millis = 1_700_000_000_000;
@@ -131,8 +136,64 @@ struct InFlight {
 #[derive(Clone, Debug)]
 enum Pending {
     Register,
-    Acquire { key: &'static str, floor: u64 },
+    Acquire {
+        key: &'static str,
+        floor: u64,
+    },
+    /// A policy call: its place in the policy history.
+    Policy(usize),
     Other,
+}
+
+/// The policies clients set, delete and check: three ids on one subject, action and resource,
+/// so every call touches one key and the history is checked for linearizability whole.
+const POLICY_IDS: [&str; 3] = ["p0", "p1", "p2"];
+const SUBJECT: &str = "agent:s";
+const ACTION: &str = "write";
+const RESOURCE: &str = "doc:r";
+/// States the linearizability search may explore per run.
+const LINEARIZABILITY_BUDGET: u64 = 300_000;
+
+#[derive(Clone, Debug)]
+pub enum PolicyOp {
+    Set(usize, Effect),
+    Delete(usize),
+    Check,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyRet {
+    Done,
+    NotFound,
+    Allowed(bool),
+}
+
+/// The sequential specification: each id's effect, if set; a check is denied by any DENY,
+/// allowed by any ALLOW, denied by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Policies([Option<Effect>; 3]);
+
+impl Model for Policies {
+    type Op = PolicyOp;
+    type Ret = PolicyRet;
+    fn step(&self, op: &PolicyOp) -> (Policies, PolicyRet) {
+        let mut next = self.clone();
+        let ret = match op {
+            PolicyOp::Set(id, effect) => {
+                next.0[*id] = Some(*effect);
+                PolicyRet::Done
+            }
+            PolicyOp::Delete(id) => match next.0[*id].take() {
+                Some(_) => PolicyRet::Done,
+                None => PolicyRet::NotFound,
+            },
+            PolicyOp::Check => {
+                let deny = self.0.contains(&Some(Effect::Deny));
+                PolicyRet::Allowed(!deny && self.0.contains(&Some(Effect::Allow)))
+            }
+        };
+        (next, ret)
+    }
 }
 
 struct Call {
@@ -169,6 +230,14 @@ pub struct ClusterSim {
     committed_ids: BTreeSet<ProposalId>,
     /// Per applied index, the first replica state seen there (a hash of its snapshot).
     states: BTreeMap<u64, (usize, u64)>,
+    /// Every policy call: invoked and answered on one logical clock (`events`); a call that
+    /// definitely failed is struck out.
+    policy_history: Vec<Operation<PolicyOp, PolicyRet>>,
+    struck: Vec<bool>,
+    events: u64,
+    /// Policy writes by the proposal id their node gave them: seen committed, a write of
+    /// unknown outcome is known to have taken effect by then.
+    policy_proposals: BTreeMap<ProposalId, usize>,
     digest: Digest,
     coverage: BTreeMap<&'static str, u64>,
 }
@@ -225,6 +294,10 @@ impl ClusterSim {
             committed: Vec::new(),
             committed_ids: BTreeSet::new(),
             states: BTreeMap::new(),
+            policy_history: Vec::new(),
+            struck: Vec::new(),
+            events: 0,
+            policy_proposals: BTreeMap::new(),
             digest: Digest::default(),
             coverage: BTreeMap::new(),
             rng,
@@ -359,7 +432,8 @@ impl ClusterSim {
             self.agents[self.rng.index(self.agents.len())].clone()
         };
         let key = *self.rng.pick(&KEYS);
-        let (name, command, pending) = match self.rng.below(9) {
+        let (name, command, pending) = match self.rng.below(12) {
+            9..=11 => self.policy_call(),
             0 | 1 => (
                 "register",
                 Command::Register {
@@ -419,6 +493,7 @@ impl ClusterSim {
         let caller = CallerId(self.next_caller);
         self.calls.insert(caller, Call { node: i, pending });
         let now = self.node_now(i);
+        let is_write = command.is_logged();
         let node = self.slots[i].node.as_mut().expect("up");
         node.handle(
             now,
@@ -428,6 +503,129 @@ impl ClusterSim {
                 principal: None,
             },
         );
+        if let (Pending::Policy(at), true) = (&self.calls[&caller].pending, is_write)
+            && let Some(id) = node.last_proposal()
+        {
+            self.policy_proposals.insert(id, *at);
+        }
+    }
+
+    /// A policy call, entered in the history as invoked now.
+    fn policy_call(&mut self) -> (&'static str, Command, Pending) {
+        let id = self.rng.index(POLICY_IDS.len());
+        let (name, op, command) = match self.rng.below(3) {
+            0 => {
+                let effect = if self.rng.chance(500) {
+                    Effect::Allow
+                } else {
+                    Effect::Deny
+                };
+                let command = Command::SetPolicy {
+                    policy: PolicyInput {
+                        id: POLICY_IDS[id].to_string(),
+                        subject: SUBJECT.into(),
+                        action: ACTION.into(),
+                        resource: RESOURCE.into(),
+                        effect: Some(effect),
+                    },
+                };
+                ("set_policy", PolicyOp::Set(id, effect), command)
+            }
+            1 => (
+                "delete_policy",
+                PolicyOp::Delete(id),
+                Command::DeletePolicy {
+                    id: POLICY_IDS[id].to_string(),
+                },
+            ),
+            _ => (
+                "check_policy",
+                PolicyOp::Check,
+                Command::CheckPolicy {
+                    subject: SUBJECT.into(),
+                    action: ACTION.into(),
+                    resource: RESOURCE.into(),
+                },
+            ),
+        };
+        self.events += 1;
+        self.policy_history.push(Operation {
+            invoked: self.events,
+            returned: None,
+            op,
+            ret: None,
+        });
+        self.struck.push(false);
+        (name, command, Pending::Policy(self.policy_history.len() - 1))
+    }
+
+    /// What a policy call's answer says of its outcome: known, unknown (it may yet take
+    /// effect), or none (it was refused before it was proposed, or was a read that failed).
+    fn policy_answered(&mut self, at: usize, outcome: &Outcome) {
+        let op = &self.policy_history[at].op;
+        let ret = match (op, outcome) {
+            (PolicyOp::Set(..), Ok(Reply::Policy(_))) | (PolicyOp::Delete(_), Ok(Reply::Done)) => Some(PolicyRet::Done),
+            (PolicyOp::Delete(_), Err(e)) if e.code == ErrorCode::NotFound => Some(PolicyRet::NotFound),
+            (PolicyOp::Check, Ok(Reply::Decision(decision))) => Some(PolicyRet::Allowed(decision.allowed)),
+            (PolicyOp::Set(..) | PolicyOp::Delete(_), Err(e)) if e.message.contains("may yet take effect") => None,
+            _ => {
+                self.struck[at] = true;
+                return;
+            }
+        };
+        if let Some(ret) = ret {
+            self.events += 1;
+            let entry = &mut self.policy_history[at];
+            // Seen committed already: it took effect by then, which is the tighter bound.
+            entry.returned.get_or_insert(self.events);
+            entry.ret = Some(ret);
+        }
+    }
+
+    /// The policy history must linearize.
+    fn check_linearizable(&mut self) -> Checked {
+        // Everything has healed and converged: a write never seen committed never took effect
+        // (one committed later would come after every answer), and a read never answered
+        // changed nothing. What is left has a time by which it took effect.
+        let history: Vec<_> = self
+            .policy_history
+            .iter()
+            .zip(&self.struck)
+            .filter(|(op, struck)| !**struck && op.returned.is_some())
+            .map(|(op, _)| op.clone())
+            .collect();
+        match linearizability::check(&Policies::default(), &history, LINEARIZABILITY_BUDGET) {
+            Verdict::Linearizable => {
+                self.count("linearizability_checked");
+                Ok(())
+            }
+            Verdict::Inconclusive => {
+                self.count("linearizability_inconclusive");
+                Ok(())
+            }
+            Verdict::NotLinearizable { stuck_at } => {
+                let shown: Vec<String> = stuck_at
+                    .iter()
+                    .take(4)
+                    .map(|&i| {
+                        let op = &history[i];
+                        format!(
+                            "{:?} -> {:?} (invoked at {}, answered at {:?})",
+                            op.op, op.ret, op.invoked, op.returned
+                        )
+                    })
+                    .collect();
+                fail(
+                    self.step,
+                    invariant::LINEARIZABLE,
+                    format!(
+                        "no order of the {} policy calls fits their answers; stuck before: {}",
+                        history.len(),
+                        shown.join("; ")
+                    ),
+                )
+            }
+        }
     }
 
     fn reachable(&self, from: usize, to: usize) -> bool {
@@ -571,6 +769,9 @@ impl ClusterSim {
         let Some(call) = self.calls.remove(&caller) else {
             return Ok(());
         };
+        if let Pending::Policy(at) = call.pending {
+            self.policy_answered(at, &outcome);
+        }
         match (&call.pending, &outcome) {
             (Pending::Register, Ok(Reply::Registered { agent_id })) => {
                 self.agents.push(agent_id.to_string());
@@ -661,7 +862,17 @@ impl ClusterSim {
                     Some(_) => {}
                     None => {
                         self.committed.push(seen);
-                        if let Ok(id) = ProposalId::decode(&entry.context)
+                        let id = ProposalId::decode(&entry.context);
+                        // A policy write of unknown outcome took effect by now (fields, not a
+                        // method: the node is borrowed).
+                        if let Ok(id) = &id
+                            && let Some(&at) = self.policy_proposals.get(id)
+                            && self.policy_history[at].returned.is_none()
+                        {
+                            self.events += 1;
+                            self.policy_history[at].returned = Some(self.events);
+                        }
+                        if let Ok(id) = id
                             && !self.committed_ids.insert(id)
                         {
                             return fail(
@@ -760,7 +971,7 @@ impl ClusterSim {
                 written = true;
             }
             if written && self.converged().is_ok() {
-                return Ok(());
+                return self.check_linearizable();
             }
         }
         let detail = self.converged().err().unwrap_or_else(|| "the nodes agree".into());

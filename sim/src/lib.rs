@@ -11,6 +11,7 @@ pub mod checks;
 pub mod cluster;
 pub mod digest;
 pub mod image;
+pub mod linearizability;
 pub mod model;
 pub mod rng;
 pub mod runner;

@@ -90,3 +90,18 @@ fn a_forwarded_write_committed_twice_is_caught() {
     let clean = run_cluster(2, 3, violation.step, ClusterPlanted::None);
     assert_eq!(clean.violation, None);
 }
+
+/// Reads answered from the local state without a ReadIndex: a lagging or deposed node answers
+/// a policy check that misses a change already acknowledged elsewhere, and the policy history
+/// no longer linearizes.
+#[test]
+fn reads_served_without_a_read_index_are_caught_by_the_linearizability_check() {
+    for seed in [1, 2] {
+        let report = run_cluster(seed, 3, 2_500, ClusterPlanted::StaleReads);
+        let violation = report.violation.expect("the planted stale reads must be caught");
+        assert_eq!(violation.invariant, invariant::LINEARIZABLE, "{violation}");
+        let clean = run_cluster(seed, 3, 2_500, ClusterPlanted::None);
+        assert_eq!(clean.violation, None, "seed {seed}");
+        assert_eq!(clean.coverage.get("linearizability_checked"), Some(&1), "seed {seed}");
+    }
+}

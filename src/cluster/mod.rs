@@ -40,6 +40,9 @@ pub enum ClusterPlanted {
     ApplyBeforeCommit,
     /// Propose a forwarded write each time it arrives (a doubled message commits it twice).
     ForwardTwice,
+    /// Answer reads from the local state at once, without a ReadIndex (stale on a deposed
+    /// leader or a lagging follower).
+    StaleReads,
 }
 
 /// A node's settings; everything but `id` and `epoch` is the same on every node.
@@ -190,6 +193,8 @@ pub struct Node {
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
+    /// The proposal id the last write handed to this node got (proposed or forwarded).
+    last_proposal: Option<ProposalId>,
     /// Forwarded proposals this node proposed as leader, by origin and epoch, newest last: a
     /// forward that arrives twice is proposed once.
     forwarded: BTreeMap<(u64, u64), VecDeque<u64>>,
@@ -242,6 +247,7 @@ impl Node {
             outbox: VecDeque::new(),
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
+            last_proposal: None,
             config,
         };
         node.redraw();
@@ -274,6 +280,12 @@ impl Node {
     /// each batch).
     pub fn take_answered(&mut self) -> Vec<Answered> {
         std::mem::take(&mut self.answered)
+    }
+
+    /// The proposal id of the last write a caller handed to this node, if it was proposed or
+    /// forwarded: the simulator follows it into the committed log.
+    pub fn last_proposal(&self) -> Option<ProposalId> {
+        self.last_proposal
     }
 
     /// When time next matters: the next consensus tick.
@@ -343,6 +355,15 @@ impl Node {
     }
 
     fn call(&mut self, caller: CallerId, command: Command, principal: Option<TokenId>) {
+        self.last_proposal = None;
+        if !command.is_logged() && self.config.planted == ClusterPlanted::StaleReads {
+            let input = Input::Call {
+                caller,
+                command,
+                principal,
+            };
+            return self.machine.handle(self.now, input);
+        }
         if !command.is_logged() {
             let seq = self.next_seq();
             let id = self.proposal_id(seq);
@@ -381,6 +402,7 @@ impl Node {
                     deadline: self.now + self.config.request_timeout_ms,
                 },
             );
+            self.last_proposal = Some(self.proposal_id(seq));
             self.outbox.push_back(NodeOutput::Forward(Forward {
                 to: leader,
                 id: self.proposal_id(seq),
@@ -394,7 +416,7 @@ impl Node {
             command,
             principal,
         };
-        self.propose(Some(caller), entry);
+        self.last_proposal = self.propose(Some(caller), entry).map(|seq| self.proposal_id(seq));
     }
 
     /// A follower's write, if this node still leads: stamped with this clock, proposed under
