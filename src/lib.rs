@@ -10,6 +10,7 @@
 
 pub mod buggify;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod ctl;

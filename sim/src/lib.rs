@@ -8,8 +8,10 @@
 //! run for its steps/s); no hash-map order reaches the digest or a trace.
 
 pub mod checks;
+pub mod cluster;
 pub mod digest;
 pub mod image;
+pub mod linearizability;
 pub mod model;
 pub mod rng;
 pub mod runner;

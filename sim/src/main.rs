@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use agentkeeper::cluster::ClusterPlanted;
+use agentkeeper_sim::cluster::{ClusterReport, run_cluster};
 use agentkeeper_sim::step::{Planted, Trace};
 use agentkeeper_sim::{RunReport, record_seed, replay, run_seed, shrink};
 use clap::Parser;
@@ -38,6 +40,10 @@ struct Args {
     /// After a single-seed run, print how often each op ran, each fault struck, each error came.
     #[arg(long)]
     coverage: bool,
+    /// Simulate a cluster of N nodes (consensus and the replicated core) instead of one
+    /// daemon; --planted-bug then takes none | apply_before_commit | forward_twice | stale_reads.
+    #[arg(long, value_name = "N", conflicts_with = "replay", value_parser = clap::value_parser!(u8).range(1..=7))]
+    cluster: Option<u8>,
 }
 
 /// Wall time for the steps/s figure: the one clock read, outside the deterministic run.
@@ -56,6 +62,9 @@ fn main() -> ExitCode {
     // Core panics are caught and reported as violations; the default hook's text would only
     // interleave with the report.
     std::panic::set_hook(Box::new(|_| {}));
+    if let Some(nodes) = args.cluster {
+        return exit(cluster_main(&args, usize::from(nodes)));
+    }
     let Some(bug) = Planted::from_name(&args.planted_bug) else {
         eprintln!(
             "unknown --planted-bug {:?} ({})",
@@ -71,6 +80,10 @@ fn main() -> ExitCode {
     } else {
         one_seed(args.seed, args.steps, bug, args.shrink_budget, args.coverage)
     };
+    exit(result)
+}
+
+fn exit(result: Result<bool, String>) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -137,14 +150,19 @@ fn parse_range(range: &str) -> Result<(u64, u64), String> {
     Ok((first, last))
 }
 
-fn sweep(range: &str, steps: u64, bug: Planted, jobs: Option<usize>) -> Result<bool, String> {
-    let (first, last) = parse_range(range)?;
+/// Runs `run` for every seed of `first..=last` on `jobs` threads (default: every core); `report`
+/// sees each result as soon as it is there, so an interrupted sweep still tells what it found.
+fn parallel_seeds<R: Send>(
+    (first, last): (u64, u64),
+    jobs: Option<usize>,
+    run: impl Fn(u64) -> R + Sync,
+    report: impl Fn(&R) + Sync,
+) -> Vec<R> {
     let jobs = jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let since = started();
     let next = AtomicU64::new(first);
-    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<R>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
@@ -153,23 +171,34 @@ fn sweep(range: &str, steps: u64, bug: Planted, jobs: Option<usize>) -> Result<b
                     if seed > last {
                         break;
                     }
-                    let report = run_seed(seed, steps, bug);
-                    // A failing seed is reported as soon as it fails, so an interrupted sweep
-                    // still tells what it found.
-                    if let Some(violation) = &report.violation {
-                        let written = write_failure_trace(&report, bug).map_or_else(|e| e, |(path, _)| path);
-                        println!("seed {} {violation} (trace: {written})", report.seed);
-                    }
-                    let mut reports = reports.lock().expect("no worker panics holding the lock");
-                    reports.push(report);
-                    if reports.len().is_multiple_of(50) {
-                        eprintln!("{} of {} seeds done", reports.len(), last - first + 1);
+                    let result = run(seed);
+                    report(&result);
+                    let mut results = results.lock().expect("no worker panics holding the lock");
+                    results.push(result);
+                    if results.len().is_multiple_of(50) {
+                        eprintln!("{} of {} seeds done", results.len(), last - first + 1);
                     }
                 }
             });
         }
     });
-    let reports = reports.into_inner().expect("workers are done");
+    results.into_inner().expect("workers are done")
+}
+
+fn sweep(range: &str, steps: u64, bug: Planted, jobs: Option<usize>) -> Result<bool, String> {
+    let (first, last) = parse_range(range)?;
+    let since = started();
+    let reports = parallel_seeds(
+        (first, last),
+        jobs,
+        |seed| run_seed(seed, steps, bug),
+        |report: &RunReport| {
+            if let Some(violation) = &report.violation {
+                let written = write_failure_trace(report, bug).map_or_else(|e| e, |(path, _)| path);
+                println!("seed {} {violation} (trace: {written})", report.seed);
+            }
+        },
+    );
     let total_steps: u64 = reports.iter().map(|r| r.steps).sum();
     let per_second_steps = rate(total_steps, since);
     let violations = reports.iter().filter(|r| r.violation.is_some()).count();
@@ -202,4 +231,58 @@ fn replay_file(path: &str) -> Result<bool, String> {
         u8::from(report.violation.is_some())
     );
     Ok(report.violation.is_none() && !matches.contains("DIFFERS"))
+}
+
+/// `--cluster N`: one seed or a sweep of a simulated cluster.
+fn cluster_main(args: &Args, nodes: usize) -> Result<bool, String> {
+    let planted = match args.planted_bug.as_str() {
+        "none" => ClusterPlanted::None,
+        "apply_before_commit" => ClusterPlanted::ApplyBeforeCommit,
+        "forward_twice" => ClusterPlanted::ForwardTwice,
+        "stale_reads" => ClusterPlanted::StaleReads,
+        other => {
+            return Err(format!(
+                "unknown --planted-bug {other:?} with --cluster (none | apply_before_commit | forward_twice | stale_reads)"
+            ));
+        }
+    };
+    let steps = args.steps;
+    let since = started();
+    if let Some(range) = &args.seeds {
+        let (first, last) = parse_range(range)?;
+        let reports = parallel_seeds(
+            (first, last),
+            args.jobs,
+            |seed| run_cluster(seed, nodes, steps, planted),
+            |report: &ClusterReport| {
+                if let Some(violation) = &report.violation {
+                    println!("cluster {nodes} seed {} {violation}", report.seed);
+                }
+            },
+        );
+        let total_steps: u64 = reports.iter().map(|r| r.steps).sum();
+        let violations = reports.iter().filter(|r| r.violation.is_some()).count();
+        println!(
+            "cluster {nodes} seeds {first}..{last} ({} seeds) steps {total_steps} violations {violations} ({} steps/s)",
+            reports.len(),
+            rate(total_steps, since)
+        );
+        return Ok(violations == 0);
+    }
+    let report = run_cluster(args.seed, nodes, steps, planted);
+    if let Some(violation) = &report.violation {
+        println!("cluster {nodes} seed {} {violation}", report.seed);
+    }
+    if args.coverage {
+        println!("coverage {:?}", report.coverage);
+    }
+    println!(
+        "cluster {nodes} seed {} steps {} digest {} violations {} ({} steps/s)",
+        report.seed,
+        report.steps,
+        report.digest,
+        u8::from(report.violation.is_some()),
+        rate(report.steps, since)
+    );
+    Ok(report.violation.is_none())
 }

@@ -426,6 +426,12 @@ impl Runner {
             Input::PersistFailed { .. } => self.model_read_only(),
             Input::Grace => {}
             Input::Tick | Input::Persisted { .. } | Input::Call { .. } | Input::Shutdown => {}
+            Input::Committed { .. } => {
+                return fail(
+                    invariant::MODEL_REPLY,
+                    "a single node's machine was handed a committed entry".into(),
+                );
+            }
         }
         self.machine.handle(now, input);
         self.after_input(sequence_before)
@@ -512,6 +518,12 @@ impl Runner {
                 }
                 Output::Deliver { subscriber, event } => self.deliver(subscriber, event)?,
                 Output::EndStream { subscriber, end } => self.stream_ended(subscriber, &end)?,
+                Output::Propose { entry } => {
+                    return fail(
+                        invariant::MODEL_REPLY,
+                        format!("a single node's machine proposed {entry:?}"),
+                    );
+                }
             }
         }
         Ok(())

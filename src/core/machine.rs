@@ -3,6 +3,10 @@
 //! `poll_timeout()` says when time next matters. The daemon's driver and the simulator are two
 //! thin loops over this one type, so the simulator tests the real ordering.
 //!
+//! A replicated machine (`Machine::replicated`, a cluster node's) never orders writes itself:
+//! its writes come in as `Input::Committed` entries, in the one order consensus chose, and the
+//! commands it raises itself leave as `Output::Propose`. Its clock moves only with those entries.
+//!
 //! Architecture invariant: a reply, a delivery or a stream's end that saw an entry's effects
 //! leaves `poll()` only after `Input::Persisted` covers that entry; entries to persist leave
 //! first. The machine decides everything that is state (claims parked and handed back, slow
@@ -56,6 +60,9 @@ pub enum Input {
     /// Graceful shutdown: time stands still from here on, every stream ends with UNAVAILABLE,
     /// waiting claims are answered UNAVAILABLE, new streams are refused.
     Shutdown,
+    /// A replicated machine's write, in consensus order: apply `entry` (a command at its
+    /// leader's time, a tick, a failover's grace) and answer `caller` if it waits here.
+    Committed { entry: Entry, caller: Option<CallerId> },
 }
 
 /// What the driver knew of a buffer that overflowed, for the stream's last word.
@@ -93,6 +100,9 @@ pub enum Output {
     },
     /// The subscriber's stream ends with this last word.
     EndStream { subscriber: SubscriberId, end: StreamEnd },
+    /// A replicated machine's own write (a hang-up's CancelClaim, an undelivered claim's
+    /// ReturnTask): propose it; it takes effect when it comes back as `Input::Committed`.
+    Propose { entry: Entry },
 }
 
 /// The core behind its protocol. See the module's documentation.
@@ -100,6 +110,10 @@ pub struct Machine {
     core: Core,
     /// Whether inputs are logged (a data dir). Without a log nothing waits for durability.
     logged: bool,
+    /// Whether writes are ordered by consensus (see the module's documentation).
+    replicated: bool,
+    /// Own writes a replicated machine proposes, in the order it raised them.
+    proposals: VecDeque<Entry>,
     /// The index of the last entry emitted (0: none yet) and of the last one known durable.
     emitted: u64,
     durable: u64,
@@ -128,6 +142,8 @@ impl Machine {
         Machine {
             core,
             logged,
+            replicated: false,
+            proposals: VecDeque::new(),
             emitted: 0,
             durable: 0,
             persist: VecDeque::new(),
@@ -138,6 +154,16 @@ impl Machine {
             failed: None,
             deliveries: Vec::new(),
             answers: Vec::new(),
+        }
+    }
+
+    /// Wraps `core` as a cluster node's replica: writes only as `Input::Committed` entries, own
+    /// writes out as `Output::Propose`, nothing waits for a local log (a committed entry is
+    /// durable on a majority already).
+    pub fn replicated(core: Core) -> Machine {
+        Machine {
+            replicated: true,
+            ..Machine::new(core, false)
         }
     }
 
@@ -196,6 +222,9 @@ impl Machine {
         if let Some((index, entry)) = self.persist.pop_front() {
             return Some(Output::Persist { index, entry });
         }
+        if let Some(entry) = self.proposals.pop_front() {
+            return Some(Output::Propose { entry });
+        }
         let &(requires, _) = self.held.front()?;
         let planted = self.core.config().planted_bug == PlantedBug::ReplyBeforeDurable;
         if requires > self.durable && !planted {
@@ -207,6 +236,9 @@ impl Machine {
     /// Takes one input at `now` (never before the machine's own time; ignored once shutdown has
     /// begun, when time stands still). Whatever is due by then fires first.
     pub fn handle(&mut self, now: Millis, input: Input) {
+        if self.replicated {
+            return self.handle_replicated(input);
+        }
         let now = if self.closing {
             self.core.now()
         } else {
@@ -239,20 +271,96 @@ impl Machine {
                 self.durable = self.durable.max(up_to);
             }
             Input::PersistFailed { reason } => self.persist_failed(reason),
-            Input::CallerGone { caller } => {
-                if let Some(waiter) = self.parked_callers.remove(&caller) {
-                    self.parked.remove(&waiter);
-                    self.held
-                        .retain(|(_, output)| !matches!(output, Output::Park { caller: c } if *c == caller));
-                    self.apply_own(now, Command::CancelClaim { waiter });
-                }
-            }
+            Input::CallerGone { caller } => self.caller_gone(now, caller),
             Input::Undelivered { outcome } => self.undelivered(now, outcome),
             Input::SubscriberGone { subscriber, overflow } => self.subscriber_gone(subscriber, overflow),
             Input::Grace => {}
             Input::Shutdown => self.shut_down(now),
+            Input::Committed { .. } => {
+                debug_assert!(false, "a committed entry reaches a machine that orders its own writes");
+            }
         }
         self.collect();
+    }
+
+    /// A replicated machine's inputs: time comes only with committed entries, so every replica
+    /// fires the same deadlines at the same entry; reads see the replicated clock.
+    fn handle_replicated(&mut self, input: Input) {
+        let now = self.core.now();
+        match input {
+            Input::Committed { entry, caller } => self.committed(entry, caller),
+            Input::Call {
+                caller,
+                command,
+                principal,
+            } => {
+                if command.is_logged() {
+                    debug_assert!(false, "a write reaches a replica uncommitted: {command:?}");
+                    let message = "a write must be committed before it is applied".to_string();
+                    return self.release(Output::Reply {
+                        caller,
+                        outcome: Err(CoreError::new(ErrorCode::FailedPrecondition, message)),
+                    });
+                }
+                self.call(now, caller, command, principal);
+            }
+            Input::CallerGone { caller } => self.caller_gone(now, caller),
+            Input::Undelivered { outcome } => self.undelivered(now, outcome),
+            Input::SubscriberGone { subscriber, overflow } => self.subscriber_gone(subscriber, overflow),
+            Input::Shutdown => self.shut_down(now),
+            // Ticks, grace and durability belong to consensus here.
+            Input::Tick | Input::Grace | Input::Persisted { .. } | Input::PersistFailed { .. } => {}
+        }
+        self.collect();
+    }
+
+    /// Applies one committed entry as every replica does: what falls due by the entry's time
+    /// fires first, then the entry. Only the replica `caller` waits on answers it.
+    fn committed(&mut self, entry: Entry, caller: Option<CallerId>) {
+        match entry {
+            Entry::Grace { now } => {
+                let now = now.max(self.core.now());
+                self.core.restart_grace(now);
+                // The grace dropped every waiting claim: a new leader took over, and claims
+                // are made again there.
+                for (_, caller) in std::mem::take(&mut self.parked) {
+                    self.parked_callers.remove(&caller);
+                    let message = "the cluster's leader changed while the claim waited; claim again";
+                    self.release(Output::Reply {
+                        caller,
+                        outcome: Err(CoreError::new(ErrorCode::Unavailable, message)),
+                    });
+                }
+                let _ = self.core.tick(now);
+            }
+            Entry::Tick { now } => {
+                let _ = self.core.tick(now.max(self.core.now()));
+            }
+            Entry::Apply {
+                now,
+                command,
+                principal,
+            } => {
+                let now = now.max(self.core.now());
+                let _ = self.core.tick(now);
+                self.collect();
+                match caller {
+                    Some(caller) => self.call(now, caller, command, principal),
+                    // Another replica's caller: its waiting claim, if any, waits there.
+                    None => {
+                        let _ = self.core.apply_as(now, command, principal);
+                    }
+                }
+            }
+        }
+    }
+    fn caller_gone(&mut self, now: Millis, caller: CallerId) {
+        if let Some(waiter) = self.parked_callers.remove(&caller) {
+            self.parked.remove(&waiter);
+            self.held
+                .retain(|(_, output)| !matches!(output, Output::Park { caller: c } if *c == caller));
+            self.apply_own(now, Command::CancelClaim { waiter });
+        }
     }
 
     fn call(&mut self, now: Millis, caller: CallerId, command: Command, principal: Option<TokenId>) {
@@ -301,9 +409,20 @@ impl Machine {
         }
     }
 
-    /// Applies a command the machine raises itself (no caller waits for it), logged like any.
+    /// Applies a command the machine raises itself (no caller waits for it), logged like any; a
+    /// replicated machine proposes it instead.
     fn apply_own(&mut self, now: Millis, command: Command) {
         debug_assert!(command.is_logged(), "only writes are raised: {command:?}");
+        if self.replicated {
+            if !self.closing {
+                self.proposals.push_back(Entry::Apply {
+                    now,
+                    command,
+                    principal: None,
+                });
+            }
+            return;
+        }
         if self.failed.is_none() {
             self.record(Entry::Apply {
                 now,
@@ -449,7 +568,9 @@ impl Machine {
                         self.release(Output::Reply { caller, outcome });
                     }
                     // Every waiter comes from a parked call and a hang-up cancels it, so an
-                    // answer for nobody is a bug; a task handed to nobody still goes back.
+                    // answer for nobody is a bug; a task handed to nobody still goes back. A
+                    // replica holds other replicas' waiters: their answers are theirs.
+                    None if self.replicated => {}
                     None => {
                         debug_assert!(false, "an answer to waiter {waiter:?}, which nobody waits on");
                         self.undelivered(now, outcome);

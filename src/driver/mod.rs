@@ -294,6 +294,7 @@ impl Driver {
                 }
             }
             Output::EndStream { subscriber, end } => self.streams.end(subscriber, end),
+            Output::Propose { .. } => unreachable!("a single node's machine orders its own writes"),
         }
     }
 

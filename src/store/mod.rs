@@ -11,6 +11,7 @@
 //! durable; the directory is locked so that no two daemons share one log; the store holds bytes,
 //! never core state, and the core never sees a file.
 
+pub mod consensus_log;
 pub mod format;
 mod snapshot_file;
 pub mod wal;
@@ -143,25 +144,7 @@ impl Store {
     /// whole snapshot and every record after it. A new store records `seed` and `now` in its
     /// header; an existing one keeps its own.
     pub fn open(dir: &Path, seed: u64, now: Millis) -> Result<(Store, Recovered), StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: dir.to_path_buf(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
-        }
-        // The lock is ours, so nothing is being written: a temp file is a crash's leftover.
-        remove_temps(dir);
+        let lock = lock_dir(dir)?;
         let logs = generations(dir, "wal-", ".log")?;
         if logs.is_empty() {
             let header = Header { seed, created_at: now };
@@ -387,6 +370,31 @@ fn read_log(path: &Path, bytes: &[u8]) -> Result<LogRead, StoreError> {
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
     let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
     file.set_len(len).and_then(|()| file.sync_all()).map_err(io_error(path))
+}
+
+/// Creates `dir` if need be and takes its lock (held as long as the file lives): one daemon a
+/// data dir. Temp files left by a crash are removed then.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(StoreError::Io { path: lock_path, error }),
+    }
+    // The lock is ours, so nothing is being written: a temp file is a crash's leftover.
+    remove_temps(dir);
+    Ok(lock)
 }
 
 fn create_log(dir: &Path, generation: u64, header: Header) -> Result<(File, PathBuf), StoreError> {

@@ -85,9 +85,15 @@ impl Header {
 
 /// Appends one framed record, in the current format version, to `out`.
 pub fn encode_record(record: &Entry, out: &mut Vec<u8>) {
+    frame(out, |out| format::encode_entry(record, out));
+}
+
+/// Appends one frame to `out`: the prefix, then what `write` appends as the payload. The
+/// consensus log (`consensus_log.rs`) frames its records the same way.
+pub fn frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_PREFIX_BYTES]);
-    format::encode_entry(record, out);
+    write(out);
     let payload = &out[start + RECORD_PREFIX_BYTES..];
     assert!(
         !payload.is_empty() && payload.len() <= RECORD_BYTES_MAX,
@@ -129,11 +135,37 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
         record: 0,
         reason: format!("header: {reason}"),
     })?;
+    let frames = scan_frames(bytes, HEADER_BYTES, |payload| format::decode_entry(version, payload))?;
+    Ok(Scan {
+        version,
+        records: frames.records,
+        valid_len: frames.valid_len,
+        torn: frames.torn,
+    })
+}
+
+/// The frames of a file from `start` on, each payload decoded by `decode`.
+#[derive(Debug, PartialEq)]
+pub struct Frames<T> {
+    pub records: Vec<T>,
+    /// Bytes of the file (from its start) that hold whole, valid frames.
+    pub valid_len: u64,
+    /// Why the tail after `valid_len` was cut, if it was.
+    pub torn: Option<String>,
+}
+
+/// Reads frames from `start` to the end of `bytes`, telling a torn tail (cut) from damage
+/// (reported), as `scan` describes.
+pub fn scan_frames<T>(
+    bytes: &[u8],
+    start: usize,
+    decode: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<Frames<T>, Damage> {
     let mut records = Vec::new();
-    let mut offset = HEADER_BYTES;
+    let mut offset = start;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        match read_record(version, rest) {
+        match read_frame(rest, &decode) {
             Ok((record, used)) => {
                 records.push(record);
                 offset += used;
@@ -142,7 +174,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
                 let at_tail = claimed_end >= rest.len() || rest[claimed_end.min(rest.len())..].iter().all(|&b| b == 0);
                 // A damaged length can point past the end; whole records after the bad spot
                 // prove it is damage, not a write the crash cut short.
-                let torn = at_tail && !(1..rest.len()).any(|p| read_record(version, &rest[p..]).is_ok());
+                let torn = at_tail && !(1..rest.len()).any(|p| read_frame(&rest[p..], &decode).is_ok());
                 if !torn {
                     return Err(Damage {
                         offset: offset as u64,
@@ -151,8 +183,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
                     });
                 }
                 let reason = format!("record {} at offset {offset}: {reason}", records.len());
-                return Ok(Scan {
-                    version,
+                return Ok(Frames {
                     records,
                     valid_len: offset as u64,
                     torn: Some(reason),
@@ -160,17 +191,16 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
             }
         }
     }
-    Ok(Scan {
-        version,
+    Ok(Frames {
         records,
         valid_len: offset as u64,
         torn: None,
     })
 }
 
-/// One record from the front of `bytes`: the record and the bytes it used, or why it is bad and
-/// where it claims to end.
-fn read_record(version: u32, bytes: &[u8]) -> Result<(Entry, usize), (String, usize)> {
+/// One frame from the front of `bytes`: its decoded payload and the bytes it used, or why it is
+/// bad and where it claims to end.
+fn read_frame<T>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, String>) -> Result<(T, usize), (String, usize)> {
     if bytes.len() < RECORD_PREFIX_BYTES {
         return Err((
             format!("only {} bytes of a record prefix", bytes.len()),
@@ -196,7 +226,7 @@ fn read_record(version: u32, bytes: &[u8]) -> Result<(Entry, usize), (String, us
     if crc32fast::hash(payload) != crc {
         return Err(("checksum mismatch".to_string(), end));
     }
-    let record = format::decode_entry(version, payload).map_err(|e| (format!("undecodable payload: {e}"), end))?;
+    let record = decode(payload).map_err(|e| (format!("undecodable payload: {e}"), end))?;
     Ok((record, end))
 }
 

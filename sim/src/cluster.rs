@@ -1,0 +1,1061 @@
+//! The cluster simulator: 3 or 5 real `agentkeeper::cluster::Node`s (raft-rs and the replicated
+//! core) in one thread, on a seeded network that loses, delays, reorders and doubles messages
+//! and splits into partitions, with nodes paused, crashed and restarted and clocks skewed;
+//! clients call random nodes. After every step: one leader per term, committed entries equal
+//! on every node, replicas equal at equal applied indexes, fencing tokens rising, nothing
+//! acknowledged before it is committed. At the end every fault heals, and the cluster must
+//! converge and take a write.
+//!
+//! Architecture invariant: nothing here reads a clock or the OS RNG; one seed, one run, bit for
+//! bit (the digest covers every reply). Panics inside a node are caught and reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use agentkeeper::cluster::{
+    ClusterPlanted, Forward, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, StateRole,
+};
+use agentkeeper::core::machine::{CallerId, Output};
+use agentkeeper::core::types::{AgentCard, Millis};
+use agentkeeper::core::{Command, CoreConfig, ErrorCode, Outcome, Reply};
+use agentkeeper::store::format::encode_snapshot;
+
+use agentkeeper::core::PolicyInput;
+use agentkeeper::core::types::Effect;
+
+use crate::digest::Digest;
+use crate::linearizability::{self, Model, Operation, Verdict};
+use crate::rng::Rng;
+
+/// The named invariants, as reports print them.
+pub mod invariant {
+    pub const ONE_LEADER_PER_TERM: &str = "cluster.one_leader_per_term";
+    pub const COMMITTED_ENTRIES_AGREE: &str = "cluster.committed_entries_agree";
+    pub const EACH_PROPOSAL_COMMITTED_ONCE: &str = "cluster.each_proposal_committed_once";
+    pub const REPLICAS_AGREE: &str = "cluster.replicas_agree_at_equal_applied_index";
+    pub const ACKNOWLEDGED_ONLY_WHEN_COMMITTED: &str = "cluster.acknowledged_only_when_committed";
+    pub const FENCING_TOKENS_RISE: &str = "cluster.fencing_tokens_rise";
+    pub const NODE_INVARIANTS: &str = "cluster.node_invariants";
+    pub const CONVERGES_AFTER_HEAL: &str = "cluster.converges_after_heal";
+    pub const LINEARIZABLE: &str = "cluster.policies_linearizable";
+}
+
+const T0: Millis = 1_700_000_000_000;
+const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
+/// Steps of the healed run at the end (50 ms each).
+const HEAL_STEPS: u64 = 400;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterViolation {
+    pub step: u64,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for ClusterViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} invariant {}: {}", self.step, self.invariant, self.detail)
+    }
+}
+
+#[derive(Debug)]
+pub struct ClusterReport {
+    pub seed: u64,
+    pub nodes: usize,
+    pub steps: u64,
+    pub digest: String,
+    pub violation: Option<ClusterViolation>,
+    /// How often each op ran and each fault struck, by name.
+    pub coverage: BTreeMap<&'static str, u64>,
+}
+
+/// The faults a seed turns on, and how hard.
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    drop_per_mille: u32,
+    duplicate_per_mille: u32,
+    slow_per_mille: u32,
+    partition_per_100k: u64,
+    crash_per_100k: u64,
+    pause_per_100k: u64,
+}
+
+impl Faults {
+    fn draw(rng: &mut Rng) -> Faults {
+        Faults {
+            drop_per_mille: rng.range(0, 80) as u32,
+            duplicate_per_mille: rng.range(0, 30) as u32,
+            slow_per_mille: rng.range(0, 100) as u32,
+            partition_per_100k: rng.range(0, 200),
+            crash_per_100k: rng.range(0, 100),
+            pause_per_100k: rng.range(0, 100),
+        }
+    }
+
+    fn none() -> Faults {
+        Faults {
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            slow_per_mille: 0,
+            partition_per_100k: 0,
+            crash_per_100k: 0,
+            pause_per_100k: 0,
+        }
+    }
+}
+
+struct Slot {
+    node: Option<Node>,
+    /// The node's consensus log as its disk holds it while it is down.
+    log: LogStore,
+    /// Its clock's offset from true time.
+    skew: Millis,
+    paused_until: Option<Millis>,
+    /// Committed entries of its log already compared with the cluster's record.
+    checked: u64,
+    /// The applied index its state was last compared at.
+    compared: u64,
+    restarts: u64,
+}
+
+/// What travels between nodes: consensus messages, and writes forwarded to the leader.
+#[derive(Clone)]
+enum Packet {
+    Raft(Box<Message>),
+    Forward(Forward),
+}
+
+struct InFlight {
+    at: Millis,
+    order: u64,
+    from: usize,
+    to: usize,
+    packet: Packet,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Register,
+    Acquire {
+        key: &'static str,
+        floor: u64,
+    },
+    /// A policy call: its place in the policy history.
+    Policy(usize),
+    Other,
+}
+
+/// The policies clients set, delete and check: three ids on one subject, action and resource,
+/// so every call touches one key and the history is checked for linearizability whole.
+const POLICY_IDS: [&str; 3] = ["p0", "p1", "p2"];
+const SUBJECT: &str = "agent:s";
+const ACTION: &str = "write";
+const RESOURCE: &str = "doc:r";
+/// States the linearizability search may explore per run.
+const LINEARIZABILITY_BUDGET: u64 = 300_000;
+
+#[derive(Clone, Debug)]
+pub enum PolicyOp {
+    Set(usize, Effect),
+    Delete(usize),
+    Check,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyRet {
+    Done,
+    NotFound,
+    Allowed(bool),
+}
+
+/// The sequential specification: each id's effect, if set; a check is denied by any DENY,
+/// allowed by any ALLOW, denied by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Policies([Option<Effect>; 3]);
+
+impl Model for Policies {
+    type Op = PolicyOp;
+    type Ret = PolicyRet;
+    fn step(&self, op: &PolicyOp) -> (Policies, PolicyRet) {
+        let mut next = self.clone();
+        let ret = match op {
+            PolicyOp::Set(id, effect) => {
+                next.0[*id] = Some(*effect);
+                PolicyRet::Done
+            }
+            PolicyOp::Delete(id) => match next.0[*id].take() {
+                Some(_) => PolicyRet::Done,
+                None => PolicyRet::NotFound,
+            },
+            PolicyOp::Check => {
+                let deny = self.0.contains(&Some(Effect::Deny));
+                PolicyRet::Allowed(!deny && self.0.contains(&Some(Effect::Allow)))
+            }
+        };
+        (next, ret)
+    }
+}
+
+struct Call {
+    node: usize,
+    pending: Pending,
+}
+
+type Checked = Result<(), ClusterViolation>;
+
+pub struct ClusterSim {
+    seed: u64,
+    rng: Rng,
+    net_rng: Rng,
+    faults: Faults,
+    now: Millis,
+    step: u64,
+    slots: Vec<Slot>,
+    config: NodeConfig,
+    net: Vec<InFlight>,
+    order: u64,
+    /// Partition groups by node (None: one network).
+    partition: Option<Vec<u8>>,
+    next_caller: u64,
+    calls: BTreeMap<CallerId, Call>,
+    agents: Vec<String>,
+    /// Per key, the highest token an acknowledged acquire was granted, and every one granted
+    /// with its holder (a holder's acquire again answers its token: re-entrant).
+    token_high: BTreeMap<&'static str, u64>,
+    tokens_granted: BTreeMap<(&'static str, u64), String>,
+    leaders: BTreeMap<u64, u64>,
+    /// The cluster's committed log as first seen: per index, (term, a hash of the entry).
+    committed: Vec<(u64, u64)>,
+    /// The proposal ids among those entries.
+    committed_ids: BTreeSet<ProposalId>,
+    /// Per applied index, the first replica state seen there (a hash of its snapshot).
+    states: BTreeMap<u64, (usize, u64)>,
+    /// Every policy call: invoked and answered on one logical clock (`events`); a call that
+    /// definitely failed is struck out.
+    policy_history: Vec<Operation<PolicyOp, PolicyRet>>,
+    struck: Vec<bool>,
+    events: u64,
+    /// Policy writes by the proposal id their node gave them: seen committed, a write of
+    /// unknown outcome is known to have taken effect by then.
+    policy_proposals: BTreeMap<ProposalId, usize>,
+    digest: Digest,
+    coverage: BTreeMap<&'static str, u64>,
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut digest = Digest::default();
+    digest.bytes(bytes);
+    digest.value()
+}
+
+fn fail(step: u64, invariant: &'static str, detail: String) -> Checked {
+    Err(ClusterViolation {
+        step,
+        invariant,
+        detail,
+    })
+}
+
+impl ClusterSim {
+    pub fn new(seed: u64, nodes: usize, planted: ClusterPlanted) -> ClusterSim {
+        assert!((1..=7).contains(&nodes), "1 to 7 nodes");
+        let mut rng = Rng::new(seed);
+        let faults = Faults::draw(&mut rng);
+        let voters: Vec<u64> = (1..=nodes as u64).collect();
+        // Small bounds, as the single-node swarm's: the state stays small enough to compare
+        // after every step, and the bounds' refusals are exercised too.
+        let core = CoreConfig {
+            seed,
+            dead_retention_ms: 30_000,
+            event_ring_max: 256,
+            agents_max: 64,
+            ..CoreConfig::default()
+        };
+        let mut config = NodeConfig::new(0, voters.clone(), core, T0);
+        config.seed = seed;
+        config.planted = planted;
+        let mut sim = ClusterSim {
+            seed,
+            net_rng: Rng::stream(seed, 1),
+            faults,
+            now: T0,
+            step: 0,
+            slots: Vec::new(),
+            config,
+            net: Vec::new(),
+            order: 0,
+            partition: None,
+            next_caller: 0,
+            calls: BTreeMap::new(),
+            agents: Vec::new(),
+            token_high: BTreeMap::new(),
+            tokens_granted: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            committed: Vec::new(),
+            committed_ids: BTreeSet::new(),
+            states: BTreeMap::new(),
+            policy_history: Vec::new(),
+            struck: Vec::new(),
+            events: 0,
+            policy_proposals: BTreeMap::new(),
+            digest: Digest::default(),
+            coverage: BTreeMap::new(),
+            rng,
+        };
+        for _ in 0..nodes {
+            let skew = sim.rng.range(0, 500);
+            sim.slots.push(Slot {
+                node: None,
+                log: LogStore::new(&voters),
+                skew,
+                paused_until: None,
+                checked: 0,
+                compared: 0,
+                restarts: 0,
+            });
+        }
+        for i in 0..nodes {
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.coverage.entry(what).or_default() += 1;
+    }
+
+    fn node_now(&self, i: usize) -> Millis {
+        self.now + self.slots[i].skew
+    }
+
+    fn start(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let mut config = self.config.clone();
+        config.id = i as u64 + 1;
+        config.epoch = (slot.restarts << 32) | self.rng.below(1 << 32);
+        slot.restarts += 1;
+        let now = self.now + slot.skew;
+        let node = Node::new(config, slot.log.clone(), now).expect("the simulated config is valid");
+        slot.node = Some(node);
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.slots[i].node.is_some() && self.slots[i].paused_until.is_none()
+    }
+
+    /// Runs `steps` steps with faults, then heals and checks convergence.
+    pub fn run(&mut self, steps: u64) -> Checked {
+        for _ in 0..steps {
+            self.one_step()?;
+        }
+        self.heal_and_converge()
+    }
+
+    fn one_step(&mut self) -> Checked {
+        self.step += 1;
+        self.now += if self.rng.chance(5) {
+            self.rng.range(500, 3_000)
+        } else {
+            self.rng.range(0, 30)
+        };
+        self.faults_strike();
+        if self.rng.chance(500) {
+            self.client_call();
+        }
+        self.deliver_due();
+        self.tick_all();
+        self.drain_all()?;
+        self.check()
+    }
+
+    fn faults_strike(&mut self) {
+        let n = self.slots.len();
+        let faults = self.faults;
+        if self.partition.is_none() && self.rng.below(100_000) < faults.partition_per_100k {
+            let groups: Vec<u8> = (0..n).map(|_| self.rng.below(2) as u8).collect();
+            self.partition = Some(groups);
+            self.count("partition");
+        } else if self.partition.is_some() && self.rng.chance(3) {
+            self.partition = None;
+            self.count("heal");
+        }
+        if self.rng.below(100_000) < faults.crash_per_100k {
+            let i = self.rng.index(n);
+            if let Some(node) = self.slots[i].node.take() {
+                self.slots[i].log = node.log().clone();
+                self.slots[i].paused_until = None;
+                self.calls.retain(|_, call| call.node != i);
+                self.count("crash");
+            }
+        }
+        for i in 0..n {
+            if self.slots[i].node.is_none() && self.rng.chance(5) {
+                self.start(i);
+                self.count("restart");
+            }
+        }
+        if self.rng.below(100_000) < faults.pause_per_100k {
+            let i = self.rng.index(n);
+            if self.up(i) {
+                self.slots[i].paused_until = Some(self.now + self.rng.range(500, 5_000));
+                self.count("pause");
+            }
+        }
+        for i in 0..n {
+            if self.slots[i].paused_until.is_some_and(|until| until <= self.now) {
+                self.slots[i].paused_until = None;
+            }
+        }
+    }
+
+    fn client_call(&mut self) {
+        let n = self.slots.len();
+        // Half the clients know the leader; the others pick a node at random.
+        let leader = (0..n).find(|&i| {
+            self.up(i)
+                && self.slots[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|node| node.status().role == StateRole::Leader)
+        });
+        let i = match leader {
+            Some(leader) if self.rng.chance(500) => leader,
+            _ => self.rng.index(n),
+        };
+        if !self.up(i) {
+            self.count("call_refused_node_down");
+            return;
+        }
+        let agent = if self.agents.is_empty() {
+            "unknown".to_string()
+        } else {
+            self.agents[self.rng.index(self.agents.len())].clone()
+        };
+        let key = *self.rng.pick(&KEYS);
+        let (name, command, pending) = match self.rng.below(12) {
+            9..=11 => self.policy_call(),
+            0 | 1 => (
+                "register",
+                Command::Register {
+                    card: AgentCard {
+                        name: format!("agent-{}", self.rng.below(20)),
+                        ..AgentCard::default()
+                    },
+                    ttl_seconds: self.rng.range(2, 10) as u32,
+                },
+                Pending::Register,
+            ),
+            2 => ("heartbeat", Command::Heartbeat { agent_id: agent }, Pending::Other),
+            3 | 4 => (
+                "acquire",
+                Command::AcquireLease {
+                    task_id: key.to_string(),
+                    agent_id: agent,
+                    ttl_seconds: self.rng.range(1, 5) as u32,
+                },
+                Pending::Acquire {
+                    key,
+                    floor: self.token_high.get(key).copied().unwrap_or(0),
+                },
+            ),
+            5 => (
+                "renew",
+                Command::RenewLease {
+                    task_id: key.to_string(),
+                    agent_id: agent,
+                    token: self.token_high.get(key).copied().unwrap_or(0),
+                    ttl_seconds: 3,
+                },
+                Pending::Other,
+            ),
+            6 => (
+                "release",
+                Command::ReleaseLease {
+                    task_id: key.to_string(),
+                    agent_id: agent,
+                    token: self.token_high.get(key).copied().unwrap_or(0),
+                },
+                Pending::Other,
+            ),
+            7 => ("get_agent", Command::GetAgent { agent_id: agent }, Pending::Other),
+            _ => (
+                "list_leases",
+                Command::ListLeases {
+                    prefix: String::new(),
+                    page_size: 10,
+                    page_token: String::new(),
+                },
+                Pending::Other,
+            ),
+        };
+        self.count(name);
+        self.next_caller += 1;
+        let caller = CallerId(self.next_caller);
+        self.calls.insert(caller, Call { node: i, pending });
+        let now = self.node_now(i);
+        let is_write = command.is_logged();
+        let node = self.slots[i].node.as_mut().expect("up");
+        node.handle(
+            now,
+            NodeInput::Call {
+                caller,
+                command,
+                principal: None,
+            },
+        );
+        if let (Pending::Policy(at), true) = (&self.calls[&caller].pending, is_write)
+            && let Some(id) = node.last_proposal()
+        {
+            self.policy_proposals.insert(id, *at);
+        }
+    }
+
+    /// A policy call, entered in the history as invoked now.
+    fn policy_call(&mut self) -> (&'static str, Command, Pending) {
+        let id = self.rng.index(POLICY_IDS.len());
+        let (name, op, command) = match self.rng.below(3) {
+            0 => {
+                let effect = if self.rng.chance(500) {
+                    Effect::Allow
+                } else {
+                    Effect::Deny
+                };
+                let command = Command::SetPolicy {
+                    policy: PolicyInput {
+                        id: POLICY_IDS[id].to_string(),
+                        subject: SUBJECT.into(),
+                        action: ACTION.into(),
+                        resource: RESOURCE.into(),
+                        effect: Some(effect),
+                    },
+                };
+                ("set_policy", PolicyOp::Set(id, effect), command)
+            }
+            1 => (
+                "delete_policy",
+                PolicyOp::Delete(id),
+                Command::DeletePolicy {
+                    id: POLICY_IDS[id].to_string(),
+                },
+            ),
+            _ => (
+                "check_policy",
+                PolicyOp::Check,
+                Command::CheckPolicy {
+                    subject: SUBJECT.into(),
+                    action: ACTION.into(),
+                    resource: RESOURCE.into(),
+                },
+            ),
+        };
+        self.events += 1;
+        self.policy_history.push(Operation {
+            invoked: self.events,
+            returned: None,
+            op,
+            ret: None,
+        });
+        self.struck.push(false);
+        (name, command, Pending::Policy(self.policy_history.len() - 1))
+    }
+
+    /// What a policy call's answer says of its outcome: known, unknown (it may yet take
+    /// effect), or none (it was refused before it was proposed, or was a read that failed).
+    fn policy_answered(&mut self, at: usize, outcome: &Outcome) {
+        let op = &self.policy_history[at].op;
+        let ret = match (op, outcome) {
+            (PolicyOp::Set(..), Ok(Reply::Policy(_))) | (PolicyOp::Delete(_), Ok(Reply::Done)) => Some(PolicyRet::Done),
+            (PolicyOp::Delete(_), Err(e)) if e.code == ErrorCode::NotFound => Some(PolicyRet::NotFound),
+            (PolicyOp::Check, Ok(Reply::Decision(decision))) => Some(PolicyRet::Allowed(decision.allowed)),
+            (PolicyOp::Set(..) | PolicyOp::Delete(_), Err(e)) if e.message.contains("may yet take effect") => None,
+            _ => {
+                self.struck[at] = true;
+                return;
+            }
+        };
+        if let Some(ret) = ret {
+            self.events += 1;
+            let entry = &mut self.policy_history[at];
+            // Seen committed already: it took effect by then, which is the tighter bound.
+            entry.returned.get_or_insert(self.events);
+            entry.ret = Some(ret);
+        }
+    }
+
+    /// The policy history must linearize.
+    fn check_linearizable(&mut self) -> Checked {
+        // Everything has healed and converged: a write never seen committed never took effect
+        // (one committed later would come after every answer), and a read never answered
+        // changed nothing. What is left has a time by which it took effect.
+        let history: Vec<_> = self
+            .policy_history
+            .iter()
+            .zip(&self.struck)
+            .filter(|(op, struck)| !**struck && op.returned.is_some())
+            .map(|(op, _)| op.clone())
+            .collect();
+        match linearizability::check(&Policies::default(), &history, LINEARIZABILITY_BUDGET) {
+            Verdict::Linearizable => {
+                self.count("linearizability_checked");
+                Ok(())
+            }
+            Verdict::Inconclusive => {
+                self.count("linearizability_inconclusive");
+                Ok(())
+            }
+            Verdict::NotLinearizable { stuck_at } => {
+                let shown: Vec<String> = stuck_at
+                    .iter()
+                    .take(4)
+                    .map(|&i| {
+                        let op = &history[i];
+                        format!(
+                            "{:?} -> {:?} (invoked at {}, answered at {:?})",
+                            op.op, op.ret, op.invoked, op.returned
+                        )
+                    })
+                    .collect();
+                fail(
+                    self.step,
+                    invariant::LINEARIZABLE,
+                    format!(
+                        "no order of the {} policy calls fits their answers; stuck before: {}",
+                        history.len(),
+                        shown.join("; ")
+                    ),
+                )
+            }
+        }
+    }
+
+    fn reachable(&self, from: usize, to: usize) -> bool {
+        self.partition.as_ref().is_none_or(|groups| groups[from] == groups[to])
+    }
+
+    fn send(&mut self, from: usize, to: usize, packet: Packet) {
+        if !self.reachable(from, to) || self.net_rng.chance(self.faults.drop_per_mille) {
+            self.count("message_lost");
+            return;
+        }
+        let copies = if self.net_rng.chance(self.faults.duplicate_per_mille) {
+            self.count("message_doubled");
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if self.net_rng.chance(self.faults.slow_per_mille) {
+                self.net_rng.range(50, 400)
+            } else {
+                self.net_rng.range(1, 15)
+            };
+            self.order += 1;
+            self.net.push(InFlight {
+                at: self.now + delay,
+                order: self.order,
+                from,
+                to,
+                packet: packet.clone(),
+            });
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        let now = self.now;
+        let mut due: Vec<InFlight> = Vec::new();
+        let mut rest = Vec::with_capacity(self.net.len());
+        for flight in self.net.drain(..) {
+            if flight.at <= now {
+                due.push(flight);
+            } else {
+                rest.push(flight);
+            }
+        }
+        self.net = rest;
+        due.sort_by_key(|f| (f.at, f.order));
+        for flight in due {
+            let (from, to) = (flight.from, flight.to);
+            // A paused node's messages wait in its socket; a crashed node's are lost; a
+            // partition that formed meanwhile cuts what was still in flight.
+            if self.slots[to].paused_until.is_some() {
+                self.net.push(flight);
+                continue;
+            }
+            if self.slots[to].node.is_none() || !self.reachable(from, to) {
+                continue;
+            }
+            let now = self.node_now(to);
+            let node = self.slots[to].node.as_mut().expect("up");
+            let input = match flight.packet {
+                Packet::Raft(message) => NodeInput::Peer(message),
+                Packet::Forward(forward) => NodeInput::Forwarded(forward),
+            };
+            node.handle(now, input);
+        }
+    }
+
+    fn tick_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if !self.up(i) {
+                continue;
+            }
+            let now = self.node_now(i);
+            let node = self.slots[i].node.as_mut().expect("up");
+            if node.poll_timeout() <= now {
+                node.handle(now, NodeInput::Tick);
+            }
+        }
+    }
+
+    fn drain_all(&mut self) -> Checked {
+        for i in 0..self.slots.len() {
+            if !self.up(i) {
+                continue;
+            }
+            let mut sent = Vec::new();
+            let mut replies = Vec::new();
+            let node = self.slots[i].node.as_mut().expect("up");
+            let polled = catch_unwind(AssertUnwindSafe(|| {
+                while let Some(output) = node.poll() {
+                    match output {
+                        NodeOutput::Send(message) => {
+                            let to = message.to as usize - 1;
+                            sent.push((to, Packet::Raft(message)));
+                        }
+                        NodeOutput::Forward(forward) => {
+                            let to = forward.to as usize - 1;
+                            sent.push((to, Packet::Forward(forward)));
+                        }
+                        NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
+                        // The simulated disk is the node's own LogStore, stable at once.
+                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } => {}
+                    }
+                }
+            }));
+            if let Err(panic) = polled {
+                return fail(self.step, invariant::NODE_INVARIANTS, panic_text(&panic));
+            }
+            let answered = node.take_answered();
+            let commit = node.status().commit;
+            for answer in answered {
+                if answer.index > commit {
+                    return fail(
+                        self.step,
+                        invariant::ACKNOWLEDGED_ONLY_WHEN_COMMITTED,
+                        format!(
+                            "node {} answered caller {:?} from entry {} (term {}) while its commit index is {commit}",
+                            i + 1,
+                            answer.caller,
+                            answer.index,
+                            answer.term
+                        ),
+                    );
+                }
+            }
+            for (to, packet) in sent {
+                self.send(i, to, packet);
+            }
+            for (caller, outcome) in replies {
+                self.reply(i, caller, outcome)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, i: usize, caller: CallerId, outcome: Outcome) -> Checked {
+        self.digest.u64(i as u64);
+        self.digest.u64(caller.0);
+        self.digest.outcome(&outcome);
+        let Some(call) = self.calls.remove(&caller) else {
+            return Ok(());
+        };
+        if let Pending::Policy(at) = call.pending {
+            self.policy_answered(at, &outcome);
+        }
+        match (&call.pending, &outcome) {
+            (Pending::Register, Ok(Reply::Registered { agent_id })) => {
+                self.agents.push(agent_id.to_string());
+                if self.agents.len() > 40 {
+                    self.agents.remove(0);
+                }
+            }
+            (Pending::Acquire { key, floor }, Ok(Reply::Lease { lease, acquired: true })) => {
+                let holder = lease.holder.to_string();
+                let fresh = match self.tokens_granted.get(&(*key, lease.token)) {
+                    // Re-entrant: the holder's own lease again.
+                    Some(first) if *first == holder => false,
+                    Some(first) => {
+                        return fail(
+                            self.step,
+                            invariant::FENCING_TOKENS_RISE,
+                            format!(
+                                "node {} granted {key:?} token {} to {holder}, which {first} was granted before",
+                                i + 1,
+                                lease.token
+                            ),
+                        );
+                    }
+                    None => true,
+                };
+                if fresh && lease.token <= *floor {
+                    return fail(
+                        self.step,
+                        invariant::FENCING_TOKENS_RISE,
+                        format!(
+                            "node {} granted {key:?} a new token {}, but token {floor} was granted before the call",
+                            i + 1,
+                            lease.token
+                        ),
+                    );
+                }
+                self.tokens_granted.insert((key, lease.token), holder);
+                let high = self.token_high.entry(key).or_default();
+                *high = (*high).max(lease.token);
+            }
+            (_, Err(error)) if error.code == ErrorCode::Unavailable => self.count("answered_unavailable"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Checked {
+        for i in 0..self.slots.len() {
+            let Some(node) = self.slots[i].node.as_ref() else {
+                continue;
+            };
+            let status = node.status();
+            // The replicated state changes only when entries are applied: check it then.
+            let applied_more = status.applied != self.slots[i].compared;
+            if applied_more && let Err(panic) = catch_unwind(AssertUnwindSafe(|| node.check_invariants())) {
+                return fail(self.step, invariant::NODE_INVARIANTS, panic_text(&panic));
+            }
+            if status.role == StateRole::Leader {
+                let leader = *self.leaders.entry(status.term).or_insert(status.id);
+                if leader != status.id {
+                    return fail(
+                        self.step,
+                        invariant::ONE_LEADER_PER_TERM,
+                        format!("nodes {leader} and {} both led term {}", status.id, status.term),
+                    );
+                }
+            }
+            // Committed entries, compared with the first node that committed each.
+            let entries = node.log().entries_held();
+            let from = self.slots[i].checked;
+            for index in from + 1..=status.commit {
+                let entry = &entries[(index - 1) as usize];
+                let mut digest = Digest::default();
+                digest.bytes(&entry.data);
+                digest.bytes(&entry.context);
+                let seen = (entry.term, digest.value());
+                match self.committed.get((index - 1) as usize) {
+                    Some(first) if *first != seen => {
+                        return fail(
+                            self.step,
+                            invariant::COMMITTED_ENTRIES_AGREE,
+                            format!(
+                                "node {} committed entry {index} of term {}, another node committed one of term {} there",
+                                status.id, seen.0, first.0
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.committed.push(seen);
+                        let id = ProposalId::decode(&entry.context);
+                        // A policy write of unknown outcome took effect by now (fields, not a
+                        // method: the node is borrowed).
+                        if let Ok(id) = &id
+                            && let Some(&at) = self.policy_proposals.get(id)
+                            && self.policy_history[at].returned.is_none()
+                        {
+                            self.events += 1;
+                            self.policy_history[at].returned = Some(self.events);
+                        }
+                        if let Ok(id) = id
+                            && !self.committed_ids.insert(id)
+                        {
+                            return fail(
+                                self.step,
+                                invariant::EACH_PROPOSAL_COMMITTED_ONCE,
+                                format!("proposal {id:?} was committed twice, the second time as entry {index}"),
+                            );
+                        }
+                    }
+                }
+            }
+            // The replicated state, compared with the first replica seen at that index.
+            let state = applied_more.then(|| hash(&encode_snapshot(&node.machine().core().snapshot())));
+            self.slots[i].checked = self.slots[i].checked.max(status.commit);
+            if let Some(state) = state {
+                self.slots[i].compared = status.applied;
+                let first = *self.states.entry(status.applied).or_insert((i, state));
+                if first.1 != state {
+                    return fail(
+                        self.step,
+                        invariant::REPLICAS_AGREE,
+                        format!(
+                            "nodes {} and {} applied up to entry {} and hold different states",
+                            first.0 + 1,
+                            status.id,
+                            status.applied
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every fault heals; within the healed run one leader must lead everyone, every node
+    /// apply everything committed, and a write succeed.
+    fn heal_and_converge(&mut self) -> Checked {
+        self.faults = Faults::none();
+        self.partition = None;
+        for i in 0..self.slots.len() {
+            self.slots[i].paused_until = None;
+            if self.slots[i].node.is_none() {
+                self.start(i);
+            }
+        }
+        let mut write: Option<CallerId> = None;
+        let mut written = false;
+        for round in 0..HEAL_STEPS {
+            self.step += 1;
+            self.now += 50;
+            self.deliver_due();
+            self.tick_all();
+            if round >= HEAL_STEPS / 4 && write.is_none() {
+                let leader = (0..self.slots.len()).find(|&i| {
+                    self.slots[i]
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.status().role == StateRole::Leader)
+                });
+                if let Some(leader) = leader {
+                    self.next_caller += 1;
+                    let caller = CallerId(self.next_caller);
+                    self.calls.insert(
+                        caller,
+                        Call {
+                            node: leader,
+                            pending: Pending::Other,
+                        },
+                    );
+                    let now = self.node_now(leader);
+                    let command = Command::Register {
+                        card: AgentCard {
+                            name: "after-the-heal".into(),
+                            ..AgentCard::default()
+                        },
+                        ttl_seconds: 60,
+                    };
+                    let node = self.slots[leader].node.as_mut().expect("up");
+                    node.handle(
+                        now,
+                        NodeInput::Call {
+                            caller,
+                            command,
+                            principal: None,
+                        },
+                    );
+                    write = Some(caller);
+                }
+            }
+            self.drain_all()?;
+            self.check()?;
+            if let Some(caller) = write
+                && !written
+                && !self.calls.contains_key(&caller)
+            {
+                written = true;
+            }
+            if written && self.converged().is_ok() {
+                return self.check_linearizable();
+            }
+        }
+        let detail = self.converged().err().unwrap_or_else(|| "the nodes agree".into());
+        fail(
+            self.step,
+            invariant::CONVERGES_AFTER_HEAL,
+            format!(
+                "{} s after every fault healed: a write {}; {detail}",
+                HEAL_STEPS * 50 / 1000,
+                if written { "answered" } else { "not answered" }
+            ),
+        )
+    }
+
+    /// One leader that everyone follows, and every node has applied the same committed entries.
+    fn converged(&self) -> Result<(), String> {
+        let statuses: Vec<_> = self
+            .slots
+            .iter()
+            .map(|s| s.node.as_ref().expect("all up").status())
+            .collect();
+        let leaders: Vec<u64> = statuses
+            .iter()
+            .filter(|s| s.role == StateRole::Leader)
+            .map(|s| s.id)
+            .collect();
+        let agreed = statuses
+            .iter()
+            .all(|s| s.applied == statuses[0].applied && s.commit == s.applied && s.leader == statuses[0].leader);
+        if leaders.len() != 1 || !agreed {
+            let detail = statuses
+                .iter()
+                .map(|s| {
+                    format!(
+                        "node {} {:?} term {} leader {} commit {} applied {}",
+                        s.id, s.role, s.term, s.leader, s.commit, s.applied
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(format!("leaders {leaders:?}; {detail}"));
+        }
+        Ok(())
+    }
+
+    pub fn report(&self, violation: Option<ClusterViolation>) -> ClusterReport {
+        ClusterReport {
+            seed: self.seed,
+            nodes: self.slots.len(),
+            steps: self.step,
+            digest: self.digest.hex(),
+            violation,
+            coverage: self.coverage.clone(),
+        }
+    }
+
+    /// Leader changes seen (terms that had a leader), for coverage.
+    pub fn terms_led(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Runs one seed on a cluster of `nodes`.
+pub fn run_cluster(seed: u64, nodes: usize, steps: u64, planted: ClusterPlanted) -> ClusterReport {
+    let mut sim = ClusterSim::new(seed, nodes, planted);
+    let result = catch_unwind(AssertUnwindSafe(|| sim.run(steps)));
+    let violation = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(violation)) => Some(violation),
+        Err(panic) => Some(ClusterViolation {
+            step: sim.step,
+            invariant: invariant::NODE_INVARIANTS,
+            detail: panic_text(&panic),
+        }),
+    };
+    let mut report = sim.report(violation);
+    report.coverage.insert("terms_led", sim.terms_led() as u64);
+    report
+}

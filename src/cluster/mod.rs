@@ -1,0 +1,697 @@
+//! A cluster node, sans-IO: one raft-rs `RawNode` (consensus) and one replicated `Machine` (the
+//! core) stepped together by one thread. The leader stamps each write with its own clock and
+//! proposes it (a follower forwards its callers' writes to the leader, and answers them when it
+//! applies their entry); every replica applies what is committed, in log order; reads wait for
+//! a ReadIndex to be applied, so they are linearizable on any node.
+//!
+//! Architecture invariant: nothing changes the core but a committed entry, and every replica
+//! applies the same entries at the same indexes. No clock, socket, file or OS randomness here:
+//! time and an RNG seed are handed in, and raft-rs's one hidden randomness (its election
+//! timeout's `thread_rng` draw) is overwritten from our seeded RNG before any tick can read it.
+
+pub mod log_store;
+pub mod proposal;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::eraftpb::{Entry as RaftEntry, EntryType, HardState};
+use raft::{RawNode, ReadOnlyOption};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::core::entry::Entry;
+use crate::core::machine::{CallerId, Input, Machine, Output};
+use crate::core::types::{Millis, TokenId};
+use crate::core::{Command, Core, CoreConfig, CoreError, ErrorCode};
+
+pub use log_store::LogStore;
+pub use proposal::ProposalId;
+/// The consensus types a driver touches, from the one raft-rs this crate builds with.
+pub use raft::StateRole;
+pub use raft::eraftpb::Message;
+
+/// Deliberate consensus misuses, for proving the simulator's checks catch one. Never set
+/// outside the simulator's tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterPlanted {
+    #[default]
+    None,
+    /// Apply entries as soon as they are appended, before they are committed.
+    ApplyBeforeCommit,
+    /// Propose a forwarded write each time it arrives (a doubled message commits it twice).
+    ForwardTwice,
+    /// Answer reads from the local state at once, without a ReadIndex (stale on a deposed
+    /// leader or a lagging follower).
+    StaleReads,
+}
+
+/// A node's settings; everything but `id` and `epoch` is the same on every node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// The voters the cluster starts with.
+    pub voters: Vec<u64>,
+    /// This incarnation of the node's process, unique among its restarts (see `ProposalId`).
+    pub epoch: u64,
+    /// Seeds the election jitter (a node's own; the core's seed is in `core`).
+    pub seed: u64,
+    /// One consensus tick.
+    pub tick_ms: u64,
+    /// A follower that hears no leader for this many ticks (plus jitter) campaigns.
+    pub election_ticks: usize,
+    /// A leader's heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// A proposal or a read not answered by then is answered UNAVAILABLE (its outcome unknown).
+    pub request_timeout_ms: Millis,
+    /// The replicated core's settings (its seed included): the same on every node.
+    pub core: CoreConfig,
+    /// The cluster's creation time: the replicated core's clock starts there on every node.
+    pub created_at: Millis,
+    pub planted: ClusterPlanted,
+}
+
+impl NodeConfig {
+    /// Settings a cluster of `voters` runs with by default, for node `id`.
+    pub fn new(id: u64, voters: Vec<u64>, core: CoreConfig, created_at: Millis) -> NodeConfig {
+        NodeConfig {
+            id,
+            voters,
+            epoch: 0,
+            seed: 0,
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            request_timeout_ms: 5_000,
+            core,
+            created_at,
+            planted: ClusterPlanted::None,
+        }
+    }
+}
+
+/// Everything that can happen to a node.
+#[derive(Debug)]
+pub enum NodeInput {
+    /// A client's command (a write goes through consensus, a read through a ReadIndex).
+    Call {
+        caller: CallerId,
+        command: Command,
+        principal: Option<TokenId>,
+    },
+    /// A consensus message from a peer.
+    Peer(Box<Message>),
+    /// A write a follower forwarded to this node, as leader.
+    Forwarded(Forward),
+    /// Time passed (the driver comes at `poll_timeout()`).
+    Tick,
+    /// What a single node's machine takes as well: a hang-up, an undelivered reply, a gone
+    /// subscriber, shutdown.
+    Local(Input),
+}
+
+/// One thing for the driver to do.
+#[must_use = "an output is a duty of the driver"]
+#[derive(Debug)]
+pub enum NodeOutput {
+    /// Make these consensus records durable (`store::consensus_log`) before any output after
+    /// this one leaves the node: raft-rs counts them stable from now on.
+    Persist {
+        entries: Vec<RaftEntry>,
+        hard_state: Option<HardState>,
+    },
+    /// Send a consensus message to peer `msg.to` (best effort: consensus copes with losses).
+    Send(Box<Message>),
+    /// Hand a caller's write to the leader, peer `forward.to` (best effort: a lost one times
+    /// out UNAVAILABLE here).
+    Forward(Forward),
+    /// A reply, a park, a delivery or a stream's end, as a single node's machine hands them.
+    Machine(Output),
+}
+
+/// A write on its way from a follower to the leader: the leader stamps it with its own clock and
+/// proposes it under the follower's proposal id, so the follower answers its caller when the
+/// entry is applied there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    pub to: u64,
+    pub id: ProposalId,
+    /// `proposal::encode_entry` of an `Entry::Apply` (its time is the leader's to set).
+    pub entry: Vec<u8>,
+}
+
+/// What a node knows of the cluster, for status pages and checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub term: u64,
+    pub role: StateRole,
+    /// The leader this node knows of (0: none).
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+/// A call answered by a committed entry: which entry (for the simulator's checks that nothing
+/// acknowledged is lost, and for proposal latency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub caller: CallerId,
+    pub index: u64,
+    pub term: u64,
+}
+
+struct Pending {
+    caller: Option<CallerId>,
+    deadline: Millis,
+}
+
+struct PendingRead {
+    caller: CallerId,
+    command: Command,
+    principal: Option<TokenId>,
+    deadline: Millis,
+    /// The commit index the read must see applied, once consensus confirmed it.
+    index: Option<u64>,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    raw: RawNode<LogStore>,
+    machine: Machine,
+    rng: ChaCha8Rng,
+    now: Millis,
+    next_tick_at: Millis,
+    next_seq: u64,
+    /// Proposals of this incarnation not yet seen committed.
+    proposals: BTreeMap<u64, Pending>,
+    reads: BTreeMap<u64, PendingRead>,
+    /// The tick proposal in flight, if any: one at a time.
+    tick_in_flight: Option<u64>,
+    /// (term, role) when last looked at: a change re-draws the election jitter.
+    seen: (u64, StateRole),
+    applied: u64,
+    outbox: VecDeque<NodeOutput>,
+    /// Calls answered by committed entries since the driver last took them.
+    answered: Vec<Answered>,
+    /// The proposal id the last write handed to this node got (proposed or forwarded).
+    last_proposal: Option<ProposalId>,
+    /// Forwarded proposals this node proposed as leader, by origin and epoch, newest last: a
+    /// forward that arrives twice is proposed once.
+    forwarded: BTreeMap<(u64, u64), VecDeque<u64>>,
+}
+
+/// Forwarded proposal numbers remembered per origin incarnation.
+const FORWARDED_REMEMBERED: usize = 4096;
+
+/// How many consensus ticks one input may run at most (a long pause is not replayed tick by
+/// tick: an election timeout's worth shows the same).
+const TICKS_PER_INPUT_MAX: u64 = 64;
+
+impl Node {
+    /// Starts node `config.id` from its consensus log (new or kept across a restart): the core
+    /// is rebuilt by applying the committed entries again.
+    pub fn new(config: NodeConfig, log: LogStore, now: Millis) -> Result<Node, String> {
+        let election = config.election_ticks;
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: election,
+            heartbeat_tick: config.heartbeat_ticks,
+            // raft-rs draws in [min, max) at every reset; `redraw` overwrites that draw.
+            min_election_tick: election,
+            max_election_tick: 2 * election,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            applied: 0,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(|e| format!("consensus settings: {e}"))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, log, &logger).map_err(|e| format!("consensus: {e}"))?;
+        let core = Core::new(config.core.clone(), config.created_at);
+        let rng = ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32) ^ config.epoch);
+        let mut node = Node {
+            seen: (raw.raft.term, raw.raft.state),
+            raw,
+            machine: Machine::replicated(core),
+            rng,
+            now,
+            next_tick_at: now,
+            next_seq: 0,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            tick_in_flight: None,
+            applied: 0,
+            outbox: VecDeque::new(),
+            answered: Vec::new(),
+            forwarded: BTreeMap::new(),
+            last_proposal: None,
+            config,
+        };
+        node.redraw();
+        node.process_ready();
+        Ok(node)
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.config.id,
+            term: self.raw.raft.term,
+            role: self.raw.raft.state,
+            leader: self.raw.raft.leader_id,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied,
+        }
+    }
+
+    /// The replicated state machine, for reads that are not commands (stats, checks).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The consensus log, as the driver must keep it across a restart.
+    pub fn log(&self) -> &LogStore {
+        self.raw.store()
+    }
+
+    /// The calls committed entries answered since the last take (the driver takes them after
+    /// each batch).
+    pub fn take_answered(&mut self) -> Vec<Answered> {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// The proposal id of the last write a caller handed to this node, if it was proposed or
+    /// forwarded: the simulator follows it into the committed log.
+    pub fn last_proposal(&self) -> Option<ProposalId> {
+        self.last_proposal
+    }
+
+    /// When time next matters: the next consensus tick.
+    pub fn poll_timeout(&self) -> Millis {
+        self.next_tick_at
+    }
+
+    pub fn handle(&mut self, now: Millis, input: NodeInput) {
+        self.now = self.now.max(now);
+        self.run_ticks();
+        match input {
+            NodeInput::Call {
+                caller,
+                command,
+                principal,
+            } => self.call(caller, command, principal),
+            NodeInput::Peer(message) => {
+                // A message from a stale term or an unknown peer is refused inside; the
+                // sender retries what matters.
+                let _ = self.raw.step(*message);
+                self.redraw();
+            }
+            NodeInput::Forwarded(forward) => self.forwarded(forward),
+            NodeInput::Tick => {}
+            NodeInput::Local(input) => self.machine.handle(self.now, input),
+        }
+        self.leader_duties();
+        self.expire();
+        self.process_ready();
+    }
+
+    /// The next thing to do: consensus messages and the machine's outputs, in order.
+    #[must_use = "an output is a duty of the driver"]
+    pub fn poll(&mut self) -> Option<NodeOutput> {
+        loop {
+            if let Some(output) = self.outbox.pop_front() {
+                return Some(output);
+            }
+            match self.machine.poll()? {
+                Output::Propose { entry } => {
+                    // Only a leader's own writes count; a follower's lapse is the new
+                    // leader's to clean up (its grace drops every waiting claim).
+                    if self.raw.raft.state == StateRole::Leader {
+                        self.propose(None, entry);
+                        self.process_ready();
+                    }
+                }
+                Output::Persist { .. } => unreachable!("a replicated machine persists nothing itself"),
+                output => return Some(NodeOutput::Machine(output)),
+            }
+        }
+    }
+
+    fn run_ticks(&mut self) {
+        let mut ran = 0;
+        while self.next_tick_at <= self.now {
+            if ran < TICKS_PER_INPUT_MAX {
+                self.raw.tick();
+                self.redraw();
+                ran += 1;
+            }
+            self.next_tick_at += self.config.tick_ms;
+        }
+        if ran > 0 {
+            self.process_ready();
+        }
+    }
+
+    fn call(&mut self, caller: CallerId, command: Command, principal: Option<TokenId>) {
+        self.last_proposal = None;
+        if !command.is_logged() && self.config.planted == ClusterPlanted::StaleReads {
+            let input = Input::Call {
+                caller,
+                command,
+                principal,
+            };
+            return self.machine.handle(self.now, input);
+        }
+        if !command.is_logged() {
+            let seq = self.next_seq();
+            let id = self.proposal_id(seq);
+            self.reads.insert(
+                seq,
+                PendingRead {
+                    caller,
+                    command,
+                    principal,
+                    deadline: self.now + self.config.request_timeout_ms,
+                    index: None,
+                },
+            );
+            self.raw.read_index(id.encode());
+            return;
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            let leader = self.raw.raft.leader_id;
+            if leader == 0 {
+                let message = format!(
+                    "node {} knows no leader (an election is under way?): retry",
+                    self.config.id
+                );
+                return self.answer(caller, ErrorCode::Unavailable, message);
+            }
+            let seq = self.next_seq();
+            let entry = Entry::Apply {
+                now: 0,
+                command,
+                principal,
+            };
+            self.proposals.insert(
+                seq,
+                Pending {
+                    caller: Some(caller),
+                    deadline: self.now + self.config.request_timeout_ms,
+                },
+            );
+            self.last_proposal = Some(self.proposal_id(seq));
+            self.outbox.push_back(NodeOutput::Forward(Forward {
+                to: leader,
+                id: self.proposal_id(seq),
+                entry: proposal::encode_entry(&entry),
+            }));
+            return;
+        }
+        let now = self.now.max(self.machine.core().now());
+        let entry = Entry::Apply {
+            now,
+            command,
+            principal,
+        };
+        self.last_proposal = self.propose(Some(caller), entry).map(|seq| self.proposal_id(seq));
+    }
+
+    /// A follower's write, if this node still leads: stamped with this clock, proposed under
+    /// the follower's id (once, however often it arrives). Otherwise dropped: the follower's
+    /// caller times out UNAVAILABLE, and retries.
+    fn forwarded(&mut self, forward: Forward) {
+        if self.raw.raft.state != StateRole::Leader || forward.id.origin == self.config.id {
+            return;
+        }
+        let seen = self.forwarded.entry((forward.id.origin, forward.id.epoch)).or_default();
+        if seen.contains(&forward.id.seq) && self.config.planted != ClusterPlanted::ForwardTwice {
+            return;
+        }
+        if seen.len() == FORWARDED_REMEMBERED {
+            seen.pop_front();
+        }
+        seen.push_back(forward.id.seq);
+        let Ok(Entry::Apply { command, principal, .. }) = proposal::decode_entry(&forward.entry) else {
+            tracing::warn!(from = forward.id.origin, "a forwarded write does not decode; dropped");
+            return;
+        };
+        if !command.is_logged() {
+            return;
+        }
+        let now = self.now.max(self.machine.core().now());
+        let entry = Entry::Apply {
+            now,
+            command,
+            principal,
+        };
+        // The follower waits for it; nobody here does.
+        let _ = self.raw.propose(forward.id.encode(), proposal::encode_entry(&entry));
+    }
+
+    fn answer(&mut self, caller: CallerId, code: ErrorCode, message: String) {
+        self.outbox.push_back(NodeOutput::Machine(Output::Reply {
+            caller,
+            outcome: Err(CoreError::new(code, message)),
+        }));
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn proposal_id(&self, seq: u64) -> ProposalId {
+        ProposalId {
+            origin: self.config.id,
+            epoch: self.config.epoch,
+            seq,
+        }
+    }
+
+    /// Proposes `entry`; its commit answers `caller`. Returns the proposal's number.
+    fn propose(&mut self, caller: Option<CallerId>, entry: Entry) -> Option<u64> {
+        let seq = self.next_seq();
+        let id = self.proposal_id(seq);
+        match self.raw.propose(id.encode(), proposal::encode_entry(&entry)) {
+            Ok(()) => {
+                let deadline = self.now + self.config.request_timeout_ms;
+                self.proposals.insert(seq, Pending { caller, deadline });
+                Some(seq)
+            }
+            Err(error) => {
+                if let Some(caller) = caller {
+                    let message = format!("the cluster refused the write ({error}): retry");
+                    self.answer(caller, ErrorCode::Unavailable, message);
+                }
+                None
+            }
+        }
+    }
+
+    /// A leader proposes what only it may: a grace when it takes over, time when a deadline
+    /// of the replicated state falls due.
+    fn leader_duties(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.tick_in_flight.is_some() {
+            return;
+        }
+        if let Some(due) = self.machine.poll_timeout()
+            && due <= self.now
+        {
+            let now = self.now.max(self.machine.core().now());
+            self.tick_in_flight = self.propose(None, Entry::Tick { now });
+        }
+    }
+
+    /// Answers UNAVAILABLE what waited too long: the write may still commit (its outcome is
+    /// unknown to the caller), the read is simply not served.
+    fn expire(&mut self) {
+        let now = self.now;
+        let late: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            let pending = self.proposals.remove(&seq).expect("listed");
+            if self.tick_in_flight == Some(seq) {
+                self.tick_in_flight = None;
+            }
+            if let Some(caller) = pending.caller {
+                let message = "the write was not committed in time (no quorum?); it may yet take effect".to_string();
+                self.answer(caller, ErrorCode::Unavailable, message);
+            }
+        }
+        let late: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            let read = self.reads.remove(&seq).expect("listed");
+            let message = "the read could not be confirmed by a quorum in time: retry".to_string();
+            self.answer(read.caller, ErrorCode::Unavailable, message);
+        }
+    }
+
+    /// Does what raft-rs's ready says, in its order: send, apply what is committed, make the
+    /// log stable, send what waited for that, advance; then serve the reads now confirmed.
+    fn process_ready(&mut self) {
+        self.redraw();
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            self.send(ready.take_messages());
+            let committed = ready.take_committed_entries();
+            self.apply(committed);
+            if self.config.planted == ClusterPlanted::ApplyBeforeCommit {
+                let appended = ready.entries().clone();
+                self.apply(appended);
+            }
+            self.raw.mut_store().append(ready.entries());
+            let hard_state = ready.hs().cloned();
+            if let Some(hard_state) = &hard_state {
+                self.raw.mut_store().set_hard_state(hard_state.clone());
+            }
+            if !ready.entries().is_empty() || hard_state.is_some() {
+                self.outbox.push_back(NodeOutput::Persist {
+                    entries: ready.entries().clone(),
+                    hard_state,
+                });
+            }
+            self.send(ready.take_persisted_messages());
+            for state in ready.take_read_states() {
+                if let Ok(id) = ProposalId::decode(&state.request_ctx)
+                    && id.origin == self.config.id
+                    && id.epoch == self.config.epoch
+                    && let Some(read) = self.reads.get_mut(&id.seq)
+                {
+                    read.index = Some(state.index);
+                }
+            }
+            let mut light = self.raw.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.raw.mut_store().set_commit(commit);
+            }
+            self.send(light.take_messages());
+            let committed = light.take_committed_entries();
+            self.apply(committed);
+            self.raw.advance_apply();
+        }
+        self.serve_reads();
+        self.role_changes();
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        self.outbox
+            .extend(messages.into_iter().map(|m| NodeOutput::Send(Box::new(m))));
+    }
+
+    fn apply(&mut self, entries: Vec<RaftEntry>) {
+        for raft_entry in entries {
+            if raft_entry.index <= self.applied {
+                // Only the planted misuse applies an entry twice (appended, then committed).
+                continue;
+            }
+            self.applied = raft_entry.index;
+            if raft_entry.entry_type != EntryType::EntryNormal || raft_entry.data.is_empty() {
+                // A new leader's empty entry; membership changes come with a later step.
+                continue;
+            }
+            let entry = match proposal::decode_entry(&raft_entry.data) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    // Every replica skips it alike, so they stay equal; say so loudly.
+                    tracing::error!(index = raft_entry.index, %error, "a committed entry does not decode; skipped");
+                    continue;
+                }
+            };
+            let caller = match ProposalId::decode(&raft_entry.context) {
+                Ok(id) if id.origin == self.config.id && id.epoch == self.config.epoch => {
+                    if self.tick_in_flight == Some(id.seq) {
+                        self.tick_in_flight = None;
+                    }
+                    self.proposals.remove(&id.seq).and_then(|p| p.caller)
+                }
+                _ => None,
+            };
+            if let Some(caller) = caller {
+                self.answered.push(Answered {
+                    caller,
+                    index: raft_entry.index,
+                    term: raft_entry.term,
+                });
+            }
+            self.machine.handle(self.now, Input::Committed { entry, caller });
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|index| index <= self.applied))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in ready {
+            let read = self.reads.remove(&seq).expect("listed");
+            self.machine.handle(
+                self.now,
+                Input::Call {
+                    caller: read.caller,
+                    command: read.command,
+                    principal: read.principal,
+                },
+            );
+        }
+    }
+
+    /// On a change of term or role: a new election jitter from our RNG; a new leader's grace.
+    fn role_changes(&mut self) {
+        let now_seen = (self.raw.raft.term, self.raw.raft.state);
+        if now_seen == self.seen {
+            return;
+        }
+        self.seen = now_seen;
+        self.tick_in_flight = None;
+        if now_seen.1 == StateRole::Leader {
+            // Nobody is punished for the time without a leader: every live agent and lease
+            // gets its TTL again from now (see ARCHITECTURE.md, "The cluster's clock").
+            let now = self.now.max(self.machine.core().now());
+            self.propose(None, Entry::Grace { now });
+            self.process_ready();
+        }
+    }
+
+    /// raft-rs re-draws its randomized election timeout with `thread_rng` whenever it resets
+    /// the election clock (`election_elapsed` back to 0); we overwrite that draw with ours
+    /// before the next tick reads it, so a seed decides elections. (A heartbeat zeroes the
+    /// clock too: drawing again then is harmless, every draw is within raft-rs's range.)
+    fn redraw(&mut self) {
+        if self.raw.raft.election_elapsed != 0 {
+            return;
+        }
+        let election = self.config.election_ticks as u64;
+        let timeout = election + self.rng.next_u64() % election;
+        self.raw.raft.set_randomized_election_timeout(timeout as usize);
+    }
+
+    /// The node's own invariants, beside the machine's (the simulator calls them).
+    pub fn check_invariants(&self) {
+        let status = self.status();
+        if self.config.planted == ClusterPlanted::None {
+            assert!(status.applied <= status.commit, "applied beyond the commit index");
+        }
+        assert!(
+            status.commit <= self.raw.store().last_index_held(),
+            "committed beyond the stable log"
+        );
+        self.machine.check_invariants();
+    }
+}
+
+#[cfg(test)]
+mod tests;

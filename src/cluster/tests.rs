@@ -1,0 +1,246 @@
+//! A few nodes on a perfect in-memory network: the plain paths of the protocol. The simulator
+//! (`sim/`, `--cluster`) takes the same nodes through lost, late and doubled messages,
+//! partitions and crashes.
+
+use super::*;
+use crate::core::{Outcome, Reply};
+
+const T0: Millis = 1_700_000_000_000;
+
+struct Net {
+    nodes: Vec<Node>,
+    now: Millis,
+    replies: Vec<(u64, CallerId, Outcome)>,
+}
+
+impl Net {
+    fn new(n: u64) -> Net {
+        let voters: Vec<u64> = (1..=n).collect();
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let mut config = NodeConfig::new(id, voters.clone(), CoreConfig::default(), T0);
+                config.seed = 7;
+                config.epoch = 100 + id;
+                Node::new(config, LogStore::new(&voters), T0).expect("starts")
+            })
+            .collect();
+        Net {
+            nodes,
+            now: T0,
+            replies: Vec::new(),
+        }
+    }
+
+    /// Moves every message until none is left.
+    fn settle(&mut self) {
+        loop {
+            let mut sent = Vec::new();
+            let mut forwards = Vec::new();
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                while let Some(output) = node.poll() {
+                    match output {
+                        NodeOutput::Send(message) => sent.push(message),
+                        NodeOutput::Forward(forward) => forwards.push(forward),
+                        NodeOutput::Machine(Output::Reply { caller, outcome }) => {
+                            self.replies.push((i as u64 + 1, caller, outcome));
+                        }
+                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } => {}
+                    }
+                }
+            }
+            if sent.is_empty() && forwards.is_empty() {
+                return;
+            }
+            for forward in forwards {
+                let to = forward.to as usize - 1;
+                self.nodes[to].handle(self.now, NodeInput::Forwarded(forward));
+            }
+            for message in sent {
+                let to = message.to as usize - 1;
+                self.nodes[to].handle(self.now, NodeInput::Peer(message));
+            }
+        }
+    }
+
+    fn advance(&mut self, ms: Millis) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 100;
+            for node in &mut self.nodes {
+                node.handle(self.now, NodeInput::Tick);
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        let leaders: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.status().role == StateRole::Leader)
+            .map(|n| n.status().id)
+            .collect();
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        leaders.first().copied()
+    }
+
+    fn call(&mut self, node: u64, caller: u64, command: Command) -> Outcome {
+        let caller = CallerId(caller);
+        self.nodes[node as usize - 1].handle(
+            self.now,
+            NodeInput::Call {
+                caller,
+                command,
+                principal: None,
+            },
+        );
+        for _ in 0..20 {
+            self.settle();
+            if let Some(at) = self.replies.iter().position(|(n, c, _)| *n == node && *c == caller) {
+                return self.replies.remove(at).2;
+            }
+            self.advance(100);
+        }
+        panic!("no reply to caller {caller:?} on node {node}");
+    }
+}
+
+fn acquire(key: &str, agent: &str) -> Command {
+    Command::AcquireLease {
+        task_id: key.into(),
+        agent_id: agent.into(),
+        ttl_seconds: 2,
+    }
+}
+
+fn register(name: &str) -> Command {
+    Command::Register {
+        card: crate::core::types::AgentCard {
+            name: name.into(),
+            ..Default::default()
+        },
+        ttl_seconds: 60,
+    }
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_a_write_there_is_read_on_every_node() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader within 3 s");
+    let Ok(Reply::Registered { agent_id }) = net.call(leader, 1, register("a")) else {
+        panic!("register failed");
+    };
+    for node in 1..=3 {
+        let got = net.call(
+            node,
+            10 + node,
+            Command::GetAgent {
+                agent_id: agent_id.to_string(),
+            },
+        );
+        assert!(
+            matches!(got, Ok(Reply::Agent(ref a)) if a.agent_id == agent_id),
+            "node {node}: {got:?}"
+        );
+    }
+    let applied: Vec<u64> = net.nodes.iter().map(|n| n.status().applied).collect();
+    assert!(applied.iter().all(|&a| a == applied[0]), "{applied:?}");
+    let states: Vec<_> = net.nodes.iter().map(|n| n.machine().core().snapshot()).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "replicas differ");
+}
+
+#[test]
+fn a_write_to_a_follower_is_forwarded_to_the_leader_and_answered_by_the_follower() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let Ok(Reply::Registered { agent_id }) = net.call(follower, 1, register("a")) else {
+        panic!("a forwarded register failed");
+    };
+    let got = net.call(
+        leader,
+        2,
+        Command::GetAgent {
+            agent_id: agent_id.to_string(),
+        },
+    );
+    assert!(matches!(got, Ok(Reply::Agent(_))), "{got:?}");
+    // Delivered twice, a forward is still proposed once.
+    let forward = Forward {
+        to: leader,
+        id: ProposalId {
+            origin: follower,
+            epoch: 9,
+            seq: 1,
+        },
+        entry: proposal::encode_entry(&Entry::Apply {
+            now: 0,
+            command: register("twice"),
+            principal: None,
+        }),
+    };
+    let before = net.nodes[leader as usize - 1].machine().core().stats().agents_alive;
+    for _ in 0..2 {
+        net.nodes[leader as usize - 1].handle(net.now, NodeInput::Forwarded(forward.clone()));
+        net.settle();
+    }
+    let after = net.nodes[leader as usize - 1].machine().core().stats().agents_alive;
+    assert_eq!(after, before + 1);
+}
+
+#[test]
+fn with_no_leader_known_a_write_is_refused_and_says_so() {
+    let mut net = Net::new(3);
+    net.nodes[0].handle(
+        net.now,
+        NodeInput::Call {
+            caller: CallerId(1),
+            command: register("early"),
+            principal: None,
+        },
+    );
+    let mut reply = None;
+    while let Some(output) = net.nodes[0].poll() {
+        if let NodeOutput::Machine(Output::Reply { outcome, .. }) = output {
+            reply = Some(outcome);
+        }
+    }
+    let err = reply.expect("answered at once").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(err.message.contains("knows no leader"), "{}", err.message);
+}
+
+#[test]
+fn the_leaders_clock_expires_a_lease_on_every_replica_and_tokens_keep_rising() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let Ok(Reply::Registered { agent_id }) = net.call(leader, 1, register("holder")) else {
+        panic!("register failed");
+    };
+    let agent = agent_id.to_string();
+    let Ok(Reply::Lease {
+        lease: first,
+        acquired: true,
+    }) = net.call(leader, 2, acquire("k", &agent))
+    else {
+        panic!("acquire failed");
+    };
+    // Nobody renews: the leader proposes time when the lease falls due, and every replica
+    // expires it at the same entry.
+    net.advance(3_000);
+    for node in &net.nodes {
+        assert_eq!(node.machine().core().stats().leases, 0, "node {}", node.status().id);
+    }
+    let Ok(Reply::Lease {
+        lease: second,
+        acquired: true,
+    }) = net.call(leader, 3, acquire("k", &agent))
+    else {
+        panic!("second acquire failed");
+    };
+    assert!(second.token > first.token, "{} then {}", first.token, second.token);
+}

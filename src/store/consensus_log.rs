@@ -1,0 +1,272 @@
+//! A cluster node's consensus log on disk (`consensus.log` in its data dir): a header naming
+//! the node, then raft-rs's entries and hard states as framed records (`wal::frame`), appended
+//! in the order the node made them stable and read back into a `LogStore` at start-up, a torn
+//! tail cut as the core's log does.
+//!
+//! Architecture invariant: the driver syncs what it appended before anything that depends on
+//! it leaves the node (`ConsensusLog::sync`); a data dir written for another node id is refused,
+//! never adopted. What an entry's payload means is the cluster's business, not this file's.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, HardState};
+
+use super::wal::{self, Damage};
+use super::{StoreError, io_error, lock_dir, sync_dir, truncate};
+use crate::cluster::LogStore;
+
+const FILE: &str = "consensus.log";
+const MAGIC: &[u8; 8] = b"AKCONSLG";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 24;
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+
+enum Record {
+    Entry(Entry),
+    HardState(HardState),
+}
+
+pub struct ConsensusLog {
+    file: File,
+    path: PathBuf,
+    /// Framed records appended since the last sync.
+    pending: Vec<u8>,
+    _lock: File,
+}
+
+fn header(node_id: u64) -> [u8; HEADER_BYTES] {
+    let mut bytes = [0u8; HEADER_BYTES];
+    bytes[..8].copy_from_slice(MAGIC);
+    bytes[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    bytes[12..20].copy_from_slice(&node_id.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..20]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn check_header(bytes: &[u8], node_id: u64) -> Result<(), String> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        return Err("not an agentkeeper consensus log".into());
+    }
+    let word = |range: std::ops::Range<usize>| u64::from_le_bytes(bytes[range].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(format!(
+            "consensus log format version {version}; this daemon reads version {VERSION}"
+        ));
+    }
+    if crc32fast::hash(&bytes[..20]) != u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")) {
+        return Err("the header's checksum does not match".into());
+    }
+    let written_for = word(12..20);
+    if written_for != node_id {
+        return Err(format!(
+            "this data dir belongs to node {written_for}, not node {node_id}: start node {written_for} \
+             with it, or give node {node_id} a data dir of its own"
+        ));
+    }
+    Ok(())
+}
+
+fn decode(payload: &[u8]) -> Result<Record, String> {
+    let (&kind, body) = payload.split_first().ok_or("an empty record")?;
+    match kind {
+        KIND_ENTRY => Entry::parse_from_bytes(body)
+            .map(Record::Entry)
+            .map_err(|e| e.to_string()),
+        KIND_HARD_STATE => HardState::parse_from_bytes(body)
+            .map(Record::HardState)
+            .map_err(|e| e.to_string()),
+        other => Err(format!("unknown record kind {other}")),
+    }
+}
+
+impl ConsensusLog {
+    /// Opens (or creates) node `node_id`'s consensus log in `dir`, locking the dir, and reads
+    /// it back as the node's `LogStore` (its voters `voters`).
+    pub fn open(dir: &Path, node_id: u64, voters: &[u64]) -> Result<(ConsensusLog, LogStore), StoreError> {
+        let lock = lock_dir(dir)?;
+        let path = dir.join(FILE);
+        let mut log = LogStore::new(voters);
+        if !path.exists() {
+            let temp = dir.join(format!("{FILE}.tmp"));
+            let mut file = File::create(&temp).map_err(io_error(&temp))?;
+            file.write_all(&header(node_id))
+                .and_then(|()| file.sync_all())
+                .and_then(|()| std::fs::rename(&temp, &path))
+                .map_err(io_error(&path))?;
+            sync_dir(dir)?;
+        }
+        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        check_header(&bytes, node_id).map_err(damaged)?;
+        let frames = wal::scan_frames(&bytes, HEADER_BYTES, decode)
+            .map_err(|d: Damage| damaged(format!("record {} at byte offset {}: {}", d.record, d.offset, d.reason)))?;
+        if let Some(torn) = &frames.torn {
+            tracing::warn!(path = %path.display(), %torn, "cutting the consensus log's torn tail");
+            truncate(&path, frames.valid_len)?;
+        }
+        for record in frames.records {
+            match record {
+                Record::Entry(entry) => {
+                    let at = entry.index;
+                    if at == 0 || at > log.last_index_held() + 1 {
+                        return Err(damaged(format!(
+                            "entry {at} follows entry {}: the log has a gap",
+                            log.last_index_held()
+                        )));
+                    }
+                    log.append(&[entry]);
+                }
+                Record::HardState(hard_state) => log.set_hard_state(hard_state),
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        file.seek(SeekFrom::End(0)).map_err(io_error(&path))?;
+        Ok((
+            ConsensusLog {
+                file,
+                path,
+                pending: Vec::new(),
+                _lock: lock,
+            },
+            log,
+        ))
+    }
+
+    /// Appends what a node made stable (written at the next `sync`).
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+        for entry in entries {
+            wal::frame(&mut self.pending, |out| {
+                out.push(KIND_ENTRY);
+                entry.write_to_vec(out).expect("an entry always encodes");
+            });
+        }
+        if let Some(hard_state) = hard_state {
+            wal::frame(&mut self.pending, |out| {
+                out.push(KIND_HARD_STATE);
+                hard_state.write_to_vec(out).expect("a hard state always encodes");
+            });
+        }
+    }
+
+    /// Whether appended records wait for `sync`.
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes what was appended and makes it durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.pending)?;
+        self.file.sync_data()?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Entry::default()
+        }
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        }
+    }
+
+    #[test]
+    fn what_was_synced_comes_back_with_overwritten_suffixes_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, store) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
+            assert_eq!(store.last_index_held(), 0);
+            log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")], Some(&hard_state(1, 1, 1)));
+            // A new leader overwrote entry 2.
+            log.append(&[entry(2, 2, b"c")], Some(&hard_state(2, 3, 2)));
+            log.sync().unwrap();
+            log.append(&[entry(3, 2, b"never synced")], None);
+        }
+        let (_, store) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
+        assert_eq!(store.last_index_held(), 2);
+        assert_eq!(store.term(2).unwrap(), 2);
+        assert_eq!(&store.entries_held()[1].data[..], b"c");
+        assert_eq!(*store.hard_state(), hard_state(2, 3, 2));
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let (mut log, _) = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
+            log.append(&[entry(1, 1, b"kept"), entry(2, 1, b"torn")], None);
+            log.sync().unwrap();
+            log.path().to_path_buf()
+        };
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (mut log, store) = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
+        assert_eq!(store.last_index_held(), 1);
+        // Appending after the cut works and reads back.
+        log.append(&[entry(2, 2, b"again")], None);
+        log.sync().unwrap();
+        drop(log);
+        let (_, store) = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
+        assert_eq!((store.last_index_held(), store.term(2).unwrap()), (2, 2));
+    }
+
+    #[test]
+    fn another_nodes_data_dir_is_refused_naming_both_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(ConsensusLog::open(dir.path(), 1, &[1, 2, 3]).unwrap());
+        let err = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains("belongs to node 1, not node 2"), "{text}");
+    }
+
+    #[test]
+    fn a_data_dir_is_locked_while_its_node_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _running = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
+        assert!(matches!(
+            ConsensusLog::open(dir.path(), 1, &[1]),
+            Err(StoreError::Locked { .. })
+        ));
+    }
+}
