@@ -59,8 +59,9 @@ test("acquireLease with waitMs takes the lease when its holder releases it, or g
   const b = await client.register({ name: "b" });
   const held = await client.acquireLease("job", a.agentId);
   assert.equal(await client.acquireLease("job", b.agentId, { waitMs: 200 }), null);
-  const waiting = client.acquireLease("job", b.agentId, { waitMs: 20_000 });
+  // Counted before the waiter starts: its first try may land before a count read after it.
   const before = await calls(client.daemon, "AcquireLease");
+  const waiting = client.acquireLease("job", b.agentId, { waitMs: 20_000 });
   await waitFor(async () => (await calls(client.daemon, "AcquireLease")) > before, "the waiter's first try");
   await held.release();
   const won = await waiting;
@@ -73,8 +74,8 @@ test("acquireLease with waitMs takes a lease that expires on the manual clock", 
   const a = await client.register({ name: "a", ttlSeconds: 3600 });
   const b = await client.register({ name: "b", ttlSeconds: 3600 });
   await client.acquireLease("job", a.agentId, { ttlSeconds: 10 });
-  const waiting = client.acquireLease("job", b.agentId, { waitMs: 20_000 });
   const before = await calls(client.daemon, "AcquireLease");
+  const waiting = client.acquireLease("job", b.agentId, { waitMs: 20_000 });
   await waitFor(async () => (await calls(client.daemon, "AcquireLease")) > before, "the waiter's first try");
   await client.advance(11_000); // lease.expired
   assert.equal((await waiting).holderAgentId, b.agentId);
