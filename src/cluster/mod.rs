@@ -63,6 +63,9 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// A proposal or a read not answered by then is answered UNAVAILABLE (its outcome unknown).
     pub request_timeout_ms: Millis,
+    /// What a new leader grants every live lease and agent whose deadline is near: at most
+    /// this, at most its TTL (`Core::failover_grace`). The same on every node.
+    pub failover_grace_ms: Millis,
     /// The replicated core's settings (its seed included): the same on every node.
     pub core: CoreConfig,
     /// The cluster's creation time: the replicated core's clock starts there on every node.
@@ -82,6 +85,8 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             request_timeout_ms: 5_000,
+            // Two election timeouts: about what a failover takes.
+            failover_grace_ms: 2_000,
             core,
             created_at,
             planted: ClusterPlanted::None,
@@ -235,7 +240,7 @@ impl Node {
         let mut node = Node {
             seen: (raw.raft.term, raw.raft.state),
             raw,
-            machine: Machine::replicated(core),
+            machine: Machine::replicated(core, config.failover_grace_ms),
             rng,
             now,
             next_tick_at: now,
@@ -658,8 +663,8 @@ impl Node {
         self.seen = now_seen;
         self.tick_in_flight = None;
         if now_seen.1 == StateRole::Leader {
-            // Nobody is punished for the time without a leader: every live agent and lease
-            // gets its TTL again from now (see ARCHITECTURE.md, "The cluster's clock").
+            // Nobody is punished for the time without a leader, and nobody is given more than
+            // a failover's worth: see `Core::failover_grace`.
             let now = self.now.max(self.machine.core().now());
             self.propose(None, Entry::Grace { now });
             self.process_ready();

@@ -332,6 +332,17 @@ impl Core {
         }
     }
 
+    /// See `Core::failover_grace`.
+    pub(super) fn failover_grace_leases(&mut self, now: Millis, grace_ms: u64) {
+        for (_, lease) in self.leases.leases.iter_mut() {
+            let floor = now + lease.ttl_ms.min(grace_ms);
+            if lease.expires_at < floor {
+                lease.expires_at = floor;
+                self.timers.reset(lease.timer, floor);
+            }
+        }
+    }
+
     /// Releases every lease an agent holds, in acquisition order (part of death clean-up), and
     /// returns the tasks whose claims they were, for the clean-up to fail after the elections.
     pub(super) fn release_all_leases(&mut self, agent: usize) -> Vec<usize> {

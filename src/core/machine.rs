@@ -114,6 +114,9 @@ pub struct Machine {
     replicated: bool,
     /// Own writes a replicated machine proposes, in the order it raised them.
     proposals: VecDeque<Entry>,
+    /// A replicated machine's failover grace (`Core::failover_grace`): what `Entry::Grace`
+    /// means there.
+    failover_grace_ms: u64,
     /// The index of the last entry emitted (0: none yet) and of the last one known durable.
     emitted: u64,
     durable: u64,
@@ -144,6 +147,7 @@ impl Machine {
             logged,
             replicated: false,
             proposals: VecDeque::new(),
+            failover_grace_ms: 0,
             emitted: 0,
             durable: 0,
             persist: VecDeque::new(),
@@ -159,10 +163,12 @@ impl Machine {
 
     /// Wraps `core` as a cluster node's replica: writes only as `Input::Committed` entries, own
     /// writes out as `Output::Propose`, nothing waits for a local log (a committed entry is
-    /// durable on a majority already).
-    pub fn replicated(core: Core) -> Machine {
+    /// durable on a majority already). A committed `Entry::Grace` is a new leader's, bounded by
+    /// `failover_grace_ms` (the same on every replica).
+    pub fn replicated(core: Core, failover_grace_ms: u64) -> Machine {
         Machine {
             replicated: true,
+            failover_grace_ms,
             ..Machine::new(core, false)
         }
     }
@@ -320,7 +326,7 @@ impl Machine {
         match entry {
             Entry::Grace { now } => {
                 let now = now.max(self.core.now());
-                self.core.restart_grace(now);
+                self.core.failover_grace(now, self.failover_grace_ms);
                 // The grace dropped every waiting claim: a new leader took over, and claims
                 // are made again there.
                 for (_, caller) in std::mem::take(&mut self.parked) {

@@ -688,6 +688,18 @@ impl Core {
         self.drop_waiters();
     }
 
+    /// A new cluster leader's grace at `now`: each live lease and agent whose next deadline
+    /// falls within `min(its TTL, grace_ms)` of now gets that long, no more (time without a
+    /// leader must neither expire them nor extend them by a whole TTL); waiting claims are
+    /// dropped (their callers claim again on the new leader).
+    pub fn failover_grace(&mut self, now: Millis, grace_ms: u64) {
+        assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
+        self.now = now;
+        self.failover_grace_leases(now, grace_ms);
+        self.failover_grace_agents(now, grace_ms);
+        self.drop_waiters();
+    }
+
     /// The earliest time at which `tick` has work to do; the driver sleeps until then.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.timers.next_deadline()

@@ -434,6 +434,26 @@ impl Core {
         }
     }
 
+    /// See `Core::failover_grace`: an agent's next step (UNREACHABLE, or DEAD) comes no earlier
+    /// than `min(ttl, grace_ms)` from now.
+    pub(super) fn failover_grace_agents(&mut self, now: Millis, grace_ms: u64) {
+        let registry = &self.registry;
+        let keys: Vec<usize> = [AgentStatus::Alive, AgentStatus::Unreachable]
+            .into_iter()
+            .flat_map(|status| registry.with_status(status).values().copied())
+            .collect();
+        for key in keys {
+            let agent = self.registry.get_mut(key);
+            let floor = now + agent.ttl_ms.min(grace_ms);
+            let deadline = agent.deadline_expected(None, 0);
+            if deadline < floor {
+                agent.liveness_base += floor - deadline;
+                let timer = agent.timer;
+                self.timers.reset(timer, floor);
+            }
+        }
+    }
+
     /// Death clean-up, in one step, events in the contract's order: `agent.died`, then each
     /// lease released, then each election left, then each claimed task failed.
     fn kill(&mut self, key: usize) {

@@ -1139,6 +1139,44 @@ fn topic_names_match_the_contract() {
     );
 }
 
+// ── Failover grace (a new cluster leader) ───────────────────────────────────
+
+#[test]
+fn failover_grace_saves_what_fell_due_without_a_leader_for_at_most_the_grace_and_its_ttl() {
+    let mut h = Harness::new();
+    let holder = h.register("holder", &[], 60);
+    let short = h.register("short", &[], 1);
+    h.acquire("due", &holder, 5);
+    h.acquire("far", &holder, 300);
+    // No leader from T0 + 4 s: nothing ticks until a new leader takes over at T0 + 8 s, when
+    // "due" (expiry T0 + 5 s) and "short" (UNREACHABLE at T0 + 1 s) are overdue.
+    let failover = T0 + 8 * SECOND;
+    h.core.failover_grace(failover, 2_000);
+    h.now = failover;
+    h.core.check_invariants();
+    let expiry = |h: &Harness, key: &str| {
+        let leases = h.core.leases();
+        leases.iter().find(|l| &*l.task_id == key).map(|l| l.expires_at)
+    };
+    assert_eq!(
+        expiry(&h, "due"),
+        Some(failover + 2 * SECOND),
+        "the grace, not a whole TTL"
+    );
+    assert_eq!(expiry(&h, "far"), Some(T0 + 300 * SECOND), "not due: untouched");
+    assert_eq!(h.agent(&holder).status, AgentStatus::Alive);
+    assert_eq!(h.agent(&short).status, AgentStatus::Alive, "not punished for the gap");
+    // Its TTL (1 s) is shorter than the grace: it gets its TTL.
+    h.advance(SECOND - 1);
+    assert_eq!(h.agent(&short).status, AgentStatus::Alive);
+    h.advance(1);
+    assert_eq!(h.agent(&short).status, AgentStatus::Unreachable);
+    h.advance(SECOND - 1);
+    assert_eq!(expiry(&h, "due"), Some(failover + 2 * SECOND));
+    h.advance(1);
+    assert_eq!(expiry(&h, "due"), None, "expired at the grace's end");
+}
+
 // ── Restart grace ────────────────────────────────────────────────────────────
 
 #[test]
