@@ -416,7 +416,12 @@ impl Core {
                 self.registry.get_mut(key).timer = self.timers.insert(now, Deadline::Agent(key));
                 self.kill(key);
             }
-            AgentStatus::Dead => self.forget(key),
+            AgentStatus::Dead => {
+                // Its waiting claims leave the line with it: one left behind would count
+                // against waiters_max, and a snapshot cannot name its agent (seed 294).
+                self.drop_waiters_of(key, "was forgotten");
+                self.forget(key);
+            }
         }
     }
 
