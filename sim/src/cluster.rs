@@ -491,22 +491,14 @@ impl ClusterSim {
         self.count(name);
         self.next_caller += 1;
         let caller = CallerId(self.next_caller);
+        let policy_write = match pending {
+            Pending::Policy(at) if command.is_logged() => Some(at),
+            _ => None,
+        };
         self.calls.insert(caller, Call { node: i, pending });
-        let now = self.node_now(i);
-        let is_write = command.is_logged();
-        let node = self.slots[i].node.as_mut().expect("up");
-        node.handle(
-            now,
-            NodeInput::Call {
-                caller,
-                command,
-                principal: None,
-            },
-        );
-        if let (Pending::Policy(at), true) = (&self.calls[&caller].pending, is_write)
-            && let Some(id) = node.last_proposal()
-        {
-            self.policy_proposals.insert(id, *at);
+        let proposal = self.call_node(i, caller, command).last_proposal();
+        if let (Some(at), Some(id)) = (policy_write, proposal) {
+            self.policy_proposals.insert(id, at);
         }
     }
 
@@ -626,6 +618,21 @@ impl ClusterSim {
                 )
             }
         }
+    }
+
+    /// Hands `command` to node `i` (up) for `caller`, at the node's time.
+    fn call_node(&mut self, i: usize, caller: CallerId, command: Command) -> &Node {
+        let now = self.node_now(i);
+        let node = self.slots[i].node.as_mut().expect("up");
+        node.handle(
+            now,
+            NodeInput::Call {
+                caller,
+                command,
+                principal: None,
+            },
+        );
+        node
     }
 
     fn reachable(&self, from: usize, to: usize) -> bool {
@@ -942,7 +949,6 @@ impl ClusterSim {
                             pending: Pending::Other,
                         },
                     );
-                    let now = self.node_now(leader);
                     let command = Command::Register {
                         card: AgentCard {
                             name: "after-the-heal".into(),
@@ -950,15 +956,7 @@ impl ClusterSim {
                         },
                         ttl_seconds: 60,
                     };
-                    let node = self.slots[leader].node.as_mut().expect("up");
-                    node.handle(
-                        now,
-                        NodeInput::Call {
-                            caller,
-                            command,
-                            principal: None,
-                        },
-                    );
+                    self.call_node(leader, caller, command);
                     write = Some(caller);
                 }
             }

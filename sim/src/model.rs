@@ -528,6 +528,15 @@ impl Model {
             }
             AgentStatus::Unreachable => self.kill(index),
             AgentStatus::Dead => {
+                // Its waiting claims are answered and leave the line with it.
+                let id = self.agents[index].id;
+                let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+                    .into_iter()
+                    .partition(|w| w.agent == id);
+                self.waiters = kept;
+                for waiter in gone {
+                    self.answers.push((waiter.id, Err(ErrorCode::FailedPrecondition)));
+                }
                 self.agents.remove(index);
             }
         }

@@ -208,6 +208,15 @@ pub struct Node {
 /// Forwarded proposal numbers remembered per origin incarnation.
 const FORWARDED_REMEMBERED: usize = 4096;
 
+/// Removes and returns, in order, the entries of `map` that `late` picks.
+fn take_late<T>(map: &mut BTreeMap<u64, T>, late: impl Fn(&T) -> bool) -> Vec<(u64, T)> {
+    let picked: Vec<u64> = map.iter().filter(|(_, v)| late(v)).map(|(k, _)| *k).collect();
+    picked
+        .into_iter()
+        .map(|k| (k, map.remove(&k).expect("picked from the map")))
+        .collect()
+}
+
 /// How many consensus ticks one input may run at most (a long pause is not replayed tick by
 /// tick: an election timeout's worth shows the same).
 const TICKS_PER_INPUT_MAX: u64 = 64;
@@ -514,14 +523,7 @@ impl Node {
     /// unknown to the caller), the read is simply not served.
     fn expire(&mut self) {
         let now = self.now;
-        let late: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in late {
-            let pending = self.proposals.remove(&seq).expect("listed");
+        for (seq, pending) in take_late(&mut self.proposals, |p| p.deadline <= now) {
             if self.tick_in_flight == Some(seq) {
                 self.tick_in_flight = None;
             }
@@ -530,14 +532,7 @@ impl Node {
                 self.answer(caller, ErrorCode::Unavailable, message);
             }
         }
-        let late: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in late {
-            let read = self.reads.remove(&seq).expect("listed");
+        for (_, read) in take_late(&mut self.reads, |r| r.deadline <= now) {
             let message = "the read could not be confirmed by a quorum in time: retry".to_string();
             self.answer(read.caller, ErrorCode::Unavailable, message);
         }

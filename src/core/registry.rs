@@ -114,6 +114,14 @@ impl Registry {
         &self.by_status[status_index(status)]
     }
 
+    /// Every ALIVE, then every UNREACHABLE agent's key, each in registration order.
+    pub(super) fn live_keys(&self) -> Vec<usize> {
+        [AgentStatus::Alive, AgentStatus::Unreachable]
+            .into_iter()
+            .flat_map(|status| self.with_status(status).values().copied())
+            .collect()
+    }
+
     /// The ALIVE agents that list `tool`, in registration order (none: `None`).
     pub fn with_tool(&self, tool: &str) -> Option<&ByRegistration> {
         self.by_tool.get(tool)
@@ -408,7 +416,12 @@ impl Core {
                 self.registry.get_mut(key).timer = self.timers.insert(now, Deadline::Agent(key));
                 self.kill(key);
             }
-            AgentStatus::Dead => self.forget(key),
+            AgentStatus::Dead => {
+                // Its waiting claims leave the line with it: one left behind would count
+                // against waiters_max, and a snapshot cannot name its agent (seed 294).
+                self.drop_waiters_of(key, "was forgotten");
+                self.forget(key);
+            }
         }
     }
 
@@ -416,12 +429,7 @@ impl Core {
     /// next step (ALIVE: UNREACHABLE no earlier than now + ttl; UNREACHABLE: DEAD no earlier
     /// than now + ttl), as if the downtime had not happened.
     pub(super) fn grace_agents(&mut self, now: Millis) {
-        let registry = &self.registry;
-        let keys: Vec<usize> = [AgentStatus::Alive, AgentStatus::Unreachable]
-            .into_iter()
-            .flat_map(|status| registry.with_status(status).values().copied())
-            .collect();
-        for key in keys {
+        for key in self.registry.live_keys() {
             let agent = self.registry.get_mut(key);
             agent.liveness_base = match agent.status {
                 AgentStatus::Alive => agent.liveness_base.max(now),
@@ -437,12 +445,7 @@ impl Core {
     /// See `Core::failover_grace`: an agent's next step (UNREACHABLE, or DEAD) comes no earlier
     /// than `min(ttl, grace_ms)` from now.
     pub(super) fn failover_grace_agents(&mut self, now: Millis, grace_ms: u64) {
-        let registry = &self.registry;
-        let keys: Vec<usize> = [AgentStatus::Alive, AgentStatus::Unreachable]
-            .into_iter()
-            .flat_map(|status| registry.with_status(status).values().copied())
-            .collect();
-        for key in keys {
+        for key in self.registry.live_keys() {
             let agent = self.registry.get_mut(key);
             let floor = now + agent.ttl_ms.min(grace_ms);
             let deadline = agent.deadline_expected(None, 0);

@@ -673,6 +673,25 @@ impl Core {
         }
     }
 
+    /// Answers `agent`'s waiting claims FAILED_PRECONDITION (`why` it may no longer claim) and
+    /// takes them out of the line.
+    pub(super) fn drop_waiters_of(&mut self, agent: usize, why: &str) {
+        let keys: Vec<usize> = self
+            .tasks
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.agent == agent)
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            let waiter = self.tasks.remove_waiter(key);
+            self.timers.cancel(waiter.timer);
+            let message = format!("agent \"{}\" {why} while its claim waited", waiter.agent_id);
+            let error = CoreError::new(ErrorCode::FailedPrecondition, message);
+            self.tasks.answers.push((waiter.id, Err(error)));
+        }
+    }
+
     /// Moves every answer to a waiting claim made since the last call into `out`.
     pub fn drain_claim_answers(&mut self, out: &mut Vec<(WaiterId, Outcome)>) {
         out.append(&mut self.tasks.answers);

@@ -273,6 +273,42 @@ fn a_waiting_claim_ends_with_no_task_at_its_deadline_and_a_cancelled_one_gets_no
 }
 
 #[test]
+fn a_forgotten_agents_waiting_claim_is_answered_and_leaves_the_line_with_it() {
+    // Found by the simulator (seed 294): a claim left waiting for a forgotten agent counted
+    // against waiters_max, and a snapshot cannot name its agent, so a restart's replay
+    // accepted a claim the live core had refused.
+    let mut h = Harness::with_config(CoreConfig {
+        seed: 42,
+        dead_retention_ms: SECOND,
+        ..CoreConfig::default()
+    });
+    let worker = h.register("w", &[], 300);
+    let Reply::ClaimWaiting { waiter } = claim(&mut h, &worker, 3_600_000) else {
+        panic!("should wait")
+    };
+    h.ok(Command::Deregister {
+        agent_id: worker.clone(),
+    });
+    h.advance(SECOND - 1);
+    assert!(
+        answers(&mut h).is_empty(),
+        "DEAD, not yet forgotten: the claim still waits"
+    );
+    h.advance(1);
+    let answered = answers(&mut h);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].0, waiter);
+    let error = answered[0].1.clone().unwrap_err();
+    assert_eq!(error.code, ErrorCode::FailedPrecondition);
+    assert!(
+        error.message.contains("was forgotten while its claim waited"),
+        "{}",
+        error.message
+    );
+    assert_eq!(h.core.stats().claims_waiting, 0);
+}
+
+#[test]
 fn complete_by_the_holder_releases_the_lease_and_only_the_holder_may_complete() {
     let mut h = Harness::new();
     let worker = h.register("w", &[], 300);
