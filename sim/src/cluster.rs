@@ -23,6 +23,7 @@ use agentkeeper::store::format::encode_snapshot;
 use agentkeeper::core::PolicyInput;
 use agentkeeper::core::types::Effect;
 
+use crate::checks::panic_text;
 use crate::digest::Digest;
 use crate::linearizability::{self, Model, Operation, Verdict};
 use crate::rng::Rng;
@@ -339,6 +340,17 @@ impl ClusterSim {
         slot.node = Some(node);
     }
 
+    /// The first node up that leads (a deposed leader may not know it yet).
+    fn leader(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&i| {
+            self.up(i)
+                && self.slots[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|node| node.status().role == StateRole::Leader)
+        })
+    }
+
     fn up(&self, i: usize) -> bool {
         self.slots[i].node.is_some() && self.slots[i].paused_until.is_none()
     }
@@ -411,14 +423,7 @@ impl ClusterSim {
     fn client_call(&mut self) {
         let n = self.slots.len();
         // Half the clients know the leader; the others pick a node at random.
-        let leader = (0..n).find(|&i| {
-            self.up(i)
-                && self.slots[i]
-                    .node
-                    .as_ref()
-                    .is_some_and(|node| node.status().role == StateRole::Leader)
-        });
-        let i = match leader {
+        let i = match self.leader() {
             Some(leader) if self.rng.chance(500) => leader,
             _ => self.rng.index(n),
         };
@@ -932,33 +937,28 @@ impl ClusterSim {
             self.now += 50;
             self.deliver_due();
             self.tick_all();
-            if round >= HEAL_STEPS / 4 && write.is_none() {
-                let leader = (0..self.slots.len()).find(|&i| {
-                    self.slots[i]
-                        .node
-                        .as_ref()
-                        .is_some_and(|n| n.status().role == StateRole::Leader)
-                });
-                if let Some(leader) = leader {
-                    self.next_caller += 1;
-                    let caller = CallerId(self.next_caller);
-                    self.calls.insert(
-                        caller,
-                        Call {
-                            node: leader,
-                            pending: Pending::Other,
-                        },
-                    );
-                    let command = Command::Register {
-                        card: AgentCard {
-                            name: "after-the-heal".into(),
-                            ..AgentCard::default()
-                        },
-                        ttl_seconds: 60,
-                    };
-                    self.call_node(leader, caller, command);
-                    write = Some(caller);
-                }
+            if round >= HEAL_STEPS / 4
+                && write.is_none()
+                && let Some(leader) = self.leader()
+            {
+                self.next_caller += 1;
+                let caller = CallerId(self.next_caller);
+                self.calls.insert(
+                    caller,
+                    Call {
+                        node: leader,
+                        pending: Pending::Other,
+                    },
+                );
+                let command = Command::Register {
+                    card: AgentCard {
+                        name: "after-the-heal".into(),
+                        ..AgentCard::default()
+                    },
+                    ttl_seconds: 60,
+                };
+                self.call_node(leader, caller, command);
+                write = Some(caller);
             }
             self.drain_all()?;
             self.check()?;
@@ -1015,29 +1015,19 @@ impl ClusterSim {
         Ok(())
     }
 
+    /// What the run did; its coverage counts the terms that had a leader too (`terms_led`).
     pub fn report(&self, violation: Option<ClusterViolation>) -> ClusterReport {
+        let mut coverage = self.coverage.clone();
+        coverage.insert("terms_led", self.leaders.len() as u64);
         ClusterReport {
             seed: self.seed,
             nodes: self.slots.len(),
             steps: self.step,
             digest: self.digest.hex(),
             violation,
-            coverage: self.coverage.clone(),
+            coverage,
         }
     }
-
-    /// Leader changes seen (terms that had a leader), for coverage.
-    pub fn terms_led(&self) -> usize {
-        self.leaders.len()
-    }
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Runs one seed on a cluster of `nodes`.
@@ -1053,7 +1043,5 @@ pub fn run_cluster(seed: u64, nodes: usize, steps: u64, planted: ClusterPlanted)
             detail: panic_text(&panic),
         }),
     };
-    let mut report = sim.report(violation);
-    report.coverage.insert("terms_led", sim.terms_led() as u64);
-    report
+    sim.report(violation)
 }

@@ -192,7 +192,7 @@ pub struct Node {
     reads: BTreeMap<u64, PendingRead>,
     /// The tick proposal in flight, if any: one at a time.
     tick_in_flight: Option<u64>,
-    /// (term, role) when last looked at: a change re-draws the election jitter.
+    /// (term, role) when last looked at: a new leader proposes its grace.
     seen: (u64, StateRole),
     applied: u64,
     outbox: VecDeque<NodeOutput>,
@@ -208,9 +208,9 @@ pub struct Node {
 /// Forwarded proposal numbers remembered per origin incarnation.
 const FORWARDED_REMEMBERED: usize = 4096;
 
-/// Removes and returns, in order, the entries of `map` that `late` picks.
-fn take_late<T>(map: &mut BTreeMap<u64, T>, late: impl Fn(&T) -> bool) -> Vec<(u64, T)> {
-    let picked: Vec<u64> = map.iter().filter(|(_, v)| late(v)).map(|(k, _)| *k).collect();
+/// Removes and returns, in order, the entries of `map` that `pick` picks.
+fn take_where<T>(map: &mut BTreeMap<u64, T>, pick: impl Fn(&T) -> bool) -> Vec<(u64, T)> {
+    let picked: Vec<u64> = map.iter().filter(|(_, v)| pick(v)).map(|(k, _)| *k).collect();
     picked
         .into_iter()
         .map(|k| (k, map.remove(&k).expect("picked from the map")))
@@ -354,18 +354,22 @@ impl Node {
     }
 
     fn run_ticks(&mut self) {
-        let mut ran = 0;
-        while self.next_tick_at <= self.now {
-            if ran < TICKS_PER_INPUT_MAX {
-                self.raw.tick();
-                self.redraw();
-                ran += 1;
-            }
-            self.next_tick_at += self.config.tick_ms;
+        if self.next_tick_at > self.now {
+            return;
         }
-        if ran > 0 {
-            self.process_ready();
+        let due = (self.now - self.next_tick_at) / self.config.tick_ms + 1;
+        for _ in 0..due.min(TICKS_PER_INPUT_MAX) {
+            self.raw.tick();
+            self.redraw();
         }
+        self.next_tick_at += due * self.config.tick_ms;
+        self.process_ready();
+    }
+
+    /// The time a leader stamps on what it proposes: its clock, never before the applied
+    /// entries' (cluster time does not go back across a failover).
+    fn cluster_now(&self) -> Millis {
+        self.now.max(self.machine.core().now())
     }
 
     fn call(&mut self, caller: CallerId, command: Command, principal: Option<TokenId>) {
@@ -416,17 +420,17 @@ impl Node {
                     deadline: self.now + self.config.request_timeout_ms,
                 },
             );
-            self.last_proposal = Some(self.proposal_id(seq));
+            let id = self.proposal_id(seq);
+            self.last_proposal = Some(id);
             self.outbox.push_back(NodeOutput::Forward(Forward {
                 to: leader,
-                id: self.proposal_id(seq),
+                id,
                 entry: proposal::encode_entry(&entry),
             }));
             return;
         }
-        let now = self.now.max(self.machine.core().now());
         let entry = Entry::Apply {
-            now,
+            now: self.cluster_now(),
             command,
             principal,
         };
@@ -455,9 +459,8 @@ impl Node {
         if !command.is_logged() {
             return;
         }
-        let now = self.now.max(self.machine.core().now());
         let entry = Entry::Apply {
-            now,
+            now: self.cluster_now(),
             command,
             principal,
         };
@@ -514,7 +517,7 @@ impl Node {
         if let Some(due) = self.machine.poll_timeout()
             && due <= self.now
         {
-            let now = self.now.max(self.machine.core().now());
+            let now = self.cluster_now();
             self.tick_in_flight = self.propose(None, Entry::Tick { now });
         }
     }
@@ -523,7 +526,7 @@ impl Node {
     /// unknown to the caller), the read is simply not served.
     fn expire(&mut self) {
         let now = self.now;
-        for (seq, pending) in take_late(&mut self.proposals, |p| p.deadline <= now) {
+        for (seq, pending) in take_where(&mut self.proposals, |p| p.deadline <= now) {
             if self.tick_in_flight == Some(seq) {
                 self.tick_in_flight = None;
             }
@@ -532,7 +535,7 @@ impl Node {
                 self.answer(caller, ErrorCode::Unavailable, message);
             }
         }
-        for (_, read) in take_late(&mut self.reads, |r| r.deadline <= now) {
+        for (_, read) in take_where(&mut self.reads, |r| r.deadline <= now) {
             let message = "the read could not be confirmed by a quorum in time: retry".to_string();
             self.answer(read.caller, ErrorCode::Unavailable, message);
         }
@@ -630,14 +633,8 @@ impl Node {
     }
 
     fn serve_reads(&mut self) {
-        let ready: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.index.is_some_and(|index| index <= self.applied))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in ready {
-            let read = self.reads.remove(&seq).expect("listed");
+        let applied = self.applied;
+        for (_, read) in take_where(&mut self.reads, |r| r.index.is_some_and(|index| index <= applied)) {
             self.machine.handle(
                 self.now,
                 Input::Call {
@@ -649,7 +646,7 @@ impl Node {
         }
     }
 
-    /// On a change of term or role: a new election jitter from our RNG; a new leader's grace.
+    /// On a change of term or role: no tick is in flight any more; a new leader's grace.
     fn role_changes(&mut self) {
         let now_seen = (self.raw.raft.term, self.raw.raft.state);
         if now_seen == self.seen {
@@ -660,7 +657,7 @@ impl Node {
         if now_seen.1 == StateRole::Leader {
             // Nobody is punished for the time without a leader, and nobody is given more than
             // a failover's worth: see `Core::failover_grace`.
-            let now = self.now.max(self.machine.core().now());
+            let now = self.cluster_now();
             self.propose(None, Entry::Grace { now });
             self.process_ready();
         }
@@ -682,7 +679,7 @@ impl Node {
     /// The node's own invariants, beside the machine's (the simulator calls them).
     pub fn check_invariants(&self) {
         let status = self.status();
-        if self.config.planted == ClusterPlanted::None {
+        if self.config.planted != ClusterPlanted::ApplyBeforeCommit {
             assert!(status.applied <= status.commit, "applied beyond the commit index");
         }
         assert!(
