@@ -15,7 +15,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState};
 
 use super::wal::{self, Damage};
-use super::{StoreError, io_error, lock_dir, sync_dir, truncate};
+use super::{StoreError, create_whole, io_error, lock_dir, truncate};
 use crate::cluster::LogStore;
 
 const FILE: &str = "consensus.log";
@@ -94,13 +94,7 @@ impl ConsensusLog {
         let path = dir.join(FILE);
         let mut log = LogStore::new(voters);
         if !path.exists() {
-            let temp = dir.join(format!("{FILE}.tmp"));
-            let mut file = File::create(&temp).map_err(io_error(&temp))?;
-            file.write_all(&header(node_id))
-                .and_then(|()| file.sync_all())
-                .and_then(|()| std::fs::rename(&temp, &path))
-                .map_err(io_error(&path))?;
-            sync_dir(dir)?;
+            create_whole(dir, &path, &header(node_id))?;
         }
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
         let damaged = |detail: String| StoreError::Damaged {

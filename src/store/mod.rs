@@ -406,20 +406,28 @@ fn create_log(dir: &Path, generation: u64, header: Header) -> Result<(File, Path
     // The header goes into a temp file that is renamed into place: a crash at any moment leaves
     // either no new log or one with its whole header, never an empty one that would keep the
     // daemon from starting.
-    let temp = dir.join(format!("{}{TEMP_SUFFIX}", log_name(generation)));
-    let mut log = OpenOptions::new()
+    let log = create_whole(dir, &path, &header.encode())?;
+    Ok((log, path))
+}
+
+/// Creates `path` (in `dir`) holding `bytes`, whole or not at all: written to a temp file,
+/// synced, renamed into place, the dir synced. Returns the file, open for reading and writing.
+fn create_whole(dir: &Path, path: &Path, bytes: &[u8]) -> Result<File, StoreError> {
+    let name = path.file_name().expect("a file's path").to_string_lossy();
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
         .open(&temp)
         .map_err(io_error(&temp))?;
-    log.write_all(&header.encode())
-        .and_then(|()| log.sync_all())
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .map_err(io_error(&path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(io_error(path))?;
     sync_dir(dir)?;
-    Ok((log, path))
+    Ok(file)
 }
 
 /// The newest snapshot that reads back whole (a torn one, from a crash while writing it, is
