@@ -1,4 +1,4 @@
-//! Compiles proto/agentkeeper/v1/agentkeeper.proto with protox (pure Rust, no system protoc) and
+//! Compiles the protos (the v1 API, the cluster's status service, the peers' traffic) with protox (pure Rust, no system protoc) and
 //! generates the prost messages plus tonic clients and servers. The encoded descriptor set is
 //! kept in OUT_DIR too, for gRPC server reflection. Also names the commit being built, for
 //! `agentkeeper --version`.
@@ -7,11 +7,22 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/agentkeeper/v1/agentkeeper.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"])?;
+    let protos = [
+        "proto/agentkeeper/v1/agentkeeper.proto",
+        "proto/agentkeeper/v1/cluster.proto",
+        "proto/agentkeeper/peer/v1/peer.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let encoded = prost::Message::encode_to_vec(&descriptors);
+    // Reflection on the client port describes the public API, not the peers' internal one.
+    let mut public = descriptors.clone();
+    public
+        .file
+        .retain(|file| !file.package().starts_with("agentkeeper.peer."));
+    let encoded = prost::Message::encode_to_vec(&public);
     std::fs::write(out_dir.join("agentkeeper_descriptor.bin"), encoded)?;
     tonic_prost_build::configure()
         .build_client(true)

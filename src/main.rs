@@ -198,7 +198,97 @@ struct Flags {
     ready_file: Option<std::path::PathBuf>,
 
     #[command(flatten)]
+    cluster: ClusterFlags,
+
+    #[command(flatten)]
     limits: Limits,
+}
+
+/// A cluster node's flags: all three or none (a single node).
+#[derive(Args, Debug)]
+struct ClusterFlags {
+    /// Run as node N of a cluster (with --peer-addr, --initial-cluster and --data-dir). N is
+    /// this node's id in --initial-cluster. Restarting a node with its data dir rejoins it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+
+    /// Where this node listens for the other nodes' consensus traffic, HOST:PORT (":PORT" for
+    /// every interface). Clients keep using --addr.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    peer_addr: Option<SocketAddr>,
+
+    /// Every node's id and peer address, the same list on every node, e.g.
+    /// "1=10.0.0.1:7071,2=10.0.0.2:7071,3=10.0.0.3:7071" (3 or 5 nodes survive losing 1 or 2).
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    initial_cluster: Option<String>,
+
+    /// A cluster leader's heartbeat interval (followers that miss heartbeats for an election
+    /// timeout elect another leader).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// How long a follower waits without hearing a leader before it stands for election (plus a
+    /// random part up to as much again). About the time a failover takes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    election_timeout: Duration,
+}
+
+/// One consensus tick: heartbeat intervals and election timeouts are whole numbers of it.
+const CLUSTER_TICK_MS: u64 = 50;
+
+/// A cluster node's settings from its flags; None for a single node.
+#[derive(Clone)]
+struct ClusterStart {
+    node_id: u64,
+    peer_addr: SocketAddr,
+    members: agentkeeper::cluster::InitialCluster,
+    heartbeat_ticks: usize,
+    election_ticks: usize,
+}
+
+impl ClusterFlags {
+    fn resolve(&self, flags: &Flags) -> Result<Option<ClusterStart>, String> {
+        let (node_id, peer_addr, list) = match (self.node_id, self.peer_addr, &self.initial_cluster) {
+            (Some(node_id), Some(peer_addr), Some(list)) => (node_id, peer_addr, list),
+            (None, None, None) => return Ok(None),
+            _ => return Err("a cluster node needs all of --node-id, --peer-addr and --initial-cluster".into()),
+        };
+        let members =
+            agentkeeper::cluster::InitialCluster::parse(list).map_err(|e| format!("--initial-cluster: {e}"))?;
+        let Some(listed) = members.members.get(&node_id) else {
+            return Err(format!(
+                "--node-id {node_id} is not in --initial-cluster (it lists {:?})",
+                members.voters()
+            ));
+        };
+        if !listed.ends_with(&format!(":{}", peer_addr.port())) {
+            tracing::warn!(%listed, %peer_addr, "--peer-addr's port differs from this node's address in --initial-cluster");
+        }
+        if flags.data_dir.is_none() {
+            return Err("a cluster node needs --data-dir: its vote and log must survive a restart".into());
+        }
+        if flags.clock == ClockKind::Manual {
+            return Err("--clock manual is for a single node: a cluster runs on its leader's real clock".into());
+        }
+        let ticks = |what: &str, duration: Duration| -> Result<usize, String> {
+            let ticks = duration.as_millis() as u64 / CLUSTER_TICK_MS;
+            (ticks >= 1)
+                .then_some(ticks as usize)
+                .ok_or_else(|| format!("--{what} is at least {CLUSTER_TICK_MS}ms"))
+        };
+        let heartbeat_ticks = ticks("heartbeat-interval", self.heartbeat_interval)?;
+        let election_ticks = ticks("election-timeout", self.election_timeout)?;
+        if election_ticks <= heartbeat_ticks * 2 {
+            return Err("--election-timeout must be more than twice --heartbeat-interval (10x is usual)".into());
+        }
+        Ok(Some(ClusterStart {
+            node_id,
+            peer_addr,
+            members,
+            heartbeat_ticks,
+            election_ticks,
+        }))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -324,6 +414,13 @@ fn main() -> ExitCode {
         eprintln!("agentkeeper: {message}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    let cluster = match flags.cluster.resolve(&flags) {
+        Ok(cluster) => cluster,
+        Err(message) => {
+            eprintln!("agentkeeper: {message}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     let notifier = Arc::new(Notifier::from_env());
     raise_open_files_limit(flags.limits.connections_max);
     let uring = match use_uring(flags.io, flags.tls_cert.is_some()) {
@@ -341,7 +438,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return failed(&notifier, &format!("cannot start the network runtime: {error}")),
     };
-    match runtime.block_on(run(flags, uring, Arc::clone(&notifier))) {
+    match runtime.block_on(run(flags, cluster, uring, Arc::clone(&notifier))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => failed(&notifier, &message),
     }
@@ -425,7 +522,7 @@ fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
     }
 }
 
-async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), String> {
+async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier: Arc<Notifier>) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
     if let Some(path) = &flags.ready_file {
@@ -444,7 +541,17 @@ async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), S
         .await
         .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
     let http_listener = bind_http(flags.metrics_addr).await?;
+    let peer_listener = match &cluster {
+        Some(cluster) => Some(TcpListener::bind(cluster.peer_addr).await.map_err(|error| {
+            format!(
+                "cannot listen on {} for peers (--peer-addr): {error}",
+                cluster.peer_addr
+            )
+        })?),
+        None => None,
+    };
     let bound = BoundAddrs {
+        peer: peer_listener.as_ref().and_then(|listener| listener.local_addr().ok()),
         grpc: grpc_listener
             .local_addr()
             .map_err(|error| format!("cannot read the gRPC listener's address: {error}"))?,
@@ -476,46 +583,91 @@ async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), S
                 flags.watch_buffer as usize,
             ),
             tokens.clone(),
-            stopped(http_stop_rx),
+            stopped(http_stop_rx.clone()),
         ))
     });
 
+    let seed = match &cluster {
+        // Ids and hashing must be the same on every replica.
+        Some(cluster) => cluster.members.core_seed(),
+        None => seed(&flags),
+    };
     let config = flags.limits.core_config(CoreConfig {
-        seed: seed(&flags),
+        seed,
         dead_retention_ms: flags.dead_retention.as_millis() as u64,
         event_ring_max: flags.events_retained as usize,
         task_retention_ms: flags.task_retention.as_millis() as u64,
         ..CoreConfig::default()
     });
     let wall = Clock::real();
-    let (core, store) = match flags.data_dir.clone() {
-        None => (Core::new(config, wall.now()), None),
-        Some(dir) => {
-            notifier.status(&format!("recovering the state in {}", dir.display()));
-            // Off the runtime: replaying a long log must not stall the HTTP answers.
-            let (seed, now) = (flags.seed, wall.now());
-            let recovered = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
+    let queue_max = flags.limits.core_queue_max;
+    let (core, core_thread, peers) = match cluster {
+        Some(cluster) => {
+            let dir = flags
+                .data_dir
+                .clone()
+                .expect("resolve checked that a cluster node has a data dir");
+            notifier.status(&format!("reading the consensus log in {}", dir.display()));
+            let election_seed = self::seed(&flags);
+            let now = wall.now();
+            let start = cluster.clone();
+            let (node, log) = tokio::task::spawn_blocking(move || start_node(&dir, &start, config, election_seed, now))
                 .await
                 .map_err(|error| format!("recovery stopped: {error}"))??;
-            let (core, store, logged) = recovered;
-            (core, Some(driver::Durability::new(store, flags.snapshot_every, logged)))
+            let book = Arc::new(server::peer::PeerBook::new(cluster.node_id, cluster.members.clone()));
+            let outbox = server::peer::spawn_senders(&book);
+            let (core, lanes) = driver::channels(queue_max, Arc::clone(&metrics));
+            let engine = driver::ClusterNode::new(node, log, outbox);
+            let thread = driver::spawn_cluster(lanes, engine, wall, flags.core_spin, Arc::clone(&metrics))
+                .map_err(|error| format!("cannot start the core thread: {error}"))?;
+            (core, thread, Some(book))
+        }
+        None => {
+            let (core, store) = match flags.data_dir.clone() {
+                None => (Core::new(config, wall.now()), None),
+                Some(dir) => {
+                    notifier.status(&format!("recovering the state in {}", dir.display()));
+                    // Off the runtime: replaying a long log must not stall the HTTP answers.
+                    let (seed, now) = (flags.seed, wall.now());
+                    let recovered = tokio::task::spawn_blocking(move || recover(&dir, config, seed, now))
+                        .await
+                        .map_err(|error| format!("recovery stopped: {error}"))??;
+                    let (core, store, logged) = recovered;
+                    (core, Some(driver::Durability::new(store, flags.snapshot_every, logged)))
+                }
+            };
+            let clock = match flags.clock {
+                ClockKind::Real => wall,
+                // A manual clock starts where the state left off or at the wall time, whichever is later.
+                ClockKind::Manual => Clock::manual(wall.now().max(core.now())),
+            };
+            let mut machine = Machine::new(core, store.is_some());
+            if store.is_some() {
+                // Nobody is punished for the downtime; logged (and durable before any answer) so that a
+                // crash right after replays it too.
+                machine.handle(clock.now(), Input::Grace);
+            }
+            let (core, thread) = driver::spawn(machine, clock, store, queue_max, flags.core_spin, Arc::clone(&metrics))
+                .map_err(|error| format!("cannot start the core thread: {error}"))?;
+            (core, thread, None)
         }
     };
-    let clock = match flags.clock {
-        ClockKind::Real => wall,
-        // A manual clock starts where the state left off or at the wall time, whichever is later.
-        ClockKind::Manual => Clock::manual(wall.now().max(core.now())),
-    };
-    let mut machine = Machine::new(core, store.is_some());
-    if store.is_some() {
-        // Nobody is punished for the downtime; logged (and durable before any answer) so that a
-        // crash right after replays it too.
-        machine.handle(clock.now(), Input::Grace);
-    }
-    let queue_max = flags.limits.core_queue_max;
-    let (core, core_thread) = driver::spawn(machine, clock, store, queue_max, flags.core_spin, Arc::clone(&metrics))
-        .map_err(|error| format!("cannot start the core thread: {error}"))?;
     let _ = core_slot.set(core.clone());
+    let peer_server = match (peer_listener, &peers) {
+        (Some(listener), Some(book)) => {
+            if let Some(addr) = bound.peer {
+                tracing::info!(%addr, node = book.node_id, "cluster peers listening");
+            }
+            let serving =
+                server::peer::serve_peers(listener, Arc::clone(book), core.clone(), stopped(http_stop_rx.clone()));
+            Some(tokio::spawn(async move {
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "the peer server stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = server::grpc(
@@ -526,7 +678,8 @@ async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), S
         flags.limits.message_bytes_max,
         tokens,
         &serving,
-    );
+    )
+    .with_cluster(core.clone(), peers);
     let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));
     let streams_max = flags.limits.streams_per_connection_max;
     // SERVING (and /readyz 200) before the first call can be answered: a client that got an
@@ -583,6 +736,9 @@ async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), S
         if let Some(http) = http {
             let _ = http.await;
         }
+        if let Some(peer_server) = peer_server {
+            let _ = peer_server.await;
+        }
     })
     .await;
     if drained.is_err() {
@@ -599,6 +755,8 @@ async fn run(flags: Flags, uring: bool, notifier: Arc<Notifier>) -> Result<(), S
 struct BoundAddrs {
     grpc: SocketAddr,
     http: Option<SocketAddr>,
+    /// A cluster node's peer address.
+    peer: Option<SocketAddr>,
 }
 
 impl BoundAddrs {
@@ -606,7 +764,10 @@ impl BoundAddrs {
     /// `http=none` when the daemon serves no HTTP (the JSON log has the same two fields).
     fn log(&self) {
         let http = self.http.map_or_else(|| "none".to_string(), |addr| addr.to_string());
-        tracing::info!(grpc = %self.grpc, http = %http, "ports bound");
+        match self.peer {
+            Some(peer) => tracing::info!(grpc = %self.grpc, http = %http, peer = %peer, "ports bound"),
+            None => tracing::info!(grpc = %self.grpc, http = %http, "ports bound"),
+        }
     }
 
     /// The service manager's status line while the daemon serves.
@@ -617,13 +778,17 @@ impl BoundAddrs {
         }
     }
 
-    /// The ready file's contents: `{"grpc":"ADDR","http":"ADDR"|null,"pid":N}`.
+    /// The ready file's contents: `{"grpc":"ADDR","http":"ADDR"|null,"pid":N}`, and a cluster
+    /// node's `"peer":"ADDR"`.
     fn ready_json(&self, pid: u32) -> String {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "grpc": self.grpc.to_string(),
             "http": self.http.map(|addr| addr.to_string()),
             "pid": pid,
         });
+        if let Some(peer) = self.peer {
+            value["peer"] = serde_json::Value::String(peer.to_string());
+        }
         format!("{value}\n")
     }
 }
@@ -698,6 +863,53 @@ fn recover(
         "recovered state from the data dir"
     );
     Ok((core, store, replayed))
+}
+
+/// Opens a cluster node's data dir (locking it) and starts the node from its consensus log:
+/// the core is rebuilt by applying the committed entries again.
+#[allow(clippy::disallowed_methods)] // times the start for the log line
+fn start_node(
+    dir: &std::path::Path,
+    cluster: &ClusterStart,
+    core: CoreConfig,
+    election_seed: u64,
+    now: u64,
+) -> Result<
+    (
+        agentkeeper::cluster::Node,
+        agentkeeper::store::consensus_log::ConsensusLog,
+    ),
+    String,
+> {
+    use agentkeeper::cluster::{Node, NodeConfig};
+    let started = std::time::Instant::now();
+    let voters = cluster.members.voters();
+    let (mut log, store) = agentkeeper::store::consensus_log::ConsensusLog::open(dir, cluster.node_id, &voters)
+        .map_err(|e| e.to_string())?;
+    let epoch = log.next_epoch().map_err(|e| e.to_string())?;
+    let held = store.last_index_held();
+    // Every replica's core starts at time 0 and moves only with the leader's stamps.
+    let mut config = NodeConfig::new(cluster.node_id, voters, core, 0);
+    config.epoch = epoch;
+    config.seed = election_seed;
+    config.tick_ms = CLUSTER_TICK_MS;
+    config.heartbeat_ticks = cluster.heartbeat_ticks;
+    config.election_ticks = cluster.election_ticks;
+    // Two election timeouts: about what a failover takes.
+    config.failover_grace_ms = 2 * cluster.election_ticks as u64 * CLUSTER_TICK_MS;
+    let node = Node::new(config, store, now)?;
+    let status = node.status();
+    tracing::info!(
+        dir = %dir.display(),
+        node = cluster.node_id,
+        epoch,
+        term = status.term,
+        entries = held,
+        applied = status.applied,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "started the cluster node from its consensus log"
+    );
+    Ok((node, log))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (a signal from here on is never the default

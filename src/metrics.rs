@@ -53,6 +53,20 @@ pub struct Metrics {
     /// Every call served, all methods together (the dashboard's calls/s; not exported, as
     /// `agentkeeper_rpc_total` already is its sum).
     pub calls_total: IntCounter,
+    /// A cluster node's gauges, registered when the node first publishes them.
+    cluster: std::sync::OnceLock<ClusterMetrics>,
+    /// Consensus messages and forwarded writes dropped because a peer's queue was full.
+    pub cluster_peer_dropped_total: IntCounter,
+}
+
+/// What a cluster node exports: where consensus is and how often leadership moved.
+struct ClusterMetrics {
+    term: IntGauge,
+    leader: IntGauge,
+    is_leader: IntGauge,
+    commit_index: IntGauge,
+    applied_index: IntGauge,
+    leader_changes: IntCounter,
 }
 
 impl Metrics {
@@ -236,6 +250,12 @@ impl Metrics {
             connections_open,
             connections_refused,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
+            cluster: std::sync::OnceLock::new(),
+            cluster_peer_dropped_total: IntCounter::new(
+                "agentkeeper_cluster_peer_dropped_total",
+                "Consensus messages and forwarded writes dropped because a peer's queue was full",
+            )
+            .expect("valid counter"),
         }
     }
 
@@ -303,6 +323,52 @@ impl Metrics {
         if let Some(code) = error {
             self.rpc_errors_total.with_label_values(&[method, code]).inc();
         }
+    }
+
+    /// Copies a cluster node's consensus status into its gauges (driver thread, per batch); the
+    /// first call registers them, so a single node exports none.
+    pub fn publish_cluster(&self, status: &crate::cluster::NodeStatus) {
+        let cluster = self.cluster.get_or_init(|| {
+            let gauge = |name: &str, help: &str| {
+                let g = IntGauge::new(name, help).expect("valid gauge");
+                self.registry.register(Box::new(g.clone())).expect("unique gauge");
+                g
+            };
+            let leader_changes = IntCounter::new(
+                "agentkeeper_cluster_leader_changes_total",
+                "Times this node saw the cluster's leader change (none known counts as a change)",
+            )
+            .expect("valid counter");
+            for collector in [leader_changes.clone(), self.cluster_peer_dropped_total.clone()] {
+                self.registry.register(Box::new(collector)).expect("unique counter");
+            }
+            ClusterMetrics {
+                term: gauge("agentkeeper_cluster_term", "The consensus term this node is in"),
+                leader: gauge(
+                    "agentkeeper_cluster_leader",
+                    "The leader's node id as this node knows it (0: none)",
+                ),
+                is_leader: gauge("agentkeeper_cluster_is_leader", "1 while this node leads the cluster"),
+                commit_index: gauge(
+                    "agentkeeper_cluster_commit_index",
+                    "The highest log index known committed",
+                ),
+                applied_index: gauge(
+                    "agentkeeper_cluster_applied_index",
+                    "The highest log index this node's core applied",
+                ),
+                leader_changes,
+            }
+        });
+        let int = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        if int(status.leader) != cluster.leader.get() {
+            cluster.leader_changes.inc();
+        }
+        cluster.term.set(int(status.term));
+        cluster.leader.set(int(status.leader));
+        cluster.is_leader.set(i64::from(status.leader == status.id));
+        cluster.commit_index.set(int(status.commit));
+        cluster.applied_index.set(int(status.applied));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -10,13 +10,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const OUR_SERVICES: [&str; 6] = [
+const OUR_SERVICES: [&str; 7] = [
     "agentkeeper.v1.RegistryService",
     "agentkeeper.v1.LeaseService",
     "agentkeeper.v1.ElectionService",
     "agentkeeper.v1.EntitlementsService",
     "agentkeeper.v1.TaskService",
     "agentkeeper.v1.ClockService",
+    "agentkeeper.v1.ClusterService",
 ];
 
 mod reflection_v1 {

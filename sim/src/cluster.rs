@@ -496,15 +496,8 @@ impl ClusterSim {
         self.count(name);
         self.next_caller += 1;
         let caller = CallerId(self.next_caller);
-        let policy_write = match pending {
-            Pending::Policy(at) if command.is_logged() => Some(at),
-            _ => None,
-        };
         self.calls.insert(caller, Call { node: i, pending });
-        let proposal = self.call_node(i, caller, command).last_proposal();
-        if let (Some(at), Some(id)) = (policy_write, proposal) {
-            self.policy_proposals.insert(id, at);
-        }
+        self.call_node(i, caller, command);
     }
 
     /// A policy call, entered in the history as invoked now.
@@ -746,6 +739,17 @@ impl ClusterSim {
             }));
             if let Err(panic) = polled {
                 return fail(self.step, invariant::NODE_INVARIANTS, panic_text(&panic));
+            }
+            // A policy write's proposal id, whenever its node proposed it (a call that waited
+            // for a leader is proposed later than it was made).
+            for (caller, id) in node.take_proposed() {
+                if let Some(Call {
+                    pending: Pending::Policy(at),
+                    ..
+                }) = self.calls.get(&caller)
+                {
+                    self.policy_proposals.insert(id, *at);
+                }
             }
             let answered = node.take_answered();
             let commit = node.status().commit;

@@ -10,6 +10,7 @@
 //! timeout's `thread_rng` draw) is overwritten from our seeded RNG before any tick can read it.
 
 pub mod log_store;
+pub mod members;
 pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,6 +26,7 @@ use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, Core, CoreConfig, CoreError, ErrorCode};
 
 pub use log_store::LogStore;
+pub use members::InitialCluster;
 pub use proposal::ProposalId;
 /// The consensus types a driver touches, from the one raft-rs this crate builds with.
 pub use raft::StateRole;
@@ -156,6 +158,49 @@ pub struct NodeStatus {
     pub applied: u64,
 }
 
+/// One member of the cluster as a node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u64,
+    /// A voter (false: a learner, catching up before it votes).
+    pub voter: bool,
+    /// The last index the leader knows the member holds: known on the leader only.
+    pub matched: Option<u64>,
+}
+
+/// The cluster as one node sees it: its own status and the members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub status: NodeStatus,
+    pub members: Vec<MemberView>,
+}
+
+/// What one node sends another: consensus messages, and writes forwarded to the leader.
+#[derive(Debug)]
+pub enum PeerTraffic {
+    Message(Box<Message>),
+    Forward(Forward),
+}
+
+impl PeerTraffic {
+    /// The node this goes to.
+    pub fn to(&self) -> u64 {
+        match self {
+            PeerTraffic::Message(message) => message.to,
+            PeerTraffic::Forward(forward) => forward.to,
+        }
+    }
+}
+
+impl From<PeerTraffic> for NodeInput {
+    fn from(traffic: PeerTraffic) -> NodeInput {
+        match traffic {
+            PeerTraffic::Message(message) => NodeInput::Peer(message),
+            PeerTraffic::Forward(forward) => NodeInput::Forwarded(forward),
+        }
+    }
+}
+
 /// A call answered by a committed entry: which entry (for the simulator's checks that nothing
 /// acknowledged is lost, and for proposal latency).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +212,17 @@ pub struct Answered {
 
 struct Pending {
     caller: Option<CallerId>,
+    deadline: Millis,
+    /// The leader a follower forwarded the write to.
+    forwarded_to: Option<u64>,
+}
+
+/// A call that came while this node knew no leader: handled once one is known, or answered
+/// UNAVAILABLE at its deadline.
+struct Waiting {
+    caller: CallerId,
+    command: Command,
+    principal: Option<TokenId>,
     deadline: Millis,
 }
 
@@ -194,12 +250,17 @@ pub struct Node {
     tick_in_flight: Option<u64>,
     /// (term, role) when last looked at: a new leader proposes its grace.
     seen: (u64, StateRole),
+    /// The leader when last looked at: a change re-routes what waited on the old one.
+    seen_leader: u64,
+    /// Calls that came while no leader was known, in order.
+    waiting: VecDeque<Waiting>,
     applied: u64,
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
-    /// The proposal id the last write handed to this node got (proposed or forwarded).
-    last_proposal: Option<ProposalId>,
+    /// Callers' writes proposed or forwarded since the driver last took them, with the id
+    /// each got (a call that waited for a leader gets its id later than its call).
+    proposed: Vec<(CallerId, ProposalId)>,
     /// Forwarded proposals this node proposed as leader, by origin and epoch, newest last: a
     /// forward that arrives twice is proposed once.
     forwarded: BTreeMap<(u64, u64), VecDeque<u64>>,
@@ -248,6 +309,8 @@ impl Node {
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32) ^ config.epoch);
         let mut node = Node {
             seen: (raw.raft.term, raw.raft.state),
+            seen_leader: raw.raft.leader_id,
+            waiting: VecDeque::new(),
             raw,
             machine: Machine::replicated(core, config.failover_grace_ms),
             rng,
@@ -261,7 +324,7 @@ impl Node {
             outbox: VecDeque::new(),
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
-            last_proposal: None,
+            proposed: Vec::new(),
             config,
         };
         node.redraw();
@@ -280,6 +343,25 @@ impl Node {
         }
     }
 
+    /// The cluster as this node sees it: itself, and each member with its progress as far as
+    /// this node knows it (a leader knows every member's; a follower none).
+    pub fn view(&self) -> ClusterView {
+        let status = self.status();
+        let leading = status.role == StateRole::Leader;
+        let progress = self.raw.raft.prs();
+        let configuration = progress.conf().to_conf_state();
+        let mut members: Vec<MemberView> = (configuration.voters.iter().map(|id| (*id, true)))
+            .chain(configuration.learners.iter().map(|id| (*id, false)))
+            .map(|(id, voter)| MemberView {
+                id,
+                voter,
+                matched: progress.get(id).filter(|_| leading).map(|p| p.matched),
+            })
+            .collect();
+        members.sort_by_key(|member| member.id);
+        ClusterView { status, members }
+    }
+
     /// The replicated state machine, for reads that are not commands (stats, checks).
     pub fn machine(&self) -> &Machine {
         &self.machine
@@ -296,10 +378,10 @@ impl Node {
         std::mem::take(&mut self.answered)
     }
 
-    /// The proposal id of the last write a caller handed to this node, if it was proposed or
-    /// forwarded: the simulator follows it into the committed log.
-    pub fn last_proposal(&self) -> Option<ProposalId> {
-        self.last_proposal
+    /// The callers' writes proposed or forwarded since the last take, with their proposal ids:
+    /// the simulator follows them into the committed log (the driver only drops them).
+    pub fn take_proposed(&mut self) -> Vec<(CallerId, ProposalId)> {
+        std::mem::take(&mut self.proposed)
     }
 
     /// When time next matters: the next consensus tick.
@@ -373,7 +455,6 @@ impl Node {
     }
 
     fn call(&mut self, caller: CallerId, command: Command, principal: Option<TokenId>) {
-        self.last_proposal = None;
         if !command.is_logged() && self.config.planted == ClusterPlanted::StaleReads {
             let input = Input::Call {
                 caller,
@@ -381,6 +462,17 @@ impl Node {
                 principal,
             };
             return self.machine.handle(self.now, input);
+        }
+        if self.raw.raft.leader_id == 0 {
+            // An election is under way (or this node just started): the call waits for its
+            // outcome rather than failing at once; a client sees a slower answer, not an error.
+            self.waiting.push_back(Waiting {
+                caller,
+                command,
+                principal,
+                deadline: self.now + self.config.request_timeout_ms,
+            });
+            return;
         }
         if !command.is_logged() {
             let seq = self.next_seq();
@@ -400,13 +492,6 @@ impl Node {
         }
         if self.raw.raft.state != StateRole::Leader {
             let leader = self.raw.raft.leader_id;
-            if leader == 0 {
-                let message = format!(
-                    "node {} knows no leader (an election is under way?): retry",
-                    self.config.id
-                );
-                return self.answer(caller, ErrorCode::Unavailable, message);
-            }
             let seq = self.next_seq();
             let entry = Entry::Apply {
                 now: 0,
@@ -418,10 +503,11 @@ impl Node {
                 Pending {
                     caller: Some(caller),
                     deadline: self.now + self.config.request_timeout_ms,
+                    forwarded_to: Some(leader),
                 },
             );
             let id = self.proposal_id(seq);
-            self.last_proposal = Some(id);
+            self.proposed.push((caller, id));
             self.outbox.push_back(NodeOutput::Forward(Forward {
                 to: leader,
                 id,
@@ -434,7 +520,9 @@ impl Node {
             command,
             principal,
         };
-        self.last_proposal = self.propose(Some(caller), entry).map(|seq| self.proposal_id(seq));
+        if let Some(seq) = self.propose(Some(caller), entry) {
+            self.proposed.push((caller, self.proposal_id(seq)));
+        }
     }
 
     /// A follower's write, if this node still leads: stamped with this clock, proposed under
@@ -495,7 +583,12 @@ impl Node {
         match self.raw.propose(id.encode(), proposal::encode_entry(&entry)) {
             Ok(()) => {
                 let deadline = self.now + self.config.request_timeout_ms;
-                self.proposals.insert(seq, Pending { caller, deadline });
+                let pending = Pending {
+                    caller,
+                    deadline,
+                    forwarded_to: None,
+                };
+                self.proposals.insert(seq, pending);
                 Some(seq)
             }
             Err(error) => {
@@ -538,6 +631,14 @@ impl Node {
         for (_, read) in take_where(&mut self.reads, |r| r.deadline <= now) {
             let message = "the read could not be confirmed by a quorum in time: retry".to_string();
             self.answer(read.caller, ErrorCode::Unavailable, message);
+        }
+        while self.waiting.front().is_some_and(|w| w.deadline <= now) {
+            let waited = self.waiting.pop_front().expect("looked at");
+            let message = format!(
+                "node {} has known no leader for {} ms (no quorum reachable?): retry",
+                self.config.id, self.config.request_timeout_ms
+            );
+            self.answer(waited.caller, ErrorCode::Unavailable, message);
         }
     }
 
@@ -586,6 +687,7 @@ impl Node {
         }
         self.serve_reads();
         self.role_changes();
+        self.leader_changes();
     }
 
     fn send(&mut self, messages: Vec<Message>) {
@@ -661,6 +763,45 @@ impl Node {
             self.propose(None, Entry::Grace { now });
             self.process_ready();
         }
+    }
+
+    /// On a change of leader: writes forwarded to the old one are answered UNAVAILABLE at once
+    /// (they may yet commit, or not: the client decides whether to retry, as after a timeout,
+    /// but without waiting for one); reads waiting for the old one's ReadIndex ask the new one;
+    /// calls that waited for any leader go to the new one.
+    fn leader_changes(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == self.seen_leader {
+            return;
+        }
+        let old = std::mem::replace(&mut self.seen_leader, leader);
+        for (_, pending) in take_where(&mut self.proposals, |p| p.forwarded_to.is_some_and(|to| to == old)) {
+            if let Some(caller) = pending.caller {
+                let message = format!(
+                    "the leader changed (node {old} to {}) before the write was committed; it may yet take effect",
+                    if leader == 0 {
+                        "none yet".to_string()
+                    } else {
+                        format!("node {leader}")
+                    }
+                );
+                self.answer(caller, ErrorCode::Unavailable, message);
+            }
+        }
+        if leader == 0 {
+            return;
+        }
+        let unconfirmed: Vec<u64> = (self.reads.iter())
+            .filter(|(_, read)| read.index.is_none())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in unconfirmed {
+            self.raw.read_index(self.proposal_id(seq).encode());
+        }
+        for waited in std::mem::take(&mut self.waiting) {
+            self.call(waited.caller, waited.command, waited.principal);
+        }
+        self.process_ready();
     }
 
     /// raft-rs re-draws its randomized election timeout with `thread_rng` whenever it resets

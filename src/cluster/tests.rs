@@ -192,7 +192,7 @@ fn a_write_to_a_follower_is_forwarded_to_the_leader_and_answered_by_the_follower
 }
 
 #[test]
-fn with_no_leader_known_a_write_is_refused_and_says_so() {
+fn a_call_made_before_any_leader_is_known_waits_for_the_election_and_is_served() {
     let mut net = Net::new(3);
     net.nodes[0].handle(
         net.now,
@@ -202,15 +202,69 @@ fn with_no_leader_known_a_write_is_refused_and_says_so() {
             principal: None,
         },
     );
-    let mut reply = None;
-    while let Some(output) = net.nodes[0].poll() {
-        if let NodeOutput::Machine(Output::Reply { outcome, .. }) = output {
-            reply = Some(outcome);
+    net.settle();
+    assert!(net.replies.is_empty(), "no answer while no leader is known");
+    net.advance(3_000);
+    assert!(net.leader().is_some());
+    let answered: Vec<&Outcome> = (net.replies.iter())
+        .filter(|(node, caller, _)| *node == 1 && *caller == CallerId(1))
+        .map(|(_, _, outcome)| outcome)
+        .collect();
+    assert!(
+        matches!(answered.as_slice(), [Ok(Reply::Registered { .. })]),
+        "{answered:?}"
+    );
+    for node in &net.nodes {
+        assert_eq!(
+            node.machine().core().stats().agents_alive,
+            1,
+            "node {}",
+            node.status().id
+        );
+    }
+}
+
+#[test]
+fn a_node_that_hears_no_leader_answers_unavailable_at_the_calls_deadline() {
+    let mut net = Net::new(3);
+    // Node 1 alone: its messages go nowhere, so no election can succeed.
+    let isolated = &mut net.nodes[0];
+    for (caller, command) in [
+        (1, register("lonely")),
+        (
+            2,
+            Command::Find {
+                query: "lonely".into(),
+                tools: vec![],
+                limit: 1,
+            },
+        ),
+    ] {
+        isolated.handle(
+            T0,
+            NodeInput::Call {
+                caller: CallerId(caller),
+                command,
+                principal: None,
+            },
+        );
+    }
+    let mut replies = Vec::new();
+    for t in (T0..=T0 + 6_000).step_by(100) {
+        isolated.handle(t, NodeInput::Tick);
+        while let Some(output) = isolated.poll() {
+            if let NodeOutput::Machine(Output::Reply { caller, outcome }) = output {
+                replies.push((t, caller, outcome));
+            }
         }
     }
-    let err = reply.expect("answered at once").unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unavailable);
-    assert!(err.message.contains("knows no leader"), "{}", err.message);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    for (t, _, outcome) in replies {
+        assert!(t >= T0 + 5_000, "answered at {t}: not before the request timeout");
+        let error = outcome.expect_err("no leader, no answer");
+        assert_eq!(error.code, ErrorCode::Unavailable);
+        assert!(error.message.contains("known no leader"), "{}", error.message);
+    }
 }
 
 #[test]

@@ -86,6 +86,9 @@ enum Command {
     },
     /// Show one task, with its input and output.
     Task { id: String },
+    /// A cluster's members, its leader and their progress (a daemon started with --initial-cluster).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print events as they happen, one line each, until interrupted.
     Watch {
         /// Topic prefixes, e.g. `agent.` or `lease.expired` (none: every topic).
@@ -94,6 +97,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The leader, the term, and each member with its role and applied index, as the node at
+    /// --endpoint sees them.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +238,14 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             out.elections(&groups)
         }
         Command::Policy(command) => policy(channel, command, &out).await,
+        Command::Cluster(ClusterCommand::Status) => {
+            let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel);
+            let reply = client
+                .status(pb::ClusterStatusRequest {})
+                .await
+                .map_err(failed("ClusterService.Status"))?;
+            out.cluster(&reply.into_inner())
+        }
         Command::Tasks { status } => {
             let status = status.map_or(pb::TaskStatus::Unspecified, |s| match s {
                 TaskStatus::Pending => pb::TaskStatus::Pending,

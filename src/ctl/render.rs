@@ -98,6 +98,53 @@ impl Output {
         self.print(json, pairs(&fields))
     }
 
+    pub fn cluster(&self, status: &pb::ClusterStatusResponse) -> Result<(), String> {
+        let rows = (status.members.iter())
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.peer_addr.clone(),
+                    m.role.clone(),
+                    m.applied_index.to_string(),
+                    m.last_heard_ms
+                        .map_or_else(|| "never".to_string(), |ms| format!("{ms}ms ago")),
+                ]
+            })
+            .collect();
+        let leader = match status.leader {
+            0 => "none (an election is under way)".to_string(),
+            id => id.to_string(),
+        };
+        let text = format!(
+            "node {} sees leader {leader}, term {}, commit index {}\n{}",
+            status.node_id,
+            status.term,
+            status.commit_index,
+            table(&["ID", "PEER ADDRESS", "ROLE", "APPLIED", "HEARD"], rows)
+        );
+        let members: Vec<Value> = (status.members.iter())
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "addr": m.peer_addr,
+                    "role": m.role,
+                    "voter": m.voter,
+                    "applied_index": m.applied_index,
+                    "last_heard_ms": m.last_heard_ms,
+                })
+            })
+            .collect();
+        let json = json!({
+            "node_id": status.node_id,
+            "leader": status.leader,
+            "term": status.term,
+            "commit_index": status.commit_index,
+            "applied_index": status.applied_index,
+            "members": members,
+        });
+        self.print(json, text)
+    }
+
     pub fn leases(&self, leases: &[pb::Lease]) -> Result<(), String> {
         let rows = leases
             .iter()

@@ -7,9 +7,12 @@
 //! slow streams and shutdown are the machine's. It never blocks on a subscriber or a client:
 //! every send out of here is a `try_send` or a oneshot.
 
+mod cluster;
 mod durability;
+mod outlets;
 mod progress;
 mod queue;
+mod single;
 mod streams;
 
 use std::sync::Arc;
@@ -17,26 +20,49 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::core::machine::{CallerId, Input, Machine, Output};
-use crate::core::types::{Map, Millis, Set, new_map, new_set};
-use crate::core::{Command, CoreError, Outcome, Reply, Topic};
+use crate::cluster::{ClusterView, PeerTraffic};
+use crate::core::machine::{Input, Machine};
+use crate::core::types::Millis;
+use crate::core::{Command, Core, Topic};
 use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 
+pub use cluster::{ClusterNode, PeerOutbox};
 pub use durability::Durability;
+use outlets::{Caller, Outlets, SWEEP_INTERVAL};
 pub use progress::{Beat, Progress};
 pub use queue::{CoreHandle, Lanes, Request, Sink, channels};
-use streams::Streams;
 
 /// Requests taken from the lanes in one batch at most: bounds the latency of a batch's first
 /// reply behind its last request.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
 
-/// How often, at most, the driver looks for parked callers that hung up.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+/// What the driver's loop runs: a single node's machine with its store, or a cluster node
+/// (consensus, its log on disk, its peers). The loop is the same for both.
+trait Engine: Send + 'static {
+    /// The state as the engine last applied it (for the metrics).
+    fn core(&self) -> &Core;
+    /// When time next matters to the engine.
+    fn deadline(&self) -> Option<Millis>;
+    /// One of the machine's inputs: a caller's command, a tick, a hang-up, shutdown.
+    fn handle(&mut self, now: Millis, input: Input);
+    /// Consensus traffic from a peer; a single node has none.
+    fn peer(&mut self, now: Millis, traffic: PeerTraffic) {
+        let _ = (now, traffic);
+    }
+    /// Does what the engine's outputs say until it waits for nothing; an error is fatal.
+    fn flush(&mut self, now: Millis, outlets: &mut Outlets, metrics: &Metrics) -> Result<(), String>;
+    /// Work between batches (a single node's snapshots).
+    fn after_batch(&mut self, metrics: &Arc<Metrics>) {
+        let _ = metrics;
+    }
+    /// The cluster as this node sees it; None on a single node.
+    fn cluster(&self) -> Option<ClusterView> {
+        None
+    }
+}
 
 /// Starts the driver thread around `machine`; with a store, every entry is written and made
 /// durable before what depends on it leaves. Returns the handle to send it requests.
@@ -63,20 +89,37 @@ pub fn spawn_on(
     spin: Duration,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
-    let seed = machine.core().config().seed;
+    spawn_engine(lanes, single::SingleNode { machine, store }, clock, spin, metrics)
+}
+
+/// Starts the driver thread of a cluster node reading `lanes`: the same loop as a single
+/// node's, over consensus.
+pub fn spawn_cluster(
+    lanes: Lanes,
+    node: ClusterNode,
+    clock: Clock,
+    spin: Duration,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    spawn_engine(lanes, node, clock, spin, metrics)
+}
+
+fn spawn_engine<E: Engine>(
+    lanes: Lanes,
+    engine: E,
+    clock: Clock,
+    spin: Duration,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let seed = engine.core().config().seed;
     // Events replayed from the data dir were counted by an earlier process: start from them.
-    let events_published = machine.core().events_by_topic();
+    let events_published = engine.core().events_by_topic();
     let driver = Driver {
         events_published,
-        machine,
+        engine,
         clock,
         metrics,
-        callers: new_map(seed),
-        parked: new_set(seed),
-        swept_at: None,
-        caller_next: 1,
-        streams: Streams::new(seed),
-        store,
+        outlets: Outlets::new(seed),
         spin: Spin::new(spin),
     };
     thread::Builder::new().name("agentkeeper-core".into()).spawn(move || {
@@ -92,30 +135,17 @@ pub fn spawn_on(
     })
 }
 
-/// Where a caller's answer goes.
-enum Caller {
-    Call(oneshot::Sender<Outcome>),
-    Subscribe(oneshot::Sender<Outcome>, Sink),
-    Clock(oneshot::Sender<Result<Millis, CoreError>>),
-}
-
-struct Driver {
-    machine: Machine,
+struct Driver<E> {
+    engine: E,
     clock: Clock,
     metrics: Arc<Metrics>,
-    callers: Map<CallerId, Caller>,
-    /// Callers whose claims wait in the core: looked at now and then for hang-ups.
-    parked: Set<CallerId>,
-    swept_at: Option<Instant>,
-    caller_next: u64,
-    streams: Streams,
-    store: Option<Durability>,
+    outlets: Outlets,
     /// The per-topic event totals already added to the metrics.
     events_published: [u64; Topic::ALL.len()],
     spin: Spin,
 }
 
-impl Driver {
+impl<E: Engine> Driver<E> {
     fn run(mut self, lanes: &Lanes) {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         let mut worked = false;
@@ -155,12 +185,12 @@ impl Driver {
         }
     }
 
-    /// Blocks until a request comes, the machine's next deadline, or parked callers need a look.
+    /// Blocks until a request comes, the engine's next deadline, or parked callers need a look.
     fn sleep_for_work(&self, lanes: &Lanes) -> Result<Request, RecvTimeoutError> {
-        let deadline = (self.machine.poll_timeout())
+        let deadline = (self.engine.deadline())
             .filter(|_| self.clock.runs_by_itself())
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now())));
-        let sweep = (!self.parked.is_empty()).then_some(SWEEP_INTERVAL);
+        let sweep = self.outlets.has_parked().then_some(SWEEP_INTERVAL);
         let disconnected = |_| RecvTimeoutError::Disconnected;
         match [deadline, sweep].into_iter().flatten().min() {
             None => crossbeam_channel::select! {
@@ -175,13 +205,15 @@ impl Driver {
         }
     }
 
-    /// Hands one batch to the machine and does what it says; false once told to stop.
+    /// Hands one batch to the engine and does what it says; false once told to stop.
     #[allow(clippy::disallowed_methods)] // times the batch for the latency histogram
     fn run_batch(&mut self, batch: &mut Vec<Request>) -> bool {
         let started = Instant::now();
         let mut now = self.clock.now();
-        self.machine.handle(now, Input::Tick);
-        self.sweep(now);
+        self.engine.handle(now, Input::Tick);
+        for gone in self.outlets.sweep() {
+            self.engine.handle(now, gone);
+        }
         let mut running = true;
         let batch_len = batch.len();
         for request in batch.drain(..) {
@@ -206,8 +238,16 @@ impl Driver {
                     }
                     (Command::Now, None, Caller::Clock(reply))
                 }
+                Request::Peer(traffic) => {
+                    self.engine.peer(now, traffic);
+                    continue;
+                }
+                Request::ClusterStatus { reply } => {
+                    let _ = reply.send(self.engine.cluster());
+                    continue;
+                }
                 Request::EndStreams => {
-                    self.machine.handle(now, Input::Shutdown);
+                    self.engine.handle(now, Input::Shutdown);
                     continue;
                 }
                 Request::Stop => {
@@ -215,116 +255,28 @@ impl Driver {
                     continue;
                 }
             };
-            let id = CallerId(self.caller_next);
-            self.caller_next += 1;
-            self.callers.insert(id, caller);
+            let caller = self.outlets.admit(caller);
             let call = Input::Call {
-                caller: id,
+                caller,
                 command,
                 principal,
             };
-            self.machine.handle(now, call);
+            self.engine.handle(now, call);
         }
-        self.flush(now);
+        if let Err(error) = self.engine.flush(now, &mut self.outlets, &self.metrics) {
+            // Only a cluster node's log fails this way: consensus already counts on what it
+            // could not make durable, so the node must not go on (etcd stops alike). A restart
+            // rejoins from what is durable.
+            tracing::error!(%error, "stopping: the consensus log cannot be made durable");
+            std::process::exit(1);
+        }
         // Gauges after the replies left: a client that got its answer and then scrapes sees its
         // own change once the next batch has run, never a value older than its call.
-        self.metrics.publish_core(&self.machine.core().stats());
-        (self.metrics).publish_events(&self.machine.core().events_by_topic(), &mut self.events_published);
+        self.metrics.publish_core(&self.engine.core().stats());
+        (self.metrics).publish_events(&self.engine.core().events_by_topic(), &mut self.events_published);
         self.metrics.observe_batch(batch_len, started.elapsed());
-        if let Some(store) = &mut self.store {
-            store.snapshot_if_due(&self.machine, &self.metrics);
-        }
+        self.engine.after_batch(&self.metrics);
         running
-    }
-
-    /// Does what the machine says until it waits for nothing: entries go into the batch's write,
-    /// which is made durable (and acknowledged) when nothing else can leave before it.
-    fn flush(&mut self, now: Millis) {
-        loop {
-            match self.machine.poll() {
-                Some(Output::Persist { index, entry }) => match &mut self.store {
-                    Some(store) => store.add(index, &entry),
-                    None => unreachable!("a machine without a log emits no entries"),
-                },
-                Some(output) => self.dispatch(now, output),
-                None => {
-                    let Some(store) = self.store.as_mut().filter(|store| store.has_pending()) else {
-                        return;
-                    };
-                    let input = match store.commit(&self.metrics) {
-                        Ok(up_to) => Input::Persisted { up_to },
-                        Err(reason) => Input::PersistFailed { reason },
-                    };
-                    self.machine.handle(now, input);
-                }
-            }
-        }
-    }
-
-    fn dispatch(&mut self, now: Millis, output: Output) {
-        match output {
-            Output::Persist { .. } => unreachable!("handled by flush"),
-            Output::Reply { caller, outcome } => {
-                self.parked.remove(&caller);
-                let undelivered = match self.callers.remove(&caller) {
-                    Some(Caller::Call(reply)) => reply.send(outcome).err(),
-                    Some(Caller::Subscribe(reply, sink)) => self.streams.open(reply, sink, outcome),
-                    Some(Caller::Clock(reply)) => {
-                        let _ = reply.send(outcome.map(|reply| match reply {
-                            Reply::Now(time) => time,
-                            other => unreachable!("Now answered with {other:?}"),
-                        }));
-                        None
-                    }
-                    None => unreachable!("a reply for caller {caller:?}, who is not waiting"),
-                };
-                if let Some(outcome) = undelivered {
-                    if matches!(outcome, Ok(Reply::Claimed { .. })) {
-                        self.metrics.claims_undelivered.inc();
-                    }
-                    self.machine.handle(now, Input::Undelivered { outcome });
-                }
-            }
-            Output::Park { caller } => {
-                self.parked.insert(caller);
-            }
-            Output::Deliver { subscriber, event } => {
-                if let Some(gone) = self.streams.deliver(subscriber, event, &self.metrics) {
-                    self.machine.handle(now, gone);
-                }
-            }
-            Output::EndStream { subscriber, end } => self.streams.end(subscriber, end),
-            Output::Propose { .. } => unreachable!("a single node's machine orders its own writes"),
-        }
-    }
-
-    /// Tells the machine about parked callers and stream readers that went away, at most every
-    /// `SWEEP_INTERVAL` (a claim missed here goes back when its answer cannot be delivered; a
-    /// stream's reader usually says so itself, with Unwatch, and its buffer goes here).
-    #[allow(clippy::disallowed_methods)] // paces the sweep
-    fn sweep(&mut self, now: Millis) {
-        let idle = self.parked.is_empty() && self.streams.is_empty();
-        if idle || self.swept_at.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
-            return;
-        }
-        self.swept_at = Some(Instant::now());
-        let mut gone: Vec<CallerId> = (self.parked.iter())
-            .filter(|&caller| matches!(self.callers.get(caller), Some(Caller::Call(reply)) if reply.is_closed()))
-            .copied()
-            .collect();
-        gone.sort_unstable();
-        for caller in gone {
-            self.parked.remove(&caller);
-            self.callers.remove(&caller);
-            self.machine.handle(now, Input::CallerGone { caller });
-        }
-        for subscriber in self.streams.sweep_closed() {
-            let gone = Input::SubscriberGone {
-                subscriber,
-                overflow: None,
-            };
-            self.machine.handle(now, gone);
-        }
     }
 }
 

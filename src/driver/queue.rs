@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::{ClusterView, PeerTraffic};
 use crate::core::machine::StreamEnd;
 use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, CoreError, ErrorCode, Event, Outcome};
@@ -46,6 +47,12 @@ pub enum Request {
     Clock {
         advance_ms: Option<Millis>,
         reply: oneshot::Sender<Result<Millis, CoreError>>,
+    },
+    /// Consensus traffic from a peer (a cluster node's; a single node drops it).
+    Peer(PeerTraffic),
+    /// The cluster as this node sees it (None on a single node).
+    ClusterStatus {
+        reply: oneshot::Sender<Option<ClusterView>>,
     },
     /// Stops the driver thread.
     Stop,
@@ -93,15 +100,16 @@ pub fn channels(queue_max: usize, metrics: Arc<Metrics>) -> (CoreHandle, Lanes) 
     )
 }
 
-/// Whether a request goes in the priority lane: what keeps agents and leases alive, and the
-/// clean-up that frees a stream's place.
+/// Whether a request goes in the priority lane: what keeps agents and leases alive, the
+/// clean-up that frees a stream's place, and consensus traffic (a leader's heartbeats keep it
+/// leader; a write forwarded here was admitted by a follower already).
 fn is_priority(request: &Request) -> bool {
     matches!(
         request,
         Request::Call {
             command: Command::Heartbeat { .. } | Command::RenewLease { .. } | Command::Unwatch { .. },
             ..
-        }
+        } | Request::Peer(_)
     )
 }
 
@@ -110,6 +118,8 @@ fn method_of(request: &Request) -> &'static str {
     match request {
         Request::Call { command, .. } | Request::Subscribe { command, .. } => command.name(),
         Request::Clock { .. } => "Clock",
+        Request::Peer(_) => "Peer",
+        Request::ClusterStatus { .. } => "ClusterStatus",
         Request::EndStreams | Request::Stop => "Shutdown",
     }
 }
@@ -173,6 +183,13 @@ impl CoreHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Clock { advance_ms, reply })?;
         answer.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// The cluster as the node sees it; None on a single node.
+    pub async fn cluster_status(&self) -> Result<Option<ClusterView>, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ClusterStatus { reply })?;
+        answer.await.map_err(|_| shutting_down())
     }
 
     /// Runs one unary command through the core.

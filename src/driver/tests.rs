@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::core::types::{AgentCard, AgentStatus};
-use crate::core::{Core, CoreConfig, ErrorCode};
+use crate::core::{Core, CoreConfig, CoreError, ErrorCode, Outcome, Reply};
+use tokio::sync::oneshot;
 
 const T0: Millis = 1_000_000;
 

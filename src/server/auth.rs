@@ -169,7 +169,9 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
         }
         "GetAgent" | "ListPolicies" | "CheckPolicy" | "GetTask" | "ListTasks" | "ListLeases" | "ListElections"
         | "Now" => &[Orchestrator, Agent, Reader],
-        _ if path.starts_with("/grpc.reflection.") => &[Orchestrator, Agent, Reader],
+        _ if path.starts_with("/grpc.reflection.") || path == "/agentkeeper.v1.ClusterService/Status" => {
+            &[Orchestrator, Agent, Reader]
+        }
         _ => &[Orchestrator],
     })
 }

@@ -18,13 +18,14 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::proto as pb;
 
 /// Every service of ours, by its full name, as the health service reports them.
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     pb::registry_service_server::SERVICE_NAME,
     pb::lease_service_server::SERVICE_NAME,
     pb::election_service_server::SERVICE_NAME,
     pb::entitlements_service_server::SERVICE_NAME,
     pb::task_service_server::SERVICE_NAME,
     pb::clock_service_server::SERVICE_NAME,
+    pb::cluster_service_server::SERVICE_NAME,
 ];
 
 /// Where the daemon is in its life.

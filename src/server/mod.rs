@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod cluster_status;
 pub mod connections;
 pub mod convert;
 pub mod dashboard;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod oversize;
 pub mod pages;
+pub mod peer;
 pub mod subscription;
 pub mod timing;
 pub mod tls;
@@ -41,7 +43,8 @@ pub struct Grpc {
     pub layer: calls::CallLayer,
 }
 
-/// Every gRPC service of the daemon, ready for any transport: ours, `grpc.health.v1.Health`
+/// Every gRPC service of the daemon, ready for any transport: ours (ClusterService comes with
+/// `Grpc::with_cluster`), `grpc.health.v1.Health`
 /// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
 /// into `agentkeeper_rpc_duration_seconds`. A request over `message_bytes_max` is
 /// RESOURCE_EXHAUSTED before it is decoded. With `tokens`, every call but health checks needs a
@@ -72,6 +75,20 @@ pub fn grpc(
         .add_service(pb::task_service_server::TaskServiceServer::new(api.clone()).max_decoding_message_size(n))
         .add_service(pb::clock_service_server::ClockServiceServer::new(api).max_decoding_message_size(n));
     Grpc { routes, layer }
+}
+
+impl Grpc {
+    /// Adds ClusterService: a cluster node's answers with what its peer book knows; a single
+    /// node's (no book) that it is no cluster.
+    pub fn with_cluster(self, core: CoreHandle, book: Option<Arc<peer::PeerBook>>) -> Grpc {
+        let status = cluster_status::ClusterStatus { core, book };
+        Grpc {
+            routes: self
+                .routes
+                .add_service(pb::cluster_service_server::ClusterServiceServer::new(status)),
+            layer: self.layer,
+        }
+    }
 }
 
 /// Serves gRPC on tokio's epoll reactor until `shutdown` resolves, then drains calls in flight.

@@ -18,7 +18,9 @@ use super::wal::{self, Damage};
 use super::{StoreError, create_whole, io_error, lock_dir, truncate};
 use crate::cluster::LogStore;
 
-const FILE: &str = "consensus.log";
+pub(super) const FILE: &str = "consensus.log";
+/// This node's incarnation count (see `cluster::ProposalId`): 8 bytes, little-endian.
+const EPOCH_FILE: &str = "node.epoch";
 const MAGIC: &[u8; 8] = b"AKCONSLG";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 24;
@@ -91,6 +93,14 @@ impl ConsensusLog {
     /// it back as the node's `LogStore` (its voters `voters`).
     pub fn open(dir: &Path, node_id: u64, voters: &[u64]) -> Result<(ConsensusLog, LogStore), StoreError> {
         let lock = lock_dir(dir)?;
+        if !super::generations(dir, "wal-", ".log")?.is_empty() {
+            return Err(StoreError::Version {
+                path: dir.to_path_buf(),
+                detail: "this data dir holds a single node's log, not a cluster node's: a single node \
+                         does not become a cluster member by a restart; give this node an empty data dir"
+                    .into(),
+            });
+        }
         let path = dir.join(FILE);
         let mut log = LogStore::new(voters);
         if !path.exists() {
@@ -154,6 +164,29 @@ impl ConsensusLog {
                 hard_state.write_to_vec(out).expect("a hard state always encodes");
             });
         }
+    }
+
+    /// Counts this start of the node (1 at its first) and keeps the count, durably, before it
+    /// is used: no two incarnations of a node share a number, which proposal ids rely on.
+    pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
+        let dir = self.path.parent().expect("the log is in its data dir").to_path_buf();
+        let path = dir.join(EPOCH_FILE);
+        let last = match std::fs::read(&path) {
+            Ok(bytes) => u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| StoreError::Damaged {
+                path: path.clone(),
+                detail: format!("{} bytes, not 8", bytes.len()),
+            })?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(StoreError::Io { path, error }),
+        };
+        let epoch = last + 1;
+        create_whole(&dir, &path, &epoch.to_le_bytes())?;
+        Ok(epoch)
+    }
+
+    /// The bytes appended and not yet synced.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
     }
 
     /// Whether appended records wait for `sync`.

@@ -145,6 +145,14 @@ impl Store {
     /// header; an existing one keeps its own.
     pub fn open(dir: &Path, seed: u64, now: Millis) -> Result<(Store, Recovered), StoreError> {
         let lock = lock_dir(dir)?;
+        if dir.join(consensus_log::FILE).exists() {
+            return Err(StoreError::Version {
+                path: dir.to_path_buf(),
+                detail: "this data dir belongs to a cluster node (it holds a consensus log): start it with \
+                         --node-id and --initial-cluster, or give this single node a data dir of its own"
+                    .into(),
+            });
+        }
         let logs = generations(dir, "wal-", ".log")?;
         if logs.is_empty() {
             let header = Header { seed, created_at: now };

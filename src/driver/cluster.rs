@@ -1,0 +1,151 @@
+//! The engine of a cluster node: consensus and the replicated core (`cluster::Node`), the node's
+//! consensus log on disk, and the outboxes to its peers. Writes a node made stable and syncs
+//! them before anything after them leaves: a vote, an acknowledgement, a reply.
+//!
+//! Architecture invariant: nothing leaves the node ahead of the consensus records it emitted
+//! before it (raft-rs counts them stable once emitted); a log that cannot be synced stops the
+//! node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::Engine;
+use super::outlets::Outlets;
+use crate::cluster::{ClusterView, Node, NodeInput, NodeOutput, PeerTraffic};
+use crate::core::Core;
+use crate::core::machine::Input;
+use crate::core::types::Millis;
+use crate::metrics::Metrics;
+use crate::store::consensus_log::ConsensusLog;
+
+/// The way out to each peer: a bounded queue its sender task drains onto the network.
+pub struct PeerOutbox {
+    peers: BTreeMap<u64, mpsc::Sender<PeerTraffic>>,
+    /// This node's applied index, for the senders to tell the peers.
+    applied: Arc<AtomicU64>,
+}
+
+impl PeerOutbox {
+    pub fn new(peers: BTreeMap<u64, mpsc::Sender<PeerTraffic>>, applied: Arc<AtomicU64>) -> PeerOutbox {
+        PeerOutbox { peers, applied }
+    }
+
+    /// Queues `traffic` for its peer; dropped when the queue is full or the peer unknown.
+    fn send(&self, traffic: PeerTraffic, metrics: &Metrics) {
+        let to = traffic.to();
+        let Some(peer) = self.peers.get(&to) else {
+            tracing::debug!(to, "no such peer; dropped");
+            return;
+        };
+        if let Err(TrySendError::Full(_)) = peer.try_send(traffic) {
+            metrics.cluster_peer_dropped_total.inc();
+        }
+    }
+}
+
+/// A cluster node as the driver runs it.
+pub struct ClusterNode {
+    node: Node,
+    log: ConsensusLog,
+    peers: PeerOutbox,
+    /// Outputs waiting for the consensus records before them to be synced.
+    held: Vec<NodeOutput>,
+}
+
+impl ClusterNode {
+    /// `node` was started from what `log` holds.
+    pub fn new(node: Node, log: ConsensusLog, peers: PeerOutbox) -> ClusterNode {
+        ClusterNode {
+            node,
+            log,
+            peers,
+            held: Vec::new(),
+        }
+    }
+}
+
+impl Engine for ClusterNode {
+    fn core(&self) -> &Core {
+        self.node.machine().core()
+    }
+
+    fn deadline(&self) -> Option<Millis> {
+        Some(self.node.poll_timeout())
+    }
+
+    fn handle(&mut self, now: Millis, input: Input) {
+        let input = match input {
+            Input::Call {
+                caller,
+                command,
+                principal,
+            } => NodeInput::Call {
+                caller,
+                command,
+                principal,
+            },
+            Input::Tick => NodeInput::Tick,
+            other => NodeInput::Local(other),
+        };
+        self.node.handle(now, input);
+    }
+
+    fn peer(&mut self, now: Millis, traffic: PeerTraffic) {
+        self.node.handle(now, traffic.into());
+    }
+
+    /// Group commit: every consensus record the node emitted goes into one write and one
+    /// fdatasync; then what came after them leaves, in order.
+    #[allow(clippy::disallowed_methods)] // times the fsync for the latency histogram
+    fn flush(&mut self, now: Millis, outlets: &mut Outlets, metrics: &Metrics) -> Result<(), String> {
+        loop {
+            while let Some(output) = self.node.poll() {
+                match output {
+                    NodeOutput::Persist { entries, hard_state } => self.log.append(&entries, hard_state.as_ref()),
+                    other => self.held.push(other),
+                }
+            }
+            if self.held.is_empty() && !self.log.is_dirty() {
+                return Ok(());
+            }
+            if self.log.is_dirty() {
+                let started = Instant::now();
+                let bytes = self.log.pending_bytes();
+                self.log
+                    .sync()
+                    .map_err(|error| format!("{}: {error}", self.log.path().display()))?;
+                metrics.observe_sync(bytes, started.elapsed());
+            }
+            for output in std::mem::take(&mut self.held) {
+                match output {
+                    NodeOutput::Send(message) => self.peers.send(PeerTraffic::Message(message), metrics),
+                    NodeOutput::Forward(forward) => self.peers.send(PeerTraffic::Forward(forward), metrics),
+                    NodeOutput::Machine(output) => {
+                        if let Some(input) = outlets.dispatch(output, metrics) {
+                            self.node.handle(now, NodeInput::Local(input));
+                        }
+                    }
+                    NodeOutput::Persist { .. } => unreachable!("taken above"),
+                }
+            }
+        }
+    }
+
+    fn after_batch(&mut self, metrics: &Arc<Metrics>) {
+        let status = self.node.status();
+        self.peers.applied.store(status.applied, Ordering::Relaxed);
+        metrics.publish_cluster(&status);
+        // The simulator follows proposals and answers into the log; here they only must not
+        // pile up.
+        drop(self.node.take_answered());
+        drop(self.node.take_proposed());
+    }
+
+    fn cluster(&self) -> Option<ClusterView> {
+        Some(self.node.view())
+    }
+}

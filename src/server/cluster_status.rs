@@ -1,0 +1,78 @@
+//! `agentkeeper.v1.ClusterService`: the cluster as the node asked sees it (leader, term,
+//! members with their roles, applied indexes and when each was last heard from), for
+//! `agentkeeper ctl cluster status` and clients choosing a node.
+//!
+//! Architecture invariant: reads only; what the node knows of consensus comes through the
+//! driver, what it heard from peers from the peer book. A single node says it is not a cluster.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::peer::PeerBook;
+use crate::cluster::StateRole;
+use crate::driver::CoreHandle;
+use crate::proto as pb;
+
+#[derive(Clone)]
+pub struct ClusterStatus {
+    pub core: CoreHandle,
+    /// None on a single node.
+    pub book: Option<Arc<PeerBook>>,
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate | StateRole::PreCandidate => "candidate",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for ClusterStatus {
+    async fn status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let not_a_cluster =
+            || Status::failed_precondition("this daemon runs as a single node (started without --initial-cluster)");
+        let book = self.book.as_ref().ok_or_else(not_a_cluster)?;
+        let view = (self.core.cluster_status().await)
+            .map_err(convert::status)?
+            .ok_or_else(not_a_cluster)?;
+        let me = view.status;
+        let members = (view.members.iter())
+            .map(|member| {
+                let (applied_index, ago) = if member.id == me.id {
+                    (me.applied, Some(std::time::Duration::ZERO))
+                } else {
+                    book.last_heard(member.id)
+                };
+                let role = match () {
+                    _ if member.id == me.id && member.voter => role_name(me.role),
+                    _ if !member.voter => "learner",
+                    _ if member.id == me.leader => "leader",
+                    _ => "follower",
+                };
+                pb::ClusterMember {
+                    id: member.id,
+                    peer_addr: book.members.members.get(&member.id).cloned().unwrap_or_default(),
+                    role: role.to_string(),
+                    voter: member.voter,
+                    applied_index,
+                    last_heard_ms: ago.map(|ago| ago.as_millis() as u64),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: me.id,
+            leader: me.leader,
+            term: me.term,
+            commit_index: me.commit,
+            applied_index: me.applied,
+            members,
+        }))
+    }
+}

@@ -1,0 +1,363 @@
+//! A cluster of real daemons on this host: three `agentkeeper` processes on raft-rs, each with
+//! its own data dir, talking over their peer ports. What a user of a cluster counts on: any node
+//! takes any call, a write acknowledged on one node is read on every other at once
+//! (linearizable reads), killing the leader leaves a cluster that carries on with everything it
+//! acknowledged, fencing tokens keep rising across the failover, and the killed node rejoins.
+//!
+//! Peer addresses must be known before the nodes start (each names the others), so every
+//! cluster here listens on loopback addresses of its own, 127.P.Q.N with P.Q from the test
+//! process's id and a port per cluster: no two tests running at once share one.
+
+#![allow(clippy::disallowed_methods)] // reports how long the failover took (never asserted)
+
+mod common;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use agentkeeper::proto as pb;
+use common::{Clients, Daemon, wait_until};
+use pb::cluster_service_client::ClusterServiceClient;
+
+/// One port per cluster a test process starts (clusters of one process differ by port).
+static NEXT_PORT: AtomicU16 = AtomicU16::new(17_100);
+
+struct Cluster {
+    nodes: Vec<Option<Daemon>>,
+    members: String,
+    peers: Vec<String>,
+    dirs: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(size: u64) -> Cluster {
+        let pid = std::process::id();
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let peers: Vec<String> = (1..=size)
+            .map(|n| format!("127.{}.{}.{n}:{port}", (pid >> 8) & 0xff, pid & 0xff))
+            .collect();
+        let members = (peers.iter().enumerate())
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dirs = tempfile::Builder::new()
+            .prefix("agentkeeper-cluster-")
+            .tempdir()
+            .expect("a temp dir");
+        let mut cluster = Cluster {
+            nodes: (0..size).map(|_| None).collect(),
+            members,
+            peers,
+            dirs,
+        };
+        // All at once, then wait for each: a node waits for a quorum of the others to serve.
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        for node in cluster.nodes.iter_mut().flatten() {
+            node.wait_serving();
+        }
+        cluster
+    }
+
+    /// Starts node `id` (again, after a kill: with the data dir it had) without waiting.
+    fn spawn(&mut self, id: u64) {
+        let args = vec![
+            "--addr=127.0.0.1:0".to_string(),
+            "--metrics-addr=127.0.0.1:0".to_string(),
+            format!("--node-id={id}"),
+            format!("--peer-addr={}", self.peers[(id - 1) as usize]),
+            format!("--initial-cluster={}", self.members),
+            format!("--data-dir={}", self.dirs.path().join(format!("node-{id}")).display()),
+        ];
+        self.nodes[(id - 1) as usize] = Some(Daemon::spawn(&args));
+    }
+
+    fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.node(id).wait_serving();
+    }
+
+    fn node(&mut self, id: u64) -> &mut Daemon {
+        self.nodes[(id - 1) as usize].as_mut().expect("the node runs")
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut node = self.nodes[(id - 1) as usize].take().expect("the node runs");
+        node.kill_9();
+    }
+
+    fn running(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[(*id - 1) as usize].is_some())
+            .collect()
+    }
+
+    async fn clients(&mut self, id: u64) -> Clients {
+        self.node(id).clients().await
+    }
+
+    async fn status(&mut self, id: u64) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+        let channel = self.node(id).channel().await;
+        let reply = ClusterServiceClient::new(channel)
+            .status(pb::ClusterStatusRequest {})
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Waits until every running node names the same leader, among the running ones.
+    async fn leader(&mut self) -> u64 {
+        let running = self.running();
+        wait_until("every running node names the same live leader", async || {
+            let mut seen = Vec::new();
+            for &id in &running {
+                seen.push(self.status(id).await.map_err(|e| e.to_string())?.leader);
+            }
+            match seen.first() {
+                Some(&leader) if running.contains(&leader) && seen.iter().all(|l| *l == leader) => Ok(leader),
+                _ => Err(format!("nodes {running:?} name leaders {seen:?}")),
+            }
+        })
+        .await
+    }
+}
+
+fn policy(id: &str, subject: &str) -> pb::SetPolicyRequest {
+    pb::SetPolicyRequest {
+        policy: Some(pb::Policy {
+            id: id.into(),
+            subject: subject.into(),
+            action: "read".into(),
+            resource: "docs/*".into(),
+            effect: pb::PolicyEffect::Allow as i32,
+        }),
+    }
+}
+
+async fn allowed(clients: &mut Clients, subject: &str) -> bool {
+    let request = pb::CheckPolicyRequest {
+        subject: subject.into(),
+        action: "read".into(),
+        resource: "docs/a".into(),
+    };
+    clients
+        .policies
+        .check_policy(request)
+        .await
+        .expect("CheckPolicy")
+        .into_inner()
+        .allowed
+}
+
+async fn acquire(clients: &mut Clients, key: &str, agent_id: &str) -> Result<pb::Lease, tonic::Status> {
+    let request = pb::AcquireLeaseRequest {
+        task_id: key.into(),
+        agent_id: agent_id.into(),
+        ttl_seconds: 60,
+    };
+    let reply = clients.leases.acquire_lease(request).await?.into_inner();
+    assert!(reply.acquired, "the lease on {key} is free");
+    Ok(reply.lease.expect("a lease"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_follower_is_read_on_every_node_at_once_and_status_names_the_members() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+
+    // Written through a follower (forwarded to the leader); read on every node right after the
+    // acknowledgement, without waiting: a read sees every write acknowledged before it began.
+    let mut writer = cluster.clients(follower).await;
+    writer
+        .policies
+        .set_policy(policy("p1", "alice"))
+        .await
+        .expect("a follower takes a write");
+    for id in 1..=3 {
+        let mut reader = cluster.clients(id).await;
+        assert!(allowed(&mut reader, "alice").await, "node {id} reads the write at once");
+    }
+    let agent = writer.register("worker", &["build"], 60).await;
+    let lease = acquire(&mut writer, "deploy", &agent)
+        .await
+        .expect("a lease through a follower");
+    let mut on_leader = cluster.clients(leader).await;
+    let found = on_leader.agent(&agent).await.expect("the leader knows the agent");
+    assert_eq!(found.card.expect("a card").name, "worker");
+    assert!(common::token_of(&lease) > 0);
+
+    let status = cluster.status(follower).await.expect("status");
+    assert_eq!(status.node_id, follower);
+    assert_eq!(status.leader, leader);
+    assert!(status.term >= 1);
+    let ids: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for member in &status.members {
+        let want = if member.id == leader { "leader" } else { "follower" };
+        assert_eq!(member.role, want, "member {}", member.id);
+        assert!(member.voter);
+        assert_eq!(member.peer_addr, cluster.peers[(member.id - 1) as usize]);
+    }
+    // Every follower tells the leader its applied index: all of them reach the last write.
+    let last = status.commit_index;
+    wait_until(
+        "every member's applied index, as the leader hears it, reaches the commit",
+        async || {
+            let status = cluster.status(leader).await.map_err(|e| e.to_string())?;
+            let applied: Vec<u64> = status.members.iter().map(|m| m.applied_index).collect();
+            match applied.iter().all(|a| *a >= last) {
+                true => Ok(()),
+                false => Err(format!("applied {applied:?}, commit {last}")),
+            }
+        },
+    )
+    .await;
+
+    // The same status from ctl, as JSON, with the fields scripts rely on.
+    let endpoint = format!("127.0.0.1:{}", cluster.node(leader).port);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
+        .args(["ctl", "--endpoint", &endpoint, "--json", "cluster", "status"])
+        .output()
+        .expect("ctl runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["leader"], leader);
+    assert!(json["term"].as_u64().is_some_and(|t| t >= 1));
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["members"][(leader - 1) as usize]["role"], "leader");
+    assert!(json["members"][0]["applied_index"].as_u64().is_some());
+    assert!(json["members"][0]["addr"].as_str().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leader_is_killed_the_others_carry_on_with_every_acknowledged_write_and_it_rejoins() {
+    let mut cluster = Cluster::start(3);
+    let old_leader = cluster.leader().await;
+    let survivor = (1..=3).find(|id| *id != old_leader).expect("a survivor");
+
+    let mut before = cluster.clients(old_leader).await;
+    let agent = before.register("worker", &["build"], 60).await;
+    let first = acquire(&mut before, "lock-1", &agent).await.expect("a lease");
+    for i in 0..20 {
+        let request = policy(&format!("before-{i}"), &format!("user-{i}"));
+        before.policies.set_policy(request).await.expect("acknowledged");
+    }
+
+    cluster.kill(old_leader);
+    let killed_at = Instant::now();
+    // Writes resume on the survivors once they elected a leader; a write in between is refused
+    // (UNAVAILABLE: no leader, or not committed in time) and the client retries.
+    let mut after = cluster.clients(survivor).await;
+    let mut refused = 0;
+    wait_until("a write is acknowledged by a survivor", async || {
+        let mut request = tonic::Request::new(policy("after", "bob"));
+        request.set_timeout(Duration::from_millis(500));
+        match after.policies.set_policy(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                refused += 1;
+                Err(status.to_string())
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "failover: first write acknowledged {:?} after the leader's kill ({refused} refused meanwhile)",
+        killed_at.elapsed()
+    );
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    for id in cluster.running() {
+        let mut reader = cluster.clients(id).await;
+        for i in 0..20 {
+            assert!(
+                allowed(&mut reader, &format!("user-{i}")).await,
+                "node {id} kept write {i}"
+            );
+        }
+        assert!(
+            allowed(&mut reader, "bob").await,
+            "node {id} has the write after the failover"
+        );
+    }
+    // The same agent, the same state: a new lease's token is above every token before.
+    let second = acquire(&mut after, "lock-2", &agent)
+        .await
+        .expect("a lease after the failover");
+    assert!(
+        common::token_of(&second) > common::token_of(&first),
+        "fencing tokens rise across the failover: {} then {}",
+        common::token_of(&first),
+        common::token_of(&second)
+    );
+
+    // The killed node comes back with its data dir, catches up, and serves what it missed.
+    cluster.restart(old_leader);
+    let mut rejoined = cluster.clients(old_leader).await;
+    assert!(
+        allowed(&mut rejoined, "bob").await,
+        "the rejoined node reads the write it missed"
+    );
+    let lease = rejoined
+        .leases
+        .list_leases(pb::ListLeasesRequest::default())
+        .await
+        .expect("ListLeases");
+    let keys: Vec<String> = lease.into_inner().leases.into_iter().map(|l| l.task_id).collect();
+    assert_eq!(keys, vec!["lock-1".to_string(), "lock-2".to_string()]);
+    assert_eq!(
+        cluster.leader().await,
+        new_leader,
+        "a rejoining node does not unseat the leader"
+    );
+}
+
+#[test]
+fn cluster_flags_that_cannot_work_are_refused_with_the_reason_and_exit_2() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data_dir = format!("--data-dir={}", dir.path().display());
+    let list = "--initial-cluster=1=127.0.0.1:17001,2=127.0.0.1:17002,3=127.0.0.1:17003";
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--node-id=1", "--peer-addr=127.0.0.1:17001", list],
+            "needs --data-dir",
+        ),
+        (
+            &["--node-id=1", &data_dir],
+            "needs all of --node-id, --peer-addr and --initial-cluster",
+        ),
+        (
+            &["--node-id=4", "--peer-addr=127.0.0.1:17001", list, &data_dir],
+            "is not in --initial-cluster",
+        ),
+        (
+            &[
+                "--node-id=1",
+                "--peer-addr=127.0.0.1:17001",
+                "--initial-cluster=1=a:1,1=b:2",
+                &data_dir,
+            ],
+            "listed twice",
+        ),
+        (
+            &[
+                "--node-id=1",
+                "--peer-addr=127.0.0.1:17001",
+                list,
+                &data_dir,
+                "--clock=manual",
+            ],
+            "--clock manual is for a single node",
+        ),
+    ];
+    for (args, reason) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
+            .args(args)
+            .output()
+            .expect("the daemon runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}
