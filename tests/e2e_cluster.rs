@@ -361,3 +361,84 @@ fn cluster_flags_that_cannot_work_are_refused_with_the_reason_and_exit_2() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }
+
+fn signal(daemon: &Daemon, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &daemon.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_resumed_later_neither_grants_a_taken_lease_nor_answers_a_stale_read() {
+    let mut cluster = Cluster::start(3);
+    let old_leader = cluster.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+    let mut on_old = cluster.clients(old_leader).await;
+    let holder = on_old.register("holder", &[], 60).await;
+    let rival = on_old.register("rival", &[], 60).await;
+
+    signal(cluster.node(old_leader), "STOP");
+    // The others elect a leader of their own, and the lease and a policy are written there.
+    let new_leader = wait_until("the others elect a new leader", async || {
+        let status = cluster.status(others[0]).await.map_err(|e| e.to_string())?;
+        match status.leader {
+            leader if others.contains(&leader) => Ok(leader),
+            leader => Err(format!("node {} names leader {leader}", others[0])),
+        }
+    })
+    .await;
+    let mut on_new = cluster.clients(new_leader).await;
+    let lease = acquire(&mut on_new, "the-lock", &holder)
+        .await
+        .expect("a lease on the new leader");
+    on_new
+        .policies
+        .set_policy(policy("while-paused", "carol"))
+        .await
+        .expect("written");
+
+    signal(cluster.node(old_leader), "CONT");
+    // At once, before it can have heard of the new term: the old leader still believes it leads.
+    // A read there is confirmed by a quorum first (so it is fresh or refused), and a lease it
+    // would grant must be committed by a quorum first (so the taken lock stays taken).
+    let check = pb::CheckPolicyRequest {
+        subject: "carol".into(),
+        action: "read".into(),
+        resource: "docs/a".into(),
+    };
+    match on_old.policies.check_policy(check).await {
+        Ok(reply) => assert!(
+            reply.into_inner().allowed,
+            "a stale read: the write made while paused is missing"
+        ),
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status}"),
+    }
+    let grab = pb::AcquireLeaseRequest {
+        task_id: "the-lock".into(),
+        agent_id: rival.clone(),
+        ttl_seconds: 60,
+    };
+    match on_old.leases.acquire_lease(grab).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            assert!(!reply.acquired, "the resumed ex-leader granted a taken lease");
+            assert_eq!(reply.lease.expect("the holder's lease").holder_agent_id, holder);
+        }
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status}"),
+    }
+    // It steps down, catches up and serves the new leader's state.
+    assert_eq!(cluster.leader().await, new_leader);
+    let mut rejoined = cluster.clients(old_leader).await;
+    assert!(allowed(&mut rejoined, "carol").await);
+    let leases = rejoined
+        .leases
+        .list_leases(pb::ListLeasesRequest::default())
+        .await
+        .expect("ListLeases");
+    let held: Vec<(String, u64)> = (leases.into_inner().leases.iter())
+        .map(|l| (l.holder_agent_id.clone(), common::token_of(l)))
+        .collect();
+    assert_eq!(held, vec![(holder, common::token_of(&lease))]);
+}
