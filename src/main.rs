@@ -142,6 +142,8 @@ struct Flags {
 
     /// With --data-dir: take a snapshot after this many logged changes, which bounds the log
     /// and the restart time (the snapshot is encoded on the core thread, written by another).
+    /// A cluster node also compacts its consensus log behind it; a node that lags further
+    /// than half of it behind catches up from the leader's snapshot.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
 
@@ -244,6 +246,8 @@ struct ClusterStart {
     members: agentkeeper::cluster::InitialCluster,
     heartbeat_ticks: usize,
     election_ticks: usize,
+    /// `--snapshot-every`: a snapshot after this many applied entries.
+    snapshot_every: u64,
 }
 
 impl ClusterFlags {
@@ -287,6 +291,7 @@ impl ClusterFlags {
             members,
             heartbeat_ticks,
             election_ticks,
+            snapshot_every: flags.snapshot_every,
         }))
     }
 }
@@ -897,6 +902,9 @@ fn start_node(
     config.election_ticks = cluster.election_ticks;
     // Two election timeouts: about what a failover takes.
     config.failover_grace_ms = 2 * cluster.election_ticks as u64 * CLUSTER_TICK_MS;
+    config.snapshot_every = cluster.snapshot_every;
+    // A follower lagging by less than this catches up from entries, not the whole state.
+    config.snapshot_keep = (cluster.snapshot_every / 2).min(10_000);
     let node = Node::new(config, store, now)?;
     let status = node.status();
     tracing::info!(

@@ -57,6 +57,8 @@ pub struct Metrics {
     cluster: std::sync::OnceLock<ClusterMetrics>,
     /// Consensus messages and forwarded writes dropped because a peer's queue was full.
     pub cluster_peer_dropped_total: IntCounter,
+    /// Snapshots a cluster node wrote (taken, or installed from its leader).
+    pub cluster_snapshots_total: IntCounter,
 }
 
 /// What a cluster node exports: where consensus is and how often leadership moved.
@@ -256,6 +258,11 @@ impl Metrics {
                 "Consensus messages and forwarded writes dropped because a peer's queue was full",
             )
             .expect("valid counter"),
+            cluster_snapshots_total: IntCounter::new(
+                "agentkeeper_cluster_snapshots_total",
+                "Snapshots this cluster node wrote: taken every --snapshot-every entries, or installed from its leader",
+            )
+            .expect("valid counter"),
         }
     }
 
@@ -339,7 +346,11 @@ impl Metrics {
                 "Times this node saw the cluster's leader change (none known counts as a change)",
             )
             .expect("valid counter");
-            for collector in [leader_changes.clone(), self.cluster_peer_dropped_total.clone()] {
+            for collector in [
+                leader_changes.clone(),
+                self.cluster_peer_dropped_total.clone(),
+                self.cluster_snapshots_total.clone(),
+            ] {
                 self.registry.register(Box::new(collector)).expect("unique counter");
             }
             ClusterMetrics {

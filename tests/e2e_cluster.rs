@@ -27,10 +27,17 @@ struct Cluster {
     members: String,
     peers: Vec<String>,
     dirs: tempfile::TempDir,
+    /// Flags every node takes besides its own.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    /// A cluster whose nodes all take `extra` flags too.
+    fn start_with(size: u64, extra: &[&str]) -> Cluster {
         let pid = std::process::id();
         let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
         let peers: Vec<String> = (1..=size)
@@ -49,6 +56,7 @@ impl Cluster {
             members,
             peers,
             dirs,
+            extra: extra.iter().map(|flag| flag.to_string()).collect(),
         };
         // All at once, then wait for each: a node waits for a quorum of the others to serve.
         for id in 1..=size {
@@ -70,6 +78,7 @@ impl Cluster {
             format!("--initial-cluster={}", self.members),
             format!("--data-dir={}", self.dirs.path().join(format!("node-{id}")).display()),
         ];
+        let args = [args, self.extra.clone()].concat();
         self.nodes[(id - 1) as usize] = Some(Daemon::spawn(&args));
     }
 
@@ -441,4 +450,52 @@ async fn a_paused_leader_resumed_later_neither_grants_a_taken_lease_nor_answers_
         .map(|l| (l.holder_agent_id.clone(), common::token_of(l)))
         .collect();
     assert_eq!(held, vec![(holder, common::token_of(&lease))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_while_the_log_was_compacted_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-every=20"]);
+    let leader = cluster.leader().await;
+    let down = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(down);
+    let mut writer = cluster.clients(leader).await;
+    for i in 0..100 {
+        let request = policy(&format!("while-down-{i}"), &format!("user-{i}"));
+        writer
+            .policies
+            .set_policy(request)
+            .await
+            .expect("a quorum of two writes");
+    }
+    let snapshots = |cluster: &mut Cluster, id: u64| cluster.node(id).metric("agentkeeper_cluster_snapshots_total");
+    assert!(
+        snapshots(&mut cluster, leader).unwrap_or(0.0) >= 4.0,
+        "the leader took snapshots"
+    );
+
+    // Its log now starts far past where the node stopped: it gets the snapshot, then entries.
+    cluster.restart(down);
+    let mut caught_up = cluster.clients(down).await;
+    for i in [0, 57, 99] {
+        assert!(
+            allowed(&mut caught_up, &format!("user-{i}")).await,
+            "write {i} reached the node"
+        );
+    }
+    assert!(
+        snapshots(&mut cluster, down).unwrap_or(0.0) >= 1.0,
+        "the node installed a snapshot"
+    );
+
+    // And a node restarted with its own snapshot and the log after it reads both back.
+    cluster.kill(down);
+    cluster.restart(down);
+    let mut restarted = cluster.clients(down).await;
+    assert!(allowed(&mut restarted, "user-99").await);
+    let listed = restarted
+        .policies
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .expect("ListPolicies");
+    assert_eq!(listed.into_inner().policies.len(), 100);
 }

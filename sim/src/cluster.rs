@@ -226,7 +226,7 @@ pub struct ClusterSim {
     tokens_granted: BTreeMap<(&'static str, u64), String>,
     leaders: BTreeMap<u64, u64>,
     /// The cluster's committed log as first seen: per index, (term, a hash of the entry).
-    committed: Vec<(u64, u64)>,
+    committed: BTreeMap<u64, (u64, u64)>,
     /// The proposal ids among those entries.
     committed_ids: BTreeSet<ProposalId>,
     /// Per applied index, the first replica state seen there (a hash of its snapshot).
@@ -275,6 +275,9 @@ impl ClusterSim {
         let mut config = NodeConfig::new(0, voters.clone(), core, T0);
         config.seed = seed;
         config.planted = planted;
+        // Small, so that runs take snapshots, compact, and send snapshots to lagging nodes.
+        config.snapshot_every = 64;
+        config.snapshot_keep = 32;
         let mut sim = ClusterSim {
             seed,
             net_rng: Rng::stream(seed, 1),
@@ -292,7 +295,7 @@ impl ClusterSim {
             token_high: BTreeMap::new(),
             tokens_granted: BTreeMap::new(),
             leaders: BTreeMap::new(),
-            committed: Vec::new(),
+            committed: BTreeMap::new(),
             committed_ids: BTreeSet::new(),
             states: BTreeMap::new(),
             policy_history: Vec::new(),
@@ -395,6 +398,9 @@ impl ClusterSim {
             let i = self.rng.index(n);
             if let Some(node) = self.slots[i].node.take() {
                 self.slots[i].log = node.log().clone();
+                let (taken, installed) = node.snapshots();
+                *self.coverage.entry("snapshots_taken").or_default() += taken;
+                *self.coverage.entry("snapshots_installed").or_default() += installed;
                 self.slots[i].paused_until = None;
                 self.calls.retain(|_, call| call.node != i);
                 self.count("crash");
@@ -733,7 +739,7 @@ impl ClusterSim {
                         }
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
                         // The simulated disk is the node's own LogStore, stable at once.
-                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } => {}
+                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => {}
                     }
                 }
             }));
@@ -855,16 +861,19 @@ impl ClusterSim {
                     );
                 }
             }
-            // Committed entries, compared with the first node that committed each.
+            // Committed entries, compared with the first node that committed each (those a
+            // snapshot covers before this node saw them are the snapshot's to agree on: its
+            // state is compared at equal applied indexes).
             let entries = node.log().entries_held();
-            let from = self.slots[i].checked;
+            let first = entries.first().map_or(status.commit + 1, |e| e.index);
+            let from = self.slots[i].checked.max(first - 1);
             for index in from + 1..=status.commit {
-                let entry = &entries[(index - 1) as usize];
+                let entry = &entries[(index - first) as usize];
                 let mut digest = Digest::default();
                 digest.bytes(&entry.data);
                 digest.bytes(&entry.context);
                 let seen = (entry.term, digest.value());
-                match self.committed.get((index - 1) as usize) {
+                match self.committed.get(&index) {
                     Some(first) if *first != seen => {
                         return fail(
                             self.step,
@@ -877,7 +886,7 @@ impl ClusterSim {
                     }
                     Some(_) => {}
                     None => {
-                        self.committed.push(seen);
+                        self.committed.insert(index, seen);
                         let id = ProposalId::decode(&entry.context);
                         // A policy write of unknown outcome took effect by now (fields, not a
                         // method: the node is borrowed).
@@ -1023,6 +1032,11 @@ impl ClusterSim {
     pub fn report(&self, violation: Option<ClusterViolation>) -> ClusterReport {
         let mut coverage = self.coverage.clone();
         coverage.insert("terms_led", self.leaders.len() as u64);
+        for node in self.slots.iter().filter_map(|slot| slot.node.as_ref()) {
+            let (taken, installed) = node.snapshots();
+            *coverage.entry("snapshots_taken").or_default() += taken;
+            *coverage.entry("snapshots_installed").or_default() += installed;
+        }
         ClusterReport {
             seed: self.seed,
             nodes: self.slots.len(),

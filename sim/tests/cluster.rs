@@ -96,7 +96,7 @@ fn a_forwarded_write_committed_twice_is_caught() {
 /// no longer linearizes.
 #[test]
 fn reads_served_without_a_read_index_are_caught_by_the_linearizability_check() {
-    for seed in [1, 2] {
+    for seed in [2, 3] {
         let report = run_cluster(seed, 3, 2_500, ClusterPlanted::StaleReads);
         let violation = report.violation.expect("the planted stale reads must be caught");
         assert_eq!(violation.invariant, invariant::LINEARIZABLE, "{violation}");

@@ -2,9 +2,10 @@
 //! (term, vote, commit) and the membership, held in memory by the node's one thread and changed
 //! only through `&mut self` (no lock: raft-rs reads through `&self`, we write between readies).
 //!
-//! Architecture invariant: entries are contiguous from `first_index()`; appending at an index
-//! that exists cuts everything from there first (a new leader overwrote a stale suffix). What
-//! reaches a disk, and when, is the driver's business: this type never touches one.
+//! Architecture invariant: entries are contiguous from `first_index()`, and the snapshot held
+//! covers everything before it; appending at an index that exists cuts everything from there
+//! first (a new leader overwrote a stale suffix). What reaches a disk, and when, is the
+//! driver's business: this type never touches one.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -16,6 +17,9 @@ pub struct LogStore {
     /// The index and term just before the first entry held (0, 0: the log's start).
     offset: (u64, u64),
     entries: Vec<Entry>,
+    /// The latest snapshot (empty: none yet): the state up to its index, which entries before
+    /// `first_index()` need not be kept for.
+    snapshot: Snapshot,
 }
 
 impl LogStore {
@@ -30,7 +34,64 @@ impl LogStore {
             conf_state,
             offset: (0, 0),
             entries: Vec::new(),
+            snapshot: Snapshot::default(),
         }
+    }
+
+    /// Keeps `snapshot` as the latest (this node made it from its applied state); entries are
+    /// dropped separately, by `compact`.
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) {
+        assert!(
+            snapshot.get_metadata().index >= self.snapshot.get_metadata().index,
+            "snapshots only move forward"
+        );
+        self.snapshot = snapshot;
+    }
+
+    /// Installs a snapshot a leader sent (or one read back at start-up): the log restarts just
+    /// after it, its membership and commit index are the snapshot's at least.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        let metadata = snapshot.get_metadata();
+        let (index, term) = (metadata.index, metadata.term);
+        // Entries past it stay if the log agrees with it at its index (a restart reads back
+        // the log written after its snapshot); otherwise the log starts again after it.
+        let agrees = index >= self.offset.0 && self.term(index).is_ok_and(|t| t == term);
+        if agrees {
+            self.entries.drain(..(index - self.offset.0) as usize);
+        } else {
+            self.entries.clear();
+        }
+        self.offset = (index, term);
+        self.conf_state = metadata.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+        self.snapshot = snapshot;
+    }
+
+    /// Drops the entries up to `index` (covered by the snapshot held).
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.offset.0 {
+            return;
+        }
+        assert!(
+            index <= self.snapshot.get_metadata().index && index <= self.last(),
+            "compacting to {index} beyond the snapshot ({}) or the log ({})",
+            self.snapshot.get_metadata().index,
+            self.last()
+        );
+        let term = self.term(index).expect("held");
+        self.entries.drain(..(index - self.offset.0) as usize);
+        self.offset = (index, term);
+    }
+
+    /// The snapshot held (empty: none).
+    pub fn snapshot_held(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The membership as of the last entry (or snapshot) applied to it.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
     }
 
     /// Appends entries raft-rs made stable, cutting any suffix they replace.
@@ -126,9 +187,13 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted yet, so a lagging peer always catches up from entries.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The latest snapshot is always as new as the compaction: a peer that needs entries
+        // before `first_index()` gets it.
+        if self.snapshot.get_metadata().index < request_index.max(1) {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(self.snapshot.clone())
     }
 }
 
@@ -160,6 +225,54 @@ mod tests {
             [(1, 1), (2, 2)]
         );
         assert!(log.entries(1, 4, None, GetEntriesContext::empty(false)).is_err());
+    }
+
+    fn snapshot(index: u64, term: u64, voters: &[u64]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().mut_conf_state().voters = voters.to_vec();
+        snapshot.data = b"state".to_vec().into();
+        snapshot
+    }
+
+    #[test]
+    fn compacting_behind_a_snapshot_drops_entries_and_a_peer_that_needs_them_gets_the_snapshot() {
+        let mut log = LogStore::new(&[1, 2, 3]);
+        log.append(&(1..=10).map(|i| entry(i, 1 + i / 6)).collect::<Vec<_>>());
+        assert!(log.snapshot(0, 2).is_err(), "no snapshot yet");
+        log.set_snapshot(snapshot(8, 2, &[1, 2, 3]));
+        log.compact(6);
+        assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (7, 10));
+        assert_eq!(log.term(6).unwrap(), 2);
+        assert!(matches!(log.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(log.entries(6, 8, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(
+            log.entries(7, 11, None, GetEntriesContext::empty(false)).unwrap().len(),
+            4
+        );
+        assert_eq!(log.snapshot(0, 2).unwrap().get_metadata().index, 8);
+    }
+
+    #[test]
+    fn an_installed_snapshot_keeps_the_entries_that_agree_with_it_and_drops_the_others() {
+        let mut agreeing = LogStore::new(&[1, 2, 3]);
+        agreeing.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        agreeing.apply_snapshot(snapshot(3, 1, &[1, 2, 3]));
+        assert_eq!(
+            (agreeing.first_index().unwrap(), agreeing.last_index().unwrap()),
+            (4, 5)
+        );
+        assert_eq!(agreeing.hard_state().commit, 3);
+
+        let mut behind = LogStore::new(&[1, 2, 3]);
+        behind.append(&[entry(1, 1), entry(2, 1)]);
+        behind.apply_snapshot(snapshot(7, 3, &[1, 2, 3, 4]));
+        assert_eq!((behind.first_index().unwrap(), behind.last_index().unwrap()), (8, 7));
+        assert_eq!(behind.term(7).unwrap(), 3);
+        assert_eq!(behind.initial_state().unwrap().conf_state.voters, vec![1, 2, 3, 4]);
+        behind.append(&[entry(8, 3)]);
+        assert_eq!(behind.last_index().unwrap(), 8);
     }
 
     #[test]

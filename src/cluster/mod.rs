@@ -15,8 +15,8 @@ pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{Entry as RaftEntry, EntryType, HardState};
-use raft::{RawNode, ReadOnlyOption};
+use raft::eraftpb::{Entry as RaftEntry, EntryType, HardState, Snapshot};
+use raft::{RawNode, ReadOnlyOption, Storage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -72,6 +72,11 @@ pub struct NodeConfig {
     pub core: CoreConfig,
     /// The cluster's creation time: the replicated core's clock starts there on every node.
     pub created_at: Millis,
+    /// A snapshot of the replicated state is taken after this many applied entries, and the
+    /// log compacted behind it.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot: a follower lagging by fewer catches up from entries.
+    pub snapshot_keep: u64,
     pub planted: ClusterPlanted,
 }
 
@@ -91,6 +96,8 @@ impl NodeConfig {
             failover_grace_ms: 2_000,
             core,
             created_at,
+            snapshot_every: 10_000,
+            snapshot_keep: 1_000,
             planted: ClusterPlanted::None,
         }
     }
@@ -125,6 +132,14 @@ pub enum NodeOutput {
     Persist {
         entries: Vec<RaftEntry>,
         hard_state: Option<HardState>,
+    },
+    /// Replace what the consensus log holds with this: the snapshot, the entries after it that
+    /// are kept, and the hard state (a snapshot this node took, or one its leader sent). Later
+    /// `Persist` outputs append to it.
+    Snapshot {
+        snapshot: Box<Snapshot>,
+        entries: Vec<RaftEntry>,
+        hard_state: HardState,
     },
     /// Send a consensus message to peer `msg.to` (best effort: consensus copes with losses).
     Send(Box<Message>),
@@ -255,6 +270,10 @@ pub struct Node {
     /// Calls that came while no leader was known, in order.
     waiting: VecDeque<Waiting>,
     applied: u64,
+    /// The index of the latest snapshot (taken here or installed).
+    snapshot_at: u64,
+    /// Snapshots taken here and installed from a leader, since this node started.
+    snapshots: (u64, u64),
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
@@ -268,6 +287,17 @@ pub struct Node {
 
 /// Forwarded proposal numbers remembered per origin incarnation.
 const FORWARDED_REMEMBERED: usize = 4096;
+
+/// The replicated state a consensus snapshot carries (the store's snapshot encoding: versioned
+/// and checksummed, so releases read each other's).
+fn snapshot_state(snapshot: &Snapshot) -> Result<crate::core::snapshot::CoreSnapshot, String> {
+    crate::store::decode_snapshot(&snapshot.data).map_err(|error| {
+        format!(
+            "the consensus snapshot at index {} does not decode: {error:?}",
+            snapshot.get_metadata().index
+        )
+    })
+}
 
 /// Removes and returns, in order, the entries of `map` that `pick` picks.
 fn take_where<T>(map: &mut BTreeMap<u64, T>, pick: impl Fn(&T) -> bool) -> Vec<(u64, T)> {
@@ -299,13 +329,18 @@ impl Node {
             read_only_option: ReadOnlyOption::Safe,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
-            applied: 0,
+            applied: log.snapshot_held().get_metadata().index,
             ..raft::Config::default()
         };
         raft_config.validate().map_err(|e| format!("consensus settings: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let snapshot = log.snapshot_held().clone();
         let raw = RawNode::new(&raft_config, log, &logger).map_err(|e| format!("consensus: {e}"))?;
-        let core = Core::new(config.core.clone(), config.created_at);
+        let applied = snapshot.get_metadata().index;
+        let core = match applied {
+            0 => Core::new(config.core.clone(), config.created_at),
+            _ => Core::restore(config.core.clone(), snapshot_state(&snapshot)?),
+        };
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32) ^ config.epoch);
         let mut node = Node {
             seen: (raw.raft.term, raw.raft.state),
@@ -320,7 +355,9 @@ impl Node {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             tick_in_flight: None,
-            applied: 0,
+            applied,
+            snapshot_at: applied,
+            snapshots: (0, 0),
             outbox: VecDeque::new(),
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
@@ -382,6 +419,11 @@ impl Node {
     /// the simulator follows them into the committed log (the driver only drops them).
     pub fn take_proposed(&mut self) -> Vec<(CallerId, ProposalId)> {
         std::mem::take(&mut self.proposed)
+    }
+
+    /// Snapshots this node took and installed from a leader since it started.
+    pub fn snapshots(&self) -> (u64, u64) {
+        self.snapshots
     }
 
     /// When time next matters: the next consensus tick.
@@ -649,6 +691,9 @@ impl Node {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             self.send(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                self.install(ready.snapshot().clone());
+            }
             let committed = ready.take_committed_entries();
             self.apply(committed);
             if self.config.planted == ClusterPlanted::ApplyBeforeCommit {
@@ -685,9 +730,61 @@ impl Node {
             self.apply(committed);
             self.raw.advance_apply();
         }
+        self.snapshot_if_due();
         self.serve_reads();
         self.role_changes();
         self.leader_changes();
+    }
+
+    /// A leader's snapshot, for a node too far behind for entries: the state becomes the
+    /// snapshot's, the log starts after it.
+    fn install(&mut self, snapshot: Snapshot) {
+        let index = snapshot.get_metadata().index;
+        assert!(
+            index > self.applied,
+            "a snapshot at {index} behind the applied index {}",
+            self.applied
+        );
+        // A snapshot that does not decode cannot be skipped (this replica would differ from
+        // every other): stop rather than diverge.
+        let state = snapshot_state(&snapshot).unwrap_or_else(|error| panic!("{error}"));
+        self.machine.install(Core::restore(self.config.core.clone(), state));
+        self.applied = index;
+        self.snapshot_at = index;
+        self.snapshots.1 += 1;
+        self.raw.mut_store().apply_snapshot(snapshot);
+        self.outbox.push_back(self.snapshot_output());
+    }
+
+    /// Every `snapshot_every` applied entries: the replicated state as of the applied index
+    /// becomes the log's snapshot, and the entries more than `snapshot_keep` behind it go.
+    fn snapshot_if_due(&mut self) {
+        if self.applied < self.snapshot_at + self.config.snapshot_every {
+            return;
+        }
+        let index = self.applied;
+        let term = self.raw.store().term(index).expect("an applied entry is held");
+        let mut snapshot = Snapshot::default();
+        snapshot.data = crate::store::encode_snapshot(&self.machine.core().snapshot()).into();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        self.snapshot_at = index;
+        self.snapshots.0 += 1;
+        let store = self.raw.mut_store();
+        store.set_snapshot(snapshot);
+        store.compact(index.saturating_sub(self.config.snapshot_keep));
+        self.outbox.push_back(self.snapshot_output());
+    }
+
+    fn snapshot_output(&self) -> NodeOutput {
+        let store = self.raw.store();
+        NodeOutput::Snapshot {
+            snapshot: Box::new(store.snapshot_held().clone()),
+            entries: store.entries_held().to_vec(),
+            hard_state: store.hard_state().clone(),
+        }
     }
 
     fn send(&mut self, messages: Vec<Message>) {

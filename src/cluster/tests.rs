@@ -45,7 +45,7 @@ impl Net {
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => {
                             self.replies.push((i as u64 + 1, caller, outcome));
                         }
-                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } => {}
+                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => {}
                     }
                 }
             }

@@ -137,6 +137,8 @@ pub struct Machine {
 }
 
 const SHUTTING_DOWN: &str = "the daemon is shutting down";
+const CAUGHT_UP: &str = "this node caught up from its cluster's snapshot and did not see what happened \
+                         meanwhile: watch again from the last sequence seen plus one, claim again";
 
 impl Machine {
     /// Wraps `core` (new, or rebuilt from a data dir). With `logged`, every state change comes
@@ -171,6 +173,20 @@ impl Machine {
             failover_grace_ms,
             ..Machine::new(core, false)
         }
+    }
+
+    /// A replicated machine that fell behind its cluster's compacted log takes the leader's
+    /// snapshot as its state: what waited on the old state here (streams, parked claims) is
+    /// ended UNAVAILABLE, since what happened in between was never seen here.
+    pub fn install(&mut self, core: Core) {
+        assert!(self.replicated, "only a cluster node's replica installs a snapshot");
+        self.collect();
+        let now = self.core.now();
+        self.end_everything(now, ErrorCode::Unavailable, CAUGHT_UP);
+        // Claims cancelled above were waiting in the old state; the new one decides anew.
+        self.proposals.clear();
+        self.core = core;
+        self.collect();
     }
 
     /// The state machine itself, for reads that are not commands (stats, snapshots, checks).

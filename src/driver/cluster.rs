@@ -106,6 +106,16 @@ impl Engine for ClusterNode {
             while let Some(output) = self.node.poll() {
                 match output {
                     NodeOutput::Persist { entries, hard_state } => self.log.append(&entries, hard_state.as_ref()),
+                    NodeOutput::Snapshot {
+                        snapshot,
+                        entries,
+                        hard_state,
+                    } => {
+                        // Written whole and synced here: what it replaces was not released.
+                        (self.log.replace(&snapshot, &entries, &hard_state))
+                            .map_err(|error| format!("writing a snapshot: {error}"))?;
+                        metrics.cluster_snapshots_total.inc();
+                    }
                     other => self.held.push(other),
                 }
             }
@@ -129,7 +139,7 @@ impl Engine for ClusterNode {
                             self.node.handle(now, NodeInput::Local(input));
                         }
                     }
-                    NodeOutput::Persist { .. } => unreachable!("taken above"),
+                    NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => unreachable!("taken above"),
                 }
             }
         }

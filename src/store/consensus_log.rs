@@ -1,7 +1,9 @@
 //! A cluster node's consensus log on disk (`consensus.log` in its data dir): a header naming
 //! the node, then raft-rs's entries and hard states as framed records (`wal::frame`), appended
 //! in the order the node made them stable and read back into a `LogStore` at start-up, a torn
-//! tail cut as the core's log does.
+//! tail cut as the core's log does. With it, the latest snapshot (`consensus.snapshot`): when
+//! one is taken or installed, it is written whole first, then the log is rewritten whole with
+//! only the entries after the compaction point, so a crash between the two loses nothing.
 //!
 //! Architecture invariant: the driver syncs what it appended before anything that depends on
 //! it leaves the node (`ConsensusLog::sync`); a data dir written for another node id is refused,
@@ -12,13 +14,15 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{Entry, HardState, Snapshot};
 
 use super::wal::{self, Damage};
 use super::{StoreError, create_whole, io_error, lock_dir, truncate};
 use crate::cluster::LogStore;
 
 pub(super) const FILE: &str = "consensus.log";
+const SNAPSHOT_FILE: &str = "consensus.snapshot";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"AKCONSSN";
 /// This node's incarnation count (see `cluster::ProposalId`): 8 bytes, little-endian.
 const EPOCH_FILE: &str = "node.epoch";
 const MAGIC: &[u8; 8] = b"AKCONSLG";
@@ -34,6 +38,7 @@ enum Record {
 }
 
 pub struct ConsensusLog {
+    node_id: u64,
     file: File,
     path: PathBuf,
     /// Framed records appended since the last sync.
@@ -75,6 +80,40 @@ fn check_header(bytes: &[u8], node_id: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The snapshot file: magic, format version, the payload's length and checksum, then raft-rs's
+/// `Snapshot` (metadata and the replicated state) protobuf-encoded.
+fn encode_snapshot_file(snapshot: &Snapshot) -> Vec<u8> {
+    let payload = snapshot.write_to_bytes().expect("a snapshot always encodes");
+    let mut bytes = Vec::with_capacity(24 + payload.len());
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn decode_snapshot_file(bytes: &[u8]) -> Result<Snapshot, String> {
+    if bytes.len() < 24 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("not an agentkeeper consensus snapshot".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(format!(
+            "consensus snapshot format version {version}; this daemon reads version {VERSION}"
+        ));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let payload = &bytes[24..];
+    if payload.len() as u64 != len {
+        return Err(format!("{} payload bytes where the header says {len}", payload.len()));
+    }
+    if crc32fast::hash(payload) != u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")) {
+        return Err("the payload's checksum does not match".into());
+    }
+    Snapshot::parse_from_bytes(payload).map_err(|e| e.to_string())
+}
+
 fn decode(payload: &[u8]) -> Result<Record, String> {
     let (&kind, body) = payload.split_first().ok_or("an empty record")?;
     match kind {
@@ -103,6 +142,23 @@ impl ConsensusLog {
         }
         let path = dir.join(FILE);
         let mut log = LogStore::new(voters);
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let snapshot = decode_snapshot_file(&bytes).map_err(|detail| StoreError::Damaged {
+                    path: snapshot_path.clone(),
+                    detail,
+                })?;
+                log.apply_snapshot(snapshot);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(StoreError::Io {
+                    path: snapshot_path,
+                    error,
+                });
+            }
+        }
         if !path.exists() {
             create_whole(dir, &path, &header(node_id))?;
         }
@@ -122,6 +178,10 @@ impl ConsensusLog {
             match record {
                 Record::Entry(entry) => {
                     let at = entry.index;
+                    if at != 0 && at <= log.snapshot_held().get_metadata().index {
+                        // Before the snapshot (a crash came between writing it and the log).
+                        continue;
+                    }
                     if at == 0 || at > log.last_index_held() + 1 {
                         return Err(damaged(format!(
                             "entry {at} follows entry {}: the log has a gap",
@@ -141,6 +201,7 @@ impl ConsensusLog {
         file.seek(SeekFrom::End(0)).map_err(io_error(&path))?;
         Ok((
             ConsensusLog {
+                node_id,
                 file,
                 path,
                 pending: Vec::new(),
@@ -207,6 +268,27 @@ impl ConsensusLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Replaces the log's contents: the snapshot written whole, then the log rewritten whole
+    /// with `entries` (those after the compaction point) and `hard_state`. What was appended
+    /// and not synced is part of `entries` already, and dropped.
+    pub fn replace(
+        &mut self,
+        snapshot: &Snapshot,
+        entries: &[Entry],
+        hard_state: &HardState,
+    ) -> Result<(), StoreError> {
+        let dir = self.path.parent().expect("the log is in its data dir").to_path_buf();
+        create_whole(&dir, &dir.join(SNAPSHOT_FILE), &encode_snapshot_file(snapshot))?;
+        self.pending.clear();
+        self.pending.extend_from_slice(&header(self.node_id));
+        self.append(entries, Some(hard_state));
+        let bytes = std::mem::take(&mut self.pending);
+        let mut file = create_whole(&dir, &self.path, &bytes)?;
+        file.seek(SeekFrom::End(0)).map_err(io_error(&self.path))?;
+        self.file = file;
+        Ok(())
     }
 }
 
@@ -276,6 +358,45 @@ mod tests {
         drop(log);
         let (_, store) = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
         assert_eq!((store.last_index_held(), store.term(2).unwrap()), (2, 2));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_and_reads_back_with_what_was_appended_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = ConsensusLog::open(dir.path(), 1, &[1, 2, 3]).unwrap();
+            log.append(&(1..=6).map(|i| entry(i, 1, b"x")).collect::<Vec<_>>(), None);
+            log.sync().unwrap();
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = 5;
+            snapshot.mut_metadata().term = 1;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+            snapshot.data = b"the state at 5".to_vec().into();
+            // Kept after the compaction point (3): entries 4 to 6.
+            let kept: Vec<Entry> = (4..=6).map(|i| entry(i, 1, b"x")).collect();
+            log.append(&[entry(7, 1, b"appended, then replaced")], None);
+            log.replace(&snapshot, &kept, &hard_state(1, 1, 5)).unwrap();
+            log.append(&[entry(7, 2, b"after")], Some(&hard_state(2, 2, 6)));
+            log.sync().unwrap();
+        }
+        let (_, store) = ConsensusLog::open(dir.path(), 1, &[1, 2, 3]).unwrap();
+        assert_eq!(store.snapshot_held().get_metadata().index, 5);
+        assert_eq!(&store.snapshot_held().data[..], b"the state at 5");
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 7));
+        assert_eq!(store.term(7).unwrap(), 2);
+        assert_eq!(*store.hard_state(), hard_state(2, 2, 6));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_stops_the_start_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(ConsensusLog::open(dir.path(), 1, &[1]).unwrap());
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"AKCONSSN garbage").unwrap();
+        let err = ConsensusLog::open(dir.path(), 1, &[1])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("consensus.snapshot") && err.contains("damaged"), "{err}");
     }
 
     #[test]
