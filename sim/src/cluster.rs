@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use agentkeeper::cluster::{
-    ClusterPlanted, Forward, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, StateRole,
+    ClusterPlanted, Forward, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, RaftEntry,
+    StateRole,
 };
 use agentkeeper::core::machine::{CallerId, Output};
 use agentkeeper::core::types::{AgentCard, Millis};
@@ -112,8 +113,8 @@ struct Slot {
     /// Its clock's offset from true time.
     skew: Millis,
     paused_until: Option<Millis>,
-    /// Committed entries of its log already compared with the cluster's record.
-    checked: u64,
+    /// Entries the node applied since the last check, in order.
+    applied: Vec<RaftEntry>,
     /// The applied index its state was last compared at.
     compared: u64,
     restarts: u64,
@@ -278,6 +279,7 @@ impl ClusterSim {
         // Small, so that runs take snapshots, compact, and send snapshots to lagging nodes.
         config.snapshot_every = 64;
         config.snapshot_keep = 32;
+        config.observe_applied = true;
         let mut sim = ClusterSim {
             seed,
             net_rng: Rng::stream(seed, 1),
@@ -313,7 +315,7 @@ impl ClusterSim {
                 log: LogStore::new(&voters),
                 skew,
                 paused_until: None,
-                checked: 0,
+                applied: Vec::new(),
                 compared: 0,
                 restarts: 0,
             });
@@ -396,8 +398,11 @@ impl ClusterSim {
         }
         if self.rng.below(100_000) < faults.crash_per_100k {
             let i = self.rng.index(n);
-            if let Some(node) = self.slots[i].node.take() {
+            if let Some(mut node) = self.slots[i].node.take() {
                 self.slots[i].log = node.log().clone();
+                // What it applied before the crash was committed all the same.
+                let applied = node.take_applied();
+                self.slots[i].applied.extend(applied);
                 let (taken, installed) = node.snapshots();
                 *self.coverage.entry("snapshots_taken").or_default() += taken;
                 *self.coverage.entry("snapshots_installed").or_default() += installed;
@@ -757,6 +762,9 @@ impl ClusterSim {
                     self.policy_proposals.insert(id, *at);
                 }
             }
+            let applied = node.take_applied();
+            self.slots[i].applied.extend(applied);
+            let node = self.slots[i].node.as_mut().expect("up");
             let answered = node.take_answered();
             let commit = node.status().commit;
             for answer in answered {
@@ -840,8 +848,58 @@ impl ClusterSim {
         Ok(())
     }
 
+    /// Every entry node `i` applied (so committed), compared with the first node that applied
+    /// one at its index; a snapshot installed skips those it covers (its state is compared at
+    /// equal applied indexes instead). Entries applied before a crash count too.
+    fn check_applied(&mut self, i: usize) -> Checked {
+        let node_id = i + 1;
+        for entry in std::mem::take(&mut self.slots[i].applied) {
+            let index = entry.index;
+            let mut digest = Digest::default();
+            digest.bytes(&entry.data);
+            digest.bytes(&entry.context);
+            let seen = (entry.term, digest.value());
+            match self.committed.get(&index) {
+                Some(first) if *first != seen => {
+                    return fail(
+                        self.step,
+                        invariant::COMMITTED_ENTRIES_AGREE,
+                        format!(
+                            "node {node_id} committed entry {index} of term {}, another node committed one of term {} there",
+                            seen.0, first.0
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(index, seen);
+                    let id = ProposalId::decode(&entry.context);
+                    // A policy write of unknown outcome took effect by now.
+                    if let Ok(id) = &id
+                        && let Some(&at) = self.policy_proposals.get(id)
+                        && self.policy_history[at].returned.is_none()
+                    {
+                        self.events += 1;
+                        self.policy_history[at].returned = Some(self.events);
+                    }
+                    if let Ok(id) = id
+                        && !self.committed_ids.insert(id)
+                    {
+                        return fail(
+                            self.step,
+                            invariant::EACH_PROPOSAL_COMMITTED_ONCE,
+                            format!("proposal {id:?} was committed twice, the second time as entry {index}"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check(&mut self) -> Checked {
         for i in 0..self.slots.len() {
+            self.check_applied(i)?;
             let Some(node) = self.slots[i].node.as_ref() else {
                 continue;
             };
@@ -861,57 +919,8 @@ impl ClusterSim {
                     );
                 }
             }
-            // Committed entries, compared with the first node that committed each (those a
-            // snapshot covers before this node saw them are the snapshot's to agree on: its
-            // state is compared at equal applied indexes).
-            let entries = node.log().entries_held();
-            let first = entries.first().map_or(status.commit + 1, |e| e.index);
-            let from = self.slots[i].checked.max(first - 1);
-            for index in from + 1..=status.commit {
-                let entry = &entries[(index - first) as usize];
-                let mut digest = Digest::default();
-                digest.bytes(&entry.data);
-                digest.bytes(&entry.context);
-                let seen = (entry.term, digest.value());
-                match self.committed.get(&index) {
-                    Some(first) if *first != seen => {
-                        return fail(
-                            self.step,
-                            invariant::COMMITTED_ENTRIES_AGREE,
-                            format!(
-                                "node {} committed entry {index} of term {}, another node committed one of term {} there",
-                                status.id, seen.0, first.0
-                            ),
-                        );
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.committed.insert(index, seen);
-                        let id = ProposalId::decode(&entry.context);
-                        // A policy write of unknown outcome took effect by now (fields, not a
-                        // method: the node is borrowed).
-                        if let Ok(id) = &id
-                            && let Some(&at) = self.policy_proposals.get(id)
-                            && self.policy_history[at].returned.is_none()
-                        {
-                            self.events += 1;
-                            self.policy_history[at].returned = Some(self.events);
-                        }
-                        if let Ok(id) = id
-                            && !self.committed_ids.insert(id)
-                        {
-                            return fail(
-                                self.step,
-                                invariant::EACH_PROPOSAL_COMMITTED_ONCE,
-                                format!("proposal {id:?} was committed twice, the second time as entry {index}"),
-                            );
-                        }
-                    }
-                }
-            }
             // The replicated state, compared with the first replica seen at that index.
             let state = applied_more.then(|| hash(&encode_snapshot(&node.machine().core().snapshot())));
-            self.slots[i].checked = self.slots[i].checked.max(status.commit);
             if let Some(state) = state {
                 self.slots[i].compared = status.applied;
                 let first = *self.states.entry(status.applied).or_insert((i, state));

@@ -15,7 +15,7 @@ pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{Entry as RaftEntry, EntryType, HardState, Snapshot};
+use raft::eraftpb::{EntryType, HardState, Snapshot};
 use raft::{RawNode, ReadOnlyOption, Storage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -30,7 +30,7 @@ pub use members::InitialCluster;
 pub use proposal::ProposalId;
 /// The consensus types a driver touches, from the one raft-rs this crate builds with.
 pub use raft::StateRole;
-pub use raft::eraftpb::Message;
+pub use raft::eraftpb::{Entry as RaftEntry, Message};
 
 /// Deliberate consensus misuses, for proving the simulator's checks catch one. Never set
 /// outside the simulator's tests.
@@ -77,6 +77,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot: a follower lagging by fewer catches up from entries.
     pub snapshot_keep: u64,
+    /// Keep every entry applied for `take_applied` (the simulator's checks see each one, even
+    /// those compacted away within a step); off in the daemon.
+    pub observe_applied: bool,
     pub planted: ClusterPlanted,
 }
 
@@ -98,6 +101,7 @@ impl NodeConfig {
             created_at,
             snapshot_every: 10_000,
             snapshot_keep: 1_000,
+            observe_applied: false,
             planted: ClusterPlanted::None,
         }
     }
@@ -274,6 +278,8 @@ pub struct Node {
     snapshot_at: u64,
     /// Snapshots taken here and installed from a leader, since this node started.
     snapshots: (u64, u64),
+    /// With `observe_applied`: the entries applied since the last `take_applied`.
+    applied_entries: Vec<RaftEntry>,
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
@@ -358,6 +364,7 @@ impl Node {
             applied,
             snapshot_at: applied,
             snapshots: (0, 0),
+            applied_entries: Vec::new(),
             outbox: VecDeque::new(),
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
@@ -419,6 +426,12 @@ impl Node {
     /// the simulator follows them into the committed log (the driver only drops them).
     pub fn take_proposed(&mut self) -> Vec<(CallerId, ProposalId)> {
         std::mem::take(&mut self.proposed)
+    }
+
+    /// With `observe_applied`, the entries applied since the last take, in order (a snapshot
+    /// installed skips those it covers).
+    pub fn take_applied(&mut self) -> Vec<RaftEntry> {
+        std::mem::take(&mut self.applied_entries)
     }
 
     /// Snapshots this node took and installed from a leader since it started.
@@ -799,6 +812,9 @@ impl Node {
                 continue;
             }
             self.applied = raft_entry.index;
+            if self.config.observe_applied {
+                self.applied_entries.push(raft_entry.clone());
+            }
             if raft_entry.entry_type != EntryType::EntryNormal || raft_entry.data.is_empty() {
                 // A new leader's empty entry; membership changes come with a later step.
                 continue;
