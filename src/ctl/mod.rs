@@ -5,6 +5,7 @@
 //! Architecture invariant: ctl speaks only the public gRPC API, exactly as any client would; it
 //! adds nothing to the wire. What the API cannot list (leases, elections by name), ctl cannot.
 
+pub mod json;
 mod render;
 
 use std::io::Write;
@@ -189,7 +190,7 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
                 .await
                 .map_err(failed("WatchElection"))?
                 .ok_or("WatchElection: the stream ended before the group's state")?;
-            let state = render::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
+            let state = json::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
             out.election(&state)
         }
         Command::Leases { prefix } => {
@@ -389,11 +390,12 @@ async fn watch(channel: Conn, topics: Vec<String>, from_sequence: u64, out: &Out
 }
 
 /// The connection every command uses: the channel, with the bearer token (if any) on each call.
-type Conn = InterceptedService<Channel, Bearer>;
+/// A channel to the daemon that carries the bearer token, if any.
+pub type Conn = InterceptedService<Channel, Bearer>;
 
 /// Adds `authorization: Bearer TOKEN` to every call when ctl was given a token.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -404,7 +406,7 @@ impl Interceptor for Bearer {
     }
 }
 
-async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> Result<Conn, String> {
+pub async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> Result<Conn, String> {
     let bearer = match token {
         Some(token) => Some(
             format!("Bearer {token}")
@@ -448,20 +450,23 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 /// Turns a failed call into its one line: "GetAgent: NOT_FOUND: agent ... is not known".
 fn failed(method: &'static str) -> impl Fn(tonic::Status) -> String {
-    move |status| {
-        let code = format!("{:?}", status.code());
-        let mut name = String::new();
-        for (i, c) in code.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                name.push('_');
-            }
-            name.push(c.to_ascii_uppercase());
+    move |status| format!("{method}: {}", status_words(&status))
+}
+
+/// A status as its code's name and message: "NOT_FOUND: agent ... is not known".
+pub fn status_words(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut name = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
         }
-        let message = status.message();
-        if message.is_empty() {
-            format!("{method}: {name}")
-        } else {
-            format!("{method}: {name}: {message}")
-        }
+        name.push(c.to_ascii_uppercase());
+    }
+    let message = status.message();
+    if message.is_empty() {
+        name
+    } else {
+        format!("{name}: {message}")
     }
 }
