@@ -55,8 +55,13 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Show one agent, whatever its status (DEAD ones are kept for --dead-retention).
-    Agent { id: String },
+    /// Show one agent, whatever its status (DEAD ones are kept for --dead-retention); `agent
+    /// card ID` prints its A2A agent card (JSON: the one registered, else one built from its card).
+    Agent {
+        /// ID, or `card ID`.
+        #[arg(num_args = 1..=2, value_names = ["ID"])]
+        words: Vec<String>,
+    },
     /// Find ALIVE agents by a natural-language query, best match first.
     Find {
         query: String,
@@ -169,13 +174,19 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             let agents = find(&channel, query, tools, limit).await?;
             out.agents(&agents)
         }
-        Command::Agent { id } => {
+        Command::Agent { words } => {
+            let (id, card) = match words.as_slice() {
+                [id] => (id.clone(), false),
+                [card, id] if card == "card" => (id.clone(), true),
+                _ => return Err(format!("agent: expected ID or `card ID`, got {words:?}")),
+            };
             let mut client = pb::registry_service_client::RegistryServiceClient::new(channel);
             let reply = client
                 .get_agent(pb::GetAgentRequest { agent_id: id })
                 .await
                 .map_err(failed("GetAgent"))?;
-            out.agent(&reply.into_inner().agent.unwrap_or_default())
+            let agent = reply.into_inner().agent.unwrap_or_default();
+            if card { out.a2a_card(&agent) } else { out.agent(&agent) }
         }
         Command::Election { group } => {
             let mut client = pb::election_service_client::ElectionServiceClient::new(channel);

@@ -78,6 +78,21 @@ impl Output {
         self.print(agent_json(agent), pairs(&fields))
     }
 
+    /// An agent's A2A card: the JSON it registered, as registered, else one built from its card
+    /// (the same with or without --json: it is JSON either way).
+    pub fn a2a_card(&self, agent: &pb::AgentInfo) -> Result<(), String> {
+        let registered = agent.card.as_ref().map_or("", |c| c.a2a_card_json.as_str());
+        let text = if registered.is_empty() {
+            serde_json::to_string_pretty(&crate::server::a2a::card::shown(agent)).expect("JSON values serialize")
+        } else {
+            registered.to_string()
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut stdout, text.as_bytes())
+            .and_then(|()| std::io::Write::write_all(&mut stdout, b"\n"));
+        Ok(())
+    }
+
     pub fn election(&self, state: &pb::ElectionState) -> Result<(), String> {
         let json = election_json(state);
         let leader = if state.leader_agent_id.is_empty() {

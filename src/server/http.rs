@@ -1,6 +1,7 @@
 //! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the live dashboard
 //! (`/`, `/api/overview`, a page of `/api/agents`, `/api/leases`, `/api/policies` or
-//! `/api/elections`, and `/api/events`, see `dashboard`), and `/mcp`, the MCP tools (see
+//! `/api/elections`, and `/api/events`, see `dashboard`), the A2A cards (`/a2a/...`, see `a2a`),
+//! and `/mcp`, the MCP tools (see
 //! `crate::mcp`).
 //!
 //! Architecture invariant: health and metrics read only atomics and the daemon's phase, never
@@ -17,6 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::a2a;
 use super::auth::{self, Tokens};
 use super::dashboard::{self, Dashboard};
 use super::health::{Phase, Serving};
@@ -40,6 +42,8 @@ pub fn router(
         .route("/api/policies", get(dashboard::policies))
         .route("/api/elections", get(dashboard::elections))
         .route("/api/events", get(dashboard::events))
+        .route("/a2a/agents", get(a2a::http::agents))
+        .route("/a2a/agents/{agent_id}/agent-card.json", get(a2a::http::agent_card))
         .with_state(dashboard);
     let mut agents = Router::new().nest_service("/mcp", mcp);
     if let Some(tokens) = tokens {
