@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting and lints, the Rust unit and end-to-end
-# tests, the Python SDK's tests, the TypeScript SDK's tests, the dashboard in headless Chromium,
+# tests, the Python SDK's tests, the MCP server and A2A cards with real clients (mcp, LangGraph,
+# a2a-sdk), the TypeScript SDK's tests, the dashboard in headless Chromium,
 # the published v1 SDK against this daemon, and the packages (wheel, .deb, tarball, systemd
 # unit, container recipe). It installs what it needs: Python virtual environments under .venv/
 # and .venv-v1/ (Playwright among them), maturin in .venv-build/, the TypeScript SDK's packages
@@ -35,6 +36,11 @@ if [ -d sdk/python ]; then
     fi
     .venv/bin/pip install --quiet --disable-pip-version-check -e './sdk/python[test]'
     .venv/bin/python -m pytest -q sdk/python/tests
+
+    step "MCP and A2A with real clients: the mcp package over Streamable HTTP and stdio, a LangGraph agent, a2a-sdk's types"
+    .venv/bin/pip install --quiet --disable-pip-version-check 'mcp>=1.30,<2' 'langchain-mcp-adapters>=0.3,<0.4' \
+        'langgraph>=1.2,<2' 'a2a-sdk>=1.3,<2'
+    .venv/bin/python -m pytest -q tests/mcp
 fi
 
 if [ -d sdk/typescript ]; then

@@ -3,7 +3,7 @@
 //! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it
 //! (`idle`: how it waits for work); `server` speaks gRPC and HTTP around it; `metrics` is what
 //! both publish; `proto` holds the generated wire types; `ctl` is the command-line client
-//! (`agentkeeper ctl`); `limits` names every limit with its default and flag; `buggify` holds the
+//! (`agentkeeper ctl`); `mcp` the MCP server (its tools over the HTTP port and stdio); `limits` names every limit with its default and flag; `buggify` holds the
 //! fault points of the I/O path (debug builds only); `config` layers the config file and the
 //! environment under the flags; `notify` and `watchdog` speak to a service manager (systemd);
 //! `probe` is the readiness check a container image runs.
@@ -17,6 +17,7 @@ pub mod ctl;
 pub mod driver;
 pub mod idle;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod probe;

@@ -64,6 +64,9 @@ struct Cli {
 enum Tool {
     /// Inspect and change a running daemon (agents, policies, tasks, elections, live events).
     Ctl(agentkeeper::ctl::CtlArgs),
+    /// Serve the MCP tools on stdin/stdout for an MCP host (an IDE, a desktop assistant), as a
+    /// client of a running daemon.
+    Mcp(agentkeeper::mcp::stdio::McpArgs),
     /// Ask a daemon's HTTP port whether it is ready (GET /readyz): exit 0 if so, 1 if not
     /// (a container healthcheck; the image has no curl).
     Probe(agentkeeper::probe::ProbeArgs),
@@ -374,6 +377,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Tool::Mcp(args)) => {
+            return match agentkeeper::mcp::stdio::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("agentkeeper mcp: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Tool::Probe(args)) => {
             return match agentkeeper::probe::run(&args) {
                 Ok(answer) => {
@@ -574,6 +586,8 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     // The dashboard's way to the core, filled in once the core runs (after any recovery).
     let core_slot: Arc<OnceLock<driver::CoreHandle>> = Arc::default();
+    // The MCP tools' way to the gRPC API (in process), filled in with the routes.
+    let mcp_slot: Arc<OnceLock<agentkeeper::mcp::GrpcChannel>> = Arc::default();
     let http = http_listener.map(|listener| {
         if let Some(addr) = bound.http {
             tracing::info!(%addr, "HTTP dashboard, /healthz, /readyz and /metrics listening");
@@ -587,6 +601,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
                 Arc::clone(&metrics),
                 flags.watch_buffer as usize,
             ),
+            agentkeeper::mcp::http::service(Arc::clone(&mcp_slot), bound.http),
             tokens.clone(),
             stopped(http_stop_rx.clone()),
         ))
@@ -685,6 +700,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         &serving,
     )
     .with_cluster(core.clone(), peers);
+    let _ = mcp_slot.set(agentkeeper::mcp::in_process(grpc.clone()));
     let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));
     let streams_max = flags.limits.streams_per_connection_max;
     // SERVING (and /readyz 200) before the first call can be answered: a client that got an

@@ -1,7 +1,7 @@
 //! End to end: upgrades. A data dir written by release 2dd3316 (format version 1, committed in
 //! tests/fixtures/datadir-2dd3316 with the manifest of what that daemon served) is served the
-//! same by this binary: through a mixed dir (version 1 files, then a version 2 log) and after
-//! the first version 2 snapshot has replaced every version 1 file.
+//! same by this binary: through a mixed dir (version 1 files, then a log in the current version)
+//! and after the first snapshot in the current version has replaced every version 1 file.
 
 mod common;
 
@@ -60,6 +60,9 @@ fn texts(value: &Value) -> Vec<String> {
 }
 
 /// Checks every item of the manifest against what the daemon serves now.
+/// The format version this release writes (the files after an upgrade).
+const CURRENT: u32 = agentkeeper::store::format::VERSION;
+
 async fn serves_the_manifest(c: &mut Clients, manifest: &Value) {
     for agent in manifest["agents"].as_array().unwrap() {
         let info = c.agent(text(&agent["id"])).await.expect("an agent of the manifest");
@@ -197,10 +200,10 @@ async fn a_data_dir_written_by_release_2dd3316_serves_the_same_state_after_the_u
     daemon.sigterm();
     assert!(daemon.exited().await.success());
     let mut expected = v1_files.clone();
-    expected.push(("wal-00000002.log".to_string(), 2));
+    expected.push(("wal-00000002.log".to_string(), CURRENT));
     assert_eq!(files(dir.path()), expected, "version 1 files stay until a snapshot");
 
-    // Mixed: the version 1 snapshot and log, then the version 2 log.
+    // Mixed: the version 1 snapshot and log, then a log in the current version.
     let mut daemon = start(dir.path(), &[]);
     let mut c = daemon.clients().await;
     serves_the_manifest(&mut c, &manifest).await;
@@ -215,28 +218,32 @@ async fn a_data_dir_written_by_release_2dd3316_serves_the_same_state_after_the_u
     daemon.sigterm();
     assert!(daemon.exited().await.success());
 
-    // A snapshot after every record: the first, in version 2, replaces every version 1 file.
+    // A snapshot after every record: the first, in the current version, replaces every version 1 file.
     let mut daemon = start(dir.path(), &["--snapshot-every=1"]);
     let mut c = daemon.clients().await;
     c.heartbeat(&newcomer).await.unwrap();
-    let v2_only = |files: &[(String, u32)]| {
-        files.iter().all(|(_, version)| *version == 2) && files.iter().any(|(name, _)| name.starts_with("snapshot-"))
+    let current_only = |files: &[(String, u32)]| {
+        files.iter().all(|(_, version)| *version == CURRENT)
+            && files.iter().any(|(name, _)| name.starts_with("snapshot-"))
     };
-    common::wait_until("a version 2 snapshot replacing every version 1 file", async || {
-        let found = files(dir.path());
-        if v2_only(&found) {
-            Ok(())
-        } else {
-            Err(format!("{found:?}"))
-        }
-    })
+    common::wait_until(
+        "a snapshot in the current version replacing every version 1 file",
+        async || {
+            let found = files(dir.path());
+            if current_only(&found) {
+                Ok(())
+            } else {
+                Err(format!("{found:?}"))
+            }
+        },
+    )
     .await;
     serves_the_manifest(&mut c, &manifest).await;
     drop(c);
     daemon.sigterm();
     assert!(daemon.exited().await.success());
 
-    // Version 2 only.
+    // The current version only.
     let daemon = start(dir.path(), &[]);
     assert!(daemon.stderr().contains("from_snapshot=true"), "{}", daemon.stderr());
     let mut c = daemon.clients().await;

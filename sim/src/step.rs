@@ -1217,6 +1217,7 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
                     .map(|(name, description)| Capability { name, description })
                     .collect(),
                 metadata: fields.pairs("meta")?,
+                a2a_card: String::new(),
             },
         },
         "heartbeat" => Op::Heartbeat { agent: fields.agent()? },
@@ -1401,6 +1402,7 @@ mod tests {
                     description: "parses, pdfs".into(),
                 }],
                 metadata: vec![("k".into(), "v=(1)".into())],
+                a2a_card: String::new(),
             },
             ttl_seconds: 86_401,
         });

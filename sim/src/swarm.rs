@@ -636,6 +636,7 @@ impl Generator {
             } else {
                 Vec::new()
             },
+            a2a_card: String::new(),
         };
         let mut ttl_seconds = if self.rng.chance(50) {
             0

@@ -74,6 +74,9 @@ pub struct AgentCard {
     pub tools: Vec<String>,
     /// Sorted by key (a BTreeMap-like vector), so that output order never depends on a hasher.
     pub metadata: Vec<(String, String)>,
+    /// The agent's A2A agent card (JSON) exactly as registered, checked at the edge; empty when
+    /// it registered a plain card. The core keeps it verbatim and never reads it.
+    pub a2a_card: String,
 }
 
 /// Liveness as the registry sees it.

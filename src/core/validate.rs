@@ -15,6 +15,8 @@ pub const CAPABILITIES_MAX: usize = 256;
 pub const METADATA_ENTRIES_MAX: usize = 64;
 pub const METADATA_KEY_BYTES_MAX: usize = 128;
 pub const METADATA_VALUE_BYTES_MAX: usize = 1024;
+/// An A2A agent card's JSON, as registered.
+pub const A2A_CARD_BYTES_MAX: usize = 64 * 1024;
 pub const TTL_SECONDS_MAX: u32 = 86_400;
 pub const AGENT_TTL_SECONDS_DEFAULT: u32 = 30;
 pub const LEASE_TTL_SECONDS_DEFAULT: u32 = 60;
@@ -92,6 +94,7 @@ pub fn card(card: &AgentCard) -> Result<(), CoreError> {
         length("card.metadata key", key, 0, METADATA_KEY_BYTES_MAX)?;
         length("card.metadata value", value, 0, METADATA_VALUE_BYTES_MAX)?;
     }
+    length("card.a2a_card_json", &card.a2a_card, 0, A2A_CARD_BYTES_MAX)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! Architecture invariant: ctl speaks only the public gRPC API, exactly as any client would; it
 //! adds nothing to the wire. What the API cannot list (leases, elections by name), ctl cannot.
 
+pub mod json;
 mod render;
 
 use std::io::Write;
@@ -54,8 +55,13 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Show one agent, whatever its status (DEAD ones are kept for --dead-retention).
-    Agent { id: String },
+    /// Show one agent, whatever its status (DEAD ones are kept for --dead-retention); `agent
+    /// card ID` prints its A2A agent card (JSON: the one registered, else one built from its card).
+    Agent {
+        /// ID, or `card ID`.
+        #[arg(num_args = 1..=2, value_names = ["ID"])]
+        words: Vec<String>,
+    },
     /// Find ALIVE agents by a natural-language query, best match first.
     Find {
         query: String,
@@ -178,13 +184,19 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             let agents = find(&channel, query, tools, limit).await?;
             out.agents(&agents)
         }
-        Command::Agent { id } => {
+        Command::Agent { words } => {
+            let (id, card) = match words.as_slice() {
+                [id] => (id.clone(), false),
+                [card, id] if card == "card" => (id.clone(), true),
+                _ => return Err(format!("agent: expected ID or `card ID`, got {words:?}")),
+            };
             let mut client = pb::registry_service_client::RegistryServiceClient::new(channel);
             let reply = client
                 .get_agent(pb::GetAgentRequest { agent_id: id })
                 .await
                 .map_err(failed("GetAgent"))?;
-            out.agent(&reply.into_inner().agent.unwrap_or_default())
+            let agent = reply.into_inner().agent.unwrap_or_default();
+            if card { out.a2a_card(&agent) } else { out.agent(&agent) }
         }
         Command::Election { group } => {
             let mut client = pb::election_service_client::ElectionServiceClient::new(channel);
@@ -199,7 +211,7 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
                 .await
                 .map_err(failed("WatchElection"))?
                 .ok_or("WatchElection: the stream ended before the group's state")?;
-            let state = render::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
+            let state = json::decode_payload::<pb::ElectionState>(&first).unwrap_or_default();
             out.election(&state)
         }
         Command::Leases { prefix } => {
@@ -407,11 +419,12 @@ async fn watch(channel: Conn, topics: Vec<String>, from_sequence: u64, out: &Out
 }
 
 /// The connection every command uses: the channel, with the bearer token (if any) on each call.
-type Conn = InterceptedService<Channel, Bearer>;
+/// A channel to the daemon that carries the bearer token, if any.
+pub type Conn = InterceptedService<Channel, Bearer>;
 
 /// Adds `authorization: Bearer TOKEN` to every call when ctl was given a token.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -422,7 +435,7 @@ impl Interceptor for Bearer {
     }
 }
 
-async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> Result<Conn, String> {
+pub async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> Result<Conn, String> {
     let bearer = match token {
         Some(token) => Some(
             format!("Bearer {token}")
@@ -466,20 +479,23 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 /// Turns a failed call into its one line: "GetAgent: NOT_FOUND: agent ... is not known".
 fn failed(method: &'static str) -> impl Fn(tonic::Status) -> String {
-    move |status| {
-        let code = format!("{:?}", status.code());
-        let mut name = String::new();
-        for (i, c) in code.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                name.push('_');
-            }
-            name.push(c.to_ascii_uppercase());
+    move |status| format!("{method}: {}", status_words(&status))
+}
+
+/// A status as its code's name and message: "NOT_FOUND: agent ... is not known".
+pub fn status_words(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut name = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
         }
-        let message = status.message();
-        if message.is_empty() {
-            format!("{method}: {name}")
-        } else {
-            format!("{method}: {name}: {message}")
-        }
+        name.push(c.to_ascii_uppercase());
+    }
+    let message = status.message();
+    if message.is_empty() {
+        name
+    } else {
+        format!("{name}: {message}")
     }
 }

@@ -2,10 +2,11 @@
 //! scripts. Field names in JSON are the proto's; timestamps are RFC 3339 in UTC; enums are
 //! their short names (ALIVE, PENDING, DENY).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
 
+use super::json::{
+    agent_json, agent_status, decode_payload, election_json, lease_json, system_time, task_json, task_status, time_json,
+};
 use crate::proto as pb;
 
 pub struct Output {
@@ -77,13 +78,23 @@ impl Output {
         self.print(agent_json(agent), pairs(&fields))
     }
 
+    /// An agent's A2A card: the JSON it registered, as registered, else one built from its card
+    /// (the same with or without --json: it is JSON either way).
+    pub fn a2a_card(&self, agent: &pb::AgentInfo) -> Result<(), String> {
+        let registered = agent.card.as_ref().map_or("", |c| c.a2a_card_json.as_str());
+        let text = if registered.is_empty() {
+            serde_json::to_string_pretty(&crate::server::a2a::card::shown(agent)).expect("JSON values serialize")
+        } else {
+            registered.to_string()
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut stdout, text.as_bytes())
+            .and_then(|()| std::io::Write::write_all(&mut stdout, b"\n"));
+        Ok(())
+    }
+
     pub fn election(&self, state: &pb::ElectionState) -> Result<(), String> {
-        let json = json!({
-            "group": state.group,
-            "leader_agent_id": state.leader_agent_id,
-            "term": state.term,
-            "elected_at": time_json(state.elected_at.as_ref()),
-        });
+        let json = election_json(state);
         let leader = if state.leader_agent_id.is_empty() {
             "(none)".to_string()
         } else {
@@ -314,27 +325,13 @@ impl Output {
     }
 }
 
-/// Decodes an event's payload as `M` (None if it is absent or of another type).
-pub fn decode_payload<M: prost::Message + Default>(event: &pb::Event) -> Option<M> {
-    let any = event.payload.as_ref()?;
-    let name = any.type_url.rsplit('.').next()?;
-    let expected = std::any::type_name::<M>().rsplit("::").next()?;
-    (name == expected).then(|| M::decode(any.value.as_slice()).ok())?
-}
-
 fn payload_json(event: &pb::Event) -> (&'static str, Value) {
     if let Some(agent) = decode_payload::<pb::AgentInfo>(event) {
         ("agent", agent_json(&agent))
     } else if let Some(lease) = decode_payload::<pb::Lease>(event) {
         ("lease", lease_json(&lease))
     } else if let Some(state) = decode_payload::<pb::ElectionState>(event) {
-        let value = json!({
-            "group": state.group,
-            "leader_agent_id": state.leader_agent_id,
-            "term": state.term,
-            "elected_at": time_json(state.elected_at.as_ref()),
-        });
-        ("election", value)
+        ("election", election_json(&state))
     } else if let Some(task) = decode_payload::<pb::Task>(event) {
         ("task", task_json(&task))
     } else {
@@ -375,63 +372,6 @@ fn event_details(event: &pb::Event) -> String {
     }
 }
 
-fn agent_json(agent: &pb::AgentInfo) -> Value {
-    let card = agent.card.clone().unwrap_or_default();
-    let metadata: serde_json::Map<String, Value> = card
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    json!({
-        "agent_id": agent.agent_id,
-        "name": card.name,
-        "description": card.description,
-        "version": card.version,
-        "tools": card.tools,
-        "capabilities": card.capabilities.iter().map(|c| json!({"name": c.name, "description": c.description})).collect::<Vec<_>>(),
-        "metadata": metadata,
-        "status": agent_status(agent.status),
-        "registered_at": time_json(agent.registered_at.as_ref()),
-        "last_heartbeat_at": time_json(agent.last_heartbeat_at.as_ref()),
-    })
-}
-
-fn lease_json(lease: &pb::Lease) -> Value {
-    json!({
-        "task_id": lease.task_id,
-        "holder_agent_id": lease.holder_agent_id,
-        "token": lease.token.as_ref().map_or(0, |t| t.value),
-        "acquired_at": time_json(lease.acquired_at.as_ref()),
-        "expires_at": time_json(lease.expires_at.as_ref()),
-    })
-}
-
-fn task_json(task: &pb::Task) -> Value {
-    json!({
-        "id": task.id,
-        "type": task.r#type,
-        "status": task_status(task.status),
-        "required_tools": task.required_tools,
-        "max_retries": task.max_retries,
-        "retry_count": task.retry_count,
-        "claimed_by_agent_id": task.claimed_by_agent_id,
-        "failure_reason": task.failure_reason,
-        "created_at": time_json(task.created_at.as_ref()),
-        "claimed_at": time_json(task.claimed_at.as_ref()),
-        "completed_at": time_json(task.completed_at.as_ref()),
-        "input": bytes_json(&task.input),
-        "output": bytes_json(&task.output),
-    })
-}
-
-/// Bytes in JSON: a string when they are UTF-8 text, else `{"base64": "..."}`.
-fn bytes_json(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_string()),
-        Err(_) => json!({ "base64": base64(bytes) }),
-    }
-}
-
 /// Bytes for a person: the text if it is UTF-8 (cut at 200 characters), else their size.
 fn bytes_text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
@@ -447,44 +387,6 @@ fn bytes_text(bytes: &[u8]) -> String {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn agent_status(status: i32) -> &'static str {
-    match pb::AgentStatus::try_from(status) {
-        Ok(pb::AgentStatus::Alive) => "ALIVE",
-        Ok(pb::AgentStatus::Unreachable) => "UNREACHABLE",
-        Ok(pb::AgentStatus::Dead) => "DEAD",
-        _ => "UNSPECIFIED",
-    }
-}
-
-fn task_status(status: i32) -> &'static str {
-    match pb::TaskStatus::try_from(status) {
-        Ok(pb::TaskStatus::Pending) => "PENDING",
-        Ok(pb::TaskStatus::Claimed) => "CLAIMED",
-        Ok(pb::TaskStatus::Completed) => "COMPLETED",
-        Ok(pb::TaskStatus::Failed) => "FAILED",
-        Ok(pb::TaskStatus::Dead) => "DEAD",
-        _ => "UNSPECIFIED",
-    }
-}
-
 fn effect(effect: i32) -> &'static str {
     match pb::PolicyEffect::try_from(effect) {
         Ok(pb::PolicyEffect::Allow) => "ALLOW",
@@ -493,24 +395,11 @@ fn effect(effect: i32) -> &'static str {
     }
 }
 
-fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
-    let seconds = u64::try_from(timestamp.seconds).ok()?;
-    let nanos = u32::try_from(timestamp.nanos).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
-}
-
 /// A timestamp for a table: RFC 3339 to the second, or "-" when unset.
 fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
         .and_then(system_time)
         .map_or_else(|| "-".into(), |t| humantime::format_rfc3339_seconds(t).to_string())
-}
-
-/// A timestamp for JSON: RFC 3339 to the millisecond, or null when unset.
-fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
-    timestamp.and_then(system_time).map_or(Value::Null, |t| {
-        Value::String(humantime::format_rfc3339_millis(t).to_string())
-    })
 }
 
 /// Columns padded to their widest cell, two spaces apart; empty cells show "-".
@@ -570,14 +459,5 @@ mod tests {
             vec![vec!["1".into(), "alpha".into()], vec!["200".into(), String::new()]],
         );
         assert_eq!(text, "ID   NAME\n1    alpha\n200  -");
-    }
-
-    #[test]
-    fn base64_pads_like_the_standard_alphabet() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
     }
 }

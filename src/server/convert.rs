@@ -65,6 +65,7 @@ pub fn card_from_pb(card: pb::AgentCard) -> AgentCard {
             .collect(),
         tools: card.tools,
         metadata,
+        a2a_card: card.a2a_card_json,
     }
 }
 
@@ -83,6 +84,7 @@ pub fn card_to_pb(card: &AgentCard) -> pb::AgentCard {
             .collect(),
         tools: card.tools.clone(),
         metadata: card.metadata.iter().cloned().collect(),
+        a2a_card_json: card.a2a_card.clone(),
     }
 }
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
 use super::subscription::{self, Subscription, UnwatchGuard};
-use super::{convert, pages};
+use super::{a2a, convert, pages};
 use crate::core::machine::StreamEnd;
 use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
@@ -251,7 +251,11 @@ impl pb::registry_service_server::RegistryService for Api {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let principal = Self::agent_token(&request);
         let request = request.into_inner();
-        let card = convert::card_from_pb(request.card.unwrap_or_default());
+        let mut card = request.card.unwrap_or_default();
+        // An A2A card is checked here, at the edge, and fills the plain card (skills as
+        // capabilities); the core keeps its JSON verbatim.
+        a2a::card::absorb(&mut card)?;
+        let card = convert::card_from_pb(card);
         let command = Command::Register {
             card,
             ttl_seconds: request.ttl_seconds,

@@ -1,6 +1,8 @@
 //! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the live dashboard
 //! (`/`, `/api/overview`, a page of `/api/agents`, `/api/leases`, `/api/policies` or
-//! `/api/elections`, and `/api/events`, see `dashboard`).
+//! `/api/elections`, and `/api/events`, see `dashboard`), the A2A cards (`/a2a/...`, see `a2a`),
+//! and `/mcp`, the MCP tools (see
+//! `crate::mcp`).
 //!
 //! Architecture invariant: health and metrics read only atomics and the daemon's phase, never
 //! the core, so a busy core cannot slow a probe or a scrape; the dashboard asks the core through
@@ -16,14 +18,23 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::a2a;
 use super::auth::{self, Tokens};
 use super::dashboard::{self, Dashboard};
 use super::health::{Phase, Serving};
+use crate::mcp::http::McpService;
 use crate::metrics::Metrics;
 
-/// With `tokens` (--auth-tokens), the dashboard's data needs a known bearer token; the page
-/// itself holds no data and asks for one.
-pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard, tokens: Option<Arc<Tokens>>) -> Router {
+/// With `tokens` (--auth-tokens), the dashboard's data and `/mcp` need a known bearer token (the
+/// page itself holds no data and asks for one); each MCP tool's call is then admitted by the
+/// token's role like the gRPC call it makes.
+pub fn router(
+    metrics: Arc<Metrics>,
+    serving: Serving,
+    dashboard: Dashboard,
+    mcp: McpService,
+    tokens: Option<Arc<Tokens>>,
+) -> Router {
     let mut data = Router::new()
         .route("/api/overview", get(dashboard::overview))
         .route("/api/agents", get(dashboard::agents))
@@ -31,11 +42,15 @@ pub fn router(metrics: Arc<Metrics>, serving: Serving, dashboard: Dashboard, tok
         .route("/api/policies", get(dashboard::policies))
         .route("/api/elections", get(dashboard::elections))
         .route("/api/events", get(dashboard::events))
+        .route("/a2a/agents", get(a2a::http::agents))
+        .route("/a2a/agents/{agent_id}/agent-card.json", get(a2a::http::agent_card))
         .with_state(dashboard);
+    let mut agents = Router::new().nest_service("/mcp", mcp);
     if let Some(tokens) = tokens {
-        data = auth::http_checked(data, tokens);
+        data = auth::http_checked(data, Arc::clone(&tokens));
+        agents = auth::http_checked(agents, tokens);
     }
-    let pages = Router::new().route("/", get(dashboard::page)).merge(data);
+    let pages = Router::new().route("/", get(dashboard::page)).merge(data).merge(agents);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(move || ready(serving.phase())))
@@ -52,10 +67,11 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     serving: Serving,
     dashboard: Dashboard,
+    mcp: McpService,
     tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, serving, dashboard, tokens))
+    axum::serve(listener, router(metrics, serving, dashboard, mcp, tokens))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -5,6 +5,7 @@
 //! the driver's queue. The transport is a seam: `serve_grpc` takes the routes and a listener,
 //! so another transport (io_uring) serves the same `Api` unchanged.
 
+pub mod a2a;
 pub mod auth;
 pub mod calls;
 pub mod cluster_status;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Optional, Union
@@ -143,6 +144,7 @@ def card_to_pb(card: AgentCard) -> pb.AgentCard:
         tools=card.tools,
         metadata=card.metadata,
         capabilities=[pb.Capability(name=c.name, description=c.description) for c in card.capabilities],
+        a2a_card_json=card.a2a_card,
     )
 
 
@@ -169,6 +171,16 @@ def make_card(
         metadata=meta,
         capabilities=caps,
     )
+
+
+def a2a_card_json(card: object) -> str:
+    """An A2A agent card as the JSON text to register: a JSON string as it is, a mapping encoded
+    (the daemon checks its fields and keeps the text verbatim)."""
+    if isinstance(card, str):
+        return card
+    if isinstance(card, Mapping):
+        return json.dumps(card, ensure_ascii=False)
+    raise InvalidArgument(f"an A2A card is a dict or a JSON string, got {type(card).__name__}")
 
 
 def policy_to_pb(policy: Policy) -> pb.Policy:
@@ -204,6 +216,7 @@ def agent_info_from_pb(proto: pb.AgentInfo) -> AgentInfo:
             tools=list(c.tools),
             metadata=dict(c.metadata),
             capabilities=[Capability(name=x.name, description=x.description) for x in c.capabilities],
+            a2a_card=c.a2a_card_json,
         ),
         status=_STATUS_FROM_PB.get(proto.status, AgentStatus.DEAD),
         registered_at=ts(proto.registered_at),

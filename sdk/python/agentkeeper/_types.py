@@ -84,6 +84,9 @@ class AgentCard:
     tools: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     capabilities: list[Capability] = field(default_factory=list)
+    #: The A2A agent card (JSON text) the agent registered with ``register_a2a``, as registered;
+    #: ``""`` for a plain card.
+    a2a_card: str = ""
 
 
 @dataclass

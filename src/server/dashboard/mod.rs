@@ -229,7 +229,8 @@ pub async fn events(State(dashboard): State<Dashboard>, Query(From { from }): Qu
 
 impl Dashboard {
     /// One read command through the driver's queue; an error is already the HTTP answer.
-    async fn ask(&self, command: Command) -> Result<Reply, Response> {
+    /// One command through the driver's queue; a refusal as the HTTP answer to give.
+    pub(crate) async fn ask(&self, command: Command) -> Result<Reply, Response> {
         let Some(core) = self.core.get().cloned() else {
             return Err(starting());
         };
@@ -268,6 +269,7 @@ fn error(error: &CoreError) -> Response {
     let status = match error.code {
         ErrorCode::ResourceExhausted | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::InvalidArgument | ErrorCode::OutOfRange => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, error.message.clone()).into_response()

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::v2;
+use super::v3;
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
@@ -17,36 +17,36 @@ use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
 use crate::core::{Command, PolicyInput};
 
-fn text(value: &str) -> v2::Text<'_> {
+fn text(value: &str) -> v3::Text<'_> {
     Cow::Borrowed(value)
 }
 
-fn arc(value: v2::Text<'_>) -> Arc<str> {
+fn arc(value: v3::Text<'_>) -> Arc<str> {
     Arc::from(value.as_ref())
 }
 
 /// The log record of `entry`. Panics on a command that does not change state: the driver logs
 /// only commands for which `Command::is_logged` holds.
-pub fn record(entry: &Entry) -> v2::Record<'_> {
+pub fn record(entry: &Entry) -> v3::Record<'_> {
     match entry {
         Entry::Apply {
             now,
             command,
             principal,
-        } => v2::Record::Apply {
+        } => v3::Record::Apply {
             now: *now,
             command: logged_command(command)
                 .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
-            principal: principal.map(|t| v2::Token(t.0)),
+            principal: principal.map(|t| v3::Token(t.0)),
         },
-        Entry::Tick { now } => v2::Record::Tick { now: *now },
-        Entry::Grace { now } => v2::Record::Grace { now: *now },
+        Entry::Tick { now } => v3::Record::Tick { now: *now },
+        Entry::Grace { now } => v3::Record::Grace { now: *now },
     }
 }
 
-pub fn entry(record: v2::Record<'_>) -> Entry {
+pub fn entry(record: v3::Record<'_>) -> Entry {
     match record {
-        v2::Record::Apply {
+        v3::Record::Apply {
             now,
             command: logged,
             principal,
@@ -55,15 +55,15 @@ pub fn entry(record: v2::Record<'_>) -> Entry {
             command: command(logged),
             principal: principal.map(|t| TokenId(t.0)),
         },
-        v2::Record::Tick { now } => Entry::Tick { now },
-        v2::Record::Grace { now } => Entry::Grace { now },
+        v3::Record::Tick { now } => Entry::Tick { now },
+        v3::Record::Grace { now } => Entry::Grace { now },
     }
 }
 
 /// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
 /// with `Command::is_logged` (tested).
-pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
-    use v2::LoggedCommand as L;
+pub fn logged_command(command: &Command) -> Option<v3::LoggedCommand<'_>> {
+    use v3::LoggedCommand as L;
     Some(match command {
         Command::Register { card, ttl_seconds } => L::Register {
             card: card_of(card),
@@ -113,7 +113,7 @@ pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
             agent_id: text(agent_id),
         },
         Command::SetPolicy { policy } => L::SetPolicy {
-            policy: v2::PolicyInput {
+            policy: v3::PolicyInput {
                 id: text(&policy.id),
                 subject: text(&policy.subject),
                 action: text(&policy.action),
@@ -179,8 +179,8 @@ pub fn logged_command(command: &Command) -> Option<v2::LoggedCommand<'_>> {
     })
 }
 
-pub fn command(logged: v2::LoggedCommand<'_>) -> Command {
-    use v2::LoggedCommand as L;
+pub fn command(logged: v3::LoggedCommand<'_>) -> Command {
+    use v3::LoggedCommand as L;
     match logged {
         L::Register { card, ttl_seconds } => Command::Register {
             card: card_from(card),
@@ -284,7 +284,7 @@ pub fn command(logged: v2::LoggedCommand<'_>) -> Command {
     }
 }
 
-fn card_of(card: &AgentCard) -> v2::Card<'_> {
+fn card_of(card: &AgentCard) -> v3::Card<'_> {
     let AgentCard {
         name,
         description,
@@ -292,24 +292,26 @@ fn card_of(card: &AgentCard) -> v2::Card<'_> {
         capabilities,
         tools,
         metadata,
+        a2a_card,
     } = card;
-    v2::Card {
+    v3::Card {
         name: text(name),
         description: text(description),
         version: text(version),
         capabilities: capabilities
             .iter()
-            .map(|c| v2::Capability {
+            .map(|c| v3::Capability {
                 name: text(&c.name),
                 description: text(&c.description),
             })
             .collect(),
         tools: Cow::Borrowed(tools),
         metadata: metadata.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        a2a_card: text(a2a_card),
     }
 }
 
-fn card_from(card: v2::Card<'_>) -> AgentCard {
+fn card_from(card: v3::Card<'_>) -> AgentCard {
     AgentCard {
         name: card.name.into_owned(),
         description: card.description.into_owned(),
@@ -328,108 +330,109 @@ fn card_from(card: v2::Card<'_>) -> AgentCard {
             .into_iter()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect(),
+        a2a_card: card.a2a_card.into_owned(),
     }
 }
 
-fn effect_of(effect: Effect) -> v2::Effect {
+fn effect_of(effect: Effect) -> v3::Effect {
     match effect {
-        Effect::Allow => v2::Effect::Allow,
-        Effect::Deny => v2::Effect::Deny,
+        Effect::Allow => v3::Effect::Allow,
+        Effect::Deny => v3::Effect::Deny,
     }
 }
 
-fn effect_from(effect: v2::Effect) -> Effect {
+fn effect_from(effect: v3::Effect) -> Effect {
     match effect {
-        v2::Effect::Allow => Effect::Allow,
-        v2::Effect::Deny => Effect::Deny,
+        v3::Effect::Allow => Effect::Allow,
+        v3::Effect::Deny => Effect::Deny,
     }
 }
 
-fn status_of(status: AgentStatus) -> v2::AgentStatus {
+fn status_of(status: AgentStatus) -> v3::AgentStatus {
     match status {
-        AgentStatus::Alive => v2::AgentStatus::Alive,
-        AgentStatus::Unreachable => v2::AgentStatus::Unreachable,
-        AgentStatus::Dead => v2::AgentStatus::Dead,
+        AgentStatus::Alive => v3::AgentStatus::Alive,
+        AgentStatus::Unreachable => v3::AgentStatus::Unreachable,
+        AgentStatus::Dead => v3::AgentStatus::Dead,
     }
 }
 
-fn status_from(status: v2::AgentStatus) -> AgentStatus {
+fn status_from(status: v3::AgentStatus) -> AgentStatus {
     match status {
-        v2::AgentStatus::Alive => AgentStatus::Alive,
-        v2::AgentStatus::Unreachable => AgentStatus::Unreachable,
-        v2::AgentStatus::Dead => AgentStatus::Dead,
+        v3::AgentStatus::Alive => AgentStatus::Alive,
+        v3::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v3::AgentStatus::Dead => AgentStatus::Dead,
     }
 }
 
-fn task_status_of(status: TaskStatus) -> v2::TaskStatus {
+fn task_status_of(status: TaskStatus) -> v3::TaskStatus {
     match status {
-        TaskStatus::Pending => v2::TaskStatus::Pending,
-        TaskStatus::Claimed => v2::TaskStatus::Claimed,
-        TaskStatus::Completed => v2::TaskStatus::Completed,
-        TaskStatus::Failed => v2::TaskStatus::Failed,
-        TaskStatus::Dead => v2::TaskStatus::Dead,
+        TaskStatus::Pending => v3::TaskStatus::Pending,
+        TaskStatus::Claimed => v3::TaskStatus::Claimed,
+        TaskStatus::Completed => v3::TaskStatus::Completed,
+        TaskStatus::Failed => v3::TaskStatus::Failed,
+        TaskStatus::Dead => v3::TaskStatus::Dead,
     }
 }
 
-fn task_status_from(status: v2::TaskStatus) -> TaskStatus {
+fn task_status_from(status: v3::TaskStatus) -> TaskStatus {
     match status {
-        v2::TaskStatus::Pending => TaskStatus::Pending,
-        v2::TaskStatus::Claimed => TaskStatus::Claimed,
-        v2::TaskStatus::Completed => TaskStatus::Completed,
-        v2::TaskStatus::Failed => TaskStatus::Failed,
-        v2::TaskStatus::Dead => TaskStatus::Dead,
+        v3::TaskStatus::Pending => TaskStatus::Pending,
+        v3::TaskStatus::Claimed => TaskStatus::Claimed,
+        v3::TaskStatus::Completed => TaskStatus::Completed,
+        v3::TaskStatus::Failed => TaskStatus::Failed,
+        v3::TaskStatus::Dead => TaskStatus::Dead,
     }
 }
 
 /// Topics pair up by position in both enums; the match keeps them from drifting apart.
-fn topic_of(topic: Topic) -> v2::Topic {
+fn topic_of(topic: Topic) -> v3::Topic {
     match topic {
-        Topic::AgentRegistered => v2::Topic::AgentRegistered,
-        Topic::AgentUnreachable => v2::Topic::AgentUnreachable,
-        Topic::AgentRecovered => v2::Topic::AgentRecovered,
-        Topic::AgentDied => v2::Topic::AgentDied,
-        Topic::LeaseAcquired => v2::Topic::LeaseAcquired,
-        Topic::LeaseRenewed => v2::Topic::LeaseRenewed,
-        Topic::LeaseExpired => v2::Topic::LeaseExpired,
-        Topic::LeaseReleased => v2::Topic::LeaseReleased,
-        Topic::LeaderChanged => v2::Topic::LeaderChanged,
-        Topic::TaskCreated => v2::Topic::TaskCreated,
-        Topic::TaskClaimed => v2::Topic::TaskClaimed,
-        Topic::TaskCompleted => v2::Topic::TaskCompleted,
-        Topic::TaskFailed => v2::Topic::TaskFailed,
-        Topic::TaskDead => v2::Topic::TaskDead,
+        Topic::AgentRegistered => v3::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v3::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v3::Topic::AgentRecovered,
+        Topic::AgentDied => v3::Topic::AgentDied,
+        Topic::LeaseAcquired => v3::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v3::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v3::Topic::LeaseExpired,
+        Topic::LeaseReleased => v3::Topic::LeaseReleased,
+        Topic::LeaderChanged => v3::Topic::LeaderChanged,
+        Topic::TaskCreated => v3::Topic::TaskCreated,
+        Topic::TaskClaimed => v3::Topic::TaskClaimed,
+        Topic::TaskCompleted => v3::Topic::TaskCompleted,
+        Topic::TaskFailed => v3::Topic::TaskFailed,
+        Topic::TaskDead => v3::Topic::TaskDead,
     }
 }
 
-fn topic_from(topic: v2::Topic) -> Topic {
+fn topic_from(topic: v3::Topic) -> Topic {
     match topic {
-        v2::Topic::AgentRegistered => Topic::AgentRegistered,
-        v2::Topic::AgentUnreachable => Topic::AgentUnreachable,
-        v2::Topic::AgentRecovered => Topic::AgentRecovered,
-        v2::Topic::AgentDied => Topic::AgentDied,
-        v2::Topic::LeaseAcquired => Topic::LeaseAcquired,
-        v2::Topic::LeaseRenewed => Topic::LeaseRenewed,
-        v2::Topic::LeaseExpired => Topic::LeaseExpired,
-        v2::Topic::LeaseReleased => Topic::LeaseReleased,
-        v2::Topic::LeaderChanged => Topic::LeaderChanged,
-        v2::Topic::TaskCreated => Topic::TaskCreated,
-        v2::Topic::TaskClaimed => Topic::TaskClaimed,
-        v2::Topic::TaskCompleted => Topic::TaskCompleted,
-        v2::Topic::TaskFailed => Topic::TaskFailed,
-        v2::Topic::TaskDead => Topic::TaskDead,
+        v3::Topic::AgentRegistered => Topic::AgentRegistered,
+        v3::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v3::Topic::AgentRecovered => Topic::AgentRecovered,
+        v3::Topic::AgentDied => Topic::AgentDied,
+        v3::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v3::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v3::Topic::LeaseExpired => Topic::LeaseExpired,
+        v3::Topic::LeaseReleased => Topic::LeaseReleased,
+        v3::Topic::LeaderChanged => Topic::LeaderChanged,
+        v3::Topic::TaskCreated => Topic::TaskCreated,
+        v3::Topic::TaskClaimed => Topic::TaskClaimed,
+        v3::Topic::TaskCompleted => Topic::TaskCompleted,
+        v3::Topic::TaskFailed => Topic::TaskFailed,
+        v3::Topic::TaskDead => Topic::TaskDead,
     }
 }
 
-fn id(value: Id128) -> v2::Id {
-    v2::Id(value.0)
+fn id(value: Id128) -> v3::Id {
+    v3::Id(value.0)
 }
 
-fn id_from(value: v2::Id) -> Id128 {
+fn id_from(value: v3::Id) -> Id128 {
     Id128(value.0)
 }
 
 /// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
-pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
+pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
     let CoreSnapshot {
         now,
         rng_seed,
@@ -449,7 +452,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
         waiters,
         waiter_next,
     } = snapshot;
-    v2::Snapshot {
+    v3::Snapshot {
         now: *now,
         rng_seed: *rng_seed,
         rng_stream: *rng_stream,
@@ -460,7 +463,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
         token_last: *token_last,
         leases: leases
             .iter()
-            .map(|l| v2::LeaseState {
+            .map(|l| v3::LeaseState {
                 task_id: text(&l.task_id),
                 holder: id(l.holder),
                 token: l.token,
@@ -471,7 +474,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
             .collect(),
         groups: groups
             .iter()
-            .map(|g| v2::GroupState {
+            .map(|g| v3::GroupState {
                 name: text(&g.name),
                 candidates: g.candidates.iter().copied().map(id).collect(),
                 term: g.term,
@@ -483,7 +486,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
         events: events.iter().map(event_of).collect(),
         tasks: tasks
             .iter()
-            .map(|t| v2::TaskState {
+            .map(|t| v3::TaskState {
                 view: task_view_of(&t.view),
                 order: t.order,
                 finished_at: t.finished_at,
@@ -492,7 +495,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
         task_order_next: *task_order_next,
         waiters: waiters
             .iter()
-            .map(|w| v2::WaiterState {
+            .map(|w| v3::WaiterState {
                 id: w.id.0,
                 agent_id: id(w.agent_id),
                 deadline: w.deadline,
@@ -502,7 +505,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v2::Snapshot<'_> {
     }
 }
 
-pub fn core_snapshot(snapshot: v2::Snapshot<'_>) -> CoreSnapshot {
+pub fn core_snapshot(snapshot: v3::Snapshot<'_>) -> CoreSnapshot {
     CoreSnapshot {
         now: snapshot.now,
         rng_seed: snapshot.rng_seed,
@@ -560,7 +563,7 @@ pub fn core_snapshot(snapshot: v2::Snapshot<'_>) -> CoreSnapshot {
     }
 }
 
-fn agent_state_of(agent: &AgentState) -> v2::AgentState<'_> {
+fn agent_state_of(agent: &AgentState) -> v3::AgentState<'_> {
     let AgentState {
         id: agent_id,
         card,
@@ -574,7 +577,7 @@ fn agent_state_of(agent: &AgentState) -> v2::AgentState<'_> {
         groups,
         owner,
     } = agent;
-    v2::AgentState {
+    v3::AgentState {
         id: id(*agent_id),
         card: card_of(card),
         status: status_of(*status),
@@ -585,11 +588,11 @@ fn agent_state_of(agent: &AgentState) -> v2::AgentState<'_> {
         registration: *registration,
         dead_at: *dead_at,
         groups: Cow::Borrowed(groups),
-        owner: owner.map(|t| v2::Token(t.0)),
+        owner: owner.map(|t| v3::Token(t.0)),
     }
 }
 
-fn agent_state_from(agent: v2::AgentState<'_>) -> AgentState {
+fn agent_state_from(agent: v3::AgentState<'_>) -> AgentState {
     AgentState {
         id: id_from(agent.id),
         card: card_from(agent.card),
@@ -605,8 +608,8 @@ fn agent_state_from(agent: v2::AgentState<'_>) -> AgentState {
     }
 }
 
-fn policy_of(policy: &Policy) -> v2::Policy<'_> {
-    v2::Policy {
+fn policy_of(policy: &Policy) -> v3::Policy<'_> {
+    v3::Policy {
         id: text(&policy.id),
         subject: text(&policy.subject),
         action: text(&policy.action),
@@ -615,7 +618,7 @@ fn policy_of(policy: &Policy) -> v2::Policy<'_> {
     }
 }
 
-fn policy_from(policy: v2::Policy<'_>) -> Policy {
+fn policy_from(policy: v3::Policy<'_>) -> Policy {
     Policy {
         id: policy.id.into_owned(),
         subject: policy.subject.into_owned(),
@@ -625,9 +628,9 @@ fn policy_from(policy: v2::Policy<'_>) -> Policy {
     }
 }
 
-fn event_of(event: &Event) -> v2::Event<'_> {
+fn event_of(event: &Event) -> v3::Event<'_> {
     let payload = match &event.payload {
-        EventPayload::Agent(agent) => v2::EventPayload::Agent(v2::AgentView {
+        EventPayload::Agent(agent) => v3::EventPayload::Agent(v3::AgentView {
             agent_id: id(agent.agent_id),
             card: card_of(&agent.card),
             status: status_of(agent.status),
@@ -635,22 +638,22 @@ fn event_of(event: &Event) -> v2::Event<'_> {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        EventPayload::Lease(lease) => v2::EventPayload::Lease(v2::LeaseView {
+        EventPayload::Lease(lease) => v3::EventPayload::Lease(v3::LeaseView {
             task_id: text(&lease.task_id),
             holder: id(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        EventPayload::Election(election) => v2::EventPayload::Election(v2::ElectionView {
+        EventPayload::Election(election) => v3::EventPayload::Election(v3::ElectionView {
             group: text(&election.group),
             leader: election.leader.map(id),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        EventPayload::Task(task) => v2::EventPayload::Task(task_view_of(task)),
+        EventPayload::Task(task) => v3::EventPayload::Task(task_view_of(task)),
     };
-    v2::Event {
+    v3::Event {
         sequence: event.sequence,
         topic: topic_of(event.topic),
         occurred_at: event.occurred_at,
@@ -658,9 +661,9 @@ fn event_of(event: &Event) -> v2::Event<'_> {
     }
 }
 
-fn event_from(event: v2::Event<'_>) -> Event {
+fn event_from(event: v3::Event<'_>) -> Event {
     let payload = match event.payload {
-        v2::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+        v3::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
             agent_id: id_from(agent.agent_id),
             card: Arc::new(card_from(agent.card)),
             status: status_from(agent.status),
@@ -668,20 +671,20 @@ fn event_from(event: v2::Event<'_>) -> Event {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        v2::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+        v3::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
             task_id: arc(lease.task_id),
             holder: id_from(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        v2::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+        v3::EventPayload::Election(election) => EventPayload::Election(ElectionView {
             group: arc(election.group),
             leader: election.leader.map(id_from),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        v2::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+        v3::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
     };
     Event {
         sequence: event.sequence,
@@ -691,7 +694,7 @@ fn event_from(event: v2::Event<'_>) -> Event {
     }
 }
 
-fn task_view_of(task: &TaskView) -> v2::TaskView<'_> {
+fn task_view_of(task: &TaskView) -> v3::TaskView<'_> {
     let TaskView {
         id: task_id,
         kind,
@@ -708,7 +711,7 @@ fn task_view_of(task: &TaskView) -> v2::TaskView<'_> {
         completed_at,
         ttl_ms,
     } = task;
-    v2::TaskView {
+    v3::TaskView {
         id: id(*task_id),
         kind: text(kind),
         input: Cow::Borrowed(input),
@@ -726,7 +729,7 @@ fn task_view_of(task: &TaskView) -> v2::TaskView<'_> {
     }
 }
 
-fn task_view_from(task: v2::TaskView<'_>) -> TaskView {
+fn task_view_from(task: v3::TaskView<'_>) -> TaskView {
     TaskView {
         id: id_from(task.id),
         kind: arc(task.kind),

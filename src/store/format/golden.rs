@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::{VERSION, v2};
+use super::{VERSION, v3};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
@@ -50,6 +50,7 @@ fn card() -> AgentCard {
         }],
         tools: vec!["code".into(), "plan".into()],
         metadata: vec![("team".into(), "core".into()), ("zone".into(), "eu-1".into())],
+        a2a_card: r#"{"name":"planner","description":"plans the work","version":"1.4.2","skills":[]}"#.into(),
     }
 }
 
@@ -399,17 +400,59 @@ fn version_1_files_written_by_release_2dd3316_decode_into_todays_values() {
     assert_eq!(Header::decode(&log), Ok(HEADER));
     let scan = wal::scan(&log).expect("the v1 log reads back");
     assert_eq!((scan.version, scan.torn), (1, None));
-    assert_eq!(scan.records, sample_entries(false));
+    assert_eq!(scan.records, without_a2a_cards(sample_entries(false)));
     let snapshot = std::fs::read(fixture(1, "snapshot.bin")).expect("the v1 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v1 snapshot decodes"),
-        sample_snapshot(None)
+        snapshot_without_a2a_cards(sample_snapshot(None))
     );
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v2::LoggedCommand`).
-fn logged_index(command: &v2::LoggedCommand) -> u8 {
-    use v2::LoggedCommand as L;
+/// The version 2 fixtures were written by release 8f3c0bd from the same sample, which had no A2A
+/// cards: they must decode to today's sample with every A2A card empty.
+#[test]
+fn version_2_files_written_by_release_8f3c0bd_decode_into_todays_values_without_a2a_cards() {
+    let log = std::fs::read(fixture(2, "wal.log")).expect("the v2 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v2 log reads back");
+    assert_eq!((scan.version, scan.torn), (2, None));
+    assert_eq!(scan.records, without_a2a_cards(sample_entries(true)));
+    let snapshot = std::fs::read(fixture(2, "snapshot.bin")).expect("the v2 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v2 snapshot decodes"),
+        snapshot_without_a2a_cards(sample_snapshot(Some(token(0x5a))))
+    );
+}
+
+/// The sample as versions before 3 held it: every card without its A2A card.
+fn without_a2a_cards(mut entries: Vec<Entry>) -> Vec<Entry> {
+    for entry in &mut entries {
+        if let Entry::Apply {
+            command: Command::Register { card, .. },
+            ..
+        } = entry
+        {
+            card.a2a_card.clear();
+        }
+    }
+    entries
+}
+
+fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
+    for agent in &mut snapshot.agents {
+        agent.card.a2a_card.clear();
+    }
+    for event in &mut snapshot.events {
+        if let EventPayload::Agent(view) = &mut event.payload {
+            std::sync::Arc::make_mut(&mut view.card).a2a_card.clear();
+        }
+    }
+    snapshot
+}
+
+/// The index postcard writes for each logged command: fixed forever (see `v3::LoggedCommand`).
+fn logged_index(command: &v3::LoggedCommand) -> u8 {
+    use v3::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -435,7 +478,7 @@ fn the_sample_holds_every_logged_command_under_its_fixed_index() {
     for (i, command) in logged_commands().iter().enumerate() {
         let logged = super::convert::logged_command(command).expect("a logged command");
         assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
-        let record = v2::Record::Apply {
+        let record = v3::Record::Apply {
             now: 0,
             command: logged,
             principal: None,

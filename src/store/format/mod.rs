@@ -4,7 +4,7 @@
 //!
 //! Architecture invariant: a release writes only [`VERSION`] and reads every version from
 //! [`VERSION_OLDEST`] on, forever: an old version's types are frozen in their own file
-//! (`v1.rs`), decode-only, and upgrade into the next version's. A version newer than this
+//! (`v1.rs`, `v2.rs`), decode-only, and upgrade into the next version's. A version newer than this
 //! release is refused with a message that names both, never guessed at. The core never sees a
 //! byte: `convert.rs` maps today's core values to and from the current version's types.
 
@@ -13,12 +13,13 @@ mod convert;
 mod golden;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 use crate::core::entry::Entry;
 use crate::core::snapshot::CoreSnapshot;
 
 /// The version this release writes, in every log header and snapshot prefix.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest version this release reads.
 pub const VERSION_OLDEST: u32 = 1;
 
@@ -70,8 +71,9 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry, String> {
     check_version("log", version)?;
     let record = match version {
-        1 => v1::upgrade_record(from_whole(payload)?)?,
-        2 => from_whole::<v2::Record>(payload)?,
+        1 => v2::upgrade_record(v1::upgrade_record(from_whole(payload)?)?),
+        2 => v2::upgrade_record(from_whole(payload)?),
+        3 => from_whole::<v3::Record>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::entry(record))
@@ -86,8 +88,9 @@ pub fn encode_snapshot(snapshot: &CoreSnapshot) -> Vec<u8> {
 pub fn decode_snapshot(version: u32, payload: &[u8]) -> Result<CoreSnapshot, String> {
     check_version("snapshot", version)?;
     let snapshot = match version {
-        1 => v1::upgrade_snapshot(from_whole(payload)?),
-        2 => from_whole::<v2::Snapshot>(payload)?,
+        1 => v2::upgrade_snapshot(v1::upgrade_snapshot(from_whole(payload)?)),
+        2 => v2::upgrade_snapshot(from_whole(payload)?),
+        3 => from_whole::<v3::Snapshot>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::core_snapshot(snapshot))

@@ -1,5 +1,6 @@
-//! Format version 2, the one this release writes: the log record (`Record`, whose command is a
-//! `LoggedCommand`) and the snapshot (`Snapshot`), as serde types that postcard encodes.
+//! Format version 2, frozen: the log record (`Record`, whose command is a `LoggedCommand`) and
+//! the snapshot (`Snapshot`), as serde types that postcard encodes, and the upgrade of each into
+//! version 3. Version 3 shares the types that hold no agent card (the same bytes).
 //!
 //! Architecture invariant: these types are the bytes on disk. postcard writes an enum's variant
 //! by its index and a struct's fields in order, with no names, so any change here (a variant
@@ -14,6 +15,8 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+
+use super::v3;
 
 pub type Text<'a> = Cow<'a, str>;
 pub type Bytes<'a> = Cow<'a, [u8]>;
@@ -314,4 +317,232 @@ pub struct TaskView<'a> {
     pub claimed_at: Option<u64>,
     pub completed_at: Option<u64>,
     pub ttl_ms: u64,
+}
+
+// ── The upgrade into version 3: every card gains an empty A2A card; nothing else changes. ──
+
+pub fn upgrade_record(record: Record<'_>) -> v3::Record<'_> {
+    match record {
+        Record::Apply {
+            now,
+            command,
+            principal,
+        } => v3::Record::Apply {
+            now,
+            command: upgrade_command(command),
+            principal,
+        },
+        Record::Tick { now } => v3::Record::Tick { now },
+        Record::Grace { now } => v3::Record::Grace { now },
+    }
+}
+
+fn upgrade_command(command: LoggedCommand<'_>) -> v3::LoggedCommand<'_> {
+    use LoggedCommand as L;
+    use v3::LoggedCommand as N;
+    match command {
+        L::Register { card, ttl_seconds } => N::Register {
+            card: upgrade_card(card),
+            ttl_seconds,
+        },
+        L::Heartbeat { agent_id } => N::Heartbeat { agent_id },
+        L::Deregister { agent_id } => N::Deregister { agent_id },
+        L::AcquireLease {
+            task_id,
+            agent_id,
+            ttl_seconds,
+        } => N::AcquireLease {
+            task_id,
+            agent_id,
+            ttl_seconds,
+        },
+        L::RenewLease {
+            task_id,
+            agent_id,
+            token,
+            ttl_seconds,
+        } => N::RenewLease {
+            task_id,
+            agent_id,
+            token,
+            ttl_seconds,
+        },
+        L::ReleaseLease {
+            task_id,
+            agent_id,
+            token,
+        } => N::ReleaseLease {
+            task_id,
+            agent_id,
+            token,
+        },
+        L::Campaign { group, agent_id } => N::Campaign { group, agent_id },
+        L::Resign { group, agent_id } => N::Resign { group, agent_id },
+        L::SetPolicy { policy } => N::SetPolicy { policy },
+        L::DeletePolicy { id } => N::DeletePolicy { id },
+        L::CreateTask {
+            kind,
+            input,
+            required_tools,
+            max_retries,
+            ttl_seconds,
+        } => N::CreateTask {
+            kind,
+            input,
+            required_tools,
+            max_retries,
+            ttl_seconds,
+        },
+        L::ClaimTask { agent_id, wait_ms } => N::ClaimTask { agent_id, wait_ms },
+        L::CancelClaim { waiter } => N::CancelClaim { waiter },
+        L::ReturnTask { task_id, token } => N::ReturnTask { task_id, token },
+        L::CompleteTask {
+            task_id,
+            agent_id,
+            output,
+        } => N::CompleteTask {
+            task_id,
+            agent_id,
+            output,
+        },
+        L::FailTask {
+            task_id,
+            agent_id,
+            reason,
+        } => N::FailTask {
+            task_id,
+            agent_id,
+            reason,
+        },
+    }
+}
+
+fn upgrade_card(card: Card<'_>) -> v3::Card<'_> {
+    let Card {
+        name,
+        description,
+        version,
+        capabilities,
+        tools,
+        metadata,
+    } = card;
+    v3::Card {
+        name,
+        description,
+        version,
+        capabilities,
+        tools,
+        metadata,
+        a2a_card: Text::Borrowed(""),
+    }
+}
+
+pub fn upgrade_snapshot(snapshot: Snapshot<'_>) -> v3::Snapshot<'_> {
+    let Snapshot {
+        now,
+        rng_seed,
+        rng_stream,
+        rng_word_pos,
+        hash_seed,
+        registration_next,
+        agents,
+        token_last,
+        leases,
+        groups,
+        policies,
+        sequence_next,
+        events,
+        tasks,
+        task_order_next,
+        waiters,
+        waiter_next,
+    } = snapshot;
+    v3::Snapshot {
+        now,
+        rng_seed,
+        rng_stream,
+        rng_word_pos,
+        hash_seed,
+        registration_next,
+        agents: agents.into_iter().map(upgrade_agent).collect(),
+        token_last,
+        leases,
+        groups,
+        policies,
+        sequence_next,
+        events: events.into_iter().map(upgrade_event).collect(),
+        tasks,
+        task_order_next,
+        waiters,
+        waiter_next,
+    }
+}
+
+fn upgrade_agent(agent: AgentState<'_>) -> v3::AgentState<'_> {
+    let AgentState {
+        id,
+        card,
+        status,
+        registered_at,
+        last_heartbeat_at,
+        liveness_base,
+        ttl_ms,
+        registration,
+        dead_at,
+        groups,
+        owner,
+    } = agent;
+    v3::AgentState {
+        id,
+        card: upgrade_card(card),
+        status,
+        registered_at,
+        last_heartbeat_at,
+        liveness_base,
+        ttl_ms,
+        registration,
+        dead_at,
+        groups,
+        owner,
+    }
+}
+
+fn upgrade_event(event: Event<'_>) -> v3::Event<'_> {
+    let Event {
+        sequence,
+        topic,
+        occurred_at,
+        payload,
+    } = event;
+    let payload = match payload {
+        EventPayload::Agent(view) => v3::EventPayload::Agent(upgrade_view(view)),
+        EventPayload::Lease(view) => v3::EventPayload::Lease(view),
+        EventPayload::Election(view) => v3::EventPayload::Election(view),
+        EventPayload::Task(view) => v3::EventPayload::Task(view),
+    };
+    v3::Event {
+        sequence,
+        topic,
+        occurred_at,
+        payload,
+    }
+}
+
+fn upgrade_view(view: AgentView<'_>) -> v3::AgentView<'_> {
+    let AgentView {
+        agent_id,
+        card,
+        status,
+        registered_at,
+        last_heartbeat_at,
+        ttl_ms,
+    } = view;
+    v3::AgentView {
+        agent_id,
+        card: upgrade_card(card),
+        status,
+        registered_at,
+        last_heartbeat_at,
+        ttl_ms,
+    }
 }

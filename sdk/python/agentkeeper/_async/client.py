@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar, Union, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -55,6 +55,7 @@ from agentkeeper._runtime import (
 )
 from agentkeeper._transport import AsyncChannel, AsyncTransport, ChannelOption
 from agentkeeper._types import (
+    AgentCard,
     AgentInfo,
     Capability,
     CheckResult,
@@ -365,8 +366,42 @@ class AgentKeeperClient:
         reply would register a second agent.
         """
         card = cv.make_card(name, description, version, tools, metadata, capabilities)
-        ttl = cv.check_uint("ttl", ttl)
+        return self._register(card, cv.check_uint("ttl", ttl), on_lost, heartbeat, timeout)
 
+    def register_a2a(
+        self,
+        card: Union[Mapping[str, Any], str],
+        ttl: int = 30,
+        *,
+        tools: Optional[Iterable[str]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        on_lost: Optional[Callable[[AgentHandle], object]] = None,
+        heartbeat: bool = True,
+        timeout: _Timeout = None,
+    ) -> AsyncPending[AgentHandle]:
+        """Register an agent described by an A2A agent card (a dict or a JSON string) and
+        heartbeat it, as :meth:`register` does.
+
+        The daemon keeps the card's JSON as given and serves it at
+        ``/a2a/agents/{agent_id}/agent-card.json`` while the agent lives; its name, description
+        and version fill the plain card, and each skill (name, description, tags, examples)
+        becomes a capability, so ``find`` matches the agent by its skills. A card over 64 KiB or
+        without name, description, version or skills (each with id, name, description and tags)
+        is refused with :class:`InvalidArgument` naming the field. ``tools`` are the tool names
+        claim_task and ``find(tools=...)`` match on.
+        """
+        plain = cv.make_card("", "", "", tools, metadata, None)
+        plain.a2a_card = cv.a2a_card_json(card)
+        return self._register(plain, cv.check_uint("ttl", ttl), on_lost, heartbeat, timeout)
+
+    def _register(
+        self,
+        card: AgentCard,
+        ttl: int,
+        on_lost: Optional[Callable[[AgentHandle], object]],
+        heartbeat: bool,
+        timeout: _Timeout,
+    ) -> AsyncPending[AgentHandle]:
         async def run() -> AgentHandle:
             request = pb.RegisterRequest(card=cv.card_to_pb(card), ttl_seconds=ttl)
             response = await self._unary(rpc.REGISTER, request, timeout)
