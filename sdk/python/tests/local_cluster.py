@@ -67,9 +67,12 @@ class LocalCluster:
                 started.result()
 
     def close(self) -> None:
+        """Kills every node: a graceful stop of a node whose peers still run waits out the
+        daemon's 5 s drain (their consensus streams are calls that never end)."""
         for n in list(self._stopped):
             self.resume_process(n)
         for node in self.nodes.values():
+            node.kill()
             node.stop()
         self._dirs.cleanup()
 
