@@ -21,7 +21,7 @@ import grpc
 from agentkeeper import _convert as cv
 from agentkeeper import _rpc as rpc
 from agentkeeper._common import STREAM_RETRYABLE, EventCursor
-from agentkeeper._errors import AgentKeeperError, Unavailable
+from agentkeeper._errors import AgentKeeperError, Cancelled, Unavailable
 from agentkeeper._runtime import Flag, OpenedByAwait, Worker, maybe_await
 from agentkeeper._transport import StreamCall, Transport
 from agentkeeper._types import ElectionState, WatchEvent
@@ -134,6 +134,9 @@ class Subscription(OpenedByAwait, Generic[E]):
         subscribed us; raises how it ended if it ended at once."""
         assert self._transport is not None
         self._transport = transport = self._client._follow_current(self._transport)
+        if self._cancelled.is_set():  # cancel() may have closed the transport this one replaced
+            transport.close()
+            raise Cancelled(f"the {self._kind} stream was cancelled")
         call = self._open_call(transport)
         with self._lock:
             self._call = call
