@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 
+from agentkeeper._errors import AgentKeeperError, InvalidArgument, OutOfRange, outcome_unknown
 from agentkeeper._rpc import IDEMPOTENT_NAMES
 from agentkeeper._types import ConnectionState, Lease
 
@@ -25,6 +26,8 @@ __all__ = [
     "resolve_address",
     "CHANNEL_OPTIONS",
     "should_retry",
+    "not_carried_out",
+    "failed_for_good",
     "EventCursor",
     "CLAIM_POLL_SECONDS",
     "EMPTY_POLL_PAUSE",
@@ -51,6 +54,15 @@ IDEMPOTENT = IDEMPOTENT_NAMES
 # again. An UNAVAILABLE that came back over a connection (the daemon shutting down, a reset in
 # flight) may follow a call the daemon already carried out.
 _NOT_SENT_MARKER = "failed to connect to all addresses"
+
+# A cluster node's words for a call it answered without proposing it: it was carried out nowhere.
+# (Its "it may yet take effect", on a write forwarded to a leader that died or lost its quorum, is
+# the opposite. "The daemon is shutting down" is not here: a daemon that stops with a write in
+# flight says it too.)
+_REFUSED_MARKERS = (
+    "has known no leader",  # the call waited for an election that did not end in time
+    "the cluster refused the write",  # the leader could not propose it (a leadership transfer)
+)
 
 # A watch stream that ends with one of these (or ends cleanly) is reopened from where it left off;
 # anything else (OUT_OF_RANGE, RESOURCE_EXHAUSTED, INVALID_ARGUMENT, ...) goes to on_error.
@@ -103,21 +115,42 @@ class RetryPolicy:
         return min(previous * self.multiplier, self.max_backoff)
 
 
-def never_sent(code: grpc.StatusCode, details: str) -> bool:
-    """True when an UNAVAILABLE failure happened before the request left this process."""
-    return code == grpc.StatusCode.UNAVAILABLE and _NOT_SENT_MARKER in (details or "")
+def not_carried_out(code: grpc.StatusCode, details: str) -> bool:
+    """True when an UNAVAILABLE failure surely left no trace: the request never left this
+    process, or a cluster node refused it before proposing it."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    text = details or ""
+    return _NOT_SENT_MARKER in text or any(marker in text for marker in _REFUSED_MARKERS)
 
 
 def should_retry(method: str, code: grpc.StatusCode, details: str) -> bool:
-    """Whether a failed call of ``method`` may be sent again (after a backoff delay).
+    """Whether a failed call of ``method`` may be sent again (after a backoff delay, to the next
+    endpoint when there are several).
 
     Idempotent calls: on any UNAVAILABLE. The others (Register, ReleaseLease, DeletePolicy,
-    Advance, task mutations): only when the request was never sent, as a second Register after a
-    lost reply would register a second agent and a second DeletePolicy would answer NOT_FOUND.
+    Advance, task mutations): only when the request surely was not carried out (see
+    :func:`not_carried_out`), as a second Register after a lost reply would register a second
+    agent and a second DeletePolicy would answer NOT_FOUND.
     """
     if code != grpc.StatusCode.UNAVAILABLE:
         return False
-    return method in IDEMPOTENT or never_sent(code, details)
+    return method in IDEMPOTENT or not_carried_out(code, details)
+
+
+def failed_for_good(method: str, error: AgentKeeperError) -> AgentKeeperError:
+    """What a call of ``method`` that failed with ``error``, and is not sent again, raises: an
+    :class:`~agentkeeper.OutcomeUnknownError` for a call not safe to repeat that may have been
+    carried out (UNAVAILABLE after it may have reached the daemon, or its deadline passed),
+    else ``error`` itself."""
+    if method in IDEMPOTENT:
+        return error
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        code == grpc.StatusCode.UNAVAILABLE and not not_carried_out(code, error.details())
+    ):
+        return outcome_unknown(method, error)
+    return error
 
 
 def resolve_address(host: Optional[str], port: Optional[int]) -> tuple[str, int]:
@@ -153,8 +186,6 @@ def parse_url(url: str) -> ParsedUrl:
     The port defaults to 7070. A bearer token goes where redis URLs put the password; the query
     may set the default per-call ``timeout`` (seconds; ``none`` for no deadline).
     """
-    from agentkeeper._errors import InvalidArgument
-
     parts = urlsplit(url)
     if parts.scheme not in URL_SCHEMES:
         raise InvalidArgument(f"URL scheme must be agentkeeper:// or agentkeepers://, got {url!r}")
@@ -348,8 +379,6 @@ class EventCursor:
             expected, self._expect = self._expect, None
             if identity == expected:
                 return False  # the event delivered last, handed back: same history, go on after it
-            from agentkeeper._errors import OutOfRange
-
             raise OutOfRange(
                 f"cannot resume the watch after event #{expected[0]}: the daemon no longer has that "
                 f"event as it was delivered (first event back: #{sequence} {topic}); it was restarted "

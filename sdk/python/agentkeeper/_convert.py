@@ -16,6 +16,8 @@ from agentkeeper._types import (
     AgentStatus,
     Capability,
     CheckResult,
+    ClusterMember,
+    ClusterStatus,
     ElectionGroup,
     ElectionState,
     Lease,
@@ -27,6 +29,7 @@ from agentkeeper._types import (
     WatchEvent,
 )
 from agentkeeper.v1 import agentkeeper_pb2 as pb
+from agentkeeper.v1 import cluster_pb2
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -259,6 +262,28 @@ def policy_from_pb(proto: pb.Policy) -> Policy:
         action=proto.action,
         resource=proto.resource,
         effect=_EFFECT_FROM_PB.get(proto.effect, PolicyEffect.DENY),
+    )
+
+
+def cluster_status_from_pb(proto: cluster_pb2.ClusterStatusResponse) -> ClusterStatus:
+    members = [
+        ClusterMember(
+            id=int(m.id),
+            peer_addr=m.peer_addr,
+            role=m.role,
+            voter=m.voter,
+            applied_index=int(m.applied_index),
+            last_heard_ms=int(m.last_heard_ms) if m.HasField("last_heard_ms") else None,
+        )
+        for m in proto.members
+    ]
+    return ClusterStatus(
+        node_id=int(proto.node_id),
+        leader=int(proto.leader),
+        term=int(proto.term),
+        commit_index=int(proto.commit_index),
+        applied_index=int(proto.applied_index),
+        members=members,
     )
 
 

@@ -23,6 +23,9 @@ __all__ = [
     "Unimplemented",
     "DeadlineExceeded",
     "Cancelled",
+    "OutcomeUnknownError",
+    "OutcomeUnknownDeadlineError",
+    "outcome_unknown",
     "from_rpc_error",
     "error_for",
 ]
@@ -121,6 +124,34 @@ class Cancelled(AgentKeeperError):
     """The call was cancelled."""
 
     _code = grpc.StatusCode.CANCELLED
+
+
+class OutcomeUnknownError(Unavailable):
+    """A write that is not safe to repeat (``register``, ``create_task``, ``release``...) failed
+    after it was sent, so it may or may not have taken effect: the node it went through died or
+    lost its leader before the write was committed ("it may yet take effect"), or the connection
+    broke in flight. The client does not send it again (that could act twice); look (``find``,
+    ``get_task``, ``list_leases``...) before you try again. An :class:`Unavailable`, so handlers
+    of that still catch it."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self._details,))
+
+
+class OutcomeUnknownDeadlineError(DeadlineExceeded, OutcomeUnknownError):
+    """A write that is not safe to repeat ran out of time after it was sent: it may or may not
+    have taken effect. Both a :class:`DeadlineExceeded` (its ``code()``) and an
+    :class:`OutcomeUnknownError`."""
+
+
+def outcome_unknown(method: str, error: AgentKeeperError) -> OutcomeUnknownError:
+    """The error for a call of ``method`` (not safe to repeat) that failed with ``error`` after
+    it was sent."""
+    cls = OutcomeUnknownDeadlineError if isinstance(error, DeadlineExceeded) else OutcomeUnknownError
+    return cls(
+        f"{method} may or may not have taken effect ({error.details()}); it was not sent again, since "
+        "a second one could act twice: look before trying again"
+    )
 
 
 _BY_CODE: dict[grpc.StatusCode, type[AgentKeeperError]] = {

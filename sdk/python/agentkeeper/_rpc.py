@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from agentkeeper.v1 import agentkeeper_pb2 as pb
+from agentkeeper.v1 import cluster_pb2
 
 __all__ = ["Rpc", "RpcName", "IDEMPOTENT_NAMES"]
 
@@ -47,10 +48,12 @@ def _rpc(service: str, name: str, request: type[Req], response: type[Resp], *, i
     return Rpc(service, name, idempotent, request, response)
 
 
-# Idempotent: Deregister of a DEAD agent is OK, AcquireLease is re-entrant for its holder,
-# Campaign of a candidate and Resign of a non-candidate are no-ops, SetPolicy is an upsert, the
-# rest only read or refresh a deadline. Register, ReleaseLease, DeletePolicy, Advance and the task
-# mutations are not: a second Register after a lost reply registers a second agent.
+# Idempotent: Deregister of a DEAD agent is OK, AcquireLease is re-entrant for its holder (the
+# same token, a fresh expiry), Campaign of a candidate and Resign of a non-candidate are no-ops,
+# SetPolicy is an upsert, the rest only read or refresh a deadline. Register, ReleaseLease,
+# DeletePolicy, Advance and the task mutations are not: a second Register after a lost reply
+# registers a second agent. In a cluster a write that "may yet take effect" commits before any
+# later write or never, so repeating an idempotent one after it stays safe.
 _R = "RegistryService"
 REGISTER = _rpc(_R, "Register", pb.RegisterRequest, pb.RegisterResponse, idempotent=False)
 HEARTBEAT = _rpc(_R, "Heartbeat", pb.HeartbeatRequest, pb.HeartbeatResponse, idempotent=True)
@@ -89,13 +92,17 @@ _C = "ClockService"
 ADVANCE = _rpc(_C, "Advance", pb.AdvanceRequest, pb.AdvanceResponse, idempotent=False)
 NOW = _rpc(_C, "Now", pb.NowRequest, pb.NowResponse, idempotent=True)
 
+CLUSTER_STATUS = _rpc(
+    "ClusterService", "Status", cluster_pb2.ClusterStatusRequest, cluster_pb2.ClusterStatusResponse, idempotent=True
+)
+
 _ALL: list[RpcName] = [
     REGISTER, HEARTBEAT, DEREGISTER, GET_AGENT, FIND,
     ACQUIRE_LEASE, RENEW_LEASE, RELEASE_LEASE, LIST_LEASES,
     CAMPAIGN, RESIGN, LIST_ELECTIONS,
     SET_POLICY, DELETE_POLICY, LIST_POLICIES, CHECK_POLICY,
     CREATE_TASK, CLAIM_TASK, COMPLETE_TASK, FAIL_TASK, GET_TASK, LIST_TASKS,
-    ADVANCE, NOW,
+    ADVANCE, NOW, CLUSTER_STATUS,
 ]  # fmt: skip
 
 IDEMPOTENT_NAMES = frozenset(rpc.name for rpc in _ALL if rpc.idempotent)

@@ -47,6 +47,10 @@ Channel = grpc.Channel
 _OWN_CONNECTION: ChannelOption = ("grpc.use_local_subchannel_pool", 1)
 
 
+# Put on a blocking transport's queue of connectivity changes by wake(): not a state.
+_WOKEN = ""
+
+
 def _serialize(message: Message) -> bytes:
     # Through the instance: ``Message.SerializeToString`` itself is the abstract base's method.
     return message.SerializeToString()
@@ -133,6 +137,7 @@ class AsyncTransport:
             self._channel = grpc.aio.secure_channel(target, credentials, self._options, interceptors=interceptors)
         else:
             self._channel = grpc.aio.insecure_channel(target, self._options, interceptors=interceptors)
+        self._wake = asyncio.Event()
 
     @property
     def channel(self) -> AsyncChannel:
@@ -171,15 +176,33 @@ class AsyncTransport:
         return _name(self._channel.get_state(try_to_connect=True))
 
     async def next_connectivity(self, last: str, timeout: Optional[float]) -> Optional[str]:
-        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first."""
+        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first
+        or :meth:`wake` was called (since the last time this returned)."""
         state = self._channel.get_state(try_to_connect=True)
         if _name(state) != last:
             return _name(state)
+        if self._take_wake():
+            return None
+        changed = asyncio.ensure_future(self._channel.wait_for_state_change(state))
+        woken = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait_for(self._channel.wait_for_state_change(state), timeout)
-        except asyncio.TimeoutError:
+            done, _ = await asyncio.wait({changed, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            woken.cancel()
+        if self._take_wake() or changed not in done:
             return None
         return self.connectivity()
+
+    def wake(self) -> None:
+        """Make a :meth:`next_connectivity` under way (or the next one) return ``None`` now: the
+        client moved to another endpoint, and its listener should follow."""
+        self._wake.set()
+
+    def _take_wake(self) -> bool:
+        woken = self._wake.is_set()
+        self._wake.clear()
+        return woken
 
     async def close(self) -> None:
         await self._channel.close()
@@ -264,6 +287,7 @@ class Transport:
             channel = grpc.intercept_channel(channel, bearer_interceptor(token))
         self._channel = channel
         self._connectivity: list[queue.SimpleQueue[str]] = []
+        self._latest = "IDLE"
 
     @property
     def channel(self) -> Channel:
@@ -297,16 +321,28 @@ class Transport:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
     def connectivity(self) -> str:
-        """The channel's state now; asks it to connect when idle (the first change it reports
-        through :meth:`next_connectivity` is this state)."""
-        assert not self._connectivity, "one connectivity listener per transport"
-        changes: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._connectivity.append(changes)
-        self._channel.subscribe(lambda state: changes.put(_name(state)), try_to_connect=True)
-        return changes.get()
+        """The channel's state now; asks it to connect when idle (the first call subscribes to
+        its changes, which :meth:`next_connectivity` then reports)."""
+        if not self._connectivity:
+            changes: queue.SimpleQueue[str] = queue.SimpleQueue()
+            self._connectivity.append(changes)
+            self._channel.subscribe(lambda state: changes.put(_name(state)), try_to_connect=True)
+            self._latest = changes.get()
+            return self._latest
+        while True:  # followed before: the newest of the changes queued since
+            try:
+                state = self._connectivity[0].get_nowait()
+            except queue.Empty:
+                break
+            if state != _WOKEN:
+                self._latest = state
+        if self._latest == "IDLE":
+            self._ask_to_connect()
+        return self._latest
 
     def next_connectivity(self, last: str, timeout: Optional[float]) -> Optional[str]:
-        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first."""
+        """The channel's state once it differs from ``last``; ``None`` if ``timeout`` passed first
+        or :meth:`wake` was called."""
         changes = self._connectivity[0]
         if last == "IDLE":
             self._ask_to_connect()
@@ -315,8 +351,17 @@ class Transport:
                 state = changes.get(timeout=timeout)
             except queue.Empty:
                 return None
+            if state == _WOKEN:
+                return None
+            self._latest = state
             if state != last:
                 return state
+
+    def wake(self) -> None:
+        """Make a :meth:`next_connectivity` under way (or the next one) return ``None`` now: the
+        client moved to another endpoint, and its listener should follow."""
+        for changes in self._connectivity:
+            changes.put(_WOKEN)
 
     def _ask_to_connect(self) -> None:
         # A channel whose connection went away rests IDLE and reconnects only when asked (the

@@ -20,6 +20,8 @@ __all__ = [
     "CheckResult",
     "Task",
     "WatchEvent",
+    "ClusterMember",
+    "ClusterStatus",
     "Payload",
     "EffectName",
     "TaskStatusName",
@@ -191,3 +193,32 @@ class WatchEvent:
     sequence: int
     timestamp: datetime
     payload: Payload
+
+
+@dataclass
+class ClusterMember:
+    """One member of a cluster as the node asked sees it (``cluster_status``).
+
+    ``role`` is ``"leader"``, ``"follower"``, ``"candidate"`` or ``"learner"``;
+    ``last_heard_ms`` is how long ago the node asked last heard from it (``None``: never).
+    """
+
+    id: int
+    peer_addr: str
+    role: str
+    voter: bool
+    applied_index: int
+    last_heard_ms: Optional[int]
+
+
+@dataclass
+class ClusterStatus:
+    """A cluster as the node that answered sees it: its own id, the leader it knows (0: none,
+    an election is under way), the term, its commit and applied log indexes, every member."""
+
+    node_id: int
+    leader: int
+    term: int
+    commit_index: int
+    applied_index: int
+    members: list[ClusterMember]

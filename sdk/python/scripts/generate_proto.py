@@ -33,9 +33,9 @@ from pathlib import Path
 SDK_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = SDK_DIR.parents[1]
 PROTO_ROOT = REPO_DIR / "proto"
-PROTO_FILES = ["agentkeeper/v1/agentkeeper.proto"]
+PROTO_FILES = ["agentkeeper/v1/agentkeeper.proto", "agentkeeper/v1/cluster.proto"]
 PACKAGE_DIR = Path("agentkeeper") / "v1"
-GENERATED = ["agentkeeper_pb2.py", "agentkeeper_pb2.pyi", "agentkeeper_pb2_grpc.py"]
+GENERATED = [f"{stem}{suffix}" for stem in ("agentkeeper", "cluster") for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
 GRPCIO_MIN = "1.64.0"
 
 INIT_TEXT = '"""Generated protobuf and gRPC modules for the ``agentkeeper.v1`` wire contract.\n\nRegenerate with ``python sdk/python/scripts/generate_proto.py``; do not edit by hand.\n"""\n'

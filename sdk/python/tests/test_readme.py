@@ -32,7 +32,7 @@ def test_readme_has_examples_for_every_feature():
                  "delete_policy(", "watch(", "from_sequence=", "on_error=", "embedded(", 'clock="manual"',
                  "advance(", "now()", "aio.AgentKeeperClient", "async for", "create_task(", "RetryPolicy(",
                  "on_lost=", "claim_task(", ".tasks(", "complete(", "list_tasks(", "from_url(", "add_listener(",
-                 "wait=10", "for event in stream:"]:
+                 "wait=10", "for event in stream:", "endpoints=", "OutcomeUnknownError"]:
         assert call in code, f"README has no example of {call}"
 
 

@@ -35,14 +35,22 @@ from agentkeeper._common import (
     EMPTY_POLL_PAUSE,
     ConnectionTracker,
     RetryPolicy,
+    failed_for_good,
     keep_claiming,
     parse_url,
     poll_timed_out,
-    resolve_address,
     should_retry,
 )
 from agentkeeper._embedded import EmbeddedDaemon
-from agentkeeper._errors import AgentKeeperError, Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument
+from agentkeeper._endpoints import EndpointRing, resolve_endpoints, split_target
+from agentkeeper._errors import (
+    AgentKeeperError,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
 from agentkeeper._runtime import (
     ASYNC_REPR_PREFIX,
     AsyncPending,
@@ -60,6 +68,7 @@ from agentkeeper._types import (
     Capability,
     CheckResult,
     ClockMode,
+    ClusterStatus,
     ConnectionState,
     EffectName,
     ElectionGroup,
@@ -73,6 +82,7 @@ from agentkeeper._types import (
     WatchEvent,
 )
 from agentkeeper.v1 import agentkeeper_pb2 as pb
+from agentkeeper.v1 import cluster_pb2
 
 if TYPE_CHECKING:
     from agentkeeper._rpc import Rpc
@@ -122,11 +132,18 @@ class AgentKeeperClient:
     :meth:`from_url` to an ``agentkeeper://host:port`` URL; :meth:`embedded` starts a private
     daemon. Use it as a context manager to close it on exit.
 
+    ``endpoints=["h1:7070", "h2:7070", "h3:7070"]`` (instead of ``host``/``port``) names the
+    nodes of a cluster: the client talks to one at a time, the first at the start, and moves on
+    to the next when that one is down or answers UNAVAILABLE. Heartbeats, lease keep-alives and
+    watches carry on across the move (see README, "Clusters").
+
     ``timeout`` is the default per-call deadline in seconds (``None``: none), retries included;
     every call also takes ``timeout=``. Calls are retried with backoff on UNAVAILABLE per
-    ``retry``: idempotent ones always, the others only while no request could be sent (see
-    README, "Errors, timeouts and retries"). Failures raise
-    :class:`~agentkeeper.AgentKeeperError` subclasses, which are ``grpc.RpcError``.
+    ``retry``: idempotent ones always, the others only while surely not carried out (no request
+    could be sent, or a cluster node refused it before proposing it); one that may have been
+    carried out raises :class:`~agentkeeper.OutcomeUnknownError` (see README, "Errors, timeouts
+    and retries"). Failures raise :class:`~agentkeeper.AgentKeeperError` subclasses, which are
+    ``grpc.RpcError``.
 
     ``credentials`` (e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``) connects over TLS to a
     daemon started with ``--tls-cert`` (and mutual TLS with ``--tls-client-ca``); ``token`` sends
@@ -138,6 +155,7 @@ class AgentKeeperClient:
         host: Optional[str] = None,
         port: Optional[int] = None,
         *,
+        endpoints: Optional[Sequence[str]] = None,
         timeout: _Timeout = DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
@@ -145,13 +163,13 @@ class AgentKeeperClient:
         channel_options: Sequence[ChannelOption] = (),
         lost_after: float = DEFAULT_LOST_AFTER,
     ) -> None:
-        self.host, self.port = resolve_address(host, port)
+        self._ring = EndpointRing(resolve_endpoints(host, port, endpoints))
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._lost_after = lost_after
-        self._transport = AsyncTransport(
-            f"{self.host}:{self.port}", credentials, token, [*CHANNEL_OPTIONS, *channel_options]
-        )
+        options = [*CHANNEL_OPTIONS, *channel_options]
+        # One channel per endpoint (a channel connects only once used).
+        self._transports = {target: AsyncTransport(target, credentials, token, options) for target in self._ring.targets}
         self._daemon: Optional[EmbeddedDaemon] = None
         self._background: weakref.WeakSet[_Background] = weakref.WeakSet()
         self._listeners: list[Callable[[ConnectionState], object]] = []
@@ -235,13 +253,50 @@ class AgentKeeperClient:
 
     @property
     def address(self) -> str:
-        """``host:port`` this client talks to."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` this client talks to now (with several endpoints: the current one)."""
+        return self._ring.current
+
+    @property
+    def host(self) -> str:
+        """The host of :attr:`address`."""
+        return split_target(self._ring.current)[0]
+
+    @property
+    def port(self) -> int:
+        """The port of :attr:`address`."""
+        return split_target(self._ring.current)[1]
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every ``host:port`` this client may talk to, in order (one unless ``endpoints=``)."""
+        return list(self._ring.targets)
+
+    @property
+    def _transport(self) -> AsyncTransport:
+        """The channel to the node the client talks to now."""
+        return self._transports[self._ring.current]
 
     @property
     def _channel(self) -> AsyncChannel:
         """The gRPC channel (v1 code builds raw ``*_pb2_grpc`` stubs on ``client._channel``)."""
         return self._transport.channel
+
+    def _move_on(self, target: str) -> None:
+        """``target`` is down or answered UNAVAILABLE: talk to the next endpoint from now on
+        (nothing happens if the client already moved, or has one endpoint)."""
+        after = self._ring.move_from(target)
+        if after is not None:
+            log.info("agentkeeper: %s is unavailable; moving to %s", target, after)
+            self._transports[target].wake()  # a connection-state listener follows the client
+
+    async def _follow_current(self, transport: AsyncTransport) -> AsyncTransport:
+        """``transport`` (a stream's own connection) if it goes to the node the client talks to
+        now, else a new own connection to that node (``transport`` is closed)."""
+        current = self._transport
+        if transport.target == current.target:
+            return transport
+        await transport.close()
+        return current.own_connection()
 
     def _track(self, obj: _Background) -> None:
         self._background.add(obj)
@@ -254,7 +309,8 @@ class AgentKeeperClient:
         self._closed = True
         for obj in list(self._background):
             await obj._shutdown()
-        await self._transport.close()
+        for transport in self._transports.values():
+            await transport.close()
         if self._connection is not None:
             await self._connection.stop()
         if self._connection_state not in (None, "lost"):
@@ -273,26 +329,30 @@ class AgentKeeperClient:
 
     def __repr__(self) -> str:
         mode = "embedded" if self._daemon is not None else "sidecar"
-        return f"{ASYNC_REPR_PREFIX}AgentKeeperClient({self.address!r}, {mode})"
+        more = f" of {len(self._ring.targets)} endpoints" if len(self._ring.targets) > 1 else ""
+        return f"{ASYNC_REPR_PREFIX}AgentKeeperClient({self.address!r}{more}, {mode})"
 
     # ── plumbing ──
 
     async def _unary(self, method: Rpc[_Req, _Resp], request: _Req, timeout: _Timeout) -> _Resp:
-        """One call with the client's retry policy; ``timeout`` covers the retries too."""
+        """One call with the client's retry policy; ``timeout`` covers the retries too. A retry
+        goes to the next endpoint (when there are several)."""
         budget = self._timeout if timeout is None else timeout
         end = None if budget is None else time.monotonic() + budget
         delays = self._retry.delays()
         while True:
             remaining = None if end is None else max(0.001, end - time.monotonic())
+            transport = self._transport
             try:
-                return await self._transport.call(method, request, remaining)
+                return await transport.call(method, request, remaining)
             except AgentKeeperError as error:
                 if not self._closed and should_retry(method.name, error.code(), error.details()):
+                    self._move_on(transport.target)
                     delay = next(delays, None)
                     if delay is not None and (end is None or time.monotonic() + delay < end):
                         await async_sleep(delay)
                         continue
-                raise
+                raise failed_for_good(method.name, error) from None
 
     # ── connection state ──
 
@@ -320,7 +380,8 @@ class AgentKeeperClient:
 
     async def _follow_connection(self, worker: AsyncWorker) -> None:
         tracker = ConnectionTracker(self._lost_after)
-        last = self._transport.connectivity()
+        transport = self._transport
+        last = transport.connectivity()
         change: Optional[str] = last
         while not worker.stopping:
             now = time.monotonic()
@@ -329,7 +390,10 @@ class AgentKeeperClient:
                 await self._tell_listeners(state)
             if last == "SHUTDOWN":
                 return
-            change = await self._transport.next_connectivity(last, tracker.wait_seconds(time.monotonic()))
+            change = await transport.next_connectivity(last, tracker.wait_seconds(time.monotonic()))
+            if transport is not self._transport:  # the client moved to another node: follow it
+                transport = self._transport
+                change = transport.connectivity()
             if change is not None:
                 last = change
 
@@ -502,11 +566,13 @@ class AgentKeeperClient:
         ``wait`` seconds ran out. The watch opens before each try, so no release is missed."""
         end = time.monotonic() + wait
         transport = self._transport.own_connection()
+        pause = 0.0
         try:
             while True:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return None
+                transport = await self._follow_current(transport)
                 events = transport.stream(rpc.WATCH, pb.WatchRequest(topics=_LEASE_FREED), timeout=remaining)
                 try:
                     await events.opened()
@@ -514,11 +580,18 @@ class AgentKeeperClient:
                     if handle is not None:
                         return handle
                     while True:
-                        message = await events.read()
+                        try:
+                            message = await events.read()
+                        except Unavailable:  # the watch's node went away: on to the next one
+                            self._move_on(transport.target)
+                            pause = self._retry.next_delay(pause)
+                            await async_sleep(min(pause, max(0.0, end - time.monotonic())))
+                            break
                         if message is None:
                             break  # the stream ended: try again on a new one
                         freed = cv.payload_from_any(message.payload)
                         if isinstance(freed, Lease) and freed.task_id == key:
+                            pause = 0.0
                             break
                 except DeadlineExceeded:
                     return None
@@ -739,7 +812,8 @@ class AgentKeeperClient:
                 if poll <= 0:
                     return None
             sent = time.monotonic()
-            call = self._transport.start(rpc.CLAIM_TASK, request, poll)
+            transport = self._transport
+            call = transport.start(rpc.CLAIM_TASK, request, poll)
             if worker is not None:
                 worker._set_call(call)
             try:
@@ -748,6 +822,7 @@ class AgentKeeperClient:
                 if worker is not None and worker.stopped and isinstance(error, Cancelled):
                     return None
                 if not self._closed and should_retry(rpc.CLAIM_TASK.name, error.code(), error.details()):
+                    self._move_on(transport.target)
                     delay = next(delays, None)
                     if delay is not None and (end is None or time.monotonic() + delay < end):
                         if worker is not None:
@@ -757,7 +832,7 @@ class AgentKeeperClient:
                             await async_sleep(delay)
                         continue
                 if not poll_timed_out(error.code(), poll, sent, self._closed):
-                    raise
+                    raise failed_for_good(rpc.CLAIM_TASK.name, error) from None
                 response = None  # the poll's deadline passed with no task (see poll_timed_out)
             finally:
                 if worker is not None:
@@ -906,6 +981,15 @@ class AgentKeeperClient:
         )
         response = await self._unary(rpc.LIST_TASKS, request, timeout)
         return [cv.task_from_pb(t) for t in response.tasks], response.next_page_token
+
+    # ── cluster ──
+
+    async def cluster_status(self, timeout: _Timeout = None) -> ClusterStatus:
+        """The cluster as the node the client talks to sees it: that node's id, the leader it
+        knows (0 during an election), the term, every member. A daemon that is not a cluster
+        node raises :class:`FailedPrecondition`."""
+        response = await self._unary(rpc.CLUSTER_STATUS, cluster_pb2.ClusterStatusRequest(), timeout)
+        return cv.cluster_status_from_pb(response)
 
     # ── manual clock ──
 

@@ -21,7 +21,7 @@ import grpc
 from agentkeeper import _convert as cv
 from agentkeeper import _rpc as rpc
 from agentkeeper._common import STREAM_RETRYABLE, EventCursor
-from agentkeeper._errors import AgentKeeperError, Unavailable
+from agentkeeper._errors import AgentKeeperError, Cancelled, Unavailable
 from agentkeeper._runtime import Flag, OpenedByAwait, Worker, maybe_await
 from agentkeeper._transport import StreamCall, Transport
 from agentkeeper._types import ElectionState, WatchEvent
@@ -130,19 +130,30 @@ class Subscription(OpenedByAwait, Generic[E]):
         return self
 
     def _connect(self) -> None:
-        """Open a call and wait until the daemon has subscribed us; raises how it ended if it
-        ended at once."""
+        """Open a call, on the node the client talks to now, and wait until the daemon has
+        subscribed us; raises how it ended if it ended at once."""
         assert self._transport is not None
-        call = self._open_call(self._transport)
+        self._transport = transport = self._client._follow_current(self._transport)
+        if self._cancelled.is_set():  # cancel() may have closed the transport this one replaced
+            transport.close()
+            raise Cancelled(f"the {self._kind} stream was cancelled")
+        call = self._open_call(transport)
         with self._lock:
             self._call = call
         if not call.opened():
             try:
                 self._first = call.read()  # raises the error the stream ended with
-            except AgentKeeperError:
+            except AgentKeeperError as error:
                 with self._lock:
                     self._call = None
+                self._node_failed(error)
                 raise
+
+    def _node_failed(self, error: AgentKeeperError) -> None:
+        """The stream's node is down or answered UNAVAILABLE: the client moves to the next
+        endpoint, where the stream is reopened."""
+        if error.code() == grpc.StatusCode.UNAVAILABLE and self._transport is not None:
+            self._client._move_on(self._transport.target)
 
     # ── reading ──
 
@@ -161,6 +172,7 @@ class Subscription(OpenedByAwait, Generic[E]):
                     self._first = None
                 except AgentKeeperError as e:
                     error = e
+                    self._node_failed(e)
                 else:
                     if message is not None:
                         try:
