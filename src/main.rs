@@ -757,13 +757,15 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         if let Some(http) = http {
             let _ = http.await;
         }
-        if let Some(peer_server) = peer_server {
-            let _ = peer_server.await;
-        }
     })
     .await;
     if drained.is_err() {
         tracing::warn!("calls still in flight after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    // Consensus traffic went on while the calls drained (their writes needed it); the peers'
+    // streams never end by themselves, so they are cut here.
+    if let Some(peer_server) = peer_server {
+        peer_server.abort();
     }
     core.stop();
     let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;

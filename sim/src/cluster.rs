@@ -649,6 +649,19 @@ impl ClusterSim {
     }
 
     fn send(&mut self, from: usize, to: usize, packet: Packet) {
+        // A write forwarded to a node that is down (crashed, not paused: a paused process's
+        // connection still takes bytes) is refused on the spot, as a connection would be: the
+        // forwarding node knows it was never sent.
+        if let Packet::Forward(forward) = &packet
+            && self.slots[to].node.is_none()
+        {
+            let now = self.node_now(from);
+            if let Some(node) = self.slots[from].node.as_mut() {
+                node.handle(now, NodeInput::ForwardFailed(forward.clone()));
+                self.count("forward_not_sent");
+            }
+            return;
+        }
         if !self.reachable(from, to) || self.net_rng.chance(self.faults.drop_per_mille) {
             self.count("message_lost");
             return;

@@ -120,6 +120,9 @@ pub enum NodeInput {
     Peer(Box<Message>),
     /// A write a follower forwarded to this node, as leader.
     Forwarded(Forward),
+    /// A write this node forwarded surely never left it (the leader was unreachable, or its
+    /// queue full): its caller is told so, and may send it again.
+    ForwardFailed(Forward),
     /// Time passed (the driver comes at `poll_timeout()`).
     Tick,
     /// What a single node's machine takes as well: a hang-up, an undelivered reply, a gone
@@ -460,6 +463,7 @@ impl Node {
                 self.redraw();
             }
             NodeInput::Forwarded(forward) => self.forwarded(forward),
+            NodeInput::ForwardFailed(forward) => self.forward_failed(forward),
             NodeInput::Tick => {}
             NodeInput::Local(input) => self.machine.handle(self.now, input),
         }
@@ -609,6 +613,23 @@ impl Node {
         };
         // The follower waits for it; nobody here does.
         let _ = self.raw.propose(forward.id.encode(), proposal::encode_entry(&entry));
+    }
+
+    fn forward_failed(&mut self, forward: Forward) {
+        let id = forward.id;
+        if id.origin != self.config.id || id.epoch != self.config.epoch {
+            return;
+        }
+        let Some(pending) = self.proposals.remove(&id.seq) else {
+            return;
+        };
+        if let Some(caller) = pending.caller {
+            let message = format!(
+                "node {} could not reach the leader (node {}): the write was not sent; retry",
+                self.config.id, forward.to
+            );
+            self.answer(caller, ErrorCode::Unavailable, message);
+        }
     }
 
     fn answer(&mut self, caller: CallerId, code: ErrorCode, message: String) {

@@ -298,3 +298,43 @@ fn the_leaders_clock_expires_a_lease_on_every_replica_and_tokens_keep_rising() {
     };
     assert!(second.token > first.token, "{} then {}", first.token, second.token);
 }
+
+#[test]
+fn a_forward_that_surely_never_left_is_answered_not_sent_and_nothing_is_applied() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower") as usize - 1;
+    let node = &mut net.nodes[follower];
+    node.handle(
+        net.now,
+        NodeInput::Call {
+            caller: CallerId(9),
+            command: register("unsent"),
+            principal: None,
+        },
+    );
+    let mut forward = None;
+    while let Some(output) = node.poll() {
+        if let NodeOutput::Forward(f) = output {
+            forward = Some(f);
+        }
+    }
+    let forward = forward.expect("the write is forwarded to the leader");
+    node.handle(net.now, NodeInput::ForwardFailed(forward));
+    let mut replies = Vec::new();
+    while let Some(output) = node.poll() {
+        if let NodeOutput::Machine(Output::Reply { caller, outcome }) = output {
+            replies.push((caller, outcome));
+        }
+    }
+    let [(CallerId(9), Err(error))] = replies.as_slice() else {
+        panic!("one refusal for caller 9: {replies:?}");
+    };
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(error.message.contains("the write was not sent; retry"), "{}", error.message);
+    net.advance(1_000);
+    for node in &net.nodes {
+        assert_eq!(node.machine().core().stats().agents_alive, 0, "node {}", node.status().id);
+    }
+}

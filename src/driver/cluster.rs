@@ -22,27 +22,56 @@ use crate::core::types::Millis;
 use crate::metrics::Metrics;
 use crate::store::consensus_log::ConsensusLog;
 
-/// The way out to each peer: a bounded queue its sender task drains onto the network.
+/// How a peer's sender task last found the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Link {
+    /// Not tried yet, or trying for the first time.
+    Connecting = 0,
+    Up = 1,
+    /// The last attempt failed or the stream broke: what is queued now is dropped unsent.
+    Down = 2,
+}
+
+/// One peer's way out: the bounded queue its sender task drains onto the network, and how
+/// that task last found the connection.
+pub struct PeerLink {
+    pub queue: mpsc::Sender<PeerTraffic>,
+    pub state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// The way out to each peer.
 pub struct PeerOutbox {
-    peers: BTreeMap<u64, mpsc::Sender<PeerTraffic>>,
+    peers: BTreeMap<u64, PeerLink>,
     /// This node's applied index, for the senders to tell the peers.
     applied: Arc<AtomicU64>,
 }
 
 impl PeerOutbox {
-    pub fn new(peers: BTreeMap<u64, mpsc::Sender<PeerTraffic>>, applied: Arc<AtomicU64>) -> PeerOutbox {
+    pub fn new(peers: BTreeMap<u64, PeerLink>, applied: Arc<AtomicU64>) -> PeerOutbox {
         PeerOutbox { peers, applied }
     }
 
-    /// Queues `traffic` for its peer; dropped when the queue is full or the peer unknown.
-    fn send(&self, traffic: PeerTraffic, metrics: &Metrics) {
+    /// Queues `traffic` for its peer; dropped when the queue is full, the link down or the
+    /// peer unknown. Returns a forwarded write surely not sent (its caller may send it again).
+    fn send(&self, traffic: PeerTraffic, metrics: &Metrics) -> Option<crate::cluster::Forward> {
         let to = traffic.to();
         let Some(peer) = self.peers.get(&to) else {
             tracing::debug!(to, "no such peer; dropped");
-            return;
+            return None;
         };
-        if let Err(TrySendError::Full(_)) = peer.try_send(traffic) {
-            metrics.cluster_peer_dropped_total.inc();
+        let down = peer.state.load(Ordering::Relaxed) == Link::Down as u8;
+        let unsent = match traffic {
+            PeerTraffic::Forward(forward) if down => return Some(forward),
+            traffic => match peer.queue.try_send(traffic) {
+                Ok(()) => return None,
+                Err(TrySendError::Full(traffic) | TrySendError::Closed(traffic)) => traffic,
+            },
+        };
+        metrics.cluster_peer_dropped_total.inc();
+        match unsent {
+            PeerTraffic::Forward(forward) => Some(forward),
+            PeerTraffic::Message(_) => None,
         }
     }
 }
@@ -132,8 +161,14 @@ impl Engine for ClusterNode {
             }
             for output in std::mem::take(&mut self.held) {
                 match output {
-                    NodeOutput::Send(message) => self.peers.send(PeerTraffic::Message(message), metrics),
-                    NodeOutput::Forward(forward) => self.peers.send(PeerTraffic::Forward(forward), metrics),
+                    NodeOutput::Send(message) => {
+                        let _ = self.peers.send(PeerTraffic::Message(message), metrics);
+                    }
+                    NodeOutput::Forward(forward) => {
+                        if let Some(unsent) = self.peers.send(PeerTraffic::Forward(forward), metrics) {
+                            self.node.handle(now, NodeInput::ForwardFailed(unsent));
+                        }
+                    }
                     NodeOutput::Machine(output) => {
                         if let Some(input) = outlets.dispatch(output, metrics) {
                             self.node.handle(now, NodeInput::Local(input));

@@ -29,7 +29,7 @@ use crate::core::{Command, Core, Topic};
 use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 
-pub use cluster::{ClusterNode, PeerOutbox};
+pub use cluster::{ClusterNode, Link, PeerLink, PeerOutbox};
 pub use durability::Durability;
 use outlets::{Caller, Outlets, SWEEP_INTERVAL};
 pub use progress::{Beat, Progress};

@@ -124,6 +124,15 @@ fn method_of(request: &Request) -> &'static str {
     }
 }
 
+/// The driver took the request but stopped before answering it: a write may have taken effect
+/// (worded apart from `shutting_down`, a refusal, so that a client knows which it got).
+fn stopped_before_answering() -> CoreError {
+    CoreError::new(
+        ErrorCode::Unavailable,
+        "the daemon stopped before answering: the call may yet take effect",
+    )
+}
+
 fn shutting_down() -> CoreError {
     CoreError::new(ErrorCode::Unavailable, "the daemon is shutting down")
 }
@@ -182,7 +191,7 @@ impl CoreHandle {
     pub async fn clock(&self, advance_ms: Option<Millis>) -> Result<Millis, CoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Clock { advance_ms, reply })?;
-        answer.await.unwrap_or_else(|_| Err(shutting_down()))
+        answer.await.unwrap_or_else(|_| Err(stopped_before_answering()))
     }
 
     /// The cluster as the node sees it; None on a single node.
@@ -205,7 +214,7 @@ impl CoreHandle {
             principal,
             reply,
         })?;
-        answer.await.unwrap_or_else(|_| Err(shutting_down()))
+        answer.await.unwrap_or_else(|_| Err(stopped_before_answering()))
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::{Forward, InitialCluster, Message, PeerTraffic, ProposalId};
-use crate::driver::{self, CoreHandle, PeerOutbox};
+use crate::driver::{self, CoreHandle, Link, PeerLink, PeerOutbox};
 use crate::proto::peer as pb;
 
 /// Consensus messages and forwards queued for one peer before more are dropped.
@@ -86,8 +86,9 @@ pub fn spawn_senders(book: &Arc<PeerBook>) -> PeerOutbox {
             continue;
         }
         let (queue, queued) = mpsc::channel(PEER_QUEUE_MAX);
-        queues.insert(id, queue);
-        tokio::spawn(send_to(Arc::clone(book), id, addr.clone(), queued));
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(Link::Connecting as u8));
+        tokio::spawn(send_to(Arc::clone(book), id, addr.clone(), queued, Arc::clone(&state)));
+        queues.insert(id, PeerLink { queue, state });
     }
     PeerOutbox::new(queues, Arc::clone(&book.applied))
 }
@@ -95,7 +96,14 @@ pub fn spawn_senders(book: &Arc<PeerBook>) -> PeerOutbox {
 /// Keeps a stream open to peer `to` and sends it what the driver queues, batched; on a broken
 /// connection, what is queued meanwhile is dropped (it is stale by the time the peer is back:
 /// the leader sends again what a follower lacks).
-async fn send_to(book: Arc<PeerBook>, to: u64, addr: String, mut queued: mpsc::Receiver<PeerTraffic>) {
+async fn send_to(
+    book: Arc<PeerBook>,
+    to: u64,
+    addr: String,
+    mut queued: mpsc::Receiver<PeerTraffic>,
+    link: Arc<std::sync::atomic::AtomicU8>,
+) {
+    let set = |state: Link| link.store(state as u8, Ordering::Relaxed);
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         tracing::error!(peer = to, %addr, "not a usable peer address; nothing is sent to this peer");
         return;
@@ -111,6 +119,7 @@ async fn send_to(book: Arc<PeerBook>, to: u64, addr: String, mut queued: mpsc::R
         let channel = match endpoint.connect().await {
             Ok(channel) => channel,
             Err(error) => {
+                set(Link::Down);
                 if !warned {
                     tracing::warn!(peer = to, %addr, %error, "cannot reach peer; retrying");
                     warned = true;
@@ -126,15 +135,30 @@ async fn send_to(book: Arc<PeerBook>, to: u64, addr: String, mut queued: mpsc::R
             warned = false;
         }
         backoff = Duration::from_millis(50);
+        set(Link::Up);
         let mut client = pb::peer_service_client::PeerServiceClient::new(channel)
             .max_encoding_message_size(ENVELOPE_BYTES_MAX)
             .max_decoding_message_size(ENVELOPE_BYTES_MAX);
         let (stream, envelopes) = mpsc::channel(16);
-        let call = tokio::spawn(async move { client.stream(ReceiverStream::new(envelopes)).await });
+        let mut call = tokio::spawn(async move { client.stream(ReceiverStream::new(envelopes)).await });
         loop {
-            let Some(first) = queued.recv().await else {
-                call.abort();
-                return;
+            // A stream that ends (the peer died or restarted) is noticed at once, not at the
+            // next send: forwards to a peer that is down fail fast, as surely not sent.
+            let first = tokio::select! {
+                queued = queued.recv() => match queued {
+                    Some(first) => first,
+                    None => {
+                        call.abort();
+                        return;
+                    }
+                },
+                ended = &mut call => {
+                    if let Ok(Err(status)) = ended {
+                        tracing::debug!(peer = to, %status, "the stream to the peer ended");
+                    }
+                    set(Link::Down);
+                    break;
+                }
             };
             let mut envelope = pb::PeerEnvelope {
                 cluster_id: book.cluster_id,
@@ -150,11 +174,10 @@ async fn send_to(book: Arc<PeerBook>, to: u64, addr: String, mut queued: mpsc::R
                 add(&mut envelope, more);
             }
             if stream.send(envelope).await.is_err() {
+                set(Link::Down);
+                call.abort();
                 break;
             }
-        }
-        if let Ok(Err(status)) = call.await {
-            tracing::debug!(peer = to, %status, "the stream to the peer ended");
         }
     }
 }

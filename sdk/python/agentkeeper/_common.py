@@ -55,13 +55,14 @@ IDEMPOTENT = IDEMPOTENT_NAMES
 # flight) may follow a call the daemon already carried out.
 _NOT_SENT_MARKER = "failed to connect to all addresses"
 
-# A cluster node's words for a call it answered without proposing it: it was carried out nowhere.
-# (Its "it may yet take effect", on a write forwarded to a leader that died or lost its quorum, is
-# the opposite. "The daemon is shutting down" is not here: a daemon that stops with a write in
-# flight says it too.)
+# The daemon's words for a call it answered without carrying it out anywhere. (Its "may yet take
+# effect", on a write forwarded to a leader that died or lost its quorum, or taken by a daemon that
+# stopped before answering, is the opposite.)
 _REFUSED_MARKERS = (
     "has known no leader",  # the call waited for an election that did not end in time
     "the cluster refused the write",  # the leader could not propose it (a leadership transfer)
+    "the write was not sent",  # the follower could not reach the leader to hand it the write
+    "the daemon is shutting down",  # a stopping daemon refused it before taking it
 )
 
 # A watch stream that ends with one of these (or ends cleanly) is reopened from where it left off;

@@ -37,6 +37,8 @@ LEADER_CHANGED = "the leader changed (node 1 to node 3) before the write was com
 NOT_COMMITTED = "the write was not committed in time (no quorum?); it may yet take effect"
 READ_UNCONFIRMED = "the read could not be confirmed by a quorum in time: retry"
 SHUTTING_DOWN = "the daemon is shutting down"
+STOPPED = "the daemon stopped before answering: the call may yet take effect"
+NOT_SENT_TO_LEADER = "node 2 could not reach the leader (node 1): the write was not sent; retry"
 NOT_SENT = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused"
 RESET = "Socket closed"
 
@@ -51,7 +53,9 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
         (REFUSED, True),  # the leader could not propose it
         (LEADER_CHANGED, False),  # forwarded to a leader that went away: may yet commit
         (NOT_COMMITTED, False),  # proposed, not committed in time: may yet commit
-        (SHUTTING_DOWN, False),  # a stopping daemon may have had it in flight
+        (SHUTTING_DOWN, True),  # a stopping daemon refused it before taking it
+        (STOPPED, False),  # a daemon that took it stopped before answering
+        (NOT_SENT_TO_LEADER, True),  # the follower could not hand it to the leader
         (RESET, False),  # the connection broke after it was sent
     ],
 )
