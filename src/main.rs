@@ -236,6 +236,20 @@ struct ClusterFlags {
     /// random part up to as much again). About the time a failover takes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     election_timeout: Duration,
+
+    /// Mutual TLS between the cluster's nodes: this node's certificate (PEM), which must name
+    /// its host as --initial-cluster gives it; with --peer-tls-key and --peer-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    peer_tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    peer_tls_key: Option<std::path::PathBuf>,
+
+    /// The CA (PEM) that signed every node's certificate: peers are let in, and trusted, only
+    /// with a certificate it signed.
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    peer_tls_ca: Option<std::path::PathBuf>,
 }
 
 /// One consensus tick: heartbeat intervals and election timeouts are whole numbers of it.
@@ -251,6 +265,8 @@ struct ClusterStart {
     election_ticks: usize,
     /// `--snapshot-every`: a snapshot after this many applied entries.
     snapshot_every: u64,
+    /// `--peer-tls-*`: the peer port's TLS and the senders', mutual.
+    tls: Option<(tonic::transport::ServerTlsConfig, tonic::transport::ClientTlsConfig)>,
 }
 
 impl ClusterFlags {
@@ -295,6 +311,10 @@ impl ClusterFlags {
             heartbeat_ticks,
             election_ticks,
             snapshot_every: flags.snapshot_every,
+            tls: match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(server::tls::peer_config(cert, key, ca)?),
+                _ => None,
+            },
         }))
     }
 }
@@ -621,6 +641,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     });
     let wall = Clock::real();
     let queue_max = flags.limits.core_queue_max;
+    let mut peer_tls = None;
     let (core, core_thread, peers) = match cluster {
         Some(cluster) => {
             let dir = flags
@@ -634,7 +655,13 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
             let (node, log) = tokio::task::spawn_blocking(move || start_node(&dir, &start, config, election_seed, now))
                 .await
                 .map_err(|error| format!("recovery stopped: {error}"))??;
-            let book = Arc::new(server::peer::PeerBook::new(cluster.node_id, cluster.members.clone()));
+            let client_tls = cluster.tls.as_ref().map(|(_, client)| client.clone());
+            let book = Arc::new(server::peer::PeerBook::new(
+                cluster.node_id,
+                cluster.members.clone(),
+                client_tls,
+            ));
+            peer_tls = cluster.tls.map(|(server, _)| server);
             let outbox = server::peer::spawn_senders(&book);
             let (core, lanes) = driver::channels(queue_max, Arc::clone(&metrics));
             let engine = driver::ClusterNode::new(node, log, outbox);
@@ -676,10 +703,15 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let peer_server = match (peer_listener, &peers) {
         (Some(listener), Some(book)) => {
             if let Some(addr) = bound.peer {
-                tracing::info!(%addr, node = book.node_id, "cluster peers listening");
+                tracing::info!(%addr, node = book.node_id, tls = book.tls.is_some(), "cluster peers listening");
             }
-            let serving =
-                server::peer::serve_peers(listener, Arc::clone(book), core.clone(), stopped(http_stop_rx.clone()));
+            let serving = server::peer::serve_peers(
+                listener,
+                Arc::clone(book),
+                core.clone(),
+                peer_tls,
+                stopped(http_stop_rx.clone()),
+            );
             Some(tokio::spawn(async move {
                 if let Err(error) = serving.await {
                     tracing::error!(%error, "the peer server stopped");

@@ -29,6 +29,8 @@ struct Cluster {
     dirs: tempfile::TempDir,
     /// Flags every node takes besides its own.
     extra: Vec<String>,
+    /// Flags of each node's own (by index), such as its certificate.
+    node_flags: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -38,6 +40,25 @@ impl Cluster {
 
     /// A cluster whose nodes all take `extra` flags too.
     fn start_with(size: u64, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unstarted(size);
+        cluster.extra = extra.iter().map(|flag| flag.to_string()).collect();
+        cluster.start_all();
+        cluster
+    }
+
+    /// Starts every node, all at once, then waits for each (a node needs a quorum of the
+    /// others serving).
+    fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.spawn(id);
+        }
+        for node in self.nodes.iter_mut().flatten() {
+            node.wait_serving();
+        }
+    }
+
+    /// The cluster's addresses and dirs, no node started yet.
+    fn unstarted(size: u64) -> Cluster {
         let pid = std::process::id();
         let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
         let peers: Vec<String> = (1..=size)
@@ -51,21 +72,14 @@ impl Cluster {
             .prefix("agentkeeper-cluster-")
             .tempdir()
             .expect("a temp dir");
-        let mut cluster = Cluster {
+        Cluster {
             nodes: (0..size).map(|_| None).collect(),
             members,
             peers,
             dirs,
-            extra: extra.iter().map(|flag| flag.to_string()).collect(),
-        };
-        // All at once, then wait for each: a node waits for a quorum of the others to serve.
-        for id in 1..=size {
-            cluster.spawn(id);
+            extra: Vec::new(),
+            node_flags: vec![Vec::new(); size as usize],
         }
-        for node in cluster.nodes.iter_mut().flatten() {
-            node.wait_serving();
-        }
-        cluster
     }
 
     /// Starts node `id` (again, after a kill: with the data dir it had) without waiting.
@@ -78,7 +92,7 @@ impl Cluster {
             format!("--initial-cluster={}", self.members),
             format!("--data-dir={}", self.dirs.path().join(format!("node-{id}")).display()),
         ];
-        let args = [args, self.extra.clone()].concat();
+        let args = [args, self.extra.clone(), self.node_flags[(id - 1) as usize].clone()].concat();
         self.nodes[(id - 1) as usize] = Some(Daemon::spawn(&args));
     }
 
@@ -498,4 +512,82 @@ async fn a_node_that_was_down_while_the_log_was_compacted_catches_up_from_a_snap
         .await
         .expect("ListPolicies");
     assert_eq!(listed.into_inner().policies.len(), 100);
+}
+
+/// A CA and, for each address, a certificate naming its host, written to `dir`: the flags of
+/// each node, by index.
+fn peer_pki(dir: &std::path::Path, peers: &[String]) -> Vec<Vec<String>> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    (peers.iter().enumerate())
+        .map(|(i, addr)| {
+            let host = addr.rsplit_once(':').expect("HOST:PORT").0.to_string();
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![host])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            let (cert_path, key_path) = (dir.join(format!("node-{i}.pem")), dir.join(format!("node-{i}.key")));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            vec![
+                format!("--peer-tls-cert={}", cert_path.display()),
+                format!("--peer-tls-key={}", key_path.display()),
+                format!("--peer-tls-ca={}", ca_path.display()),
+            ]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peer_tls_the_nodes_form_a_cluster_and_a_peer_without_a_certificate_is_refused() {
+    let mut cluster = Cluster::unstarted(3);
+    let pki = tempfile::tempdir().expect("a temp dir");
+    cluster.node_flags = peer_pki(pki.path(), &cluster.peers);
+    cluster.start_all();
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut writer = cluster.clients(follower).await;
+    writer
+        .policies
+        .set_policy(policy("over-tls", "dave"))
+        .await
+        .expect("written through a follower");
+    let mut reader = cluster.clients(leader).await;
+    assert!(allowed(&mut reader, "dave").await);
+    assert!(
+        cluster.node(leader).stderr().contains("tls=true"),
+        "the log says the peers use TLS"
+    );
+
+    // Someone on the network without the cluster's certificate: plaintext, and TLS without a
+    // client certificate, are both turned away before a consensus message is read.
+    let peer = format!("http://{}", cluster.peers[(leader - 1) as usize]);
+    let plaintext = tonic::transport::Endpoint::from_shared(peer).unwrap().connect().await;
+    if let Ok(channel) = plaintext {
+        let mut client = pb::peer::peer_service_client::PeerServiceClient::new(channel);
+        let envelopes = tokio_stream::iter(vec![pb::peer::PeerEnvelope::default()]);
+        assert!(client.stream(envelopes).await.is_err(), "a plaintext peer was served");
+    }
+    let host = cluster.peers[0].rsplit_once(':').unwrap().0.to_string();
+    let ca = std::fs::read(pki.path().join("ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name(host);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.peers[0]))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    if let Ok(channel) = endpoint.connect().await {
+        let mut client = pb::peer::peer_service_client::PeerServiceClient::new(channel);
+        let envelopes = tokio_stream::iter(vec![pb::peer::PeerEnvelope::default()]);
+        assert!(
+            client.stream(envelopes).await.is_err(),
+            "a peer without a certificate was served"
+        );
+    }
 }

@@ -332,9 +332,18 @@ fn a_forward_that_surely_never_left_is_answered_not_sent_and_nothing_is_applied(
         panic!("one refusal for caller 9: {replies:?}");
     };
     assert_eq!(error.code, ErrorCode::Unavailable);
-    assert!(error.message.contains("the write was not sent; retry"), "{}", error.message);
+    assert!(
+        error.message.contains("the write was not sent; retry"),
+        "{}",
+        error.message
+    );
     net.advance(1_000);
     for node in &net.nodes {
-        assert_eq!(node.machine().core().stats().agents_alive, 0, "node {}", node.status().id);
+        assert_eq!(
+            node.machine().core().stats().agents_alive,
+            0,
+            "node {}",
+            node.status().id
+        );
     }
 }

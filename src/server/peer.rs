@@ -42,11 +42,13 @@ pub struct PeerBook {
     heard: BTreeMap<u64, (AtomicU64, AtomicU64)>,
     /// This node's applied index (the driver keeps it), which the senders tell the peers.
     pub applied: Arc<AtomicU64>,
+    /// With `--peer-tls-*`: how this node proves itself to its peers and checks them.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl PeerBook {
     #[allow(clippy::disallowed_methods)] // the network side's own clock, for "last heard"
-    pub fn new(node_id: u64, members: InitialCluster) -> PeerBook {
+    pub fn new(node_id: u64, members: InitialCluster, tls: Option<tonic::transport::ClientTlsConfig>) -> PeerBook {
         let heard = (members.members.keys())
             .map(|id| (*id, (AtomicU64::new(0), AtomicU64::new(0))))
             .collect();
@@ -57,6 +59,7 @@ impl PeerBook {
             started: Instant::now(),
             heard,
             applied: Arc::default(),
+            tls,
         }
     }
 
@@ -104,7 +107,19 @@ async fn send_to(
     link: Arc<std::sync::atomic::AtomicU8>,
 ) {
     let set = |state: Link| link.store(state as u8, Ordering::Relaxed);
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let scheme = if book.tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"));
+    let endpoint = match (endpoint, &book.tls) {
+        (Ok(endpoint), None) => Ok(endpoint),
+        // The certificate must name the host as --initial-cluster gives it.
+        (Ok(endpoint), Some(tls)) => {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            endpoint.tls_config(tls.clone().domain_name(host))
+        }
+        (Err(error), _) => Err(error),
+    };
+    let Ok(endpoint) = endpoint else {
         tracing::error!(peer = to, %addr, "not a usable peer address; nothing is sent to this peer");
         return;
     };
@@ -273,13 +288,18 @@ pub async fn serve_peers(
     listener: TcpListener,
     book: Arc<PeerBook>,
     core: CoreHandle,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = pb::peer_service_server::PeerServiceServer::new(PeerServer { book, core })
         .max_decoding_message_size(ENVELOPE_BYTES_MAX)
         .max_encoding_message_size(ENVELOPE_BYTES_MAX);
     let incoming = TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .tcp_nodelay(true)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)

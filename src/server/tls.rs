@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|error| format!("{flag} {}: {error}", path.display()))
@@ -25,4 +25,23 @@ pub fn config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Serve
         .tls_config(config.clone())
         .map_err(|error| format!("--tls-cert/--tls-key/--tls-client-ca: {error}"))?;
     Ok(config)
+}
+
+/// A cluster node's mutual TLS with its peers (`--peer-tls-cert`, `--peer-tls-key`,
+/// `--peer-tls-ca`): the same certificate serves the peer port and identifies the node to the
+/// others; only certificates the cluster's CA signed are let in, either way.
+pub fn peer_config(cert: &Path, key: &Path, ca: &Path) -> Result<(ServerTlsConfig, ClientTlsConfig), String> {
+    let cert = read("--peer-tls-cert", cert)?;
+    let key = read("--peer-tls-key", key)?;
+    let ca = Certificate::from_pem(read("--peer-tls-ca", ca)?);
+    let server = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert, &key))
+        .client_ca_root(ca.clone());
+    tonic::transport::Server::builder()
+        .tls_config(server.clone())
+        .map_err(|error| format!("--peer-tls-cert/--peer-tls-key/--peer-tls-ca: {error}"))?;
+    let client = ClientTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .ca_certificate(ca);
+    Ok((server, client))
 }
