@@ -283,6 +283,8 @@ pub struct Node {
     snapshots: (u64, u64),
     /// With `observe_applied`: the entries applied since the last `take_applied`.
     applied_entries: Vec<RaftEntry>,
+    /// Peers sent a snapshot in the ready being handled.
+    snapshots_sent: Vec<u64>,
     outbox: VecDeque<NodeOutput>,
     /// Calls answered by committed entries since the driver last took them.
     answered: Vec<Answered>,
@@ -368,6 +370,7 @@ impl Node {
             snapshot_at: applied,
             snapshots: (0, 0),
             applied_entries: Vec::new(),
+            snapshots_sent: Vec::new(),
             outbox: VecDeque::new(),
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
@@ -763,6 +766,7 @@ impl Node {
             let committed = light.take_committed_entries();
             self.apply(committed);
             self.raw.advance_apply();
+            self.report_snapshots_sent();
         }
         self.snapshot_if_due();
         self.serve_reads();
@@ -822,8 +826,22 @@ impl Node {
     }
 
     fn send(&mut self, messages: Vec<Message>) {
-        self.outbox
-            .extend(messages.into_iter().map(|m| NodeOutput::Send(Box::new(m))));
+        for message in messages {
+            if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.snapshots_sent.push(message.to);
+            }
+            self.outbox.push_back(NodeOutput::Send(Box::new(message)));
+        }
+    }
+
+    /// raft-rs sends a peer nothing more after a snapshot until told how sending it went; the
+    /// network is best effort and says nothing, so every snapshot counts as sent: the peer is
+    /// probed from just after it, and one that never got it refuses the probe and is sent the
+    /// snapshot again (without this, one lost snapshot message stalls that peer for good).
+    fn report_snapshots_sent(&mut self) {
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
     }
 
     fn apply(&mut self, entries: Vec<RaftEntry>) {

@@ -11,10 +11,18 @@ struct Net {
     nodes: Vec<Node>,
     now: Millis,
     replies: Vec<(u64, CallerId, Outcome)>,
+    /// A node cut off: nothing reaches it, nothing it sends arrives.
+    cut: Option<u64>,
+    /// Snapshot messages still to lose on the way.
+    lose_snapshots: u32,
 }
 
 impl Net {
     fn new(n: u64) -> Net {
+        Net::with(n, |_| {})
+    }
+
+    fn with(n: u64, configure: impl Fn(&mut NodeConfig)) -> Net {
         let voters: Vec<u64> = (1..=n).collect();
         let nodes = voters
             .iter()
@@ -22,6 +30,7 @@ impl Net {
                 let mut config = NodeConfig::new(id, voters.clone(), CoreConfig::default(), T0);
                 config.seed = 7;
                 config.epoch = 100 + id;
+                configure(&mut config);
                 Node::new(config, LogStore::new(&voters), T0).expect("starts")
             })
             .collect();
@@ -29,7 +38,22 @@ impl Net {
             nodes,
             now: T0,
             replies: Vec::new(),
+            cut: None,
+            lose_snapshots: 0,
         }
+    }
+
+    /// Whether a message from `from` to `to` gets there (and loses it if it is a snapshot
+    /// still to lose).
+    fn arrives(&mut self, message: &Message) -> bool {
+        if self.cut.is_some_and(|cut| cut == message.from || cut == message.to) {
+            return false;
+        }
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot && self.lose_snapshots > 0 {
+            self.lose_snapshots -= 1;
+            return false;
+        }
+        true
     }
 
     /// Moves every message until none is left.
@@ -57,6 +81,9 @@ impl Net {
                 self.nodes[to].handle(self.now, NodeInput::Forwarded(forward));
             }
             for message in sent {
+                if !self.arrives(&message) {
+                    continue;
+                }
                 let to = message.to as usize - 1;
                 self.nodes[to].handle(self.now, NodeInput::Peer(message));
             }
@@ -346,4 +373,43 @@ fn a_forward_that_surely_never_left_is_answered_not_sent_and_nothing_is_applied(
             node.status().id
         );
     }
+}
+
+#[test]
+fn a_follower_whose_snapshot_was_lost_is_sent_it_again_and_catches_up() {
+    let mut net = Net::with(3, |config| {
+        config.snapshot_every = 8;
+        config.snapshot_keep = 2;
+    });
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let behind = (1..=3).find(|id| *id != leader).expect("a follower");
+    net.cut = Some(behind);
+    for caller in 0..30 {
+        assert!(
+            net.call(leader, 100 + caller, register(&format!("agent-{caller}")))
+                .is_ok()
+        );
+    }
+    let leader_node = &net.nodes[leader as usize - 1];
+    assert!(
+        leader_node.snapshots().0 >= 3,
+        "the leader took snapshots and compacted"
+    );
+    // Back on the network, the follower needs the snapshot; the first one sent is lost.
+    net.cut = None;
+    net.lose_snapshots = 1;
+    net.advance(3_000);
+    assert_eq!(net.lose_snapshots, 0, "a snapshot was sent, and lost");
+    let caught_up = &net.nodes[behind as usize - 1];
+    assert_eq!(
+        caught_up.snapshots().1,
+        1,
+        "the follower installed the snapshot sent again"
+    );
+    assert_eq!(
+        caught_up.status().applied,
+        net.nodes[leader as usize - 1].status().applied
+    );
+    assert_eq!(caught_up.machine().core().stats().agents_alive, 30);
 }
