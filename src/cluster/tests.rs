@@ -101,6 +101,14 @@ impl Net {
         }
     }
 
+    /// Every replica holds `n` live agents.
+    fn assert_agents_alive(&self, n: usize) {
+        for node in &self.nodes {
+            let alive = node.machine().core().stats().agents_alive;
+            assert_eq!(alive, n, "node {}", node.status().id);
+        }
+    }
+
     fn leader(&self) -> Option<u64> {
         let leaders: Vec<u64> = self
             .nodes
@@ -241,14 +249,7 @@ fn a_call_made_before_any_leader_is_known_waits_for_the_election_and_is_served()
         matches!(answered.as_slice(), [Ok(Reply::Registered { .. })]),
         "{answered:?}"
     );
-    for node in &net.nodes {
-        assert_eq!(
-            node.machine().core().stats().agents_alive,
-            1,
-            "node {}",
-            node.status().id
-        );
-    }
+    net.assert_agents_alive(1);
 }
 
 #[test]
@@ -365,14 +366,7 @@ fn a_forward_that_surely_never_left_is_answered_not_sent_and_nothing_is_applied(
         error.message
     );
     net.advance(1_000);
-    for node in &net.nodes {
-        assert_eq!(
-            node.machine().core().stats().agents_alive,
-            0,
-            "node {}",
-            node.status().id
-        );
-    }
+    net.assert_agents_alive(0);
 }
 
 #[test]
