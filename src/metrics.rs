@@ -59,6 +59,8 @@ pub struct Metrics {
     pub cluster_peer_dropped_total: IntCounter,
     /// Snapshots a cluster node wrote (taken, or installed from its leader).
     pub cluster_snapshots_total: IntCounter,
+    /// A cluster node's writes, from proposal (or forward) to applied, in seconds.
+    cluster_proposal_seconds: Histogram,
 }
 
 /// What a cluster node exports: where consensus is and how often leadership moved.
@@ -258,6 +260,17 @@ impl Metrics {
                 "Consensus messages and forwarded writes dropped because a peer's queue was full",
             )
             .expect("valid counter"),
+            cluster_proposal_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "agentkeeper_cluster_proposal_seconds",
+                    "A cluster node's writes from their proposal (or forward to the leader) to their \
+                     entry applied on this node (millisecond resolution)",
+                )
+                .buckets(vec![
+                    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("valid histogram"),
             cluster_snapshots_total: IntCounter::new(
                 "agentkeeper_cluster_snapshots_total",
                 "Snapshots this cluster node wrote: taken every --snapshot-every entries, or installed from its leader",
@@ -353,6 +366,9 @@ impl Metrics {
             ] {
                 self.registry.register(Box::new(collector)).expect("unique counter");
             }
+            (self.registry)
+                .register(Box::new(self.cluster_proposal_seconds.clone()))
+                .expect("unique histogram");
             ClusterMetrics {
                 term: gauge("agentkeeper_cluster_term", "The consensus term this node is in"),
                 leader: gauge(
@@ -380,6 +396,11 @@ impl Metrics {
         cluster.is_leader.set(i64::from(status.leader == status.id));
         cluster.commit_index.set(int(status.commit));
         cluster.applied_index.set(int(status.applied));
+    }
+
+    /// One of a cluster node's writes answered after `waited_ms` (driver thread).
+    pub fn observe_proposal(&self, waited_ms: u64) {
+        self.cluster_proposal_seconds.observe(waited_ms as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -237,6 +237,13 @@ async fn a_write_on_a_follower_is_read_on_every_node_at_once_and_status_names_th
     )
     .await;
 
+    // The follower timed its forwarded writes from forward to applied.
+    let timed = cluster
+        .node(follower)
+        .metric("agentkeeper_cluster_proposal_seconds_count");
+    assert!(timed.unwrap_or(0.0) >= 3.0, "proposal latency observed: {timed:?}");
+    assert_eq!(cluster.node(leader).metric("agentkeeper_cluster_is_leader"), Some(1.0));
+
     // The same status from ctl, as JSON, with the fields scripts rely on.
     let endpoint = format!("127.0.0.1:{}", cluster.node(leader).port);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeeper"))

@@ -230,10 +230,14 @@ pub struct Answered {
     pub caller: CallerId,
     pub index: u64,
     pub term: u64,
+    /// From the write's proposal (or forward) here to its entry applied here.
+    pub waited_ms: Millis,
 }
 
 struct Pending {
     caller: Option<CallerId>,
+    /// When it was proposed or forwarded (for the proposal latency).
+    proposed_at: Millis,
     deadline: Millis,
     /// The leader a follower forwarded the write to.
     forwarded_to: Option<u64>,
@@ -564,6 +568,7 @@ impl Node {
                 seq,
                 Pending {
                     caller: Some(caller),
+                    proposed_at: self.now,
                     deadline: self.now + self.config.request_timeout_ms,
                     forwarded_to: Some(leader),
                 },
@@ -664,6 +669,7 @@ impl Node {
                 let deadline = self.now + self.config.request_timeout_ms;
                 let pending = Pending {
                     caller,
+                    proposed_at: self.now,
                     deadline,
                     forwarded_to: None,
                 };
@@ -871,15 +877,18 @@ impl Node {
                     if self.tick_in_flight == Some(id.seq) {
                         self.tick_in_flight = None;
                     }
-                    self.proposals.remove(&id.seq).and_then(|p| p.caller)
+                    self.proposals.remove(&id.seq)
                 }
                 _ => None,
             };
+            let waited_ms = caller.as_ref().map_or(0, |p| self.now.saturating_sub(p.proposed_at));
+            let caller = caller.and_then(|p| p.caller);
             if let Some(caller) = caller {
                 self.answered.push(Answered {
                     caller,
                     index: raft_entry.index,
                     term: raft_entry.term,
+                    waited_ms,
                 });
             }
             self.machine.handle(self.now, Input::Committed { entry, caller });

@@ -184,9 +184,10 @@ impl Engine for ClusterNode {
         let status = self.node.status();
         self.peers.applied.store(status.applied, Ordering::Relaxed);
         metrics.publish_cluster(&status);
-        // The simulator follows proposals and answers into the log; here they only must not
-        // pile up.
-        drop(self.node.take_answered());
+        for answered in self.node.take_answered() {
+            metrics.observe_proposal(answered.waited_ms);
+        }
+        // The simulator follows proposals into the log; here they only must not pile up.
         drop(self.node.take_proposed());
     }
 
