@@ -1,4 +1,5 @@
-// The checked-in generated code (src/gen/) is what protoc-gen-es makes of proto/ now: a change
+// The checked-in generated code (src/gen/) is what protoc-gen-es makes of the public API
+// (proto/agentkeeper/v1; the cluster's internal peer protocol is not a client's) now: a change
 // to the proto without `npm run generate` fails here.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -22,7 +23,7 @@ test("src/gen is what `npm run generate` makes of proto/ (not stale)", (t) => {
   t.after(() => rmSync(out, { recursive: true, force: true }));
   const bin = join(PACKAGE, "node_modules", ".bin");
   const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` }; // buf finds protoc-gen-es there
-  execFileSync(join(bin, "buf"), ["generate", "../../proto", "--template", "buf.gen.yaml", "-o", out], { cwd: PACKAGE, env });
+  execFileSync(join(bin, "buf"), ["generate", "../../proto", "--template", "buf.gen.yaml", "--path", "../../proto/agentkeeper/v1", "-o", out], { cwd: PACKAGE, env });
   const fresh = join(out, "src", "gen");
   const current = join(PACKAGE, "src", "gen");
   assert.deepEqual(files(current), files(fresh));
