@@ -46,6 +46,9 @@ struct Args {
     cluster: Option<u8>,
 }
 
+/// A sweep worker's stack (see `sweep`).
+const SWEEP_STACK_BYTES: usize = 256 << 20;
+
 /// Wall time for the steps/s figure: the one clock read, outside the deterministic run.
 #[allow(clippy::disallowed_methods)]
 fn started() -> Instant {
@@ -165,7 +168,10 @@ fn parallel_seeds<R: Send>(
     let results: Mutex<Vec<R>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
-            scope.spawn(|| {
+            // The linearizability check searches depth-first, one frame per operation of a
+            // run's history: a debug build's frames outgrow a thread's default 2 MiB.
+            let worker = std::thread::Builder::new().stack_size(SWEEP_STACK_BYTES);
+            let spawned = worker.spawn_scoped(scope, || {
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed > last {
@@ -180,6 +186,7 @@ fn parallel_seeds<R: Send>(
                     }
                 }
             });
+            spawned.expect("a sweep worker starts");
         }
     });
     results.into_inner().expect("workers are done")
