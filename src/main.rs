@@ -227,6 +227,13 @@ struct ClusterFlags {
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     initial_cluster: Option<String>,
 
+    /// "new" to create the cluster --initial-cluster lists; "existing" to join a running one
+    /// (add the node first: `agentkeeper ctl cluster add ID HOST:PORT`; --initial-cluster then
+    /// lists the current members and this node, and this node learns the cluster from them).
+    /// Read at a node's first start only: a restart rejoins the cluster its data dir belongs to.
+    #[arg(long, value_enum, default_value_t = ClusterState::New, value_name = "new|existing")]
+    initial_cluster_state: ClusterState,
+
     /// A cluster leader's heartbeat interval (followers that miss heartbeats for an election
     /// timeout elect another leader).
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -252,6 +259,12 @@ struct ClusterFlags {
     peer_tls_ca: Option<std::path::PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClusterState {
+    New,
+    Existing,
+}
+
 /// One consensus tick: heartbeat intervals and election timeouts are whole numbers of it.
 const CLUSTER_TICK_MS: u64 = 50;
 
@@ -261,6 +274,7 @@ struct ClusterStart {
     node_id: u64,
     peer_addr: SocketAddr,
     members: agentkeeper::cluster::InitialCluster,
+    state: ClusterState,
     heartbeat_ticks: usize,
     election_ticks: usize,
     /// `--snapshot-every`: a snapshot after this many applied entries.
@@ -308,6 +322,7 @@ impl ClusterFlags {
             node_id,
             peer_addr,
             members,
+            state: self.initial_cluster_state,
             heartbeat_ticks,
             election_ticks,
             snapshot_every: flags.snapshot_every,
@@ -627,9 +642,22 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         ))
     });
 
-    let seed = match &cluster {
+    // Which cluster a node belongs to (its data dir's, the list's, or its members' when it
+    // joins), and the members it starts with.
+    let joined = match &cluster {
+        Some(cluster) => {
+            let dir = flags
+                .data_dir
+                .as_deref()
+                .expect("resolve checked that a cluster node has a data dir");
+            notifier.status("finding which cluster this node belongs to");
+            Some(cluster_identity(dir, cluster).await?)
+        }
+        None => None,
+    };
+    let seed = match &joined {
         // Ids and hashing must be the same on every replica.
-        Some(cluster) => cluster.members.core_seed(),
+        Some((identity, _)) => identity.core_seed,
         None => seed(&flags),
     };
     let config = flags.limits.core_config(CoreConfig {
@@ -642,8 +670,8 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let wall = Clock::real();
     let queue_max = flags.limits.core_queue_max;
     let mut peer_tls = None;
-    let (core, core_thread, peers) = match cluster {
-        Some(cluster) => {
+    let (core, core_thread, peers) = match cluster.zip(joined) {
+        Some((cluster, (identity, addresses))) => {
             let dir = flags
                 .data_dir
                 .clone()
@@ -652,17 +680,15 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
             let election_seed = self::seed(&flags);
             let now = wall.now();
             let start = cluster.clone();
-            let (node, log) = tokio::task::spawn_blocking(move || start_node(&dir, &start, config, election_seed, now))
-                .await
-                .map_err(|error| format!("recovery stopped: {error}"))??;
+            let (node, log) = tokio::task::spawn_blocking(move || {
+                start_node(&dir, &start, identity, addresses, config, election_seed, now)
+            })
+            .await
+            .map_err(|error| format!("recovery stopped: {error}"))??;
             let client_tls = cluster.tls.as_ref().map(|(_, client)| client.clone());
-            let book = Arc::new(server::peer::PeerBook::new(
-                cluster.node_id,
-                cluster.members.clone(),
-                client_tls,
-            ));
+            let book = Arc::new(server::peer::PeerBook::new(cluster.node_id, identity, client_tls));
             peer_tls = cluster.tls.map(|(server, _)| server);
-            let outbox = server::peer::spawn_senders(&book);
+            let outbox = server::peer::outbox(&book, node.members());
             let (core, lanes) = driver::channels(queue_max, Arc::clone(&metrics));
             let engine = driver::ClusterNode::new(node, log, outbox);
             let thread = driver::spawn_cluster(lanes, engine, wall, flags.core_spin, Arc::clone(&metrics))
@@ -731,7 +757,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         tokens,
         &serving,
     )
-    .with_cluster(core.clone(), peers);
+    .with_cluster(core.clone(), peers.is_some());
     let _ = mcp_slot.set(agentkeeper::mcp::in_process(grpc.clone()));
     let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));
     let streams_max = flags.limits.streams_per_connection_max;
@@ -926,6 +952,8 @@ fn recover(
 fn start_node(
     dir: &std::path::Path,
     cluster: &ClusterStart,
+    identity: agentkeeper::cluster::ClusterIdentity,
+    addresses: agentkeeper::cluster::Addresses,
     core: CoreConfig,
     election_seed: u64,
     now: u64,
@@ -938,13 +966,23 @@ fn start_node(
 > {
     use agentkeeper::cluster::{Node, NodeConfig};
     let started = std::time::Instant::now();
-    let voters = cluster.members.voters();
-    let (mut log, store) = agentkeeper::store::consensus_log::ConsensusLog::open(dir, cluster.node_id, &voters)
-        .map_err(|e| e.to_string())?;
+    use agentkeeper::store::consensus_log::{self, ConsensusLog};
+    // A node that joined has no configuration of its own: it starts from a leader's snapshot.
+    let voters = if identity.founding {
+        cluster.members.voters()
+    } else {
+        Vec::new()
+    };
+    let kept = consensus_log::read_identity(dir).map_err(|e| e.to_string())?;
+    let (mut log, store) = ConsensusLog::open(dir, cluster.node_id, &voters).map_err(|e| e.to_string())?;
+    if kept.is_none() {
+        log.keep_identity(&identity).map_err(|e| e.to_string())?;
+    }
     let epoch = log.next_epoch().map_err(|e| e.to_string())?;
     let held = store.last_index_held();
     // Every replica's core starts at time 0 and moves only with the leader's stamps.
     let mut config = NodeConfig::new(cluster.node_id, voters, core, 0);
+    config.members = addresses;
     config.epoch = epoch;
     config.seed = election_seed;
     config.tick_ms = CLUSTER_TICK_MS;
@@ -968,6 +1006,93 @@ fn start_node(
         "started the cluster node from its consensus log"
     );
     Ok((node, log))
+}
+
+/// Which cluster the node belongs to, and the members' addresses it starts with (its
+/// snapshot's, once it has one, count over these): what its data dir keeps; else, for a new
+/// cluster (or a data dir from before identities were kept), what --initial-cluster creates;
+/// else (`--initial-cluster-state existing`) what a member tells it.
+async fn cluster_identity(
+    dir: &std::path::Path,
+    cluster: &ClusterStart,
+) -> Result<(agentkeeper::cluster::ClusterIdentity, agentkeeper::cluster::Addresses), String> {
+    use agentkeeper::store::consensus_log;
+    let listed = cluster.members.members.clone();
+    if let Some(identity) = consensus_log::read_identity(dir).map_err(|e| e.to_string())? {
+        return Ok((identity, listed));
+    }
+    if cluster.state == ClusterState::New || consensus_log::has_log(dir) {
+        return Ok((cluster.members.identity(), listed));
+    }
+    join_identity(cluster).await
+}
+
+/// Asks the members --initial-cluster lists, in turn, which cluster this node joins, until one
+/// answers (for at most a minute): the node must be a learner there already, at its address.
+#[allow(clippy::disallowed_methods)] // the deadline of the start-up's wait
+async fn join_identity(
+    cluster: &ClusterStart,
+) -> Result<(agentkeeper::cluster::ClusterIdentity, agentkeeper::cluster::Addresses), String> {
+    let me = cluster.node_id;
+    let my_addr = &cluster.members.members[&me];
+    let others: Vec<&String> = (cluster.members.members.iter())
+        .filter(|(id, _)| **id != me)
+        .map(|(_, addr)| addr)
+        .collect();
+    if others.is_empty() {
+        return Err(
+            "--initial-cluster-state existing: --initial-cluster must list the running members besides this node"
+                .into(),
+        );
+    }
+    let tls = cluster.tls.as_ref().map(|(_, client)| client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last_error = String::new();
+    loop {
+        for addr in &others {
+            let answer = match server::peer::describe(addr, tls.as_ref(), me).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    last_error = format!("{addr}: {error}");
+                    continue;
+                }
+            };
+            let add_first = format!("add it first: agentkeeper ctl cluster add {me} {my_addr}");
+            let Some(listed) = answer.members.iter().find(|member| member.id == me) else {
+                return Err(format!(
+                    "node {me} is not a member of the cluster at {addr}: {add_first}"
+                ));
+            };
+            if &listed.peer_addr != my_addr {
+                return Err(format!(
+                    "the cluster knows node {me} at {}, not {my_addr}: remove it and {add_first}",
+                    listed.peer_addr
+                ));
+            }
+            if listed.voter {
+                return Err(format!(
+                    "node {me} is a voter of the cluster at {addr} but its data dir is empty: a member that \
+                     lost its data must be removed (agentkeeper ctl cluster remove {me}) and added again"
+                ));
+            }
+            let identity = agentkeeper::cluster::ClusterIdentity {
+                cluster_id: answer.cluster_id,
+                core_seed: answer.core_seed,
+                founding: false,
+            };
+            let addresses = (answer.members.into_iter())
+                .map(|member| (member.id, member.peer_addr))
+                .collect();
+            tracing::info!(cluster = format!("{:016x}", identity.cluster_id), from = %addr, "joining the cluster");
+            return Ok((identity, addresses));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "--initial-cluster-state existing: no member answered within a minute ({last_error})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (a signal from here on is never the default

@@ -82,17 +82,62 @@ impl Cluster {
         }
     }
 
+    /// A peer address for a node that will join later (the next one of this cluster's).
+    fn reserve(&mut self) -> u64 {
+        let id = self.peers.len() as u64 + 1;
+        let first = &self.peers[0];
+        let (host, port) = first.rsplit_once(':').expect("HOST:PORT");
+        let host = format!("{}.{id}", host.rsplit_once('.').expect("a dotted address").0);
+        self.peers.push(format!("{host}:{port}"));
+        self.nodes.push(None);
+        self.node_flags.push(Vec::new());
+        id
+    }
+
+    /// Starts node `id`, added to the cluster already, to join it: its --initial-cluster lists
+    /// the members `current` and itself.
+    fn spawn_joining(&mut self, id: u64, current: &[u64]) {
+        let list: Vec<String> = (current.iter().chain([&id]))
+            .map(|member| format!("{member}={}", self.peers[(*member - 1) as usize]))
+            .collect();
+        self.node_flags[(id - 1) as usize] = vec![
+            format!("--initial-cluster={}", list.join(",")),
+            "--initial-cluster-state=existing".to_string(),
+        ];
+        self.spawn(id);
+    }
+
+    /// Runs `agentkeeper ctl --endpoint NODE ARGS...` against node `id`; its stdout, or its stderr
+    /// as the error.
+    fn ctl(&mut self, id: u64, args: &[&str]) -> Result<String, String> {
+        let endpoint = format!("127.0.0.1:{}", self.node(id).port);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
+            .args(["ctl", "--endpoint", &endpoint])
+            .args(args)
+            .output()
+            .expect("ctl runs");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+        match output.status.success() {
+            true => Ok(text(&output.stdout)),
+            false => Err(text(&output.stderr)),
+        }
+    }
+
     /// Starts node `id` (again, after a kill: with the data dir it had) without waiting.
     fn spawn(&mut self, id: u64) {
-        let args = vec![
+        let own = &self.node_flags[(id - 1) as usize];
+        let mut args = vec![
             "--addr=127.0.0.1:0".to_string(),
             "--metrics-addr=127.0.0.1:0".to_string(),
             format!("--node-id={id}"),
             format!("--peer-addr={}", self.peers[(id - 1) as usize]),
-            format!("--initial-cluster={}", self.members),
             format!("--data-dir={}", self.dirs.path().join(format!("node-{id}")).display()),
         ];
-        let args = [args, self.extra.clone(), self.node_flags[(id - 1) as usize].clone()].concat();
+        // A node that joined later has a list of its own.
+        if !own.iter().any(|flag| flag.starts_with("--initial-cluster=")) {
+            args.push(format!("--initial-cluster={}", self.members));
+        }
+        let args = [args, self.extra.clone(), own.clone()].concat();
         self.nodes[(id - 1) as usize] = Some(Daemon::spawn(&args));
     }
 
@@ -597,4 +642,97 @@ async fn with_peer_tls_the_nodes_form_a_cluster_and_a_peer_without_a_certificate
             "a peer without a certificate was served"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_adds_a_node_that_joins_catches_up_and_votes_and_removes_a_member_the_rest_carry_on_without() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut writer = cluster.clients(leader).await;
+    let agent = writer.register("before-the-join", &["build"], 600).await;
+    let first = acquire(&mut writer, "deploy", &agent).await.expect("a lease");
+
+    // Added through a follower (forwarded to the leader), then started to join.
+    let new = cluster.reserve();
+    let peer = cluster.peers[(new - 1) as usize].clone();
+    let added = cluster
+        .ctl(follower, &["cluster", "add", &new.to_string(), &peer])
+        .expect("ctl cluster add");
+    assert!(added.contains(&format!("node {new} added as a learner")), "{added}");
+    assert!(
+        added.contains("--initial-cluster-state existing"),
+        "says how to start it: {added}"
+    );
+    let twice = cluster
+        .ctl(leader, &["cluster", "add", &new.to_string(), &peer])
+        .unwrap_err();
+    assert!(
+        twice.contains("FAILED_PRECONDITION") && twice.contains("already a member"),
+        "{twice}"
+    );
+    cluster.spawn_joining(new, &[1, 2, 3]);
+    cluster.node(new).wait_serving();
+    wait_until("the new node is a voter on the leader's view", async || {
+        let status = cluster.status(leader).await.map_err(|e| e.to_string())?;
+        let member = status.members.iter().find(|m| m.id == new).ok_or("not a member")?;
+        match member.voter {
+            true => Ok(()),
+            false => Err(format!("still {:?}", member.role)),
+        }
+    })
+    .await;
+    // It serves what was written before it joined, and what is written after.
+    let mut on_new = cluster.clients(new).await;
+    assert_eq!(
+        on_new
+            .agent(&agent)
+            .await
+            .expect("the agent")
+            .card
+            .expect("a card")
+            .name,
+        "before-the-join"
+    );
+    on_new
+        .policies
+        .set_policy(policy("p-new", "bob"))
+        .await
+        .expect("a write through the new node");
+    let mut on_follower = cluster.clients(follower).await;
+    assert!(allowed(&mut on_follower, "bob").await);
+
+    // Killed and restarted with its data dir, it rejoins the same cluster (no join again).
+    cluster.kill(new);
+    cluster.restart(new);
+    let mut on_new = cluster.clients(new).await;
+    assert!(allowed(&mut on_new, "bob").await, "the restarted node reads at once");
+
+    // The original leader is removed: it steps down, the others elect another and carry on.
+    let removed = cluster
+        .ctl(follower, &["cluster", "remove", &leader.to_string()])
+        .expect("ctl cluster remove");
+    assert!(removed.contains(&format!("node {leader} removed")), "{removed}");
+    let mut old = cluster.nodes[(leader - 1) as usize].take().expect("it runs");
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let status = cluster.status(next).await.expect("status");
+    let ids: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    assert!(!ids.contains(&leader) && ids.contains(&new), "members now {ids:?}");
+    let mut writer = cluster.clients(next).await;
+    (writer.release("deploy", &agent, common::token_of(&first)).await)
+        .expect("the lease is released on the new leader");
+    let second = acquire(&mut writer, "deploy", &agent)
+        .await
+        .expect("a lease after the removal");
+    assert!(
+        common::token_of(&second) > common::token_of(&first),
+        "tokens keep rising"
+    );
+    // The removed node refuses calls rather than serving a state it no longer follows.
+    let mut on_old = old.clients().await;
+    let refused = on_old.agent(&agent).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("removed"), "{refused:?}");
+    old.kill_9();
 }

@@ -756,8 +756,14 @@ impl ClusterSim {
                             sent.push((to, Packet::Forward(forward)));
                         }
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
-                        // The simulated disk is the node's own LogStore, stable at once.
-                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => {}
+                        // The simulated disk is the node's own LogStore, stable at once; the
+                        // simulated network reaches every node by its id (membership changes
+                        // are the cluster's unit tests' and the real-process tests').
+                        NodeOutput::Machine(_)
+                        | NodeOutput::Persist { .. }
+                        | NodeOutput::Snapshot { .. }
+                        | NodeOutput::Peers(_)
+                        | NodeOutput::MembersChanged { .. } => {}
                     }
                 }
             }));

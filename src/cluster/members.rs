@@ -12,6 +12,15 @@ use ring::digest;
 /// A cluster of at most this many voters (5 is the usual most; 7 keeps room to grow).
 pub const VOTERS_MAX: usize = 7;
 
+/// Whether `addr` is a usable peer address: HOST:PORT, the port above 0.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+    if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port > 0) {
+        return Err("the address is not HOST:PORT".into());
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitialCluster {
     /// Node id to its peer address (`HOST:PORT`), ordered by id.
@@ -29,10 +38,7 @@ impl InitialCluster {
                 .filter(|id| *id > 0)
                 .ok_or_else(|| format!("{item:?}: a node id is a whole number above 0"))?;
             let addr = addr.trim();
-            let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port > 0) {
-                return Err(format!("{item:?}: the address is not HOST:PORT"));
-            }
+            check_addr(addr).map_err(|error| format!("{item:?}: {error}"))?;
             if members.insert(id, addr.to_string()).is_some() {
                 return Err(format!("node {id} is listed twice"));
             }
@@ -74,6 +80,27 @@ impl InitialCluster {
     pub fn core_seed(&self) -> u64 {
         u64::from_le_bytes(self.digest()[8..16].try_into().expect("8 bytes"))
     }
+
+    /// The identity of the cluster this list creates, for one of its founding nodes.
+    pub fn identity(&self) -> ClusterIdentity {
+        ClusterIdentity {
+            cluster_id: self.cluster_id(),
+            core_seed: self.core_seed(),
+            founding: true,
+        }
+    }
+}
+
+/// Which cluster a node belongs to, kept in its data dir from its first start: the list the
+/// cluster was created with, or what a member told a node that joined later. Membership
+/// changes never change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub cluster_id: u64,
+    pub core_seed: u64,
+    /// One of the nodes the cluster was created with (false: it joined later, with no
+    /// configuration of its own, and starts from a leader's snapshot).
+    pub founding: bool,
 }
 
 #[cfg(test)]

@@ -11,11 +11,12 @@
 
 pub mod log_store;
 pub mod members;
+pub mod membership;
 pub mod proposal;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{EntryType, HardState, Snapshot};
+use raft::eraftpb::{ConfChangeV2, EntryType, HardState, Snapshot};
 use raft::{RawNode, ReadOnlyOption, Storage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -26,7 +27,8 @@ use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, Core, CoreConfig, CoreError, ErrorCode};
 
 pub use log_store::LogStore;
-pub use members::InitialCluster;
+pub use members::{ClusterIdentity, InitialCluster};
+pub use membership::{Addresses, MemberChange};
 pub use proposal::ProposalId;
 /// The consensus types a driver touches, from the one raft-rs this crate builds with.
 pub use raft::StateRole;
@@ -51,8 +53,11 @@ pub enum ClusterPlanted {
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: u64,
-    /// The voters the cluster starts with.
+    /// The voters the cluster starts with (none: this node joins a running cluster, which
+    /// sends it a snapshot).
     pub voters: Vec<u64>,
+    /// The members' peer addresses as this node starts (its snapshot's, once it has one).
+    pub members: Addresses,
     /// This incarnation of the node's process, unique among its restarts (see `ProposalId`).
     pub epoch: u64,
     /// Seeds the election jitter (a node's own; the core's seed is in `core`).
@@ -88,6 +93,7 @@ impl NodeConfig {
     pub fn new(id: u64, voters: Vec<u64>, core: CoreConfig, created_at: Millis) -> NodeConfig {
         NodeConfig {
             id,
+            members: voters.iter().map(|id| (*id, String::new())).collect(),
             voters,
             epoch: 0,
             seed: 0,
@@ -123,6 +129,9 @@ pub enum NodeInput {
     /// A write this node forwarded surely never left it (the leader was unreachable, or its
     /// queue full): its caller is told so, and may send it again.
     ForwardFailed(Forward),
+    /// An operator's membership change; answered by `NodeOutput::MembersChanged` with the
+    /// same ticket once its entry is applied here (or refused).
+    ChangeMembers { ticket: u64, change: MemberChange },
     /// Time passed (the driver comes at `poll_timeout()`).
     Tick,
     /// What a single node's machine takes as well: a hang-up, an undelivered reply, a gone
@@ -155,6 +164,14 @@ pub enum NodeOutput {
     Forward(Forward),
     /// A reply, a park, a delivery or a stream's end, as a single node's machine hands them.
     Machine(Output),
+    /// The outcome of `NodeInput::ChangeMembers` with this ticket.
+    MembersChanged {
+        ticket: u64,
+        outcome: Result<(), CoreError>,
+    },
+    /// The members and their peer addresses changed (a member added or removed, a snapshot
+    /// installed): the driver opens or closes its ways to them.
+    Peers(Addresses),
 }
 
 /// A write on its way from a follower to the leader: the leader stamps it with its own clock and
@@ -164,8 +181,16 @@ pub enum NodeOutput {
 pub struct Forward {
     pub to: u64,
     pub id: ProposalId,
+    pub payload: Forwarded,
+}
+
+/// What a follower hands its leader.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Forwarded {
     /// `proposal::encode_entry` of an `Entry::Apply` (its time is the leader's to set).
-    pub entry: Vec<u8>,
+    Write(Vec<u8>),
+    /// An operator's membership change.
+    Members(MemberChange),
 }
 
 /// What a node knows of the cluster, for status pages and checks.
@@ -184,10 +209,15 @@ pub struct NodeStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
     pub id: u64,
+    /// Its peer address, as the replicated membership has it.
+    pub peer_addr: String,
     /// A voter (false: a learner, catching up before it votes).
     pub voter: bool,
     /// The last index the leader knows the member holds: known on the leader only.
     pub matched: Option<u64>,
+    /// The applied index the member last reported to this node, and how many ms ago (the
+    /// driver fills it in; None: never heard from, or this node itself).
+    pub heard: Option<(u64, Millis)>,
 }
 
 /// The cluster as one node sees it: its own status and the members.
@@ -234,8 +264,16 @@ pub struct Answered {
     pub waited_ms: Millis,
 }
 
+/// Who waits for a proposal's entry to be applied.
+#[derive(Clone, Copy, Debug)]
+enum Waiter {
+    Call(CallerId),
+    /// An operator's membership change (`NodeInput::ChangeMembers`).
+    Members(u64),
+}
+
 struct Pending {
-    caller: Option<CallerId>,
+    caller: Option<Waiter>,
     /// When it was proposed or forwarded (for the proposal latency).
     proposed_at: Millis,
     deadline: Millis,
@@ -298,21 +336,33 @@ pub struct Node {
     /// Forwarded proposals this node proposed as leader, by origin and epoch, newest last: a
     /// forward that arrives twice is proposed once.
     forwarded: BTreeMap<(u64, u64), VecDeque<u64>>,
+    /// The members' peer addresses, replicated: changed by committed membership changes and
+    /// installed snapshots only.
+    members: Addresses,
+    /// This node was removed from the cluster: it serves nothing more.
+    removed: bool,
+    /// A member was added: a snapshot is taken now, whose configuration names it (raft-rs on
+    /// the new node refuses a snapshot from before it was added).
+    snapshot_now: bool,
 }
 
 /// Forwarded proposal numbers remembered per origin incarnation.
 const FORWARDED_REMEMBERED: usize = 4096;
 
-/// The replicated state a consensus snapshot carries (the store's snapshot encoding: versioned
-/// and checksummed, so releases read each other's).
-fn snapshot_state(snapshot: &Snapshot) -> Result<crate::core::snapshot::CoreSnapshot, String> {
-    crate::store::decode_snapshot(&snapshot.data).map_err(|error| {
-        format!(
-            "the consensus snapshot at index {} does not decode: {error:?}",
-            snapshot.get_metadata().index
-        )
-    })
+/// The replicated state a consensus snapshot carries: the members' addresses (None from a
+/// release that kept none) and the core's state (the store's snapshot encoding: versioned and
+/// checksummed, so releases read each other's).
+fn snapshot_state(snapshot: &Snapshot) -> Result<(Option<Addresses>, crate::core::snapshot::CoreSnapshot), String> {
+    let index = snapshot.get_metadata().index;
+    let (addresses, core) = membership::decode_snapshot_data(&snapshot.data)
+        .map_err(|error| format!("the consensus snapshot at index {index}: {error}"))?;
+    let state = crate::store::decode_snapshot(core)
+        .map_err(|error| format!("the consensus snapshot at index {index} does not decode: {error:?}"))?;
+    Ok((addresses, state))
 }
+
+/// A learner this close to the leader's commit index (in entries) is promoted to a voter.
+const PROMOTE_LAG_MAX: u64 = 64;
 
 /// Removes and returns, in order, the entries of `map` that `pick` picks.
 fn take_where<T>(map: &mut BTreeMap<u64, T>, pick: impl Fn(&T) -> bool) -> Vec<(u64, T)> {
@@ -352,9 +402,16 @@ impl Node {
         let snapshot = log.snapshot_held().clone();
         let raw = RawNode::new(&raft_config, log, &logger).map_err(|e| format!("consensus: {e}"))?;
         let applied = snapshot.get_metadata().index;
-        let core = match applied {
-            0 => Core::new(config.core.clone(), config.created_at),
-            _ => Core::restore(config.core.clone(), snapshot_state(&snapshot)?),
+        let (members, core) = match applied {
+            0 => (
+                config.members.clone(),
+                Core::new(config.core.clone(), config.created_at),
+            ),
+            _ => {
+                let (addresses, state) = snapshot_state(&snapshot)?;
+                let members = addresses.unwrap_or_else(|| config.members.clone());
+                (members, Core::restore(config.core.clone(), state))
+            }
         };
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32) ^ config.epoch);
         let mut node = Node {
@@ -379,6 +436,9 @@ impl Node {
             answered: Vec::new(),
             forwarded: BTreeMap::new(),
             proposed: Vec::new(),
+            members,
+            removed: false,
+            snapshot_now: false,
             config,
         };
         node.redraw();
@@ -408,12 +468,24 @@ impl Node {
             .chain(configuration.learners.iter().map(|id| (*id, false)))
             .map(|(id, voter)| MemberView {
                 id,
+                peer_addr: self.members.get(&id).cloned().unwrap_or_default(),
                 voter,
                 matched: progress.get(id).filter(|_| leading).map(|p| p.matched),
+                heard: None,
             })
             .collect();
         members.sort_by_key(|member| member.id);
         ClusterView { status, members }
+    }
+
+    /// The members' peer addresses, as the replicated membership has them.
+    pub fn members(&self) -> &Addresses {
+        &self.members
+    }
+
+    /// Whether this node was removed from the cluster (it serves nothing more).
+    pub fn removed(&self) -> bool {
+        self.removed
     }
 
     /// The replicated state machine, for reads that are not commands (stats, checks).
@@ -471,6 +543,7 @@ impl Node {
             }
             NodeInput::Forwarded(forward) => self.forwarded(forward),
             NodeInput::ForwardFailed(forward) => self.forward_failed(forward),
+            NodeInput::ChangeMembers { ticket, change } => self.change_members(ticket, change),
             NodeInput::Tick => {}
             NodeInput::Local(input) => self.machine.handle(self.now, input),
         }
@@ -521,6 +594,10 @@ impl Node {
     }
 
     fn call(&mut self, caller: CallerId, command: Command, principal: Option<TokenId>) {
+        if self.removed {
+            let message = self.removed_message();
+            return self.answer(caller, ErrorCode::FailedPrecondition, message);
+        }
         if !command.is_logged() && self.config.planted == ClusterPlanted::StaleReads {
             let input = Input::Call {
                 caller,
@@ -557,29 +634,13 @@ impl Node {
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
-            let leader = self.raw.raft.leader_id;
-            let seq = self.next_seq();
             let entry = Entry::Apply {
                 now: 0,
                 command,
                 principal,
             };
-            self.proposals.insert(
-                seq,
-                Pending {
-                    caller: Some(caller),
-                    proposed_at: self.now,
-                    deadline: self.now + self.config.request_timeout_ms,
-                    forwarded_to: Some(leader),
-                },
-            );
-            let id = self.proposal_id(seq);
+            let id = self.forward(Waiter::Call(caller), Forwarded::Write(proposal::encode_entry(&entry)));
             self.proposed.push((caller, id));
-            self.outbox.push_back(NodeOutput::Forward(Forward {
-                to: leader,
-                id,
-                entry: proposal::encode_entry(&entry),
-            }));
             return;
         }
         let entry = Entry::Apply {
@@ -587,16 +648,98 @@ impl Node {
             command,
             principal,
         };
-        if let Some(seq) = self.propose(Some(caller), entry) {
+        if let Some(seq) = self.propose(Some(Waiter::Call(caller)), entry) {
             self.proposed.push((caller, self.proposal_id(seq)));
         }
+    }
+
+    /// Hands `payload` to the leader under a new proposal id; `waiter` waits for its entry.
+    fn forward(&mut self, waiter: Waiter, payload: Forwarded) -> ProposalId {
+        let leader = self.raw.raft.leader_id;
+        let seq = self.next_seq();
+        self.proposals.insert(
+            seq,
+            Pending {
+                caller: Some(waiter),
+                proposed_at: self.now,
+                deadline: self.now + self.config.request_timeout_ms,
+                forwarded_to: Some(leader),
+            },
+        );
+        let id = self.proposal_id(seq);
+        self.outbox.push_back(NodeOutput::Forward(Forward {
+            to: leader,
+            id,
+            payload,
+        }));
+        id
+    }
+
+    fn removed_message(&self) -> String {
+        format!(
+            "node {} was removed from the cluster: it serves nothing more; call another member",
+            self.config.id
+        )
+    }
+
+    /// An operator's membership change: checked here first (a clear answer at once for what
+    /// surely cannot work), proposed by the leader (a follower forwards it), and answered when
+    /// its entry is applied here, where the replicated check decides.
+    fn change_members(&mut self, ticket: u64, change: MemberChange) {
+        let waiter = Waiter::Members(ticket);
+        if self.removed {
+            let message = self.removed_message();
+            return self.answer_waiter(waiter, ErrorCode::FailedPrecondition, message);
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        if let Err(error) = change.check(&self.members, &conf) {
+            return self.outbox.push_back(NodeOutput::MembersChanged {
+                ticket,
+                outcome: Err(error),
+            });
+        }
+        if self.raw.raft.leader_id == 0 {
+            let message = format!(
+                "node {} knows no leader (an election is under way?): retry",
+                self.config.id
+            );
+            return self.answer_waiter(waiter, ErrorCode::Unavailable, message);
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            self.forward(waiter, Forwarded::Members(change));
+            return;
+        }
+        let seq = self.next_seq();
+        let id = self.proposal_id(seq);
+        if self.propose_conf_change(id, change.to_conf_change()) {
+            let pending = Pending {
+                caller: Some(waiter),
+                proposed_at: self.now,
+                deadline: self.now + self.config.request_timeout_ms,
+                forwarded_to: None,
+            };
+            self.proposals.insert(seq, pending);
+        } else {
+            let message = "another membership change is under way: retry once it is applied".to_string();
+            self.answer_waiter(waiter, ErrorCode::Unavailable, message);
+        }
+    }
+
+    /// Proposes a membership change under `id`, unless one is still under way (raft-rs takes
+    /// one at a time, and would silently turn a second into an empty entry).
+    fn propose_conf_change(&mut self, id: ProposalId, change: ConfChangeV2) -> bool {
+        if self.raw.raft.has_pending_conf() {
+            return false;
+        }
+        self.raw.propose_conf_change(id.encode(), change).is_ok()
     }
 
     /// A follower's write, if this node still leads: stamped with this clock, proposed under
     /// the follower's id (once, however often it arrives). Otherwise dropped: the follower's
     /// caller times out UNAVAILABLE, and retries.
     fn forwarded(&mut self, forward: Forward) {
-        if self.raw.raft.state != StateRole::Leader || forward.id.origin == self.config.id {
+        let stranger = !self.members.contains_key(&forward.id.origin);
+        if self.raw.raft.state != StateRole::Leader || forward.id.origin == self.config.id || stranger {
             return;
         }
         let seen = self.forwarded.entry((forward.id.origin, forward.id.epoch)).or_default();
@@ -607,7 +750,17 @@ impl Node {
             seen.pop_front();
         }
         seen.push_back(forward.id.seq);
-        let Ok(Entry::Apply { command, principal, .. }) = proposal::decode_entry(&forward.entry) else {
+        let entry = match forward.payload {
+            Forwarded::Write(entry) => entry,
+            Forwarded::Members(change) => {
+                // Whether it may take effect is decided where it is applied (every replica
+                // alike, and the follower's caller told); one under way makes this one wait
+                // for the caller's retry.
+                let _ = self.propose_conf_change(forward.id, change.to_conf_change());
+                return;
+            }
+        };
+        let Ok(Entry::Apply { command, principal, .. }) = proposal::decode_entry(&entry) else {
             tracing::warn!(from = forward.id.origin, "a forwarded write does not decode; dropped");
             return;
         };
@@ -631,12 +784,22 @@ impl Node {
         let Some(pending) = self.proposals.remove(&id.seq) else {
             return;
         };
-        if let Some(caller) = pending.caller {
+        if let Some(waiter) = pending.caller {
             let message = format!(
                 "node {} could not reach the leader (node {}): the write was not sent; retry",
                 self.config.id, forward.to
             );
-            self.answer(caller, ErrorCode::Unavailable, message);
+            self.answer_waiter(waiter, ErrorCode::Unavailable, message);
+        }
+    }
+
+    fn answer_waiter(&mut self, waiter: Waiter, code: ErrorCode, message: String) {
+        match waiter {
+            Waiter::Call(caller) => self.answer(caller, code, message),
+            Waiter::Members(ticket) => self.outbox.push_back(NodeOutput::MembersChanged {
+                ticket,
+                outcome: Err(CoreError::new(code, message)),
+            }),
         }
     }
 
@@ -661,7 +824,7 @@ impl Node {
     }
 
     /// Proposes `entry`; its commit answers `caller`. Returns the proposal's number.
-    fn propose(&mut self, caller: Option<CallerId>, entry: Entry) -> Option<u64> {
+    fn propose(&mut self, caller: Option<Waiter>, entry: Entry) -> Option<u64> {
         let seq = self.next_seq();
         let id = self.proposal_id(seq);
         match self.raw.propose(id.encode(), proposal::encode_entry(&entry)) {
@@ -677,9 +840,9 @@ impl Node {
                 Some(seq)
             }
             Err(error) => {
-                if let Some(caller) = caller {
+                if let Some(waiter) = caller {
                     let message = format!("the cluster refused the write ({error}): retry");
-                    self.answer(caller, ErrorCode::Unavailable, message);
+                    self.answer_waiter(waiter, ErrorCode::Unavailable, message);
                 }
                 None
             }
@@ -689,7 +852,11 @@ impl Node {
     /// A leader proposes what only it may: a grace when it takes over, time when a deadline
     /// of the replicated state falls due.
     fn leader_duties(&mut self) {
-        if self.raw.raft.state != StateRole::Leader || self.tick_in_flight.is_some() {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        self.promote_caught_up();
+        if self.tick_in_flight.is_some() {
             return;
         }
         if let Some(due) = self.machine.poll_timeout()
@@ -697,6 +864,24 @@ impl Node {
         {
             let now = self.cluster_now();
             self.tick_in_flight = self.propose(None, Entry::Tick { now });
+        }
+    }
+
+    /// A learner that has caught up becomes a voter (one change at a time).
+    fn promote_caught_up(&mut self) {
+        let progress = self.raw.raft.prs();
+        let committed = self.raw.raft.raft_log.committed;
+        let caught_up = (progress.conf().learners().iter()).find(|id| {
+            progress
+                .get(**id)
+                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG_MAX >= committed)
+        });
+        if let Some(&learner) = caught_up {
+            let seq = self.next_seq();
+            let id = self.proposal_id(seq);
+            if self.propose_conf_change(id, membership::promotion(learner)) {
+                tracing::info!(node = learner, "a learner caught up: proposing it as a voter");
+            }
         }
     }
 
@@ -708,9 +893,9 @@ impl Node {
             if self.tick_in_flight == Some(seq) {
                 self.tick_in_flight = None;
             }
-            if let Some(caller) = pending.caller {
+            if let Some(waiter) = pending.caller {
                 let message = "the write was not committed in time (no quorum?); it may yet take effect".to_string();
-                self.answer(caller, ErrorCode::Unavailable, message);
+                self.answer_waiter(waiter, ErrorCode::Unavailable, message);
             }
         }
         for (_, read) in take_where(&mut self.reads, |r| r.deadline <= now) {
@@ -791,8 +976,14 @@ impl Node {
         );
         // A snapshot that does not decode cannot be skipped (this replica would differ from
         // every other): stop rather than diverge.
-        let state = snapshot_state(&snapshot).unwrap_or_else(|error| panic!("{error}"));
+        let (addresses, state) = snapshot_state(&snapshot).unwrap_or_else(|error| panic!("{error}"));
         self.machine.install(Core::restore(self.config.core.clone(), state));
+        if let Some(addresses) = addresses
+            && addresses != self.members
+        {
+            self.members = addresses;
+            self.outbox.push_back(NodeOutput::Peers(self.members.clone()));
+        }
         self.applied = index;
         self.snapshot_at = index;
         self.snapshots.1 += 1;
@@ -801,15 +992,22 @@ impl Node {
     }
 
     /// Every `snapshot_every` applied entries: the replicated state as of the applied index
-    /// becomes the log's snapshot, and the entries more than `snapshot_keep` behind it go.
+    /// becomes the log's snapshot, and the entries more than `snapshot_keep` behind it go. The
+    /// first is taken at the first entry applied, and the log always starts after one: a node
+    /// that joins later has no configuration of its own and must begin from a snapshot, which
+    /// carries it (raft-rs sends one only where the entries a peer needs are compacted); and one
+    /// is taken when a member is added, so that the snapshot it is sent names it.
     fn snapshot_if_due(&mut self) {
-        if self.applied < self.snapshot_at + self.config.snapshot_every {
+        let first = self.snapshot_at == 0 && self.applied > 0;
+        let now = std::mem::take(&mut self.snapshot_now) && self.applied > self.snapshot_at;
+        if !first && !now && self.applied < self.snapshot_at + self.config.snapshot_every {
             return;
         }
         let index = self.applied;
         let term = self.raw.store().term(index).expect("an applied entry is held");
         let mut snapshot = Snapshot::default();
-        snapshot.data = crate::store::encode_snapshot(&self.machine.core().snapshot()).into();
+        let core = crate::store::encode_snapshot(&self.machine.core().snapshot());
+        snapshot.data = membership::encode_snapshot_data(&self.members, &core).into();
         let metadata = snapshot.mut_metadata();
         metadata.index = index;
         metadata.term = term;
@@ -818,7 +1016,7 @@ impl Node {
         self.snapshots.0 += 1;
         let store = self.raw.mut_store();
         store.set_snapshot(snapshot);
-        store.compact(index.saturating_sub(self.config.snapshot_keep));
+        store.compact(index.saturating_sub(self.config.snapshot_keep).max(1));
         self.outbox.push_back(self.snapshot_output());
     }
 
@@ -860,8 +1058,12 @@ impl Node {
             if self.config.observe_applied {
                 self.applied_entries.push(raft_entry.clone());
             }
+            if raft_entry.entry_type == EntryType::EntryConfChangeV2 {
+                self.apply_conf_change(&raft_entry);
+                continue;
+            }
             if raft_entry.entry_type != EntryType::EntryNormal || raft_entry.data.is_empty() {
-                // A new leader's empty entry; membership changes come with a later step.
+                // A new leader's empty entry (or a v1 membership change, which we never make).
                 continue;
             }
             let entry = match proposal::decode_entry(&raft_entry.data) {
@@ -882,7 +1084,10 @@ impl Node {
                 _ => None,
             };
             let waited_ms = caller.as_ref().map_or(0, |p| self.now.saturating_sub(p.proposed_at));
-            let caller = caller.and_then(|p| p.caller);
+            let caller = match caller.and_then(|p| p.caller) {
+                Some(Waiter::Call(caller)) => Some(caller),
+                _ => None,
+            };
             if let Some(caller) = caller {
                 self.answered.push(Answered {
                     caller,
@@ -892,6 +1097,74 @@ impl Node {
                 });
             }
             self.machine.handle(self.now, Input::Committed { entry, caller });
+        }
+    }
+
+    /// Who waits for the entry proposed under `context`, if it was proposed here.
+    fn waiter_of(&mut self, context: &[u8]) -> Option<Waiter> {
+        let id = ProposalId::decode(context).ok()?;
+        if id.origin != self.config.id || id.epoch != self.config.epoch {
+            return None;
+        }
+        self.proposals.remove(&id.seq)?.caller
+    }
+
+    /// A committed membership change: every replica decides alike from the replicated members
+    /// whether it takes effect (raft-rs is told only of those that do), and the addresses
+    /// follow; a removed leader steps down.
+    fn apply_conf_change(&mut self, raft_entry: &RaftEntry) {
+        let waiter = self.waiter_of(&raft_entry.context);
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let decided = membership::decode_conf_change(&raft_entry.data).and_then(|change| {
+            let ours = MemberChange::from_conf_change(&change)?;
+            Ok((change, ours))
+        });
+        let verdict = match decided {
+            Err(error) => Err(CoreError::new(ErrorCode::InvalidArgument, error)),
+            Ok((change, Some(ours))) => ours.check(&self.members, &conf).map(|()| (change, Some(ours))),
+            Ok((change, None)) => (membership::check_promotion(change.changes[0].node_id, &conf))
+                .map(|()| (change, None))
+                .map_err(|error| CoreError::new(ErrorCode::FailedPrecondition, error)),
+        };
+        let outcome = verdict.and_then(|(change, ours)| {
+            let conf = (self.raw.apply_conf_change(&change)).map_err(|error| {
+                CoreError::new(ErrorCode::FailedPrecondition, format!("consensus refused it: {error}"))
+            })?;
+            self.raw.mut_store().set_conf_state(conf);
+            let Some(ours) = ours else {
+                return Ok(());
+            };
+            match ours {
+                MemberChange::Add { id, peer_addr } => {
+                    self.members.insert(id, peer_addr);
+                    self.snapshot_now = true;
+                }
+                MemberChange::Remove { id } => {
+                    self.members.remove(&id);
+                    self.removed |= id == self.config.id;
+                }
+            }
+            self.outbox.push_back(NodeOutput::Peers(self.members.clone()));
+            Ok(())
+        });
+        if let Err(error) = &outcome {
+            tracing::warn!(index = raft_entry.index, error = %error.message, "a membership change did not take effect");
+        }
+        if self.removed && self.raw.raft.state == StateRole::Leader {
+            // raft-rs leaves a removed leader leading; it must not (the others elect anew).
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
+        if let Some(waiter) = waiter {
+            match (waiter, outcome) {
+                (Waiter::Members(ticket), outcome) => {
+                    self.outbox.push_back(NodeOutput::MembersChanged { ticket, outcome });
+                }
+                (Waiter::Call(caller), _) => {
+                    let message = "a call was answered by a membership change".to_string();
+                    self.answer(caller, ErrorCode::FailedPrecondition, message);
+                }
+            }
         }
     }
 
@@ -937,7 +1210,7 @@ impl Node {
         }
         let old = std::mem::replace(&mut self.seen_leader, leader);
         for (_, pending) in take_where(&mut self.proposals, |p| p.forwarded_to.is_some_and(|to| to == old)) {
-            if let Some(caller) = pending.caller {
+            if let Some(waiter) = pending.caller {
                 let message = format!(
                     "the leader changed (node {old} to {}) before the write was committed; it may yet take effect",
                     if leader == 0 {
@@ -946,7 +1219,7 @@ impl Node {
                         format!("node {leader}")
                     }
                 );
-                self.answer(caller, ErrorCode::Unavailable, message);
+                self.answer_waiter(waiter, ErrorCode::Unavailable, message);
             }
         }
         if leader == 0 {

@@ -11,6 +11,8 @@ struct Net {
     nodes: Vec<Node>,
     now: Millis,
     replies: Vec<(u64, CallerId, Outcome)>,
+    /// Membership changes answered: (node, ticket, outcome).
+    changes: Vec<(u64, u64, Result<(), CoreError>)>,
     /// A node cut off: nothing reaches it, nothing it sends arrives.
     cut: Option<u64>,
     /// Snapshot messages still to lose on the way.
@@ -38,6 +40,7 @@ impl Net {
             nodes,
             now: T0,
             replies: Vec::new(),
+            changes: Vec::new(),
             cut: None,
             lose_snapshots: 0,
         }
@@ -69,7 +72,13 @@ impl Net {
                         NodeOutput::Machine(Output::Reply { caller, outcome }) => {
                             self.replies.push((i as u64 + 1, caller, outcome));
                         }
-                        NodeOutput::Machine(_) | NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => {}
+                        NodeOutput::MembersChanged { ticket, outcome } => {
+                            self.changes.push((i as u64 + 1, ticket, outcome));
+                        }
+                        NodeOutput::Machine(_)
+                        | NodeOutput::Persist { .. }
+                        | NodeOutput::Snapshot { .. }
+                        | NodeOutput::Peers(_) => {}
                     }
                 }
             }
@@ -81,7 +90,8 @@ impl Net {
                 self.nodes[to].handle(self.now, NodeInput::Forwarded(forward));
             }
             for message in sent {
-                if !self.arrives(&message) {
+                // A node not started yet (one being added) gets nothing.
+                if !self.arrives(&message) || message.to as usize > self.nodes.len() {
                     continue;
                 }
                 let to = message.to as usize - 1;
@@ -118,6 +128,35 @@ impl Net {
             .collect();
         assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
         leaders.first().copied()
+    }
+
+    /// Asks `node` for a membership change and waits for its answer there.
+    fn change(&mut self, node: u64, ticket: u64, change: MemberChange) -> Result<(), CoreError> {
+        self.nodes[node as usize - 1].handle(self.now, NodeInput::ChangeMembers { ticket, change });
+        for _ in 0..50 {
+            self.settle();
+            if let Some(at) = self.changes.iter().position(|(n, t, _)| *n == node && *t == ticket) {
+                return self.changes.remove(at).2;
+            }
+            self.advance(100);
+        }
+        panic!("no answer to membership change {ticket} on node {node}");
+    }
+
+    /// Starts node `id` to join the running cluster: no configuration, the members' addresses.
+    fn join(&mut self, id: u64) {
+        assert_eq!(id as usize, self.nodes.len() + 1, "nodes join in id order");
+        let mut config = NodeConfig::new(id, Vec::new(), CoreConfig::default(), T0);
+        config.members = self.nodes[0].members().clone();
+        config.seed = 7;
+        config.epoch = 100 + id;
+        self.nodes
+            .push(Node::new(config, LogStore::new(&[]), self.now).expect("starts"));
+    }
+
+    fn member(&self, node: u64, id: u64) -> Option<MemberView> {
+        let view = self.nodes[node as usize - 1].view();
+        view.members.into_iter().find(|member| member.id == id)
     }
 
     fn call(&mut self, node: u64, caller: u64, command: Command) -> Outcome {
@@ -211,11 +250,11 @@ fn a_write_to_a_follower_is_forwarded_to_the_leader_and_answered_by_the_follower
             epoch: 9,
             seq: 1,
         },
-        entry: proposal::encode_entry(&Entry::Apply {
+        payload: Forwarded::Write(proposal::encode_entry(&Entry::Apply {
             now: 0,
             command: register("twice"),
             principal: None,
-        }),
+        })),
     };
     let before = net.nodes[leader as usize - 1].machine().core().stats().agents_alive;
     for _ in 0..2 {
@@ -406,4 +445,91 @@ fn a_follower_whose_snapshot_was_lost_is_sent_it_again_and_catches_up() {
         net.nodes[leader as usize - 1].status().applied
     );
     assert_eq!(caught_up.machine().core().stats().agents_alive, 30);
+}
+
+#[test]
+fn a_node_added_joins_as_a_learner_catches_up_from_a_snapshot_and_is_promoted_to_a_voter() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let Ok(Reply::Registered { agent_id }) = net.call(leader, 1, register("before")) else {
+        panic!("register failed");
+    };
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    // Asked on a follower: forwarded to the leader, answered once applied on the follower.
+    let add = MemberChange::Add {
+        id: 4,
+        peer_addr: "h4:7071".into(),
+    };
+    assert_eq!(net.change(follower, 1, add.clone()), Ok(()));
+    let learner = net.member(leader, 4).expect("node 4 is a member");
+    assert!(!learner.voter, "a new node starts as a learner");
+    assert_eq!(learner.peer_addr, "h4:7071");
+    // Asked again: it is a member already, and that is said at once.
+    let again = net.change(leader, 2, add).unwrap_err();
+    assert_eq!(again.code, ErrorCode::FailedPrecondition, "{again:?}");
+    net.join(4);
+    net.advance(2_000);
+    let node4 = &net.nodes[3];
+    assert_eq!(
+        node4.snapshots().1,
+        1,
+        "the new node started from its leader's snapshot"
+    );
+    assert!(
+        net.member(leader, 4).expect("still a member").voter,
+        "caught up: promoted"
+    );
+    assert_eq!(
+        node4.members().get(&1).map(String::as_str),
+        Some(""),
+        "it knows the members"
+    );
+    let got = net.call(
+        4,
+        3,
+        Command::GetAgent {
+            agent_id: agent_id.to_string(),
+        },
+    );
+    assert!(
+        matches!(got, Ok(Reply::Agent(_))),
+        "node 4 serves what was written before it joined: {got:?}"
+    );
+    let states: Vec<_> = net.nodes.iter().map(|n| n.machine().core().snapshot()).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "replicas differ");
+    // Four voters: a write still commits with one of them cut off.
+    net.cut = Some(follower);
+    let Ok(Reply::Registered { .. }) = net.call(leader, 4, register("with one down")) else {
+        panic!("a write with 3 of 4 voters up failed");
+    };
+}
+
+#[test]
+fn a_removed_follower_serves_nothing_more_and_a_removed_leader_steps_down_for_a_new_one() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    assert_eq!(net.change(leader, 1, MemberChange::Remove { id: follower }), Ok(()));
+    net.advance(500);
+    assert!(net.member(leader, follower).is_none());
+    assert!(net.nodes[follower as usize - 1].removed());
+    let refused = net.call(follower, 2, register("x")).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::FailedPrecondition, "{refused:?}");
+    assert!(refused.message.contains("removed"), "{refused:?}");
+    // Unknown and last-voter removals are refused with their reason.
+    let unknown = net.change(leader, 3, MemberChange::Remove { id: 9 }).unwrap_err();
+    assert_eq!(unknown.code, ErrorCode::NotFound, "{unknown:?}");
+    // The leader removes itself: it steps down, and the one left leads alone.
+    assert_eq!(net.change(leader, 4, MemberChange::Remove { id: leader }), Ok(()));
+    net.advance(5_000);
+    let last = (1..=3).find(|&n| n != leader && n != follower).unwrap();
+    assert_eq!(net.nodes[last as usize - 1].status().role, StateRole::Leader);
+    assert_ne!(net.nodes[leader as usize - 1].status().role, StateRole::Leader);
+    let Ok(Reply::Registered { .. }) = net.call(last, 5, register("alone")) else {
+        panic!("the last member cannot write");
+    };
+    let last_voter = net.change(last, 6, MemberChange::Remove { id: last }).unwrap_err();
+    assert_eq!(last_voter.code, ErrorCode::FailedPrecondition, "{last_voter:?}");
 }

@@ -110,6 +110,15 @@ enum ClusterCommand {
     /// The leader, the term, and each member with its role and applied index, as the node at
     /// --endpoint sees them.
     Status,
+    /// Add node ID, which will listen for peers at HOST:PORT, as a learner; the leader makes it
+    /// a voter once it has caught up. Then start it with --initial-cluster-state existing.
+    Add {
+        id: u64,
+        #[arg(value_name = "HOST:PORT")]
+        peer_addr: String,
+    },
+    /// Remove node ID from the cluster (a leader removed steps down; the others elect another).
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,14 +259,7 @@ async fn execute(args: CtlArgs) -> Result<(), String> {
             out.elections(&groups)
         }
         Command::Policy(command) => policy(channel, command, &out).await,
-        Command::Cluster(ClusterCommand::Status) => {
-            let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel);
-            let reply = client
-                .status(pb::ClusterStatusRequest {})
-                .await
-                .map_err(failed("ClusterService.Status"))?;
-            out.cluster(&reply.into_inner())
-        }
+        Command::Cluster(command) => cluster(channel, command, &out).await,
         Command::Tasks { status } => {
             let status = status.map_or(pb::TaskStatus::Unspecified, |s| match s {
                 TaskStatus::Pending => pb::TaskStatus::Pending,
@@ -478,6 +480,73 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Turns a failed call into its one line: "GetAgent: NOT_FOUND: agent ... is not known".
+async fn cluster(channel: Conn, command: ClusterCommand, out: &Output) -> Result<(), String> {
+    let client = pb::cluster_service_client::ClusterServiceClient::new(channel);
+    match command {
+        ClusterCommand::Status => {
+            let mut client = client;
+            let reply = client
+                .status(pb::ClusterStatusRequest {})
+                .await
+                .map_err(failed("ClusterService.Status"))?;
+            out.cluster(&reply.into_inner())
+        }
+        ClusterCommand::Add { id, peer_addr } => {
+            let request = pb::AddMemberRequest {
+                id,
+                peer_addr: peer_addr.clone(),
+            };
+            let reply = retry_membership(|| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.add_member(request).await }
+            })
+            .await
+            .map_err(failed("ClusterService.AddMember"))?;
+            let status = reply.into_inner().status.unwrap_or_default();
+            let others: Vec<String> = (status.members.iter())
+                .map(|m| format!("{}={}", m.id, m.peer_addr))
+                .collect();
+            let done = format!(
+                "node {id} added as a learner at {peer_addr}; it becomes a voter once it has caught up. Start it with:\n  \
+                 agentkeeper --node-id {id} --peer-addr {peer_addr} --initial-cluster {} --initial-cluster-state existing \
+                 --data-dir DIR --addr HOST:PORT\n",
+                others.join(",")
+            );
+            out.member_change(&done, &status)
+        }
+        ClusterCommand::Remove { id } => {
+            let reply = retry_membership(|| {
+                let mut client = client.clone();
+                async move { client.remove_member(pb::RemoveMemberRequest { id }).await }
+            })
+            .await
+            .map_err(failed("ClusterService.RemoveMember"))?;
+            let status = reply.into_inner().status.unwrap_or_default();
+            out.member_change(&format!("node {id} removed from the cluster\n"), &status)
+        }
+    }
+}
+
+/// Sends a membership change again while the cluster says to retry (one change at a time, an
+/// election under way), for up to ten seconds; any other answer is final.
+async fn retry_membership<T, F>(mut send: impl FnMut() -> F) -> Result<T, tonic::Status>
+where
+    F: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut left = 20;
+    loop {
+        match send().await {
+            Err(status)
+                if left > 0 && status.code() == tonic::Code::Unavailable && status.message().contains("retry") =>
+            {
+                left -= 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn failed(method: &'static str) -> impl Fn(tonic::Status) -> String {
     move |status| format!("{method}: {}", status_words(&status))
 }

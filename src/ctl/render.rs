@@ -110,50 +110,14 @@ impl Output {
     }
 
     pub fn cluster(&self, status: &pb::ClusterStatusResponse) -> Result<(), String> {
-        let rows = (status.members.iter())
-            .map(|m| {
-                vec![
-                    m.id.to_string(),
-                    m.peer_addr.clone(),
-                    m.role.clone(),
-                    m.applied_index.to_string(),
-                    m.last_heard_ms
-                        .map_or_else(|| "never".to_string(), |ms| format!("{ms}ms ago")),
-                ]
-            })
-            .collect();
-        let leader = match status.leader {
-            0 => "none (an election is under way)".to_string(),
-            id => id.to_string(),
-        };
-        let text = format!(
-            "node {} sees leader {leader}, term {}, commit index {}\n{}",
-            status.node_id,
-            status.term,
-            status.commit_index,
-            table(&["ID", "PEER ADDRESS", "ROLE", "APPLIED", "HEARD"], rows)
-        );
-        let members: Vec<Value> = (status.members.iter())
-            .map(|m| {
-                json!({
-                    "id": m.id,
-                    "addr": m.peer_addr,
-                    "role": m.role,
-                    "voter": m.voter,
-                    "applied_index": m.applied_index,
-                    "last_heard_ms": m.last_heard_ms,
-                })
-            })
-            .collect();
-        let json = json!({
-            "node_id": status.node_id,
-            "leader": status.leader,
-            "term": status.term,
-            "commit_index": status.commit_index,
-            "applied_index": status.applied_index,
-            "members": members,
-        });
+        let (json, text) = cluster_view(status);
         self.print(json, text)
+    }
+
+    /// A membership change done: what it did (text only), then the cluster as it is now.
+    pub fn member_change(&self, done: &str, status: &pb::ClusterStatusResponse) -> Result<(), String> {
+        let (json, text) = cluster_view(status);
+        self.print(json, format!("{done}\n{text}"))
     }
 
     pub fn leases(&self, leases: &[pb::Lease]) -> Result<(), String> {
@@ -446,6 +410,54 @@ fn pairs(fields: &[(&str, String)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The cluster as JSON and as text.
+fn cluster_view(status: &pb::ClusterStatusResponse) -> (Value, String) {
+    let rows = (status.members.iter())
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.peer_addr.clone(),
+                m.role.clone(),
+                m.applied_index.to_string(),
+                m.last_heard_ms
+                    .map_or_else(|| "never".to_string(), |ms| format!("{ms}ms ago")),
+            ]
+        })
+        .collect();
+    let leader = match status.leader {
+        0 => "none (an election is under way)".to_string(),
+        id => id.to_string(),
+    };
+    let text = format!(
+        "node {} sees leader {leader}, term {}, commit index {}\n{}",
+        status.node_id,
+        status.term,
+        status.commit_index,
+        table(&["ID", "PEER ADDRESS", "ROLE", "APPLIED", "HEARD"], rows)
+    );
+    let members: Vec<Value> = (status.members.iter())
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "addr": m.peer_addr,
+                "role": m.role,
+                "voter": m.voter,
+                "applied_index": m.applied_index,
+                "last_heard_ms": m.last_heard_ms,
+            })
+        })
+        .collect();
+    let json = json!({
+        "node_id": status.node_id,
+        "leader": status.leader,
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "members": members,
+    });
+    (json, text)
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 
 use super::Engine;
 use super::outlets::Outlets;
-use crate::cluster::{ClusterView, Node, NodeInput, NodeOutput, PeerTraffic};
-use crate::core::Core;
+use crate::cluster::{Addresses, ClusterView, MemberChange, Node, NodeInput, NodeOutput, PeerTraffic};
 use crate::core::machine::Input;
 use crate::core::types::Millis;
+use crate::core::{Core, CoreError};
 use crate::metrics::Metrics;
 use crate::store::consensus_log::ConsensusLog;
 
@@ -40,23 +41,50 @@ pub struct PeerLink {
     pub state: Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// Opens the way out to peer `id` at `addr` (a sender task on the network's runtime, which
+/// ends when the link's queue is dropped).
+pub type Connect = Box<dyn Fn(u64, &str) -> PeerLink + Send>;
+
 /// The way out to each peer.
 pub struct PeerOutbox {
-    peers: BTreeMap<u64, PeerLink>,
+    me: u64,
+    /// Per peer: the address its link goes to, and the link.
+    peers: BTreeMap<u64, (String, PeerLink)>,
+    connect: Connect,
     /// This node's applied index, for the senders to tell the peers.
     applied: Arc<AtomicU64>,
 }
 
 impl PeerOutbox {
-    pub fn new(peers: BTreeMap<u64, PeerLink>, applied: Arc<AtomicU64>) -> PeerOutbox {
-        PeerOutbox { peers, applied }
+    /// Ways out to every member of `addresses` but `me`.
+    pub fn new(me: u64, addresses: &Addresses, connect: Connect, applied: Arc<AtomicU64>) -> PeerOutbox {
+        let mut outbox = PeerOutbox {
+            me,
+            peers: BTreeMap::new(),
+            connect,
+            applied,
+        };
+        outbox.set_members(addresses);
+        outbox
+    }
+
+    /// Follows the membership: a way out to each new member, none to a member gone (its
+    /// sender ends), a new one to a member whose address changed.
+    fn set_members(&mut self, addresses: &Addresses) {
+        self.peers.retain(|id, (addr, _)| addresses.get(id) == Some(addr));
+        for (&id, addr) in addresses {
+            if id != self.me && !addr.is_empty() && !self.peers.contains_key(&id) {
+                let link = (self.connect)(id, addr);
+                self.peers.insert(id, (addr.clone(), link));
+            }
+        }
     }
 
     /// Queues `traffic` for its peer; dropped when the queue is full, the link down or the
     /// peer unknown. Returns a forwarded write surely not sent (its caller may send it again).
     fn send(&self, traffic: PeerTraffic, metrics: &Metrics) -> Option<crate::cluster::Forward> {
         let to = traffic.to();
-        let Some(peer) = self.peers.get(&to) else {
+        let Some((_, peer)) = self.peers.get(&to) else {
             tracing::debug!(to, "no such peer; dropped");
             return None;
         };
@@ -83,6 +111,15 @@ pub struct ClusterNode {
     peers: PeerOutbox,
     /// Outputs waiting for the consensus records before them to be synced.
     held: Vec<NodeOutput>,
+    /// Membership changes waiting for their entry, by ticket.
+    tickets: BTreeMap<u64, oneshot::Sender<Result<(), CoreError>>>,
+    next_ticket: u64,
+    /// Per peer: the applied index it last told this node, and when (this node's clock).
+    heard: BTreeMap<u64, (u64, Millis)>,
+    /// The clock at the latest input.
+    now: Millis,
+    /// Said once: this node was removed from the cluster.
+    told_removed: bool,
 }
 
 impl ClusterNode {
@@ -93,6 +130,11 @@ impl ClusterNode {
             log,
             peers,
             held: Vec::new(),
+            tickets: BTreeMap::new(),
+            next_ticket: 0,
+            heard: BTreeMap::new(),
+            now: 0,
+            told_removed: false,
         }
     }
 }
@@ -107,6 +149,7 @@ impl Engine for ClusterNode {
     }
 
     fn handle(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
         let input = match input {
             Input::Call {
                 caller,
@@ -124,7 +167,22 @@ impl Engine for ClusterNode {
     }
 
     fn peer(&mut self, now: Millis, traffic: PeerTraffic) {
+        self.now = self.now.max(now);
         self.node.handle(now, traffic.into());
+    }
+
+    fn heard(&mut self, now: Millis, from: u64, applied: u64) {
+        self.now = self.now.max(now);
+        let last = self.heard.entry(from).or_insert((0, now));
+        *last = (last.0.max(applied), now);
+    }
+
+    fn change_members(&mut self, now: Millis, change: MemberChange, reply: oneshot::Sender<Result<(), CoreError>>) {
+        self.now = self.now.max(now);
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.tickets.insert(ticket, reply);
+        self.node.handle(now, NodeInput::ChangeMembers { ticket, change });
     }
 
     /// Group commit: every consensus record the node emitted goes into one write and one
@@ -144,6 +202,11 @@ impl Engine for ClusterNode {
                         (self.log.replace(&snapshot, &entries, &hard_state))
                             .map_err(|error| format!("writing a snapshot: {error}"))?;
                         metrics.cluster_snapshots_total.inc();
+                    }
+                    NodeOutput::Peers(addresses) => {
+                        tracing::info!(?addresses, "the cluster's members changed");
+                        self.heard.retain(|id, _| addresses.contains_key(id));
+                        self.peers.set_members(&addresses);
                     }
                     other => self.held.push(other),
                 }
@@ -174,13 +237,27 @@ impl Engine for ClusterNode {
                             self.node.handle(now, NodeInput::Local(input));
                         }
                     }
-                    NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => unreachable!("taken above"),
+                    NodeOutput::MembersChanged { ticket, outcome } => {
+                        if let Some(reply) = self.tickets.remove(&ticket) {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } | NodeOutput::Peers(_) => {
+                        unreachable!("taken above")
+                    }
                 }
             }
         }
     }
 
     fn after_batch(&mut self, metrics: &Arc<Metrics>) {
+        if self.node.removed() && !self.told_removed {
+            self.told_removed = true;
+            tracing::warn!(
+                "this node was removed from the cluster: it answers every call FAILED_PRECONDITION; stop it \
+                 (its data dir cannot rejoin: a node joins afresh with an empty one)"
+            );
+        }
         let status = self.node.status();
         self.peers.applied.store(status.applied, Ordering::Relaxed);
         metrics.publish_cluster(&status);
@@ -192,6 +269,10 @@ impl Engine for ClusterNode {
     }
 
     fn cluster(&self) -> Option<ClusterView> {
-        Some(self.node.view())
+        let mut view = self.node.view();
+        for member in &mut view.members {
+            member.heard = (self.heard.get(&member.id)).map(|(applied, at)| (*applied, self.now.saturating_sub(*at)));
+        }
+        Some(view)
     }
 }

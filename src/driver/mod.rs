@@ -20,16 +20,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
+use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::cluster::{ClusterView, PeerTraffic};
+use crate::cluster::{ClusterView, MemberChange, PeerTraffic};
 use crate::core::machine::{Input, Machine};
 use crate::core::types::Millis;
-use crate::core::{Command, Core, Topic};
+use crate::core::{Command, Core, CoreError, ErrorCode, Topic};
 use crate::idle::{Spin, Spun};
 use crate::metrics::Metrics;
 
-pub use cluster::{ClusterNode, Link, PeerLink, PeerOutbox};
+pub use cluster::{ClusterNode, Connect, Link, PeerLink, PeerOutbox};
 pub use durability::Durability;
 use outlets::{Caller, Outlets, SWEEP_INTERVAL};
 pub use progress::{Beat, Progress};
@@ -57,6 +58,16 @@ trait Engine: Send + 'static {
     /// Work between batches (a single node's snapshots).
     fn after_batch(&mut self, metrics: &Arc<Metrics>) {
         let _ = metrics;
+    }
+    /// A peer said how far it has applied (for the cluster's status); a single node has none.
+    fn heard(&mut self, now: Millis, from: u64, applied: u64) {
+        let _ = (now, from, applied);
+    }
+    /// An operator's membership change; a single node has no members to change.
+    fn change_members(&mut self, now: Millis, change: MemberChange, reply: oneshot::Sender<Result<(), CoreError>>) {
+        let _ = (now, change);
+        let message = "this daemon runs as a single node (started without --initial-cluster)";
+        let _ = reply.send(Err(CoreError::new(ErrorCode::FailedPrecondition, message)));
     }
     /// The cluster as this node sees it; None on a single node.
     fn cluster(&self) -> Option<ClusterView> {
@@ -244,6 +255,14 @@ impl<E: Engine> Driver<E> {
                 }
                 Request::ClusterStatus { reply } => {
                     let _ = reply.send(self.engine.cluster());
+                    continue;
+                }
+                Request::Heard { from, applied } => {
+                    self.engine.heard(now, from, applied);
+                    continue;
+                }
+                Request::ChangeMembers { change, reply } => {
+                    self.engine.change_members(now, change, reply);
                     continue;
                 }
                 Request::EndStreams => {

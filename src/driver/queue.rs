@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::{ClusterView, PeerTraffic};
+use crate::cluster::{ClusterView, MemberChange, PeerTraffic};
 use crate::core::machine::StreamEnd;
 use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, CoreError, ErrorCode, Event, Outcome};
@@ -53,6 +53,13 @@ pub enum Request {
     /// The cluster as this node sees it (None on a single node).
     ClusterStatus {
         reply: oneshot::Sender<Option<ClusterView>>,
+    },
+    /// A peer's envelope said it has applied this far (for the cluster's status).
+    Heard { from: u64, applied: u64 },
+    /// An operator's membership change, answered once its entry is applied on this node.
+    ChangeMembers {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<(), CoreError>>,
     },
     /// Stops the driver thread.
     Stop,
@@ -110,6 +117,7 @@ fn is_priority(request: &Request) -> bool {
             command: Command::Heartbeat { .. } | Command::RenewLease { .. } | Command::Unwatch { .. },
             ..
         } | Request::Peer(_)
+            | Request::Heard { .. }
     )
 }
 
@@ -120,6 +128,8 @@ fn method_of(request: &Request) -> &'static str {
         Request::Clock { .. } => "Clock",
         Request::Peer(_) => "Peer",
         Request::ClusterStatus { .. } => "ClusterStatus",
+        Request::Heard { .. } => "Peer",
+        Request::ChangeMembers { .. } => "ChangeMembers",
         Request::EndStreams | Request::Stop => "Shutdown",
     }
 }
@@ -199,6 +209,13 @@ impl CoreHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Request::ClusterStatus { reply })?;
         answer.await.map_err(|_| shutting_down())
+    }
+
+    /// A membership change, answered once its entry is applied on this node (or refused).
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ChangeMembers { change, reply })?;
+        answer.await.unwrap_or_else(|_| Err(stopped_before_answering()))
     }
 
     /// Runs one unary command through the core.

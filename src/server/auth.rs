@@ -163,7 +163,7 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
     }
     let method = path.rsplit('/').next().unwrap_or("");
     Some(match method {
-        "SetPolicy" | "DeletePolicy" | "Advance" => &[],
+        "SetPolicy" | "DeletePolicy" | "Advance" | "AddMember" | "RemoveMember" => &[],
         "Register" | "Heartbeat" | "Deregister" | "AcquireLease" | "RenewLease" | "ReleaseLease" => {
             &[Orchestrator, Agent]
         }

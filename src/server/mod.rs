@@ -79,10 +79,10 @@ pub fn grpc(
 }
 
 impl Grpc {
-    /// Adds ClusterService: a cluster node's answers with what its peer book knows; a single
-    /// node's (no book) that it is no cluster.
-    pub fn with_cluster(self, core: CoreHandle, book: Option<Arc<peer::PeerBook>>) -> Grpc {
-        let status = cluster_status::ClusterStatus { core, book };
+    /// Adds ClusterService: a cluster node's status and membership changes; a single node
+    /// answers that it is no cluster.
+    pub fn with_cluster(self, core: CoreHandle, clustered: bool) -> Grpc {
+        let status = cluster_status::ClusterStatus { core, clustered };
         Grpc {
             routes: self
                 .routes

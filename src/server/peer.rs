@@ -6,10 +6,9 @@
 //! Traffic from another cluster (another cluster id) or for another node is refused; nothing
 //! here blocks the driver: a full lane or queue drops, and consensus retries what matters.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protobuf::Message as _;
 use tokio::net::TcpListener;
@@ -17,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::{Forward, InitialCluster, Message, PeerTraffic, ProposalId};
-use crate::driver::{self, CoreHandle, Link, PeerLink, PeerOutbox};
+use crate::cluster::{Addresses, ClusterIdentity, Forward, Forwarded, MemberChange, Message, PeerTraffic, ProposalId};
+use crate::driver::{self, Connect, CoreHandle, Link, PeerLink, PeerOutbox};
 use crate::proto::peer as pb;
 
 /// Consensus messages and forwards queued for one peer before more are dropped.
@@ -31,15 +30,13 @@ const ENVELOPE_BYTES_MAX: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
-/// Who this node is among its peers, and what it knows of them (for the cluster's status).
+/// Who this node is among its peers: what every envelope it sends says of it, and how it
+/// connects to them. Who the peers are is the replicated membership's, in the driver.
 pub struct PeerBook {
     pub node_id: u64,
     pub cluster_id: u64,
-    pub members: InitialCluster,
-    started: Instant,
-    /// Per member: the applied index it last told us, and when we last heard from it (ms
-    /// since `started`, plus 1; 0: never).
-    heard: BTreeMap<u64, (AtomicU64, AtomicU64)>,
+    /// The replicated core's seed, for a node that joins (`Describe`).
+    pub core_seed: u64,
     /// This node's applied index (the driver keeps it), which the senders tell the peers.
     pub applied: Arc<AtomicU64>,
     /// With `--peer-tls-*`: how this node proves itself to its peers and checks them.
@@ -47,53 +44,74 @@ pub struct PeerBook {
 }
 
 impl PeerBook {
-    #[allow(clippy::disallowed_methods)] // the network side's own clock, for "last heard"
-    pub fn new(node_id: u64, members: InitialCluster, tls: Option<tonic::transport::ClientTlsConfig>) -> PeerBook {
-        let heard = (members.members.keys())
-            .map(|id| (*id, (AtomicU64::new(0), AtomicU64::new(0))))
-            .collect();
+    pub fn new(node_id: u64, identity: ClusterIdentity, tls: Option<tonic::transport::ClientTlsConfig>) -> PeerBook {
         PeerBook {
             node_id,
-            cluster_id: members.cluster_id(),
-            members,
-            started: Instant::now(),
-            heard,
+            cluster_id: identity.cluster_id,
+            core_seed: identity.core_seed,
             applied: Arc::default(),
             tls,
         }
     }
-
-    fn heard_from(&self, id: u64, applied: u64) {
-        if let Some((last_applied, at)) = self.heard.get(&id) {
-            last_applied.fetch_max(applied, Ordering::Relaxed);
-            at.store(self.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// What member `id` last said of itself: its applied index, and how long ago (None: never).
-    pub fn last_heard(&self, id: u64) -> (u64, Option<Duration>) {
-        let Some((applied, at)) = self.heard.get(&id) else {
-            return (0, None);
-        };
-        let at = at.load(Ordering::Relaxed);
-        let ago = (at > 0).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(at - 1)));
-        (applied.load(Ordering::Relaxed), ago)
-    }
 }
 
-/// Starts one sender task per peer on the current runtime; returns the driver's way to them.
-pub fn spawn_senders(book: &Arc<PeerBook>) -> PeerOutbox {
-    let mut queues = BTreeMap::new();
-    for (&id, addr) in &book.members.members {
-        if id == book.node_id {
-            continue;
-        }
+/// The driver's way to open a link to a peer: a sender task on the current runtime, which
+/// ends when the driver drops the link's queue (the peer left the cluster).
+pub fn connector(book: &Arc<PeerBook>) -> Connect {
+    let book = Arc::clone(book);
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move |id, addr| {
         let (queue, queued) = mpsc::channel(PEER_QUEUE_MAX);
         let state = Arc::new(std::sync::atomic::AtomicU8::new(Link::Connecting as u8));
-        tokio::spawn(send_to(Arc::clone(book), id, addr.clone(), queued, Arc::clone(&state)));
-        queues.insert(id, PeerLink { queue, state });
+        runtime.spawn(send_to(
+            Arc::clone(&book),
+            id,
+            addr.to_string(),
+            queued,
+            Arc::clone(&state),
+        ));
+        PeerLink { queue, state }
+    })
+}
+
+/// The driver's way out to the peers `addresses` names (all but this node).
+pub fn outbox(book: &Arc<PeerBook>, addresses: &Addresses) -> PeerOutbox {
+    PeerOutbox::new(book.node_id, addresses, connector(book), Arc::clone(&book.applied))
+}
+
+/// The way to a peer's port at `addr`; with TLS, its certificate must name the host as the
+/// membership gives it.
+fn endpoint(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+    if let Some(tls) = tls {
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoint = endpoint.tls_config(tls.clone().domain_name(host))?;
     }
-    PeerOutbox::new(queues, Arc::clone(&book.applied))
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// Asks the member at peer address `addr` which cluster it belongs to and who its members
+/// are (for node `node_id`, joining).
+pub async fn describe(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+    node_id: u64,
+) -> Result<pb::ClusterIdentity, String> {
+    let endpoint = endpoint(addr, tls).map_err(|error| format!("not a usable peer address: {error}"))?;
+    let channel = endpoint.connect().await.map_err(|error| error.to_string())?;
+    let mut client = pb::peer_service_client::PeerServiceClient::new(channel);
+    let answer =
+        (client.describe(pb::DescribeRequest { node_id }).await).map_err(|status| status.message().to_string())?;
+    Ok(answer.into_inner())
 }
 
 /// Keeps a stream open to peer `to` and sends it what the driver queues, batched; on a broken
@@ -107,27 +125,10 @@ async fn send_to(
     link: Arc<std::sync::atomic::AtomicU8>,
 ) {
     let set = |state: Link| link.store(state as u8, Ordering::Relaxed);
-    let scheme = if book.tls.is_some() { "https" } else { "http" };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"));
-    let endpoint = match (endpoint, &book.tls) {
-        (Ok(endpoint), None) => Ok(endpoint),
-        // The certificate must name the host as --initial-cluster gives it.
-        (Ok(endpoint), Some(tls)) => {
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            endpoint.tls_config(tls.clone().domain_name(host))
-        }
-        (Err(error), _) => Err(error),
-    };
-    let Ok(endpoint) = endpoint else {
+    let Ok(endpoint) = endpoint(&addr, book.tls.as_ref()) else {
         tracing::error!(peer = to, %addr, "not a usable peer address; nothing is sent to this peer");
         return;
     };
-    let endpoint = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
     loop {
@@ -139,7 +140,15 @@ async fn send_to(
                     tracing::warn!(peer = to, %addr, %error, "cannot reach peer; retrying");
                     warned = true;
                 }
-                while queued.try_recv().is_ok() {}
+                // What waited is stale by the time the peer is back; a queue the driver
+                // dropped means the peer left the cluster.
+                loop {
+                    match queued.try_recv() {
+                        Ok(_) => continue,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
@@ -204,9 +213,26 @@ fn add(envelope: &mut pb::PeerEnvelope, traffic: PeerTraffic) {
                 .messages
                 .push(message.write_to_bytes().expect("a consensus message always encodes"));
         }
-        PeerTraffic::Forward(forward) => envelope.forwards.push(pb::ForwardedWrite {
-            proposal: forward.id.encode(),
-            entry: forward.entry,
+        PeerTraffic::Forward(forward) => envelope.forwards.push(match forward.payload {
+            Forwarded::Write(entry) => pb::ForwardedWrite {
+                proposal: forward.id.encode(),
+                entry,
+                member_change: None,
+            },
+            Forwarded::Members(change) => pb::ForwardedWrite {
+                proposal: forward.id.encode(),
+                entry: Vec::new(),
+                member_change: Some(match change {
+                    MemberChange::Add { id, peer_addr } => pb::MemberChange {
+                        id,
+                        add_peer_addr: peer_addr,
+                    },
+                    MemberChange::Remove { id } => pb::MemberChange {
+                        id,
+                        add_peer_addr: String::new(),
+                    },
+                }),
+            },
         }),
     }
 }
@@ -219,23 +245,23 @@ struct PeerServer {
 }
 
 impl PeerServer {
-    /// What one envelope carries, checked: for this node, from a member, of this cluster.
-    fn take(&self, envelope: pb::PeerEnvelope) -> Result<Vec<PeerTraffic>, Status> {
+    /// What one envelope carries, checked: for this node, of this cluster (whether the sender
+    /// is a member is the replicated membership's to say: the node ignores a stranger).
+    fn take(&self, envelope: &pb::PeerEnvelope) -> Result<Vec<PeerTraffic>, Status> {
         let book = &self.book;
         if envelope.cluster_id != book.cluster_id {
             return Err(Status::permission_denied(format!(
-                "traffic for cluster {:016x}; this node belongs to cluster {:016x} (is --initial-cluster \
-                 the same on every node?)",
+                "traffic for cluster {:016x}; this node belongs to cluster {:016x} (was every node \
+                 created with the same --initial-cluster, or added with `ctl cluster add`?)",
                 envelope.cluster_id, book.cluster_id
             )));
         }
-        if envelope.to != book.node_id || !book.members.members.contains_key(&envelope.from) {
+        if envelope.to != book.node_id || envelope.from == book.node_id || envelope.from == 0 {
             return Err(Status::invalid_argument(format!(
-                "traffic from node {} to node {}; this is node {} and it knows no such sender",
+                "traffic from node {} to node {}; this is node {}",
                 envelope.from, envelope.to, book.node_id
             )));
         }
-        book.heard_from(envelope.from, envelope.applied);
         let mut traffic = Vec::with_capacity(envelope.messages.len() + envelope.forwards.len());
         for bytes in &envelope.messages {
             let message = Message::parse_from_bytes(bytes)
@@ -247,16 +273,26 @@ impl PeerServer {
             }
             traffic.push(PeerTraffic::Message(Box::new(message)));
         }
-        for write in envelope.forwards {
+        for write in &envelope.forwards {
             let id = ProposalId::decode(&write.proposal)
                 .map_err(|error| Status::invalid_argument(format!("a forwarded write's id: {error}")))?;
             if id.origin != envelope.from {
                 return Err(Status::invalid_argument("a forwarded write names another origin"));
             }
+            let payload = match &write.member_change {
+                None => Forwarded::Write(write.entry.clone()),
+                Some(change) if change.add_peer_addr.is_empty() => {
+                    Forwarded::Members(MemberChange::Remove { id: change.id })
+                }
+                Some(change) => Forwarded::Members(MemberChange::Add {
+                    id: change.id,
+                    peer_addr: change.add_peer_addr.clone(),
+                }),
+            };
             traffic.push(PeerTraffic::Forward(Forward {
                 to: book.node_id,
                 id,
-                entry: write.entry,
+                payload,
             }));
         }
         Ok(traffic)
@@ -271,7 +307,13 @@ impl pb::peer_service_server::PeerService for PeerServer {
     ) -> Result<Response<pb::PeerStreamEnd>, Status> {
         let mut envelopes = request.into_inner();
         while let Some(envelope) = envelopes.message().await? {
-            for traffic in self.take(envelope)? {
+            let traffic = self.take(&envelope)?;
+            let heard = driver::Request::Heard {
+                from: envelope.from,
+                applied: envelope.applied,
+            };
+            let _ = self.core.send(heard);
+            for traffic in traffic {
                 // A full lane drops it: the sender's consensus retries (a lost forward times
                 // out UNAVAILABLE at the follower, whose caller retries).
                 if self.core.send(driver::Request::Peer(traffic)).is_err() {
@@ -280,6 +322,25 @@ impl pb::peer_service_server::PeerService for PeerServer {
             }
         }
         Ok(Response::new(pb::PeerStreamEnd {}))
+    }
+
+    async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::ClusterIdentity>, Status> {
+        let asking = request.into_inner().node_id;
+        let view = (self.core.cluster_status().await)
+            .map_err(|error| Status::unavailable(error.message))?
+            .ok_or_else(|| Status::failed_precondition("not a cluster node"))?;
+        tracing::info!(node = asking, "a node asked who the cluster is (joining?)");
+        Ok(Response::new(pb::ClusterIdentity {
+            cluster_id: self.book.cluster_id,
+            core_seed: self.book.core_seed,
+            members: (view.members.into_iter())
+                .map(|member| pb::PeerMember {
+                    id: member.id,
+                    peer_addr: member.peer_addr,
+                    voter: member.voter,
+                })
+                .collect(),
+        }))
     }
 }
 

@@ -18,13 +18,18 @@ use raft::eraftpb::{Entry, HardState, Snapshot};
 
 use super::wal::{self, Damage};
 use super::{StoreError, create_whole, io_error, lock_dir, truncate};
-use crate::cluster::LogStore;
+use crate::cluster::{ClusterIdentity, LogStore};
 
 pub(super) const FILE: &str = "consensus.log";
 const SNAPSHOT_FILE: &str = "consensus.snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"AKCONSSN";
 /// This node's incarnation count (see `cluster::ProposalId`): 8 bytes, little-endian.
 const EPOCH_FILE: &str = "node.epoch";
+/// Which cluster the node belongs to (`cluster::ClusterIdentity`): magic, cluster id, core
+/// seed, founding (1 byte), CRC-32 of what precedes it.
+const IDENTITY_FILE: &str = "cluster.identity";
+const IDENTITY_MAGIC: &[u8; 8] = b"AKCLUSID";
+const IDENTITY_BYTES: usize = 8 + 8 + 8 + 1 + 4;
 const MAGIC: &[u8; 8] = b"AKCONSLG";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 24;
@@ -112,6 +117,39 @@ fn decode_snapshot_file(bytes: &[u8]) -> Result<Snapshot, String> {
         return Err("the payload's checksum does not match".into());
     }
     Snapshot::parse_from_bytes(payload).map_err(|e| e.to_string())
+}
+
+/// The identity kept in `dir`, if any; `Ok(None)` for a data dir that has none yet (new, or
+/// written before identities were kept: then `has_log` tells which).
+pub fn read_identity(dir: &Path) -> Result<Option<ClusterIdentity>, StoreError> {
+    let path = dir.join(IDENTITY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(StoreError::Io { path, error }),
+    };
+    let damaged = |detail: &str| StoreError::Damaged {
+        path: path.clone(),
+        detail: detail.to_string(),
+    };
+    if bytes.len() != IDENTITY_BYTES || &bytes[..8] != IDENTITY_MAGIC {
+        return Err(damaged("not an agentkeeper cluster identity"));
+    }
+    let body = IDENTITY_BYTES - 4;
+    if crc32fast::hash(&bytes[..body]) != u32::from_le_bytes(bytes[body..].try_into().expect("4 bytes")) {
+        return Err(damaged("its checksum does not match"));
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Some(ClusterIdentity {
+        cluster_id: word(8),
+        core_seed: word(16),
+        founding: bytes[24] == 1,
+    }))
+}
+
+/// Whether `dir` holds a consensus log (a node that ran there before).
+pub fn has_log(dir: &Path) -> bool {
+    dir.join(FILE).exists()
 }
 
 fn decode(payload: &[u8]) -> Result<Record, String> {
@@ -243,6 +281,19 @@ impl ConsensusLog {
         let epoch = last + 1;
         create_whole(&dir, &path, &epoch.to_le_bytes())?;
         Ok(epoch)
+    }
+
+    /// Keeps which cluster this node belongs to, durably (once, at its first start).
+    pub fn keep_identity(&self, identity: &ClusterIdentity) -> Result<(), StoreError> {
+        let dir = self.path.parent().expect("the log is in its data dir");
+        let mut bytes = Vec::with_capacity(IDENTITY_BYTES);
+        bytes.extend_from_slice(IDENTITY_MAGIC);
+        bytes.extend_from_slice(&identity.cluster_id.to_le_bytes());
+        bytes.extend_from_slice(&identity.core_seed.to_le_bytes());
+        bytes.push(u8::from(identity.founding));
+        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+        create_whole(dir, &dir.join(IDENTITY_FILE), &bytes)?;
+        Ok(())
     }
 
     /// The bytes appended and not yet synced.
