@@ -641,6 +641,8 @@ impl Model {
         self.tick(now);
         match command {
             Command::Register { card, ttl_seconds } => self.register(card, *ttl_seconds, core),
+            // The simulator's clients number no request (the core's sessions are unit-tested).
+            Command::Once { .. } => unreachable!("the simulator's clients send no numbered request"),
             Command::Heartbeat { agent_id } => self.heartbeat(agent_id),
             Command::Deregister { agent_id } => {
                 let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;

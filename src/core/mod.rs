@@ -17,6 +17,7 @@ pub mod listing;
 pub mod machine;
 pub mod registry;
 pub mod search;
+pub mod sessions;
 pub mod snapshot;
 pub mod tasks;
 pub mod timers;
@@ -109,6 +110,12 @@ pub enum Command {
     Register {
         card: AgentCard,
         ttl_seconds: u32,
+    },
+    /// A creating write (Register or CreateTask) numbered by its client: applied once however
+    /// often it comes, and answered as the first time (`core::sessions`).
+    Once {
+        request: sessions::RequestId,
+        command: Box<Command>,
     },
     Heartbeat {
         agent_id: String,
@@ -254,6 +261,9 @@ impl Command {
     /// True when the command can change durable state, so a store logs it and its reply waits
     /// until the log is on disk. Reads and watch subscriptions are not logged.
     pub fn is_logged(&self) -> bool {
+        if let Command::Once { command, .. } = self {
+            return command.is_logged();
+        }
         !matches!(
             self,
             Command::GetAgent { .. }
@@ -277,6 +287,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Register { .. } => "Register",
+            Command::Once { command, .. } => command.name(),
             Command::Heartbeat { .. } => "Heartbeat",
             Command::Deregister { .. } => "Deregister",
             Command::GetAgent { .. } => "GetAgent",
@@ -476,6 +487,7 @@ pub struct Core {
     bus: EventBus,
     timers: TimerWheel<Deadline>,
     expired: Vec<(timers::TimerKey, Deadline)>,
+    sessions: sessions::Sessions,
 }
 
 impl Core {
@@ -491,6 +503,7 @@ impl Core {
             bus: EventBus::new(config.event_ring_max, config.watchers_max),
             timers: TimerWheel::new(now),
             expired: Vec::new(),
+            sessions: sessions::Sessions::default(),
             ids,
             now,
             config,
@@ -517,11 +530,63 @@ impl Core {
     /// for an agent is refused unless the agent is bound to the same token (see `owner_check`).
     pub fn apply_as(&mut self, now: Millis, command: Command, principal: Option<TokenId>) -> Outcome {
         let _ = self.tick(now);
+        let (request, command) = match command {
+            Command::Once { request, command } => (Some(request), *command),
+            command => (None, command),
+        };
         if let Some(token) = principal {
             self.owner_check(&command, token)?;
         }
+        let Some(request) = request else {
+            return self.execute(command, principal);
+        };
+        if !matches!(command, Command::Register { .. } | Command::CreateTask { .. }) {
+            let message = format!(
+                "a numbered request is a Register or a CreateTask, not a {}",
+                command.name()
+            );
+            return Err(CoreError::new(ErrorCode::InvalidArgument, message));
+        }
+        if let Some(created) = self.sessions.created(request) {
+            return match (created, &command) {
+                (sessions::Created::Agent(agent_id), Command::Register { .. }) => Ok(Reply::Registered { agent_id }),
+                (sessions::Created::Task(task_id), Command::CreateTask { .. }) => self.execute(
+                    Command::GetTask {
+                        task_id: task_id.to_string(),
+                    },
+                    None,
+                ),
+                _ => Err(CoreError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "request {} of this client was another kind of call than this {}: a request number is \
+                         used once",
+                        request.seq,
+                        command.name()
+                    ),
+                )),
+            };
+        }
+        let outcome = self.execute(command, principal);
+        let created = match &outcome {
+            Ok(Reply::Registered { agent_id }) => Some(sessions::Created::Agent(*agent_id)),
+            Ok(Reply::Task(task)) => Some(sessions::Created::Task(task.id)),
+            _ => None,
+        };
+        if let Some(created) = created {
+            self.sessions.remember(self.now, request, created);
+        }
+        outcome
+    }
+
+    /// Runs one command (its time already set, its caller's ownership checked).
+    fn execute(&mut self, command: Command, principal: Option<TokenId>) -> Outcome {
         match command {
             Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds, principal),
+            Command::Once { .. } => Err(CoreError::new(
+                ErrorCode::InvalidArgument,
+                "a numbered request inside another",
+            )),
             Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
             Command::Deregister { agent_id } => self.deregister(&agent_id),
             Command::GetAgent { agent_id } => self.get_agent(&agent_id),
@@ -746,6 +811,7 @@ impl Core {
         self.leases.check_invariants(self.now, &self.registry, &self.timers);
         self.elections.check_invariants(&self.registry);
         self.check_task_invariants();
+        self.sessions.check_invariants();
     }
 
     /// An agent token acts only for the agents it registered: Heartbeat, Deregister and the

@@ -93,6 +93,8 @@ pub struct CoreSnapshot {
     /// log behaves as the original did), and the next waiter id.
     pub waiters: Vec<WaiterState>,
     pub waiter_next: u64,
+    /// Clients' remembered creating writes (`core::sessions`), by client id.
+    pub sessions: Vec<super::sessions::SessionState>,
 }
 
 impl Core {
@@ -180,6 +182,7 @@ impl Core {
                 })
                 .collect(),
             waiter_next: self.tasks.waiter_next,
+            sessions: self.sessions.snapshot(),
         }
     }
 
@@ -241,6 +244,7 @@ impl Core {
         for waiter in snapshot.waiters {
             core.restore_waiter(waiter, &keys);
         }
+        core.sessions = super::sessions::Sessions::restore(snapshot.sessions);
         core
     }
 

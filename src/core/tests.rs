@@ -1361,3 +1361,74 @@ fn an_agent_token_acts_only_for_its_own_agents_across_a_snapshot_until_the_agent
         ErrorCode::PermissionDenied
     );
 }
+
+#[test]
+fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as_the_first_time() {
+    let config = CoreConfig {
+        seed: 42,
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(config.clone(), T0);
+    let numbered = |seq: u64, command: Command| Command::Once {
+        request: sessions::RequestId { client: 0xfeed, seq },
+        command: Box::new(command),
+    };
+    let register = || Command::Register {
+        card: AgentCard {
+            name: "worker".into(),
+            ..AgentCard::default()
+        },
+        ttl_seconds: 60,
+    };
+    let create = || Command::CreateTask {
+        kind: "build".into(),
+        input: b"x".to_vec(),
+        required_tools: vec![],
+        max_retries: 0,
+        ttl_seconds: 0,
+    };
+    let first = core.apply(T0, numbered(1, register())).expect("registers");
+    let again = core.apply(T0 + 5, numbered(1, register())).expect("answered again");
+    assert_eq!(first, again, "the same agent id, not a second agent");
+    assert_eq!(core.stats().agents_alive, 1);
+    let task = core.apply(T0 + 6, numbered(2, create())).expect("creates");
+    assert_eq!(core.apply(T0 + 7, numbered(2, create())), Ok(task.clone()));
+    let Reply::Task(view) = &task else {
+        panic!("a task: {task:?}")
+    };
+    let listed = core.apply(
+        T0 + 8,
+        Command::ListTasks {
+            status: None,
+            page_size: 100,
+            page_token: String::new(),
+            bytes_left: None,
+        },
+    );
+    assert!(matches!(&listed, Ok(Reply::Tasks { tasks, .. }) if tasks.len() == 1 && tasks[0].id == view.id));
+    // A number used for another kind of call is refused, not answered with the first's reply.
+    let reused = core.apply(T0 + 8, numbered(1, create())).unwrap_err();
+    assert_eq!(reused.code, ErrorCode::InvalidArgument, "{reused:?}");
+    // A snapshot keeps what was remembered: a restarted or newly joined replica answers alike.
+    let mut restored = Core::restore(config, core.snapshot());
+    assert_eq!(restored.apply(T0 + 9, numbered(1, register())), Ok(first.clone()));
+    assert_eq!(restored.stats().agents_alive, 1);
+    // Another number is another request.
+    let second = restored.apply(T0 + 10, numbered(3, register())).expect("registers");
+    assert_ne!(second, first);
+    assert_eq!(restored.stats().agents_alive, 2);
+    // Only creating writes are numbered; a failed one is not remembered.
+    let heartbeat = Command::Heartbeat { agent_id: "x".into() };
+    let refused = restored.apply(T0 + 11, numbered(4, heartbeat)).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    let bad = Command::Register {
+        card: AgentCard::default(),
+        ttl_seconds: 60,
+    };
+    assert!(
+        restored.apply(T0 + 12, numbered(5, bad)).is_err(),
+        "a card with no name is refused"
+    );
+    assert_eq!(restored.apply(T0 + 13, numbered(5, register())).map(|_| ()), Ok(()));
+    restored.check_invariants();
+}

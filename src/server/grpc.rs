@@ -250,7 +250,7 @@ type EventStreamBox = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Sen
 impl pb::registry_service_server::RegistryService for Api {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let principal = Self::agent_token(&request);
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let mut card = request.card.unwrap_or_default();
         // An A2A card is checked here, at the edge, and fills the plain card (skills as
         // capabilities); the core keeps its JSON verbatim.
@@ -260,6 +260,7 @@ impl pb::registry_service_server::RegistryService for Api {
             card,
             ttl_seconds: request.ttl_seconds,
         };
+        let command = super::numbered::numbered(&metadata, command)?;
         match self.call_as("Register", command, principal).await? {
             Reply::Registered { agent_id } => Ok(Response::new(pb::RegisterResponse {
                 agent_id: agent_id.to_string(),
@@ -584,7 +585,7 @@ impl pb::task_service_server::TaskService for Api {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let command = Command::CreateTask {
             kind: r.r#type,
             input: r.input,
@@ -592,6 +593,7 @@ impl pb::task_service_server::TaskService for Api {
             max_retries: r.max_retries,
             ttl_seconds: r.ttl_seconds,
         };
+        let command = super::numbered::numbered(&metadata, command)?;
         match self.call("CreateTask", command).await? {
             Reply::Task(task) => Ok(Response::new(pb::CreateTaskResponse {
                 task: Some(convert::task_to_pb(&task)),

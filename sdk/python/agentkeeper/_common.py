@@ -21,6 +21,8 @@ from agentkeeper._types import ConnectionState, Lease
 __all__ = [
     "RetryPolicy",
     "IDEMPOTENT",
+    "CLIENT_ID_HEADER",
+    "REQUEST_SEQ_HEADER",
     "STREAM_RETRYABLE",
     "DEFAULT_TIMEOUT",
     "resolve_address",
@@ -48,6 +50,13 @@ DEFAULT_TIMEOUT = 30.0
 # Calls that are safe to send again when the first attempt may or may not have arrived (the
 # method table in _rpc says which, and why).
 IDEMPOTENT = IDEMPOTENT_NAMES
+
+# The metadata that numbers a creating write (Register, CreateTask): the daemon applies a request
+# once per (client id, number), and answers a repeat as it answered the first, so such a call is
+# safe to send again. The id is random per client; the number is new per call, kept across its
+# retries.
+CLIENT_ID_HEADER = "agentkeeper-client-id"
+REQUEST_SEQ_HEADER = "agentkeeper-request-seq"
 
 # gRPC's own message when the channel had no connection to send the call on (the daemon is down
 # or restarting): the request never left this process, so even a non-idempotent call may be sent
@@ -125,18 +134,19 @@ def not_carried_out(code: grpc.StatusCode, details: str) -> bool:
     return _NOT_SENT_MARKER in text or any(marker in text for marker in _REFUSED_MARKERS)
 
 
-def should_retry(method: str, code: grpc.StatusCode, details: str) -> bool:
+def should_retry(method: str, code: grpc.StatusCode, details: str, numbered: bool = False) -> bool:
     """Whether a failed call of ``method`` may be sent again (after a backoff delay, to the next
     endpoint when there are several).
 
-    Idempotent calls: on any UNAVAILABLE. The others (Register, ReleaseLease, DeletePolicy,
-    Advance, task mutations): only when the request surely was not carried out (see
-    :func:`not_carried_out`), as a second Register after a lost reply would register a second
-    agent and a second DeletePolicy would answer NOT_FOUND.
+    Idempotent calls, and numbered ones (a Register or CreateTask carrying this client's id and
+    the request's number, which the daemon applies once however often it comes): on any
+    UNAVAILABLE. The others (ReleaseLease, DeletePolicy, Advance, task mutations): only when the
+    request surely was not carried out (see :func:`not_carried_out`), as a second DeletePolicy
+    would answer NOT_FOUND.
     """
     if code != grpc.StatusCode.UNAVAILABLE:
         return False
-    return method in IDEMPOTENT or not_carried_out(code, details)
+    return method in IDEMPOTENT or numbered or not_carried_out(code, details)
 
 
 def failed_for_good(method: str, error: AgentKeeperError) -> AgentKeeperError:

@@ -148,11 +148,17 @@ class AsyncTransport:
         """A new transport with the same settings on a connection of its own (for a stream)."""
         return AsyncTransport(self.target, self._credentials, self._token, [*self._options, _OWN_CONNECTION])
 
-    async def call(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> Resp:
-        """One attempt of a unary call."""
+    async def call(
+        self,
+        rpc: Rpc[Req, Resp],
+        request: Req,
+        timeout: Optional[float],
+        metadata: Optional[tuple[tuple[str, str], ...]] = None,
+    ) -> Resp:
+        """One attempt of a unary call (``metadata``: extra headers, such as a request's number)."""
         method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
         try:
-            response: Resp = await method(request, timeout=timeout)
+            response: Resp = await method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         return response
@@ -298,11 +304,17 @@ class Transport:
         """A new transport with the same settings on a connection of its own (for a stream)."""
         return Transport(self.target, self._credentials, self._token, [*self._options, _OWN_CONNECTION])
 
-    def call(self, rpc: Rpc[Req, Resp], request: Req, timeout: Optional[float]) -> Resp:
-        """One attempt of a unary call."""
+    def call(
+        self,
+        rpc: Rpc[Req, Resp],
+        request: Req,
+        timeout: Optional[float],
+        metadata: Optional[tuple[tuple[str, str], ...]] = None,
+    ) -> Resp:
+        """One attempt of a unary call (``metadata``: extra headers, such as a request's number)."""
         method = self._channel.unary_unary(rpc.path, _serialize, rpc.response.FromString)
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 

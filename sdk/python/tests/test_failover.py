@@ -112,13 +112,15 @@ def test_endpoints_keep_their_order_and_default_to_port_7070():
 
 
 class ScriptedNode(stubs.RegistryServiceServicer):
-    """Answers Register and Find with ``fail`` (UNAVAILABLE with that text) or success, and
-    counts the calls; ``hold`` keeps a call unanswered until ``released``."""
+    """Answers Register, Find and DeletePolicy with ``fail`` (UNAVAILABLE with that text) or
+    success, and counts the calls (and each Register's request number); ``hold`` keeps a call
+    unanswered until ``released``."""
 
     def __init__(self, name: str, fail: Optional[str] = None) -> None:
         self.name = name
         self.fail = fail
-        self.calls = {"Register": 0, "Find": 0}
+        self.calls = {"Register": 0, "Find": 0, "DeletePolicy": 0}
+        self.numbers: list[tuple[Optional[str], Optional[str]]] = []
         self.hold = False
         self.released = threading.Event()
 
@@ -130,12 +132,25 @@ class ScriptedNode(stubs.RegistryServiceServicer):
             context.abort(UNAVAILABLE, self.fail)
 
     def Register(self, request, context):
+        headers = dict(context.invocation_metadata())
+        self.numbers.append((headers.get("agentkeeper-client-id"), headers.get("agentkeeper-request-seq")))
         self._answer("Register", context)
         return pb.RegisterResponse(agent_id=self.name * 32)
 
     def Find(self, request, context):
         self._answer("Find", context)
         return pb.FindResponse()
+
+
+class ScriptedPolicies(stubs.EntitlementsServiceServicer):
+    """A node's DeletePolicy: a write neither safe to repeat nor numbered."""
+
+    def __init__(self, node: ScriptedNode) -> None:
+        self.node = node
+
+    def DeletePolicy(self, request, context):
+        self.node._answer("DeletePolicy", context)
+        return pb.DeletePolicyResponse()
 
 
 class Nodes:
@@ -147,6 +162,7 @@ class Nodes:
     def add(self, node: ScriptedNode) -> ScriptedNode:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         stubs.add_RegistryServiceServicer_to_server(node, server)
+        stubs.add_EntitlementsServiceServicer_to_server(ScriptedPolicies(node), server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self.servers.append(server)
@@ -184,9 +200,20 @@ def test_a_write_that_may_yet_take_effect_raises_outcome_unknown_and_is_sent_now
     second = nodes.add(ScriptedNode("b"))
     with AgentKeeperClient(endpoints=nodes.endpoints, retry=FAST, timeout=5) as client:
         with pytest.raises(OutcomeUnknownError, match="may yet take effect") as raised:
-            client.register("w", heartbeat=False)
+            client.delete_policy("p")
         assert isinstance(raised.value, Unavailable) and isinstance(raised.value, grpc.RpcError)
-        assert (first.calls["Register"], second.calls["Register"]) == (1, 0)
+        assert (first.calls["DeletePolicy"], second.calls["DeletePolicy"]) == (1, 0)
+
+
+@pytest.mark.parametrize("unknown", [LEADER_CHANGED, NOT_COMMITTED])
+def test_a_register_that_may_yet_take_effect_is_sent_to_the_next_endpoint_under_the_same_number(nodes, unknown):
+    first = nodes.add(ScriptedNode("a", fail=unknown))
+    second = nodes.add(ScriptedNode("b"))
+    with AgentKeeperClient(endpoints=nodes.endpoints, retry=FAST, timeout=5) as client:
+        assert client.register("w", heartbeat=False).agent_id == "b" * 32
+        assert (first.calls["Register"], second.calls["Register"]) == (1, 1)
+        assert first.numbers == second.numbers, "the same client id and request number on the retry"
+        assert first.numbers[0][0] is not None and first.numbers[0][1] == "1"
 
 
 def test_a_read_answered_unavailable_moves_to_the_next_endpoint(nodes):
@@ -240,5 +267,5 @@ async def test_the_asyncio_client_moves_between_endpoints_alike(nodes):
         first.fail = LEADER_CHANGED  # the client is on the second now; make that one fail too
         second.fail = LEADER_CHANGED
         with pytest.raises(OutcomeUnknownError):
-            await client.register("w", heartbeat=False)
-        assert (first.calls["Register"], second.calls["Register"]) == (1, 2)
+            await client.delete_policy("p")
+        assert (first.calls["DeletePolicy"], second.calls["DeletePolicy"]) == (0, 1)

@@ -41,6 +41,7 @@ class ScriptedRegistry(stubs.RegistryServiceServicer):
         self.hold = False  # hold each call until `released`: then only a deadline ends it
         self.released = threading.Event()
         self.deadlines = []  # each call's time left, as the server saw it (None: no deadline)
+        self.numbers = []  # each Register's (client id, request number) headers
 
     def _maybe_fail(self, name, context):
         self.calls[name] += 1
@@ -55,6 +56,8 @@ class ScriptedRegistry(stubs.RegistryServiceServicer):
         return pb.FindResponse()
 
     def Register(self, request, context):
+        headers = dict(context.invocation_metadata())
+        self.numbers.append((headers.get("agentkeeper-client-id"), headers.get("agentkeeper-request-seq")))
         self._maybe_fail("Register", context)
         return pb.RegisterResponse(agent_id="a" * 32)
 
@@ -89,12 +92,37 @@ def test_retries_are_bounded(scripted):
     assert servicer.calls["Find"] == FAST.max_attempts
 
 
-def test_register_is_not_retried(scripted):
+def test_register_is_retried_under_the_same_request_number_and_the_next_gets_a_new_one(scripted):
     servicer, client = scripted
     servicer.unavailable_first = 1
-    with pytest.raises(Unavailable):
-        client.register("once", heartbeat=False)
-    assert servicer.calls["Register"] == 1, "a retry could register a second agent"
+    client.register("once", heartbeat=False)
+    assert servicer.calls["Register"] == 2, "numbered: safe to send again"
+    first, retry = servicer.numbers
+    assert first == retry, "a retry carries the same client id and request number"
+    client_id, seq = first
+    assert len(client_id) == 32 and int(client_id, 16) >= 0 and int(seq) >= 1
+    client.register("next", heartbeat=False)
+    assert servicer.numbers[2] == (client_id, str(int(seq) + 1))
+
+
+def test_a_numbered_register_sent_twice_registers_one_agent_on_the_daemon(client):
+    from agentkeeper import _rpc as rpc
+    from agentkeeper._common import CLIENT_ID_HEADER, REQUEST_SEQ_HEADER
+
+    request = pb.RegisterRequest(card=pb.AgentCard(name="twice"), ttl_seconds=60)
+    numbered = ((CLIENT_ID_HEADER, "ab" * 16), (REQUEST_SEQ_HEADER, "1"))
+    first = client._transport.call(rpc.REGISTER, request, 5, numbered)
+    again = client._transport.call(rpc.REGISTER, request, 5, numbered)
+    assert first.agent_id == again.agent_id, "the repeat is answered as the first time"
+    assert len(client.find()) == 1, "one agent, not two"
+    other = client._transport.call(rpc.REGISTER, request, 5, ((CLIENT_ID_HEADER, "ab" * 16), (REQUEST_SEQ_HEADER, "2")))
+    assert other.agent_id != first.agent_id
+    task = pb.CreateTaskRequest(type="build", input=b"x")
+    numbered = ((CLIENT_ID_HEADER, "ab" * 16), (REQUEST_SEQ_HEADER, "3"))
+    one = client._transport.call(rpc.CREATE_TASK, task, 5, numbered)
+    two = client._transport.call(rpc.CREATE_TASK, task, 5, numbered)
+    assert one.task.id == two.task.id
+    assert len(client.list_tasks()) == 1
 
 
 def test_per_call_timeout(scripted):
@@ -189,6 +217,7 @@ def test_should_retry_table():
     assert should_retry("DeletePolicy", unavailable, refused), "never sent: safe to send again"
     assert not should_retry("DeletePolicy", unavailable, "shutting down"), "may have been carried out"
     assert not should_retry("Register", unavailable, "Socket closed")
+    assert should_retry("Register", unavailable, "Socket closed", numbered=True), "applied once by the daemon"
     assert not should_retry("Find", grpc.StatusCode.NOT_FOUND, "agent not found")
     assert not should_retry("Find", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 

@@ -9,61 +9,82 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::v3;
+use super::v4;
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
+use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
 use crate::core::{Command, PolicyInput};
 
-fn text(value: &str) -> v3::Text<'_> {
+fn text(value: &str) -> v4::Text<'_> {
     Cow::Borrowed(value)
 }
 
-fn arc(value: v3::Text<'_>) -> Arc<str> {
+fn arc(value: v4::Text<'_>) -> Arc<str> {
     Arc::from(value.as_ref())
 }
 
 /// The log record of `entry`. Panics on a command that does not change state: the driver logs
 /// only commands for which `Command::is_logged` holds.
-pub fn record(entry: &Entry) -> v3::Record<'_> {
+pub fn record(entry: &Entry) -> v4::Record<'_> {
     match entry {
         Entry::Apply {
             now,
             command,
             principal,
-        } => v3::Record::Apply {
-            now: *now,
-            command: logged_command(command)
-                .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
-            principal: principal.map(|t| v3::Token(t.0)),
-        },
-        Entry::Tick { now } => v3::Record::Tick { now: *now },
-        Entry::Grace { now } => v3::Record::Grace { now: *now },
+        } => {
+            let (request, command) = match command {
+                Command::Once { request, command } => (Some(*request), &**command),
+                command => (None, command),
+            };
+            v4::Record::Apply {
+                now: *now,
+                command: logged_command(command)
+                    .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
+                principal: principal.map(|t| v4::Token(t.0)),
+                request: request.map(|r| v4::RequestId {
+                    client: r.client,
+                    seq: r.seq,
+                }),
+            }
+        }
+        Entry::Tick { now } => v4::Record::Tick { now: *now },
+        Entry::Grace { now } => v4::Record::Grace { now: *now },
     }
 }
 
-pub fn entry(record: v3::Record<'_>) -> Entry {
+pub fn entry(record: v4::Record<'_>) -> Entry {
     match record {
-        v3::Record::Apply {
+        v4::Record::Apply {
             now,
             command: logged,
             principal,
+            request,
         } => Entry::Apply {
             now,
-            command: command(logged),
+            command: match request {
+                None => command(logged),
+                Some(request) => Command::Once {
+                    request: RequestId {
+                        client: request.client,
+                        seq: request.seq,
+                    },
+                    command: Box::new(command(logged)),
+                },
+            },
             principal: principal.map(|t| TokenId(t.0)),
         },
-        v3::Record::Tick { now } => Entry::Tick { now },
-        v3::Record::Grace { now } => Entry::Grace { now },
+        v4::Record::Tick { now } => Entry::Tick { now },
+        v4::Record::Grace { now } => Entry::Grace { now },
     }
 }
 
 /// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
 /// with `Command::is_logged` (tested).
-pub fn logged_command(command: &Command) -> Option<v3::LoggedCommand<'_>> {
-    use v3::LoggedCommand as L;
+pub fn logged_command(command: &Command) -> Option<v4::LoggedCommand<'_>> {
+    use v4::LoggedCommand as L;
     Some(match command {
         Command::Register { card, ttl_seconds } => L::Register {
             card: card_of(card),
@@ -113,7 +134,7 @@ pub fn logged_command(command: &Command) -> Option<v3::LoggedCommand<'_>> {
             agent_id: text(agent_id),
         },
         Command::SetPolicy { policy } => L::SetPolicy {
-            policy: v3::PolicyInput {
+            policy: v4::PolicyInput {
                 id: text(&policy.id),
                 subject: text(&policy.subject),
                 action: text(&policy.action),
@@ -176,11 +197,14 @@ pub fn logged_command(command: &Command) -> Option<v3::LoggedCommand<'_>> {
         | Command::Overview { .. }
         | Command::Now
         | Command::ListAgents { .. } => return None,
+        // A numbered request is unwrapped by `record`; one inside another is never made (the
+        // server numbers plain commands only, and the core refuses it).
+        Command::Once { .. } => return None,
     })
 }
 
-pub fn command(logged: v3::LoggedCommand<'_>) -> Command {
-    use v3::LoggedCommand as L;
+pub fn command(logged: v4::LoggedCommand<'_>) -> Command {
+    use v4::LoggedCommand as L;
     match logged {
         L::Register { card, ttl_seconds } => Command::Register {
             card: card_from(card),
@@ -284,7 +308,7 @@ pub fn command(logged: v3::LoggedCommand<'_>) -> Command {
     }
 }
 
-fn card_of(card: &AgentCard) -> v3::Card<'_> {
+fn card_of(card: &AgentCard) -> v4::Card<'_> {
     let AgentCard {
         name,
         description,
@@ -294,13 +318,13 @@ fn card_of(card: &AgentCard) -> v3::Card<'_> {
         metadata,
         a2a_card,
     } = card;
-    v3::Card {
+    v4::Card {
         name: text(name),
         description: text(description),
         version: text(version),
         capabilities: capabilities
             .iter()
-            .map(|c| v3::Capability {
+            .map(|c| v4::Capability {
                 name: text(&c.name),
                 description: text(&c.description),
             })
@@ -311,7 +335,7 @@ fn card_of(card: &AgentCard) -> v3::Card<'_> {
     }
 }
 
-fn card_from(card: v3::Card<'_>) -> AgentCard {
+fn card_from(card: v4::Card<'_>) -> AgentCard {
     AgentCard {
         name: card.name.into_owned(),
         description: card.description.into_owned(),
@@ -334,105 +358,105 @@ fn card_from(card: v3::Card<'_>) -> AgentCard {
     }
 }
 
-fn effect_of(effect: Effect) -> v3::Effect {
+fn effect_of(effect: Effect) -> v4::Effect {
     match effect {
-        Effect::Allow => v3::Effect::Allow,
-        Effect::Deny => v3::Effect::Deny,
+        Effect::Allow => v4::Effect::Allow,
+        Effect::Deny => v4::Effect::Deny,
     }
 }
 
-fn effect_from(effect: v3::Effect) -> Effect {
+fn effect_from(effect: v4::Effect) -> Effect {
     match effect {
-        v3::Effect::Allow => Effect::Allow,
-        v3::Effect::Deny => Effect::Deny,
+        v4::Effect::Allow => Effect::Allow,
+        v4::Effect::Deny => Effect::Deny,
     }
 }
 
-fn status_of(status: AgentStatus) -> v3::AgentStatus {
+fn status_of(status: AgentStatus) -> v4::AgentStatus {
     match status {
-        AgentStatus::Alive => v3::AgentStatus::Alive,
-        AgentStatus::Unreachable => v3::AgentStatus::Unreachable,
-        AgentStatus::Dead => v3::AgentStatus::Dead,
+        AgentStatus::Alive => v4::AgentStatus::Alive,
+        AgentStatus::Unreachable => v4::AgentStatus::Unreachable,
+        AgentStatus::Dead => v4::AgentStatus::Dead,
     }
 }
 
-fn status_from(status: v3::AgentStatus) -> AgentStatus {
+fn status_from(status: v4::AgentStatus) -> AgentStatus {
     match status {
-        v3::AgentStatus::Alive => AgentStatus::Alive,
-        v3::AgentStatus::Unreachable => AgentStatus::Unreachable,
-        v3::AgentStatus::Dead => AgentStatus::Dead,
+        v4::AgentStatus::Alive => AgentStatus::Alive,
+        v4::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v4::AgentStatus::Dead => AgentStatus::Dead,
     }
 }
 
-fn task_status_of(status: TaskStatus) -> v3::TaskStatus {
+fn task_status_of(status: TaskStatus) -> v4::TaskStatus {
     match status {
-        TaskStatus::Pending => v3::TaskStatus::Pending,
-        TaskStatus::Claimed => v3::TaskStatus::Claimed,
-        TaskStatus::Completed => v3::TaskStatus::Completed,
-        TaskStatus::Failed => v3::TaskStatus::Failed,
-        TaskStatus::Dead => v3::TaskStatus::Dead,
+        TaskStatus::Pending => v4::TaskStatus::Pending,
+        TaskStatus::Claimed => v4::TaskStatus::Claimed,
+        TaskStatus::Completed => v4::TaskStatus::Completed,
+        TaskStatus::Failed => v4::TaskStatus::Failed,
+        TaskStatus::Dead => v4::TaskStatus::Dead,
     }
 }
 
-fn task_status_from(status: v3::TaskStatus) -> TaskStatus {
+fn task_status_from(status: v4::TaskStatus) -> TaskStatus {
     match status {
-        v3::TaskStatus::Pending => TaskStatus::Pending,
-        v3::TaskStatus::Claimed => TaskStatus::Claimed,
-        v3::TaskStatus::Completed => TaskStatus::Completed,
-        v3::TaskStatus::Failed => TaskStatus::Failed,
-        v3::TaskStatus::Dead => TaskStatus::Dead,
+        v4::TaskStatus::Pending => TaskStatus::Pending,
+        v4::TaskStatus::Claimed => TaskStatus::Claimed,
+        v4::TaskStatus::Completed => TaskStatus::Completed,
+        v4::TaskStatus::Failed => TaskStatus::Failed,
+        v4::TaskStatus::Dead => TaskStatus::Dead,
     }
 }
 
 /// Topics pair up by position in both enums; the match keeps them from drifting apart.
-fn topic_of(topic: Topic) -> v3::Topic {
+fn topic_of(topic: Topic) -> v4::Topic {
     match topic {
-        Topic::AgentRegistered => v3::Topic::AgentRegistered,
-        Topic::AgentUnreachable => v3::Topic::AgentUnreachable,
-        Topic::AgentRecovered => v3::Topic::AgentRecovered,
-        Topic::AgentDied => v3::Topic::AgentDied,
-        Topic::LeaseAcquired => v3::Topic::LeaseAcquired,
-        Topic::LeaseRenewed => v3::Topic::LeaseRenewed,
-        Topic::LeaseExpired => v3::Topic::LeaseExpired,
-        Topic::LeaseReleased => v3::Topic::LeaseReleased,
-        Topic::LeaderChanged => v3::Topic::LeaderChanged,
-        Topic::TaskCreated => v3::Topic::TaskCreated,
-        Topic::TaskClaimed => v3::Topic::TaskClaimed,
-        Topic::TaskCompleted => v3::Topic::TaskCompleted,
-        Topic::TaskFailed => v3::Topic::TaskFailed,
-        Topic::TaskDead => v3::Topic::TaskDead,
+        Topic::AgentRegistered => v4::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v4::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v4::Topic::AgentRecovered,
+        Topic::AgentDied => v4::Topic::AgentDied,
+        Topic::LeaseAcquired => v4::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v4::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v4::Topic::LeaseExpired,
+        Topic::LeaseReleased => v4::Topic::LeaseReleased,
+        Topic::LeaderChanged => v4::Topic::LeaderChanged,
+        Topic::TaskCreated => v4::Topic::TaskCreated,
+        Topic::TaskClaimed => v4::Topic::TaskClaimed,
+        Topic::TaskCompleted => v4::Topic::TaskCompleted,
+        Topic::TaskFailed => v4::Topic::TaskFailed,
+        Topic::TaskDead => v4::Topic::TaskDead,
     }
 }
 
-fn topic_from(topic: v3::Topic) -> Topic {
+fn topic_from(topic: v4::Topic) -> Topic {
     match topic {
-        v3::Topic::AgentRegistered => Topic::AgentRegistered,
-        v3::Topic::AgentUnreachable => Topic::AgentUnreachable,
-        v3::Topic::AgentRecovered => Topic::AgentRecovered,
-        v3::Topic::AgentDied => Topic::AgentDied,
-        v3::Topic::LeaseAcquired => Topic::LeaseAcquired,
-        v3::Topic::LeaseRenewed => Topic::LeaseRenewed,
-        v3::Topic::LeaseExpired => Topic::LeaseExpired,
-        v3::Topic::LeaseReleased => Topic::LeaseReleased,
-        v3::Topic::LeaderChanged => Topic::LeaderChanged,
-        v3::Topic::TaskCreated => Topic::TaskCreated,
-        v3::Topic::TaskClaimed => Topic::TaskClaimed,
-        v3::Topic::TaskCompleted => Topic::TaskCompleted,
-        v3::Topic::TaskFailed => Topic::TaskFailed,
-        v3::Topic::TaskDead => Topic::TaskDead,
+        v4::Topic::AgentRegistered => Topic::AgentRegistered,
+        v4::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v4::Topic::AgentRecovered => Topic::AgentRecovered,
+        v4::Topic::AgentDied => Topic::AgentDied,
+        v4::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v4::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v4::Topic::LeaseExpired => Topic::LeaseExpired,
+        v4::Topic::LeaseReleased => Topic::LeaseReleased,
+        v4::Topic::LeaderChanged => Topic::LeaderChanged,
+        v4::Topic::TaskCreated => Topic::TaskCreated,
+        v4::Topic::TaskClaimed => Topic::TaskClaimed,
+        v4::Topic::TaskCompleted => Topic::TaskCompleted,
+        v4::Topic::TaskFailed => Topic::TaskFailed,
+        v4::Topic::TaskDead => Topic::TaskDead,
     }
 }
 
-fn id(value: Id128) -> v3::Id {
-    v3::Id(value.0)
+fn id(value: Id128) -> v4::Id {
+    v4::Id(value.0)
 }
 
-fn id_from(value: v3::Id) -> Id128 {
+fn id_from(value: v4::Id) -> Id128 {
     Id128(value.0)
 }
 
 /// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
-pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
+pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
     let CoreSnapshot {
         now,
         rng_seed,
@@ -451,8 +475,9 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
         task_order_next,
         waiters,
         waiter_next,
+        sessions,
     } = snapshot;
-    v3::Snapshot {
+    v4::Snapshot {
         now: *now,
         rng_seed: *rng_seed,
         rng_stream: *rng_stream,
@@ -463,7 +488,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
         token_last: *token_last,
         leases: leases
             .iter()
-            .map(|l| v3::LeaseState {
+            .map(|l| v4::LeaseState {
                 task_id: text(&l.task_id),
                 holder: id(l.holder),
                 token: l.token,
@@ -474,7 +499,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
             .collect(),
         groups: groups
             .iter()
-            .map(|g| v3::GroupState {
+            .map(|g| v4::GroupState {
                 name: text(&g.name),
                 candidates: g.candidates.iter().copied().map(id).collect(),
                 term: g.term,
@@ -486,7 +511,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
         events: events.iter().map(event_of).collect(),
         tasks: tasks
             .iter()
-            .map(|t| v3::TaskState {
+            .map(|t| v4::TaskState {
                 view: task_view_of(&t.view),
                 order: t.order,
                 finished_at: t.finished_at,
@@ -495,17 +520,33 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v3::Snapshot<'_> {
         task_order_next: *task_order_next,
         waiters: waiters
             .iter()
-            .map(|w| v3::WaiterState {
+            .map(|w| v4::WaiterState {
                 id: w.id.0,
                 agent_id: id(w.agent_id),
                 deadline: w.deadline,
             })
             .collect(),
         waiter_next: *waiter_next,
+        sessions: sessions
+            .iter()
+            .map(|session| v4::Session {
+                client: session.client,
+                last_used: session.last_used,
+                applied: (session.applied.iter())
+                    .map(|(seq, created)| {
+                        let created = match created {
+                            Created::Agent(agent_id) => v4::Created::Agent(id(*agent_id)),
+                            Created::Task(task_id) => v4::Created::Task(id(*task_id)),
+                        };
+                        (*seq, created)
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
-pub fn core_snapshot(snapshot: v3::Snapshot<'_>) -> CoreSnapshot {
+pub fn core_snapshot(snapshot: v4::Snapshot<'_>) -> CoreSnapshot {
     CoreSnapshot {
         now: snapshot.now,
         rng_seed: snapshot.rng_seed,
@@ -560,10 +601,25 @@ pub fn core_snapshot(snapshot: v3::Snapshot<'_>) -> CoreSnapshot {
             })
             .collect(),
         waiter_next: snapshot.waiter_next,
+        sessions: (snapshot.sessions.into_iter())
+            .map(|session| SessionState {
+                client: session.client,
+                last_used: session.last_used,
+                applied: (session.applied.into_iter())
+                    .map(|(seq, created)| {
+                        let created = match created {
+                            v4::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
+                            v4::Created::Task(task_id) => Created::Task(id_from(task_id)),
+                        };
+                        (seq, created)
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
-fn agent_state_of(agent: &AgentState) -> v3::AgentState<'_> {
+fn agent_state_of(agent: &AgentState) -> v4::AgentState<'_> {
     let AgentState {
         id: agent_id,
         card,
@@ -577,7 +633,7 @@ fn agent_state_of(agent: &AgentState) -> v3::AgentState<'_> {
         groups,
         owner,
     } = agent;
-    v3::AgentState {
+    v4::AgentState {
         id: id(*agent_id),
         card: card_of(card),
         status: status_of(*status),
@@ -588,11 +644,11 @@ fn agent_state_of(agent: &AgentState) -> v3::AgentState<'_> {
         registration: *registration,
         dead_at: *dead_at,
         groups: Cow::Borrowed(groups),
-        owner: owner.map(|t| v3::Token(t.0)),
+        owner: owner.map(|t| v4::Token(t.0)),
     }
 }
 
-fn agent_state_from(agent: v3::AgentState<'_>) -> AgentState {
+fn agent_state_from(agent: v4::AgentState<'_>) -> AgentState {
     AgentState {
         id: id_from(agent.id),
         card: card_from(agent.card),
@@ -608,8 +664,8 @@ fn agent_state_from(agent: v3::AgentState<'_>) -> AgentState {
     }
 }
 
-fn policy_of(policy: &Policy) -> v3::Policy<'_> {
-    v3::Policy {
+fn policy_of(policy: &Policy) -> v4::Policy<'_> {
+    v4::Policy {
         id: text(&policy.id),
         subject: text(&policy.subject),
         action: text(&policy.action),
@@ -618,7 +674,7 @@ fn policy_of(policy: &Policy) -> v3::Policy<'_> {
     }
 }
 
-fn policy_from(policy: v3::Policy<'_>) -> Policy {
+fn policy_from(policy: v4::Policy<'_>) -> Policy {
     Policy {
         id: policy.id.into_owned(),
         subject: policy.subject.into_owned(),
@@ -628,9 +684,9 @@ fn policy_from(policy: v3::Policy<'_>) -> Policy {
     }
 }
 
-fn event_of(event: &Event) -> v3::Event<'_> {
+fn event_of(event: &Event) -> v4::Event<'_> {
     let payload = match &event.payload {
-        EventPayload::Agent(agent) => v3::EventPayload::Agent(v3::AgentView {
+        EventPayload::Agent(agent) => v4::EventPayload::Agent(v4::AgentView {
             agent_id: id(agent.agent_id),
             card: card_of(&agent.card),
             status: status_of(agent.status),
@@ -638,22 +694,22 @@ fn event_of(event: &Event) -> v3::Event<'_> {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        EventPayload::Lease(lease) => v3::EventPayload::Lease(v3::LeaseView {
+        EventPayload::Lease(lease) => v4::EventPayload::Lease(v4::LeaseView {
             task_id: text(&lease.task_id),
             holder: id(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        EventPayload::Election(election) => v3::EventPayload::Election(v3::ElectionView {
+        EventPayload::Election(election) => v4::EventPayload::Election(v4::ElectionView {
             group: text(&election.group),
             leader: election.leader.map(id),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        EventPayload::Task(task) => v3::EventPayload::Task(task_view_of(task)),
+        EventPayload::Task(task) => v4::EventPayload::Task(task_view_of(task)),
     };
-    v3::Event {
+    v4::Event {
         sequence: event.sequence,
         topic: topic_of(event.topic),
         occurred_at: event.occurred_at,
@@ -661,9 +717,9 @@ fn event_of(event: &Event) -> v3::Event<'_> {
     }
 }
 
-fn event_from(event: v3::Event<'_>) -> Event {
+fn event_from(event: v4::Event<'_>) -> Event {
     let payload = match event.payload {
-        v3::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+        v4::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
             agent_id: id_from(agent.agent_id),
             card: Arc::new(card_from(agent.card)),
             status: status_from(agent.status),
@@ -671,20 +727,20 @@ fn event_from(event: v3::Event<'_>) -> Event {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        v3::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+        v4::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
             task_id: arc(lease.task_id),
             holder: id_from(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        v3::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+        v4::EventPayload::Election(election) => EventPayload::Election(ElectionView {
             group: arc(election.group),
             leader: election.leader.map(id_from),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        v3::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+        v4::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
     };
     Event {
         sequence: event.sequence,
@@ -694,7 +750,7 @@ fn event_from(event: v3::Event<'_>) -> Event {
     }
 }
 
-fn task_view_of(task: &TaskView) -> v3::TaskView<'_> {
+fn task_view_of(task: &TaskView) -> v4::TaskView<'_> {
     let TaskView {
         id: task_id,
         kind,
@@ -711,7 +767,7 @@ fn task_view_of(task: &TaskView) -> v3::TaskView<'_> {
         completed_at,
         ttl_ms,
     } = task;
-    v3::TaskView {
+    v4::TaskView {
         id: id(*task_id),
         kind: text(kind),
         input: Cow::Borrowed(input),
@@ -729,7 +785,7 @@ fn task_view_of(task: &TaskView) -> v3::TaskView<'_> {
     }
 }
 
-fn task_view_from(task: v3::TaskView<'_>) -> TaskView {
+fn task_view_from(task: v4::TaskView<'_>) -> TaskView {
     TaskView {
         id: id_from(task.id),
         kind: arc(task.kind),

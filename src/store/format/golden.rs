@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 
-use super::{VERSION, v3};
+use super::{VERSION, v4};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
+use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
@@ -141,6 +142,34 @@ fn sample_entries(principals: bool) -> Vec<Entry> {
     entries.push(Entry::Tick { now: 2_000 });
     entries.push(Entry::Grace { now: 3_000 });
     entries
+}
+
+/// The current version's sample: every record variant, then the two creating writes numbered
+/// by a client (new in version 4).
+fn sample_entries_numbered() -> Vec<Entry> {
+    let mut entries = sample_entries(true);
+    let numbered = (logged_commands().into_iter())
+        .filter(|command| matches!(command, Command::Register { .. } | Command::CreateTask { .. }));
+    for (i, command) in numbered.enumerate() {
+        entries.push(Entry::Apply {
+            now: 4_000 + i as u64,
+            command: Command::Once {
+                request: RequestId {
+                    client: u128::MAX - i as u128,
+                    seq: 1 << (8 * i),
+                },
+                command: Box::new(command),
+            },
+            principal: None,
+        });
+    }
+    entries
+}
+
+/// The sample as versions before 4 held it: no client's request remembered.
+fn without_sessions(mut snapshot: CoreSnapshot) -> CoreSnapshot {
+    snapshot.sessions.clear();
+    snapshot
 }
 
 fn agent_view(status: AgentStatus) -> AgentView {
@@ -301,6 +330,18 @@ fn sample_snapshot(owner: Option<TokenId>) -> CoreSnapshot {
             deadline: 26_000,
         }],
         waiter_next: 10,
+        sessions: vec![
+            SessionState {
+                client: 7,
+                last_used: 4_500,
+                applied: vec![(1, Created::Agent(Id128(0xa1))), (2, Created::Task(Id128(0xc3)))],
+            },
+            SessionState {
+                client: u128::MAX,
+                last_used: 4_900,
+                applied: vec![(u64::MAX, Created::Agent(Id128(u128::MAX)))],
+            },
+        ],
     }
 }
 
@@ -316,7 +357,7 @@ fn event(sequence: u64, topic: Topic, payload: EventPayload) -> Event {
 /// A whole log file: the header, then every sample record.
 fn sample_log() -> Vec<u8> {
     let mut bytes = HEADER.encode().to_vec();
-    for entry in sample_entries(true) {
+    for entry in sample_entries_numbered() {
         wal::encode_record(&entry, &mut bytes);
     }
     bytes
@@ -364,7 +405,7 @@ fn golden(name: &str, actual: &[u8], locate: impl Fn(usize) -> String) {
 #[test]
 fn every_record_variant_encodes_to_the_committed_bytes_and_back() {
     let log = sample_log();
-    let entries = sample_entries(true);
+    let entries = sample_entries_numbered();
     golden("wal.log", &log, |at| {
         // Which record the byte falls in, so the message names the variant that moved.
         let mut end = wal::HEADER_BYTES;
@@ -404,7 +445,7 @@ fn version_1_files_written_by_release_2dd3316_decode_into_todays_values() {
     let snapshot = std::fs::read(fixture(1, "snapshot.bin")).expect("the v1 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v1 snapshot decodes"),
-        snapshot_without_a2a_cards(sample_snapshot(None))
+        without_sessions(snapshot_without_a2a_cards(sample_snapshot(None)))
     );
 }
 
@@ -420,7 +461,23 @@ fn version_2_files_written_by_release_8f3c0bd_decode_into_todays_values_without_
     let snapshot = std::fs::read(fixture(2, "snapshot.bin")).expect("the v2 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v2 snapshot decodes"),
-        snapshot_without_a2a_cards(sample_snapshot(Some(token(0x5a))))
+        without_sessions(snapshot_without_a2a_cards(sample_snapshot(Some(token(0x5a)))))
+    );
+}
+
+/// The version 3 fixtures were written by release 83ddfc6 from the same sample, which numbered
+/// no request: they must decode to today's sample with no session remembered.
+#[test]
+fn version_3_files_written_by_release_83ddfc6_decode_into_todays_values_without_sessions() {
+    let log = std::fs::read(fixture(3, "wal.log")).expect("the v3 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v3 log reads back");
+    assert_eq!((scan.version, scan.torn), (3, None));
+    assert_eq!(scan.records, sample_entries(true));
+    let snapshot = std::fs::read(fixture(3, "snapshot.bin")).expect("the v3 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v3 snapshot decodes"),
+        without_sessions(sample_snapshot(Some(token(0x5a))))
     );
 }
 
@@ -450,9 +507,10 @@ fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     snapshot
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v3::LoggedCommand`).
-fn logged_index(command: &v3::LoggedCommand) -> u8 {
-    use v3::LoggedCommand as L;
+/// The index postcard writes for each logged command: fixed forever (see `v3::LoggedCommand`,
+/// which version 4 keeps).
+fn logged_index(command: &v4::LoggedCommand) -> u8 {
+    use v4::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -478,10 +536,11 @@ fn the_sample_holds_every_logged_command_under_its_fixed_index() {
     for (i, command) in logged_commands().iter().enumerate() {
         let logged = super::convert::logged_command(command).expect("a logged command");
         assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
-        let record = v3::Record::Apply {
+        let record = v4::Record::Apply {
             now: 0,
             command: logged,
             principal: None,
+            request: None,
         };
         let bytes = postcard::to_stdvec(&record).expect("encodes");
         assert_eq!(bytes[..3], [0, 0, i as u8], "{command:?}: Apply, now, then the index");

@@ -1,4 +1,5 @@
-//! Format version 3, the one this release writes: version 2 with the A2A agent card's JSON at
+//! Format version 3 (frozen: decode-only, upgraded into version 4 by `v4.rs`; version 4 reuses
+//! every type here but the record and the snapshot): version 2 with the A2A agent card's JSON at
 //! the end of every agent card (`Card::a2a_card`), in log records and snapshots alike. The types
 //! that hold no card are version 2's own (the same bytes); those that hold one are here.
 //!

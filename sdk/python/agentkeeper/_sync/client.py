@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 import weakref
 from collections.abc import Iterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -33,9 +34,11 @@ from agentkeeper._sync.tasks import ClaimedTask, TaskWorker
 from agentkeeper._common import (
     CHANNEL_OPTIONS,
     CLAIM_POLL_SECONDS,
+    CLIENT_ID_HEADER,
     DEFAULT_TIMEOUT,
     EMPTY_POLL_PAUSE,
     ConnectionTracker,
+    REQUEST_SEQ_HEADER,
     RetryPolicy,
     failed_for_good,
     keep_claiming,
@@ -167,6 +170,9 @@ class AgentKeeperClient:
         self._ring = EndpointRing(resolve_endpoints(host, port, endpoints))
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
+        # Numbers this client's creating writes (see ``_unary``): a random id, a counter.
+        self._client_id = uuid.uuid4().hex
+        self._request_seq = 0
         self._lost_after = lost_after
         options = [*CHANNEL_OPTIONS, *channel_options]
         # One channel per endpoint (a channel connects only once used).
@@ -335,19 +341,27 @@ class AgentKeeperClient:
 
     # ── plumbing ──
 
-    def _unary(self, method: Rpc[_Req, _Resp], request: _Req, timeout: _Timeout) -> _Resp:
+    def _unary(
+        self, method: Rpc[_Req, _Resp], request: _Req, timeout: _Timeout, *, numbered: bool = False
+    ) -> _Resp:
         """One call with the client's retry policy; ``timeout`` covers the retries too. A retry
-        goes to the next endpoint (when there are several)."""
+        goes to the next endpoint (when there are several). ``numbered``: the call carries this
+        client's id and a new request number, the same on every retry, so the daemon applies it
+        once and it is retried like an idempotent call."""
         budget = self._timeout if timeout is None else timeout
         end = None if budget is None else time.monotonic() + budget
         delays = self._retry.delays()
+        metadata = None
+        if numbered:
+            self._request_seq += 1
+            metadata = ((CLIENT_ID_HEADER, self._client_id), (REQUEST_SEQ_HEADER, str(self._request_seq)))
         while True:
             remaining = None if end is None else max(0.001, end - time.monotonic())
             transport = self._transport
             try:
-                return transport.call(method, request, remaining)
+                return transport.call(method, request, remaining, metadata)
             except AgentKeeperError as error:
-                if not self._closed and should_retry(method.name, error.code(), error.details()):
+                if not self._closed and should_retry(method.name, error.code(), error.details(), numbered):
                     self._move_on(transport.target)
                     delay = next(delays, None)
                     if delay is not None and (end is None or time.monotonic() + delay < end):
@@ -427,8 +441,9 @@ class AgentKeeperClient:
         Gives an :class:`AgentHandle`; used as a context manager it deregisters on exit (the
         asyncio client's result is awaited, or entered as an asynchronous context manager).
         ``on_lost(handle)`` is called if the daemon declares the agent DEAD. ``heartbeat=False``
-        leaves heartbeating to you (``agent.heartbeat()``). Not retried: a retry after a lost
-        reply would register a second agent.
+        leaves heartbeating to you (``agent.heartbeat()``). Retried like an idempotent call: it
+        carries this client's id and a request number, and the daemon registers once however
+        often it comes (a retry after a lost reply gets the same agent id).
         """
         card = cv.make_card(name, description, version, tools, metadata, capabilities)
         return self._register(card, cv.check_uint("ttl", ttl), on_lost, heartbeat, timeout)
@@ -469,7 +484,7 @@ class AgentKeeperClient:
     ) -> AgentHandle:
         def run() -> AgentHandle:
             request = pb.RegisterRequest(card=cv.card_to_pb(card), ttl_seconds=ttl)
-            response = self._unary(rpc.REGISTER, request, timeout)
+            response = self._unary(rpc.REGISTER, request, timeout, numbered=True)
             return AgentHandle(self, response.agent_id, ttl, on_lost=on_lost, heartbeat=heartbeat)
 
         return pending(run)
@@ -755,8 +770,8 @@ class AgentKeeperClient:
         UTF-8 encoded). Only agents whose card lists every one of ``required_tools`` can claim
         it. A failure (FailTask, its claim lease running out, its claimer dying) puts it back to
         PENDING while ``retry_count <= max_retries``, else it is DEAD. ``ttl``: seconds of the
-        claim lease a claimer gets (0 means 60). Not retried: a retry after a lost reply would
-        enqueue it twice.
+        claim lease a claimer gets (0 means 60). Retried like an idempotent call: it carries this
+        client's id and a request number, and the daemon enqueues it once however often it comes.
         """
         request = pb.CreateTaskRequest(
             type=cv.check_str("type", type),
@@ -765,7 +780,7 @@ class AgentKeeperClient:
             max_retries=cv.check_uint("max_retries", max_retries),
             ttl_seconds=cv.check_uint("ttl", ttl),
         )
-        return cv.task_from_pb((self._unary(rpc.CREATE_TASK, request, timeout)).task)
+        return cv.task_from_pb((self._unary(rpc.CREATE_TASK, request, timeout, numbered=True)).task)
 
     @overload
     def claim_task(self, agent_id: str, timeout: None = None) -> ClaimedTask: ...

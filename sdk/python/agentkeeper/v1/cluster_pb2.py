@@ -24,19 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentkeeper/v1/cluster.proto\x12\x0e\x61gentkeeper.v1\"\x16\n\x14\x43lusterStatusRequest\"\x90\x01\n\rClusterMember\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05voter\x18\x04 \x01(\x08\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x1a\n\rlast_heard_ms\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_last_heard_ms\"\xa3\x01\n\x15\x43lusterStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06leader\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12.\n\x07members\x18\x06 \x03(\x0b\x32\x1d.agentkeeper.v1.ClusterMember2g\n\x0e\x43lusterService\x12U\n\x06Status\x12$.agentkeeper.v1.ClusterStatusRequest\x1a%.agentkeeper.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentkeeper/v1/cluster.proto\x12\x0e\x61gentkeeper.v1\"1\n\x10\x41\x64\x64MemberRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\"!\n\x13RemoveMemberRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"M\n\x14MemberChangeResponse\x12\x35\n\x06status\x18\x01 \x01(\x0b\x32%.agentkeeper.v1.ClusterStatusResponse\"\x16\n\x14\x43lusterStatusRequest\"\x90\x01\n\rClusterMember\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05voter\x18\x04 \x01(\x08\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x1a\n\rlast_heard_ms\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_last_heard_ms\"\xa3\x01\n\x15\x43lusterStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06leader\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12.\n\x07members\x18\x06 \x03(\x0b\x32\x1d.agentkeeper.v1.ClusterMember2\x97\x02\n\x0e\x43lusterService\x12U\n\x06Status\x12$.agentkeeper.v1.ClusterStatusRequest\x1a%.agentkeeper.v1.ClusterStatusResponse\x12S\n\tAddMember\x12 .agentkeeper.v1.AddMemberRequest\x1a$.agentkeeper.v1.MemberChangeResponse\x12Y\n\x0cRemoveMember\x12#.agentkeeper.v1.RemoveMemberRequest\x1a$.agentkeeper.v1.MemberChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentkeeper.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=48
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=70
-  _globals['_CLUSTERMEMBER']._serialized_start=73
-  _globals['_CLUSTERMEMBER']._serialized_end=217
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=220
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=383
-  _globals['_CLUSTERSERVICE']._serialized_start=385
-  _globals['_CLUSTERSERVICE']._serialized_end=488
+  _globals['_ADDMEMBERREQUEST']._serialized_start=48
+  _globals['_ADDMEMBERREQUEST']._serialized_end=97
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=99
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=132
+  _globals['_MEMBERCHANGERESPONSE']._serialized_start=134
+  _globals['_MEMBERCHANGERESPONSE']._serialized_end=211
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=213
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=235
+  _globals['_CLUSTERMEMBER']._serialized_start=238
+  _globals['_CLUSTERMEMBER']._serialized_end=382
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=385
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=548
+  _globals['_CLUSTERSERVICE']._serialized_start=551
+  _globals['_CLUSTERSERVICE']._serialized_end=830
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,16 @@ class ClusterServiceStub(object):
                 request_serializer=agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/agentkeeper.v1.ClusterService/AddMember',
+                request_serializer=agentkeeper_dot_v1_dot_cluster__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/agentkeeper.v1.ClusterService/RemoveMember',
+                request_serializer=agentkeeper_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer(object):
@@ -53,6 +63,23 @@ class ClusterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMember(self, request, context):
+        """Adds a node as a learner (it receives the log but does not vote); the leader makes it a
+        voter once it has caught up. Answered once the change is applied on the node asked. Then
+        start the new node with --initial-cluster-state existing. Needs the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Removes a member (a leader that is removed steps down, and the others elect another).
+        Answered once the change is applied on the node asked. Needs the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +87,16 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusRequest.FromString,
                     response_serializer=agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.AddMemberRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=agentkeeper_dot_v1_dot_cluster__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +127,60 @@ class ClusterService(object):
             '/agentkeeper.v1.ClusterService/Status',
             agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusRequest.SerializeToString,
             agentkeeper_dot_v1_dot_cluster__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentkeeper.v1.ClusterService/AddMember',
+            agentkeeper_dot_v1_dot_cluster__pb2.AddMemberRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentkeeper.v1.ClusterService/RemoveMember',
+            agentkeeper_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_cluster__pb2.MemberChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
