@@ -4,229 +4,18 @@
 //! (linearizable reads), killing the leader leaves a cluster that carries on with everything it
 //! acknowledged, fencing tokens keep rising across the failover, and the killed node rejoins.
 //!
-//! Peer addresses must be known before the nodes start (each names the others), so every
-//! cluster here listens on loopback addresses of its own, 127.P.Q.N with P.Q from the test
-//! process's id and a port per cluster: no two tests running at once share one.
+//! Every cluster here listens on loopback addresses of its own (see `common::cluster`); the
+//! faults that need a network between the nodes (a partition) are in `e2e_cluster_faults.rs`.
 
 #![allow(clippy::disallowed_methods)] // reports how long the failover took (never asserted)
 
 mod common;
 
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
-use common::{Clients, Daemon, wait_until};
-use pb::cluster_service_client::ClusterServiceClient;
-
-/// One port per cluster a test process starts (clusters of one process differ by port).
-static NEXT_PORT: AtomicU16 = AtomicU16::new(17_100);
-
-struct Cluster {
-    nodes: Vec<Option<Daemon>>,
-    members: String,
-    peers: Vec<String>,
-    dirs: tempfile::TempDir,
-    /// Flags every node takes besides its own.
-    extra: Vec<String>,
-    /// Flags of each node's own (by index), such as its certificate.
-    node_flags: Vec<Vec<String>>,
-}
-
-impl Cluster {
-    fn start(size: u64) -> Cluster {
-        Cluster::start_with(size, &[])
-    }
-
-    /// A cluster whose nodes all take `extra` flags too.
-    fn start_with(size: u64, extra: &[&str]) -> Cluster {
-        let mut cluster = Cluster::unstarted(size);
-        cluster.extra = extra.iter().map(|flag| flag.to_string()).collect();
-        cluster.start_all();
-        cluster
-    }
-
-    /// Starts every node, all at once, then waits for each (a node needs a quorum of the
-    /// others serving).
-    fn start_all(&mut self) {
-        for id in 1..=self.nodes.len() as u64 {
-            self.spawn(id);
-        }
-        for node in self.nodes.iter_mut().flatten() {
-            node.wait_serving();
-        }
-    }
-
-    /// The cluster's addresses and dirs, no node started yet.
-    fn unstarted(size: u64) -> Cluster {
-        let pid = std::process::id();
-        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let peers: Vec<String> = (1..=size)
-            .map(|n| format!("127.{}.{}.{n}:{port}", (pid >> 8) & 0xff, pid & 0xff))
-            .collect();
-        let members = (peers.iter().enumerate())
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let dirs = tempfile::Builder::new()
-            .prefix("agentkeeper-cluster-")
-            .tempdir()
-            .expect("a temp dir");
-        Cluster {
-            nodes: (0..size).map(|_| None).collect(),
-            members,
-            peers,
-            dirs,
-            extra: Vec::new(),
-            node_flags: vec![Vec::new(); size as usize],
-        }
-    }
-
-    /// A peer address for a node that will join later (the next one of this cluster's).
-    fn reserve(&mut self) -> u64 {
-        let id = self.peers.len() as u64 + 1;
-        let first = &self.peers[0];
-        let (host, port) = first.rsplit_once(':').expect("HOST:PORT");
-        let host = format!("{}.{id}", host.rsplit_once('.').expect("a dotted address").0);
-        self.peers.push(format!("{host}:{port}"));
-        self.nodes.push(None);
-        self.node_flags.push(Vec::new());
-        id
-    }
-
-    /// Starts node `id`, added to the cluster already, to join it: its --initial-cluster lists
-    /// the members `current` and itself.
-    fn spawn_joining(&mut self, id: u64, current: &[u64]) {
-        let list: Vec<String> = (current.iter().chain([&id]))
-            .map(|member| format!("{member}={}", self.peers[(*member - 1) as usize]))
-            .collect();
-        self.node_flags[(id - 1) as usize] = vec![
-            format!("--initial-cluster={}", list.join(",")),
-            "--initial-cluster-state=existing".to_string(),
-        ];
-        self.spawn(id);
-    }
-
-    /// Runs `agentkeeper ctl --endpoint NODE ARGS...` against node `id`; its stdout, or its stderr
-    /// as the error.
-    fn ctl(&mut self, id: u64, args: &[&str]) -> Result<String, String> {
-        let endpoint = format!("127.0.0.1:{}", self.node(id).port);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
-            .args(["ctl", "--endpoint", &endpoint])
-            .args(args)
-            .output()
-            .expect("ctl runs");
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
-        match output.status.success() {
-            true => Ok(text(&output.stdout)),
-            false => Err(text(&output.stderr)),
-        }
-    }
-
-    /// Starts node `id` (again, after a kill: with the data dir it had) without waiting.
-    fn spawn(&mut self, id: u64) {
-        let own = &self.node_flags[(id - 1) as usize];
-        let mut args = vec![
-            "--addr=127.0.0.1:0".to_string(),
-            "--metrics-addr=127.0.0.1:0".to_string(),
-            format!("--node-id={id}"),
-            format!("--peer-addr={}", self.peers[(id - 1) as usize]),
-            format!("--data-dir={}", self.dirs.path().join(format!("node-{id}")).display()),
-        ];
-        // A node that joined later has a list of its own.
-        if !own.iter().any(|flag| flag.starts_with("--initial-cluster=")) {
-            args.push(format!("--initial-cluster={}", self.members));
-        }
-        let args = [args, self.extra.clone(), own.clone()].concat();
-        self.nodes[(id - 1) as usize] = Some(Daemon::spawn(&args));
-    }
-
-    fn restart(&mut self, id: u64) {
-        self.spawn(id);
-        self.node(id).wait_serving();
-    }
-
-    fn node(&mut self, id: u64) -> &mut Daemon {
-        self.nodes[(id - 1) as usize].as_mut().expect("the node runs")
-    }
-
-    fn kill(&mut self, id: u64) {
-        let mut node = self.nodes[(id - 1) as usize].take().expect("the node runs");
-        node.kill_9();
-    }
-
-    fn running(&self) -> Vec<u64> {
-        (1..=self.nodes.len() as u64)
-            .filter(|id| self.nodes[(*id - 1) as usize].is_some())
-            .collect()
-    }
-
-    async fn clients(&mut self, id: u64) -> Clients {
-        self.node(id).clients().await
-    }
-
-    async fn status(&mut self, id: u64) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-        let channel = self.node(id).channel().await;
-        let reply = ClusterServiceClient::new(channel)
-            .status(pb::ClusterStatusRequest {})
-            .await?;
-        Ok(reply.into_inner())
-    }
-
-    /// Waits until every running node names the same leader, among the running ones.
-    async fn leader(&mut self) -> u64 {
-        let running = self.running();
-        wait_until("every running node names the same live leader", async || {
-            let mut seen = Vec::new();
-            for &id in &running {
-                seen.push(self.status(id).await.map_err(|e| e.to_string())?.leader);
-            }
-            match seen.first() {
-                Some(&leader) if running.contains(&leader) && seen.iter().all(|l| *l == leader) => Ok(leader),
-                _ => Err(format!("nodes {running:?} name leaders {seen:?}")),
-            }
-        })
-        .await
-    }
-}
-
-fn policy(id: &str, subject: &str) -> pb::SetPolicyRequest {
-    pb::SetPolicyRequest {
-        policy: Some(pb::Policy {
-            id: id.into(),
-            subject: subject.into(),
-            action: "read".into(),
-            resource: "docs/*".into(),
-            effect: pb::PolicyEffect::Allow as i32,
-        }),
-    }
-}
-
-async fn allowed(clients: &mut Clients, subject: &str) -> bool {
-    let request = pb::CheckPolicyRequest {
-        subject: subject.into(),
-        action: "read".into(),
-        resource: "docs/a".into(),
-    };
-    clients
-        .policies
-        .check_policy(request)
-        .await
-        .expect("CheckPolicy")
-        .into_inner()
-        .allowed
-}
-
-async fn acquire(clients: &mut Clients, key: &str, agent_id: &str) -> Result<pb::Lease, tonic::Status> {
-    let request = pb::AcquireLeaseRequest {
-        task_id: key.into(),
-        agent_id: agent_id.into(),
-        ttl_seconds: 60,
-    };
-    let reply = clients.leases.acquire_lease(request).await?.into_inner();
-    assert!(reply.acquired, "the lease on {key} is free");
-    Ok(reply.lease.expect("a lease"))
-}
+use common::cluster::{Cluster, acquire, allowed, policy, signal};
+use common::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_a_follower_is_read_on_every_node_at_once_and_status_names_the_members() {
@@ -435,14 +224,6 @@ fn cluster_flags_that_cannot_work_are_refused_with_the_reason_and_exit_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
-}
-
-fn signal(daemon: &Daemon, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &daemon.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,7 +494,7 @@ async fn ctl_adds_a_node_that_joins_catches_up_and_votes_and_removes_a_member_th
         .ctl(follower, &["cluster", "remove", &leader.to_string()])
         .expect("ctl cluster remove");
     assert!(removed.contains(&format!("node {leader} removed")), "{removed}");
-    let mut old = cluster.nodes[(leader - 1) as usize].take().expect("it runs");
+    let mut old = cluster.take(leader);
     let next = cluster.leader().await;
     assert_ne!(next, leader);
     let status = cluster.status(next).await.expect("status");

@@ -23,10 +23,11 @@ use agentkeeper::store::format::encode_snapshot;
 
 use agentkeeper::core::PolicyInput;
 use agentkeeper::core::types::Effect;
+use agentkeeper_linearizability::policies::{self, Policies, PolicyOp, PolicyRet};
+use agentkeeper_linearizability::{self as linearizability, Operation, Verdict};
 
 use crate::checks::panic_text;
 use crate::digest::Digest;
-use crate::linearizability::{self, Model, Operation, Verdict};
 use crate::rng::Rng;
 
 /// The named invariants, as reports print them.
@@ -148,55 +149,14 @@ enum Pending {
 }
 
 /// The policies clients set, delete and check: three ids on one subject, action and resource,
-/// so every call touches one key and the history is checked for linearizability whole.
-const POLICY_IDS: [&str; 3] = ["p0", "p1", "p2"];
+/// so every call touches one key and the history is checked for linearizability whole (the
+/// model: `agentkeeper_linearizability::policies`).
+const POLICY_IDS: [&str; policies::POLICY_IDS_MAX] = ["p0", "p1", "p2"];
 const SUBJECT: &str = "agent:s";
 const ACTION: &str = "write";
 const RESOURCE: &str = "doc:r";
 /// States the linearizability search may explore per run.
 const LINEARIZABILITY_BUDGET: u64 = 300_000;
-
-#[derive(Clone, Debug)]
-pub enum PolicyOp {
-    Set(usize, Effect),
-    Delete(usize),
-    Check,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum PolicyRet {
-    Done,
-    NotFound,
-    Allowed(bool),
-}
-
-/// The sequential specification: each id's effect, if set; a check is denied by any DENY,
-/// allowed by any ALLOW, denied by default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Policies([Option<Effect>; 3]);
-
-impl Model for Policies {
-    type Op = PolicyOp;
-    type Ret = PolicyRet;
-    fn step(&self, op: &PolicyOp) -> (Policies, PolicyRet) {
-        let mut next = self.clone();
-        let ret = match op {
-            PolicyOp::Set(id, effect) => {
-                next.0[*id] = Some(*effect);
-                PolicyRet::Done
-            }
-            PolicyOp::Delete(id) => match next.0[*id].take() {
-                Some(_) => PolicyRet::Done,
-                None => PolicyRet::NotFound,
-            },
-            PolicyOp::Check => {
-                let deny = self.0.contains(&Some(Effect::Deny));
-                PolicyRet::Allowed(!deny && self.0.contains(&Some(Effect::Allow)))
-            }
-        };
-        (next, ret)
-    }
-}
 
 struct Call {
     node: usize,
@@ -516,10 +476,10 @@ impl ClusterSim {
         let id = self.rng.index(POLICY_IDS.len());
         let (name, op, command) = match self.rng.below(3) {
             0 => {
-                let effect = if self.rng.chance(500) {
-                    Effect::Allow
+                let (effect, modelled) = if self.rng.chance(500) {
+                    (Effect::Allow, policies::Effect::Allow)
                 } else {
-                    Effect::Deny
+                    (Effect::Deny, policies::Effect::Deny)
                 };
                 let command = Command::SetPolicy {
                     policy: PolicyInput {
@@ -530,7 +490,7 @@ impl ClusterSim {
                         effect: Some(effect),
                     },
                 };
-                ("set_policy", PolicyOp::Set(id, effect), command)
+                ("set_policy", PolicyOp::Set(id, modelled), command)
             }
             1 => (
                 "delete_policy",

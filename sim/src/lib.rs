@@ -11,7 +11,6 @@ pub mod checks;
 pub mod cluster;
 pub mod digest;
 pub mod image;
-pub mod linearizability;
 pub mod model;
 pub mod rng;
 pub mod runner;

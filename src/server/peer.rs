@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use tokio::net::TcpListener;
@@ -117,6 +117,7 @@ pub async fn describe(
 /// Keeps a stream open to peer `to` and sends it what the driver queues, batched; on a broken
 /// connection, what is queued meanwhile is dropped (it is stale by the time the peer is back:
 /// the leader sends again what a follower lacks).
+#[allow(clippy::disallowed_methods)] // how long a stream lasted, for the redial's backoff
 async fn send_to(
     book: Arc<PeerBook>,
     to: u64,
@@ -140,14 +141,8 @@ async fn send_to(
                     tracing::warn!(peer = to, %addr, %error, "cannot reach peer; retrying");
                     warned = true;
                 }
-                // What waited is stale by the time the peer is back; a queue the driver
-                // dropped means the peer left the cluster.
-                loop {
-                    match queued.try_recv() {
-                        Ok(_) => continue,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
+                if !drop_stale(&mut queued) {
+                    return;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -158,7 +153,7 @@ async fn send_to(
             tracing::info!(peer = to, %addr, "peer reachable again");
             warned = false;
         }
-        backoff = Duration::from_millis(50);
+        let opened = Instant::now();
         set(Link::Up);
         let mut client = pb::peer_service_client::PeerServiceClient::new(channel)
             .max_encoding_message_size(ENVELOPE_BYTES_MAX)
@@ -202,6 +197,31 @@ async fn send_to(
                 call.abort();
                 break;
             }
+        }
+        // A stream that lasted is a peer that went away (it restarted): dial again at once. One
+        // that ended at once is a peer that takes connections and drops them (a balancer with
+        // no backend, another service on the port): dial again only after the backoff, never
+        // in a loop.
+        if opened.elapsed() >= RECONNECT_MAX {
+            backoff = Duration::from_millis(50);
+        } else {
+            if !drop_stale(&mut queued) {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+}
+
+/// Drops what waited for a peer that is down (it is stale by the time the peer is back); false
+/// when the driver dropped the queue (the peer left the cluster).
+fn drop_stale(queued: &mut mpsc::Receiver<PeerTraffic>) -> bool {
+    loop {
+        match queued.try_recv() {
+            Ok(_) => continue,
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
 }

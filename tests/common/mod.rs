@@ -7,6 +7,9 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(clippy::disallowed_methods)] // the harness waits on real time; the clock ban is for the core
 
+pub mod cluster;
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -123,6 +126,17 @@ fn bound_in_log(stderr: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
         addr => Some(addr.parse().ok()?),
     };
     Some((grpc, http))
+}
+
+/// The peer address a cluster node's `ports bound ... peer=ADDR` log line names.
+fn peer_bound_in_log(stderr: &str) -> Option<SocketAddr> {
+    let line = stderr
+        .split_inclusive('\n')
+        .find(|line| line.ends_with('\n') && line.contains(" ports bound "))?;
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("peer="))?
+        .parse()
+        .ok()
 }
 
 /// The line the daemon logs when calls were still open at the end of its shutdown grace.
@@ -261,6 +275,20 @@ impl Daemon {
         self.port = grpc.port();
         self.metrics_port = http.map_or(0, |addr| addr.port());
         (grpc, http)
+    }
+
+    /// Waits until a cluster node logs the ports it bound and returns its peer address (with
+    /// `--peer-addr=HOST:0`, the port the OS gave it); panics with its stderr if it exits first.
+    pub fn wait_peer_bound(&mut self) -> SocketAddr {
+        wait_until_blocking("the node's `ports bound ... peer=` line", || {
+            if let Some(peer) = peer_bound_in_log(&self.stderr()) {
+                return Ok(peer);
+            }
+            match self.child.try_wait().expect("poll the daemon") {
+                Some(status) => panic!("the daemon exited with {status}; stderr:\n{}", self.stderr()),
+                None => Err("not logged yet".to_string()),
+            }
+        })
     }
 
     pub fn url(&self) -> String {
@@ -472,7 +500,7 @@ pub fn token_of(lease: &pb::Lease) -> u64 {
 }
 
 impl Clients {
-    fn over(channel: Channel) -> Clients {
+    pub fn over(channel: Channel) -> Clients {
         Clients {
             registry: RegistryServiceClient::new(channel.clone()),
             leases: LeaseServiceClient::new(channel.clone()),

@@ -4,8 +4,15 @@
 //! Operations whose outcome is unknown (no answer, or "may yet take effect") may take effect at
 //! any point after their invocation, or never. Check each independent key's history alone.
 //!
+//! The simulator checks its simulated clusters' histories with it, the end-to-end tests the
+//! histories they record from real daemons; `policies` and `lease` are the sequential models.
+//!
 //! Architecture invariant: the search is bounded by a budget of explored states and says
-//! "inconclusive" when it runs out, never guesses; no hash-map order reaches a verdict.
+//! "inconclusive" when it runs out, never guesses; no hash-map order reaches a verdict. Nothing
+//! here knows a daemon, a clock or a network: histories come in as values.
+
+pub mod lease;
+pub mod policies;
 
 use std::collections::HashSet;
 use std::hash::Hash;
