@@ -1,6 +1,6 @@
 //! `agentkeeper.v1.ClusterService`: the cluster as the node asked sees it (leader, term,
 //! members with their roles, applied indexes and when each was last heard from), for
-//! `agentkeeper ctl cluster status` and clients choosing a node.
+//! `agentkeeper ctl cluster status`, the dashboard's cluster panel and clients choosing a node.
 //!
 //! Architecture invariant: reads only; what the node knows of consensus comes through the
 //! driver, what it heard from peers from the peer book. A single node says it is not a cluster.
@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::peer::PeerBook;
 use crate::cluster::StateRole;
+use crate::core::CoreError;
 use crate::driver::CoreHandle;
 use crate::proto as pb;
 
@@ -30,18 +31,16 @@ fn role_name(role: StateRole) -> &'static str {
     }
 }
 
-#[tonic::async_trait]
-impl pb::cluster_service_server::ClusterService for ClusterStatus {
-    async fn status(
-        &self,
-        _: Request<pb::ClusterStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let not_a_cluster =
-            || Status::failed_precondition("this daemon runs as a single node (started without --initial-cluster)");
-        let book = self.book.as_ref().ok_or_else(not_a_cluster)?;
-        let view = (self.core.cluster_status().await)
-            .map_err(convert::status)?
-            .ok_or_else(not_a_cluster)?;
+impl ClusterStatus {
+    /// The node's view of the cluster, as ClusterService.Status answers it (the dashboard shows
+    /// the same); None on a single node.
+    pub async fn answer(&self) -> Result<Option<pb::ClusterStatusResponse>, CoreError> {
+        let Some(book) = self.book.as_ref() else {
+            return Ok(None);
+        };
+        let Some(view) = self.core.cluster_status().await? else {
+            return Ok(None);
+        };
         let me = view.status;
         let members = (view.members.iter())
             .map(|member| {
@@ -66,7 +65,7 @@ impl pb::cluster_service_server::ClusterService for ClusterStatus {
                 }
             })
             .collect();
-        Ok(Response::new(pb::ClusterStatusResponse {
+        Ok(Some(pb::ClusterStatusResponse {
             node_id: me.id,
             leader: me.leader,
             term: me.term,
@@ -74,5 +73,20 @@ impl pb::cluster_service_server::ClusterService for ClusterStatus {
             applied_index: me.applied,
             members,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for ClusterStatus {
+    async fn status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        match self.answer().await.map_err(convert::status)? {
+            Some(answer) => Ok(Response::new(answer)),
+            None => Err(Status::failed_precondition(
+                "this daemon runs as a single node (started without --initial-cluster)",
+            )),
+        }
     }
 }
