@@ -621,6 +621,8 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     // The dashboard's way to the core, filled in once the core runs (after any recovery).
     let core_slot: Arc<OnceLock<driver::CoreHandle>> = Arc::default();
+    // The cluster's status for the dashboard's panel, filled in with the routes.
+    let cluster_slot: Arc<OnceLock<server::cluster_status::ClusterStatus>> = Arc::default();
     // The MCP tools' way to the gRPC API (in process), filled in with the routes.
     let mcp_slot: Arc<OnceLock<agentkeeper::mcp::GrpcChannel>> = Arc::default();
     let http = http_listener.map(|listener| {
@@ -633,6 +635,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
             serving.clone(),
             server::dashboard::Dashboard::new(
                 Arc::clone(&core_slot),
+                Arc::clone(&cluster_slot),
                 Arc::clone(&metrics),
                 flags.watch_buffer as usize,
             ),
@@ -758,6 +761,10 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         &serving,
     )
     .with_cluster(core.clone(), peers.is_some());
+    let _ = cluster_slot.set(server::cluster_status::ClusterStatus {
+        core: core.clone(),
+        clustered: peers.is_some(),
+    });
     let _ = mcp_slot.set(agentkeeper::mcp::in_process(grpc.clone()));
     let gate = server::connections::Gate::new(flags.limits.connections_max, Arc::clone(&metrics));
     let streams_max = flags.limits.streams_per_connection_max;

@@ -151,16 +151,17 @@ impl Feed {
 
     /// Reads until `text` has arrived; everything so far stays in `seen`.
     fn wait_for(&mut self, text: &str) {
+        self.wait_until(&format!("{text:?}"), |seen| seen.contains(text));
+    }
+
+    /// Reads until what arrived so far satisfies `done`.
+    fn wait_until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + common::HANG_GUARD;
         let mut buffer = [0u8; 16 * 1024];
-        while !self.seen.contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} did not arrive; got:\n{}",
-                self.seen
-            );
+        while !done(&self.seen) {
+            assert!(Instant::now() < deadline, "{what} did not arrive; got:\n{}", self.seen);
             match self.stream.read(&mut buffer) {
-                Ok(0) => panic!("the stream closed before {text:?}; got:\n{}", self.seen),
+                Ok(0) => panic!("the stream closed before {what}; got:\n{}", self.seen),
                 Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => panic!("reading the stream: {e}"),
@@ -236,4 +237,22 @@ async fn with_auth_tokens_the_dashboards_data_needs_a_known_token_of_any_role() 
     }
     assert_eq!(get_status(&daemon, "/healthz", None), "HTTP/1.1 200 OK");
     assert!(!daemon.stderr().contains(READER), "a token never reaches the log");
+}
+
+#[tokio::test]
+async fn a_single_node_has_no_cluster_to_show_neither_at_api_cluster_nor_in_the_stream() {
+    let daemon = Daemon::start(&[]);
+    let (status, body) = daemon.http_get("/api/cluster");
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
+    assert!(body.contains("single node"), "{body}");
+    // A cluster node sends its status at once and with every round of counts: after two
+    // rounds, a single node has sent none.
+    let mut feed = Feed::open(&daemon, 0);
+    feed.wait_until("two rounds of counts", |seen| seen.matches("event: stats").count() >= 2);
+    assert!(!feed.seen.contains("event: cluster"), "{}", feed.seen);
+    let (_, page) = daemon.http_get("/");
+    assert!(
+        page.contains(r#"<section class="wide" id="cluster-panel" hidden>"#),
+        "the panel starts hidden"
+    );
 }

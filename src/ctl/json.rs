@@ -1,4 +1,5 @@
-//! The API's values as JSON, for scripts and models: `ctl --json` and the MCP tools' answers.
+//! The API's values as JSON, for scripts and models: `ctl --json`, the MCP tools' answers and
+//! the dashboard's cluster panel.
 //! Field names are the proto's; timestamps are RFC 3339 in UTC to the millisecond; enums are
 //! their short names (ALIVE, PENDING, DENY); bytes are text when UTF-8, else base64.
 
@@ -130,6 +131,32 @@ pub fn election_json(state: &pb::ElectionState) -> Value {
         "leader_agent_id": state.leader_agent_id,
         "term": state.term,
         "elected_at": time_json(state.elected_at.as_ref()),
+    })
+}
+
+/// A cluster's status as `ctl cluster status --json` prints it and the dashboard's cluster
+/// panel reads it: the node asked, the leader it knows (0: none), the term, its commit and
+/// applied indexes, and each member (`addr` is its peer address).
+pub fn cluster_json(status: &pb::ClusterStatusResponse) -> Value {
+    let members: Vec<Value> = (status.members.iter())
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "addr": m.peer_addr,
+                "role": m.role,
+                "voter": m.voter,
+                "applied_index": m.applied_index,
+                "last_heard_ms": m.last_heard_ms,
+            })
+        })
+        .collect();
+    json!({
+        "node_id": status.node_id,
+        "leader": status.leader,
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "members": members,
     })
 }
 

@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 
 use super::json::{
-    agent_json, agent_status, decode_payload, election_json, lease_json, system_time, task_json, task_status, time_json,
+    agent_json, agent_status, cluster_json, decode_payload, election_json, lease_json, system_time, task_json,
+    task_status, time_json,
 };
 use crate::proto as pb;
 
@@ -437,27 +438,7 @@ fn cluster_view(status: &pb::ClusterStatusResponse) -> (Value, String) {
         status.commit_index,
         table(&["ID", "PEER ADDRESS", "ROLE", "APPLIED", "HEARD"], rows)
     );
-    let members: Vec<Value> = (status.members.iter())
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "addr": m.peer_addr,
-                "role": m.role,
-                "voter": m.voter,
-                "applied_index": m.applied_index,
-                "last_heard_ms": m.last_heard_ms,
-            })
-        })
-        .collect();
-    let json = json!({
-        "node_id": status.node_id,
-        "leader": status.leader,
-        "term": status.term,
-        "commit_index": status.commit_index,
-        "applied_index": status.applied_index,
-        "members": members,
-    });
-    (json, text)
+    (cluster_json(status), text)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `agentkeeper.v1.ClusterService`: the cluster as the node asked sees it (leader, term,
 //! members with their roles, applied indexes and when each was last heard from), for
-//! `agentkeeper ctl cluster` and clients choosing a node; and the operator's membership changes.
+//! `agentkeeper ctl cluster`, the dashboard's cluster panel and clients choosing a node; and the
+//! operator's membership changes.
 //!
 //! Architecture invariant: what the node knows of consensus and membership comes through the
 //! driver; a change is decided by consensus, never here. A single node says it is not a cluster.
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::cluster::{ClusterView, MemberChange, StateRole};
+use crate::core::CoreError;
 use crate::driver::CoreHandle;
 use crate::proto as pb;
 
@@ -68,6 +70,15 @@ pub fn status_of(view: &ClusterView) -> pb::ClusterStatusResponse {
 }
 
 impl ClusterStatus {
+    /// The node's view of the cluster, as ClusterService.Status answers it (the dashboard shows
+    /// the same); None on a single node.
+    pub async fn answer(&self) -> Result<Option<pb::ClusterStatusResponse>, CoreError> {
+        if !self.clustered {
+            return Ok(None);
+        }
+        Ok(self.core.cluster_status().await?.as_ref().map(status_of))
+    }
+
     async fn view(&self) -> Result<ClusterView, Status> {
         if !self.clustered {
             return Err(not_a_cluster());

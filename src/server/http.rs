@@ -1,6 +1,6 @@
 //! The HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the live dashboard
 //! (`/`, `/api/overview`, a page of `/api/agents`, `/api/leases`, `/api/policies` or
-//! `/api/elections`, and `/api/events`, see `dashboard`), the A2A cards (`/a2a/...`, see `a2a`),
+//! `/api/elections`, `/api/events` and `/api/cluster`, see `dashboard`), the A2A cards (`/a2a/...`, see `a2a`),
 //! and `/mcp`, the MCP tools (see
 //! `crate::mcp`).
 //!
@@ -42,6 +42,7 @@ pub fn router(
         .route("/api/policies", get(dashboard::policies))
         .route("/api/elections", get(dashboard::elections))
         .route("/api/events", get(dashboard::events))
+        .route("/api/cluster", get(dashboard::cluster))
         .route("/a2a/agents", get(a2a::http::agents))
         .route("/a2a/agents/{agent_id}/agent-card.json", get(a2a::http::agent_card))
         .with_state(dashboard);

@@ -1,6 +1,7 @@
 """The live dashboard in headless Chromium (the system's, driven by Playwright): rows appear and
 change without a reload, and with 10,000 agents the page holds one page of them at a time,
-pages by cursor, filters by status and finds agents through the daemon's Find.
+pages by cursor, filters by status and finds agents through the daemon's Find. On a cluster
+node the page shows the cluster (leader, term, members) and follows a failover live.
 
 Screenshots go to target/dashboard/ (printed at the end of each test).
 """
@@ -11,6 +12,8 @@ import json
 import os
 import pathlib
 import shutil
+import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -20,6 +23,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from agentkeeper import AgentKeeperClient, find_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The SDK tests' cluster of real daemons (and the wait it uses), rather than a second copy.
+sys.path.insert(0, str(ROOT / "sdk" / "python" / "tests"))
+from local_cluster import LocalCluster  # noqa: E402
 OUT = ROOT / "target" / "dashboard"
 # Chromium's own network chatter is refused on these machines; these flags keep it quiet.
 CHROMIUM_ARGS = [
@@ -79,6 +85,9 @@ def test_an_agent_appears_and_dies_live_with_its_lease_election_and_task_shown(
 ) -> None:
     page = open_dashboard(browser, manual)
     expect(page.locator("#agents")).to_contain_text("no agents")
+    with pytest.raises(urllib.error.HTTPError) as single:
+        urllib.request.urlopen(manual.daemon.metrics_url + "/api/cluster")
+    assert single.value.code == 404, "a single node has no cluster to show"
 
     agent = manual.register("invoice-parser", "Extracts totals from PDF invoices", tools=["pdf_read", "ocr"],
                             ttl=10, heartbeat=False)
@@ -111,6 +120,7 @@ def test_an_agent_appears_and_dies_live_with_its_lease_election_and_task_shown(
     # The election moved to the standby when the leader died.
     expect(page.locator("#elections")).to_contain_text("invoice-parser-2")
     assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+    expect(page.locator("#cluster-panel")).to_be_hidden()
     screenshot(page, "dashboard.png")
 
 
@@ -170,3 +180,49 @@ def test_ten_thousand_agents_are_paged_by_cursor_filtered_and_found(browser: Bro
         screenshot(page, "ten-thousand.png")
         assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
         page.close()
+
+
+def test_a_followers_page_shows_the_cluster_and_then_the_new_leader_after_the_leader_is_killed(
+    browser: Browser,
+) -> None:
+    cluster = LocalCluster(find_binary(os.environ.get("AGENTKEEPER_BIN") or None))
+    try:
+        cluster.start()
+        leader = cluster.leader()
+        follower = next(n for n in cluster.running if n != leader)
+        url = cluster.nodes[follower].metrics_url
+        with urllib.request.urlopen(url + "/api/cluster") as r:
+            status = json.load(r)
+        assert status["node_id"] == follower and status["leader"] == leader
+        assert sorted(m["id"] for m in status["members"]) == [1, 2, 3]
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url + "/")
+        expect(page.locator("#conn")).to_have_text("live", timeout=10_000)
+        page.evaluate("window.__notReloaded = true")
+        panel = page.locator("#cluster-panel")
+        expect(panel).to_be_visible()
+        expect(page.locator("#cluster-summary")).to_contain_text(f"node {follower} · leader {leader} ·")
+        expect(page.locator("#cluster tr")).to_have_count(3)
+        for n, peer in cluster.peers.items():
+            row = page.locator(f'#cluster tr[data-member-id="{n}"]')
+            expect(row).to_contain_text(peer)
+            expect(row.locator("td.role")).to_have_text("leader" if n == leader else "follower")
+            expect(row).to_contain_text("voter")
+        expect(page.locator(f'#cluster tr[data-member-id="{follower}"]')).to_contain_text("this node")
+        screenshot(page, "cluster.png")
+
+        cluster.kill(leader)
+        new_leader = cluster.leader()
+        # The page follows by itself: the stream of the follower it is on carries on.
+        expect(page.locator("#cluster-summary")).to_contain_text(f"· leader {new_leader} ·", timeout=30_000)
+        expect(page.locator(f'#cluster tr[data-member-id="{new_leader}"] td.role')).to_have_text("leader")
+        killed = page.locator(f'#cluster tr[data-member-id="{leader}"]')
+        expect(killed.locator("td.role")).to_have_text("follower")
+        expect(killed).to_have_class("silent", timeout=30_000)
+        expect(page.locator("#cluster tr")).to_have_count(3)
+        assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+        screenshot(page, "cluster-failover.png")
+        page.close()
+    finally:
+        cluster.close()

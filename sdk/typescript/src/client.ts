@@ -1,11 +1,12 @@
 // AgentKeeperClient: every call of the daemon in TypeScript idiom (registry, leases, elections,
-// entitlements, the event bus, tasks, the manual clock) and embedded mode. It converts between
+// entitlements, the event bus, tasks, the manual clock, the cluster's status) and embedded mode. It converts between
 // the SDK's values and the wire; retries and connections belong to connection.ts, and no
 // generated message type appears in its public signatures.
 import { create } from "@bufbuild/protobuf";
 import { anyUnpack, durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Connection, type CallControl, type RetryOptions, type TlsOptions } from "./connection.js";
 import { EmbeddedDaemon, type EmbeddedOptions } from "./embedded.js";
+import { resolveEndpoints } from "./endpoints.js";
 import { AgentKeeperError, InvalidArgument } from "./errors.js";
 import * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
 import { Agent, Lease, type KeepAliveOptions } from "./handles.js";
@@ -13,6 +14,7 @@ import { claimedTask, claimLoop, work, type ClaimedTask, type TaskHandler, type 
 import {
   agentFromPb,
   bytesOf,
+  clusterStatusFromPb,
   effectToPb,
   electionFromPb,
   electionGroupFromPb,
@@ -23,6 +25,7 @@ import {
   type AgentInfo,
   type Capability,
   type CheckResult,
+  type ClusterStatus,
   type EffectName,
   type ElectionGroup,
   type ElectionState,
@@ -36,7 +39,11 @@ import { WatchStream, type WatchOptions } from "./watch.js";
 export interface ClientOptions {
   /** `host:port` of the daemon (default `$AGENTKEEPER_ADDRESS`, else `127.0.0.1:7070`). */
   address?: string;
-  /** Several daemons of one cluster: calls go to one, and move to the next on UNAVAILABLE. */
+  /**
+   * The nodes of a cluster, `["h1:7070", "h2:7070", "h3:7070"]` (instead of `address`; a host
+   * alone means port 7070, IPv6 as `"[::1]:7070"`): the client talks to one at a time, the first
+   * to begin with, and moves on to the next when that one is down or answers UNAVAILABLE.
+   */
   endpoints?: string[];
   /** Sent as `authorization: Bearer TOKEN` (a daemon started with `--auth-tokens`). */
   token?: string;
@@ -126,7 +133,7 @@ export class AgentKeeperClient implements AsyncDisposable {
   private readonly background = new Set<Background>();
 
   constructor(options: ClientOptions = {}) {
-    const endpoints = options.endpoints ?? [options.address ?? process.env["AGENTKEEPER_ADDRESS"] ?? DEFAULT_ADDRESS];
+    const endpoints = resolveEndpoints(options.address, options.endpoints, process.env["AGENTKEEPER_ADDRESS"] ?? DEFAULT_ADDRESS);
     this.connection = new Connection(
       { endpoints, token: options.token, tls: options.tls, retry: options.retry },
       options.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : options.timeoutMs,
@@ -142,9 +149,14 @@ export class AgentKeeperClient implements AsyncDisposable {
     return client;
   }
 
-  /** The `host:port` calls go to now. */
+  /** The `host:port` calls go to now (with several endpoints: the node the client talks to now). */
   get address(): string {
     return this.connection.endpoint.address;
+  }
+
+  /** Every `host:port` this client may talk to, in order (one unless `endpoints` was given). */
+  get endpoints(): string[] {
+    return [...this.connection.options.endpoints];
   }
 
   get closed(): boolean {
@@ -159,6 +171,16 @@ export class AgentKeeperClient implements AsyncDisposable {
   /** @internal */
   _untrack(obj: Background): void {
     this.background.delete(obj);
+  }
+
+  /** @internal the backoff after `previousMs` (0 for the first), as for reopening a stream. */
+  _nextDelay(previousMs: number): number {
+    return this.connection.nextStreamDelay(previousMs);
+  }
+
+  /** @internal wait `ms`; false if `signal` (or the client's closing) fired first. */
+  _pause(ms: number, signal?: AbortSignal): Promise<boolean> {
+    return this.connection.pause(ms, signal);
   }
 
   async close(): Promise<void> {
@@ -461,6 +483,16 @@ export class AgentKeeperClient implements AsyncDisposable {
   /** The worker loop with a handler: its return value completes each task, a throw fails it. Resolves with the count handled. */
   async work(agent: string | Agent, handler: TaskHandler, options: WorkerOptions = {}): Promise<number> {
     return work(this, typeof agent === "string" ? agent : agent.agentId, handler, options);
+  }
+
+  // ── cluster ──
+
+  /** The cluster as the node the client talks to now sees it: that node's id, the leader it
+   * knows (0n during an election), the term, its commit and applied index, every member.
+   * FailedPrecondition from a daemon that is not a cluster node. */
+  async clusterStatus(control: CallControl = {}): Promise<ClusterStatus> {
+    const response = await this.connection.unary("Status", (s, o) => s.cluster.status({}, o), control);
+    return clusterStatusFromPb(response);
   }
 
   // ── manual clock ──

@@ -1,12 +1,16 @@
 // The gRPC side of the client: one HTTP/2 connection per endpoint (TLS, bearer token), typed
-// service clients on it, and the retry loop with its idempotency table. It never converts
-// messages into the SDK's own values and holds no agent, lease or stream state.
+// service clients on it, the retry loop with its idempotency table, and the rules for which
+// failures are sent again and which leave a write's outcome unknown (the Python SDK's
+// _common.py, the same rules). It never converts messages into the SDK's own values and holds
+// no agent, lease or stream state.
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { SecureClientSessionOptions } from "node:http2";
+import { EndpointRing } from "./endpoints.js";
 import * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
-import { AgentKeeperError, Unavailable, fromCallError, neverSent } from "./errors.js";
+import { ClusterService } from "./gen/agentkeeper/v1/cluster_pb.js";
+import { AgentKeeperError, Unavailable, callFailure, neverSent, outcomeUnknown } from "./errors.js";
 
 /** TLS for a daemon started with `--tls-cert` (mutual TLS with `cert` and `key`). */
 export interface TlsOptions {
@@ -42,25 +46,59 @@ export interface Services {
   entitlements: Client<typeof pb.EntitlementsService>;
   task: Client<typeof pb.TaskService>;
   clock: Client<typeof pb.ClockService>;
+  cluster: Client<typeof ClusterService>;
 }
 
 // Safe to send again when the first attempt may or may not have arrived: Deregister of a DEAD
 // agent is OK, AcquireLease is re-entrant for its holder, Campaign of a candidate and Resign of a
 // non-candidate are no-ops, SetPolicy is an upsert, the rest only read or refresh a deadline.
 // Register, ReleaseLease, DeletePolicy, Advance and the task mutations are not: a second
-// Register after a lost reply registers a second agent. (The Python SDK's _rpc.py, the same list.)
+// Register after a lost reply registers a second agent. In a cluster a write that "may yet take
+// effect" commits before any later write or never, so repeating an idempotent one after it stays
+// safe. (The Python SDK's _rpc.py, the same list; "Status" is ClusterService.Status.)
 const IDEMPOTENT = new Set([
   "Heartbeat", "Deregister", "GetAgent", "Find", "Watch",
   "AcquireLease", "RenewLease", "ListLeases",
   "Campaign", "Resign", "WatchElection", "ListElections",
   "SetPolicy", "ListPolicies", "CheckPolicy",
-  "GetTask", "ListTasks", "Now",
+  "GetTask", "ListTasks", "Now", "Status",
 ]);
 
-/** Whether a failed call of `method` may be sent again: idempotent ones on any UNAVAILABLE, the others only when nothing was sent. */
+// The daemon's words for a call it answered without carrying it out anywhere. (Its "may yet take
+// effect", on a write forwarded to a leader that died or lost its quorum, or taken by a daemon
+// that stopped before answering, is the opposite.)
+const REFUSED_MARKERS = [
+  "has known no leader", // the call waited for an election that did not end in time
+  "the cluster refused the write", // the leader could not propose it (a leadership transfer)
+  "the write was not sent", // the follower could not reach the leader to hand it the write
+  "the daemon is shutting down", // a stopping daemon refused it before taking it
+];
+
+/** True when an UNAVAILABLE failure surely left no trace: the request never left this process,
+ * or a cluster node refused it before proposing it. */
+export function notCarriedOut(error: AgentKeeperError): boolean {
+  if (error.code !== "UNAVAILABLE") return false;
+  return neverSent(error) || REFUSED_MARKERS.some((marker) => error.details.includes(marker));
+}
+
+/** Whether a failed call of `method` may be sent again (after a backoff delay, to the next
+ * endpoint when there are several): idempotent ones on any UNAVAILABLE; the others (Register,
+ * ReleaseLease, DeletePolicy, Advance, the task mutations) only when surely not carried out, as a
+ * second Register after a lost reply would register a second agent. */
 export function shouldRetry(method: string, error: AgentKeeperError): boolean {
   if (error.code !== "UNAVAILABLE") return false;
-  return IDEMPOTENT.has(method) || neverSent(error);
+  return IDEMPOTENT.has(method) || notCarriedOut(error);
+}
+
+/** What a call of `method` that failed with `error`, and is not sent again, throws: an
+ * `OutcomeUnknownError` for a call not safe to repeat that may have been carried out
+ * (UNAVAILABLE after it may have reached the daemon, or its deadline passed), else `error`. */
+export function failedForGood(method: string, error: AgentKeeperError): AgentKeeperError {
+  if (IDEMPOTENT.has(method)) return error;
+  if (error.code === "DEADLINE_EXCEEDED" || (error.code === "UNAVAILABLE" && !notCarriedOut(error))) {
+    return outcomeUnknown(method, error);
+  }
+  return error;
 }
 
 // Bounds of one message either way: the daemon's default --message-bytes-max is below this.
@@ -106,6 +144,7 @@ export class Endpoint {
       entitlements: createClient(pb.EntitlementsService, transport),
       task: createClient(pb.TaskService, transport),
       clock: createClient(pb.ClockService, transport),
+      cluster: createClient(ClusterService, transport),
     };
   }
 
@@ -125,12 +164,12 @@ export class Connection {
   readonly options: ConnectionOptions;
   readonly defaultTimeoutMs: number | null;
   private readonly endpoints: Endpoint[];
-  private current = 0;
+  private readonly ring: EndpointRing;
   private readonly closing = new AbortController();
   private readonly extra = new Set<Endpoint>();
 
   constructor(options: ConnectionOptions, defaultTimeoutMs: number | null) {
-    if (options.endpoints.length === 0) throw new TypeError("at least one endpoint is needed");
+    this.ring = new EndpointRing(options.endpoints);
     this.options = options;
     this.defaultTimeoutMs = defaultTimeoutMs;
     this.endpoints = options.endpoints.map((address) => new Endpoint(address, options));
@@ -145,13 +184,15 @@ export class Connection {
     return this.closing.signal;
   }
 
+  /** The endpoint the client talks to now. */
   get endpoint(): Endpoint {
-    return this.endpoints[this.current]!;
+    return this.endpoints[this.ring.current]!;
   }
 
-  /** The next endpoint in turn (after an UNAVAILABLE from this one). */
-  rotate(): void {
-    this.current = (this.current + 1) % this.endpoints.length;
+  /** `address` is down or answered UNAVAILABLE: talk to the next endpoint from now on (nothing
+   * happens if the client already moved on, or has one endpoint). */
+  moveFrom(address: string): void {
+    this.ring.moveFrom(address);
   }
 
   /** A connection of its own to the current endpoint, for a long stream (a slow watcher would
@@ -189,7 +230,9 @@ export class Connection {
     return Math.min(previousMs * (retry.multiplier ?? 2), retry.maxBackoffMs ?? 2000);
   }
 
-  /** One unary call with the retry policy; the timeout covers the retries too. */
+  /** One unary call with the retry policy; the timeout covers the retries too. A retry goes to
+   * the next endpoint (when there are several). A call not safe to repeat that failed after it
+   * may have been carried out throws `OutcomeUnknownError`. */
   async unary<T>(method: string, call: (services: Services, options: CallOptions) => Promise<T>, control: CallControl = {}): Promise<T> {
     const budget = control.timeoutMs === undefined ? this.defaultTimeoutMs : control.timeoutMs;
     const end = budget === null ? null : Date.now() + budget;
@@ -199,24 +242,22 @@ export class Connection {
       if (this.closed) throw new Unavailable("the client is closed", "UNAVAILABLE");
       const options: CallOptions = { signal };
       if (end !== null) options.timeoutMs = Math.max(1, end - Date.now());
+      const endpoint = this.endpoint;
       try {
-        return await call(this.endpoint.services, options);
+        return await call(endpoint.services, options);
       } catch (thrown) {
-        let error = fromCallError(thrown);
-        if (error.code === "CANCELLED" && !signal.aborted) {
-          // Nobody cancelled it: the connection went away under the call (connect reports the
-          // stream's reset as CANCELLED). The call may or may not have arrived.
-          error = new Unavailable(`the connection closed during the call (${error.details})`, "UNAVAILABLE", { cause: thrown });
-        }
+        // Nobody cancelled it and it failed without a status from the daemon: the connection
+        // went away under the call, which may or may not have arrived.
+        const error = callFailure(thrown, signal.aborted);
         if (!this.closed && !signal.aborted && shouldRetry(method, error)) {
+          this.moveFrom(endpoint.address);
           const next = delays.next();
           if (!next.done && (end === null || Date.now() + next.value < end)) {
-            this.rotate();
             await this.pause(next.value, signal);
             continue;
           }
         }
-        throw error;
+        throw failedForGood(method, error);
       }
     }
   }

@@ -174,6 +174,11 @@ export class EmbeddedDaemon {
     this.child?.kill("SIGKILL");
   }
 
+  /** The daemon's process id while it runs (to signal it: SIGSTOP in a test of a hung node). */
+  get pid(): number | undefined {
+    return this.running ? this.child?.pid : undefined;
+  }
+
   get running(): boolean {
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }

@@ -79,6 +79,44 @@ export class Cancelled extends AgentKeeperError {}
 /** The daemon failed in a way it did not expect. */
 export class Internal extends AgentKeeperError {}
 
+/** True for the two outcome-unknown classes (one is an Unavailable, the other a DeadlineExceeded). */
+function isOutcomeUnknown(value: unknown): boolean {
+  return value instanceof AgentKeeperError && (value as { outcomeUnknown?: unknown }).outcomeUnknown === true;
+}
+
+/**
+ * A write that is not safe to repeat (`register`, `createTask`, `release`, ...) failed after it
+ * was sent, so it may or may not have taken effect: the node it went through died or lost its
+ * leader before the write was committed ("it may yet take effect"), or the connection broke in
+ * flight. The client does not send it again (that could act twice); look (`find`, `getTask`,
+ * `listLeases`, ...) before you try again. An `Unavailable`, so handlers of that still catch it;
+ * `instanceof OutcomeUnknownError` is also true for an `OutcomeUnknownDeadlineError`. `cause` is
+ * the failure itself.
+ */
+export class OutcomeUnknownError extends Unavailable {
+  readonly outcomeUnknown = true;
+
+  static [Symbol.hasInstance](value: unknown): boolean {
+    return isOutcomeUnknown(value);
+  }
+}
+
+/** A write that is not safe to repeat ran out of time after it was sent: it may or may not have
+ * taken effect. A `DeadlineExceeded` (its code), and `instanceof OutcomeUnknownError` too. */
+export class OutcomeUnknownDeadlineError extends DeadlineExceeded {
+  readonly outcomeUnknown = true;
+}
+
+/** The error for a call of `method` (not safe to repeat) that failed with `error` after it may have been sent. */
+export function outcomeUnknown(method: string, error: AgentKeeperError): AgentKeeperError {
+  const details =
+    `${method} may or may not have taken effect (${error.details}); it was not sent again, since ` +
+    "a second one could act twice: look before trying again";
+  return error.code === "DEADLINE_EXCEEDED"
+    ? new OutcomeUnknownDeadlineError(details, "DEADLINE_EXCEEDED", { cause: error })
+    : new OutcomeUnknownError(details, "UNAVAILABLE", { cause: error });
+}
+
 const CLASSES: Partial<Record<StatusName, new (details: string, code?: StatusName, options?: { cause?: unknown }) => AgentKeeperError>> = {
   NOT_FOUND: NotFound,
   PERMISSION_DENIED: PermissionDenied,
@@ -105,6 +143,26 @@ export function fromCallError(error: unknown): AgentKeeperError {
   if (error instanceof AgentKeeperError) return error;
   const connect = ConnectError.from(error);
   return errorFor(NAMES[connect.code] ?? "UNKNOWN", connect.rawMessage, error);
+}
+
+// Codes connect gives a failure of the connection itself (a reset, a destroyed stream, a session
+// gone away) when it reports it as a status rather than a refused connection.
+const BROKEN_CONNECTION = new Set<StatusName>(["CANCELLED", "ABORTED", "INTERNAL", "UNKNOWN"]);
+
+/** True when a call failed because its connection broke (read ECONNRESET, a stream destroyed)
+ * rather than with a status the daemon sent. A caller's own cancellation is one too: tell them
+ * apart by the call's signal. */
+export function connectionBroke(error: AgentKeeperError): boolean {
+  const cause = error.cause;
+  return cause instanceof ConnectError && !cause.isWireError && BROKEN_CONNECTION.has(error.code);
+}
+
+/** A failure of a call that nobody cancelled, as the SDK reports it: a broken connection is
+ * UNAVAILABLE (connect says ABORTED, CANCELLED or INTERNAL), as gRPC's own clients say. */
+export function callFailure(thrown: unknown, cancelled: boolean): AgentKeeperError {
+  const error = fromCallError(thrown);
+  if (cancelled || !connectionBroke(error)) return error;
+  return new Unavailable(`the connection broke during the call (${error.details})`, "UNAVAILABLE", { cause: thrown });
 }
 
 // Errors that mean the connection could not be made: the request never left this process.

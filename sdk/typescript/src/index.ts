@@ -12,6 +12,8 @@ export {
   Internal,
   InvalidArgument,
   NotFound,
+  OutcomeUnknownDeadlineError,
+  OutcomeUnknownError,
   OutOfRange,
   PermissionDenied,
   ResourceExhausted,

@@ -2,7 +2,7 @@
 // tasks one at a time. It never decides a task's outcome by itself except as documented on
 // work(): a handler that returns completes the task, one that throws fails it.
 import type { AgentKeeperClient } from "./client.js";
-import { FailedPrecondition, NotFound } from "./errors.js";
+import { FailedPrecondition, NotFound, OutcomeUnknownError, Unavailable } from "./errors.js";
 import type { Lease } from "./handles.js";
 import type { Task } from "./types.js";
 
@@ -52,18 +52,33 @@ export interface WorkerOptions {
   keepAlive?: boolean;
 }
 
-/** Claims tasks for `agentId` one at a time until stopped, idle too long, or `maxTasks` were handed out. */
+/** Claims tasks for `agentId` one at a time until stopped, idle too long, or `maxTasks` were
+ * handed out. A claim that fails UNAVAILABLE (the daemon down, a cluster between leaders; its
+ * outcome unknown included) is tried again with backoff: the loop goes on across a failover. */
 export async function* claimLoop(client: AgentKeeperClient, agentId: string, options: WorkerOptions): AsyncGenerator<ClaimedTask> {
   let handed = 0;
+  let idleSince = 0; // when the wait for the next task began (failed claims do not restart it)
+  let backoffMs = 0;
   while (options.maxTasks === undefined || handed < options.maxTasks) {
     if (options.signal?.aborted || client.closed) return;
+    if (backoffMs === 0) idleSince = Date.now();
+    let waitMs = options.idleTimeoutMs;
+    if (waitMs !== undefined && backoffMs > 0) {
+      waitMs -= Date.now() - idleSince; // what is left of the wait that failed claims interrupted
+      if (waitMs <= 0) return; // idle for idleTimeoutMs
+    }
     let task: ClaimedTask | null;
     try {
-      task = await client.claimTask(agentId, { waitMs: options.idleTimeoutMs, signal: options.signal });
+      task = await client.claimTask(agentId, { waitMs, signal: options.signal });
     } catch (error) {
       if (options.signal?.aborted || client.closed) return;
-      throw error;
+      if (!(error instanceof Unavailable || error instanceof OutcomeUnknownError)) throw error;
+      // A claim that may have taken effect: its lease runs out and the task goes back to PENDING.
+      backoffMs = client._nextDelay(backoffMs);
+      if (!(await client._pause(backoffMs, options.signal))) return;
+      continue;
     }
+    backoffMs = 0;
     if (task === null) return; // idle for idleTimeoutMs
     handed++;
     if (options.keepAlive) task.lease.keepAlive();
@@ -84,7 +99,8 @@ export type TaskHandler = (task: ClaimedTask) => Promise<string | Uint8Array | v
 
 /** The worker loop: each claimed task goes to `handler`; its return value completes the task, a
  * throw fails it with the error's text (and the loop goes on, as it does when the task turns out
- * no longer to be ours). Other errors (the agent is DEAD: NotFound from the claim) end the loop.
+ * no longer to be ours, or when completing it fails UNAVAILABLE or with an unknown outcome).
+ * Other errors (the agent is DEAD: NotFound from the claim) end the loop.
  * Resolves with the count handled. */
 export async function work(client: AgentKeeperClient, agentId: string, handler: TaskHandler, options: WorkerOptions): Promise<number> {
   let handled = 0;
@@ -103,8 +119,11 @@ export async function work(client: AgentKeeperClient, agentId: string, handler: 
       await outcome();
     } catch (error) {
       // The task is no longer ours (its claim lease ran out, or it was finished elsewhere): the
-      // daemon has put it back or ended it; the loop goes on with the next one.
-      if (!(error instanceof FailedPrecondition || error instanceof NotFound)) throw error;
+      // daemon has put it back or ended it. Or the daemon could not be reached, or the outcome
+      // of the call is unknown (a cluster's failover): if it did not take effect, the claim
+      // lease runs out and the task goes back to PENDING. Either way the loop goes on.
+      const settled = error instanceof FailedPrecondition || error instanceof NotFound;
+      if (!(settled || error instanceof Unavailable || error instanceof OutcomeUnknownError)) throw error;
     }
   }
   return handled;

@@ -4,6 +4,7 @@
 import { create, createRegistry } from "@bufbuild/protobuf";
 import { anyUnpack, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
+import type * as clusterPb from "./gen/agentkeeper/v1/cluster_pb.js";
 
 export type AgentStatusName = "ALIVE" | "UNREACHABLE" | "DEAD";
 export type TaskStatusName = "PENDING" | "CLAIMED" | "COMPLETED" | "FAILED" | "DEAD";
@@ -232,4 +233,47 @@ function payloadFromPb(m: pb.Event): Payload {
 export function bytesOf(value: string | Uint8Array | undefined): Uint8Array {
   if (value === undefined) return new Uint8Array();
   return typeof value === "string" ? new TextEncoder().encode(value) : value;
+}
+
+/** One member of a cluster as the node asked sees it (`clusterStatus()`). */
+export interface ClusterMember {
+  id: bigint;
+  /** Its address for consensus traffic (`--peer-addr`). */
+  peerAddr: string;
+  /** "leader", "follower", "candidate" or "learner". */
+  role: string;
+  voter: boolean;
+  /** The last log index it applied, as it last told the node asked (0n: not heard from). */
+  appliedIndex: bigint;
+  /** How long ago the node asked last heard from it, in ms (0 for itself; null: never). */
+  lastHeardMs: number | null;
+}
+
+/** A cluster as the node that answered sees it: its own id, the leader it knows (0n: none, an
+ * election is under way), the term, its commit and applied log indexes, every member. */
+export interface ClusterStatus {
+  nodeId: bigint;
+  leader: bigint;
+  term: bigint;
+  commitIndex: bigint;
+  appliedIndex: bigint;
+  members: ClusterMember[];
+}
+
+export function clusterStatusFromPb(m: clusterPb.ClusterStatusResponse): ClusterStatus {
+  return {
+    nodeId: m.nodeId,
+    leader: m.leader,
+    term: m.term,
+    commitIndex: m.commitIndex,
+    appliedIndex: m.appliedIndex,
+    members: m.members.map((member) => ({
+      id: member.id,
+      peerAddr: member.peerAddr,
+      role: member.role,
+      voter: member.voter,
+      appliedIndex: member.appliedIndex,
+      lastHeardMs: member.lastHeardMs === undefined ? null : Number(member.lastHeardMs),
+    })),
+  };
 }

@@ -1,8 +1,9 @@
 // What watch() gives: the event stream as an async iterable that reopens itself where it
-// stopped, on a connection of its own, handing out each event exactly once and in order. It
+// stopped, on a connection of its own to the node the client talks to now (another node of a
+// cluster after its own went down), handing out each event exactly once and in order. It
 // never drops an event silently: a gap it cannot close ends the stream with OutOfRange.
 import type { Connection, Endpoint } from "./connection.js";
-import { AgentKeeperError, OutOfRange, Unavailable, fromCallError } from "./errors.js";
+import { AgentKeeperError, OutOfRange, Unavailable, callFailure } from "./errors.js";
 import type * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
 import { eventFromPb, type WatchEvent } from "./types.js";
 
@@ -172,12 +173,15 @@ export class WatchStream implements AsyncIterable<WatchEvent>, AsyncDisposable {
         delayMs = 0; // a clean end (the daemon draining): reopen at once
       } catch (thrown) {
         if (this.signal.aborted) return;
-        const error = fromCallError(thrown);
+        const error = callFailure(thrown, false);
         if (error.code === "OUT_OF_RANGE" && this.cursor.reopenAfterOutOfRange()) continue;
         if (!REOPEN.has(error.code)) {
           this.failure = error;
           return;
         }
+        // Its node is down or answered UNAVAILABLE: the client moves on, and the stream is
+        // reopened there (every node numbers events alike, so the cursor holds across nodes).
+        if (error.code === "UNAVAILABLE") this.connection.moveFrom(endpoint.address);
         delayMs = this.connection.nextStreamDelay(delayMs);
       } finally {
         this.connection.release(endpoint);

@@ -2,7 +2,8 @@
 //! (the core's Overview as JSON: counts and the first page of each list), one page of a list
 //! from a cursor (`/api/agents`, `/api/leases`, `/api/policies`, `/api/elections`) and
 //! `/api/events` (server-sent events: every core event from a sequence on, plus counts once a
-//! second for the charts).
+//! second for the charts and, on a cluster node, the cluster's status once a second) and
+//! `/api/cluster` (that status alone: ClusterService.Status's answer as JSON).
 //!
 //! Architecture invariant: the dashboard is a client of the core like any gRPC caller, through
 //! the driver's bounded queue and an ordinary subscription; it never reads the core's state
@@ -26,10 +27,12 @@ use futures_core::Stream;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cluster_status::ClusterStatus;
 use super::subscription::{self, Subscription, UnwatchGuard};
 use crate::core::machine::StreamEnd;
 use crate::core::types::AgentStatus;
 use crate::core::{Command, CoreError, ErrorCode, Event, Reply};
+use crate::ctl::json::cluster_json;
 use crate::driver::CoreHandle;
 use crate::metrics::Metrics;
 
@@ -42,11 +45,13 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 /// the page's counts agree with its rows without waiting for the next second.
 const STATS_AFTER_EVENTS: Duration = Duration::from_millis(200);
 
-/// What the dashboard's handlers share: the core's handle (set once the core runs; the HTTP
-/// port opens before recovery) and the metrics for the once-a-second counts.
+/// What the dashboard's handlers share: the core's handle and the cluster's status (both set
+/// once the core runs; the HTTP port opens before recovery) and the metrics for the
+/// once-a-second counts.
 #[derive(Clone)]
 pub struct Dashboard {
     core: Arc<OnceLock<CoreHandle>>,
+    cluster: Arc<OnceLock<ClusterStatus>>,
     metrics: Arc<Metrics>,
     /// The labelled gauges, looked up once: reading them is then a load, never a map lookup.
     by_status: Arc<[IntGauge; 7]>,
@@ -176,6 +181,21 @@ pub async fn elections(State(dashboard): State<Dashboard>, Query(cursor): Query<
     }
 }
 
+/// The cluster as this node sees it (the JSON of `ctl cluster status --json`); 404 on a single
+/// node, which has no cluster to show.
+pub async fn cluster(State(dashboard): State<Dashboard>) -> Response {
+    let Some(status) = dashboard.cluster.get() else {
+        return starting();
+    };
+    match status.answer().await {
+        Ok(Some(answer)) => axum::Json(cluster_json(&answer)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, SINGLE_NODE).into_response(),
+        Err(refusal) => error(&refusal),
+    }
+}
+
+const SINGLE_NODE: &str = "this daemon runs as a single node (started without --initial-cluster)";
+
 fn unexpected(command: &str, reply: &Reply) -> Response {
     error(&CoreError::new(
         ErrorCode::Unavailable,
@@ -213,12 +233,18 @@ pub async fn events(State(dashboard): State<Dashboard>, Query(From { from }): Qu
     };
     let mut tick = tokio::time::interval(STATS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only a cluster node has a cluster to show; a single node's page never asks.
+    let cluster = (dashboard.cluster.get())
+        .filter(|status| status.clustered)
+        .cloned();
     let feed = Feed {
         replay: replay.into_iter(),
         live,
         end,
         tick,
         soon: None,
+        asking: cluster.as_ref().map(ask_cluster),
+        cluster,
         metrics: dashboard.metrics,
         by_status: dashboard.by_status,
         done: false,
@@ -237,7 +263,12 @@ impl Dashboard {
         core.call(command).await.map_err(|refusal| error(&refusal))
     }
 
-    pub fn new(core: Arc<OnceLock<CoreHandle>>, metrics: Arc<Metrics>, buffer: usize) -> Self {
+    pub fn new(
+        core: Arc<OnceLock<CoreHandle>>,
+        cluster: Arc<OnceLock<ClusterStatus>>,
+        metrics: Arc<Metrics>,
+        buffer: usize,
+    ) -> Self {
         assert!(buffer > 0, "a page's buffer holds at least one event");
         let agents = |status: &str| metrics.agents_by_status.with_label_values(&[status]);
         let tasks = |status: &str| metrics.tasks_by_status.with_label_values(&[status]);
@@ -253,6 +284,7 @@ impl Dashboard {
         ]);
         Dashboard {
             core,
+            cluster,
             metrics,
             by_status,
             buffer,
@@ -275,8 +307,25 @@ fn error(error: &CoreError) -> Response {
     (status, error.message.clone()).into_response()
 }
 
-/// One page's stream: the replay, then live events, with counts once a second; after the
-/// daemon's last word (a page too slow, or shutdown) an `end` event, then nothing.
+/// The cluster's status as a `cluster` event; None when the node could not say (its queue
+/// full, or stopping): the next second asks again.
+type ClusterAnswer = Pin<Box<dyn Future<Output = Option<SseEvent>> + Send>>;
+
+fn ask_cluster(status: &ClusterStatus) -> ClusterAnswer {
+    let status = status.clone();
+    Box::pin(async move {
+        let answer = status.answer().await.ok().flatten()?;
+        Some(
+            SseEvent::default()
+                .event("cluster")
+                .data(cluster_json(&answer).to_string()),
+        )
+    })
+}
+
+/// One page's stream: the replay, then live events, with counts once a second (and on a
+/// cluster node the cluster's status, at once and then once a second); after the daemon's
+/// last word (a page too slow, or shutdown) an `end` event, then nothing.
 struct Feed {
     replay: std::vec::IntoIter<Arc<Event>>,
     live: mpsc::Receiver<Arc<Event>>,
@@ -284,6 +333,9 @@ struct Feed {
     tick: tokio::time::Interval,
     /// Armed by the first event after a stats message: counts follow shortly.
     soon: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// On a cluster node: how to ask for its status, and the question in flight (at most one).
+    cluster: Option<ClusterStatus>,
+    asking: Option<ClusterAnswer>,
     metrics: Arc<Metrics>,
     by_status: Arc<[IntGauge; 7]>,
     done: bool,
@@ -326,9 +378,22 @@ impl Stream for Feed {
         if self.done {
             return Poll::Ready(None);
         }
-        // Counts first, so that a busy event stream cannot starve the charts.
+        // Counts and the cluster's status first, so that a busy event stream cannot starve them.
+        if let Some(asking) = self.asking.as_mut()
+            && let Poll::Ready(answer) = asking.as_mut().poll(cx)
+        {
+            self.asking = None;
+            if let Some(event) = answer {
+                return Poll::Ready(Some(Ok(event)));
+            }
+        }
         let soon_due = self.soon.as_mut().is_some_and(|soon| soon.as_mut().poll(cx).is_ready());
-        if self.tick.poll_tick(cx).is_ready() || soon_due {
+        let tick_due = self.tick.poll_tick(cx).is_ready();
+        if tick_due && self.asking.is_none() {
+            // Polled on the next call: a stream is polled again after every item it gives.
+            self.asking = self.cluster.as_ref().map(ask_cluster);
+        }
+        if tick_due || soon_due {
             self.soon = None;
             return Poll::Ready(Some(Ok(self.stats())));
         }
