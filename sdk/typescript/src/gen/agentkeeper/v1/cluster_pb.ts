@@ -13,7 +13,69 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentkeeper/v1/cluster.proto.
  */
 export const file_agentkeeper_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("ChxhZ2VudGtlZXBlci92MS9jbHVzdGVyLnByb3RvEg5hZ2VudGtlZXBlci52MSIWChRDbHVzdGVyU3RhdHVzUmVxdWVzdCKQAQoNQ2x1c3Rlck1lbWJlchIKCgJpZBgBIAEoBBIRCglwZWVyX2FkZHIYAiABKAkSDAoEcm9sZRgDIAEoCRINCgV2b3RlchgEIAEoCBIVCg1hcHBsaWVkX2luZGV4GAUgASgEEhoKDWxhc3RfaGVhcmRfbXMYBiABKARIAIgBAUIQCg5fbGFzdF9oZWFyZF9tcyKjAQoVQ2x1c3RlclN0YXR1c1Jlc3BvbnNlEg8KB25vZGVfaWQYASABKAQSDgoGbGVhZGVyGAIgASgEEgwKBHRlcm0YAyABKAQSFAoMY29tbWl0X2luZGV4GAQgASgEEhUKDWFwcGxpZWRfaW5kZXgYBSABKAQSLgoHbWVtYmVycxgGIAMoCzIdLmFnZW50a2VlcGVyLnYxLkNsdXN0ZXJNZW1iZXIyZwoOQ2x1c3RlclNlcnZpY2USVQoGU3RhdHVzEiQuYWdlbnRrZWVwZXIudjEuQ2x1c3RlclN0YXR1c1JlcXVlc3QaJS5hZ2VudGtlZXBlci52MS5DbHVzdGVyU3RhdHVzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChxhZ2VudGtlZXBlci92MS9jbHVzdGVyLnByb3RvEg5hZ2VudGtlZXBlci52MSIxChBBZGRNZW1iZXJSZXF1ZXN0EgoKAmlkGAEgASgEEhEKCXBlZXJfYWRkchgCIAEoCSIhChNSZW1vdmVNZW1iZXJSZXF1ZXN0EgoKAmlkGAEgASgEIk0KFE1lbWJlckNoYW5nZVJlc3BvbnNlEjUKBnN0YXR1cxgBIAEoCzIlLmFnZW50a2VlcGVyLnYxLkNsdXN0ZXJTdGF0dXNSZXNwb25zZSIWChRDbHVzdGVyU3RhdHVzUmVxdWVzdCKQAQoNQ2x1c3Rlck1lbWJlchIKCgJpZBgBIAEoBBIRCglwZWVyX2FkZHIYAiABKAkSDAoEcm9sZRgDIAEoCRINCgV2b3RlchgEIAEoCBIVCg1hcHBsaWVkX2luZGV4GAUgASgEEhoKDWxhc3RfaGVhcmRfbXMYBiABKARIAIgBAUIQCg5fbGFzdF9oZWFyZF9tcyKjAQoVQ2x1c3RlclN0YXR1c1Jlc3BvbnNlEg8KB25vZGVfaWQYASABKAQSDgoGbGVhZGVyGAIgASgEEgwKBHRlcm0YAyABKAQSFAoMY29tbWl0X2luZGV4GAQgASgEEhUKDWFwcGxpZWRfaW5kZXgYBSABKAQSLgoHbWVtYmVycxgGIAMoCzIdLmFnZW50a2VlcGVyLnYxLkNsdXN0ZXJNZW1iZXIylwIKDkNsdXN0ZXJTZXJ2aWNlElUKBlN0YXR1cxIkLmFnZW50a2VlcGVyLnYxLkNsdXN0ZXJTdGF0dXNSZXF1ZXN0GiUuYWdlbnRrZWVwZXIudjEuQ2x1c3RlclN0YXR1c1Jlc3BvbnNlElMKCUFkZE1lbWJlchIgLmFnZW50a2VlcGVyLnYxLkFkZE1lbWJlclJlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5NZW1iZXJDaGFuZ2VSZXNwb25zZRJZCgxSZW1vdmVNZW1iZXISIy5hZ2VudGtlZXBlci52MS5SZW1vdmVNZW1iZXJSZXF1ZXN0GiQuYWdlbnRrZWVwZXIudjEuTWVtYmVyQ2hhbmdlUmVzcG9uc2ViBnByb3RvMw");
+
+/**
+ * @generated from message agentkeeper.v1.AddMemberRequest
+ */
+export type AddMemberRequest = Message<"agentkeeper.v1.AddMemberRequest"> & {
+  /**
+   * The new node's id: a whole number above 0 that no member has.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * Where it will listen for consensus traffic (its --peer-addr), HOST:PORT.
+   *
+   * @generated from field: string peer_addr = 2;
+   */
+  peerAddr: string;
+};
+
+/**
+ * Describes the message agentkeeper.v1.AddMemberRequest.
+ * Use `create(AddMemberRequestSchema)` to create a new message.
+ */
+export const AddMemberRequestSchema: GenMessage<AddMemberRequest> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_cluster, 0);
+
+/**
+ * @generated from message agentkeeper.v1.RemoveMemberRequest
+ */
+export type RemoveMemberRequest = Message<"agentkeeper.v1.RemoveMemberRequest"> & {
+  /**
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message agentkeeper.v1.RemoveMemberRequest.
+ * Use `create(RemoveMemberRequestSchema)` to create a new message.
+ */
+export const RemoveMemberRequestSchema: GenMessage<RemoveMemberRequest> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_cluster, 1);
+
+/**
+ * @generated from message agentkeeper.v1.MemberChangeResponse
+ */
+export type MemberChangeResponse = Message<"agentkeeper.v1.MemberChangeResponse"> & {
+  /**
+   * The cluster as the node asked sees it once the change is applied there.
+   *
+   * @generated from field: agentkeeper.v1.ClusterStatusResponse status = 1;
+   */
+  status?: ClusterStatusResponse | undefined;
+};
+
+/**
+ * Describes the message agentkeeper.v1.MemberChangeResponse.
+ * Use `create(MemberChangeResponseSchema)` to create a new message.
+ */
+export const MemberChangeResponseSchema: GenMessage<MemberChangeResponse> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_cluster, 2);
 
 /**
  * @generated from message agentkeeper.v1.ClusterStatusRequest
@@ -26,7 +88,7 @@ export type ClusterStatusRequest = Message<"agentkeeper.v1.ClusterStatusRequest"
  * Use `create(ClusterStatusRequestSchema)` to create a new message.
  */
 export const ClusterStatusRequestSchema: GenMessage<ClusterStatusRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_cluster, 0);
+  messageDesc(file_agentkeeper_v1_cluster, 3);
 
 /**
  * @generated from message agentkeeper.v1.ClusterMember
@@ -79,7 +141,7 @@ export type ClusterMember = Message<"agentkeeper.v1.ClusterMember"> & {
  * Use `create(ClusterMemberSchema)` to create a new message.
  */
 export const ClusterMemberSchema: GenMessage<ClusterMember> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_cluster, 1);
+  messageDesc(file_agentkeeper_v1_cluster, 4);
 
 /**
  * @generated from message agentkeeper.v1.ClusterStatusResponse
@@ -125,7 +187,7 @@ export type ClusterStatusResponse = Message<"agentkeeper.v1.ClusterStatusRespons
  * Use `create(ClusterStatusResponseSchema)` to create a new message.
  */
 export const ClusterStatusResponseSchema: GenMessage<ClusterStatusResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_cluster, 2);
+  messageDesc(file_agentkeeper_v1_cluster, 5);
 
 /**
  * A daemon started with --initial-cluster answers; a single node answers FAILED_PRECONDITION.
@@ -142,6 +204,29 @@ export const ClusterService: GenService<{
     methodKind: "unary";
     input: typeof ClusterStatusRequestSchema;
     output: typeof ClusterStatusResponseSchema;
+  },
+  /**
+   * Adds a node as a learner (it receives the log but does not vote); the leader makes it a
+   * voter once it has caught up. Answered once the change is applied on the node asked. Then
+   * start the new node with --initial-cluster-state existing. Needs the admin role.
+   *
+   * @generated from rpc agentkeeper.v1.ClusterService.AddMember
+   */
+  addMember: {
+    methodKind: "unary";
+    input: typeof AddMemberRequestSchema;
+    output: typeof MemberChangeResponseSchema;
+  },
+  /**
+   * Removes a member (a leader that is removed steps down, and the others elect another).
+   * Answered once the change is applied on the node asked. Needs the admin role.
+   *
+   * @generated from rpc agentkeeper.v1.ClusterService.RemoveMember
+   */
+  removeMember: {
+    methodKind: "unary";
+    input: typeof RemoveMemberRequestSchema;
+    output: typeof MemberChangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentkeeper_v1_cluster, 0);
