@@ -871,11 +871,14 @@ impl Node {
     fn promote_caught_up(&mut self) {
         let progress = self.raw.raft.prs();
         let committed = self.raw.raft.raft_log.committed;
-        let caught_up = (progress.conf().learners().iter()).find(|id| {
-            progress
-                .get(**id)
-                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG_MAX >= committed)
-        });
+        // The lowest id first (raft-rs keeps learners in a hash set, whose order is its own).
+        let caught_up = (progress.conf().learners().iter())
+            .filter(|id| {
+                progress
+                    .get(**id)
+                    .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG_MAX >= committed)
+            })
+            .min();
         if let Some(&learner) = caught_up {
             let seq = self.next_seq();
             let id = self.proposal_id(seq);

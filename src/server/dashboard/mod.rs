@@ -234,9 +234,7 @@ pub async fn events(State(dashboard): State<Dashboard>, Query(From { from }): Qu
     let mut tick = tokio::time::interval(STATS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Only a cluster node has a cluster to show; a single node's page never asks.
-    let cluster = (dashboard.cluster.get())
-        .filter(|status| status.clustered)
-        .cloned();
+    let cluster = (dashboard.cluster.get()).filter(|status| status.clustered).cloned();
     let feed = Feed {
         replay: replay.into_iter(),
         live,
