@@ -295,6 +295,8 @@ struct PendingRead {
     command: Command,
     principal: Option<TokenId>,
     deadline: Millis,
+    /// The ReadIndex request it waits on (None: not asked yet).
+    asked: Option<u64>,
     /// The commit index the read must see applied, once consensus confirmed it.
     index: Option<u64>,
 }
@@ -310,6 +312,9 @@ pub struct Node {
     /// Proposals of this incarnation not yet seen committed.
     proposals: BTreeMap<u64, Pending>,
     reads: BTreeMap<u64, PendingRead>,
+    /// Reads came that no ReadIndex request covers yet: the next `poll` asks one for them all
+    /// (one consensus round per batch of reads, not per read).
+    reads_unasked: bool,
     /// The tick proposal in flight, if any: one at a time.
     tick_in_flight: Option<u64>,
     /// (term, role) when last looked at: a new leader proposes its grace.
@@ -426,6 +431,7 @@ impl Node {
             next_seq: 0,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
+            reads_unasked: false,
             tick_in_flight: None,
             applied,
             snapshot_at: applied,
@@ -555,6 +561,7 @@ impl Node {
     /// The next thing to do: consensus messages and the machine's outputs, in order.
     #[must_use = "an output is a duty of the driver"]
     pub fn poll(&mut self) -> Option<NodeOutput> {
+        self.ask_read_index();
         loop {
             if let Some(output) = self.outbox.pop_front() {
                 return Some(output);
@@ -619,7 +626,6 @@ impl Node {
         }
         if !command.is_logged() {
             let seq = self.next_seq();
-            let id = self.proposal_id(seq);
             self.reads.insert(
                 seq,
                 PendingRead {
@@ -627,10 +633,11 @@ impl Node {
                     command,
                     principal,
                     deadline: self.now + self.config.request_timeout_ms,
+                    asked: None,
                     index: None,
                 },
             );
-            self.raw.read_index(id.encode());
+            self.reads_unasked = true;
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
@@ -947,9 +954,10 @@ impl Node {
                 if let Ok(id) = ProposalId::decode(&state.request_ctx)
                     && id.origin == self.config.id
                     && id.epoch == self.config.epoch
-                    && let Some(read) = self.reads.get_mut(&id.seq)
                 {
-                    read.index = Some(state.index);
+                    for read in self.reads.values_mut().filter(|read| read.asked == Some(id.seq)) {
+                        read.index = Some(state.index);
+                    }
                 }
             }
             let mut light = self.raw.advance(ready);
@@ -1171,6 +1179,21 @@ impl Node {
         }
     }
 
+    /// One ReadIndex request for every read that waits for one (the batch's reads share its
+    /// consensus round); none while no leader is known (a new one is asked then).
+    fn ask_read_index(&mut self) {
+        if !self.reads_unasked || self.raw.raft.leader_id == 0 {
+            return;
+        }
+        self.reads_unasked = false;
+        let seq = self.next_seq();
+        for read in self.reads.values_mut().filter(|read| read.asked.is_none()) {
+            read.asked = Some(seq);
+        }
+        self.raw.read_index(self.proposal_id(seq).encode());
+        self.process_ready();
+    }
+
     fn serve_reads(&mut self) {
         let applied = self.applied;
         for (_, read) in take_where(&mut self.reads, |r| r.index.is_some_and(|index| index <= applied)) {
@@ -1228,12 +1251,9 @@ impl Node {
         if leader == 0 {
             return;
         }
-        let unconfirmed: Vec<u64> = (self.reads.iter())
-            .filter(|(_, read)| read.index.is_none())
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in unconfirmed {
-            self.raw.read_index(self.proposal_id(seq).encode());
+        for read in self.reads.values_mut().filter(|read| read.index.is_none()) {
+            read.asked = None;
+            self.reads_unasked = true;
         }
         for waited in std::mem::take(&mut self.waiting) {
             self.call(waited.caller, waited.command, waited.principal);

@@ -17,6 +17,8 @@ struct Net {
     cut: Option<u64>,
     /// Snapshot messages still to lose on the way.
     lose_snapshots: u32,
+    /// ReadIndex requests a follower sent its leader.
+    read_index_sent: usize,
 }
 
 impl Net {
@@ -43,6 +45,7 @@ impl Net {
             changes: Vec::new(),
             cut: None,
             lose_snapshots: 0,
+            read_index_sent: 0,
         }
     }
 
@@ -90,6 +93,9 @@ impl Net {
                 self.nodes[to].handle(self.now, NodeInput::Forwarded(forward));
             }
             for message in sent {
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgReadIndex {
+                    self.read_index_sent += 1;
+                }
                 // A node not started yet (one being added) gets nothing.
                 if !self.arrives(&message) || message.to as usize > self.nodes.len() {
                     continue;
@@ -532,4 +538,45 @@ fn a_removed_follower_serves_nothing_more_and_a_removed_leader_steps_down_for_a_
     };
     let last_voter = net.change(last, 6, MemberChange::Remove { id: last }).unwrap_err();
     assert_eq!(last_voter.code, ErrorCode::FailedPrecondition, "{last_voter:?}");
+}
+
+#[test]
+fn reads_that_come_in_one_batch_share_one_read_index_round() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let Ok(Reply::Registered { agent_id }) = net.call(leader, 1, register("a")) else {
+        panic!("register failed");
+    };
+    net.read_index_sent = 0;
+    // Five reads handed to the follower before it is polled: one batch.
+    for caller in 10..15 {
+        let read = Command::GetAgent {
+            agent_id: agent_id.to_string(),
+        };
+        net.nodes[follower as usize - 1].handle(
+            net.now,
+            NodeInput::Call {
+                caller: CallerId(caller),
+                command: read,
+                principal: None,
+            },
+        );
+    }
+    net.settle();
+    net.advance(200);
+    let answered: Vec<_> = (net.replies.iter())
+        .filter(|(node, caller, _)| *node == follower && (10..15).contains(&caller.0))
+        .collect();
+    assert_eq!(answered.len(), 5, "every read answered: {answered:?}");
+    assert!(
+        answered
+            .iter()
+            .all(|(_, _, outcome)| matches!(outcome, Ok(Reply::Agent(_))))
+    );
+    assert_eq!(
+        net.read_index_sent, 1,
+        "one ReadIndex round for the batch, not one per read"
+    );
 }
