@@ -199,7 +199,7 @@ export class AgentKeeperClient implements AsyncDisposable {
 
   // ── registry ──
 
-  /** Register an agent; it heartbeats every ttl/2 in the background until `agent.close()` deregisters it. Not retried (a retry after a lost reply would register a second agent). */
+  /** Register an agent; it heartbeats every ttl/2 in the background until `agent.close()` deregisters it. Retried like an idempotent call: it carries this client's id and a request number, and the daemon registers once however often it comes (a retry after a lost reply gets the same agent id). */
   async register(options: RegisterOptions, control: CallControl = {}): Promise<Agent> {
     const ttlSeconds = u32("ttlSeconds", options.ttlSeconds ?? 30);
     const card = create(pb.AgentCardSchema, {
@@ -210,7 +210,7 @@ export class AgentKeeperClient implements AsyncDisposable {
       capabilities: (options.capabilities ?? []).map((c) => (typeof c === "string" ? { name: c, description: "" } : c)),
       metadata: options.metadata ?? {},
     });
-    const response = await this.connection.unary("Register", (s, o) => s.registry.register({ card, ttlSeconds }, o), control);
+    const response = await this.connection.unary("Register", (s, o) => s.registry.register({ card, ttlSeconds }, o), control, true);
     return new Agent(this, response.agentId, ttlSeconds, { onLost: options.onLost, heartbeat: options.heartbeat });
   }
 
@@ -404,7 +404,7 @@ export class AgentKeeperClient implements AsyncDisposable {
 
   // ── tasks ──
 
-  /** Enqueue a task (PENDING). Not retried: a retry after a lost reply would enqueue it twice. */
+  /** Enqueue a task (PENDING). Retried like an idempotent call: it carries this client's id and a request number, and the daemon enqueues it once however often it comes. */
   async createTask(options: CreateTaskOptions): Promise<Task> {
     const request = {
       type: options.type,
@@ -413,7 +413,7 @@ export class AgentKeeperClient implements AsyncDisposable {
       maxRetries: u32("maxRetries", options.maxRetries ?? 0),
       ttlSeconds: u32("ttlSeconds", options.ttlSeconds ?? 60),
     };
-    const response = await this.connection.unary("CreateTask", (s, o) => s.task.createTask(request, o), options);
+    const response = await this.connection.unary("CreateTask", (s, o) => s.task.createTask(request, o), options, true);
     return taskFromPb(response.task ?? create(pb.TaskSchema));
   }
 

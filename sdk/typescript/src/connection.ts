@@ -3,6 +3,7 @@
 // failures are sent again and which leave a write's outcome unknown (the Python SDK's
 // _common.py, the same rules). It never converts messages into the SDK's own values and holds
 // no agent, lease or stream state.
+import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -81,13 +82,20 @@ export function notCarriedOut(error: AgentKeeperError): boolean {
   return neverSent(error) || REFUSED_MARKERS.some((marker) => error.details.includes(marker));
 }
 
+/** The metadata that numbers a creating write (Register, CreateTask): the daemon applies a
+ * request once per (client id, number) and answers a repeat as it answered the first, so such a
+ * call is safe to send again. The id is random per client; the number is new per call, kept
+ * across its retries. (The Python SDK's _common.py, the same names.) */
+export const CLIENT_ID_HEADER = "agentkeeper-client-id";
+export const REQUEST_SEQ_HEADER = "agentkeeper-request-seq";
+
 /** Whether a failed call of `method` may be sent again (after a backoff delay, to the next
- * endpoint when there are several): idempotent ones on any UNAVAILABLE; the others (Register,
- * ReleaseLease, DeletePolicy, Advance, the task mutations) only when surely not carried out, as a
- * second Register after a lost reply would register a second agent. */
-export function shouldRetry(method: string, error: AgentKeeperError): boolean {
+ * endpoint when there are several): idempotent and numbered ones on any UNAVAILABLE; the others
+ * (ReleaseLease, DeletePolicy, Advance, the task mutations) only when surely not carried out, as
+ * a second DeletePolicy would answer NOT_FOUND. */
+export function shouldRetry(method: string, error: AgentKeeperError, numbered = false): boolean {
   if (error.code !== "UNAVAILABLE") return false;
-  return IDEMPOTENT.has(method) || notCarriedOut(error);
+  return IDEMPOTENT.has(method) || numbered || notCarriedOut(error);
 }
 
 /** What a call of `method` that failed with `error`, and is not sent again, throws: an
@@ -167,6 +175,9 @@ export class Connection {
   private readonly ring: EndpointRing;
   private readonly closing = new AbortController();
   private readonly extra = new Set<Endpoint>();
+  /** Numbers this client's creating writes (see `unary`): a random id, a counter. */
+  private readonly clientId = randomUUID().replaceAll("-", "");
+  private requestSeq = 0;
 
   constructor(options: ConnectionOptions, defaultTimeoutMs: number | null) {
     this.ring = new EndpointRing(options.endpoints);
@@ -232,15 +243,26 @@ export class Connection {
 
   /** One unary call with the retry policy; the timeout covers the retries too. A retry goes to
    * the next endpoint (when there are several). A call not safe to repeat that failed after it
-   * may have been carried out throws `OutcomeUnknownError`. */
-  async unary<T>(method: string, call: (services: Services, options: CallOptions) => Promise<T>, control: CallControl = {}): Promise<T> {
+   * may have been carried out throws `OutcomeUnknownError`. `numbered`: the call carries this
+   * client's id and a new request number, the same on every retry, so the daemon applies it once
+   * and it is retried like an idempotent call. */
+  async unary<T>(
+    method: string,
+    call: (services: Services, options: CallOptions) => Promise<T>,
+    control: CallControl = {},
+    numbered = false,
+  ): Promise<T> {
     const budget = control.timeoutMs === undefined ? this.defaultTimeoutMs : control.timeoutMs;
     const end = budget === null ? null : Date.now() + budget;
     const signal = this.signal(control.signal);
     const delays = this.delays();
+    const headers = numbered
+      ? { [CLIENT_ID_HEADER]: this.clientId, [REQUEST_SEQ_HEADER]: String(++this.requestSeq) }
+      : undefined;
     for (;;) {
       if (this.closed) throw new Unavailable("the client is closed", "UNAVAILABLE");
       const options: CallOptions = { signal };
+      if (headers !== undefined) options.headers = headers;
       if (end !== null) options.timeoutMs = Math.max(1, end - Date.now());
       const endpoint = this.endpoint;
       try {
@@ -249,7 +271,7 @@ export class Connection {
         // Nobody cancelled it and it failed without a status from the daemon: the connection
         // went away under the call, which may or may not have arrived.
         const error = callFailure(thrown, signal.aborted);
-        if (!this.closed && !signal.aborted && shouldRetry(method, error)) {
+        if (!this.closed && !signal.aborted && shouldRetry(method, error, numbered)) {
           this.moveFrom(endpoint.address);
           const next = delays.next();
           if (!next.done && (end === null || Date.now() + next.value < end)) {

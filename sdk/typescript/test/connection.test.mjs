@@ -56,7 +56,7 @@ test("an idempotent call is retried until the daemon comes up", async (t) => {
   assert.deepEqual(await finding, []);
 });
 
-test("Register is not retried once the request may have reached the daemon (it would register twice)", async (t) => {
+test("a write not safe to repeat is not retried once the request may have reached the daemon; a numbered Register is", async (t) => {
   let attempts = 0;
   const hangUp = createServer((socket) => {
     attempts++;
@@ -67,10 +67,13 @@ test("Register is not retried once the request may have reached the daemon (it w
   const client = new AgentKeeperClient({ address: `127.0.0.1:${hangUp.address().port}`, retry: { maxAttempts: 5 } });
   t.after(() => client.close());
   // It may have arrived: its outcome is unknown (and it is still an Unavailable).
-  await assert.rejects(client.register({ name: "once" }), (e) => e instanceof OutcomeUnknownError && e instanceof Unavailable);
+  await assert.rejects(client.deletePolicy("p"), (e) => e instanceof OutcomeUnknownError && e instanceof Unavailable);
   assert.equal(attempts, 1);
   await assert.rejects(client.heartbeat("x"), Unavailable); // idempotent: all five attempts
   assert.equal(attempts, 6);
+  // Numbered (the daemon applies it once): all five attempts, then still outcome-unknown.
+  await assert.rejects(client.register({ name: "once" }), (e) => e instanceof OutcomeUnknownError);
+  assert.equal(attempts, 11);
 });
 
 test("with several endpoints, calls move on from one that does not answer", async (t) => {

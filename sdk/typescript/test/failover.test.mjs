@@ -48,11 +48,12 @@ const CASES = [
 for (const [what, make, writeRetried] of CASES) {
   test(`UNAVAILABLE (${what}): a write is ${writeRetried ? "" : "not "}sent again, a read always is`, () => {
     const error = make();
-    assert.equal(shouldRetry("Register", error), writeRetried);
+    assert.equal(shouldRetry("DeletePolicy", error), writeRetried);
+    assert.equal(shouldRetry("Register", error, true), true, "a numbered Register is applied once: always sent again");
     assert.equal(shouldRetry("Find", error), true, "a read is always sent again");
     assert.equal(shouldRetry("RenewLease", error), true, "RenewLease is idempotent given its token");
     assert.equal(shouldRetry("Status", error), true, "clusterStatus is a read");
-    const final = failedForGood("Register", error);
+    const final = failedForGood("DeletePolicy", error);
     if (writeRetried) {
       assert.equal(final, error, "not carried out: nothing unknown");
       assert.ok(!(final instanceof OutcomeUnknownError));
