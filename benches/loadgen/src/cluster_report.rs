@@ -230,14 +230,25 @@ fn counter(run: &Value, name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Each node's CPU per operation in a run, the busiest node first (the leader, as a rule).
+fn cpu_per_node(run: &Value) -> Option<Vec<f64>> {
+    let operations = run["operations"].as_f64().filter(|n| *n > 0.0)?;
+    let nodes = run["host"]["server_cpu_seconds"].as_array()?;
+    let mut each: Vec<f64> = (nodes.iter())
+        .map(|n| n["seconds"].as_f64().map(|s| s * 1e6 / operations))
+        .collect::<Option<_>>()?;
+    each.sort_by(|a, b| b.total_cmp(a));
+    Some(each)
+}
+
 /// Where a write's time goes, from the servers' own counters over the measured phase (every
 /// node summed): log syncs per operation and their mean time, and for ours the batch size and
-/// the proposal time (proposal, or forward to the leader, to applied).
+/// the proposal time (proposal, or forward to the leader, to applied); and each node's CPU.
 fn print_costs(rows: &[Row]) {
     println!(
-        "| work | clients x in flight | system | fsyncs per op (all nodes) | mean fsync | commands per core batch | proposal to applied (mean) |"
+        "| work | clients x in flight | system | fsyncs per op (all nodes) | mean fsync | commands per core batch | proposal to applied (mean) | CPU per op, each node (busiest first) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         let operations = |r: &Value| r["operations"].as_f64().filter(|n| *n > 0.0);
         let per_op = |name: &'static str| move |r: &Value| Some(counter(r, name)? / operations(r)?);
@@ -284,8 +295,12 @@ fn print_costs(rows: &[Row]) {
                 "agentkeeper_cluster_proposal_seconds_count",
             ),
         );
+        let nodes = (row.runs.iter().filter_map(cpu_per_node).map(|n| n.len()).max()).unwrap_or(0);
+        let each: Vec<String> = (0..nodes)
+            .map(|i| micros(median(&row.runs, |r| cpu_per_node(r)?.get(i).copied())))
+            .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.item,
             row.shape,
             row.system,
@@ -293,6 +308,7 @@ fn print_costs(rows: &[Row]) {
             micros(sync_time.map(|s| s * 1e6)),
             opt(batch, 1),
             micros(proposal.map(|s| s * 1e6)),
+            each.join(" / "),
         );
     }
     println!();
