@@ -120,13 +120,14 @@ done
 # One leader kill of the cluster of kind $1: prints the probe's JSON line with the kill's number,
 # restarts the killed node and waits until it caught up.
 kill_leader() { # kind number
-    local endpoints pids json killed
+    # (Not "pids": a local of that name would hide, from start_*_node, the list stop_all stops.)
+    local endpoints node_pids json killed
     if [ "$1" = agentkeeper ]; then
-        endpoints=$ak_endpoints pids="${ak_pid[1]},${ak_pid[2]},${ak_pid[3]}"
+        endpoints=$ak_endpoints node_pids="${ak_pid[1]},${ak_pid[2]},${ak_pid[3]}"
     else
-        endpoints=$etcd_endpoints pids="${etcd_pid[1]},${etcd_pid[2]},${etcd_pid[3]}"
+        endpoints=$etcd_endpoints node_pids="${etcd_pid[1]},${etcd_pid[2]},${etcd_pid[3]}"
     fi
-    if ! json=$("$probe" failover --kind "$1" --endpoints "$endpoints" --pids "$pids"); then
+    if ! json=$("$probe" failover --kind "$1" --endpoints "$endpoints" --pids "$node_pids"); then
         echo "  $1 kill $2: the probe failed; left out" >&2
         return 1
     fi
@@ -143,7 +144,8 @@ kill_leader() { # kind number
     "$probe" leader --kind "$1" --endpoints "$endpoints" >/dev/null
     printf '{"kill":%s,"system":"%s","report":%s}\n' "$2" "$1" "$json" >>"$kills_lines"
     echo "  $1 kill $2: node $killed; first write acknowledged after $(python3 -c \
-        'import json, sys; r = json.loads(sys.argv[1]); print("%s ms, load %s" % (r["failover_ms"], r["load_average"]))' \
+        'import json, sys; r = json.loads(sys.argv[1]); f = r["failover_ms"]
+print("%s, load %s" % ("never" if f is None else "%.0f ms" % f, r["load_average"]))' \
         "$json")" >&2
 }
 
