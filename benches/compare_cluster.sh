@@ -99,6 +99,7 @@ for round in $(seq "$runs"); do
     start_ours "single.$round" --data-dir "$work/single.$round"
     cluster_rows "agentkeeper, 1 node" agentkeeper ours
     stop_all
+    rm -rf "$work/single.$round"
 
     echo "agentkeeper, 3 nodes (run $round)" >&2
     start_ak_cluster "ak.$round"
@@ -107,6 +108,7 @@ for round in $(seq "$runs"); do
     aim follower "$ak_endpoints" agentkeeper
     cluster_rows "agentkeeper, 3 nodes, to a follower" agentkeeper ours
     stop_all
+    rm -rf "$ak_dir"
 
     echo "etcd $etcd_version, 3 nodes (run $round)" >&2
     start_etcd_cluster "etcd.$round"
@@ -115,6 +117,8 @@ for round in $(seq "$runs"); do
     aim follower "$etcd_endpoints" etcd
     cluster_rows "etcd $etcd_version, 3 nodes, to a follower" etcd peer
     stop_all
+    # etcd preallocates 64 MB of WAL per node: a round's dirs go before the next round.
+    rm -rf "$etcd_dir"
 done
 
 # One leader kill of the cluster of kind $1: prints the probe's JSON line with the kill's number,
