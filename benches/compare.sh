@@ -9,15 +9,22 @@
 # <out>/compare.png.
 #   benches/compare.sh [--duration 5s] [--warmup 1s] [--runs 1] [--shapes "1x1 4x64"]
 #                      [--out benches/results] [--data-root target/compare] [--daemon PATH]
+#                      [--suite single|cluster] [--kills 20]
 # A shape is CONNECTIONSxSTREAMS_PER_CONNECTION; 1x1 is the sequential single-client latency.
 # --runs N repeats the whole sequence N times, the systems interleaved (ours, redis, etcd, ours,
 # ...), and the table and chart show each row's median run by ops/s.
 # --daemon measures an agentkeeper binary built elsewhere (e.g. from a clean checkout) instead of
 # building this tree's. --data-root holds the data directories: keep it on a real disk, not tmpfs.
+# --suite cluster measures 3-node clusters instead (benches/compare_cluster.sh): writes and lease
+# cycles on one durable node, a 3-node AgentKeeper (to its leader and to a follower) and a 3-node
+# etcd, then --kills leader kills of each cluster; writes <out>/cluster.json.
+# Every run also records the servers' CPU per operation (/proc/PID/stat of every node), the load
+# generator's, the CPU others took on the machine and the load average (the report's "host").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=5s warmup=1s runs=1 shapes="1x1 4x64" out=benches/results data_root=target/compare daemon=
+suite=single kills=20
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
@@ -27,14 +34,20 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --data-root) data_root=$2; shift 2 ;;
         --daemon) daemon=$2; shift 2 ;;
+        --suite) suite=$2; shift 2 ;;
+        --kills) kills=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case "$suite" in
+    single | cluster) ;;
+    *) echo "--suite is single or cluster, not $suite" >&2; exit 2 ;;
+esac
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
-command -v redis-server >/dev/null || missing+=(redis-server)
+[ "$suite" = cluster ] || command -v redis-server >/dev/null || missing+=(redis-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # etcd-client's protos import the well-known types, which protoc finds only with these headers.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
@@ -53,6 +66,8 @@ fi
 cargo build --quiet --release -p agentkeeper-bench --features peers
 bench=target/release/agentkeeper-bench
 report=target/release/compare-report
+probe=target/release/cluster-probe
+cluster_report=target/release/cluster-report
 
 mkdir -p "$out" "$data_root"
 work=$(mktemp -d "$data_root/run.XXXXXX")
@@ -86,12 +101,16 @@ etcd_healthy() {
         "http://127.0.0.1:$1/health"
 }
 
+# Each start_* sets where the next runs go: $port, the servers' pids ($cpu_pids) and their
+# /metrics addresses ($scrape), comma-separated.
 start_ours() { # name [daemon flags...]
-    local name=$1; shift
+    local name=$1 metrics; shift
     port=$(free_port)
-    "$daemon" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$(free_port)" --log-level warn "$@" \
+    metrics=$(free_port)
+    "$daemon" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics" --log-level warn "$@" \
         >"$work/$name.log" 2>&1 &
     pids+=($!)
+    cpu_pids=$! scrape="127.0.0.1:$metrics"
     wait_until listening "$port"
 }
 start_redis() {
@@ -100,6 +119,7 @@ start_redis() {
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
         --dir "$work/redis.$round" >"$work/redis.log" 2>&1 &
     pids+=($!)
+    cpu_pids=$! scrape=
     wait_until listening "$port"
 }
 start_etcd() {
@@ -111,6 +131,7 @@ start_etcd() {
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "bench=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 &
     pids+=($!)
+    cpu_pids=$! scrape="127.0.0.1:$port"
     wait_until etcd_healthy "$port"
 }
 
@@ -122,7 +143,8 @@ run() {
     for shape in $shapes; do
         if ! json=$("$bench" --target-kind "$kind" --target "127.0.0.1:$port" --scenario "$scenario" \
             --connections "${shape%x*}" --concurrency "${shape#*x}" --duration "$duration" \
-            --warmup "$warmup" --agents 1000 --policies 10000 --json); then
+            --warmup "$warmup" --agents 1000 --policies 10000 --cpu-pids "$cpu_pids" \
+            ${scrape:+--scrape "$scrape"} --json); then
             echo "  $item / $system / $shape: the load generator failed; row left out" >&2
             continue
         fi
@@ -130,9 +152,18 @@ run() {
             "$item" "$system" "$role" "$round" "$json" >>"$lines"
         echo "  $item / $system / $shape: $(echo "$json" | python3 -c \
             'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
-print("%.0f ops/s, p50 %d µs, p99 %d µs, %d errors" % (r["ops_per_second"], l["p50"], l["p99"], r["errors"]))')" >&2
+h = r["host"]; cpu = h["server_cpu_us_per_op"]
+print("%.0f ops/s, p50 %d µs, p99 %d µs, %d errors, server CPU %s µs/op, others %.2f cores busy, load %s"
+      % (r["ops_per_second"], l["p50"], l["p99"], r["errors"], "?" if cpu is None else "%.1f" % cpu,
+         h["other_busy_cores"] or 0, h["load_average_end"] and h["load_average_end"][0]))')" >&2
     done
 }
+
+if [ "$suite" = cluster ]; then
+    # shellcheck source=benches/compare_cluster.sh
+    source benches/compare_cluster.sh
+    exit 0
+fi
 
 redis_version=$(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')
 etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')

@@ -116,7 +116,7 @@ impl Readers {
                 match http_get(&address, "/api/overview").await {
                     Ok(body) => {
                         seen.latency.saturating_record(sent.elapsed().as_micros() as u64);
-                        seen.bytes += body as u64;
+                        seen.bytes += body.len() as u64;
                         seen.passes += 1;
                     }
                     Err(error) => seen.failed(error),
@@ -136,13 +136,14 @@ impl Readers {
     }
 }
 
-/// One HTTP/1.1 GET with `Connection: close`; the body's length when the answer is 200 OK.
-async fn http_get(address: &str, path: &str) -> Result<usize, String> {
+/// One HTTP/1.0 GET (so the answer is never chunked and the server closes the connection when
+/// it is done); the body when the answer is 200 OK.
+pub async fn http_get(address: &str, path: &str) -> Result<Vec<u8>, String> {
     let mut stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("connect {address}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -157,8 +158,8 @@ async fn http_get(address: &str, path: &str) -> Result<usize, String> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| format!("GET {path}: no HTTP head in {} bytes", answer.len()))?;
     let status = String::from_utf8_lossy(&answer[..answer.len().min(12)]).to_string();
-    if !status.starts_with("HTTP/1.1 200") {
+    if !(status.starts_with("HTTP/1.") && status.get(8..).is_some_and(|s| s.starts_with(" 200"))) {
         return Err(format!("GET {path}: {status}"));
     }
-    Ok(answer.len() - head_end - 4)
+    Ok(answer.split_off(head_end + 4))
 }

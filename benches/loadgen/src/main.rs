@@ -11,15 +11,22 @@
 //! paging through every lease and a dashboard polling its overview, each reported on its own, so
 //! the measured calls' latency shows what big reads cost everyone else.
 //!
+//! Around the measured phase it reads what the host did (`host`: the CPU of the servers named by
+//! `--cpu-pids`, its own, the machine's, the load average) and, with `--scrape`, the servers'
+//! own counters (`scrape`), so a report says what each operation cost and how noisy the
+//! machine was.
+//!
 //! Invariant: set-up (agents, leases, policies, watchers) happens before timing; warm-up is not
 //! recorded.
 
 #![allow(clippy::disallowed_methods)] // a load generator measures real time
 
 mod background;
+mod host;
 #[cfg(feature = "peers")]
 mod peers;
 mod scenario;
+mod scrape;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -102,6 +109,15 @@ struct Flags {
     /// How often the dashboard is polled.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     dashboard_every: Duration,
+    /// The server processes whose CPU time the measured phase is charged (comma-separated pids,
+    /// e.g. every node of a cluster): the report gives their CPU per operation.
+    #[arg(long, value_delimiter = ',')]
+    cpu_pids: Vec<u32>,
+    /// Prometheus /metrics addresses (HOST:PORT, comma-separated) read before and after the
+    /// measured phase: the report gives the change of the counters that say where a write's
+    /// time goes (log syncs, proposal time, batch sizes; etcd's WAL fsyncs).
+    #[arg(long, value_delimiter = ',')]
+    scrape: Vec<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -162,6 +178,11 @@ struct Report {
     fanout_delay_us: Option<Percentiles>,
     /// The background readers that ran beside the measured phase.
     background: Vec<BackgroundReport>,
+    /// CPU of the servers, of this load generator and of the machine, and the load average,
+    /// over the measured phase.
+    host: host::HostReport,
+    /// The change of each `--scrape` address's counters over the measured phase.
+    metrics: Vec<scrape::NodeMetrics>,
 }
 
 #[derive(serde::Serialize)]
@@ -359,9 +380,14 @@ async fn run(flags: Flags) -> Result<(), String> {
     if let Some(address) = &flags.dashboard {
         readers.poll_overview(address.clone(), flags.dashboard_every);
     }
+    let counters_start = scrape::read_all(&flags.scrape).await;
+    let host_start = host::Sample::take(&flags.cpu_pids);
     let started = Instant::now();
     let (_, seen) = phase(&flags, workers, flags.duration, flags.requests, true).await;
-    let seconds = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let host_end = host::Sample::take(&flags.cpu_pids);
+    let counters_end = scrape::read_all(&flags.scrape).await;
+    let seconds = elapsed.as_secs_f64();
     let background = readers
         .stop()
         .await
@@ -382,6 +408,8 @@ async fn run(flags: Flags) -> Result<(), String> {
         first_error,
     } = seen;
     let operations = latency.len();
+    let host = host_start.until(&host_end, operations, elapsed);
+    let metrics = scrape::deltas(&flags.scrape, counters_start, counters_end);
     let fanout_delay_us = fanout.map(|h| Percentiles::of(&h.lock().expect("not poisoned")));
     let report = Report {
         target_kind: flags.target_kind,
@@ -398,6 +426,8 @@ async fn run(flags: Flags) -> Result<(), String> {
         latency_us: Percentiles::of(&latency),
         fanout_delay_us,
         background,
+        host,
+        metrics,
     };
     print_report(&report, flags.json);
     Ok(())
@@ -651,6 +681,12 @@ fn print_report(report: &Report, json: bool) {
             "fan-out delay µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
             f.p50, f.p90, f.p99, f.p999, f.max
         );
+    }
+    if let Some(cpu) = report.host.server_cpu_us_per_op {
+        println!("server CPU per op: {cpu:.1} µs (all --cpu-pids together)");
+    }
+    if let (Some(client), Some(other)) = (report.host.client_cpu_us_per_op, report.host.other_busy_cores) {
+        println!("load generator CPU per op: {client:.1} µs; other work on the machine: {other:.2} cores busy");
     }
     for b in &report.background {
         let l = &b.latency_us;

@@ -1,0 +1,116 @@
+//! The servers' own counters over the measured phase: each `--scrape` address's Prometheus
+//! /metrics read at the phase's start and end, and the change in the few families that say
+//! where a write's time goes (log syncs and their time, consensus proposal time, batch sizes;
+//! etcd's WAL fsyncs and backend commits). Every label set of a family is summed.
+//!
+//! Invariant: a failed scrape is reported as that address's error and measures nothing; it
+//! never fails the run.
+
+use std::collections::BTreeMap;
+
+use crate::background::http_get;
+
+/// The families kept: AgentKeeper's and etcd's names for the same costs.
+const FAMILIES: [&str; 16] = [
+    "agentkeeper_store_syncs_total",
+    "agentkeeper_store_bytes_total",
+    "agentkeeper_store_sync_seconds_sum",
+    "agentkeeper_store_sync_seconds_count",
+    "agentkeeper_cluster_proposal_seconds_sum",
+    "agentkeeper_cluster_proposal_seconds_count",
+    "agentkeeper_core_batch_commands_sum",
+    "agentkeeper_core_batch_commands_count",
+    "agentkeeper_cluster_peer_dropped_total",
+    "agentkeeper_rpc_total",
+    "etcd_disk_wal_fsync_duration_seconds_sum",
+    "etcd_disk_wal_fsync_duration_seconds_count",
+    "etcd_disk_backend_commit_duration_seconds_sum",
+    "etcd_disk_backend_commit_duration_seconds_count",
+    "etcd_server_proposals_committed_total",
+    "etcd_network_peer_sent_bytes_total",
+];
+
+/// One address's kept families, summed over label sets.
+pub type Counters = Result<BTreeMap<String, f64>, String>;
+
+#[derive(serde::Serialize)]
+pub struct NodeMetrics {
+    pub address: String,
+    /// end - start of each kept family the address exposes.
+    pub delta: BTreeMap<String, f64>,
+    pub error: Option<String>,
+}
+
+/// Reads every address's kept families.
+pub async fn read_all(addresses: &[String]) -> Vec<Counters> {
+    let mut all = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        all.push(read(address).await);
+    }
+    all
+}
+
+async fn read(address: &str) -> Counters {
+    let body = http_get(address, "/metrics").await?;
+    Ok(parse(&String::from_utf8_lossy(&body)))
+}
+
+/// The kept families of a Prometheus text exposition, each summed over its label sets.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut kept = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if !FAMILIES.contains(&name) {
+            continue;
+        }
+        let rest = match line[name_end..].rfind('}') {
+            Some(close) => &line[name_end + close + 1..],
+            None => &line[name_end..],
+        };
+        if let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+            *kept.entry(name.to_string()).or_insert(0.0) += value;
+        }
+    }
+    kept
+}
+
+/// The change of every family between the two reads of each address.
+pub fn deltas(addresses: &[String], start: Vec<Counters>, end: Vec<Counters>) -> Vec<NodeMetrics> {
+    (addresses.iter().zip(start.into_iter().zip(end)))
+        .map(|(address, pair)| match pair {
+            (Ok(a), Ok(b)) => NodeMetrics {
+                address: address.clone(),
+                delta: (b.iter())
+                    .map(|(name, after)| (name.clone(), after - a.get(name).copied().unwrap_or(0.0)))
+                    .collect(),
+                error: None,
+            },
+            (Err(e), _) | (_, Err(e)) => NodeMetrics {
+                address: address.clone(),
+                delta: BTreeMap::new(),
+                error: Some(e),
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn parse_sums_a_kept_family_over_its_label_sets_and_skips_the_rest() {
+        let text = "# HELP agentkeeper_rpc_total calls\n\
+                    agentkeeper_rpc_total{method=\"A\",code=\"OK\"} 3\n\
+                    agentkeeper_rpc_total{method=\"B\",code=\"OK\"} 4.5\n\
+                    agentkeeper_store_syncs_total 7\n\
+                    etcd_disk_wal_fsync_duration_seconds_count 12 1700000000\n\
+                    something_else_total 99\n";
+        let kept = parse(text);
+        assert_eq!(kept.get("agentkeeper_rpc_total"), Some(&7.5));
+        assert_eq!(kept.get("agentkeeper_store_syncs_total"), Some(&7.0));
+        assert_eq!(kept.get("etcd_disk_wal_fsync_duration_seconds_count"), Some(&12.0));
+        assert_eq!(kept.get("something_else_total"), None);
+    }
+}
