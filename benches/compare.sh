@@ -9,7 +9,7 @@
 # <out>/compare.png.
 #   benches/compare.sh [--duration 5s] [--warmup 1s] [--runs 1] [--shapes "1x1 4x64"]
 #                      [--out benches/results] [--data-root target/compare] [--daemon PATH]
-#                      [--suite single|cluster] [--kills 20]
+#                      [--suite single|cluster] [--kills 20] [--nice 0]
 # A shape is CONNECTIONSxSTREAMS_PER_CONNECTION; 1x1 is the sequential single-client latency.
 # --runs N repeats the whole sequence N times, the systems interleaved (ours, redis, etcd, ours,
 # ...), and the table and chart show each row's median run by ops/s.
@@ -18,13 +18,16 @@
 # --suite cluster measures 3-node clusters instead (benches/compare_cluster.sh): writes and lease
 # cycles on one durable node, a 3-node AgentKeeper (to its leader and to a follower) and a 3-node
 # etcd, then --kills leader kills of each cluster; writes <out>/cluster.json.
+# --nice N runs every system under test and the load generator at that niceness (e.g. -10, as
+# root): on a machine shared with compile jobs they then get the CPU when they wake, and the
+# others take what is left. The same for every system; the report still shows what others took.
 # Every run also records the servers' CPU per operation (/proc/PID/stat of every node), the load
 # generator's, the CPU others took on the machine and the load average (the report's "host").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=5s warmup=1s runs=1 shapes="1x1 4x64" out=benches/results data_root=target/compare daemon=
-suite=single kills=20
+suite=single kills=20 nice=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
         --daemon) daemon=$2; shift 2 ;;
         --suite) suite=$2; shift 2 ;;
         --kills) kills=$2; shift 2 ;;
+        --nice) nice=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -44,6 +48,9 @@ case "$suite" in
     *) echo "--suite is single or cluster, not $suite" >&2; exit 2 ;;
 esac
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+# Every process under test, and the load generator, starts through this (nice execs the
+# command: $! is the process itself).
+niced=(nice -n "$nice")
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -107,7 +114,7 @@ start_ours() { # name [daemon flags...]
     local name=$1 metrics; shift
     port=$(free_port)
     metrics=$(free_port)
-    "$daemon" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics" --log-level warn "$@" \
+    "${niced[@]}" "$daemon" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$metrics" --log-level warn "$@" \
         >"$work/$name.log" 2>&1 &
     pids+=($!)
     cpu_pids=$! scrape="127.0.0.1:$metrics"
@@ -116,7 +123,7 @@ start_ours() { # name [daemon flags...]
 start_redis() {
     port=$(free_port)
     mkdir -p "$work/redis.$round"
-    redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
+    "${niced[@]}" redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no \
         --dir "$work/redis.$round" >"$work/redis.log" 2>&1 &
     pids+=($!)
     cpu_pids=$! scrape=
@@ -126,7 +133,7 @@ start_etcd() {
     port=$(free_port)
     local peer
     peer=$(free_port)
-    etcd --name bench --data-dir "$work/etcd.$round" --logger zap --log-level warn \
+    "${niced[@]}" etcd --name bench --data-dir "$work/etcd.$round" --logger zap --log-level warn \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "bench=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 &
@@ -141,7 +148,7 @@ lines="$work/results.jsonl"
 run() {
     local item=$1 system=$2 role=$3 kind=$4 scenario=$5 shape json
     for shape in $shapes; do
-        if ! json=$("$bench" --target-kind "$kind" --target "127.0.0.1:$port" --scenario "$scenario" \
+        if ! json=$("${niced[@]}" "$bench" --target-kind "$kind" --target "127.0.0.1:$port" --scenario "$scenario" \
             --connections "${shape%x*}" --concurrency "${shape#*x}" --duration "$duration" \
             --warmup "$warmup" --agents 1000 --policies 10000 --cpu-pids "$cpu_pids" \
             ${scrape:+--scrape "$scrape"} --json); then

@@ -17,14 +17,15 @@
 etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
 cluster_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "machine: $(nproc) cores, $(uname -sr), load average $cluster_load_before;" \
-    "shapes $shapes, $duration each after $warmup warm-up, $runs run(s), $kills kill(s) per cluster" >&2
+    "shapes $shapes, $duration each after $warmup warm-up, $runs run(s), $kills kill(s) per cluster," \
+    "niceness $nice" >&2
 
 declare -a ak_port ak_peer ak_metrics ak_pid etcd_port etcd_peer etcd_pid
 ak_members= ak_endpoints= ak_dir= etcd_members= etcd_endpoints= etcd_dir= etcd_token=
 
 # Node N of the AgentKeeper cluster, (re)started with its data dir; appends to its log.
 start_ak_node() {
-    "$daemon" --node-id "$1" --addr "127.0.0.1:${ak_port[$1]}" --metrics-addr "127.0.0.1:${ak_metrics[$1]}" \
+    "${niced[@]}" "$daemon" --node-id "$1" --addr "127.0.0.1:${ak_port[$1]}" --metrics-addr "127.0.0.1:${ak_metrics[$1]}" \
         --peer-addr "127.0.0.1:${ak_peer[$1]}" --initial-cluster "$ak_members" --data-dir "$ak_dir/node-$1" \
         --heartbeat-interval 100ms --election-timeout 1s --log-level warn >>"$work/ak-$1.log" 2>&1 &
     ak_pid[$1]=$!
@@ -49,7 +50,7 @@ start_ak_cluster() {
 }
 
 start_etcd_node() {
-    etcd --name "e$1" --data-dir "$etcd_dir/e$1" --logger zap --log-level warn \
+    "${niced[@]}" etcd --name "e$1" --data-dir "$etcd_dir/e$1" --logger zap --log-level warn \
         --heartbeat-interval 100 --election-timeout 1000 --pre-vote \
         --listen-client-urls "http://127.0.0.1:${etcd_port[$1]}" \
         --advertise-client-urls "http://127.0.0.1:${etcd_port[$1]}" \
@@ -131,7 +132,7 @@ kill_leader() { # kind number
     else
         endpoints=$etcd_endpoints node_pids="${etcd_pid[1]},${etcd_pid[2]},${etcd_pid[3]}"
     fi
-    if ! json=$("$probe" failover --kind "$1" --endpoints "$endpoints" --pids "$node_pids"); then
+    if ! json=$("${niced[@]}" "$probe" failover --kind "$1" --endpoints "$endpoints" --pids "$node_pids"); then
         echo "  $1 kill $2: the probe failed; left out" >&2
         return 1
     fi
@@ -190,7 +191,7 @@ result = {
     "machine": {"cores": $(nproc), "cpu": cpu_model(), "memory": meminfo(),
                 "kernel": platform.release()},
     "settings": {"duration": "$duration", "warmup": "$warmup", "runs": $runs, "shapes": "$shapes",
-                 "kills": $kills, "heartbeat_ms": 100, "election_timeout_ms": 1000},
+                 "kills": $kills, "nice": $nice, "heartbeat_ms": 100, "election_timeout_ms": 1000},
     "load_average_before": "$cluster_load_before",
     "load_average_after": "$cluster_load_after",
     "runs": read(lines),
