@@ -10,6 +10,7 @@ for what it checks, with the suite's hang guard.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -161,10 +162,16 @@ def test_a_register_whose_first_attempt_may_have_taken_effect_is_retried_and_reg
             policy.retries.get_nowait()
         # As above, the first attempt's outcome is unknown; a Register carries this client's id
         # and a request number, so the client sends it again until a leader answers, and the
-        # cluster registers it once however many attempts reached it.
+        # cluster registers it once however many attempts reached it. The hung node is resumed
+        # once the others have a new leader: a retry that went to it (the client takes the
+        # endpoints in turn) is answered too, rather than held to its deadline.
         cluster.stop_process(leader)
         try:
-            agent = finishes(lambda: client.register("maybe", heartbeat=False), "register across the failover")
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(client.register, "maybe", heartbeat=False)
+                cluster.leader()  # among the two still running
+                cluster.resume_process(leader)
+                agent = pending.result(timeout=HANG_GUARD)
         finally:
             cluster.resume_process(leader)
         assert not policy.retries.empty(), "the numbered register was sent again"

@@ -200,13 +200,23 @@ test("a register whose first attempt may have taken effect is sent again and reg
   await client.setPolicy({ id: "warm", subject: "agent:a", action: "read", resource: "docs/*", effect: "ALLOW" });
   // As above, the first attempt's outcome is unknown; a Register carries the client's id and a
   // request number, so the client sends it again until a leader answers, and it registers once.
+  // The hung node is resumed once the others have a new leader: a retry that went to it (the
+  // client takes the endpoints in turn) is answered too, rather than held to its deadline.
   cluster.stopProcess(leader);
-  let agent;
+  let settled;
   try {
-    agent = await client.register({ name: "maybe", heartbeat: false });
+    const pending = client.register({ name: "maybe", heartbeat: false }).then(
+      (agent) => ({ agent }),
+      (error) => ({ error }),
+    );
+    await cluster.leader(); // among the two still running
+    cluster.resumeProcess(leader);
+    settled = await pending;
   } finally {
     cluster.resumeProcess(leader);
   }
+  assert.ok(settled.agent, `register failed: ${settled.error}`);
+  const agent = settled.agent;
   await cluster.leader();
   const named = (await client.find()).filter((a) => a.card.name === "maybe");
   assert.deepEqual(named.map((a) => a.agentId), [agent.agentId], "registered once, under the id returned");
