@@ -270,9 +270,14 @@ async fn a_claimer_that_hangs_up_gets_no_task_and_the_task_stays_pending_without
     daemon.wait_metric("agentkeeper_claims_waiting", 1.0).await;
     claimer.abort();
     let _ = claimer.await;
+    // The daemon notices the hang-up (its sweep finds the caller gone) before the task comes.
+    // Were the task to come first, its claim could be answered into the very moment the stream
+    // is reset, be lost on the wire unnoticed, and hold the task until its lease runs out (a
+    // race left open: seen once on a loaded machine).
+    daemon.wait_metric("agentkeeper_claims_waiting", 0.0).await;
     let task = create(&mut c, "job", &[], 0, 30).await;
-    // Either the daemon noticed the hang-up first, or the claim went out, failed to arrive and
-    // came back: in both cases the task ends up PENDING, unclaimed, with no retry counted.
+    // The hang-up cancelled the waiting claim: the task stays PENDING, unclaimed, with no retry
+    // counted.
     let now = wait_until("the task back to PENDING", async || {
         let now = get(&mut c, &task.id).await;
         if now.status == pb::TaskStatus::Pending as i32 {
