@@ -1214,8 +1214,22 @@ impl Node {
         if now_seen == self.seen {
             return;
         }
+        let was_leading = self.seen.1 == StateRole::Leader;
         self.seen = now_seen;
         self.tick_in_flight = None;
+        if was_leading && now_seen.1 != StateRole::Leader {
+            // Deposed: what this node proposed for its own callers may still commit under the
+            // next leader, or never; its callers hear so now rather than at their timeout (as
+            // a follower's callers do when the leader they forwarded to changes).
+            let id = self.config.id;
+            for (_, pending) in take_where(&mut self.proposals, |p| p.forwarded_to.is_none()) {
+                if let Some(waiter) = pending.caller {
+                    let message =
+                        format!("node {id} stopped leading before the write was committed; it may yet take effect");
+                    self.answer_waiter(waiter, ErrorCode::Unavailable, message);
+                }
+            }
+        }
         if now_seen.1 == StateRole::Leader {
             // Nobody is punished for the time without a leader, and nobody is given more than
             // a failover's worth: see `Core::failover_grace`.

@@ -580,3 +580,41 @@ fn reads_that_come_in_one_batch_share_one_read_index_round() {
         "one ReadIndex round for the batch, not one per read"
     );
 }
+
+#[test]
+fn a_leader_that_loses_its_quorum_answers_its_pending_writes_when_it_steps_down_not_at_their_timeout() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    net.cut = Some(leader);
+    let asked_at = net.now;
+    net.nodes[leader as usize - 1].handle(
+        net.now,
+        NodeInput::Call {
+            caller: CallerId(77),
+            command: register("stranded"),
+            principal: None,
+        },
+    );
+    let mut answered = None;
+    while answered.is_none() && net.now < asked_at + 6_000 {
+        net.advance(100);
+        if let Some(at) = net.replies.iter().position(|(n, c, _)| *n == leader && c.0 == 77) {
+            answered = Some((net.now, net.replies.remove(at).2));
+        }
+    }
+    let (at, outcome) = answered.expect("the stranded write is answered");
+    let error = outcome.expect_err("not committed");
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(
+        error.message.contains("stopped leading") && error.message.contains("may yet take effect"),
+        "{}",
+        error.message
+    );
+    assert!(
+        at < asked_at + 5_000,
+        "answered at step-down ({} ms), before the request timeout",
+        at - asked_at
+    );
+    assert_ne!(net.nodes[leader as usize - 1].status().role, StateRole::Leader);
+}
