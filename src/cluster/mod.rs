@@ -484,6 +484,11 @@ impl Node {
         ClusterView { status, members }
     }
 
+    /// The latest time this node was handed.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
     /// The members' peer addresses, as the replicated membership has them.
     pub fn members(&self) -> &Addresses {
         &self.members
@@ -660,19 +665,23 @@ impl Node {
         }
     }
 
+    /// Remembers proposal `seq` (proposed here, or forwarded to `forwarded_to`) until its entry
+    /// is applied or its deadline passes; `caller` waits for it.
+    fn track(&mut self, seq: u64, caller: Option<Waiter>, forwarded_to: Option<u64>) {
+        let pending = Pending {
+            caller,
+            proposed_at: self.now,
+            deadline: self.now + self.config.request_timeout_ms,
+            forwarded_to,
+        };
+        self.proposals.insert(seq, pending);
+    }
+
     /// Hands `payload` to the leader under a new proposal id; `waiter` waits for its entry.
     fn forward(&mut self, waiter: Waiter, payload: Forwarded) -> ProposalId {
         let leader = self.raw.raft.leader_id;
         let seq = self.next_seq();
-        self.proposals.insert(
-            seq,
-            Pending {
-                caller: Some(waiter),
-                proposed_at: self.now,
-                deadline: self.now + self.config.request_timeout_ms,
-                forwarded_to: Some(leader),
-            },
-        );
+        self.track(seq, Some(waiter), Some(leader));
         let id = self.proposal_id(seq);
         self.outbox.push_back(NodeOutput::Forward(Forward {
             to: leader,
@@ -719,13 +728,7 @@ impl Node {
         let seq = self.next_seq();
         let id = self.proposal_id(seq);
         if self.propose_conf_change(id, change.to_conf_change()) {
-            let pending = Pending {
-                caller: Some(waiter),
-                proposed_at: self.now,
-                deadline: self.now + self.config.request_timeout_ms,
-                forwarded_to: None,
-            };
-            self.proposals.insert(seq, pending);
+            self.track(seq, Some(waiter), None);
         } else {
             let message = "another membership change is under way: retry once it is applied".to_string();
             self.answer_waiter(waiter, ErrorCode::Unavailable, message);
@@ -836,14 +839,7 @@ impl Node {
         let id = self.proposal_id(seq);
         match self.raw.propose(id.encode(), proposal::encode_entry(&entry)) {
             Ok(()) => {
-                let deadline = self.now + self.config.request_timeout_ms;
-                let pending = Pending {
-                    caller,
-                    proposed_at: self.now,
-                    deadline,
-                    forwarded_to: None,
-                };
-                self.proposals.insert(seq, pending);
+                self.track(seq, caller, None);
                 Some(seq)
             }
             Err(error) => {
@@ -1085,15 +1081,7 @@ impl Node {
                     continue;
                 }
             };
-            let caller = match ProposalId::decode(&raft_entry.context) {
-                Ok(id) if id.origin == self.config.id && id.epoch == self.config.epoch => {
-                    if self.tick_in_flight == Some(id.seq) {
-                        self.tick_in_flight = None;
-                    }
-                    self.proposals.remove(&id.seq)
-                }
-                _ => None,
-            };
+            let caller = self.take_pending(&raft_entry.context);
             let waited_ms = caller.as_ref().map_or(0, |p| self.now.saturating_sub(p.proposed_at));
             let caller = match caller.and_then(|p| p.caller) {
                 Some(Waiter::Call(caller)) => Some(caller),
@@ -1111,20 +1099,26 @@ impl Node {
         }
     }
 
-    /// Who waits for the entry proposed under `context`, if it was proposed here.
-    fn waiter_of(&mut self, context: &[u8]) -> Option<Waiter> {
+    /// The proposal an applied entry's `context` names, if this incarnation proposed (or
+    /// forwarded) it and still tracks it: no longer pending, nor in flight as the tick.
+    fn take_pending(&mut self, context: &[u8]) -> Option<Pending> {
         let id = ProposalId::decode(context).ok()?;
         if id.origin != self.config.id || id.epoch != self.config.epoch {
             return None;
         }
-        self.proposals.remove(&id.seq)?.caller
+        if self.tick_in_flight == Some(id.seq) {
+            self.tick_in_flight = None;
+        }
+        self.proposals.remove(&id.seq)
     }
 
     /// A committed membership change: every replica decides alike from the replicated members
     /// whether it takes effect (raft-rs is told only of those that do), and the addresses
     /// follow; a removed leader steps down.
     fn apply_conf_change(&mut self, raft_entry: &RaftEntry) {
-        let waiter = self.waiter_of(&raft_entry.context);
+        let waiter = self
+            .take_pending(&raft_entry.context)
+            .and_then(|pending| pending.caller);
         let conf = self.raw.raft.prs().conf().to_conf_state();
         let decided = membership::decode_conf_change(&raft_entry.data).and_then(|change| {
             let ours = MemberChange::from_conf_change(&change)?;

@@ -116,8 +116,6 @@ pub struct ClusterNode {
     next_ticket: u64,
     /// Per peer: the applied index it last told this node, and when (this node's clock).
     heard: BTreeMap<u64, (u64, Millis)>,
-    /// The clock at the latest input.
-    now: Millis,
     /// Said once: this node was removed from the cluster.
     told_removed: bool,
 }
@@ -133,7 +131,6 @@ impl ClusterNode {
             tickets: BTreeMap::new(),
             next_ticket: 0,
             heard: BTreeMap::new(),
-            now: 0,
             told_removed: false,
         }
     }
@@ -149,7 +146,6 @@ impl Engine for ClusterNode {
     }
 
     fn handle(&mut self, now: Millis, input: Input) {
-        self.now = self.now.max(now);
         let input = match input {
             Input::Call {
                 caller,
@@ -167,18 +163,15 @@ impl Engine for ClusterNode {
     }
 
     fn peer(&mut self, now: Millis, traffic: PeerTraffic) {
-        self.now = self.now.max(now);
         self.node.handle(now, traffic.into());
     }
 
     fn heard(&mut self, now: Millis, from: u64, applied: u64) {
-        self.now = self.now.max(now);
         let last = self.heard.entry(from).or_insert((0, now));
         *last = (last.0.max(applied), now);
     }
 
     fn change_members(&mut self, now: Millis, change: MemberChange, reply: oneshot::Sender<Result<(), CoreError>>) {
-        self.now = self.now.max(now);
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         self.tickets.insert(ticket, reply);
@@ -269,9 +262,9 @@ impl Engine for ClusterNode {
     }
 
     fn cluster(&self) -> Option<ClusterView> {
-        let mut view = self.node.view();
+        let (mut view, now) = (self.node.view(), self.node.now());
         for member in &mut view.members {
-            member.heard = (self.heard.get(&member.id)).map(|(applied, at)| (*applied, self.now.saturating_sub(*at)));
+            member.heard = (self.heard.get(&member.id)).map(|(applied, at)| (*applied, now.saturating_sub(*at)));
         }
         Some(view)
     }
