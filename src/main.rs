@@ -660,7 +660,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     };
     let seed = match &joined {
         // Ids and hashing must be the same on every replica.
-        Some((identity, _)) => identity.core_seed,
+        Some(joined) => joined.identity.core_seed,
         None => seed(&flags),
     };
     let config = flags.limits.core_config(CoreConfig {
@@ -674,7 +674,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let queue_max = flags.limits.core_queue_max;
     let mut peer_tls = None;
     let (core, core_thread, peers) = match cluster.zip(joined) {
-        Some((cluster, (identity, addresses))) => {
+        Some((cluster, joined)) => {
             let dir = flags
                 .data_dir
                 .clone()
@@ -683,11 +683,11 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
             let election_seed = self::seed(&flags);
             let now = wall.now();
             let start = cluster.clone();
-            let (node, log) = tokio::task::spawn_blocking(move || {
-                start_node(&dir, &start, identity, addresses, config, election_seed, now)
-            })
-            .await
-            .map_err(|error| format!("recovery stopped: {error}"))??;
+            let identity = joined.identity;
+            let (node, log) =
+                tokio::task::spawn_blocking(move || start_node(&dir, &start, joined, config, election_seed, now))
+                    .await
+                    .map_err(|error| format!("recovery stopped: {error}"))??;
             let client_tls = cluster.tls.as_ref().map(|(_, client)| client.clone());
             let book = Arc::new(server::peer::PeerBook::new(cluster.node_id, identity, client_tls));
             peer_tls = cluster.tls.map(|(server, _)| server);
@@ -959,8 +959,7 @@ fn recover(
 fn start_node(
     dir: &std::path::Path,
     cluster: &ClusterStart,
-    identity: agentkeeper::cluster::ClusterIdentity,
-    addresses: agentkeeper::cluster::Addresses,
+    joined: Joined,
     core: CoreConfig,
     election_seed: u64,
     now: u64,
@@ -973,23 +972,22 @@ fn start_node(
 > {
     use agentkeeper::cluster::{Node, NodeConfig};
     let started = std::time::Instant::now();
-    use agentkeeper::store::consensus_log::{self, ConsensusLog};
+    use agentkeeper::store::consensus_log::ConsensusLog;
     // A node that joined has no configuration of its own: it starts from a leader's snapshot.
-    let voters = if identity.founding {
+    let voters = if joined.identity.founding {
         cluster.members.voters()
     } else {
         Vec::new()
     };
-    let kept = consensus_log::read_identity(dir).map_err(|e| e.to_string())?;
     let (mut log, store) = ConsensusLog::open(dir, cluster.node_id, &voters).map_err(|e| e.to_string())?;
-    if kept.is_none() {
-        log.keep_identity(&identity).map_err(|e| e.to_string())?;
+    if !joined.kept {
+        log.keep_identity(&joined.identity).map_err(|e| e.to_string())?;
     }
     let epoch = log.next_epoch().map_err(|e| e.to_string())?;
     let held = store.last_index_held();
     // Every replica's core starts at time 0 and moves only with the leader's stamps.
     let mut config = NodeConfig::new(cluster.node_id, voters, core, 0);
-    config.members = addresses;
+    config.members = joined.addresses;
     config.epoch = epoch;
     config.seed = election_seed;
     config.tick_ms = CLUSTER_TICK_MS;
@@ -1019,27 +1017,35 @@ fn start_node(
 /// snapshot's, once it has one, count over these): what its data dir keeps; else, for a new
 /// cluster (or a data dir from before identities were kept), what --initial-cluster creates;
 /// else (`--initial-cluster-state existing`) what a member tells it.
-async fn cluster_identity(
-    dir: &std::path::Path,
-    cluster: &ClusterStart,
-) -> Result<(agentkeeper::cluster::ClusterIdentity, agentkeeper::cluster::Addresses), String> {
+async fn cluster_identity(dir: &std::path::Path, cluster: &ClusterStart) -> Result<Joined, String> {
     use agentkeeper::store::consensus_log;
-    let listed = cluster.members.members.clone();
+    let listed = |identity, kept| Joined {
+        identity,
+        addresses: cluster.members.members.clone(),
+        kept,
+    };
     if let Some(identity) = consensus_log::read_identity(dir).map_err(|e| e.to_string())? {
-        return Ok((identity, listed));
+        return Ok(listed(identity, true));
     }
     if cluster.state == ClusterState::New || consensus_log::has_log(dir) {
-        return Ok((cluster.members.identity(), listed));
+        return Ok(listed(cluster.members.identity(), false));
     }
     join_identity(cluster).await
+}
+
+/// Which cluster a node belongs to and the members' addresses it starts with, as found at
+/// start-up (`cluster_identity`).
+struct Joined {
+    identity: agentkeeper::cluster::ClusterIdentity,
+    addresses: agentkeeper::cluster::Addresses,
+    /// The data dir keeps the identity already (else the node keeps it once the dir is locked).
+    kept: bool,
 }
 
 /// Asks the members --initial-cluster lists, in turn, which cluster this node joins, until one
 /// answers (for at most a minute): the node must be a learner there already, at its address.
 #[allow(clippy::disallowed_methods)] // the deadline of the start-up's wait
-async fn join_identity(
-    cluster: &ClusterStart,
-) -> Result<(agentkeeper::cluster::ClusterIdentity, agentkeeper::cluster::Addresses), String> {
+async fn join_identity(cluster: &ClusterStart) -> Result<Joined, String> {
     let me = cluster.node_id;
     let my_addr = &cluster.members.members[&me];
     let others: Vec<&String> = (cluster.members.members.iter())
@@ -1091,7 +1097,11 @@ async fn join_identity(
                 .map(|member| (member.id, member.peer_addr))
                 .collect();
             tracing::info!(cluster = format!("{:016x}", identity.cluster_id), from = %addr, "joining the cluster");
-            return Ok((identity, addresses));
+            return Ok(Joined {
+                identity,
+                addresses,
+                kept: false,
+            });
         }
         if std::time::Instant::now() >= deadline {
             return Err(format!(
