@@ -144,10 +144,14 @@ pub enum NodeInput {
 #[derive(Debug)]
 pub enum NodeOutput {
     /// Make these consensus records durable (`store::consensus_log`) before any output after
-    /// this one leaves the node: raft-rs counts them stable from now on.
+    /// this one leaves the node: raft-rs counts them stable from now on. Unless `sync` is false:
+    /// then only the commit index moved (raft-rs's `must_sync()`), the record may be written
+    /// lazily, and nothing waits for it. What came before a `Persist` may leave at once (a
+    /// leader's appends go out while its own disk writes them, as raft-rs allows).
     Persist {
         entries: Vec<RaftEntry>,
         hard_state: Option<HardState>,
+        sync: bool,
     },
     /// Replace what the consensus log holds with this: the snapshot, the entries after it that
     /// are kept, and the hard state (a snapshot this node took, or one its leader sent). Later
@@ -940,9 +944,12 @@ impl Node {
                 self.raw.mut_store().set_hard_state(hard_state.clone());
             }
             if !ready.entries().is_empty() || hard_state.is_some() {
+                let sync = ready.must_sync();
+                debug_assert!(sync || ready.entries().is_empty(), "entries always owe a sync");
                 self.outbox.push_back(NodeOutput::Persist {
                     entries: ready.entries().clone(),
                     hard_state,
+                    sync,
                 });
             }
             self.send(ready.take_persisted_messages());

@@ -618,3 +618,86 @@ fn a_leader_that_loses_its_quorum_answers_its_pending_writes_when_it_steps_down_
     );
     assert_ne!(net.nodes[leader as usize - 1].status().role, StateRole::Leader);
 }
+
+/// What a node's outputs say of the order its driver may release them in: every `Send` of a
+/// message of `kind` before the first record that owes a sync, and after it.
+fn sends_around_first_sync(outputs: &[NodeOutput], kind: raft::eraftpb::MessageType) -> (usize, usize) {
+    let first_sync = (outputs.iter())
+        .position(|o| matches!(o, NodeOutput::Persist { sync: true, .. }))
+        .unwrap_or(outputs.len());
+    let is_kind = |o: &NodeOutput| matches!(o, NodeOutput::Send(m) if m.get_msg_type() == kind);
+    let before = outputs[..first_sync].iter().filter(|o| is_kind(o)).count();
+    let after = outputs[first_sync..].iter().filter(|o| is_kind(o)).count();
+    (before, after)
+}
+
+#[test]
+fn a_leaders_appends_leave_before_its_own_sync_and_a_commit_only_hard_state_owes_none() {
+    use raft::eraftpb::MessageType::{MsgAppend, MsgAppendResponse};
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader") as usize - 1;
+    let call = NodeInput::Call {
+        caller: CallerId(1),
+        command: register("a"),
+        principal: None,
+    };
+    net.nodes[leader].handle(net.now, call);
+    let outputs: Vec<NodeOutput> = std::iter::from_fn(|| net.nodes[leader].poll()).collect();
+    assert!(
+        (outputs.iter()).any(|o| matches!(o, NodeOutput::Persist { sync: true, entries, .. } if !entries.is_empty())),
+        "the leader's new entry owes a sync: {outputs:?}"
+    );
+    assert_eq!(
+        sends_around_first_sync(&outputs, MsgAppend),
+        (2, 0),
+        "both followers are sent the entry ahead of the leader's own sync"
+    );
+
+    // Each follower acknowledges only after its own sync.
+    let mut acks = Vec::new();
+    for output in outputs {
+        let NodeOutput::Send(message) = output else { continue };
+        let to = message.to as usize - 1;
+        net.nodes[to].handle(net.now, NodeInput::Peer(message));
+        let replies: Vec<NodeOutput> = std::iter::from_fn(|| net.nodes[to].poll()).collect();
+        let (before, after) = sends_around_first_sync(&replies, MsgAppendResponse);
+        assert_eq!(
+            (before, after),
+            (0, 1),
+            "follower {} acknowledges after its sync",
+            to + 1
+        );
+        acks.extend(replies.into_iter().filter_map(|o| match o {
+            NodeOutput::Send(m) => Some(m),
+            _ => None,
+        }));
+    }
+
+    // The commit the acknowledgements bring is a hard state that owes no sync, and the reply
+    // to the caller comes with no sync owed before it.
+    for ack in acks {
+        net.nodes[leader].handle(net.now, NodeInput::Peer(ack));
+    }
+    let outputs: Vec<NodeOutput> = std::iter::from_fn(|| net.nodes[leader].poll()).collect();
+    let reply = (outputs.iter())
+        .position(|o| {
+            matches!(
+                o,
+                NodeOutput::Machine(Output::Reply {
+                    caller: CallerId(1),
+                    ..
+                })
+            )
+        })
+        .expect("the write is answered once committed");
+    assert!(
+        !(outputs[..reply].iter()).any(|o| matches!(o, NodeOutput::Persist { sync: true, .. })),
+        "nothing owes a sync before the reply: {outputs:?}"
+    );
+    assert!(
+        (outputs.iter()).any(|o| matches!(o,
+            NodeOutput::Persist { sync: false, entries, hard_state: Some(_) } if entries.is_empty())),
+        "the moved commit index is persisted lazily: {outputs:?}"
+    );
+}

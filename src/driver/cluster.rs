@@ -3,8 +3,8 @@
 //! them before anything after them leaves: a vote, an acknowledgement, a reply.
 //!
 //! Architecture invariant: nothing leaves the node ahead of the consensus records it emitted
-//! before it (raft-rs counts them stable once emitted); a log that cannot be synced stops the
-//! node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
+//! before it that owe a sync (raft-rs counts them stable once emitted); a log that cannot be
+//! synced stops the node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -134,6 +134,33 @@ impl ClusterNode {
             told_removed: false,
         }
     }
+
+    /// Lets one output leave the node: to a peer, to a caller, to an operator.
+    fn release(&mut self, now: Millis, output: NodeOutput, outlets: &mut Outlets, metrics: &Metrics) {
+        match output {
+            NodeOutput::Send(message) => {
+                let _ = self.peers.send(PeerTraffic::Message(message), metrics);
+            }
+            NodeOutput::Forward(forward) => {
+                if let Some(unsent) = self.peers.send(PeerTraffic::Forward(forward), metrics) {
+                    self.node.handle(now, NodeInput::ForwardFailed(unsent));
+                }
+            }
+            NodeOutput::Machine(output) => {
+                if let Some(input) = outlets.dispatch(output, metrics) {
+                    self.node.handle(now, NodeInput::Local(input));
+                }
+            }
+            NodeOutput::MembersChanged { ticket, outcome } => {
+                if let Some(reply) = self.tickets.remove(&ticket) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } | NodeOutput::Peers(_) => {
+                unreachable!("the log's and the members' outputs are taken in flush")
+            }
+        }
+    }
 }
 
 impl Engine for ClusterNode {
@@ -178,14 +205,26 @@ impl Engine for ClusterNode {
         self.node.handle(now, NodeInput::ChangeMembers { ticket, change });
     }
 
-    /// Group commit: every consensus record the node emitted goes into one write and one
-    /// fdatasync; then what came after them leaves, in order.
+    /// Group commit: the consensus records the node emitted go into one write and one
+    /// fdatasync. What the node emitted before the first record that owes a sync leaves at once
+    /// (a leader's appends travel while its own disk writes them); what came after it waits for
+    /// the sync, then leaves in order.
     #[allow(clippy::disallowed_methods)] // times the fsync for the latency histogram
     fn flush(&mut self, now: Millis, outlets: &mut Outlets, metrics: &Metrics) -> Result<(), String> {
         loop {
             while let Some(output) = self.node.poll() {
                 match output {
-                    NodeOutput::Persist { entries, hard_state } => self.log.append(&entries, hard_state.as_ref()),
+                    NodeOutput::Persist {
+                        entries,
+                        hard_state,
+                        sync: true,
+                    } => self.log.append(&entries, hard_state.as_ref()),
+                    NodeOutput::Persist {
+                        hard_state: Some(hard_state),
+                        sync: false,
+                        ..
+                    } => self.log.append_commit(&hard_state),
+                    NodeOutput::Persist { .. } => {}
                     NodeOutput::Snapshot {
                         snapshot,
                         entries,
@@ -195,50 +234,32 @@ impl Engine for ClusterNode {
                         (self.log.replace(&snapshot, &entries, &hard_state))
                             .map_err(|error| format!("writing a snapshot: {error}"))?;
                         metrics.cluster_snapshots_total.inc();
+                        // What waited for the records the snapshot's log rewrote may go now.
+                        for output in std::mem::take(&mut self.held) {
+                            self.release(now, output, outlets, metrics);
+                        }
                     }
                     NodeOutput::Peers(addresses) => {
                         tracing::info!(?addresses, "the cluster's members changed");
                         self.heard.retain(|id, _| addresses.contains_key(id));
                         self.peers.set_members(&addresses);
                     }
-                    other => self.held.push(other),
+                    other if self.log.owes_sync() => self.held.push(other),
+                    other => self.release(now, other, outlets, metrics),
                 }
             }
-            if self.held.is_empty() && !self.log.is_dirty() {
+            if !self.log.owes_sync() {
+                debug_assert!(self.held.is_empty(), "held outputs wait for a sync that is owed");
                 return Ok(());
             }
-            if self.log.is_dirty() {
-                let started = Instant::now();
-                let bytes = self.log.pending_bytes();
-                self.log
-                    .sync()
-                    .map_err(|error| format!("{}: {error}", self.log.path().display()))?;
-                metrics.observe_sync(bytes, started.elapsed());
-            }
+            let started = Instant::now();
+            let bytes = self.log.pending_bytes();
+            self.log
+                .sync()
+                .map_err(|error| format!("{}: {error}", self.log.path().display()))?;
+            metrics.observe_sync(bytes, started.elapsed());
             for output in std::mem::take(&mut self.held) {
-                match output {
-                    NodeOutput::Send(message) => {
-                        let _ = self.peers.send(PeerTraffic::Message(message), metrics);
-                    }
-                    NodeOutput::Forward(forward) => {
-                        if let Some(unsent) = self.peers.send(PeerTraffic::Forward(forward), metrics) {
-                            self.node.handle(now, NodeInput::ForwardFailed(unsent));
-                        }
-                    }
-                    NodeOutput::Machine(output) => {
-                        if let Some(input) = outlets.dispatch(output, metrics) {
-                            self.node.handle(now, NodeInput::Local(input));
-                        }
-                    }
-                    NodeOutput::MembersChanged { ticket, outcome } => {
-                        if let Some(reply) = self.tickets.remove(&ticket) {
-                            let _ = reply.send(outcome);
-                        }
-                    }
-                    NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } | NodeOutput::Peers(_) => {
-                        unreachable!("taken above")
-                    }
-                }
+                self.release(now, output, outlets, metrics);
             }
         }
     }
