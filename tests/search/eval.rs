@@ -165,27 +165,35 @@ fn recall_at(ranked: &[String], relevant: &[String], k: usize) -> f64 {
     found as f64 / relevant.len().min(k) as f64
 }
 
-/// A ranker's figures on the set: per split, overall and per query kind.
+/// A ranker's figures on one split: overall and per query kind.
+struct SplitTotals {
+    split: Split,
+    overall: Totals,
+    kinds: Vec<(String, Totals)>,
+}
+
+/// A ranker's figures on the set, per split.
 pub struct Report {
     pub ranker: String,
-    splits: Vec<(Split, Totals, Vec<(String, Totals)>)>,
+    splits: Vec<SplitTotals>,
 }
 
 impl Report {
     pub fn split(&self, split: Split) -> Totals {
         self.splits
             .iter()
-            .find(|(s, _, _)| *s == split)
-            .map(|(_, t, _)| *t)
+            .find(|s| s.split == split)
+            .map(|s| s.overall)
             .unwrap_or_default()
     }
 
     pub fn print(&self) {
         println!("{}:", self.ranker);
-        for (split, totals, kinds) in &self.splits {
-            println!("  {}", totals.line(split.label()));
-            for (kind, totals) in kinds {
-                println!("  {}", totals.line(&format!("  {} {kind}", split.label())));
+        for split in &self.splits {
+            let label = split.split.label();
+            println!("  {}", split.overall.line(label));
+            for (kind, totals) in &split.kinds {
+                println!("  {}", totals.line(&format!("  {label} {kind}")));
             }
         }
     }
@@ -194,8 +202,14 @@ impl Report {
 /// Scores `ranker` on every query. With `show_misses`, prints the tuning and legacy queries whose
 /// first answer is not a relevant agent (labelled with `name`); never a held-out one.
 pub fn evaluate(name: &str, ranker: &dyn Ranker, cards: &[AgentCard], queries: &[Query], show_misses: bool) -> Report {
-    let mut splits: Vec<(Split, Totals, Vec<(String, Totals)>)> =
-        Split::ALL.iter().map(|&s| (s, Totals::default(), Vec::new())).collect();
+    let mut splits: Vec<SplitTotals> = Split::ALL
+        .iter()
+        .map(|&split| SplitTotals {
+            split,
+            overall: Totals::default(),
+            kinds: Vec::new(),
+        })
+        .collect();
     for query in queries {
         let ranked: Vec<String> = ranker
             .rank(&query.text)
@@ -203,17 +217,14 @@ pub fn evaluate(name: &str, ranker: &dyn Ranker, cards: &[AgentCard], queries: &
             .take(10)
             .map(|key| cards[key].name.clone())
             .collect();
-        let (_, totals, kinds) = splits
-            .iter_mut()
-            .find(|(s, _, _)| *s == query.split)
-            .expect("every split");
-        totals.add(&ranked, &query.relevant);
-        match kinds.iter_mut().find(|(k, _)| *k == query.kind) {
+        let split = splits.iter_mut().find(|s| s.split == query.split).expect("every split");
+        split.overall.add(&ranked, &query.relevant);
+        match split.kinds.iter_mut().find(|(k, _)| *k == query.kind) {
             Some((_, totals)) => totals.add(&ranked, &query.relevant),
             None => {
                 let mut totals = Totals::default();
                 totals.add(&ranked, &query.relevant);
-                kinds.push((query.kind.clone(), totals));
+                split.kinds.push((query.kind.clone(), totals));
             }
         }
         // Held-out misses are never shown: whoever tunes a ranking must not see them.
