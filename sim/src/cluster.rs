@@ -1,7 +1,9 @@
 //! The cluster simulator: 3 or 5 real `agentkeeper::cluster::Node`s (raft-rs and the replicated
 //! core) in one thread, on a seeded network that loses, delays, reorders and doubles messages
 //! and splits into partitions, with nodes paused, crashed and restarted and clocks skewed;
-//! clients call random nodes. After every step: one leader per term, committed entries equal
+//! each node's disk keeps what was synced, and a crash (also one in the middle of a write, after
+//! the outputs ahead of it left) keeps only a prefix of the rest, as `cluster::SyncGate` orders
+//! it for the real driver; clients call random nodes. After every step: one leader per term, committed entries equal
 //! on every node, replicas equal at equal applied indexes, fencing tokens rising, nothing
 //! acknowledged before it is committed. At the end every fault heals, and the cluster must
 //! converge and take a write.
@@ -12,9 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use agentkeeper::cluster::HardState;
 use agentkeeper::cluster::{
-    ClusterPlanted, Forward, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, RaftEntry,
-    StateRole,
+    ClusterPlanted, Forward, Gated, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, RaftEntry,
+    StateRole, SyncGate,
 };
 use agentkeeper::core::machine::{CallerId, Output};
 use agentkeeper::core::types::{AgentCard, Millis};
@@ -81,6 +84,9 @@ struct Faults {
     partition_per_100k: u64,
     crash_per_100k: u64,
     pause_per_100k: u64,
+    /// A node crashing while its disk writes what it owes a sync for (after what it released
+    /// ahead of those records left, before what waits for them): per 100,000 such writes.
+    crash_mid_sync_per_100k: u64,
 }
 
 impl Faults {
@@ -92,6 +98,7 @@ impl Faults {
             partition_per_100k: rng.range(0, 200),
             crash_per_100k: rng.range(0, 100),
             pause_per_100k: rng.range(0, 100),
+            crash_mid_sync_per_100k: rng.range(0, 300),
         }
     }
 
@@ -103,14 +110,20 @@ impl Faults {
             partition_per_100k: 0,
             crash_per_100k: 0,
             pause_per_100k: 0,
+            crash_mid_sync_per_100k: 0,
         }
     }
 }
 
 struct Slot {
     node: Option<Node>,
-    /// The node's consensus log as its disk holds it while it is down.
-    log: LogStore,
+    /// The node's consensus log as its disk holds it: what was synced, or written whole. A
+    /// restart reads it back.
+    disk: LogStore,
+    /// Records appended since the last sync: a crash keeps a prefix of them (a torn write).
+    unsynced: Vec<(Vec<RaftEntry>, Option<HardState>)>,
+    /// The driver's rule for what leaves before a sync and what waits for it.
+    gate: SyncGate,
     /// Its clock's offset from true time.
     skew: Millis,
     paused_until: Option<Millis>,
@@ -204,6 +217,16 @@ pub struct ClusterSim {
     coverage: BTreeMap<&'static str, u64>,
 }
 
+/// Writes records to a simulated disk as the consensus log reads them back at a restart.
+fn write_to_disk(disk: &mut LogStore, entries: Vec<RaftEntry>, hard_state: Option<HardState>) {
+    for entry in entries {
+        disk.read_back(entry).expect("a node appends a contiguous log");
+    }
+    if let Some(hard_state) = hard_state {
+        disk.set_hard_state(hard_state);
+    }
+}
+
 fn hash(bytes: &[u8]) -> u64 {
     let mut digest = Digest::default();
     digest.bytes(bytes);
@@ -272,7 +295,9 @@ impl ClusterSim {
             let skew = sim.rng.range(0, 500);
             sim.slots.push(Slot {
                 node: None,
-                log: LogStore::new(&voters),
+                disk: LogStore::new(&voters),
+                unsynced: Vec::new(),
+                gate: SyncGate::new(),
                 skew,
                 paused_until: None,
                 applied: Vec::new(),
@@ -301,8 +326,12 @@ impl ClusterSim {
         config.epoch = (slot.restarts << 32) | self.rng.below(1 << 32);
         slot.restarts += 1;
         let now = self.now + slot.skew;
-        let node = Node::new(config, slot.log.clone(), now).expect("the simulated config is valid");
+        let node = Node::new(config, slot.disk.clone(), now).expect("the simulated config is valid");
         slot.node = Some(node);
+        slot.gate = match self.config.planted {
+            ClusterPlanted::IgnoreSyncs => SyncGate::planted_ignoring_syncs(),
+            _ => SyncGate::new(),
+        };
     }
 
     /// The first node up that leads (a deposed leader may not know it yet).
@@ -318,6 +347,29 @@ impl ClusterSim {
 
     fn up(&self, i: usize) -> bool {
         self.slots[i].node.is_some() && self.slots[i].paused_until.is_none()
+    }
+
+    /// Node `i` stops at once: its disk keeps what was synced and a prefix of what was not (a
+    /// write torn by the crash); what it held back for a sync is lost with its calls.
+    fn crash(&mut self, i: usize) {
+        let mut node = self.slots[i].node.take().expect("up");
+        // What it applied before the crash was committed all the same.
+        let applied = node.take_applied();
+        self.slots[i].applied.extend(applied);
+        let (taken, installed) = node.snapshots();
+        *self.coverage.entry("snapshots_taken").or_default() += taken;
+        *self.coverage.entry("snapshots_installed").or_default() += installed;
+        let unsynced = std::mem::take(&mut self.slots[i].unsynced);
+        let kept = self.rng.range(0, unsynced.len() as u64 + 1) as usize;
+        if kept < unsynced.len() {
+            self.count("unsynced_records_lost");
+        }
+        for (entries, hard_state) in unsynced.into_iter().take(kept) {
+            write_to_disk(&mut self.slots[i].disk, entries, hard_state);
+        }
+        drop(self.slots[i].gate.synced());
+        self.slots[i].paused_until = None;
+        self.calls.retain(|_, call| call.node != i);
     }
 
     /// Runs `steps` steps with faults, then heals and checks convergence.
@@ -358,16 +410,8 @@ impl ClusterSim {
         }
         if self.rng.below(100_000) < faults.crash_per_100k {
             let i = self.rng.index(n);
-            if let Some(mut node) = self.slots[i].node.take() {
-                self.slots[i].log = node.log().clone();
-                // What it applied before the crash was committed all the same.
-                let applied = node.take_applied();
-                self.slots[i].applied.extend(applied);
-                let (taken, installed) = node.snapshots();
-                *self.coverage.entry("snapshots_taken").or_default() += taken;
-                *self.coverage.entry("snapshots_installed").or_default() += installed;
-                self.slots[i].paused_until = None;
-                self.calls.retain(|_, call| call.node != i);
+            if self.slots[i].node.is_some() {
+                self.crash(i);
                 self.count("crash");
             }
         }
@@ -701,35 +745,15 @@ impl ClusterSim {
             if !self.up(i) {
                 continue;
             }
-            let mut sent = Vec::new();
-            let mut replies = Vec::new();
             let node = self.slots[i].node.as_mut().expect("up");
             let polled = catch_unwind(AssertUnwindSafe(|| {
-                while let Some(output) = node.poll() {
-                    match output {
-                        NodeOutput::Send(message) => {
-                            let to = message.to as usize - 1;
-                            sent.push((to, Packet::Raft(message)));
-                        }
-                        NodeOutput::Forward(forward) => {
-                            let to = forward.to as usize - 1;
-                            sent.push((to, Packet::Forward(forward)));
-                        }
-                        NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
-                        // The simulated disk is the node's own LogStore, stable at once; the
-                        // simulated network reaches every node by its id (membership changes
-                        // are the cluster's unit tests' and the real-process tests').
-                        NodeOutput::Machine(_)
-                        | NodeOutput::Persist { .. }
-                        | NodeOutput::Snapshot { .. }
-                        | NodeOutput::Peers(_)
-                        | NodeOutput::MembersChanged { .. } => {}
-                    }
-                }
+                std::iter::from_fn(|| node.poll()).collect::<Vec<_>>()
             }));
-            if let Err(panic) = polled {
-                return fail(self.step, invariant::NODE_INVARIANTS, panic_text(&panic));
-            }
+            let polled = match polled {
+                Ok(polled) => polled,
+                Err(panic) => return fail(self.step, invariant::NODE_INVARIANTS, panic_text(&panic)),
+            };
+            let node = self.slots[i].node.as_mut().expect("up");
             // A policy write's proposal id, whenever its node proposed it (a call that waited
             // for a leader is proposed later than it was made).
             for (caller, id) in node.take_proposed() {
@@ -761,11 +785,64 @@ impl ClusterSim {
                     );
                 }
             }
+            // The driver's loop: records to the disk, outputs out as the sync gate says; the
+            // disk syncs what is owed, unless the node crashes while it writes.
+            let mut released = Vec::new();
+            let slot = &mut self.slots[i];
+            for output in polled {
+                match slot.gate.admit(output) {
+                    Gated::Append { entries, hard_state } => slot.unsynced.push((entries, hard_state)),
+                    Gated::Replace {
+                        snapshot,
+                        entries,
+                        hard_state,
+                    } => {
+                        slot.disk = LogStore::new(&self.config.voters);
+                        slot.disk.apply_snapshot(*snapshot);
+                        write_to_disk(&mut slot.disk, entries, Some(hard_state));
+                        slot.unsynced.clear();
+                        released.extend(slot.gate.synced());
+                    }
+                    Gated::Release(output) => released.push(output),
+                    Gated::Held => {}
+                }
+            }
+            let crash_mid_sync = slot.gate.owes_sync() && self.rng.below(100_000) < self.faults.crash_mid_sync_per_100k;
+            let slot = &mut self.slots[i];
+            if slot.gate.owes_sync() && !crash_mid_sync {
+                for (entries, hard_state) in std::mem::take(&mut slot.unsynced) {
+                    write_to_disk(&mut slot.disk, entries, hard_state);
+                }
+                released.extend(slot.gate.synced());
+            }
+            let mut sent = Vec::new();
+            let mut replies = Vec::new();
+            for output in released {
+                match output {
+                    NodeOutput::Send(message) => {
+                        let to = message.to as usize - 1;
+                        sent.push((to, Packet::Raft(message)));
+                    }
+                    NodeOutput::Forward(forward) => {
+                        let to = forward.to as usize - 1;
+                        sent.push((to, Packet::Forward(forward)));
+                    }
+                    NodeOutput::Machine(Output::Reply { caller, outcome }) => replies.push((caller, outcome)),
+                    // The simulated network reaches every node by its id (membership changes
+                    // are the cluster's unit tests' and the real-process tests').
+                    NodeOutput::Machine(_) | NodeOutput::Peers(_) | NodeOutput::MembersChanged { .. } => {}
+                    NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => unreachable!("the gate's"),
+                }
+            }
             for (to, packet) in sent {
                 self.send(i, to, packet);
             }
             for (caller, outcome) in replies {
                 self.reply(i, caller, outcome)?;
+            }
+            if crash_mid_sync {
+                self.crash(i);
+                self.count("crash_mid_sync");
             }
         }
         Ok(())

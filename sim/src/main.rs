@@ -41,7 +41,7 @@ struct Args {
     #[arg(long)]
     coverage: bool,
     /// Simulate a cluster of N nodes (consensus and the replicated core) instead of one
-    /// daemon; --planted-bug then takes none | apply_before_commit | forward_twice | stale_reads.
+    /// daemon; --planted-bug then takes none | apply_before_commit | forward_twice | stale_reads | ignore_syncs.
     #[arg(long, value_name = "N", conflicts_with = "replay", value_parser = clap::value_parser!(u8).range(1..=7))]
     cluster: Option<u8>,
 }
@@ -247,9 +247,10 @@ fn cluster_main(args: &Args, nodes: usize) -> Result<bool, String> {
         "apply_before_commit" => ClusterPlanted::ApplyBeforeCommit,
         "forward_twice" => ClusterPlanted::ForwardTwice,
         "stale_reads" => ClusterPlanted::StaleReads,
+        "ignore_syncs" => ClusterPlanted::IgnoreSyncs,
         other => {
             return Err(format!(
-                "unknown --planted-bug {other:?} with --cluster (none | apply_before_commit | forward_twice | stale_reads)"
+                "unknown --planted-bug {other:?} with --cluster (none | apply_before_commit | forward_twice | stale_reads | ignore_syncs)"
             ));
         }
     };

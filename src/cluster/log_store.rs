@@ -114,6 +114,21 @@ impl LogStore {
         );
     }
 
+    /// Reads back one entry of a log written after its snapshot (at a restart): an entry at or
+    /// before the snapshot is skipped (a crash came between writing the two), a later one
+    /// replaces what it overwrote; one past the end would leave a gap and is refused.
+    pub fn read_back(&mut self, entry: Entry) -> Result<(), String> {
+        let at = entry.index;
+        if at != 0 && at <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        if at == 0 || at > self.last() + 1 {
+            return Err(format!("entry {at} follows entry {}: the log has a gap", self.last()));
+        }
+        self.append(&[entry]);
+        Ok(())
+    }
+
     pub fn set_hard_state(&mut self, hard_state: HardState) {
         self.hard_state = hard_state;
     }

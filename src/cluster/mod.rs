@@ -13,10 +13,11 @@ pub mod log_store;
 pub mod members;
 pub mod membership;
 pub mod proposal;
+pub mod sync_gate;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{ConfChangeV2, EntryType, HardState, Snapshot};
+use raft::eraftpb::{ConfChangeV2, EntryType, Snapshot};
 use raft::{RawNode, ReadOnlyOption, Storage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -32,7 +33,8 @@ pub use membership::{Addresses, MemberChange};
 pub use proposal::ProposalId;
 /// The consensus types a driver touches, from the one raft-rs this crate builds with.
 pub use raft::StateRole;
-pub use raft::eraftpb::{Entry as RaftEntry, Message};
+pub use raft::eraftpb::{Entry as RaftEntry, HardState, Message};
+pub use sync_gate::{Gated, SyncGate};
 
 /// Deliberate consensus misuses, for proving the simulator's checks catch one. Never set
 /// outside the simulator's tests.
@@ -47,6 +49,10 @@ pub enum ClusterPlanted {
     /// Answer reads from the local state at once, without a ReadIndex (stale on a deposed
     /// leader or a lagging follower).
     StaleReads,
+    /// Let every output leave before the consensus records ahead of it are durable (the
+    /// driver's `SyncGate` planted to ignore syncs: an acknowledgement of an entry a crash
+    /// then loses). The node itself runs as ever.
+    IgnoreSyncs,
 }
 
 /// A node's settings; everything but `id` and `epoch` is the same on every node.

@@ -3,8 +3,8 @@
 //! them before anything after them leaves: a vote, an acknowledgement, a reply.
 //!
 //! Architecture invariant: nothing leaves the node ahead of the consensus records it emitted
-//! before it that owe a sync (raft-rs counts them stable once emitted); a log that cannot be
-//! synced stops the node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
+//! before it that owe a sync (raft-rs counts them stable once emitted; `cluster::SyncGate`
+//! keeps the order); a log that cannot be synced stops the node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::Engine;
 use super::outlets::Outlets;
-use crate::cluster::{Addresses, ClusterView, MemberChange, Node, NodeInput, NodeOutput, PeerTraffic};
+use crate::cluster::{Addresses, ClusterView, Gated, MemberChange, Node, NodeInput, NodeOutput, PeerTraffic, SyncGate};
 use crate::core::machine::Input;
 use crate::core::types::Millis;
 use crate::core::{Core, CoreError};
@@ -110,7 +110,7 @@ pub struct ClusterNode {
     log: ConsensusLog,
     peers: PeerOutbox,
     /// Outputs waiting for the consensus records before them to be synced.
-    held: Vec<NodeOutput>,
+    gate: SyncGate,
     /// Membership changes waiting for their entry, by ticket.
     tickets: BTreeMap<u64, oneshot::Sender<Result<(), CoreError>>>,
     next_ticket: u64,
@@ -127,7 +127,7 @@ impl ClusterNode {
             node,
             log,
             peers,
-            held: Vec::new(),
+            gate: SyncGate::new(),
             tickets: BTreeMap::new(),
             next_ticket: 0,
             heard: BTreeMap::new(),
@@ -156,8 +156,13 @@ impl ClusterNode {
                     let _ = reply.send(outcome);
                 }
             }
-            NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } | NodeOutput::Peers(_) => {
-                unreachable!("the log's and the members' outputs are taken in flush")
+            NodeOutput::Peers(addresses) => {
+                tracing::info!(?addresses, "the cluster's members changed");
+                self.heard.retain(|id, _| addresses.contains_key(id));
+                self.peers.set_members(&addresses);
+            }
+            NodeOutput::Persist { .. } | NodeOutput::Snapshot { .. } => {
+                unreachable!("the log's records are the sync gate's, never released")
             }
         }
     }
@@ -206,50 +211,30 @@ impl Engine for ClusterNode {
     }
 
     /// Group commit: the consensus records the node emitted go into one write and one
-    /// fdatasync. What the node emitted before the first record that owes a sync leaves at once
-    /// (a leader's appends travel while its own disk writes them); what came after it waits for
-    /// the sync, then leaves in order.
+    /// fdatasync; `SyncGate` says what leaves before it and what waits for it.
     #[allow(clippy::disallowed_methods)] // times the fsync for the latency histogram
     fn flush(&mut self, now: Millis, outlets: &mut Outlets, metrics: &Metrics) -> Result<(), String> {
         loop {
             while let Some(output) = self.node.poll() {
-                match output {
-                    NodeOutput::Persist {
-                        entries,
-                        hard_state,
-                        sync: true,
-                    } => self.log.append(&entries, hard_state.as_ref()),
-                    NodeOutput::Persist {
-                        hard_state: Some(hard_state),
-                        sync: false,
-                        ..
-                    } => self.log.append_commit(&hard_state),
-                    NodeOutput::Persist { .. } => {}
-                    NodeOutput::Snapshot {
+                match self.gate.admit(output) {
+                    Gated::Append { entries, hard_state } => self.log.append(&entries, hard_state.as_ref()),
+                    Gated::Replace {
                         snapshot,
                         entries,
                         hard_state,
                     } => {
-                        // Written whole and synced here: what it replaces was not released.
                         (self.log.replace(&snapshot, &entries, &hard_state))
                             .map_err(|error| format!("writing a snapshot: {error}"))?;
                         metrics.cluster_snapshots_total.inc();
-                        // What waited for the records the snapshot's log rewrote may go now.
-                        for output in std::mem::take(&mut self.held) {
+                        for output in self.gate.synced() {
                             self.release(now, output, outlets, metrics);
                         }
                     }
-                    NodeOutput::Peers(addresses) => {
-                        tracing::info!(?addresses, "the cluster's members changed");
-                        self.heard.retain(|id, _| addresses.contains_key(id));
-                        self.peers.set_members(&addresses);
-                    }
-                    other if self.log.owes_sync() => self.held.push(other),
-                    other => self.release(now, other, outlets, metrics),
+                    Gated::Release(output) => self.release(now, output, outlets, metrics),
+                    Gated::Held => {}
                 }
             }
-            if !self.log.owes_sync() {
-                debug_assert!(self.held.is_empty(), "held outputs wait for a sync that is owed");
+            if !self.gate.owes_sync() {
                 return Ok(());
             }
             let started = Instant::now();
@@ -258,7 +243,7 @@ impl Engine for ClusterNode {
                 .sync()
                 .map_err(|error| format!("{}: {error}", self.log.path().display()))?;
             metrics.observe_sync(bytes, started.elapsed());
-            for output in std::mem::take(&mut self.held) {
+            for output in self.gate.synced() {
                 self.release(now, output, outlets, metrics);
             }
         }

@@ -48,9 +48,6 @@ pub struct ConsensusLog {
     path: PathBuf,
     /// Framed records appended since the last sync.
     pending: Vec<u8>,
-    /// Whether `pending` holds a record that must be durable before what follows it leaves
-    /// (an entry, a vote, a term); a commit-only hard state owes no sync.
-    owed: bool,
     _lock: File,
 }
 
@@ -217,20 +214,7 @@ impl ConsensusLog {
         }
         for record in frames.records {
             match record {
-                Record::Entry(entry) => {
-                    let at = entry.index;
-                    if at != 0 && at <= log.snapshot_held().get_metadata().index {
-                        // Before the snapshot (a crash came between writing it and the log).
-                        continue;
-                    }
-                    if at == 0 || at > log.last_index_held() + 1 {
-                        return Err(damaged(format!(
-                            "entry {at} follows entry {}: the log has a gap",
-                            log.last_index_held()
-                        )));
-                    }
-                    log.append(&[entry]);
-                }
+                Record::Entry(entry) => log.read_back(entry).map_err(damaged)?,
                 Record::HardState(hard_state) => log.set_hard_state(hard_state),
             }
         }
@@ -246,27 +230,15 @@ impl ConsensusLog {
                 file,
                 path,
                 pending: Vec::new(),
-                owed: false,
                 _lock: lock,
             },
             log,
         ))
     }
 
-    /// Appends what a node made stable (written at the next `sync`, which it then owes).
+    /// Appends what a node made stable (written at the next `sync`: when that is owed,
+    /// `cluster::SyncGate` says).
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
-        self.owed = true;
-        self.frame(entries, hard_state);
-    }
-
-    /// Appends a hard state that only moved the commit index (raft-rs's `must_sync() == false`):
-    /// it rides along with the next sync and owes none, since a commit index lost in a crash is
-    /// learnt again from the leader (etcd writes it the same way).
-    pub fn append_commit(&mut self, hard_state: &HardState) {
-        self.frame(&[], Some(hard_state));
-    }
-
-    fn frame(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
         for entry in entries {
             wal::frame(&mut self.pending, |out| {
                 out.push(KIND_ENTRY);
@@ -317,11 +289,6 @@ impl ConsensusLog {
         self.pending.len()
     }
 
-    /// Whether appended records owe a `sync` before what follows them may leave.
-    pub fn owes_sync(&self) -> bool {
-        self.owed
-    }
-
     /// Writes what was appended and makes it durable.
     pub fn sync(&mut self) -> std::io::Result<()> {
         if !self.pending.is_empty() {
@@ -329,7 +296,6 @@ impl ConsensusLog {
             self.file.sync_data()?;
             self.pending.clear();
         }
-        self.owed = false;
         Ok(())
     }
 
@@ -350,9 +316,8 @@ impl ConsensusLog {
         create_whole(&dir, &dir.join(SNAPSHOT_FILE), &encode_snapshot_file(snapshot))?;
         self.pending.clear();
         self.pending.extend_from_slice(&header(self.node_id));
-        self.frame(entries, Some(hard_state));
+        self.append(entries, Some(hard_state));
         let bytes = std::mem::take(&mut self.pending);
-        self.owed = false;
         let mut file = create_whole(&dir, &self.path, &bytes)?;
         file.seek(SeekFrom::End(0)).map_err(io_error(&self.path))?;
         self.file = file;
@@ -400,28 +365,6 @@ mod tests {
         assert_eq!(store.term(2).unwrap(), 2);
         assert_eq!(&store.entries_held()[1].data[..], b"c");
         assert_eq!(*store.hard_state(), hard_state(2, 3, 2));
-    }
-
-    #[test]
-    fn a_commit_only_hard_state_owes_no_sync_and_is_written_with_the_next_one() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (mut log, _) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
-            log.append(&[entry(1, 1, b"a")], Some(&hard_state(1, 1, 0)));
-            assert!(log.owes_sync());
-            log.sync().unwrap();
-            log.append_commit(&hard_state(1, 1, 1));
-            assert!(!log.owes_sync(), "a moved commit index alone owes no sync");
-            log.append(&[entry(2, 1, b"b")], None);
-            assert!(log.owes_sync());
-            log.sync().unwrap();
-            assert!(!log.owes_sync());
-            log.append_commit(&hard_state(1, 1, 2));
-        }
-        // The first commit rode along with the next sync; the last was never written.
-        let (_, store) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
-        assert_eq!(store.last_index_held(), 2);
-        assert_eq!(*store.hard_state(), hard_state(1, 1, 1));
     }
 
     #[test]
