@@ -645,6 +645,17 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         ))
     });
 
+    let core_config = |seed| {
+        flags.limits.core_config(CoreConfig {
+            seed,
+            dead_retention_ms: flags.dead_retention.as_millis() as u64,
+            event_ring_max: flags.events_retained as usize,
+            task_retention_ms: flags.task_retention.as_millis() as u64,
+            ..CoreConfig::default()
+        })
+    };
+    // What every replica must apply the log with (the seed is the cluster's, and not in it).
+    let machine_digest = core_config(0).replicated_digest();
     // Which cluster a node belongs to (its data dir's, the list's, or its members' when it
     // joins), and the members it starts with.
     let joined = match &cluster {
@@ -654,7 +665,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
                 .as_deref()
                 .expect("resolve checked that a cluster node has a data dir");
             notifier.status("finding which cluster this node belongs to");
-            Some(cluster_identity(dir, cluster).await?)
+            Some(cluster_identity(dir, cluster, machine_digest).await?)
         }
         None => None,
     };
@@ -663,13 +674,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         Some(joined) => joined.identity.core_seed,
         None => seed(&flags),
     };
-    let config = flags.limits.core_config(CoreConfig {
-        seed,
-        dead_retention_ms: flags.dead_retention.as_millis() as u64,
-        event_ring_max: flags.events_retained as usize,
-        task_retention_ms: flags.task_retention.as_millis() as u64,
-        ..CoreConfig::default()
-    });
+    let config = core_config(seed);
     let wall = Clock::real();
     let queue_max = flags.limits.core_queue_max;
     let mut peer_tls = None;
@@ -689,7 +694,12 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
                     .await
                     .map_err(|error| format!("recovery stopped: {error}"))??;
             let client_tls = cluster.tls.as_ref().map(|(_, client)| client.clone());
-            let book = Arc::new(server::peer::PeerBook::new(cluster.node_id, identity, client_tls));
+            let book = Arc::new(server::peer::PeerBook::new(
+                cluster.node_id,
+                identity,
+                machine_digest,
+                client_tls,
+            ));
             peer_tls = cluster.tls.map(|(server, _)| server);
             let outbox = server::peer::outbox(&book, node.members());
             let (core, lanes) = driver::channels(queue_max, Arc::clone(&metrics));
@@ -1017,7 +1027,11 @@ fn start_node(
 /// snapshot's, once it has one, count over these): what its data dir keeps; else, for a new
 /// cluster (or a data dir from before identities were kept), what --initial-cluster creates;
 /// else (`--initial-cluster-state existing`) what a member tells it.
-async fn cluster_identity(dir: &std::path::Path, cluster: &ClusterStart) -> Result<Joined, String> {
+async fn cluster_identity(
+    dir: &std::path::Path,
+    cluster: &ClusterStart,
+    machine_digest: u32,
+) -> Result<Joined, String> {
     use agentkeeper::store::consensus_log;
     let listed = |identity, kept| Joined {
         identity,
@@ -1030,7 +1044,7 @@ async fn cluster_identity(dir: &std::path::Path, cluster: &ClusterStart) -> Resu
     if cluster.state == ClusterState::New || consensus_log::has_log(dir) {
         return Ok(listed(cluster.members.identity(), false));
     }
-    join_identity(cluster).await
+    join_identity(cluster, machine_digest).await
 }
 
 /// Which cluster a node belongs to and the members' addresses it starts with, as found at
@@ -1043,9 +1057,10 @@ struct Joined {
 }
 
 /// Asks the members --initial-cluster lists, in turn, which cluster this node joins, until one
-/// answers (for at most a minute): the node must be a learner there already, at its address.
+/// answers (for at most a minute): the node must be a learner there already, at its address,
+/// and run with the cluster's replicated settings.
 #[allow(clippy::disallowed_methods)] // the deadline of the start-up's wait
-async fn join_identity(cluster: &ClusterStart) -> Result<Joined, String> {
+async fn join_identity(cluster: &ClusterStart, machine_digest: u32) -> Result<Joined, String> {
     let me = cluster.node_id;
     let my_addr = &cluster.members.members[&me];
     let others: Vec<&String> = (cluster.members.members.iter())
@@ -1086,6 +1101,14 @@ async fn join_identity(cluster: &ClusterStart) -> Result<Joined, String> {
                 return Err(format!(
                     "node {me} is a voter of the cluster at {addr} but its data dir is empty: a member that \
                      lost its data must be removed (agentkeeper ctl cluster remove {me}) and added again"
+                ));
+            }
+            if answer.machine_digest != 0 && answer.machine_digest != machine_digest {
+                return Err(server::peer::settings_differ(
+                    &format!("this node ({me})"),
+                    machine_digest,
+                    &format!("the cluster at {addr}"),
+                    answer.machine_digest,
                 ));
             }
             let identity = agentkeeper::cluster::ClusterIdentity {

@@ -536,3 +536,53 @@ async fn ctl_adds_a_node_that_joins_catches_up_and_votes_and_removes_a_member_th
     assert!(refused.message().contains("removed"), "{refused:?}");
     old.kill_9();
 }
+
+/// A replica with other limits would apply the same log to a different state: its peers refuse
+/// its traffic and it theirs, each side saying why, while the others carry on; and a node that
+/// would join with other limits stops at start-up, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_replicated_settings_is_refused_by_its_peers_and_at_join_each_saying_why() {
+    let mut cluster = Cluster::unstarted(3);
+    cluster.node_flags[2] = vec!["--agents-max=5".to_string()];
+    cluster.start_all();
+    let leader = cluster.leader_of(&[1, 2]).await;
+    let mut clients = cluster.clients(leader).await;
+    (clients.policies.set_policy(policy("p1", "alice")))
+        .await
+        .expect("the two alike take writes");
+
+    let said = "runs with other replicated settings";
+    wait_until(
+        "node 3 logs that its peers refuse it, and why",
+        async || match cluster.node(3).stderr().contains(said) {
+            true => Ok(()),
+            false => Err("not yet".to_string()),
+        },
+    )
+    .await;
+    wait_until(
+        "node 1 or 2 logs that node 3 refuses it, and why",
+        async || match (cluster.node(1).stderr() + &cluster.node(2).stderr()).contains(said) {
+            true => Ok(()),
+            false => Err("not yet".to_string()),
+        },
+    )
+    .await;
+    let odd = cluster.status(3).await.expect("node 3 answers its status");
+    assert_eq!(odd.leader, 0, "node 3 heard from no leader: {odd:?}");
+    assert_eq!(odd.commit_index, 0, "node 3 took no entry: {odd:?}");
+
+    // A node added, then started with other limits, stops before it takes part.
+    let id = cluster.reserve();
+    let addr = cluster.peers[(id - 1) as usize].clone();
+    (cluster.ctl(leader, &["cluster", "add", &id.to_string(), &addr])).expect("the node is added");
+    cluster.extra = vec!["--agents-max=5".to_string()];
+    cluster.spawn_joining(id, &[1, 2, 3]);
+    let status = cluster.node(id).wait_exit();
+    let stderr = cluster.node(id).stderr();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("this node ({id}) {said} than the cluster at")),
+        "{stderr}"
+    );
+}

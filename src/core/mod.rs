@@ -82,6 +82,31 @@ pub enum PlantedBug {
     ReplyBeforeDurable,
 }
 
+impl CoreConfig {
+    /// A digest of the settings that decide what applying a logged command does (the limits and
+    /// the retentions): the replicas of a cluster must agree on it, or the same log would give
+    /// them different states. The seed is left out (a cluster's members share it by
+    /// construction), and so are the settings of what a node serves locally (watch streams,
+    /// the events kept for resuming them).
+    pub fn replicated_digest(&self) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        for value in [
+            self.dead_retention_ms,
+            self.task_retention_ms,
+            self.agents_max as u64,
+            self.leases_max as u64,
+            self.policies_max as u64,
+            self.groups_max as u64,
+            self.tasks_max as u64,
+            self.task_bytes_max as u64,
+            self.waiters_max as u64,
+        ] {
+            hasher.update(&value.to_le_bytes());
+        }
+        hasher.finalize()
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {

@@ -37,6 +37,9 @@ pub struct PeerBook {
     pub cluster_id: u64,
     /// The replicated core's seed, for a node that joins (`Describe`).
     pub core_seed: u64,
+    /// `CoreConfig::replicated_digest` of this node: every envelope says it, and traffic from
+    /// a node with another is refused (it would apply the same log differently).
+    pub machine_digest: u32,
     /// This node's applied index (the driver keeps it), which the senders tell the peers.
     pub applied: Arc<AtomicU64>,
     /// With `--peer-tls-*`: how this node proves itself to its peers and checks them.
@@ -44,11 +47,17 @@ pub struct PeerBook {
 }
 
 impl PeerBook {
-    pub fn new(node_id: u64, identity: ClusterIdentity, tls: Option<tonic::transport::ClientTlsConfig>) -> PeerBook {
+    pub fn new(
+        node_id: u64,
+        identity: ClusterIdentity,
+        machine_digest: u32,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> PeerBook {
         PeerBook {
             node_id,
             cluster_id: identity.cluster_id,
             core_seed: identity.core_seed,
+            machine_digest,
             applied: Arc::default(),
             tls,
         }
@@ -132,6 +141,7 @@ async fn send_to(
     };
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
+    let mut refused: Option<String> = None;
     loop {
         let channel = match endpoint.connect().await {
             Ok(channel) => channel,
@@ -172,8 +182,16 @@ async fn send_to(
                     }
                 },
                 ended = &mut call => {
-                    if let Ok(Err(status)) = ended {
-                        tracing::debug!(peer = to, %status, "the stream to the peer ended");
+                    match ended {
+                        // The peer refuses what this node sends (another cluster, other
+                        // settings): said once, as an error, until it is said otherwise.
+                        Ok(Err(status)) if refusal(&status) && refused.as_deref() != Some(status.message()) => {
+                            tracing::error!(peer = to, %addr, reason = status.message(), "the peer refuses this node's traffic");
+                            refused = Some(status.message().to_string());
+                        }
+                        Ok(Err(status)) if refusal(&status) => {}
+                        Ok(Err(status)) => tracing::debug!(peer = to, %status, "the stream to the peer ended"),
+                        _ => {}
                     }
                     set(Link::Down);
                     break;
@@ -184,6 +202,7 @@ async fn send_to(
                 from: book.node_id,
                 to,
                 applied: book.applied.load(Ordering::Relaxed),
+                machine_digest: book.machine_digest,
                 ..pb::PeerEnvelope::default()
             };
             add(&mut envelope, first);
@@ -212,6 +231,14 @@ async fn send_to(
             backoff = (backoff * 2).min(RECONNECT_MAX);
         }
     }
+}
+
+/// Whether a peer's answer refuses this node's traffic for what it is (not for a passing fault).
+fn refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+    )
 }
 
 /// Drops what waited for a peer that is down (it is stale by the time the peer is back); false
@@ -257,6 +284,16 @@ fn add(envelope: &mut pb::PeerEnvelope, traffic: PeerTraffic) {
     }
 }
 
+/// Why a node with other replicated settings is refused: what differs, and what to do.
+pub fn settings_differ(subject: &str, theirs: u32, other: &str, ours: u32) -> String {
+    format!(
+        "{subject} runs with other replicated settings than {other} (digest {theirs:08x} against {ours:08x}): \
+         the same log would give them different states. Start every member with the same --agents-max, \
+         --leases-max, --policies-max, --groups-max, --tasks-max, --task-bytes-max, --waiters-max, \
+         --dead-retention and --task-retention"
+    )
+}
+
 /// The server side of the peers' streams.
 #[derive(Clone)]
 struct PeerServer {
@@ -274,6 +311,14 @@ impl PeerServer {
                 "traffic for cluster {:016x}; this node belongs to cluster {:016x} (was every node \
                  created with the same --initial-cluster, or added with `ctl cluster add`?)",
                 envelope.cluster_id, book.cluster_id
+            )));
+        }
+        if envelope.machine_digest != 0 && envelope.machine_digest != book.machine_digest {
+            return Err(Status::failed_precondition(settings_differ(
+                &format!("node {}", envelope.from),
+                envelope.machine_digest,
+                "this node",
+                book.machine_digest,
             )));
         }
         if envelope.to != book.node_id || envelope.from == book.node_id || envelope.from == 0 {
@@ -353,6 +398,7 @@ impl pb::peer_service_server::PeerService for PeerServer {
         Ok(Response::new(pb::ClusterIdentity {
             cluster_id: self.book.cluster_id,
             core_seed: self.book.core_seed,
+            machine_digest: self.book.machine_digest,
             members: (view.members.into_iter())
                 .map(|member| pb::PeerMember {
                     id: member.id,

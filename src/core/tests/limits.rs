@@ -166,3 +166,37 @@ fn watchers_max_refuses_one_more_stream() {
     let election = Command::WatchElection { group: "g".into() };
     assert_limit(&mut h, election, "watchers_max", 2);
 }
+
+#[test]
+fn the_replicated_digest_changes_with_the_limits_and_retentions_and_not_with_local_settings() {
+    let base = CoreConfig::default();
+    let digest = base.replicated_digest();
+    for changed in [
+        CoreConfig {
+            agents_max: base.agents_max - 1,
+            ..base.clone()
+        },
+        CoreConfig {
+            task_bytes_max: base.task_bytes_max + 1,
+            ..base.clone()
+        },
+        CoreConfig {
+            dead_retention_ms: base.dead_retention_ms + 1,
+            ..base.clone()
+        },
+        CoreConfig {
+            waiters_max: base.waiters_max + 1,
+            ..base.clone()
+        },
+    ] {
+        assert_ne!(changed.replicated_digest(), digest, "{changed:?}");
+    }
+    // What a node serves locally, and the seed its cluster shares by construction, do not count.
+    let local = CoreConfig {
+        seed: 99,
+        watchers_max: base.watchers_max + 1,
+        event_ring_max: base.event_ring_max + 1,
+        ..base.clone()
+    };
+    assert_eq!(local.replicated_digest(), digest);
+}
