@@ -84,21 +84,24 @@ impl FieldIndex {
         }
     }
 
-    fn insert(&mut self, kind: AnchorKind, text: &str, key: usize) {
-        self.bucket_mut(kind).entry(text.into()).or_default().push(key);
+    /// Files `key` under its anchor; returns its position in the bucket.
+    fn insert(&mut self, kind: AnchorKind, text: &str, key: usize) -> usize {
+        let bucket = self.bucket_mut(kind).entry(text.into()).or_default();
+        bucket.push(key);
+        let position = bucket.len() - 1;
         if let Some(lengths) = self.lengths_mut(kind) {
             *lengths.entry(text.len()).or_default() += 1;
         }
+        position
     }
 
-    fn remove(&mut self, kind: AnchorKind, text: &str, key: usize) {
+    /// Takes the policy at `position` of its bucket out in O(1); returns the key moved into that
+    /// position (the bucket's last), whose entry must learn its new position.
+    fn remove(&mut self, kind: AnchorKind, text: &str, position: usize) -> Option<usize> {
         let buckets = self.bucket_mut(kind);
         let bucket = buckets.get_mut(text).expect("an indexed policy has its bucket");
-        let position = bucket
-            .iter()
-            .position(|&k| k == key)
-            .expect("an indexed policy is in its bucket");
         bucket.swap_remove(position);
+        let moved = bucket.get(position).copied();
         if bucket.is_empty() {
             buckets.remove(text);
         }
@@ -109,6 +112,7 @@ impl FieldIndex {
                 lengths.remove(&text.len());
             }
         }
+        moved
     }
 
     /// Calls `visit` with every policy whose anchor in this field fits `query`.
@@ -144,6 +148,9 @@ struct Entry {
     /// Shared with the pages that list it: a page of policies copies pointers, not strings.
     policy: Arc<Policy>,
     anchor: Anchor,
+    /// Where it is in its anchor's bucket: a replace or a delete takes it out in O(1), however
+    /// many policies share the anchor.
+    position: usize,
 }
 
 /// The policies, by id, with the check index.
@@ -224,8 +231,9 @@ impl PolicyTable {
         let key = self.entries.insert(Entry {
             policy: Arc::new(policy),
             anchor: anchor.clone(),
+            position: 0,
         });
-        self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
+        self.entries[key].position = self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
         self.by_id.insert(id, key);
         debug_assert_eq!(self.by_id.len(), self.entries.len());
         replaced
@@ -234,7 +242,10 @@ impl PolicyTable {
     pub fn remove(&mut self, id: &str) -> Option<Policy> {
         let key = self.by_id.remove(id)?;
         let entry = self.entries.remove(key);
-        self.fields[entry.anchor.field].remove(entry.anchor.kind, &entry.anchor.text, key);
+        let index = &mut self.fields[entry.anchor.field];
+        if let Some(moved) = index.remove(entry.anchor.kind, &entry.anchor.text, entry.position) {
+            self.entries[moved].position = entry.position;
+        }
         Some(Arc::unwrap_or_clone(entry.policy))
     }
 
@@ -341,8 +352,8 @@ impl PolicyTable {
                 AnchorKind::Prefix => &index.prefix,
                 AnchorKind::Suffix => &index.suffix,
             };
-            let filed = bucket.get(&*entry.anchor.text).is_some_and(|keys| keys.contains(&key));
-            assert!(filed, "policy {id:?} missing from its bucket");
+            let filed = (bucket.get(&*entry.anchor.text)).is_some_and(|keys| keys.get(entry.position) == Some(&key));
+            assert!(filed, "policy {id:?} missing from its bucket at its position");
         }
     }
 }
@@ -385,6 +396,50 @@ mod tests {
             action: action.into(),
             resource: resource.into(),
             effect,
+        }
+    }
+
+    #[test]
+    fn policies_sharing_one_anchor_are_replaced_and_deleted_in_any_order_and_stay_filed() {
+        // Every policy is anchored on one exact text: one bucket holds them all.
+        let mut table = PolicyTable::new(7);
+        let mut live: Vec<Policy> = Vec::new();
+        for i in 0..60 {
+            let effect = if i % 7 == 3 { Effect::Deny } else { Effect::Allow };
+            let p = policy(&format!("p{i:02}"), "svc", "read", "*", effect);
+            table.upsert(p.clone());
+            live.push(p);
+        }
+        table.check_invariants();
+        let largest = (table.fields.iter())
+            .flat_map(|field| field.exact.values())
+            .map(Vec::len)
+            .max();
+        assert_eq!(largest, Some(60), "one bucket holds them all");
+        // Out of the middle, the front and the back, replaced and deleted alike.
+        for i in [30, 0, 59, 17, 45, 1, 58] {
+            let id = format!("p{i:02}");
+            if i % 2 == 0 {
+                assert!(table.remove(&id).is_some());
+                live.retain(|p| p.id != id);
+            } else {
+                let p = policy(&id, "svc", "write", "*", Effect::Deny);
+                assert!(table.upsert(p.clone()).is_some());
+                live.retain(|q| q.id != id);
+                live.push(p);
+            }
+            table.check_invariants();
+        }
+        assert_eq!(table.len(), live.len());
+        for i in 0..60 {
+            for action in ["read", "write"] {
+                let resource = format!("doc:{i}");
+                assert_eq!(
+                    table.check("svc", action, &resource),
+                    brute_force(&live, "svc", action, &resource),
+                    "{action} {resource}"
+                );
+            }
         }
     }
 
