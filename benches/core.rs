@@ -206,6 +206,7 @@ fn find(c: &mut Criterion) {
             query: query.into(),
             tools: vec![],
             limit: 10,
+            vector: None,
         };
         black_box(core.apply(NOW, command)).ok();
     };
@@ -242,6 +243,7 @@ fn find(c: &mut Criterion) {
                     query: String::new(),
                     tools: vec!["tool3".into()],
                     limit: 10,
+                    vector: None,
                 },
             ))
             .ok()
@@ -672,6 +674,7 @@ fn scale(c: &mut Criterion) {
             query: query.clone(),
             tools: tools.clone(),
             limit,
+            vector: None,
         }) as Box<dyn FnMut(u64) -> Command>
     };
     read(

@@ -310,6 +310,7 @@ fn a_node_that_hears_no_leader_answers_unavailable_at_the_calls_deadline() {
                 query: "lonely".into(),
                 tools: vec![],
                 limit: 1,
+                vector: None,
             },
         ),
     ] {

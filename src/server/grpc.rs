@@ -307,6 +307,7 @@ impl pb::registry_service_server::RegistryService for Api {
             query: request.query,
             tools: request.tools,
             limit: request.limit,
+            vector: None,
         };
         match self.call("Find", command).await? {
             Reply::Agents(agents) => Ok(Response::new(pb::FindResponse {

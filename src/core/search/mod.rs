@@ -9,15 +9,23 @@
 //! document it meets once, from that document's own term list, against every query term. Where
 //! every posting fits the budget (any fleet of a few thousand cards) that is exact BM25F.
 //!
+//! With card vectors (`vectors`, set by `SetCardVector`) and a query vector (computed before Find
+//! entered the core), the ranking is hybrid: the BM25F score, divided by the best among the
+//! candidates, and the cosine, min-max scaled over the vectors scanned, are mixed linearly
+//! (`LEXICAL_WEIGHT` for BM25F), over the lexical candidates and at most `VECTORS_SCANNED_MAX`
+//! vectors. Without either, the ranking is BM25F alone.
+//!
 //! Architecture invariant: the index keeps only integer statistics (term frequencies, field
 //! lengths, document frequencies), so scores are a pure function of the indexed cards, whatever
 //! the order they arrived and left in; a document's score sums in query-term order; hash-map
 //! order never reaches an output.
 
+pub mod card_text;
 mod posting;
 mod related;
 mod tokenize;
 mod typo;
+pub mod vectors;
 
 use slab::Slab;
 use tokenize::{tokenize, tokenize_tool};
@@ -25,6 +33,7 @@ use tokenize::{tokenize, tokenize_tool};
 use super::types::{AgentCard, Map, Set, new_map, new_set};
 use posting::{Entry, Posting};
 use typo::TypoIndex;
+use vectors::VectorIndex;
 
 pub type DocKey = usize;
 
@@ -56,6 +65,9 @@ const EXPANSION_WORK_MAX: usize = 60_000;
 /// Posting entries one query reads at most (each document met is then scored once): with a
 /// million cards a query for common words stays within about a millisecond of the core's time.
 pub const QUERY_POSTINGS_MAX: usize = 8192;
+/// The share of the BM25F score in a hybrid ranking (the cosine's is the rest): chosen by
+/// cross-validation on the tuning split of `tests/search` (see README.md, "How Find ranks").
+pub const LEXICAL_WEIGHT: f64 = 0.3;
 
 type FieldCounts = [u32; FIELDS];
 type TermId = u32;
@@ -92,6 +104,10 @@ pub struct SearchIndex {
     typos: TypoIndex,
     total_lengths: [u64; FIELDS],
     hash_seed: u64,
+    /// Card vectors, for the indexed documents that have one.
+    vectors: VectorIndex,
+    /// Whether query terms are widened with the hand-written related terms.
+    related_terms: bool,
 }
 
 /// One index term a query term stands for, with the weight a match through it gets.
@@ -155,7 +171,44 @@ impl SearchIndex {
             typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
+            vectors: VectorIndex::default(),
+            related_terms: true,
         }
+    }
+
+    /// The same index without the related-terms table (for the search evaluation's comparison).
+    pub fn without_related_terms(mut self) -> Self {
+        self.related_terms = false;
+        self
+    }
+
+    /// Sets `doc`'s card vector, stored as given (bit for bit, so a restored snapshot scores as
+    /// the original did): it must be unit length (`vectors::unit` makes it so). Refused for a
+    /// document not indexed, a vector that is not unit length, or one whose dimension is not the
+    /// other vectors'.
+    pub fn set_vector(&mut self, doc: DocKey, vector: &[f32]) -> Result<(), String> {
+        if !self.contains(doc) {
+            return Err("the card is not searchable".into());
+        }
+        if !vectors::is_unit(vector) {
+            return Err("a card vector must be finite and of unit length".into());
+        }
+        self.vectors.set(doc, vector)
+    }
+
+    /// `doc`'s card vector (unit length), if it has one.
+    pub fn vector(&self, doc: DocKey) -> Option<&[f32]> {
+        self.vectors.get(doc)
+    }
+
+    /// The dimension of the card vectors (0: none yet).
+    pub fn vectors_dims(&self) -> usize {
+        self.vectors.dims()
+    }
+
+    /// How many indexed documents have a vector.
+    pub fn vectors_len(&self) -> usize {
+        self.vectors.len()
     }
 
     pub fn len(&self) -> usize {
@@ -239,6 +292,7 @@ impl SearchIndex {
             .and_then(Option::take)
             .unwrap_or_else(|| panic!("document {doc} is not indexed"));
         self.doc_count -= 1;
+        self.vectors.remove(doc);
         for &(id, ref tf) in entry.terms.iter() {
             let term = &mut self.terms[id as usize];
             let removed = term.docs.remove(Entry::new(tier(tf), entry.rank, doc));
@@ -310,6 +364,21 @@ impl SearchIndex {
     /// The documents `query` ranks, best first (ties by rank), at most `limit`, among those
     /// `accept` lets through: found by reading at most `QUERY_POSTINGS_MAX` posting entries.
     pub fn top(&self, query: &Query, limit: usize, accept: impl Fn(DocKey) -> bool) -> Ranked {
+        self.top_hybrid(query, None, LEXICAL_WEIGHT, limit, accept)
+    }
+
+    /// `top`, fused with the cosine of `vector` (a query vector) with the card vectors when both
+    /// exist: `lexical_weight` x BM25F / best BM25F + (1 - `lexical_weight`) x the cosine
+    /// min-max scaled over the vectors scanned. A document with neither a term nor a vector
+    /// scanned is not ranked.
+    pub fn top_hybrid(
+        &self,
+        query: &Query,
+        vector: Option<&[f32]>,
+        lexical_weight: f64,
+        limit: usize,
+        accept: impl Fn(DocKey) -> bool,
+    ) -> Ranked {
         let mut met: Set<DocKey> = new_set(self.hash_seed);
         let mut docs: Vec<(DocKey, f64)> = Vec::new();
         let postings_read = self.candidates(query, QUERY_POSTINGS_MAX, |doc| {
@@ -321,6 +390,9 @@ impl SearchIndex {
             }
         });
         debug_assert!(postings_read <= QUERY_POSTINGS_MAX);
+        if let Some(vector) = vector.filter(|v| v.len() == self.vectors.dims()) {
+            docs = self.fuse(docs, vector, lexical_weight, &accept);
+        }
         let order = |a: &(DocKey, f64), b: &(DocKey, f64)| {
             b.1.total_cmp(&a.1)
                 .then_with(|| self.rank_of(a.0).cmp(&self.rank_of(b.0)))
@@ -335,6 +407,36 @@ impl SearchIndex {
         }
         docs.sort_unstable_by(order);
         Ranked { docs, postings_read }
+    }
+
+    /// The lexical scores (`lexical`, by document, each > 0) mixed with the cosine of `vector`
+    /// with every accepted card vector scanned.
+    fn fuse(
+        &self,
+        lexical: Vec<(DocKey, f64)>,
+        vector: &[f32],
+        lexical_weight: f64,
+        accept: &impl Fn(DocKey) -> bool,
+    ) -> Vec<(DocKey, f64)> {
+        let Ok(vector) = vectors::unit(vector) else {
+            return lexical;
+        };
+        let cosines = self.vectors.scan(&vector, accept);
+        fuse(lexical, &cosines, lexical_weight, self.hash_seed)
+    }
+
+    /// The cosine of `vector` (unit length) with `doc`'s card vector, if it has one of that
+    /// dimension.
+    pub fn cosine(&self, doc: DocKey, vector: &[f32]) -> Option<f32> {
+        let card = self.vectors.get(doc)?;
+        (card.len() == vector.len()).then(|| vectors::dot(card, vector))
+    }
+
+    /// Every document `text` (and `vector`, if given) ranks, best first, fused with
+    /// `lexical_weight`: the search evaluation's entry point.
+    pub fn score_hybrid(&self, text: &str, vector: Option<&[f32]>, lexical_weight: f64) -> Vec<(DocKey, f64)> {
+        self.top_hybrid(&self.prepare(text), vector, lexical_weight, usize::MAX, |_| true)
+            .docs
     }
 
     /// Every document `text` ranks, best first: `top` with no limit but its reading budget.
@@ -378,7 +480,7 @@ impl SearchIndex {
         let mut expansion: Vec<(TermId, f64)> = Vec::new();
         if let Some(&id) = self.by_text.get(word) {
             expansion.push((id, 1.0));
-        } else if !related::is_known(word) {
+        } else if !(self.related_terms && related::is_known(word)) {
             for (correction, edits) in self.typos.corrections(word, budget) {
                 let id = *self
                     .by_text
@@ -398,6 +500,9 @@ impl SearchIndex {
             .collect();
         if sources.is_empty() {
             sources.push((word, 1.0));
+        }
+        if !self.related_terms {
+            return expansion;
         }
         for (source, weight) in sources {
             for relative in related::related(source).iter().take(RELATED_PER_TERM_MAX) {
@@ -455,7 +560,34 @@ impl SearchIndex {
             term.docs.check_invariants();
         }
         self.typos.check_invariants(self.terms.iter().map(|(_, t)| &*t.text));
+        self.vectors.check_invariants(|doc| self.contains(doc));
     }
+}
+
+/// Lexical scores (each > 0) and cosines mixed: `lexical_weight` x score / best score +
+/// (1 - `lexical_weight`) x the cosine min-max scaled over `cosines`. In hash order: callers sort.
+pub fn fuse(
+    lexical: Vec<(DocKey, f64)>,
+    cosines: &[(DocKey, f32)],
+    lexical_weight: f64,
+    hash_seed: u64,
+) -> Vec<(DocKey, f64)> {
+    if cosines.is_empty() {
+        return lexical;
+    }
+    let best_lexical = lexical.iter().map(|d| d.1).fold(0.0, f64::max);
+    let (low, high) = cosines.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, c)| {
+        (lo.min(f64::from(c)), hi.max(f64::from(c)))
+    });
+    let spread = (high - low).max(1e-9);
+    let mut fused: Map<DocKey, f64> = new_map(hash_seed);
+    for &(doc, score) in &lexical {
+        fused.insert(doc, lexical_weight * score / best_lexical);
+    }
+    for &(doc, cosine) in cosines {
+        *fused.entry(doc).or_insert(0.0) += (1.0 - lexical_weight) * (f64::from(cosine) - low) / spread;
+    }
+    fused.into_iter().collect()
 }
 
 /// One index term's BM25F contribution to one document.
