@@ -130,8 +130,9 @@ impl Registry {
         let mut work = FindWork::default();
         let mut keys: Vec<usize> = Vec::new();
         if !query.trim().is_empty() {
-            let prepared = self.search.prepare(query);
             let semantic = vector.is_some_and(|v| v.len() == self.search.vectors_dims());
+            // A hybrid ranking goes without the related-terms table (see `prepare_with`).
+            let prepared = self.search.prepare_with(query, !semantic);
             if !prepared.matches_nothing() || semantic {
                 keys = self.rank(&prepared, vector.filter(|_| semantic), tools, limit, &mut work);
             }
