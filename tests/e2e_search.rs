@@ -1,7 +1,7 @@
 //! End to end: Find with the sentence encoder. Register answers at once and the card's vector
 //! follows from an embedding worker; replicas of one card text are encoded once; a paraphrase
 //! that shares no word with the card finds it once its vector is in; the model's presence is on
-//! /metrics and in the start-up log, and a daemon without one ranks lexically.
+//! /metrics, on the dashboard and in the start-up log, and a daemon without one ranks lexically.
 //! The model is the one `make models` installs (the test command runs it first).
 
 mod common;
@@ -21,6 +21,17 @@ fn installed_model() -> Option<PathBuf> {
         dir.display()
     );
     None
+}
+
+/// How the dashboard says its search box ranks (the overview's `search`).
+fn dashboard_search(daemon: &Daemon) -> String {
+    let (status, body) = daemon.http_get("/api/overview");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("the overview is JSON");
+    overview["search"]
+        .as_str()
+        .expect("the overview says how Find ranks")
+        .to_string()
 }
 
 async fn find(c: &mut common::Clients, query: &str) -> Vec<String> {
@@ -46,6 +57,7 @@ async fn a_paraphrase_finds_its_card_once_the_vector_arrives_and_replicas_are_en
         daemon.stderr().contains("search model loaded"),
         "the start-up log says which ranking Find uses"
     );
+    assert_eq!(dashboard_search(&daemon), "hybrid");
     let mut c = daemon.clients().await;
     let cards = [
         card(
@@ -121,6 +133,7 @@ async fn without_a_model_find_ranks_lexically_and_says_so() {
     let daemon = Daemon::start(&["--search-model=off"]);
     assert_eq!(daemon.metric("agentkeeper_search_model_loaded"), Some(0.0));
     assert!(daemon.stderr().contains("Find ranks lexically"), "{}", daemon.stderr());
+    assert_eq!(dashboard_search(&daemon), "lexical");
     let mut c = daemon.clients().await;
     for (name, description) in [("alpha", "books meetings"), ("beta", "reviews pull requests")] {
         let request = pb::RegisterRequest {
