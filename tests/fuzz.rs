@@ -281,6 +281,7 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
             query,
             tools: tools(&t),
             limit,
+            vector: None,
         },
         Op::Acquire(k, a, ttl_seconds) => Command::AcquireLease {
             task_id: key(k),

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use agentkeeper::core::elections::GroupListing;
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
 use agentkeeper::core::listing::Overview;
+use agentkeeper::core::search::card_text::card_digest as card_digest_of;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentCard, AgentId, AgentStatus, Decision, Effect, Id128, Millis, Policy};
 use agentkeeper::core::{
@@ -656,7 +657,22 @@ impl Model {
                 Ok(Reply::Agent(self.agents[index].view()))
             }
             Command::Now => Ok(Reply::Now(self.now)),
-            Command::Find { query, tools, limit } => self.find(query, tools, *limit),
+            Command::Find {
+                query, tools, limit, ..
+            } => self.find(query, tools, *limit),
+            Command::SetCardVector {
+                agent_id,
+                card_digest,
+                vector,
+            } => {
+                let index = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
+                if card_digest_of(&self.agents[index].card) != *card_digest {
+                    return Err(ErrorCode::FailedPrecondition);
+                }
+                // The simulator's vectors all have one dimension; a bad one is refused.
+                agentkeeper::core::search::vectors::unit(vector).map_err(|_| ErrorCode::InvalidArgument)?;
+                Ok(Reply::Done)
+            }
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
             Command::Unwatch { subscriber } => {
                 self.subscribers.retain(|&s| s != subscriber.0);

@@ -310,6 +310,7 @@ fn a_node_that_hears_no_leader_answers_unavailable_at_the_calls_deadline() {
                 query: "lonely".into(),
                 tools: vec![],
                 limit: 1,
+                vector: None,
             },
         ),
     ] {
@@ -700,4 +701,53 @@ fn a_leaders_appends_leave_before_its_own_sync_and_a_commit_only_hard_state_owes
             NodeOutput::Persist { sync: false, entries, hard_state: Some(_) } if entries.is_empty())),
         "the moved commit index is persisted lazily: {outputs:?}"
     );
+
+#[test]
+fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_replica_ranks_with_it() {
+    use crate::core::search::card_text::card_digest;
+    use std::sync::Arc;
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    let mut ids = Vec::new();
+    for (caller, name) in [(1, "alpha"), (2, "beta")] {
+        let Ok(Reply::Registered { agent_id }) = net.call(follower, caller, register(name)) else {
+            panic!("register failed");
+        };
+        ids.push((agent_id.to_string(), name));
+    }
+    // Only the follower's side "computed" the vectors; no replica runs a model.
+    for (caller, ((agent_id, name), vector)) in ids.iter().zip([[1.0f32, 0.0], [0.0, 1.0]]).enumerate() {
+        let Command::Register { card, .. } = register(name) else {
+            unreachable!("a Register")
+        };
+        let command = Command::SetCardVector {
+            agent_id: agent_id.clone(),
+            card_digest: card_digest(&card),
+            vector: Arc::from(&vector[..]),
+        };
+        let outcome = net.call(follower, 10 + caller as u64, command);
+        assert!(matches!(outcome, Ok(Reply::Done)), "{outcome:?}");
+    }
+    for node in 1..=3 {
+        let find = Command::Find {
+            query: "zzz".into(),
+            tools: vec![],
+            limit: 2,
+            vector: Some(Arc::from(&[0.1f32, 1.0][..])),
+        };
+        let Ok(Reply::Agents(found)) = net.call(node, 20 + node, find) else {
+            panic!("find failed on node {node}");
+        };
+        let names: Vec<&str> = found.iter().map(|a| a.card.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["beta", "alpha"],
+            "node {node} ranks with the replicated vectors"
+        );
+    }
+    let states: Vec<_> = net.nodes.iter().map(|n| n.machine().core().snapshot()).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "replicas differ");
+    assert_eq!(states[0].agents.iter().filter(|a| a.vector.is_some()).count(), 2);
 }

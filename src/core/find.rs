@@ -1,14 +1,17 @@
 //! Find: ALIVE agents that list every asked-for tool, ranked by a query's relevance (the query
 //! ranks, it does not filter: agents matching no term follow in registration order) or, with no
-//! query, in registration order.
+//! query, in registration order. A query vector, when Find brings one, makes the ranking hybrid
+//! (BM25F fused with the cosine to the card vectors: `search`).
 //!
 //! Architecture invariant: a find never walks all agents. The tool filter is a leapfrog
 //! intersection of the tools' postings (ALIVE agents by tool, in registration order), rarest
-//! first, at most `TOOL_STEPS_MAX` seeks; a query reads at most the search index's posting budget.
+//! first, at most `TOOL_STEPS_MAX` seeks; a query reads at most the search index's posting budget
+//! and scores at most `VECTORS_SCANNED_MAX` card vectors.
 //! Its answer never depends on hash-map order.
 
 use super::registry::{ByRegistration, Registry};
-use super::search::{QUERY_POSTINGS_MAX, Query};
+use super::search::vectors::{self, VECTORS_SCANNED_MAX};
+use super::search::{LEXICAL_WEIGHT, QUERY_POSTINGS_MAX, Query, fuse};
 use super::types::AgentStatus;
 use super::{Core, Outcome, Reply, validate};
 
@@ -27,6 +30,8 @@ pub struct FindWork {
     pub postings_read: usize,
     /// Seeks into tool postings (or into the ALIVE agents, with no tool filter).
     pub tool_steps: usize,
+    /// Card vectors scored against the query vector.
+    pub vectors_scanned: usize,
 }
 
 /// ALIVE agents that list every tool of a filter, in registration order, lazily: each step seeks
@@ -119,14 +124,17 @@ impl Registry {
     }
 
     /// Find's agents, best first, and the work it took: ranked by `query` when it has terms the
-    /// index knows, then (up to `limit`) the other matches in registration order.
-    pub fn find(&self, query: &str, tools: &[String], limit: usize) -> (Vec<usize>, FindWork) {
+    /// index knows, or a query vector (`vector`) when cards have vectors, then (up to `limit`)
+    /// the other matches in registration order.
+    pub fn find(&self, query: &str, vector: Option<&[f32]>, tools: &[String], limit: usize) -> (Vec<usize>, FindWork) {
         let mut work = FindWork::default();
         let mut keys: Vec<usize> = Vec::new();
         if !query.trim().is_empty() {
-            let query = self.search.prepare(query);
-            if !query.matches_nothing() {
-                keys = self.rank(&query, tools, limit, &mut work);
+            let semantic = vector.is_some_and(|v| v.len() == self.search.vectors_dims());
+            // A hybrid ranking goes without the related-terms table (see `prepare_with`).
+            let prepared = self.search.prepare_with(query, !semantic);
+            if !prepared.matches_nothing() || semantic {
+                keys = self.rank(&prepared, vector.filter(|_| semantic), tools, limit, &mut work);
             }
         }
         if keys.len() < limit {
@@ -145,13 +153,21 @@ impl Registry {
         }
         debug_assert!(keys.len() <= limit);
         debug_assert!(work.postings_read <= QUERY_POSTINGS_MAX && work.tool_steps <= 2 * TOOL_STEPS_MAX);
+        debug_assert!(work.vectors_scanned <= VECTORS_SCANNED_MAX);
         (keys, work)
     }
 
     /// The agents `query` ranks among those the tool filter lets through, best first (ties by
     /// registration), at most `limit`. A selective filter is scored whole (exact); otherwise the
     /// search index's bounded reading finds the candidates and the filter checks each.
-    fn rank(&self, query: &Query, tools: &[String], limit: usize, work: &mut FindWork) -> Vec<usize> {
+    fn rank(
+        &self,
+        query: &Query,
+        vector: Option<&[f32]>,
+        tools: &[String],
+        limit: usize,
+        work: &mut FindWork,
+    ) -> Vec<usize> {
         let mut matches = self.tool_matches(tools);
         let selective = !tools.is_empty()
             && matches
@@ -159,34 +175,45 @@ impl Registry {
                 .first()
                 .is_none_or(|p| p.len() <= SCORE_WHOLE_FILTER_MAX);
         if selective {
-            let mut scored: Vec<(f64, u64, usize)> = Vec::new();
-            for (registration, key) in matches.by_ref() {
+            let vector = vector.and_then(|v| vectors::unit(v).ok());
+            let mut lexical: Vec<(usize, f64)> = Vec::new();
+            let mut cosines: Vec<(usize, f32)> = Vec::new();
+            for (_, key) in matches.by_ref() {
                 let score = self.search.score_doc(query, key);
                 if score > 0.0 {
-                    scored.push((score, registration, key));
+                    lexical.push((key, score));
+                }
+                if let Some(cosine) = vector.as_deref().and_then(|v| self.search.cosine(key, v)) {
+                    cosines.push((key, cosine));
                 }
             }
             work.tool_steps += matches.steps();
-            scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            work.vectors_scanned += cosines.len();
+            let mut scored = fuse(lexical, &cosines, LEXICAL_WEIGHT, self.hash_seed);
+            let registration = |key: usize| self.get(key).registration;
+            scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(registration(a.0).cmp(&registration(b.0))));
             scored.truncate(limit);
-            return scored.into_iter().map(|(_, _, key)| key).collect();
+            return scored.into_iter().map(|(key, _)| key).collect();
         }
         let accept = |key: usize| {
             let agent = self.get(key);
             agent.status == AgentStatus::Alive && (tools.is_empty() || matches.all_hold(agent.registration))
         };
-        let ranked = self.search.top(query, limit, accept);
+        let ranked = self.search.top_hybrid(query, vector, LEXICAL_WEIGHT, limit, accept);
         work.postings_read += ranked.postings_read;
+        if vector.is_some() {
+            work.vectors_scanned += self.search.vectors_len().min(VECTORS_SCANNED_MAX);
+        }
         ranked.docs.into_iter().map(|(key, _)| key).collect()
     }
 }
 
 impl Core {
-    pub(super) fn find(&self, query: &str, tools: &[String], limit: u32) -> Outcome {
+    pub(super) fn find(&self, query: &str, vector: Option<&[f32]>, tools: &[String], limit: u32) -> Outcome {
         validate::length("query", query, 0, validate::QUERY_BYTES_MAX)?;
         validate::tools("tools", tools)?;
         let limit = validate::find_limit(limit);
-        let (keys, _) = self.registry.find(query, tools, limit);
+        let (keys, _) = self.registry.find(query, vector, tools, limit);
         Ok(Reply::Agents(
             keys.into_iter().map(|k| self.registry.get(k).view()).collect(),
         ))

@@ -214,7 +214,7 @@ impl Core {
                     "a query finds ALIVE agents, best first, in one page",
                 ));
             }
-            let (keys, _) = self.registry.find(query, &[], limit);
+            let (keys, _) = self.registry.find(query, None, &[], limit);
             return Ok(Reply::AgentPage {
                 agents: keys.into_iter().map(|k| self.registry.get(k).view()).collect(),
                 next_page_token: String::new(),

@@ -33,6 +33,7 @@ use events::{Delivery, ElectionView, EventBus, LeaseView, SubscriberId};
 use ids::IdSource;
 use leases::LeaseTable;
 use registry::Registry;
+use search::card_text::CardDigest;
 use tasks::{TaskQueue, TaskStatus, TaskView, WaiterId};
 use timers::TimerWheel;
 use types::{AgentCard, Decision, Millis, Policy, TokenId};
@@ -151,10 +152,21 @@ pub enum Command {
     GetAgent {
         agent_id: String,
     },
+    /// `vector`: the query's sentence vector, computed before the command entered the core
+    /// (none without a model, or when the encoder was too slow: the ranking is lexical).
     Find {
         query: String,
         tools: Vec<String>,
         limit: u32,
+        vector: Option<Arc<[f32]>>,
+    },
+    /// A card's sentence vector, computed off the core by an embedding worker from the card's
+    /// text (`search::card_text`); applied only while the agent still has the card `card_digest`
+    /// names (raised by the daemon, never by a client).
+    SetCardVector {
+        agent_id: String,
+        card_digest: CardDigest,
+        vector: Arc<[f32]>,
     },
     Watch {
         topics: Vec<String>,
@@ -317,6 +329,7 @@ impl Command {
             Command::Deregister { .. } => "Deregister",
             Command::GetAgent { .. } => "GetAgent",
             Command::Find { .. } => "Find",
+            Command::SetCardVector { .. } => "SetCardVector",
             Command::Watch { .. } => "Watch",
             Command::Unwatch { .. } => "Unwatch",
             Command::AcquireLease { .. } => "AcquireLease",
@@ -615,7 +628,17 @@ impl Core {
             Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
             Command::Deregister { agent_id } => self.deregister(&agent_id),
             Command::GetAgent { agent_id } => self.get_agent(&agent_id),
-            Command::Find { query, tools, limit } => self.find(&query, &tools, limit),
+            Command::Find {
+                query,
+                tools,
+                limit,
+                vector,
+            } => self.find(&query, vector.as_deref(), &tools, limit),
+            Command::SetCardVector {
+                agent_id,
+                card_digest,
+                vector,
+            } => self.set_card_vector(&agent_id, card_digest, &vector),
             Command::Watch { topics, from_sequence } => self.watch(&topics, from_sequence),
             Command::Unwatch { subscriber } => {
                 self.bus.unwatch(subscriber);

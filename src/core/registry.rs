@@ -13,6 +13,8 @@ use slab::Slab;
 
 use super::events::{AgentView, EventPayload, Topic};
 use super::search::SearchIndex;
+use super::search::card_text::{CardDigest, card_digest};
+use super::search::vectors::unit;
 use super::timers::{TimerKey, TimerWheel};
 use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, TokenId, new_map};
 use super::validate;
@@ -388,6 +390,25 @@ impl Core {
         if self.registry.get(key).status != AgentStatus::Dead {
             self.kill(key);
         }
+        Ok(Reply::Done)
+    }
+
+    /// Sets the agent's card vector, if the agent is still searchable and its card is still the
+    /// one `digest` names (a vector computed for a card that has gone is refused, and changes
+    /// nothing).
+    pub(super) fn set_card_vector(&mut self, agent_id: &str, digest: CardDigest, vector: &[f32]) -> Outcome {
+        let key = self.registry.lookup_live(agent_id)?;
+        let agent = self.registry.get(key);
+        if card_digest(&agent.card) != digest {
+            return Err(CoreError::new(
+                ErrorCode::FailedPrecondition,
+                format!("agent {agent_id}'s card is not the one the vector was computed from"),
+            ));
+        }
+        let invalid = |why: String| CoreError::new(ErrorCode::InvalidArgument, why);
+        let vector = unit(vector).map_err(invalid)?;
+        self.registry.search.set_vector(key, &vector).map_err(invalid)?;
+        debug_assert!(self.registry.search.vector(key).is_some());
         Ok(Reply::Done)
     }
 

@@ -37,6 +37,9 @@ pub struct AgentState {
     pub groups: Vec<String>,
     /// The agent token that registered it, if one did.
     pub owner: Option<TokenId>,
+    /// Its card's sentence vector (unit length), once an embedding worker sent it; never for a
+    /// DEAD agent (it left the search index).
+    pub vector: Option<Arc<[f32]>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +120,7 @@ impl Core {
                 dead_at: registry.dead_at.get(&key).copied(),
                 groups: agent.groups.iter().map(group_name).collect(),
                 owner: agent.owner,
+                vector: registry.search.vector(key).map(Arc::from),
             })
             .collect();
         agents.sort_unstable_by_key(|a| a.registration);
@@ -337,6 +341,10 @@ impl Core {
             "a snapshot's agent has a time of death exactly when DEAD"
         );
         registry.file(key);
+        if let Some(vector) = &state.vector {
+            let set = registry.search.set_vector(key, vector);
+            assert!(set.is_ok(), "a snapshot's card vector is one the core held: {set:?}");
+        }
         key
     }
 
@@ -448,6 +456,7 @@ mod tests {
                     query: "web sql".into(),
                     tools: vec![],
                     limit: 0,
+                    vector: None,
                 },
             }
         }

@@ -111,6 +111,7 @@ impl Harness {
             query: query.into(),
             tools,
             limit,
+            vector: None,
         }) {
             Reply::Agents(agents) => agents.iter().map(|a| a.card.name.clone()).collect(),
             other => panic!("unexpected {other:?}"),
@@ -1302,6 +1303,7 @@ mod limits;
 mod listing;
 mod machine;
 mod tasks;
+mod vectors;
 
 #[test]
 fn an_agent_token_acts_only_for_its_own_agents_across_a_snapshot_until_the_agent_is_forgotten() {

@@ -40,6 +40,7 @@ fn a_full_bulk_lane_sheds_bulk_work_but_heartbeats_still_keep_an_agent_alive() {
         query: "live".into(),
         tools: vec![],
         limit: 0,
+        vector: None,
     };
     // The driver is not running yet: the bulk lane fills up and stays full.
     let queued: Vec<_> = (0..4)

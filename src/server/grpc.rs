@@ -20,6 +20,7 @@ use crate::core::machine::StreamEnd;
 use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
 use crate::driver::CoreHandle;
+use crate::embed::Embedder;
 use crate::metrics::Metrics;
 use crate::proto as pb;
 
@@ -32,6 +33,9 @@ pub struct Api {
     watch_buffer: usize,
     /// The longest a ClaimTask call waits for a task.
     claim_wait_max: Duration,
+    /// The sentence encoder's workers: card vectors after Register, query vectors for Find
+    /// (none without a model).
+    embedder: Embedder,
 }
 
 impl Api {
@@ -42,7 +46,13 @@ impl Api {
             metrics,
             watch_buffer,
             claim_wait_max,
+            embedder: Embedder::none(),
         }
+    }
+
+    /// Ranks Find with `embedder`'s vectors and gives registered cards theirs.
+    pub fn with_embedder(self, embedder: Embedder) -> Self {
+        Api { embedder, ..self }
     }
 
     /// The agent token that makes this call, if one does (only with `--auth-tokens`): the core
@@ -256,15 +266,21 @@ impl pb::registry_service_server::RegistryService for Api {
         // capabilities); the core keeps its JSON verbatim.
         a2a::card::absorb(&mut card)?;
         let card = convert::card_from_pb(card);
+        // The card's vector follows Register's answer (an embedding worker computes it).
+        let for_vector = self.embedder.enabled().then(|| card.clone());
         let command = Command::Register {
             card,
             ttl_seconds: request.ttl_seconds,
         };
         let command = super::numbered::numbered(&metadata, command)?;
         match self.call_as("Register", command, principal).await? {
-            Reply::Registered { agent_id } => Ok(Response::new(pb::RegisterResponse {
-                agent_id: agent_id.to_string(),
-            })),
+            Reply::Registered { agent_id } => {
+                let agent_id = agent_id.to_string();
+                if let Some(card) = for_vector {
+                    self.embedder.card_registered(&agent_id, &card);
+                }
+                Ok(Response::new(pb::RegisterResponse { agent_id }))
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -303,10 +319,13 @@ impl pb::registry_service_server::RegistryService for Api {
 
     async fn find(&self, request: Request<pb::FindRequest>) -> Result<Response<pb::FindResponse>, Status> {
         let request = request.into_inner();
+        // The query's vector is computed before the command enters the core (lexical without it).
+        let vector = self.embedder.query_vector(&request.query).await;
         let command = Command::Find {
             query: request.query,
             tools: request.tools,
             limit: request.limit,
+            vector,
         };
         match self.call("Find", command).await? {
             Reply::Agents(agents) => Ok(Response::new(pb::FindResponse {

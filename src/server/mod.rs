@@ -50,7 +50,9 @@ pub struct Grpc {
 /// (reporting `serving`) and server reflection (v1 and v1alpha); every call of ours is timed
 /// into `agentkeeper_rpc_duration_seconds`. A request over `message_bytes_max` is
 /// RESOURCE_EXHAUSTED before it is decoded. With `tokens`, every call but health checks needs a
-/// bearer token whose role allows it.
+/// bearer token whose role allows it. `embedder` ranks Find with vectors (`Embedder::none()`:
+/// lexically).
+#[allow(clippy::too_many_arguments)]
 pub fn grpc(
     core: CoreHandle,
     metrics: Arc<Metrics>,
@@ -59,9 +61,10 @@ pub fn grpc(
     message_bytes_max: usize,
     tokens: Option<Arc<auth::Tokens>>,
     serving: &health::Serving,
+    embedder: crate::embed::Embedder,
 ) -> Grpc {
     let layer = calls::CallLayer::new(&metrics, message_bytes_max, tokens);
-    let api = Api::new(core, metrics, watch_buffer, claim_wait_max);
+    let api = Api::new(core, metrics, watch_buffer, claim_wait_max).with_embedder(embedder);
     let n = message_bytes_max;
     let (reflection_v1, reflection_v1alpha) = health::reflection();
     let routes = Routes::default()

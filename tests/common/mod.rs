@@ -203,6 +203,11 @@ impl Daemon {
         {
             args.push(format!("--io={io}"));
         }
+        // Find ranks lexically unless a test names a model: the sentence encoder's ranking (and
+        // its vectors arriving after Register) is e2e_search's subject, not every test's.
+        if !args.iter().any(|a| a.starts_with("--search-model")) {
+            args.push("--search-model=off".into());
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
             .args(&args)
             .envs(env.iter().copied())

@@ -148,6 +148,7 @@ impl Runner {
                 query: query.clone(),
                 tools: tools.clone(),
                 limit: *limit,
+                vector: None,
             },
             Op::Watch {
                 topics,

@@ -9,15 +9,23 @@
 //! document it meets once, from that document's own term list, against every query term. Where
 //! every posting fits the budget (any fleet of a few thousand cards) that is exact BM25F.
 //!
+//! With card vectors (`vectors`, set by `SetCardVector`) and a query vector (computed before Find
+//! entered the core), the ranking is hybrid: the BM25F score, divided by the best among the
+//! candidates, and the cosine, min-max scaled over the vectors scanned, are mixed linearly
+//! (`LEXICAL_WEIGHT` for BM25F), over the lexical candidates and at most `VECTORS_SCANNED_MAX`
+//! vectors. Without either, the ranking is BM25F alone.
+//!
 //! Architecture invariant: the index keeps only integer statistics (term frequencies, field
 //! lengths, document frequencies), so scores are a pure function of the indexed cards, whatever
 //! the order they arrived and left in; a document's score sums in query-term order; hash-map
 //! order never reaches an output.
 
+pub mod card_text;
 mod posting;
 mod related;
 mod tokenize;
 mod typo;
+pub mod vectors;
 
 use slab::Slab;
 use tokenize::{tokenize, tokenize_tool};
@@ -25,6 +33,7 @@ use tokenize::{tokenize, tokenize_tool};
 use super::types::{AgentCard, Map, Set, new_map, new_set};
 use posting::{Entry, Posting};
 use typo::TypoIndex;
+use vectors::VectorIndex;
 
 pub type DocKey = usize;
 
@@ -56,6 +65,9 @@ const EXPANSION_WORK_MAX: usize = 60_000;
 /// Posting entries one query reads at most (each document met is then scored once): with a
 /// million cards a query for common words stays within about a millisecond of the core's time.
 pub const QUERY_POSTINGS_MAX: usize = 8192;
+/// The share of the BM25F score in a hybrid ranking (the cosine's is the rest): chosen by
+/// cross-validation on the tuning split of `tests/search` (see README.md, "How Find ranks").
+pub const LEXICAL_WEIGHT: f64 = 0.2;
 
 type FieldCounts = [u32; FIELDS];
 type TermId = u32;
@@ -92,6 +104,8 @@ pub struct SearchIndex {
     typos: TypoIndex,
     total_lengths: [u64; FIELDS],
     hash_seed: u64,
+    /// Card vectors, for the indexed documents that have one.
+    vectors: VectorIndex,
 }
 
 /// One index term a query term stands for, with the weight a match through it gets.
@@ -155,7 +169,37 @@ impl SearchIndex {
             typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
+            vectors: VectorIndex::default(),
         }
+    }
+
+    /// Sets `doc`'s card vector, stored as given (bit for bit, so a restored snapshot scores as
+    /// the original did): it must be unit length (`vectors::unit` makes it so). Refused for a
+    /// document not indexed, a vector that is not unit length, or one whose dimension is not the
+    /// other vectors'.
+    pub fn set_vector(&mut self, doc: DocKey, vector: &[f32]) -> Result<(), String> {
+        if !self.contains(doc) {
+            return Err("the card is not searchable".into());
+        }
+        if !vectors::is_unit(vector) {
+            return Err("a card vector must be finite and of unit length".into());
+        }
+        self.vectors.set(doc, vector)
+    }
+
+    /// `doc`'s card vector (unit length), if it has one.
+    pub fn vector(&self, doc: DocKey) -> Option<&[f32]> {
+        self.vectors.get(doc)
+    }
+
+    /// The dimension of the card vectors (0: none yet).
+    pub fn vectors_dims(&self) -> usize {
+        self.vectors.dims()
+    }
+
+    /// How many indexed documents have a vector.
+    pub fn vectors_len(&self) -> usize {
+        self.vectors.len()
     }
 
     pub fn len(&self) -> usize {
@@ -239,6 +283,7 @@ impl SearchIndex {
             .and_then(Option::take)
             .unwrap_or_else(|| panic!("document {doc} is not indexed"));
         self.doc_count -= 1;
+        self.vectors.remove(doc);
         for &(id, ref tf) in entry.terms.iter() {
             let term = &mut self.terms[id as usize];
             let removed = term.docs.remove(Entry::new(tier(tf), entry.rank, doc));
@@ -257,6 +302,13 @@ impl SearchIndex {
     /// Makes `text` ready to score: its terms (at most 64, each once), each with the index terms
     /// it stands for and their idf, and the average field lengths.
     pub fn prepare(&self, text: &str) -> Query {
+        self.prepare_with(text, true)
+    }
+
+    /// `prepare`, with the hand-written related terms or without them (`related_terms`): a
+    /// hybrid ranking goes without, as the sentence encoder knows the language better (on the
+    /// tuning split, MRR@10 0.855 without against 0.845 with).
+    pub fn prepare_with(&self, text: &str, related_terms: bool) -> Query {
         let mut words: Vec<String> = Vec::new();
         for token in tokenize(text) {
             if !words.contains(&token) && words.len() < QUERY_TERMS_MAX {
@@ -272,7 +324,7 @@ impl SearchIndex {
         let terms = words
             .iter()
             .map(|word| {
-                self.expand(word, &mut budget)
+                self.expand(word, related_terms, &mut budget)
                     .into_iter()
                     .map(|(term, weight)| {
                         let df = self.terms[term as usize].docs.len() as f64;
@@ -310,6 +362,21 @@ impl SearchIndex {
     /// The documents `query` ranks, best first (ties by rank), at most `limit`, among those
     /// `accept` lets through: found by reading at most `QUERY_POSTINGS_MAX` posting entries.
     pub fn top(&self, query: &Query, limit: usize, accept: impl Fn(DocKey) -> bool) -> Ranked {
+        self.top_hybrid(query, None, LEXICAL_WEIGHT, limit, accept)
+    }
+
+    /// `top`, fused with the cosine of `vector` (a query vector) with the card vectors when both
+    /// exist: `lexical_weight` x BM25F / best BM25F + (1 - `lexical_weight`) x the cosine
+    /// min-max scaled over the vectors scanned. A document with neither a term nor a vector
+    /// scanned is not ranked.
+    pub fn top_hybrid(
+        &self,
+        query: &Query,
+        vector: Option<&[f32]>,
+        lexical_weight: f64,
+        limit: usize,
+        accept: impl Fn(DocKey) -> bool,
+    ) -> Ranked {
         let mut met: Set<DocKey> = new_set(self.hash_seed);
         let mut docs: Vec<(DocKey, f64)> = Vec::new();
         let postings_read = self.candidates(query, QUERY_POSTINGS_MAX, |doc| {
@@ -325,6 +392,17 @@ impl SearchIndex {
             b.1.total_cmp(&a.1)
                 .then_with(|| self.rank_of(a.0).cmp(&self.rank_of(b.0)))
         };
+        let semantic = vector
+            .filter(|v| v.len() == self.vectors.dims())
+            .and_then(|v| vectors::unit(v).ok());
+        if let Some(vector) = semantic {
+            // Every vector is scored; whether its agent may be answered (status, tools) is
+            // asked only of the best ones, so the scan touches no agent.
+            let cosines = self.vectors.scan(&vector);
+            let fused = fuse(docs, &cosines, lexical_weight, self.hash_seed);
+            let docs = best_accepted(fused, limit, order, &accept);
+            return Ranked { docs, postings_read };
+        }
         if docs.len() > limit {
             if limit == 0 {
                 docs.clear();
@@ -335,6 +413,28 @@ impl SearchIndex {
         }
         docs.sort_unstable_by(order);
         Ranked { docs, postings_read }
+    }
+
+    /// The cosine of `vector` (unit length) with `doc`'s card vector, if it has one of that
+    /// dimension.
+    pub fn cosine(&self, doc: DocKey, vector: &[f32]) -> Option<f32> {
+        let card = self.vectors.get(doc)?;
+        (card.len() == vector.len()).then(|| vectors::dot(card, vector))
+    }
+
+    /// Every document `text` (and `vector`, if given) ranks, best first, fused with
+    /// `lexical_weight`, its terms widened with related terms or not: the search evaluation's
+    /// entry point (Find's choices are `LEXICAL_WEIGHT`, and related terms only without a vector).
+    pub fn score_hybrid(
+        &self,
+        text: &str,
+        vector: Option<&[f32]>,
+        lexical_weight: f64,
+        related_terms: bool,
+    ) -> Vec<(DocKey, f64)> {
+        let query = self.prepare_with(text, related_terms);
+        self.top_hybrid(&query, vector, lexical_weight, usize::MAX, |_| true)
+            .docs
     }
 
     /// Every document `text` ranks, best first: `top` with no limit but its reading budget.
@@ -374,11 +474,11 @@ impl SearchIndex {
     /// The index terms a query term stands for: itself when indexed, else its typo corrections
     /// (unless the related-terms table knows it as a word of its own); then the relatives of
     /// those, discounted again. Only terms with postings, each once, at its best weight.
-    fn expand(&self, word: &str, budget: &mut usize) -> Vec<(TermId, f64)> {
+    fn expand(&self, word: &str, related_terms: bool, budget: &mut usize) -> Vec<(TermId, f64)> {
         let mut expansion: Vec<(TermId, f64)> = Vec::new();
         if let Some(&id) = self.by_text.get(word) {
             expansion.push((id, 1.0));
-        } else if !related::is_known(word) {
+        } else if !(related_terms && related::is_known(word)) {
             for (correction, edits) in self.typos.corrections(word, budget) {
                 let id = *self
                     .by_text
@@ -398,6 +498,9 @@ impl SearchIndex {
             .collect();
         if sources.is_empty() {
             sources.push((word, 1.0));
+        }
+        if !related_terms {
+            return expansion;
         }
         for (source, weight) in sources {
             for relative in related::related(source).iter().take(RELATED_PER_TERM_MAX) {
@@ -455,6 +558,71 @@ impl SearchIndex {
             term.docs.check_invariants();
         }
         self.typos.check_invariants(self.terms.iter().map(|(_, t)| &*t.text));
+        self.vectors.check_invariants(|doc| self.contains(doc));
+    }
+}
+
+/// Lexical scores (each > 0) and cosines mixed: `lexical_weight` x score / best score +
+/// (1 - `lexical_weight`) x the cosine min-max scaled over `cosines`. In no set order: callers
+/// sort.
+pub fn fuse(
+    lexical: Vec<(DocKey, f64)>,
+    cosines: &[(DocKey, f32)],
+    lexical_weight: f64,
+    hash_seed: u64,
+) -> Vec<(DocKey, f64)> {
+    if cosines.is_empty() {
+        return lexical;
+    }
+    let best_lexical = lexical.iter().map(|d| d.1).fold(0.0, f64::max);
+    let (low, high) = cosines
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &(_, c)| (lo.min(c), hi.max(c)));
+    let (low, spread) = (f64::from(low), f64::from(high - low).max(1e-9));
+    let mut words: Map<DocKey, f64> = new_map(hash_seed);
+    words.extend(
+        lexical
+            .into_iter()
+            .map(|(doc, score)| (doc, lexical_weight * score / best_lexical)),
+    );
+    let mut fused: Vec<(DocKey, f64)> = Vec::with_capacity(cosines.len() + words.len());
+    for &(doc, cosine) in cosines {
+        let word_score = if words.is_empty() {
+            0.0
+        } else {
+            words.remove(&doc).unwrap_or(0.0)
+        };
+        fused.push((
+            doc,
+            word_score + (1.0 - lexical_weight) * (f64::from(cosine) - low) / spread,
+        ));
+    }
+    fused.extend(words);
+    fused
+}
+
+/// The best `limit` documents of `docs` by `order` that `accept` lets through, best first:
+/// `accept` is asked of the best few only (more only when too many of those are refused).
+fn best_accepted(
+    mut docs: Vec<(DocKey, f64)>,
+    limit: usize,
+    order: impl Fn(&(DocKey, f64), &(DocKey, f64)) -> std::cmp::Ordering,
+    accept: impl Fn(DocKey) -> bool,
+) -> Vec<(DocKey, f64)> {
+    let mut head = limit.saturating_mul(2).max(32);
+    loop {
+        let whole = head >= docs.len();
+        if !whole {
+            docs.select_nth_unstable_by(head - 1, &order);
+        }
+        let end = head.min(docs.len());
+        let best = &mut docs[..end];
+        best.sort_unstable_by(&order);
+        let accepted: Vec<(DocKey, f64)> = best.iter().filter(|d| accept(d.0)).take(limit).copied().collect();
+        if accepted.len() == limit || whole {
+            return accepted;
+        }
+        head = head.saturating_mul(4);
     }
 }
 

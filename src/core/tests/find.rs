@@ -36,7 +36,7 @@ fn a_tool_filter_walks_the_rarest_tools_agents_not_the_fleet() {
     }
     h.core.check_invariants();
     let tools = ["common".to_string(), "rare".to_string()];
-    let (keys, work) = h.core.registry.find("", &tools, 5);
+    let (keys, work) = h.core.registry.find("", None, &tools, 5);
     assert_eq!(
         names(&h, &keys),
         ["agent-0000", "agent-0500", "agent-1000", "agent-1500", "agent-2000"]
@@ -44,14 +44,14 @@ fn a_tool_filter_walks_the_rarest_tools_agents_not_the_fleet() {
     // Each match costs a seek in each posting; nothing else is looked at.
     assert!(work.tool_steps <= 2 * 5 + 2, "{} seeks for 5 matches", work.tool_steps);
     assert_eq!(work.postings_read, 0);
-    let (keys, work) = h.core.registry.find("", &[], 3);
+    let (keys, work) = h.core.registry.find("", None, &[], 3);
     assert_eq!(names(&h, &keys), ["agent-0000", "agent-0001", "agent-0002"]);
     assert!(work.tool_steps <= 3 + 1);
     // Dead and unreachable agents are not in the ALIVE postings at all.
     let first = h.core.registry.with_status(AgentStatus::Alive).values().next().copied();
     let id = h.core.registry.get(first.expect("an agent")).id.to_string();
     h.ok(Command::Deregister { agent_id: id });
-    let (keys, _) = h.core.registry.find("", &tools, 1);
+    let (keys, _) = h.core.registry.find("", None, &tools, 1);
     assert_eq!(names(&h, &keys), ["agent-0500"]);
 }
 
@@ -64,7 +64,7 @@ fn common_tools_that_share_no_agent_stop_at_the_seek_budget() {
         quietly_register(&mut h, &format!("agent-{i}"), "", &[tool.to_string()]);
     }
     let tools = ["even".to_string(), "odd".to_string()];
-    let (keys, work) = h.core.registry.find("", &tools, 10);
+    let (keys, work) = h.core.registry.find("", None, &tools, 10);
     assert!(keys.is_empty(), "no agent lists both");
     assert_eq!(work.tool_steps, TOOL_STEPS_MAX, "the intersection stops at its budget");
 }
@@ -81,7 +81,7 @@ fn a_query_for_a_common_word_reads_at_most_its_budget_and_still_fills_the_limit(
         };
         quietly_register(&mut h, &format!("agent-{i:05}"), description, &[]);
     }
-    let (keys, work) = h.core.registry.find("kafka worker", &[], 20);
+    let (keys, work) = h.core.registry.find("kafka worker", None, &[], 20);
     assert!(
         work.postings_read <= QUERY_POSTINGS_MAX,
         "read {} postings",
@@ -97,7 +97,7 @@ fn a_query_for_a_common_word_reads_at_most_its_budget_and_still_fills_the_limit(
     assert_eq!(found[..kafka.len()], kafka[..]);
     assert!(found[kafka.len()..].iter().all(|name| !kafka.contains(name)));
     // A query none of whose words the index knows reads nothing and answers in registration order.
-    let (keys, work) = h.core.registry.find("zzzz qqqq", &[], 2);
+    let (keys, work) = h.core.registry.find("zzzz qqqq", None, &[], 2);
     assert_eq!(names(&h, &keys), ["agent-00000", "agent-00001"]);
     assert_eq!(work.postings_read, 0);
 }
@@ -117,7 +117,7 @@ fn a_query_with_a_selective_tool_filter_ranks_every_agent_the_filter_lets_throug
         };
         quietly_register(&mut h, &format!("agent-{i:05}"), description, &tools);
     }
-    let (keys, work) = h.core.registry.find("train", &["gpu".to_string()], 10);
+    let (keys, work) = h.core.registry.find("train", None, &["gpu".to_string()], 10);
     let found = names(&h, &keys);
     assert_eq!(found.len(), 5, "every agent with the tool");
     // The two that say it twice first, then the rest by registration.

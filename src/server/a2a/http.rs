@@ -52,6 +52,7 @@ pub async fn agents(State(core): State<Dashboard>, Query(listing): Query<Listing
         query: listing.query,
         tools: Vec::new(),
         limit,
+        vector: None,
     };
     let reply = match core.ask(command).await {
         Ok(reply) => reply,

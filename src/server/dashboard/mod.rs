@@ -79,7 +79,13 @@ pub async fn overview(State(dashboard): State<Dashboard>) -> Response {
         leases_max: ROWS,
     };
     match dashboard.ask(command).await {
-        Ok(Reply::Overview(view)) => axum::Json(json::overview(&view)).into_response(),
+        Ok(Reply::Overview(view)) => {
+            let mut overview = json::overview(&view);
+            // How Find ranks the search box: with the sentence encoder, or by words alone.
+            let hybrid = dashboard.metrics.search_model_loaded.get() == 1;
+            overview["search"] = if hybrid { "hybrid" } else { "lexical" }.into();
+            axum::Json(overview).into_response()
+        }
         Ok(other) => unexpected("Overview", &other),
         Err(response) => response,
     }

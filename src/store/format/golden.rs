@@ -7,10 +7,12 @@
 //! new format version gets new files (`AGENTKEEPER_REGENERATE_GOLDEN=1`, see ARCHITECTURE.md).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::{VERSION, v4};
+use super::{VERSION, v5};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
+use crate::core::search::card_text::CardDigest;
 use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
@@ -57,6 +59,22 @@ fn card() -> AgentCard {
 
 /// One command of every variant that is logged, in `LoggedCommand`'s order.
 fn logged_commands() -> Vec<Command> {
+    let mut commands = logged_commands_before_5();
+    commands.push(Command::SetCardVector {
+        agent_id: AGENT.into(),
+        card_digest: CardDigest(std::array::from_fn(|i| i as u8 ^ 0xa5)),
+        vector: vector(),
+    });
+    commands
+}
+
+/// A card vector with values of every sign and size (not unit length: the log holds what came).
+fn vector() -> Arc<[f32]> {
+    Arc::from([0.5f32, -0.25, 1.0e-7, -3.5, 0.0, f32::MIN_POSITIVE])
+}
+
+/// The logged commands of versions 1 to 4 (version 5 added `SetCardVector`).
+fn logged_commands_before_5() -> Vec<Command> {
     vec![
         Command::Register {
             card: card(),
@@ -127,10 +145,14 @@ fn logged_commands() -> Vec<Command> {
     ]
 }
 
-/// Every record variant: each logged command (every other one with a principal, when
-/// `principals`), then a tick and a grace.
+/// Every record variant of versions 1 to 4: each logged command (every other one with a
+/// principal, when `principals`), then a tick and a grace.
 fn sample_entries(principals: bool) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = logged_commands()
+    sample_entries_of(logged_commands_before_5(), principals)
+}
+
+fn sample_entries_of(commands: Vec<Command>, principals: bool) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = commands
         .into_iter()
         .enumerate()
         .map(|(i, command)| Entry::Apply {
@@ -147,8 +169,12 @@ fn sample_entries(principals: bool) -> Vec<Entry> {
 /// The current version's sample: every record variant, then the two creating writes numbered
 /// by a client (new in version 4).
 fn sample_entries_numbered() -> Vec<Entry> {
-    let mut entries = sample_entries(true);
-    let numbered = (logged_commands().into_iter())
+    sample_entries_numbered_of(logged_commands())
+}
+
+fn sample_entries_numbered_of(commands: Vec<Command>) -> Vec<Entry> {
+    let mut entries = sample_entries_of(commands.clone(), true);
+    let numbered = (commands.into_iter())
         .filter(|command| matches!(command, Command::Register { .. } | Command::CreateTask { .. }));
     for (i, command) in numbered.enumerate() {
         entries.push(Entry::Apply {
@@ -164,6 +190,14 @@ fn sample_entries_numbered() -> Vec<Entry> {
         });
     }
     entries
+}
+
+/// The sample as versions before 5 held it: no card vector.
+fn without_vectors(mut snapshot: CoreSnapshot) -> CoreSnapshot {
+    for agent in &mut snapshot.agents {
+        agent.vector = None;
+    }
+    snapshot
 }
 
 /// The sample as versions before 4 held it: no client's request remembered.
@@ -226,6 +260,7 @@ fn sample_snapshot(owner: Option<TokenId>) -> CoreSnapshot {
                 dead_at: None,
                 groups: vec!["coordinator".into()],
                 owner,
+                vector: Some(vector()),
             },
             AgentState {
                 id: Id128(u128::MAX),
@@ -239,6 +274,7 @@ fn sample_snapshot(owner: Option<TokenId>) -> CoreSnapshot {
                 dead_at: Some(4_000),
                 groups: vec![],
                 owner: None,
+                vector: None,
             },
         ],
         token_last: 301,
@@ -445,7 +481,7 @@ fn version_1_files_written_by_release_2dd3316_decode_into_todays_values() {
     let snapshot = std::fs::read(fixture(1, "snapshot.bin")).expect("the v1 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v1 snapshot decodes"),
-        without_sessions(snapshot_without_a2a_cards(sample_snapshot(None)))
+        without_vectors(without_sessions(snapshot_without_a2a_cards(sample_snapshot(None))))
     );
 }
 
@@ -461,7 +497,9 @@ fn version_2_files_written_by_release_8f3c0bd_decode_into_todays_values_without_
     let snapshot = std::fs::read(fixture(2, "snapshot.bin")).expect("the v2 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v2 snapshot decodes"),
-        without_sessions(snapshot_without_a2a_cards(sample_snapshot(Some(token(0x5a)))))
+        without_vectors(without_sessions(snapshot_without_a2a_cards(sample_snapshot(Some(
+            token(0x5a)
+        )))))
     );
 }
 
@@ -477,7 +515,23 @@ fn version_3_files_written_by_release_83ddfc6_decode_into_todays_values_without_
     let snapshot = std::fs::read(fixture(3, "snapshot.bin")).expect("the v3 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v3 snapshot decodes"),
-        without_sessions(sample_snapshot(Some(token(0x5a))))
+        without_vectors(without_sessions(sample_snapshot(Some(token(0x5a)))))
+    );
+}
+
+/// The version 4 fixtures were written by release 8db95bb from the same sample, which had no
+/// `SetCardVector` and no card vector: they must decode to today's sample without them.
+#[test]
+fn version_4_files_written_by_release_8db95bb_decode_into_todays_values_without_vectors() {
+    let log = std::fs::read(fixture(4, "wal.log")).expect("the v4 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v4 log reads back");
+    assert_eq!((scan.version, scan.torn), (4, None));
+    assert_eq!(scan.records, sample_entries_numbered_of(logged_commands_before_5()));
+    let snapshot = std::fs::read(fixture(4, "snapshot.bin")).expect("the v4 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v4 snapshot decodes"),
+        without_vectors(sample_snapshot(Some(token(0x5a))))
     );
 }
 
@@ -507,10 +561,10 @@ fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     snapshot
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v3::LoggedCommand`,
-/// which version 4 keeps).
-fn logged_index(command: &v4::LoggedCommand) -> u8 {
-    use v4::LoggedCommand as L;
+/// The index postcard writes for each logged command: fixed forever (see `v5::LoggedCommand`,
+/// whose first sixteen are versions 3 and 4's).
+fn logged_index(command: &v5::LoggedCommand) -> u8 {
+    use v5::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -528,6 +582,7 @@ fn logged_index(command: &v4::LoggedCommand) -> u8 {
         L::ReturnTask { .. } => 13,
         L::CompleteTask { .. } => 14,
         L::FailTask { .. } => 15,
+        L::SetCardVector { .. } => 16,
     }
 }
 
@@ -536,7 +591,7 @@ fn the_sample_holds_every_logged_command_under_its_fixed_index() {
     for (i, command) in logged_commands().iter().enumerate() {
         let logged = super::convert::logged_command(command).expect("a logged command");
         assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
-        let record = v4::Record::Apply {
+        let record = v5::Record::Apply {
             now: 0,
             command: logged,
             principal: None,
@@ -557,6 +612,7 @@ fn the_log_takes_exactly_the_commands_that_change_state() {
             query: "q".into(),
             tools: vec![],
             limit: 1,
+            vector: None,
         },
         Command::Watch {
             topics: vec![],
@@ -608,7 +664,7 @@ fn the_log_takes_exactly_the_commands_that_change_state() {
     let mut names: Vec<&str> = reads.iter().chain(&writes).map(Command::name).collect();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 30, "one of every command: {names:?}");
+    assert_eq!(names.len(), 31, "one of every command: {names:?}");
     for command in reads.iter().chain(&writes) {
         assert_eq!(
             super::convert::logged_command(command).is_some(),

@@ -1,7 +1,8 @@
-//! Format version 4, the one this release writes: version 3 with a client's request number on a
-//! creating write (`Record::Apply::request`, see `core::sessions`) and the clients' remembered
-//! requests in the snapshot (`Snapshot::sessions`). Every other type is version 3's own (the
-//! same bytes).
+//! Format version 4 (frozen: decode-only, upgraded into version 5 by `v5.rs`; version 5 reuses
+//! every type here but the record, the command, the snapshot and the agent's state): version 3
+//! with a client's request number on a creating write (`Record::Apply::request`, see
+//! `core::sessions`) and the clients' remembered requests in the snapshot (`Snapshot::sessions`).
+//! Every other type is version 3's own (the same bytes).
 //!
 //! Architecture invariant: these types are the bytes on disk. postcard writes an enum's variant
 //! by its index and a struct's fields in order, with no names, so any change here (a variant

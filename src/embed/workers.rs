@@ -1,0 +1,268 @@
+//! The embedding workers: a few threads that turn card texts and queries into vectors with the
+//! sentence encoder, off the core's thread and the network threads. A registered card's vector
+//! goes to the core as `SetCardVector` (Register has long been answered); a query's vector comes
+//! back to the Find that waits for it, at most `QUERY_WAIT_MAX`.
+//!
+//! Architecture invariant: nothing here blocks a network thread or the core: jobs go into
+//! bounded queues with `try_send` (full: shed, counted in `agentkeeper_embed_total{outcome=
+//! "shed"}`), and commands into the core's bulk lane (never the priority lane heartbeats use).
+//! Identical card texts are encoded once: a content-hash cache (`CARD_CACHE_MAX` vectors) keeps
+//! each text's vector, and cards that come while their text is being encoded wait for it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use super::SentenceEncoder;
+use crate::core::search::card_text::{CardDigest, card_text, text_digest};
+use crate::core::types::{AgentCard, Map, new_map};
+use crate::core::{Command, ErrorCode};
+use crate::driver::{CoreHandle, Request};
+use crate::metrics::Metrics;
+
+/// Cards waiting to be encoded at most (beyond: shed; the card stays lexically searchable).
+pub const CARD_QUEUE_MAX: usize = 10_000;
+/// Queries waiting for a worker at most (beyond: shed; the Find ranks lexically).
+pub const QUERY_QUEUE_MAX: usize = 64;
+/// Distinct card texts whose vectors are kept (~1.5 KiB each at 384 dimensions).
+pub const CARD_CACHE_MAX: usize = 16_384;
+/// The longest a Find waits for its query's vector before it ranks lexically.
+pub const QUERY_WAIT_MAX: Duration = Duration::from_millis(500);
+/// How long a worker keeps offering a card vector to a full core queue before shedding it.
+const CORE_QUEUE_PATIENCE: Duration = Duration::from_secs(2);
+
+enum Job {
+    /// Encode the text with this digest; the cache lists who waits for it.
+    Card { digest: CardDigest, text: String },
+    Query {
+        text: String,
+        reply: oneshot::Sender<Option<Arc<[f32]>>>,
+    },
+}
+
+/// A card text's vector, or the agents waiting for it to be encoded.
+enum Cached {
+    Ready(Arc<[f32]>),
+    Pending(Vec<String>),
+}
+
+struct CardCache {
+    entries: Map<CardDigest, Cached>,
+    /// Ready entries, oldest first: the first to go when the cache is full.
+    order: VecDeque<CardDigest>,
+}
+
+struct Pool {
+    cards: Sender<Job>,
+    queries: Sender<Job>,
+    cache: Mutex<CardCache>,
+    core: CoreHandle,
+    metrics: Arc<Metrics>,
+}
+
+/// The network side's handle on the workers; `none()` when there is no model (lexical Find).
+#[derive(Clone)]
+pub struct Embedder {
+    pool: Option<Arc<Pool>>,
+}
+
+impl Embedder {
+    /// No model: every Find ranks lexically and cards get no vector.
+    pub fn none() -> Embedder {
+        Embedder { pool: None }
+    }
+
+    /// Starts `threads` workers sharing `encoder`; card vectors go to `core`.
+    pub fn start(encoder: SentenceEncoder, threads: usize, core: CoreHandle, metrics: Arc<Metrics>) -> Embedder {
+        assert!(threads > 0, "at least one embedding worker");
+        let (cards, card_jobs) = crossbeam_channel::bounded(CARD_QUEUE_MAX);
+        let (queries, query_jobs) = crossbeam_channel::bounded(QUERY_QUEUE_MAX);
+        let pool = Arc::new(Pool {
+            cards,
+            queries,
+            cache: Mutex::new(CardCache {
+                entries: new_map(0),
+                order: VecDeque::new(),
+            }),
+            core,
+            metrics,
+        });
+        let encoder = Arc::new(encoder);
+        for n in 0..threads {
+            let (encoder, pool) = (Arc::clone(&encoder), Arc::downgrade(&pool));
+            let (card_jobs, query_jobs) = (card_jobs.clone(), query_jobs.clone());
+            std::thread::Builder::new()
+                .name(format!("embed-{n}"))
+                .spawn(move || work(&encoder, &pool, &query_jobs, &card_jobs))
+                .expect("spawn an embedding worker");
+        }
+        Embedder { pool: Some(pool) }
+    }
+
+    /// True when a model ranks Find semantically.
+    pub fn enabled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// A card was registered as `agent_id`: its vector will follow (at once if its text was seen).
+    pub fn card_registered(&self, agent_id: &str, card: &AgentCard) {
+        let Some(pool) = &self.pool else { return };
+        let text = card_text(card);
+        let digest = text_digest(&text);
+        let mut cache = pool.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.entries.get_mut(&digest) {
+            Some(Cached::Ready(vector)) => {
+                let vector = Arc::clone(vector);
+                drop(cache);
+                pool.count("card", "cached");
+                pool.offer(agent_id, digest, vector, Duration::ZERO);
+            }
+            Some(Cached::Pending(waiting)) => {
+                waiting.push(agent_id.to_string());
+                pool.count("card", "cached");
+            }
+            None => match pool.cards.try_send(Job::Card { digest, text }) {
+                Ok(()) => {
+                    cache
+                        .entries
+                        .insert(digest, Cached::Pending(vec![agent_id.to_string()]));
+                }
+                Err(_) => pool.count("card", "shed"),
+            },
+        }
+    }
+
+    /// `query`'s vector, or `None` (no model, the queue full, or no answer within
+    /// `QUERY_WAIT_MAX`): the Find then ranks lexically.
+    pub async fn query_vector(&self, query: &str) -> Option<Arc<[f32]>> {
+        let pool = self.pool.as_ref()?;
+        if query.trim().is_empty() {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Query {
+            text: query.to_string(),
+            reply,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = pool.queries.try_send(job) {
+            pool.count("query", "shed");
+            return None;
+        }
+        match tokio::time::timeout(QUERY_WAIT_MAX, answer).await {
+            Ok(Ok(vector)) => vector,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                pool.count("query", "timeout");
+                None
+            }
+        }
+    }
+}
+
+impl Pool {
+    fn count(&self, kind: &str, outcome: &str) {
+        self.metrics.embed_total.with_label_values(&[kind, outcome]).inc();
+    }
+
+    /// Sends `agent_id`'s card vector to the core's bulk lane, retrying a full queue for up to
+    /// `patience` (a worker may wait; a network thread passes zero), then shedding it.
+    fn offer(&self, agent_id: &str, digest: CardDigest, vector: Arc<[f32]>, patience: Duration) {
+        let mut waited = Duration::ZERO;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let (reply, _answer) = oneshot::channel();
+            let request = Request::Call {
+                command: Command::SetCardVector {
+                    agent_id: agent_id.to_string(),
+                    card_digest: digest,
+                    vector: Arc::clone(&vector),
+                },
+                principal: None,
+                reply,
+            };
+            match self.core.send(request) {
+                Ok(()) => return,
+                Err(error) if error.code == ErrorCode::ResourceExhausted && waited < patience => {
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(_) => {
+                    self.count("card", "shed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stores a text's vector and hands back the agents that waited for it.
+    fn ready(&self, digest: CardDigest, vector: &Arc<[f32]>) -> Vec<String> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = match cache.entries.insert(digest, Cached::Ready(Arc::clone(vector))) {
+            Some(Cached::Pending(waiting)) => waiting,
+            _ => Vec::new(),
+        };
+        cache.order.push_back(digest);
+        while cache.order.len() > CARD_CACHE_MAX {
+            let oldest = cache.order.pop_front().expect("longer than the bound");
+            cache.entries.remove(&oldest);
+        }
+        waiting
+    }
+
+    /// A text could not be encoded: its waiters get no vector (their cards stay lexical).
+    fn failed(&self, digest: CardDigest) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.entries.remove(&digest);
+    }
+}
+
+/// One worker: queries first (a Find waits on each), cards when no query waits. Ends when the
+/// daemon drops its `Embedder`.
+#[allow(clippy::disallowed_methods)] // the encoder's timings, for agentkeeper_embed_seconds
+fn work(encoder: &SentenceEncoder, pool: &std::sync::Weak<Pool>, queries: &Receiver<Job>, cards: &Receiver<Job>) {
+    loop {
+        let job = match queries.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) => crossbeam_channel::select! {
+                recv(queries) -> job => job.ok(),
+                recv(cards) -> job => job.ok(),
+            },
+        };
+        let Some(job) = job else { return };
+        let Some(pool) = pool.upgrade() else { return };
+        let started = std::time::Instant::now();
+        match job {
+            Job::Query { text, reply } => {
+                let vector = encoder.encode(&text).ok().map(Arc::<[f32]>::from);
+                pool.count("query", if vector.is_some() { "encoded" } else { "failed" });
+                pool.metrics
+                    .embed_seconds
+                    .with_label_values(&["query"])
+                    .observe(started.elapsed().as_secs_f64());
+                let _ = reply.send(vector);
+            }
+            Job::Card { digest, text } => match encoder.encode(&text) {
+                Ok(vector) => {
+                    pool.count("card", "encoded");
+                    pool.metrics
+                        .embed_seconds
+                        .with_label_values(&["card"])
+                        .observe(started.elapsed().as_secs_f64());
+                    let vector = Arc::<[f32]>::from(vector);
+                    for agent_id in pool.ready(digest, &vector) {
+                        pool.offer(&agent_id, digest, Arc::clone(&vector), CORE_QUEUE_PATIENCE);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a card text could not be encoded; it ranks lexically");
+                    pool.count("card", "failed");
+                    pool.failed(digest);
+                }
+            },
+        }
+    }
+}
