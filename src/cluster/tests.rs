@@ -701,6 +701,7 @@ fn a_leaders_appends_leave_before_its_own_sync_and_a_commit_only_hard_state_owes
             NodeOutput::Persist { sync: false, entries, hard_state: Some(_) } if entries.is_empty())),
         "the moved commit index is persisted lazily: {outputs:?}"
     );
+}
 
 #[test]
 fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_replica_ranks_with_it() {
