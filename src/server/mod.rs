@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod keepalive;
 pub mod numbered;
 pub mod oversize;
 pub mod pages;

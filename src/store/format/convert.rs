@@ -1,4 +1,4 @@
-//! Today's core values to and from the current format version's types (`v2`): the only place
+//! Today's core values to and from the current format version's types (`v5`): the only place
 //! that knows both. Encoding borrows from the core's values; decoding moves into them.
 //!
 //! Architecture invariant: every match here is exhaustive, with no wildcard arm, so a new
@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::v4;
+use super::v5;
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::sessions::{Created, RequestId, SessionState};
@@ -18,17 +18,17 @@ use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
 use crate::core::{Command, PolicyInput};
 
-fn text(value: &str) -> v4::Text<'_> {
+fn text(value: &str) -> v5::Text<'_> {
     Cow::Borrowed(value)
 }
 
-fn arc(value: v4::Text<'_>) -> Arc<str> {
+fn arc(value: v5::Text<'_>) -> Arc<str> {
     Arc::from(value.as_ref())
 }
 
 /// The log record of `entry`. Panics on a command that does not change state: the driver logs
 /// only commands for which `Command::is_logged` holds.
-pub fn record(entry: &Entry) -> v4::Record<'_> {
+pub fn record(entry: &Entry) -> v5::Record<'_> {
     match entry {
         Entry::Apply {
             now,
@@ -39,25 +39,25 @@ pub fn record(entry: &Entry) -> v4::Record<'_> {
                 Command::Once { request, command } => (Some(*request), &**command),
                 command => (None, command),
             };
-            v4::Record::Apply {
+            v5::Record::Apply {
                 now: *now,
                 command: logged_command(command)
                     .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
-                principal: principal.map(|t| v4::Token(t.0)),
-                request: request.map(|r| v4::RequestId {
+                principal: principal.map(|t| v5::Token(t.0)),
+                request: request.map(|r| v5::RequestId {
                     client: r.client,
                     seq: r.seq,
                 }),
             }
         }
-        Entry::Tick { now } => v4::Record::Tick { now: *now },
-        Entry::Grace { now } => v4::Record::Grace { now: *now },
+        Entry::Tick { now } => v5::Record::Tick { now: *now },
+        Entry::Grace { now } => v5::Record::Grace { now: *now },
     }
 }
 
-pub fn entry(record: v4::Record<'_>) -> Entry {
+pub fn entry(record: v5::Record<'_>) -> Entry {
     match record {
-        v4::Record::Apply {
+        v5::Record::Apply {
             now,
             command: logged,
             principal,
@@ -76,15 +76,15 @@ pub fn entry(record: v4::Record<'_>) -> Entry {
             },
             principal: principal.map(|t| TokenId(t.0)),
         },
-        v4::Record::Tick { now } => Entry::Tick { now },
-        v4::Record::Grace { now } => Entry::Grace { now },
+        v5::Record::Tick { now } => Entry::Tick { now },
+        v5::Record::Grace { now } => Entry::Grace { now },
     }
 }
 
 /// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
 /// with `Command::is_logged` (tested).
-pub fn logged_command(command: &Command) -> Option<v4::LoggedCommand<'_>> {
-    use v4::LoggedCommand as L;
+pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
+    use v5::LoggedCommand as L;
     Some(match command {
         Command::Register { card, ttl_seconds } => L::Register {
             card: card_of(card),
@@ -134,7 +134,7 @@ pub fn logged_command(command: &Command) -> Option<v4::LoggedCommand<'_>> {
             agent_id: text(agent_id),
         },
         Command::SetPolicy { policy } => L::SetPolicy {
-            policy: v4::PolicyInput {
+            policy: v5::PolicyInput {
                 id: text(&policy.id),
                 subject: text(&policy.subject),
                 action: text(&policy.action),
@@ -183,6 +183,9 @@ pub fn logged_command(command: &Command) -> Option<v4::LoggedCommand<'_>> {
             agent_id: text(agent_id),
             reason: text(reason),
         },
+        Command::KeepAlive { items } => L::KeepAlive {
+            items: items.iter().map(logged_command).collect::<Option<Vec<_>>>()?,
+        },
         Command::GetAgent { .. }
         | Command::Find { .. }
         | Command::Watch { .. }
@@ -203,8 +206,8 @@ pub fn logged_command(command: &Command) -> Option<v4::LoggedCommand<'_>> {
     })
 }
 
-pub fn command(logged: v4::LoggedCommand<'_>) -> Command {
-    use v4::LoggedCommand as L;
+pub fn command(logged: v5::LoggedCommand<'_>) -> Command {
+    use v5::LoggedCommand as L;
     match logged {
         L::Register { card, ttl_seconds } => Command::Register {
             card: card_from(card),
@@ -305,10 +308,13 @@ pub fn command(logged: v4::LoggedCommand<'_>) -> Command {
             agent_id: agent_id.into_owned(),
             reason: reason.into_owned(),
         },
+        L::KeepAlive { items } => Command::KeepAlive {
+            items: items.into_iter().map(command).collect(),
+        },
     }
 }
 
-fn card_of(card: &AgentCard) -> v4::Card<'_> {
+fn card_of(card: &AgentCard) -> v5::Card<'_> {
     let AgentCard {
         name,
         description,
@@ -318,13 +324,13 @@ fn card_of(card: &AgentCard) -> v4::Card<'_> {
         metadata,
         a2a_card,
     } = card;
-    v4::Card {
+    v5::Card {
         name: text(name),
         description: text(description),
         version: text(version),
         capabilities: capabilities
             .iter()
-            .map(|c| v4::Capability {
+            .map(|c| v5::Capability {
                 name: text(&c.name),
                 description: text(&c.description),
             })
@@ -335,7 +341,7 @@ fn card_of(card: &AgentCard) -> v4::Card<'_> {
     }
 }
 
-fn card_from(card: v4::Card<'_>) -> AgentCard {
+fn card_from(card: v5::Card<'_>) -> AgentCard {
     AgentCard {
         name: card.name.into_owned(),
         description: card.description.into_owned(),
@@ -358,105 +364,105 @@ fn card_from(card: v4::Card<'_>) -> AgentCard {
     }
 }
 
-fn effect_of(effect: Effect) -> v4::Effect {
+fn effect_of(effect: Effect) -> v5::Effect {
     match effect {
-        Effect::Allow => v4::Effect::Allow,
-        Effect::Deny => v4::Effect::Deny,
+        Effect::Allow => v5::Effect::Allow,
+        Effect::Deny => v5::Effect::Deny,
     }
 }
 
-fn effect_from(effect: v4::Effect) -> Effect {
+fn effect_from(effect: v5::Effect) -> Effect {
     match effect {
-        v4::Effect::Allow => Effect::Allow,
-        v4::Effect::Deny => Effect::Deny,
+        v5::Effect::Allow => Effect::Allow,
+        v5::Effect::Deny => Effect::Deny,
     }
 }
 
-fn status_of(status: AgentStatus) -> v4::AgentStatus {
+fn status_of(status: AgentStatus) -> v5::AgentStatus {
     match status {
-        AgentStatus::Alive => v4::AgentStatus::Alive,
-        AgentStatus::Unreachable => v4::AgentStatus::Unreachable,
-        AgentStatus::Dead => v4::AgentStatus::Dead,
+        AgentStatus::Alive => v5::AgentStatus::Alive,
+        AgentStatus::Unreachable => v5::AgentStatus::Unreachable,
+        AgentStatus::Dead => v5::AgentStatus::Dead,
     }
 }
 
-fn status_from(status: v4::AgentStatus) -> AgentStatus {
+fn status_from(status: v5::AgentStatus) -> AgentStatus {
     match status {
-        v4::AgentStatus::Alive => AgentStatus::Alive,
-        v4::AgentStatus::Unreachable => AgentStatus::Unreachable,
-        v4::AgentStatus::Dead => AgentStatus::Dead,
+        v5::AgentStatus::Alive => AgentStatus::Alive,
+        v5::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v5::AgentStatus::Dead => AgentStatus::Dead,
     }
 }
 
-fn task_status_of(status: TaskStatus) -> v4::TaskStatus {
+fn task_status_of(status: TaskStatus) -> v5::TaskStatus {
     match status {
-        TaskStatus::Pending => v4::TaskStatus::Pending,
-        TaskStatus::Claimed => v4::TaskStatus::Claimed,
-        TaskStatus::Completed => v4::TaskStatus::Completed,
-        TaskStatus::Failed => v4::TaskStatus::Failed,
-        TaskStatus::Dead => v4::TaskStatus::Dead,
+        TaskStatus::Pending => v5::TaskStatus::Pending,
+        TaskStatus::Claimed => v5::TaskStatus::Claimed,
+        TaskStatus::Completed => v5::TaskStatus::Completed,
+        TaskStatus::Failed => v5::TaskStatus::Failed,
+        TaskStatus::Dead => v5::TaskStatus::Dead,
     }
 }
 
-fn task_status_from(status: v4::TaskStatus) -> TaskStatus {
+fn task_status_from(status: v5::TaskStatus) -> TaskStatus {
     match status {
-        v4::TaskStatus::Pending => TaskStatus::Pending,
-        v4::TaskStatus::Claimed => TaskStatus::Claimed,
-        v4::TaskStatus::Completed => TaskStatus::Completed,
-        v4::TaskStatus::Failed => TaskStatus::Failed,
-        v4::TaskStatus::Dead => TaskStatus::Dead,
+        v5::TaskStatus::Pending => TaskStatus::Pending,
+        v5::TaskStatus::Claimed => TaskStatus::Claimed,
+        v5::TaskStatus::Completed => TaskStatus::Completed,
+        v5::TaskStatus::Failed => TaskStatus::Failed,
+        v5::TaskStatus::Dead => TaskStatus::Dead,
     }
 }
 
 /// Topics pair up by position in both enums; the match keeps them from drifting apart.
-fn topic_of(topic: Topic) -> v4::Topic {
+fn topic_of(topic: Topic) -> v5::Topic {
     match topic {
-        Topic::AgentRegistered => v4::Topic::AgentRegistered,
-        Topic::AgentUnreachable => v4::Topic::AgentUnreachable,
-        Topic::AgentRecovered => v4::Topic::AgentRecovered,
-        Topic::AgentDied => v4::Topic::AgentDied,
-        Topic::LeaseAcquired => v4::Topic::LeaseAcquired,
-        Topic::LeaseRenewed => v4::Topic::LeaseRenewed,
-        Topic::LeaseExpired => v4::Topic::LeaseExpired,
-        Topic::LeaseReleased => v4::Topic::LeaseReleased,
-        Topic::LeaderChanged => v4::Topic::LeaderChanged,
-        Topic::TaskCreated => v4::Topic::TaskCreated,
-        Topic::TaskClaimed => v4::Topic::TaskClaimed,
-        Topic::TaskCompleted => v4::Topic::TaskCompleted,
-        Topic::TaskFailed => v4::Topic::TaskFailed,
-        Topic::TaskDead => v4::Topic::TaskDead,
+        Topic::AgentRegistered => v5::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v5::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v5::Topic::AgentRecovered,
+        Topic::AgentDied => v5::Topic::AgentDied,
+        Topic::LeaseAcquired => v5::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v5::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v5::Topic::LeaseExpired,
+        Topic::LeaseReleased => v5::Topic::LeaseReleased,
+        Topic::LeaderChanged => v5::Topic::LeaderChanged,
+        Topic::TaskCreated => v5::Topic::TaskCreated,
+        Topic::TaskClaimed => v5::Topic::TaskClaimed,
+        Topic::TaskCompleted => v5::Topic::TaskCompleted,
+        Topic::TaskFailed => v5::Topic::TaskFailed,
+        Topic::TaskDead => v5::Topic::TaskDead,
     }
 }
 
-fn topic_from(topic: v4::Topic) -> Topic {
+fn topic_from(topic: v5::Topic) -> Topic {
     match topic {
-        v4::Topic::AgentRegistered => Topic::AgentRegistered,
-        v4::Topic::AgentUnreachable => Topic::AgentUnreachable,
-        v4::Topic::AgentRecovered => Topic::AgentRecovered,
-        v4::Topic::AgentDied => Topic::AgentDied,
-        v4::Topic::LeaseAcquired => Topic::LeaseAcquired,
-        v4::Topic::LeaseRenewed => Topic::LeaseRenewed,
-        v4::Topic::LeaseExpired => Topic::LeaseExpired,
-        v4::Topic::LeaseReleased => Topic::LeaseReleased,
-        v4::Topic::LeaderChanged => Topic::LeaderChanged,
-        v4::Topic::TaskCreated => Topic::TaskCreated,
-        v4::Topic::TaskClaimed => Topic::TaskClaimed,
-        v4::Topic::TaskCompleted => Topic::TaskCompleted,
-        v4::Topic::TaskFailed => Topic::TaskFailed,
-        v4::Topic::TaskDead => Topic::TaskDead,
+        v5::Topic::AgentRegistered => Topic::AgentRegistered,
+        v5::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v5::Topic::AgentRecovered => Topic::AgentRecovered,
+        v5::Topic::AgentDied => Topic::AgentDied,
+        v5::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v5::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v5::Topic::LeaseExpired => Topic::LeaseExpired,
+        v5::Topic::LeaseReleased => Topic::LeaseReleased,
+        v5::Topic::LeaderChanged => Topic::LeaderChanged,
+        v5::Topic::TaskCreated => Topic::TaskCreated,
+        v5::Topic::TaskClaimed => Topic::TaskClaimed,
+        v5::Topic::TaskCompleted => Topic::TaskCompleted,
+        v5::Topic::TaskFailed => Topic::TaskFailed,
+        v5::Topic::TaskDead => Topic::TaskDead,
     }
 }
 
-fn id(value: Id128) -> v4::Id {
-    v4::Id(value.0)
+fn id(value: Id128) -> v5::Id {
+    v5::Id(value.0)
 }
 
-fn id_from(value: v4::Id) -> Id128 {
+fn id_from(value: v5::Id) -> Id128 {
     Id128(value.0)
 }
 
 /// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
-pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
+pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
     let CoreSnapshot {
         now,
         rng_seed,
@@ -477,7 +483,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
         waiter_next,
         sessions,
     } = snapshot;
-    v4::Snapshot {
+    v5::Snapshot {
         now: *now,
         rng_seed: *rng_seed,
         rng_stream: *rng_stream,
@@ -488,7 +494,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
         token_last: *token_last,
         leases: leases
             .iter()
-            .map(|l| v4::LeaseState {
+            .map(|l| v5::LeaseState {
                 task_id: text(&l.task_id),
                 holder: id(l.holder),
                 token: l.token,
@@ -499,7 +505,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
             .collect(),
         groups: groups
             .iter()
-            .map(|g| v4::GroupState {
+            .map(|g| v5::GroupState {
                 name: text(&g.name),
                 candidates: g.candidates.iter().copied().map(id).collect(),
                 term: g.term,
@@ -511,7 +517,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
         events: events.iter().map(event_of).collect(),
         tasks: tasks
             .iter()
-            .map(|t| v4::TaskState {
+            .map(|t| v5::TaskState {
                 view: task_view_of(&t.view),
                 order: t.order,
                 finished_at: t.finished_at,
@@ -520,7 +526,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
         task_order_next: *task_order_next,
         waiters: waiters
             .iter()
-            .map(|w| v4::WaiterState {
+            .map(|w| v5::WaiterState {
                 id: w.id.0,
                 agent_id: id(w.agent_id),
                 deadline: w.deadline,
@@ -529,14 +535,14 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
         waiter_next: *waiter_next,
         sessions: sessions
             .iter()
-            .map(|session| v4::Session {
+            .map(|session| v5::Session {
                 client: session.client,
                 last_used: session.last_used,
                 applied: (session.applied.iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            Created::Agent(agent_id) => v4::Created::Agent(id(*agent_id)),
-                            Created::Task(task_id) => v4::Created::Task(id(*task_id)),
+                            Created::Agent(agent_id) => v5::Created::Agent(id(*agent_id)),
+                            Created::Task(task_id) => v5::Created::Task(id(*task_id)),
                         };
                         (*seq, created)
                     })
@@ -546,7 +552,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v4::Snapshot<'_> {
     }
 }
 
-pub fn core_snapshot(snapshot: v4::Snapshot<'_>) -> CoreSnapshot {
+pub fn core_snapshot(snapshot: v5::Snapshot<'_>) -> CoreSnapshot {
     CoreSnapshot {
         now: snapshot.now,
         rng_seed: snapshot.rng_seed,
@@ -608,8 +614,8 @@ pub fn core_snapshot(snapshot: v4::Snapshot<'_>) -> CoreSnapshot {
                 applied: (session.applied.into_iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            v4::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
-                            v4::Created::Task(task_id) => Created::Task(id_from(task_id)),
+                            v5::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
+                            v5::Created::Task(task_id) => Created::Task(id_from(task_id)),
                         };
                         (seq, created)
                     })
@@ -619,7 +625,7 @@ pub fn core_snapshot(snapshot: v4::Snapshot<'_>) -> CoreSnapshot {
     }
 }
 
-fn agent_state_of(agent: &AgentState) -> v4::AgentState<'_> {
+fn agent_state_of(agent: &AgentState) -> v5::AgentState<'_> {
     let AgentState {
         id: agent_id,
         card,
@@ -633,7 +639,7 @@ fn agent_state_of(agent: &AgentState) -> v4::AgentState<'_> {
         groups,
         owner,
     } = agent;
-    v4::AgentState {
+    v5::AgentState {
         id: id(*agent_id),
         card: card_of(card),
         status: status_of(*status),
@@ -644,11 +650,11 @@ fn agent_state_of(agent: &AgentState) -> v4::AgentState<'_> {
         registration: *registration,
         dead_at: *dead_at,
         groups: Cow::Borrowed(groups),
-        owner: owner.map(|t| v4::Token(t.0)),
+        owner: owner.map(|t| v5::Token(t.0)),
     }
 }
 
-fn agent_state_from(agent: v4::AgentState<'_>) -> AgentState {
+fn agent_state_from(agent: v5::AgentState<'_>) -> AgentState {
     AgentState {
         id: id_from(agent.id),
         card: card_from(agent.card),
@@ -664,8 +670,8 @@ fn agent_state_from(agent: v4::AgentState<'_>) -> AgentState {
     }
 }
 
-fn policy_of(policy: &Policy) -> v4::Policy<'_> {
-    v4::Policy {
+fn policy_of(policy: &Policy) -> v5::Policy<'_> {
+    v5::Policy {
         id: text(&policy.id),
         subject: text(&policy.subject),
         action: text(&policy.action),
@@ -674,7 +680,7 @@ fn policy_of(policy: &Policy) -> v4::Policy<'_> {
     }
 }
 
-fn policy_from(policy: v4::Policy<'_>) -> Policy {
+fn policy_from(policy: v5::Policy<'_>) -> Policy {
     Policy {
         id: policy.id.into_owned(),
         subject: policy.subject.into_owned(),
@@ -684,9 +690,9 @@ fn policy_from(policy: v4::Policy<'_>) -> Policy {
     }
 }
 
-fn event_of(event: &Event) -> v4::Event<'_> {
+fn event_of(event: &Event) -> v5::Event<'_> {
     let payload = match &event.payload {
-        EventPayload::Agent(agent) => v4::EventPayload::Agent(v4::AgentView {
+        EventPayload::Agent(agent) => v5::EventPayload::Agent(v5::AgentView {
             agent_id: id(agent.agent_id),
             card: card_of(&agent.card),
             status: status_of(agent.status),
@@ -694,22 +700,22 @@ fn event_of(event: &Event) -> v4::Event<'_> {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        EventPayload::Lease(lease) => v4::EventPayload::Lease(v4::LeaseView {
+        EventPayload::Lease(lease) => v5::EventPayload::Lease(v5::LeaseView {
             task_id: text(&lease.task_id),
             holder: id(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        EventPayload::Election(election) => v4::EventPayload::Election(v4::ElectionView {
+        EventPayload::Election(election) => v5::EventPayload::Election(v5::ElectionView {
             group: text(&election.group),
             leader: election.leader.map(id),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        EventPayload::Task(task) => v4::EventPayload::Task(task_view_of(task)),
+        EventPayload::Task(task) => v5::EventPayload::Task(task_view_of(task)),
     };
-    v4::Event {
+    v5::Event {
         sequence: event.sequence,
         topic: topic_of(event.topic),
         occurred_at: event.occurred_at,
@@ -717,9 +723,9 @@ fn event_of(event: &Event) -> v4::Event<'_> {
     }
 }
 
-fn event_from(event: v4::Event<'_>) -> Event {
+fn event_from(event: v5::Event<'_>) -> Event {
     let payload = match event.payload {
-        v4::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+        v5::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
             agent_id: id_from(agent.agent_id),
             card: Arc::new(card_from(agent.card)),
             status: status_from(agent.status),
@@ -727,20 +733,20 @@ fn event_from(event: v4::Event<'_>) -> Event {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        v4::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+        v5::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
             task_id: arc(lease.task_id),
             holder: id_from(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        v4::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+        v5::EventPayload::Election(election) => EventPayload::Election(ElectionView {
             group: arc(election.group),
             leader: election.leader.map(id_from),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        v4::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+        v5::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
     };
     Event {
         sequence: event.sequence,
@@ -750,7 +756,7 @@ fn event_from(event: v4::Event<'_>) -> Event {
     }
 }
 
-fn task_view_of(task: &TaskView) -> v4::TaskView<'_> {
+fn task_view_of(task: &TaskView) -> v5::TaskView<'_> {
     let TaskView {
         id: task_id,
         kind,
@@ -767,7 +773,7 @@ fn task_view_of(task: &TaskView) -> v4::TaskView<'_> {
         completed_at,
         ttl_ms,
     } = task;
-    v4::TaskView {
+    v5::TaskView {
         id: id(*task_id),
         kind: text(kind),
         input: Cow::Borrowed(input),
@@ -785,7 +791,7 @@ fn task_view_of(task: &TaskView) -> v4::TaskView<'_> {
     }
 }
 
-fn task_view_from(task: v4::TaskView<'_>) -> TaskView {
+fn task_view_from(task: v5::TaskView<'_>) -> TaskView {
     TaskView {
         id: id_from(task.id),
         kind: arc(task.kind),

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::{VERSION, v4};
+use super::{VERSION, v5};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::sessions::{Created, RequestId, SessionState};
@@ -123,6 +123,17 @@ fn logged_commands() -> Vec<Command> {
             task_id: TASK.into(),
             agent_id: AGENT.into(),
             reason: "network unreachable".into(),
+        },
+        Command::KeepAlive {
+            items: vec![
+                Command::Heartbeat { agent_id: AGENT.into() },
+                Command::RenewLease {
+                    task_id: "db-migration".into(),
+                    agent_id: AGENT.into(),
+                    token: 300,
+                    ttl_seconds: 0,
+                },
+            ],
         },
     ]
 }
@@ -441,7 +452,10 @@ fn version_1_files_written_by_release_2dd3316_decode_into_todays_values() {
     assert_eq!(Header::decode(&log), Ok(HEADER));
     let scan = wal::scan(&log).expect("the v1 log reads back");
     assert_eq!((scan.version, scan.torn), (1, None));
-    assert_eq!(scan.records, without_a2a_cards(sample_entries(false)));
+    assert_eq!(
+        scan.records,
+        without_a2a_cards(without_keep_alives(sample_entries(false)))
+    );
     let snapshot = std::fs::read(fixture(1, "snapshot.bin")).expect("the v1 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v1 snapshot decodes"),
@@ -457,7 +471,10 @@ fn version_2_files_written_by_release_8f3c0bd_decode_into_todays_values_without_
     assert_eq!(Header::decode(&log), Ok(HEADER));
     let scan = wal::scan(&log).expect("the v2 log reads back");
     assert_eq!((scan.version, scan.torn), (2, None));
-    assert_eq!(scan.records, without_a2a_cards(sample_entries(true)));
+    assert_eq!(
+        scan.records,
+        without_a2a_cards(without_keep_alives(sample_entries(true)))
+    );
     let snapshot = std::fs::read(fixture(2, "snapshot.bin")).expect("the v2 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v2 snapshot decodes"),
@@ -473,12 +490,45 @@ fn version_3_files_written_by_release_83ddfc6_decode_into_todays_values_without_
     assert_eq!(Header::decode(&log), Ok(HEADER));
     let scan = wal::scan(&log).expect("the v3 log reads back");
     assert_eq!((scan.version, scan.torn), (3, None));
-    assert_eq!(scan.records, sample_entries(true));
+    assert_eq!(scan.records, without_keep_alives(sample_entries(true)));
     let snapshot = std::fs::read(fixture(3, "snapshot.bin")).expect("the v3 snapshot fixture");
     assert_eq!(
         crate::store::decode_snapshot(&snapshot).expect("the v3 snapshot decodes"),
         without_sessions(sample_snapshot(Some(token(0x5a))))
     );
+}
+
+/// The version 4 fixtures were written by release 0d21610 from the same sample, which had no
+/// keep-alive batch: they must decode to today's sample without it.
+#[test]
+fn version_4_files_written_by_release_0d21610_decode_into_todays_values_without_keep_alives() {
+    let log = std::fs::read(fixture(4, "wal.log")).expect("the v4 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v4 log reads back");
+    assert_eq!((scan.version, scan.torn), (4, None));
+    assert_eq!(scan.records, without_keep_alives(sample_entries_numbered()));
+    let snapshot = std::fs::read(fixture(4, "snapshot.bin")).expect("the v4 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v4 snapshot decodes"),
+        sample_snapshot(Some(token(0x5a)))
+    );
+}
+
+/// The sample as versions before 5 held it: no keep-alive batch (the only command after the
+/// other sixteen, so the times of the others stay as they were).
+fn without_keep_alives(entries: Vec<Entry>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .filter(|entry| {
+            !matches!(
+                entry,
+                Entry::Apply {
+                    command: Command::KeepAlive { .. },
+                    ..
+                }
+            )
+        })
+        .collect()
 }
 
 /// The sample as versions before 3 held it: every card without its A2A card.
@@ -507,10 +557,10 @@ fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     snapshot
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v3::LoggedCommand`,
-/// which version 4 keeps).
-fn logged_index(command: &v4::LoggedCommand) -> u8 {
-    use v4::LoggedCommand as L;
+/// The index postcard writes for each logged command: fixed forever (see `v5::LoggedCommand`,
+/// whose first 16 are version 3's).
+fn logged_index(command: &v5::LoggedCommand) -> u8 {
+    use v5::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -528,6 +578,7 @@ fn logged_index(command: &v4::LoggedCommand) -> u8 {
         L::ReturnTask { .. } => 13,
         L::CompleteTask { .. } => 14,
         L::FailTask { .. } => 15,
+        L::KeepAlive { .. } => 16,
     }
 }
 
@@ -536,7 +587,7 @@ fn the_sample_holds_every_logged_command_under_its_fixed_index() {
     for (i, command) in logged_commands().iter().enumerate() {
         let logged = super::convert::logged_command(command).expect("a logged command");
         assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
-        let record = v4::Record::Apply {
+        let record = v5::Record::Apply {
             now: 0,
             command: logged,
             principal: None,
@@ -608,7 +659,7 @@ fn the_log_takes_exactly_the_commands_that_change_state() {
     let mut names: Vec<&str> = reads.iter().chain(&writes).map(Command::name).collect();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 30, "one of every command: {names:?}");
+    assert_eq!(names.len(), 31, "one of every command: {names:?}");
     for command in reads.iter().chain(&writes) {
         assert_eq!(
             super::convert::logged_command(command).is_some(),

@@ -1,4 +1,5 @@
-//! Format version 4, the one this release writes: version 3 with a client's request number on a
+//! Format version 4 (frozen: decode-only, upgraded into version 5 by `v5.rs`, which keeps its
+//! snapshot and every nested type): version 3 with a client's request number on a
 //! creating write (`Record::Apply::request`, see `core::sessions`) and the clients' remembered
 //! requests in the snapshot (`Snapshot::sessions`). Every other type is version 3's own (the
 //! same bytes).
