@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from agentkeeper import _convert as cv
 from agentkeeper import _rpc as rpc
 from agentkeeper._async.handles import AgentHandle, LeaseHandle
+from agentkeeper._async.keepalive import KeepAlives
 from agentkeeper._async.streams import ElectionWatch, WatchStream
 from agentkeeper._async.tasks import ClaimedTask, TaskWorker
 from agentkeeper._common import (
@@ -178,6 +179,8 @@ class AgentKeeperClient:
         self._transports = {target: AsyncTransport(target, credentials, token, options) for target in self._ring.targets}
         self._daemon: Optional[EmbeddedDaemon] = None
         self._background: weakref.WeakSet[_Background] = weakref.WeakSet()
+        # Every agent's heartbeats and every kept-alive lease's renewals: one stream per kind.
+        self._keepalives = KeepAlives(self)
         self._listeners: list[Callable[[ConnectionState], object]] = []
         self._connection: Optional[AsyncWorker] = None
         self._connection_state: Optional[ConnectionState] = None
