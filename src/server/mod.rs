@@ -23,6 +23,7 @@ pub mod peer;
 pub mod subscription;
 pub mod timing;
 pub mod tls;
+pub mod uds;
 pub mod uring;
 
 use std::future::Future;
