@@ -21,6 +21,8 @@
 # --nice N runs every system under test and the load generator at that niceness (e.g. -10, as
 # root): on a machine shared with compile jobs they then get the CPU when they wake, and the
 # others take what is left. The same for every system; the report still shows what others took.
+# Rows besides the peers': unary Heartbeat against the KeepAlive stream (one heartbeat per
+# message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket.
 # Every run also records the servers' CPU per operation (/proc/PID/stat of every node), the load
 # generator's, the CPU others took on the machine and the load average (the report's "host").
 set -euo pipefail
@@ -148,7 +150,8 @@ lines="$work/results.jsonl"
 run() {
     local item=$1 system=$2 role=$3 kind=$4 scenario=$5 shape json
     for shape in $shapes; do
-        if ! json=$("${niced[@]}" "$bench" --target-kind "$kind" --target "127.0.0.1:$port" --scenario "$scenario" \
+        if ! json=$("${niced[@]}" "$bench" --target-kind "$kind" --target "${target:-127.0.0.1:$port}" --scenario "$scenario" \
+            --batch "${batch:-1}" \
             --connections "${shape%x*}" --concurrency "${shape#*x}" --duration "$duration" \
             --warmup "$warmup" --agents 1000 --policies 10000 --cpu-pids "$cpu_pids" \
             ${scrape:+--scrape "$scrape"} --json); then
@@ -185,6 +188,16 @@ for round in $(seq "$runs"); do
     run read agentkeeper ours agentkeeper get-agent
     run read "agentkeeper CheckPolicy" ours agentkeeper check-policy
     run write agentkeeper ours agentkeeper set-policy
+    # The keep-alive stream: one heartbeat per message (against unary Heartbeat above and etcd's
+    # LeaseKeepAlive below), and 100 per message as an SDK batches a tick's agents.
+    run heartbeat "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
+    batch=100 run "heartbeat, 100 per message" "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
+    stop_all
+
+    echo "agentkeeper, in memory, TCP and its Unix socket (run $round)" >&2
+    start_ours uds --uds "$work/agentkeeper.sock"
+    shapes=1x1 run "transport, 1x1" "agentkeeper TCP" ours agentkeeper heartbeat
+    shapes=1x1 target="unix:$work/agentkeeper.sock" run "transport, 1x1" "agentkeeper unix socket" ours agentkeeper heartbeat
     stop_all
 
     echo "redis $redis_version, no persistence (run $round)" >&2

@@ -23,6 +23,10 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 pub const CORE_QUEUE_MAX: usize = 65_536;
 /// Heartbeats and renewals waiting for the core at most, in their own lane (see the driver).
 pub const PRIORITY_QUEUE_MAX: usize = 16_384;
+/// Items (heartbeats or lease renewals) in one keep-alive message at most: one message is one
+/// step of the core, so this bounds its work (~2 ms at ~0.2 µs a heartbeat) and its log entry
+/// (~400 KiB of agent ids). INVALID_ARGUMENT beyond it, and for an empty message.
+pub const KEEPALIVE_ITEMS_MAX: usize = 10_000;
 
 /// The limits as the operator set them. Past a count limit a call is answered RESOURCE_EXHAUSTED
 /// with a message that names the limit ("limit agents_max (1000000) reached").

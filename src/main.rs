@@ -102,6 +102,27 @@ struct Flags {
     #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_addr)]
     addr: SocketAddr,
 
+    /// Also serve gRPC on this Unix domain socket, for sidecars on the same host: plaintext,
+    /// guarded by the file's mode and owner; always served by the epoll transport (TCP may be on
+    /// io_uring). A socket file left behind with nothing listening is replaced; one in use, or a
+    /// file that is not a socket, stops the start-up. The file is removed at shutdown.
+    #[arg(long, value_name = "PATH")]
+    uds: Option<std::path::PathBuf>,
+
+    /// Permission bits of the --uds socket file, octal (0660: owner and group may connect).
+    /// Default: as the umask leaves them.
+    #[arg(long, value_name = "MODE", requires = "uds", value_parser = server::uds::parse_mode)]
+    uds_mode: Option<u32>,
+
+    /// Owner of the --uds socket file: USER, USER:GROUP or :GROUP, by name or number (changing
+    /// the user needs privileges; a group the daemon's user belongs to does not).
+    #[arg(long, value_name = "USER:GROUP", requires = "uds", value_parser = server::uds::parse_owner)]
+    uds_owner: Option<server::uds::Owner>,
+
+    /// Serve gRPC on --uds only: no TCP listener for gRPC (--addr must not be given).
+    #[arg(long, requires = "uds", conflicts_with = "addr")]
+    uds_only: bool,
+
     /// HTTP address for the dashboard (/), /healthz, /readyz and /metrics. When not given and
     /// 127.0.0.1:9090 is taken, the daemon warns and serves gRPC only.
     #[arg(long, value_parser = parse_addr)]
@@ -623,9 +644,22 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     };
     let encoder = load_search_model(flags.search_model.as_deref())?;
     // Both ports first: a taken port is a one-line exit before any slow recovery.
-    let grpc_listener = TcpListener::bind(flags.addr)
-        .await
-        .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?;
+    let grpc_listener = match flags.uds_only {
+        true => None,
+        false => Some(
+            TcpListener::bind(flags.addr)
+                .await
+                .map_err(|error| format!("cannot listen on {} for gRPC (--addr): {error}", flags.addr))?,
+        ),
+    };
+    let uds_listener = match &flags.uds {
+        Some(path) => Some(server::uds::bind(&server::uds::UdsConfig {
+            path: path.clone(),
+            mode: flags.uds_mode,
+            owner: flags.uds_owner,
+        })?),
+        None => None,
+    };
     let http_listener = bind_http(flags.metrics_addr).await?;
     let peer_listener = match &cluster {
         Some(cluster) => Some(TcpListener::bind(cluster.peer_addr).await.map_err(|error| {
@@ -638,9 +672,15 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     };
     let bound = BoundAddrs {
         peer: peer_listener.as_ref().and_then(|listener| listener.local_addr().ok()),
-        grpc: grpc_listener
-            .local_addr()
-            .map_err(|error| format!("cannot read the gRPC listener's address: {error}"))?,
+        grpc: match &grpc_listener {
+            Some(listener) => Some(
+                listener
+                    .local_addr()
+                    .map_err(|error| format!("cannot read the gRPC listener's address: {error}"))?,
+            ),
+            None => None,
+        },
+        uds: flags.uds.clone(),
         http: http_listener.as_ref().and_then(|listener| listener.local_addr().ok()),
     };
     bound.log();
@@ -826,21 +866,34 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     // SERVING (and /readyz 200) before the first call can be answered: a client that got an
     // answer never sees NOT_SERVING afterwards, until shutdown.
     serving.serving().await;
-    let grpc = if uring {
-        let threads = usize::from(flags.net_threads);
-        tracing::info!(addr = %bound.grpc, io = "io_uring", threads, "gRPC listening");
-        let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
-            .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
-        tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
-        // Not a join: a thread still draining after the grace must not hold up the exit.
-        tokio::spawn(async move { while finished.recv().await.is_some() {} })
-    } else {
-        let tls_on = tls.is_some();
-        tracing::info!(addr = %bound.grpc, io = "epoll", tls = tls_on, "gRPC listening");
-        let serving = server::serve_grpc(grpc_listener, grpc, gate, streams_max, tls, stopped(stop_rx.clone()));
+    let uds = uds_listener.map(|listener| {
+        tracing::info!(path = %bound.uds.as_deref().unwrap_or(std::path::Path::new("")).display(), io = "epoll", "gRPC listening on the Unix socket");
+        let serving = server::uds::serve(listener, grpc.clone(), gate.clone(), streams_max, stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            let _ = serving.await;
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the Unix socket's gRPC server stopped");
+            }
         })
+    });
+    let grpc = match grpc_listener {
+        None => None,
+        Some(grpc_listener) if uring => {
+            let threads = usize::from(flags.net_threads);
+            tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
+            let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
+                .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
+            tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
+            // Not a join: a thread still draining after the grace must not hold up the exit.
+            Some(tokio::spawn(async move { while finished.recv().await.is_some() {} }))
+        }
+        Some(grpc_listener) => {
+            let tls_on = tls.is_some();
+            tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
+            let serving = server::serve_grpc(grpc_listener, grpc, gate, streams_max, tls, stopped(stop_rx.clone()));
+            Some(tokio::spawn(async move {
+                let _ = serving.await;
+            }))
+        }
     };
 
     // A ready file that cannot be written stops the daemon: whoever waits for it would wait forever.
@@ -872,7 +925,12 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     let _ = stop_tx.send(true);
     let _ = core.send(Request::EndStreams);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let _ = grpc.await;
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
+        if let Some(uds) = uds {
+            let _ = uds.await;
+        }
         let _ = http_stop_tx.send(true);
         if let Some(http) = http {
             let _ = http.await;
@@ -881,6 +939,10 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     .await;
     if drained.is_err() {
         tracing::warn!("calls still in flight after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    if let Some(path) = &flags.uds {
+        // Nothing listens on it any more: leave no stale socket file behind.
+        let _ = std::fs::remove_file(path);
     }
     // Consensus traffic went on while the calls drained (their writes needed it); the peers'
     // streams never end by themselves, so they are cut here.
@@ -896,7 +958,10 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
 /// The addresses the daemon listens on as bound: with port 0 the OS picks the port, and only
 /// these say which (for the log line, and the ready file a supervisor or test reads).
 struct BoundAddrs {
-    grpc: SocketAddr,
+    /// None with --uds-only.
+    grpc: Option<SocketAddr>,
+    /// The --uds socket's path.
+    uds: Option<std::path::PathBuf>,
     http: Option<SocketAddr>,
     /// A cluster node's peer address.
     peer: Option<SocketAddr>,
@@ -907,30 +972,45 @@ impl BoundAddrs {
     /// `http=none` when the daemon serves no HTTP (the JSON log has the same two fields).
     fn log(&self) {
         let http = self.http.map_or_else(|| "none".to_string(), |addr| addr.to_string());
-        match self.peer {
-            Some(peer) => tracing::info!(grpc = %self.grpc, http = %http, peer = %peer, "ports bound"),
-            None => tracing::info!(grpc = %self.grpc, http = %http, "ports bound"),
+        let grpc = self.grpc.map_or_else(|| "none".to_string(), |addr| addr.to_string());
+        match (self.peer, &self.uds) {
+            (Some(peer), _) => tracing::info!(grpc = %grpc, http = %http, peer = %peer, "ports bound"),
+            (None, Some(uds)) => tracing::info!(grpc = %grpc, http = %http, uds = %uds.display(), "ports bound"),
+            (None, None) => tracing::info!(grpc = %grpc, http = %http, "ports bound"),
+        }
+    }
+
+    /// Where gRPC is served: the TCP address, the socket's path, or both.
+    fn grpc_places(&self) -> String {
+        match (self.grpc, &self.uds) {
+            (Some(addr), Some(uds)) => format!("{addr} and unix:{}", uds.display()),
+            (Some(addr), None) => addr.to_string(),
+            (None, Some(uds)) => format!("unix:{}", uds.display()),
+            (None, None) => "nothing".to_string(),
         }
     }
 
     /// The service manager's status line while the daemon serves.
     fn serving_status(&self) -> String {
         match self.http {
-            Some(http) => format!("serving gRPC on {} and HTTP on {http}", self.grpc),
-            None => format!("serving gRPC on {} (no HTTP)", self.grpc),
+            Some(http) => format!("serving gRPC on {} and HTTP on {http}", self.grpc_places()),
+            None => format!("serving gRPC on {} (no HTTP)", self.grpc_places()),
         }
     }
 
-    /// The ready file's contents: `{"grpc":"ADDR","http":"ADDR"|null,"pid":N}`, and a cluster
-    /// node's `"peer":"ADDR"`.
+    /// The ready file's contents: `{"grpc":"ADDR"|null,"http":"ADDR"|null,"pid":N}`, a cluster
+    /// node's `"peer":"ADDR"`, and with --uds `"uds":"PATH"` (`grpc` null with --uds-only).
     fn ready_json(&self, pid: u32) -> String {
         let mut value = serde_json::json!({
-            "grpc": self.grpc.to_string(),
+            "grpc": self.grpc.map(|addr| addr.to_string()),
             "http": self.http.map(|addr| addr.to_string()),
             "pid": pid,
         });
         if let Some(peer) = self.peer {
             value["peer"] = serde_json::Value::String(peer.to_string());
+        }
+        if let Some(uds) = &self.uds {
+            value["uds"] = serde_json::Value::String(uds.display().to_string());
         }
         format!("{value}\n")
     }

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub embed_total: IntCounterVec,
     /// Time the encoder took for one card or query.
     pub embed_seconds: HistogramVec,
+    /// Keep-alive stream messages answered, per stream (`registry`, `lease`).
+    pub keepalive_messages_total: IntCounterVec,
+    /// Items (heartbeats, renewals) in keep-alive messages, per stream and result (`ok`, `error`).
+    pub keepalive_items_total: IntCounterVec,
     /// Every call served, all methods together (the dashboard's calls/s; not exported, as
     /// `agentkeeper_rpc_total` already is its sum).
     pub calls_total: IntCounter,
@@ -232,10 +236,28 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid");
+        let keepalive_messages_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_keepalive_messages_total",
+                "Keep-alive stream messages answered, per stream (registry: heartbeats, lease: renewals)",
+            ),
+            &["stream"],
+        )
+        .expect("valid");
+        let keepalive_items_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_keepalive_items_total",
+                "Heartbeats and renewals carried by keep-alive messages, per stream and result (ok, error)",
+            ),
+            &["stream", "result"],
+        )
+        .expect("valid");
         for collector in [
             Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(embed_total.clone()),
             Box::new(embed_seconds.clone()),
+            Box::new(keepalive_messages_total.clone()),
+            Box::new(keepalive_items_total.clone()),
             Box::new(core_waits_total.clone()),
             Box::new(connections_refused.clone()),
             Box::new(events_by_topic.clone()),
@@ -287,6 +309,8 @@ impl Metrics {
             search_model_loaded,
             embed_total,
             embed_seconds,
+            keepalive_messages_total,
+            keepalive_items_total,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
             cluster: std::sync::OnceLock::new(),
             cluster_peer_dropped_total: IntCounter::new(
@@ -377,6 +401,17 @@ impl Metrics {
         if let Some(code) = error {
             self.rpc_errors_total.with_label_values(&[method, code]).inc();
         }
+    }
+
+    /// Counts one answered keep-alive message of `stream` and its items by result.
+    pub fn count_keepalive(&self, stream: &str, ok: usize, failed: usize) {
+        self.keepalive_messages_total.with_label_values(&[stream]).inc();
+        self.keepalive_items_total
+            .with_label_values(&[stream, "ok"])
+            .inc_by(ok as u64);
+        self.keepalive_items_total
+            .with_label_values(&[stream, "error"])
+            .inc_by(failed as u64);
     }
 
     /// Copies a cluster node's consensus status into its gauges (driver thread, per batch); the

@@ -204,6 +204,11 @@ impl Digest {
                 self.tag(16);
                 self.u64(*now);
             }
+            Reply::KeepAlive(answers) => {
+                self.tag(20);
+                self.u64(answers.len() as u64);
+                answers.iter().for_each(|a| self.outcome(a));
+            }
         }
     }
 

@@ -645,6 +645,9 @@ impl Model {
             // The simulator's clients number no request (the core's sessions are unit-tested).
             Command::Once { .. } => unreachable!("the simulator's clients send no numbered request"),
             Command::Heartbeat { agent_id } => self.heartbeat(agent_id),
+            // Nor keep-alive batches: the core applies each item as its unary call (unit-tested
+            // in the core's keep-alive tests), which the simulator does exercise.
+            Command::KeepAlive { .. } => unreachable!("the simulator's clients send no keep-alive batch"),
             Command::Deregister { agent_id } => {
                 let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
                 if self.agents[index].status != AgentStatus::Dead {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod find;
 pub mod ids;
 pub mod inspect;
+pub mod keepalive;
 pub mod leases;
 pub mod listing;
 pub mod machine;
@@ -145,6 +146,12 @@ pub enum Command {
     },
     Heartbeat {
         agent_id: String,
+    },
+    /// Many Heartbeat and RenewLease calls as one step (a keep-alive stream's message): each
+    /// item applied in order as its unary call would be, answered item by item
+    /// (`Reply::KeepAlive`); at most `limits::KEEPALIVE_ITEMS_MAX` (see `keepalive`).
+    KeepAlive {
+        items: Vec<Command>,
     },
     Deregister {
         agent_id: String,
@@ -301,6 +308,10 @@ impl Command {
         if let Command::Once { command, .. } = self {
             return command.is_logged();
         }
+        if let Command::KeepAlive { items } = self {
+            // A batch holding a read is refused whole, changing nothing: nothing to log.
+            return items.iter().all(Command::is_logged);
+        }
         !matches!(
             self,
             Command::GetAgent { .. }
@@ -326,6 +337,7 @@ impl Command {
             Command::Register { .. } => "Register",
             Command::Once { command, .. } => command.name(),
             Command::Heartbeat { .. } => "Heartbeat",
+            Command::KeepAlive { .. } => "KeepAlive",
             Command::Deregister { .. } => "Deregister",
             Command::GetAgent { .. } => "GetAgent",
             Command::Find { .. } => "Find",
@@ -438,6 +450,8 @@ pub enum Reply {
     },
     /// The core's time.
     Now(Millis),
+    /// A keep-alive batch's answers, one per item in the batch's order.
+    KeepAlive(Vec<Outcome>),
 }
 
 /// The status classes of the behaviour contract's Errors section.
@@ -618,7 +632,7 @@ impl Core {
     }
 
     /// Runs one command (its time already set, its caller's ownership checked).
-    fn execute(&mut self, command: Command, principal: Option<TokenId>) -> Outcome {
+    pub(super) fn execute(&mut self, command: Command, principal: Option<TokenId>) -> Outcome {
         match command {
             Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds, principal),
             Command::Once { .. } => Err(CoreError::new(
@@ -626,6 +640,7 @@ impl Core {
                 "a numbered request inside another",
             )),
             Command::Heartbeat { agent_id } => self.heartbeat(&agent_id),
+            Command::KeepAlive { items } => self.keep_alive(items, principal),
             Command::Deregister { agent_id } => self.deregister(&agent_id),
             Command::GetAgent { agent_id } => self.get_agent(&agent_id),
             Command::Find {
@@ -865,7 +880,7 @@ impl Core {
     /// An agent token acts only for the agents it registered: Heartbeat, Deregister and the
     /// lease calls name an agent, which must be bound to `token`. An unknown agent is refused
     /// the same way, so a token learns nothing about agents that are not its own.
-    fn owner_check(&self, command: &Command, token: TokenId) -> Result<(), CoreError> {
+    pub(super) fn owner_check(&self, command: &Command, token: TokenId) -> Result<(), CoreError> {
         let agent_id = match command {
             Command::Heartbeat { agent_id }
             | Command::Deregister { agent_id }

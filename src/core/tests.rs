@@ -1299,6 +1299,7 @@ fn after_a_long_pause_deadlines_fire_in_timeline_order_at_their_own_instants() {
 }
 
 mod find;
+mod keepalive;
 mod limits;
 mod listing;
 mod machine;

@@ -23,7 +23,7 @@ use render::Output;
 /// Inspect and change a running daemon from the command line.
 #[derive(Args, Debug)]
 pub struct CtlArgs {
-    /// The daemon's gRPC address, HOST:PORT (or an http:// URL).
+    /// The daemon's gRPC address, HOST:PORT (or an http:// URL), or unix:PATH for its --uds socket.
     #[arg(long, global = true, default_value = "127.0.0.1:7070")]
     endpoint: String,
 
@@ -451,6 +451,9 @@ pub async fn connect(endpoint: &str, timeout: Duration, token: Option<&str>) -> 
 }
 
 async fn open_channel(endpoint: &str, timeout: Duration) -> Result<Channel, String> {
+    if let Some(path) = endpoint.strip_prefix("unix:") {
+        return open_unix_channel(endpoint, path, timeout).await;
+    }
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
@@ -461,6 +464,24 @@ async fn open_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Stri
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {}", chain(&e)))
+}
+
+/// A channel over the daemon's Unix socket (`--endpoint unix:PATH`, the daemon's `--uds PATH`).
+async fn open_unix_channel(endpoint: &str, path: &str, timeout: Duration) -> Result<Channel, String> {
+    let path = std::path::PathBuf::from(path);
+    // The URI is a placeholder: every connection goes to the socket.
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
         .await
         .map_err(|e| format!("cannot connect to {endpoint}: {}", chain(&e)))
 }

@@ -114,7 +114,10 @@ fn is_priority(request: &Request) -> bool {
     matches!(
         request,
         Request::Call {
-            command: Command::Heartbeat { .. } | Command::RenewLease { .. } | Command::Unwatch { .. },
+            command: Command::Heartbeat { .. }
+                | Command::RenewLease { .. }
+                | Command::KeepAlive { .. }
+                | Command::Unwatch { .. },
             ..
         } | Request::Peer(_)
             | Request::Heard { .. }

@@ -164,7 +164,7 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
     let method = path.rsplit('/').next().unwrap_or("");
     Some(match method {
         "SetPolicy" | "DeletePolicy" | "Advance" | "AddMember" | "RemoveMember" => &[],
-        "Register" | "Heartbeat" | "Deregister" | "AcquireLease" | "RenewLease" | "ReleaseLease" => {
+        "Register" | "Heartbeat" | "Deregister" | "AcquireLease" | "RenewLease" | "ReleaseLease" | "KeepAlive" => {
             &[Orchestrator, Agent]
         }
         "GetAgent" | "ListPolicies" | "CheckPolicy" | "GetTask" | "ListTasks" | "ListLeases" | "ListElections"
@@ -283,6 +283,16 @@ mod tests {
             roles("/agentkeeper.v1.RegistryService/Heartbeat"),
             Some(vec![Role::Orchestrator, Role::Agent])
         );
+        for keep_alive in [
+            "/agentkeeper.v1.RegistryService/KeepAlive",
+            "/agentkeeper.v1.LeaseService/KeepAlive",
+        ] {
+            assert_eq!(
+                roles(keep_alive),
+                Some(vec![Role::Orchestrator, Role::Agent]),
+                "{keep_alive}"
+            );
+        }
         assert_eq!(
             roles("/agentkeeper.v1.RegistryService/Find"),
             Some(vec![Role::Orchestrator])

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::metrics::Metrics;
 
@@ -71,33 +70,33 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP connection holding its slot (the epoll path), for tonic's server.
-pub struct Counted {
-    stream: TcpStream,
+/// A connection (TCP, or the Unix socket's) holding its slot (the epoll path), for tonic's server.
+pub struct Counted<S> {
+    stream: S,
     _slot: Slot,
 }
 
-impl Counted {
-    pub fn new(stream: TcpStream, slot: Slot) -> Self {
+impl<S> Counted<S> {
+    pub fn new(stream: S, slot: Slot) -> Self {
         Counted { stream, _slot: slot }
     }
 }
 
-impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for Counted<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }

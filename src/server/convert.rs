@@ -36,7 +36,7 @@ pub fn stream_end(end: StreamEnd) -> Status {
     Status::new(code(end.code), end.message)
 }
 
-fn code(code: ErrorCode) -> Code {
+pub fn code(code: ErrorCode) -> Code {
     match code {
         ErrorCode::InvalidArgument => Code::InvalidArgument,
         ErrorCode::NotFound => Code::NotFound,

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
 use super::subscription::{self, Subscription, UnwatchGuard};
-use super::{a2a, convert, pages};
+use super::{a2a, convert, keepalive, pages};
 use crate::core::machine::StreamEnd;
 use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
@@ -349,10 +349,34 @@ impl pb::registry_service_server::RegistryService for Api {
         }
         Ok(Response::new(Box::pin(stream)))
     }
+
+    type KeepAliveStream = keepalive::AnswerStream<pb::KeepAliveResponse>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let principal = Self::agent_token(&request);
+        let (core, metrics) = (self.core.clone(), self.metrics.clone());
+        let answers = keepalive::serve::<keepalive::Heartbeats>(core, metrics, principal, request.into_inner());
+        Ok(Response::new(answers))
+    }
 }
 
 #[tonic::async_trait]
 impl pb::lease_service_server::LeaseService for Api {
+    type KeepAliveStream = keepalive::AnswerStream<pb::LeaseKeepAliveResponse>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let principal = Self::agent_token(&request);
+        let (core, metrics) = (self.core.clone(), self.metrics.clone());
+        let answers = keepalive::serve::<keepalive::Renewals>(core, metrics, principal, request.into_inner());
+        Ok(Response::new(answers))
+    }
+
     async fn acquire_lease(
         &self,
         request: Request<pb::AcquireLeaseRequest>,

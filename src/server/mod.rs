@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod keepalive;
 pub mod numbered;
 pub mod oversize;
 pub mod pages;
@@ -22,6 +23,7 @@ pub mod peer;
 pub mod subscription;
 pub mod timing;
 pub mod tls;
+pub mod uds;
 pub mod uring;
 
 use std::future::Future;

@@ -53,26 +53,36 @@ impl Timer {
     }
 }
 
-/// ("/agentkeeper.v1.RegistryService/Register", "Register") for every method of ours.
+/// ("/agentkeeper.v1.RegistryService/Register", "Register") for every method of ours: the
+/// method's short name, or, for a name two services share (the KeepAlive streams),
+/// "Service.Method" ("RegistryService.KeepAlive"), so that every label names one method.
 fn method_paths() -> Vec<(String, String)> {
     let set: prost_types::FileDescriptorSet =
         prost::Message::decode(pb::FILE_DESCRIPTOR_SET).expect("the compiled descriptor set decodes");
-    let mut paths = Vec::new();
+    let mut methods = Vec::new();
     for file in set.file.iter().filter(|f| f.package() == "agentkeeper.v1") {
         for service in &file.service {
             for method in &service.method {
-                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                paths.push((path, method.name().to_string()));
+                methods.push((file.package(), service.name(), method.name()));
             }
         }
     }
-    paths
+    let shared = |name: &str| methods.iter().filter(|(_, _, other)| *other == name).count() > 1;
+    (methods.iter())
+        .map(|(package, service, method)| {
+            let label = match shared(method) {
+                true => format!("{service}.{method}"),
+                false => method.to_string(),
+            };
+            (format!("/{package}.{service}/{method}"), label)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn every_method_of_ours_has_a_path_and_the_short_name_rpc_total_uses() {
+    fn every_method_of_ours_has_a_path_and_the_short_name_rpc_total_uses_qualified_where_two_services_share_it() {
         let paths = super::method_paths();
         assert!(paths.contains(&(
             "/agentkeeper.v1.RegistryService/Register".to_string(),
@@ -82,6 +92,10 @@ mod tests {
             "/agentkeeper.v1.TaskService/ListTasks".to_string(),
             "ListTasks".to_string()
         )));
+        for service in ["RegistryService", "LeaseService"] {
+            let path = format!("/agentkeeper.v1.{service}/KeepAlive");
+            assert!(paths.contains(&(path, format!("{service}.KeepAlive"))), "{paths:?}");
+        }
         let mut names: Vec<&String> = paths.iter().map(|(_, name)| name).collect();
         names.sort();
         names.dedup();

@@ -46,7 +46,8 @@ struct Flags {
     /// What to do.
     #[arg(long, value_enum, default_value_t = Scenario::Heartbeat)]
     scenario: Scenario,
-    /// The daemon's gRPC address (or the peer's HOST:PORT with --target-kind).
+    /// The daemon's gRPC address, or unix:PATH for its --uds socket (or the peer's HOST:PORT
+    /// with --target-kind).
     #[arg(long, default_value = "127.0.0.1:7070")]
     target: String,
     /// What listens at --target. redis and etcd run the scenario's counterpart (acquire-release,
@@ -121,6 +122,9 @@ struct Flags {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Agents per keep-alive message (stream-heartbeat); the report's items/s is ops/s times it.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -147,6 +151,9 @@ fn work(kind: TargetKind, scenario: Scenario) -> Option<&'static str> {
         (TargetKind::Agentkeeper, TaskCycle) => "CreateTask + ClaimTask + CompleteTask",
         (TargetKind::Agentkeeper, Claim) => "ClaimTask + CompleteTask",
         (TargetKind::Agentkeeper, SetPolicy) => "SetPolicy",
+        (TargetKind::Agentkeeper, StreamHeartbeat) => {
+            "RegistryService.KeepAlive message (--batch agents) + answer on a held stream"
+        }
         (TargetKind::Redis, AcquireRelease) => "SET key owner NX PX + DEL",
         (TargetKind::Redis, GetAgent) => "GET",
         (TargetKind::Redis, SetPolicy) => "SET",
@@ -173,6 +180,9 @@ struct Report {
     first_error: Option<String>,
     seconds: f64,
     ops_per_second: f64,
+    /// Items per operation (stream-heartbeat's --batch; else 1) and items per second.
+    items_per_operation: usize,
+    items_per_second: f64,
     latency_us: Percentiles,
     /// watch-fanout: delay from the causing call's send to each watcher's receipt.
     fanout_delay_us: Option<Percentiles>,
@@ -219,6 +229,14 @@ impl Percentiles {
     }
 }
 
+/// What one operation carries: a stream-heartbeat message's agents, else one call's worth.
+fn items_per_operation(flags: &Flags) -> usize {
+    match flags.scenario {
+        Scenario::StreamHeartbeat => flags.batch.max(1),
+        _ => 1,
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
@@ -234,6 +252,24 @@ async fn main() {
 
 async fn connect(target: &str, n: usize) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(n);
+    if let Some(path) = target.strip_prefix("unix:") {
+        // The daemon's --uds socket: one connection each, through a connector on the path.
+        for _ in 0..n {
+            let path = std::path::PathBuf::from(path);
+            let channel = Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .map_err(|e| format!("connect to {target}: {e}"))?;
+            channels.push(channel);
+        }
+        return Ok(channels);
+    }
     for _ in 0..n {
         let endpoint = Endpoint::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
         let channel = endpoint
@@ -310,6 +346,7 @@ async fn drivers(flags: &Flags) -> Result<(Vec<Driver>, Option<Fanout>), String>
                         id,
                         &channels[id % channels.len()],
                         Arc::clone(&shared),
+                        flags.batch,
                     )))
                 })
                 .collect();
@@ -423,6 +460,8 @@ async fn run(flags: Flags) -> Result<(), String> {
         first_error,
         seconds,
         ops_per_second: operations as f64 / seconds,
+        items_per_operation: items_per_operation(&flags),
+        items_per_second: (operations * items_per_operation(&flags) as u64) as f64 / seconds,
         latency_us: Percentiles::of(&latency),
         fanout_delay_us,
         background,

@@ -36,6 +36,9 @@ pub enum Scenario {
     /// SetPolicy over a key space of `--policies` ids (created or overwritten): one write, the
     /// durable-write scenario with `--data-dir`.
     SetPolicy,
+    /// Heartbeats on a RegistryService.KeepAlive stream each worker holds open: one message of
+    /// `--batch` agents (1: unbatched), then its answer.
+    StreamHeartbeat,
 }
 
 const WORDS: [&str; 16] = [
@@ -274,10 +277,17 @@ pub struct Worker {
     shared: Arc<Shared>,
     counter: u64,
     renewing: Option<(String, String, u64)>,
+    /// Agents per keep-alive message (stream-heartbeat).
+    batch: usize,
+    /// The open keep-alive stream (stream-heartbeat): where messages go, where answers come.
+    keep_alive: Option<(
+        tokio::sync::mpsc::Sender<pb::KeepAliveRequest>,
+        tonic::Streaming<pb::KeepAliveResponse>,
+    )>,
 }
 
 impl Worker {
-    pub fn new(id: usize, channel: &Channel, shared: Arc<Shared>) -> Self {
+    pub fn new(id: usize, channel: &Channel, shared: Arc<Shared>, batch: usize) -> Self {
         Worker {
             id,
             registry: RegistryServiceClient::new(channel.clone()),
@@ -287,6 +297,8 @@ impl Worker {
             shared,
             counter: 0,
             renewing: None,
+            batch: batch.max(1),
+            keep_alive: None,
         }
     }
 
@@ -310,6 +322,7 @@ impl Worker {
             Scenario::TaskCycle => self.task_cycle(true).await,
             Scenario::Claim => self.task_cycle(false).await,
             Scenario::SetPolicy => self.set_policy().await,
+            Scenario::StreamHeartbeat => self.stream_heartbeat().await,
             Scenario::Mixed => match self.counter % 20 {
                 0..=13 => self.heartbeat().await,
                 14 | 15 => self.acquire(true).await,
@@ -326,6 +339,42 @@ impl Worker {
             .heartbeat(pb::HeartbeatRequest { agent_id })
             .await
             .map(|_| ())
+    }
+
+    async fn stream_heartbeat(&mut self) -> Result<(), tonic::Status> {
+        if self.keep_alive.is_none() {
+            let (send, receive) = tokio::sync::mpsc::channel(4);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(receive);
+            let answers = self.registry.keep_alive(stream).await?.into_inner();
+            self.keep_alive = Some((send, answers));
+        }
+        let agent_ids = (0..self.batch)
+            .map(|i| {
+                let agents = &self.shared.agents;
+                agents[(self.id + (self.counter as usize * self.batch + i) * 7919) % agents.len()].clone()
+            })
+            .collect();
+        let (send, answers) = self.keep_alive.as_mut().expect("opened above");
+        let request = pb::KeepAliveRequest {
+            agent_ids,
+            batch_id: self.counter,
+        };
+        if send.send(request).await.is_err() {
+            self.keep_alive = None;
+            return Err(tonic::Status::unavailable("the keep-alive stream ended"));
+        }
+        match answers.message().await {
+            Ok(Some(answer)) if answer.results.iter().all(|r| r.code == 0) => Ok(()),
+            Ok(Some(answer)) => Err(tonic::Status::internal(format!("an item failed: {:?}", answer.results))),
+            Ok(None) => {
+                self.keep_alive = None;
+                Err(tonic::Status::unavailable("the keep-alive stream ended"))
+            }
+            Err(status) => {
+                self.keep_alive = None;
+                Err(status)
+            }
+        }
     }
 
     async fn get_agent(&mut self) -> Result<(), tonic::Status> {

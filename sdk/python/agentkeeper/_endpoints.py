@@ -9,20 +9,42 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 from agentkeeper._common import DEFAULT_PORT, resolve_address
 from agentkeeper._errors import InvalidArgument
 
-__all__ = ["resolve_endpoints", "EndpointRing", "split_target"]
+__all__ = ["resolve_endpoints", "EndpointRing", "split_target", "target_options", "UNIX_PREFIX"]
 
 _PORT_MAX = 65535
 
 
+UNIX_PREFIX = "unix:"
+"""A target on the daemon's Unix socket (its ``--uds PATH``): ``unix:/run/agentkeeper.sock``."""
+
+
 def split_target(target: str) -> tuple[str, int]:
-    """``host:port`` -> ``(host, port)``; an IPv6 host keeps its brackets (``[::1]``)."""
+    """``host:port`` -> ``(host, port)``; an IPv6 host keeps its brackets (``[::1]``). A
+    ``unix:PATH`` target is its own host, with port 0."""
+    if target.startswith(UNIX_PREFIX):
+        return target, 0
     host, _, port = target.rpartition(":")
     return host, int(port)
+
+
+def target_options(target: str, options: Sequence[tuple[str, Union[str, int]]]) -> list[tuple[str, Union[str, int]]]:
+    """The channel options for ``target``: on a Unix socket the HTTP/2 authority is
+    ``localhost``, as gRPC's default there (the socket's path, percent-encoded) is no valid
+    authority to the daemon's HTTP/2 server, which resets such streams."""
+    if target.startswith(UNIX_PREFIX):
+        return [*options, ("grpc.default_authority", "localhost")]
+    return list(options)
+
+
+def _unix_target(text: str) -> str:
+    if not text[len(UNIX_PREFIX) :]:
+        raise InvalidArgument(f"endpoint {text!r} names no socket path (unix:PATH)")
+    return text
 
 
 def _check_endpoint(endpoint: object) -> str:
@@ -30,6 +52,8 @@ def _check_endpoint(endpoint: object) -> str:
     if not isinstance(endpoint, str) or not endpoint.strip():
         raise InvalidArgument(f'each endpoint must be a "host:port" string, got {endpoint!r}')
     text = endpoint.strip()
+    if text.startswith(UNIX_PREFIX):
+        return _unix_target(text)
     if text.startswith("["):
         close = text.find("]")
         if close < 0 or text[close + 1 : close + 2] not in ("", ":"):
@@ -53,7 +77,13 @@ def resolve_endpoints(host: Optional[str], port: Optional[int], endpoints: Optio
     ``host``/``port`` (their defaults and ``$AGENTKEEPER_ADDRESS`` as before). Both at once is an
     error: which would win is not obvious."""
     if endpoints is None:
+        if host is not None and host.startswith(UNIX_PREFIX):
+            if port is not None:
+                raise InvalidArgument(f"a unix: target has no port: {host!r}, port={port}")
+            return [_unix_target(host)]
         h, p = resolve_address(host, port)
+        if h.startswith(UNIX_PREFIX):  # $AGENTKEEPER_ADDRESS=unix:PATH
+            return [_unix_target(h)]
         return [f"{h}:{p}"]
     if host is not None or port is not None:
         raise InvalidArgument("pass either endpoints= or host/port, not both")

@@ -61,12 +61,15 @@ DEREGISTER = _rpc(_R, "Deregister", pb.DeregisterRequest, pb.DeregisterResponse,
 GET_AGENT = _rpc(_R, "GetAgent", pb.GetAgentRequest, pb.GetAgentResponse, idempotent=True)
 FIND = _rpc(_R, "Find", pb.FindRequest, pb.FindResponse, idempotent=True)
 WATCH = _rpc(_R, "Watch", pb.WatchRequest, pb.Event, idempotent=True)
+# Streams: a message's items are heartbeats and renewals, idempotent as their unary calls.
+KEEP_ALIVE = _rpc(_R, "KeepAlive", pb.KeepAliveRequest, pb.KeepAliveResponse, idempotent=True)
 
 _L = "LeaseService"
 ACQUIRE_LEASE = _rpc(_L, "AcquireLease", pb.AcquireLeaseRequest, pb.AcquireLeaseResponse, idempotent=True)
 RENEW_LEASE = _rpc(_L, "RenewLease", pb.RenewLeaseRequest, pb.RenewLeaseResponse, idempotent=True)
 RELEASE_LEASE = _rpc(_L, "ReleaseLease", pb.ReleaseLeaseRequest, pb.ReleaseLeaseResponse, idempotent=False)
 LIST_LEASES = _rpc(_L, "ListLeases", pb.ListLeasesRequest, pb.ListLeasesResponse, idempotent=True)
+LEASE_KEEP_ALIVE = _rpc(_L, "KeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, idempotent=True)
 
 _E = "ElectionService"
 CAMPAIGN = _rpc(_E, "Campaign", pb.CampaignRequest, pb.CampaignResponse, idempotent=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from collections.abc import Sequence
 from typing import Generic, Optional, TypeVar, Union
 
@@ -20,7 +21,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from agentkeeper._auth import aio_bearer_interceptors, bearer_interceptor
-from agentkeeper._errors import Cancelled, from_rpc_error
+from agentkeeper._errors import AgentKeeperError, Cancelled, DeadlineExceeded, Unavailable, from_rpc_error
 from agentkeeper._rpc import Rpc
 from agentkeeper._runtime import being_cancelled
 
@@ -31,6 +32,8 @@ __all__ = [
     "UnaryCall",
     "AsyncStreamCall",
     "StreamCall",
+    "AsyncDuplexCall",
+    "DuplexCall",
     "ChannelOption",
     "AsyncChannel",
     "Channel",
@@ -118,6 +121,37 @@ class AsyncStreamCall(Generic[Resp]):
         self._call.cancel()
 
 
+class AsyncDuplexCall(Generic[Req, Resp]):
+    """A bidirectional stream in flight: :meth:`write` messages, :meth:`read` the answers."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[Message, Resp], response: type[Resp]) -> None:
+        self._call = call
+        self._response = response
+
+    async def write(self, message: Req) -> None:
+        """Send one message; the stream's failure if it has ended."""
+        try:
+            await self._call.write(message)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        except asyncio.InvalidStateError:
+            raise Unavailable("the stream has ended") from None
+
+    async def read(self, timeout: float) -> Optional[Resp]:
+        """The next answer; ``None`` when the stream ended cleanly; :class:`DeadlineExceeded`
+        when none came within ``timeout`` seconds."""
+        try:
+            message = await asyncio.wait_for(self._call.read(), timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"no answer on the stream within {timeout:g} s") from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return message if isinstance(message, self._response) else None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class AsyncTransport:
     """One ``grpc.aio`` channel to the daemon."""
 
@@ -172,6 +206,11 @@ class AsyncTransport:
         """Open a server stream (``timeout``: a deadline for the whole stream)."""
         method = self._channel.unary_stream(rpc.path, _serialize, rpc.response.FromString)
         return AsyncStreamCall(method(request, timeout=timeout), rpc.response)
+
+    def duplex(self, rpc: Rpc[Req, Resp]) -> AsyncDuplexCall[Req, Resp]:
+        """Open a bidirectional stream (no deadline: it lives until cancelled or it fails)."""
+        method = self._channel.stream_stream(rpc.path, _serialize, rpc.response.FromString)
+        return AsyncDuplexCall(method(), rpc.response)
 
     async def wait_ready(self, timeout: float) -> None:
         """Until the channel is connected (embedded mode, right after the daemon started)."""
@@ -271,6 +310,49 @@ class StreamCall(Generic[Resp]):
         self._call.cancel()
 
 
+class DuplexCall(Generic[Req, Resp]):
+    """A bidirectional stream in flight: :meth:`write` messages, :meth:`read` the answers."""
+
+    def __init__(self, method: grpc.StreamStreamMultiCallable[Message, Resp], response: type[Resp]) -> None:
+        # The call reads its requests from this queue on grpc's own thread; None ends them. A
+        # daemon thread moves its answers (then None, or the error it ended with) to another,
+        # so that a read can give up after a timeout.
+        self._requests: queue.SimpleQueue[Optional[Req]] = queue.SimpleQueue()
+        self._call: grpc._CallIterator[Resp] = method(iter(self._requests.get, None))
+        self._answers: queue.SimpleQueue[Union[Resp, AgentKeeperError, None]] = queue.SimpleQueue()
+        self._response = response
+        threading.Thread(target=self._pump, name="agentkeeper-stream-reader", daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for message in self._call:
+                self._answers.put(message)
+            self._answers.put(None)
+        except grpc.RpcError as e:
+            self._answers.put(from_rpc_error(e))
+
+    def write(self, message: Req) -> None:
+        """Send one message (queued for the call; a failure shows in :meth:`read`)."""
+        self._requests.put(message)
+
+    def read(self, timeout: float) -> Optional[Resp]:
+        """The next answer; ``None`` when the stream ended cleanly; :class:`DeadlineExceeded`
+        when none came within ``timeout`` seconds."""
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise DeadlineExceeded(f"no answer on the stream within {timeout:g} s") from None
+        if answer is None or isinstance(answer, AgentKeeperError):
+            self._answers.put(answer)  # the end stays the end for every later read
+        if isinstance(answer, AgentKeeperError):
+            raise answer
+        return answer
+
+    def cancel(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+
 class Transport:
     """One blocking ``grpc`` channel to the daemon."""
 
@@ -327,6 +409,11 @@ class Transport:
         """Open a server stream (``timeout``: a deadline for the whole stream)."""
         method = self._channel.unary_stream(rpc.path, _serialize, rpc.response.FromString)
         return StreamCall(method(request, timeout=timeout), rpc.response)
+
+    def duplex(self, rpc: Rpc[Req, Resp]) -> DuplexCall[Req, Resp]:
+        """Open a bidirectional stream (no deadline: it lives until cancelled or it fails)."""
+        method = self._channel.stream_stream(rpc.path, _serialize, rpc.response.FromString)
+        return DuplexCall(method, rpc.response)
 
     def wait_ready(self, timeout: float) -> None:
         """Until the channel is connected (embedded mode, right after the daemon started)."""

@@ -4,6 +4,7 @@
 // generated message type appears in its public signatures.
 import { create } from "@bufbuild/protobuf";
 import { anyUnpack, durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
+import { KeepAlives } from "./keepalive.js";
 import { Connection, type CallControl, type RetryOptions, type TlsOptions } from "./connection.js";
 import { EmbeddedDaemon, type EmbeddedOptions } from "./embedded.js";
 import { resolveEndpoints } from "./endpoints.js";
@@ -102,11 +103,6 @@ export interface ClaimOptions {
   signal?: AbortSignal;
 }
 
-/** Background work that ends when the client closes (heartbeats, renewals). */
-interface Background {
-  _shutdown(): Promise<void>;
-}
-
 const DEFAULT_ADDRESS = "127.0.0.1:7070";
 const DEFAULT_TIMEOUT_MS = 30_000;
 /** One long poll of ClaimTask; the daemon answers empty at its --claim-wait-max (60 s) at the latest. */
@@ -130,7 +126,8 @@ export class AgentKeeperClient implements AsyncDisposable {
   /** The embedded daemon (undefined for a client of a running daemon). */
   daemon: EmbeddedDaemon | undefined;
   private readonly connection: Connection;
-  private readonly background = new Set<Background>();
+  /** @internal every agent's heartbeats and every kept-alive lease's renewals, one stream per kind. */
+  readonly _keepalives: KeepAlives;
 
   constructor(options: ClientOptions = {}) {
     const endpoints = resolveEndpoints(options.address, options.endpoints, process.env["AGENTKEEPER_ADDRESS"] ?? DEFAULT_ADDRESS);
@@ -138,6 +135,7 @@ export class AgentKeeperClient implements AsyncDisposable {
       { endpoints, token: options.token, tls: options.tls, retry: options.retry },
       options.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : options.timeoutMs,
     );
+    this._keepalives = new KeepAlives(this.connection);
   }
 
   /** Start a private daemon (see `EmbeddedOptions` for how the binary is found) and connect to it. */
@@ -163,16 +161,6 @@ export class AgentKeeperClient implements AsyncDisposable {
     return this.connection.closed;
   }
 
-  /** @internal */
-  _track(obj: Background): void {
-    this.background.add(obj);
-  }
-
-  /** @internal */
-  _untrack(obj: Background): void {
-    this.background.delete(obj);
-  }
-
   /** @internal the backoff after `previousMs` (0 for the first), as for reopening a stream. */
   _nextDelay(previousMs: number): number {
     return this.connection.nextStreamDelay(previousMs);
@@ -185,8 +173,7 @@ export class AgentKeeperClient implements AsyncDisposable {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await Promise.all([...this.background].map((obj) => obj._shutdown()));
-    this.background.clear();
+    await this._keepalives.stop();
     this.connection.close();
     const daemon = this.daemon;
     this.daemon = undefined;

@@ -8,7 +8,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { SecureClientSessionOptions } from "node:http2";
-import { EndpointRing } from "./endpoints.js";
+import { connect } from "node:net";
+import { EndpointRing, unixPath } from "./endpoints.js";
 import * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
 import { ClusterService } from "./gen/agentkeeper/v1/cluster_pb.js";
 import { AgentKeeperError, Unavailable, callFailure, neverSent, outcomeUnknown } from "./errors.js";
@@ -121,8 +122,11 @@ export class Endpoint {
   constructor(address: string, options: ConnectionOptions) {
     this.address = address;
     const tls = options.tls;
-    const baseUrl = `${tls === undefined ? "http" : "https"}://${address}`;
+    const socket = unixPath(address);
+    // On the daemon's Unix socket the URL only names the HTTP/2 authority; the connection goes to the path.
+    const baseUrl = `${tls === undefined ? "http" : "https"}://${socket === undefined ? address : "localhost"}`;
     const nodeOptions: SecureClientSessionOptions = {};
+    if (socket !== undefined) nodeOptions.createConnection = () => connect(socket);
     if (tls !== undefined && tls !== true) {
       if (tls.ca !== undefined) nodeOptions.ca = tls.ca;
       if (tls.cert !== undefined) nodeOptions.cert = tls.cert;

@@ -11,12 +11,24 @@ function invalid(message: string): InvalidArgument {
   return new InvalidArgument(message, "INVALID_ARGUMENT");
 }
 
-/** One `host:port` (`[v6]:port`; a host alone means port 7070), as the address to dial. */
+/** An address on the daemon's Unix socket (its `--uds PATH`): `unix:/run/agentkeeper.sock`. */
+export const UNIX_PREFIX = "unix:";
+
+/** The socket path of a `unix:PATH` address; undefined for `host:port`. */
+export function unixPath(address: string): string | undefined {
+  return address.startsWith(UNIX_PREFIX) ? address.slice(UNIX_PREFIX.length) : undefined;
+}
+
+/** One `host:port` (`[v6]:port`; a host alone means port 7070), or `unix:PATH`, as the address to dial. */
 export function checkEndpoint(endpoint: unknown): string {
   if (typeof endpoint !== "string" || endpoint.trim() === "") {
     throw invalid(`each endpoint must be a "host:port" string, got ${JSON.stringify(endpoint)}`);
   }
   const text = endpoint.trim();
+  if (text.startsWith(UNIX_PREFIX)) {
+    if (text === UNIX_PREFIX) throw invalid(`endpoint "${endpoint}" names no socket path (unix:PATH)`);
+    return text;
+  }
   let host: string;
   let port: string;
   if (text.startsWith("[")) {
@@ -44,7 +56,10 @@ export function checkEndpoint(endpoint: unknown): string {
  * (`$AGENTKEEPER_ADDRESS`, else 127.0.0.1:7070, when absent). Both at once is an error: which
  * would win is not obvious. */
 export function resolveEndpoints(address: string | undefined, endpoints: readonly string[] | undefined, fallback: string): string[] {
-  if (endpoints === undefined) return [address ?? fallback];
+  if (endpoints === undefined) {
+    const target = address ?? fallback;
+    return [target.startsWith(UNIX_PREFIX) ? checkEndpoint(target) : target];
+  }
   if (address !== undefined) throw invalid("pass either endpoints or address, not both");
   if (typeof endpoints === "string" || !Array.isArray(endpoints)) {
     throw invalid(`endpoints must be an array of "host:port" strings, got ${JSON.stringify(endpoints)}`);

@@ -138,6 +138,12 @@ export function errorFor(code: StatusName, details: string, cause?: unknown): Ag
   return new Class(details, code, { cause });
 }
 
+/** The error a numeric gRPC status code stands for (a keep-alive item's result); undefined for 0 (OK). */
+export function errorForCode(code: number, details: string): AgentKeeperError | undefined {
+  if (code === 0) return undefined;
+  return errorFor(NAMES[code as Code] ?? "UNKNOWN", details);
+}
+
 /** Any error a call threw, as an AgentKeeperError (an AbortError from a signal is CANCELLED). */
 export function fromCallError(error: unknown): AgentKeeperError {
   if (error instanceof AgentKeeperError) return error;

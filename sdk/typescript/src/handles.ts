@@ -1,45 +1,11 @@
 // What register() and acquireLease() give: a registered agent that heartbeats in the
-// background, and a held lease that can renew itself. Background work here is timers that
-// never keep the process alive by themselves; nothing here opens connections of its own.
+// background, and a held lease that can renew itself, both through the client's keep-alives
+// (keepalive.ts), which batch them; nothing here opens connections or timers of its own.
 import type { AgentKeeperClient } from "./client.js";
 import { AgentKeeperError, NotFound, PermissionDenied } from "./errors.js";
-import type { LeaseInfo } from "./types.js";
-
-/** A repeating background step: `step()` every `intervalMs` until stopped or it returns false. */
-class Repeater {
-  private timer: NodeJS.Timeout | undefined;
-  private stopped = false;
-  private running: Promise<void> | undefined;
-
-  constructor(
-    private readonly intervalMs: () => number,
-    private readonly step: () => Promise<boolean>,
-  ) {
-    this.schedule();
-  }
-
-  private schedule(): void {
-    if (this.stopped) return;
-    this.timer = setTimeout(() => {
-      this.running = this.step().then(
-        (again) => (again ? this.schedule() : void (this.stopped = true)),
-        () => this.schedule(),
-      );
-    }, this.intervalMs());
-    this.timer.unref(); // a forgotten agent must not keep the process alive
-  }
-
-  get active(): boolean {
-    return !this.stopped;
-  }
-
-  /** Stop; waits for a step in flight. */
-  async stop(): Promise<void> {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    await this.running;
-  }
-}
+import type * as pb from "./gen/agentkeeper/v1/agentkeeper_pb.js";
+import type { Beating, Renewing } from "./keepalive.js";
+import { leaseFromPb, type LeaseInfo } from "./types.js";
 
 /** Half the ttl, as the Python SDK: two heartbeats per ttl. */
 const heartbeatIntervalMs = (ttlSeconds: number): number => Math.max(50, (ttlSeconds * 1000) / 2);
@@ -53,11 +19,14 @@ export interface AgentOptions {
   heartbeat?: boolean;
 }
 
-/** A registered agent. It heartbeats every ttl/2 in the background until `close()` deregisters it. */
-export class Agent implements AsyncDisposable {
+/** A registered agent. It heartbeats every ttl/2 in the background until `close()` deregisters
+ * it: the client's keep-alives send every agent due in one message on one keep-alive stream
+ * (unary calls against a daemon without it). */
+export class Agent implements AsyncDisposable, Beating {
   readonly agentId: string;
   readonly ttlSeconds: number;
-  private readonly heartbeats: Repeater | undefined;
+  /** @internal */
+  readonly _intervalMs: number;
   private lost = false;
   private closed = false;
 
@@ -70,10 +39,8 @@ export class Agent implements AsyncDisposable {
   ) {
     this.agentId = agentId;
     this.ttlSeconds = ttlSeconds;
-    if (options.heartbeat !== false) {
-      this.heartbeats = new Repeater(() => heartbeatIntervalMs(ttlSeconds), () => this.beat());
-      client._track(this);
-    }
+    this._intervalMs = heartbeatIntervalMs(ttlSeconds);
+    if (options.heartbeat !== false) client._keepalives.addAgent(this);
   }
 
   /** True until the daemon declared it DEAD or it was closed. */
@@ -81,18 +48,19 @@ export class Agent implements AsyncDisposable {
     return !this.lost && !this.closed;
   }
 
-  private async beat(): Promise<boolean> {
-    try {
-      await this.client.heartbeat(this.agentId);
-      return true;
-    } catch (error) {
-      if (error instanceof NotFound) {
-        this.lost = true;
-        this.options.onLost?.(this);
-        return false;
-      }
-      return true; // UNAVAILABLE and the like: the next beat tries again
-    }
+  /** True while the background heartbeats run. */
+  get heartbeating(): boolean {
+    return this.client._keepalives.has(this);
+  }
+
+  /** @internal a background heartbeat's outcome; false once the agent is lost. */
+  _beatAnswered(error: AgentKeeperError | undefined): boolean {
+    if (!(error instanceof NotFound)) return true; // UNAVAILABLE and the like: the next beat tries again
+    if (this.closed) return false;
+    this.lost = true;
+    this.client._keepalives.removeAgent(this);
+    this.options.onLost?.(this);
+    return false;
   }
 
   /** One heartbeat now. */
@@ -104,20 +72,13 @@ export class Agent implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.heartbeats?.stop();
-    this.client._untrack(this);
+    this.client._keepalives.removeAgent(this);
     if (this.lost || this.client.closed) return;
     try {
       await this.client.deregister(this.agentId);
     } catch (error) {
       if (!(error instanceof NotFound)) throw error;
     }
-  }
-
-  /** @internal the client closes: stop heartbeating, deregister nothing. */
-  async _shutdown(): Promise<void> {
-    this.closed = true;
-    await this.heartbeats?.stop();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -131,15 +92,17 @@ export interface KeepAliveOptions {
 }
 
 /** A held lease. `token` is its fencing token; `release()` gives it up. */
-export class Lease implements AsyncDisposable, LeaseInfo {
+export class Lease implements AsyncDisposable, LeaseInfo, Renewing {
   key: string;
   holderAgentId: string;
   token: bigint;
   acquiredAt: Date;
   expiresAt: Date;
   ttlSeconds: number;
-  private renewals: Repeater | undefined;
   private released = false;
+  /** Renewals stopped on purpose (released, or its task finished): a late failure is no loss. */
+  private stopped = false;
+  private onLost: ((lease: Lease) => void) | undefined;
 
   /** @internal */
   constructor(
@@ -157,7 +120,36 @@ export class Lease implements AsyncDisposable, LeaseInfo {
 
   /** True while renewals run in the background. */
   get keepingAlive(): boolean {
-    return this.renewals?.active ?? false;
+    return this.client._keepalives.has(this);
+  }
+
+  /** @internal */
+  get _intervalMs(): number {
+    return renewIntervalMs(this.ttlSeconds);
+  }
+
+  /** @internal the background renewal's request: for the lease's own ttl. */
+  _renewal(): { taskId: string; agentId: string; token: { value: bigint }; ttlSeconds: number } {
+    return { taskId: this.key, agentId: this.holderAgentId, token: { value: this.token }, ttlSeconds: this.ttlSeconds };
+  }
+
+  /** @internal a background renewal went through. */
+  _renewed(lease: pb.Lease | undefined): void {
+    if (lease !== undefined) this.expiresAt = leaseFromPb(lease).expiresAt;
+  }
+
+  /** @internal a background renewal failed; false once the lease is lost. */
+  _renewalFailed(error: AgentKeeperError): boolean {
+    if (!(error instanceof NotFound || error instanceof PermissionDenied)) return true;
+    this.client._keepalives.removeLease(this);
+    if (!this.stopped) this.onLost?.(this);
+    return false;
+  }
+
+  /** @internal no more background renewals (its task is finished: the daemon releases it). */
+  _stopKeepAlive(): void {
+    this.stopped = true;
+    this.client._keepalives.removeLease(this);
   }
 
   /** Reset the lease's ttl (`ttlSeconds`: a new one). PermissionDenied if another agent holds it now. */
@@ -167,26 +159,14 @@ export class Lease implements AsyncDisposable, LeaseInfo {
     this.expiresAt = renewed.expiresAt;
   }
 
-  /** Renew every ttl/3 in the background until released; `onLost` if a renewal finds it gone. */
+  /** Renew every ttl/3 in the background until released; `onLost` if a renewal finds it gone.
+   * The client's keep-alives send every lease due in one message on one keep-alive stream
+   * (unary calls against a daemon without it). */
   keepAlive(options: KeepAliveOptions = {}): this {
-    if (this.renewals?.active || this.released) return this;
-    this.renewals = new Repeater(
-      () => renewIntervalMs(this.ttlSeconds),
-      async () => {
-        try {
-          await this.renew();
-          return true;
-        } catch (error) {
-          if (error instanceof NotFound || error instanceof PermissionDenied) {
-            options.onLost?.(this);
-            return false;
-          }
-          if (!(error instanceof AgentKeeperError)) throw error;
-          return true;
-        }
-      },
-    );
-    this.client._track(this);
+    if (this.keepingAlive || this.released) return this;
+    this.stopped = false;
+    this.onLost = options.onLost;
+    this.client._keepalives.addLease(this);
     return this;
   }
 
@@ -194,18 +174,12 @@ export class Lease implements AsyncDisposable, LeaseInfo {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
-    await this.renewals?.stop();
-    this.client._untrack(this);
+    this._stopKeepAlive();
     try {
       await this.client._releaseLease(this.key, this.holderAgentId, this.token);
     } catch (error) {
       if (!(error instanceof NotFound || error instanceof PermissionDenied)) throw error;
     }
-  }
-
-  /** @internal the client closes: stop renewing. */
-  async _shutdown(): Promise<void> {
-    await this.renewals?.stop();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -25,7 +25,7 @@ export function claimedTask(client: AgentKeeperClient, task: Task, agentId: stri
   const finish = async (how: () => Promise<void>): Promise<void> => {
     if (finished) throw new Error(`task ${task.id} is already finished`);
     finished = true;
-    await lease._shutdown(); // no more renewals; the daemon releases the claim lease itself
+    lease._stopKeepAlive(); // no more renewals; the daemon releases the claim lease itself
     await how();
   };
   return {

@@ -43,4 +43,9 @@ export async function metric(daemon, name) {
 /** Calls of `method` the daemon has served so far. */
 export const calls = (daemon, method) => metric(daemon, `agentkeeper_rpc_total{method="${method}"}`);
 
+/** Heartbeats (`registry`) or renewals (`lease`) the daemon answered OK on keep-alive streams:
+ * the SDK's background work goes there. */
+export const keptAlive = (daemon, stream) =>
+  metric(daemon, `agentkeeper_keepalive_items_total{result="ok",stream="${stream}"}`);
+
 export { AgentKeeperClient, EmbeddedDaemon };

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { InvalidArgument, NotFound, PermissionDenied } from "../dist/index.js";
-import { calls, embedded, waitFor } from "./helpers.mjs";
+import { calls, embedded, keptAlive, waitFor } from "./helpers.mjs";
 
 test("a lease is exclusive: the second holder gets null until the first releases, then a larger token", async (t) => {
   const client = await embedded(t);
@@ -33,8 +33,8 @@ test("keepAlive renews in the background across more than the ttl of manual time
   const agent = await client.register({ name: "holder", ttlSeconds: 3600 });
   const lease = (await client.acquireLease("job", agent.agentId, { ttlSeconds: 1 })).keepAlive(); // every 333 ms
   for (let round = 0; round < 3; round++) {
-    const before = await calls(client.daemon, "RenewLease");
-    await waitFor(async () => (await calls(client.daemon, "RenewLease")) > before, "a background renewal");
+    const before = await keptAlive(client.daemon, "lease");
+    await waitFor(async () => (await keptAlive(client.daemon, "lease")) > before, "a background renewal");
     await client.advance(900);
   }
   assert.deepEqual((await client.listLeases()).map((l) => l.token), [lease.token]);

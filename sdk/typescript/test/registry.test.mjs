@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { NotFound } from "../dist/index.js";
-import { calls, embedded, waitFor } from "./helpers.mjs";
+import { embedded, keptAlive, waitFor } from "./helpers.mjs";
 
 test("register sends the whole card and find and getAgent give it back", async (t) => {
   const client = await embedded(t);
@@ -41,8 +41,8 @@ test("background heartbeats keep an agent alive across more than its ttl of manu
   const client = await embedded(t, { clock: "manual" });
   const agent = await client.register({ name: "beating", ttlSeconds: 1 }); // a heartbeat every 500 ms
   for (let round = 0; round < 3; round++) {
-    const before = await calls(client.daemon, "Heartbeat");
-    await waitFor(async () => (await calls(client.daemon, "Heartbeat")) > before, "a background heartbeat");
+    const before = await keptAlive(client.daemon, "registry");
+    await waitFor(async () => (await keptAlive(client.daemon, "registry")) > before, "a background heartbeat");
     await client.advance(900); // 2.7 s in all: DEAD by now without the heartbeats in between
   }
   assert.equal((await client.getAgent(agent.agentId)).status, "ALIVE");

@@ -193,6 +193,9 @@ pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
             card_digest: card_digest.0,
             vector: Cow::Borrowed(vector),
         },
+        Command::KeepAlive { items } => L::KeepAlive {
+            items: items.iter().map(logged_command).collect::<Option<Vec<_>>>()?,
+        },
         Command::GetAgent { .. }
         | Command::Find { .. }
         | Command::Watch { .. }
@@ -323,6 +326,9 @@ pub fn command(logged: v5::LoggedCommand<'_>) -> Command {
             agent_id: agent_id.into_owned(),
             card_digest: CardDigest(card_digest),
             vector: Arc::from(vector.into_owned()),
+        },
+        L::KeepAlive { items } => Command::KeepAlive {
+            items: items.into_iter().map(command).collect(),
         },
     }
 }

@@ -65,6 +65,17 @@ fn logged_commands() -> Vec<Command> {
         card_digest: CardDigest(std::array::from_fn(|i| i as u8 ^ 0xa5)),
         vector: vector(),
     });
+    commands.push(Command::KeepAlive {
+        items: vec![
+            Command::Heartbeat { agent_id: AGENT.into() },
+            Command::RenewLease {
+                task_id: "db-migration".into(),
+                agent_id: AGENT.into(),
+                token: 300,
+                ttl_seconds: 0,
+            },
+        ],
+    });
     commands
 }
 
@@ -73,7 +84,7 @@ fn vector() -> Arc<[f32]> {
     Arc::from([0.5f32, -0.25, 1.0e-7, -3.5, 0.0, f32::MIN_POSITIVE])
 }
 
-/// The logged commands of versions 1 to 4 (version 5 added `SetCardVector`).
+/// The logged commands of versions 1 to 4 (version 5 added `SetCardVector` and `KeepAlive`).
 fn logged_commands_before_5() -> Vec<Command> {
     vec![
         Command::Register {
@@ -583,6 +594,7 @@ fn logged_index(command: &v5::LoggedCommand) -> u8 {
         L::CompleteTask { .. } => 14,
         L::FailTask { .. } => 15,
         L::SetCardVector { .. } => 16,
+        L::KeepAlive { .. } => 17,
     }
 }
 
@@ -664,7 +676,7 @@ fn the_log_takes_exactly_the_commands_that_change_state() {
     let mut names: Vec<&str> = reads.iter().chain(&writes).map(Command::name).collect();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 31, "one of every command: {names:?}");
+    assert_eq!(names.len(), 32, "one of every command: {names:?}");
     for command in reads.iter().chain(&writes) {
         assert_eq!(
             super::convert::logged_command(command).is_some(),

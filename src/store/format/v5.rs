@@ -1,6 +1,7 @@
-//! Format version 5, the one this release writes: version 4 with sentence vectors. The log takes
-//! `SetCardVector` (variant 16 of `LoggedCommand`: an agent's card vector, computed off the core
-//! by an embedding worker, with the digest of the card text it was computed from), and the
+//! Format version 5, the one this release writes: version 4 with sentence vectors and keep-alive
+//! batches. The log takes `SetCardVector` (variant 16 of `LoggedCommand`: an agent's card vector,
+//! computed off the core by an embedding worker, with the digest of the card text it was computed
+//! from) and `KeepAlive` (variant 17: many heartbeats or lease renewals as one step), and the
 //! snapshot keeps each agent's card vector (`AgentState::vector`). Every other type is version
 //! 4's own (the same bytes). A vector is its f32 values, each 4 bytes little-endian.
 //!
@@ -112,6 +113,9 @@ pub enum LoggedCommand<'a> {
         card_digest: [u8; 32],
         vector: Floats<'a>,
     },
+    /// 17 (new in version 5): heartbeats and lease renewals applied in order as one step (a
+    /// keep-alive stream's message, see `core::keepalive`).
+    KeepAlive { items: Vec<LoggedCommand<'a>> },
 }
 
 /// The core's whole state as ordered values (see `core::snapshot`).

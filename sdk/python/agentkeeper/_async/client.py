@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from agentkeeper import _convert as cv
 from agentkeeper import _rpc as rpc
 from agentkeeper._async.handles import AgentHandle, LeaseHandle
+from agentkeeper._async.keepalive import KeepAlives
 from agentkeeper._async.streams import ElectionWatch, WatchStream
 from agentkeeper._async.tasks import ClaimedTask, TaskWorker
 from agentkeeper._common import (
@@ -45,7 +46,7 @@ from agentkeeper._common import (
     should_retry,
 )
 from agentkeeper._embedded import EmbeddedDaemon
-from agentkeeper._endpoints import EndpointRing, resolve_endpoints, split_target
+from agentkeeper._endpoints import EndpointRing, resolve_endpoints, split_target, target_options
 from agentkeeper._errors import (
     AgentKeeperError,
     Cancelled,
@@ -133,7 +134,9 @@ class AgentKeeperClient:
 
     ``AgentKeeperClient()`` connects to ``localhost:7070`` (or ``$AGENTKEEPER_ADDRESS``),
     :meth:`from_url` to an ``agentkeeper://host:port`` URL; :meth:`embedded` starts a private
-    daemon. Use it as a context manager to close it on exit.
+    daemon. Use it as a context manager to close it on exit. ``AgentKeeperClient("unix:PATH")``
+    (or an endpoint ``"unix:PATH"``) talks to a daemon's Unix socket (its ``--uds PATH``): a
+    sidecar on the same host.
 
     ``endpoints=["h1:7070", "h2:7070", "h3:7070"]`` (instead of ``host``/``port``) names the
     nodes of a cluster: the client talks to one at a time, the first at the start, and moves on
@@ -175,9 +178,14 @@ class AgentKeeperClient:
         self._lost_after = lost_after
         options = [*CHANNEL_OPTIONS, *channel_options]
         # One channel per endpoint (a channel connects only once used).
-        self._transports = {target: AsyncTransport(target, credentials, token, options) for target in self._ring.targets}
+        self._transports = {
+            target: AsyncTransport(target, credentials, token, target_options(target, options))
+            for target in self._ring.targets
+        }
         self._daemon: Optional[EmbeddedDaemon] = None
         self._background: weakref.WeakSet[_Background] = weakref.WeakSet()
+        # Every agent's heartbeats and every kept-alive lease's renewals: one stream per kind.
+        self._keepalives = KeepAlives(self)
         self._listeners: list[Callable[[ConnectionState], object]] = []
         self._connection: Optional[AsyncWorker] = None
         self._connection_state: Optional[ConnectionState] = None

@@ -38,7 +38,8 @@ _Timeout = Optional[float]
 class AgentHandle:
     """A registered agent. Returned by ``register``.
 
-    A background worker heartbeats every ``ttl/2`` seconds. As a context manager it deregisters
+    The client's keep-alives heartbeat it every ``ttl/2`` seconds, batched with the client's other
+    agents on one keep-alive stream (unary calls against a daemon without it). As a context manager it deregisters
     on exit (an agent that is already gone is fine). If a heartbeat answers NOT_FOUND (the
     daemon declared the agent DEAD), heartbeating stops, :attr:`lost` becomes True and
     ``on_lost(handle)`` is called (a coroutine function is awaited).
@@ -59,10 +60,9 @@ class AgentHandle:
         self._lock = threading.Lock()
         self._closing = False
         self._lost = False
-        self._worker: Optional[Worker] = None
+        self._interval = interval_for(ttl, 30, 0.5)
         if heartbeat:
-            self._worker = Worker(self._heartbeats, f"agentkeeper-heartbeat-{agent_id[:8]}")
-            client._track(self)
+            client._keepalives.add_agent(self)
 
     @property
     def agent_id(self) -> str:
@@ -82,7 +82,7 @@ class AgentHandle:
     @property
     def heartbeating(self) -> bool:
         """True while the background heartbeat runs."""
-        return self._worker is not None and self._worker.running and not self._worker.stopping
+        return self._client._keepalives.has(self)
 
     def heartbeat(self, timeout: _Timeout = None) -> None:
         """Send one heartbeat now. Raises :class:`NotFound` if the agent is DEAD or unknown."""
@@ -92,31 +92,38 @@ class AgentHandle:
         """This agent as the daemon sees it (``get_agent``)."""
         return self._client.get_agent(self._agent_id, timeout=timeout)
 
-    def _heartbeats(self, worker: Worker) -> None:
-        while worker.sleep(interval_for(self._ttl, 30, 0.5)):
-            try:
-                self.heartbeat()
-            except NotFound:
-                with self._lock:
-                    if self._closing:
-                        return
-                    self._lost = True
-                log.warning("agentkeeper: agent %s was declared dead by the daemon", self._agent_id)
-                if self._on_lost is not None:
-                    try:
-                        maybe_await(self._on_lost(self))
-                    except Exception:
-                        log.exception("agentkeeper: on_lost callback for agent %s raised", self._agent_id)
-                return
-            except AgentKeeperError as e:
-                log.warning("agentkeeper: heartbeat for %s failed: %s", self._agent_id, e)
+    def _beat_answered(self, error: Optional[AgentKeeperError]) -> bool:
+        """A background heartbeat's outcome (sent by the client's keep-alives); False once the
+        agent is lost, which ends its heartbeats."""
+        if error is None:
+            return True
+        if not isinstance(error, NotFound):
+            log.warning("agentkeeper: heartbeat for %s failed: %s", self._agent_id, error)
+            return True
+        with self._lock:
+            if self._closing:
+                return False
+            self._lost = True
+        self._client._keepalives.remove_agent(self)
+        log.warning("agentkeeper: agent %s was declared dead by the daemon", self._agent_id)
+        if self._on_lost is not None:
+            # On a worker of its own: a slow callback must not hold up the other agents' heartbeats.
+            Worker(self._tell_lost, f"agentkeeper-lost-{self._agent_id[:8]}")
+        return False
+
+    def _tell_lost(self, worker: Worker) -> None:
+        if self._on_lost is None:
+            return
+        try:
+            maybe_await(self._on_lost(self))
+        except Exception:
+            log.exception("agentkeeper: on_lost callback for agent %s raised", self._agent_id)
 
     def stop_heartbeat(self) -> None:
         """Stop the background heartbeat without deregistering (the agent will expire by ttl)."""
         with self._lock:
             self._closing = True
-        if self._worker is not None:
-            self._worker.stop()
+        self._client._keepalives.remove_agent(self)
 
     def _shutdown(self) -> None:
         self.stop_heartbeat()
@@ -148,7 +155,8 @@ class LeaseHandle:
     or was released by the daemon is fine). :attr:`token` is the fencing token to pass along with
     every write the lease protects.
 
-    With ``keep_alive=True`` a background worker renews every ``ttl/3`` seconds. The lease is
+    With ``keep_alive=True`` the client's keep-alives renew it every ``ttl/3`` seconds, batched
+    with its other leases on one keep-alive stream (unary calls against a daemon without it). The lease is
     declared :attr:`lost` and ``on_lost(handle)`` is called (once) when a renewal answers
     NOT_FOUND or PERMISSION_DENIED, or when renewals kept failing (daemon unreachable) for a
     whole ttl, so the lease may already belong to someone else. Renewal stops then: stop the
@@ -179,7 +187,8 @@ class LeaseHandle:
         # last successful acquire/renew plus its ttl. Past it with no successful renewal, the
         # daemon may have handed the lease to someone else.
         self._valid_until = (time.monotonic() if requested_at is None else requested_at) + effective_ttl(ttl, 60)
-        self._worker: Optional[Worker] = None
+        self._interval = interval_for(ttl, 60, 1 / 3)
+        self._keeping_alive = False
         if keep_alive:
             self.start_keep_alive()
 
@@ -221,13 +230,13 @@ class LeaseHandle:
     @property
     def keeping_alive(self) -> bool:
         """True while background renewal runs."""
-        return self._worker is not None and self._worker.running and not self._worker.stopping
+        return self._client._keepalives.has(self)
 
     def start_keep_alive(self) -> None:
         """Renew every ``ttl/3`` seconds in the background until released (see the class docstring)."""
-        if self._worker is None:
-            self._worker = Worker(self._renewals, f"agentkeeper-lease-{self._lease.task_id[:16]}")
-            self._client._track(self)
+        if not self._keeping_alive:
+            self._keeping_alive = True
+            self._client._keepalives.add_lease(self)
 
     def renew(self, ttl: Optional[int] = None, timeout: _Timeout = None) -> Lease:
         """Move the expiry to now + ``ttl`` (default: the lease's own ttl). Returns the new Lease.
@@ -251,18 +260,30 @@ class LeaseHandle:
         self._valid_until = sent + effective_ttl(ttl or self._ttl, 60)
         return self._lease
 
-    def _renewals(self, worker: Worker) -> None:
-        while worker.sleep(interval_for(self._ttl, 60, 1 / 3)):
-            try:
-                self.renew(self._ttl or None)
-            except (NotFound, PermissionDenied) as e:
-                self._declare_lost(e.details())
-                return
-            except AgentKeeperError as e:
-                if time.monotonic() >= self._valid_until:
-                    self._declare_lost(f"no successful renewal for a whole ttl (last error: {e})")
-                    return
-                log.warning("agentkeeper: renewing lease %r failed: %s", self._lease.task_id, e)
+    def _renewal(self) -> pb.RenewLeaseRequest:
+        """The background renewal's request: for the lease's own ttl."""
+        return pb.RenewLeaseRequest(
+            task_id=self._lease.task_id,
+            agent_id=self._lease.holder_agent_id,
+            token=pb.FencingToken(value=self._lease.token),
+            ttl_seconds=self._ttl,
+        )
+
+    def _renewed(self, lease: pb.Lease, sent: float) -> None:
+        """A background renewal sent at ``sent`` (monotonic) went through."""
+        self._lease = cv.lease_from_pb(lease)
+        self._valid_until = sent + effective_ttl(self._ttl, 60)
+
+    def _renewal_failed(self, error: AgentKeeperError) -> bool:
+        """A background renewal failed; False once the lease is lost, which ends its renewals."""
+        if isinstance(error, (NotFound, PermissionDenied)):
+            self._declare_lost(error.details())
+            return False
+        if time.monotonic() >= self._valid_until:
+            self._declare_lost(f"no successful renewal for a whole ttl (last error: {error})")
+            return False
+        log.warning("agentkeeper: renewing lease %r failed: %s", self._lease.task_id, error)
+        return True
 
     def _declare_lost(self, reason: str) -> None:
         with self._lock:
@@ -270,19 +291,25 @@ class LeaseHandle:
                 return
             self._lost = True
             self.lost_reason = reason
+        self._client._keepalives.remove_lease(self)
         log.warning("agentkeeper: lease %r lost: %s", self._lease.task_id, reason)
         if self._on_lost is not None:
-            try:
-                maybe_await(self._on_lost(self))
-            except Exception:
-                log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
+            # On a worker of its own: a slow callback must not hold up the other renewals.
+            Worker(self._tell_lost, f"agentkeeper-lost-{self._lease.task_id[:16]}")
+
+    def _tell_lost(self, worker: Worker) -> None:
+        if self._on_lost is None:
+            return
+        try:
+            maybe_await(self._on_lost(self))
+        except Exception:
+            log.exception("agentkeeper: on_lost callback for lease %r raised", self._lease.task_id)
 
     def stop_keep_alive(self) -> None:
         """Stop background renewal (the lease will then expire by its ttl)."""
         with self._lock:
             self._closing = True
-        if self._worker is not None:
-            self._worker.stop()
+        self._client._keepalives.remove_lease(self)
 
     def _shutdown(self) -> None:
         self.stop_keep_alive()

@@ -222,6 +222,30 @@ class WatchRequest(_message.Message):
     from_sequence: int
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
+class KeepAliveRequest(_message.Message):
+    __slots__ = ("agent_ids", "batch_id")
+    AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    batch_id: int
+    def __init__(self, agent_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+
+class KeepAliveResult(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class KeepAliveResponse(_message.Message):
+    __slots__ = ("batch_id", "results")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    results: _containers.RepeatedCompositeFieldContainer[KeepAliveResult]
+    def __init__(self, batch_id: _Optional[int] = ..., results: _Optional[_Iterable[_Union[KeepAliveResult, _Mapping[str, object]]]] = ...) -> None: ...
+
 class AcquireLeaseRequest(_message.Message):
     __slots__ = ("task_id", "agent_id", "ttl_seconds")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +313,32 @@ class ListLeasesResponse(_message.Message):
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     next_page_token: str
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping[str, object]]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LeaseKeepAliveRequest(_message.Message):
+    __slots__ = ("renewals", "batch_id")
+    RENEWALS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    renewals: _containers.RepeatedCompositeFieldContainer[RenewLeaseRequest]
+    batch_id: int
+    def __init__(self, renewals: _Optional[_Iterable[_Union[RenewLeaseRequest, _Mapping[str, object]]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+
+class LeaseKeepAliveResult(_message.Message):
+    __slots__ = ("code", "message", "lease")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    lease: Lease
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping[str, object]]] = ...) -> None: ...
+
+class LeaseKeepAliveResponse(_message.Message):
+    __slots__ = ("batch_id", "results")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    results: _containers.RepeatedCompositeFieldContainer[LeaseKeepAliveResult]
+    def __init__(self, batch_id: _Optional[int] = ..., results: _Optional[_Iterable[_Union[LeaseKeepAliveResult, _Mapping[str, object]]]] = ...) -> None: ...
 
 class CampaignRequest(_message.Message):
     __slots__ = ("group", "agent_id")

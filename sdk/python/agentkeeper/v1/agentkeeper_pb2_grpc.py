@@ -64,6 +64,11 @@ class RegistryServiceStub(object):
                 request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.WatchRequest.SerializeToString,
                 response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.Event.FromString,
                 _registered_method=True)
+        self.KeepAlive = channel.stream_stream(
+                '/agentkeeper.v1.RegistryService/KeepAlive',
+                request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer(object):
@@ -105,6 +110,13 @@ class RegistryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeepAlive(self, request_iterator, context):
+        """added: heartbeats for many agents per message on one long-lived stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +149,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.WatchRequest.FromString,
                     response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.Event.SerializeToString,
+            ),
+            'KeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +328,33 @@ class RegistryService(object):
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def KeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentkeeper.v1.RegistryService/KeepAlive',
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.KeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class LeaseServiceStub(object):
     """Missing associated documentation comment in .proto file."""
@@ -340,6 +384,11 @@ class LeaseServiceStub(object):
                 '/agentkeeper.v1.LeaseService/ListLeases',
                 request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.SerializeToString,
                 response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.stream_stream(
+                '/agentkeeper.v1.LeaseService/KeepAlive',
+                request_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveResponse.FromString,
                 _registered_method=True)
 
 
@@ -371,6 +420,13 @@ class LeaseServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeepAlive(self, request_iterator, context):
+        """added: renewals for many leases per message on one long-lived stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,6 +449,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.ListLeases,
                     request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.FromString,
                     response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.SerializeToString,
+            ),
+            'KeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -503,6 +564,33 @@ class LeaseService(object):
             '/agentkeeper.v1.LeaseService/ListLeases',
             agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesRequest.SerializeToString,
             agentkeeper_dot_v1_dot_agentkeeper__pb2.ListLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentkeeper.v1.LeaseService/KeepAlive',
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveRequest.SerializeToString,
+            agentkeeper_dot_v1_dot_agentkeeper__pb2.LeaseKeepAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,

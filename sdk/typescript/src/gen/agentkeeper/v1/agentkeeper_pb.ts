@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentkeeper/v1/agentkeeper.proto.
  */
 export const file_agentkeeper_v1_agentkeeper: GenFile = /*@__PURE__*/
-  fileDesc("CiBhZ2VudGtlZXBlci92MS9hZ2VudGtlZXBlci5wcm90bxIOYWdlbnRrZWVwZXIudjEiLwoKQ2FwYWJpbGl0eRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIoMCCglBZ2VudENhcmQSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEjAKDGNhcGFiaWxpdGllcxgEIAMoCzIaLmFnZW50a2VlcGVyLnYxLkNhcGFiaWxpdHkSDQoFdG9vbHMYBSADKAkSOQoIbWV0YWRhdGEYBiADKAsyJy5hZ2VudGtlZXBlci52MS5BZ2VudENhcmQuTWV0YWRhdGFFbnRyeRIVCg1hMmFfY2FyZF9qc29uGAcgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLdAQoJQWdlbnRJbmZvEhAKCGFnZW50X2lkGAEgASgJEicKBGNhcmQYAiABKAsyGS5hZ2VudGtlZXBlci52MS5BZ2VudENhcmQSKwoGc3RhdHVzGAMgASgOMhsuYWdlbnRrZWVwZXIudjEuQWdlbnRTdGF0dXMSMQoNcmVnaXN0ZXJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9oZWFydGJlYXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KDEZlbmNpbmdUb2tlbhINCgV2YWx1ZRgBIAEoBCK/AQoFTGVhc2USDwoHdGFza19pZBgBIAEoCRIXCg9ob2xkZXJfYWdlbnRfaWQYAiABKAkSKwoFdG9rZW4YAyABKAsyHC5hZ2VudGtlZXBlci52MS5GZW5jaW5nVG9rZW4SLwoLYWNxdWlyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInUKDUVsZWN0aW9uU3RhdGUSDQoFZ3JvdXAYASABKAkSFwoPbGVhZGVyX2FnZW50X2lkGAIgASgJEgwKBHRlcm0YAyABKAQSLgoKZWxlY3RlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKBUV2ZW50Eg0KBXRvcGljGAEgASgJEiUKB3BheWxvYWQYAiABKAsyFC5nb29nbGUucHJvdG9idWYuQW55EhcKD3NlcXVlbmNlX251bWJlchgDIAEoBBIvCgtvY2N1cnJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidQoGUG9saWN5EgoKAmlkGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDgoGYWN0aW9uGAMgASgJEhAKCHJlc291cmNlGAQgASgJEiwKBmVmZmVjdBgFIAEoDjIcLmFnZW50a2VlcGVyLnYxLlBvbGljeUVmZmVjdCJPCg9SZWdpc3RlclJlcXVlc3QSJwoEY2FyZBgBIAEoCzIZLmFnZW50a2VlcGVyLnYxLkFnZW50Q2FyZBITCgt0dGxfc2Vjb25kcxgCIAEoDSIkChBSZWdpc3RlclJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJIiQKEEhlYXJ0YmVhdFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiEwoRSGVhcnRiZWF0UmVzcG9uc2UiJQoRRGVyZWdpc3RlclJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiFAoSRGVyZWdpc3RlclJlc3BvbnNlIiMKD0dldEFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCSI8ChBHZXRBZ2VudFJlc3BvbnNlEigKBWFnZW50GAEgASgLMhkuYWdlbnRrZWVwZXIudjEuQWdlbnRJbmZvIjoKC0ZpbmRSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEg0KBXRvb2xzGAIgAygJEg0KBWxpbWl0GAMgASgNIjkKDEZpbmRSZXNwb25zZRIpCgZhZ2VudHMYASADKAsyGS5hZ2VudGtlZXBlci52MS5BZ2VudEluZm8iNQoMV2F0Y2hSZXF1ZXN0Eg4KBnRvcGljcxgBIAMoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgEIk0KE0FjcXVpcmVMZWFzZVJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRITCgt0dGxfc2Vjb25kcxgDIAEoDSJOChRBY3F1aXJlTGVhc2VSZXNwb25zZRIkCgVsZWFzZRgBIAEoCzIVLmFnZW50a2VlcGVyLnYxLkxlYXNlEhAKCGFjcXVpcmVkGAIgASgIIngKEVJlbmV3TGVhc2VSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSKwoFdG9rZW4YAyABKAsyHC5hZ2VudGtlZXBlci52MS5GZW5jaW5nVG9rZW4SEwoLdHRsX3NlY29uZHMYBCABKA0iOgoSUmVuZXdMZWFzZVJlc3BvbnNlEiQKBWxlYXNlGAEgASgLMhUuYWdlbnRrZWVwZXIudjEuTGVhc2UiZQoTUmVsZWFzZUxlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEisKBXRva2VuGAMgASgLMhwuYWdlbnRrZWVwZXIudjEuRmVuY2luZ1Rva2VuIhYKFFJlbGVhc2VMZWFzZVJlc3BvbnNlIkoKEUxpc3RMZWFzZXNSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJUChJMaXN0TGVhc2VzUmVzcG9uc2USJQoGbGVhc2VzGAEgAygLMhUuYWdlbnRrZWVwZXIudjEuTGVhc2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKD0NhbXBhaWduUmVxdWVzdBINCgVncm91cBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCSJAChBDYW1wYWlnblJlc3BvbnNlEiwKBXN0YXRlGAEgASgLMh0uYWdlbnRrZWVwZXIudjEuRWxlY3Rpb25TdGF0ZSIwCg1SZXNpZ25SZXF1ZXN0Eg0KBWdyb3VwGAEgASgJEhAKCGFnZW50X2lkGAIgASgJIhAKDlJlc2lnblJlc3BvbnNlIiUKFFdhdGNoRWxlY3Rpb25SZXF1ZXN0Eg0KBWdyb3VwGAEgASgJIj0KFExpc3RFbGVjdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJInQKDUVsZWN0aW9uR3JvdXASLAoFc3RhdGUYASABKAsyHS5hZ2VudGtlZXBlci52MS5FbGVjdGlvblN0YXRlEhsKE2NhbmRpZGF0ZV9hZ2VudF9pZHMYAiADKAkSGAoQY2FuZGlkYXRlc190b3RhbBgDIAEoDSJfChVMaXN0RWxlY3Rpb25zUmVzcG9uc2USLQoGZ3JvdXBzGAEgAygLMh0uYWdlbnRrZWVwZXIudjEuRWxlY3Rpb25Hcm91cBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoQU2V0UG9saWN5UmVxdWVzdBImCgZwb2xpY3kYASABKAsyFi5hZ2VudGtlZXBlci52MS5Qb2xpY3kiOwoRU2V0UG9saWN5UmVzcG9uc2USJgoGcG9saWN5GAEgASgLMhYuYWdlbnRrZWVwZXIudjEuUG9saWN5IiEKE0RlbGV0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkiFgoURGVsZXRlUG9saWN5UmVzcG9uc2UiVAoTTGlzdFBvbGljaWVzUmVxdWVzdBIWCg5zdWJqZWN0X3ByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJZChRMaXN0UG9saWNpZXNSZXNwb25zZRIoCghwb2xpY2llcxgBIAMoCzIWLmFnZW50a2VlcGVyLnYxLlBvbGljeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRwoSQ2hlY2tQb2xpY3lSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDgoGYWN0aW9uGAIgASgJEhAKCHJlc291cmNlGAMgASgJIjYKE0NoZWNrUG9saWN5UmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIOCgZyZWFzb24YAiABKAki9AIKBFRhc2sSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRINCgVpbnB1dBgDIAEoDBIOCgZvdXRwdXQYBCABKAwSKgoGc3RhdHVzGAUgASgOMhouYWdlbnRrZWVwZXIudjEuVGFza1N0YXR1cxIWCg5yZXF1aXJlZF90b29scxgGIAMoCRITCgttYXhfcmV0cmllcxgHIAEoDRITCgtyZXRyeV9jb3VudBgIIAEoDRIbChNjbGFpbWVkX2J5X2FnZW50X2lkGAkgASgJEhYKDmZhaWx1cmVfcmVhc29uGAogASgJEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNsYWltZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGNvbXBsZXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoRQ3JlYXRlVGFza1JlcXVlc3QSDAoEdHlwZRgBIAEoCRINCgVpbnB1dBgCIAEoDBIWCg5yZXF1aXJlZF90b29scxgDIAMoCRITCgttYXhfcmV0cmllcxgEIAEoDRITCgt0dGxfc2Vjb25kcxgFIAEoDSI4ChJDcmVhdGVUYXNrUmVzcG9uc2USIgoEdGFzaxgBIAEoCzIULmFnZW50a2VlcGVyLnYxLlRhc2siRgoQQ2xhaW1UYXNrUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIUCgd3YWl0X21zGAIgASgNSACIAQFCCgoIX3dhaXRfbXMiXQoRQ2xhaW1UYXNrUmVzcG9uc2USIgoEdGFzaxgBIAEoCzIULmFnZW50a2VlcGVyLnYxLlRhc2sSJAoFbGVhc2UYAiABKAsyFS5hZ2VudGtlZXBlci52MS5MZWFzZSJIChNDb21wbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDgoGb3V0cHV0GAMgASgMIhYKFENvbXBsZXRlVGFza1Jlc3BvbnNlIkQKD0ZhaWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSISChBGYWlsVGFza1Jlc3BvbnNlIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNQoPR2V0VGFza1Jlc3BvbnNlEiIKBHRhc2sYASABKAsyFC5hZ2VudGtlZXBlci52MS5UYXNrImUKEExpc3RUYXNrc1JlcXVlc3QSKgoGc3RhdHVzGAEgASgOMhouYWdlbnRrZWVwZXIudjEuVGFza1N0YXR1cxIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJRChFMaXN0VGFza3NSZXNwb25zZRIjCgV0YXNrcxgBIAMoCzIULmFnZW50a2VlcGVyLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj0KDkFkdmFuY2VSZXF1ZXN0EisKCGR1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKD0FkdmFuY2VSZXNwb25zZRInCgNub3cYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIgwKCk5vd1JlcXVlc3QiNgoLTm93UmVzcG9uc2USJwoDbm93GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCp4CgtBZ2VudFN0YXR1cxIcChhBR0VOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJBR0VOVF9TVEFUVVNfQUxJVkUQARIcChhBR0VOVF9TVEFUVVNfVU5SRUFDSEFCTEUQAhIVChFBR0VOVF9TVEFUVVNfREVBRBADKqQBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhcKE1RBU0tfU1RBVFVTX0NMQUlNRUQQAhIZChVUQVNLX1NUQVRVU19DT01QTEVURUQQAxIWChJUQVNLX1NUQVRVU19GQUlMRUQQBBIUChBUQVNLX1NUQVRVU19ERUFEEAUqXgoMUG9saWN5RWZmZWN0Eh0KGVBPTElDWV9FRkZFQ1RfVU5TUEVDSUZJRUQQABIXChNQT0xJQ1lfRUZGRUNUX0FMTE9XEAESFgoSUE9MSUNZX0VGRkVDVF9ERU5ZEAIy2QMKD1JlZ2lzdHJ5U2VydmljZRJNCghSZWdpc3RlchIfLmFnZW50a2VlcGVyLnYxLlJlZ2lzdGVyUmVxdWVzdBogLmFnZW50a2VlcGVyLnYxLlJlZ2lzdGVyUmVzcG9uc2USUAoJSGVhcnRiZWF0EiAuYWdlbnRrZWVwZXIudjEuSGVhcnRiZWF0UmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLkhlYXJ0YmVhdFJlc3BvbnNlElMKCkRlcmVnaXN0ZXISIS5hZ2VudGtlZXBlci52MS5EZXJlZ2lzdGVyUmVxdWVzdBoiLmFnZW50a2VlcGVyLnYxLkRlcmVnaXN0ZXJSZXNwb25zZRJNCghHZXRBZ2VudBIfLmFnZW50a2VlcGVyLnYxLkdldEFnZW50UmVxdWVzdBogLmFnZW50a2VlcGVyLnYxLkdldEFnZW50UmVzcG9uc2USQQoERmluZBIbLmFnZW50a2VlcGVyLnYxLkZpbmRSZXF1ZXN0GhwuYWdlbnRrZWVwZXIudjEuRmluZFJlc3BvbnNlEj4KBVdhdGNoEhwuYWdlbnRrZWVwZXIudjEuV2F0Y2hSZXF1ZXN0GhUuYWdlbnRrZWVwZXIudjEuRXZlbnQwATLuAgoMTGVhc2VTZXJ2aWNlElkKDEFjcXVpcmVMZWFzZRIjLmFnZW50a2VlcGVyLnYxLkFjcXVpcmVMZWFzZVJlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5BY3F1aXJlTGVhc2VSZXNwb25zZRJTCgpSZW5ld0xlYXNlEiEuYWdlbnRrZWVwZXIudjEuUmVuZXdMZWFzZVJlcXVlc3QaIi5hZ2VudGtlZXBlci52MS5SZW5ld0xlYXNlUmVzcG9uc2USWQoMUmVsZWFzZUxlYXNlEiMuYWdlbnRrZWVwZXIudjEuUmVsZWFzZUxlYXNlUmVxdWVzdBokLmFnZW50a2VlcGVyLnYxLlJlbGVhc2VMZWFzZVJlc3BvbnNlElMKCkxpc3RMZWFzZXMSIS5hZ2VudGtlZXBlci52MS5MaXN0TGVhc2VzUmVxdWVzdBoiLmFnZW50a2VlcGVyLnYxLkxpc3RMZWFzZXNSZXNwb25zZTLXAgoPRWxlY3Rpb25TZXJ2aWNlEk0KCENhbXBhaWduEh8uYWdlbnRrZWVwZXIudjEuQ2FtcGFpZ25SZXF1ZXN0GiAuYWdlbnRrZWVwZXIudjEuQ2FtcGFpZ25SZXNwb25zZRJHCgZSZXNpZ24SHS5hZ2VudGtlZXBlci52MS5SZXNpZ25SZXF1ZXN0Gh4uYWdlbnRrZWVwZXIudjEuUmVzaWduUmVzcG9uc2USTgoNV2F0Y2hFbGVjdGlvbhIkLmFnZW50a2VlcGVyLnYxLldhdGNoRWxlY3Rpb25SZXF1ZXN0GhUuYWdlbnRrZWVwZXIudjEuRXZlbnQwARJcCg1MaXN0RWxlY3Rpb25zEiQuYWdlbnRrZWVwZXIudjEuTGlzdEVsZWN0aW9uc1JlcXVlc3QaJS5hZ2VudGtlZXBlci52MS5MaXN0RWxlY3Rpb25zUmVzcG9uc2Uy9QIKE0VudGl0bGVtZW50c1NlcnZpY2USUAoJU2V0UG9saWN5EiAuYWdlbnRrZWVwZXIudjEuU2V0UG9saWN5UmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLlNldFBvbGljeVJlc3BvbnNlElkKDERlbGV0ZVBvbGljeRIjLmFnZW50a2VlcGVyLnYxLkRlbGV0ZVBvbGljeVJlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5EZWxldGVQb2xpY3lSZXNwb25zZRJZCgxMaXN0UG9saWNpZXMSIy5hZ2VudGtlZXBlci52MS5MaXN0UG9saWNpZXNSZXF1ZXN0GiQuYWdlbnRrZWVwZXIudjEuTGlzdFBvbGljaWVzUmVzcG9uc2USVgoLQ2hlY2tQb2xpY3kSIi5hZ2VudGtlZXBlci52MS5DaGVja1BvbGljeVJlcXVlc3QaIy5hZ2VudGtlZXBlci52MS5DaGVja1BvbGljeVJlc3BvbnNlMvwDCgtUYXNrU2VydmljZRJTCgpDcmVhdGVUYXNrEiEuYWdlbnRrZWVwZXIudjEuQ3JlYXRlVGFza1JlcXVlc3QaIi5hZ2VudGtlZXBlci52MS5DcmVhdGVUYXNrUmVzcG9uc2USUAoJQ2xhaW1UYXNrEiAuYWdlbnRrZWVwZXIudjEuQ2xhaW1UYXNrUmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLkNsYWltVGFza1Jlc3BvbnNlElkKDENvbXBsZXRlVGFzaxIjLmFnZW50a2VlcGVyLnYxLkNvbXBsZXRlVGFza1JlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5Db21wbGV0ZVRhc2tSZXNwb25zZRJNCghGYWlsVGFzaxIfLmFnZW50a2VlcGVyLnYxLkZhaWxUYXNrUmVxdWVzdBogLmFnZW50a2VlcGVyLnYxLkZhaWxUYXNrUmVzcG9uc2USSgoHR2V0VGFzaxIeLmFnZW50a2VlcGVyLnYxLkdldFRhc2tSZXF1ZXN0Gh8uYWdlbnRrZWVwZXIudjEuR2V0VGFza1Jlc3BvbnNlElAKCUxpc3RUYXNrcxIgLmFnZW50a2VlcGVyLnYxLkxpc3RUYXNrc1JlcXVlc3QaIS5hZ2VudGtlZXBlci52MS5MaXN0VGFza3NSZXNwb25zZTKaAQoMQ2xvY2tTZXJ2aWNlEkoKB0FkdmFuY2USHi5hZ2VudGtlZXBlci52MS5BZHZhbmNlUmVxdWVzdBofLmFnZW50a2VlcGVyLnYxLkFkdmFuY2VSZXNwb25zZRI+CgNOb3cSGi5hZ2VudGtlZXBlci52MS5Ob3dSZXF1ZXN0GhsuYWdlbnRrZWVwZXIudjEuTm93UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiBhZ2VudGtlZXBlci92MS9hZ2VudGtlZXBlci5wcm90bxIOYWdlbnRrZWVwZXIudjEiLwoKQ2FwYWJpbGl0eRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIoMCCglBZ2VudENhcmQSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEjAKDGNhcGFiaWxpdGllcxgEIAMoCzIaLmFnZW50a2VlcGVyLnYxLkNhcGFiaWxpdHkSDQoFdG9vbHMYBSADKAkSOQoIbWV0YWRhdGEYBiADKAsyJy5hZ2VudGtlZXBlci52MS5BZ2VudENhcmQuTWV0YWRhdGFFbnRyeRIVCg1hMmFfY2FyZF9qc29uGAcgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLdAQoJQWdlbnRJbmZvEhAKCGFnZW50X2lkGAEgASgJEicKBGNhcmQYAiABKAsyGS5hZ2VudGtlZXBlci52MS5BZ2VudENhcmQSKwoGc3RhdHVzGAMgASgOMhsuYWdlbnRrZWVwZXIudjEuQWdlbnRTdGF0dXMSMQoNcmVnaXN0ZXJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9oZWFydGJlYXRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh0KDEZlbmNpbmdUb2tlbhINCgV2YWx1ZRgBIAEoBCK/AQoFTGVhc2USDwoHdGFza19pZBgBIAEoCRIXCg9ob2xkZXJfYWdlbnRfaWQYAiABKAkSKwoFdG9rZW4YAyABKAsyHC5hZ2VudGtlZXBlci52MS5GZW5jaW5nVG9rZW4SLwoLYWNxdWlyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInUKDUVsZWN0aW9uU3RhdGUSDQoFZ3JvdXAYASABKAkSFwoPbGVhZGVyX2FnZW50X2lkGAIgASgJEgwKBHRlcm0YAyABKAQSLgoKZWxlY3RlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKBUV2ZW50Eg0KBXRvcGljGAEgASgJEiUKB3BheWxvYWQYAiABKAsyFC5nb29nbGUucHJvdG9idWYuQW55EhcKD3NlcXVlbmNlX251bWJlchgDIAEoBBIvCgtvY2N1cnJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidQoGUG9saWN5EgoKAmlkGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDgoGYWN0aW9uGAMgASgJEhAKCHJlc291cmNlGAQgASgJEiwKBmVmZmVjdBgFIAEoDjIcLmFnZW50a2VlcGVyLnYxLlBvbGljeUVmZmVjdCJPCg9SZWdpc3RlclJlcXVlc3QSJwoEY2FyZBgBIAEoCzIZLmFnZW50a2VlcGVyLnYxLkFnZW50Q2FyZBITCgt0dGxfc2Vjb25kcxgCIAEoDSIkChBSZWdpc3RlclJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJIiQKEEhlYXJ0YmVhdFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiEwoRSGVhcnRiZWF0UmVzcG9uc2UiJQoRRGVyZWdpc3RlclJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiFAoSRGVyZWdpc3RlclJlc3BvbnNlIiMKD0dldEFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCSI8ChBHZXRBZ2VudFJlc3BvbnNlEigKBWFnZW50GAEgASgLMhkuYWdlbnRrZWVwZXIudjEuQWdlbnRJbmZvIjoKC0ZpbmRSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEg0KBXRvb2xzGAIgAygJEg0KBWxpbWl0GAMgASgNIjkKDEZpbmRSZXNwb25zZRIpCgZhZ2VudHMYASADKAsyGS5hZ2VudGtlZXBlci52MS5BZ2VudEluZm8iNQoMV2F0Y2hSZXF1ZXN0Eg4KBnRvcGljcxgBIAMoCRIVCg1mcm9tX3NlcXVlbmNlGAIgASgEIjcKEEtlZXBBbGl2ZVJlcXVlc3QSEQoJYWdlbnRfaWRzGAEgAygJEhAKCGJhdGNoX2lkGAIgASgEIjAKD0tlZXBBbGl2ZVJlc3VsdBIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiVwoRS2VlcEFsaXZlUmVzcG9uc2USEAoIYmF0Y2hfaWQYASABKAQSMAoHcmVzdWx0cxgCIAMoCzIfLmFnZW50a2VlcGVyLnYxLktlZXBBbGl2ZVJlc3VsdCJNChNBY3F1aXJlTGVhc2VSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSEwoLdHRsX3NlY29uZHMYAyABKA0iTgoUQWNxdWlyZUxlYXNlUmVzcG9uc2USJAoFbGVhc2UYASABKAsyFS5hZ2VudGtlZXBlci52MS5MZWFzZRIQCghhY3F1aXJlZBgCIAEoCCJ4ChFSZW5ld0xlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEisKBXRva2VuGAMgASgLMhwuYWdlbnRrZWVwZXIudjEuRmVuY2luZ1Rva2VuEhMKC3R0bF9zZWNvbmRzGAQgASgNIjoKElJlbmV3TGVhc2VSZXNwb25zZRIkCgVsZWFzZRgBIAEoCzIVLmFnZW50a2VlcGVyLnYxLkxlYXNlImUKE1JlbGVhc2VMZWFzZVJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIrCgV0b2tlbhgDIAEoCzIcLmFnZW50a2VlcGVyLnYxLkZlbmNpbmdUb2tlbiIWChRSZWxlYXNlTGVhc2VSZXNwb25zZSJKChFMaXN0TGVhc2VzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoSTGlzdExlYXNlc1Jlc3BvbnNlEiUKBmxlYXNlcxgBIAMoCzIVLmFnZW50a2VlcGVyLnYxLkxlYXNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJeChVMZWFzZUtlZXBBbGl2ZVJlcXVlc3QSMwoIcmVuZXdhbHMYASADKAsyIS5hZ2VudGtlZXBlci52MS5SZW5ld0xlYXNlUmVxdWVzdBIQCghiYXRjaF9pZBgCIAEoBCJbChRMZWFzZUtlZXBBbGl2ZVJlc3VsdBIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSJAoFbGVhc2UYAyABKAsyFS5hZ2VudGtlZXBlci52MS5MZWFzZSJhChZMZWFzZUtlZXBBbGl2ZVJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgEEjUKB3Jlc3VsdHMYAiADKAsyJC5hZ2VudGtlZXBlci52MS5MZWFzZUtlZXBBbGl2ZVJlc3VsdCIyCg9DYW1wYWlnblJlcXVlc3QSDQoFZ3JvdXAYASABKAkSEAoIYWdlbnRfaWQYAiABKAkiQAoQQ2FtcGFpZ25SZXNwb25zZRIsCgVzdGF0ZRgBIAEoCzIdLmFnZW50a2VlcGVyLnYxLkVsZWN0aW9uU3RhdGUiMAoNUmVzaWduUmVxdWVzdBINCgVncm91cBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCSIQCg5SZXNpZ25SZXNwb25zZSIlChRXYXRjaEVsZWN0aW9uUmVxdWVzdBINCgVncm91cBgBIAEoCSI9ChRMaXN0RWxlY3Rpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJ0Cg1FbGVjdGlvbkdyb3VwEiwKBXN0YXRlGAEgASgLMh0uYWdlbnRrZWVwZXIudjEuRWxlY3Rpb25TdGF0ZRIbChNjYW5kaWRhdGVfYWdlbnRfaWRzGAIgAygJEhgKEGNhbmRpZGF0ZXNfdG90YWwYAyABKA0iXwoVTGlzdEVsZWN0aW9uc1Jlc3BvbnNlEi0KBmdyb3VwcxgBIAMoCzIdLmFnZW50a2VlcGVyLnYxLkVsZWN0aW9uR3JvdXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjoKEFNldFBvbGljeVJlcXVlc3QSJgoGcG9saWN5GAEgASgLMhYuYWdlbnRrZWVwZXIudjEuUG9saWN5IjsKEVNldFBvbGljeVJlc3BvbnNlEiYKBnBvbGljeRgBIAEoCzIWLmFnZW50a2VlcGVyLnYxLlBvbGljeSIhChNEZWxldGVQb2xpY3lSZXF1ZXN0EgoKAmlkGAEgASgJIhYKFERlbGV0ZVBvbGljeVJlc3BvbnNlIlQKE0xpc3RQb2xpY2llc1JlcXVlc3QSFgoOc3ViamVjdF9wcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiWQoUTGlzdFBvbGljaWVzUmVzcG9uc2USKAoIcG9saWNpZXMYASADKAsyFi5hZ2VudGtlZXBlci52MS5Qb2xpY3kSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkcKEkNoZWNrUG9saWN5UmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEg4KBmFjdGlvbhgCIAEoCRIQCghyZXNvdXJjZRgDIAEoCSI2ChNDaGVja1BvbGljeVJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSDgoGcmVhc29uGAIgASgJIvQCCgRUYXNrEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSDQoFaW5wdXQYAyABKAwSDgoGb3V0cHV0GAQgASgMEioKBnN0YXR1cxgFIAEoDjIaLmFnZW50a2VlcGVyLnYxLlRhc2tTdGF0dXMSFgoOcmVxdWlyZWRfdG9vbHMYBiADKAkSEwoLbWF4X3JldHJpZXMYByABKA0SEwoLcmV0cnlfY291bnQYCCABKA0SGwoTY2xhaW1lZF9ieV9hZ2VudF9pZBgJIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgKIAEoCRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjbGFpbWVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKEUNyZWF0ZVRhc2tSZXF1ZXN0EgwKBHR5cGUYASABKAkSDQoFaW5wdXQYAiABKAwSFgoOcmVxdWlyZWRfdG9vbHMYAyADKAkSEwoLbWF4X3JldHJpZXMYBCABKA0SEwoLdHRsX3NlY29uZHMYBSABKA0iOAoSQ3JlYXRlVGFza1Jlc3BvbnNlEiIKBHRhc2sYASABKAsyFC5hZ2VudGtlZXBlci52MS5UYXNrIkYKEENsYWltVGFza1JlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSFAoHd2FpdF9tcxgCIAEoDUgAiAEBQgoKCF93YWl0X21zIl0KEUNsYWltVGFza1Jlc3BvbnNlEiIKBHRhc2sYASABKAsyFC5hZ2VudGtlZXBlci52MS5UYXNrEiQKBWxlYXNlGAIgASgLMhUuYWdlbnRrZWVwZXIudjEuTGVhc2UiSAoTQ29tcGxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBm91dHB1dBgDIAEoDCIWChRDb21wbGV0ZVRhc2tSZXNwb25zZSJECg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiEgoQRmFpbFRhc2tSZXNwb25zZSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjUKD0dldFRhc2tSZXNwb25zZRIiCgR0YXNrGAEgASgLMhQuYWdlbnRrZWVwZXIudjEuVGFzayJlChBMaXN0VGFza3NSZXF1ZXN0EioKBnN0YXR1cxgBIAEoDjIaLmFnZW50a2VlcGVyLnYxLlRhc2tTdGF0dXMSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoRTGlzdFRhc2tzUmVzcG9uc2USIwoFdGFza3MYASADKAsyFC5hZ2VudGtlZXBlci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI9Cg5BZHZhbmNlUmVxdWVzdBIrCghkdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI6Cg9BZHZhbmNlUmVzcG9uc2USJwoDbm93GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIMCgpOb3dSZXF1ZXN0IjYKC05vd1Jlc3BvbnNlEicKA25vdxgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqeAoLQWdlbnRTdGF0dXMSHAoYQUdFTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQUdFTlRfU1RBVFVTX0FMSVZFEAESHAoYQUdFTlRfU1RBVFVTX1VOUkVBQ0hBQkxFEAISFQoRQUdFTlRfU1RBVFVTX0RFQUQQAyqkAQoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIXChNUQVNLX1NUQVRVU19DTEFJTUVEEAISGQoVVEFTS19TVEFUVVNfQ09NUExFVEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQSFAoQVEFTS19TVEFUVVNfREVBRBAFKl4KDFBvbGljeUVmZmVjdBIdChlQT0xJQ1lfRUZGRUNUX1VOU1BFQ0lGSUVEEAASFwoTUE9MSUNZX0VGRkVDVF9BTExPVxABEhYKElBPTElDWV9FRkZFQ1RfREVOWRACMq8ECg9SZWdpc3RyeVNlcnZpY2USTQoIUmVnaXN0ZXISHy5hZ2VudGtlZXBlci52MS5SZWdpc3RlclJlcXVlc3QaIC5hZ2VudGtlZXBlci52MS5SZWdpc3RlclJlc3BvbnNlElAKCUhlYXJ0YmVhdBIgLmFnZW50a2VlcGVyLnYxLkhlYXJ0YmVhdFJlcXVlc3QaIS5hZ2VudGtlZXBlci52MS5IZWFydGJlYXRSZXNwb25zZRJTCgpEZXJlZ2lzdGVyEiEuYWdlbnRrZWVwZXIudjEuRGVyZWdpc3RlclJlcXVlc3QaIi5hZ2VudGtlZXBlci52MS5EZXJlZ2lzdGVyUmVzcG9uc2USTQoIR2V0QWdlbnQSHy5hZ2VudGtlZXBlci52MS5HZXRBZ2VudFJlcXVlc3QaIC5hZ2VudGtlZXBlci52MS5HZXRBZ2VudFJlc3BvbnNlEkEKBEZpbmQSGy5hZ2VudGtlZXBlci52MS5GaW5kUmVxdWVzdBocLmFnZW50a2VlcGVyLnYxLkZpbmRSZXNwb25zZRI+CgVXYXRjaBIcLmFnZW50a2VlcGVyLnYxLldhdGNoUmVxdWVzdBoVLmFnZW50a2VlcGVyLnYxLkV2ZW50MAESVAoJS2VlcEFsaXZlEiAuYWdlbnRrZWVwZXIudjEuS2VlcEFsaXZlUmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLktlZXBBbGl2ZVJlc3BvbnNlKAEwATLOAwoMTGVhc2VTZXJ2aWNlElkKDEFjcXVpcmVMZWFzZRIjLmFnZW50a2VlcGVyLnYxLkFjcXVpcmVMZWFzZVJlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5BY3F1aXJlTGVhc2VSZXNwb25zZRJTCgpSZW5ld0xlYXNlEiEuYWdlbnRrZWVwZXIudjEuUmVuZXdMZWFzZVJlcXVlc3QaIi5hZ2VudGtlZXBlci52MS5SZW5ld0xlYXNlUmVzcG9uc2USWQoMUmVsZWFzZUxlYXNlEiMuYWdlbnRrZWVwZXIudjEuUmVsZWFzZUxlYXNlUmVxdWVzdBokLmFnZW50a2VlcGVyLnYxLlJlbGVhc2VMZWFzZVJlc3BvbnNlElMKCkxpc3RMZWFzZXMSIS5hZ2VudGtlZXBlci52MS5MaXN0TGVhc2VzUmVxdWVzdBoiLmFnZW50a2VlcGVyLnYxLkxpc3RMZWFzZXNSZXNwb25zZRJeCglLZWVwQWxpdmUSJS5hZ2VudGtlZXBlci52MS5MZWFzZUtlZXBBbGl2ZVJlcXVlc3QaJi5hZ2VudGtlZXBlci52MS5MZWFzZUtlZXBBbGl2ZVJlc3BvbnNlKAEwATLXAgoPRWxlY3Rpb25TZXJ2aWNlEk0KCENhbXBhaWduEh8uYWdlbnRrZWVwZXIudjEuQ2FtcGFpZ25SZXF1ZXN0GiAuYWdlbnRrZWVwZXIudjEuQ2FtcGFpZ25SZXNwb25zZRJHCgZSZXNpZ24SHS5hZ2VudGtlZXBlci52MS5SZXNpZ25SZXF1ZXN0Gh4uYWdlbnRrZWVwZXIudjEuUmVzaWduUmVzcG9uc2USTgoNV2F0Y2hFbGVjdGlvbhIkLmFnZW50a2VlcGVyLnYxLldhdGNoRWxlY3Rpb25SZXF1ZXN0GhUuYWdlbnRrZWVwZXIudjEuRXZlbnQwARJcCg1MaXN0RWxlY3Rpb25zEiQuYWdlbnRrZWVwZXIudjEuTGlzdEVsZWN0aW9uc1JlcXVlc3QaJS5hZ2VudGtlZXBlci52MS5MaXN0RWxlY3Rpb25zUmVzcG9uc2Uy9QIKE0VudGl0bGVtZW50c1NlcnZpY2USUAoJU2V0UG9saWN5EiAuYWdlbnRrZWVwZXIudjEuU2V0UG9saWN5UmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLlNldFBvbGljeVJlc3BvbnNlElkKDERlbGV0ZVBvbGljeRIjLmFnZW50a2VlcGVyLnYxLkRlbGV0ZVBvbGljeVJlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5EZWxldGVQb2xpY3lSZXNwb25zZRJZCgxMaXN0UG9saWNpZXMSIy5hZ2VudGtlZXBlci52MS5MaXN0UG9saWNpZXNSZXF1ZXN0GiQuYWdlbnRrZWVwZXIudjEuTGlzdFBvbGljaWVzUmVzcG9uc2USVgoLQ2hlY2tQb2xpY3kSIi5hZ2VudGtlZXBlci52MS5DaGVja1BvbGljeVJlcXVlc3QaIy5hZ2VudGtlZXBlci52MS5DaGVja1BvbGljeVJlc3BvbnNlMvwDCgtUYXNrU2VydmljZRJTCgpDcmVhdGVUYXNrEiEuYWdlbnRrZWVwZXIudjEuQ3JlYXRlVGFza1JlcXVlc3QaIi5hZ2VudGtlZXBlci52MS5DcmVhdGVUYXNrUmVzcG9uc2USUAoJQ2xhaW1UYXNrEiAuYWdlbnRrZWVwZXIudjEuQ2xhaW1UYXNrUmVxdWVzdBohLmFnZW50a2VlcGVyLnYxLkNsYWltVGFza1Jlc3BvbnNlElkKDENvbXBsZXRlVGFzaxIjLmFnZW50a2VlcGVyLnYxLkNvbXBsZXRlVGFza1JlcXVlc3QaJC5hZ2VudGtlZXBlci52MS5Db21wbGV0ZVRhc2tSZXNwb25zZRJNCghGYWlsVGFzaxIfLmFnZW50a2VlcGVyLnYxLkZhaWxUYXNrUmVxdWVzdBogLmFnZW50a2VlcGVyLnYxLkZhaWxUYXNrUmVzcG9uc2USSgoHR2V0VGFzaxIeLmFnZW50a2VlcGVyLnYxLkdldFRhc2tSZXF1ZXN0Gh8uYWdlbnRrZWVwZXIudjEuR2V0VGFza1Jlc3BvbnNlElAKCUxpc3RUYXNrcxIgLmFnZW50a2VlcGVyLnYxLkxpc3RUYXNrc1JlcXVlc3QaIS5hZ2VudGtlZXBlci52MS5MaXN0VGFza3NSZXNwb25zZTKaAQoMQ2xvY2tTZXJ2aWNlEkoKB0FkdmFuY2USHi5hZ2VudGtlZXBlci52MS5BZHZhbmNlUmVxdWVzdBofLmFnZW50a2VlcGVyLnYxLkFkdmFuY2VSZXNwb25zZRI+CgNOb3cSGi5hZ2VudGtlZXBlci52MS5Ob3dSZXF1ZXN0GhsuYWdlbnRrZWVwZXIudjEuTm93UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message agentkeeper.v1.Capability
@@ -488,6 +488,85 @@ export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
   messageDesc(file_agentkeeper_v1_agentkeeper, 18);
 
 /**
+ * added: one message of a keep-alive stream carries the heartbeats of many agents (1 to
+ * 10,000; INVALID_ARGUMENT, ending the stream, outside that). Answered by one KeepAliveResponse
+ * per message, in the order sent, applied as one step of the daemon.
+ *
+ * @generated from message agentkeeper.v1.KeepAliveRequest
+ */
+export type KeepAliveRequest = Message<"agentkeeper.v1.KeepAliveRequest"> & {
+  /**
+   * @generated from field: repeated string agent_ids = 1;
+   */
+  agentIds: string[];
+
+  /**
+   * Echoed in the answer, so a client can match answers to messages.
+   *
+   * @generated from field: uint64 batch_id = 2;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message agentkeeper.v1.KeepAliveRequest.
+ * Use `create(KeepAliveRequestSchema)` to create a new message.
+ */
+export const KeepAliveRequestSchema: GenMessage<KeepAliveRequest> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 19);
+
+/**
+ * added: what happened to one item of a keep-alive message, in the order of the request's items.
+ *
+ * @generated from message agentkeeper.v1.KeepAliveResult
+ */
+export type KeepAliveResult = Message<"agentkeeper.v1.KeepAliveResult"> & {
+  /**
+   * The gRPC status code the unary call would have answered (0 OK, 5 NOT_FOUND: register
+   * again, 7 PERMISSION_DENIED: another token's agent or a fencing-token mismatch, ...).
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * Empty when code is 0; otherwise the unary call's message.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message agentkeeper.v1.KeepAliveResult.
+ * Use `create(KeepAliveResultSchema)` to create a new message.
+ */
+export const KeepAliveResultSchema: GenMessage<KeepAliveResult> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 20);
+
+/**
+ * @generated from message agentkeeper.v1.KeepAliveResponse
+ */
+export type KeepAliveResponse = Message<"agentkeeper.v1.KeepAliveResponse"> & {
+  /**
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * @generated from field: repeated agentkeeper.v1.KeepAliveResult results = 2;
+   */
+  results: KeepAliveResult[];
+};
+
+/**
+ * Describes the message agentkeeper.v1.KeepAliveResponse.
+ * Use `create(KeepAliveResponseSchema)` to create a new message.
+ */
+export const KeepAliveResponseSchema: GenMessage<KeepAliveResponse> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 21);
+
+/**
  * @generated from message agentkeeper.v1.AcquireLeaseRequest
  */
 export type AcquireLeaseRequest = Message<"agentkeeper.v1.AcquireLeaseRequest"> & {
@@ -512,7 +591,7 @@ export type AcquireLeaseRequest = Message<"agentkeeper.v1.AcquireLeaseRequest"> 
  * Use `create(AcquireLeaseRequestSchema)` to create a new message.
  */
 export const AcquireLeaseRequestSchema: GenMessage<AcquireLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 19);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 22);
 
 /**
  * @generated from message agentkeeper.v1.AcquireLeaseResponse
@@ -534,7 +613,7 @@ export type AcquireLeaseResponse = Message<"agentkeeper.v1.AcquireLeaseResponse"
  * Use `create(AcquireLeaseResponseSchema)` to create a new message.
  */
 export const AcquireLeaseResponseSchema: GenMessage<AcquireLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 20);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 23);
 
 /**
  * @generated from message agentkeeper.v1.RenewLeaseRequest
@@ -566,7 +645,7 @@ export type RenewLeaseRequest = Message<"agentkeeper.v1.RenewLeaseRequest"> & {
  * Use `create(RenewLeaseRequestSchema)` to create a new message.
  */
 export const RenewLeaseRequestSchema: GenMessage<RenewLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 21);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 24);
 
 /**
  * @generated from message agentkeeper.v1.RenewLeaseResponse
@@ -583,7 +662,7 @@ export type RenewLeaseResponse = Message<"agentkeeper.v1.RenewLeaseResponse"> & 
  * Use `create(RenewLeaseResponseSchema)` to create a new message.
  */
 export const RenewLeaseResponseSchema: GenMessage<RenewLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 22);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 25);
 
 /**
  * @generated from message agentkeeper.v1.ReleaseLeaseRequest
@@ -610,7 +689,7 @@ export type ReleaseLeaseRequest = Message<"agentkeeper.v1.ReleaseLeaseRequest"> 
  * Use `create(ReleaseLeaseRequestSchema)` to create a new message.
  */
 export const ReleaseLeaseRequestSchema: GenMessage<ReleaseLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 23);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 26);
 
 /**
  * @generated from message agentkeeper.v1.ReleaseLeaseResponse
@@ -623,7 +702,7 @@ export type ReleaseLeaseResponse = Message<"agentkeeper.v1.ReleaseLeaseResponse"
  * Use `create(ReleaseLeaseResponseSchema)` to create a new message.
  */
 export const ReleaseLeaseResponseSchema: GenMessage<ReleaseLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 24);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 27);
 
 /**
  * added: every lease held, by key, a page at a time (for operators; v1 had no way to list).
@@ -658,7 +737,7 @@ export type ListLeasesRequest = Message<"agentkeeper.v1.ListLeasesRequest"> & {
  * Use `create(ListLeasesRequestSchema)` to create a new message.
  */
 export const ListLeasesRequestSchema: GenMessage<ListLeasesRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 25);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 28);
 
 /**
  * @generated from message agentkeeper.v1.ListLeasesResponse
@@ -682,7 +761,90 @@ export type ListLeasesResponse = Message<"agentkeeper.v1.ListLeasesResponse"> & 
  * Use `create(ListLeasesResponseSchema)` to create a new message.
  */
 export const ListLeasesResponseSchema: GenMessage<ListLeasesResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 26);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 29);
+
+/**
+ * added: one message of a lease keep-alive stream renews many leases (1 to 10,000;
+ * INVALID_ARGUMENT, ending the stream, outside that), each as RenewLease would.
+ *
+ * @generated from message agentkeeper.v1.LeaseKeepAliveRequest
+ */
+export type LeaseKeepAliveRequest = Message<"agentkeeper.v1.LeaseKeepAliveRequest"> & {
+  /**
+   * @generated from field: repeated agentkeeper.v1.RenewLeaseRequest renewals = 1;
+   */
+  renewals: RenewLeaseRequest[];
+
+  /**
+   * Echoed in the answer.
+   *
+   * @generated from field: uint64 batch_id = 2;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message agentkeeper.v1.LeaseKeepAliveRequest.
+ * Use `create(LeaseKeepAliveRequestSchema)` to create a new message.
+ */
+export const LeaseKeepAliveRequestSchema: GenMessage<LeaseKeepAliveRequest> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 30);
+
+/**
+ * added: what happened to one renewal, in the order of the request's renewals.
+ *
+ * @generated from message agentkeeper.v1.LeaseKeepAliveResult
+ */
+export type LeaseKeepAliveResult = Message<"agentkeeper.v1.LeaseKeepAliveResult"> & {
+  /**
+   * As KeepAliveResult.code: 0 renewed; 5 NOT_FOUND the lease is gone (expired or released:
+   * lost); 7 PERMISSION_DENIED held by another agent or another fencing token.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * The renewed lease (its new expiry and fencing token) when code is 0.
+   *
+   * @generated from field: agentkeeper.v1.Lease lease = 3;
+   */
+  lease?: Lease | undefined;
+};
+
+/**
+ * Describes the message agentkeeper.v1.LeaseKeepAliveResult.
+ * Use `create(LeaseKeepAliveResultSchema)` to create a new message.
+ */
+export const LeaseKeepAliveResultSchema: GenMessage<LeaseKeepAliveResult> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 31);
+
+/**
+ * @generated from message agentkeeper.v1.LeaseKeepAliveResponse
+ */
+export type LeaseKeepAliveResponse = Message<"agentkeeper.v1.LeaseKeepAliveResponse"> & {
+  /**
+   * @generated from field: uint64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * @generated from field: repeated agentkeeper.v1.LeaseKeepAliveResult results = 2;
+   */
+  results: LeaseKeepAliveResult[];
+};
+
+/**
+ * Describes the message agentkeeper.v1.LeaseKeepAliveResponse.
+ * Use `create(LeaseKeepAliveResponseSchema)` to create a new message.
+ */
+export const LeaseKeepAliveResponseSchema: GenMessage<LeaseKeepAliveResponse> = /*@__PURE__*/
+  messageDesc(file_agentkeeper_v1_agentkeeper, 32);
 
 /**
  * @generated from message agentkeeper.v1.CampaignRequest
@@ -704,7 +866,7 @@ export type CampaignRequest = Message<"agentkeeper.v1.CampaignRequest"> & {
  * Use `create(CampaignRequestSchema)` to create a new message.
  */
 export const CampaignRequestSchema: GenMessage<CampaignRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 27);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 33);
 
 /**
  * @generated from message agentkeeper.v1.CampaignResponse
@@ -721,7 +883,7 @@ export type CampaignResponse = Message<"agentkeeper.v1.CampaignResponse"> & {
  * Use `create(CampaignResponseSchema)` to create a new message.
  */
 export const CampaignResponseSchema: GenMessage<CampaignResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 28);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 34);
 
 /**
  * @generated from message agentkeeper.v1.ResignRequest
@@ -743,7 +905,7 @@ export type ResignRequest = Message<"agentkeeper.v1.ResignRequest"> & {
  * Use `create(ResignRequestSchema)` to create a new message.
  */
 export const ResignRequestSchema: GenMessage<ResignRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 29);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 35);
 
 /**
  * @generated from message agentkeeper.v1.ResignResponse
@@ -756,7 +918,7 @@ export type ResignResponse = Message<"agentkeeper.v1.ResignResponse"> & {
  * Use `create(ResignResponseSchema)` to create a new message.
  */
 export const ResignResponseSchema: GenMessage<ResignResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 30);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 36);
 
 /**
  * @generated from message agentkeeper.v1.WatchElectionRequest
@@ -773,7 +935,7 @@ export type WatchElectionRequest = Message<"agentkeeper.v1.WatchElectionRequest"
  * Use `create(WatchElectionRequestSchema)` to create a new message.
  */
 export const WatchElectionRequestSchema: GenMessage<WatchElectionRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 31);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 37);
 
 /**
  * added: every election group, by name, a page at a time.
@@ -801,7 +963,7 @@ export type ListElectionsRequest = Message<"agentkeeper.v1.ListElectionsRequest"
  * Use `create(ListElectionsRequestSchema)` to create a new message.
  */
 export const ListElectionsRequestSchema: GenMessage<ListElectionsRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 32);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 38);
 
 /**
  * @generated from message agentkeeper.v1.ElectionGroup
@@ -832,7 +994,7 @@ export type ElectionGroup = Message<"agentkeeper.v1.ElectionGroup"> & {
  * Use `create(ElectionGroupSchema)` to create a new message.
  */
 export const ElectionGroupSchema: GenMessage<ElectionGroup> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 33);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 39);
 
 /**
  * @generated from message agentkeeper.v1.ListElectionsResponse
@@ -856,7 +1018,7 @@ export type ListElectionsResponse = Message<"agentkeeper.v1.ListElectionsRespons
  * Use `create(ListElectionsResponseSchema)` to create a new message.
  */
 export const ListElectionsResponseSchema: GenMessage<ListElectionsResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 34);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 40);
 
 /**
  * @generated from message agentkeeper.v1.SetPolicyRequest
@@ -873,7 +1035,7 @@ export type SetPolicyRequest = Message<"agentkeeper.v1.SetPolicyRequest"> & {
  * Use `create(SetPolicyRequestSchema)` to create a new message.
  */
 export const SetPolicyRequestSchema: GenMessage<SetPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 35);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 41);
 
 /**
  * @generated from message agentkeeper.v1.SetPolicyResponse
@@ -890,7 +1052,7 @@ export type SetPolicyResponse = Message<"agentkeeper.v1.SetPolicyResponse"> & {
  * Use `create(SetPolicyResponseSchema)` to create a new message.
  */
 export const SetPolicyResponseSchema: GenMessage<SetPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 36);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 42);
 
 /**
  * @generated from message agentkeeper.v1.DeletePolicyRequest
@@ -907,7 +1069,7 @@ export type DeletePolicyRequest = Message<"agentkeeper.v1.DeletePolicyRequest"> 
  * Use `create(DeletePolicyRequestSchema)` to create a new message.
  */
 export const DeletePolicyRequestSchema: GenMessage<DeletePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 37);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 43);
 
 /**
  * @generated from message agentkeeper.v1.DeletePolicyResponse
@@ -920,7 +1082,7 @@ export type DeletePolicyResponse = Message<"agentkeeper.v1.DeletePolicyResponse"
  * Use `create(DeletePolicyResponseSchema)` to create a new message.
  */
 export const DeletePolicyResponseSchema: GenMessage<DeletePolicyResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 38);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 44);
 
 /**
  * @generated from message agentkeeper.v1.ListPoliciesRequest
@@ -950,7 +1112,7 @@ export type ListPoliciesRequest = Message<"agentkeeper.v1.ListPoliciesRequest"> 
  * Use `create(ListPoliciesRequestSchema)` to create a new message.
  */
 export const ListPoliciesRequestSchema: GenMessage<ListPoliciesRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 39);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 45);
 
 /**
  * @generated from message agentkeeper.v1.ListPoliciesResponse
@@ -974,7 +1136,7 @@ export type ListPoliciesResponse = Message<"agentkeeper.v1.ListPoliciesResponse"
  * Use `create(ListPoliciesResponseSchema)` to create a new message.
  */
 export const ListPoliciesResponseSchema: GenMessage<ListPoliciesResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 40);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 46);
 
 /**
  * @generated from message agentkeeper.v1.CheckPolicyRequest
@@ -1001,7 +1163,7 @@ export type CheckPolicyRequest = Message<"agentkeeper.v1.CheckPolicyRequest"> & 
  * Use `create(CheckPolicyRequestSchema)` to create a new message.
  */
 export const CheckPolicyRequestSchema: GenMessage<CheckPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 41);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 47);
 
 /**
  * @generated from message agentkeeper.v1.CheckPolicyResponse
@@ -1023,7 +1185,7 @@ export type CheckPolicyResponse = Message<"agentkeeper.v1.CheckPolicyResponse"> 
  * Use `create(CheckPolicyResponseSchema)` to create a new message.
  */
 export const CheckPolicyResponseSchema: GenMessage<CheckPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 42);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 48);
 
 /**
  * @generated from message agentkeeper.v1.Task
@@ -1100,7 +1262,7 @@ export type Task = Message<"agentkeeper.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 43);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 49);
 
 /**
  * @generated from message agentkeeper.v1.CreateTaskRequest
@@ -1137,7 +1299,7 @@ export type CreateTaskRequest = Message<"agentkeeper.v1.CreateTaskRequest"> & {
  * Use `create(CreateTaskRequestSchema)` to create a new message.
  */
 export const CreateTaskRequestSchema: GenMessage<CreateTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 44);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 50);
 
 /**
  * @generated from message agentkeeper.v1.CreateTaskResponse
@@ -1154,7 +1316,7 @@ export type CreateTaskResponse = Message<"agentkeeper.v1.CreateTaskResponse"> & 
  * Use `create(CreateTaskResponseSchema)` to create a new message.
  */
 export const CreateTaskResponseSchema: GenMessage<CreateTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 45);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 51);
 
 /**
  * @generated from message agentkeeper.v1.ClaimTaskRequest
@@ -1179,7 +1341,7 @@ export type ClaimTaskRequest = Message<"agentkeeper.v1.ClaimTaskRequest"> & {
  * Use `create(ClaimTaskRequestSchema)` to create a new message.
  */
 export const ClaimTaskRequestSchema: GenMessage<ClaimTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 46);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 52);
 
 /**
  * @generated from message agentkeeper.v1.ClaimTaskResponse
@@ -1205,7 +1367,7 @@ export type ClaimTaskResponse = Message<"agentkeeper.v1.ClaimTaskResponse"> & {
  * Use `create(ClaimTaskResponseSchema)` to create a new message.
  */
 export const ClaimTaskResponseSchema: GenMessage<ClaimTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 47);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 53);
 
 /**
  * @generated from message agentkeeper.v1.CompleteTaskRequest
@@ -1232,7 +1394,7 @@ export type CompleteTaskRequest = Message<"agentkeeper.v1.CompleteTaskRequest"> 
  * Use `create(CompleteTaskRequestSchema)` to create a new message.
  */
 export const CompleteTaskRequestSchema: GenMessage<CompleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 48);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 54);
 
 /**
  * @generated from message agentkeeper.v1.CompleteTaskResponse
@@ -1245,7 +1407,7 @@ export type CompleteTaskResponse = Message<"agentkeeper.v1.CompleteTaskResponse"
  * Use `create(CompleteTaskResponseSchema)` to create a new message.
  */
 export const CompleteTaskResponseSchema: GenMessage<CompleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 49);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 55);
 
 /**
  * @generated from message agentkeeper.v1.FailTaskRequest
@@ -1272,7 +1434,7 @@ export type FailTaskRequest = Message<"agentkeeper.v1.FailTaskRequest"> & {
  * Use `create(FailTaskRequestSchema)` to create a new message.
  */
 export const FailTaskRequestSchema: GenMessage<FailTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 50);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 56);
 
 /**
  * @generated from message agentkeeper.v1.FailTaskResponse
@@ -1285,7 +1447,7 @@ export type FailTaskResponse = Message<"agentkeeper.v1.FailTaskResponse"> & {
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 51);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 57);
 
 /**
  * @generated from message agentkeeper.v1.GetTaskRequest
@@ -1302,7 +1464,7 @@ export type GetTaskRequest = Message<"agentkeeper.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 52);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 58);
 
 /**
  * @generated from message agentkeeper.v1.GetTaskResponse
@@ -1319,7 +1481,7 @@ export type GetTaskResponse = Message<"agentkeeper.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 53);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 59);
 
 /**
  * @generated from message agentkeeper.v1.ListTasksRequest
@@ -1348,7 +1510,7 @@ export type ListTasksRequest = Message<"agentkeeper.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 54);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 60);
 
 /**
  * @generated from message agentkeeper.v1.ListTasksResponse
@@ -1372,7 +1534,7 @@ export type ListTasksResponse = Message<"agentkeeper.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 55);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 61);
 
 /**
  * @generated from message agentkeeper.v1.AdvanceRequest
@@ -1389,7 +1551,7 @@ export type AdvanceRequest = Message<"agentkeeper.v1.AdvanceRequest"> & {
  * Use `create(AdvanceRequestSchema)` to create a new message.
  */
 export const AdvanceRequestSchema: GenMessage<AdvanceRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 56);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 62);
 
 /**
  * @generated from message agentkeeper.v1.AdvanceResponse
@@ -1406,7 +1568,7 @@ export type AdvanceResponse = Message<"agentkeeper.v1.AdvanceResponse"> & {
  * Use `create(AdvanceResponseSchema)` to create a new message.
  */
 export const AdvanceResponseSchema: GenMessage<AdvanceResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 57);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 63);
 
 /**
  * @generated from message agentkeeper.v1.NowRequest
@@ -1419,7 +1581,7 @@ export type NowRequest = Message<"agentkeeper.v1.NowRequest"> & {
  * Use `create(NowRequestSchema)` to create a new message.
  */
 export const NowRequestSchema: GenMessage<NowRequest> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 58);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 64);
 
 /**
  * @generated from message agentkeeper.v1.NowResponse
@@ -1436,7 +1598,7 @@ export type NowResponse = Message<"agentkeeper.v1.NowResponse"> & {
  * Use `create(NowResponseSchema)` to create a new message.
  */
 export const NowResponseSchema: GenMessage<NowResponse> = /*@__PURE__*/
-  messageDesc(file_agentkeeper_v1_agentkeeper, 59);
+  messageDesc(file_agentkeeper_v1_agentkeeper, 65);
 
 /**
  * @generated from enum agentkeeper.v1.AgentStatus
@@ -1588,6 +1750,16 @@ export const RegistryService: GenService<{
     input: typeof WatchRequestSchema;
     output: typeof EventSchema;
   },
+  /**
+   * added: heartbeats for many agents per message on one long-lived stream.
+   *
+   * @generated from rpc agentkeeper.v1.RegistryService.KeepAlive
+   */
+  keepAlive: {
+    methodKind: "bidi_streaming";
+    input: typeof KeepAliveRequestSchema;
+    output: typeof KeepAliveResponseSchema;
+  },
 }> = /*@__PURE__*/
   serviceDesc(file_agentkeeper_v1_agentkeeper, 0);
 
@@ -1628,6 +1800,16 @@ export const LeaseService: GenService<{
     methodKind: "unary";
     input: typeof ListLeasesRequestSchema;
     output: typeof ListLeasesResponseSchema;
+  },
+  /**
+   * added: renewals for many leases per message on one long-lived stream.
+   *
+   * @generated from rpc agentkeeper.v1.LeaseService.KeepAlive
+   */
+  keepAlive: {
+    methodKind: "bidi_streaming";
+    input: typeof LeaseKeepAliveRequestSchema;
+    output: typeof LeaseKeepAliveResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentkeeper_v1_agentkeeper, 1);

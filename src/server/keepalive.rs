@@ -1,0 +1,157 @@
+//! The keep-alive streams (RegistryService.KeepAlive, LeaseService.KeepAlive): each message one
+//! `Command::KeepAlive` in the driver's priority lane, answered in the order sent with a result
+//! per item; a message outside the bounds ends the stream INVALID_ARGUMENT before it is queued.
+//!
+//! Architecture invariant: holds no state but the stream's own messages in flight (at most
+//! `IN_FLIGHT_MAX`); decides nothing an item's unary call would not (the core answers each item).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::convert;
+use crate::core::types::TokenId;
+use crate::core::{Command, CoreError, Outcome, Reply};
+use crate::driver::CoreHandle;
+use crate::limits::KEEPALIVE_ITEMS_MAX;
+use crate::metrics::Metrics;
+use crate::proto as pb;
+
+/// Messages of one stream waiting for the core at once: a client may send its next message
+/// before the last is answered (pipelining), and answers still leave in the order sent.
+const IN_FLIGHT_MAX: usize = 16;
+
+pub type AnswerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// One stream's kind: how its messages become core commands and its answers messages.
+pub trait Kind: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// The `stream` label of the metrics.
+    const NAME: &'static str;
+    /// The message's batch id and its items as core commands.
+    fn items(request: Self::Request) -> (u64, Vec<Command>);
+    /// The answer to a message: one result per item, in order.
+    fn response(batch_id: u64, answers: Vec<Outcome>) -> Self::Response;
+}
+
+/// Serves one keep-alive stream: its messages, as they come, become batches for the core.
+pub fn serve<K: Kind>(
+    core: CoreHandle,
+    metrics: Arc<Metrics>,
+    principal: Option<TokenId>,
+    inbound: Streaming<K::Request>,
+) -> AnswerStream<K::Response> {
+    let answers = inbound
+        .map(move |message| {
+            let core = core.clone();
+            let metrics = metrics.clone();
+            async move {
+                let (batch_id, items) = K::items(message?);
+                check_count(items.len())?;
+                let outcome = core.call_as(Command::KeepAlive { items }, principal).await;
+                let answers = match outcome.map_err(convert::status)? {
+                    Reply::KeepAlive(answers) => answers,
+                    other => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+                };
+                let failed = answers.iter().filter(|a| a.is_err()).count();
+                metrics.count_keepalive(K::NAME, answers.len() - failed, failed);
+                Ok(K::response(batch_id, answers))
+            }
+        })
+        .buffered(IN_FLIGHT_MAX);
+    Box::pin(answers)
+}
+
+/// The bound of a message, checked before anything is queued (the core checks it again).
+fn check_count(items: usize) -> Result<(), Status> {
+    if items == 0 || items > KEEPALIVE_ITEMS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a keep-alive message carries 1 to {KEEPALIVE_ITEMS_MAX} items, this one {items}"
+        )));
+    }
+    Ok(())
+}
+
+fn error_parts(error: CoreError) -> (i32, String) {
+    (convert::code(error.code) as i32, error.message)
+}
+
+/// RegistryService.KeepAlive: heartbeats.
+pub struct Heartbeats;
+
+impl Kind for Heartbeats {
+    type Request = pb::KeepAliveRequest;
+    type Response = pb::KeepAliveResponse;
+    const NAME: &'static str = "registry";
+
+    fn items(request: pb::KeepAliveRequest) -> (u64, Vec<Command>) {
+        let items = (request.agent_ids.into_iter())
+            .map(|agent_id| Command::Heartbeat { agent_id })
+            .collect();
+        (request.batch_id, items)
+    }
+
+    fn response(batch_id: u64, answers: Vec<Outcome>) -> pb::KeepAliveResponse {
+        let results = (answers.into_iter())
+            .map(|answer| match answer {
+                Ok(_) => pb::KeepAliveResult::default(),
+                Err(error) => {
+                    let (code, message) = error_parts(error);
+                    pb::KeepAliveResult { code, message }
+                }
+            })
+            .collect();
+        pb::KeepAliveResponse { batch_id, results }
+    }
+}
+
+/// LeaseService.KeepAlive: renewals.
+pub struct Renewals;
+
+impl Kind for Renewals {
+    type Request = pb::LeaseKeepAliveRequest;
+    type Response = pb::LeaseKeepAliveResponse;
+    const NAME: &'static str = "lease";
+
+    fn items(request: pb::LeaseKeepAliveRequest) -> (u64, Vec<Command>) {
+        let items = (request.renewals.into_iter())
+            .map(|r| Command::RenewLease {
+                task_id: r.task_id,
+                agent_id: r.agent_id,
+                token: r.token.map_or(0, |t| t.value),
+                ttl_seconds: r.ttl_seconds,
+            })
+            .collect();
+        (request.batch_id, items)
+    }
+
+    fn response(batch_id: u64, answers: Vec<Outcome>) -> pb::LeaseKeepAliveResponse {
+        let results = (answers.into_iter())
+            .map(|answer| match answer {
+                Ok(Reply::Lease { lease, .. }) => pb::LeaseKeepAliveResult {
+                    code: 0,
+                    message: String::new(),
+                    lease: Some(convert::lease_to_pb(&lease)),
+                },
+                Ok(other) => pb::LeaseKeepAliveResult {
+                    code: tonic::Code::Internal as i32,
+                    message: format!("unexpected reply {other:?}"),
+                    lease: None,
+                },
+                Err(error) => {
+                    let (code, message) = error_parts(error);
+                    pb::LeaseKeepAliveResult {
+                        code,
+                        message,
+                        lease: None,
+                    }
+                }
+            })
+            .collect();
+        pb::LeaseKeepAliveResponse { batch_id, results }
+    }
+}
