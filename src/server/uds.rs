@@ -6,7 +6,6 @@
 //! Architecture invariant: never removes a file that is not a socket, nor a socket a process
 //! still listens on; never serves TLS (the socket's mode and owner are its access control).
 
-use std::ffi::CString;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -68,49 +67,22 @@ fn user_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse() {
         return Ok(id);
     }
-    let c_name = CString::new(name).map_err(|_| format!("no user {name:?}"))?;
-    // SAFETY: getpwnam_r writes only into `entry` and `buffer`, both ours and as long as said;
-    // `found` points at `entry` or is null.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    let status = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if status != 0 || found.is_null() {
-        return Err(format!("no user {name:?} on this host"));
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!("no user {name:?} on this host")),
+        Err(error) => Err(format!("looking up user {name:?}: {error}")),
     }
-    Ok(entry.pw_uid)
 }
 
 fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse() {
         return Ok(id);
     }
-    let c_name = CString::new(name).map_err(|_| format!("no group {name:?}"))?;
-    // SAFETY: as in `user_id`, for getgrnam_r.
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 64 * 1024];
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    let status = unsafe {
-        libc::getgrnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if status != 0 || found.is_null() {
-        return Err(format!("no group {name:?} on this host"));
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group {name:?} on this host")),
+        Err(error) => Err(format!("looking up group {name:?}: {error}")),
     }
-    Ok(entry.gr_gid)
 }
 
 /// Binds the socket at `config.path`, then sets its mode and owner. A socket file already there
