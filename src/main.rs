@@ -607,21 +607,42 @@ fn use_uring(io: IoKind, tls: bool) -> Result<bool, String> {
     }
 }
 
-/// The sentence encoder Find ranks with: `--search-model`'s (an error when it holds none), else
-/// the first model in the default places, else none. Says once which, and why lexical.
-fn load_search_model(flag: Option<&std::path::Path>) -> Result<Option<SentenceEncoder>, String> {
+/// Where the sentence encoder Find ranks with is: `--search-model`'s (an error when it holds
+/// none), else the first model in the default places, else none; `Err` when the flag names no
+/// model. Logs nothing: `load_search_model` says which ranking Find uses, once the daemon serves.
+enum SearchModel {
+    Off,
+    Missing(Vec<std::path::PathBuf>),
+    At(std::path::PathBuf),
+}
+
+fn find_search_model(flag: Option<&std::path::Path>) -> Result<SearchModel, String> {
     if flag.is_some_and(|dir| dir == std::path::Path::new("off")) {
-        tracing::info!("--search-model off: Find ranks lexically (BM25F)");
-        return Ok(None);
+        return Ok(SearchModel::Off);
     }
     let places = embed::model_dir::default_places(std::env::current_exe().ok().as_deref());
-    let Some(dir) = embed::model_dir::find(flag, &places)? else {
-        let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
-        tracing::warn!(
-            looked_in = %looked.join(", "),
-            "no search model: Find ranks lexically (BM25F); `make models` or --search-model DIR adds the sentence encoder"
-        );
-        return Ok(None);
+    Ok(match embed::model_dir::find(flag, &places)? {
+        Some(dir) => SearchModel::At(dir),
+        None => SearchModel::Missing(places),
+    })
+}
+
+/// Loads the model `find_search_model` found, and says once which ranking Find uses and why.
+fn load_search_model(model: SearchModel) -> Result<Option<SentenceEncoder>, String> {
+    let dir = match model {
+        SearchModel::Off => {
+            tracing::info!("--search-model off: Find ranks lexically (BM25F)");
+            return Ok(None);
+        }
+        SearchModel::Missing(places) => {
+            let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                looked_in = %looked.join(", "),
+                "no search model: Find ranks lexically (BM25F); `make models` or --search-model DIR adds the sentence encoder"
+            );
+            return Ok(None);
+        }
+        SearchModel::At(dir) => dir,
     };
     let encoder = SentenceEncoder::load(&dir).map_err(|error| format!("--search-model: {error}"))?;
     tracing::info!(dir = %dir.display(), dims = encoder.dims(), "search model loaded: Find ranks by BM25F fused with the sentence encoder");
@@ -642,8 +663,9 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         Some(path) => Some(Arc::new(server::auth::Tokens::load(path)?)),
         None => None,
     };
-    let encoder = load_search_model(flags.search_model.as_deref())?;
-    // Both ports first: a taken port is a one-line exit before any slow recovery.
+    let search_model = find_search_model(flags.search_model.as_deref())?;
+    // Both ports first: a taken port is a one-line exit before any slow recovery (or anything
+    // logged about the search model).
     let grpc_listener = match flags.uds_only {
         true => None,
         false => Some(
@@ -684,6 +706,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         http: http_listener.as_ref().and_then(|listener| listener.local_addr().ok()),
     };
     bound.log();
+    let encoder = load_search_model(search_model)?;
 
     let metrics = Arc::new(Metrics::new());
     let serving = server::health::Serving::new().await;
