@@ -12,19 +12,11 @@ use std::process::Command;
 
 use agentkeeper::proto as pb;
 use common::{Clients, Daemon, wait_until_blocking};
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::Endpoint;
 
 /// Clients over the daemon's Unix socket at `path`.
 async fn clients_at(path: &Path) -> Clients {
-    let path = path.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    let channel = agentkeeper::server::uds::connect(Endpoint::from_static("http://localhost"), path)
         .await
         .expect("connects over the socket");
     Clients::over(channel)

@@ -470,19 +470,10 @@ async fn open_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Stri
 
 /// A channel over the daemon's Unix socket (`--endpoint unix:PATH`, the daemon's `--uds PATH`).
 async fn open_unix_channel(endpoint: &str, path: &str, timeout: Duration) -> Result<Channel, String> {
-    let path = std::path::PathBuf::from(path);
-    // The URI is a placeholder: every connection goes to the socket.
-    Endpoint::from_static("http://localhost")
+    let settings = Endpoint::from_static("http://localhost")
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
+        .timeout(timeout);
+    (crate::server::uds::connect(settings, std::path::Path::new(path)).await)
         .map_err(|e| format!("cannot connect to {endpoint}: {}", chain(&e)))
 }
 

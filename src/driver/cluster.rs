@@ -4,7 +4,8 @@
 //!
 //! Architecture invariant: nothing leaves the node ahead of the consensus records it emitted
 //! before it that owe a sync (raft-rs counts them stable once emitted; `cluster::SyncGate`
-//! keeps the order); a log that cannot be synced stops the node. Sending to a peer never blocks: a full outbox drops (consensus retries what matters).
+//! keeps the order); a log that cannot be synced stops the node. Sending to a peer never
+//! blocks: a full outbox drops (consensus retries what matters).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

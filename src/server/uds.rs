@@ -1,7 +1,8 @@
 //! gRPC on a Unix domain socket (`--uds PATH`), for sidecars on the same host: binding it (a
 //! stale socket file is removed only when nothing answers on it), its file mode and owner, and
 //! serving the same routes and layer as TCP with tonic on tokio's epoll reactor, whichever
-//! transport serves TCP (io_uring or epoll). The file goes when the daemon stops.
+//! transport serves TCP (io_uring or epoll). The file goes when the daemon stops. `connect` is
+//! the client's side (ctl, the load generator, the tests).
 //!
 //! Architecture invariant: never removes a file that is not a socket, nor a socket a process
 //! still listens on; never serves TLS (the socket's mode and owner are its access control).
@@ -83,6 +84,24 @@ fn group_id(name: &str) -> Result<u32, String> {
         Ok(None) => Err(format!("no group {name:?} on this host")),
         Err(error) => Err(format!("looking up group {name:?}: {error}")),
     }
+}
+
+/// A client channel over the daemon's socket at `path`: `endpoint` carries the settings
+/// (timeouts); its URI is a placeholder, every connection goes to the socket.
+pub async fn connect(
+    endpoint: tonic::transport::Endpoint,
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
 }
 
 /// Binds the socket at `config.path`, then sets its mode and owner. A socket file already there

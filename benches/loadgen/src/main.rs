@@ -255,15 +255,8 @@ async fn connect(target: &str, n: usize) -> Result<Vec<Channel>, String> {
     if let Some(path) = target.strip_prefix("unix:") {
         // The daemon's --uds socket: one connection each, through a connector on the path.
         for _ in 0..n {
-            let path = std::path::PathBuf::from(path);
-            let channel = Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                }))
+            let placeholder = Endpoint::from_static("http://localhost");
+            let channel = agentkeeper::server::uds::connect(placeholder, std::path::Path::new(path))
                 .await
                 .map_err(|e| format!("connect to {target}: {e}"))?;
             channels.push(channel);
