@@ -3,7 +3,9 @@
 //! and splits into partitions, with nodes paused, crashed and restarted and clocks skewed;
 //! each node's disk keeps what was synced, and a crash (also one in the middle of a write, after
 //! the outputs ahead of it left) keeps only a prefix of the rest, as `cluster::SyncGate` orders
-//! it for the real driver; clients call random nodes. After every step: one leader per term, committed entries equal
+//! it for the real driver, and one between a snapshot and the log after it leaves the old log
+//! behind the new snapshot; restarts read the disk back with the real log's `LogStore::recover`;
+//! clients call random nodes. After every step: one leader per term, committed entries equal
 //! on every node, replicas equal at equal applied indexes, fencing tokens rising, nothing
 //! acknowledged before it is committed. At the end every fault heals, and the cluster must
 //! converge and take a write.
@@ -14,10 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use agentkeeper::cluster::HardState;
 use agentkeeper::cluster::{
-    ClusterPlanted, Forward, Gated, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput, ProposalId, RaftEntry,
-    StateRole, SyncGate,
+    ClusterPlanted, DiskRecord, Forward, Gated, HardState, LogStore, Message, Node, NodeConfig, NodeInput, NodeOutput,
+    ProposalId, RaftEntry, Snapshot, StateRole, SyncGate,
 };
 use agentkeeper::core::machine::{CallerId, Output};
 use agentkeeper::core::types::{AgentCard, Millis};
@@ -87,6 +88,9 @@ struct Faults {
     /// A node crashing while its disk writes what it owes a sync for (after what it released
     /// ahead of those records left, before what waits for them): per 100,000 such writes.
     crash_mid_sync_per_100k: u64,
+    /// A node crashing between writing a snapshot and the log that follows it (the old log
+    /// stays behind the new snapshot): per 100,000 snapshots written.
+    crash_after_snapshot_per_100k: u64,
 }
 
 impl Faults {
@@ -99,6 +103,7 @@ impl Faults {
             crash_per_100k: rng.range(0, 100),
             pause_per_100k: rng.range(0, 100),
             crash_mid_sync_per_100k: rng.range(0, 300),
+            crash_after_snapshot_per_100k: rng.range(0, 5_000),
         }
     }
 
@@ -111,6 +116,7 @@ impl Faults {
             crash_per_100k: 0,
             pause_per_100k: 0,
             crash_mid_sync_per_100k: 0,
+            crash_after_snapshot_per_100k: 0,
         }
     }
 }
@@ -119,7 +125,7 @@ struct Slot {
     node: Option<Node>,
     /// The node's consensus log as its disk holds it: what was synced, or written whole. A
     /// restart reads it back.
-    disk: LogStore,
+    disk: Disk,
     /// Records appended since the last sync: a crash keeps a prefix of them (a torn write).
     unsynced: Vec<(Vec<RaftEntry>, Option<HardState>)>,
     /// The driver's rule for what leaves before a sync and what waits for it.
@@ -217,13 +223,24 @@ pub struct ClusterSim {
     coverage: BTreeMap<&'static str, u64>,
 }
 
-/// Writes records to a simulated disk as the consensus log reads them back at a restart.
-fn write_to_disk(disk: &mut LogStore, entries: Vec<RaftEntry>, hard_state: Option<HardState>) {
-    for entry in entries {
-        disk.read_back(entry).expect("a node appends a contiguous log");
+/// A node's disk: its snapshot file and its log file's records, which a restart reads back
+/// through `LogStore::recover`, as the real consensus log does.
+#[derive(Clone, Default)]
+struct Disk {
+    snapshot: Option<Snapshot>,
+    records: Vec<DiskRecord>,
+}
+
+impl Disk {
+    /// Appends records to the log file (what a sync, or a crash's torn write, kept).
+    fn write(&mut self, entries: Vec<RaftEntry>, hard_state: Option<HardState>) {
+        self.records.extend(entries.into_iter().map(DiskRecord::Entry));
+        self.records.extend(hard_state.map(DiskRecord::HardState));
     }
-    if let Some(hard_state) = hard_state {
-        disk.set_hard_state(hard_state);
+
+    fn read_back(&self, voters: &[u64]) -> LogStore {
+        LogStore::recover(voters, self.snapshot.clone(), self.records.iter().cloned())
+            .unwrap_or_else(|error| panic!("the node's disk does not read back: {error}"))
     }
 }
 
@@ -295,7 +312,7 @@ impl ClusterSim {
             let skew = sim.rng.range(0, 500);
             sim.slots.push(Slot {
                 node: None,
-                disk: LogStore::new(&voters),
+                disk: Disk::default(),
                 unsynced: Vec::new(),
                 gate: SyncGate::new(),
                 skew,
@@ -326,7 +343,8 @@ impl ClusterSim {
         config.epoch = (slot.restarts << 32) | self.rng.below(1 << 32);
         slot.restarts += 1;
         let now = self.now + slot.skew;
-        let node = Node::new(config, slot.disk.clone(), now).expect("the simulated config is valid");
+        let log = slot.disk.read_back(&self.config.voters);
+        let node = Node::new(config, log, now).expect("the simulated config is valid");
         slot.node = Some(node);
         slot.gate = match self.config.planted {
             ClusterPlanted::IgnoreSyncs => SyncGate::planted_ignoring_syncs(),
@@ -365,7 +383,7 @@ impl ClusterSim {
             self.count("unsynced_records_lost");
         }
         for (entries, hard_state) in unsynced.into_iter().take(kept) {
-            write_to_disk(&mut self.slots[i].disk, entries, hard_state);
+            self.slots[i].disk.write(entries, hard_state);
         }
         drop(self.slots[i].gate.synced());
         self.slots[i].paused_until = None;
@@ -788,30 +806,43 @@ impl ClusterSim {
             // The driver's loop: records to the disk, outputs out as the sync gate says; the
             // disk syncs what is owed, unless the node crashes while it writes.
             let mut released = Vec::new();
-            let slot = &mut self.slots[i];
+            let mut crash_after_snapshot = false;
             for output in polled {
-                match slot.gate.admit(output) {
-                    Gated::Append { entries, hard_state } => slot.unsynced.push((entries, hard_state)),
+                if crash_after_snapshot {
+                    // The node went down inside that write: nothing after it left.
+                    break;
+                }
+                match self.slots[i].gate.admit(output) {
+                    Gated::Append { entries, hard_state } => self.slots[i].unsynced.push((entries, hard_state)),
                     Gated::Replace {
                         snapshot,
                         entries,
                         hard_state,
                     } => {
-                        slot.disk = LogStore::new(&self.config.voters);
-                        slot.disk.apply_snapshot(*snapshot);
-                        write_to_disk(&mut slot.disk, entries, Some(hard_state));
+                        // The snapshot file, then the log after it, each written whole (what was
+                        // appended and not synced is in neither: the log is rewritten).
+                        crash_after_snapshot = self.rng.below(100_000) < self.faults.crash_after_snapshot_per_100k;
+                        let slot = &mut self.slots[i];
+                        slot.disk.snapshot = Some(*snapshot);
                         slot.unsynced.clear();
-                        released.extend(slot.gate.synced());
+                        if !crash_after_snapshot {
+                            slot.disk.records.clear();
+                            slot.disk.write(entries, Some(hard_state));
+                            released.extend(slot.gate.synced());
+                        }
                     }
                     Gated::Release(output) => released.push(output),
                     Gated::Held => {}
                 }
             }
-            let crash_mid_sync = slot.gate.owes_sync() && self.rng.below(100_000) < self.faults.crash_mid_sync_per_100k;
+            let slot = &self.slots[i];
+            let crash_mid_sync = !crash_after_snapshot
+                && slot.gate.owes_sync()
+                && self.rng.below(100_000) < self.faults.crash_mid_sync_per_100k;
             let slot = &mut self.slots[i];
-            if slot.gate.owes_sync() && !crash_mid_sync {
+            if slot.gate.owes_sync() && !crash_mid_sync && !crash_after_snapshot {
                 for (entries, hard_state) in std::mem::take(&mut slot.unsynced) {
-                    write_to_disk(&mut slot.disk, entries, hard_state);
+                    slot.disk.write(entries, hard_state);
                 }
                 released.extend(slot.gate.synced());
             }
@@ -843,6 +874,10 @@ impl ClusterSim {
             if crash_mid_sync {
                 self.crash(i);
                 self.count("crash_mid_sync");
+            }
+            if crash_after_snapshot {
+                self.crash(i);
+                self.count("crash_after_snapshot");
             }
         }
         Ok(())

@@ -32,6 +32,7 @@ fn the_seeds_strike_every_fault_and_leadership_changes_hands() {
         "heal",
         "crash",
         "crash_mid_sync",
+        "crash_after_snapshot",
         "unsynced_records_lost",
         "restart",
         "pause",

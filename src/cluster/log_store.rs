@@ -10,6 +10,13 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+/// One record of a node's log file, as written and as read back.
+#[derive(Clone, Debug)]
+pub enum DiskRecord {
+    Entry(Entry),
+    HardState(HardState),
+}
+
 #[derive(Clone, Debug)]
 pub struct LogStore {
     hard_state: HardState,
@@ -114,10 +121,58 @@ impl LogStore {
         );
     }
 
+    /// Rebuilds a node's log as a restart finds it on disk: its snapshot (if any), then the
+    /// records of its log file in the order they were written. The driver writes a snapshot
+    /// and then the log that follows it, each whole; a crash between the two leaves the log
+    /// from before the snapshot behind it. So entries the snapshot covers are skipped, and a
+    /// hard state whose commit index is behind the snapshot's index is moved up to it (a
+    /// snapshot holds only committed entries; raft-rs refuses a commit index behind its log's
+    /// start). What cannot be (a gap in the entries, a commit index past the last entry) is an
+    /// error, never a panic.
+    pub fn recover(
+        voters: &[u64],
+        snapshot: Option<Snapshot>,
+        records: impl IntoIterator<Item = DiskRecord>,
+    ) -> Result<LogStore, String> {
+        let mut log = LogStore::new(voters);
+        if let Some(snapshot) = snapshot {
+            log.apply_snapshot(snapshot);
+        }
+        for record in records {
+            match record {
+                DiskRecord::Entry(entry) => log.read_back(entry)?,
+                DiskRecord::HardState(hard_state) => log.read_back_hard_state(hard_state),
+            }
+        }
+        if log.hard_state.commit > log.last() {
+            return Err(format!(
+                "the commit index {} is past the last entry held, {}",
+                log.hard_state.commit,
+                log.last()
+            ));
+        }
+        Ok(log)
+    }
+
+    /// Reads back a hard state written before or after the snapshot held (see `recover`). One
+    /// of a term older than the snapshot's (a leader's snapshot installed in a new term, the
+    /// crash before the log that carried the new term was written) moves to the snapshot's
+    /// term with no vote: no vote in that term left this node, for a vote leaves only once its
+    /// hard state is synced.
+    fn read_back_hard_state(&mut self, mut hard_state: HardState) {
+        let metadata = self.snapshot.get_metadata();
+        if hard_state.term < metadata.term {
+            hard_state.term = metadata.term;
+            hard_state.vote = 0;
+        }
+        hard_state.commit = hard_state.commit.max(metadata.index);
+        self.hard_state = hard_state;
+    }
+
     /// Reads back one entry of a log written after its snapshot (at a restart): an entry at or
     /// before the snapshot is skipped (a crash came between writing the two), a later one
     /// replaces what it overwrote; one past the end would leave a gap and is refused.
-    pub fn read_back(&mut self, entry: Entry) -> Result<(), String> {
+    fn read_back(&mut self, entry: Entry) -> Result<(), String> {
         let at = entry.index;
         if at != 0 && at <= self.snapshot.get_metadata().index {
             return Ok(());

@@ -17,7 +17,7 @@ pub mod sync_gate;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{ConfChangeV2, EntryType, Snapshot};
+use raft::eraftpb::{ConfChangeV2, EntryType};
 use raft::{RawNode, ReadOnlyOption, Storage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -27,13 +27,13 @@ use crate::core::machine::{CallerId, Input, Machine, Output};
 use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, Core, CoreConfig, CoreError, ErrorCode};
 
-pub use log_store::LogStore;
+pub use log_store::{DiskRecord, LogStore};
 pub use members::{ClusterIdentity, InitialCluster};
 pub use membership::{Addresses, MemberChange};
 pub use proposal::ProposalId;
 /// The consensus types a driver touches, from the one raft-rs this crate builds with.
 pub use raft::StateRole;
-pub use raft::eraftpb::{Entry as RaftEntry, HardState, Message};
+pub use raft::eraftpb::{Entry as RaftEntry, HardState, Message, Snapshot};
 pub use sync_gate::{Gated, SyncGate};
 
 /// Deliberate consensus misuses, for proving the simulator's checks catch one. Never set

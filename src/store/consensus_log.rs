@@ -18,7 +18,7 @@ use raft::eraftpb::{Entry, HardState, Snapshot};
 
 use super::wal::{self, Damage};
 use super::{StoreError, create_whole, io_error, lock_dir, truncate};
-use crate::cluster::{ClusterIdentity, LogStore};
+use crate::cluster::{ClusterIdentity, DiskRecord, LogStore};
 
 pub(super) const FILE: &str = "consensus.log";
 const SNAPSHOT_FILE: &str = "consensus.snapshot";
@@ -36,11 +36,6 @@ const HEADER_BYTES: usize = 24;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
-
-enum Record {
-    Entry(Entry),
-    HardState(HardState),
-}
 
 pub struct ConsensusLog {
     node_id: u64,
@@ -152,14 +147,14 @@ pub fn has_log(dir: &Path) -> bool {
     dir.join(FILE).exists()
 }
 
-fn decode(payload: &[u8]) -> Result<Record, String> {
+fn decode(payload: &[u8]) -> Result<DiskRecord, String> {
     let (&kind, body) = payload.split_first().ok_or("an empty record")?;
     match kind {
         KIND_ENTRY => Entry::parse_from_bytes(body)
-            .map(Record::Entry)
+            .map(DiskRecord::Entry)
             .map_err(|e| e.to_string()),
         KIND_HARD_STATE => HardState::parse_from_bytes(body)
-            .map(Record::HardState)
+            .map(DiskRecord::HardState)
             .map_err(|e| e.to_string()),
         other => Err(format!("unknown record kind {other}")),
     }
@@ -179,24 +174,20 @@ impl ConsensusLog {
             });
         }
         let path = dir.join(FILE);
-        let mut log = LogStore::new(voters);
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        match std::fs::read(&snapshot_path) {
-            Ok(bytes) => {
-                let snapshot = decode_snapshot_file(&bytes).map_err(|detail| StoreError::Damaged {
-                    path: snapshot_path.clone(),
-                    detail,
-                })?;
-                log.apply_snapshot(snapshot);
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        let snapshot = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => Some(decode_snapshot_file(&bytes).map_err(|detail| StoreError::Damaged {
+                path: snapshot_path.clone(),
+                detail,
+            })?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => {
                 return Err(StoreError::Io {
                     path: snapshot_path,
                     error,
                 });
             }
-        }
+        };
         if !path.exists() {
             create_whole(dir, &path, &header(node_id))?;
         }
@@ -212,12 +203,7 @@ impl ConsensusLog {
             tracing::warn!(path = %path.display(), %torn, "cutting the consensus log's torn tail");
             truncate(&path, frames.valid_len)?;
         }
-        for record in frames.records {
-            match record {
-                Record::Entry(entry) => log.read_back(entry).map_err(damaged)?,
-                Record::HardState(hard_state) => log.set_hard_state(hard_state),
-            }
-        }
+        let log = LogStore::recover(voters, snapshot, frames.records).map_err(damaged)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -418,6 +404,79 @@ mod tests {
         assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (6, 7));
         assert_eq!(store.term(7).unwrap(), 2);
         assert_eq!(*store.hard_state(), hard_state(2, 2, 6));
+    }
+
+    /// The driver writes a snapshot, then the log after it, each whole: a crash between the two
+    /// leaves the old log behind the new snapshot. Found by e2e_cluster under load: a follower
+    /// killed right after its first snapshot (index 1) came back with the old log's hard state
+    /// (commit 0, the commit-only hard state that said 1 not yet synced), and raft-rs refused
+    /// to start ("hs.commit 0 is out of range [1, 1]").
+    #[test]
+    fn a_crash_between_the_snapshot_and_the_log_after_it_reads_back_a_log_raft_rs_starts_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = |index: u64, term: u64| {
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = index;
+            snapshot.mut_metadata().term = term;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+            snapshot
+        };
+        {
+            let (mut log, _) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
+            log.append(&[entry(1, 2, b"")], Some(&hard_state(2, 1, 0)));
+            log.sync().unwrap();
+            // The commit-only hard state, appended without a sync of its own, never written.
+            log.append(&[], Some(&hard_state(2, 1, 1)));
+        }
+        // The snapshot file written whole; the crash came before the log file was replaced.
+        create_whole(
+            dir.path(),
+            &dir.path().join(SNAPSHOT_FILE),
+            &encode_snapshot_file(&snapshot(1, 2)),
+        )
+        .unwrap();
+        let (_, store) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            *store.hard_state(),
+            hard_state(2, 1, 1),
+            "commit moves up to the snapshot's index"
+        );
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (2, 1));
+        let config = raft::Config {
+            id: 2,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = raft::RawNode::new(&config, store, &logger).expect("raft-rs starts from it");
+        assert_eq!((node.raft.term, node.raft.raft_log.committed), (2, 1));
+
+        // A leader's snapshot of a newer term, installed before the hard state of that term was
+        // written: the term moves up to the snapshot's, with no vote (none left unsynced).
+        create_whole(
+            dir.path(),
+            &dir.path().join(SNAPSHOT_FILE),
+            &encode_snapshot_file(&snapshot(9, 4)),
+        )
+        .unwrap();
+        let (_, store) = ConsensusLog::open(dir.path(), 2, &[1, 2, 3]).unwrap();
+        assert_eq!(*store.hard_state(), hard_state(4, 0, 9));
+        assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (10, 9));
+        raft::RawNode::new(&config, store, &logger).expect("raft-rs starts from it");
+    }
+
+    #[test]
+    fn a_commit_index_past_the_last_entry_is_a_damaged_log_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = ConsensusLog::open(dir.path(), 1, &[1]).unwrap();
+            log.append(&[entry(1, 1, b"a")], Some(&hard_state(1, 1, 7)));
+            log.sync().unwrap();
+        }
+        let err = ConsensusLog::open(dir.path(), 1, &[1])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("commit index 7 is past the last entry held, 1"), "{err}");
     }
 
     #[test]
