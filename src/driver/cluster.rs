@@ -224,6 +224,7 @@ impl Engine for ClusterNode {
                         entries,
                         hard_state,
                     } => {
+                        outlets.deliver();
                         (self.log.replace(&snapshot, &entries, &hard_state))
                             .map_err(|error| format!("writing a snapshot: {error}"))?;
                         metrics.cluster_snapshots_total.inc();
@@ -238,6 +239,7 @@ impl Engine for ClusterNode {
             if !self.gate.owes_sync() {
                 return Ok(());
             }
+            outlets.deliver();
             let started = Instant::now();
             let bytes = self.log.pending_bytes();
             self.log

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod durability;
+pub mod mailbox;
 mod outlets;
 mod progress;
 mod queue;
@@ -233,7 +234,8 @@ impl<E: Engine> Driver<E> {
                     command,
                     principal,
                     reply,
-                } => (command, principal, Caller::Call(reply)),
+                    mailbox,
+                } => (command, principal, Caller::Call(reply, mailbox)),
                 Request::Subscribe { command, sink, reply } => (command, None, Caller::Subscribe(reply, sink)),
                 Request::Clock { advance_ms, reply } => {
                     let moved = match advance_ms {
@@ -282,7 +284,9 @@ impl<E: Engine> Driver<E> {
             };
             self.engine.handle(now, call);
         }
-        if let Err(error) = self.engine.flush(now, &mut self.outlets, &self.metrics) {
+        let flushed = self.engine.flush(now, &mut self.outlets, &self.metrics);
+        self.outlets.deliver();
+        if let Err(error) = flushed {
             // Only a cluster node's log fails this way: consensus already counts on what it
             // could not make durable, so the node must not go on (etcd stops alike). A restart
             // rejoins from what is durable.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::Sink;
+use super::mailbox::{Gathered, Mailbox};
 use super::streams::Streams;
 use crate::core::machine::{CallerId, Input, Output};
 use crate::core::types::{Map, Millis, Set, new_map, new_set};
@@ -21,7 +22,8 @@ pub(super) const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a caller's answer goes.
 pub(super) enum Caller {
-    Call(oneshot::Sender<Outcome>),
+    /// A unary call; with a mailbox, answered through its net thread's (see `mailbox`).
+    Call(oneshot::Sender<Outcome>, Option<Mailbox>),
     Subscribe(oneshot::Sender<Outcome>, Sink),
     Clock(oneshot::Sender<Result<Millis, CoreError>>),
 }
@@ -33,6 +35,8 @@ pub(super) struct Outlets {
     swept_at: Option<Instant>,
     caller_next: u64,
     streams: Streams,
+    /// This batch's unary answers for net threads with a mailbox, until `deliver`.
+    gathered: Gathered,
 }
 
 impl Outlets {
@@ -43,7 +47,14 @@ impl Outlets {
             swept_at: None,
             caller_next: 1,
             streams: Streams::new(seed),
+            gathered: Gathered::default(),
         }
+    }
+
+    /// Hands over the answers gathered since the last call: at the end of a batch, and before
+    /// the engine blocks on a disk (what may leave must not wait for a sync).
+    pub(super) fn deliver(&mut self) {
+        self.gathered.deliver();
     }
 
     /// Whether parked callers wait (the driver then wakes now and then to sweep).
@@ -66,7 +77,11 @@ impl Outlets {
             Output::Reply { caller, outcome } => {
                 self.parked.remove(&caller);
                 let undelivered = match self.callers.remove(&caller) {
-                    Some(Caller::Call(reply)) => reply.send(outcome).err(),
+                    Some(Caller::Call(reply, Some(mailbox))) if !matches!(outcome, Ok(Reply::Claimed { .. })) => {
+                        self.gathered.add(mailbox, reply, outcome);
+                        None
+                    }
+                    Some(Caller::Call(reply, _)) => reply.send(outcome).err(),
                     Some(Caller::Subscribe(reply, sink)) => self.streams.open(reply, sink, outcome),
                     Some(Caller::Clock(reply)) => {
                         let _ = reply.send(outcome.map(|reply| match reply {
@@ -109,7 +124,7 @@ impl Outlets {
         }
         self.swept_at = Some(Instant::now());
         let mut gone: Vec<CallerId> = (self.parked.iter())
-            .filter(|&caller| matches!(self.callers.get(caller), Some(Caller::Call(reply)) if reply.is_closed()))
+            .filter(|&caller| matches!(self.callers.get(caller), Some(Caller::Call(reply, _)) if reply.is_closed()))
             .copied()
             .collect();
         gone.sort_unstable();

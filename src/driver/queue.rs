@@ -16,6 +16,7 @@ use crate::core::types::{Millis, TokenId};
 use crate::core::{Command, CoreError, ErrorCode, Event, Outcome};
 use crate::metrics::Metrics;
 
+use super::mailbox::Mailbox;
 use super::progress::Progress;
 
 /// The driver's side of one watch stream: its bounded buffer and the slot for its last word.
@@ -32,6 +33,8 @@ pub enum Request {
         command: Command,
         principal: Option<TokenId>,
         reply: oneshot::Sender<Outcome>,
+        /// The calling net thread's mailbox, if it has one: the answer goes through it.
+        mailbox: Option<Mailbox>,
     },
     /// A command that opens a stream (Watch, WatchElection); on success the sink is attached
     /// before any event can be routed to it.
@@ -233,6 +236,7 @@ impl CoreHandle {
             command,
             principal,
             reply,
+            mailbox: Mailbox::current(),
         })?;
         answer.await.unwrap_or_else(|_| Err(stopped_before_answering()))
     }
@@ -249,6 +253,7 @@ mod tests {
             command,
             principal: None,
             reply,
+            mailbox: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl Engine for SingleNode {
                     }
                 }
                 None => {
+                    outlets.deliver();
                     let Some(store) = self.store.as_mut().filter(|store| store.has_pending()) else {
                         return Ok(());
                     };

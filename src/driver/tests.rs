@@ -13,6 +13,7 @@ fn call(handle: &CoreHandle, command: Command) -> Result<oneshot::Receiver<Outco
         command,
         principal: None,
         reply,
+        mailbox: None,
     })?;
     Ok(answer)
 }

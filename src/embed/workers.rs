@@ -182,6 +182,7 @@ impl Pool {
                 },
                 principal: None,
                 reply,
+                mailbox: None,
             };
             match self.core.send(request) {
                 Ok(()) => return,

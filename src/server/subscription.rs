@@ -72,6 +72,7 @@ impl Drop for UnwatchGuard {
             },
             principal: None,
             reply,
+            mailbox: None,
         });
     }
 }

@@ -142,6 +142,8 @@ async fn serve(
     streams_per_connection_max: u32,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Unary answers come back through this thread's mailbox: see `driver::mailbox`.
+    tokio_uring::spawn(crate::driver::mailbox::install());
     let service = TowerToHyperService::new(grpc.layer.layer(grpc.routes));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
