@@ -57,6 +57,12 @@ pub struct Metrics {
     pub embed_total: IntCounterVec,
     /// Time the encoder took for one card or query.
     pub embed_seconds: HistogramVec,
+    /// Requests to the external embedder (`--embedder`) by outcome (ok, failed, timeout).
+    pub embedder_requests_total: IntCounterVec,
+    /// Texts the built-in encoder took over from a failing external embedder, by kind.
+    pub embed_fallback_total: IntCounterVec,
+    /// Cards the background pass sent to be encoded because they had no vector of the primary model.
+    pub embed_backfill_total: IntCounter,
     /// Keep-alive stream messages answered, per stream (`registry`, `lease`).
     pub keepalive_messages_total: IntCounterVec,
     /// Items (heartbeats, renewals) in keep-alive messages, per stream and result (`ok`, `error`).
@@ -236,6 +242,27 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid");
+        let embedder_requests_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_embedder_requests_total",
+                "Requests to the external embedder (--embedder) by outcome (ok, failed, timeout)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
+        let embed_fallback_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_embed_fallback_total",
+                "Texts (card, query) the built-in encoder embedded because the external embedder failed or was in an outage",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        let embed_backfill_total = IntCounter::new(
+            "agentkeeper_embed_backfill_total",
+            "Cards the background pass sent to be encoded because they had no vector of the primary model",
+        )
+        .expect("valid");
         let keepalive_messages_total = IntCounterVec::new(
             Opts::new(
                 "agentkeeper_keepalive_messages_total",
@@ -256,6 +283,9 @@ impl Metrics {
             Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(embed_total.clone()),
             Box::new(embed_seconds.clone()),
+            Box::new(embedder_requests_total.clone()),
+            Box::new(embed_fallback_total.clone()),
+            Box::new(embed_backfill_total.clone()),
             Box::new(keepalive_messages_total.clone()),
             Box::new(keepalive_items_total.clone()),
             Box::new(core_waits_total.clone()),
@@ -309,6 +339,9 @@ impl Metrics {
             search_model_loaded,
             embed_total,
             embed_seconds,
+            embedder_requests_total,
+            embed_fallback_total,
+            embed_backfill_total,
             keepalive_messages_total,
             keepalive_items_total,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),

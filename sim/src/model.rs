@@ -660,6 +660,9 @@ impl Model {
                 Ok(Reply::Agent(self.agents[index].view()))
             }
             Command::Now => Ok(Reply::Now(self.now)),
+            Command::CardsWithoutVector { .. } => {
+                unreachable!("the daemon's background pass reads CardsWithoutVector; the simulator sends none")
+            }
             Command::Find {
                 query, tools, limit, ..
             } => self.find(query, tools, *limit),
@@ -672,8 +675,10 @@ impl Model {
                 if card_digest_of(&self.agents[index].card) != *card_digest {
                     return Err(ErrorCode::FailedPrecondition);
                 }
-                // The simulator's vectors all have one dimension; a bad one is refused.
-                agentkeeper::core::search::vectors::unit(vector).map_err(|_| ErrorCode::InvalidArgument)?;
+                // A bad model name or vector is refused (the model tracks no ranking by vectors).
+                use agentkeeper::core::search::vectors::{check_model_name, unit};
+                check_model_name(&vector.model).map_err(|_| ErrorCode::InvalidArgument)?;
+                unit(&vector.values).map_err(|_| ErrorCode::InvalidArgument)?;
                 Ok(Reply::Done)
             }
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
