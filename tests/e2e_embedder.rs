@@ -303,3 +303,38 @@ async fn a_slow_embedder_times_out_and_the_builtin_encoder_stands_in() {
         "the built-in vector ranks the built-in query"
     );
 }
+
+#[tokio::test]
+async fn cards_from_a_data_dir_written_without_a_model_get_vectors_from_the_background_pass() {
+    let data = tempfile::tempdir().expect("a data dir");
+    let data_dir = format!("--data-dir={}", data.path().display());
+    {
+        let mut lexical = Daemon::start(&[&data_dir]);
+        let mut c = lexical.clients().await;
+        register(&mut c, "alpha-agent", "Handles the first job").await;
+        register(&mut c, "beta-agent", "Handles the second job").await;
+        let found = find(&mut c, "numero dos").await;
+        assert_eq!(
+            found.first().map(String::as_str),
+            Some("alpha-agent"),
+            "lexical: a tie, in order"
+        );
+        assert!(lexical.terminate().success());
+    }
+    let (_gate, open) = watch::channel(true);
+    let (addr, seen) = start_server(Duration::ZERO, open).await;
+    let daemon = Daemon::start(&[
+        &data_dir,
+        &format!("--embedder=http://{addr}"),
+        &format!("--embedder-model={MODEL}"),
+    ]);
+    let mut c = daemon.clients().await;
+    // No card was registered with this daemon: only the background pass can give them vectors.
+    wait_ranked_by_the_server(&mut c).await;
+    assert!(daemon.metric("agentkeeper_embed_backfill_total") >= Some(2.0));
+    let texts: Vec<String> = seen.lock().expect("not poisoned").batches.concat();
+    assert!(
+        texts.iter().any(|t| t.starts_with("alpha-agent.")) && texts.iter().any(|t| t.starts_with("beta-agent.")),
+        "both cards' texts were sent: {texts:?}"
+    );
+}

@@ -38,6 +38,17 @@ impl Kind {
     }
 }
 
+/// The external embedder's state, as the background pass sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outage {
+    /// Answering (or none configured).
+    None,
+    /// Failing, and left alone until its retry time.
+    LeftAlone,
+    /// Failing, and its retry time has come: the next request tries it.
+    RetryDue,
+}
+
 /// Vectors for a batch of texts, one per text, all from `model`.
 pub struct Embedded {
     pub model: Arc<str>,
@@ -77,6 +88,16 @@ impl Sources {
         match &self.external {
             Some(external) => external.model(),
             None => BUILTIN_MODEL,
+        }
+    }
+
+    /// Whether the external embedder is failing, and if so whether it may be asked again.
+    #[allow(clippy::disallowed_methods)] // the outage's retry time, never the core's clock
+    pub fn outage(&self) -> Outage {
+        match *self.outage.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Outage::None,
+            Some(retry_at) if Instant::now() < retry_at => Outage::LeftAlone,
+            Some(_) => Outage::RetryDue,
         }
     }
 

@@ -59,7 +59,7 @@ struct CardCache {
     order: VecDeque<CardDigest>,
 }
 
-struct Pool {
+pub(super) struct Pool {
     cards: Sender<Job>,
     queries: Sender<Job>,
     cache: Mutex<CardCache>,
@@ -67,6 +67,7 @@ struct Pool {
     metrics: Arc<Metrics>,
     /// The model the cards' vectors should come from (see `Sources::primary_model`).
     primary: Arc<str>,
+    sources: Arc<Sources>,
 }
 
 /// The network side's handle on the workers; `none()` when there is no model (lexical Find).
@@ -96,8 +97,9 @@ impl Embedder {
             core,
             metrics,
             primary: Arc::from(sources.primary_model()),
+            sources: Arc::new(sources),
         });
-        let sources = Arc::new(sources);
+        let sources = Arc::clone(&pool.sources);
         for n in 0..threads {
             let (sources, pool) = (Arc::clone(&sources), Arc::downgrade(&pool));
             let (card_jobs, query_jobs) = (card_jobs.clone(), query_jobs.clone());
@@ -106,6 +108,11 @@ impl Embedder {
                 .spawn(move || work(&sources, &pool, &query_jobs, &card_jobs))
                 .expect("spawn an embedding worker");
         }
+        let weak = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("embed-backfill".into())
+            .spawn(move || super::backfill::run(&weak))
+            .expect("spawn the backfill pass");
         Embedder { pool: Some(pool) }
     }
 
@@ -122,29 +129,7 @@ impl Embedder {
     /// A card was registered as `agent_id`: its vector will follow (at once if its text was seen).
     pub fn card_registered(&self, agent_id: &str, card: &AgentCard) {
         let Some(pool) = &self.pool else { return };
-        let text = card_text(card);
-        let digest = text_digest(&text);
-        let mut cache = pool.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        match cache.entries.get_mut(&digest) {
-            Some(Cached::Ready(vector)) => {
-                let vector = vector.clone();
-                drop(cache);
-                pool.count("card", "cached");
-                pool.offer(agent_id, digest, vector, Duration::ZERO);
-            }
-            Some(Cached::Pending(waiting)) => {
-                waiting.push(agent_id.to_string());
-                pool.count("card", "cached");
-            }
-            None => match pool.cards.try_send(Job::Card { digest, text }) {
-                Ok(()) => {
-                    cache
-                        .entries
-                        .insert(digest, Cached::Pending(vec![agent_id.to_string()]));
-                }
-                Err(_) => pool.count("card", "shed"),
-            },
-        }
+        pool.enqueue(agent_id, card_text(card), Duration::ZERO);
     }
 
     /// `query`'s vector, or `None` (no model, the queue full, or no answer within
@@ -175,6 +160,63 @@ impl Embedder {
 }
 
 impl Pool {
+    /// `agent_id`'s card has `text`: its vector goes to the core at once if the cache has it,
+    /// after the text's encoding if that is under way, else the text is queued (full: shed).
+    /// `patience`: how long a full core queue is retried (zero on a network thread).
+    fn enqueue(&self, agent_id: &str, text: String, patience: Duration) {
+        let digest = text_digest(&text);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.entries.get_mut(&digest) {
+            Some(Cached::Ready(vector)) => {
+                let vector = vector.clone();
+                drop(cache);
+                self.count("card", "cached");
+                self.offer(agent_id, digest, vector, patience);
+            }
+            Some(Cached::Pending(waiting)) => {
+                if !waiting.iter().any(|w| w == agent_id) {
+                    waiting.push(agent_id.to_string());
+                }
+                self.count("card", "cached");
+            }
+            None => match self.cards.try_send(Job::Card { digest, text }) {
+                Ok(()) => {
+                    cache
+                        .entries
+                        .insert(digest, Cached::Pending(vec![agent_id.to_string()]));
+                }
+                Err(_) => self.count("card", "shed"),
+            },
+        }
+    }
+
+    /// The background pass found `agent_id`'s card (`text`) without a vector of the primary model.
+    pub(super) fn card_lacking_vector(&self, agent_id: &str, text: &str) {
+        self.enqueue(agent_id, text.to_string(), CORE_QUEUE_PATIENCE);
+    }
+
+    /// Card texts waiting for a worker.
+    pub(super) fn queued_cards(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Whether the external embedder is failing (the stand-in's vectors would be replaced).
+    pub(super) fn outage(&self) -> super::sources::Outage {
+        self.sources.outage()
+    }
+
+    pub(super) fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    pub(super) fn core(&self) -> &CoreHandle {
+        &self.core
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     fn count(&self, kind: &str, outcome: &str) {
         self.metrics.embed_total.with_label_values(&[kind, outcome]).inc();
     }
