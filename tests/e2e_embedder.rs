@@ -156,6 +156,16 @@ async fn wait_ranked_by_the_server(c: &mut common::Clients) {
     .await;
 }
 
+/// Waits until the counter `sample` reaches `want` (it may pass it: the background pass and the
+/// endpoint's retries add to some of them at their own pace).
+async fn wait_at_least(daemon: &Daemon, sample: &str, want: f64) {
+    wait_until(&format!("{sample} >= {want}"), async || match daemon.metric(sample) {
+        Some(value) if value >= want => Ok(()),
+        value => Err(format!("{sample} is {value:?}")),
+    })
+    .await
+}
+
 fn metric_or_zero(daemon: &Daemon, sample: &str) -> f64 {
     daemon.metric(sample).unwrap_or(0.0)
 }
@@ -192,7 +202,7 @@ async fn cards_get_the_external_embedders_vectors_in_batches_and_find_ranks_by_t
     let found = find(&mut c, "numero uno").await;
     assert_eq!(found.first().map(String::as_str), Some("alpha-agent"), "{found:?}");
     let encoded = r#"agentkeeper_embed_total{kind="card",outcome="encoded"}"#;
-    daemon.wait_metric(encoded, 8.0).await;
+    wait_at_least(&daemon, encoded, 8.0).await;
     let seen = seen.lock().expect("not poisoned");
     let largest = seen.batches.iter().map(Vec::len).max().unwrap_or(0);
     assert!(largest > 1, "queued card texts go in one request: {:?}", seen.batches);
@@ -241,9 +251,7 @@ async fn with_the_embedder_down_the_builtin_encoder_stands_in_and_the_outage_is_
         }
     })
     .await;
-    daemon
-        .wait_metric(r#"agentkeeper_embed_fallback_total{kind="card"}"#, 2.0)
-        .await;
+    wait_at_least(&daemon, r#"agentkeeper_embed_fallback_total{kind="card"}"#, 2.0).await;
     assert!(daemon.metric(r#"agentkeeper_embed_fallback_total{kind="query"}"#) >= Some(1.0));
     // The endpoint is asked again now and then (not per call) and keeps failing: still one line.
     wait_until("the endpoint is tried again", async || {
@@ -281,15 +289,19 @@ async fn a_slow_embedder_times_out_and_the_builtin_encoder_stands_in() {
         "Reviews pull requests for bugs and style problems",
     )
     .await;
-    daemon
-        .wait_metric(r#"agentkeeper_embedder_requests_total{outcome="timeout"}"#, 1.0)
-        .await;
-    daemon
-        .wait_metric(r#"agentkeeper_embed_fallback_total{kind="card"}"#, 1.0)
-        .await;
-    daemon
-        .wait_metric(r#"agentkeeper_embed_total{kind="card",outcome="encoded"}"#, 1.0)
-        .await;
+    wait_at_least(
+        &daemon,
+        r#"agentkeeper_embedder_requests_total{outcome="timeout"}"#,
+        1.0,
+    )
+    .await;
+    wait_at_least(&daemon, r#"agentkeeper_embed_fallback_total{kind="card"}"#, 1.0).await;
+    wait_at_least(
+        &daemon,
+        r#"agentkeeper_embed_total{kind="card",outcome="encoded"}"#,
+        1.0,
+    )
+    .await;
     assert!(
         !seen.lock().expect("not poisoned").batches.is_empty(),
         "the server was asked"

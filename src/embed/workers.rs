@@ -121,11 +121,6 @@ impl Embedder {
         self.pool.is_some()
     }
 
-    /// The model the cards' vectors should come from (none without a model).
-    pub fn primary_model(&self) -> Option<Arc<str>> {
-        self.pool.as_ref().map(|pool| Arc::clone(&pool.primary))
-    }
-
     /// A card was registered as `agent_id`: its vector will follow (at once if its text was seen).
     pub fn card_registered(&self, agent_id: &str, card: &AgentCard) {
         let Some(pool) = &self.pool else { return };
