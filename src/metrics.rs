@@ -52,6 +52,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// 1 when a sentence encoder ranks Find (hybrid), 0 when Find ranks lexically.
     pub search_model_loaded: IntGauge,
+    /// Card vectors the core holds (every model's).
+    pub card_vectors: IntGauge,
     /// The embedding workers' jobs by kind (card, query) and outcome (encoded, cached, shed,
     /// timeout, failed).
     pub embed_total: IntCounterVec,
@@ -224,6 +226,10 @@ impl Metrics {
             "agentkeeper_search_model_loaded",
             "1 when a sentence encoder ranks Find with card and query vectors, 0 when Find ranks lexically",
         );
+        let card_vectors = gauge(
+            "agentkeeper_card_vectors",
+            "Card vectors the core holds, of every model: live agents whose card Find can rank by meaning",
+        );
         let embed_total = IntCounterVec::new(
             Opts::new(
                 "agentkeeper_embed_total",
@@ -337,6 +343,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             search_model_loaded,
+            card_vectors,
             embed_total,
             embed_seconds,
             embedder_requests_total,
@@ -416,6 +423,7 @@ impl Metrics {
             set(&self.tasks_by_status.with_label_values(&[status]), count);
         }
         set(&self.claims_waiting, stats.claims_waiting);
+        set(&self.card_vectors, stats.card_vectors);
         self.events_total
             .set(i64::try_from(stats.sequence_next.saturating_sub(1)).unwrap_or(i64::MAX));
     }

@@ -166,6 +166,8 @@ struct Agent {
     ttl_ms: u64,
     registration: u64,
     dead_at: Option<Millis>,
+    /// Whether its card has a vector (set by SetCardVector; a DEAD agent's is gone).
+    has_vector: bool,
 }
 
 impl Agent {
@@ -675,10 +677,12 @@ impl Model {
                 if card_digest_of(&self.agents[index].card) != *card_digest {
                     return Err(ErrorCode::FailedPrecondition);
                 }
-                // A bad model name or vector is refused (the model tracks no ranking by vectors).
+                // A bad model name or vector is refused; the model counts the vectors, it does not
+                // rank by them (the simulator's models and dimensions stay within the core's four).
                 use agentkeeper::core::search::vectors::{check_model_name, unit};
                 check_model_name(&vector.model).map_err(|_| ErrorCode::InvalidArgument)?;
                 unit(&vector.values).map_err(|_| ErrorCode::InvalidArgument)?;
+                self.agents[index].has_vector = true;
                 Ok(Reply::Done)
             }
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
@@ -1023,6 +1027,9 @@ impl Model {
             tasks_completed: self.task_count(TaskStatus::Completed),
             tasks_dead: self.task_count(TaskStatus::Dead),
             claims_waiting: self.waiters.len(),
+            card_vectors: (self.agents.iter())
+                .filter(|a| a.status != AgentStatus::Dead && a.has_vector)
+                .count(),
         }
     }
 
@@ -1053,6 +1060,7 @@ impl Model {
             ttl_ms,
             registration,
             dead_at: None,
+            has_vector: false,
         });
         let view = self.agents.last().expect("just pushed").view();
         self.emit(Topic::AgentRegistered, EventPayload::Agent(view));

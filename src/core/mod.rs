@@ -544,6 +544,8 @@ pub struct CoreStats {
     pub tasks_completed: usize,
     pub tasks_dead: usize,
     pub claims_waiting: usize,
+    /// Card vectors held, of every model (live agents' only).
+    pub card_vectors: usize,
 }
 
 /// The state machine. One thread owns it; every input carries `now`.
@@ -882,6 +884,7 @@ impl Core {
             tasks_completed: self.tasks.count(TaskStatus::Completed),
             tasks_dead: self.tasks.count(TaskStatus::Dead),
             claims_waiting: self.tasks.waiting_claims(),
+            card_vectors: self.registry.search.vectors_len(),
         }
     }
 
