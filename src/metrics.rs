@@ -457,6 +457,12 @@ impl Metrics {
 
     /// Copies a cluster node's consensus status into its gauges (driver thread, per batch); the
     /// first call registers them, so a single node exports none.
+    /// True on a cluster node that does not lead the cluster now, as the driver last published
+    /// (false on a single node, and on a cluster node before its first status).
+    pub fn is_cluster_follower(&self) -> bool {
+        self.cluster.get().is_some_and(|cluster| cluster.is_leader.get() == 0)
+    }
+
     pub fn publish_cluster(&self, status: &crate::cluster::NodeStatus) {
         let cluster = self.cluster.get_or_init(|| {
             let gauge = |name: &str, help: &str| {
@@ -526,5 +532,31 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{NodeStatus, StateRole};
+
+    #[test]
+    fn a_node_is_a_cluster_follower_only_while_a_cluster_status_says_another_leads() {
+        let metrics = Metrics::new();
+        assert!(!metrics.is_cluster_follower(), "a single node");
+        let status = |leader: u64, role: StateRole| NodeStatus {
+            id: 2,
+            term: 3,
+            role,
+            leader,
+            commit: 0,
+            applied: 0,
+        };
+        metrics.publish_cluster(&status(1, StateRole::Follower));
+        assert!(metrics.is_cluster_follower());
+        metrics.publish_cluster(&status(2, StateRole::Leader));
+        assert!(!metrics.is_cluster_follower());
+        metrics.publish_cluster(&status(0, StateRole::Candidate));
+        assert!(metrics.is_cluster_follower(), "no leader known: not this node");
     }
 }

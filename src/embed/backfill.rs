@@ -9,7 +9,9 @@
 //! queue is less than half full (new registrations keep the other half); during an external
 //! embedder's outage it waits, and hands over one card when the endpoint may be asked again (the
 //! probe: its success ends the outage, its failure costs one stand-in encoding, not a page's). A
-//! whole pass starts again only once the queue is empty, so no card is queued twice.
+//! whole pass starts again only once the queue is empty, so no card is queued twice. In a
+//! cluster only the leader's pass runs (a vector is replicated state: one node's encoding serves
+//! every replica), so the nodes do not each encode the same cards.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -41,7 +43,8 @@ pub fn run(pool: &Weak<Pool>) {
     loop {
         let Some(live) = pool.upgrade() else { return };
         let outage = live.outage();
-        let room = live.queued_cards() < QUEUE_ROOM && outage != Outage::LeftAlone;
+        let room =
+            live.queued_cards() < QUEUE_ROOM && outage != Outage::LeftAlone && !live.metrics().is_cluster_follower();
         // A new pass starts only once every card of the last one has been encoded.
         let ready = room && (after != 0 || live.queued_cards() == 0);
         if !ready {
