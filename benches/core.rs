@@ -256,6 +256,7 @@ fn find(c: &mut Criterion) {
 /// of a Find with the sentence encoder (the encoder's own time is `benches/encoder.rs`'s).
 fn find_hybrid(c: &mut Criterion) {
     use agentkeeper::core::search::card_text::card_digest;
+    use agentkeeper::core::search::vectors::{BUILTIN_MODEL, ModelVector};
     use std::sync::Arc;
     let dims = 384;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -284,18 +285,18 @@ fn find_hybrid(c: &mut Criterion) {
             let command = Command::SetCardVector {
                 agent_id,
                 card_digest,
-                vector: vector(),
+                vector: ModelVector::new(BUILTIN_MODEL, vector()),
             };
             core.apply(NOW, command).expect("a vector for a live agent");
         }
-        let query = vector();
+        let query = ModelVector::new(BUILTIN_MODEL, vector());
         c.bench_function(&format!("find with a query and its vector ({full} agents)"), |b| {
             b.iter(|| {
                 let command = Command::Find {
                     query: "review my pull request".into(),
                     tools: vec![],
                     limit: 10,
-                    vector: Some(Arc::clone(&query)),
+                    vector: Some(query.clone()),
                 };
                 black_box(core.apply(NOW, command)).ok();
             })

@@ -235,6 +235,23 @@ struct Flags {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     embed_threads: u64,
 
+    /// An OpenAI-compatible embeddings endpoint (Ollama, vLLM, text-embeddings-inference, a
+    /// hosted API) that computes card and query vectors instead of the built-in encoder, e.g.
+    /// http://localhost:11434/v1/embeddings (a bare host gets /v1/embeddings). The built-in
+    /// encoder, when installed, stands in while it fails. Its API key, if it needs one, is read
+    /// from AGENTKEEPER_EMBEDDER_API_KEY and sent as a bearer token.
+    #[arg(long, value_name = "URL", requires = "embedder_model")]
+    embedder: Option<String>,
+
+    /// The external embedder's model (the request's `model` field), e.g. nomic-embed-text; the
+    /// core keeps its vectors under this name, apart from any other model's.
+    #[arg(long, value_name = "NAME", requires = "embedder")]
+    embedder_model: Option<String>,
+
+    /// How long one request to the external embedder may take (a query's: 400 ms at most).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    embedder_timeout: Duration,
+
     #[command(flatten)]
     cluster: ClusterFlags,
 
@@ -649,6 +666,30 @@ fn load_search_model(model: SearchModel) -> Result<Option<SentenceEncoder>, Stri
     Ok(Some(encoder))
 }
 
+/// The external embedder `--embedder` names, if any (its key from the environment), said once.
+fn external_embedder(flags: &Flags) -> Result<Option<embed::http::HttpEmbedder>, String> {
+    let (Some(url), Some(model)) = (&flags.embedder, &flags.embedder_model) else {
+        return Ok(None);
+    };
+    embed::http::HttpEmbedderConfig::check_model(model)?;
+    let api_key = std::env::var(embed::http::API_KEY_ENV)
+        .ok()
+        .filter(|key| !key.is_empty());
+    let config = embed::http::HttpEmbedderConfig {
+        url: embed::http::endpoint(url)?,
+        model: model.clone(),
+        api_key,
+        timeout: flags.embedder_timeout,
+    };
+    tracing::info!(
+        url = %config.url,
+        model = %config.model,
+        api_key = if config.api_key.is_some() { "set" } else { "none" },
+        "external embedder: Find ranks by BM25F fused with its vectors"
+    );
+    Ok(Some(embed::http::HttpEmbedder::new(config)))
+}
+
 async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier: Arc<Notifier>) -> Result<(), String> {
     // First of all, so that a signal during start-up (a long recovery) is a graceful stop too.
     let signalled = shutdown_signal();
@@ -857,10 +898,13 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         _ => None,
     };
 
-    metrics.search_model_loaded.set(i64::from(encoder.is_some()));
-    let embedder = match encoder {
-        Some(encoder) => Embedder::start(
-            encoder,
+    let external = external_embedder(&flags)?;
+    metrics
+        .search_model_loaded
+        .set(i64::from(encoder.is_some() || external.is_some()));
+    let embedder = match embed::Sources::new(external, encoder, Arc::clone(&metrics)) {
+        Some(sources) => Embedder::start(
+            sources,
             flags.embed_threads as usize,
             core.clone(),
             Arc::clone(&metrics),

@@ -52,11 +52,19 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// 1 when a sentence encoder ranks Find (hybrid), 0 when Find ranks lexically.
     pub search_model_loaded: IntGauge,
+    /// Card vectors the core holds (every model's).
+    pub card_vectors: IntGauge,
     /// The embedding workers' jobs by kind (card, query) and outcome (encoded, cached, shed,
     /// timeout, failed).
     pub embed_total: IntCounterVec,
     /// Time the encoder took for one card or query.
     pub embed_seconds: HistogramVec,
+    /// Requests to the external embedder (`--embedder`) by outcome (ok, failed, timeout).
+    pub embedder_requests_total: IntCounterVec,
+    /// Texts the built-in encoder took over from a failing external embedder, by kind.
+    pub embed_fallback_total: IntCounterVec,
+    /// Cards the background pass sent to be encoded because they had no vector of the primary model.
+    pub embed_backfill_total: IntCounter,
     /// Keep-alive stream messages answered, per stream (`registry`, `lease`).
     pub keepalive_messages_total: IntCounterVec,
     /// Items (heartbeats, renewals) in keep-alive messages, per stream and result (`ok`, `error`).
@@ -218,6 +226,10 @@ impl Metrics {
             "agentkeeper_search_model_loaded",
             "1 when a sentence encoder ranks Find with card and query vectors, 0 when Find ranks lexically",
         );
+        let card_vectors = gauge(
+            "agentkeeper_card_vectors",
+            "Card vectors the core holds, of every model: live agents whose card Find can rank by meaning",
+        );
         let embed_total = IntCounterVec::new(
             Opts::new(
                 "agentkeeper_embed_total",
@@ -234,6 +246,27 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(1e-3, 2.0, 12).expect("valid buckets")),
             &["kind"],
+        )
+        .expect("valid");
+        let embedder_requests_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_embedder_requests_total",
+                "Requests to the external embedder (--embedder) by outcome (ok, failed, timeout)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
+        let embed_fallback_total = IntCounterVec::new(
+            Opts::new(
+                "agentkeeper_embed_fallback_total",
+                "Texts (card, query) the built-in encoder embedded because the external embedder failed or was in an outage",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        let embed_backfill_total = IntCounter::new(
+            "agentkeeper_embed_backfill_total",
+            "Cards the background pass sent to be encoded because they had no vector of the primary model",
         )
         .expect("valid");
         let keepalive_messages_total = IntCounterVec::new(
@@ -256,6 +289,9 @@ impl Metrics {
             Box::new(shed_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(embed_total.clone()),
             Box::new(embed_seconds.clone()),
+            Box::new(embedder_requests_total.clone()),
+            Box::new(embed_fallback_total.clone()),
+            Box::new(embed_backfill_total.clone()),
             Box::new(keepalive_messages_total.clone()),
             Box::new(keepalive_items_total.clone()),
             Box::new(core_waits_total.clone()),
@@ -307,8 +343,12 @@ impl Metrics {
             connections_open,
             connections_refused,
             search_model_loaded,
+            card_vectors,
             embed_total,
             embed_seconds,
+            embedder_requests_total,
+            embed_fallback_total,
+            embed_backfill_total,
             keepalive_messages_total,
             keepalive_items_total,
             calls_total: IntCounter::new("agentkeeper_calls", "every call served").expect("valid counter"),
@@ -383,6 +423,7 @@ impl Metrics {
             set(&self.tasks_by_status.with_label_values(&[status]), count);
         }
         set(&self.claims_waiting, stats.claims_waiting);
+        set(&self.card_vectors, stats.card_vectors);
         self.events_total
             .set(i64::try_from(stats.sequence_next.saturating_sub(1)).unwrap_or(i64::MAX));
     }
@@ -416,6 +457,12 @@ impl Metrics {
 
     /// Copies a cluster node's consensus status into its gauges (driver thread, per batch); the
     /// first call registers them, so a single node exports none.
+    /// True on a cluster node that does not lead the cluster now, as the driver last published
+    /// (false on a single node, and on a cluster node before its first status).
+    pub fn is_cluster_follower(&self) -> bool {
+        self.cluster.get().is_some_and(|cluster| cluster.is_leader.get() == 0)
+    }
+
     pub fn publish_cluster(&self, status: &crate::cluster::NodeStatus) {
         let cluster = self.cluster.get_or_init(|| {
             let gauge = |name: &str, help: &str| {
@@ -485,5 +532,31 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{NodeStatus, StateRole};
+
+    #[test]
+    fn a_node_is_a_cluster_follower_only_while_a_cluster_status_says_another_leads() {
+        let metrics = Metrics::new();
+        assert!(!metrics.is_cluster_follower(), "a single node");
+        let status = |leader: u64, role: StateRole| NodeStatus {
+            id: 2,
+            term: 3,
+            role,
+            leader,
+            commit: 0,
+            applied: 0,
+        };
+        metrics.publish_cluster(&status(1, StateRole::Follower));
+        assert!(metrics.is_cluster_follower());
+        metrics.publish_cluster(&status(2, StateRole::Leader));
+        assert!(!metrics.is_cluster_follower());
+        metrics.publish_cluster(&status(0, StateRole::Candidate));
+        assert!(metrics.is_cluster_follower(), "no leader known: not this node");
     }
 }

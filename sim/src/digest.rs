@@ -209,6 +209,15 @@ impl Digest {
                 self.u64(answers.len() as u64);
                 answers.iter().for_each(|a| self.outcome(a));
             }
+            Reply::VectorlessCards { cards, next } => {
+                self.tag(21);
+                self.u64(cards.len() as u64);
+                for card in cards {
+                    self.str(&card.agent_id);
+                    self.str(&card.text);
+                }
+                self.u64(next.map_or(0, |n| n + 1));
+            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod rng;
 pub mod runner;
 pub mod step;
 pub mod swarm;
+pub mod vectors;
 
 use runner::{Coverage, Runner, Violation};
 use step::{Planted, SimConfig, Step, Trace};

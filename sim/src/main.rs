@@ -132,6 +132,7 @@ fn one_seed(seed: u64, steps: u64, bug: Planted, shrink_budget: u64, coverage: b
         println!("ops {:?}", c.ops);
         println!("faults {:?}", c.faults);
         println!("errors {:?}", c.errors);
+        println!("vectors {:?}", c.vectors);
     }
     println!(
         "seed {seed} steps {} digest {} violations {} ({per_second} steps/s)",

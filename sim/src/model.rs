@@ -166,6 +166,8 @@ struct Agent {
     ttl_ms: u64,
     registration: u64,
     dead_at: Option<Millis>,
+    /// Whether its card has a vector (set by SetCardVector; a DEAD agent's is gone).
+    has_vector: bool,
 }
 
 impl Agent {
@@ -660,6 +662,9 @@ impl Model {
                 Ok(Reply::Agent(self.agents[index].view()))
             }
             Command::Now => Ok(Reply::Now(self.now)),
+            Command::CardsWithoutVector { .. } => {
+                unreachable!("the daemon's background pass reads CardsWithoutVector; the simulator sends none")
+            }
             Command::Find {
                 query, tools, limit, ..
             } => self.find(query, tools, *limit),
@@ -672,8 +677,12 @@ impl Model {
                 if card_digest_of(&self.agents[index].card) != *card_digest {
                     return Err(ErrorCode::FailedPrecondition);
                 }
-                // The simulator's vectors all have one dimension; a bad one is refused.
-                agentkeeper::core::search::vectors::unit(vector).map_err(|_| ErrorCode::InvalidArgument)?;
+                // A bad model name or vector is refused; the model counts the vectors, it does not
+                // rank by them (the simulator's models and dimensions stay within the core's four).
+                use agentkeeper::core::search::vectors::{check_model_name, unit};
+                check_model_name(&vector.model).map_err(|_| ErrorCode::InvalidArgument)?;
+                unit(&vector.values).map_err(|_| ErrorCode::InvalidArgument)?;
+                self.agents[index].has_vector = true;
                 Ok(Reply::Done)
             }
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
@@ -1018,6 +1027,9 @@ impl Model {
             tasks_completed: self.task_count(TaskStatus::Completed),
             tasks_dead: self.task_count(TaskStatus::Dead),
             claims_waiting: self.waiters.len(),
+            card_vectors: (self.agents.iter())
+                .filter(|a| a.status != AgentStatus::Dead && a.has_vector)
+                .count(),
         }
     }
 
@@ -1048,6 +1060,7 @@ impl Model {
             ttl_ms,
             registration,
             dead_at: None,
+            has_vector: false,
         });
         let view = self.agents.last().expect("just pushed").view();
         self.emit(Topic::AgentRegistered, EventPayload::Agent(view));

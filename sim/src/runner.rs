@@ -38,6 +38,9 @@ pub struct Coverage {
     pub ops: BTreeMap<&'static str, u64>,
     pub faults: BTreeMap<&'static str, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// The core's vector paths: card vectors applied, refused (stale card, bad vector, agent
+    /// gone), held of several models at once, and Finds ranked with a query vector.
+    pub vectors: BTreeMap<&'static str, u64>,
 }
 
 impl Coverage {
@@ -641,6 +644,7 @@ impl Runner {
         }
         self.see_tokens(&outcome);
         self.record(call.step, &outcome);
+        self.count_vectors(&call.command, &outcome);
         if call.waiting.is_some() {
             self.coverage.fault(match &outcome {
                 Ok(Reply::Claimed { .. }) => "claim_answered",

@@ -203,6 +203,18 @@ pub enum Op {
         task: TaskRef,
         token: TokenRef,
     },
+    /// An embedding worker's card vector for the card registered at `agent`'s step: model
+    /// `model` (`vectors::MODELS`), its other dimension if `other_dims`, values from `seed`
+    /// (all zeros if `zero`); named by the digest of that card's text, or of another text if
+    /// `stale` (the card changed since).
+    SetCardVector {
+        agent: AgentRef,
+        digest: [u8; 32],
+        model: u8,
+        other_dims: bool,
+        seed: u64,
+        zero: bool,
+    },
     /// The daemon dies and restarts from its stored bytes at the step's time (every open stream
     /// breaks). Untorn, it died between two writes after being down since the previous step.
     /// Torn, it died at the step's time while writing the record of `torn.op`'s command: the
@@ -330,11 +342,12 @@ impl Op {
             Op::GetTask { .. } => "get_task",
             Op::ListTasks { .. } => "list_tasks",
             Op::ReturnTask { .. } => "return_task",
+            Op::SetCardVector { .. } => "set_card_vector",
         }
     }
 
     /// Every op name, for coverage reports.
-    pub const NAMES: [&'static str; 31] = [
+    pub const NAMES: [&'static str; 32] = [
         "tick",
         "register",
         "heartbeat",
@@ -366,6 +379,7 @@ impl Op {
         "get_task",
         "list_tasks",
         "return_task",
+        "set_card_vector",
     ];
 
     /// True where the contract makes sending the same command again safe after a lost reply. A
@@ -870,6 +884,21 @@ impl fmt::Display for Op {
                 page,
             } => write!(f, " status={} size={page_size} page={page}", status_name(*status)),
             Op::ReturnTask { task, token } => write!(f, " task={task} token={token}"),
+            Op::SetCardVector {
+                agent,
+                digest,
+                model,
+                other_dims,
+                seed,
+                zero,
+            } => {
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                let (other_dims, zero) = (u8::from(*other_dims), u8::from(*zero));
+                write!(
+                    f,
+                    " agent={agent} digest={hex} model={model} other_dims={other_dims} seed={seed} zero={zero}"
+                )
+            }
             Op::Crash { torn: None } => Ok(()),
             Op::Crash { torn: Some(torn) } => write!(f, " torn={} {}", torn.tear, torn.op),
         }
@@ -1338,9 +1367,30 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
             task: fields.task("task")?,
             token: fields.token()?,
         },
+        "set_card_vector" => Op::SetCardVector {
+            agent: fields.agent()?,
+            digest: parse_digest(fields.word("digest")?)?,
+            model: fields.number("model")?,
+            other_dims: fields.number::<u8>("other_dims")? != 0,
+            seed: fields.number("seed")?,
+            zero: fields.number::<u8>("zero")? != 0,
+        },
         other => return Err(format!("unknown op {other:?}")),
     };
     Ok((op, lost))
+}
+
+/// A card digest from its 64 hex digits.
+fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("a digest is 64 hex digits, not {hex:?}");
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(digest)
 }
 
 /// `crash`, or `crash torn=<tear> <op> [fields]`.
@@ -1500,6 +1550,14 @@ mod tests {
         roundtrip(Op::ReturnTask {
             task: TaskRef::Step(31),
             token: TokenRef::Granted { step: 31, offset: 1 },
+        });
+        roundtrip(Op::SetCardVector {
+            agent: AgentRef::Registered(4),
+            digest: std::array::from_fn(|i| i as u8 * 7),
+            model: 2,
+            other_dims: true,
+            seed: u64::MAX,
+            zero: false,
         });
     }
 

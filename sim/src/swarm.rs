@@ -51,6 +51,9 @@ const TASK_STREAM: u64 = 2;
 /// The disk's faults' stream (slow, failed and short writes, crashes between a write and the
 /// replies): seeds without them run exactly the workload they ran before they existed.
 const IO_STREAM: u64 = 3;
+/// The card vectors' stream (`card_vector`): whether a step is an embedding worker's
+/// SetCardVector, and what it carries.
+const VECTOR_STREAM: u64 = 6;
 
 /// The op kinds of a task step, weighed per seed: `claim_lease` is an AcquireLease, RenewLease
 /// or ReleaseLease on a task's id.
@@ -127,7 +130,7 @@ impl Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
             // Task steps are chosen apart (`task_per_mille`), from the task stream.
-            if Op::NAMES[kind] == "crash" || TASK_KINDS.contains(&Op::NAMES[kind]) {
+            if matches!(Op::NAMES[kind], "crash" | "set_card_vector") || TASK_KINDS.contains(&Op::NAMES[kind]) {
                 continue;
             }
             let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
@@ -272,6 +275,8 @@ struct SimAgent {
     gone: bool,
     /// Its card's tools: what tasks for it require.
     tools: Vec<String>,
+    /// The digest of its card's text: what its card vectors are named by.
+    digest: [u8; 32],
 }
 
 /// A lease a client believes it holds.
@@ -325,6 +330,10 @@ pub struct Generator {
     task_rng: Rng,
     /// What the disk does with each step's write: a stream apart from `rng`.
     io_rng: Rng,
+    /// Whether a step is a SetCardVector, and its vector: a stream apart from `rng`.
+    vector_rng: Rng,
+    /// The share of steps that are SetCardVectors (per mille; 0 for some seeds).
+    vector_per_mille: u32,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -348,10 +357,18 @@ impl Generator {
         let mut io_rng = Rng::stream(seed, IO_STREAM);
         let swarm = Swarm::draw(&mut rng, &mut crash_rng, &mut task_rng, &mut io_rng);
         let core = core_config(&mut rng, &mut task_rng, seed, planted.core_bug());
+        let mut vector_rng = Rng::stream(seed, VECTOR_STREAM);
+        let vector_per_mille = if vector_rng.chance(800) {
+            vector_rng.range(10, 80) as u32
+        } else {
+            0
+        };
         Generator {
             rng,
             task_rng,
             io_rng,
+            vector_rng,
+            vector_per_mille,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
@@ -394,7 +411,7 @@ impl Generator {
                 io: Io::Durable,
             };
         }
-        let op = self.due_heartbeat().unwrap_or_else(|| {
+        let op = (self.card_vector().or_else(|| self.due_heartbeat())).unwrap_or_else(|| {
             if self.task_rng.chance(self.swarm.task_per_mille) {
                 self.task_op(runner, false)
             } else {
@@ -410,6 +427,36 @@ impl Generator {
             lost,
             io,
         }
+    }
+
+    /// An embedding worker's card vector, if the vector stream strikes now: mostly for an agent
+    /// still around and its card's digest, now and then a stale digest, a zero vector, or an
+    /// agent that is gone (`vectors::MODELS`' models, one at two dimensions).
+    fn card_vector(&mut self) -> Option<Op> {
+        if self.agents.is_empty() || !self.vector_rng.chance(self.vector_per_mille) {
+            return None;
+        }
+        let rng = &mut self.vector_rng;
+        // Mostly an agent still around (its vector applies), now and then one that is gone.
+        let live: Vec<usize> = (0..self.agents.len()).filter(|&i| !self.agents[i].gone).collect();
+        let index = if !live.is_empty() && rng.chance(900) {
+            live[rng.index(live.len())]
+        } else {
+            rng.index(self.agents.len())
+        };
+        let agent = &self.agents[index];
+        let mut digest = agent.digest;
+        if rng.chance(50) {
+            digest[0] ^= 1;
+        }
+        Some(Op::SetCardVector {
+            agent: AgentRef::Registered(agent.registered_at_step),
+            digest,
+            model: rng.below(crate::vectors::MODELS.len() as u64) as u8,
+            other_dims: rng.chance(100),
+            seed: rng.u64(),
+            zero: rng.chance(20),
+        })
     }
 
     /// What the disk does with this step's write.
@@ -588,6 +635,7 @@ impl Generator {
             "check_policy" => self.check_policy(invalid),
             "consume" => self.consume(),
             "crash" => unreachable!("crashes come from the crash stream, never from a weight"),
+            "set_card_vector" => unreachable!("card vectors come from the vector stream, never from a weight"),
             other => unreachable!("no generator for {other}"),
         }
     }
@@ -1188,6 +1236,7 @@ impl Generator {
                     heartbeat_at: None,
                     gone: false,
                     tools: card.tools.clone(),
+                    digest: agentkeeper::core::search::card_text::card_digest(card).0,
                 };
                 self.schedule(&mut agent, now);
                 self.agents.push(agent);

@@ -3,6 +3,8 @@
 //! claims every kind of answer (a task, none at the deadline, a refusal), return claims whose
 //! callers are gone, strike the disk with every fault (slow, failed and short writes, a crash
 //! right after a write), and provoke every error class the workload can, with no violation.
+//! The core's vector paths run too: card vectors applied, refused as stale, invalid or for a gone
+//! agent, held of several models at once, and Finds ranked with a query vector.
 //! Seeds run on two threads. Seeds 11 and 12 are there for their crashes, seed 57 for a crash that
 //! drops waiting claims.
 
@@ -36,6 +38,7 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
     let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut vectors: BTreeMap<&str, u64> = BTreeMap::new();
     for report in &reports {
         assert_eq!(report.violation, None, "seed {}", report.seed);
         assert_eq!(report.steps, STEPS, "seed {}", report.seed);
@@ -47,6 +50,9 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         }
         for (error, n) in &report.coverage.errors {
             *errors.entry(error.clone()).or_default() += n;
+        }
+        for (path, n) in &report.coverage.vectors {
+            *vectors.entry(path).or_default() += n;
         }
     }
     for op in Op::NAMES {
@@ -87,6 +93,19 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         assert!(
             errors.get(error).is_some_and(|&n| n > 0),
             "no seed provoked {error}: {errors:?}"
+        );
+    }
+    for path in [
+        "card_vector_applied",
+        "card_vector_stale",
+        "card_vector_invalid",
+        "card_vector_agent_gone",
+        "several_models_held",
+        "find_with_vector",
+    ] {
+        assert!(
+            vectors.get(path).is_some_and(|&n| n > 0),
+            "no seed ran the vector path {path}: {vectors:?}"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! partitions and crashes.
 
 use super::*;
+use crate::core::search::vectors::ModelVector;
 use crate::core::{Outcome, Reply};
 
 const T0: Millis = 1_700_000_000_000;
@@ -706,7 +707,6 @@ fn a_leaders_appends_leave_before_its_own_sync_and_a_commit_only_hard_state_owes
 #[test]
 fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_replica_ranks_with_it() {
     use crate::core::search::card_text::card_digest;
-    use std::sync::Arc;
     let mut net = Net::new(3);
     net.advance(3_000);
     let leader = net.leader().expect("a leader");
@@ -726,7 +726,7 @@ fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_repl
         let command = Command::SetCardVector {
             agent_id: agent_id.clone(),
             card_digest: card_digest(&card),
-            vector: Arc::from(&vector[..]),
+            vector: ModelVector::new("test-model", &vector[..]),
         };
         let outcome = net.call(follower, 10 + caller as u64, command);
         assert!(matches!(outcome, Ok(Reply::Done)), "{outcome:?}");
@@ -736,7 +736,7 @@ fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_repl
             query: "zzz".into(),
             tools: vec![],
             limit: 2,
-            vector: Some(Arc::from(&[0.1f32, 1.0][..])),
+            vector: Some(ModelVector::new("test-model", &[0.1f32, 1.0][..])),
         };
         let Ok(Reply::Agents(found)) = net.call(node, 20 + node, find) else {
             panic!("find failed on node {node}");

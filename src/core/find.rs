@@ -10,7 +10,7 @@
 //! Its answer never depends on hash-map order.
 
 use super::registry::{ByRegistration, Registry};
-use super::search::vectors::{self, VECTORS_SCANNED_MAX};
+use super::search::vectors::{self, ModelVector, VECTORS_SCANNED_MAX};
 use super::search::{LEXICAL_WEIGHT, QUERY_POSTINGS_MAX, Query, fuse};
 use super::types::AgentStatus;
 use super::{Core, Outcome, Reply, validate};
@@ -124,13 +124,19 @@ impl Registry {
     }
 
     /// Find's agents, best first, and the work it took: ranked by `query` when it has terms the
-    /// index knows, or a query vector (`vector`) when cards have vectors, then (up to `limit`)
-    /// the other matches in registration order.
-    pub fn find(&self, query: &str, vector: Option<&[f32]>, tools: &[String], limit: usize) -> (Vec<usize>, FindWork) {
+    /// index knows, or a query vector (`vector`) when cards have vectors of its model and
+    /// dimension, then (up to `limit`) the other matches in registration order.
+    pub fn find(
+        &self,
+        query: &str,
+        vector: Option<&ModelVector>,
+        tools: &[String],
+        limit: usize,
+    ) -> (Vec<usize>, FindWork) {
         let mut work = FindWork::default();
         let mut keys: Vec<usize> = Vec::new();
         if !query.trim().is_empty() {
-            let semantic = vector.is_some_and(|v| v.len() == self.search.vectors_dims());
+            let semantic = vector.is_some_and(|v| self.search.has_vectors_of(v));
             // A hybrid ranking goes without the related-terms table (see `prepare_with`).
             let prepared = self.search.prepare_with(query, !semantic);
             if !prepared.matches_nothing() || semantic {
@@ -163,7 +169,7 @@ impl Registry {
     fn rank(
         &self,
         query: &Query,
-        vector: Option<&[f32]>,
+        vector: Option<&ModelVector>,
         tools: &[String],
         limit: usize,
         work: &mut FindWork,
@@ -175,7 +181,7 @@ impl Registry {
                 .first()
                 .is_none_or(|p| p.len() <= SCORE_WHOLE_FILTER_MAX);
         if selective {
-            let vector = vector.and_then(|v| vectors::unit(v).ok());
+            let vector = vector.and_then(|v| Some((&*v.model, vectors::unit(&v.values).ok()?)));
             let mut lexical: Vec<(usize, f64)> = Vec::new();
             let mut cosines: Vec<(usize, f32)> = Vec::new();
             for (_, key) in matches.by_ref() {
@@ -183,7 +189,7 @@ impl Registry {
                 if score > 0.0 {
                     lexical.push((key, score));
                 }
-                if let Some(cosine) = vector.as_deref().and_then(|v| self.search.cosine(key, v)) {
+                if let Some(cosine) = vector.as_ref().and_then(|(model, v)| self.search.cosine(key, model, v)) {
                     cosines.push((key, cosine));
                 }
             }
@@ -201,15 +207,15 @@ impl Registry {
         };
         let ranked = self.search.top_hybrid(query, vector, LEXICAL_WEIGHT, limit, accept);
         work.postings_read += ranked.postings_read;
-        if vector.is_some() {
-            work.vectors_scanned += self.search.vectors_len().min(VECTORS_SCANNED_MAX);
+        if let Some(vector) = vector {
+            work.vectors_scanned += self.search.vectors_len_of(vector).min(VECTORS_SCANNED_MAX);
         }
         ranked.docs.into_iter().map(|(key, _)| key).collect()
     }
 }
 
 impl Core {
-    pub(super) fn find(&self, query: &str, vector: Option<&[f32]>, tools: &[String], limit: u32) -> Outcome {
+    pub(super) fn find(&self, query: &str, vector: Option<&ModelVector>, tools: &[String], limit: u32) -> Outcome {
         validate::length("query", query, 0, validate::QUERY_BYTES_MAX)?;
         validate::tools("tools", tools)?;
         let limit = validate::find_limit(limit);

@@ -22,6 +22,14 @@ impl Core {
         agents.into_iter().map(|(_, view)| view).collect()
     }
 
+    /// The models whose card vectors the core holds, in the order they came: name, dimension,
+    /// vectors.
+    pub fn card_vector_models(&self) -> Vec<(String, usize, usize)> {
+        (self.registry.search.vector_models())
+            .map(|(model, dims, count)| (model.to_string(), dims, count))
+            .collect()
+    }
+
     /// Every lease held, by key.
     pub fn leases(&self) -> Vec<LeaseView> {
         let mut leases: Vec<LeaseView> = self.leases.iter().map(|lease| lease.view()).collect();

@@ -24,6 +24,7 @@ pub mod tasks;
 pub mod timers;
 pub mod types;
 pub mod validate;
+pub mod vectorless;
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use ids::IdSource;
 use leases::LeaseTable;
 use registry::Registry;
 use search::card_text::CardDigest;
+use search::vectors::ModelVector;
 use tasks::{TaskQueue, TaskStatus, TaskView, WaiterId};
 use timers::TimerWheel;
 use types::{AgentCard, Decision, Millis, Policy, TokenId};
@@ -159,21 +161,31 @@ pub enum Command {
     GetAgent {
         agent_id: String,
     },
-    /// `vector`: the query's sentence vector, computed before the command entered the core
-    /// (none without a model, or when the encoder was too slow: the ranking is lexical).
+    /// `vector`: the query's sentence vector and its model, computed before the command entered
+    /// the core (none without a model, or when the encoder was too slow: the ranking is
+    /// lexical); it is scored against the card vectors of its model and dimension only.
     Find {
         query: String,
         tools: Vec<String>,
         limit: u32,
-        vector: Option<Arc<[f32]>>,
+        vector: Option<ModelVector>,
     },
     /// A card's sentence vector, computed off the core by an embedding worker from the card's
     /// text (`search::card_text`); applied only while the agent still has the card `card_digest`
-    /// names (raised by the daemon, never by a client).
+    /// names (raised by the daemon, never by a client). It replaces the card's vector, whichever
+    /// model made that one.
     SetCardVector {
         agent_id: String,
         card_digest: CardDigest,
-        vector: Arc<[f32]>,
+        vector: ModelVector,
+    },
+    /// Live agents registered after `after` (a registration number) whose card has no vector of
+    /// `model`, a bounded page at a time (`vectorless`): the daemon's background pass reads it
+    /// (never a client).
+    CardsWithoutVector {
+        model: String,
+        after: u64,
+        limit: u32,
     },
     Watch {
         topics: Vec<String>,
@@ -316,6 +328,7 @@ impl Command {
             self,
             Command::GetAgent { .. }
                 | Command::Find { .. }
+                | Command::CardsWithoutVector { .. }
                 | Command::ListPolicies { .. }
                 | Command::CheckPolicy { .. }
                 | Command::Watch { .. }
@@ -342,6 +355,7 @@ impl Command {
             Command::GetAgent { .. } => "GetAgent",
             Command::Find { .. } => "Find",
             Command::SetCardVector { .. } => "SetCardVector",
+            Command::CardsWithoutVector { .. } => "CardsWithoutVector",
             Command::Watch { .. } => "Watch",
             Command::Unwatch { .. } => "Unwatch",
             Command::AcquireLease { .. } => "AcquireLease",
@@ -452,6 +466,12 @@ pub enum Reply {
     Now(Millis),
     /// A keep-alive batch's answers, one per item in the batch's order.
     KeepAlive(Vec<Outcome>),
+    /// A page of live agents' cards without a vector of the model asked about, and the cursor
+    /// to go on from (`None`: the walk reached the end).
+    VectorlessCards {
+        cards: Vec<vectorless::VectorlessCard>,
+        next: Option<u64>,
+    },
 }
 
 /// The status classes of the behaviour contract's Errors section.
@@ -524,6 +544,8 @@ pub struct CoreStats {
     pub tasks_completed: usize,
     pub tasks_dead: usize,
     pub claims_waiting: usize,
+    /// Card vectors held, of every model (live agents' only).
+    pub card_vectors: usize,
 }
 
 /// The state machine. One thread owns it; every input carries `now`.
@@ -648,12 +670,13 @@ impl Core {
                 tools,
                 limit,
                 vector,
-            } => self.find(&query, vector.as_deref(), &tools, limit),
+            } => self.find(&query, vector.as_ref(), &tools, limit),
             Command::SetCardVector {
                 agent_id,
                 card_digest,
                 vector,
             } => self.set_card_vector(&agent_id, card_digest, &vector),
+            Command::CardsWithoutVector { model, after, limit } => self.cards_without_vector(&model, after, limit),
             Command::Watch { topics, from_sequence } => self.watch(&topics, from_sequence),
             Command::Unwatch { subscriber } => {
                 self.bus.unwatch(subscriber);
@@ -861,6 +884,7 @@ impl Core {
             tasks_completed: self.tasks.count(TaskStatus::Completed),
             tasks_dead: self.tasks.count(TaskStatus::Dead),
             claims_waiting: self.tasks.waiting_claims(),
+            card_vectors: self.registry.search.vectors_len(),
         }
     }
 

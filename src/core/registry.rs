@@ -14,7 +14,7 @@ use slab::Slab;
 use super::events::{AgentView, EventPayload, Topic};
 use super::search::SearchIndex;
 use super::search::card_text::{CardDigest, card_digest};
-use super::search::vectors::unit;
+use super::search::vectors::{ModelVector, check_model_name, unit};
 use super::timers::{TimerKey, TimerWheel};
 use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, TokenId, new_map};
 use super::validate;
@@ -396,7 +396,7 @@ impl Core {
     /// Sets the agent's card vector, if the agent is still searchable and its card is still the
     /// one `digest` names (a vector computed for a card that has gone is refused, and changes
     /// nothing).
-    pub(super) fn set_card_vector(&mut self, agent_id: &str, digest: CardDigest, vector: &[f32]) -> Outcome {
+    pub(super) fn set_card_vector(&mut self, agent_id: &str, digest: CardDigest, vector: &ModelVector) -> Outcome {
         let key = self.registry.lookup_live(agent_id)?;
         let agent = self.registry.get(key);
         if card_digest(&agent.card) != digest {
@@ -406,8 +406,12 @@ impl Core {
             ));
         }
         let invalid = |why: String| CoreError::new(ErrorCode::InvalidArgument, why);
-        let vector = unit(vector).map_err(invalid)?;
-        self.registry.search.set_vector(key, &vector).map_err(invalid)?;
+        check_model_name(&vector.model).map_err(invalid)?;
+        let values = unit(&vector.values).map_err(invalid)?;
+        self.registry
+            .search
+            .set_vector(key, &vector.model, &values)
+            .map_err(|why| CoreError::new(ErrorCode::FailedPrecondition, why))?;
         debug_assert!(self.registry.search.vector(key).is_some());
         Ok(Reply::Done)
     }

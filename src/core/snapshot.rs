@@ -18,6 +18,7 @@ use super::events::Event;
 use super::ids::IdSource;
 use super::leases::Lease;
 use super::registry::Agent;
+use super::search::vectors::ModelVector;
 use super::tasks::{Task, TaskQueue, TaskStatus, TaskView, Waiter, WaiterId, tool_set};
 use super::types::{AgentCard, AgentId, AgentStatus, Millis, Policy, TokenId};
 use super::{Core, CoreConfig, Deadline};
@@ -37,9 +38,9 @@ pub struct AgentState {
     pub groups: Vec<String>,
     /// The agent token that registered it, if one did.
     pub owner: Option<TokenId>,
-    /// Its card's sentence vector (unit length), once an embedding worker sent it; never for a
-    /// DEAD agent (it left the search index).
-    pub vector: Option<Arc<[f32]>>,
+    /// Its card's sentence vector (unit length) and the model that made it, once an embedding
+    /// worker sent it; never for a DEAD agent (it left the search index).
+    pub vector: Option<ModelVector>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,7 +121,10 @@ impl Core {
                 dead_at: registry.dead_at.get(&key).copied(),
                 groups: agent.groups.iter().map(group_name).collect(),
                 owner: agent.owner,
-                vector: registry.search.vector(key).map(Arc::from),
+                vector: registry.search.vector(key).map(|(model, values)| ModelVector {
+                    model: Arc::clone(model),
+                    values: Arc::from(values),
+                }),
             })
             .collect();
         agents.sort_unstable_by_key(|a| a.registration);
@@ -342,7 +346,7 @@ impl Core {
         );
         registry.file(key);
         if let Some(vector) = &state.vector {
-            let set = registry.search.set_vector(key, vector);
+            let set = registry.search.set_vector(key, &vector.model, &vector.values);
             assert!(set.is_ok(), "a snapshot's card vector is one the core held: {set:?}");
         }
         key

@@ -1,13 +1,15 @@
-//! The embedding workers: a few threads that turn card texts and queries into vectors with the
-//! sentence encoder, off the core's thread and the network threads. A registered card's vector
-//! goes to the core as `SetCardVector` (Register has long been answered); a query's vector comes
-//! back to the Find that waits for it, at most `QUERY_WAIT_MAX`.
+//! The embedding workers: a few threads that turn card texts and queries into vectors (from
+//! `sources`: the external embedder or the built-in encoder), off the core's thread and the
+//! network threads. A registered card's vector goes to the core as `SetCardVector` (Register has
+//! long been answered); a query's vector comes back to the Find that waits for it, at most
+//! `QUERY_WAIT_MAX`. Card texts waiting together go in one request (`http::BATCH_MAX` at most).
 //!
 //! Architecture invariant: nothing here blocks a network thread or the core: jobs go into
 //! bounded queues with `try_send` (full: shed, counted in `agentkeeper_embed_total{outcome=
 //! "shed"}`), and commands into the core's bulk lane (never the priority lane heartbeats use).
 //! Identical card texts are encoded once: a content-hash cache (`CARD_CACHE_MAX` vectors) keeps
-//! each text's vector, and cards that come while their text is being encoded wait for it.
+//! each text's vector of the primary model (a stand-in's is not kept), and cards that come while
+//! their text is being encoded wait for it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,8 +18,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
-use super::SentenceEncoder;
+use super::http::BATCH_MAX;
+use super::sources::{Kind, Sources};
 use crate::core::search::card_text::{CardDigest, card_text, text_digest};
+use crate::core::search::vectors::ModelVector;
 use crate::core::types::{AgentCard, Map, new_map};
 use crate::core::{Command, ErrorCode};
 use crate::driver::{CoreHandle, Request};
@@ -39,13 +43,13 @@ enum Job {
     Card { digest: CardDigest, text: String },
     Query {
         text: String,
-        reply: oneshot::Sender<Option<Arc<[f32]>>>,
+        reply: oneshot::Sender<Option<ModelVector>>,
     },
 }
 
 /// A card text's vector, or the agents waiting for it to be encoded.
 enum Cached {
-    Ready(Arc<[f32]>),
+    Ready(ModelVector),
     Pending(Vec<String>),
 }
 
@@ -55,12 +59,15 @@ struct CardCache {
     order: VecDeque<CardDigest>,
 }
 
-struct Pool {
+pub(super) struct Pool {
     cards: Sender<Job>,
     queries: Sender<Job>,
     cache: Mutex<CardCache>,
     core: CoreHandle,
     metrics: Arc<Metrics>,
+    /// The model the cards' vectors should come from (see `Sources::primary_model`).
+    primary: Arc<str>,
+    sources: Arc<Sources>,
 }
 
 /// The network side's handle on the workers; `none()` when there is no model (lexical Find).
@@ -75,8 +82,8 @@ impl Embedder {
         Embedder { pool: None }
     }
 
-    /// Starts `threads` workers sharing `encoder`; card vectors go to `core`.
-    pub fn start(encoder: SentenceEncoder, threads: usize, core: CoreHandle, metrics: Arc<Metrics>) -> Embedder {
+    /// Starts `threads` workers sharing `sources`; card vectors go to `core`.
+    pub fn start(sources: Sources, threads: usize, core: CoreHandle, metrics: Arc<Metrics>) -> Embedder {
         assert!(threads > 0, "at least one embedding worker");
         let (cards, card_jobs) = crossbeam_channel::bounded(CARD_QUEUE_MAX);
         let (queries, query_jobs) = crossbeam_channel::bounded(QUERY_QUEUE_MAX);
@@ -89,16 +96,23 @@ impl Embedder {
             }),
             core,
             metrics,
+            primary: Arc::from(sources.primary_model()),
+            sources: Arc::new(sources),
         });
-        let encoder = Arc::new(encoder);
+        let sources = Arc::clone(&pool.sources);
         for n in 0..threads {
-            let (encoder, pool) = (Arc::clone(&encoder), Arc::downgrade(&pool));
+            let (sources, pool) = (Arc::clone(&sources), Arc::downgrade(&pool));
             let (card_jobs, query_jobs) = (card_jobs.clone(), query_jobs.clone());
             std::thread::Builder::new()
                 .name(format!("embed-{n}"))
-                .spawn(move || work(&encoder, &pool, &query_jobs, &card_jobs))
+                .spawn(move || work(&sources, &pool, &query_jobs, &card_jobs))
                 .expect("spawn an embedding worker");
         }
+        let weak = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("embed-backfill".into())
+            .spawn(move || super::backfill::run(&weak))
+            .expect("spawn the backfill pass");
         Embedder { pool: Some(pool) }
     }
 
@@ -110,34 +124,12 @@ impl Embedder {
     /// A card was registered as `agent_id`: its vector will follow (at once if its text was seen).
     pub fn card_registered(&self, agent_id: &str, card: &AgentCard) {
         let Some(pool) = &self.pool else { return };
-        let text = card_text(card);
-        let digest = text_digest(&text);
-        let mut cache = pool.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        match cache.entries.get_mut(&digest) {
-            Some(Cached::Ready(vector)) => {
-                let vector = Arc::clone(vector);
-                drop(cache);
-                pool.count("card", "cached");
-                pool.offer(agent_id, digest, vector, Duration::ZERO);
-            }
-            Some(Cached::Pending(waiting)) => {
-                waiting.push(agent_id.to_string());
-                pool.count("card", "cached");
-            }
-            None => match pool.cards.try_send(Job::Card { digest, text }) {
-                Ok(()) => {
-                    cache
-                        .entries
-                        .insert(digest, Cached::Pending(vec![agent_id.to_string()]));
-                }
-                Err(_) => pool.count("card", "shed"),
-            },
-        }
+        pool.enqueue(agent_id, card_text(card), Duration::ZERO);
     }
 
     /// `query`'s vector, or `None` (no model, the queue full, or no answer within
     /// `QUERY_WAIT_MAX`): the Find then ranks lexically.
-    pub async fn query_vector(&self, query: &str) -> Option<Arc<[f32]>> {
+    pub async fn query_vector(&self, query: &str) -> Option<ModelVector> {
         let pool = self.pool.as_ref()?;
         if query.trim().is_empty() {
             return None;
@@ -163,13 +155,70 @@ impl Embedder {
 }
 
 impl Pool {
+    /// `agent_id`'s card has `text`: its vector goes to the core at once if the cache has it,
+    /// after the text's encoding if that is under way, else the text is queued (full: shed).
+    /// `patience`: how long a full core queue is retried (zero on a network thread).
+    fn enqueue(&self, agent_id: &str, text: String, patience: Duration) {
+        let digest = text_digest(&text);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.entries.get_mut(&digest) {
+            Some(Cached::Ready(vector)) => {
+                let vector = vector.clone();
+                drop(cache);
+                self.count("card", "cached");
+                self.offer(agent_id, digest, vector, patience);
+            }
+            Some(Cached::Pending(waiting)) => {
+                if !waiting.iter().any(|w| w == agent_id) {
+                    waiting.push(agent_id.to_string());
+                }
+                self.count("card", "cached");
+            }
+            None => match self.cards.try_send(Job::Card { digest, text }) {
+                Ok(()) => {
+                    cache
+                        .entries
+                        .insert(digest, Cached::Pending(vec![agent_id.to_string()]));
+                }
+                Err(_) => self.count("card", "shed"),
+            },
+        }
+    }
+
+    /// The background pass found `agent_id`'s card (`text`) without a vector of the primary model.
+    pub(super) fn card_lacking_vector(&self, agent_id: &str, text: &str) {
+        self.enqueue(agent_id, text.to_string(), CORE_QUEUE_PATIENCE);
+    }
+
+    /// Card texts waiting for a worker.
+    pub(super) fn queued_cards(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Whether the external embedder is failing (the stand-in's vectors would be replaced).
+    pub(super) fn outage(&self) -> super::sources::Outage {
+        self.sources.outage()
+    }
+
+    pub(super) fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    pub(super) fn core(&self) -> &CoreHandle {
+        &self.core
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     fn count(&self, kind: &str, outcome: &str) {
         self.metrics.embed_total.with_label_values(&[kind, outcome]).inc();
     }
 
     /// Sends `agent_id`'s card vector to the core's bulk lane, retrying a full queue for up to
     /// `patience` (a worker may wait; a network thread passes zero), then shedding it.
-    fn offer(&self, agent_id: &str, digest: CardDigest, vector: Arc<[f32]>, patience: Duration) {
+    fn offer(&self, agent_id: &str, digest: CardDigest, vector: ModelVector, patience: Duration) {
         let mut waited = Duration::ZERO;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -178,7 +227,7 @@ impl Pool {
                 command: Command::SetCardVector {
                     agent_id: agent_id.to_string(),
                     card_digest: digest,
-                    vector: Arc::clone(&vector),
+                    vector: vector.clone(),
                 },
                 principal: None,
                 reply,
@@ -199,10 +248,18 @@ impl Pool {
         }
     }
 
-    /// Stores a text's vector and hands back the agents that waited for it.
-    fn ready(&self, digest: CardDigest, vector: &Arc<[f32]>) -> Vec<String> {
+    /// Stores a text's vector (if it is the primary model's: a stand-in's is not kept, so a
+    /// replica registered once the primary answers again gets the primary's) and hands back the
+    /// agents that waited for it.
+    fn ready(&self, digest: CardDigest, vector: &ModelVector) -> Vec<String> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = match cache.entries.insert(digest, Cached::Ready(Arc::clone(vector))) {
+        if vector.model != self.primary {
+            return match cache.entries.remove(&digest) {
+                Some(Cached::Pending(waiting)) => waiting,
+                _ => Vec::new(),
+            };
+        }
+        let waiting = match cache.entries.insert(digest, Cached::Ready(vector.clone())) {
             Some(Cached::Pending(waiting)) => waiting,
             _ => Vec::new(),
         };
@@ -221,10 +278,10 @@ impl Pool {
     }
 }
 
-/// One worker: queries first (a Find waits on each), cards when no query waits. Ends when the
-/// daemon drops its `Embedder`.
+/// One worker: queries first (a Find waits on each), cards when no query waits, the card texts
+/// waiting together (up to `BATCH_MAX`) in one batch. Ends when the daemon drops its `Embedder`.
 #[allow(clippy::disallowed_methods)] // the encoder's timings, for agentkeeper_embed_seconds
-fn work(encoder: &SentenceEncoder, pool: &std::sync::Weak<Pool>, queries: &Receiver<Job>, cards: &Receiver<Job>) {
+fn work(sources: &Sources, pool: &std::sync::Weak<Pool>, queries: &Receiver<Job>, cards: &Receiver<Job>) {
     loop {
         let job = match queries.try_recv() {
             Ok(job) => Some(job),
@@ -238,7 +295,9 @@ fn work(encoder: &SentenceEncoder, pool: &std::sync::Weak<Pool>, queries: &Recei
         let started = std::time::Instant::now();
         match job {
             Job::Query { text, reply } => {
-                let vector = encoder.encode(&text).ok().map(Arc::<[f32]>::from);
+                let vector = sources
+                    .embed(Kind::Query, &[&text])
+                    .and_then(|mut e| Some(ModelVector::new(&e.model, e.vectors.pop()?)));
                 pool.count("query", if vector.is_some() { "encoded" } else { "failed" });
                 pool.metrics
                     .embed_seconds
@@ -246,24 +305,43 @@ fn work(encoder: &SentenceEncoder, pool: &std::sync::Weak<Pool>, queries: &Recei
                     .observe(started.elapsed().as_secs_f64());
                 let _ = reply.send(vector);
             }
-            Job::Card { digest, text } => match encoder.encode(&text) {
-                Ok(vector) => {
-                    pool.count("card", "encoded");
-                    pool.metrics
-                        .embed_seconds
-                        .with_label_values(&["card"])
-                        .observe(started.elapsed().as_secs_f64());
-                    let vector = Arc::<[f32]>::from(vector);
-                    for agent_id in pool.ready(digest, &vector) {
-                        pool.offer(&agent_id, digest, Arc::clone(&vector), CORE_QUEUE_PATIENCE);
+            Job::Card { digest, text } => {
+                let mut batch = vec![(digest, text)];
+                while batch.len() < BATCH_MAX {
+                    match cards.try_recv() {
+                        Ok(Job::Card { digest, text }) => batch.push((digest, text)),
+                        Ok(Job::Query { .. }) => unreachable!("queries have their own queue"),
+                        Err(_) => break,
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "a card text could not be encoded; it ranks lexically");
-                    pool.count("card", "failed");
-                    pool.failed(digest);
-                }
-            },
+                embed_cards(sources, &pool, batch, started);
+            }
+        }
+    }
+}
+
+/// Encodes a batch of card texts in one go and sends each vector to the agents waiting for it.
+#[allow(clippy::disallowed_methods)] // the encoder's timings, for agentkeeper_embed_seconds
+fn embed_cards(sources: &Sources, pool: &Pool, batch: Vec<(CardDigest, String)>, started: std::time::Instant) {
+    let texts: Vec<&str> = batch.iter().map(|(_, text)| text.as_str()).collect();
+    let Some(embedded) = sources.embed(Kind::Card, &texts) else {
+        for (digest, _) in &batch {
+            pool.count("card", "failed");
+            pool.failed(*digest);
+        }
+        return;
+    };
+    debug_assert_eq!(embedded.vectors.len(), batch.len());
+    let seconds = started.elapsed().as_secs_f64() / batch.len() as f64;
+    for ((digest, _), values) in batch.into_iter().zip(embedded.vectors) {
+        pool.count("card", "encoded");
+        pool.metrics.embed_seconds.with_label_values(&["card"]).observe(seconds);
+        let vector = ModelVector {
+            model: Arc::clone(&embedded.model),
+            values: values.into(),
+        };
+        for agent_id in pool.ready(digest, &vector) {
+            pool.offer(&agent_id, digest, vector.clone(), CORE_QUEUE_PATIENCE);
         }
     }
 }

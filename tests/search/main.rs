@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use agentkeeper::core::search::card_text::card_text;
+use agentkeeper::core::search::vectors::{BUILTIN_MODEL, ModelVector};
 use agentkeeper::core::search::{LEXICAL_WEIGHT, SearchIndex};
 use agentkeeper::core::types::AgentCard;
 use agentkeeper::embed::SentenceEncoder;
@@ -139,7 +140,9 @@ impl<'v> Hybrid<'v> {
     fn new(cards: &[AgentCard], vectors: &'v Vectors, lexical_weight: f64, related_terms: bool) -> Hybrid<'v> {
         let mut index = Lexical::new(cards).index;
         for (key, vector) in vectors.cards.iter().enumerate() {
-            index.set_vector(key, vector).expect("a unit vector");
+            index
+                .set_vector(key, &std::sync::Arc::from(BUILTIN_MODEL), vector)
+                .expect("a unit vector");
         }
         index.check_invariants();
         Hybrid {
@@ -153,9 +156,9 @@ impl<'v> Hybrid<'v> {
 
 impl Ranker for Hybrid<'_> {
     fn rank(&self, query: &str) -> Vec<usize> {
-        let vector = self.vectors.queries.get(query).map(Vec::as_slice);
+        let vector = (self.vectors.queries.get(query)).map(|v| ModelVector::new(BUILTIN_MODEL, v.as_slice()));
         self.index
-            .score_hybrid(query, vector, self.lexical_weight, self.related_terms)
+            .score_hybrid(query, vector.as_ref(), self.lexical_weight, self.related_terms)
             .into_iter()
             .map(|(key, _)| key)
             .collect()

@@ -125,6 +125,15 @@ struct Flags {
     /// Agents per keep-alive message (stream-heartbeat); the report's items/s is ops/s times it.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Distinct card texts among the agents registered, in set-up and by the register scenario
+    /// (0: every card its own). With the sentence encoder, replicas share one encoding.
+    #[arg(long, default_value_t = 0)]
+    distinct_cards: usize,
+    /// After set-up, wait until the daemon at this HTTP address (HOST:PORT) holds a vector for
+    /// every card registered (its /metrics' agentkeeper_card_vectors), so a Find measures the
+    /// hybrid ranking over the whole fleet.
+    #[arg(long)]
+    wait_vectors: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -326,8 +335,12 @@ async fn drivers(flags: &Flags) -> Result<(Vec<Driver>, Option<Fanout>), String>
                 leases: flags.leases,
                 concurrency: flags.setup_concurrency,
                 reuse_agents: flags.reuse_agents,
+                distinct_cards: flags.distinct_cards,
             };
             let shared = Arc::new(scenario::set_up(&channels, &plan).await?);
+            if let Some(address) = &flags.wait_vectors {
+                scrape::wait_card_vectors(address, shared.agents.len()).await?;
+            }
             let fanout = if flags.scenario == Scenario::WatchFanout {
                 Some(start_watchers(&flags.target, flags.watchers, Arc::clone(&shared)).await?)
             } else {

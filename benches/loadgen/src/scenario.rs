@@ -64,6 +64,8 @@ const WORDS: [&str; 16] = [
 pub struct Shared {
     pub agents: Vec<String>,
     pub policies: usize,
+    /// Distinct card texts among the agents registered (0: every card its own).
+    pub distinct_cards: usize,
     pub sent: Mutex<HashMap<String, Instant>>,
 }
 
@@ -83,6 +85,9 @@ pub struct SetUp {
     /// Drive agents a previous set-up registered (the first `agents` Find answers, at most
     /// 1000) instead of registering new ones.
     pub reuse_agents: bool,
+    /// Distinct card texts among the agents registered, in set-up and by the register scenario
+    /// (0: every card its own): replicas share one sentence encoding.
+    pub distinct_cards: usize,
 }
 
 /// Set-up before timing: the agents, leases, policies and tasks `plan` asks for, many calls in
@@ -105,10 +110,11 @@ pub async fn set_up(channels: &[Channel], plan: &SetUp) -> Result<Shared, String
         return Ok(Shared {
             agents: ids,
             policies: 0,
+            distinct_cards: plan.distinct_cards,
             sent: Mutex::new(HashMap::new()),
         });
     }
-    let cards: Vec<pb::AgentCard> = (0..plan.agents).map(card).collect();
+    let cards: Vec<pb::AgentCard> = (0..plan.agents).map(|i| card(i, plan.distinct_cards)).collect();
     let ids = in_flight(channels, plan.concurrency, cards, |channel, card| async move {
         let mut registry = RegistryServiceClient::new(channel);
         let request = pb::RegisterRequest {
@@ -186,12 +192,15 @@ pub async fn set_up(channels: &[Channel], plan: &SetUp) -> Result<Shared, String
     Ok(Shared {
         agents: ids,
         policies: key_space,
+        distinct_cards: plan.distinct_cards,
         sent: Mutex::new(HashMap::new()),
     })
 }
 
-/// The card of set-up agent `i`: three of the bench's words, one of eight tools.
-fn card(i: usize) -> pb::AgentCard {
+/// The card of set-up agent `i`: three of the bench's words, one of eight tools; with
+/// `distinct` > 0, one of `distinct` such cards (replicas of one card).
+pub fn card(i: usize, distinct: usize) -> pb::AgentCard {
+    let i = if distinct > 0 { i % distinct } else { i };
     pb::AgentCard {
         name: format!("bench-agent-{i}"),
         description: format!("{} {} {}", WORDS[i % 16], WORDS[(i / 16) % 16], WORDS[(i / 256) % 16]),
@@ -386,9 +395,12 @@ impl Worker {
     }
 
     async fn register(&mut self) -> Result<(), tonic::Status> {
-        let card = pb::AgentCard {
-            name: format!("w{}-{}", self.id, self.counter),
-            ..Default::default()
+        let card = match self.shared.distinct_cards {
+            0 => pb::AgentCard {
+                name: format!("w{}-{}", self.id, self.counter),
+                ..Default::default()
+            },
+            distinct => card(self.id * 1_000_003 + self.counter as usize, distinct),
         };
         self.registry
             .register(pb::RegisterRequest {

@@ -55,6 +55,31 @@ async fn read(address: &str) -> Counters {
     Ok(parse(&String::from_utf8_lossy(&body)))
 }
 
+/// Waits until the daemon at `address` holds `cards` card vectors (its /metrics'
+/// `agentkeeper_card_vectors`); gives up after ten minutes.
+#[allow(clippy::disallowed_methods)] // a load generator measures real time
+pub async fn wait_card_vectors(address: &str, cards: usize) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    loop {
+        let body = http_get(address, "/metrics").await?;
+        let text = String::from_utf8_lossy(&body);
+        let held: f64 = (text.lines())
+            .find_map(|line| line.strip_prefix("agentkeeper_card_vectors ")?.trim().parse().ok())
+            .unwrap_or(0.0);
+        if held >= cards as f64 {
+            eprintln!(
+                "set-up: {cards} card vectors held after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            return Err(format!("only {held} of {cards} card vectors held within 10 minutes"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The kept families of a Prometheus text exposition, each summed over its label sets.
 fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut kept = BTreeMap::new();

@@ -8,9 +8,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use agentkeeper::core::events::{LeaseView, SubscriberId};
+use agentkeeper::core::search::card_text::CardDigest;
 use agentkeeper::core::tasks::{TaskStatus, TaskView};
 use agentkeeper::core::types::Millis;
-use agentkeeper::core::{Command, Event, EventPayload, Outcome, Reply, Topic};
+use agentkeeper::core::{Command, ErrorCode, Event, EventPayload, Outcome, Reply, Topic};
 
 use super::Runner;
 use crate::model::topics_match;
@@ -94,6 +95,28 @@ impl Runner {
         }
     }
 
+    /// Counts what a visible reply says of the core's vector paths (`Coverage::vectors`).
+    pub(super) fn count_vectors(&mut self, command: &Command, outcome: &Outcome) {
+        let counter = match (command, outcome) {
+            (Command::SetCardVector { .. }, Ok(_)) => {
+                if self.core().card_vector_models().len() > 1 {
+                    *self.coverage.vectors.entry("several_models_held").or_default() += 1;
+                }
+                "card_vector_applied"
+            }
+            (Command::SetCardVector { .. }, Err(error)) => match error.code {
+                ErrorCode::FailedPrecondition => "card_vector_stale",
+                ErrorCode::InvalidArgument => "card_vector_invalid",
+                _ => "card_vector_agent_gone",
+            },
+            (Command::Find { vector: Some(_), .. }, Ok(Reply::Agents(found))) if !found.is_empty() => {
+                "find_with_vector"
+            }
+            _ => return,
+        };
+        *self.coverage.vectors.entry(counter).or_default() += 1;
+    }
+
     pub(super) fn agent(&self, agent: &AgentRef) -> String {
         match agent {
             AgentRef::Registered(step) => self
@@ -148,7 +171,19 @@ impl Runner {
                 query: query.clone(),
                 tools: tools.clone(),
                 limit: *limit,
-                vector: None,
+                vector: crate::vectors::query_vector(query),
+            },
+            Op::SetCardVector {
+                agent,
+                digest,
+                model,
+                other_dims,
+                seed,
+                zero,
+            } => Command::SetCardVector {
+                agent_id: self.agent(agent),
+                card_digest: CardDigest(*digest),
+                vector: crate::vectors::card_vector(*model, *other_dims, *seed, *zero),
             },
             Op::Watch {
                 topics,

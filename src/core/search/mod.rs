@@ -32,8 +32,10 @@ use tokenize::{tokenize, tokenize_tool};
 
 use super::types::{AgentCard, Map, Set, new_map, new_set};
 use posting::{Entry, Posting};
+use std::sync::Arc;
 use typo::TypoIndex;
-use vectors::VectorIndex;
+
+use vectors::{ModelVector, VectorSpaces};
 
 pub type DocKey = usize;
 
@@ -104,8 +106,8 @@ pub struct SearchIndex {
     typos: TypoIndex,
     total_lengths: [u64; FIELDS],
     hash_seed: u64,
-    /// Card vectors, for the indexed documents that have one.
-    vectors: VectorIndex,
+    /// Card vectors, for the indexed documents that have one, each model's apart.
+    vectors: VectorSpaces,
 }
 
 /// One index term a query term stands for, with the weight a match through it gets.
@@ -169,32 +171,46 @@ impl SearchIndex {
             typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
-            vectors: VectorIndex::default(),
+            vectors: VectorSpaces::default(),
         }
     }
 
     /// Sets `doc`'s card vector, stored as given (bit for bit, so a restored snapshot scores as
     /// the original did): it must be unit length (`vectors::unit` makes it so). Refused for a
-    /// document not indexed, a vector that is not unit length, or one whose dimension is not the
-    /// other vectors'.
-    pub fn set_vector(&mut self, doc: DocKey, vector: &[f32]) -> Result<(), String> {
+    /// document not indexed, a vector that is not unit length, or a model beyond
+    /// `VECTOR_MODELS_MAX`. It replaces the document's vector, whichever model made that.
+    pub fn set_vector(&mut self, doc: DocKey, model: &Arc<str>, vector: &[f32]) -> Result<(), String> {
         if !self.contains(doc) {
             return Err("the card is not searchable".into());
         }
         if !vectors::is_unit(vector) {
             return Err("a card vector must be finite and of unit length".into());
         }
-        self.vectors.set(doc, vector)
+        vectors::check_model_name(model)?;
+        self.vectors.set(doc, model, vector)
     }
 
-    /// `doc`'s card vector (unit length), if it has one.
-    pub fn vector(&self, doc: DocKey) -> Option<&[f32]> {
+    /// `doc`'s card vector (unit length) and its model, if it has one.
+    pub fn vector(&self, doc: DocKey) -> Option<(&Arc<str>, &[f32])> {
         self.vectors.get(doc)
     }
 
-    /// The dimension of the card vectors (0: none yet).
-    pub fn vectors_dims(&self) -> usize {
-        self.vectors.dims()
+    /// True when card vectors of `vector`'s model and dimension are held: a query vector is
+    /// scored against those alone.
+    pub fn has_vectors_of(&self, vector: &ModelVector) -> bool {
+        self.vectors.space(&vector.model, vector.values.len()).is_some()
+    }
+
+    /// How many card vectors of `vector`'s model and dimension are held.
+    pub fn vectors_len_of(&self, vector: &ModelVector) -> usize {
+        self.vectors
+            .space(&vector.model, vector.values.len())
+            .map_or(0, vectors::VectorIndex::len)
+    }
+
+    /// The models whose card vectors are held: name, dimension, vectors.
+    pub fn vector_models(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.vectors.models()
     }
 
     /// How many indexed documents have a vector.
@@ -365,14 +381,14 @@ impl SearchIndex {
         self.top_hybrid(query, None, LEXICAL_WEIGHT, limit, accept)
     }
 
-    /// `top`, fused with the cosine of `vector` (a query vector) with the card vectors when both
-    /// exist: `lexical_weight` x BM25F / best BM25F + (1 - `lexical_weight`) x the cosine
-    /// min-max scaled over the vectors scanned. A document with neither a term nor a vector
-    /// scanned is not ranked.
+    /// `top`, fused with the cosine of `vector` (a query vector) with the card vectors of its
+    /// model and dimension when both exist (never another model's): `lexical_weight` x BM25F /
+    /// best BM25F + (1 - `lexical_weight`) x the cosine min-max scaled over the vectors scanned.
+    /// A document with neither a term nor a vector scanned is not ranked.
     pub fn top_hybrid(
         &self,
         query: &Query,
-        vector: Option<&[f32]>,
+        vector: Option<&ModelVector>,
         lexical_weight: f64,
         limit: usize,
         accept: impl Fn(DocKey) -> bool,
@@ -392,13 +408,14 @@ impl SearchIndex {
             b.1.total_cmp(&a.1)
                 .then_with(|| self.rank_of(a.0).cmp(&self.rank_of(b.0)))
         };
-        let semantic = vector
-            .filter(|v| v.len() == self.vectors.dims())
-            .and_then(|v| vectors::unit(v).ok());
-        if let Some(vector) = semantic {
-            // Every vector is scored; whether its agent may be answered (status, tools) is
-            // asked only of the best ones, so the scan touches no agent.
-            let cosines = self.vectors.scan(&vector);
+        let semantic = vector.and_then(|v| {
+            let space = self.vectors.space(&v.model, v.values.len())?;
+            Some((space, vectors::unit(&v.values).ok()?))
+        });
+        if let Some((space, vector)) = semantic {
+            // Every vector of the query's model is scored; whether its agent may be answered
+            // (status, tools) is asked only of the best ones, so the scan touches no agent.
+            let cosines = space.scan(&vector);
             let fused = fuse(docs, &cosines, lexical_weight, self.hash_seed);
             let docs = best_accepted(fused, limit, order, &accept);
             return Ranked { docs, postings_read };
@@ -415,11 +432,11 @@ impl SearchIndex {
         Ranked { docs, postings_read }
     }
 
-    /// The cosine of `vector` (unit length) with `doc`'s card vector, if it has one of that
-    /// dimension.
-    pub fn cosine(&self, doc: DocKey, vector: &[f32]) -> Option<f32> {
-        let card = self.vectors.get(doc)?;
-        (card.len() == vector.len()).then(|| vectors::dot(card, vector))
+    /// The cosine of `vector` (unit length, made by `model`) with `doc`'s card vector, if it has
+    /// one of that model and dimension.
+    pub fn cosine(&self, doc: DocKey, model: &str, vector: &[f32]) -> Option<f32> {
+        let (card_model, card) = self.vectors.get(doc)?;
+        (**card_model == *model && card.len() == vector.len()).then(|| vectors::dot(card, vector))
     }
 
     /// Every document `text` (and `vector`, if given) ranks, best first, fused with
@@ -428,7 +445,7 @@ impl SearchIndex {
     pub fn score_hybrid(
         &self,
         text: &str,
-        vector: Option<&[f32]>,
+        vector: Option<&ModelVector>,
         lexical_weight: f64,
         related_terms: bool,
     ) -> Vec<(DocKey, f64)> {

@@ -3,10 +3,17 @@
 //! vector (contiguous, slot-major: a quarter of the bytes to read per query); the bounded scan
 //! scores a query vector against them by cosine (a dot product, the vectors being unit length).
 //!
+//! Every vector comes with the name of the model that made it, and one ranking never mixes two
+//! models: `VectorSpaces` keeps each (model, dimension) apart, a card has one vector (a vector
+//! from another model replaces it), and a query vector is scored only against its own model's.
+//!
 //! Architecture invariant: a vector comes from a command (the network side computed it); nothing
-//! here computes one from text. Every vector has the index's dimension (set by the first, free
-//! again once the index is empty); a scan reads at most `VECTORS_SCANNED_MAX` vectors, in slot
-//! order, and sums each dot product in dimension order, so equal inputs give equal scores.
+//! here computes one from text. Every vector of a `VectorIndex` has its dimension (set by the
+//! first, free again once the index is empty); a scan reads at most `VECTORS_SCANNED_MAX`
+//! vectors, in slot order, and sums each dot product in dimension order, so equal inputs give
+//! equal scores.
+
+use std::sync::Arc;
 
 use super::DocKey;
 
@@ -17,7 +24,141 @@ pub const VECTOR_DIMS_MAX: usize = 4096;
 /// semantically (lexical matches still are).
 pub const VECTORS_SCANNED_MAX: usize = 131_072;
 
+/// Models whose vectors the core holds at once at most (the built-in encoder, an external
+/// embedder, and what an earlier run used, until its vectors are replaced).
+pub const VECTOR_MODELS_MAX: usize = 4;
+/// A model's name is 1 to this many bytes.
+pub const VECTOR_MODEL_NAME_MAX: usize = 128;
+/// The name of the built-in sentence encoder's vectors (all-MiniLM-L6-v2, 384 dimensions); a
+/// log or snapshot of format version 5 or older holds only these.
+pub const BUILTIN_MODEL: &str = "all-minilm-l6-v2";
+
 const NO_SLOT: u32 = u32::MAX;
+
+/// A vector and the model that made it (its dimension is its length).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelVector {
+    pub model: Arc<str>,
+    pub values: Arc<[f32]>,
+}
+
+impl ModelVector {
+    pub fn new(model: &str, values: impl Into<Arc<[f32]>>) -> ModelVector {
+        ModelVector {
+            model: Arc::from(model),
+            values: values.into(),
+        }
+    }
+}
+
+/// Whether `model` may name a model: 1 to `VECTOR_MODEL_NAME_MAX` bytes, no control characters.
+pub fn check_model_name(model: &str) -> Result<(), String> {
+    if model.is_empty() || model.len() > VECTOR_MODEL_NAME_MAX {
+        return Err(format!(
+            "a vector's model name has 1 to {VECTOR_MODEL_NAME_MAX} bytes, not {}",
+            model.len()
+        ));
+    }
+    if model.chars().any(char::is_control) {
+        return Err("a vector's model name has no control characters".into());
+    }
+    Ok(())
+}
+
+/// The card vectors of every model held, each model's (and dimension's) in its own index; a
+/// document has at most one vector, in one of them. An index left empty goes.
+#[derive(Default)]
+pub struct VectorSpaces {
+    spaces: Vec<(Arc<str>, VectorIndex)>,
+}
+
+impl VectorSpaces {
+    /// Vectors held, of every model.
+    pub fn len(&self) -> usize {
+        self.spaces.iter().map(|s| s.1.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spaces.is_empty()
+    }
+
+    /// The index of `model`'s vectors of `dims` dimensions, if any are held.
+    pub fn space(&self, model: &str, dims: usize) -> Option<&VectorIndex> {
+        self.spaces
+            .iter()
+            .find(|(name, index)| &**name == model && index.dims() == dims)
+            .map(|s| &s.1)
+    }
+
+    /// The models held, with their dimension and how many vectors each has, in the order they came.
+    pub fn models(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.spaces
+            .iter()
+            .map(|(name, index)| (&**name, index.dims(), index.len()))
+    }
+
+    /// `doc`'s vector and the model that made it.
+    pub fn get(&self, doc: DocKey) -> Option<(&Arc<str>, &[f32])> {
+        self.spaces
+            .iter()
+            .find_map(|(name, index)| index.get(doc).map(|v| (name, v)))
+    }
+
+    /// Stores `vector` (unit length) as `doc`'s, made by `model`, replacing any vector it had (of
+    /// any model); refused, changing nothing, when `VECTOR_MODELS_MAX` other models are held.
+    pub fn set(&mut self, doc: DocKey, model: &Arc<str>, vector: &[f32]) -> Result<(), String> {
+        let position = self
+            .spaces
+            .iter()
+            .position(|(name, index)| name == model && index.dims() == vector.len());
+        if position.is_none() && self.spaces.len() >= VECTOR_MODELS_MAX {
+            return Err(format!(
+                "card vectors of {VECTOR_MODELS_MAX} models are held already; {model}'s ({} dimensions) \
+                 wait until one model's vectors are all replaced",
+                vector.len()
+            ));
+        }
+        for (name, index) in &mut self.spaces {
+            if !(name == model && index.dims() == vector.len()) {
+                index.remove(doc);
+            }
+        }
+        let position = position.unwrap_or_else(|| {
+            self.spaces.push((Arc::clone(model), VectorIndex::default()));
+            self.spaces.len() - 1
+        });
+        self.spaces[position].1.set(doc, vector)?;
+        self.spaces.retain(|s| !s.1.is_empty());
+        debug_assert!(self.get(doc).is_some_and(|(name, _)| name == model));
+        Ok(())
+    }
+
+    /// Forgets `doc`'s vector, if it has one.
+    pub fn remove(&mut self, doc: DocKey) {
+        for (_, index) in &mut self.spaces {
+            index.remove(doc);
+        }
+        self.spaces.retain(|s| !s.1.is_empty());
+    }
+
+    pub fn check_invariants(&self, indexed: impl Fn(DocKey) -> bool) {
+        assert!(self.spaces.len() <= VECTOR_MODELS_MAX, "more models than the bound");
+        for (i, (name, index)) in self.spaces.iter().enumerate() {
+            assert!(!index.is_empty(), "an empty index kept for {name}");
+            index.check_invariants(&indexed);
+            for (other, other_index) in &self.spaces[i + 1..] {
+                assert!(
+                    !(name == other && index.dims() == other_index.dims()),
+                    "two indexes for {name}"
+                );
+                assert!(
+                    index.docs.iter().all(|&doc| other_index.get(doc).is_none()),
+                    "a document with vectors of {name} and {other}"
+                );
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct VectorIndex {
@@ -259,6 +400,39 @@ mod tests {
         assert_eq!(index.get(1), None);
         assert_eq!(index.get(2), Some(&v(&[0.0, 1.0])[..]));
         assert_eq!(index.get(4), Some(&v(&[5.0, 1.0])[..]));
+    }
+
+    #[test]
+    fn each_model_keeps_its_own_vectors_and_a_card_has_one() {
+        let (mini, big): (Arc<str>, Arc<str>) = (Arc::from("mini"), Arc::from("big"));
+        let mut spaces = VectorSpaces::default();
+        spaces.set(0, &mini, &v(&[1.0, 0.0])).expect("stored");
+        spaces.set(1, &mini, &v(&[0.0, 1.0])).expect("stored");
+        spaces
+            .set(2, &big, &v(&[1.0, 0.0]))
+            .expect("same dimension, another model");
+        spaces
+            .set(3, &big, &v(&[1.0, 0.0, 0.0]))
+            .expect("another dimension, another index");
+        spaces.check_invariants(|_| true);
+        assert_eq!(spaces.space("mini", 2).map(VectorIndex::len), Some(2));
+        assert_eq!(spaces.space("big", 2).map(VectorIndex::len), Some(1));
+        assert_eq!(spaces.space("big", 3).map(VectorIndex::len), Some(1));
+        // A new model's vector replaces the card's old one; an index left empty goes.
+        spaces.set(2, &mini, &v(&[1.0, 1.0])).expect("replaced");
+        spaces.check_invariants(|_| true);
+        assert!(spaces.space("big", 2).is_none());
+        assert_eq!(spaces.get(2).map(|(m, _)| &**m), Some("mini"));
+        assert_eq!(spaces.len(), 4);
+        for (n, name) in ["m2", "m3"].into_iter().enumerate() {
+            spaces.set(10 + n, &Arc::from(name), &v(&[1.0])).expect("room for four");
+        }
+        let error = spaces.set(20, &Arc::from("m5"), &v(&[1.0])).expect_err("a fifth model");
+        assert!(error.contains("4 models"), "{error}");
+        assert!(spaces.get(20).is_none(), "a refused vector changes nothing");
+        spaces.check_invariants(|_| true);
+        assert!(check_model_name("").is_err() && check_model_name("a\nb").is_err());
+        assert!(check_model_name(&"x".repeat(VECTOR_MODEL_NAME_MAX + 1)).is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Card vectors and the hybrid Find: a vector enters only through `SetCardVector` for the card it
 //! was computed from, leaves with the agent, travels in snapshots, and a query vector ranks
-//! agents that share no word with the query, within the scan's bound.
+//! agents that share no word with the query, within the scan's bound, against its own model's
+//! card vectors only; which live agents lack a vector of a model is read a bounded page at a time.
 
 use super::*;
-use crate::core::search::card_text::{CardDigest, card_digest};
-use crate::core::search::vectors::VECTORS_SCANNED_MAX;
+use crate::core::search::card_text::{CardDigest, card_digest, card_text};
+use crate::core::search::vectors::{ModelVector, VECTORS_SCANNED_MAX};
+use crate::core::vectorless::{VECTORLESS_SCAN_MAX, VectorlessCard};
+
+const MODEL: &str = "test-model";
 
 fn digest_of(h: &Harness, agent_id: &str) -> CardDigest {
     let key = h.core.registry.lookup(agent_id).expect("a known agent");
@@ -12,19 +16,27 @@ fn digest_of(h: &Harness, agent_id: &str) -> CardDigest {
 }
 
 fn set_vector(agent_id: &str, card_digest: CardDigest, vector: &[f32]) -> Command {
+    set_vector_of(MODEL, agent_id, card_digest, vector)
+}
+
+fn set_vector_of(model: &str, agent_id: &str, card_digest: CardDigest, vector: &[f32]) -> Command {
     Command::SetCardVector {
         agent_id: agent_id.into(),
         card_digest,
-        vector: Arc::from(vector),
+        vector: ModelVector::new(model, vector),
     }
 }
 
 fn find_with(h: &mut Harness, query: &str, vector: &[f32], limit: u32) -> Vec<String> {
+    find_with_of(h, MODEL, query, vector, limit)
+}
+
+fn find_with_of(h: &mut Harness, model: &str, query: &str, vector: &[f32], limit: u32) -> Vec<String> {
     match h.ok(Command::Find {
         query: query.into(),
         tools: vec![],
         limit,
-        vector: Some(Arc::from(vector)),
+        vector: Some(ModelVector::new(model, vector)),
     }) {
         Reply::Agents(agents) => agents.iter().map(|a| a.card.name.clone()).collect(),
         other => panic!("unexpected {other:?}"),
@@ -48,12 +60,12 @@ fn a_vector_applies_only_to_the_card_it_was_computed_from() {
     h.ok(set_vector(&a, digest_a, &[3.0, 4.0]));
     let key = h.core.registry.lookup(&a).expect("known");
     assert_eq!(
-        h.core.registry.search.vector(key),
-        Some(&[0.6f32, 0.8][..]),
-        "stored unit length"
+        h.core.registry.search.vector(key).map(|(m, v)| (&**m, v)),
+        Some((MODEL, &[0.6f32, 0.8][..])),
+        "stored unit length, with its model"
     );
-    let error = h.err(set_vector(&b, digest_of(&h, &b), &[1.0, 0.0, 0.0]));
-    assert_eq!(error.code, ErrorCode::InvalidArgument, "another dimension: {error}");
+    let error = h.err(set_vector_of("", &b, digest_of(&h, &b), &[1.0, 0.0]));
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "a model with no name: {error}");
     let error = h.err(set_vector(&b, digest_of(&h, &b), &[f32::NAN, 0.0]));
     assert_eq!(error.code, ErrorCode::InvalidArgument, "{error}");
     let error = h.err(set_vector("0123456789abcdef0123456789abcdef", digest_a, &[1.0, 0.0]));
@@ -111,6 +123,7 @@ fn vectors_survive_a_snapshot_bit_for_bit_and_rank_the_same() {
     assert_eq!(restored.snapshot(), snapshot, "the vectors come back bit for bit");
     let query: Arc<[f32]> = Arc::from(&[0.2f32, 0.9, 0.5][..]);
     for tools in [vec![], vec!["tool".to_string()]] {
+        let query = ModelVector::new(MODEL, Arc::clone(&query));
         let (before, _) = h.core.registry.find("agent", Some(&query), &tools, 5);
         let (after, _) = restored.registry.find("agent", Some(&query), &tools, 5);
         let ids = |core: &Core, keys: &[usize]| keys.iter().map(|&k| core.registry.get(k).id).collect::<Vec<_>>();
@@ -136,7 +149,7 @@ fn a_hybrid_find_scans_every_vector_within_its_bound() {
             .apply(h.now, set_vector(&id, digest, &vector))
             .expect("a vector for a live agent");
     }
-    let query = [0.0f32, 0.0, 1.0];
+    let query = ModelVector::new(MODEL, [0.0f32, 0.0, 1.0]);
     // No card shares a word with the query: the vectors alone rank.
     let (keys, work) = h.core.registry.find("zzz", Some(&query), &[], 10);
     assert_eq!(keys.len(), 10);
@@ -150,4 +163,140 @@ fn a_hybrid_find_scans_every_vector_within_its_bound() {
         "the largest third component is the nearest to the query: {best}"
     );
     h.core.check_invariants();
+}
+
+#[test]
+fn a_query_vector_ranks_only_against_card_vectors_of_its_own_model_and_dimension() {
+    let mut h = Harness::new();
+    let names = ["alpha", "beta", "gamma"];
+    let mut ids = Vec::new();
+    for name in names {
+        let id = h.register(name, &[], 60);
+        ids.push((id.clone(), digest_of(&h, &id)));
+    }
+    // alpha and beta have the big model's vectors; gamma the mini model's, of the same dimension,
+    // pointing where the query points.
+    h.ok(set_vector_of("big", &ids[0].0, ids[0].1, &[1.0, 0.0]));
+    h.ok(set_vector_of("big", &ids[1].0, ids[1].1, &[0.0, 1.0]));
+    h.ok(set_vector_of("mini", &ids[2].0, ids[2].1, &[0.0, 1.0]));
+    assert_eq!(
+        find_with_of(&mut h, "big", "zzz", &[0.0, 1.0], 1),
+        ["beta"],
+        "gamma is another model's"
+    );
+    assert_eq!(find_with_of(&mut h, "mini", "zzz", &[0.0, 1.0], 1), ["gamma"]);
+    // A model no card has, or a dimension its cards do not have: words, then registration.
+    assert_eq!(find_with_of(&mut h, "other", "zzz", &[0.0, 1.0], 1), ["alpha"]);
+    assert_eq!(find_with_of(&mut h, "big", "zzz", &[0.0, 0.0, 1.0], 1), ["alpha"]);
+    // A card's vector from another model replaces the one it had.
+    h.ok(set_vector_of("mini", &ids[1].0, ids[1].1, &[1.0, 0.0]));
+    assert_eq!(h.core.registry.search.vectors_len(), 3);
+    assert_eq!(
+        find_with_of(&mut h, "big", "zzz", &[0.0, 1.0], 1),
+        ["alpha"],
+        "beta left the big model"
+    );
+    let models: Vec<(String, usize, usize)> = (h.core.registry.search.vector_models())
+        .map(|(m, d, n)| (m.to_string(), d, n))
+        .collect();
+    assert_eq!(models, [("big".to_string(), 2, 1), ("mini".to_string(), 2, 2)]);
+    h.core.check_invariants();
+    // Snapshots keep each vector's model.
+    let restored = Core::restore(CoreConfig::default(), h.core.snapshot());
+    assert_eq!(restored.snapshot(), h.core.snapshot());
+}
+
+fn vectorless(h: &mut Harness, model: &str, after: u64, limit: u32) -> (Vec<VectorlessCard>, Option<u64>) {
+    match h.ok(Command::CardsWithoutVector {
+        model: model.into(),
+        after,
+        limit,
+    }) {
+        Reply::VectorlessCards { cards, next } => (cards, next),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn live_agents_without_a_vector_of_a_model_are_read_a_bounded_page_at_a_time() {
+    let mut h = Harness::new();
+    let count = VECTORLESS_SCAN_MAX * 2 + 10;
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let card = AgentCard {
+            name: format!("worker-{i}"),
+            ..AgentCard::default()
+        };
+        let id = match h.core.apply(h.now, Command::Register { card, ttl_seconds: 600 }) {
+            Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        // Every third has the model's vector, every fifth another model's.
+        let digest = digest_of(&h, &id);
+        let model = match i {
+            _ if i % 3 == 0 => Some(MODEL),
+            _ if i % 5 == 0 => Some("old-model"),
+            _ => None,
+        };
+        if let Some(model) = model {
+            h.core
+                .apply(h.now, set_vector_of(model, &id, digest, &[1.0, i as f32]))
+                .expect("a vector for a live agent");
+        }
+        ids.push(id);
+    }
+    h.ok(Command::Deregister {
+        agent_id: ids[1].clone(),
+    });
+    let expected: Vec<&String> = (ids.iter().enumerate())
+        .filter(|&(i, _)| i % 3 != 0 && i != 1)
+        .map(|(_, id)| id)
+        .collect();
+    let mut found = Vec::new();
+    let (mut after, mut pages) = (0, 0);
+    loop {
+        let (cards, next) = vectorless(&mut h, MODEL, after, 100);
+        assert!(cards.len() <= 100);
+        pages += 1;
+        found.extend(cards);
+        match next {
+            Some(cursor) => {
+                assert!(cursor > after, "a page moves on");
+                after = cursor;
+            }
+            None => break,
+        }
+    }
+    let found_ids: Vec<&String> = found.iter().map(|c| &c.agent_id).collect();
+    assert_eq!(
+        found_ids, expected,
+        "every live agent without the model's vector, in order, once"
+    );
+    assert!(pages >= expected.len() / 100, "pages of at most 100: {pages}");
+    let key = h.core.registry.lookup(&ids[2]).expect("known");
+    assert_eq!(
+        found[0].text,
+        card_text(&h.core.registry.get(key).card),
+        "the text an encoder reads"
+    );
+    // A page where no agent lacks a vector still ends within the scan bound, with a cursor.
+    let mut all = Harness::new();
+    for i in 0..VECTORLESS_SCAN_MAX + 5 {
+        let id = all.register(&format!("w{i}"), &[], 60);
+        let digest = digest_of(&all, &id);
+        all.ok(set_vector(&id, digest, &[1.0, 0.0]));
+    }
+    let (cards, next) = vectorless(&mut all, MODEL, 0, 0);
+    assert!(cards.is_empty());
+    let cursor = next.expect("the walk stopped at its scan bound");
+    let (cards, next) = vectorless(&mut all, MODEL, cursor, 0);
+    assert_eq!((cards.len(), next), (0, None));
+    let (cards, _) = vectorless(&mut all, "another", 0, 0);
+    assert_eq!(cards.len(), 256, "a full page of another model's lack");
+    let error = all.err(Command::CardsWithoutVector {
+        model: String::new(),
+        after: 0,
+        limit: 1,
+    });
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
 }

@@ -9,27 +9,28 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::v5;
+use super::v6;
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::search::card_text::CardDigest;
+use crate::core::search::vectors::ModelVector;
 use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
 use crate::core::{Command, PolicyInput};
 
-fn text(value: &str) -> v5::Text<'_> {
+fn text(value: &str) -> v6::Text<'_> {
     Cow::Borrowed(value)
 }
 
-fn arc(value: v5::Text<'_>) -> Arc<str> {
+fn arc(value: v6::Text<'_>) -> Arc<str> {
     Arc::from(value.as_ref())
 }
 
 /// The log record of `entry`. Panics on a command that does not change state: the driver logs
 /// only commands for which `Command::is_logged` holds.
-pub fn record(entry: &Entry) -> v5::Record<'_> {
+pub fn record(entry: &Entry) -> v6::Record<'_> {
     match entry {
         Entry::Apply {
             now,
@@ -40,25 +41,25 @@ pub fn record(entry: &Entry) -> v5::Record<'_> {
                 Command::Once { request, command } => (Some(*request), &**command),
                 command => (None, command),
             };
-            v5::Record::Apply {
+            v6::Record::Apply {
                 now: *now,
                 command: logged_command(command)
                     .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
-                principal: principal.map(|t| v5::Token(t.0)),
-                request: request.map(|r| v5::RequestId {
+                principal: principal.map(|t| v6::Token(t.0)),
+                request: request.map(|r| v6::RequestId {
                     client: r.client,
                     seq: r.seq,
                 }),
             }
         }
-        Entry::Tick { now } => v5::Record::Tick { now: *now },
-        Entry::Grace { now } => v5::Record::Grace { now: *now },
+        Entry::Tick { now } => v6::Record::Tick { now: *now },
+        Entry::Grace { now } => v6::Record::Grace { now: *now },
     }
 }
 
-pub fn entry(record: v5::Record<'_>) -> Entry {
+pub fn entry(record: v6::Record<'_>) -> Entry {
     match record {
-        v5::Record::Apply {
+        v6::Record::Apply {
             now,
             command: logged,
             principal,
@@ -77,15 +78,15 @@ pub fn entry(record: v5::Record<'_>) -> Entry {
             },
             principal: principal.map(|t| TokenId(t.0)),
         },
-        v5::Record::Tick { now } => Entry::Tick { now },
-        v5::Record::Grace { now } => Entry::Grace { now },
+        v6::Record::Tick { now } => Entry::Tick { now },
+        v6::Record::Grace { now } => Entry::Grace { now },
     }
 }
 
 /// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
 /// with `Command::is_logged` (tested).
-pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
-    use v5::LoggedCommand as L;
+pub fn logged_command(command: &Command) -> Option<v6::LoggedCommand<'_>> {
+    use v6::LoggedCommand as L;
     Some(match command {
         Command::Register { card, ttl_seconds } => L::Register {
             card: card_of(card),
@@ -135,7 +136,7 @@ pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
             agent_id: text(agent_id),
         },
         Command::SetPolicy { policy } => L::SetPolicy {
-            policy: v5::PolicyInput {
+            policy: v6::PolicyInput {
                 id: text(&policy.id),
                 subject: text(&policy.subject),
                 action: text(&policy.action),
@@ -188,16 +189,18 @@ pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
             agent_id,
             card_digest,
             vector,
-        } => L::SetCardVector {
+        } => L::SetModelCardVector {
             agent_id: text(agent_id),
             card_digest: card_digest.0,
-            vector: Cow::Borrowed(vector),
+            model: text(&vector.model),
+            vector: Cow::Borrowed(&vector.values),
         },
         Command::KeepAlive { items } => L::KeepAlive {
             items: items.iter().map(logged_command).collect::<Option<Vec<_>>>()?,
         },
         Command::GetAgent { .. }
         | Command::Find { .. }
+        | Command::CardsWithoutVector { .. }
         | Command::Watch { .. }
         | Command::Unwatch { .. }
         | Command::WatchElection { .. }
@@ -216,8 +219,8 @@ pub fn logged_command(command: &Command) -> Option<v5::LoggedCommand<'_>> {
     })
 }
 
-pub fn command(logged: v5::LoggedCommand<'_>) -> Command {
-    use v5::LoggedCommand as L;
+pub fn command(logged: v6::LoggedCommand<'_>) -> Command {
+    use v6::LoggedCommand as L;
     match logged {
         L::Register { card, ttl_seconds } => Command::Register {
             card: card_from(card),
@@ -325,7 +328,17 @@ pub fn command(logged: v5::LoggedCommand<'_>) -> Command {
         } => Command::SetCardVector {
             agent_id: agent_id.into_owned(),
             card_digest: CardDigest(card_digest),
-            vector: Arc::from(vector.into_owned()),
+            vector: ModelVector::new(v6::VERSION_5_MODEL, vector.into_owned()),
+        },
+        L::SetModelCardVector {
+            agent_id,
+            card_digest,
+            model,
+            vector,
+        } => Command::SetCardVector {
+            agent_id: agent_id.into_owned(),
+            card_digest: CardDigest(card_digest),
+            vector: ModelVector::new(&model, vector.into_owned()),
         },
         L::KeepAlive { items } => Command::KeepAlive {
             items: items.into_iter().map(command).collect(),
@@ -333,7 +346,7 @@ pub fn command(logged: v5::LoggedCommand<'_>) -> Command {
     }
 }
 
-fn card_of(card: &AgentCard) -> v5::Card<'_> {
+fn card_of(card: &AgentCard) -> v6::Card<'_> {
     let AgentCard {
         name,
         description,
@@ -343,13 +356,13 @@ fn card_of(card: &AgentCard) -> v5::Card<'_> {
         metadata,
         a2a_card,
     } = card;
-    v5::Card {
+    v6::Card {
         name: text(name),
         description: text(description),
         version: text(version),
         capabilities: capabilities
             .iter()
-            .map(|c| v5::Capability {
+            .map(|c| v6::Capability {
                 name: text(&c.name),
                 description: text(&c.description),
             })
@@ -360,7 +373,7 @@ fn card_of(card: &AgentCard) -> v5::Card<'_> {
     }
 }
 
-fn card_from(card: v5::Card<'_>) -> AgentCard {
+fn card_from(card: v6::Card<'_>) -> AgentCard {
     AgentCard {
         name: card.name.into_owned(),
         description: card.description.into_owned(),
@@ -383,105 +396,105 @@ fn card_from(card: v5::Card<'_>) -> AgentCard {
     }
 }
 
-fn effect_of(effect: Effect) -> v5::Effect {
+fn effect_of(effect: Effect) -> v6::Effect {
     match effect {
-        Effect::Allow => v5::Effect::Allow,
-        Effect::Deny => v5::Effect::Deny,
+        Effect::Allow => v6::Effect::Allow,
+        Effect::Deny => v6::Effect::Deny,
     }
 }
 
-fn effect_from(effect: v5::Effect) -> Effect {
+fn effect_from(effect: v6::Effect) -> Effect {
     match effect {
-        v5::Effect::Allow => Effect::Allow,
-        v5::Effect::Deny => Effect::Deny,
+        v6::Effect::Allow => Effect::Allow,
+        v6::Effect::Deny => Effect::Deny,
     }
 }
 
-fn status_of(status: AgentStatus) -> v5::AgentStatus {
+fn status_of(status: AgentStatus) -> v6::AgentStatus {
     match status {
-        AgentStatus::Alive => v5::AgentStatus::Alive,
-        AgentStatus::Unreachable => v5::AgentStatus::Unreachable,
-        AgentStatus::Dead => v5::AgentStatus::Dead,
+        AgentStatus::Alive => v6::AgentStatus::Alive,
+        AgentStatus::Unreachable => v6::AgentStatus::Unreachable,
+        AgentStatus::Dead => v6::AgentStatus::Dead,
     }
 }
 
-fn status_from(status: v5::AgentStatus) -> AgentStatus {
+fn status_from(status: v6::AgentStatus) -> AgentStatus {
     match status {
-        v5::AgentStatus::Alive => AgentStatus::Alive,
-        v5::AgentStatus::Unreachable => AgentStatus::Unreachable,
-        v5::AgentStatus::Dead => AgentStatus::Dead,
+        v6::AgentStatus::Alive => AgentStatus::Alive,
+        v6::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v6::AgentStatus::Dead => AgentStatus::Dead,
     }
 }
 
-fn task_status_of(status: TaskStatus) -> v5::TaskStatus {
+fn task_status_of(status: TaskStatus) -> v6::TaskStatus {
     match status {
-        TaskStatus::Pending => v5::TaskStatus::Pending,
-        TaskStatus::Claimed => v5::TaskStatus::Claimed,
-        TaskStatus::Completed => v5::TaskStatus::Completed,
-        TaskStatus::Failed => v5::TaskStatus::Failed,
-        TaskStatus::Dead => v5::TaskStatus::Dead,
+        TaskStatus::Pending => v6::TaskStatus::Pending,
+        TaskStatus::Claimed => v6::TaskStatus::Claimed,
+        TaskStatus::Completed => v6::TaskStatus::Completed,
+        TaskStatus::Failed => v6::TaskStatus::Failed,
+        TaskStatus::Dead => v6::TaskStatus::Dead,
     }
 }
 
-fn task_status_from(status: v5::TaskStatus) -> TaskStatus {
+fn task_status_from(status: v6::TaskStatus) -> TaskStatus {
     match status {
-        v5::TaskStatus::Pending => TaskStatus::Pending,
-        v5::TaskStatus::Claimed => TaskStatus::Claimed,
-        v5::TaskStatus::Completed => TaskStatus::Completed,
-        v5::TaskStatus::Failed => TaskStatus::Failed,
-        v5::TaskStatus::Dead => TaskStatus::Dead,
+        v6::TaskStatus::Pending => TaskStatus::Pending,
+        v6::TaskStatus::Claimed => TaskStatus::Claimed,
+        v6::TaskStatus::Completed => TaskStatus::Completed,
+        v6::TaskStatus::Failed => TaskStatus::Failed,
+        v6::TaskStatus::Dead => TaskStatus::Dead,
     }
 }
 
 /// Topics pair up by position in both enums; the match keeps them from drifting apart.
-fn topic_of(topic: Topic) -> v5::Topic {
+fn topic_of(topic: Topic) -> v6::Topic {
     match topic {
-        Topic::AgentRegistered => v5::Topic::AgentRegistered,
-        Topic::AgentUnreachable => v5::Topic::AgentUnreachable,
-        Topic::AgentRecovered => v5::Topic::AgentRecovered,
-        Topic::AgentDied => v5::Topic::AgentDied,
-        Topic::LeaseAcquired => v5::Topic::LeaseAcquired,
-        Topic::LeaseRenewed => v5::Topic::LeaseRenewed,
-        Topic::LeaseExpired => v5::Topic::LeaseExpired,
-        Topic::LeaseReleased => v5::Topic::LeaseReleased,
-        Topic::LeaderChanged => v5::Topic::LeaderChanged,
-        Topic::TaskCreated => v5::Topic::TaskCreated,
-        Topic::TaskClaimed => v5::Topic::TaskClaimed,
-        Topic::TaskCompleted => v5::Topic::TaskCompleted,
-        Topic::TaskFailed => v5::Topic::TaskFailed,
-        Topic::TaskDead => v5::Topic::TaskDead,
+        Topic::AgentRegistered => v6::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v6::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v6::Topic::AgentRecovered,
+        Topic::AgentDied => v6::Topic::AgentDied,
+        Topic::LeaseAcquired => v6::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v6::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v6::Topic::LeaseExpired,
+        Topic::LeaseReleased => v6::Topic::LeaseReleased,
+        Topic::LeaderChanged => v6::Topic::LeaderChanged,
+        Topic::TaskCreated => v6::Topic::TaskCreated,
+        Topic::TaskClaimed => v6::Topic::TaskClaimed,
+        Topic::TaskCompleted => v6::Topic::TaskCompleted,
+        Topic::TaskFailed => v6::Topic::TaskFailed,
+        Topic::TaskDead => v6::Topic::TaskDead,
     }
 }
 
-fn topic_from(topic: v5::Topic) -> Topic {
+fn topic_from(topic: v6::Topic) -> Topic {
     match topic {
-        v5::Topic::AgentRegistered => Topic::AgentRegistered,
-        v5::Topic::AgentUnreachable => Topic::AgentUnreachable,
-        v5::Topic::AgentRecovered => Topic::AgentRecovered,
-        v5::Topic::AgentDied => Topic::AgentDied,
-        v5::Topic::LeaseAcquired => Topic::LeaseAcquired,
-        v5::Topic::LeaseRenewed => Topic::LeaseRenewed,
-        v5::Topic::LeaseExpired => Topic::LeaseExpired,
-        v5::Topic::LeaseReleased => Topic::LeaseReleased,
-        v5::Topic::LeaderChanged => Topic::LeaderChanged,
-        v5::Topic::TaskCreated => Topic::TaskCreated,
-        v5::Topic::TaskClaimed => Topic::TaskClaimed,
-        v5::Topic::TaskCompleted => Topic::TaskCompleted,
-        v5::Topic::TaskFailed => Topic::TaskFailed,
-        v5::Topic::TaskDead => Topic::TaskDead,
+        v6::Topic::AgentRegistered => Topic::AgentRegistered,
+        v6::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v6::Topic::AgentRecovered => Topic::AgentRecovered,
+        v6::Topic::AgentDied => Topic::AgentDied,
+        v6::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v6::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v6::Topic::LeaseExpired => Topic::LeaseExpired,
+        v6::Topic::LeaseReleased => Topic::LeaseReleased,
+        v6::Topic::LeaderChanged => Topic::LeaderChanged,
+        v6::Topic::TaskCreated => Topic::TaskCreated,
+        v6::Topic::TaskClaimed => Topic::TaskClaimed,
+        v6::Topic::TaskCompleted => Topic::TaskCompleted,
+        v6::Topic::TaskFailed => Topic::TaskFailed,
+        v6::Topic::TaskDead => Topic::TaskDead,
     }
 }
 
-fn id(value: Id128) -> v5::Id {
-    v5::Id(value.0)
+fn id(value: Id128) -> v6::Id {
+    v6::Id(value.0)
 }
 
-fn id_from(value: v5::Id) -> Id128 {
+fn id_from(value: v6::Id) -> Id128 {
     Id128(value.0)
 }
 
 /// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
-pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
+pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
     let CoreSnapshot {
         now,
         rng_seed,
@@ -502,7 +515,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
         waiter_next,
         sessions,
     } = snapshot;
-    v5::Snapshot {
+    v6::Snapshot {
         now: *now,
         rng_seed: *rng_seed,
         rng_stream: *rng_stream,
@@ -513,7 +526,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
         token_last: *token_last,
         leases: leases
             .iter()
-            .map(|l| v5::LeaseState {
+            .map(|l| v6::LeaseState {
                 task_id: text(&l.task_id),
                 holder: id(l.holder),
                 token: l.token,
@@ -524,7 +537,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
             .collect(),
         groups: groups
             .iter()
-            .map(|g| v5::GroupState {
+            .map(|g| v6::GroupState {
                 name: text(&g.name),
                 candidates: g.candidates.iter().copied().map(id).collect(),
                 term: g.term,
@@ -536,7 +549,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
         events: events.iter().map(event_of).collect(),
         tasks: tasks
             .iter()
-            .map(|t| v5::TaskState {
+            .map(|t| v6::TaskState {
                 view: task_view_of(&t.view),
                 order: t.order,
                 finished_at: t.finished_at,
@@ -545,7 +558,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
         task_order_next: *task_order_next,
         waiters: waiters
             .iter()
-            .map(|w| v5::WaiterState {
+            .map(|w| v6::WaiterState {
                 id: w.id.0,
                 agent_id: id(w.agent_id),
                 deadline: w.deadline,
@@ -554,14 +567,14 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
         waiter_next: *waiter_next,
         sessions: sessions
             .iter()
-            .map(|session| v5::Session {
+            .map(|session| v6::Session {
                 client: session.client,
                 last_used: session.last_used,
                 applied: (session.applied.iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            Created::Agent(agent_id) => v5::Created::Agent(id(*agent_id)),
-                            Created::Task(task_id) => v5::Created::Task(id(*task_id)),
+                            Created::Agent(agent_id) => v6::Created::Agent(id(*agent_id)),
+                            Created::Task(task_id) => v6::Created::Task(id(*task_id)),
                         };
                         (*seq, created)
                     })
@@ -571,7 +584,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v5::Snapshot<'_> {
     }
 }
 
-pub fn core_snapshot(snapshot: v5::Snapshot<'_>) -> CoreSnapshot {
+pub fn core_snapshot(snapshot: v6::Snapshot<'_>) -> CoreSnapshot {
     CoreSnapshot {
         now: snapshot.now,
         rng_seed: snapshot.rng_seed,
@@ -633,8 +646,8 @@ pub fn core_snapshot(snapshot: v5::Snapshot<'_>) -> CoreSnapshot {
                 applied: (session.applied.into_iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            v5::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
-                            v5::Created::Task(task_id) => Created::Task(id_from(task_id)),
+                            v6::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
+                            v6::Created::Task(task_id) => Created::Task(id_from(task_id)),
                         };
                         (seq, created)
                     })
@@ -644,7 +657,7 @@ pub fn core_snapshot(snapshot: v5::Snapshot<'_>) -> CoreSnapshot {
     }
 }
 
-fn agent_state_of(agent: &AgentState) -> v5::AgentState<'_> {
+fn agent_state_of(agent: &AgentState) -> v6::AgentState<'_> {
     let AgentState {
         id: agent_id,
         card,
@@ -659,7 +672,7 @@ fn agent_state_of(agent: &AgentState) -> v5::AgentState<'_> {
         owner,
         vector,
     } = agent;
-    v5::AgentState {
+    v6::AgentState {
         id: id(*agent_id),
         card: card_of(card),
         status: status_of(*status),
@@ -670,12 +683,15 @@ fn agent_state_of(agent: &AgentState) -> v5::AgentState<'_> {
         registration: *registration,
         dead_at: *dead_at,
         groups: Cow::Borrowed(groups),
-        owner: owner.map(|t| v5::Token(t.0)),
-        vector: vector.as_deref().map(Cow::Borrowed),
+        owner: owner.map(|t| v6::Token(t.0)),
+        vector: vector.as_ref().map(|v| v6::ModelFloats {
+            model: text(&v.model),
+            values: Cow::Borrowed(&v.values),
+        }),
     }
 }
 
-fn agent_state_from(agent: v5::AgentState<'_>) -> AgentState {
+fn agent_state_from(agent: v6::AgentState<'_>) -> AgentState {
     AgentState {
         id: id_from(agent.id),
         card: card_from(agent.card),
@@ -688,12 +704,12 @@ fn agent_state_from(agent: v5::AgentState<'_>) -> AgentState {
         dead_at: agent.dead_at,
         groups: agent.groups.into_owned(),
         owner: agent.owner.map(|t| TokenId(t.0)),
-        vector: agent.vector.map(|v| Arc::from(v.into_owned())),
+        vector: agent.vector.map(|v| ModelVector::new(&v.model, v.values.into_owned())),
     }
 }
 
-fn policy_of(policy: &Policy) -> v5::Policy<'_> {
-    v5::Policy {
+fn policy_of(policy: &Policy) -> v6::Policy<'_> {
+    v6::Policy {
         id: text(&policy.id),
         subject: text(&policy.subject),
         action: text(&policy.action),
@@ -702,7 +718,7 @@ fn policy_of(policy: &Policy) -> v5::Policy<'_> {
     }
 }
 
-fn policy_from(policy: v5::Policy<'_>) -> Policy {
+fn policy_from(policy: v6::Policy<'_>) -> Policy {
     Policy {
         id: policy.id.into_owned(),
         subject: policy.subject.into_owned(),
@@ -712,9 +728,9 @@ fn policy_from(policy: v5::Policy<'_>) -> Policy {
     }
 }
 
-fn event_of(event: &Event) -> v5::Event<'_> {
+fn event_of(event: &Event) -> v6::Event<'_> {
     let payload = match &event.payload {
-        EventPayload::Agent(agent) => v5::EventPayload::Agent(v5::AgentView {
+        EventPayload::Agent(agent) => v6::EventPayload::Agent(v6::AgentView {
             agent_id: id(agent.agent_id),
             card: card_of(&agent.card),
             status: status_of(agent.status),
@@ -722,22 +738,22 @@ fn event_of(event: &Event) -> v5::Event<'_> {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        EventPayload::Lease(lease) => v5::EventPayload::Lease(v5::LeaseView {
+        EventPayload::Lease(lease) => v6::EventPayload::Lease(v6::LeaseView {
             task_id: text(&lease.task_id),
             holder: id(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        EventPayload::Election(election) => v5::EventPayload::Election(v5::ElectionView {
+        EventPayload::Election(election) => v6::EventPayload::Election(v6::ElectionView {
             group: text(&election.group),
             leader: election.leader.map(id),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        EventPayload::Task(task) => v5::EventPayload::Task(task_view_of(task)),
+        EventPayload::Task(task) => v6::EventPayload::Task(task_view_of(task)),
     };
-    v5::Event {
+    v6::Event {
         sequence: event.sequence,
         topic: topic_of(event.topic),
         occurred_at: event.occurred_at,
@@ -745,9 +761,9 @@ fn event_of(event: &Event) -> v5::Event<'_> {
     }
 }
 
-fn event_from(event: v5::Event<'_>) -> Event {
+fn event_from(event: v6::Event<'_>) -> Event {
     let payload = match event.payload {
-        v5::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+        v6::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
             agent_id: id_from(agent.agent_id),
             card: Arc::new(card_from(agent.card)),
             status: status_from(agent.status),
@@ -755,20 +771,20 @@ fn event_from(event: v5::Event<'_>) -> Event {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        v5::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+        v6::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
             task_id: arc(lease.task_id),
             holder: id_from(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        v5::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+        v6::EventPayload::Election(election) => EventPayload::Election(ElectionView {
             group: arc(election.group),
             leader: election.leader.map(id_from),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        v5::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+        v6::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
     };
     Event {
         sequence: event.sequence,
@@ -778,7 +794,7 @@ fn event_from(event: v5::Event<'_>) -> Event {
     }
 }
 
-fn task_view_of(task: &TaskView) -> v5::TaskView<'_> {
+fn task_view_of(task: &TaskView) -> v6::TaskView<'_> {
     let TaskView {
         id: task_id,
         kind,
@@ -795,7 +811,7 @@ fn task_view_of(task: &TaskView) -> v5::TaskView<'_> {
         completed_at,
         ttl_ms,
     } = task;
-    v5::TaskView {
+    v6::TaskView {
         id: id(*task_id),
         kind: text(kind),
         input: Cow::Borrowed(input),
@@ -813,7 +829,7 @@ fn task_view_of(task: &TaskView) -> v5::TaskView<'_> {
     }
 }
 
-fn task_view_from(task: v5::TaskView<'_>) -> TaskView {
+fn task_view_from(task: v6::TaskView<'_>) -> TaskView {
     TaskView {
         id: id_from(task.id),
         kind: arc(task.kind),

@@ -9,10 +9,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{VERSION, v5};
+use super::{VERSION, v6};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::search::card_text::CardDigest;
+use crate::core::search::vectors::{BUILTIN_MODEL, ModelVector};
 use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
@@ -57,13 +58,22 @@ fn card() -> AgentCard {
     }
 }
 
-/// One command of every variant that is logged, in `LoggedCommand`'s order.
+/// The model of the sample's card vectors (an external embedder's, not the built-in's).
+const MODEL: &str = "nomic-embed-text:v1.5";
+
+/// One command of every variant that is logged, in `LoggedCommand`'s order but for
+/// `SetCardVector`, logged as variant 18 from version 6 on (`LOGGED_INDEXES`).
 fn logged_commands() -> Vec<Command> {
+    logged_commands_with(MODEL)
+}
+
+/// `logged_commands` with card vectors of `model` (version 5 knew only the built-in encoder).
+fn logged_commands_with(model: &str) -> Vec<Command> {
     let mut commands = logged_commands_before_5();
     commands.push(Command::SetCardVector {
         agent_id: AGENT.into(),
         card_digest: CardDigest(std::array::from_fn(|i| i as u8 ^ 0xa5)),
-        vector: vector(),
+        vector: vector(model),
     });
     commands.push(Command::KeepAlive {
         items: vec![
@@ -80,8 +90,8 @@ fn logged_commands() -> Vec<Command> {
 }
 
 /// A card vector with values of every sign and size (not unit length: the log holds what came).
-fn vector() -> Arc<[f32]> {
-    Arc::from([0.5f32, -0.25, 1.0e-7, -3.5, 0.0, f32::MIN_POSITIVE])
+fn vector(model: &str) -> ModelVector {
+    ModelVector::new(model, [0.5f32, -0.25, 1.0e-7, -3.5, 0.0, f32::MIN_POSITIVE])
 }
 
 /// The logged commands of versions 1 to 4 (version 5 added `SetCardVector` and `KeepAlive`).
@@ -203,6 +213,16 @@ fn sample_entries_numbered_of(commands: Vec<Command>) -> Vec<Entry> {
     entries
 }
 
+/// The sample as version 5 held it: every card vector the built-in encoder's.
+fn with_builtin_vectors(mut snapshot: CoreSnapshot) -> CoreSnapshot {
+    for agent in &mut snapshot.agents {
+        if let Some(vector) = &mut agent.vector {
+            vector.model = Arc::from(BUILTIN_MODEL);
+        }
+    }
+    snapshot
+}
+
 /// The sample as versions before 5 held it: no card vector.
 fn without_vectors(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     for agent in &mut snapshot.agents {
@@ -271,7 +291,7 @@ fn sample_snapshot(owner: Option<TokenId>) -> CoreSnapshot {
                 dead_at: None,
                 groups: vec!["coordinator".into()],
                 owner,
-                vector: Some(vector()),
+                vector: Some(vector(MODEL)),
             },
             AgentState {
                 id: Id128(u128::MAX),
@@ -546,6 +566,25 @@ fn version_4_files_written_by_release_8db95bb_decode_into_todays_values_without_
     );
 }
 
+/// The version 5 fixtures were written by release 3ddb881 from the same sample, whose card
+/// vectors had no model: they must decode to today's sample with the built-in encoder's.
+#[test]
+fn version_5_files_written_by_release_3ddb881_decode_into_todays_values_with_builtin_vectors() {
+    let log = std::fs::read(fixture(5, "wal.log")).expect("the v5 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v5 log reads back");
+    assert_eq!((scan.version, scan.torn), (5, None));
+    assert_eq!(
+        scan.records,
+        sample_entries_numbered_of(logged_commands_with(BUILTIN_MODEL))
+    );
+    let snapshot = std::fs::read(fixture(5, "snapshot.bin")).expect("the v5 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v5 snapshot decodes"),
+        with_builtin_vectors(sample_snapshot(Some(token(0x5a))))
+    );
+}
+
 /// The sample as versions before 3 held it: every card without its A2A card.
 fn without_a2a_cards(mut entries: Vec<Entry>) -> Vec<Entry> {
     for entry in &mut entries {
@@ -572,10 +611,10 @@ fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     snapshot
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v5::LoggedCommand`,
-/// whose first sixteen are versions 3 and 4's).
-fn logged_index(command: &v5::LoggedCommand) -> u8 {
-    use v5::LoggedCommand as L;
+/// The index postcard writes for each logged command: fixed forever (see `v6::LoggedCommand`,
+/// whose first sixteen are versions 3 and 4's, and first eighteen version 5's).
+fn logged_index(command: &v6::LoggedCommand) -> u8 {
+    use v6::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -595,22 +634,28 @@ fn logged_index(command: &v5::LoggedCommand) -> u8 {
         L::FailTask { .. } => 15,
         L::SetCardVector { .. } => 16,
         L::KeepAlive { .. } => 17,
+        L::SetModelCardVector { .. } => 18,
     }
 }
 
+/// The index each command of `logged_commands` is logged under: `SetCardVector` is variant 18
+/// from version 6 on (16, version 5's, is read but never written).
+const LOGGED_INDEXES: [u8; 18] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 17];
+
 #[test]
 fn the_sample_holds_every_logged_command_under_its_fixed_index() {
-    for (i, command) in logged_commands().iter().enumerate() {
+    assert_eq!(logged_commands().len(), LOGGED_INDEXES.len());
+    for (&i, command) in LOGGED_INDEXES.iter().zip(&logged_commands()) {
         let logged = super::convert::logged_command(command).expect("a logged command");
-        assert_eq!(usize::from(logged_index(&logged)), i, "{command:?}");
-        let record = v5::Record::Apply {
+        assert_eq!(logged_index(&logged), i, "{command:?}");
+        let record = v6::Record::Apply {
             now: 0,
             command: logged,
             principal: None,
             request: None,
         };
         let bytes = postcard::to_stdvec(&record).expect("encodes");
-        assert_eq!(bytes[..3], [0, 0, i as u8], "{command:?}: Apply, now, then the index");
+        assert_eq!(bytes[..3], [0, 0, i], "{command:?}: Apply, now, then the index");
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Architecture invariant: a release writes only [`VERSION`] and reads every version from
 //! [`VERSION_OLDEST`] on, forever: an old version's types are frozen in their own file
-//! (`v1.rs` to `v4.rs`), decode-only, and upgrade into the next version's. A version newer than this
+//! (`v1.rs` to `v5.rs`), decode-only, and upgrade into the next version's. A version newer than this
 //! release is refused with a message that names both, never guessed at. The core never sees a
 //! byte: `convert.rs` maps today's core values to and from the current version's types.
 
@@ -16,12 +16,13 @@ pub mod v2;
 pub mod v3;
 pub mod v4;
 pub mod v5;
+pub mod v6;
 
 use crate::core::entry::Entry;
 use crate::core::snapshot::CoreSnapshot;
 
 /// The version this release writes, in every log header and snapshot prefix.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The oldest version this release reads.
 pub const VERSION_OLDEST: u32 = 1;
 
@@ -73,13 +74,16 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry, String> {
     check_version("log", version)?;
     let record = match version {
-        1 => v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(v1::upgrade_record(from_whole(
+        1 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(
+            v1::upgrade_record(from_whole(payload)?)?,
+        )))),
+        2 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(from_whole(
             payload,
-        )?)?))),
-        2 => v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(from_whole(payload)?))),
-        3 => v5::upgrade_record(v4::upgrade_record(from_whole(payload)?)),
-        4 => v5::upgrade_record(from_whole(payload)?),
-        5 => from_whole::<v5::Record>(payload)?,
+        )?)))),
+        3 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(from_whole(payload)?))),
+        4 => v6::upgrade_record(v5::upgrade_record(from_whole(payload)?)),
+        5 => v6::upgrade_record(from_whole(payload)?),
+        6 => from_whole::<v6::Record>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::entry(record))
@@ -94,13 +98,16 @@ pub fn encode_snapshot(snapshot: &CoreSnapshot) -> Vec<u8> {
 pub fn decode_snapshot(version: u32, payload: &[u8]) -> Result<CoreSnapshot, String> {
     check_version("snapshot", version)?;
     let snapshot = match version {
-        1 => v5::upgrade_snapshot(v4::upgrade_snapshot(v2::upgrade_snapshot(v1::upgrade_snapshot(
+        1 => v6::upgrade_snapshot(v5::upgrade_snapshot(v4::upgrade_snapshot(v2::upgrade_snapshot(
+            v1::upgrade_snapshot(from_whole(payload)?),
+        )))),
+        2 => v6::upgrade_snapshot(v5::upgrade_snapshot(v4::upgrade_snapshot(v2::upgrade_snapshot(
             from_whole(payload)?,
         )))),
-        2 => v5::upgrade_snapshot(v4::upgrade_snapshot(v2::upgrade_snapshot(from_whole(payload)?))),
-        3 => v5::upgrade_snapshot(v4::upgrade_snapshot(from_whole(payload)?)),
-        4 => v5::upgrade_snapshot(from_whole(payload)?),
-        5 => from_whole::<v5::Snapshot>(payload)?,
+        3 => v6::upgrade_snapshot(v5::upgrade_snapshot(v4::upgrade_snapshot(from_whole(payload)?))),
+        4 => v6::upgrade_snapshot(v5::upgrade_snapshot(from_whole(payload)?)),
+        5 => v6::upgrade_snapshot(from_whole(payload)?),
+        6 => from_whole::<v6::Snapshot>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::core_snapshot(snapshot))

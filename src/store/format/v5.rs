@@ -1,5 +1,6 @@
-//! Format version 5, the one this release writes: version 4 with sentence vectors and keep-alive
-//! batches. The log takes `SetCardVector` (variant 16 of `LoggedCommand`: an agent's card vector,
+//! Format version 5 (frozen: decode-only, upgraded into version 6 by `v6.rs`, which reuses every
+//! type here but the record, the command, the snapshot and the agent's state): version 4 with
+//! sentence vectors and keep-alive batches. The log takes `SetCardVector` (variant 16 of `LoggedCommand`: an agent's card vector,
 //! computed off the core by an embedding worker, with the digest of the card text it was computed
 //! from) and `KeepAlive` (variant 17: many heartbeats or lease renewals as one step), and the
 //! snapshot keeps each agent's card vector (`AgentState::vector`). Every other type is version
