@@ -87,6 +87,7 @@ fn read_page(
         },
         principal: None,
         reply,
+        mailbox: None,
     };
     pool.core().send(request).ok()?;
     match answer.blocking_recv() {
