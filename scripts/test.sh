@@ -34,8 +34,14 @@ cargo test --quiet --workspace --all-targets --no-run
 step "cargo test (core unit and property tests, end-to-end tests on io_uring, the simulator's seeds)"
 AGENTKEEPER_TEST_IO=uring cargo test --quiet --workspace --all-targets
 
-step "the end-to-end tests again, on the epoll transport"
-AGENTKEEPER_TEST_IO=epoll cargo test --quiet --test 'e2e_*'
+# The transports differ in how bytes reach the same routes and the same core: the suites
+# that drive the network path itself run again on epoll (calls, streams, long polls, bad and
+# hostile input, TLS, tokens, the Unix socket, keep-alive streams); the rest (cluster,
+# durability, config, search, service manager) go through that path only as any client does.
+step "the end-to-end tests of the network path again, on the epoll transport"
+epoll_suites=(e2e_daemon e2e_transport e2e_registry e2e_leases e2e_tasks e2e_watch e2e_keepalive
+    e2e_bad_input e2e_hostile e2e_tls e2e_auth e2e_uds)
+AGENTKEEPER_TEST_IO=epoll cargo test --quiet "${epoll_suites[@]/#/--test=}"
 
 python=${PYTHON:-python3}
 
