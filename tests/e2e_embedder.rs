@@ -9,7 +9,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,24 +17,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{Daemon, card, refusing_port, wait_until};
+use common::{Daemon, card, installed_model, refusing_port, wait_until};
 use tokio::sync::watch;
 
 const MODEL: &str = "test-embed";
 const KEY: &str = "sk-test-5e3b1c";
-
-/// The model `make models` installs, the built-in encoder that stands in (None: skip, saying so).
-fn installed_model() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    if dir.join("all-minilm-l6-v2/model.safetensors").is_file() {
-        return Some(dir);
-    }
-    eprintln!(
-        "SKIPPED: no model in {} (run `make models`; scripts/test.sh does)",
-        dir.display()
-    );
-    None
-}
 
 /// What the server saw: each request's inputs, model field and Authorization header.
 #[derive(Default)]

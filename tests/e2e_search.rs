@@ -6,22 +6,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use agentkeeper::proto as pb;
-use common::{Daemon, card, wait_until};
-
-fn installed_model() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    if dir.join("all-minilm-l6-v2/model.safetensors").is_file() {
-        return Some(dir);
-    }
-    eprintln!(
-        "SKIPPED: no model in {} (run `make models`; scripts/test.sh does)",
-        dir.display()
-    );
-    None
-}
+use common::{Daemon, card, installed_model, wait_until};
 
 /// How the dashboard says its search box ranks (the overview's `search`).
 fn dashboard_search(daemon: &Daemon) -> String {

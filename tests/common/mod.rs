@@ -756,3 +756,17 @@ pub fn is_agent_id(id: &str) -> bool {
 }
 
 pub const UNKNOWN_ID: &str = "0123456789abcdef0123456789abcdef";
+
+/// The sentence encoder `make models` installs under `models/` (None: the test skips, saying
+/// so; scripts/test.sh installs it, so CI never skips).
+pub fn installed_model() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    if dir.join("all-minilm-l6-v2/model.safetensors").is_file() {
+        return Some(dir);
+    }
+    eprintln!(
+        "SKIPPED: no model in {} (run `make models`; scripts/test.sh does)",
+        dir.display()
+    );
+    None
+}
