@@ -29,10 +29,10 @@ wheel:
 	packaging/build.sh wheel dist
 
 # dist/agentkeeper_VERSION_ARCH.deb
-deb: release
+deb: release models
 	packaging/build.sh deb target/release/agentkeeper dist
 
-tarball: release
+tarball: release models
 	packaging/build.sh tarball target/release/agentkeeper dist
 
 # The release tarball and the .deb, with SHA256SUMS over every package in dist/ (a wheel

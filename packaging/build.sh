@@ -45,6 +45,19 @@ stage_extras() {
     "$binary" man --dir "$into/man"
 }
 
+# The sentence encoder Find ranks with (all-MiniLM-L6-v2, Apache-2.0; `make models` installs it
+# under models/, sha256-checked): the .deb and the tarball carry it where the daemon looks by
+# default, so an installed daemon ranks by meaning with no flag. The wheel does not (90 MB).
+model=models/all-minilm-l6-v2
+stage_model() {
+    local into=$1
+    [ -f "$model/model.safetensors" ] || die "no sentence encoder in $model: run \`make models\` first"
+    mkdir -p "$into/all-minilm-l6-v2"
+    for file in model.safetensors tokenizer.json config.json README.md; do
+        install -m 0644 "$model/$file" "$into/all-minilm-l6-v2/$file"
+    done
+}
+
 # A copy of the binary without its debug info (the release profile keeps line tables); the
 # symbols stay, so a panic's backtrace still names functions.
 stage_binary() {
@@ -98,6 +111,8 @@ build_deb() {
     done
     gzip -9n <README.md >"$tree/usr/share/doc/agentkeeper/README.md.gz"
     install -m 0644 LICENSE "$tree/usr/share/doc/agentkeeper/copyright"
+    # /usr/share/agentkeeper/models: the system's place the daemon looks in.
+    stage_model "$tree/usr/share/agentkeeper/models"
     # The config is the operator's: an upgrade keeps their edits (dpkg asks).
     echo /etc/agentkeeper/agentkeeper.toml >"$tree/DEBIAN/conffiles"
     for script in postinst prerm postrm; do
@@ -115,8 +130,10 @@ build_deb() {
     find "$tree" -exec touch --no-dereference --date="@$(commit_time)" {} +
     mkdir -p "$out"
     local deb=$out/agentkeeper_${version}_${arch}.deb
-    # Files owned by root whoever builds; xz as Debian's own packages.
-    SOURCE_DATE_EPOCH=$(commit_time) dpkg-deb --root-owner-group -Zxz --build "$tree" "$deb" >/dev/null
+    # Files owned by root whoever builds; gzip, which every dpkg reads: the model's weights, most
+    # of the package, hardly compress (xz saves 9% of them at 12x gzip's time, zstd needs dpkg
+    # 1.21.18 or newer).
+    SOURCE_DATE_EPOCH=$(commit_time) dpkg-deb --root-owner-group -Zgzip -z6 --build "$tree" "$deb" >/dev/null
     echo "$deb"
 }
 
@@ -133,6 +150,8 @@ build_tarball() {
     stage_binary "$binary" "$stage/$name/agentkeeper"
     stage_extras "$stage/$name/agentkeeper" "$stage/$name"
     cp README.md LICENSE "$stage/$name/"
+    # models/ beside the binary: one of the places the daemon looks in.
+    stage_model "$stage/$name/models"
     mkdir -p "$out"
     # Reproducible: fixed owner, order and times (the commit's, when there is one).
     tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$(commit_time)" \

@@ -95,26 +95,33 @@ def wait_until(what: str, check):
         time.sleep(0.02)
 
 
-def serve_and_probe(binary: Path, tmp: Path, *, config: Path | None = None) -> dict:
-    """Starts `binary` on free ports (with `config` if given), waits for its ready file, checks
-    /readyz with its own `probe` command, stops it with SIGTERM; returns the ready file."""
+def serve_and_probe(binary: Path, tmp: Path, *, config: Path | None = None, args: tuple = ()) -> str:
+    """Starts `binary` on free ports (with `config` and `args` if given) in `tmp` (so ./models
+    of the checkout is not found), waits for its ready file, checks /readyz with its own `probe`
+    command, stops it with SIGTERM; returns what it logged."""
     ready = tmp / "ready.json"
-    args = [str(binary), "--addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", f"--ready-file={ready}"]
+    argv = [str(binary), "--addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", f"--ready-file={ready}", *args]
     if config is not None:
-        args.append(f"--config={config}")
-    args.append(f"--data-dir={tmp / 'data'}")
-    daemon = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until("the ready file", lambda: ready.exists() or daemon.poll() is not None)
-        assert daemon.poll() is None, daemon.stderr.read()
-        addrs = json.loads(ready.read_text())
-        probed = run([str(binary), "probe", addrs["http"]])
-        assert probed.stdout.strip().endswith("200 OK: ready"), probed.stdout
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=HANG_GUARD)
-    assert daemon.returncode == 0, daemon.stderr.read()
-    return addrs
+        argv.append(f"--config={config}")
+    argv.append(f"--data-dir={tmp / 'data'}")
+    log = tmp / "daemon.log"
+    with log.open("w") as stderr:
+        daemon = subprocess.Popen(argv, stderr=stderr, text=True, cwd=tmp)
+        try:
+            wait_until("the ready file", lambda: ready.exists() or daemon.poll() is not None)
+            assert daemon.poll() is None, log.read_text()
+            addrs = json.loads(ready.read_text())
+            probed = run([str(binary), "probe", addrs["http"]])
+            assert probed.stdout.strip().endswith("200 OK: ready"), probed.stdout
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=HANG_GUARD)
+    assert daemon.returncode == 0, log.read_text()
+    return log.read_text()
+
+
+MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json", "README.md")
+MODEL_LOADED = "search model loaded: Find ranks by BM25F fused with the sentence encoder"
 
 
 # --- the wheel ---------------------------------------------------------------------------
@@ -211,6 +218,7 @@ def test_the_deb_holds_binary_unit_config_completions_man_pages_and_its_binary_s
         "/usr/share/fish/vendor_completions.d/agentkeeper.fish",
         "/usr/share/doc/agentkeeper/copyright",
         "/usr/share/doc/agentkeeper/README.md.gz",
+        *(f"/usr/share/agentkeeper/models/all-minilm-l6-v2/{file}" for file in MODEL_FILES),
     } | {f"/usr/share/man/man1/{page}.gz" for page in man_pages(binary, tmp_path)}
     assert files == expected, f"extra: {files - expected}, missing: {expected - files}"
     assert all(" root/root " in line for line in listing.splitlines()), listing
@@ -232,7 +240,12 @@ def test_the_deb_holds_binary_unit_config_completions_man_pages_and_its_binary_s
     config = tree / "etc" / "agentkeeper" / "agentkeeper.toml"
     printed = run([str(binary), f"--config={config}", "--print-config"]).stdout
     assert f'data-dir = "/var/lib/agentkeeper"  # {config} line ' in printed, printed
-    serve_and_probe(binary, tmp_path, config=config)
+    # The packaged model loads (installed, /usr/share/agentkeeper/models is where it looks).
+    models = tree / "usr" / "share" / "agentkeeper" / "models"
+    for file in MODEL_FILES:
+        assert (models / "all-minilm-l6-v2" / file).read_bytes() == (ROOT / "models/all-minilm-l6-v2" / file).read_bytes()
+    logged = serve_and_probe(binary, tmp_path, config=config, args=(f"--search-model={models}",))
+    assert MODEL_LOADED in logged, logged
 
 
 def test_the_systemd_unit_verifies_and_starts_the_packaged_binary_with_the_packaged_config(deb, tmp_path):
@@ -285,6 +298,7 @@ def test_the_tarball_holds_binary_readme_license_unit_config_completions_man_pag
             "completions/agentkeeper.bash",
             "completions/_agentkeeper",
             "completions/agentkeeper.fish",
+            *(f"models/all-minilm-l6-v2/{file}" for file in MODEL_FILES),
         )
     }
     assert {n for n, m in members.items() if m.isfile()} == expected
@@ -292,7 +306,9 @@ def test_the_tarball_holds_binary_readme_license_unit_config_completions_man_pag
     unpacked = tmp_path / name
     assert (unpacked / "README.md").read_text() == (ROOT / "README.md").read_text()
     assert run([str(unpacked / "agentkeeper"), "--version"]).stdout.startswith(f"agentkeeper {VERSION} ")
-    serve_and_probe(unpacked / "agentkeeper", tmp_path)
+    # No flag: the daemon finds models/ beside its binary.
+    logged = serve_and_probe(unpacked / "agentkeeper", tmp_path)
+    assert MODEL_LOADED in logged and str(unpacked / "models") in logged, logged
 
     sums = Path(run([str(BUILD), "sums", str(tarball.parent)]).stdout.split()[-1])
     lines = sums.read_text().splitlines()
@@ -325,6 +341,7 @@ def test_the_container_recipe_is_multi_stage_non_root_with_a_volume_ports_and_a_
     assert re.search(r"^EXPOSE 7070 9090$", runtime, re.MULTILINE)
     assert 'CMD ["/usr/bin/agentkeeper", "probe", "127.0.0.1:9090", "--path=/readyz"]' in runtime
     assert "cargo build --release --locked" in text
+    assert "COPY models/all-minilm-l6-v2 /usr/share/agentkeeper/models/all-minilm-l6-v2" in runtime
 
 
 def test_the_container_images_settings_are_ones_the_daemon_accepts_and_its_healthcheck_passes(binary, tmp_path):
