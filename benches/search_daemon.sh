@@ -4,8 +4,9 @@
 #     worker, then BM25F fused with the cosine over every card vector) at 1k, 10k and 100k agents
 #     (64 distinct cards, so the fleet's vectors are in within seconds; the wait for them is not
 #     measured), one Find at a time; and at 100k without the encoder, for the encoder's share;
-#   - the registration rate of 100,000 agents with 10 distinct cards against the lexical-only
-#     daemon (--search-model off).
+#   - the registration rate of 100,000 agents with 10 distinct cards, with the encoder and
+#     against the lexical-only daemon (--search-model off).
+# ROWS=register runs only the registration rows.
 # One in-memory daemon per run (release build), on port 0. Prints one line per run; the JSON
 # reports go to $OUT (default target/search-daemon). Usage: benches/search_daemon.sh [SECONDS]
 set -euo pipefail
@@ -56,7 +57,10 @@ print(f'{sys.argv[2]}: {r["operations"]} ops, {r["errors"]} errors, {r["ops_per_
 PY
 }
 
+# ROWS=register runs only the registration rows.
+rows=${ROWS:-find,register}
 for agents in 1000 10000 100000; do
+    [[ $rows == *find* ]] || break
     start_daemon --search-model models
     "$BENCH" --target "$GRPC" --scenario find --agents "$agents" --distinct-cards 64 \
         --wait-vectors "$HTTP" --connections 1 --concurrency 1 --warmup 2s \
@@ -65,15 +69,23 @@ for agents in 1000 10000 100000; do
     stop_daemon
 done
 
-start_daemon --search-model off
-"$BENCH" --target "$GRPC" --scenario find --agents 100000 --distinct-cards 64 \
-    --connections 1 --concurrency 1 --warmup 2s --duration "${SECONDS_PER_RUN}s" \
-    --cpu-pids "$PID" --json >"$OUT/find-lexical-100000.json"
-summary find-lexical-100000
-stop_daemon
+if [[ $rows == *find* ]]; then
+    start_daemon --search-model off
+    "$BENCH" --target "$GRPC" --scenario find --agents 100000 --distinct-cards 64 \
+        --connections 1 --concurrency 1 --warmup 2s --duration "${SECONDS_PER_RUN}s" \
+        --cpu-pids "$PID" --json >"$OUT/find-lexical-100000.json"
+    summary find-lexical-100000
+    stop_daemon
+fi
 
-start_daemon --search-model off
-"$BENCH" --target "$GRPC" --scenario register --agents 1 --distinct-cards 10 --requests 100000 \
-    --connections 4 --concurrency 16 --warmup 0s --cpu-pids "$PID" --json >"$OUT/register-lexical-100000.json"
-summary register-lexical-100000
-stop_daemon
+# The same 100,000 registrations with the encoder and without: Register answers before the
+# card's vector exists, so the two rates should match (the 10 texts are encoded once each).
+for model in models off; do
+    name=$([ "$model" = off ] && echo lexical || echo encoder)
+    start_daemon --search-model "$model"
+    "$BENCH" --target "$GRPC" --scenario register --agents 1 --distinct-cards 10 --requests 100000 \
+        --connections 4 --concurrency 16 --warmup 0s --cpu-pids "$PID" --json \
+        >"$OUT/register-$name-100000.json"
+    summary "register-$name-100000"
+    stop_daemon
+done
