@@ -23,7 +23,7 @@ const VALUE_BYTES: usize = 128;
 /// during a run.
 const TTL_SECONDS: i64 = 600;
 
-fn value() -> Vec<u8> {
+pub fn value() -> Vec<u8> {
     (0..VALUE_BYTES).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
