@@ -14,6 +14,8 @@ use agentkeeper::core::{CoreConfig, ErrorCode, Outcome, PolicyInput, Reply};
 
 use crate::Fault;
 use crate::rng::Rng;
+
+mod keep_alive;
 use crate::runner::Runner;
 use crate::step::{
     AgentRef, ClaimRef, Io, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
@@ -127,7 +129,8 @@ impl Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
             // Task steps are chosen apart (`task_per_mille`), from the task stream.
-            if Op::NAMES[kind] == "crash" || TASK_KINDS.contains(&Op::NAMES[kind]) {
+            // Keep-alive messages draw from their own stream (keep_alive.rs).
+            if matches!(Op::NAMES[kind], "crash" | "keep_alive") || TASK_KINDS.contains(&Op::NAMES[kind]) {
                 continue;
             }
             let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
@@ -325,6 +328,9 @@ pub struct Generator {
     task_rng: Rng,
     /// What the disk does with each step's write: a stream apart from `rng`.
     io_rng: Rng,
+    /// Whether a step is a keep-alive message (at `keepalive_per_mille`): a stream apart.
+    keepalive_rng: Rng,
+    keepalive_per_mille: u32,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -348,10 +354,14 @@ impl Generator {
         let mut io_rng = Rng::stream(seed, IO_STREAM);
         let swarm = Swarm::draw(&mut rng, &mut crash_rng, &mut task_rng, &mut io_rng);
         let core = core_config(&mut rng, &mut task_rng, seed, planted.core_bug());
+        let mut keepalive_rng = Rng::stream(seed, keep_alive::STREAM);
+        let keepalive_per_mille = keep_alive::share(&mut keepalive_rng);
         Generator {
             rng,
             task_rng,
             io_rng,
+            keepalive_rng,
+            keepalive_per_mille,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
@@ -394,13 +404,17 @@ impl Generator {
                 io: Io::Durable,
             };
         }
-        let op = self.due_heartbeat().unwrap_or_else(|| {
-            if self.task_rng.chance(self.swarm.task_per_mille) {
-                self.task_op(runner, false)
-            } else {
-                self.random_op(runner)
-            }
-        });
+        let op = if self.keep_alive_now() {
+            self.keep_alive()
+        } else {
+            self.due_heartbeat().unwrap_or_else(|| {
+                if self.task_rng.chance(self.swarm.task_per_mille) {
+                    self.task_op(runner, false)
+                } else {
+                    self.random_op(runner)
+                }
+            })
+        };
         let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
         let io = self.io();
         Step {
@@ -588,6 +602,7 @@ impl Generator {
             "check_policy" => self.check_policy(invalid),
             "consume" => self.consume(),
             "crash" => unreachable!("crashes come from the crash stream, never from a weight"),
+            "keep_alive" => unreachable!("keep-alive messages come from their own stream, never from a weight"),
             other => unreachable!("no generator for {other}"),
         }
     }
@@ -1299,6 +1314,7 @@ impl Generator {
                 });
             }
             (Op::Unwatch { sub }, _) => self.streams.retain(|s| s.sub != *sub),
+            (Op::KeepAlive { items }, Some(reply)) => self.observe_keep_alive(step, items, reply),
             // The torn command's call failed with the connection; a heartbeating agent tries
             // again at once. Other clients learnt nothing (a torn Register's agent is unknown to
             // its client, as after a lost reply).
