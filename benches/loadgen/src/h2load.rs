@@ -28,6 +28,9 @@ pub async fn run(flags: &Flags) -> Result<Report, String> {
     if target.starts_with("unix:") {
         return Err("--client h2load drives TCP targets only".into());
     }
+    if flags.rate.is_some() || flags.requests.is_some() || flags.list_leases || flags.dashboard.is_some() {
+        return Err("--client h2load runs a closed loop for --duration, without --rate, --requests or readers".into());
+    }
     let agent_id = match flags.target_kind {
         TargetKind::Agentkeeper => {
             let channels = crate::connect(target, 1).await?;
@@ -295,7 +298,7 @@ fn command(target: &str, call: &Call, body: &Path, connections: usize, streams: 
         .args(["--clients", &connections.to_string()])
         .args(["--max-concurrent-streams", &streams.to_string()])
         .args(["--threads", "1"])
-        .args(["--duration", &duration.as_secs().max(1).to_string()]);
+        .args(["--duration", &format!("{}ms", duration.as_millis().max(1))]);
     h2load
 }
 
