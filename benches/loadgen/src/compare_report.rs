@@ -375,6 +375,34 @@ fn goals() -> Vec<Goal> {
             at_least: true,
         },
         Goal {
+            name: "stream renewals >= 3x unary RenewLease (the heartbeats' goal)",
+            of: Select {
+                item: "lease renewal",
+                system: "agentkeeper LeaseService.KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "lease renewal",
+                system: "agentkeeper",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 3.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream renewals >= 5x etcd LeaseKeepAlive (the heartbeats' goal)",
+            of: Select {
+                item: "lease renewal",
+                system: "agentkeeper LeaseService.KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "lease renewal",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 5.0,
+            at_least: true,
+        },
+        Goal {
             name: "daemon CPU per stream heartbeat <= 2 µs, unbatched",
             of: stream("heartbeat"),
             against: None,

@@ -168,13 +168,16 @@ fn work(kind: TargetKind, scenario: Scenario) -> Option<&'static str> {
         (TargetKind::Agentkeeper, StreamHeartbeat) => {
             "RegistryService.KeepAlive message (--batch agents) + answer on a held stream"
         }
+        (TargetKind::Agentkeeper, StreamRenew) => {
+            "LeaseService.KeepAlive message (one renewal of the worker's lease) + answer on a held stream"
+        }
         (TargetKind::Redis, AcquireRelease) => "SET key owner NX PX + DEL",
         (TargetKind::Redis, GetAgent) => "GET",
         (TargetKind::Redis, SetPolicy) => "SET",
         (TargetKind::Etcd, AcquireRelease) => "LeaseGrant + Txn(put if absent, with the lease) + LeaseRevoke",
         (TargetKind::Etcd, GetAgent) => "Range (one key, linearizable)",
         (TargetKind::Etcd, SetPolicy) => "Put",
-        (TargetKind::Etcd, Heartbeat | Renew) => "LeaseKeepAlive (request + answer on a held stream)",
+        (TargetKind::Etcd, Heartbeat | Renew | StreamRenew) => "LeaseKeepAlive (request + answer on a held stream)",
         _ => return None,
     })
 }
