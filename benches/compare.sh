@@ -5,11 +5,11 @@
 # --data-dir, redis without persistence and etcd with its default fsync on free local ports, one
 # system at a time, and stops everything it started on exit. Installs etcd-server, redis-server,
 # protobuf-compiler and libprotobuf-dev (etcd-client's build) and fonts-dejavu-core (the chart)
-# with apt-get when missing. Writes the runs to <out>/compare.json, prints one table of ratios, draws
-# <out>/compare.png.
+# with apt-get when missing, and nghttp2-client and curl (the h2load rows). Writes the runs to
+# <out>/compare.json, prints one table of ratios and the goals, draws <out>/compare.png.
 #   benches/compare.sh [--duration 5s] [--warmup 1s] [--runs 1] [--shapes "1x1 4x64"]
 #                      [--out benches/results] [--data-root target/compare] [--daemon PATH]
-#                      [--suite single|cluster] [--kills 20] [--nice 0]
+#                      [--suite single|cluster|hot] [--kills 20] [--nice 0]
 # A shape is CONNECTIONSxSTREAMS_PER_CONNECTION; 1x1 is the sequential single-client latency.
 # --runs N repeats the whole sequence N times, the systems interleaved (ours, redis, etcd, ours,
 # ...), and the table and chart show each row's median run by ops/s.
@@ -18,11 +18,19 @@
 # --suite cluster measures 3-node clusters instead (benches/compare_cluster.sh): writes and lease
 # cycles on one durable node, a 3-node AgentKeeper (to its leader and to a follower) and a 3-node
 # etcd, then --kills leader kills of each cluster; writes <out>/cluster.json.
+# --suite hot runs only the rows of the hot path (issue 24): the h2load rows, the heartbeat rows
+# (unary, the KeepAlive stream, etcd's LeaseKeepAlive) and the transport rows, with their goals.
 # --nice N runs every system under test and the load generator at that niceness (e.g. -10, as
 # root): on a machine shared with compile jobs they then get the CPU when they wake, and the
 # others take what is left. The same for every system; the report still shows what others took.
 # Rows besides the peers': unary Heartbeat against the KeepAlive stream (one heartbeat per
 # message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket.
+# The h2load rows: nghttp2's h2load (C, one thread) instead of the tonic client sends unary
+# Heartbeat and GetAgent to ours and Put and Range to etcd, at the same shapes, so the client's
+# cost stops hiding the servers'. Each repeats one framed body (the load generator writes it
+# from the protobuf message and decodes it back), checks one call's grpc-status with curl, and
+# checks the server's own counters (ours: agentkeeper_rpc_total / _errors_total; etcd:
+# grpc_server_handled_total by code) against h2load's 2xx count: h2load sees HTTP status only.
 # Every run also records the servers' CPU per operation (/proc/PID/stat of every node), the load
 # generator's, the CPU others took on the machine and the load average (the report's "host").
 set -euo pipefail
@@ -46,8 +54,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$suite" in
-    single | cluster) ;;
-    *) echo "--suite is single or cluster, not $suite" >&2; exit 2 ;;
+    single | cluster | hot) ;;
+    *) echo "--suite is single, cluster or hot, not $suite" >&2; exit 2 ;;
 esac
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 # Every process under test, and the load generator, starts through this (nice execs the
@@ -56,7 +64,9 @@ niced=(nice -n "$nice")
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
-[ "$suite" = cluster ] || command -v redis-server >/dev/null || missing+=(redis-server)
+[ "$suite" != single ] || command -v redis-server >/dev/null || missing+=(redis-server)
+[ "$suite" = cluster ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
+[ "$suite" = cluster ] || command -v curl >/dev/null || missing+=(curl)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # etcd-client's protos import the well-known types, which protoc finds only with these headers.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
@@ -146,12 +156,14 @@ start_etcd() {
 
 lines="$work/results.jsonl"
 : >"$lines"
-# run ITEM SYSTEM ROLE KIND SCENARIO: every shape against the system listening on $port.
+# run ITEM SYSTEM ROLE KIND SCENARIO: every shape against the system listening on $port
+# ($client=h2load: sent by h2load; $batch: heartbeats per keep-alive message; $target: another
+# address than 127.0.0.1:$port).
 run() {
     local item=$1 system=$2 role=$3 kind=$4 scenario=$5 shape json
     for shape in $shapes; do
         if ! json=$("${niced[@]}" "$bench" --target-kind "$kind" --target "${target:-127.0.0.1:$port}" --scenario "$scenario" \
-            --batch "${batch:-1}" \
+            --batch "${batch:-1}" --client "${client:-tonic}" \
             --connections "${shape%x*}" --concurrency "${shape#*x}" --duration "$duration" \
             --warmup "$warmup" --agents 1000 --policies 10000 --cpu-pids "$cpu_pids" \
             ${scrape:+--scrape "$scrape"} --json); then
@@ -163,8 +175,9 @@ run() {
         echo "  $item / $system / $shape: $(echo "$json" | python3 -c \
             'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
 h = r["host"]; cpu = h["server_cpu_us_per_op"]
-print("%.0f ops/s, p50 %d µs, p99 %d µs, %d errors, server CPU %s µs/op, others %.2f cores busy, load %s"
-      % (r["ops_per_second"], l["p50"], l["p99"], r["errors"], "?" if cpu is None else "%.1f" % cpu,
+print("%.0f ops/s, p50 %d µs, p99 %d µs, %d errors%s, server CPU %s µs/op, others %.2f cores busy, load %s"
+      % (r["ops_per_second"], l["p50"], l["p99"], r["errors"],
+         " (first: %s)" % r["first_error"] if r["first_error"] else "", "?" if cpu is None else "%.1f" % cpu,
          h["other_busy_cores"] or 0, h["load_average_end"] and h["load_average_end"][0]))')" >&2
     done
 }
@@ -175,7 +188,7 @@ if [ "$suite" = cluster ]; then
     exit 0
 fi
 
-redis_version=$(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')
+redis_version=$( (redis-server --version 2>/dev/null || true) | sed -n 's/.*v=\([0-9.]*\).*/\1/p')
 etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
 echo "machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg);" \
     "shapes $shapes, $duration each after $warmup warm-up, $runs run(s)" >&2
@@ -183,15 +196,26 @@ echo "machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /pro
 for round in $(seq "$runs"); do
     echo "agentkeeper, in memory (run $round)" >&2
     start_ours memory
-    run acquire-release agentkeeper ours agentkeeper acquire-release
+    if [ "$suite" = single ]; then
+        run acquire-release agentkeeper ours agentkeeper acquire-release
+    fi
     run heartbeat agentkeeper ours agentkeeper heartbeat
-    run read agentkeeper ours agentkeeper get-agent
-    run read "agentkeeper CheckPolicy" ours agentkeeper check-policy
-    run write agentkeeper ours agentkeeper set-policy
+    if [ "$suite" = single ]; then
+        run read agentkeeper ours agentkeeper get-agent
+        run read "agentkeeper CheckPolicy" ours agentkeeper check-policy
+        run write agentkeeper ours agentkeeper set-policy
+    fi
     # The keep-alive stream: one heartbeat per message (against unary Heartbeat above and etcd's
     # LeaseKeepAlive below), and 100 per message as an SDK batches a tick's agents.
     run heartbeat "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
     batch=100 run "heartbeat, 100 per message" "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
+    # Lease renewals: unary RenewLease against the LeaseService.KeepAlive stream (one renewal per
+    # message), and etcd's LeaseKeepAlive, the same work (its heartbeat rows, copied below).
+    run "lease renewal" agentkeeper ours agentkeeper renew
+    run "lease renewal" "agentkeeper LeaseService.KeepAlive stream" ours agentkeeper stream-renew
+    # Unary calls sent by h2load: Heartbeat against etcd's Put, GetAgent against its Range.
+    client=h2load run "h2load, Heartbeat vs Put" agentkeeper ours agentkeeper heartbeat
+    client=h2load run "h2load, GetAgent vs Range" agentkeeper ours agentkeeper get-agent
     stop_all
 
     echo "agentkeeper, in memory, TCP and its Unix socket (run $round)" >&2
@@ -200,33 +224,47 @@ for round in $(seq "$runs"); do
     shapes=1x1 target="unix:$work/agentkeeper.sock" run "transport, 1x1" "agentkeeper unix socket" ours agentkeeper heartbeat
     stop_all
 
-    echo "redis $redis_version, no persistence (run $round)" >&2
-    start_redis
-    run acquire-release "redis $redis_version" peer redis acquire-release
-    run read "redis $redis_version" peer redis get-agent
-    run write "redis $redis_version" peer redis set-policy
-    stop_all
+    if [ "$suite" = single ]; then
+        echo "redis $redis_version, no persistence (run $round)" >&2
+        start_redis
+        run acquire-release "redis $redis_version" peer redis acquire-release
+        run read "redis $redis_version" peer redis get-agent
+        run write "redis $redis_version" peer redis set-policy
+        stop_all
 
-    echo "agentkeeper --data-dir (run $round)" >&2
-    start_ours "durable.$round" --data-dir "$work/agentkeeper.$round"
-    run "durable write" "agentkeeper --data-dir" ours agentkeeper set-policy
-    run "acquire-release, durable" "agentkeeper --data-dir" ours agentkeeper acquire-release
-    stop_all
+        echo "agentkeeper --data-dir (run $round)" >&2
+        start_ours "durable.$round" --data-dir "$work/agentkeeper.$round"
+        run "durable write" "agentkeeper --data-dir" ours agentkeeper set-policy
+        run "acquire-release, durable" "agentkeeper --data-dir" ours agentkeeper acquire-release
+        stop_all
+    fi
 
     echo "etcd $etcd_version (run $round)" >&2
     start_etcd
-    run acquire-release "etcd $etcd_version" peer etcd acquire-release
+    if [ "$suite" = single ]; then
+        run acquire-release "etcd $etcd_version" peer etcd acquire-release
+    fi
     run heartbeat "etcd $etcd_version" peer etcd heartbeat
-    run read "etcd $etcd_version" peer etcd get-agent
-    run "durable write" "etcd $etcd_version" peer etcd set-policy
+    if [ "$suite" = single ]; then
+        run read "etcd $etcd_version" peer etcd get-agent
+        run "durable write" "etcd $etcd_version" peer etcd set-policy
+    fi
+    client=h2load run "h2load, Heartbeat vs Put" "etcd $etcd_version" peer etcd set-policy
+    client=h2load run "h2load, GetAgent vs Range" "etcd $etcd_version" peer etcd get-agent
     stop_all
 done
-# etcd's writes are always durable: its acquire-release and Put rows are compared with ours in
-# memory (above) and with ours on disk (these copies of the same runs).
-grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"acquire-release"' \
-    | sed 's/"item":"acquire-release"/"item":"acquire-release, durable"/' >>"$lines"
-grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"durable write"' \
-    | sed 's/"item":"durable write"/"item":"write"/' >>"$lines"
+# etcd's LeaseKeepAlive is a lease renewal as much as a heartbeat: its heartbeat rows stand in
+# the lease renewal rows too (copies of the same runs). etcd's writes are always durable: its
+# acquire-release and Put rows are compared with ours in memory (above) and with ours on disk
+# (these copies of the same runs).
+grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"heartbeat"' \
+    | sed 's/"item":"heartbeat"/"item":"lease renewal"/' >>"$lines" || true
+if [ "$suite" = single ]; then
+    grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"acquire-release"' \
+        | sed 's/"item":"acquire-release"/"item":"acquire-release, durable"/' >>"$lines" || true
+    grep "\"system\":\"etcd $etcd_version\"" "$lines" | grep '"item":"durable write"' \
+        | sed 's/"item":"durable write"/"item":"write"/' >>"$lines" || true
+fi
 
 { echo '['; sed '$!s/$/,/' "$lines"; echo ']'; } >"$out/compare.json"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -172,6 +172,13 @@ impl Runner {
                 };
                 self.ranked_find_agrees(found, tools, *limit)
             }
+            (Ok(Reply::KeepAlive(got)), Ok(Reply::KeepAlive(want))) => {
+                got.len() == want.len()
+                    && got.iter().zip(want).all(|(got, want)| match (got, want) {
+                        (Err(error), Err(expected)) => error.code == expected.code && !error.message.is_empty(),
+                        (got, want) => got == want,
+                    })
+            }
             (Ok(got), Ok(want)) => got == want,
             _ => false,
         };

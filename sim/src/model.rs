@@ -629,6 +629,23 @@ impl Model {
         self.emit(Topic::LeaderChanged, EventPayload::Election(view));
     }
 
+    /// A keep-alive message: 1 to `KEEPALIVE_ITEMS_MAX` heartbeats and renewals, else refused
+    /// whole; each item answered as its unary call, in order. An item's error is its code (the
+    /// message is the core's to word: `compare_reply` checks only that there is one).
+    fn keep_alive(&mut self, now: Millis, items: &[Command]) -> Expected {
+        let allowed = |item: &Command| matches!(item, Command::Heartbeat { .. } | Command::RenewLease { .. });
+        if items.is_empty() || items.len() > agentkeeper::limits::KEEPALIVE_ITEMS_MAX || !items.iter().all(allowed) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let answers = (items.iter())
+            .map(|item| {
+                self.apply(now, item, &Ok(Reply::Done))
+                    .map_err(|code| agentkeeper::core::CoreError::new(code, String::new()))
+            })
+            .collect();
+        Ok(Reply::KeepAlive(answers))
+    }
+
     fn agent_index(&self, text_id: &str) -> Option<usize> {
         self.agents.iter().position(|a| a.text_id == text_id)
     }
@@ -647,9 +664,7 @@ impl Model {
             // The simulator's clients number no request (the core's sessions are unit-tested).
             Command::Once { .. } => unreachable!("the simulator's clients send no numbered request"),
             Command::Heartbeat { agent_id } => self.heartbeat(agent_id),
-            // Nor keep-alive batches: the core applies each item as its unary call (unit-tested
-            // in the core's keep-alive tests), which the simulator does exercise.
-            Command::KeepAlive { .. } => unreachable!("the simulator's clients send no keep-alive batch"),
+            Command::KeepAlive { items } => self.keep_alive(now, items),
             Command::Deregister { agent_id } => {
                 let index = self.agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
                 if self.agents[index].status != AgentStatus::Dead {

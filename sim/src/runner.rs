@@ -44,7 +44,7 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    fn fault(&mut self, name: &'static str) {
+    pub(crate) fn fault(&mut self, name: &'static str) {
         *self.faults.entry(name).or_default() += 1;
     }
 }

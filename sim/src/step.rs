@@ -223,6 +223,13 @@ pub enum Op {
     Crash {
         torn: Option<Box<TornWrite>>,
     },
+    /// One message of a keep-alive stream: heartbeats and lease renewals (`Heartbeat` and
+    /// `Renew` ops), each answered as its unary call (`Command::KeepAlive`). Written
+    /// `keep_alive items=N` and each item's fields suffixed with its place: `agent.0=@3 key.1=k1
+    /// agent.1=@5 token.1=@7 ttl.1=30` (an item with a key is a renewal).
+    KeepAlive {
+        items: Vec<Op>,
+    },
 }
 
 /// The write a crash cut: the command whose record it was, and how it was cut.
@@ -343,11 +350,12 @@ impl Op {
             Op::ListTasks { .. } => "list_tasks",
             Op::ReturnTask { .. } => "return_task",
             Op::SetCardVector { .. } => "set_card_vector",
+            Op::KeepAlive { .. } => "keep_alive",
         }
     }
 
     /// Every op name, for coverage reports.
-    pub const NAMES: [&'static str; 32] = [
+    pub const NAMES: [&'static str; 33] = [
         "tick",
         "register",
         "heartbeat",
@@ -380,6 +388,7 @@ impl Op {
         "list_tasks",
         "return_task",
         "set_card_vector",
+        "keep_alive",
     ];
 
     /// True where the contract makes sending the same command again safe after a lost reply. A
@@ -901,6 +910,25 @@ impl fmt::Display for Op {
             }
             Op::Crash { torn: None } => Ok(()),
             Op::Crash { torn: Some(torn) } => write!(f, " torn={} {}", torn.tear, torn.op),
+            Op::KeepAlive { items } => {
+                write!(f, " items={}", items.len())?;
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Op::Heartbeat { agent } => write!(f, " agent.{i}={agent}")?,
+                        Op::Renew {
+                            key,
+                            agent,
+                            token,
+                            ttl_seconds,
+                        } => write!(
+                            f,
+                            " key.{i}={key} agent.{i}={agent} token.{i}={token} ttl.{i}={ttl_seconds}"
+                        )?,
+                        other => unreachable!("a keep-alive item is a heartbeat or a renewal, not {}", other.name()),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -1375,6 +1403,9 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
             seed: fields.number("seed")?,
             zero: fields.number::<u8>("zero")? != 0,
         },
+        "keep_alive" => Op::KeepAlive {
+            items: keep_alive_items(&fields)?,
+        },
         other => return Err(format!("unknown op {other:?}")),
     };
     Ok((op, lost))
@@ -1391,6 +1422,30 @@ fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(digest)
+}
+
+/// A keep-alive step's items: item `i`'s fields are those suffixed `.i`.
+fn keep_alive_items(fields: &Fields) -> Result<Vec<Op>, String> {
+    let count: usize = fields.number("items")?;
+    (0..count)
+        .map(|i| {
+            let suffix = format!(".{i}");
+            let item = Fields(
+                (fields.0.iter())
+                    .filter_map(|(k, v)| Some((k.strip_suffix(&suffix)?.to_string(), v.clone())))
+                    .collect(),
+            );
+            Ok(match item.get("key") {
+                Ok(_) => Op::Renew {
+                    key: item.task("key")?,
+                    agent: item.agent()?,
+                    token: item.token()?,
+                    ttl_seconds: item.number("ttl")?,
+                },
+                Err(_) => Op::Heartbeat { agent: item.agent()? },
+            })
+        })
+        .collect()
 }
 
 /// `crash`, or `crash torn=<tear> <op> [fields]`.
@@ -1478,6 +1533,23 @@ mod tests {
             token: TokenRef::Granted { step: 9, offset: -1 },
             ttl_seconds: 0,
         });
+        roundtrip(Op::KeepAlive {
+            items: vec![
+                Op::Heartbeat {
+                    agent: AgentRef::Registered(3),
+                },
+                Op::Renew {
+                    key: TaskRef::Literal("k1".into()),
+                    agent: AgentRef::Literal("nope".into()),
+                    token: TokenRef::Granted { step: 9, offset: 1 },
+                    ttl_seconds: 86_401,
+                },
+                Op::Heartbeat {
+                    agent: AgentRef::Literal("F".repeat(32)),
+                },
+            ],
+        });
+        roundtrip(Op::KeepAlive { items: vec![] });
         roundtrip(Op::Release {
             key: TaskRef::Step(7),
             agent: AgentRef::Registered(4),

@@ -14,6 +14,8 @@ use agentkeeper::core::{CoreConfig, ErrorCode, Outcome, PolicyInput, Reply};
 
 use crate::Fault;
 use crate::rng::Rng;
+
+mod keep_alive;
 use crate::runner::Runner;
 use crate::step::{
     AgentRef, ClaimRef, Io, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
@@ -130,7 +132,11 @@ impl Swarm {
         let mut weights = [0; KINDS];
         for (kind, weight) in weights.iter_mut().enumerate() {
             // Task steps are chosen apart (`task_per_mille`), from the task stream.
-            if matches!(Op::NAMES[kind], "crash" | "set_card_vector") || TASK_KINDS.contains(&Op::NAMES[kind]) {
+            // Keep-alive messages and card vectors draw from their own streams (keep_alive.rs,
+            // card_vector()).
+            if matches!(Op::NAMES[kind], "crash" | "set_card_vector" | "keep_alive")
+                || TASK_KINDS.contains(&Op::NAMES[kind])
+            {
                 continue;
             }
             let always = matches!(Op::NAMES[kind], "register" | "heartbeat" | "tick");
@@ -334,6 +340,9 @@ pub struct Generator {
     vector_rng: Rng,
     /// The share of steps that are SetCardVectors (per mille; 0 for some seeds).
     vector_per_mille: u32,
+    /// Whether a step is a keep-alive message (at `keepalive_per_mille`): a stream apart.
+    keepalive_rng: Rng,
+    keepalive_per_mille: u32,
     swarm: Swarm,
     config: SimConfig,
     now: Millis,
@@ -363,12 +372,16 @@ impl Generator {
         } else {
             0
         };
+        let mut keepalive_rng = Rng::stream(seed, keep_alive::STREAM);
+        let keepalive_per_mille = keep_alive::share(&mut keepalive_rng);
         Generator {
             rng,
             task_rng,
             io_rng,
             vector_rng,
             vector_per_mille,
+            keepalive_rng,
+            keepalive_per_mille,
             config: SimConfig {
                 core,
                 start_ms: START_MS,
@@ -411,13 +424,17 @@ impl Generator {
                 io: Io::Durable,
             };
         }
-        let op = (self.card_vector().or_else(|| self.due_heartbeat())).unwrap_or_else(|| {
-            if self.task_rng.chance(self.swarm.task_per_mille) {
-                self.task_op(runner, false)
-            } else {
-                self.random_op(runner)
-            }
-        });
+        let op = if self.keep_alive_now() {
+            self.keep_alive()
+        } else {
+            (self.card_vector().or_else(|| self.due_heartbeat())).unwrap_or_else(|| {
+                if self.task_rng.chance(self.swarm.task_per_mille) {
+                    self.task_op(runner, false)
+                } else {
+                    self.random_op(runner)
+                }
+            })
+        };
         let lost = op.retry_safe_or_register() && self.rng.chance(self.swarm.lost_per_mille);
         let io = self.io();
         Step {
@@ -636,6 +653,7 @@ impl Generator {
             "consume" => self.consume(),
             "crash" => unreachable!("crashes come from the crash stream, never from a weight"),
             "set_card_vector" => unreachable!("card vectors come from the vector stream, never from a weight"),
+            "keep_alive" => unreachable!("keep-alive messages come from their own stream, never from a weight"),
             other => unreachable!("no generator for {other}"),
         }
     }
@@ -1348,6 +1366,7 @@ impl Generator {
                 });
             }
             (Op::Unwatch { sub }, _) => self.streams.retain(|s| s.sub != *sub),
+            (Op::KeepAlive { items }, Some(reply)) => self.observe_keep_alive(step, items, reply),
             // The torn command's call failed with the connection; a heartbeating agent tries
             // again at once. Other clients learnt nothing (a torn Register's agent is unknown to
             // its client, as after a lost reply).

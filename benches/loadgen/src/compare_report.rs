@@ -11,8 +11,11 @@
 //!
 //! Invariant: the first entry with role "ours" in an item and stream count is that group's
 //! baseline; a "peer" entry's ratios are against it (ops/s: ours / peer, so above 1 means ours
-//! does more; p50 and p99: peer / ours, so above 1 means ours answers sooner). Other "ours"
-//! entries are shown without ratios.
+//! does more; p50, p99 and server CPU per operation: peer / ours, so above 1 means ours answers
+//! sooner or spends less). Other "ours" entries are shown without ratios.
+//!
+//! After the table, the goals of the hot path (issue 24), each a ratio between two rows of the
+//! same run (`round`), then the median over the runs; a goal whose rows are absent is left out.
 
 use std::path::PathBuf;
 
@@ -50,9 +53,16 @@ struct Row {
     percentiles: [u64; 4],
     /// How many runs of this row there were (this one is their median by ops/s).
     runs: usize,
+    /// Which run of compare.sh this row comes from (`--runs`).
+    round: u64,
+    /// Items per operation (heartbeats per keep-alive message; else 1).
+    items: u64,
+    /// The servers' CPU per operation, µs (None: not measured).
+    cpu_us: Option<f64>,
 }
 
-fn rows(results: &Value) -> Result<Vec<Row>, String> {
+/// Every run as recorded, in order.
+fn runs(results: &Value) -> Result<Vec<Row>, String> {
     let entries = results.as_array().ok_or("the results are not a JSON array")?;
     let mut rows = Vec::new();
     for entry in entries {
@@ -75,9 +85,23 @@ fn rows(results: &Value) -> Result<Vec<Row>, String> {
                 number(latency, "p999")?,
             ],
             runs: 1,
+            round: entry["round"].as_u64().unwrap_or(1),
+            items: report["items_per_operation"].as_u64().unwrap_or(1).max(1),
+            cpu_us: report["host"]["server_cpu_us_per_op"].as_f64(),
         });
     }
-    Ok(medians(rows))
+    Ok(rows)
+}
+
+impl Row {
+    fn copy(&self) -> Row {
+        Row {
+            item: self.item.clone(),
+            system: self.system.clone(),
+            work: self.work.clone(),
+            ..*self
+        }
+    }
 }
 
 /// One row per (item, streams, system), in first-seen order: the median run by ops/s.
@@ -145,8 +169,10 @@ fn print_table(rows: &[Row], markdown: bool) {
         "ours/peer ops/s",
         "peer/ours p50",
         "peer/ours p99",
+        "server CPU/op",
+        "peer/ours CPU",
     ];
-    let mut lines: Vec<[String; 9]> = Vec::new();
+    let mut lines: Vec<[String; 11]> = Vec::new();
     for ((item, streams), members) in groups(rows) {
         let baseline = members.iter().find(|r| r.ours);
         for row in &members {
@@ -169,6 +195,11 @@ fn print_table(rows: &[Row], markdown: bool) {
                 ratio(&|base, peer| base.ops / peer.ops),
                 ratio(&|base, peer| peer.percentiles[0] as f64 / base.percentiles[0].max(1) as f64),
                 ratio(&|base, peer| peer.percentiles[2] as f64 / base.percentiles[2].max(1) as f64),
+                row.cpu_us.map_or("?".to_string(), |cpu| format!("{cpu:.1} µs")),
+                match (baseline.and_then(|b| b.cpu_us), row.cpu_us) {
+                    (Some(base), Some(peer)) if !row.ours && base > 0.0 => format!("{:.2}x", peer / base),
+                    _ => "—".to_string(),
+                },
             ]);
         }
     }
@@ -217,6 +248,290 @@ fn print_table(rows: &[Row], markdown: bool) {
         if !seen.contains(&line) {
             println!("  {line}");
             seen.push(line);
+        }
+    }
+}
+
+/// Which rows a goal reads: an item and a system (exact, or a prefix ending in '*').
+struct Select {
+    item: &'static str,
+    system: &'static str,
+}
+
+impl Select {
+    fn matches(&self, row: &Row) -> bool {
+        row.item == self.item
+            && match self.system.strip_suffix('*') {
+                Some(prefix) => row.system.starts_with(prefix),
+                None => row.system == self.system,
+            }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Measure {
+    /// Items (heartbeats) per second: ops/s times items per operation.
+    ItemsPerSecond,
+    P50,
+    /// The servers' CPU per item, µs (no denominator row: the value itself).
+    CpuPerItem,
+}
+
+/// A goal: `of` / `against` (or `of` alone) in `measure`, at least or at most `bound`.
+struct Goal {
+    name: &'static str,
+    of: Select,
+    against: Option<Select>,
+    measure: Measure,
+    bound: f64,
+    at_least: bool,
+}
+
+fn value(row: &Row, measure: Measure) -> Option<f64> {
+    match measure {
+        Measure::ItemsPerSecond => Some(row.ops * row.items as f64),
+        Measure::P50 => Some(row.percentiles[0] as f64),
+        Measure::CpuPerItem => row.cpu_us.map(|cpu| cpu / row.items as f64),
+    }
+}
+
+/// The goals of issue 24 that compare.sh measures.
+fn goals() -> Vec<Goal> {
+    let stream = |item| Select {
+        item,
+        system: "agentkeeper KeepAlive stream",
+    };
+    vec![
+        Goal {
+            name: "h2load unary Heartbeat >= 4x etcd Put",
+            of: Select {
+                item: "h2load, Heartbeat vs Put",
+                system: "agentkeeper",
+            },
+            against: Some(Select {
+                item: "h2load, Heartbeat vs Put",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 4.0,
+            at_least: true,
+        },
+        Goal {
+            name: "h2load unary GetAgent vs etcd Range (no goal; >= 1x shown)",
+            of: Select {
+                item: "h2load, GetAgent vs Range",
+                system: "agentkeeper",
+            },
+            against: Some(Select {
+                item: "h2load, GetAgent vs Range",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 1.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream heartbeats >= 3x unary, unbatched",
+            of: stream("heartbeat"),
+            against: Some(Select {
+                item: "heartbeat",
+                system: "agentkeeper",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 3.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream heartbeats >= 5x etcd LeaseKeepAlive, unbatched",
+            of: stream("heartbeat"),
+            against: Some(Select {
+                item: "heartbeat",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 5.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream heartbeats, 100 per message, >= 3x unary",
+            of: stream("heartbeat, 100 per message"),
+            against: Some(Select {
+                item: "heartbeat",
+                system: "agentkeeper",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 3.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream heartbeats, 100 per message, >= 5x etcd LeaseKeepAlive",
+            of: stream("heartbeat, 100 per message"),
+            against: Some(Select {
+                item: "heartbeat",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 5.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream renewals >= 3x unary RenewLease (the heartbeats' goal)",
+            of: Select {
+                item: "lease renewal",
+                system: "agentkeeper LeaseService.KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "lease renewal",
+                system: "agentkeeper",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 3.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream renewals >= 5x etcd LeaseKeepAlive (the heartbeats' goal)",
+            of: Select {
+                item: "lease renewal",
+                system: "agentkeeper LeaseService.KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "lease renewal",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 5.0,
+            at_least: true,
+        },
+        Goal {
+            name: "daemon CPU per stream heartbeat <= 2 µs, unbatched",
+            of: stream("heartbeat"),
+            against: None,
+            measure: Measure::CpuPerItem,
+            bound: 2.0,
+            at_least: false,
+        },
+        Goal {
+            name: "daemon CPU per stream heartbeat <= 2 µs, 100 per message",
+            of: stream("heartbeat, 100 per message"),
+            against: None,
+            measure: Measure::CpuPerItem,
+            bound: 2.0,
+            at_least: false,
+        },
+        Goal {
+            name: "1x1 p50 over the Unix socket <= 0.7x TCP's",
+            of: Select {
+                item: "transport, 1x1",
+                system: "agentkeeper unix socket",
+            },
+            against: Some(Select {
+                item: "transport, 1x1",
+                system: "agentkeeper TCP",
+            }),
+            measure: Measure::P50,
+            bound: 0.7,
+            at_least: false,
+        },
+    ]
+}
+
+/// One line of the goals' table: a goal at one stream count, each run's figure, their median.
+struct GoalLine {
+    name: &'static str,
+    streams: u64,
+    per_run: Vec<f64>,
+    median: f64,
+    met: bool,
+    ratio: bool,
+}
+
+/// Each goal at each stream count its rows were measured at: the figure within every run that
+/// has both rows, and the median of those (the lower middle one for an even count).
+fn goal_lines(runs: &[Row]) -> Vec<GoalLine> {
+    let mut lines = Vec::new();
+    for goal in goals() {
+        let mut streams: Vec<u64> = runs.iter().filter(|r| goal.of.matches(r)).map(|r| r.streams).collect();
+        streams.dedup();
+        streams.sort_unstable();
+        streams.dedup();
+        for count in streams {
+            let mut rounds: Vec<u64> = runs.iter().map(|r| r.round).collect();
+            rounds.sort_unstable();
+            rounds.dedup();
+            let per_run: Vec<f64> = (rounds.iter())
+                .filter_map(|round| {
+                    let find = |select: &Select| {
+                        runs.iter()
+                            .find(|r| r.round == *round && r.streams == count && select.matches(r))
+                    };
+                    let of = value(find(&goal.of)?, goal.measure)?;
+                    match &goal.against {
+                        Some(against) => {
+                            let against = value(find(against)?, goal.measure)?;
+                            (against > 0.0).then(|| of / against)
+                        }
+                        None => Some(of),
+                    }
+                })
+                .collect();
+            if per_run.is_empty() {
+                continue;
+            }
+            let mut sorted = per_run.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[(sorted.len() - 1) / 2];
+            let met = if goal.at_least {
+                median >= goal.bound
+            } else {
+                median <= goal.bound
+            };
+            lines.push(GoalLine {
+                name: goal.name,
+                streams: count,
+                per_run,
+                median,
+                met,
+                ratio: goal.against.is_some(),
+            });
+        }
+    }
+    lines
+}
+
+fn print_goals(runs: &[Row], markdown: bool) {
+    let lines = goal_lines(runs);
+    if lines.is_empty() {
+        return;
+    }
+    let show = |x: f64, ratio: bool| match ratio {
+        true => format!("{x:.2}x"),
+        false => format!("{x:.2} µs"),
+    };
+    println!();
+    println!("Goals, each a ratio within one run (median of the runs):");
+    if markdown {
+        println!("| goal | streams | runs | median | |");
+        println!("|---|---|---|---|---|");
+    }
+    for line in &lines {
+        let per_run: Vec<String> = line.per_run.iter().map(|x| show(*x, line.ratio)).collect();
+        let verdict = if line.met { "met" } else { "NOT MET" };
+        if markdown {
+            println!(
+                "| {} | {} | {} | {} | {verdict} |",
+                line.name,
+                line.streams,
+                per_run.join(", "),
+                show(line.median, line.ratio)
+            );
+        } else {
+            println!(
+                "  {:<62} {:>4} streams: {:>8}  ({})  {verdict}",
+                line.name,
+                line.streams,
+                show(line.median, line.ratio),
+                per_run.join(", ")
+            );
         }
     }
 }
@@ -329,8 +644,10 @@ fn main() {
     let run = || -> Result<(), String> {
         let text = std::fs::read_to_string(&flags.results).map_err(|e| format!("{}: {e}", flags.results.display()))?;
         let results: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", flags.results.display()))?;
-        let rows = rows(&results)?;
+        let runs = runs(&results)?;
+        let rows = medians(runs.iter().map(Row::copy).collect());
         print_table(&rows, flags.markdown);
+        print_goals(&runs, flags.markdown);
         if let Some(png) = &flags.png {
             draw(&rows, png, &flags.font).map_err(|e| format!("chart: {e}"))?;
         }
@@ -339,5 +656,58 @@ fn main() {
     if let Err(message) = run() {
         eprintln!("compare-report: {message}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(item: &str, system: &str, round: u64, ops: f64, items: u64, p50: u64, cpu: f64) -> Value {
+        serde_json::json!({
+            "item": item, "system": system, "role": if system.starts_with("etcd") { "peer" } else { "ours" },
+            "round": round,
+            "report": {
+                "connections": 4, "concurrency": 64, "work": "w", "ops_per_second": ops, "errors": 0,
+                "items_per_operation": items,
+                "latency_us": {"p50": p50, "p90": p50, "p99": p50, "p999": p50},
+                "host": {"server_cpu_us_per_op": cpu}
+            }
+        })
+    }
+
+    #[test]
+    fn goals_are_ratios_within_each_run_and_their_median() {
+        let results = Value::Array(vec![
+            entry("h2load, Heartbeat vs Put", "agentkeeper", 1, 100_000.0, 1, 1, 1.0),
+            entry("h2load, Heartbeat vs Put", "etcd 3.4.23", 1, 20_000.0, 1, 1, 1.0),
+            entry("h2load, Heartbeat vs Put", "agentkeeper", 2, 60_000.0, 1, 1, 1.0),
+            entry("h2load, Heartbeat vs Put", "etcd 3.4.23", 2, 30_000.0, 1, 1, 1.0),
+            entry("h2load, Heartbeat vs Put", "agentkeeper", 3, 90_000.0, 1, 1, 1.0),
+            entry("h2load, Heartbeat vs Put", "etcd 3.4.23", 3, 30_000.0, 1, 1, 1.0),
+            // 100 heartbeats per message at 41 µs a message: 0.41 µs a heartbeat.
+            entry(
+                "heartbeat, 100 per message",
+                "agentkeeper KeepAlive stream",
+                1,
+                8_000.0,
+                100,
+                9,
+                41.0,
+            ),
+            entry("transport, 1x1", "agentkeeper TCP", 1, 1.0, 1, 50, 1.0),
+            entry("transport, 1x1", "agentkeeper unix socket", 1, 1.0, 1, 40, 1.0),
+        ]);
+        let lines = goal_lines(&runs(&results).unwrap());
+        let line = |name: &str| lines.iter().find(|l| l.name.starts_with(name)).unwrap();
+        let put = line("h2load unary Heartbeat");
+        assert_eq!(put.per_run, vec![5.0, 2.0, 3.0]);
+        assert_eq!((put.median, put.met, put.streams), (3.0, false, 256));
+        let cpu = line("daemon CPU per stream heartbeat <= 2 µs, 100");
+        assert!((cpu.median - 0.41).abs() < 1e-9 && cpu.met);
+        let socket = line("1x1 p50 over the Unix socket");
+        assert!((socket.median - 0.8).abs() < 1e-9 && !socket.met);
+        // No unbatched stream row, no etcd heartbeat row: those goals are left out.
+        assert!(lines.iter().all(|l| !l.name.contains("unbatched")));
     }
 }

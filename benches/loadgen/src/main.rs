@@ -22,6 +22,7 @@
 #![allow(clippy::disallowed_methods)] // a load generator measures real time
 
 mod background;
+mod h2load;
 mod host;
 #[cfg(feature = "peers")]
 mod peers;
@@ -134,6 +135,19 @@ struct Flags {
     /// hybrid ranking over the whole fleet.
     #[arg(long)]
     wait_vectors: Option<String>,
+    /// What sends the calls: this program's tonic workers, or nghttp2's h2load (unary
+    /// heartbeat and get-agent on ours, set-policy's Put and get-agent's Range on etcd; one
+    /// framed body repeated, --connections x --concurrency streams, over TCP; needs h2load and
+    /// curl on the PATH).
+    #[arg(long, value_enum, default_value_t = Client::Tonic)]
+    client: Client,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Client {
+    Tonic,
+    H2load,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -163,13 +177,16 @@ fn work(kind: TargetKind, scenario: Scenario) -> Option<&'static str> {
         (TargetKind::Agentkeeper, StreamHeartbeat) => {
             "RegistryService.KeepAlive message (--batch agents) + answer on a held stream"
         }
+        (TargetKind::Agentkeeper, StreamRenew) => {
+            "LeaseService.KeepAlive message (one renewal of the worker's lease) + answer on a held stream"
+        }
         (TargetKind::Redis, AcquireRelease) => "SET key owner NX PX + DEL",
         (TargetKind::Redis, GetAgent) => "GET",
         (TargetKind::Redis, SetPolicy) => "SET",
         (TargetKind::Etcd, AcquireRelease) => "LeaseGrant + Txn(put if absent, with the lease) + LeaseRevoke",
         (TargetKind::Etcd, GetAgent) => "Range (one key, linearizable)",
         (TargetKind::Etcd, SetPolicy) => "Put",
-        (TargetKind::Etcd, Heartbeat | Renew) => "LeaseKeepAlive (request + answer on a held stream)",
+        (TargetKind::Etcd, Heartbeat | Renew | StreamRenew) => "LeaseKeepAlive (request + answer on a held stream)",
         _ => return None,
     })
 }
@@ -178,6 +195,8 @@ fn work(kind: TargetKind, scenario: Scenario) -> Option<&'static str> {
 struct Report {
     target_kind: TargetKind,
     scenario: Scenario,
+    /// What sent the calls.
+    client: Client,
     /// The calls one operation makes on this target.
     work: &'static str,
     mode: &'static str,
@@ -410,6 +429,11 @@ async fn run(flags: Flags) -> Result<(), String> {
             flags.scenario, flags.target_kind
         ));
     };
+    if flags.client == Client::H2load {
+        let report = h2load::run(&flags).await?;
+        print_report(&report, flags.json);
+        return Ok(());
+    }
     let (workers, fanout) = drivers(&flags).await?;
     let (workers, _) = phase(&flags, workers, flags.warmup, None, false).await;
     if let Some(fanout) = &fanout {
@@ -423,13 +447,13 @@ async fn run(flags: Flags) -> Result<(), String> {
     if let Some(address) = &flags.dashboard {
         readers.poll_overview(address.clone(), flags.dashboard_every);
     }
-    let counters_start = scrape::read_all(&flags.scrape).await;
+    let counters_start = scrape::read_all(&flags.scrape, &[]).await;
     let host_start = host::Sample::take(&flags.cpu_pids);
     let started = Instant::now();
     let (_, seen) = phase(&flags, workers, flags.duration, flags.requests, true).await;
     let elapsed = started.elapsed();
     let host_end = host::Sample::take(&flags.cpu_pids);
-    let counters_end = scrape::read_all(&flags.scrape).await;
+    let counters_end = scrape::read_all(&flags.scrape, &[]).await;
     let seconds = elapsed.as_secs_f64();
     let background = readers
         .stop()
@@ -457,6 +481,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let report = Report {
         target_kind: flags.target_kind,
         scenario: flags.scenario,
+        client: Client::Tonic,
         work,
         mode: if flags.rate.is_some() { "open" } else { "closed" },
         connections: flags.connections,

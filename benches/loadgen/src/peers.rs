@@ -23,7 +23,7 @@ const VALUE_BYTES: usize = 128;
 /// during a run.
 const TTL_SECONDS: i64 = 600;
 
-fn value() -> Vec<u8> {
+pub fn value() -> Vec<u8> {
     (0..VALUE_BYTES).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
@@ -209,7 +209,7 @@ impl EtcdWorker {
         keys: usize,
     ) -> Result<Self, String> {
         let mut lease = client.lease_client();
-        let keep_alive = if matches!(scenario, Scenario::Heartbeat | Scenario::Renew) {
+        let keep_alive = if matches!(scenario, Scenario::Heartbeat | Scenario::Renew | Scenario::StreamRenew) {
             let granted = lease
                 .grant(TTL_SECONDS, None)
                 .await
@@ -241,7 +241,7 @@ impl EtcdWorker {
             Scenario::AcquireRelease => self.lock().await,
             Scenario::GetAgent => self.range().await,
             Scenario::SetPolicy => self.put().await,
-            Scenario::Heartbeat | Scenario::Renew => self.keep_alive().await,
+            Scenario::Heartbeat | Scenario::Renew | Scenario::StreamRenew => self.keep_alive().await,
             other => Err(format!("{other:?} has no etcd counterpart")),
         }
     }

@@ -39,6 +39,10 @@ pub enum Scenario {
     /// Heartbeats on a RegistryService.KeepAlive stream each worker holds open: one message of
     /// `--batch` agents (1: unbatched), then its answer.
     StreamHeartbeat,
+    /// Renewals of the worker's own lease (acquired on its first operation) on a
+    /// LeaseService.KeepAlive stream it holds open: one renewal per message, then its answer;
+    /// etcd's LeaseKeepAlive is the same work.
+    StreamRenew,
 }
 
 const WORDS: [&str; 16] = [
@@ -293,6 +297,11 @@ pub struct Worker {
         tokio::sync::mpsc::Sender<pb::KeepAliveRequest>,
         tonic::Streaming<pb::KeepAliveResponse>,
     )>,
+    /// The open lease keep-alive stream (stream-renew).
+    lease_keep_alive: Option<(
+        tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>,
+        tonic::Streaming<pb::LeaseKeepAliveResponse>,
+    )>,
 }
 
 impl Worker {
@@ -308,6 +317,7 @@ impl Worker {
             renewing: None,
             batch: batch.max(1),
             keep_alive: None,
+            lease_keep_alive: None,
         }
     }
 
@@ -332,6 +342,7 @@ impl Worker {
             Scenario::Claim => self.task_cycle(false).await,
             Scenario::SetPolicy => self.set_policy().await,
             Scenario::StreamHeartbeat => self.stream_heartbeat().await,
+            Scenario::StreamRenew => self.stream_renew().await,
             Scenario::Mixed => match self.counter % 20 {
                 0..=13 => self.heartbeat().await,
                 14 | 15 => self.acquire(true).await,
@@ -381,6 +392,45 @@ impl Worker {
             }
             Err(status) => {
                 self.keep_alive = None;
+                Err(status)
+            }
+        }
+    }
+
+    async fn stream_renew(&mut self) -> Result<(), tonic::Status> {
+        let (task_id, agent_id, token) = self.held_lease().await?;
+        if self.lease_keep_alive.is_none() {
+            let (send, receive) = tokio::sync::mpsc::channel(4);
+            let stream = tokio_stream::wrappers::ReceiverStream::new(receive);
+            let answers = self.leases.keep_alive(stream).await?.into_inner();
+            self.lease_keep_alive = Some((send, answers));
+        }
+        let (send, answers) = self.lease_keep_alive.as_mut().expect("opened above");
+        let request = pb::LeaseKeepAliveRequest {
+            renewals: vec![pb::RenewLeaseRequest {
+                task_id,
+                agent_id,
+                token: Some(pb::FencingToken { value: token }),
+                ttl_seconds: 600,
+            }],
+            batch_id: self.counter,
+        };
+        if send.send(request).await.is_err() {
+            self.lease_keep_alive = None;
+            return Err(tonic::Status::unavailable("the lease keep-alive stream ended"));
+        }
+        match answers.message().await {
+            Ok(Some(answer)) if answer.results.iter().all(|r| r.code == 0) => Ok(()),
+            Ok(Some(answer)) => Err(tonic::Status::internal(format!(
+                "a renewal failed: {:?}",
+                answer.results.iter().map(|r| (r.code, &r.message)).collect::<Vec<_>>()
+            ))),
+            Ok(None) => {
+                self.lease_keep_alive = None;
+                Err(tonic::Status::unavailable("the lease keep-alive stream ended"))
+            }
+            Err(status) => {
+                self.lease_keep_alive = None;
                 Err(status)
             }
         }
@@ -438,25 +488,30 @@ impl Worker {
         Ok(())
     }
 
-    async fn renew(&mut self) -> Result<(), tonic::Status> {
+    /// The worker's own lease (task id, agent, fencing token), acquired on first use.
+    async fn held_lease(&mut self) -> Result<(String, String, u64), tonic::Status> {
         if self.renewing.is_none() {
-            let task_id = format!("bench:renew:w{}", self.id);
+            // The process id in the key: another run against the same daemon (compare.sh runs
+            // every shape on one) finds its own keys free, not this run's leases.
+            let task_id = format!("bench:renew:{}:w{}", std::process::id(), self.id);
             let agent_id = self.agent();
             let request = pb::AcquireLeaseRequest {
                 task_id: task_id.clone(),
                 agent_id: agent_id.clone(),
                 ttl_seconds: 600,
             };
-            let lease = self
-                .leases
-                .acquire_lease(request)
-                .await?
-                .into_inner()
-                .lease
-                .expect("lease set");
+            let answer = self.leases.acquire_lease(request).await?.into_inner();
+            let lease = match (answer.acquired, answer.lease) {
+                (true, Some(lease)) => lease,
+                _ => return Err(tonic::Status::already_exists(format!("{task_id} is held already"))),
+            };
             self.renewing = Some((task_id, agent_id, lease.token.expect("token set").value));
         }
-        let (task_id, agent_id, token) = self.renewing.clone().expect("set above");
+        Ok(self.renewing.clone().expect("set above"))
+    }
+
+    async fn renew(&mut self) -> Result<(), tonic::Status> {
+        let (task_id, agent_id, token) = self.held_lease().await?;
         let request = pb::RenewLeaseRequest {
             task_id,
             agent_id,

@@ -1,7 +1,9 @@
 //! The servers' own counters over the measured phase: each `--scrape` address's Prometheus
 //! /metrics read at the phase's start and end, and the change in the few families that say
 //! where a write's time goes (log syncs and their time, consensus proposal time, batch sizes;
-//! etcd's WAL fsyncs and backend commits). Every label set of a family is summed.
+//! etcd's WAL fsyncs and backend commits). Every label set of a family is summed. A caller
+//! may also ask for series by selector (`family{label="v",other!="w"}`), summed over the label
+//! sets that match: the h2load rows count one method's calls by their gRPC code this way.
 //!
 //! Invariant: a failed scrape is reported as that address's error and measures nothing; it
 //! never fails the run.
@@ -41,18 +43,19 @@ pub struct NodeMetrics {
     pub error: Option<String>,
 }
 
-/// Reads every address's kept families.
-pub async fn read_all(addresses: &[String]) -> Vec<Counters> {
+/// Reads every address's kept families and the series `selectors` name (each kept under the
+/// selector's own text).
+pub async fn read_all(addresses: &[String], selectors: &[&str]) -> Vec<Counters> {
     let mut all = Vec::with_capacity(addresses.len());
     for address in addresses {
-        all.push(read(address).await);
+        all.push(read(address, selectors).await);
     }
     all
 }
 
-async fn read(address: &str) -> Counters {
+async fn read(address: &str, selectors: &[&str]) -> Counters {
     let body = http_get(address, "/metrics").await?;
-    Ok(parse(&String::from_utf8_lossy(&body)))
+    Ok(parse(&String::from_utf8_lossy(&body), selectors))
 }
 
 /// Waits until the daemon at `address` holds `cards` card vectors (its /metrics'
@@ -80,24 +83,81 @@ pub async fn wait_card_vectors(address: &str, cards: usize) -> Result<(), String
     }
 }
 
-/// The kept families of a Prometheus text exposition, each summed over its label sets.
-fn parse(text: &str) -> BTreeMap<String, f64> {
+/// The kept families of a Prometheus text exposition, each summed over its label sets, and
+/// each selector's matching series, summed.
+fn parse(text: &str, selectors: &[&str]) -> BTreeMap<String, f64> {
+    let selectors: Vec<(&str, Selector)> = selectors.iter().map(|s| (*s, Selector::parse(s))).collect();
     let mut kept = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = &line[..name_end];
-        if !FAMILIES.contains(&name) {
-            continue;
-        }
-        let rest = match line[name_end..].rfind('}') {
-            Some(close) => &line[name_end + close + 1..],
-            None => &line[name_end..],
+        let (labels, rest) = match line[name_end..].rfind('}') {
+            Some(close) => (&line[name_end + 1..name_end + close], &line[name_end + close + 1..]),
+            None => ("", &line[name_end..]),
         };
-        if let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+        let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        if FAMILIES.contains(&name) {
             *kept.entry(name.to_string()).or_insert(0.0) += value;
+        }
+        for (text, selector) in &selectors {
+            if selector.matches(name, labels) {
+                *kept.entry(text.to_string()).or_insert(0.0) += value;
+            }
         }
     }
     kept
+}
+
+/// `family{label="value",other!="value"}`: a family's series whose labels match every matcher.
+struct Selector {
+    family: String,
+    /// (label, value, equal): `=` when equal, `!=` otherwise.
+    matchers: Vec<(String, String, bool)>,
+}
+
+impl Selector {
+    fn parse(text: &str) -> Selector {
+        let (family, inner) = match text.split_once('{') {
+            Some((family, rest)) => (family, rest.trim_end_matches('}')),
+            None => (text, ""),
+        };
+        let matchers = (inner.split(',').filter(|m| !m.trim().is_empty()))
+            .map(|m| {
+                let (label, value, equal) = match m.split_once("!=") {
+                    Some((label, value)) => (label, value, false),
+                    None => {
+                        let (label, value) = m.split_once('=').unwrap_or((m, ""));
+                        (label, value, true)
+                    }
+                };
+                (
+                    label.trim().to_string(),
+                    value.trim().trim_matches('"').to_string(),
+                    equal,
+                )
+            })
+            .collect();
+        Selector {
+            family: family.to_string(),
+            matchers,
+        }
+    }
+
+    /// Whether the series `name{labels}` (labels as exposed: `a="x",b="y"`) is selected.
+    fn matches(&self, name: &str, labels: &str) -> bool {
+        if name != self.family {
+            return false;
+        }
+        let label = |wanted: &str| {
+            (labels.split(','))
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(l, _)| l.trim() == wanted)
+                .map(|(_, v)| v.trim().trim_matches('"'))
+        };
+        (self.matchers.iter()).all(|(wanted, value, equal)| (label(wanted) == Some(value.as_str())) == *equal)
+    }
 }
 
 /// The change of every family between the two reads of each address.
@@ -132,10 +192,28 @@ mod tests {
                     agentkeeper_store_syncs_total 7\n\
                     etcd_disk_wal_fsync_duration_seconds_count 12 1700000000\n\
                     something_else_total 99\n";
-        let kept = parse(text);
+        let kept = parse(text, &[]);
         assert_eq!(kept.get("agentkeeper_rpc_total"), Some(&7.5));
         assert_eq!(kept.get("agentkeeper_store_syncs_total"), Some(&7.0));
         assert_eq!(kept.get("etcd_disk_wal_fsync_duration_seconds_count"), Some(&12.0));
         assert_eq!(kept.get("something_else_total"), None);
+    }
+
+    #[test]
+    fn a_selector_sums_the_series_whose_labels_match_and_only_those() {
+        let text = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"} 10\n\
+                    grpc_server_handled_total{grpc_code=\"Unavailable\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"} 2\n\
+                    grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\"} 5\n\
+                    agentkeeper_rpc_total{method=\"Heartbeat\"} 7\n";
+        let ok = "grpc_server_handled_total{grpc_method=\"Put\",grpc_code=\"OK\"}";
+        let failed = "grpc_server_handled_total{grpc_method=\"Put\",grpc_code!=\"OK\"}";
+        let heartbeats = "agentkeeper_rpc_total{method=\"Heartbeat\"}";
+        let absent = "agentkeeper_rpc_errors_total{method=\"Heartbeat\"}";
+        let kept = parse(text, &[ok, failed, heartbeats, absent]);
+        assert_eq!(kept.get(ok), Some(&10.0));
+        assert_eq!(kept.get(failed), Some(&2.0));
+        assert_eq!(kept.get(heartbeats), Some(&7.0));
+        assert_eq!(kept.get(absent), None);
+        assert_eq!(kept.get("agentkeeper_rpc_total"), Some(&7.0));
     }
 }

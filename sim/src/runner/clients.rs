@@ -91,6 +91,19 @@ impl Runner {
             Err(error) => {
                 *self.coverage.errors.entry(format!("{:?}", error.code)).or_default() += 1;
             }
+            // Each item of a keep-alive answer as its unary call's (renewals answer a lease).
+            Ok(Reply::KeepAlive(answers)) => {
+                for answer in answers {
+                    match answer {
+                        Ok(Reply::Lease { .. }) => self.coverage.fault("keep_alive_renewal"),
+                        Ok(_) => self.coverage.fault("keep_alive_heartbeat"),
+                        Err(error) => {
+                            self.coverage.fault("keep_alive_item_failed");
+                            *self.coverage.errors.entry(format!("{:?}", error.code)).or_default() += 1;
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -316,6 +329,9 @@ impl Runner {
                     PageRef::Literal(text) => text.clone(),
                 },
                 bytes_left: None,
+            },
+            Op::KeepAlive { items } => Command::KeepAlive {
+                items: items.iter().map(|item| self.command(item).0).collect(),
             },
             Op::Tick | Op::Consume { .. } | Op::Crash { .. } | Op::CancelClaim { .. } | Op::ReturnTask { .. } => {
                 unreachable!("{} sends no command", op.name())
