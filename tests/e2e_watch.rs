@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentkeeper::proto as pb;
+use agentkeeper::server::grpc::SUBSCRIBED_HEADER;
 use common::{Clients, Daemon, HANG_GUARD, assert_quiet, events, stream_end, token_of, topics, type_url};
 use tonic::Code;
 
@@ -186,7 +187,23 @@ async fn resuming_before_the_retained_window_is_out_of_range_naming_the_oldest()
         let error = c.registry.watch(request).await.unwrap_err();
         assert_eq!(error.code(), Code::OutOfRange, "from {from_sequence}: {error:?}");
         assert!(error.message().contains("oldest available is 6"), "{}", error.message());
+        // A refusal is trailers only: no header says the caller was subscribed.
+        assert!(
+            error.metadata().get(SUBSCRIBED_HEADER).is_none(),
+            "{:?}",
+            error.metadata()
+        );
     }
+    // A stream that did subscribe says so in its headers (the SDKs tell a refusal from it so).
+    let request = pb::WatchRequest {
+        topics: vec![],
+        from_sequence: 6,
+    };
+    let opened = c.registry.watch(request).await.expect("from the oldest retained");
+    assert_eq!(
+        opened.metadata().get(SUBSCRIBED_HEADER).map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
     let mut oldest = c.watch(&[], 6).await;
     let sequences: Vec<u64> = events(&mut oldest, 5).await.iter().map(|e| e.sequence_number).collect();
     assert_eq!(sequences, [6, 7, 8, 9, 10], "the oldest retained is still served");

@@ -212,6 +212,18 @@ impl pages::Slices for ElectionSlices {
     }
 }
 
+/// Response metadata a Watch or WatchElection carries once the daemon has subscribed the caller.
+/// A refusal (OUT_OF_RANGE, say) comes as trailers only, with no such header, so a client tells
+/// the two apart from the headers alone, without racing the status that follows them.
+pub const SUBSCRIBED_HEADER: &str = "agentkeeper-subscribed";
+
+/// A stream's response, marked as subscribed (`SUBSCRIBED_HEADER`).
+fn subscribed(stream: EventStreamBox) -> Response<EventStreamBox> {
+    let mut response = Response::new(stream);
+    (response.metadata_mut()).insert(SUBSCRIBED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    response
+}
+
 fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("the core answered with an unexpected reply: {reply:?}"))
 }
@@ -347,7 +359,7 @@ impl pb::registry_service_server::RegistryService for Api {
         if let Reply::Watching { replay, .. } = reply {
             stream.replay = replay.into_iter();
         }
-        Ok(Response::new(Box::pin(stream)))
+        Ok(subscribed(Box::pin(stream)))
     }
 
     type KeepAliveStream = keepalive::AnswerStream<pb::KeepAliveResponse>;
@@ -519,7 +531,7 @@ impl pb::election_service_server::ElectionService for Api {
         if let Reply::WatchingElection { state, .. } = reply {
             stream.first = Some(convert::election_snapshot_to_pb(&state));
         }
-        Ok(Response::new(Box::pin(stream)))
+        Ok(subscribed(Box::pin(stream)))
     }
 }
 

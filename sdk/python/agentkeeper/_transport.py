@@ -14,7 +14,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Generic, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union, cast
 
 import grpc
 import grpc.aio
@@ -88,6 +88,20 @@ class AsyncUnaryCall(Generic[Resp]):
         self._call.cancel()
 
 
+# What a Watch or WatchElection response's headers carry once the daemon has subscribed us. A
+# refusal (OUT_OF_RANGE, say) comes as trailers only, without it: grpc may hand over that
+# response's (empty) initial metadata before it has processed the status, so the headers alone
+# tell the two apart. A daemon older than the header sends none on success either: such a stream
+# counts as open if it has not ended within _UNMARKED_GRACE.
+SUBSCRIBED_HEADER = "agentkeeper-subscribed"
+_UNMARKED_GRACE = 0.25
+
+
+def _marked_subscribed(metadata: Any) -> bool:
+    """Whether response metadata (grpc's tuples, or grpc.aio's Metadata) carries the header."""
+    return any(key == SUBSCRIBED_HEADER for key, _ in metadata or ())
+
+
 class AsyncStreamCall(Generic[Resp]):
     """A server stream in flight: :meth:`opened`, then :meth:`read` until ``None``."""
 
@@ -99,10 +113,18 @@ class AsyncStreamCall(Generic[Resp]):
         """Wait for the daemon's response headers (it has subscribed us). False if the stream
         already ended: :meth:`read` then says how."""
         try:
-            await self._call.initial_metadata()
+            metadata = await self._call.initial_metadata()
         except grpc.RpcError:
             return False
-        return not self._call.done()
+        if _marked_subscribed(metadata):
+            return True
+        ended = asyncio.Event()
+        self._call.add_done_callback(lambda _call: ended.set())
+        try:
+            await asyncio.wait_for(ended.wait(), _UNMARKED_GRACE)
+        except asyncio.TimeoutError:
+            return True
+        return False
 
     async def read(self) -> Optional[Resp]:
         """The next message; ``None`` when the stream ended cleanly. :class:`Cancelled` after
@@ -289,11 +311,15 @@ class StreamCall(Generic[Resp]):
         """Wait for the daemon's response headers (it has subscribed us). False if the stream
         already ended: :meth:`read` then says how."""
         try:
-            self._call.initial_metadata()
+            metadata = self._call.initial_metadata()
         except grpc.RpcError:
             return False
-        active: bool = self._call.is_active()
-        return active
+        if _marked_subscribed(metadata):
+            return True
+        ended = threading.Event()
+        # The call is a grpc.Future too (its stubs do not say so).
+        cast(Any, self._call).add_done_callback(lambda _call: ended.set())
+        return not ended.wait(_UNMARKED_GRACE)
 
     def read(self) -> Optional[Resp]:
         """The next message; ``None`` when the stream ended cleanly. :class:`Cancelled` after
