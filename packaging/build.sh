@@ -53,9 +53,9 @@ stage_model() {
     local into=$1
     [ -f "$model/model.safetensors" ] || die "no sentence encoder in $model: run \`make models\` first"
     mkdir -p "$into/all-minilm-l6-v2"
-    for file in model.safetensors tokenizer.json config.json README.md; do
-        install -m 0644 "$model/$file" "$into/all-minilm-l6-v2/$file"
-    done
+    # Every file `make models` installed (scripts/models.sh names them); the glob leaves out its
+    # stamp, .installed-from.
+    install -m 0644 "$model"/* "$into/all-minilm-l6-v2/"
 }
 
 # A copy of the binary without its debug info (the release profile keeps line tables); the
