@@ -283,6 +283,7 @@ impl pb::registry_service_server::RegistryService for Api {
         let command = Command::Register {
             card,
             ttl_seconds: request.ttl_seconds,
+            vector: None,
         };
         let command = super::numbered::numbered(&metadata, command)?;
         match self.call_as("Register", command, principal).await? {
