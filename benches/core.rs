@@ -49,6 +49,7 @@ fn register_card(core: &mut Core, card: AgentCard) -> String {
         Command::Register {
             card,
             ttl_seconds: 86_400,
+            vector: None,
         },
     ) {
         Ok(Reply::Registered { agent_id }) => agent_id.to_string(),

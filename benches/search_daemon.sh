@@ -8,16 +8,20 @@
 #     against the lexical-only daemon (--search-model off).
 # ROWS=register runs only the registration rows.
 # One in-memory daemon per run (release build), on port 0. Prints one line per run; the JSON
-# reports go to $OUT (default target/search-daemon). Usage: benches/search_daemon.sh [SECONDS]
+# reports go to $OUT (default target/search-daemon). BIN=PATH runs another daemon binary (an A/B
+# against a build of another commit; nothing is built then). Usage: benches/search_daemon.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-10}"
 OUT="${OUT:-target/search-daemon}"
 mkdir -p "$OUT"
 make models >/dev/null
-cargo build --release -p agentkeeper -p agentkeeper-bench --bins
-BIN=target/release/agentkeeper
-BENCH=target/release/agentkeeper-bench
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -p agentkeeper -p agentkeeper-bench --bins
+    BIN=target/release/agentkeeper
+fi
+BENCH="${BENCH:-target/release/agentkeeper-bench}"
+[ -x "$BENCH" ] || cargo build --release -p agentkeeper-bench --bins
 
 PID=""
 stop_daemon() {
@@ -79,7 +83,8 @@ if [[ $rows == *find* ]]; then
 fi
 
 # The same 100,000 registrations with the encoder and without: Register answers before the
-# card's vector exists, so the two rates should match (the 10 texts are encoded once each).
+# card's vector exists, and once a text's vector is cached a replica's Register carries it (one
+# core command), so the two rates should match (the 10 texts are encoded once each).
 for model in models off; do
     name=$([ "$model" = off ] && echo lexical || echo encoder)
     start_daemon --search-model "$model"

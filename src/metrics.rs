@@ -54,8 +54,8 @@ pub struct Metrics {
     pub search_model_loaded: IntGauge,
     /// Card vectors the core holds (every model's).
     pub card_vectors: IntGauge,
-    /// The embedding workers' jobs by kind (card, query) and outcome (encoded, cached, shed,
-    /// timeout, failed).
+    /// The embedding workers' jobs by kind (card, query) and outcome (encoded, inline, cached,
+    /// shed, timeout, failed).
     pub embed_total: IntCounterVec,
     /// Time the encoder took for one card or query.
     pub embed_seconds: HistogramVec,
@@ -233,8 +233,10 @@ impl Metrics {
         let embed_total = IntCounterVec::new(
             Opts::new(
                 "agentkeeper_embed_total",
-                "Embedding jobs by kind (card, query) and outcome (encoded; cached: a card text seen \
-                 before; shed: a queue was full; timeout: a Find stopped waiting; failed)",
+                "Embedding jobs by kind (card, query) and outcome (encoded; inline: a card text seen \
+                 before, its vector sent inside the card's Register; cached: a card text seen before \
+                 or being encoded, its vector sent as a command of its own; shed: a queue was full; \
+                 timeout: a Find stopped waiting; failed)",
             ),
             &["kind", "outcome"],
         )

@@ -247,6 +247,7 @@ fn data_dir_with_registrations(dir: &std::path::Path, agents: usize) {
         let command = Command::Register {
             card,
             ttl_seconds: 86_400,
+            vector: None,
         };
         encode_record(
             &Entry::Apply {

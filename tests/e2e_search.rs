@@ -1,6 +1,8 @@
 //! End to end: Find with the sentence encoder. Register answers at once and the card's vector
-//! follows from an embedding worker; replicas of one card text are encoded once; a paraphrase
-//! that shares no word with the card finds it once its vector is in; the model's presence is on
+//! follows from an embedding worker; replicas of one card text are encoded once, and a replica
+//! registered once that text's vector is cached gets it inside its Register (vector-searchable
+//! on the Register's answer, with no SetCardVector); a paraphrase that shares no word with the
+//! card finds it once its vector is in; the model's presence is on
 //! /metrics, on the dashboard and in the start-up log, and a daemon without one ranks lexically.
 //! The model is the one `make models` installs (the test command runs it first).
 
@@ -93,10 +95,18 @@ async fn a_paraphrase_finds_its_card_once_the_vector_arrives_and_replicas_are_en
     })
     .await;
     assert_eq!(found.len(), 3);
-    let encoded = r#"agentkeeper_embed_total{kind="card",outcome="encoded"}"#;
-    let cached = r#"agentkeeper_embed_total{kind="card",outcome="cached"}"#;
-    daemon.wait_metric(cached, f64::from(replicas - 1)).await;
-    daemon.wait_metric(encoded, 5.0).await;
+    // Every replica but the first had its text's vector found: inside its Register if it was
+    // cached by then, else sent after it (or waiting for the encoding under way).
+    wait_until("every replica but the first reuses the first's vector", async || {
+        let reused = daemon.metric(INLINE).unwrap_or(0.0) + daemon.metric(CACHED).unwrap_or(0.0);
+        // (The background pass may count a card again that it met while its text was encoded.)
+        match reused >= f64::from(replicas - 1) {
+            true => Ok(()),
+            false => Err(format!("{reused} reused")),
+        }
+    })
+    .await;
+    daemon.wait_metric(ENCODED, 5.0).await;
     assert_eq!(
         daemon
             .metric(r#"agentkeeper_embed_total{kind="query",outcome="encoded"}"#)
@@ -112,6 +122,67 @@ async fn a_paraphrase_finds_its_card_once_the_vector_arrives_and_replicas_are_en
         None,
         "SetCardVector is internal, never a client's call"
     );
+}
+
+const ENCODED: &str = r#"agentkeeper_embed_total{kind="card",outcome="encoded"}"#;
+const INLINE: &str = r#"agentkeeper_embed_total{kind="card",outcome="inline"}"#;
+const CACHED: &str = r#"agentkeeper_embed_total{kind="card",outcome="cached"}"#;
+
+#[tokio::test]
+async fn a_card_whose_text_was_encoded_before_gets_its_vector_inside_its_register() {
+    let Some(models) = installed_model() else { return };
+    let daemon = Daemon::start(&[&format!("--search-model={}", models.display())]);
+    let mut c = daemon.clients().await;
+    let reviewer = || pb::RegisterRequest {
+        card: Some(card(
+            "code-reviewer",
+            "Reviews pull requests for bugs and style problems",
+            &["github_api"],
+        )),
+        ttl_seconds: 600,
+    };
+    let scheduler = pb::RegisterRequest {
+        card: Some(card(
+            "scheduler",
+            "Books meetings and manages calendars",
+            &["google_calendar"],
+        )),
+        ttl_seconds: 600,
+    };
+    c.registry.register(scheduler).await.expect("registered");
+    let first = c.registry.register(reviewer()).await.expect("registered").into_inner();
+    // Both texts are new: encoded, and each vector sent after its Register.
+    daemon.wait_metric("agentkeeper_card_vectors", 2.0).await;
+    assert_eq!(daemon.metric(ENCODED), Some(2.0));
+    assert_eq!(daemon.metric(INLINE), None);
+    // (The background pass may have met a card while its text was being encoded: counted then.)
+    let cached = daemon.metric(CACHED);
+
+    c.registry.register(reviewer()).await.expect("registered");
+    assert_eq!(
+        daemon.metric(INLINE),
+        Some(1.0),
+        "the cached vector went inside the second Register"
+    );
+    assert_eq!(daemon.metric(CACHED), cached, "no SetCardVector was sent for it");
+    assert_eq!(daemon.metric(ENCODED), Some(2.0), "its text was not encoded again");
+    daemon.wait_metric("agentkeeper_card_vectors", 3.0).await;
+    // With the first reviewer gone, only the second's own vector can rank it above the
+    // scheduler for a query that shares no word with either card.
+    let deregister = pb::DeregisterRequest {
+        agent_id: first.agent_id,
+    };
+    c.registry.deregister(deregister).await.expect("deregistered");
+    wait_until("the second reviewer ranks first by meaning", async || {
+        let found = find(&mut c, "look over my patch before it is merged").await;
+        match found.first().map(String::as_str) {
+            Some("code-reviewer") => Ok(()),
+            _ => Err(format!("found {found:?}")),
+        }
+    })
+    .await;
+    daemon.wait_metric("agentkeeper_card_vectors", 2.0).await;
+    assert_eq!(daemon.metric(CACHED), cached, "still no SetCardVector");
 }
 
 #[tokio::test]

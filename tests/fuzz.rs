@@ -273,6 +273,7 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
                 ..AgentCard::default()
             },
             ttl_seconds,
+            vector: None,
         },
         Op::Heartbeat(a) => Command::Heartbeat { agent_id: agent(a) },
         Op::Deregister(a) => Command::Deregister { agent_id: agent(a) },

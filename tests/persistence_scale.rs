@@ -39,6 +39,7 @@ fn restart_time_and_snapshot_pause_at_100k_agents_and_1m_leases() {
             Command::Register {
                 card,
                 ttl_seconds: 86_400,
+                vector: None,
             },
         ) {
             Ok(Reply::Registered { agent_id }) => agent_id.to_string(),

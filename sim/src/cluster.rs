@@ -21,6 +21,8 @@ use agentkeeper::cluster::{
     ProposalId, RaftEntry, Snapshot, StateRole, SyncGate,
 };
 use agentkeeper::core::machine::{CallerId, Output};
+use agentkeeper::core::search::card_text::card_digest;
+use agentkeeper::core::search::vectors::CardVector;
 use agentkeeper::core::types::{AgentCard, Millis};
 use agentkeeper::core::{Command, CoreConfig, ErrorCode, Outcome, Reply};
 use agentkeeper::store::format::encode_snapshot;
@@ -472,17 +474,7 @@ impl ClusterSim {
         let key = *self.rng.pick(&KEYS);
         let (name, command, pending) = match self.rng.below(12) {
             9..=11 => self.policy_call(),
-            0 | 1 => (
-                "register",
-                Command::Register {
-                    card: AgentCard {
-                        name: format!("agent-{}", self.rng.below(20)),
-                        ..AgentCard::default()
-                    },
-                    ttl_seconds: self.rng.range(2, 10) as u32,
-                },
-                Pending::Register,
-            ),
+            0 | 1 => self.register_call(),
             2 => ("heartbeat", Command::Heartbeat { agent_id: agent }, Pending::Other),
             3 | 4 => (
                 "acquire",
@@ -531,6 +523,36 @@ impl ClusterSim {
         let caller = CallerId(self.next_caller);
         self.calls.insert(caller, Call { node: i, pending });
         self.call_node(i, caller, command);
+    }
+
+    /// A Register; every other one carries its card's vector (as the daemon's does when the
+    /// embedding workers had the text's already), which every replica must apply alike (the
+    /// replicas' snapshots are compared).
+    fn register_call(&mut self) -> (&'static str, Command, Pending) {
+        let n = self.rng.below(20);
+        let card = AgentCard {
+            name: format!("agent-{n}"),
+            ..AgentCard::default()
+        };
+        let ttl_seconds = self.rng.range(2, 10) as u32;
+        // A function of the card (no draw): the runs of seeds without it stay as they were.
+        let vector = n.is_multiple_of(2).then(|| {
+            std::sync::Arc::new(CardVector {
+                card_digest: card_digest(&card),
+                vector: crate::vectors::card_vector(0, false, n, false),
+            })
+        });
+        let name = if vector.is_some() {
+            "register_with_vector"
+        } else {
+            "register"
+        };
+        let command = Command::Register {
+            card,
+            ttl_seconds,
+            vector,
+        };
+        (name, command, Pending::Register)
     }
 
     /// A policy call, entered in the history as invoked now.
@@ -1069,6 +1091,7 @@ impl ClusterSim {
                         ..AgentCard::default()
                     },
                     ttl_seconds: 60,
+                    vector: None,
                 };
                 self.call_node(leader, caller, command);
                 write = Some(caller);

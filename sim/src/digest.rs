@@ -186,6 +186,8 @@ impl Digest {
                 self.tag(18);
                 self.u64(view.now);
                 self.u64(view.stats.sequence_next);
+                // The card vectors held: what Registers carrying vectors and SetCardVectors left.
+                self.u64(view.stats.card_vectors as u64);
                 self.u64(view.agents.len() as u64);
                 view.agents.iter().for_each(|a| self.agent(a));
                 self.u64(view.leases.len() as u64);

@@ -289,6 +289,7 @@ mod tests {
                 ..Default::default()
             },
             ttl_seconds: 10,
+            vector: None,
         };
         image.stage(
             1,

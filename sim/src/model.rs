@@ -30,7 +30,8 @@ use std::sync::Arc;
 use agentkeeper::core::elections::GroupListing;
 use agentkeeper::core::events::{AgentView, ElectionView, LeaseView, SubscriberId};
 use agentkeeper::core::listing::Overview;
-use agentkeeper::core::search::card_text::card_digest as card_digest_of;
+use agentkeeper::core::search::card_text::{CardDigest, card_digest as card_digest_of};
+use agentkeeper::core::search::vectors::ModelVector;
 use agentkeeper::core::tasks::{TaskStatus, TaskView, WaiterId};
 use agentkeeper::core::types::{AgentCard, AgentId, AgentStatus, Decision, Effect, Id128, Millis, Policy};
 use agentkeeper::core::{
@@ -660,7 +661,20 @@ impl Model {
     pub fn apply(&mut self, now: Millis, command: &Command, core: &Outcome) -> Expected {
         self.tick(now);
         match command {
-            Command::Register { card, ttl_seconds } => self.register(card, *ttl_seconds, core),
+            Command::Register {
+                card,
+                ttl_seconds,
+                vector,
+            } => {
+                let registered = self.register(card, *ttl_seconds, core)?;
+                if let Some(vector) = vector {
+                    // Taken as a SetCardVector right after would be, or left out: the
+                    // registration stands either way.
+                    let index = self.agents.len() - 1;
+                    let _refused = self.give_card_vector(index, &vector.card_digest, &vector.vector);
+                }
+                Ok(registered)
+            }
             // The simulator's clients number no request (the core's sessions are unit-tested).
             Command::Once { .. } => unreachable!("the simulator's clients send no numbered request"),
             Command::Heartbeat { agent_id } => self.heartbeat(agent_id),
@@ -689,15 +703,7 @@ impl Model {
                 vector,
             } => {
                 let index = self.live_agent_index(agent_id).ok_or(ErrorCode::NotFound)?;
-                if card_digest_of(&self.agents[index].card) != *card_digest {
-                    return Err(ErrorCode::FailedPrecondition);
-                }
-                // A bad model name or vector is refused; the model counts the vectors, it does not
-                // rank by them (the simulator's models and dimensions stay within the core's four).
-                use agentkeeper::core::search::vectors::{check_model_name, unit};
-                check_model_name(&vector.model).map_err(|_| ErrorCode::InvalidArgument)?;
-                unit(&vector.values).map_err(|_| ErrorCode::InvalidArgument)?;
-                self.agents[index].has_vector = true;
+                self.give_card_vector(index, card_digest, vector)?;
                 Ok(Reply::Done)
             }
             Command::Watch { topics, from_sequence } => self.watch(topics, *from_sequence),
@@ -1046,6 +1052,25 @@ impl Model {
                 .filter(|a| a.status != AgentStatus::Dead && a.has_vector)
                 .count(),
         }
+    }
+
+    /// The live agent at `index` takes `vector` if its card's digest is `card_digest` and the
+    /// vector is sound. The model counts the vectors, it does not rank by them (the
+    /// simulator's models and dimensions stay within the core's four).
+    fn give_card_vector(
+        &mut self,
+        index: usize,
+        card_digest: &CardDigest,
+        vector: &ModelVector,
+    ) -> Result<(), ErrorCode> {
+        if card_digest_of(&self.agents[index].card) != *card_digest {
+            return Err(ErrorCode::FailedPrecondition);
+        }
+        use agentkeeper::core::search::vectors::{check_model_name, unit};
+        check_model_name(&vector.model).map_err(|_| ErrorCode::InvalidArgument)?;
+        unit(&vector.values).map_err(|_| ErrorCode::InvalidArgument)?;
+        self.agents[index].has_vector = true;
+        Ok(())
     }
 
     fn register(&mut self, card: &AgentCard, ttl_seconds: u32, core: &Outcome) -> Expected {
@@ -1619,7 +1644,15 @@ mod tests {
         let id = Id128(7);
         let registered: Outcome = Ok(Reply::Registered { agent_id: id });
         model
-            .apply(0, &Command::Register { card, ttl_seconds: 1 }, &registered)
+            .apply(
+                0,
+                &Command::Register {
+                    card,
+                    ttl_seconds: 1,
+                    vector: None,
+                },
+                &registered,
+            )
             .unwrap();
         let acquire = Command::AcquireLease {
             task_id: "k".into(),
@@ -1644,7 +1677,15 @@ mod tests {
             };
             let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(id) });
             model
-                .apply(0, &Command::Register { card, ttl_seconds }, &registered)
+                .apply(
+                    0,
+                    &Command::Register {
+                        card,
+                        ttl_seconds,
+                        vector: None,
+                    },
+                    &registered,
+                )
                 .unwrap();
         }
         let create = Command::CreateTask {
@@ -1701,7 +1742,15 @@ mod tests {
         };
         let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(7) });
         model
-            .apply(0, &Command::Register { card, ttl_seconds: 1 }, &registered)
+            .apply(
+                0,
+                &Command::Register {
+                    card,
+                    ttl_seconds: 1,
+                    vector: None,
+                },
+                &registered,
+            )
             .unwrap();
         let acquire = Command::AcquireLease {
             task_id: "k".into(),

@@ -72,9 +72,12 @@ pub enum PageRef {
 pub enum Op {
     /// Time moves to the step's timestamp and due deadlines fire (`Core::tick`).
     Tick,
+    /// `vector`: the card's vector riding in the Register, as the daemon sends it when the
+    /// embedding workers had the text's already (traces written before it have none).
     Register {
         card: AgentCard,
         ttl_seconds: u32,
+        vector: Option<RegisterVector>,
     },
     Heartbeat {
         agent: AgentRef,
@@ -233,6 +236,18 @@ pub enum Op {
 }
 
 /// The write a crash cut: the command whose record it was, and how it was cut.
+/// A card vector inside a Register: model `model` (`vectors::MODELS`), its other dimension if
+/// `other_dims`, values from `seed` (all zeros if `zero`), named by the digest of the card's
+/// text, or of another text if `stale` (what the core must leave out, keeping the registration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterVector {
+    pub model: u8,
+    pub other_dims: bool,
+    pub seed: u64,
+    pub zero: bool,
+    pub stale: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TornWrite {
     pub op: Op,
@@ -788,20 +803,34 @@ impl fmt::Display for Op {
         write!(f, "{}", self.name())?;
         match self {
             Op::Tick => Ok(()),
-            Op::Register { card, ttl_seconds } => write!(
-                f,
-                " ttl={ttl_seconds} name={} desc={} version={} tools={} caps={} meta={}",
-                quoted(&card.name),
-                quoted(&card.description),
-                quoted(&card.version),
-                list(&card.tools),
-                pairs(
-                    card.capabilities
-                        .iter()
-                        .map(|c| (c.name.as_str(), c.description.as_str()))
-                ),
-                pairs(card.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            ),
+            Op::Register {
+                card,
+                ttl_seconds,
+                vector,
+            } => {
+                write!(
+                    f,
+                    " ttl={ttl_seconds} name={} desc={} version={} tools={} caps={} meta={}",
+                    quoted(&card.name),
+                    quoted(&card.description),
+                    quoted(&card.version),
+                    list(&card.tools),
+                    pairs(
+                        card.capabilities
+                            .iter()
+                            .map(|c| (c.name.as_str(), c.description.as_str()))
+                    ),
+                    pairs(card.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                )?;
+                let Some(v) = vector else { return Ok(()) };
+                let (other_dims, zero, stale) = (u8::from(v.other_dims), u8::from(v.zero), u8::from(v.stale));
+                write!(
+                    f,
+                    " vector_model={} vector_other_dims={other_dims} vector_seed={} vector_zero={zero} \
+                     vector_stale={stale}",
+                    v.model, v.seed
+                )
+            }
             Op::Heartbeat { agent } | Op::Deregister { agent } | Op::GetAgent { agent } => write!(f, " agent={agent}"),
             Op::Find { query, tools, limit } => {
                 write!(f, " query={} tools={} limit={limit}", quoted(query), list(tools))
@@ -1276,6 +1305,7 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
                 metadata: fields.pairs("meta")?,
                 a2a_card: String::new(),
             },
+            vector: register_vector(&fields)?,
         },
         "heartbeat" => Op::Heartbeat { agent: fields.agent()? },
         "deregister" => Op::Deregister { agent: fields.agent()? },
@@ -1411,6 +1441,20 @@ fn parse_op(tokens: &[Token]) -> Result<(Op, bool), String> {
     Ok((op, lost))
 }
 
+/// A Register's card vector, if the step names one (`vector_seed` and the rest).
+fn register_vector(fields: &Fields) -> Result<Option<RegisterVector>, String> {
+    if !fields.0.iter().any(|(k, _)| k == "vector_seed") {
+        return Ok(None);
+    }
+    Ok(Some(RegisterVector {
+        model: fields.number("vector_model")?,
+        other_dims: fields.number::<u8>("vector_other_dims")? != 0,
+        seed: fields.number("vector_seed")?,
+        zero: fields.number::<u8>("vector_zero")? != 0,
+        stale: fields.number::<u8>("vector_stale")? != 0,
+    }))
+}
+
 /// A card digest from its 64 hex digits.
 fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
     let bad = || format!("a digest is 64 hex digits, not {hex:?}");
@@ -1510,6 +1554,21 @@ mod tests {
                 a2a_card: String::new(),
             },
             ttl_seconds: 86_401,
+            vector: None,
+        });
+        roundtrip(Op::Register {
+            card: AgentCard {
+                name: "b".into(),
+                ..AgentCard::default()
+            },
+            ttl_seconds: 5,
+            vector: Some(RegisterVector {
+                model: 2,
+                other_dims: true,
+                seed: u64::MAX,
+                zero: false,
+                stale: true,
+            }),
         });
         roundtrip(Op::Heartbeat {
             agent: AgentRef::Registered(3),

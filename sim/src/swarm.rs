@@ -18,7 +18,8 @@ use crate::rng::Rng;
 mod keep_alive;
 use crate::runner::Runner;
 use crate::step::{
-    AgentRef, ClaimRef, Io, Op, PageRef, Planted, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef, TornWrite,
+    AgentRef, ClaimRef, Io, Op, PageRef, Planted, RegisterVector, SimConfig, Step, SubRef, TaskRef, Tear, TokenRef,
+    TornWrite,
 };
 
 /// Populations stay small so that O(state) checks after every step stay cheap.
@@ -56,6 +57,11 @@ const IO_STREAM: u64 = 3;
 /// The card vectors' stream (`card_vector`): whether a step is an embedding worker's
 /// SetCardVector, and what it carries.
 const VECTOR_STREAM: u64 = 6;
+/// Whether a Register carries its card's vector, and which: a stream of its own, so that the
+/// SetCardVector steps of the vector stream stay as they were before Registers carried vectors.
+const REGISTER_VECTOR_STREAM: u64 = 27;
+/// The share of Registers that carry their card's vector, in seeds with card vectors (per mille).
+const REGISTER_VECTOR_PER_MILLE: u32 = 400;
 
 /// The op kinds of a task step, weighed per seed: `claim_lease` is an AcquireLease, RenewLease
 /// or ReleaseLease on a task's id.
@@ -340,6 +346,8 @@ pub struct Generator {
     vector_rng: Rng,
     /// The share of steps that are SetCardVectors (per mille; 0 for some seeds).
     vector_per_mille: u32,
+    /// Whether a Register carries its card's vector, and its vector: a stream apart.
+    register_vector_rng: Rng,
     /// Whether a step is a keep-alive message (at `keepalive_per_mille`): a stream apart.
     keepalive_rng: Rng,
     keepalive_per_mille: u32,
@@ -380,6 +388,7 @@ impl Generator {
             io_rng,
             vector_rng,
             vector_per_mille,
+            register_vector_rng: Rng::stream(seed, REGISTER_VECTOR_STREAM),
             keepalive_rng,
             keepalive_per_mille,
             config: SimConfig {
@@ -719,7 +728,29 @@ impl Generator {
                 _ => ttl_seconds = 86_401,
             }
         }
-        Op::Register { card, ttl_seconds }
+        let vector = self.register_vector();
+        Op::Register {
+            card,
+            ttl_seconds,
+            vector,
+        }
+    }
+
+    /// The vector a Register carries, if the vector stream says so (seeds with card vectors
+    /// only): as an embedding worker's cache would give it, now and then stale (the core leaves
+    /// it out and registers the card) or a zero vector (refused the same way).
+    fn register_vector(&mut self) -> Option<RegisterVector> {
+        let rng = &mut self.register_vector_rng;
+        if self.vector_per_mille == 0 || !rng.chance(REGISTER_VECTOR_PER_MILLE) {
+            return None;
+        }
+        Some(RegisterVector {
+            model: rng.below(crate::vectors::MODELS.len() as u64) as u8,
+            other_dims: rng.chance(100),
+            seed: rng.u64(),
+            zero: rng.chance(20),
+            stale: rng.chance(50),
+        })
     }
 
     /// A known agent (gone ones included), or now and then an id the core never issued.
@@ -1240,7 +1271,7 @@ impl Generator {
     pub fn observe(&mut self, step: &Step, reply: Option<&Outcome>) {
         let now = self.now;
         match (&step.op, reply) {
-            (Op::Register { ttl_seconds, card }, Some(Ok(Reply::Registered { .. }))) => {
+            (Op::Register { ttl_seconds, card, .. }, Some(Ok(Reply::Registered { .. }))) => {
                 let temperament = match self.rng.weighted(&self.swarm.temperaments) {
                     Some(0) | None => Temperament::Punctual,
                     Some(1) => Temperament::Late,

@@ -1,13 +1,17 @@
 //! The simulator's synthetic sentence vectors: what an embedding worker would send, made from a
-//! seed instead of a model. Card vectors (`Op::SetCardVector`) come from the vector stream of the
-//! generator; a Find's query vector is a function of its query text, so `Op::Find` and the
-//! traces stay as they were. Three models, two of them of the same dimension, and a second
+//! seed instead of a model. Card vectors (`Op::SetCardVector`, and those riding in an
+//! `Op::Register`) come from the vector stream of the generator; a Find's query vector is a
+//! function of its query text, so `Op::Find` and the traces stay as they were. Three models, two of them of the same dimension, and a second
 //! dimension for one: the core must keep all four apart.
 //!
 //! Architecture invariant: pure functions of their inputs (no RNG state, no clock): a trace
 //! replays to the same vectors.
 
-use agentkeeper::core::search::vectors::{BUILTIN_MODEL, ModelVector};
+use agentkeeper::core::search::card_text::card_digest;
+use agentkeeper::core::search::vectors::{BUILTIN_MODEL, CardVector, ModelVector};
+use agentkeeper::core::types::AgentCard;
+
+use crate::step::RegisterVector;
 
 /// The models the simulated workers name, each with its usual dimension.
 pub const MODELS: [(&str, usize); 3] = [(BUILTIN_MODEL, 8), ("sim-embed-a", 8), ("sim-embed-b", 5)];
@@ -43,6 +47,19 @@ pub fn card_vector(model: u8, other_dims: bool, seed: u64, zero: bool) -> ModelV
         dims
     };
     ModelVector::new(name, values(seed, dims, zero))
+}
+
+/// The vector a Register step carries for `card`: `card_vector`'s, named by the card's digest
+/// (one bit off if `stale`).
+pub fn register_vector(card: &AgentCard, vector: &RegisterVector) -> CardVector {
+    let mut digest = card_digest(card);
+    if vector.stale {
+        digest.0[0] ^= 1;
+    }
+    CardVector {
+        card_digest: digest,
+        vector: card_vector(vector.model, vector.other_dims, vector.seed, vector.zero),
+    }
 }
 
 /// A Find's query vector, decided by its text (FNV-1a): none for a quarter of the queries (and

@@ -43,6 +43,12 @@ fn the_seeds_strike_every_fault_and_leadership_changes_hands() {
         );
     }
     assert!(struck["terms_led"] > 4, "leadership hardly moved: {struck:?}");
+    // Registers carried their cards' vectors, which every replica applied alike (the replicas'
+    // states are compared).
+    assert!(
+        struck.get("register_with_vector").copied().unwrap_or(0) > 0,
+        "{struck:?}"
+    );
     // Writes were acknowledged and refused alike.
     assert!(
         struck["acquire"] > 100 && struck["answered_unavailable"] > 0,

@@ -4,7 +4,8 @@
 //! callers are gone, strike the disk with every fault (slow, failed and short writes, a crash
 //! right after a write), and provoke every error class the workload can, with no violation.
 //! The core's vector paths run too: card vectors applied, refused as stale, invalid or for a gone
-//! agent, held of several models at once, and Finds ranked with a query vector.
+//! agent, held of several models at once, taken inside a Register or left out of it, and Finds
+//! ranked with a query vector.
 //! Seeds run on two threads. Seeds 11 and 12 are there for their crashes, seed 57 for a crash that
 //! drops waiting claims.
 
@@ -102,6 +103,8 @@ fn fixed_seeds_cover_every_op_fault_and_error_class_without_violations() {
         "card_vector_agent_gone",
         "several_models_held",
         "find_with_vector",
+        "register_vector_applied",
+        "register_vector_left_out",
     ] {
         assert!(
             vectors.get(path).is_some_and(|&n| n > 0),

@@ -202,6 +202,7 @@ fn register(name: &str) -> Command {
             ..Default::default()
         },
         ttl_seconds: 60,
+        vector: None,
     }
 }
 
@@ -751,4 +752,73 @@ fn a_card_vector_sent_to_a_follower_replicates_inside_its_command_and_every_repl
     let states: Vec<_> = net.nodes.iter().map(|n| n.machine().core().snapshot()).collect();
     assert!(states.iter().all(|s| *s == states[0]), "replicas differ");
     assert_eq!(states[0].agents.iter().filter(|a| a.vector.is_some()).count(), 2);
+}
+
+#[test]
+fn a_register_with_its_cards_vector_sent_to_a_follower_replicates_and_applies_alike_on_every_node() {
+    use crate::core::search::card_text::card_digest;
+    use crate::core::search::vectors::CardVector;
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+    // The follower's side had the vectors cached: each rides in its Register, forwarded to the
+    // leader, proposed and applied by every replica (one entry, no SetCardVector).
+    let cases = [
+        (1, "alpha", [1.0f32, 0.0], true),
+        (2, "beta", [0.0, 1.0], true),
+        (3, "gamma", [0.0, 1.0], false),
+    ];
+    for (caller, name, vector, fresh) in cases {
+        let Command::Register { card, ttl_seconds, .. } = register(name) else {
+            unreachable!("a Register")
+        };
+        // gamma's vector names another card: every replica leaves it out alike.
+        let digest = if fresh {
+            card_digest(&card)
+        } else {
+            card_digest(&card_named("someone-else"))
+        };
+        let command = Command::Register {
+            card,
+            ttl_seconds,
+            vector: Some(std::sync::Arc::new(CardVector {
+                card_digest: digest,
+                vector: ModelVector::new("test-model", &vector[..]),
+            })),
+        };
+        let outcome = net.call(follower, caller, command);
+        assert!(matches!(outcome, Ok(Reply::Registered { .. })), "{outcome:?}");
+    }
+    for node in 1..=3 {
+        let find = Command::Find {
+            query: "zzz".into(),
+            tools: vec![],
+            limit: 3,
+            vector: Some(ModelVector::new("test-model", &[0.1f32, 1.0][..])),
+        };
+        let Ok(Reply::Agents(found)) = net.call(node, 20 + node, find) else {
+            panic!("find failed on node {node}");
+        };
+        let names: Vec<&str> = found.iter().map(|a| a.card.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["beta", "alpha", "gamma"],
+            "node {node} ranks with the vectors replicated inside the Registers"
+        );
+    }
+    let states: Vec<_> = net.nodes.iter().map(|n| n.machine().core().snapshot()).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "replicas differ");
+    let with_vector: Vec<&str> = (states[0].agents.iter())
+        .filter(|a| a.vector.is_some())
+        .map(|a| a.card.name.as_str())
+        .collect();
+    assert_eq!(with_vector, ["alpha", "beta"]);
+}
+
+fn card_named(name: &str) -> crate::core::types::AgentCard {
+    let Command::Register { card, .. } = register(name) else {
+        unreachable!("a Register")
+    };
+    card
 }

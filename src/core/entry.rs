@@ -10,6 +10,7 @@ use super::types::{Millis, TokenId};
 /// One input of the core. Replaying entries in order through a core built from the log's header
 /// (or a snapshot) rebuilds the exact state: ids, tokens, terms and sequence numbers included.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // almost every entry is an Apply, and boxing would cost each one
 pub enum Entry {
     /// A state-changing command, applied at `now` on behalf of `principal` (the agent token
     /// that made the call, if one did).

@@ -30,6 +30,12 @@ impl Core {
             .collect()
     }
 
+    /// The model of `agent_id`'s card vector, if the agent is known and has one.
+    pub fn card_vector_model(&self, agent_id: &str) -> Option<Arc<str>> {
+        let key = self.registry.lookup(agent_id).ok()?;
+        self.registry.search.vector(key).map(|(model, _)| Arc::clone(model))
+    }
+
     /// Every lease held, by key.
     pub fn leases(&self) -> Vec<LeaseView> {
         let mut leases: Vec<LeaseView> = self.leases.iter().map(|lease| lease.view()).collect();

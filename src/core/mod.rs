@@ -36,7 +36,7 @@ use ids::IdSource;
 use leases::LeaseTable;
 use registry::Registry;
 use search::card_text::CardDigest;
-use search::vectors::ModelVector;
+use search::vectors::{CardVector, ModelVector};
 use tasks::{TaskQueue, TaskStatus, TaskView, WaiterId};
 use timers::TimerWheel;
 use types::{AgentCard, Decision, Millis, Policy, TokenId};
@@ -136,9 +136,15 @@ impl Default for CoreConfig {
 /// own versioned record type (`store::format`), never as this enum, and replays them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
+    /// `vector`: the card's vector, when the daemon had its text's already (the embedding
+    /// workers' cache; raised by the daemon, never by a client): applied with the registration
+    /// exactly as a `SetCardVector` right after it would be, and left out (the card stays
+    /// lexical until a `SetCardVector` gives it one) where that would be refused. One command
+    /// and one log record where there were two.
     Register {
         card: AgentCard,
         ttl_seconds: u32,
+        vector: Option<Arc<CardVector>>,
     },
     /// A creating write (Register or CreateTask) numbered by its client: applied once however
     /// often it comes, and answered as the first time (`core::sessions`).
@@ -656,7 +662,11 @@ impl Core {
     /// Runs one command (its time already set, its caller's ownership checked).
     pub(super) fn execute(&mut self, command: Command, principal: Option<TokenId>) -> Outcome {
         match command {
-            Command::Register { card, ttl_seconds } => self.register(card, ttl_seconds, principal),
+            Command::Register {
+                card,
+                ttl_seconds,
+                vector,
+            } => self.register(card, ttl_seconds, vector, principal),
             Command::Once { .. } => Err(CoreError::new(
                 ErrorCode::InvalidArgument,
                 "a numbered request inside another",

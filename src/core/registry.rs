@@ -14,7 +14,7 @@ use slab::Slab;
 use super::events::{AgentView, EventPayload, Topic};
 use super::search::SearchIndex;
 use super::search::card_text::{CardDigest, card_digest};
-use super::search::vectors::{ModelVector, check_model_name, unit};
+use super::search::vectors::{CardVector, ModelVector, check_model_name, unit};
 use super::timers::{TimerKey, TimerWheel};
 use super::types::{AgentCard, AgentId, AgentStatus, Map, Millis, TokenId, new_map};
 use super::validate;
@@ -327,7 +327,15 @@ impl Registry {
 }
 
 impl Core {
-    pub(super) fn register(&mut self, card: AgentCard, ttl_seconds: u32, owner: Option<TokenId>) -> Outcome {
+    /// Registers `card`; with `vector`, the new agent has it at once if `set_card_vector` would
+    /// take it (else it goes without, and the registration stands).
+    pub(super) fn register(
+        &mut self,
+        card: AgentCard,
+        ttl_seconds: u32,
+        vector: Option<Arc<CardVector>>,
+        owner: Option<TokenId>,
+    ) -> Outcome {
         validate::card(&card)?;
         let ttl_ms = validate::ttl_ms(ttl_seconds, validate::AGENT_TTL_SECONDS_DEFAULT)?;
         if self.registry.agents.len() >= self.config.agents_max {
@@ -363,6 +371,12 @@ impl Core {
         let view = agent.view();
         registry.by_id.insert(id, key);
         registry.file(key);
+        if let Some(vector) = vector {
+            // A vector the daemon could not have meant for this card (another text's digest, a
+            // model beyond the bound) is left out, as SetCardVector would refuse it: the
+            // registration does not depend on the encoder.
+            let _refused = self.give_card_vector(key, vector.card_digest, &vector.vector);
+        }
         self.emit(Topic::AgentRegistered, EventPayload::Agent(view));
         Ok(Reply::Registered { agent_id: id })
     }
@@ -398,11 +412,20 @@ impl Core {
     /// nothing).
     pub(super) fn set_card_vector(&mut self, agent_id: &str, digest: CardDigest, vector: &ModelVector) -> Outcome {
         let key = self.registry.lookup_live(agent_id)?;
+        self.give_card_vector(key, digest, vector)?;
+        Ok(Reply::Done)
+    }
+
+    /// Gives the searchable agent `key` its card vector if its card is the one `digest` names
+    /// and the vector is one the index takes; a refusal changes nothing. SetCardVector's rule,
+    /// and Register's for a vector that comes with the card.
+    fn give_card_vector(&mut self, key: usize, digest: CardDigest, vector: &ModelVector) -> Result<(), CoreError> {
         let agent = self.registry.get(key);
+        debug_assert_ne!(agent.status, AgentStatus::Dead, "a dead agent is not searchable");
         if card_digest(&agent.card) != digest {
             return Err(CoreError::new(
                 ErrorCode::FailedPrecondition,
-                format!("agent {agent_id}'s card is not the one the vector was computed from"),
+                format!("agent {}'s card is not the one the vector was computed from", agent.id),
             ));
         }
         let invalid = |why: String| CoreError::new(ErrorCode::InvalidArgument, why);
@@ -413,7 +436,7 @@ impl Core {
             .set_vector(key, &vector.model, &values)
             .map_err(|why| CoreError::new(ErrorCode::FailedPrecondition, why))?;
         debug_assert!(self.registry.search.vector(key).is_some());
-        Ok(Reply::Done)
+        Ok(())
     }
 
     pub(super) fn get_agent(&self, agent_id: &str) -> Outcome {

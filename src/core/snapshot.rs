@@ -421,6 +421,7 @@ mod tests {
                         ..AgentCard::default()
                     },
                     ttl_seconds: 1 + self.next(4) as u32,
+                    vector: None,
                 },
                 2 | 3 => Command::Heartbeat { agent_id: self.agent() },
                 4 => Command::Deregister { agent_id: self.agent() },

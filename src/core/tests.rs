@@ -70,7 +70,11 @@ impl Harness {
             tools: tools.iter().map(|t| t.to_string()).collect(),
             ..AgentCard::default()
         };
-        match self.ok(Command::Register { card, ttl_seconds }) {
+        match self.ok(Command::Register {
+            card,
+            ttl_seconds,
+            vector: None,
+        }) {
             Reply::Registered { agent_id } => agent_id.to_string(),
             other => panic!("unexpected {other:?}"),
         }
@@ -191,6 +195,7 @@ fn register_ttl_zero_means_thirty_seconds_and_bounds_are_enforced() {
     let error = h.err(Command::Register {
         card: card.clone(),
         ttl_seconds: 86_401,
+        vector: None,
     });
     assert_eq!(error.code, ErrorCode::InvalidArgument);
     assert!(
@@ -201,6 +206,7 @@ fn register_ttl_zero_means_thirty_seconds_and_bounds_are_enforced() {
     let id = match h.ok(Command::Register {
         card,
         ttl_seconds: 86_400,
+        vector: None,
     }) {
         Reply::Registered { agent_id } => agent_id.to_string(),
         other => panic!("{other:?}"),
@@ -304,7 +310,11 @@ fn register_rejects_each_invalid_card_field_naming_it_and_changes_nothing() {
     ];
     h.topics();
     for (card, field) in cases {
-        let error = h.err(Command::Register { card, ttl_seconds: 10 });
+        let error = h.err(Command::Register {
+            card,
+            ttl_seconds: 10,
+            vector: None,
+        });
         assert_eq!(error.code, ErrorCode::InvalidArgument, "{field}");
         assert!(
             error.message.starts_with(field),
@@ -494,6 +504,7 @@ fn find_query_ranks_every_candidate_without_filtering() {
         h.ok(Command::Register {
             card: card(name, description),
             ttl_seconds: 10,
+            vector: None,
         });
     }
     let ranked = h.find("fetch and parse web pages", &[], 0);
@@ -1101,7 +1112,11 @@ fn agents_limit_is_resource_exhausted_and_changes_nothing() {
         name: "b".into(),
         ..AgentCard::default()
     };
-    let error = h.err(Command::Register { card, ttl_seconds: 60 });
+    let error = h.err(Command::Register {
+        card,
+        ttl_seconds: 60,
+        vector: None,
+    });
     assert_eq!(error.code, ErrorCode::ResourceExhausted);
     assert_eq!(h.core.stats().agents_alive, 1);
 }
@@ -1318,7 +1333,11 @@ fn an_agent_token_acts_only_for_its_own_agents_across_a_snapshot_until_the_agent
         name: "bound".into(),
         ..AgentCard::default()
     };
-    let register = Command::Register { card, ttl_seconds: 10 };
+    let register = Command::Register {
+        card,
+        ttl_seconds: 10,
+        vector: None,
+    };
     let Ok(Reply::Registered { agent_id }) = h.core.apply_as(h.now, register, Some(mine)) else {
         panic!("registers")
     };
@@ -1382,6 +1401,7 @@ fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as
             ..AgentCard::default()
         },
         ttl_seconds: 60,
+        vector: None,
     };
     let create = || Command::CreateTask {
         kind: "build".into(),
@@ -1427,6 +1447,7 @@ fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as
     let bad = Command::Register {
         card: AgentCard::default(),
         ttl_seconds: 60,
+        vector: None,
     };
     assert!(
         restored.apply(T0 + 12, numbered(5, bad)).is_err(),

@@ -32,7 +32,14 @@ fn a_full_bulk_lane_sheds_bulk_work_but_heartbeats_still_keep_an_agent_alive() {
         name: "live".into(),
         ..AgentCard::default()
     };
-    let Ok(Reply::Registered { agent_id }) = core.apply(T0, Command::Register { card, ttl_seconds: 1 }) else {
+    let Ok(Reply::Registered { agent_id }) = core.apply(
+        T0,
+        Command::Register {
+            card,
+            ttl_seconds: 1,
+            vector: None,
+        },
+    ) else {
         panic!("registers")
     };
     let agent_id = agent_id.to_string();

@@ -1,8 +1,10 @@
 //! The embedding workers: a few threads that turn card texts and queries into vectors (from
 //! `sources`: the external embedder or the built-in encoder), off the core's thread and the
-//! network threads. A registered card's vector goes to the core as `SetCardVector` (Register has
-//! long been answered); a query's vector comes back to the Find that waits for it, at most
-//! `QUERY_WAIT_MAX`. Card texts waiting together go in one request (`http::BATCH_MAX` at most).
+//! network threads. A card whose text's vector is cached already gets it inside its Register
+//! (`Embedder::before_register`: one core command and one log record); any other card's vector
+//! goes to the core as `SetCardVector` once encoded (Register has long been answered); a query's
+//! vector comes back to the Find that waits for it, at most `QUERY_WAIT_MAX`. Card texts waiting
+//! together go in one request (`http::BATCH_MAX` at most).
 //!
 //! Architecture invariant: nothing here blocks a network thread or the core: jobs go into
 //! bounded queues with `try_send` (full: shed, counted in `agentkeeper_embed_total{outcome=
@@ -21,7 +23,7 @@ use tokio::sync::oneshot;
 use super::http::BATCH_MAX;
 use super::sources::{Kind, Sources};
 use crate::core::search::card_text::{CardDigest, card_text, text_digest};
-use crate::core::search::vectors::ModelVector;
+use crate::core::search::vectors::{CardVector, ModelVector};
 use crate::core::types::{AgentCard, Map, new_map};
 use crate::core::{Command, ErrorCode};
 use crate::driver::{CoreHandle, Request};
@@ -47,9 +49,10 @@ enum Job {
     },
 }
 
-/// A card text's vector, or the agents waiting for it to be encoded.
+/// A card text's vector (shared with the Registers that carry it), or the agents waiting for
+/// it to be encoded.
 enum Cached {
-    Ready(ModelVector),
+    Ready(Arc<CardVector>),
     Pending(Vec<String>),
 }
 
@@ -68,6 +71,21 @@ pub(super) struct Pool {
     /// The model the cards' vectors should come from (see `Sources::primary_model`).
     primary: Arc<str>,
     sources: Arc<Sources>,
+}
+
+/// What the workers know of a card about to be registered (`Embedder::before_register`).
+pub enum CardLookup {
+    /// Its text's vector of the primary model is cached: it goes inside the Register.
+    Cached(Arc<CardVector>),
+    /// Not yet: once the agent has its id, `Embedder::card_registered` queues the text (or
+    /// joins the agents waiting for it).
+    Pending(PendingCard),
+}
+
+/// A card text the cache has no vector for yet, and its digest.
+pub struct PendingCard {
+    digest: CardDigest,
+    text: String,
 }
 
 /// The network side's handle on the workers; `none()` when there is no model (lexical Find).
@@ -121,10 +139,27 @@ impl Embedder {
         self.pool.is_some()
     }
 
-    /// A card was registered as `agent_id`: its vector will follow (at once if its text was seen).
-    pub fn card_registered(&self, agent_id: &str, card: &AgentCard) {
+    /// Looks `card`'s text up before its Register goes to the core: a cached vector rides in the
+    /// Register (counted as `outcome="inline"`); else the card is `Pending` for
+    /// `card_registered`. `None` without a model.
+    pub fn before_register(&self, card: &AgentCard) -> Option<CardLookup> {
+        let pool = self.pool.as_ref()?;
+        let text = card_text(card);
+        let digest = text_digest(&text);
+        Some(match pool.cached(digest) {
+            Some(vector) => {
+                pool.count("card", "inline");
+                CardLookup::Cached(vector)
+            }
+            None => CardLookup::Pending(PendingCard { digest, text }),
+        })
+    }
+
+    /// A card whose vector was not cached was registered as `agent_id`: its vector will follow
+    /// (at once if its text's has come in since).
+    pub fn card_registered(&self, agent_id: &str, card: PendingCard) {
         let Some(pool) = &self.pool else { return };
-        pool.enqueue(agent_id, card_text(card), Duration::ZERO);
+        pool.enqueue(agent_id, card.digest, card.text, Duration::ZERO);
     }
 
     /// `query`'s vector, or `None` (no model, the queue full, or no answer within
@@ -155,15 +190,25 @@ impl Embedder {
 }
 
 impl Pool {
-    /// `agent_id`'s card has `text`: its vector goes to the core at once if the cache has it,
-    /// after the text's encoding if that is under way, else the text is queued (full: shed).
-    /// `patience`: how long a full core queue is retried (zero on a network thread).
-    fn enqueue(&self, agent_id: &str, text: String, patience: Duration) {
-        let digest = text_digest(&text);
+    /// The primary model's vector of the text with `digest`, if it is cached.
+    fn cached(&self, digest: CardDigest) -> Option<Arc<CardVector>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.entries.get(&digest) {
+            Some(Cached::Ready(vector)) => Some(Arc::clone(vector)),
+            Some(Cached::Pending(_)) | None => None,
+        }
+    }
+
+    /// `agent_id`'s card has `text` (whose digest is `digest`): its vector goes to the core at
+    /// once if the cache has it, after the text's encoding if that is under way, else the text
+    /// is queued (full: shed). `patience`: how long a full core queue is retried (zero on a
+    /// network thread).
+    fn enqueue(&self, agent_id: &str, digest: CardDigest, text: String, patience: Duration) {
+        debug_assert_eq!(digest, text_digest(&text));
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         match cache.entries.get_mut(&digest) {
-            Some(Cached::Ready(vector)) => {
-                let vector = vector.clone();
+            Some(Cached::Ready(cached)) => {
+                let vector = cached.vector.clone();
                 drop(cache);
                 self.count("card", "cached");
                 self.offer(agent_id, digest, vector, patience);
@@ -187,7 +232,7 @@ impl Pool {
 
     /// The background pass found `agent_id`'s card (`text`) without a vector of the primary model.
     pub(super) fn card_lacking_vector(&self, agent_id: &str, text: &str) {
-        self.enqueue(agent_id, text.to_string(), CORE_QUEUE_PATIENCE);
+        self.enqueue(agent_id, text_digest(text), text.to_string(), CORE_QUEUE_PATIENCE);
     }
 
     /// Card texts waiting for a worker.
@@ -259,7 +304,11 @@ impl Pool {
                 _ => Vec::new(),
             };
         }
-        let waiting = match cache.entries.insert(digest, Cached::Ready(vector.clone())) {
+        let card_vector = Arc::new(CardVector {
+            card_digest: digest,
+            vector: vector.clone(),
+        });
+        let waiting = match cache.entries.insert(digest, Cached::Ready(card_vector)) {
             Some(Cached::Pending(waiting)) => waiting,
             _ => Vec::new(),
         };

@@ -21,6 +21,7 @@ use crate::core::types::TokenId;
 use crate::core::{Command, Event, Reply};
 use crate::driver::CoreHandle;
 use crate::embed::Embedder;
+use crate::embed::workers::CardLookup;
 use crate::metrics::Metrics;
 use crate::proto as pb;
 
@@ -278,18 +279,24 @@ impl pb::registry_service_server::RegistryService for Api {
         // capabilities); the core keeps its JSON verbatim.
         a2a::card::absorb(&mut card)?;
         let card = convert::card_from_pb(card);
-        // The card's vector follows Register's answer (an embedding worker computes it).
-        let for_vector = self.embedder.enabled().then(|| card.clone());
+        // A card whose text's vector is cached gets it in its Register; any other card's vector
+        // follows Register's answer (an embedding worker computes it).
+        let (vector, pending) = match self.embedder.before_register(&card) {
+            Some(CardLookup::Cached(vector)) => (Some(vector), None),
+            Some(CardLookup::Pending(pending)) => (None, Some(pending)),
+            None => (None, None),
+        };
         let command = Command::Register {
             card,
             ttl_seconds: request.ttl_seconds,
+            vector,
         };
         let command = super::numbered::numbered(&metadata, command)?;
         match self.call_as("Register", command, principal).await? {
             Reply::Registered { agent_id } => {
                 let agent_id = agent_id.to_string();
-                if let Some(card) = for_vector {
-                    self.embedder.card_registered(&agent_id, &card);
+                if let Some(pending) = pending {
+                    self.embedder.card_registered(&agent_id, pending);
                 }
                 Ok(Response::new(pb::RegisterResponse { agent_id }))
             }

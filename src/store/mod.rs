@@ -836,4 +836,129 @@ mod recovery_tests {
         assert_eq!(recovered.replayed(), 0);
         assert_eq!(recovered.snapshot.as_ref(), Some(&core.snapshot()));
     }
+
+    /// A log in format version 6 as that release wrote it (seed `seed`, created at 1): `card`'s
+    /// Register, then its vector as `SetModelCardVector` (the only way version 6 had).
+    fn version_6_log(seed: u64, card: &crate::core::types::AgentCard, agent_id: &str) -> Vec<u8> {
+        use format::v6;
+        use std::borrow::Cow;
+        let mut header = Header { seed, created_at: 1 }.encode();
+        header[8..12].copy_from_slice(&6u32.to_le_bytes());
+        let crc = crc32fast::hash(&header[..28]);
+        header[28..32].copy_from_slice(&crc.to_le_bytes());
+        let mut bytes = header.to_vec();
+        let register = v6::LoggedCommand::Register {
+            card: v6::Card {
+                name: Cow::Borrowed(&card.name),
+                description: Cow::Borrowed(&card.description),
+                version: Cow::Borrowed(""),
+                capabilities: vec![],
+                tools: Cow::Borrowed(&card.tools),
+                metadata: vec![],
+                a2a_card: Cow::Borrowed(""),
+            },
+            ttl_seconds: 600,
+        };
+        let vector = v6::LoggedCommand::SetModelCardVector {
+            agent_id: Cow::Borrowed(agent_id),
+            card_digest: crate::core::search::card_text::card_digest(card).0,
+            model: Cow::Borrowed("old-model"),
+            vector: Cow::Borrowed(&[3.0, 4.0]),
+        };
+        for (now, command) in [(10, register), (11, vector)] {
+            let record = v6::Record::Apply {
+                now,
+                command,
+                principal: None,
+                request: None,
+            };
+            wal::frame(&mut bytes, |out| out.extend(postcard::to_stdvec(&record).unwrap()));
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_version_6_log_replays_unchanged_and_registers_with_vectors_follow_in_version_7() {
+        use crate::core::search::card_text::card_digest;
+        use crate::core::search::vectors::{CardVector, ModelVector};
+        let seed = 6;
+        let card = crate::core::types::AgentCard {
+            name: "support-bot".into(),
+            description: "answers tickets".into(),
+            tools: vec!["zendesk".into()],
+            ..Default::default()
+        };
+        let register = Command::Register {
+            card: card.clone(),
+            ttl_seconds: 600,
+            vector: None,
+        };
+        // The id a core of this seed gives the first agent: what version 6's second record names.
+        let config = CoreConfig {
+            seed,
+            ..CoreConfig::default()
+        };
+        let agent_id = match Core::new(config.clone(), 1).apply(10, register.clone()) {
+            Ok(crate::core::Reply::Registered { agent_id }) => agent_id.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("wal-00000000.log");
+        let v6_bytes = version_6_log(seed, &card, &agent_id);
+        std::fs::write(&old, &v6_bytes).unwrap();
+
+        let (mut store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        let set_vector = Entry::Apply {
+            now: 11,
+            command: Command::SetCardVector {
+                agent_id: agent_id.clone(),
+                card_digest: card_digest(&card),
+                vector: ModelVector::new("old-model", [3.0f32, 4.0]),
+            },
+            principal: None,
+        };
+        let v6_records = vec![
+            Entry::Apply {
+                now: 10,
+                command: register,
+                principal: None,
+            },
+            set_vector,
+        ];
+        assert_eq!(recovered.records, v6_records, "version 6's records, read as they were");
+        let core = replay(recovered, config.clone());
+        assert_eq!(core.card_vector_model(&agent_id).as_deref(), Some("old-model"));
+        assert_eq!(version_of(store.log_path()), format::VERSION);
+        assert_eq!(store.log_path(), dir.path().join("wal-00000001.log"));
+        // A replica's Register with the vector inside, in version 7, beside the version 6 log.
+        let replica = Entry::Apply {
+            now: 12,
+            command: Command::Register {
+                card: card.clone(),
+                ttl_seconds: 600,
+                vector: Some(std::sync::Arc::new(CardVector {
+                    card_digest: card_digest(&card),
+                    vector: ModelVector::new("old-model", [0.0f32, 2.0]),
+                })),
+            },
+            principal: None,
+        };
+        let mut bytes = Vec::new();
+        wal::encode_record(&replica, &mut bytes);
+        store.append(&bytes).unwrap();
+        drop(store);
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            v6_bytes,
+            "a version 6 log is never written to"
+        );
+
+        let (_store, recovered) = Store::open(dir.path(), 1, 1).unwrap();
+        assert_eq!(recovered.records[..2], v6_records[..]);
+        assert_eq!(recovered.records[2..], [replica]);
+        let core = replay(recovered, config);
+        let stats = core.stats();
+        assert_eq!((stats.agents_alive, stats.card_vectors), (2, 2));
+        assert_eq!(core.card_vector_model(&agent_id).as_deref(), Some("old-model"));
+    }
 }

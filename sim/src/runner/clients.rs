@@ -122,6 +122,12 @@ impl Runner {
                 ErrorCode::InvalidArgument => "card_vector_invalid",
                 _ => "card_vector_agent_gone",
             },
+            (Command::Register { vector: Some(_), .. }, Ok(Reply::Registered { agent_id })) => {
+                match self.core().card_vector_model(&agent_id.to_string()) {
+                    Some(_) => "register_vector_applied",
+                    None => "register_vector_left_out",
+                }
+            }
             (Command::Find { vector: Some(_), .. }, Ok(Reply::Agents(found))) if !found.is_empty() => {
                 "find_with_vector"
             }
@@ -167,9 +173,14 @@ impl Runner {
     /// The command a step sends, and the buffer size of the stream it may open.
     pub(super) fn command(&self, op: &Op) -> (Command, u32) {
         let command = match op {
-            Op::Register { card, ttl_seconds } => Command::Register {
+            Op::Register {
+                card,
+                ttl_seconds,
+                vector,
+            } => Command::Register {
                 card: card.clone(),
                 ttl_seconds: *ttl_seconds,
+                vector: vector.map(|v| std::sync::Arc::new(crate::vectors::register_vector(card, &v))),
             },
             Op::Heartbeat { agent } => Command::Heartbeat {
                 agent_id: self.agent(agent),

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use super::DocKey;
+use super::card_text::CardDigest;
 
 /// Dimensions of a card vector at most (all-MiniLM-L6-v2 has 384; external embedders up to 4096).
 pub const VECTOR_DIMS_MAX: usize = 4096;
@@ -49,6 +50,15 @@ impl ModelVector {
             values: values.into(),
         }
     }
+}
+
+/// A card's vector as the daemon hands it to the core (inside a Register, when the embedding
+/// workers had the card text's vector already): the vector, and the digest of the card text it
+/// was computed from, so the core applies it only to that card (as `SetCardVector`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CardVector {
+    pub card_digest: CardDigest,
+    pub vector: ModelVector,
 }
 
 /// Whether `model` may name a model: 1 to `VECTOR_MODEL_NAME_MAX` bytes, no control characters.

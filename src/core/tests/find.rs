@@ -14,7 +14,14 @@ fn quietly_register(h: &mut Harness, name: &str, description: &str, tools: &[Str
         tools: tools.to_vec(),
         ..AgentCard::default()
     };
-    match h.core.apply(h.now, Command::Register { card, ttl_seconds: 600 }) {
+    match h.core.apply(
+        h.now,
+        Command::Register {
+            card,
+            ttl_seconds: 600,
+            vector: None,
+        },
+    ) {
         Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
         other => panic!("unexpected {other:?}"),
     }

@@ -155,10 +155,15 @@ fn an_agent_token_keeps_alive_only_its_own_agents_item_by_item() {
             name: "bound".into(),
             ..AgentCard::default()
         };
-        match h
-            .core
-            .apply_as(h.now, Command::Register { card, ttl_seconds: 10 }, Some(token))
-        {
+        match h.core.apply_as(
+            h.now,
+            Command::Register {
+                card,
+                ttl_seconds: 10,
+                vector: None,
+            },
+            Some(token),
+        ) {
             Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
             other => panic!("{other:?}"),
         }

@@ -41,6 +41,7 @@ fn agents_max_refuses_one_more_registration() {
     let register = Command::Register {
         card: card("c"),
         ttl_seconds: 60,
+        vector: None,
     };
     assert_limit(&mut h, register, "agents_max", 2);
 }

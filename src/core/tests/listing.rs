@@ -22,7 +22,14 @@ fn quietly_register(h: &mut Harness, name: &str, ttl_seconds: u32) -> String {
         name: name.into(),
         ..AgentCard::default()
     };
-    match quietly(h, Command::Register { card, ttl_seconds }) {
+    match quietly(
+        h,
+        Command::Register {
+            card,
+            ttl_seconds,
+            vector: None,
+        },
+    ) {
         Reply::Registered { agent_id } => agent_id.to_string(),
         other => panic!("unexpected {other:?}"),
     }

@@ -67,6 +67,7 @@ impl Driven {
                 ..AgentCard::default()
             },
             ttl_seconds: 10,
+            vector: None,
         });
         self.persist_all();
         match reply_for(&self.drain(), caller) {
@@ -190,6 +191,7 @@ fn a_watch_whose_replay_holds_an_undurable_event_is_answered_only_after_that_eve
             ..AgentCard::default()
         },
         ttl_seconds: 10,
+        vector: None,
     });
     // agent.registered (sequence 1) is in the ring, its entry not yet durable.
     let watcher = d.call(Command::Watch {
@@ -361,6 +363,7 @@ fn an_overflowing_subscriber_is_cut_off_naming_the_last_sequence_and_nothing_mor
             ..AgentCard::default()
         },
         ttl_seconds: 10,
+        vector: None,
     });
     // The driver tried to deliver sequence 2 and found the buffer full after sequence 1.
     d.handle(Input::SubscriberGone {

@@ -1,11 +1,11 @@
-//! Card vectors and the hybrid Find: a vector enters only through `SetCardVector` for the card it
-//! was computed from, leaves with the agent, travels in snapshots, and a query vector ranks
+//! Card vectors and the hybrid Find: a vector enters only through `SetCardVector` or inside its
+//! card's Register, for the card it was computed from, leaves with the agent, travels in snapshots, and a query vector ranks
 //! agents that share no word with the query, within the scan's bound, against its own model's
 //! card vectors only; which live agents lack a vector of a model is read a bounded page at a time.
 
 use super::*;
 use crate::core::search::card_text::{CardDigest, card_digest, card_text};
-use crate::core::search::vectors::{ModelVector, VECTORS_SCANNED_MAX};
+use crate::core::search::vectors::{CardVector, ModelVector, VECTORS_SCANNED_MAX};
 use crate::core::vectorless::{VECTORLESS_SCAN_MAX, VectorlessCard};
 
 const MODEL: &str = "test-model";
@@ -80,6 +80,88 @@ fn a_vector_applies_only_to_the_card_it_was_computed_from() {
     assert_eq!(error.code, ErrorCode::NotFound, "a dead agent takes no vector: {error}");
 }
 
+fn named_card(name: &str) -> AgentCard {
+    AgentCard {
+        name: name.into(),
+        description: format!("{name} agent"),
+        ..AgentCard::default()
+    }
+}
+
+/// Registers `card` with `vector` inside the Register, named by `digest`.
+fn register_with(h: &mut Harness, card: AgentCard, digest: CardDigest, model: &str, vector: &[f32]) -> String {
+    let vector = Some(Arc::new(CardVector {
+        card_digest: digest,
+        vector: ModelVector::new(model, vector),
+    }));
+    match h.ok(Command::Register {
+        card,
+        ttl_seconds: 60,
+        vector,
+    }) {
+        Reply::Registered { agent_id } => agent_id.to_string(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_register_with_its_cards_vector_makes_the_card_vector_searchable_at_once() {
+    let mut h = Harness::new();
+    let mut ids = Vec::new();
+    for (name, vector) in [("alpha", [1.0f32, 0.0]), ("beta", [0.0, 3.0])] {
+        let card = named_card(name);
+        let digest = card_digest(&card);
+        ids.push(register_with(&mut h, card, digest, MODEL, &vector));
+    }
+    assert_eq!(h.core.stats().card_vectors, 2, "one command each, no SetCardVector");
+    let key = h.core.registry.lookup(&ids[1]).expect("known");
+    assert_eq!(
+        h.core.registry.search.vector(key).map(|(m, v)| (&**m, v)),
+        Some((MODEL, &[0.0f32, 1.0][..])),
+        "stored unit length, with its model, as SetCardVector stores it"
+    );
+    // No card shares a word with the query: the vectors alone rank.
+    assert_eq!(find_with(&mut h, "zzz", &[0.1, 1.0], 2), ["beta", "alpha"]);
+    assert_eq!(find_with(&mut h, "zzz", &[1.0, 0.1], 1), ["alpha"]);
+    // The registration is the same as without a vector: the event, the view, the snapshot.
+    let restored = Core::restore(CoreConfig::default(), h.core.snapshot());
+    assert_eq!(restored.snapshot(), h.core.snapshot());
+    assert_eq!(restored.stats().card_vectors, 2);
+}
+
+#[test]
+fn a_register_vector_that_set_card_vector_would_refuse_is_left_out_and_the_agent_registered() {
+    let mut h = Harness::new();
+    let other = card_digest(&named_card("someone-else"));
+    let cases: [(&str, CardDigest, &str, &[f32]); 4] = [
+        ("stale", other, MODEL, &[1.0, 0.0]),
+        ("zero", card_digest(&named_card("zero")), MODEL, &[0.0, 0.0]),
+        ("nan", card_digest(&named_card("nan")), MODEL, &[f32::NAN, 1.0]),
+        ("unnamed", card_digest(&named_card("unnamed")), "", &[1.0, 0.0]),
+    ];
+    for (name, digest, model, vector) in cases {
+        let id = register_with(&mut h, named_card(name), digest, model, vector);
+        assert_eq!(h.agent(&id).card.name, name, "registered all the same");
+        assert_eq!(h.core.stats().card_vectors, 0, "{name}: no vector taken");
+        // SetCardVector refuses the same vector for the same card.
+        assert!(h.apply(set_vector_of(model, &id, digest, vector)).is_err(), "{name}");
+    }
+    assert_eq!(h.core.stats().agents_alive, 4);
+    // A registration refused for its card takes no vector either, and changes nothing.
+    let bad = AgentCard::default();
+    let digest = card_digest(&bad);
+    let error = h.err(Command::Register {
+        card: bad,
+        ttl_seconds: 60,
+        vector: Some(Arc::new(CardVector {
+            card_digest: digest,
+            vector: ModelVector::new(MODEL, [1.0f32, 0.0]),
+        })),
+    });
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+    assert_eq!((h.core.stats().agents_alive, h.core.stats().card_vectors), (4, 0));
+}
+
 #[test]
 fn a_query_vector_finds_the_agent_whose_card_means_it_without_a_shared_word() {
     let mut h = Harness::new();
@@ -139,7 +221,14 @@ fn a_hybrid_find_scans_every_vector_within_its_bound() {
             name: format!("worker-{i}"),
             ..AgentCard::default()
         };
-        let id = match h.core.apply(h.now, Command::Register { card, ttl_seconds: 600 }) {
+        let id = match h.core.apply(
+            h.now,
+            Command::Register {
+                card,
+                ttl_seconds: 600,
+                vector: None,
+            },
+        ) {
             Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
             other => panic!("unexpected {other:?}"),
         };
@@ -227,7 +316,14 @@ fn live_agents_without_a_vector_of_a_model_are_read_a_bounded_page_at_a_time() {
             name: format!("worker-{i}"),
             ..AgentCard::default()
         };
-        let id = match h.core.apply(h.now, Command::Register { card, ttl_seconds: 600 }) {
+        let id = match h.core.apply(
+            h.now,
+            Command::Register {
+                card,
+                ttl_seconds: 600,
+                vector: None,
+            },
+        ) {
             Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
             other => panic!("unexpected {other:?}"),
         };

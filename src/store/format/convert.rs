@@ -1,4 +1,4 @@
-//! Today's core values to and from the current format version's types (`v5`): the only place
+//! Today's core values to and from the current format version's types (`v7`): the only place
 //! that knows both. Encoding borrows from the core's values; decoding moves into them.
 //!
 //! Architecture invariant: every match here is exhaustive, with no wildcard arm, so a new
@@ -9,28 +9,28 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::v6;
+use super::v7;
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::search::card_text::CardDigest;
-use crate::core::search::vectors::ModelVector;
+use crate::core::search::vectors::{CardVector, ModelVector};
 use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
 use crate::core::types::{AgentCard, AgentStatus, Capability, Effect, Id128, Policy, TokenId};
 use crate::core::{Command, PolicyInput};
 
-fn text(value: &str) -> v6::Text<'_> {
+fn text(value: &str) -> v7::Text<'_> {
     Cow::Borrowed(value)
 }
 
-fn arc(value: v6::Text<'_>) -> Arc<str> {
+fn arc(value: v7::Text<'_>) -> Arc<str> {
     Arc::from(value.as_ref())
 }
 
 /// The log record of `entry`. Panics on a command that does not change state: the driver logs
 /// only commands for which `Command::is_logged` holds.
-pub fn record(entry: &Entry) -> v6::Record<'_> {
+pub fn record(entry: &Entry) -> v7::Record<'_> {
     match entry {
         Entry::Apply {
             now,
@@ -41,25 +41,25 @@ pub fn record(entry: &Entry) -> v6::Record<'_> {
                 Command::Once { request, command } => (Some(*request), &**command),
                 command => (None, command),
             };
-            v6::Record::Apply {
+            v7::Record::Apply {
                 now: *now,
                 command: logged_command(command)
                     .unwrap_or_else(|| panic!("a {} is logged, but it changes no state", command.name())),
-                principal: principal.map(|t| v6::Token(t.0)),
-                request: request.map(|r| v6::RequestId {
+                principal: principal.map(|t| v7::Token(t.0)),
+                request: request.map(|r| v7::RequestId {
                     client: r.client,
                     seq: r.seq,
                 }),
             }
         }
-        Entry::Tick { now } => v6::Record::Tick { now: *now },
-        Entry::Grace { now } => v6::Record::Grace { now: *now },
+        Entry::Tick { now } => v7::Record::Tick { now: *now },
+        Entry::Grace { now } => v7::Record::Grace { now: *now },
     }
 }
 
-pub fn entry(record: v6::Record<'_>) -> Entry {
+pub fn entry(record: v7::Record<'_>) -> Entry {
     match record {
-        v6::Record::Apply {
+        v7::Record::Apply {
             now,
             command: logged,
             principal,
@@ -78,19 +78,27 @@ pub fn entry(record: v6::Record<'_>) -> Entry {
             },
             principal: principal.map(|t| TokenId(t.0)),
         },
-        v6::Record::Tick { now } => Entry::Tick { now },
-        v6::Record::Grace { now } => Entry::Grace { now },
+        v7::Record::Tick { now } => Entry::Tick { now },
+        v7::Record::Grace { now } => Entry::Grace { now },
     }
 }
 
 /// The logged form of `command`, or `None` for a read or a subscription (never logged). Agrees
 /// with `Command::is_logged` (tested).
-pub fn logged_command(command: &Command) -> Option<v6::LoggedCommand<'_>> {
-    use v6::LoggedCommand as L;
+pub fn logged_command(command: &Command) -> Option<v7::LoggedCommand<'_>> {
+    use v7::LoggedCommand as L;
     Some(match command {
-        Command::Register { card, ttl_seconds } => L::Register {
+        Command::Register {
+            card,
+            ttl_seconds,
+            vector,
+        } => L::Register {
             card: card_of(card),
             ttl_seconds: *ttl_seconds,
+            vector: vector.as_ref().map(|v| v7::CardVector {
+                card_digest: v.card_digest.0,
+                vector: model_floats(&v.vector),
+            }),
         },
         Command::Heartbeat { agent_id } => L::Heartbeat {
             agent_id: text(agent_id),
@@ -136,7 +144,7 @@ pub fn logged_command(command: &Command) -> Option<v6::LoggedCommand<'_>> {
             agent_id: text(agent_id),
         },
         Command::SetPolicy { policy } => L::SetPolicy {
-            policy: v6::PolicyInput {
+            policy: v7::PolicyInput {
                 id: text(&policy.id),
                 subject: text(&policy.subject),
                 action: text(&policy.action),
@@ -219,12 +227,22 @@ pub fn logged_command(command: &Command) -> Option<v6::LoggedCommand<'_>> {
     })
 }
 
-pub fn command(logged: v6::LoggedCommand<'_>) -> Command {
-    use v6::LoggedCommand as L;
+pub fn command(logged: v7::LoggedCommand<'_>) -> Command {
+    use v7::LoggedCommand as L;
     match logged {
-        L::Register { card, ttl_seconds } => Command::Register {
+        L::Register {
+            card,
+            ttl_seconds,
+            vector,
+        } => Command::Register {
             card: card_from(card),
             ttl_seconds,
+            vector: vector.map(|v| {
+                Arc::new(CardVector {
+                    card_digest: CardDigest(v.card_digest),
+                    vector: model_vector(v.vector),
+                })
+            }),
         },
         L::Heartbeat { agent_id } => Command::Heartbeat {
             agent_id: agent_id.into_owned(),
@@ -328,7 +346,7 @@ pub fn command(logged: v6::LoggedCommand<'_>) -> Command {
         } => Command::SetCardVector {
             agent_id: agent_id.into_owned(),
             card_digest: CardDigest(card_digest),
-            vector: ModelVector::new(v6::VERSION_5_MODEL, vector.into_owned()),
+            vector: ModelVector::new(v7::VERSION_5_MODEL, vector.into_owned()),
         },
         L::SetModelCardVector {
             agent_id,
@@ -346,7 +364,18 @@ pub fn command(logged: v6::LoggedCommand<'_>) -> Command {
     }
 }
 
-fn card_of(card: &AgentCard) -> v6::Card<'_> {
+fn model_floats(vector: &ModelVector) -> v7::ModelFloats<'_> {
+    v7::ModelFloats {
+        model: text(&vector.model),
+        values: Cow::Borrowed(&vector.values),
+    }
+}
+
+fn model_vector(vector: v7::ModelFloats<'_>) -> ModelVector {
+    ModelVector::new(&vector.model, vector.values.into_owned())
+}
+
+fn card_of(card: &AgentCard) -> v7::Card<'_> {
     let AgentCard {
         name,
         description,
@@ -356,13 +385,13 @@ fn card_of(card: &AgentCard) -> v6::Card<'_> {
         metadata,
         a2a_card,
     } = card;
-    v6::Card {
+    v7::Card {
         name: text(name),
         description: text(description),
         version: text(version),
         capabilities: capabilities
             .iter()
-            .map(|c| v6::Capability {
+            .map(|c| v7::Capability {
                 name: text(&c.name),
                 description: text(&c.description),
             })
@@ -373,7 +402,7 @@ fn card_of(card: &AgentCard) -> v6::Card<'_> {
     }
 }
 
-fn card_from(card: v6::Card<'_>) -> AgentCard {
+fn card_from(card: v7::Card<'_>) -> AgentCard {
     AgentCard {
         name: card.name.into_owned(),
         description: card.description.into_owned(),
@@ -396,105 +425,105 @@ fn card_from(card: v6::Card<'_>) -> AgentCard {
     }
 }
 
-fn effect_of(effect: Effect) -> v6::Effect {
+fn effect_of(effect: Effect) -> v7::Effect {
     match effect {
-        Effect::Allow => v6::Effect::Allow,
-        Effect::Deny => v6::Effect::Deny,
+        Effect::Allow => v7::Effect::Allow,
+        Effect::Deny => v7::Effect::Deny,
     }
 }
 
-fn effect_from(effect: v6::Effect) -> Effect {
+fn effect_from(effect: v7::Effect) -> Effect {
     match effect {
-        v6::Effect::Allow => Effect::Allow,
-        v6::Effect::Deny => Effect::Deny,
+        v7::Effect::Allow => Effect::Allow,
+        v7::Effect::Deny => Effect::Deny,
     }
 }
 
-fn status_of(status: AgentStatus) -> v6::AgentStatus {
+fn status_of(status: AgentStatus) -> v7::AgentStatus {
     match status {
-        AgentStatus::Alive => v6::AgentStatus::Alive,
-        AgentStatus::Unreachable => v6::AgentStatus::Unreachable,
-        AgentStatus::Dead => v6::AgentStatus::Dead,
+        AgentStatus::Alive => v7::AgentStatus::Alive,
+        AgentStatus::Unreachable => v7::AgentStatus::Unreachable,
+        AgentStatus::Dead => v7::AgentStatus::Dead,
     }
 }
 
-fn status_from(status: v6::AgentStatus) -> AgentStatus {
+fn status_from(status: v7::AgentStatus) -> AgentStatus {
     match status {
-        v6::AgentStatus::Alive => AgentStatus::Alive,
-        v6::AgentStatus::Unreachable => AgentStatus::Unreachable,
-        v6::AgentStatus::Dead => AgentStatus::Dead,
+        v7::AgentStatus::Alive => AgentStatus::Alive,
+        v7::AgentStatus::Unreachable => AgentStatus::Unreachable,
+        v7::AgentStatus::Dead => AgentStatus::Dead,
     }
 }
 
-fn task_status_of(status: TaskStatus) -> v6::TaskStatus {
+fn task_status_of(status: TaskStatus) -> v7::TaskStatus {
     match status {
-        TaskStatus::Pending => v6::TaskStatus::Pending,
-        TaskStatus::Claimed => v6::TaskStatus::Claimed,
-        TaskStatus::Completed => v6::TaskStatus::Completed,
-        TaskStatus::Failed => v6::TaskStatus::Failed,
-        TaskStatus::Dead => v6::TaskStatus::Dead,
+        TaskStatus::Pending => v7::TaskStatus::Pending,
+        TaskStatus::Claimed => v7::TaskStatus::Claimed,
+        TaskStatus::Completed => v7::TaskStatus::Completed,
+        TaskStatus::Failed => v7::TaskStatus::Failed,
+        TaskStatus::Dead => v7::TaskStatus::Dead,
     }
 }
 
-fn task_status_from(status: v6::TaskStatus) -> TaskStatus {
+fn task_status_from(status: v7::TaskStatus) -> TaskStatus {
     match status {
-        v6::TaskStatus::Pending => TaskStatus::Pending,
-        v6::TaskStatus::Claimed => TaskStatus::Claimed,
-        v6::TaskStatus::Completed => TaskStatus::Completed,
-        v6::TaskStatus::Failed => TaskStatus::Failed,
-        v6::TaskStatus::Dead => TaskStatus::Dead,
+        v7::TaskStatus::Pending => TaskStatus::Pending,
+        v7::TaskStatus::Claimed => TaskStatus::Claimed,
+        v7::TaskStatus::Completed => TaskStatus::Completed,
+        v7::TaskStatus::Failed => TaskStatus::Failed,
+        v7::TaskStatus::Dead => TaskStatus::Dead,
     }
 }
 
 /// Topics pair up by position in both enums; the match keeps them from drifting apart.
-fn topic_of(topic: Topic) -> v6::Topic {
+fn topic_of(topic: Topic) -> v7::Topic {
     match topic {
-        Topic::AgentRegistered => v6::Topic::AgentRegistered,
-        Topic::AgentUnreachable => v6::Topic::AgentUnreachable,
-        Topic::AgentRecovered => v6::Topic::AgentRecovered,
-        Topic::AgentDied => v6::Topic::AgentDied,
-        Topic::LeaseAcquired => v6::Topic::LeaseAcquired,
-        Topic::LeaseRenewed => v6::Topic::LeaseRenewed,
-        Topic::LeaseExpired => v6::Topic::LeaseExpired,
-        Topic::LeaseReleased => v6::Topic::LeaseReleased,
-        Topic::LeaderChanged => v6::Topic::LeaderChanged,
-        Topic::TaskCreated => v6::Topic::TaskCreated,
-        Topic::TaskClaimed => v6::Topic::TaskClaimed,
-        Topic::TaskCompleted => v6::Topic::TaskCompleted,
-        Topic::TaskFailed => v6::Topic::TaskFailed,
-        Topic::TaskDead => v6::Topic::TaskDead,
+        Topic::AgentRegistered => v7::Topic::AgentRegistered,
+        Topic::AgentUnreachable => v7::Topic::AgentUnreachable,
+        Topic::AgentRecovered => v7::Topic::AgentRecovered,
+        Topic::AgentDied => v7::Topic::AgentDied,
+        Topic::LeaseAcquired => v7::Topic::LeaseAcquired,
+        Topic::LeaseRenewed => v7::Topic::LeaseRenewed,
+        Topic::LeaseExpired => v7::Topic::LeaseExpired,
+        Topic::LeaseReleased => v7::Topic::LeaseReleased,
+        Topic::LeaderChanged => v7::Topic::LeaderChanged,
+        Topic::TaskCreated => v7::Topic::TaskCreated,
+        Topic::TaskClaimed => v7::Topic::TaskClaimed,
+        Topic::TaskCompleted => v7::Topic::TaskCompleted,
+        Topic::TaskFailed => v7::Topic::TaskFailed,
+        Topic::TaskDead => v7::Topic::TaskDead,
     }
 }
 
-fn topic_from(topic: v6::Topic) -> Topic {
+fn topic_from(topic: v7::Topic) -> Topic {
     match topic {
-        v6::Topic::AgentRegistered => Topic::AgentRegistered,
-        v6::Topic::AgentUnreachable => Topic::AgentUnreachable,
-        v6::Topic::AgentRecovered => Topic::AgentRecovered,
-        v6::Topic::AgentDied => Topic::AgentDied,
-        v6::Topic::LeaseAcquired => Topic::LeaseAcquired,
-        v6::Topic::LeaseRenewed => Topic::LeaseRenewed,
-        v6::Topic::LeaseExpired => Topic::LeaseExpired,
-        v6::Topic::LeaseReleased => Topic::LeaseReleased,
-        v6::Topic::LeaderChanged => Topic::LeaderChanged,
-        v6::Topic::TaskCreated => Topic::TaskCreated,
-        v6::Topic::TaskClaimed => Topic::TaskClaimed,
-        v6::Topic::TaskCompleted => Topic::TaskCompleted,
-        v6::Topic::TaskFailed => Topic::TaskFailed,
-        v6::Topic::TaskDead => Topic::TaskDead,
+        v7::Topic::AgentRegistered => Topic::AgentRegistered,
+        v7::Topic::AgentUnreachable => Topic::AgentUnreachable,
+        v7::Topic::AgentRecovered => Topic::AgentRecovered,
+        v7::Topic::AgentDied => Topic::AgentDied,
+        v7::Topic::LeaseAcquired => Topic::LeaseAcquired,
+        v7::Topic::LeaseRenewed => Topic::LeaseRenewed,
+        v7::Topic::LeaseExpired => Topic::LeaseExpired,
+        v7::Topic::LeaseReleased => Topic::LeaseReleased,
+        v7::Topic::LeaderChanged => Topic::LeaderChanged,
+        v7::Topic::TaskCreated => Topic::TaskCreated,
+        v7::Topic::TaskClaimed => Topic::TaskClaimed,
+        v7::Topic::TaskCompleted => Topic::TaskCompleted,
+        v7::Topic::TaskFailed => Topic::TaskFailed,
+        v7::Topic::TaskDead => Topic::TaskDead,
     }
 }
 
-fn id(value: Id128) -> v6::Id {
-    v6::Id(value.0)
+fn id(value: Id128) -> v7::Id {
+    v7::Id(value.0)
 }
 
-fn id_from(value: v6::Id) -> Id128 {
+fn id_from(value: v7::Id) -> Id128 {
     Id128(value.0)
 }
 
 /// The snapshot's encoding form, borrowing every text and byte string from `snapshot`.
-pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
+pub fn snapshot(snapshot: &CoreSnapshot) -> v7::Snapshot<'_> {
     let CoreSnapshot {
         now,
         rng_seed,
@@ -515,7 +544,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
         waiter_next,
         sessions,
     } = snapshot;
-    v6::Snapshot {
+    v7::Snapshot {
         now: *now,
         rng_seed: *rng_seed,
         rng_stream: *rng_stream,
@@ -526,7 +555,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
         token_last: *token_last,
         leases: leases
             .iter()
-            .map(|l| v6::LeaseState {
+            .map(|l| v7::LeaseState {
                 task_id: text(&l.task_id),
                 holder: id(l.holder),
                 token: l.token,
@@ -537,7 +566,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
             .collect(),
         groups: groups
             .iter()
-            .map(|g| v6::GroupState {
+            .map(|g| v7::GroupState {
                 name: text(&g.name),
                 candidates: g.candidates.iter().copied().map(id).collect(),
                 term: g.term,
@@ -549,7 +578,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
         events: events.iter().map(event_of).collect(),
         tasks: tasks
             .iter()
-            .map(|t| v6::TaskState {
+            .map(|t| v7::TaskState {
                 view: task_view_of(&t.view),
                 order: t.order,
                 finished_at: t.finished_at,
@@ -558,7 +587,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
         task_order_next: *task_order_next,
         waiters: waiters
             .iter()
-            .map(|w| v6::WaiterState {
+            .map(|w| v7::WaiterState {
                 id: w.id.0,
                 agent_id: id(w.agent_id),
                 deadline: w.deadline,
@@ -567,14 +596,14 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
         waiter_next: *waiter_next,
         sessions: sessions
             .iter()
-            .map(|session| v6::Session {
+            .map(|session| v7::Session {
                 client: session.client,
                 last_used: session.last_used,
                 applied: (session.applied.iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            Created::Agent(agent_id) => v6::Created::Agent(id(*agent_id)),
-                            Created::Task(task_id) => v6::Created::Task(id(*task_id)),
+                            Created::Agent(agent_id) => v7::Created::Agent(id(*agent_id)),
+                            Created::Task(task_id) => v7::Created::Task(id(*task_id)),
                         };
                         (*seq, created)
                     })
@@ -584,7 +613,7 @@ pub fn snapshot(snapshot: &CoreSnapshot) -> v6::Snapshot<'_> {
     }
 }
 
-pub fn core_snapshot(snapshot: v6::Snapshot<'_>) -> CoreSnapshot {
+pub fn core_snapshot(snapshot: v7::Snapshot<'_>) -> CoreSnapshot {
     CoreSnapshot {
         now: snapshot.now,
         rng_seed: snapshot.rng_seed,
@@ -646,8 +675,8 @@ pub fn core_snapshot(snapshot: v6::Snapshot<'_>) -> CoreSnapshot {
                 applied: (session.applied.into_iter())
                     .map(|(seq, created)| {
                         let created = match created {
-                            v6::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
-                            v6::Created::Task(task_id) => Created::Task(id_from(task_id)),
+                            v7::Created::Agent(agent_id) => Created::Agent(id_from(agent_id)),
+                            v7::Created::Task(task_id) => Created::Task(id_from(task_id)),
                         };
                         (seq, created)
                     })
@@ -657,7 +686,7 @@ pub fn core_snapshot(snapshot: v6::Snapshot<'_>) -> CoreSnapshot {
     }
 }
 
-fn agent_state_of(agent: &AgentState) -> v6::AgentState<'_> {
+fn agent_state_of(agent: &AgentState) -> v7::AgentState<'_> {
     let AgentState {
         id: agent_id,
         card,
@@ -672,7 +701,7 @@ fn agent_state_of(agent: &AgentState) -> v6::AgentState<'_> {
         owner,
         vector,
     } = agent;
-    v6::AgentState {
+    v7::AgentState {
         id: id(*agent_id),
         card: card_of(card),
         status: status_of(*status),
@@ -683,15 +712,12 @@ fn agent_state_of(agent: &AgentState) -> v6::AgentState<'_> {
         registration: *registration,
         dead_at: *dead_at,
         groups: Cow::Borrowed(groups),
-        owner: owner.map(|t| v6::Token(t.0)),
-        vector: vector.as_ref().map(|v| v6::ModelFloats {
-            model: text(&v.model),
-            values: Cow::Borrowed(&v.values),
-        }),
+        owner: owner.map(|t| v7::Token(t.0)),
+        vector: vector.as_ref().map(model_floats),
     }
 }
 
-fn agent_state_from(agent: v6::AgentState<'_>) -> AgentState {
+fn agent_state_from(agent: v7::AgentState<'_>) -> AgentState {
     AgentState {
         id: id_from(agent.id),
         card: card_from(agent.card),
@@ -704,12 +730,12 @@ fn agent_state_from(agent: v6::AgentState<'_>) -> AgentState {
         dead_at: agent.dead_at,
         groups: agent.groups.into_owned(),
         owner: agent.owner.map(|t| TokenId(t.0)),
-        vector: agent.vector.map(|v| ModelVector::new(&v.model, v.values.into_owned())),
+        vector: agent.vector.map(model_vector),
     }
 }
 
-fn policy_of(policy: &Policy) -> v6::Policy<'_> {
-    v6::Policy {
+fn policy_of(policy: &Policy) -> v7::Policy<'_> {
+    v7::Policy {
         id: text(&policy.id),
         subject: text(&policy.subject),
         action: text(&policy.action),
@@ -718,7 +744,7 @@ fn policy_of(policy: &Policy) -> v6::Policy<'_> {
     }
 }
 
-fn policy_from(policy: v6::Policy<'_>) -> Policy {
+fn policy_from(policy: v7::Policy<'_>) -> Policy {
     Policy {
         id: policy.id.into_owned(),
         subject: policy.subject.into_owned(),
@@ -728,9 +754,9 @@ fn policy_from(policy: v6::Policy<'_>) -> Policy {
     }
 }
 
-fn event_of(event: &Event) -> v6::Event<'_> {
+fn event_of(event: &Event) -> v7::Event<'_> {
     let payload = match &event.payload {
-        EventPayload::Agent(agent) => v6::EventPayload::Agent(v6::AgentView {
+        EventPayload::Agent(agent) => v7::EventPayload::Agent(v7::AgentView {
             agent_id: id(agent.agent_id),
             card: card_of(&agent.card),
             status: status_of(agent.status),
@@ -738,22 +764,22 @@ fn event_of(event: &Event) -> v6::Event<'_> {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        EventPayload::Lease(lease) => v6::EventPayload::Lease(v6::LeaseView {
+        EventPayload::Lease(lease) => v7::EventPayload::Lease(v7::LeaseView {
             task_id: text(&lease.task_id),
             holder: id(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        EventPayload::Election(election) => v6::EventPayload::Election(v6::ElectionView {
+        EventPayload::Election(election) => v7::EventPayload::Election(v7::ElectionView {
             group: text(&election.group),
             leader: election.leader.map(id),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        EventPayload::Task(task) => v6::EventPayload::Task(task_view_of(task)),
+        EventPayload::Task(task) => v7::EventPayload::Task(task_view_of(task)),
     };
-    v6::Event {
+    v7::Event {
         sequence: event.sequence,
         topic: topic_of(event.topic),
         occurred_at: event.occurred_at,
@@ -761,9 +787,9 @@ fn event_of(event: &Event) -> v6::Event<'_> {
     }
 }
 
-fn event_from(event: v6::Event<'_>) -> Event {
+fn event_from(event: v7::Event<'_>) -> Event {
     let payload = match event.payload {
-        v6::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
+        v7::EventPayload::Agent(agent) => EventPayload::Agent(AgentView {
             agent_id: id_from(agent.agent_id),
             card: Arc::new(card_from(agent.card)),
             status: status_from(agent.status),
@@ -771,20 +797,20 @@ fn event_from(event: v6::Event<'_>) -> Event {
             last_heartbeat_at: agent.last_heartbeat_at,
             ttl_ms: agent.ttl_ms,
         }),
-        v6::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
+        v7::EventPayload::Lease(lease) => EventPayload::Lease(LeaseView {
             task_id: arc(lease.task_id),
             holder: id_from(lease.holder),
             token: lease.token,
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
         }),
-        v6::EventPayload::Election(election) => EventPayload::Election(ElectionView {
+        v7::EventPayload::Election(election) => EventPayload::Election(ElectionView {
             group: arc(election.group),
             leader: election.leader.map(id_from),
             term: election.term,
             elected_at: election.elected_at,
         }),
-        v6::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
+        v7::EventPayload::Task(task) => EventPayload::Task(task_view_from(task)),
     };
     Event {
         sequence: event.sequence,
@@ -794,7 +820,7 @@ fn event_from(event: v6::Event<'_>) -> Event {
     }
 }
 
-fn task_view_of(task: &TaskView) -> v6::TaskView<'_> {
+fn task_view_of(task: &TaskView) -> v7::TaskView<'_> {
     let TaskView {
         id: task_id,
         kind,
@@ -811,7 +837,7 @@ fn task_view_of(task: &TaskView) -> v6::TaskView<'_> {
         completed_at,
         ttl_ms,
     } = task;
-    v6::TaskView {
+    v7::TaskView {
         id: id(*task_id),
         kind: text(kind),
         input: Cow::Borrowed(input),
@@ -829,7 +855,7 @@ fn task_view_of(task: &TaskView) -> v6::TaskView<'_> {
     }
 }
 
-fn task_view_from(task: v6::TaskView<'_>) -> TaskView {
+fn task_view_from(task: v7::TaskView<'_>) -> TaskView {
     TaskView {
         id: id_from(task.id),
         kind: arc(task.kind),

@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{VERSION, v6};
+use super::{VERSION, v7};
 use crate::core::entry::Entry;
 use crate::core::events::{AgentView, ElectionView, Event, EventPayload, LeaseView, Topic};
 use crate::core::search::card_text::CardDigest;
-use crate::core::search::vectors::{BUILTIN_MODEL, ModelVector};
+use crate::core::search::vectors::{BUILTIN_MODEL, CardVector, ModelVector};
 use crate::core::sessions::{Created, RequestId, SessionState};
 use crate::core::snapshot::{AgentState, CoreSnapshot, GroupState, LeaseState, TaskState, WaiterState};
 use crate::core::tasks::{TaskStatus, TaskView, WaiterId};
@@ -62,12 +62,23 @@ fn card() -> AgentCard {
 const MODEL: &str = "nomic-embed-text:v1.5";
 
 /// One command of every variant that is logged, in `LoggedCommand`'s order but for
-/// `SetCardVector`, logged as variant 18 from version 6 on (`LOGGED_INDEXES`).
+/// `SetCardVector`, logged as variant 18 from version 6 on, then a Register with its card's
+/// vector (new in version 7) (`LOGGED_INDEXES`).
 fn logged_commands() -> Vec<Command> {
-    logged_commands_with(MODEL)
+    let mut commands = logged_commands_with(MODEL);
+    commands.push(Command::Register {
+        card: card(),
+        ttl_seconds: 45,
+        vector: Some(Arc::new(CardVector {
+            card_digest: CardDigest(std::array::from_fn(|i| i as u8 ^ 0x3c)),
+            vector: vector(MODEL),
+        })),
+    });
+    commands
 }
 
-/// `logged_commands` with card vectors of `model` (version 5 knew only the built-in encoder).
+/// The logged commands of versions 5 and 6, with card vectors of `model` (version 5 knew only
+/// the built-in encoder).
 fn logged_commands_with(model: &str) -> Vec<Command> {
     let mut commands = logged_commands_before_5();
     commands.push(Command::SetCardVector {
@@ -100,6 +111,7 @@ fn logged_commands_before_5() -> Vec<Command> {
         Command::Register {
             card: card(),
             ttl_seconds: 30,
+            vector: None,
         },
         Command::Heartbeat { agent_id: AGENT.into() },
         Command::Deregister { agent_id: AGENT.into() },
@@ -585,6 +597,22 @@ fn version_5_files_written_by_release_3ddb881_decode_into_todays_values_with_bui
     );
 }
 
+/// The version 6 fixtures were written by release 82ad96f from the same sample, whose Registers
+/// carried no card vector: they must read back unchanged (version 7's snapshot is version 6's).
+#[test]
+fn version_6_files_written_by_release_82ad96f_decode_into_todays_values_without_register_vectors() {
+    let log = std::fs::read(fixture(6, "wal.log")).expect("the v6 log fixture");
+    assert_eq!(Header::decode(&log), Ok(HEADER));
+    let scan = wal::scan(&log).expect("the v6 log reads back");
+    assert_eq!((scan.version, scan.torn), (6, None));
+    assert_eq!(scan.records, sample_entries_numbered_of(logged_commands_with(MODEL)));
+    let snapshot = std::fs::read(fixture(6, "snapshot.bin")).expect("the v6 snapshot fixture");
+    assert_eq!(
+        crate::store::decode_snapshot(&snapshot).expect("the v6 snapshot decodes"),
+        sample_snapshot(Some(token(0x5a)))
+    );
+}
+
 /// The sample as versions before 3 held it: every card without its A2A card.
 fn without_a2a_cards(mut entries: Vec<Entry>) -> Vec<Entry> {
     for entry in &mut entries {
@@ -611,10 +639,11 @@ fn snapshot_without_a2a_cards(mut snapshot: CoreSnapshot) -> CoreSnapshot {
     snapshot
 }
 
-/// The index postcard writes for each logged command: fixed forever (see `v6::LoggedCommand`,
-/// whose first sixteen are versions 3 and 4's, and first eighteen version 5's).
-fn logged_index(command: &v6::LoggedCommand) -> u8 {
-    use v6::LoggedCommand as L;
+/// The index postcard writes for each logged command: fixed forever (see `v7::LoggedCommand`,
+/// whose first sixteen are versions 3 and 4's, first eighteen version 5's, and all nineteen
+/// version 6's).
+fn logged_index(command: &v7::LoggedCommand) -> u8 {
+    use v7::LoggedCommand as L;
     match command {
         L::Register { .. } => 0,
         L::Heartbeat { .. } => 1,
@@ -639,8 +668,9 @@ fn logged_index(command: &v6::LoggedCommand) -> u8 {
 }
 
 /// The index each command of `logged_commands` is logged under: `SetCardVector` is variant 18
-/// from version 6 on (16, version 5's, is read but never written).
-const LOGGED_INDEXES: [u8; 18] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 17];
+/// from version 6 on (16, version 5's, is read but never written), and a Register with a
+/// vector is still variant 0.
+const LOGGED_INDEXES: [u8; 19] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 17, 0];
 
 #[test]
 fn the_sample_holds_every_logged_command_under_its_fixed_index() {
@@ -648,7 +678,7 @@ fn the_sample_holds_every_logged_command_under_its_fixed_index() {
     for (&i, command) in LOGGED_INDEXES.iter().zip(&logged_commands()) {
         let logged = super::convert::logged_command(command).expect("a logged command");
         assert_eq!(logged_index(&logged), i, "{command:?}");
-        let record = v6::Record::Apply {
+        let record = v7::Record::Apply {
             now: 0,
             command: logged,
             principal: None,

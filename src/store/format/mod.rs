@@ -4,7 +4,7 @@
 //!
 //! Architecture invariant: a release writes only [`VERSION`] and reads every version from
 //! [`VERSION_OLDEST`] on, forever: an old version's types are frozen in their own file
-//! (`v1.rs` to `v5.rs`), decode-only, and upgrade into the next version's. A version newer than this
+//! (`v1.rs` to `v6.rs`), decode-only, and upgrade into the next version's. A version newer than this
 //! release is refused with a message that names both, never guessed at. The core never sees a
 //! byte: `convert.rs` maps today's core values to and from the current version's types.
 
@@ -17,12 +17,13 @@ pub mod v3;
 pub mod v4;
 pub mod v5;
 pub mod v6;
+pub mod v7;
 
 use crate::core::entry::Entry;
 use crate::core::snapshot::CoreSnapshot;
 
 /// The version this release writes, in every log header and snapshot prefix.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// The oldest version this release reads.
 pub const VERSION_OLDEST: u32 = 1;
 
@@ -74,16 +75,19 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry, String> {
     check_version("log", version)?;
     let record = match version {
-        1 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(
-            v1::upgrade_record(from_whole(payload)?)?,
+        1 => v7::upgrade_record(v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(
+            v2::upgrade_record(v1::upgrade_record(from_whole(payload)?)?),
         )))),
-        2 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(v2::upgrade_record(from_whole(
+        2 => v7::upgrade_record(v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(
+            v2::upgrade_record(from_whole(payload)?),
+        )))),
+        3 => v7::upgrade_record(v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(from_whole(
             payload,
         )?)))),
-        3 => v6::upgrade_record(v5::upgrade_record(v4::upgrade_record(from_whole(payload)?))),
-        4 => v6::upgrade_record(v5::upgrade_record(from_whole(payload)?)),
-        5 => v6::upgrade_record(from_whole(payload)?),
-        6 => from_whole::<v6::Record>(payload)?,
+        4 => v7::upgrade_record(v6::upgrade_record(v5::upgrade_record(from_whole(payload)?))),
+        5 => v7::upgrade_record(v6::upgrade_record(from_whole(payload)?)),
+        6 => v7::upgrade_record(from_whole(payload)?),
+        7 => from_whole::<v7::Record>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::entry(record))
@@ -107,7 +111,8 @@ pub fn decode_snapshot(version: u32, payload: &[u8]) -> Result<CoreSnapshot, Str
         3 => v6::upgrade_snapshot(v5::upgrade_snapshot(v4::upgrade_snapshot(from_whole(payload)?))),
         4 => v6::upgrade_snapshot(v5::upgrade_snapshot(from_whole(payload)?)),
         5 => v6::upgrade_snapshot(from_whole(payload)?),
-        6 => from_whole::<v6::Snapshot>(payload)?,
+        // Version 7 changed the log's Register only: its snapshot is version 6's.
+        6 | 7 => from_whole::<v7::Snapshot>(payload)?,
         other => unreachable!("check_version let version {other} through"),
     };
     Ok(convert::core_snapshot(snapshot))

@@ -1,8 +1,10 @@
-//! Format version 6, the one this release writes: version 5 with the model that made each card
-//! vector. The log takes `SetModelCardVector` (variant 18 of `LoggedCommand`: version 5's
-//! `SetCardVector` and the model's name; variant 16 is never written again, and is read as the
-//! built-in encoder's, the only model version 5 knew), and the snapshot keeps each agent's vector
-//! with its model (`AgentState::vector`). Every other type is version 5's own (the same bytes).
+//! Format version 6 (frozen: decode-only, upgraded into version 7 by `v7.rs`, which reuses every
+//! type here, the snapshot's included, but the record and the command): version 5 with the model
+//! that made each card vector. The log takes `SetModelCardVector` (variant 18 of
+//! `LoggedCommand`: version 5's `SetCardVector` and the model's name; variant 16 is never
+//! written again, and is read as the built-in encoder's, the only model version 5 knew), and the
+//! snapshot keeps each agent's vector with its model (`AgentState::vector`). Every other type
+//! is version 5's own (the same bytes).
 //!
 //! Architecture invariant: these types are the bytes on disk. postcard writes an enum's variant
 //! by its index and a struct's fields in order, with no names, so any change here (a variant
