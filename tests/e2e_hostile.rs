@@ -499,3 +499,137 @@ async fn random_http2_frames_never_stop_the_daemon() {
     assert!(!daemon.stderr().contains("panicked"), "a task panicked");
     eprintln!("fuzz: {cases} connections of random HTTP/2 frames: the daemon served throughout");
 }
+
+/// One gRPC call sent as raw HTTP/2 over `channel`: `body` as the request's bytes (any prefix,
+/// any message), `headers` besides gRPC's. Returns the status code and message (from the
+/// trailers, or from the headers of a trailers-only answer), and the data the answer carried.
+async fn raw_call(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (String, String, Vec<u8>) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let request = request.body(body).expect("a request");
+    let response = channel.clone().oneshot(request).await.expect("an HTTP answer");
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("the answer's body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let data = collected.to_bytes().to_vec();
+    let field = |name: &str| {
+        trailers
+            .get(name)
+            .or_else(|| parts.headers.get(name))
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+            .unwrap_or_default()
+    };
+    (field("grpc-status"), field("grpc-message"), data)
+}
+
+/// A gRPC frame: the compression flag, the 4-byte length (`length`, whatever `message` holds),
+/// then `message`.
+fn grpc_frame(flag: u8, length: u32, message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[tokio::test]
+async fn hot_unary_methods_answer_malformed_requests_exactly_as_tonic_does() {
+    // Heartbeat, RenewLease and GetAgent are served on the lean path (src/server/lean.rs) unless
+    // the request names a message encoding: `grpc-encoding: identity` (no compression) sends the
+    // very same call through tonic's codec. Every malformed request must get the same answer
+    // both ways, word for word.
+    let (daemon, before) = daemon_with_state(&["--message-bytes-max=4096"]).await;
+    let channel = daemon.channel().await;
+    let id = b"\x0a\x03abc"; // field 1 (an agent id, or a lease's task id) = "abc"
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("no message at all", vec![], "13"),
+        ("a torn prefix", vec![0, 0, 0], "13"),
+        ("a length past the data", grpc_frame(0, 9, id), "13"),
+        (
+            "two messages",
+            [grpc_frame(0, 5, id), grpc_frame(0, 5, id)].concat(),
+            "5",
+        ),
+        ("compressed, with no grpc-encoding", grpc_frame(1, 5, id), "13"),
+        ("an invalid compression flag", grpc_frame(2, 5, id), "13"),
+        ("bytes that are no protobuf", grpc_frame(0, 2, &[0xff, 0xff]), "13"),
+        (
+            "a string that is not UTF-8",
+            grpc_frame(0, 4, b"\x0a\x02\xc3\x28"),
+            "13",
+        ),
+        ("over --message-bytes-max", grpc_frame(0, 5000, &[0; 5000]), "8"),
+    ];
+    for (what, body, code) in cases {
+        for hot in [
+            "/agentkeeper.v1.RegistryService/Heartbeat",
+            "/agentkeeper.v1.RegistryService/GetAgent",
+            "/agentkeeper.v1.LeaseService/RenewLease",
+        ] {
+            let lean = raw_call(&channel, hot, &[], body.clone()).await;
+            let through_tonic = raw_call(&channel, hot, &[("grpc-encoding", "identity")], body.clone()).await;
+            eprintln!("hostile: {what} to {hot}: {lean:?}");
+            assert_eq!(lean, through_tonic, "{what}: {hot} answers unlike tonic");
+            assert_eq!(lean.0, code, "{what} to {hot}: {lean:?}");
+        }
+    }
+    // An encoding the daemon does not take goes to tonic, which names it.
+    let refused = raw_call(
+        &channel,
+        "/agentkeeper.v1.RegistryService/Heartbeat",
+        &[("grpc-encoding", "br")],
+        grpc_frame(0, 5, id),
+    )
+    .await;
+    assert_eq!(refused.0, "12", "{refused:?}");
+    before.unchanged(&daemon, "the malformed calls").await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_on_the_lean_path_answers_with_one_empty_message_and_status_ok() {
+    let (daemon, _) = daemon_with_state(&[]).await;
+    let mut c = daemon.clients().await;
+    let agent = c
+        .registry
+        .register(pb::RegisterRequest {
+            card: Some(common::card("lean", "a heartbeat's target", &[])),
+            ttl_seconds: 30,
+        })
+        .await
+        .expect("registered")
+        .into_inner()
+        .agent_id;
+    let message = pb::HeartbeatRequest {
+        agent_id: agent.clone(),
+    };
+    let bytes = prost::Message::encode_to_vec(&message);
+    let frame = grpc_frame(0, bytes.len() as u32, &bytes);
+    let channel = daemon.channel().await;
+    let (status, message, data) = raw_call(&channel, "/agentkeeper.v1.RegistryService/Heartbeat", &[], frame).await;
+    assert_eq!((status.as_str(), message.as_str()), ("0", ""));
+    // HeartbeatResponse is empty: a frame of no bytes.
+    assert_eq!(data, [0, 0, 0, 0, 0]);
+    // GetAgent's answer decodes to the agent, through the generated client as any caller.
+    let got = c
+        .registry
+        .get_agent(pb::GetAgentRequest {
+            agent_id: agent.clone(),
+        })
+        .await
+        .expect("the agent")
+        .into_inner();
+    assert_eq!(got.agent.expect("an agent").agent_id, agent);
+}

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod keepalive;
+pub mod lean;
 pub mod numbered;
 pub mod oversize;
 pub mod pages;
@@ -40,12 +41,16 @@ use crate::metrics::Metrics;
 use crate::proto as pb;
 use grpc::Api;
 
-/// What a transport serves: tonic's routes, and the layer it puts around every call.
+/// What a transport serves: tonic's routes, and the layers it puts around every call.
 #[derive(Clone)]
 pub struct Grpc {
     pub routes: Routes,
-    pub layer: calls::CallLayer,
+    pub layer: GrpcLayer,
 }
+
+/// Around tonic's routes: the lean path for the hot unary methods, and around both, the call
+/// layer (admission, timing, the oversize refusal's name).
+pub type GrpcLayer = tower_layer::Stack<lean::LeanLayer, calls::CallLayer>;
 
 /// Every gRPC service of the daemon, ready for any transport: ours (ClusterService comes with
 /// `Grpc::with_cluster`), `grpc.health.v1.Health`
@@ -65,8 +70,9 @@ pub fn grpc(
     serving: &health::Serving,
     embedder: crate::embed::Embedder,
 ) -> Grpc {
-    let layer = calls::CallLayer::new(&metrics, message_bytes_max, tokens);
+    let calls = calls::CallLayer::new(&metrics, message_bytes_max, tokens);
     let api = Api::new(core, metrics, watch_buffer, claim_wait_max).with_embedder(embedder);
+    let layer = tower_layer::Stack::new(lean::LeanLayer::new(api.clone(), message_bytes_max), calls);
     let n = message_bytes_max;
     let (reflection_v1, reflection_v1alpha) = health::reflection();
     let routes = Routes::default()
