@@ -547,7 +547,7 @@ fn grpc_frame(flag: u8, length: u32, message: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn hot_unary_methods_answer_malformed_requests_exactly_as_tonic_does() {
-    // Heartbeat, RenewLease and GetAgent are served on the lean path (src/server/lean.rs) unless
+    // The hot unary methods are served on the lean path (src/server/lean.rs) unless
     // the request names a message encoding: `grpc-encoding: identity` (no compression) sends the
     // very same call through tonic's codec. Every malformed request must get the same answer
     // both ways, word for word.
@@ -574,11 +574,21 @@ async fn hot_unary_methods_answer_malformed_requests_exactly_as_tonic_does() {
         ("over --message-bytes-max", grpc_frame(0, 5000, &[0; 5000]), "8"),
     ];
     for (what, body, code) in cases {
-        for hot in [
+        let mut hot = vec![
             "/agentkeeper.v1.RegistryService/Heartbeat",
             "/agentkeeper.v1.RegistryService/GetAgent",
             "/agentkeeper.v1.LeaseService/RenewLease",
-        ] {
+        ];
+        // The writes among them would act on a well-formed message: only the malformed ones.
+        if what != "two messages" {
+            hot.extend([
+                "/agentkeeper.v1.LeaseService/AcquireLease",
+                "/agentkeeper.v1.LeaseService/ReleaseLease",
+                "/agentkeeper.v1.EntitlementsService/SetPolicy",
+                "/agentkeeper.v1.EntitlementsService/CheckPolicy",
+            ]);
+        }
+        for hot in hot {
             let lean = raw_call(&channel, hot, &[], body.clone()).await;
             let through_tonic = raw_call(&channel, hot, &[("grpc-encoding", "identity")], body.clone()).await;
             eprintln!("hostile: {what} to {hot}: {lean:?}");

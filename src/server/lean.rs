@@ -1,5 +1,6 @@
-//! The lean unary path: the hottest unary methods (Heartbeat, RenewLease, GetAgent) served
-//! without tonic's router and codec. Their gRPC frame is read and decoded here and handed to the
+//! The lean unary path: the hot unary methods (Heartbeat, GetAgent; AcquireLease, RenewLease,
+//! ReleaseLease; SetPolicy, CheckPolicy: what a fleet calls most) served without tonic's router
+//! and codec. Their gRPC frame is read and decoded here and handed to the
 //! same `Api` method tonic would call, and the answer is written back as one data frame and the
 //! `grpc-status` trailers; every other call goes to tonic's routes untouched.
 //!
@@ -22,26 +23,35 @@ use tower_service::Service;
 
 use super::grpc::Api;
 use crate::proto as pb;
+use pb::entitlements_service_server::EntitlementsService;
 use pb::lease_service_server::LeaseService;
 use pb::registry_service_server::RegistryService;
 
 /// The gRPC message prefix: one compression flag byte and a 4-byte big-endian length.
 const PREFIX_BYTES: usize = 5;
 
-/// The methods served here: each is a unary call that most of a fleet's traffic is made of.
+/// The methods served here: the unary calls most of a fleet's traffic is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hot {
     Heartbeat,
-    RenewLease,
     GetAgent,
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
+    SetPolicy,
+    CheckPolicy,
 }
 
 impl Hot {
     fn of(path: &str) -> Option<Hot> {
         match path {
             "/agentkeeper.v1.RegistryService/Heartbeat" => Some(Hot::Heartbeat),
-            "/agentkeeper.v1.LeaseService/RenewLease" => Some(Hot::RenewLease),
             "/agentkeeper.v1.RegistryService/GetAgent" => Some(Hot::GetAgent),
+            "/agentkeeper.v1.LeaseService/AcquireLease" => Some(Hot::AcquireLease),
+            "/agentkeeper.v1.LeaseService/RenewLease" => Some(Hot::RenewLease),
+            "/agentkeeper.v1.LeaseService/ReleaseLease" => Some(Hot::ReleaseLease),
+            "/agentkeeper.v1.EntitlementsService/SetPolicy" => Some(Hot::SetPolicy),
+            "/agentkeeper.v1.EntitlementsService/CheckPolicy" => Some(Hot::CheckPolicy),
             _ => None,
         }
     }
@@ -165,8 +175,12 @@ where
         Some(frame) => {
             let served = match hot {
                 Hot::Heartbeat => serve(&frame, parts, |r| api.heartbeat(r)).await,
-                Hot::RenewLease => serve(&frame, parts, |r| api.renew_lease(r)).await,
                 Hot::GetAgent => serve(&frame, parts, |r| api.get_agent(r)).await,
+                Hot::AcquireLease => serve(&frame, parts, |r| api.acquire_lease(r)).await,
+                Hot::RenewLease => serve(&frame, parts, |r| api.renew_lease(r)).await,
+                Hot::ReleaseLease => serve(&frame, parts, |r| api.release_lease(r)).await,
+                Hot::SetPolicy => serve(&frame, parts, |r| api.set_policy(r)).await,
+                Hot::CheckPolicy => serve(&frame, parts, |r| api.check_policy(r)).await,
             };
             match served {
                 Ok(response) => return response,
