@@ -25,7 +25,9 @@ ak_members= ak_endpoints= ak_dir= etcd_members= etcd_endpoints= etcd_dir= etcd_t
 
 # Node N of the AgentKeeper cluster, (re)started with its data dir; appends to its log.
 start_ak_node() {
+    # --search-model off, as compare.sh's start_ours says why.
     "${niced[@]}" "$daemon" --node-id "$1" --addr "127.0.0.1:${ak_port[$1]}" --metrics-addr "127.0.0.1:${ak_metrics[$1]}" \
+        --search-model off \
         --peer-addr "127.0.0.1:${ak_peer[$1]}" --initial-cluster "$ak_members" --data-dir "$ak_dir/node-$1" \
         --heartbeat-interval 100ms --election-timeout 1s --log-level warn >>"$work/ak-$1.log" 2>&1 &
     ak_pid[$1]=$!

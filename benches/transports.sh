@@ -30,7 +30,8 @@ for io in uring epoll; do
         set -- $shape
         ops=() p50=() p99=()
         for _ in $(seq "$runs"); do
-            "$daemon" --io "$io" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$((port + 1))" --log-level warn &
+            "$daemon" --io "$io" --addr "127.0.0.1:$port" --metrics-addr "127.0.0.1:$((port + 1))" --log-level warn \
+                --search-model off &
             pid=$!
             sleep 0.5
             json=$("$bench" --target "127.0.0.1:$port" --scenario "$scenario" --connections "$1" \
