@@ -16,6 +16,9 @@ use crate::core::types::{Set, new_set};
 
 /// Marks a lexical candidate among the heap's entries (a vector's entries carry its slot).
 const LEXICAL: u32 = u32::MAX;
+/// Vectors put in the heap at first at least (twice the limit otherwise), chosen by a selection
+/// over all those scanned: a bigger heap only when the answer reaches past them.
+const HEAD_MIN: usize = 32;
 
 /// A candidate for the next place: a lexical document, or a vector's next document by rank.
 #[derive(Clone, Copy)]
@@ -84,7 +87,7 @@ pub fn best(
     }
     let best_lexical = lexical.iter().map(|d| d.1).fold(0.0, f64::max);
     let mut words: Set<DocKey> = new_set(hash_seed);
-    let mut heap: Vec<Next> = Vec::with_capacity(cosines.len() + lexical.len());
+    let mut heap: Vec<Next> = Vec::with_capacity(lexical.len() + 2 * HEAD_MIN);
     for (doc, score) in lexical {
         words.insert(doc);
         let word_score = lexical_weight * score / best_lexical;
@@ -103,18 +106,40 @@ pub fn best(
             slot: LEXICAL,
         });
     }
-    for &(slot, cosine) in cosines {
-        let (rank, doc) = space.first_of(slot);
-        heap.push(Next {
-            score: 0.0 + semantic(cosine),
-            rank,
-            doc,
-            slot,
-        });
-    }
     let mut heap = BinaryHeap::from(heap);
-    let mut best = Vec::with_capacity(limit.min(heap.len()));
-    while let Some(next) = heap.pop() {
+    // Each vector's score and slot; its first document comes from the slot's head.
+    let mut vectors: Vec<(f64, u32)> = cosines.iter().map(|&(slot, c)| (0.0 + semantic(c), slot)).collect();
+    let entry = |&(score, slot): &(f64, u32)| {
+        let (rank, doc) = space.first_of(slot);
+        Next { score, rank, doc, slot }
+    };
+    let better = |a: &(f64, u32), b: &(f64, u32)| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| space.first_of(a.1).cmp(&space.first_of(b.1)))
+    };
+    // vectors[..taken] are in the heap; the rest are no better than `threshold` (the best of
+    // them), so the heap's top is the next document while it is better than that.
+    let (mut taken, mut threshold, mut head) = (0, None, limit.saturating_mul(2).max(HEAD_MIN));
+    let mut best = Vec::with_capacity(limit.min(heap.len() + vectors.len()));
+    loop {
+        let more =
+            taken < vectors.len() && (taken == 0 || heap.peek().is_none_or(|top| threshold.is_some_and(|t| *top < t)));
+        if more {
+            let rest = &mut vectors[taken..];
+            let end = if rest.len() > head {
+                rest.select_nth_unstable_by(head, better);
+                threshold = Some(entry(&rest[head]));
+                taken + head
+            } else {
+                threshold = None;
+                vectors.len()
+            };
+            heap.extend(vectors[taken..end].iter().map(entry));
+            taken = end;
+            head = head.saturating_mul(4);
+            continue;
+        }
+        let Some(next) = heap.pop() else { break };
         if next.slot != LEXICAL {
             if let Some((rank, doc)) = space.next_of(next.slot, next.rank, next.doc) {
                 heap.push(Next { rank, doc, ..next });
@@ -226,8 +251,14 @@ mod tests {
         {
             let vector = ModelVector::new("m", shared[n % 4].clone());
             for limit in [0, 1, 5, 10, 40, 1000] {
-                for filter in 0..3usize {
-                    let accept = |doc: DocKey| filter == 0 || !doc.is_multiple_of(filter + 1);
+                // No filter, two that refuse a third or half, one that lets a seventh through
+                // (the selection of vectors then has to grow past its first 32).
+                for filter in 0..4usize {
+                    let accept = |doc: DocKey| match filter {
+                        0 => true,
+                        3 => doc.is_multiple_of(7),
+                        _ => !doc.is_multiple_of(filter + 1),
+                    };
                     let query = index.prepare_with(text, false);
                     let ranked = index.top_hybrid(&query, Some(&vector), LEXICAL_WEIGHT, limit, accept);
                     let expected = every_document(&index, text, &vector, limit, accept);

@@ -1,17 +1,24 @@
-//! Card vectors for Find's semantic half: one unit-length f32 vector per indexed document, kept
-//! as given (snapshots carry it bit for bit) and, for the scan, as i8 codes with a scale per
-//! vector (contiguous, slot-major: a quarter of the bytes to read per query); the bounded scan
-//! scores a query vector against them by cosine (a dot product, the vectors being unit length).
+//! Card vectors for Find's semantic half, interned: each distinct unit-length f32 vector of a
+//! (model, dimension) is stored once, as given (snapshots carry every agent's bit for bit) and,
+//! for the scan, as i8 codes with a scale (contiguous, slot-major: a quarter of the bytes to read
+//! per query), with the count of documents that reference it. Replicas of one card (one text, one
+//! vector) share a slot: 100,000 replicas of 10 cards store 10 vectors, and a scan scores 10. The
+//! bounded scan scores a query vector against each distinct vector by cosine (a dot product, the
+//! vectors being unit length); `hybrid` expands the scores to the documents, each slot's kept in
+//! rank order.
 //!
 //! Every vector comes with the name of the model that made it, and one ranking never mixes two
 //! models: `VectorSpaces` keeps each (model, dimension) apart, a card has one vector (a vector
 //! from another model replaces it), and a query vector is scored only against its own model's.
 //!
 //! Architecture invariant: a vector comes from a command (the network side computed it); nothing
-//! here computes one from text. Every vector of a `VectorIndex` has its dimension (set by the
-//! first, free again once the index is empty); a scan reads at most `VECTORS_SCANNED_MAX`
-//! vectors, in slot order, and sums each dot product in dimension order, so equal inputs give
-//! equal scores.
+//! here computes one from text. Two documents share a slot only when their vectors' bits are
+//! equal (the key is a seeded hash of the bits, then an equality check), never merely close; a
+//! slot's count is the documents that map to it, the last to leave frees it, and free slots are
+//! reused lowest first (hash order never decides anything). Every vector of a `VectorIndex` has
+//! its dimension (set by the first, free again once the index is empty); a scan reads at most
+//! `VECTORS_SCANNED_MAX` distinct vectors, in slot order, and sums each dot product in dimension
+//! order, so equal inputs give equal scores.
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
@@ -26,9 +33,10 @@ use super::card_text::CardDigest;
 
 /// Dimensions of a card vector at most (all-MiniLM-L6-v2 has 384; external embedders up to 4096).
 pub const VECTOR_DIMS_MAX: usize = 4096;
-/// Vectors one query scores at most: 100,000 agents' worth of 384-d i8 codes is 38 MB read and
-/// ~38M multiply-adds, about 6 ms of the core's time. Beyond, the slots after the bound are not scored
-/// semantically (lexical matches still are).
+/// Distinct vectors one query scores at most: 100,000 distinct cards' worth of 384-d i8 codes is
+/// 38 MB read and ~38M multiply-adds, about 6 ms of the core's time (replicas of a card share its
+/// vector: they cost nothing more). Beyond, the slots after the bound are not scored semantically
+/// (lexical matches still are).
 pub const VECTORS_SCANNED_MAX: usize = 131_072;
 
 /// Models whose vectors the core holds at once at most (the built-in encoder, an external
