@@ -253,8 +253,9 @@ fn find(c: &mut Criterion) {
 }
 
 /// Find with a query vector (the hybrid ranking) at 1k, 10k and 100k agents, each with a
-/// 384-dimensional card vector (deterministic pseudo-random, as the simulator's): the core's share
-/// of a Find with the sentence encoder (the encoder's own time is `benches/encoder.rs`'s).
+/// 384-dimensional card vector (deterministic pseudo-random, as the simulator's), and at 100k
+/// replicas of 10 cards (10 distinct vectors): the core's share of a Find with the sentence
+/// encoder (the encoder's own time is `benches/encoder.rs`'s).
 fn find_hybrid(c: &mut Criterion) {
     use agentkeeper::core::search::card_text::card_digest;
     use agentkeeper::core::search::vectors::{BUILTIN_MODEL, ModelVector};
@@ -303,6 +304,43 @@ fn find_hybrid(c: &mut Criterion) {
             })
         });
     }
+    // A fleet of replicas: 100,000 agents of 10 distinct cards (as the registration benchmark's),
+    // each card's replicas with the one vector its text has.
+    let (full, cards) = (100_000, 10);
+    let vectors: Vec<Arc<[f32]>> = (0..cards).map(|_| vector()).collect();
+    let mut core = core();
+    for i in 0..size(full) {
+        let c = i % cards;
+        let card = AgentCard {
+            name: format!("replica-{c}"),
+            description: format!("worker {c} for team {c}"),
+            tools: vec![format!("tool{}", c % 8)],
+            ..AgentCard::default()
+        };
+        let card_digest = card_digest(&card);
+        let agent_id = register_card(&mut core, card);
+        let command = Command::SetCardVector {
+            agent_id,
+            card_digest,
+            vector: ModelVector::new(BUILTIN_MODEL, Arc::clone(&vectors[c])),
+        };
+        core.apply(NOW, command).expect("a vector for a live agent");
+    }
+    let query = ModelVector::new(BUILTIN_MODEL, vector());
+    c.bench_function(
+        &format!("find with a query and its vector ({full} agents, {cards} cards)"),
+        |b| {
+            b.iter(|| {
+                let command = Command::Find {
+                    query: "review my pull request".into(),
+                    tools: vec![],
+                    limit: 10,
+                    vector: Some(query.clone()),
+                };
+                black_box(core.apply(NOW, command)).ok();
+            })
+        },
+    );
 }
 
 /// The two indexes on their own, without a command around them: the policy table at a million

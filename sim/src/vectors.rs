@@ -2,7 +2,8 @@
 //! seed instead of a model. Card vectors (`Op::SetCardVector`, and those riding in an
 //! `Op::Register`) come from the vector stream of the generator; a Find's query vector is a
 //! function of its query text, so `Op::Find` and the traces stay as they were. Three models, two of them of the same dimension, and a second
-//! dimension for one: the core must keep all four apart.
+//! dimension for one: the core must keep all four apart. A quarter of the card vectors are one
+//! of a few shared ones (replicas of a card), which the core stores once per model.
 //!
 //! Architecture invariant: pure functions of their inputs (no RNG state, no clock): a trace
 //! replays to the same vectors.
@@ -37,9 +38,19 @@ pub fn values(seed: u64, dims: usize, zero: bool) -> Vec<f32> {
         .collect()
 }
 
+/// Seeds a quarter of the card vectors come from (those whose seed is a multiple of 4 take it
+/// modulo this): the same vector for many agents, as replicas of one card have, which the core
+/// stores once.
+pub const SHARED_SEEDS: u64 = 4;
+
 /// The card vector a `SetCardVector` step sends: model `model` (an index into `MODELS`), its
-/// usual dimension or `OTHER_DIMS`.
+/// usual dimension or `OTHER_DIMS`; a quarter of them one of `SHARED_SEEDS` shared vectors.
 pub fn card_vector(model: u8, other_dims: bool, seed: u64, zero: bool) -> ModelVector {
+    let seed = if seed.is_multiple_of(4) {
+        seed % (4 * SHARED_SEEDS)
+    } else {
+        seed
+    };
     let (name, dims) = MODELS[usize::from(model) % MODELS.len()];
     let dims = if other_dims && name == "sim-embed-b" {
         OTHER_DIMS
@@ -90,6 +101,14 @@ mod tests {
         assert!(values(7, 5, true).iter().all(|&x| x == 0.0));
         assert_eq!(card_vector(2, true, 1, false).values.len(), OTHER_DIMS);
         assert_eq!(card_vector(1, true, 1, false).values.len(), 8);
+        assert_eq!(
+            card_vector(0, false, 4, false),
+            card_vector(0, false, 4 + 4 * SHARED_SEEDS, false)
+        );
+        assert_ne!(
+            card_vector(0, false, 5, false),
+            card_vector(0, false, 5 + 4 * SHARED_SEEDS, false)
+        );
         assert_eq!(query_vector("pdf pages"), query_vector("pdf pages"));
         assert_eq!(query_vector(""), None);
     }

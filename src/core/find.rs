@@ -30,7 +30,8 @@ pub struct FindWork {
     pub postings_read: usize,
     /// Seeks into tool postings (or into the ALIVE agents, with no tool filter).
     pub tool_steps: usize,
-    /// Card vectors scored against the query vector.
+    /// Card vectors scored against the query vector (a selective tool filter: one per agent it
+    /// lets through; otherwise each distinct vector of the query's model once).
     pub vectors_scanned: usize,
 }
 
@@ -208,7 +209,7 @@ impl Registry {
         let ranked = self.search.top_hybrid(query, vector, LEXICAL_WEIGHT, limit, accept);
         work.postings_read += ranked.postings_read;
         if let Some(vector) = vector {
-            work.vectors_scanned += self.search.vectors_len_of(vector).min(VECTORS_SCANNED_MAX);
+            work.vectors_scanned += self.search.distinct_vectors_of(vector).min(VECTORS_SCANNED_MAX);
         }
         ranked.docs.into_iter().map(|(key, _)| key).collect()
     }

@@ -21,6 +21,7 @@
 //! order never reaches an output.
 
 pub mod card_text;
+mod hybrid;
 mod posting;
 mod related;
 mod tokenize;
@@ -171,7 +172,7 @@ impl SearchIndex {
             typos: TypoIndex::new(hash_seed),
             total_lengths: [0; FIELDS],
             hash_seed,
-            vectors: VectorSpaces::default(),
+            vectors: VectorSpaces::new(hash_seed),
         }
     }
 
@@ -187,7 +188,8 @@ impl SearchIndex {
             return Err("a card vector must be finite and of unit length".into());
         }
         vectors::check_model_name(model)?;
-        self.vectors.set(doc, model, vector)
+        let rank = self.rank_of(doc);
+        self.vectors.set(doc, rank, model, vector)
     }
 
     /// `doc`'s card vector (unit length) and its model, if it has one.
@@ -201,11 +203,17 @@ impl SearchIndex {
         self.vectors.space(&vector.model, vector.values.len()).is_some()
     }
 
-    /// How many card vectors of `vector`'s model and dimension are held.
-    pub fn vectors_len_of(&self, vector: &ModelVector) -> usize {
+    /// The card vectors of `model` in `dims` dimensions, if any are held.
+    pub fn vector_space(&self, model: &str, dims: usize) -> Option<&vectors::VectorIndex> {
+        self.vectors.space(model, dims)
+    }
+
+    /// How many distinct card vectors of `vector`'s model and dimension are held (replicas of
+    /// one card share theirs): what a hybrid ranking scores.
+    pub fn distinct_vectors_of(&self, vector: &ModelVector) -> usize {
         self.vectors
             .space(&vector.model, vector.values.len())
-            .map_or(0, vectors::VectorIndex::len)
+            .map_or(0, vectors::VectorIndex::distinct)
     }
 
     /// The models whose card vectors are held: name, dimension, vectors.
@@ -413,12 +421,24 @@ impl SearchIndex {
             Some((space, vectors::unit(&v.values).ok()?))
         });
         if let Some((space, vector)) = semantic {
-            // Every vector of the query's model is scored; whether its agent may be answered
-            // (status, tools) is asked only of the best ones, so the scan touches no agent.
+            // Every distinct vector of the query's model is scored once; whether an agent may
+            // be answered (status, tools) is asked only of the best ones, so the scan touches
+            // no agent, and a vector's replicas are read only as far as the answer goes.
             let cosines = space.scan(&vector);
-            let fused = fuse(docs, &cosines, lexical_weight, self.hash_seed);
-            let docs = best_accepted(fused, limit, order, &accept);
-            return Ranked { docs, postings_read };
+            if !cosines.is_empty() {
+                let rank_of = |doc| self.rank_of(doc);
+                let docs = hybrid::best(
+                    docs,
+                    space,
+                    &cosines,
+                    lexical_weight,
+                    limit,
+                    rank_of,
+                    &accept,
+                    self.hash_seed,
+                );
+                return Ranked { docs, postings_read };
+            }
         }
         if docs.len() > limit {
             if limit == 0 {
@@ -616,31 +636,6 @@ pub fn fuse(
     }
     fused.extend(words);
     fused
-}
-
-/// The best `limit` documents of `docs` by `order` that `accept` lets through, best first:
-/// `accept` is asked of the best few only (more only when too many of those are refused).
-fn best_accepted(
-    mut docs: Vec<(DocKey, f64)>,
-    limit: usize,
-    order: impl Fn(&(DocKey, f64), &(DocKey, f64)) -> std::cmp::Ordering,
-    accept: impl Fn(DocKey) -> bool,
-) -> Vec<(DocKey, f64)> {
-    let mut head = limit.saturating_mul(2).max(32);
-    loop {
-        let whole = head >= docs.len();
-        if !whole {
-            docs.select_nth_unstable_by(head - 1, &order);
-        }
-        let end = head.min(docs.len());
-        let best = &mut docs[..end];
-        best.sort_unstable_by(&order);
-        let accepted: Vec<(DocKey, f64)> = best.iter().filter(|d| accept(d.0)).take(limit).copied().collect();
-        if accepted.len() == limit || whole {
-            return accepted;
-        }
-        head = head.saturating_mul(4);
-    }
 }
 
 /// One index term's BM25F contribution to one document.

@@ -1,28 +1,42 @@
-//! Card vectors for Find's semantic half: one unit-length f32 vector per indexed document, kept
-//! as given (snapshots carry it bit for bit) and, for the scan, as i8 codes with a scale per
-//! vector (contiguous, slot-major: a quarter of the bytes to read per query); the bounded scan
-//! scores a query vector against them by cosine (a dot product, the vectors being unit length).
+//! Card vectors for Find's semantic half, interned: each distinct unit-length f32 vector of a
+//! (model, dimension) is stored once, as given (snapshots carry every agent's bit for bit) and,
+//! for the scan, as i8 codes with a scale (contiguous, slot-major: a quarter of the bytes to read
+//! per query), with the count of documents that reference it. Replicas of one card (one text, one
+//! vector) share a slot: 100,000 replicas of 10 cards store 10 vectors, and a scan scores 10. The
+//! bounded scan scores a query vector against each distinct vector by cosine (a dot product, the
+//! vectors being unit length); `hybrid` expands the scores to the documents, each slot's kept in
+//! rank order.
 //!
 //! Every vector comes with the name of the model that made it, and one ranking never mixes two
 //! models: `VectorSpaces` keeps each (model, dimension) apart, a card has one vector (a vector
 //! from another model replaces it), and a query vector is scored only against its own model's.
 //!
 //! Architecture invariant: a vector comes from a command (the network side computed it); nothing
-//! here computes one from text. Every vector of a `VectorIndex` has its dimension (set by the
-//! first, free again once the index is empty); a scan reads at most `VECTORS_SCANNED_MAX`
-//! vectors, in slot order, and sums each dot product in dimension order, so equal inputs give
-//! equal scores.
+//! here computes one from text. Two documents share a slot only when their vectors' bits are
+//! equal (the key is a seeded hash of the bits, then an equality check), never merely close; a
+//! slot's count is the documents that map to it, the last to leave frees it, and free slots are
+//! reused lowest first (hash order never decides anything). Every vector of a `VectorIndex` has
+//! its dimension (set by the first, free again once the index is empty); a scan reads at most
+//! `VECTORS_SCANNED_MAX` distinct vectors, in slot order, and sums each dot product in dimension
+//! order, so equal inputs give equal scores.
 
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::DocKey;
 use super::card_text::CardDigest;
 
 /// Dimensions of a card vector at most (all-MiniLM-L6-v2 has 384; external embedders up to 4096).
 pub const VECTOR_DIMS_MAX: usize = 4096;
-/// Vectors one query scores at most: 100,000 agents' worth of 384-d i8 codes is 38 MB read and
-/// ~38M multiply-adds, about 6 ms of the core's time. Beyond, the slots after the bound are not scored
-/// semantically (lexical matches still are).
+/// Distinct vectors one query scores at most: 100,000 distinct cards' worth of 384-d i8 codes is
+/// 38 MB read and ~38M multiply-adds, about 6 ms of the core's time (replicas of a card share its
+/// vector: they cost nothing more). Beyond, the slots after the bound are not scored semantically
+/// (lexical matches still are).
 pub const VECTORS_SCANNED_MAX: usize = 131_072;
 
 /// Models whose vectors the core holds at once at most (the built-in encoder, an external
@@ -77,12 +91,20 @@ pub fn check_model_name(model: &str) -> Result<(), String> {
 
 /// The card vectors of every model held, each model's (and dimension's) in its own index; a
 /// document has at most one vector, in one of them. An index left empty goes.
-#[derive(Default)]
 pub struct VectorSpaces {
     spaces: Vec<(Arc<str>, VectorIndex)>,
+    hash_seed: u64,
 }
 
 impl VectorSpaces {
+    /// No vectors yet; each index's interning hash is seeded with `hash_seed`.
+    pub fn new(hash_seed: u64) -> VectorSpaces {
+        VectorSpaces {
+            spaces: Vec::new(),
+            hash_seed,
+        }
+    }
+
     /// Vectors held, of every model.
     pub fn len(&self) -> usize {
         self.spaces.iter().map(|s| s.1.len()).sum()
@@ -114,9 +136,10 @@ impl VectorSpaces {
             .find_map(|(name, index)| index.get(doc).map(|v| (name, v)))
     }
 
-    /// Stores `vector` (unit length) as `doc`'s, made by `model`, replacing any vector it had (of
-    /// any model); refused, changing nothing, when `VECTOR_MODELS_MAX` other models are held.
-    pub fn set(&mut self, doc: DocKey, model: &Arc<str>, vector: &[f32]) -> Result<(), String> {
+    /// Stores `vector` (unit length) as `doc`'s, made by `model`, `rank` ordering it among equals,
+    /// replacing any vector it had (of any model); refused, changing nothing, when
+    /// `VECTOR_MODELS_MAX` other models are held.
+    pub fn set(&mut self, doc: DocKey, rank: u64, model: &Arc<str>, vector: &[f32]) -> Result<(), String> {
         let position = self
             .spaces
             .iter()
@@ -134,10 +157,10 @@ impl VectorSpaces {
             }
         }
         let position = position.unwrap_or_else(|| {
-            self.spaces.push((Arc::clone(model), VectorIndex::default()));
+            self.spaces.push((Arc::clone(model), VectorIndex::new(self.hash_seed)));
             self.spaces.len() - 1
         });
-        self.spaces[position].1.set(doc, vector)?;
+        self.spaces[position].1.set(doc, rank, vector)?;
         self.spaces.retain(|s| !s.1.is_empty());
         debug_assert!(self.get(doc).is_some_and(|(name, _)| name == model));
         Ok(())
@@ -162,7 +185,7 @@ impl VectorSpaces {
                     "two indexes for {name}"
                 );
                 assert!(
-                    index.docs.iter().all(|&doc| other_index.get(doc).is_none()),
+                    index.docs().all(|doc| other_index.get(doc).is_none()),
                     "a document with vectors of {name} and {other}"
                 );
             }
@@ -170,20 +193,35 @@ impl VectorSpaces {
     }
 }
 
-#[derive(Default)]
+/// One (model, dimension)'s card vectors, interned: each distinct vector (by its exact bits) is
+/// stored once in a slot with the count of documents that reference it.
 pub struct VectorIndex {
     /// 0 while empty.
     dims: usize,
-    /// `dims` values per slot.
+    /// `dims` values per slot (a free slot's are stale until reused).
     values: Vec<f32>,
     /// `dims` i8 codes per slot: the values over the slot's scale, rounded.
     codes: Vec<i8>,
     /// Each slot's scale: its largest absolute value / 127.
     scales: Vec<f32>,
-    /// The document in each slot.
-    docs: Vec<DocKey>,
-    /// Each document's slot, by document key (`NO_SLOT`: none).
-    slots: Vec<u32>,
+    /// Documents referencing each slot (0: the slot is free).
+    refs: Vec<u32>,
+    /// Each slot's best-ranked document (rank, key): where Find's expansion of the slot starts.
+    heads: Vec<(u64, DocKey)>,
+    /// Each live slot's hash of its values' bits.
+    hashes: Vec<u64>,
+    /// The live slots, found by their values' hash (equal bits, never merely equal values).
+    by_value: HashTable<u32>,
+    /// Free slots below the last live one: the lowest is reused first.
+    free: BTreeSet<u32>,
+    /// Every document with a vector here as (slot, rank, key): each slot's documents in rank
+    /// order, so Find expands a slot to its best-ranked documents without reading the rest.
+    members: BTreeSet<(u32, u64, DocKey)>,
+    /// Each document's slot and rank, by document key (`NO_SLOT`: none).
+    slots: Vec<(u32, u64)>,
+    /// Documents with a vector here.
+    docs: usize,
+    hasher: FixedState,
 }
 
 /// A vector made ready to store: finite values, unit length; or why not.
@@ -212,12 +250,37 @@ pub fn is_unit(vector: &[f32]) -> bool {
 }
 
 impl VectorIndex {
+    /// An empty index whose interning hash is seeded with `hash_seed`.
+    pub fn new(hash_seed: u64) -> VectorIndex {
+        VectorIndex {
+            dims: 0,
+            values: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            refs: Vec::new(),
+            heads: Vec::new(),
+            hashes: Vec::new(),
+            by_value: HashTable::new(),
+            free: BTreeSet::new(),
+            members: BTreeSet::new(),
+            slots: Vec::new(),
+            docs: 0,
+            hasher: FixedState::with_seed(hash_seed),
+        }
+    }
+
+    /// Documents with a vector here.
     pub fn len(&self) -> usize {
-        self.docs.len()
+        self.docs
     }
 
     pub fn is_empty(&self) -> bool {
-        self.docs.is_empty()
+        self.docs == 0
+    }
+
+    /// Distinct vectors stored (each once, however many documents share it).
+    pub fn distinct(&self) -> usize {
+        self.refs.len() - self.free.len()
     }
 
     /// The dimension every vector here has (0 while empty).
@@ -225,19 +288,65 @@ impl VectorIndex {
         self.dims
     }
 
-    fn slot(&self, doc: DocKey) -> Option<usize> {
-        let slot = *self.slots.get(doc)?;
-        (slot != NO_SLOT).then_some(slot as usize)
+    /// `doc`'s slot, if it has a vector here.
+    pub fn slot_of(&self, doc: DocKey) -> Option<u32> {
+        let &(slot, _) = self.slots.get(doc)?;
+        (slot != NO_SLOT).then_some(slot)
+    }
+
+    fn vector(&self, slot: u32) -> &[f32] {
+        let slot = slot as usize;
+        &self.values[slot * self.dims..(slot + 1) * self.dims]
     }
 
     pub fn get(&self, doc: DocKey) -> Option<&[f32]> {
-        let slot = self.slot(doc)?;
-        Some(&self.values[slot * self.dims..(slot + 1) * self.dims])
+        self.slot_of(doc).map(|slot| self.vector(slot))
     }
 
-    /// Stores `vector` (unit length, see `unit`) as `doc`'s, replacing one it had; refused when
-    /// its dimension is not the index's.
-    pub fn set(&mut self, doc: DocKey, vector: &[f32]) -> Result<(), String> {
+    /// The documents of every slot, in slot then rank order.
+    pub fn docs(&self) -> impl Iterator<Item = DocKey> + '_ {
+        self.members.iter().map(|&(_, _, doc)| doc)
+    }
+
+    /// `slot`'s best-ranked document (rank, key); the slot must be live.
+    pub fn first_of(&self, slot: u32) -> (u64, DocKey) {
+        debug_assert!(self.refs[slot as usize] > 0);
+        self.heads[slot as usize]
+    }
+
+    /// The document of `slot` ranked next after (`rank`, `doc`), if any.
+    pub fn next_of(&self, slot: u32, rank: u64, doc: DocKey) -> Option<(u64, DocKey)> {
+        self.members
+            .range((Excluded((slot, rank, doc)), Unbounded))
+            .next()
+            .filter(|m| m.0 == slot)
+            .map(|&(_, rank, doc)| (rank, doc))
+    }
+
+    /// The hash of `vector`'s bits (little-endian, in dimension order).
+    fn hash_of(&self, vector: &[f32]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        let mut bytes = [0u8; 256];
+        for chunk in vector.chunks(64) {
+            for (i, x) in chunk.iter().enumerate() {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&x.to_bits().to_le_bytes());
+            }
+            hasher.write(&bytes[..4 * chunk.len()]);
+        }
+        hasher.finish()
+    }
+
+    /// The live slot holding exactly `vector`'s bits, if any.
+    fn find(&self, hash: u64, vector: &[f32]) -> Option<u32> {
+        self.by_value
+            .find(hash, |&slot| same_bits(self.vector(slot), vector))
+            .copied()
+    }
+
+    /// Stores `vector` (unit length, see `unit`) as `doc`'s, ranked `rank` among equals (its
+    /// agent's registration), replacing one it had; refused when its dimension is not the
+    /// index's. A vector already stored (the same bits) is shared: a lookup and a count, no copy.
+    pub fn set(&mut self, doc: DocKey, rank: u64, vector: &[f32]) -> Result<(), String> {
         debug_assert!((vector.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-3);
         if self.dims != 0 && vector.len() != self.dims {
             return Err(format!(
@@ -246,79 +355,199 @@ impl VectorIndex {
                 self.dims
             ));
         }
-        self.dims = vector.len();
-        let (codes, scale) = quantise(vector);
-        if let Some(slot) = self.slot(doc) {
-            self.values[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(vector);
-            self.codes[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(&codes);
-            self.scales[slot] = scale;
+        if self.get(doc).is_some_and(|held| same_bits(held, vector)) && self.slots[doc].1 == rank {
             return Ok(());
         }
+        self.remove(doc);
+        self.dims = vector.len();
+        let hash = self.hash_of(vector);
+        let slot = match self.find(hash, vector) {
+            Some(slot) => {
+                self.refs[slot as usize] += 1;
+                let head = &mut self.heads[slot as usize];
+                *head = (*head).min((rank, doc));
+                slot
+            }
+            None => self.store(hash, vector, (rank, doc)),
+        };
         if self.slots.len() <= doc {
-            self.slots.resize(doc + 1, NO_SLOT);
+            self.slots.resize(doc + 1, (NO_SLOT, 0));
         }
-        self.slots[doc] = u32::try_from(self.docs.len()).expect("fewer than 2^32 vectors");
-        self.docs.push(doc);
-        self.values.extend_from_slice(vector);
-        self.codes.extend_from_slice(&codes);
-        self.scales.push(scale);
+        self.slots[doc] = (slot, rank);
+        self.members.insert((slot, rank, doc));
+        self.docs += 1;
         Ok(())
     }
 
-    /// Forgets `doc`'s vector, if it has one (the last slot moves into its place).
+    /// Stores a vector not held yet in the lowest free slot (or a new one), referenced once.
+    fn store(&mut self, hash: u64, vector: &[f32], head: (u64, DocKey)) -> u32 {
+        let (codes, scale) = quantise(vector);
+        let slot = match self.free.pop_first() {
+            Some(slot) => {
+                let at = slot as usize;
+                self.values[at * self.dims..(at + 1) * self.dims].copy_from_slice(vector);
+                self.codes[at * self.dims..(at + 1) * self.dims].copy_from_slice(&codes);
+                self.scales[at] = scale;
+                self.refs[at] = 1;
+                self.heads[at] = head;
+                self.hashes[at] = hash;
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.refs.len()).expect("fewer than 2^32 vectors");
+                assert_ne!(slot, NO_SLOT, "fewer than 2^32 - 1 vectors");
+                self.values.extend_from_slice(vector);
+                self.codes.extend_from_slice(&codes);
+                self.scales.push(scale);
+                self.refs.push(1);
+                self.heads.push(head);
+                self.hashes.push(hash);
+                slot
+            }
+        };
+        let hashes = &self.hashes;
+        self.by_value.insert_unique(hash, slot, |&s| hashes[s as usize]);
+        slot
+    }
+
+    /// Forgets `doc`'s vector, if it has one: the slot's last reference frees it (a free slot at
+    /// the end is given back, the others are reused lowest first).
     pub fn remove(&mut self, doc: DocKey) {
-        let Some(slot) = self.slot(doc) else { return };
-        let last = self.docs.len() - 1;
-        if slot != last {
-            let moved = self.docs[last];
-            self.values
-                .copy_within(last * self.dims..(last + 1) * self.dims, slot * self.dims);
-            self.docs[slot] = moved;
-            self.slots[moved] = slot as u32;
+        let Some(slot) = self.slot_of(doc) else { return };
+        let rank = self.slots[doc].1;
+        self.slots[doc] = (NO_SLOT, 0);
+        let removed = self.members.remove(&(slot, rank, doc));
+        debug_assert!(removed, "a document with a slot is among its members");
+        self.docs -= 1;
+        let at = slot as usize;
+        self.refs[at] -= 1;
+        if self.refs[at] > 0 {
+            if self.heads[at] == (rank, doc) {
+                let next = self.members.range((slot, 0, 0)..).next();
+                self.heads[at] = next
+                    .map(|&(_, rank, doc)| (rank, doc))
+                    .expect("a slot still referenced");
+            }
+            return;
         }
-        self.docs.pop();
-        self.values.truncate(last * self.dims);
-        self.codes.truncate(last * self.dims);
-        self.scales.truncate(last);
-        self.slots[doc] = NO_SLOT;
-        if self.docs.is_empty() {
+        match self.by_value.find_entry(self.hashes[at], |&s| s == slot) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => unreachable!("a live slot is in the interning table"),
+        }
+        self.free.insert(slot);
+        while let Some(&last) = self.free.last()
+            && last as usize + 1 == self.refs.len()
+        {
+            self.free.pop_last();
+            let at = last as usize;
+            self.values.truncate(at * self.dims);
+            self.codes.truncate(at * self.dims);
+            self.scales.truncate(at);
+            self.refs.truncate(at);
+            self.heads.truncate(at);
+            self.hashes.truncate(at);
+        }
+        if self.docs == 0 {
             self.dims = 0;
         }
     }
 
-    /// The cosine of `query` (unit length, the index's dimension) with every vector, in slot
-    /// order, at most `VECTORS_SCANNED_MAX`: from the i8 codes (within about 0.01 of the f32
-    /// cosine; integer sums, so the same on every machine).
-    pub fn scan(&self, query: &[f32]) -> Vec<(DocKey, f32)> {
+    /// The cosine of `query` (unit length, the index's dimension) with every distinct vector, as
+    /// (slot, cosine) in slot order, at most `VECTORS_SCANNED_MAX` of them: from the i8 codes
+    /// (within about 0.01 of the f32 cosine; integer sums, so the same on every machine). Free
+    /// slots are skipped unread (there are fewer of them than the most distinct vectors held).
+    pub fn scan(&self, query: &[f32]) -> Vec<(u32, f32)> {
         if query.len() != self.dims || self.dims == 0 {
             return Vec::new();
         }
         let (query, query_scale) = quantise(query);
-        let slots = self.docs.len().min(VECTORS_SCANNED_MAX);
-        let mut scored = Vec::with_capacity(slots);
-        for (slot, codes) in self.codes.chunks_exact(self.dims).take(slots).enumerate() {
+        let mut scored = Vec::with_capacity(self.distinct().min(VECTORS_SCANNED_MAX));
+        for (slot, codes) in self.codes.chunks_exact(self.dims).enumerate() {
+            if self.refs[slot] == 0 {
+                continue;
+            }
+            if scored.len() == VECTORS_SCANNED_MAX {
+                break;
+            }
             let cosine = dot_i8(&query, codes) as f32 * query_scale * self.scales[slot];
-            scored.push((self.docs[slot], cosine));
+            scored.push((slot as u32, cosine));
         }
         scored
     }
 
     pub fn check_invariants(&self, indexed: impl Fn(DocKey) -> bool) {
-        assert_eq!(self.values.len(), self.docs.len() * self.dims, "vector storage size");
+        let slots = self.refs.len();
+        assert_eq!(self.values.len(), slots * self.dims, "vector storage size");
         assert_eq!(self.codes.len(), self.values.len(), "a code for every value");
-        assert_eq!(self.scales.len(), self.docs.len(), "a scale for every slot");
+        assert_eq!(self.scales.len(), slots, "a scale for every slot");
+        assert_eq!(self.heads.len(), slots, "a head for every slot");
+        assert_eq!(self.hashes.len(), slots, "a hash for every slot");
         assert_eq!(
-            self.docs.is_empty(),
+            self.docs == 0,
             self.dims == 0,
             "a dimension while empty, or none while not"
         );
-        for (slot, &doc) in self.docs.iter().enumerate() {
-            assert_eq!(self.slot(doc), Some(slot), "document {doc}'s slot");
+        assert_eq!(self.docs == 0, slots == 0, "slots kept while empty");
+        assert!(self.refs.last().is_none_or(|&r| r > 0), "a free slot at the end");
+        let mut referenced = vec![0u32; slots];
+        let mut heads: Vec<Option<(u64, DocKey)>> = vec![None; slots];
+        for &(slot, rank, doc) in &self.members {
+            assert!((slot as usize) < slots, "document {doc} in a slot past the end");
+            assert_eq!(
+                self.slots.get(doc),
+                Some(&(slot, rank)),
+                "document {doc}'s slot and rank"
+            );
             assert!(indexed(doc), "a vector for document {doc}, which is not indexed");
+            referenced[slot as usize] += 1;
+            heads[slot as usize].get_or_insert((rank, doc));
         }
-        let slotted = self.slots.iter().filter(|&&s| s != NO_SLOT).count();
-        assert_eq!(slotted, self.docs.len(), "slots of documents that left");
+        assert_eq!(self.members.len(), self.docs, "documents counted");
+        let slotted = self.slots.iter().filter(|s| s.0 != NO_SLOT).count();
+        assert_eq!(slotted, self.docs, "slots of documents that left");
+        assert_eq!(
+            referenced, self.refs,
+            "each slot's count is the documents referencing it"
+        );
+        for (slot, head) in heads.into_iter().enumerate() {
+            let live = self.refs[slot] > 0;
+            assert_eq!(
+                !live,
+                self.free.contains(&(slot as u32)),
+                "slot {slot} free exactly when unreferenced"
+            );
+            if live {
+                assert_eq!(head, Some(self.heads[slot]), "slot {slot}'s best-ranked document");
+                let vector = self.vector(slot as u32);
+                assert_eq!(self.hashes[slot], self.hash_of(vector), "slot {slot}'s hash");
+                assert_eq!(
+                    self.find(self.hashes[slot], vector),
+                    Some(slot as u32),
+                    "slot {slot} interned"
+                );
+                assert_eq!(
+                    quantise(vector),
+                    (
+                        self.codes[slot * self.dims..(slot + 1) * self.dims].to_vec(),
+                        self.scales[slot]
+                    ),
+                    "slot {slot}'s codes"
+                );
+            }
+        }
+        assert_eq!(
+            self.by_value.len(),
+            self.distinct(),
+            "the interning table holds the live slots alone"
+        );
     }
+}
+
+/// True when `a` and `b` hold the same bits (0.0 and -0.0 differ: a snapshot keeps the bits).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// `vector` as i8 codes and the scale that turns them back into values (its largest absolute
@@ -365,16 +594,24 @@ mod tests {
         unit(values).expect("a valid vector")
     }
 
+    /// Sets `doc`'s vector with the document key as its rank (as the search index's tests do).
+    fn set(index: &mut VectorIndex, doc: DocKey, vector: &[f32]) {
+        index.set(doc, doc as u64, vector).expect("stored");
+        index.check_invariants(|_| true);
+    }
+
     #[test]
     fn a_scan_scores_every_vector_by_cosine_within_the_i8_codes_precision() {
-        let mut index = VectorIndex::default();
-        index.set(0, &v(&[1.0, 0.0, 0.0])).expect("stored");
-        index.set(3, &v(&[0.0, 1.0, 0.0])).expect("stored");
-        index.set(5, &v(&[1.0, 1.0, 0.0])).expect("stored");
-        index.check_invariants(|_| true);
+        let mut index = VectorIndex::new(0);
+        set(&mut index, 0, &v(&[1.0, 0.0, 0.0]));
+        set(&mut index, 3, &v(&[0.0, 1.0, 0.0]));
+        set(&mut index, 5, &v(&[1.0, 1.0, 0.0]));
         let scored = index.scan(&v(&[1.0, 0.0, 0.0]));
         assert_eq!(scored.len(), 3);
-        let cosine = |doc: DocKey| scored.iter().find(|s| s.0 == doc).expect("scored").1;
+        let cosine = |doc: DocKey| {
+            let slot = index.slot_of(doc).expect("a slot");
+            scored.iter().find(|s| s.0 == slot).expect("scored").1
+        };
         assert!((cosine(0) - 1.0).abs() < 1e-2);
         assert!(cosine(3).abs() < 1e-2);
         assert!((cosine(5) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-2);
@@ -386,58 +623,179 @@ mod tests {
 
     #[test]
     fn another_dimension_is_refused_until_the_index_is_empty_again() {
-        let mut index = VectorIndex::default();
-        index.set(1, &v(&[1.0, 2.0])).expect("stored");
-        let error = index.set(2, &v(&[1.0, 2.0, 3.0])).expect_err("3 is not 2");
+        let mut index = VectorIndex::new(0);
+        set(&mut index, 1, &v(&[1.0, 2.0]));
+        let error = index.set(2, 2, &v(&[1.0, 2.0, 3.0])).expect_err("3 is not 2");
         assert!(error.contains("3 dimensions") && error.contains("have 2"), "{error}");
         index.remove(1);
         index.check_invariants(|_| true);
         assert_eq!(index.dims(), 0);
-        index.set(2, &v(&[1.0, 2.0, 3.0])).expect("the index is free again");
+        set(&mut index, 2, &v(&[1.0, 2.0, 3.0]));
     }
 
     #[test]
-    fn removing_moves_the_last_slot_and_keeps_every_vector() {
-        let mut index = VectorIndex::default();
+    fn removing_and_replacing_keep_every_other_vector() {
+        let mut index = VectorIndex::new(0);
         for doc in 0..5 {
-            index.set(doc, &v(&[doc as f32 + 1.0, 1.0])).expect("stored");
+            set(&mut index, doc, &v(&[doc as f32 + 1.0, 1.0]));
         }
         index.remove(1);
         index.remove(7);
-        index.set(2, &v(&[0.0, 1.0])).expect("replaced");
-        index.check_invariants(|_| true);
+        set(&mut index, 2, &v(&[0.0, 1.0]));
         assert_eq!(index.len(), 4);
+        assert_eq!(index.distinct(), 4);
         assert_eq!(index.get(1), None);
         assert_eq!(index.get(2), Some(&v(&[0.0, 1.0])[..]));
         assert_eq!(index.get(4), Some(&v(&[5.0, 1.0])[..]));
     }
 
     #[test]
+    fn a_thousand_replicas_share_one_stored_vector() {
+        let mut index = VectorIndex::new(7);
+        let card = v(&[0.3, -0.2, 0.9]);
+        for doc in 0..1000 {
+            index.set(doc, doc as u64, &card).expect("stored");
+        }
+        index.check_invariants(|_| true);
+        assert_eq!(index.len(), 1000);
+        assert_eq!(index.distinct(), 1);
+        assert_eq!(index.values.len(), 3, "one vector's values, however many replicas");
+        assert_eq!(index.codes.len(), 3);
+        assert!((0..1000).all(|doc| index.slot_of(doc) == Some(0)));
+        assert_eq!(index.scan(&card).len(), 1, "a scan scores the vector once");
+        // Setting the same vector again changes nothing.
+        index.set(10, 10, &card).expect("the same");
+        index.check_invariants(|_| true);
+        assert_eq!((index.len(), index.distinct()), (1000, 1));
+    }
+
+    #[test]
+    fn a_shared_vector_is_freed_with_its_last_replica_and_its_slot_reused_lowest_first() {
+        let mut index = VectorIndex::new(0);
+        let (a, b, c) = (v(&[1.0, 0.0]), v(&[0.0, 1.0]), v(&[1.0, 1.0]));
+        for doc in 0..3 {
+            set(&mut index, doc, &a);
+        }
+        set(&mut index, 3, &b);
+        set(&mut index, 4, &c);
+        assert_eq!(index.distinct(), 3);
+        index.remove(0);
+        index.remove(2);
+        index.check_invariants(|_| true);
+        assert_eq!(index.distinct(), 3, "a vector stays while a replica references it");
+        assert_eq!(index.get(1), Some(&a[..]));
+        assert_eq!(index.first_of(0), (1, 1), "the remaining replica heads the slot");
+        index.remove(1);
+        index.check_invariants(|_| true);
+        assert_eq!(index.distinct(), 2, "the last replica frees the vector");
+        assert_eq!(index.scan(&a).len(), 2, "a free slot is not scored");
+        set(&mut index, 5, &v(&[-1.0, 0.5]));
+        assert_eq!(index.slot_of(5), Some(0), "the lowest free slot is reused");
+        // Freeing the last slots gives them back.
+        index.remove(4);
+        index.remove(3);
+        index.check_invariants(|_| true);
+        assert_eq!(index.refs.len(), 1);
+        index.remove(5);
+        index.check_invariants(|_| true);
+        assert_eq!((index.len(), index.dims(), index.refs.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn replacing_one_replicas_vector_leaves_the_others_intact() {
+        let mut index = VectorIndex::new(0);
+        let (old, new) = (v(&[1.0, 2.0, 3.0]), v(&[3.0, 2.0, 1.0]));
+        for doc in 0..4 {
+            set(&mut index, doc, &old);
+        }
+        set(&mut index, 0, &new);
+        assert_eq!(index.get(0), Some(&new[..]));
+        assert!((1..4).all(|doc| index.get(doc) == Some(&old[..])));
+        assert_eq!(index.distinct(), 2);
+        assert_eq!(index.first_of(index.slot_of(1).expect("a slot")), (1, 1));
+        // Another model's vector (another index) replaces a replica's: it leaves this one alone.
+        let (mini, big): (Arc<str>, Arc<str>) = (Arc::from("mini"), Arc::from("big"));
+        let mut spaces = VectorSpaces::new(0);
+        for doc in 0..4 {
+            spaces.set(doc, doc as u64, &mini, &old).expect("stored");
+        }
+        spaces.set(2, 2, &big, &old).expect("another model");
+        spaces.check_invariants(|_| true);
+        let minis = spaces.space("mini", 3).expect("mini's vectors");
+        assert_eq!((minis.len(), minis.distinct()), (3, 1));
+        assert_eq!(spaces.get(2).map(|(m, _)| &**m), Some("big"));
+        assert!([0, 1, 3].iter().all(|&doc| spaces.get(doc) == Some((&mini, &old[..]))));
+    }
+
+    #[test]
+    fn vectors_that_differ_in_one_bit_are_never_merged() {
+        let mut index = VectorIndex::new(0);
+        let a = v(&[0.6, 0.8]);
+        let mut b = a.clone();
+        b[0] = f32::from_bits(a[0].to_bits() + 1);
+        let (zero, negative_zero) = (vec![0.0, 1.0], vec![-0.0, 1.0]);
+        set(&mut index, 0, &a);
+        set(&mut index, 1, &b);
+        set(&mut index, 2, &zero);
+        set(&mut index, 3, &negative_zero);
+        assert_eq!(index.distinct(), 4);
+        for (doc, vector) in [&a, &b, &zero, &negative_zero].into_iter().enumerate() {
+            let held = index.get(doc).expect("held");
+            assert!(same_bits(held, vector), "document {doc} keeps its bits");
+        }
+    }
+
+    #[test]
+    fn a_slots_documents_come_in_rank_order_whatever_order_they_came_in() {
+        let mut index = VectorIndex::new(0);
+        let card = v(&[1.0, 1.0]);
+        for (doc, rank) in [(4, 40), (1, 90), (7, 10), (2, 50)] {
+            index.set(doc, rank, &card).expect("stored");
+        }
+        index.check_invariants(|_| true);
+        let mut order = vec![index.first_of(0)];
+        while let Some(&(rank, doc)) = order.last() {
+            match index.next_of(0, rank, doc) {
+                Some(next) => order.push(next),
+                None => break,
+            }
+        }
+        assert_eq!(order, [(10, 7), (40, 4), (50, 2), (90, 1)]);
+        index.remove(7);
+        assert_eq!(index.first_of(0), (40, 4), "the next best heads the slot");
+        index.check_invariants(|_| true);
+    }
+
+    #[test]
     fn each_model_keeps_its_own_vectors_and_a_card_has_one() {
         let (mini, big): (Arc<str>, Arc<str>) = (Arc::from("mini"), Arc::from("big"));
-        let mut spaces = VectorSpaces::default();
-        spaces.set(0, &mini, &v(&[1.0, 0.0])).expect("stored");
-        spaces.set(1, &mini, &v(&[0.0, 1.0])).expect("stored");
+        let mut spaces = VectorSpaces::new(0);
+        spaces.set(0, 0, &mini, &v(&[1.0, 0.0])).expect("stored");
+        spaces.set(1, 1, &mini, &v(&[0.0, 1.0])).expect("stored");
         spaces
-            .set(2, &big, &v(&[1.0, 0.0]))
+            .set(2, 2, &big, &v(&[1.0, 0.0]))
             .expect("same dimension, another model");
         spaces
-            .set(3, &big, &v(&[1.0, 0.0, 0.0]))
+            .set(3, 3, &big, &v(&[1.0, 0.0, 0.0]))
             .expect("another dimension, another index");
         spaces.check_invariants(|_| true);
         assert_eq!(spaces.space("mini", 2).map(VectorIndex::len), Some(2));
         assert_eq!(spaces.space("big", 2).map(VectorIndex::len), Some(1));
         assert_eq!(spaces.space("big", 3).map(VectorIndex::len), Some(1));
         // A new model's vector replaces the card's old one; an index left empty goes.
-        spaces.set(2, &mini, &v(&[1.0, 1.0])).expect("replaced");
+        spaces.set(2, 2, &mini, &v(&[1.0, 1.0])).expect("replaced");
         spaces.check_invariants(|_| true);
         assert!(spaces.space("big", 2).is_none());
         assert_eq!(spaces.get(2).map(|(m, _)| &**m), Some("mini"));
         assert_eq!(spaces.len(), 4);
         for (n, name) in ["m2", "m3"].into_iter().enumerate() {
-            spaces.set(10 + n, &Arc::from(name), &v(&[1.0])).expect("room for four");
+            spaces
+                .set(10 + n, 10 + n as u64, &Arc::from(name), &v(&[1.0]))
+                .expect("room for four");
         }
-        let error = spaces.set(20, &Arc::from("m5"), &v(&[1.0])).expect_err("a fifth model");
+        let error = spaces
+            .set(20, 20, &Arc::from("m5"), &v(&[1.0]))
+            .expect_err("a fifth model");
         assert!(error.contains("4 models"), "{error}");
         assert!(spaces.get(20).is_none(), "a refused vector changes nothing");
         spaces.check_invariants(|_| true);

@@ -242,7 +242,12 @@ fn a_hybrid_find_scans_every_vector_within_its_bound() {
     // No card shares a word with the query: the vectors alone rank.
     let (keys, work) = h.core.registry.find("zzz", Some(&query), &[], 10);
     assert_eq!(keys.len(), 10);
-    assert_eq!(work.vectors_scanned, 3000);
+    // 97 x 13 = 1,261 distinct vectors among the 3,000 cards: each is scored once.
+    assert_eq!(
+        h.core.registry.search.vector_space(MODEL, 3).map(|s| s.distinct()),
+        Some(1261)
+    );
+    assert_eq!(work.vectors_scanned, 1261);
     assert!(work.vectors_scanned <= VECTORS_SCANNED_MAX);
     let best = &h.core.registry.get(keys[0]).card.name;
     let i: u32 = best.trim_start_matches("worker-").parse().expect("a worker");
@@ -395,4 +400,122 @@ fn live_agents_without_a_vector_of_a_model_are_read_a_bounded_page_at_a_time() {
         limit: 1,
     });
     assert_eq!(error.code, ErrorCode::InvalidArgument);
+}
+
+/// Registers `n` replicas of the card named `name` (one text, so one digest), each with `vector`
+/// inside its Register; their ids in registration order.
+fn replicas(h: &mut Harness, name: &str, n: usize, vector: &[f32]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let card = named_card(name);
+            let digest = card_digest(&card);
+            register_with(h, card, digest, MODEL, vector)
+        })
+        .collect()
+}
+
+/// Documents with a vector of `MODEL` in `dims` dimensions, and distinct vectors stored.
+fn stored(h: &Harness, dims: usize) -> Option<(usize, usize)> {
+    let space = h.core.registry.search.vector_space(MODEL, dims)?;
+    Some((space.len(), space.distinct()))
+}
+
+/// Find's agent ids (replicas share their card's name) for `query` and a query vector.
+fn find_ids(h: &Harness, query: &str, vector: &[f32], limit: usize) -> Vec<String> {
+    let vector = ModelVector::new(MODEL, vector);
+    let (keys, _) = h.core.registry.find(query, Some(&vector), &[], limit);
+    keys.iter().map(|&k| h.core.registry.get(k).id.to_string()).collect()
+}
+
+#[test]
+fn a_thousand_replicas_store_one_vector_which_leaves_with_the_last_of_them() {
+    let mut h = Harness::new();
+    let fleet = replicas(&mut h, "reviewer", 1000, &[1.0, 0.0, 0.0]);
+    let deployers = replicas(&mut h, "deployer", 2, &[0.0, 1.0, 0.0]);
+    h.core.check_invariants();
+    assert_eq!(stored(&h, 3), Some((1002, 2)), "1,002 cards, 2 vectors stored");
+    let (_, work) = h
+        .core
+        .registry
+        .find("zzz", Some(&ModelVector::new(MODEL, [1.0f32, 0.0, 0.0])), &[], 10);
+    assert_eq!(work.vectors_scanned, 2, "each distinct vector scored once");
+    for id in &fleet[..999] {
+        h.ok(Command::Deregister { agent_id: id.clone() });
+    }
+    h.core.check_invariants();
+    assert_eq!(stored(&h, 3), Some((3, 2)), "the vector stays with its last replica");
+    assert_eq!(find_ids(&h, "zzz", &[1.0, 0.0, 0.0], 1), [fleet[999].clone()]);
+    h.ok(Command::Deregister {
+        agent_id: fleet[999].clone(),
+    });
+    h.core.check_invariants();
+    assert_eq!(stored(&h, 3), Some((2, 1)), "the last replica freed it");
+    assert_eq!(find_ids(&h, "zzz", &[1.0, 0.0, 0.0], 5), deployers);
+}
+
+#[test]
+fn replacing_one_replicas_vector_leaves_the_other_replicas_theirs() {
+    let mut h = Harness::new();
+    let fleet = replicas(&mut h, "reviewer", 5, &[1.0, 0.0]);
+    let digest = digest_of(&h, &fleet[1]);
+    h.ok(set_vector(&fleet[1], digest, &[0.0, 1.0]));
+    h.ok(set_vector_of("other-model", &fleet[3], digest, &[1.0, 0.0]));
+    h.core.check_invariants();
+    assert_eq!(
+        stored(&h, 2),
+        Some((4, 2)),
+        "a new vector for one replica, one moved to another model"
+    );
+    let vector_of = |h: &Harness, id: &str| {
+        let key = h.core.registry.lookup(id).expect("known");
+        h.core
+            .registry
+            .search
+            .vector(key)
+            .map(|(m, v)| (m.to_string(), v.to_vec()))
+    };
+    for i in [0, 2, 4] {
+        assert_eq!(vector_of(&h, &fleet[i]), Some((MODEL.to_string(), vec![1.0, 0.0])));
+    }
+    assert_eq!(vector_of(&h, &fleet[1]), Some((MODEL.to_string(), vec![0.0, 1.0])));
+    assert_eq!(
+        vector_of(&h, &fleet[3]),
+        Some(("other-model".to_string(), vec![1.0, 0.0]))
+    );
+    assert_eq!(find_ids(&h, "zzz", &[0.0, 1.0], 1), [fleet[1].clone()]);
+    assert_eq!(
+        find_ids(&h, "zzz", &[1.0, 0.0], 4),
+        [&fleet[0], &fleet[2], &fleet[4], &fleet[1]].map(String::clone),
+        "the other model's vector is not ranked; the replicas tie in registration order"
+    );
+}
+
+#[test]
+fn tied_replicas_come_in_registration_order_within_the_limit_and_the_filter() {
+    let mut h = Harness::new();
+    let mut near = Vec::new();
+    let mut far = Vec::new();
+    for _ in 0..20 {
+        near.extend(replicas(&mut h, "reviewer", 1, &[1.0, 0.1]));
+        far.extend(replicas(&mut h, "deployer", 1, &[0.1, 1.0]));
+    }
+    assert_eq!(stored(&h, 2), Some((40, 2)));
+    assert_eq!(find_ids(&h, "zzz", &[1.0, 0.0], 7), near[..7]);
+    let all = find_ids(&h, "zzz", &[1.0, 0.0], 25);
+    assert_eq!(all[..20], near[..], "every near replica first, in registration order");
+    assert_eq!(all[20..], far[..5], "then the far ones, in registration order");
+    // A word of the card ranks its replicas by both halves; still by registration among them.
+    assert_eq!(find_ids(&h, "deployer", &[0.0, 1.0], 3), far[..3]);
+    // Replicas that missed their heartbeat are not answered: the next ones take their places.
+    h.advance(50_000);
+    for (i, id) in near.iter().enumerate() {
+        if i % 2 == 1 {
+            h.ok(Command::Heartbeat { agent_id: id.clone() });
+        }
+    }
+    h.advance(20_000);
+    assert_eq!(h.agent(&near[0]).status, AgentStatus::Unreachable);
+    let odd: Vec<String> = near.iter().skip(1).step_by(2).take(4).cloned().collect();
+    assert_eq!(find_ids(&h, "zzz", &[1.0, 0.0], 4), odd);
+    h.core.check_invariants();
 }
