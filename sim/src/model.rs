@@ -1633,27 +1633,26 @@ mod tests {
         assert!(glob(b"", b""));
     }
 
-    #[test]
-    fn a_jump_past_a_death_releases_the_lease_the_dead_agent_held() {
-        let config = CoreConfig::default();
-        let mut model = Model::new(&config, 0);
+    /// Registers agent 7 (card "a", a TTL of 1 s) at time 0, as the core answered it.
+    fn register_agent_7(model: &mut Model) {
         let card = AgentCard {
             name: "a".into(),
             ..AgentCard::default()
         };
-        let id = Id128(7);
-        let registered: Outcome = Ok(Reply::Registered { agent_id: id });
-        model
-            .apply(
-                0,
-                &Command::Register {
-                    card,
-                    ttl_seconds: 1,
-                    vector: None,
-                },
-                &registered,
-            )
-            .unwrap();
+        let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(7) });
+        let register = Command::Register {
+            card,
+            ttl_seconds: 1,
+            vector: None,
+        };
+        model.apply(0, &register, &registered).unwrap();
+    }
+
+    #[test]
+    fn a_jump_past_a_death_releases_the_lease_the_dead_agent_held() {
+        let config = CoreConfig::default();
+        let mut model = Model::new(&config, 0);
+        register_agent_7(&mut model);
         let acquire = Command::AcquireLease {
             task_id: "k".into(),
             agent_id: format!("{:032x}", 7),
@@ -1736,22 +1735,7 @@ mod tests {
     fn a_restart_forgives_the_downtime_then_time_runs_again() {
         let config = CoreConfig::default();
         let mut model = Model::new(&config, 0);
-        let card = AgentCard {
-            name: "a".into(),
-            ..AgentCard::default()
-        };
-        let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(7) });
-        model
-            .apply(
-                0,
-                &Command::Register {
-                    card,
-                    ttl_seconds: 1,
-                    vector: None,
-                },
-                &registered,
-            )
-            .unwrap();
+        register_agent_7(&mut model);
         let acquire = Command::AcquireLease {
             task_id: "k".into(),
             agent_id: format!("{:032x}", 7),
