@@ -10,7 +10,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use agentkeeper::proto as pb;
 use axum::extract::State;
@@ -34,10 +33,9 @@ struct Seen {
 #[derive(Clone)]
 struct Server {
     seen: Arc<Mutex<Seen>>,
-    /// Requests wait while this is false (to let cards queue up behind the first).
+    /// Requests wait while this is false (to let cards queue up behind the first; kept false,
+    /// a server that never answers within the daemon's timeout).
     open: watch::Receiver<bool>,
-    /// How long each answer takes (beyond the daemon's timeout: a slow server).
-    delay: Duration,
 }
 
 /// Deterministic vectors: a text about the first job points along axis 0, the second along 1,
@@ -82,7 +80,6 @@ async fn embeddings(
     }
     let mut open = server.open.clone();
     let _ = open.wait_for(|open| *open).await;
-    tokio::time::sleep(server.delay).await;
     // Listed in reverse, each with its index: the daemon must put them back in order.
     let data: Vec<serde_json::Value> = (inputs.iter().enumerate().rev())
         .map(|(index, text)| serde_json::json!({"object": "embedding", "index": index, "embedding": vector_of(text)}))
@@ -91,12 +88,11 @@ async fn embeddings(
 }
 
 /// Starts the server on a free port; it serves until the test's runtime ends.
-async fn start_server(delay: Duration, open: watch::Receiver<bool>) -> (SocketAddr, Arc<Mutex<Seen>>) {
+async fn start_server(open: watch::Receiver<bool>) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = Server {
         seen: Arc::clone(&seen),
         open,
-        delay,
     };
     let app = Router::new()
         .route("/v1/embeddings", post(embeddings))
@@ -159,7 +155,7 @@ fn metric_or_zero(daemon: &Daemon, sample: &str) -> f64 {
 #[tokio::test]
 async fn cards_get_the_external_embedders_vectors_in_batches_and_find_ranks_by_them() {
     let (gate, open) = watch::channel(false);
-    let (addr, seen) = start_server(Duration::ZERO, open).await;
+    let (addr, seen) = start_server(open).await;
     let daemon = Daemon::start_env(
         &[
             &format!("--embedder=http://{addr}"),
@@ -260,8 +256,9 @@ async fn with_the_embedder_down_the_builtin_encoder_stands_in_and_the_outage_is_
 #[tokio::test]
 async fn a_slow_embedder_times_out_and_the_builtin_encoder_stands_in() {
     let Some(models) = installed_model() else { return };
-    let (_gate, open) = watch::channel(true);
-    let (addr, seen) = start_server(Duration::from_secs(30), open).await;
+    // The gate stays shut for the whole test: the server holds every request unanswered.
+    let (_gate, open) = watch::channel(false);
+    let (addr, seen) = start_server(open).await;
     let daemon = Daemon::start(&[
         &format!("--search-model={}", models.display()),
         &format!("--embedder=http://{addr}/v1"),
@@ -320,7 +317,7 @@ async fn cards_from_a_data_dir_written_without_a_model_get_vectors_from_the_back
         assert!(lexical.terminate().success());
     }
     let (_gate, open) = watch::channel(true);
-    let (addr, seen) = start_server(Duration::ZERO, open).await;
+    let (addr, seen) = start_server(open).await;
     let daemon = Daemon::start(&[
         &data_dir,
         &format!("--embedder=http://{addr}"),
