@@ -170,9 +170,8 @@ where
     B: Body<Data = Bytes> + Unpin,
 {
     let (parts, mut body) = request.into_parts();
-    let (read, replay) = read_message(&mut body, limit).await;
-    let unusual = match read {
-        Some(frame) => {
+    let (parts, replay) = match read_message(&mut body, limit).await {
+        Read::Message(frame) => {
             let served = match hot {
                 Hot::Heartbeat => serve(&frame, parts, |r| api.heartbeat(r)).await,
                 Hot::GetAgent => serve(&frame, parts, |r| api.get_agent(r)).await,
@@ -188,9 +187,8 @@ where
                 Err(parts) => (parts, Replay::read_whole(frame)),
             }
         }
-        None => (parts, replay.then(body)),
+        Read::Unusual(replay) => (parts, replay.then(body)),
     };
-    let (parts, replay) = unusual;
     match routes.call(Request::from_parts(parts, replay)).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -242,13 +240,20 @@ fn respond<M: prost::Message>(response: tonic::Response<M>) -> Response<tonic::b
     http
 }
 
+/// What reading a request's body gave: the whole body, one plain gRPC message (its prefix
+/// included); or what was read of a body that is not, to be replayed to tonic.
+enum Read<B: Body> {
+    Message(Bytes),
+    Unusual(Replay<B>),
+}
+
 /// Reads the whole body when it is one plain gRPC message within `limit`; else stops, giving
 /// what it read (to be replayed, with the rest of the body after it).
-async fn read_message<B>(body: &mut B, limit: usize) -> (Option<Bytes>, Replay<B>)
+async fn read_message<B>(body: &mut B, limit: usize) -> Read<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut read = Read::default();
+    let mut read = Frames::default();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
@@ -256,35 +261,35 @@ where
                     read.push(data);
                     if read.len() > PREFIX_BYTES + limit {
                         // Longer than any allowed message: tonic reads on and refuses it.
-                        return (None, Replay::read_so_far(read.all(), None, None));
+                        return Read::Unusual(Replay::read_so_far(read.all(), None, None));
                     }
                 }
                 Err(frame) => {
                     let trailers = frame.into_trailers().ok();
-                    return (None, Replay::read_so_far(read.all(), trailers, None));
+                    return Read::Unusual(Replay::read_so_far(read.all(), trailers, None));
                 }
             },
             // A body that failed: tonic meets the failure where it stood.
-            Some(Err(error)) => return (None, Replay::read_so_far(read.all(), None, Some(error))),
+            Some(Err(error)) => return Read::Unusual(Replay::read_so_far(read.all(), None, Some(error))),
             None => break,
         }
     }
     let all = read.all();
     if is_one_plain_message(&all, limit) {
-        (Some(all), Replay::read_whole(Bytes::new()))
+        Read::Message(all)
     } else {
-        (None, Replay::read_whole(all))
+        Read::Unusual(Replay::read_whole(all))
     }
 }
 
 /// The data frames read so far (nearly always one: a small message arrives whole).
 #[derive(Default)]
-struct Read {
+struct Frames {
     first: Option<Bytes>,
     more: BytesMut,
 }
 
-impl Read {
+impl Frames {
     fn push(&mut self, data: Bytes) {
         match &self.first {
             None => self.first = Some(data),
