@@ -31,6 +31,9 @@
 # from the protobuf message and decodes it back), checks one call's grpc-status with curl, and
 # checks the server's own counters (ours: agentkeeper_rpc_total / _errors_total; etcd:
 # grpc_server_handled_total by code) against h2load's 2xx count: h2load sees HTTP status only.
+# The h2 rows do for the keep-alive streams what h2load does for unary calls: the load generator's
+# `--client h2` holds each stream over the h2 crate directly (one thread, no tonic), sends one
+# heartbeat per message to ours and one LeaseKeepAlive to etcd, and decodes every answer.
 # Every run also records the servers' CPU per operation (/proc/PID/stat of every node), the load
 # generator's, the CPU others took on the machine and the load average (the report's "host").
 set -euo pipefail
@@ -162,8 +165,8 @@ start_etcd() {
 lines="$work/results.jsonl"
 : >"$lines"
 # run ITEM SYSTEM ROLE KIND SCENARIO: every shape against the system listening on $port
-# ($client=h2load: sent by h2load; $batch: heartbeats per keep-alive message; $target: another
-# address than 127.0.0.1:$port).
+# ($client=h2load: sent by h2load; $client=h2: by the load generator's h2 stream client; $batch:
+# heartbeats per keep-alive message; $target: another address than 127.0.0.1:$port).
 run() {
     local item=$1 system=$2 role=$3 kind=$4 scenario=$5 shape json
     for shape in $shapes; do
@@ -221,6 +224,9 @@ for round in $(seq "$runs"); do
     # Unary calls sent by h2load: Heartbeat against etcd's Put, GetAgent against its Range.
     client=h2load run "h2load, Heartbeat vs Put" agentkeeper ours agentkeeper heartbeat
     client=h2load run "h2load, GetAgent vs Range" agentkeeper ours agentkeeper get-agent
+    # The keep-alive stream sent by the load generator's h2 client (one thread, no tonic), as
+    # h2load sends the unary calls: one heartbeat per message, against etcd's LeaseKeepAlive.
+    client=h2 run "h2 client, KeepAlive vs LeaseKeepAlive" "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
     stop_all
 
     echo "agentkeeper, in memory, TCP and its Unix socket (run $round)" >&2
@@ -256,6 +262,7 @@ for round in $(seq "$runs"); do
     fi
     client=h2load run "h2load, Heartbeat vs Put" "etcd $etcd_version" peer etcd set-policy
     client=h2load run "h2load, GetAgent vs Range" "etcd $etcd_version" peer etcd get-agent
+    client=h2 run "h2 client, KeepAlive vs LeaseKeepAlive" "etcd $etcd_version" peer etcd heartbeat
     stop_all
 done
 # etcd's LeaseKeepAlive is a lease renewal as much as a heartbeat: its heartbeat rows stand in

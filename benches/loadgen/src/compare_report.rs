@@ -353,6 +353,34 @@ fn goals() -> Vec<Goal> {
             at_least: true,
         },
         Goal {
+            name: "stream heartbeats >= 3x unary, unbatched, both sent by cheap clients (h2; h2load)",
+            of: Select {
+                item: "h2 client, KeepAlive vs LeaseKeepAlive",
+                system: "agentkeeper KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "h2load, Heartbeat vs Put",
+                system: "agentkeeper",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 3.0,
+            at_least: true,
+        },
+        Goal {
+            name: "stream heartbeats >= 5x etcd LeaseKeepAlive, unbatched, both sent by the h2 client",
+            of: Select {
+                item: "h2 client, KeepAlive vs LeaseKeepAlive",
+                system: "agentkeeper KeepAlive stream",
+            },
+            against: Some(Select {
+                item: "h2 client, KeepAlive vs LeaseKeepAlive",
+                system: "etcd*",
+            }),
+            measure: Measure::ItemsPerSecond,
+            bound: 5.0,
+            at_least: true,
+        },
+        Goal {
             name: "stream heartbeats, 100 per message, >= 3x unary",
             of: stream("heartbeat, 100 per message"),
             against: Some(Select {
@@ -405,6 +433,17 @@ fn goals() -> Vec<Goal> {
         Goal {
             name: "daemon CPU per stream heartbeat <= 2 µs, unbatched",
             of: stream("heartbeat"),
+            against: None,
+            measure: Measure::CpuPerItem,
+            bound: 2.0,
+            at_least: false,
+        },
+        Goal {
+            name: "daemon CPU per stream heartbeat <= 2 µs, unbatched, sent by the h2 client",
+            of: Select {
+                item: "h2 client, KeepAlive vs LeaseKeepAlive",
+                system: "agentkeeper KeepAlive stream",
+            },
             against: None,
             measure: Measure::CpuPerItem,
             bound: 2.0,

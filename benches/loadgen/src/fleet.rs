@@ -5,7 +5,10 @@
 //! 10,000. The parent watches `agent.unreachable` from the start (an agent seen there was
 //! falsely declared unreachable: every one is heartbeated in time, or should be), and over the
 //! measured `--duration` reads the daemon's CPU from /proc and its keep-alive counter from
-//! /metrics. Prints one JSON object.
+//! /metrics. Beside the fleet, a probe sends unary calls at a fixed rate (`--probe-rate`, open
+//! loop: each call's latency counts from when it was due), once alone before the fleet starts and
+//! again over the measured window, so the report says what the fleet costs every other caller's
+//! p99. Prints one JSON object.
 //!
 //! Invariant: the measured window begins only once every child has registered all its agents;
 //! registration's own heartbeats and UNREACHABLE events count too (they are part of holding
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use agentkeeper::proto as pb;
 use clap::Parser;
+use hdrhistogram::Histogram;
 use pb::registry_service_client::RegistryServiceClient;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -58,6 +62,13 @@ struct Flags {
     /// The daemon's /metrics address HOST:PORT (its keep-alive counter).
     #[arg(long)]
     scrape: Option<String>,
+    /// Unary calls per second the probe sends (Heartbeat and GetAgent, alternating, on a
+    /// connection of its own), alone before the fleet and again beside it; 0: no probe.
+    #[arg(long, default_value_t = 200)]
+    probe_rate: u32,
+    /// How long the probe runs alone, before the fleet registers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    probe_alone: Duration,
     /// Internal: run as one client process with this many agents.
     #[arg(long, hide = true)]
     child: bool,
@@ -213,6 +224,14 @@ async fn heartbeats(channel: Channel, agents: Arc<Mutex<Vec<String>>>, every: Du
 // ── the parent ──
 
 async fn parent(flags: Flags) -> Result<(), String> {
+    let probe = match flags.probe_rate {
+        0 => None,
+        rate => Some(Probe::start(&flags.target, rate).await?),
+    };
+    let alone = match &probe {
+        Some(probe) => Some(probe.run(Instant::now() + flags.probe_alone).await),
+        None => None,
+    };
     let started = Instant::now();
     let unreachable = watch_unreachable(&flags.target).await?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -249,7 +268,13 @@ async fn parent(flags: Flags) -> Result<(), String> {
     let items_start = keepalive_items(flags.scrape.as_deref());
     let host_start = host::Sample::take(&pids);
     let window = Instant::now();
-    tokio::time::sleep(flags.duration).await;
+    let beside = match &probe {
+        Some(probe) => Some(probe.run(window + flags.duration).await),
+        None => {
+            tokio::time::sleep(flags.duration).await;
+            None
+        }
+    };
     let elapsed = window.elapsed();
     let host_end = host::Sample::take(&pids);
     let items_end = keepalive_items(flags.scrape.as_deref());
@@ -279,11 +304,124 @@ async fn parent(flags: Flags) -> Result<(), String> {
         "daemon_cores": host.server_cpu_seconds.first().and_then(|p| p.seconds).map(|s| s / elapsed.as_secs_f64()),
         "agents_ever_unreachable": seen,
         "agents_unreachable_while_registering": unreachable_registering,
+        "probe_rate": flags.probe_rate,
+        "probe_alone": alone,
+        "probe_beside_fleet": beside,
         "clients": clients,
         "host": host,
     });
     println!("{report}");
     Ok(())
+}
+
+// ── the unary probe ──
+
+/// One connection sending unary calls at a fixed rate for one registered agent of its own.
+struct Probe {
+    registry: RegistryServiceClient<Channel>,
+    agent_id: String,
+    every: Duration,
+}
+
+/// The probe's calls over one window: latency from when each call was due, per method, µs.
+#[derive(serde::Serialize)]
+struct ProbeReport {
+    heartbeat: Latency,
+    get_agent: Latency,
+    /// Calls that failed (a failed call's latency is not counted).
+    failed: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Latency {
+    calls: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        Latency {
+            calls: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.50),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+impl Probe {
+    async fn start(target: &str, rate: u32) -> Result<Self, String> {
+        let mut registry = RegistryServiceClient::new(connect(target).await?);
+        let request = pb::RegisterRequest {
+            card: Some(pb::AgentCard {
+                name: "fleet-probe".into(),
+                ..Default::default()
+            }),
+            ttl_seconds: 3600,
+        };
+        let agent_id = registry
+            .register(request)
+            .await
+            .map_err(|e| format!("register the probe's agent: {e}"))?
+            .into_inner()
+            .agent_id;
+        Ok(Probe {
+            registry,
+            agent_id,
+            every: Duration::from_secs(1) / rate,
+        })
+    }
+
+    /// Calls until `until`, one every `every`, alternating Heartbeat and GetAgent. Open loop: a
+    /// call that is late because the one before was slow counts from when it was due; one sent
+    /// on time counts from when it was sent (the timer's own lateness, up to a millisecond, is
+    /// this client's, not the daemon's).
+    async fn run(&self, until: Instant) -> ProbeReport {
+        let mut latencies = [(); 2].map(|_| Histogram::<u64>::new(3).expect("a histogram"));
+        let mut failed = 0;
+        let mut registry = self.registry.clone();
+        let mut due = Instant::now();
+        let mut call = 0usize;
+        while due < until {
+            let sent = match Instant::now() >= due {
+                true => due,
+                false => {
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now()
+                }
+            };
+            let outcome = match call % 2 {
+                0 => registry
+                    .heartbeat(pb::HeartbeatRequest {
+                        agent_id: self.agent_id.clone(),
+                    })
+                    .await
+                    .map(drop),
+                _ => registry
+                    .get_agent(pb::GetAgentRequest {
+                        agent_id: self.agent_id.clone(),
+                    })
+                    .await
+                    .map(drop),
+            };
+            match outcome {
+                Ok(()) => latencies[call % 2].saturating_record(sent.elapsed().as_micros() as u64),
+                Err(_) => failed += 1,
+            }
+            call += 1;
+            due += self.every;
+        }
+        let [heartbeat, get_agent] = latencies;
+        ProbeReport {
+            heartbeat: Latency::of(&heartbeat),
+            get_agent: Latency::of(&get_agent),
+            failed,
+        }
+    }
 }
 
 /// Every agent id an `agent.unreachable` event names, from now on.

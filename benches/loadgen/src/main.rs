@@ -23,6 +23,7 @@
 
 mod background;
 mod h2load;
+mod h2stream;
 mod host;
 #[cfg(feature = "peers")]
 mod peers;
@@ -138,7 +139,8 @@ struct Flags {
     /// What sends the calls: this program's tonic workers, or nghttp2's h2load (unary
     /// heartbeat and get-agent on ours, set-policy's Put and get-agent's Range on etcd; one
     /// framed body repeated, --connections x --concurrency streams, over TCP; needs h2load and
-    /// curl on the PATH).
+    /// curl on the PATH), or the `h2` crate driven directly for the keep-alive streams
+    /// (stream-heartbeat on ours, heartbeat's LeaseKeepAlive on etcd; one thread, no tonic).
     #[arg(long, value_enum, default_value_t = Client::Tonic)]
     client: Client,
 }
@@ -148,6 +150,7 @@ struct Flags {
 enum Client {
     Tonic,
     H2load,
+    H2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -429,8 +432,11 @@ async fn run(flags: Flags) -> Result<(), String> {
             flags.scenario, flags.target_kind
         ));
     };
-    if flags.client == Client::H2load {
-        let report = h2load::run(&flags).await?;
+    if flags.client != Client::Tonic {
+        let report = match flags.client {
+            Client::H2load => h2load::run(&flags).await?,
+            _ => h2stream::run(&flags).await?,
+        };
         print_report(&report, flags.json);
         return Ok(());
     }
