@@ -137,8 +137,10 @@ struct Flags {
     /// After a batch, the core thread keeps polling for the next request this long (yielding the
     /// CPU to anything else runnable) before it sleeps: a call that lands within it skips waking
     /// a sleeping thread, ~100 µs of a sequential call on a VM. Adaptive: after a few windows
-    /// with nothing in them it sleeps at once. It costs CPU while it polls (at most one core
-    /// under steady traffic); 0 turns it off (e.g. 0, 50us, 200us).
+    /// with nothing in them it sleeps at once, and under dense traffic (the next request there
+    /// at once, spin after spin) it sleeps too, letting requests gather into batches. It costs
+    /// CPU while it polls (at most one core under steady traffic); 0 turns it off (e.g. 0,
+    /// 50us, 200us).
     #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
     core_spin: Duration,
 
