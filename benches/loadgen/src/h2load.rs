@@ -18,34 +18,18 @@ use agentkeeper::proto as pb;
 use hdrhistogram::Histogram;
 
 use crate::scenario::Scenario;
-use crate::{Flags, Percentiles, Report, TargetKind, host, scrape};
+use crate::{Flags, Report, TargetKind, host, scrape};
 
 /// Set-up as the tonic client's runs make it (agents registered; etcd's keys put), one curl
 /// call checked, h2load's warm-up, then its measured run between the host's and the servers'
 /// counters; the report is the load generator's own, so compare.sh treats both alike.
 pub async fn run(flags: &Flags) -> Result<Report, String> {
+    crate::external_client_checks(flags, "h2load")?;
     let target = flags.target.as_str();
-    if target.starts_with("unix:") {
-        return Err("--client h2load drives TCP targets only".into());
-    }
-    if flags.rate.is_some() || flags.requests.is_some() || flags.list_leases || flags.dashboard.is_some() {
-        return Err("--client h2load runs a closed loop for --duration, without --rate, --requests or readers".into());
-    }
     let agent_id = match flags.target_kind {
         TargetKind::Agentkeeper => {
-            let channels = crate::connect(target, 1).await?;
-            let plan = crate::scenario::SetUp {
-                scenario: flags.scenario,
-                agents: flags.agents.max(1),
-                policies: 0,
-                tasks: 0,
-                leases: 0,
-                concurrency: flags.setup_concurrency,
-                reuse_agents: flags.reuse_agents,
-                distinct_cards: flags.distinct_cards,
-            };
-            let shared = crate::scenario::set_up(&channels, &plan).await?;
-            shared.agents.first().cloned().ok_or("set-up registered no agent")?
+            let agents = crate::register_agents(flags, 1).await?;
+            agents.first().cloned().ok_or("set-up registered no agent")?
         }
         #[cfg(feature = "peers")]
         TargetKind::Etcd => {
@@ -104,27 +88,22 @@ pub async fn run(flags: &Flags) -> Result<Report, String> {
     host.other_busy_cores = host
         .machine_busy_cores
         .map(|busy| (busy - (servers + seen.client_cpu_seconds) / elapsed.as_secs_f64()).max(0.0));
-    Ok(Report {
-        target_kind: flags.target_kind,
-        scenario: flags.scenario,
-        client: crate::Client::H2load,
-        work: call.work,
-        mode: "closed",
-        connections,
-        concurrency: streams,
-        operations: seen.ok,
+    let measured = crate::Measured {
+        ok: seen.ok,
         errors: seen.errors,
         first_error: seen.first_error,
+        latency: seen.latency,
         seconds,
-        ops_per_second: seen.ok as f64 / seconds,
-        items_per_operation: 1,
-        items_per_second: seen.ok as f64 / seconds,
-        latency_us: Percentiles::of(&seen.latency),
-        fanout_delay_us: None,
-        background: Vec::new(),
+        items: 1,
+    };
+    Ok(Report::closed_loop(
+        flags,
+        crate::Client::H2load,
+        call.work,
+        measured,
         host,
         metrics,
-    })
+    ))
 }
 
 fn clone(call: &Call) -> Call {

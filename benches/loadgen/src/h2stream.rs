@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 
 use crate::scenario::Scenario;
-use crate::{Flags, Percentiles, Report, TargetKind, host, scrape};
+use crate::{Flags, Report, TargetKind, host, scrape};
 
 /// What every stream of one row sends and how its answers are checked.
 struct Plan {
@@ -28,17 +28,12 @@ struct Plan {
 
 /// Set-up, warm-up, the measured run between the host's and the servers' counters.
 pub async fn run(flags: &Flags) -> Result<Report, String> {
+    crate::external_client_checks(flags, "h2")?;
     let target = flags.target.clone();
-    if target.starts_with("unix:") {
-        return Err("--client h2 drives TCP targets only".into());
-    }
-    if flags.rate.is_some() || flags.requests.is_some() || flags.list_leases || flags.dashboard.is_some() {
-        return Err("--client h2 runs a closed loop for --duration, without --rate, --requests or readers".into());
-    }
     let workers = flags.connections * flags.concurrency;
     let batch = crate::items_per_operation(flags);
     let plan = plan(flags, workers, batch).await?;
-    let (connections, streams, warmup, duration) = (flags.connections, flags.concurrency, flags.warmup, flags.duration);
+    let (connections, warmup, duration) = (flags.connections, flags.warmup, flags.duration);
     // The measured phase starts when the warm-up ends; the counters and /proc are read then.
     let (phase_start, phase_started) = tokio::sync::oneshot::channel::<()>();
     let driving = std::thread::spawn(move || {
@@ -63,27 +58,22 @@ pub async fn run(flags: &Flags) -> Result<Report, String> {
     let metrics = scrape::deltas(&flags.scrape, counters_start, counters_end);
     let seconds = elapsed.as_secs_f64();
     let host = host_start.until(&host_end, seen.ok, elapsed);
-    Ok(Report {
-        target_kind: flags.target_kind,
-        scenario: flags.scenario,
-        client: crate::Client::H2,
-        work: plan_work(flags),
-        mode: "closed",
-        connections,
-        concurrency: streams,
-        operations: seen.ok,
+    let measured = crate::Measured {
+        ok: seen.ok,
         errors: seen.errors,
         first_error: seen.first_error,
+        latency: seen.latency,
         seconds,
-        ops_per_second: seen.ok as f64 / seconds,
-        items_per_operation: batch,
-        items_per_second: (seen.ok * batch as u64) as f64 / seconds,
-        latency_us: Percentiles::of(&seen.latency),
-        fanout_delay_us: None,
-        background: Vec::new(),
+        items: batch,
+    };
+    Ok(Report::closed_loop(
+        flags,
+        crate::Client::H2,
+        plan_work(flags),
+        measured,
         host,
         metrics,
-    })
+    ))
 }
 
 fn plan_work(flags: &Flags) -> &'static str {
@@ -98,19 +88,7 @@ fn plan_work(flags: &Flags) -> &'static str {
 async fn plan(flags: &Flags, workers: usize, batch: usize) -> Result<Plan, String> {
     match (flags.target_kind, flags.scenario) {
         (TargetKind::Agentkeeper, Scenario::StreamHeartbeat) => {
-            let channels = crate::connect(&flags.target, 1).await?;
-            let set_up = crate::scenario::SetUp {
-                scenario: flags.scenario,
-                agents: flags.agents.max(batch),
-                policies: 0,
-                tasks: 0,
-                leases: 0,
-                concurrency: flags.setup_concurrency,
-                reuse_agents: flags.reuse_agents,
-                distinct_cards: flags.distinct_cards,
-            };
-            let shared = crate::scenario::set_up(&channels, &set_up).await?;
-            let agents = &shared.agents;
+            let agents = crate::register_agents(flags, batch).await?;
             let bodies = (0..workers)
                 .map(|worker| {
                     let agent_ids = (0..batch)

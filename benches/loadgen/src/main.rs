@@ -226,6 +226,82 @@ struct Report {
     metrics: Vec<scrape::NodeMetrics>,
 }
 
+/// Refuses what a client other than tonic's workers (h2load, the h2 stream client) cannot run:
+/// they drive TCP, closed loop, for --duration, without readers beside them.
+fn external_client_checks(flags: &Flags, name: &str) -> Result<(), String> {
+    if flags.target.starts_with("unix:") {
+        return Err(format!("--client {name} drives TCP targets only"));
+    }
+    if flags.rate.is_some() || flags.requests.is_some() || flags.list_leases || flags.dashboard.is_some() {
+        return Err(format!(
+            "--client {name} runs a closed loop for --duration, without --rate, --requests or readers"
+        ));
+    }
+    Ok(())
+}
+
+/// Registers at least `agents` agents as the tonic client's set-up does (no policies, tasks or
+/// leases) and gives their ids: the ones an external client's requests name.
+async fn register_agents(flags: &Flags, agents: usize) -> Result<Vec<String>, String> {
+    let channels = connect(&flags.target, 1).await?;
+    let plan = scenario::SetUp {
+        scenario: flags.scenario,
+        agents: flags.agents.max(agents),
+        policies: 0,
+        tasks: 0,
+        leases: 0,
+        concurrency: flags.setup_concurrency,
+        reuse_agents: flags.reuse_agents,
+        distinct_cards: flags.distinct_cards,
+    };
+    Ok(scenario::set_up(&channels, &plan).await?.agents)
+}
+
+/// What a closed-loop run by another client (h2load, the h2 stream client) saw.
+struct Measured {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latency: Histogram<u64>,
+    seconds: f64,
+    /// Items per operation (heartbeats per keep-alive message; else 1).
+    items: usize,
+}
+
+impl Report {
+    /// The report of a closed-loop run sent by `client` at the flags' shape.
+    fn closed_loop(
+        flags: &Flags,
+        client: Client,
+        work: &'static str,
+        seen: Measured,
+        host: host::HostReport,
+        metrics: Vec<scrape::NodeMetrics>,
+    ) -> Report {
+        Report {
+            target_kind: flags.target_kind,
+            scenario: flags.scenario,
+            client,
+            work,
+            mode: "closed",
+            connections: flags.connections,
+            concurrency: flags.concurrency,
+            operations: seen.ok,
+            errors: seen.errors,
+            first_error: seen.first_error,
+            seconds: seen.seconds,
+            ops_per_second: seen.ok as f64 / seen.seconds,
+            items_per_operation: seen.items,
+            items_per_second: (seen.ok * seen.items as u64) as f64 / seen.seconds,
+            latency_us: Percentiles::of(&seen.latency),
+            fanout_delay_us: None,
+            background: Vec::new(),
+            host,
+            metrics,
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct BackgroundReport {
     name: &'static str,
