@@ -272,27 +272,21 @@ fn find_hybrid(c: &mut Criterion) {
             })
             .collect()
     };
-    for full in [1_000, 10_000, 100_000] {
-        let n = size(full);
-        let mut core = core();
-        for i in 0..n {
-            let card = AgentCard {
-                name: format!("agent-{i}"),
-                description: format!("worker {} for team {}", i % 13, i % 50),
-                tools: vec![format!("tool{}", i % 8)],
-                ..AgentCard::default()
-            };
-            let card_digest = card_digest(&card);
-            let agent_id = register_card(&mut core, card);
-            let command = Command::SetCardVector {
-                agent_id,
-                card_digest,
-                vector: ModelVector::new(BUILTIN_MODEL, vector()),
-            };
-            core.apply(NOW, command).expect("a vector for a live agent");
-        }
-        let query = ModelVector::new(BUILTIN_MODEL, vector());
-        c.bench_function(&format!("find with a query and its vector ({full} agents)"), |b| {
+    /// Registers `card` and gives it `vector` as its card vector.
+    fn register_with_vector(core: &mut Core, card: AgentCard, vector: Arc<[f32]>) {
+        let card_digest = card_digest(&card);
+        let agent_id = register_card(core, card);
+        let command = Command::SetCardVector {
+            agent_id,
+            card_digest,
+            vector: ModelVector::new(BUILTIN_MODEL, vector),
+        };
+        core.apply(NOW, command).expect("a vector for a live agent");
+    }
+    /// Benchmarks a Find with the query's text and `query` as its vector.
+    fn bench_find(c: &mut Criterion, name: &str, core: &mut Core, query: Arc<[f32]>) {
+        let query = ModelVector::new(BUILTIN_MODEL, query);
+        c.bench_function(name, |b| {
             b.iter(|| {
                 let command = Command::Find {
                     query: "review my pull request".into(),
@@ -303,6 +297,20 @@ fn find_hybrid(c: &mut Criterion) {
                 black_box(core.apply(NOW, command)).ok();
             })
         });
+    }
+    for full in [1_000, 10_000, 100_000] {
+        let mut core = core();
+        for i in 0..size(full) {
+            let card = AgentCard {
+                name: format!("agent-{i}"),
+                description: format!("worker {} for team {}", i % 13, i % 50),
+                tools: vec![format!("tool{}", i % 8)],
+                ..AgentCard::default()
+            };
+            register_with_vector(&mut core, card, vector());
+        }
+        let name = format!("find with a query and its vector ({full} agents)");
+        bench_find(c, &name, &mut core, vector());
     }
     // A fleet of replicas: 100,000 agents of 10 distinct cards (as the registration benchmark's),
     // each card's replicas with the one vector its text has.
@@ -317,30 +325,10 @@ fn find_hybrid(c: &mut Criterion) {
             tools: vec![format!("tool{}", c % 8)],
             ..AgentCard::default()
         };
-        let card_digest = card_digest(&card);
-        let agent_id = register_card(&mut core, card);
-        let command = Command::SetCardVector {
-            agent_id,
-            card_digest,
-            vector: ModelVector::new(BUILTIN_MODEL, Arc::clone(&vectors[c])),
-        };
-        core.apply(NOW, command).expect("a vector for a live agent");
+        register_with_vector(&mut core, card, Arc::clone(&vectors[c]));
     }
-    let query = ModelVector::new(BUILTIN_MODEL, vector());
-    c.bench_function(
-        &format!("find with a query and its vector ({full} agents, {cards} cards)"),
-        |b| {
-            b.iter(|| {
-                let command = Command::Find {
-                    query: "review my pull request".into(),
-                    tools: vec![],
-                    limit: 10,
-                    vector: Some(query.clone()),
-                };
-                black_box(core.apply(NOW, command)).ok();
-            })
-        },
-    );
+    let name = format!("find with a query and its vector ({full} agents, {cards} cards)");
+    bench_find(c, &name, &mut core, vector());
 }
 
 /// The two indexes on their own, without a command around them: the policy table at a million
