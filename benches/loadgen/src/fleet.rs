@@ -18,6 +18,8 @@
 
 #[path = "host.rs"]
 mod host;
+#[path = "percentiles.rs"]
+mod percentiles;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,6 +32,7 @@ use agentkeeper::proto as pb;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use pb::registry_service_client::RegistryServiceClient;
+use percentiles::Percentiles;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
@@ -323,32 +326,27 @@ struct Probe {
     every: Duration,
 }
 
-/// The probe's calls over one window: latency from when each call was due, per method, µs.
+/// The probe's calls over one window, per method.
 #[derive(serde::Serialize)]
 struct ProbeReport {
-    heartbeat: Latency,
-    get_agent: Latency,
+    heartbeat: Probed,
+    get_agent: Probed,
     /// Calls that failed (a failed call's latency is not counted).
     failed: u64,
 }
 
+/// One method's calls answered, and their latency from when each was due (or sent), µs.
 #[derive(serde::Serialize)]
-struct Latency {
+struct Probed {
     calls: u64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+    latency_us: Percentiles,
 }
 
-impl Latency {
+impl Probed {
     fn of(histogram: &Histogram<u64>) -> Self {
-        Latency {
+        Probed {
             calls: histogram.len(),
-            p50_us: histogram.value_at_quantile(0.50),
-            p99_us: histogram.value_at_quantile(0.99),
-            p999_us: histogram.value_at_quantile(0.999),
-            max_us: histogram.max(),
+            latency_us: Percentiles::of(histogram),
         }
     }
 }
@@ -417,8 +415,8 @@ impl Probe {
         }
         let [heartbeat, get_agent] = latencies;
         ProbeReport {
-            heartbeat: Latency::of(&heartbeat),
-            get_agent: Latency::of(&get_agent),
+            heartbeat: Probed::of(&heartbeat),
+            get_agent: Probed::of(&get_agent),
             failed,
         }
     }

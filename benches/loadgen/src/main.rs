@@ -27,6 +27,7 @@ mod h2stream;
 mod host;
 #[cfg(feature = "peers")]
 mod peers;
+mod percentiles;
 mod scenario;
 mod scrape;
 
@@ -38,6 +39,7 @@ use agentkeeper::proto as pb;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use percentiles::Percentiles;
 use scenario::{Scenario, Shared, Worker};
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
@@ -313,27 +315,6 @@ struct BackgroundReport {
     /// Bytes of overview answers in all (the poller).
     bytes: u64,
     latency_us: Percentiles,
-}
-
-#[derive(serde::Serialize)]
-struct Percentiles {
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
-        Percentiles {
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
-    }
 }
 
 /// What one operation carries: a stream-heartbeat message's agents, else one call's worth.
