@@ -354,10 +354,7 @@ fn goals() -> Vec<Goal> {
         },
         Goal {
             name: "stream heartbeats >= 3x unary, unbatched, both sent by cheap clients (h2; h2load)",
-            of: Select {
-                item: "h2 client, KeepAlive vs LeaseKeepAlive",
-                system: "agentkeeper KeepAlive stream",
-            },
+            of: stream("h2 client, KeepAlive vs LeaseKeepAlive"),
             against: Some(Select {
                 item: "h2load, Heartbeat vs Put",
                 system: "agentkeeper",
@@ -368,10 +365,7 @@ fn goals() -> Vec<Goal> {
         },
         Goal {
             name: "stream heartbeats >= 5x etcd LeaseKeepAlive, unbatched, both sent by the h2 client",
-            of: Select {
-                item: "h2 client, KeepAlive vs LeaseKeepAlive",
-                system: "agentkeeper KeepAlive stream",
-            },
+            of: stream("h2 client, KeepAlive vs LeaseKeepAlive"),
             against: Some(Select {
                 item: "h2 client, KeepAlive vs LeaseKeepAlive",
                 system: "etcd*",
@@ -440,10 +434,7 @@ fn goals() -> Vec<Goal> {
         },
         Goal {
             name: "daemon CPU per stream heartbeat <= 2 µs, unbatched, sent by the h2 client",
-            of: Select {
-                item: "h2 client, KeepAlive vs LeaseKeepAlive",
-                system: "agentkeeper KeepAlive stream",
-            },
+            of: stream("h2 client, KeepAlive vs LeaseKeepAlive"),
             against: None,
             measure: Measure::CpuPerItem,
             bound: 2.0,
