@@ -211,7 +211,8 @@ impl Metrics {
                 "agentkeeper_core_waits_total",
                 "The core thread's waits for work after a batch, by how they ended: found (work \
                  came while it spun, --core-spin), missed (the window passed, then it slept), \
-                 slept (it slept without spinning: spinning had not paid off lately, traffic is dense, or spinning is off)",
+                 slept (it slept without spinning: spinning had not paid off lately, traffic is \
+                 dense, or spinning is off)",
             ),
             &["result"],
         )
