@@ -27,6 +27,12 @@ use agentkeeper::server;
 use agentkeeper::store::Store;
 use agentkeeper::watchdog;
 
+/// The allocator: a command is allocated on a net thread and freed on the core thread, its answer
+/// the other way; glibc's malloc took an arena lock (a futex wait and wake) for each such free,
+/// mimalloc frees into the owner's list without one (measured in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Calls in flight get this long to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
