@@ -92,6 +92,24 @@ struct ClusterMetrics {
     leader_changes: IntCounter,
 }
 
+/// One keep-alive stream's counters (`Metrics::keepalive_counters`).
+pub struct KeepAliveCounters {
+    messages: IntCounter,
+    ok: IntCounter,
+    failed: IntCounter,
+}
+
+impl KeepAliveCounters {
+    /// Counts one answered message and its items by result.
+    pub fn count(&self, ok: usize, failed: usize) {
+        self.messages.inc();
+        self.ok.inc_by(ok as u64);
+        if failed > 0 {
+            self.failed.inc_by(failed as u64);
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -447,15 +465,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered keep-alive message of `stream` and its items by result.
-    pub fn count_keepalive(&self, stream: &str, ok: usize, failed: usize) {
-        self.keepalive_messages_total.with_label_values(&[stream]).inc();
-        self.keepalive_items_total
-            .with_label_values(&[stream, "ok"])
-            .inc_by(ok as u64);
-        self.keepalive_items_total
-            .with_label_values(&[stream, "error"])
-            .inc_by(failed as u64);
+    /// The counters of one keep-alive stream of kind `stream`, looked up once when it opens
+    /// rather than by label on every message.
+    pub fn keepalive_counters(&self, stream: &str) -> KeepAliveCounters {
+        KeepAliveCounters {
+            messages: self.keepalive_messages_total.with_label_values(&[stream]),
+            ok: self.keepalive_items_total.with_label_values(&[stream, "ok"]),
+            failed: self.keepalive_items_total.with_label_values(&[stream, "error"]),
+        }
     }
 
     /// Copies a cluster node's consensus status into its gauges (driver thread, per batch); the

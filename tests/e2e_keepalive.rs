@@ -154,13 +154,73 @@ async fn an_empty_or_oversized_message_ends_the_stream_invalid_argument_and_chan
 
     assert_eq!(c.agent(&agent).await.unwrap(), before, "no heartbeat was applied");
     assert_eq!(
-        daemon.metric("agentkeeper_keepalive_messages_total{stream=\"registry\"}"),
-        None
+        daemon
+            .metric("agentkeeper_keepalive_messages_total{stream=\"registry\"}")
+            .unwrap_or(0.0),
+        0.0,
+        "a refused message is not counted as answered"
     );
     // The limit itself is accepted.
     let mut stream = HeartbeatStream::open(&mut c).await;
     let full = vec![agent.as_str(); 10_000];
     assert_eq!(stream.beat(3, &full).await.expect("10,000 items").results.len(), 10_000);
+}
+
+#[tokio::test]
+async fn messages_sent_ahead_are_answered_in_order_and_a_bad_one_ends_the_stream_after_them() {
+    let daemon = Daemon::start(&["--clock=manual"]);
+    let mut c = daemon.clients().await;
+    let (a, b) = (c.register("a", &[], 10).await, c.register("b", &[], 10).await);
+    c.advance(Duration::from_secs(5)).await;
+    let b_before = c.agent(&b).await.unwrap();
+
+    // 40 messages sent without waiting for an answer (more than the daemon keeps in flight),
+    // then an empty one, then one that must never be applied.
+    let mut stream = HeartbeatStream::open(&mut c).await;
+    for batch_id in 1..=40u64 {
+        let ids = if batch_id % 2 == 0 {
+            vec![a.clone()]
+        } else {
+            vec![UNKNOWN_ID.to_string()]
+        };
+        let message = pb::KeepAliveRequest {
+            agent_ids: ids,
+            batch_id,
+        };
+        stream.send.send(message).await.unwrap();
+    }
+    let empty = pb::KeepAliveRequest {
+        agent_ids: vec![],
+        batch_id: 41,
+    };
+    stream.send.send(empty).await.unwrap();
+    let after = pb::KeepAliveRequest {
+        agent_ids: vec![b.clone()],
+        batch_id: 42,
+    };
+    stream.send.send(after).await.unwrap();
+
+    for batch_id in 1..=40u64 {
+        let answer = stream.answers.message().await.expect("answered").expect("not the end");
+        assert_eq!(answer.batch_id, batch_id, "answers leave in the order sent");
+        let want = if batch_id % 2 == 0 { Code::Ok } else { Code::NotFound };
+        assert_eq!(codes(&answer), vec![want], "message {batch_id}");
+    }
+    let refused = stream
+        .answers
+        .message()
+        .await
+        .expect_err("the empty message ends the stream");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        c.agent(&b).await.unwrap(),
+        b_before,
+        "nothing after the refusal is applied"
+    );
+    assert_eq!(
+        daemon.metric("agentkeeper_keepalive_messages_total{stream=\"registry\"}"),
+        Some(40.0)
+    );
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ pub use cluster::{ClusterNode, Connect, Link, PeerLink, PeerOutbox};
 pub use durability::Durability;
 use outlets::{Caller, Outlets, SWEEP_INTERVAL};
 pub use progress::{Beat, Progress};
-pub use queue::{CoreHandle, Lanes, Request, Sink, channels};
+pub use queue::{Answer, CoreHandle, Lanes, Request, Sink, channels};
 
 /// Requests taken from the lanes in one batch at most: bounds the latency of a batch's first
 /// reply behind its last request.

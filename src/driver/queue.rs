@@ -5,7 +5,10 @@
 //! Architecture invariant: sending never blocks a network thread: a full lane is
 //! RESOURCE_EXHAUSTED at once (load shedding), a stopped driver UNAVAILABLE.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::{mpsc, oneshot};
@@ -231,6 +234,12 @@ impl CoreHandle {
 
     /// Runs one unary command through the core on behalf of an agent token.
     pub async fn call_as(&self, command: Command, principal: Option<TokenId>) -> Outcome {
+        self.submit_as(command, principal)?.await
+    }
+
+    /// Queues one command on behalf of an agent token and returns its answer to come, without
+    /// waiting: a stream keeps several in flight and awaits them in the order it sent them.
+    pub fn submit_as(&self, command: Command, principal: Option<TokenId>) -> Result<Answer, CoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Call {
             command,
@@ -238,7 +247,21 @@ impl CoreHandle {
             reply,
             mailbox: Mailbox::current(),
         })?;
-        answer.await.unwrap_or_else(|_| Err(stopped_before_answering()))
+        Ok(Answer(answer))
+    }
+}
+
+/// A queued command's outcome to come (`CoreHandle::submit_as`); a driver that stopped before
+/// answering makes it UNAVAILABLE.
+pub struct Answer(oneshot::Receiver<Outcome>);
+
+impl Future for Answer {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or_else(|_| Err(stopped_before_answering())))
     }
 }
 

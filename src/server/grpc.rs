@@ -376,8 +376,12 @@ impl pb::registry_service_server::RegistryService for Api {
         request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let principal = Self::agent_token(&request);
-        let (core, metrics) = (self.core.clone(), self.metrics.clone());
-        let answers = keepalive::serve::<keepalive::Heartbeats>(core, metrics, principal, request.into_inner());
+        let answers = keepalive::serve::<keepalive::Heartbeats>(
+            self.core.clone(),
+            &self.metrics,
+            principal,
+            request.into_inner(),
+        );
         Ok(Response::new(answers))
     }
 }
@@ -391,8 +395,8 @@ impl pb::lease_service_server::LeaseService for Api {
         request: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let principal = Self::agent_token(&request);
-        let (core, metrics) = (self.core.clone(), self.metrics.clone());
-        let answers = keepalive::serve::<keepalive::Renewals>(core, metrics, principal, request.into_inner());
+        let answers =
+            keepalive::serve::<keepalive::Renewals>(self.core.clone(), &self.metrics, principal, request.into_inner());
         Ok(Response::new(answers))
     }
 

@@ -5,19 +5,20 @@
 //! Architecture invariant: holds no state but the stream's own messages in flight (at most
 //! `IN_FLIGHT_MAX`); decides nothing an item's unary call would not (the core answers each item).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use futures_util::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::convert;
 use crate::core::types::TokenId;
 use crate::core::{Command, CoreError, Outcome, Reply};
-use crate::driver::CoreHandle;
+use crate::driver::{Answer, CoreHandle};
 use crate::limits::KEEPALIVE_ITEMS_MAX;
-use crate::metrics::Metrics;
+use crate::metrics::{KeepAliveCounters, Metrics};
 use crate::proto as pb;
 
 /// Messages of one stream waiting for the core at once: a client may send its next message
@@ -41,29 +42,106 @@ pub trait Kind: Send + 'static {
 /// Serves one keep-alive stream: its messages, as they come, become batches for the core.
 pub fn serve<K: Kind>(
     core: CoreHandle,
-    metrics: Arc<Metrics>,
+    metrics: &Metrics,
     principal: Option<TokenId>,
     inbound: Streaming<K::Request>,
 ) -> AnswerStream<K::Response> {
-    let answers = inbound
-        .map(move |message| {
-            let core = core.clone();
-            let metrics = metrics.clone();
-            async move {
-                let (batch_id, items) = K::items(message?);
-                check_count(items.len())?;
-                let outcome = core.call_as(Command::KeepAlive { items }, principal).await;
-                let answers = match outcome.map_err(convert::status)? {
-                    Reply::KeepAlive(answers) => answers,
-                    other => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+    Box::pin(Pipeline::<K> {
+        inbound: Some(inbound),
+        in_flight: VecDeque::with_capacity(IN_FLIGHT_MAX),
+        core,
+        principal,
+        counters: metrics.keepalive_counters(K::NAME),
+    })
+}
+
+/// A message sent to the core, or refused before it was (answered in its turn all the same).
+enum InFlight {
+    Queued { batch_id: u64, answer: Answer },
+    Refused(Status),
+}
+
+/// One stream's messages in flight, oldest first: the stream reads ahead while fewer than
+/// `IN_FLIGHT_MAX` wait, and yields answers strictly in the order their messages came. Only the
+/// oldest answer is polled, so one wake-up per answer and no task per message.
+struct Pipeline<K: Kind> {
+    /// None once the client's half has ended or failed (nothing more is read).
+    inbound: Option<Streaming<K::Request>>,
+    in_flight: VecDeque<InFlight>,
+    core: CoreHandle,
+    principal: Option<TokenId>,
+    counters: KeepAliveCounters,
+}
+
+impl<K: Kind> Pipeline<K> {
+    /// Reads messages while there is room, queueing each; stops at the first refusal.
+    fn read_ahead(&mut self, cx: &mut Context<'_>) {
+        while self.in_flight.len() < IN_FLIGHT_MAX {
+            let Some(inbound) = self.inbound.as_mut() else { return };
+            let entry = match Pin::new(inbound).poll_next(cx) {
+                Poll::Pending => return,
+                Poll::Ready(None) => {
+                    self.inbound = None;
+                    return;
+                }
+                Poll::Ready(Some(message)) => match message.and_then(|message| self.submit(message)) {
+                    Ok(queued) => queued,
+                    Err(status) => {
+                        // The stream ends with this refusal once the answers before it are out.
+                        self.inbound = None;
+                        InFlight::Refused(status)
+                    }
+                },
+            };
+            self.in_flight.push_back(entry);
+        }
+    }
+
+    fn submit(&self, message: K::Request) -> Result<InFlight, Status> {
+        let (batch_id, items) = K::items(message);
+        check_count(items.len())?;
+        let answer = (self.core)
+            .submit_as(Command::KeepAlive { items }, self.principal)
+            .map_err(convert::status)?;
+        Ok(InFlight::Queued { batch_id, answer })
+    }
+
+    fn answered(&self, batch_id: u64, outcome: Outcome) -> Result<K::Response, Status> {
+        let answers = match outcome.map_err(convert::status)? {
+            Reply::KeepAlive(answers) => answers,
+            other => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        let failed = answers.iter().filter(|a| a.is_err()).count();
+        self.counters.count(answers.len() - failed, failed);
+        Ok(K::response(batch_id, answers))
+    }
+}
+
+impl<K: Kind> Stream for Pipeline<K> {
+    type Item = Result<K::Response, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.read_ahead(cx);
+        let item = match this.in_flight.front_mut() {
+            None if this.inbound.is_none() => return Poll::Ready(None),
+            None => return Poll::Pending,
+            Some(InFlight::Queued { batch_id, answer }) => {
+                let batch_id = *batch_id;
+                let Poll::Ready(outcome) = Pin::new(answer).poll(cx) else {
+                    return Poll::Pending;
                 };
-                let failed = answers.iter().filter(|a| a.is_err()).count();
-                metrics.count_keepalive(K::NAME, answers.len() - failed, failed);
-                Ok(K::response(batch_id, answers))
+                this.in_flight.pop_front();
+                this.answered(batch_id, outcome)
             }
-        })
-        .buffered(IN_FLIGHT_MAX);
-    Box::pin(answers)
+            Some(InFlight::Refused(status)) => {
+                let status = status.clone();
+                this.in_flight.clear();
+                Err(status)
+            }
+        };
+        Poll::Ready(Some(item))
+    }
 }
 
 /// The bound of a message, checked before anything is queued (the core checks it again).
