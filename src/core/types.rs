@@ -32,11 +32,20 @@ pub struct Id128(pub u128);
 impl Id128 {
     /// Parses exactly 32 lowercase hex characters; anything else is `None`.
     pub fn parse(text: &str) -> Option<Id128> {
-        let valid = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
+        if text.len() != 32 {
             return None;
         }
-        u128::from_str_radix(text, 16).ok().map(Id128)
+        // One pass: every command naming an agent or a task parses its id on the core thread.
+        text.bytes()
+            .try_fold(0u128, |id, byte| {
+                let nibble = match byte {
+                    b'0'..=b'9' => byte - b'0',
+                    b'a'..=b'f' => byte - b'a' + 10,
+                    _ => return None,
+                };
+                Some(id << 4 | u128::from(nibble))
+            })
+            .map(Id128)
     }
 }
 
@@ -109,4 +118,28 @@ pub struct Policy {
 pub struct Decision {
     pub allowed: bool,
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Id128;
+
+    #[test]
+    fn an_id_parses_from_its_32_lowercase_hex_characters_only() {
+        for value in [0, 1, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, u128::MAX] {
+            let text = Id128(value).to_string();
+            assert_eq!(Id128::parse(&text), Some(Id128(value)), "{text}");
+        }
+        for text in [
+            "",
+            "0123456789abcdef",
+            "0123456789abcdef0123456789abcdef0",
+            "ABCDEF0123456789ABCDEF0123456789",
+            "+123456789abcdef0123456789abcdef",
+            "0123456789abcdeg0123456789abcdef",
+            "0123456789abcdef0123456789abcdé",
+        ] {
+            assert_eq!(Id128::parse(text), None, "{text:?}");
+        }
+    }
 }
