@@ -941,34 +941,62 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
     // SERVING (and /readyz 200) before the first call can be answered: a client that got an
     // answer never sees NOT_SERVING afterwards, until shutdown.
     serving.serving().await;
-    let uds = uds_listener.map(|listener| {
-        tracing::info!(path = %bound.uds.as_deref().unwrap_or(std::path::Path::new("")).display(), io = "epoll", "gRPC listening on the Unix socket");
-        let serving = server::uds::serve(listener, grpc.clone(), gate.clone(), streams_max, stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(%error, "the Unix socket's gRPC server stopped");
-            }
-        })
-    });
-    let grpc = match grpc_listener {
-        None => None,
-        Some(grpc_listener) if uring => {
-            let threads = usize::from(flags.net_threads);
+    let uds_path = bound
+        .uds
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""))
+        .display()
+        .to_string();
+    let (uds, grpc) = if uring && (grpc_listener.is_some() || uds_listener.is_some()) {
+        // Both listeners hand their connections to the same io_uring net threads.
+        let threads = usize::from(flags.net_threads);
+        let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
+            .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
+        let uds = uds_listener.map(|listener| {
+            tracing::info!(path = %uds_path, io = "io_uring", "gRPC listening on the Unix socket");
+            let listener = server::uring::Listener::Unix(listener);
+            tokio::spawn(server::uring::accept(
+                listener,
+                handoff.clone(),
+                gate.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        if let Some(grpc_listener) = grpc_listener {
             tracing::info!(addr = %flags.addr, io = "io_uring", threads, "gRPC listening");
-            let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())
-                .map_err(|error| format!("cannot start the io_uring threads: {error}"))?;
-            tokio::spawn(server::uring::accept(grpc_listener, handoff, gate, stop_rx.clone()));
-            // Not a join: a thread still draining after the grace must not hold up the exit.
-            Some(tokio::spawn(async move { while finished.recv().await.is_some() {} }))
+            let listener = server::uring::Listener::Tcp(grpc_listener);
+            tokio::spawn(server::uring::accept(listener, handoff, gate, stop_rx.clone()));
         }
-        Some(grpc_listener) => {
+        // Not a join: a thread still draining after the grace must not hold up the exit.
+        (
+            uds,
+            Some(tokio::spawn(async move { while finished.recv().await.is_some() {} })),
+        )
+    } else {
+        let uds = uds_listener.map(|listener| {
+            tracing::info!(path = %uds_path, io = "epoll", "gRPC listening on the Unix socket");
+            let serving = server::uds::serve(
+                listener,
+                grpc.clone(),
+                gate.clone(),
+                streams_max,
+                stopped(stop_rx.clone()),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "the Unix socket's gRPC server stopped");
+                }
+            })
+        });
+        let grpc = grpc_listener.map(|grpc_listener| {
             let tls_on = tls.is_some();
             tracing::info!(addr = %flags.addr, io = "epoll", tls = tls_on, "gRPC listening");
             let serving = server::serve_grpc(grpc_listener, grpc, gate, streams_max, tls, stopped(stop_rx.clone()));
-            Some(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let _ = serving.await;
-            }))
-        }
+            })
+        });
+        (uds, grpc)
     };
 
     // A ready file that cannot be written stops the daemon: whoever waits for it would wait forever.

@@ -1,8 +1,8 @@
 //! End to end: gRPC on a Unix domain socket (`--uds PATH`): served beside TCP or instead of it
 //! (`--uds-only`), the file's mode set by `--uds-mode`, `ctl --endpoint unix:PATH`, a stale
 //! socket file replaced at start-up but a live one or a plain file refused with one clear
-//! line, and the file removed at a graceful exit. Whatever transport serves TCP, the socket is
-//! served on epoll.
+//! line, and the file removed at a graceful exit; on io_uring's net threads, and on epoll where
+//! io_uring is off.
 
 mod common;
 
@@ -52,6 +52,20 @@ async fn the_socket_serves_beside_tcp_with_its_mode_ctl_reaches_it_and_it_goes_a
         pb::AgentStatus::Alive,
         "one daemon behind both"
     );
+
+    // The socket is served by the same transport as TCP: the io_uring net threads, or epoll.
+    let transport = match std::env::var("AGENTKEEPER_TEST_IO").as_deref() {
+        Ok("uring") => Some("io=\"io_uring\""),
+        Ok("epoll") => Some("io=\"epoll\""),
+        _ => None,
+    };
+    let stderr = daemon.stderr();
+    let socket_line = (stderr.lines())
+        .find(|line| line.contains("gRPC listening on the Unix socket"))
+        .unwrap_or_else(|| panic!("the socket's serving is logged: {stderr}"));
+    if let Some(transport) = transport {
+        assert!(socket_line.contains(transport), "{socket_line}");
+    }
 
     let (ok, out, err) = ctl(&format!("unix:{}", socket.display()), &["agents"]);
     assert!(ok, "{err}");

@@ -1,8 +1,9 @@
 //! gRPC on a Unix domain socket (`--uds PATH`), for sidecars on the same host: binding it (a
 //! stale socket file is removed only when nothing answers on it), its file mode and owner, and
-//! serving the same routes and layer as TCP with tonic on tokio's epoll reactor, whichever
-//! transport serves TCP (io_uring or epoll). The file goes when the daemon stops. `connect` is
-//! the client's side (ctl, the load generator, the tests).
+//! serving the same routes and layer as TCP with tonic on tokio's epoll reactor where io_uring
+//! does not serve (with io_uring, `uring::accept` hands its connections to the net threads, as
+//! TCP's). The file goes when the daemon stops. `connect` is the client's side (ctl, the load
+//! generator, the tests).
 //!
 //! Architecture invariant: never removes a file that is not a socket, nor a socket a process
 //! still listens on; never serves TLS (the socket's mode and owner are its access control).

@@ -1,6 +1,7 @@
 //! The io_uring transport: each net thread runs a tokio-uring runtime and serves HTTP/2 (hyper)
-//! over io_uring sockets handed to it by one acceptor, with the same tonic routes as the epoll
-//! path. `probe` decides at start-up whether the kernel lets us use io_uring at all.
+//! over io_uring sockets (TCP, and the `--uds` Unix socket) handed to it by an acceptor per
+//! listener, with the same tonic routes as the epoll path. `probe` decides at start-up whether
+//! the kernel lets us use io_uring at all.
 //!
 //! Architecture invariant: nothing here touches core state or blocks a thread: calls reach the
 //! core through the driver's queue, exactly as on the epoll path. A connection has at most one
@@ -23,7 +24,85 @@ use tower_layer::Layer;
 use super::connections::{Gate, Slot};
 
 /// A connection on its way to its net thread, with its place under `--connections-max`.
-type Handed = (std::net::TcpStream, Slot);
+type Handed = (Accepted, Slot);
+
+/// An accepted connection, in blocking mode as tokio-uring takes it.
+pub enum Accepted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// What the acceptor listens on: the gRPC port, or the `--uds` socket.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        Ok(match self {
+            Listener::Tcp(listener) => {
+                let std = listener.accept().await?.0.into_std()?;
+                std.set_nonblocking(false)?;
+                Accepted::Tcp(std)
+            }
+            Listener::Unix(listener) => {
+                let std = listener.accept().await?.0.into_std()?;
+                std.set_nonblocking(false)?;
+                Accepted::Unix(std)
+            }
+        })
+    }
+}
+
+/// A connection's socket on its net thread.
+enum Socket {
+    Tcp(tokio_uring::net::TcpStream),
+    Unix(tokio_uring::net::UnixStream),
+}
+
+impl Socket {
+    fn from_std(accepted: Accepted) -> Socket {
+        match accepted {
+            Accepted::Tcp(stream) => {
+                let stream = tokio_uring::net::TcpStream::from_std(stream);
+                let _ = stream.set_nodelay(true);
+                Socket::Tcp(stream)
+            }
+            Accepted::Unix(stream) => Socket::Unix(tokio_uring::net::UnixStream::from_std(stream)),
+        }
+    }
+
+    async fn read(&self, buffer: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Socket::Tcp(stream) => stream.read(buffer).await,
+            Socket::Unix(stream) => stream.read(buffer).await,
+        }
+    }
+
+    async fn write_all(&self, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Socket::Tcp(stream) => stream.write_all(buffer).await,
+            Socket::Unix(stream) => stream.write_all(buffer).await,
+        }
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.shutdown(how),
+            Socket::Unix(stream) => stream.shutdown(how),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Socket::Tcp(stream) => stream.as_raw_fd(),
+            Socket::Unix(stream) => stream.as_raw_fd(),
+        }
+    }
+}
 
 /// Bytes one read may bring in: a whole small gRPC call and then some; large messages take
 /// several reads.
@@ -98,7 +177,7 @@ pub fn spawn(
 /// not silently share the port; and accepting is far off the hot path. Past `gate`'s bound a
 /// connection is closed at once, unread.
 pub async fn accept(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     threads: Vec<mpsc::Sender<Handed>>,
     gate: Gate,
     mut shutdown: watch::Receiver<bool>,
@@ -111,19 +190,15 @@ pub async fn accept(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok(stream) => {
                     let Some(slot) = gate.enter() else { continue };
-                    let stream = match stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot hand over an accepted connection");
-                            continue;
-                        }
-                    };
                     if threads[next].send((stream, slot)).await.is_err() {
                         return;
                     }
                     next = (next + 1) % threads.len();
+                }
+                Err(error) if is_per_connection(&error) => {
+                    tracing::warn!(%error, "cannot hand over an accepted connection");
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -134,6 +209,14 @@ pub async fn accept(
             () = &mut stop => return,
         }
     }
+}
+
+/// An error of one connection (it went before it was handed over), not of the listener.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
 async fn serve(
@@ -153,9 +236,7 @@ async fn serve(
         tokio::select! {
             handed = connections.recv() => {
                 let Some((stream, slot)) = handed else { break };
-                let stream = tokio_uring::net::TcpStream::from_std(stream);
-                let _ = stream.set_nodelay(true);
-                let connection = builder.serve_connection(UringIo::new(stream), service.clone());
+                let connection = builder.serve_connection(UringIo::new(Socket::from_std(stream)), service.clone());
                 let connection = graceful.watch(connection);
                 tokio_uring::spawn(async move {
                     if let Err(error) = connection.await {
@@ -201,7 +282,7 @@ type WriteOp = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
 /// operation in flight, tokio-uring keeps the buffer alive until the kernel is done with it;
 /// nothing here needs to wait.
 struct UringIo {
-    stream: Rc<tokio_uring::net::TcpStream>,
+    stream: Rc<Socket>,
     /// The read buffer while idle, with unread bytes at `read_pos..`.
     read_buffer: Option<Vec<u8>>,
     read_pos: usize,
@@ -212,7 +293,7 @@ struct UringIo {
 }
 
 impl UringIo {
-    fn new(stream: tokio_uring::net::TcpStream) -> Self {
+    fn new(stream: Socket) -> Self {
         UringIo {
             stream: Rc::new(stream),
             read_buffer: Some(Vec::with_capacity(READ_BUFFER_BYTES)),
@@ -317,7 +398,7 @@ impl Write for UringIo {
 
 /// Sends what the socket takes without waiting (MSG_DONTWAIT, whatever the socket's mode);
 /// MSG_NOSIGNAL: a peer gone is an error here, not a SIGPIPE.
-fn send_now(stream: &tokio_uring::net::TcpStream, data: &[u8]) -> io::Result<usize> {
+fn send_now(stream: &Socket, data: &[u8]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
     if data.is_empty() {
         return Ok(0);
