@@ -24,7 +24,8 @@
 # root): on a machine shared with compile jobs they then get the CPU when they wake, and the
 # others take what is left. The same for every system; the report still shows what others took.
 # Rows besides the peers': unary Heartbeat against the KeepAlive stream (one heartbeat per
-# message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket.
+# message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket (sent by the
+# tonic client, and by the h2 client).
 # The h2load rows: nghttp2's h2load (C, one thread) instead of the tonic client sends unary
 # Heartbeat and GetAgent to ours and Put and Range to etcd, at the same shapes, so the client's
 # cost stops hiding the servers'. Each repeats one framed body (the load generator writes it
@@ -233,6 +234,10 @@ for round in $(seq "$runs"); do
     start_ours uds --uds "$work/agentkeeper.sock"
     shapes=1x1 run "transport, 1x1" "agentkeeper TCP" ours agentkeeper heartbeat
     shapes=1x1 target="unix:$work/agentkeeper.sock" run "transport, 1x1" "agentkeeper unix socket" ours agentkeeper heartbeat
+    # The same sent by the h2 client (one thread, no tonic), whose own time per call is smaller
+    # than the tonic client's, so that the transport's share of the round trip shows.
+    client=h2 shapes=1x1 run "transport, 1x1, h2 client" "agentkeeper TCP" ours agentkeeper heartbeat
+    client=h2 shapes=1x1 target="unix:$work/agentkeeper.sock" run "transport, 1x1, h2 client" "agentkeeper unix socket" ours agentkeeper heartbeat
     stop_all
 
     if [ "$suite" = single ]; then

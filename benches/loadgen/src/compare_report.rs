@@ -462,6 +462,20 @@ fn goals() -> Vec<Goal> {
             bound: 0.7,
             at_least: false,
         },
+        Goal {
+            name: "1x1 p50 over the Unix socket <= 0.7x TCP's, sent by the h2 client",
+            of: Select {
+                item: "transport, 1x1, h2 client",
+                system: "agentkeeper unix socket",
+            },
+            against: Some(Select {
+                item: "transport, 1x1, h2 client",
+                system: "agentkeeper TCP",
+            }),
+            measure: Measure::P50,
+            bound: 0.7,
+            at_least: false,
+        },
     ]
 }
 

@@ -1,12 +1,13 @@
-//! `--client h2` for keep-alive streams: each worker holds one gRPC stream opened over the `h2`
-//! crate directly (no tonic: no codec, no body streams, no channel tasks) and sends its one
-//! pre-framed message, waits for the answer, decodes and checks it, and sends again. A cheap
-//! client for the stream rows, as h2load is for the unary ones, so the servers' own cost shows:
-//! ours (RegistryService.KeepAlive, `--batch` agents a message) and etcd's LeaseKeepAlive.
+//! `--client h2`: each worker holds one gRPC stream opened over the `h2` crate directly (no
+//! tonic: no codec, no body streams, no channel tasks) and sends its one pre-framed message,
+//! waits for the answer, decodes and checks it, and sends again. A cheap client, as h2load is
+//! for unary calls over TCP, so the servers' own cost shows: the keep-alive streams (ours,
+//! `--batch` agents a message, and etcd's LeaseKeepAlive), and ours' unary Heartbeat, one stream
+//! a call, over TCP or the daemon's Unix socket (`unix:PATH`), which h2load cannot reach.
 //!
-//! Invariant: every answer is decoded and checked (each item OK; etcd: the lease's ttl > 0)
-//! before it counts; nothing is recorded before the warm-up ends. One OS thread runs it all,
-//! like h2load.
+//! Invariant: every answer is decoded and checked (each item OK; a unary call's trailers say
+//! grpc-status 0; etcd: the lease's ttl > 0) before it counts; nothing is recorded before the
+//! warm-up ends. One OS thread runs it all, like h2load.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ use crate::{Flags, Report, TargetKind, host, scrape};
 /// What every stream of one row sends and how its answers are checked.
 struct Plan {
     path: &'static str,
+    /// One call per stream (unary) instead of one long stream per worker.
+    unary: bool,
     /// One framed request per worker (its own agents, or its own lease).
     bodies: Vec<Bytes>,
     check: fn(&[u8]) -> Result<(), String>,
@@ -77,8 +80,9 @@ pub async fn run(flags: &Flags) -> Result<Report, String> {
 }
 
 fn plan_work(flags: &Flags) -> &'static str {
-    match flags.target_kind {
-        TargetKind::Etcd => "h2 client: LeaseKeepAlive, one lease per stream",
+    match (flags.target_kind, flags.scenario) {
+        (TargetKind::Etcd, _) => "h2 client: LeaseKeepAlive, one lease per stream",
+        (_, Scenario::Heartbeat) => "h2 client: unary Heartbeat, one stream a call",
         _ => "h2 client: RegistryService.KeepAlive, --batch agents a message",
     }
 }
@@ -102,8 +106,25 @@ async fn plan(flags: &Flags, workers: usize, batch: usize) -> Result<Plan, Strin
                 .collect();
             Ok(Plan {
                 path: "/agentkeeper.v1.RegistryService/KeepAlive",
+                unary: false,
                 bodies,
                 check: check_ours,
+            })
+        }
+        (TargetKind::Agentkeeper, Scenario::Heartbeat) => {
+            let agents = crate::register_agents(flags, workers).await?;
+            let bodies = (0..workers)
+                .map(|worker| {
+                    framed(&pb::HeartbeatRequest {
+                        agent_id: agents[worker % agents.len()].clone(),
+                    })
+                })
+                .collect();
+            Ok(Plan {
+                path: "/agentkeeper.v1.RegistryService/Heartbeat",
+                unary: true,
+                bodies,
+                check: check_heartbeat,
             })
         }
         #[cfg(feature = "peers")]
@@ -124,12 +145,13 @@ async fn plan(flags: &Flags, workers: usize, batch: usize) -> Result<Plan, Strin
             }
             Ok(Plan {
                 path: "/etcdserverpb.Lease/LeaseKeepAlive",
+                unary: false,
                 bodies,
                 check: check_etcd,
             })
         }
         (kind, scenario) => Err(format!(
-            "--client h2 drives ours' stream-heartbeat and etcd's heartbeat (LeaseKeepAlive), not {kind:?} {scenario:?}"
+            "--client h2 drives ours' stream-heartbeat and heartbeat, and etcd's heartbeat (LeaseKeepAlive), not {kind:?} {scenario:?}"
         )),
     }
 }
@@ -154,6 +176,12 @@ fn check_ours(message: &[u8]) -> Result<(), String> {
         None => Err("an answer with no results".into()),
         Some(failed) => Err(format!("an item failed: {} {}", failed.code, failed.message)),
     }
+}
+
+fn check_heartbeat(message: &[u8]) -> Result<(), String> {
+    pb::HeartbeatResponse::decode(message)
+        .map(drop)
+        .map_err(|e| format!("an answer does not decode: {e}"))
 }
 
 #[cfg(feature = "peers")]
@@ -186,29 +214,22 @@ async fn drive(
 ) -> Result<Seen, String> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let tcp = tokio::net::TcpStream::connect(target)
-            .await
-            .map_err(|e| format!("connect to {target}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = h2::client::handshake(tcp)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake with {target}: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                eprintln!("h2 client: a connection ended: {error}");
-            }
-        });
-        senders.push(sender);
+        senders.push(connect(target).await?);
     }
     let start = Instant::now();
     let record_from = start + warmup;
     let until = record_from + duration;
-    let uri = format!("http://{target}{}", plan.path);
+    let authority = if target.starts_with("unix:") {
+        "localhost"
+    } else {
+        target
+    };
+    let uri = format!("http://{authority}{}", plan.path);
     let mut workers = tokio::task::JoinSet::new();
     for (worker, body) in plan.bodies.into_iter().enumerate() {
         let sender = senders[worker % connections].clone();
         let uri = uri.clone();
-        workers.spawn(stream(sender, uri, body, plan.check, record_from, until));
+        workers.spawn(stream(sender, uri, body, plan.unary, plan.check, record_from, until));
     }
     let timer = tokio::spawn(async move {
         tokio::time::sleep_until(record_from.into()).await;
@@ -233,11 +254,41 @@ async fn drive(
     Ok(seen)
 }
 
-/// One worker: one stream, one message in flight, until `until`.
+/// One HTTP/2 connection to `target` (HOST:PORT over TCP, or unix:PATH), driven by a task of
+/// its own.
+async fn connect(target: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let handshake = |e: h2::Error| format!("HTTP/2 handshake with {target}: {e}");
+    let (sender, connection) = match target.strip_prefix("unix:") {
+        Some(path) => {
+            let socket = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| format!("connect to {target}: {e}"))?;
+            let (sender, connection) = h2::client::handshake(socket).await.map_err(handshake)?;
+            (sender, tokio::spawn(connection))
+        }
+        None => {
+            let tcp = tokio::net::TcpStream::connect(target)
+                .await
+                .map_err(|e| format!("connect to {target}: {e}"))?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (sender, connection) = h2::client::handshake(tcp).await.map_err(handshake)?;
+            (sender, tokio::spawn(connection))
+        }
+    };
+    tokio::spawn(async move {
+        if let Ok(Err(error)) = connection.await {
+            eprintln!("h2 client: a connection ended: {error}");
+        }
+    });
+    Ok(sender)
+}
+
+/// One worker, one message in flight until `until`: on one long stream, or one stream a call.
 async fn stream(
     sender: h2::client::SendRequest<Bytes>,
     uri: String,
     body: Bytes,
+    unary: bool,
     check: fn(&[u8]) -> Result<(), String>,
     record_from: Instant,
     until: Instant,
@@ -248,11 +299,72 @@ async fn stream(
         first_error: None,
         latency: crate::histogram(),
     };
-    if let Err(error) = converse(sender, &uri, &body, check, record_from, until, &mut seen).await {
+    let conversation = match unary {
+        true => calls(sender, &uri, &body, check, record_from, until, &mut seen).await,
+        false => converse(sender, &uri, &body, check, record_from, until, &mut seen).await,
+    };
+    if let Err(error) = conversation {
         seen.errors += 1;
         seen.first_error.get_or_insert(error);
     }
     seen
+}
+
+fn grpc_request(uri: &str) -> Result<http::Request<()>, String> {
+    http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| e.to_string())
+}
+
+/// Unary calls, one after another, each on a stream of its own: headers and the message out,
+/// the answer's headers, its message and its trailers (grpc-status 0) back.
+async fn calls(
+    mut sender: h2::client::SendRequest<Bytes>,
+    uri: &str,
+    body: &Bytes,
+    check: fn(&[u8]) -> Result<(), String>,
+    record_from: Instant,
+    until: Instant,
+    seen: &mut Seen,
+) -> Result<(), String> {
+    let mut buffer = BytesMut::new();
+    loop {
+        sender = sender.ready().await.map_err(|e| format!("open a stream: {e}"))?;
+        let sent_at = Instant::now();
+        let (response, mut outbound) = sender
+            .send_request(grpc_request(uri)?, false)
+            .map_err(|e| format!("open a stream: {e}"))?;
+        outbound
+            .send_data(body.clone(), true)
+            .map_err(|e| format!("send: {e}"))?;
+        let response = response.await.map_err(|e| format!("the answer: {e}"))?;
+        if let Some(status) = response.headers().get("grpc-status") {
+            return Err(format!("a call failed: grpc-status {status:?}"));
+        }
+        let mut inbound = response.into_body();
+        buffer.clear();
+        let message = next_message(&mut inbound, &mut buffer).await?;
+        let trailers = inbound
+            .trailers()
+            .await
+            .map_err(|e| format!("the answer's trailers: {e}"))?;
+        let answered_at = Instant::now();
+        match trailers.as_ref().and_then(|t| t.get("grpc-status")) {
+            Some(status) if status == "0" => {}
+            status => return Err(format!("a call failed: grpc-status {status:?}")),
+        }
+        check(&message)?;
+        if sent_at >= record_from {
+            seen.ok += 1;
+            seen.latency
+                .saturating_record(answered_at.duration_since(sent_at).as_micros().max(1) as u64);
+        }
+        if answered_at >= until {
+            return Ok(());
+        }
+    }
 }
 
 async fn converse(
@@ -264,14 +376,9 @@ async fn converse(
     until: Instant,
     seen: &mut Seen,
 ) -> Result<(), String> {
-    let request = http::Request::post(uri)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| e.to_string())?;
     let mut sender = sender.ready().await.map_err(|e| format!("open a stream: {e}"))?;
     let (response, mut outbound) = sender
-        .send_request(request, false)
+        .send_request(grpc_request(uri)?, false)
         .map_err(|e| format!("open a stream: {e}"))?;
     // The answer's headers come with the first answer (a server may hold them until then).
     outbound

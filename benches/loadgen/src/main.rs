@@ -141,8 +141,9 @@ struct Flags {
     /// What sends the calls: this program's tonic workers, or nghttp2's h2load (unary
     /// heartbeat and get-agent on ours, set-policy's Put and get-agent's Range on etcd; one
     /// framed body repeated, --connections x --concurrency streams, over TCP; needs h2load and
-    /// curl on the PATH), or the `h2` crate driven directly for the keep-alive streams
-    /// (stream-heartbeat on ours, heartbeat's LeaseKeepAlive on etcd; one thread, no tonic).
+    /// curl on the PATH), or the `h2` crate driven directly (one thread, no tonic): the
+    /// keep-alive streams (stream-heartbeat on ours, heartbeat's LeaseKeepAlive on etcd) and
+    /// unary Heartbeat (heartbeat on ours), over TCP or a unix: socket.
     #[arg(long, value_enum, default_value_t = Client::Tonic)]
     client: Client,
 }
@@ -231,7 +232,7 @@ struct Report {
 /// Refuses what a client other than tonic's workers (h2load, the h2 stream client) cannot run:
 /// they drive TCP, closed loop, for --duration, without readers beside them.
 fn external_client_checks(flags: &Flags, name: &str) -> Result<(), String> {
-    if flags.target.starts_with("unix:") {
+    if flags.target.starts_with("unix:") && flags.client == Client::H2load {
         return Err(format!("--client {name} drives TCP targets only"));
     }
     if flags.rate.is_some() || flags.requests.is_some() || flags.list_leases || flags.dashboard.is_some() {
