@@ -135,6 +135,44 @@ async fn each_role_may_call_only_its_methods_and_a_refusal_names_the_role_needed
 }
 
 #[tokio::test]
+async fn a_keep_alive_stream_acts_for_its_token_s_agents_only_and_needs_a_token() {
+    let (daemon, _dir) = daemon();
+    let mut c = daemon.clients().await;
+    let mine = register(&mut c, Some(AGENT)).await.expect("an agent registers");
+    let theirs = register(&mut c, Some(OTHER_AGENT))
+        .await
+        .expect("another agent registers");
+    let message = pb::KeepAliveRequest {
+        agent_ids: vec![mine.clone(), theirs.clone()],
+        batch_id: 1,
+    };
+    let messages = tokio_stream::iter(vec![message]);
+    let mut answers = (c.registry)
+        .keep_alive(with_token(messages, Some(AGENT)))
+        .await
+        .expect("an agent opens a stream")
+        .into_inner();
+    let answer = answers.message().await.expect("answered").expect("one answer");
+    let codes: Vec<Code> = answer.results.iter().map(|r| Code::from_i32(r.code)).collect();
+    assert_eq!(codes, [Code::Ok, Code::PermissionDenied], "its own agent only");
+    assert!(
+        answer.results[1]
+            .message
+            .contains("not registered with this agent token"),
+        "{:?}",
+        answer.results[1]
+    );
+    let refused = (c.registry)
+        .keep_alive(with_token(
+            tokio_stream::iter(vec![pb::KeepAliveRequest::default()]),
+            None,
+        ))
+        .await
+        .expect_err("no token, no stream");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}
+
+#[tokio::test]
 async fn an_agent_token_acts_only_for_the_agents_it_registered() {
     let (daemon, _dir) = daemon();
     let mut c = daemon.clients().await;

@@ -59,11 +59,25 @@ impl Api {
     /// The agent token that makes this call, if one does (only with `--auth-tokens`): the core
     /// binds the agents it registers to it and lets it act for those agents only.
     fn agent_token<T>(request: &Request<T>) -> Option<TokenId> {
-        request
-            .extensions()
+        Self::agent_token_of(request.extensions())
+    }
+
+    fn agent_token_of(extensions: &http::Extensions) -> Option<TokenId> {
+        extensions
             .get::<Caller>()
             .filter(|caller| caller.role == Role::Agent)
             .map(|caller| caller.token_id)
+    }
+
+    /// A keep-alive stream of kind `K` whose messages the lean path decodes (`lean_stream`),
+    /// served as tonic's `keep_alive` methods serve theirs.
+    pub fn keep_alive_stream<K: keepalive::Kind>(
+        &self,
+        extensions: &http::Extensions,
+        inbound: impl keepalive::Inbound<K>,
+    ) -> keepalive::AnswerStream<K::Response> {
+        let principal = Self::agent_token_of(extensions);
+        keepalive::serve::<K, _>(self.core.clone(), &self.metrics, principal, inbound)
     }
 
     async fn call(&self, method: &'static str, command: Command) -> Result<Reply, Status> {
@@ -376,7 +390,7 @@ impl pb::registry_service_server::RegistryService for Api {
         request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let principal = Self::agent_token(&request);
-        let answers = keepalive::serve::<keepalive::Heartbeats>(
+        let answers = keepalive::serve::<keepalive::Heartbeats, _>(
             self.core.clone(),
             &self.metrics,
             principal,
@@ -395,8 +409,12 @@ impl pb::lease_service_server::LeaseService for Api {
         request: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let principal = Self::agent_token(&request);
-        let answers =
-            keepalive::serve::<keepalive::Renewals>(self.core.clone(), &self.metrics, principal, request.into_inner());
+        let answers = keepalive::serve::<keepalive::Renewals, _>(
+            self.core.clone(),
+            &self.metrics,
+            principal,
+            request.into_inner(),
+        );
         Ok(Response::new(answers))
     }
 

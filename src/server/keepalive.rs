@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::convert;
 use crate::core::types::TokenId;
@@ -29,8 +29,8 @@ pub type AnswerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
 
 /// One stream's kind: how its messages become core commands and its answers messages.
 pub trait Kind: Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
     /// The `stream` label of the metrics.
     const NAME: &'static str;
     /// The message's batch id and its items as core commands.
@@ -39,19 +39,21 @@ pub trait Kind: Send + 'static {
     fn response(batch_id: u64, answers: Vec<Outcome>) -> Self::Response;
 }
 
-/// Serves one keep-alive stream: its messages, as they come, become batches for the core.
-pub fn serve<K: Kind>(
+/// Serves one keep-alive stream: its messages, as they come (decoded by tonic's `Streaming`, or
+/// by the lean path's `lean_stream::Messages`), become batches for the core.
+pub fn serve<K: Kind, In: Inbound<K>>(
     core: CoreHandle,
     metrics: &Metrics,
     principal: Option<TokenId>,
-    inbound: Streaming<K::Request>,
+    inbound: In,
 ) -> AnswerStream<K::Response> {
-    Box::pin(Pipeline::<K> {
+    Box::pin(Pipeline::<K, In> {
         inbound: Some(inbound),
         in_flight: VecDeque::with_capacity(IN_FLIGHT_MAX),
         core,
         principal,
         counters: metrics.keepalive_counters(K::NAME),
+        _kind: std::marker::PhantomData,
     })
 }
 
@@ -64,16 +66,22 @@ enum InFlight {
 /// One stream's messages in flight, oldest first: the stream reads ahead while fewer than
 /// `IN_FLIGHT_MAX` wait, and yields answers strictly in the order their messages came. Only the
 /// oldest answer is polled, so one wake-up per answer and no task per message.
-struct Pipeline<K: Kind> {
+struct Pipeline<K: Kind, In> {
     /// None once the client's half has ended or failed (nothing more is read).
-    inbound: Option<Streaming<K::Request>>,
+    inbound: Option<In>,
     in_flight: VecDeque<InFlight>,
     core: CoreHandle,
     principal: Option<TokenId>,
     counters: KeepAliveCounters,
+    _kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl<K: Kind> Pipeline<K> {
+/// A stream's decoded messages, in the order the client sent them.
+pub trait Inbound<K: Kind>: Stream<Item = Result<K::Request, Status>> + Send + Unpin + 'static {}
+
+impl<K: Kind, S> Inbound<K> for S where S: Stream<Item = Result<K::Request, Status>> + Send + Unpin + 'static {}
+
+impl<K: Kind, In: Inbound<K>> Pipeline<K, In> {
     /// Reads messages while there is room, queueing each; stops at the first refusal.
     fn read_ahead(&mut self, cx: &mut Context<'_>) {
         while self.in_flight.len() < IN_FLIGHT_MAX {
@@ -117,7 +125,7 @@ impl<K: Kind> Pipeline<K> {
     }
 }
 
-impl<K: Kind> Stream for Pipeline<K> {
+impl<K: Kind, In: Inbound<K>> Stream for Pipeline<K, In> {
     type Item = Result<K::Response, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -22,6 +22,7 @@ use tonic::metadata::MetadataMap;
 use tower_service::Service;
 
 use super::grpc::Api;
+use super::{keepalive, lean_stream};
 use crate::proto as pb;
 use pb::entitlements_service_server::EntitlementsService;
 use pb::lease_service_server::LeaseService;
@@ -52,6 +53,23 @@ impl Hot {
             "/agentkeeper.v1.LeaseService/ReleaseLease" => Some(Hot::ReleaseLease),
             "/agentkeeper.v1.EntitlementsService/SetPolicy" => Some(Hot::SetPolicy),
             "/agentkeeper.v1.EntitlementsService/CheckPolicy" => Some(Hot::CheckPolicy),
+            _ => None,
+        }
+    }
+}
+
+/// The keep-alive streams, served here with `lean_stream`'s codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeepAlive {
+    Registry,
+    Lease,
+}
+
+impl KeepAlive {
+    fn of(path: &str) -> Option<KeepAlive> {
+        match path {
+            "/agentkeeper.v1.RegistryService/KeepAlive" => Some(KeepAlive::Registry),
+            "/agentkeeper.v1.LeaseService/KeepAlive" => Some(KeepAlive::Lease),
             _ => None,
         }
     }
@@ -99,7 +117,7 @@ where
     S: Service<Request<Replay<B>>, Response = Response<tonic::body::Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Response = Response<tonic::body::Body>;
     type Error = Infallible;
@@ -110,6 +128,27 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(stream) = KeepAlive::of(request.uri().path()).filter(|_| is_plain_grpc(request.headers())) {
+            let (parts, body) = request.into_parts();
+            let limit = self.message_bytes_max;
+            let response = match stream {
+                KeepAlive::Registry => {
+                    let inbound = lean_stream::Messages::new(body, limit);
+                    lean_stream::respond(
+                        (self.api).keep_alive_stream::<keepalive::Heartbeats>(&parts.extensions, inbound),
+                    )
+                }
+                KeepAlive::Lease => {
+                    let inbound = lean_stream::Messages::new(body, limit);
+                    lean_stream::respond(
+                        (self.api).keep_alive_stream::<keepalive::Renewals>(&parts.extensions, inbound),
+                    )
+                }
+            };
+            return LeanFuture::Hot {
+                answer: Box::pin(std::future::ready(response)),
+            };
+        }
         let hot = Hot::of(request.uri().path()).filter(|_| is_plain_grpc(request.headers()));
         let Some(hot) = hot else {
             return LeanFuture::Routed {

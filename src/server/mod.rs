@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod keepalive;
 pub mod lean;
+mod lean_stream;
 pub mod numbered;
 pub mod oversize;
 pub mod pages;
