@@ -109,9 +109,9 @@ struct Flags {
     addr: SocketAddr,
 
     /// Also serve gRPC on this Unix domain socket, for sidecars on the same host: plaintext,
-    /// guarded by the file's mode and owner; always served by the epoll transport (TCP may be on
-    /// io_uring). A socket file left behind with nothing listening is replaced; one in use, or a
-    /// file that is not a socket, stops the start-up. The file is removed at shutdown.
+    /// guarded by the file's mode and owner; served by the same transport as TCP (io_uring or
+    /// epoll, see --io). A socket file left behind with nothing listening is replaced; one in use,
+    /// or a file that is not a socket, stops the start-up. The file is removed at shutdown.
     #[arg(long, value_name = "PATH")]
     uds: Option<std::path::PathBuf>,
 
