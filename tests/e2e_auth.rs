@@ -75,6 +75,13 @@ async fn set_policy(c: &mut Clients, token: Option<&str>) -> Result<(), Status> 
     c.policies.set_policy(with_token(request, token)).await.map(|_| ())
 }
 
+/// An agent registered with AGENT's token, and one with OTHER_AGENT's.
+async fn mine_and_theirs(c: &mut Clients) -> (String, String) {
+    let mine = register(c, Some(AGENT)).await.expect("an agent registers");
+    let theirs = register(c, Some(OTHER_AGENT)).await.expect("another agent registers");
+    (mine, theirs)
+}
+
 #[tokio::test]
 async fn calls_without_a_known_token_are_unauthenticated() {
     let (daemon, _dir) = daemon();
@@ -138,10 +145,7 @@ async fn each_role_may_call_only_its_methods_and_a_refusal_names_the_role_needed
 async fn a_keep_alive_stream_acts_for_its_token_s_agents_only_and_needs_a_token() {
     let (daemon, _dir) = daemon();
     let mut c = daemon.clients().await;
-    let mine = register(&mut c, Some(AGENT)).await.expect("an agent registers");
-    let theirs = register(&mut c, Some(OTHER_AGENT))
-        .await
-        .expect("another agent registers");
+    let (mine, theirs) = mine_and_theirs(&mut c).await;
     let message = pb::KeepAliveRequest {
         agent_ids: vec![mine.clone(), theirs.clone()],
         batch_id: 1,
@@ -176,10 +180,7 @@ async fn a_keep_alive_stream_acts_for_its_token_s_agents_only_and_needs_a_token(
 async fn an_agent_token_acts_only_for_the_agents_it_registered() {
     let (daemon, _dir) = daemon();
     let mut c = daemon.clients().await;
-    let mine = register(&mut c, Some(AGENT)).await.expect("an agent registers");
-    let theirs = register(&mut c, Some(OTHER_AGENT))
-        .await
-        .expect("another agent registers");
+    let (mine, theirs) = mine_and_theirs(&mut c).await;
     let by_orchestrator = register(&mut c, Some(ORCHESTRATOR))
         .await
         .expect("an orchestrator registers");

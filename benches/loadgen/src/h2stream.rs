@@ -226,10 +226,16 @@ async fn drive(
     };
     let uri = format!("http://{authority}{}", plan.path);
     let mut workers = tokio::task::JoinSet::new();
-    for (worker, body) in plan.bodies.into_iter().enumerate() {
-        let sender = senders[worker % connections].clone();
-        let uri = uri.clone();
-        workers.spawn(stream(sender, uri, body, plan.unary, plan.check, record_from, until));
+    for (index, body) in plan.bodies.into_iter().enumerate() {
+        let sender = senders[index % connections].clone();
+        let worker = Worker {
+            uri: uri.clone(),
+            body,
+            check: plan.check,
+            record_from,
+            until,
+        };
+        workers.spawn(stream(sender, worker, plan.unary));
     }
     let timer = tokio::spawn(async move {
         tokio::time::sleep_until(record_from.into()).await;
@@ -283,16 +289,32 @@ async fn connect(target: &str) -> Result<h2::client::SendRequest<Bytes>, String>
     Ok(sender)
 }
 
-/// One worker, one message in flight until `until`: on one long stream, or one stream a call.
-async fn stream(
-    sender: h2::client::SendRequest<Bytes>,
+/// What one worker sends, how it checks an answer, and when it records and stops.
+struct Worker {
     uri: String,
     body: Bytes,
-    unary: bool,
     check: fn(&[u8]) -> Result<(), String>,
     record_from: Instant,
     until: Instant,
-) -> Seen {
+}
+
+impl Worker {
+    /// Checks an answer to what was sent at `sent_at` and counts it once the warm-up is over;
+    /// true when the run is over.
+    fn answered(&self, message: &[u8], sent_at: Instant, seen: &mut Seen) -> Result<bool, String> {
+        let answered_at = Instant::now();
+        (self.check)(message)?;
+        if sent_at >= self.record_from {
+            seen.ok += 1;
+            seen.latency
+                .saturating_record(answered_at.duration_since(sent_at).as_micros().max(1) as u64);
+        }
+        Ok(answered_at >= self.until)
+    }
+}
+
+/// One worker, one message in flight until `until`: on one long stream, or one stream a call.
+async fn stream(sender: h2::client::SendRequest<Bytes>, worker: Worker, unary: bool) -> Seen {
     let mut seen = Seen {
         ok: 0,
         errors: 0,
@@ -300,8 +322,8 @@ async fn stream(
         latency: crate::histogram(),
     };
     let conversation = match unary {
-        true => calls(sender, &uri, &body, check, record_from, until, &mut seen).await,
-        false => converse(sender, &uri, &body, check, record_from, until, &mut seen).await,
+        true => calls(sender, &worker, &mut seen).await,
+        false => converse(sender, &worker, &mut seen).await,
     };
     if let Err(error) = conversation {
         seen.errors += 1;
@@ -320,24 +342,16 @@ fn grpc_request(uri: &str) -> Result<http::Request<()>, String> {
 
 /// Unary calls, one after another, each on a stream of its own: headers and the message out,
 /// the answer's headers, its message and its trailers (grpc-status 0) back.
-async fn calls(
-    mut sender: h2::client::SendRequest<Bytes>,
-    uri: &str,
-    body: &Bytes,
-    check: fn(&[u8]) -> Result<(), String>,
-    record_from: Instant,
-    until: Instant,
-    seen: &mut Seen,
-) -> Result<(), String> {
+async fn calls(mut sender: h2::client::SendRequest<Bytes>, worker: &Worker, seen: &mut Seen) -> Result<(), String> {
     let mut buffer = BytesMut::new();
     loop {
         sender = sender.ready().await.map_err(|e| format!("open a stream: {e}"))?;
         let sent_at = Instant::now();
         let (response, mut outbound) = sender
-            .send_request(grpc_request(uri)?, false)
+            .send_request(grpc_request(&worker.uri)?, false)
             .map_err(|e| format!("open a stream: {e}"))?;
         outbound
-            .send_data(body.clone(), true)
+            .send_data(worker.body.clone(), true)
             .map_err(|e| format!("send: {e}"))?;
         let response = response.await.map_err(|e| format!("the answer: {e}"))?;
         if let Some(status) = response.headers().get("grpc-status") {
@@ -350,39 +364,25 @@ async fn calls(
             .trailers()
             .await
             .map_err(|e| format!("the answer's trailers: {e}"))?;
-        let answered_at = Instant::now();
         match trailers.as_ref().and_then(|t| t.get("grpc-status")) {
             Some(status) if status == "0" => {}
             status => return Err(format!("a call failed: grpc-status {status:?}")),
         }
-        check(&message)?;
-        if sent_at >= record_from {
-            seen.ok += 1;
-            seen.latency
-                .saturating_record(answered_at.duration_since(sent_at).as_micros().max(1) as u64);
-        }
-        if answered_at >= until {
+        if worker.answered(&message, sent_at, seen)? {
             return Ok(());
         }
     }
 }
 
-async fn converse(
-    sender: h2::client::SendRequest<Bytes>,
-    uri: &str,
-    body: &Bytes,
-    check: fn(&[u8]) -> Result<(), String>,
-    record_from: Instant,
-    until: Instant,
-    seen: &mut Seen,
-) -> Result<(), String> {
+/// Messages on one long stream, each sent once the last is answered.
+async fn converse(sender: h2::client::SendRequest<Bytes>, worker: &Worker, seen: &mut Seen) -> Result<(), String> {
     let mut sender = sender.ready().await.map_err(|e| format!("open a stream: {e}"))?;
     let (response, mut outbound) = sender
-        .send_request(grpc_request(uri)?, false)
+        .send_request(grpc_request(&worker.uri)?, false)
         .map_err(|e| format!("open a stream: {e}"))?;
     // The answer's headers come with the first answer (a server may hold them until then).
     outbound
-        .send_data(body.clone(), false)
+        .send_data(worker.body.clone(), false)
         .map_err(|e| format!("send: {e}"))?;
     let mut sent_at = Instant::now();
     let response = response.await.map_err(|e| format!("the stream's answer: {e}"))?;
@@ -393,19 +393,12 @@ async fn converse(
     let mut buffer = BytesMut::new();
     loop {
         let message = next_message(&mut inbound, &mut buffer).await?;
-        let answered_at = Instant::now();
-        check(&message)?;
-        if sent_at >= record_from {
-            seen.ok += 1;
-            seen.latency
-                .saturating_record(answered_at.duration_since(sent_at).as_micros().max(1) as u64);
-        }
-        if answered_at >= until {
+        if worker.answered(&message, sent_at, seen)? {
             let _ = outbound.send_data(Bytes::new(), true);
             return Ok(());
         }
         outbound
-            .send_data(body.clone(), false)
+            .send_data(worker.body.clone(), false)
             .map_err(|e| format!("send: {e}"))?;
         sent_at = Instant::now();
     }
