@@ -72,6 +72,14 @@ def _check_endpoint(endpoint: object) -> str:
     return f"{host}:{int(port_text)}"
 
 
+def _names_a_port(host: str) -> bool:
+    """``name:PORT`` or ``[v6]:PORT`` (a bare IPv6 address such as ``::1`` is a host alone)."""
+    if host.startswith("["):
+        return "]:" in host
+    name, sep, port = host.rpartition(":")
+    return bool(sep) and ":" not in name and port.isdigit()
+
+
 def resolve_endpoints(host: Optional[str], port: Optional[int], endpoints: Optional[Sequence[str]]) -> list[str]:
     """The targets a client talks to: ``endpoints`` checked, in order; else the one of
     ``host``/``port`` (their defaults and ``$AGENTKEEPER_ADDRESS`` as before). Both at once is an
@@ -81,9 +89,16 @@ def resolve_endpoints(host: Optional[str], port: Optional[int], endpoints: Optio
             if port is not None:
                 raise InvalidArgument(f"a unix: target has no port: {host!r}, port={port}")
             return [_unix_target(host)]
+        if host is not None and _names_a_port(host):
+            # "127.0.0.1:7070" or "[::1]:7070" as host: the address in one string, as endpoints.
+            if port is not None:
+                raise InvalidArgument(f"host {host!r} already names a port; port={port} as well is ambiguous")
+            return [_check_endpoint(host)]
         h, p = resolve_address(host, port)
         if h.startswith(UNIX_PREFIX):  # $AGENTKEEPER_ADDRESS=unix:PATH
             return [_unix_target(h)]
+        if ":" in h and not h.startswith("["):
+            h = f"[{h}]"  # a bare IPv6 address: gRPC's target puts it in brackets
         return [f"{h}:{p}"]
     if host is not None or port is not None:
         raise InvalidArgument("pass either endpoints= or host/port, not both")

@@ -97,11 +97,18 @@ def test_a_write_past_its_deadline_is_outcome_unknown_and_still_a_deadline_excee
         (dict(endpoints=[":7070"]), "no host"),
         (dict(endpoints=["::1:7070"]), "in brackets"),
         (dict(endpoints=[7070]), "host:port"),
+        (dict(host="a:7071", port=7072), "already names a port"),
     ],
 )
 def test_endpoints_are_checked_and_exclusive_with_host_and_port(kwargs, message):
     with pytest.raises(InvalidArgument, match=message):
         AgentKeeperClient(**kwargs)
+
+
+def test_a_host_that_names_its_port_is_that_address_and_a_bare_ipv6_host_is_a_host():
+    for host, address in [("127.0.0.1:7071", "127.0.0.1:7071"), ("[::1]:7072", "[::1]:7072"), ("::1", "[::1]:7070")]:
+        with AgentKeeperClient(host) as client:
+            assert client.address == address, host
 
 
 def test_endpoints_keep_their_order_and_default_to_port_7070():

@@ -135,7 +135,9 @@ class AgentKeeperClient:
 
     ``AgentKeeperClient()`` connects to ``localhost:7070`` (or ``$AGENTKEEPER_ADDRESS``),
     :meth:`from_url` to an ``agentkeeper://host:port`` URL; :meth:`embedded` starts a private
-    daemon. Use it as a context manager to close it on exit. ``AgentKeeperClient("unix:PATH")``
+    daemon. Use it as a context manager to close it on exit. ``host`` may name its port
+    (``AgentKeeperClient("10.0.0.5:7070")``, ``"[::1]:7070"``; then without ``port``).
+    ``AgentKeeperClient("unix:PATH")``
     (or an endpoint ``"unix:PATH"``) talks to a daemon's Unix socket (its ``--uds PATH``): a
     sidecar on the same host.
 
