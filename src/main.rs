@@ -947,7 +947,7 @@ async fn run(flags: Flags, cluster: Option<ClusterStart>, uring: bool, notifier:
         .unwrap_or(std::path::Path::new(""))
         .display()
         .to_string();
-    let (uds, grpc) = if uring && (grpc_listener.is_some() || uds_listener.is_some()) {
+    let (uds, grpc) = if uring {
         // Both listeners hand their connections to the same io_uring net threads.
         let threads = usize::from(flags.net_threads);
         let (handoff, mut finished) = server::uring::spawn(threads, grpc, streams_max, stop_rx.clone())

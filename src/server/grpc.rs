@@ -69,8 +69,8 @@ impl Api {
             .map(|caller| caller.token_id)
     }
 
-    /// A keep-alive stream of kind `K` whose messages the lean path decodes (`lean_stream`),
-    /// served as tonic's `keep_alive` methods serve theirs.
+    /// A keep-alive stream of kind `K`, its messages decoded by tonic (the `keep_alive` methods)
+    /// or by the lean path (`lean_stream`), on behalf of the caller in `extensions`.
     pub fn keep_alive_stream<K: keepalive::Kind>(
         &self,
         extensions: &http::Extensions,
@@ -389,14 +389,10 @@ impl pb::registry_service_server::RegistryService for Api {
         &self,
         request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
-        let principal = Self::agent_token(&request);
-        let answers = keepalive::serve::<keepalive::Heartbeats, _>(
-            self.core.clone(),
-            &self.metrics,
-            principal,
-            request.into_inner(),
-        );
-        Ok(Response::new(answers))
+        let (_, extensions, inbound) = request.into_parts();
+        Ok(Response::new(
+            self.keep_alive_stream::<keepalive::Heartbeats>(&extensions, inbound),
+        ))
     }
 }
 
@@ -408,14 +404,10 @@ impl pb::lease_service_server::LeaseService for Api {
         &self,
         request: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
-        let principal = Self::agent_token(&request);
-        let answers = keepalive::serve::<keepalive::Renewals, _>(
-            self.core.clone(),
-            &self.metrics,
-            principal,
-            request.into_inner(),
-        );
-        Ok(Response::new(answers))
+        let (_, extensions, inbound) = request.into_parts();
+        Ok(Response::new(
+            self.keep_alive_stream::<keepalive::Renewals>(&extensions, inbound),
+        ))
     }
 
     async fn acquire_lease(

@@ -29,7 +29,7 @@ use pb::lease_service_server::LeaseService;
 use pb::registry_service_server::RegistryService;
 
 /// The gRPC message prefix: one compression flag byte and a 4-byte big-endian length.
-const PREFIX_BYTES: usize = 5;
+pub(super) const PREFIX_BYTES: usize = 5;
 
 /// The methods served here: the unary calls most of a fleet's traffic is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,21 +129,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(stream) = KeepAlive::of(request.uri().path()).filter(|_| is_plain_grpc(request.headers())) {
-            let (parts, body) = request.into_parts();
-            let limit = self.message_bytes_max;
             let response = match stream {
-                KeepAlive::Registry => {
-                    let inbound = lean_stream::Messages::new(body, limit);
-                    lean_stream::respond(
-                        (self.api).keep_alive_stream::<keepalive::Heartbeats>(&parts.extensions, inbound),
-                    )
-                }
-                KeepAlive::Lease => {
-                    let inbound = lean_stream::Messages::new(body, limit);
-                    lean_stream::respond(
-                        (self.api).keep_alive_stream::<keepalive::Renewals>(&parts.extensions, inbound),
-                    )
-                }
+                KeepAlive::Registry => self.keep_alive::<keepalive::Heartbeats, _>(request),
+                KeepAlive::Lease => self.keep_alive::<keepalive::Renewals, _>(request),
             };
             return LeanFuture::Hot {
                 answer: Box::pin(std::future::ready(response)),
@@ -161,6 +149,21 @@ where
         LeanFuture::Hot {
             answer: Box::pin(answer(hot, api, routes, limit, request)),
         }
+    }
+}
+
+impl<S> Lean<S> {
+    /// A keep-alive stream of kind `K`: its messages decoded by `lean_stream` within the size
+    /// limit, answered as they come.
+    fn keep_alive<K, B>(&self, request: Request<B>) -> Response<tonic::body::Body>
+    where
+        K: keepalive::Kind,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        let inbound = lean_stream::Messages::<_, K::Request>::new(body, self.message_bytes_max);
+        lean_stream::respond(self.api.keep_alive_stream::<K>(&parts.extensions, inbound))
     }
 }
 
@@ -261,13 +264,8 @@ where
 /// as headers, the message in one data frame, `grpc-status: 0` as trailers.
 fn respond<M: prost::Message>(response: tonic::Response<M>) -> Response<tonic::body::Body> {
     let (metadata, message, extensions) = response.into_parts();
-    let length = message.encoded_len();
-    let mut frame = BytesMut::with_capacity(PREFIX_BYTES + length);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    message
-        .encode(&mut frame)
-        .expect("the buffer was sized for the message");
+    let mut frame = BytesMut::new();
+    encode_message(&message, &mut frame);
     let mut http = Response::new(tonic::body::Body::new(Unary {
         message: Some(frame.freeze()),
         trailers: true,
@@ -277,6 +275,20 @@ fn respond<M: prost::Message>(response: tonic::Response<M>) -> Response<tonic::b
     http.headers_mut()
         .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     http
+}
+
+/// Appends `message` to `frame` with its gRPC prefix (uncompressed).
+pub(super) fn encode_message<M: prost::Message>(message: &M, frame: &mut BytesMut) {
+    let length = message.encoded_len();
+    frame.reserve(PREFIX_BYTES + length);
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+    message.encode(frame).expect("the buffer was reserved for the message");
+}
+
+/// The message length a gRPC prefix (at least `PREFIX_BYTES` long) announces.
+pub(super) fn announced_length(prefix: &[u8]) -> usize {
+    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
 }
 
 /// What reading a request's body gave: the whole body, one plain gRPC message (its prefix
@@ -359,7 +371,7 @@ fn is_one_plain_message(frame: &[u8], limit: usize) -> bool {
     let Some((prefix, message)) = frame.split_at_checked(PREFIX_BYTES) else {
         return false;
     };
-    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    let length = announced_length(prefix);
     prefix[0] == 0 && length == message.len() && length <= limit
 }
 

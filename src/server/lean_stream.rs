@@ -17,9 +17,7 @@ use http_body::{Body, Frame};
 use tonic::Status;
 
 use super::keepalive::AnswerStream;
-
-/// The gRPC message prefix: one compression flag byte and a 4-byte big-endian length.
-const PREFIX_BYTES: usize = 5;
+use super::lean::{PREFIX_BYTES, announced_length, encode_message};
 /// Answers gathered into one data frame at most (bytes), when several are ready at once.
 const FRAME_BYTES_MAX: usize = 32 * 1024;
 
@@ -53,7 +51,7 @@ impl<B, M> Messages<B, M> {
             return None;
         }
         let compressed = self.buffer[0];
-        let length = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
+        let length = announced_length(&self.buffer);
         if compressed != 0 {
             self.ended = true;
             return Some(Err(Status::internal(
@@ -159,7 +157,7 @@ impl<M: prost::Message> Body for Answers<M> {
         while self.status.is_none() && frame.len() < FRAME_BYTES_MAX {
             match self.answers.as_mut().poll_next(cx) {
                 Poll::Pending => break,
-                Poll::Ready(Some(Ok(message))) => encode(&message, &mut frame),
+                Poll::Ready(Some(Ok(message))) => encode_message(&message, &mut frame),
                 Poll::Ready(Some(Err(status))) => self.status = Some(status),
                 Poll::Ready(None) => self.status = Some(Status::new(tonic::Code::Ok, "")),
             }
@@ -183,15 +181,6 @@ impl<M: prost::Message> Body for Answers<M> {
     }
 }
 
-/// Appends `message` with its gRPC prefix.
-fn encode<M: prost::Message>(message: &M, frame: &mut BytesMut) {
-    let length = message.encoded_len();
-    frame.reserve(PREFIX_BYTES + length);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    message.encode(frame).expect("the buffer was reserved for the message");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +202,7 @@ mod tests {
 
     fn framed(message: &impl Message) -> Vec<u8> {
         let mut frame = BytesMut::new();
-        encode(message, &mut frame);
+        encode_message(message, &mut frame);
         frame.to_vec()
     }
 
