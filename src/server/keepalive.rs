@@ -8,9 +8,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_core::Stream;
+use futures_util::task::AtomicWaker;
 use tonic::Status;
 
 use super::convert;
@@ -47,8 +50,14 @@ pub fn serve<K: Kind, In: Inbound<K>>(
     principal: Option<TokenId>,
     inbound: In,
 ) -> AnswerStream<K::Response> {
+    let inbound_wake = Arc::new(InboundWake {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
     Box::pin(Pipeline::<K, In> {
         inbound: Some(inbound),
+        inbound_waker: Waker::from(Arc::clone(&inbound_wake)),
+        inbound_wake,
         in_flight: VecDeque::with_capacity(IN_FLIGHT_MAX),
         core,
         principal,
@@ -65,15 +74,38 @@ enum InFlight {
 
 /// One stream's messages in flight, oldest first: the stream reads ahead while fewer than
 /// `IN_FLIGHT_MAX` wait, and yields answers strictly in the order their messages came. Only the
-/// oldest answer is polled, so one wake-up per answer and no task per message.
+/// oldest answer is polled, so one wake-up per answer and no task per message; the inbound side
+/// is polled only when it said it may have more (each poll of it takes the HTTP/2 connection's
+/// lock and swaps a waker, and most of the stream's wake-ups are answers).
 struct Pipeline<K: Kind, In> {
     /// None once the client's half has ended or failed (nothing more is read).
     inbound: Option<In>,
+    /// Set when the inbound side woke the stream (or may have more than was read).
+    inbound_wake: Arc<InboundWake>,
+    /// `inbound_wake` as the waker the inbound side is polled with.
+    inbound_waker: Waker,
     in_flight: VecDeque<InFlight>,
     core: CoreHandle,
     principal: Option<TokenId>,
     counters: KeepAliveCounters,
     _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+/// The inbound side's wake-up: notes that it came, then wakes the stream's task.
+struct InboundWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for InboundWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// A stream's decoded messages, in the order the client sent them.
@@ -82,11 +114,18 @@ pub trait Inbound<K: Kind>: Stream<Item = Result<K::Request, Status>> + Send + U
 impl<K: Kind, S> Inbound<K> for S where S: Stream<Item = Result<K::Request, Status>> + Send + Unpin + 'static {}
 
 impl<K: Kind, In: Inbound<K>> Pipeline<K, In> {
-    /// Reads messages while there is room, queueing each; stops at the first refusal.
+    /// Reads messages while there is room, queueing each; stops at the first refusal. Reads
+    /// nothing unless the inbound side woke the stream since it last said Pending.
     fn read_ahead(&mut self, cx: &mut Context<'_>) {
+        if self.inbound.is_none() || !self.inbound_wake.woken.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // Registered before reading: a wake-up while reading polls the stream again.
+        self.inbound_wake.task.register(cx.waker());
+        let mut inbound_cx = Context::from_waker(&self.inbound_waker);
         while self.in_flight.len() < IN_FLIGHT_MAX {
             let Some(inbound) = self.inbound.as_mut() else { return };
-            let entry = match Pin::new(inbound).poll_next(cx) {
+            let entry = match Pin::new(inbound).poll_next(&mut inbound_cx) {
                 Poll::Pending => return,
                 Poll::Ready(None) => {
                     self.inbound = None;
@@ -103,6 +142,8 @@ impl<K: Kind, In: Inbound<K>> Pipeline<K, In> {
             };
             self.in_flight.push_back(entry);
         }
+        // Stopped for room, not for want of messages: read again once there is room.
+        self.inbound_wake.woken.store(true, Ordering::Release);
     }
 
     fn submit(&self, message: K::Request) -> Result<InFlight, Status> {
