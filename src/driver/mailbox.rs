@@ -30,7 +30,8 @@ pub struct Mailbox {
 }
 
 struct Inner {
-    posted: Sender<Posted>,
+    /// A batch's answers for this thread travel together: one send, one receive.
+    posted: Sender<Vec<Posted>>,
     /// The delivering task, woken once however many answers came since it last ran.
     waker: AtomicWaker,
 }
@@ -48,10 +49,9 @@ impl Mailbox {
 
     /// Posts `answers` and wakes the delivering task once; if that thread has stopped, answers
     /// them directly.
-    pub(super) fn post(&self, answers: impl IntoIterator<Item = Posted>) {
-        for (reply, outcome) in answers {
-            if let Err(error) = self.inner.posted.send((reply, outcome)) {
-                let (reply, outcome) = error.into_inner();
+    pub(super) fn post(&self, answers: Vec<Posted>) {
+        if let Err(error) = self.inner.posted.send(answers) {
+            for (reply, outcome) in error.into_inner() {
                 let _ = reply.send(outcome);
             }
         }
@@ -108,11 +108,11 @@ pub fn install() -> impl Future<Output = ()> {
     deliver(inner, answers)
 }
 
-async fn deliver(inner: Arc<Inner>, answers: Receiver<Posted>) {
+async fn deliver(inner: Arc<Inner>, answers: Receiver<Vec<Posted>>) {
     poll_fn(|cx| {
         // Registered before draining: an answer posted after the drain wakes the task again.
         inner.waker.register(cx.waker());
-        for (reply, outcome) in answers.try_iter() {
+        for (reply, outcome) in answers.try_iter().flatten() {
             // A caller gone is no one's business here (see the invariant above).
             let _ = reply.send(outcome);
         }
@@ -167,7 +167,7 @@ mod tests {
         .join()
         .unwrap();
         let (replies, mut answers): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
-        mailbox.post(replies.into_iter().map(|reply| (reply, Ok(Reply::Done))));
+        mailbox.post(replies.into_iter().map(|reply| (reply, Ok(Reply::Done))).collect());
         for answer in &mut answers {
             assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))), "answered directly");
         }
