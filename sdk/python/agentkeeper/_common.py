@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "resolve_address",
     "CHANNEL_OPTIONS",
+    "channel_options",
     "should_retry",
     "not_carried_out",
     "failed_for_good",
@@ -87,6 +88,11 @@ STREAM_RETRYABLE = frozenset(
     }
 )
 
+PING_AFTER_MS = 2000
+"""Milliseconds without a byte from the node after which a client with a call open pings it."""
+PING_TIMEOUT_MS = 3000
+"""Milliseconds the client waits for a ping's answer before it gives the connection up."""
+
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # Reconnect quickly after a daemon restart instead of grpc's default 1 s+ first backoff.
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -94,7 +100,25 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    # A hung node (a paused process, a partition that drops packets) never resets the
+    # connection: without pings, a call on it waits out its deadline and a stream (heartbeats,
+    # a watch) waits for good. After PING_AFTER_MS without a byte from the node the client pings
+    # it, and gives the connection up PING_TIMEOUT_MS later without the answer: its calls fail
+    # UNAVAILABLE ("ping timeout") and go to the next endpoint as after a reset. (gRPC waits
+    # `grpc.http2.ping_timeout_ms` for the answer in recent releases, `keepalive_timeout_ms` in
+    # older ones: both are set.)
+    ("grpc.keepalive_time_ms", PING_AFTER_MS),
+    ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
 ]
+
+
+def channel_options(overrides: Sequence[tuple[str, Union[str, int]]]) -> list[tuple[str, Union[str, int]]]:
+    """The client's channel options: CHANNEL_OPTIONS with the caller's ``overrides`` in place of
+    the defaults they name (gRPC reads the first of two options with one name), then the rest
+    of the caller's options."""
+    given = {name for name, _ in overrides}
+    return [*overrides, *((name, value) for name, value in CHANNEL_OPTIONS if name not in given)]
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,54 @@ def test_a_registered_agents_heartbeats_continue_across_a_leader_kill_and_it_sta
             assert topics == ["agent.registered"]
 
 
+def test_a_call_to_a_hung_node_moves_on_once_its_connection_stops_answering_pings(cluster):
+    # A hung node (SIGSTOP: its sockets stay open, it answers nothing) never resets the
+    # connection. The client's HTTP/2 pings find it out: the call on it fails UNAVAILABLE and,
+    # being a read, goes to the next node. Without the pings it would wait out its deadline.
+    leader = cluster.leader()
+    hung = next(n for n in cluster.running if n != leader)
+    # The deadline leaves room for the pings (PING_AFTER_MS + PING_TIMEOUT_MS), not for a hang.
+    with AgentKeeperClient(endpoints=cluster.endpoints(first=hung), retry=PATIENT, timeout=12.0) as client:
+        client.set_policy("seen", "agent:a", "read", "docs/*", "ALLOW")
+        assert client.address == cluster.address(hung)
+        cluster.stop_process(hung)
+        try:
+            decision = finishes(lambda: client.check_policy("agent:a", "read", "docs/x"), "a read on a hung node")
+        finally:
+            cluster.resume_process(hung)
+        assert decision.allowed
+        assert client.address != cluster.address(hung), "moved to another node"
+
+
+def test_heartbeats_on_a_hung_node_move_to_another_and_the_agent_stays_alive(cluster):
+    leader = cluster.leader()
+    hung = next(n for n in cluster.running if n != leader)
+    with AgentKeeperClient(endpoints=cluster.endpoints(first=hung), retry=PATIENT, timeout=HANG_GUARD) as client:
+        agent = client.register("steady", ttl=10)  # heartbeats every ~3.3 s on the hung node's stream
+        with AgentKeeperClient(endpoints=cluster.endpoints(first=leader)[:1], timeout=HANG_GUARD) as observer:
+            cluster.stop_process(hung)
+            try:
+                stopped_at = observer.get_agent(agent.agent_id).last_heartbeat_at
+                # The stream on the hung node fails its pings; the heartbeats go on elsewhere.
+                wait_for(
+                    lambda: observer.get_agent(agent.agent_id).last_heartbeat_at > stopped_at,
+                    what="a heartbeat through another node",
+                )
+                assert client.address != cluster.address(hung)
+            finally:
+                cluster.resume_process(hung)
+            assert agent.heartbeating and not agent.lost
+            marker = observer.register("marker", heartbeat=False)
+            topics = []
+            with observer.watch(["agent."], from_sequence=1) as history:
+                for event in history:
+                    if event.payload.agent_id == marker.agent_id:
+                        break
+                    if event.payload.agent_id == agent.agent_id:
+                        topics.append(event.topic)
+            assert topics == ["agent.registered"], "never UNREACHABLE"
+
+
 def test_a_watch_resumes_on_another_node_with_no_gap_and_no_repeat(cluster):
     leader = cluster.leader()
     with AgentKeeperClient(endpoints=cluster.endpoints(first=leader), retry=PATIENT, timeout=HANG_GUARD) as client:

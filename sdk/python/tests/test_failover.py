@@ -276,3 +276,15 @@ async def test_the_asyncio_client_moves_between_endpoints_alike(nodes):
         with pytest.raises(OutcomeUnknownError):
             await client.delete_policy("p")
         assert (first.calls["DeletePolicy"], second.calls["DeletePolicy"]) == (0, 1)
+
+
+def test_channel_options_given_replace_the_defaults_of_the_same_name_and_add_the_rest():
+    from agentkeeper._common import CHANNEL_OPTIONS, PING_TIMEOUT_MS, channel_options
+
+    merged = channel_options([("grpc.http2.ping_timeout_ms", 60_000), ("grpc.enable_retries", 0)])
+    names = [name for name, _ in merged]
+    assert len(names) == len(set(names)), "each option once: gRPC reads the first of two"
+    assert dict(merged)["grpc.http2.ping_timeout_ms"] == 60_000
+    assert dict(CHANNEL_OPTIONS)["grpc.http2.ping_timeout_ms"] == PING_TIMEOUT_MS
+    assert dict(merged)["grpc.enable_retries"] == 0
+    assert set(names) == set(dict(CHANNEL_OPTIONS)) | {"grpc.enable_retries"}

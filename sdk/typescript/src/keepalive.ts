@@ -185,17 +185,18 @@ export class KeepAlives {
   private async beat(agents: Beating[]): Promise<void> {
     if (!this.unaryOnly) {
       try {
-        this.follow();
-        this.heartbeats ??= new Duplex((requests, options) => this.endpoint!.services.registry.keepAlive(requests, options), this.connection.closedSignal);
-        const batchId = ++this.batchId;
-        const request: HeartbeatMessage = { agentIds: agents.map((a) => a.agentId), batchId };
-        const answer = await this.heartbeats.exchange(request, batchId, this.answerTimeoutMs());
+        const answer = await this.onStream(() => {
+          this.follow();
+          this.heartbeats ??= new Duplex((requests, options) => this.endpoint!.services.registry.keepAlive(requests, options), this.connection.closedSignal);
+          const batchId = ++this.batchId;
+          const request: HeartbeatMessage = { agentIds: agents.map((a) => a.agentId), batchId };
+          return this.heartbeats.exchange(request, batchId, this.answerTimeoutMs());
+        });
         agents.forEach((agent, i) => this.settleAgent(agent, agent._beatAnswered(itemError(answer.results[i]))));
         return;
       } catch (thrown) {
         const error = thrown as AgentKeeperError;
         if (error.code !== "UNIMPLEMENTED") {
-          this.streamFailed(error);
           for (const agent of agents) this.settleAgent(agent, agent._beatAnswered(error));
           return;
         }
@@ -217,11 +218,13 @@ export class KeepAlives {
     if (!this.unaryOnly) {
       const sentAt = Date.now();
       try {
-        this.follow();
-        this.renewals ??= new Duplex((requests, options) => this.endpoint!.services.lease.keepAlive(requests, options), this.connection.closedSignal);
-        const batchId = ++this.batchId;
-        const request: RenewalMessage = { renewals: leases.map((l) => l._renewal()), batchId };
-        const answer = await this.renewals.exchange(request, batchId, this.answerTimeoutMs());
+        const answer = await this.onStream(() => {
+          this.follow();
+          this.renewals ??= new Duplex((requests, options) => this.endpoint!.services.lease.keepAlive(requests, options), this.connection.closedSignal);
+          const batchId = ++this.batchId;
+          const request: RenewalMessage = { renewals: leases.map((l) => l._renewal()), batchId };
+          return this.renewals.exchange(request, batchId, this.answerTimeoutMs());
+        });
         leases.forEach((lease, i) => {
           const result = answer.results[i];
           const failure = itemError(result);
@@ -232,7 +235,6 @@ export class KeepAlives {
       } catch (thrown) {
         const error = thrown as AgentKeeperError;
         if (error.code !== "UNIMPLEMENTED") {
-          this.streamFailed(error);
           for (const lease of leases) this.settleLease(lease, lease._renewalFailed(error));
           return;
         }
@@ -273,6 +275,27 @@ export class KeepAlives {
   private fallBack(): void {
     this.unaryOnly = true;
     this.closeStreams();
+  }
+
+  /** One message on its stream and its answer. When the stream failed UNAVAILABLE and the client
+   * moved to another node (its node went away or hung), the message goes there at once rather
+   * than at the next tick: a beat lost on a hung node must not cost an agent its TTL. */
+  private async onStream<A>(send: () => Promise<A>): Promise<A> {
+    try {
+      return await send();
+    } catch (thrown) {
+      const error = thrown as AgentKeeperError;
+      if (error.code === "UNIMPLEMENTED") throw error;
+      this.streamFailed(error);
+      if (error.code !== "UNAVAILABLE" || this.connection.endpoint === this.endpoint) throw error;
+    }
+    try {
+      return await send();
+    } catch (thrown) {
+      const error = thrown as AgentKeeperError;
+      if (error.code !== "UNIMPLEMENTED") this.streamFailed(error);
+      throw error;
+    }
   }
 
   private streamFailed(error: AgentKeeperError): void {

@@ -31,7 +31,7 @@ from agentkeeper._async.keepalive import KeepAlives
 from agentkeeper._async.streams import ElectionWatch, WatchStream
 from agentkeeper._async.tasks import ClaimedTask, TaskWorker
 from agentkeeper._common import (
-    CHANNEL_OPTIONS,
+    channel_options as merged_channel_options,
     CLAIM_POLL_SECONDS,
     CLIENT_ID_HEADER,
     DEFAULT_TIMEOUT,
@@ -178,7 +178,7 @@ class AgentKeeperClient:
         self._client_id = uuid.uuid4().hex
         self._request_seq = 0
         self._lost_after = lost_after
-        options = [*CHANNEL_OPTIONS, *channel_options]
+        options = merged_channel_options(channel_options)
         # One channel per endpoint (a channel connects only once used).
         self._transports = {
             target: AsyncTransport(target, credentials, token, target_options(target, options))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Optional, TypeVar, Union
 
 import grpc
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["KeepAlives", "TICK_MAX", "ITEMS_MAX"]
 
 log = logging.getLogger("agentkeeper")
+
+# What a keep-alive round sends (its agents or its leases) and gets back.
+_Items = TypeVar("_Items")
+_Answer = TypeVar("_Answer")
 
 TICK_MAX = 0.5
 """Seconds between two rounds at most; shorter when an interval is short (half the shortest)."""
@@ -145,11 +150,10 @@ class KeepAlives:
     def _beat(self, agents: list[AgentHandle]) -> None:
         if not self.unary_only:
             try:
-                answer = self._beat_on_stream(agents)
+                answer = self._round(self._beat_on_stream, agents)
             except Unimplemented:
                 self._fall_back()
             except AgentKeeperError as error:
-                self._stream_failed(error)
                 for agent in agents:
                     self._settle_agent(agent, agent._beat_answered(error))
                 return
@@ -185,11 +189,10 @@ class KeepAlives:
         if not self.unary_only:
             sent = time.monotonic()
             try:
-                answer = self._renew_on_stream(leases)
+                answer = self._round(self._renew_on_stream, leases)
             except Unimplemented:
                 self._fall_back()
             except AgentKeeperError as error:
-                self._stream_failed(error)
                 for lease in leases:
                     self._settle_lease(lease, lease._renewal_failed(error))
                 return
@@ -242,8 +245,28 @@ class KeepAlives:
         self.unary_only = True
         self._close_streams()
 
+    def _round(self, send: Callable[[_Items], _Answer], items: _Items) -> _Answer:
+        """One message on its stream and its answer. When the stream failed UNAVAILABLE and the
+        client moved to another node (its node went away or hung), the message goes there at once
+        rather than at the next tick: a beat lost on a hung node must not cost an agent its TTL."""
+        try:
+            return send(items)
+        except Unimplemented:
+            raise
+        except AgentKeeperError as error:
+            self._stream_failed(error)
+            if error.code() != grpc.StatusCode.UNAVAILABLE or self._client._transport.target == self._target:
+                raise
+        try:
+            return send(items)
+        except Unimplemented:
+            raise
+        except AgentKeeperError as error:
+            self._stream_failed(error)
+            raise
+
     def _stream_failed(self, error: AgentKeeperError) -> None:
-        log.warning("agentkeeper: keep-alive stream failed (reopened at the next tick): %s", error)
+        log.warning("agentkeeper: keep-alive stream failed (reopened at once on another node, else at the next tick): %s", error)
         self._close_streams()
         if error.code() == grpc.StatusCode.UNAVAILABLE:
             self._client._move_on(self._target)
