@@ -110,6 +110,9 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", PING_AFTER_MS),
     ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
+    # A watch the client has sent nothing on since it opened still pings (gRPC's default stops
+    # after two pings without a data frame from the client).
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 
