@@ -34,6 +34,19 @@ def cluster(binary: str) -> Iterator[LocalCluster]:
         nodes.close()
 
 
+def _agent_topics_so_far(observer: AgentKeeperClient, agent_id: str) -> list[str]:
+    """The topics of every event of the agent, from the first up to a marker registered now."""
+    marker = observer.register("marker", heartbeat=False)
+    topics = []
+    with observer.watch(["agent."], from_sequence=1) as history:
+        for event in history:
+            if event.payload.agent_id == marker.agent_id:
+                break
+            if event.payload.agent_id == agent_id:
+                topics.append(event.topic)
+    return topics
+
+
 def test_a_client_with_every_endpoint_keeps_reading_and_writing_after_its_node_is_killed(cluster):
     leader = cluster.leader()
     with AgentKeeperClient(endpoints=cluster.endpoints(first=leader), retry=PATIENT, timeout=HANG_GUARD) as client:
@@ -87,14 +100,7 @@ def test_a_registered_agents_heartbeats_continue_across_a_leader_kill_and_it_sta
             assert observer.get_agent(agent.agent_id).status == AgentStatus.ALIVE
             # And it never went UNREACHABLE meanwhile: the whole history of its events, up to a
             # marker written now, holds its registration only.
-            marker = observer.register("marker", heartbeat=False)
-            topics = []
-            with observer.watch(["agent."], from_sequence=1) as history:
-                for event in history:
-                    if event.payload.agent_id == marker.agent_id:
-                        break
-                    if event.payload.agent_id == agent.agent_id:
-                        topics.append(event.topic)
+            topics = _agent_topics_so_far(observer, agent.agent_id)
             assert topics == ["agent.registered"]
 
 
@@ -135,14 +141,7 @@ def test_heartbeats_on_a_hung_node_move_to_another_and_the_agent_stays_alive(clu
             finally:
                 cluster.resume_process(hung)
             assert agent.heartbeating and not agent.lost
-            marker = observer.register("marker", heartbeat=False)
-            topics = []
-            with observer.watch(["agent."], from_sequence=1) as history:
-                for event in history:
-                    if event.payload.agent_id == marker.agent_id:
-                        break
-                    if event.payload.agent_id == agent.agent_id:
-                        topics.append(event.topic)
+            topics = _agent_topics_so_far(observer, agent.agent_id)
             assert topics == ["agent.registered"], "never UNREACHABLE"
 
 

@@ -251,19 +251,22 @@ class KeepAlives:
         rather than at the next tick: a beat lost on a hung node must not cost an agent its TTL."""
         try:
             return send(items)
-        except Unimplemented:
-            raise
         except AgentKeeperError as error:
-            self._stream_failed(error)
-            if error.code() != grpc.StatusCode.UNAVAILABLE or self._client._transport.target == self._target:
+            if not self._failed_and_moved(error):
                 raise
         try:
             return send(items)
-        except Unimplemented:
-            raise
         except AgentKeeperError as error:
-            self._stream_failed(error)
+            self._failed_and_moved(error)
             raise
+
+    def _failed_and_moved(self, error: AgentKeeperError) -> bool:
+        """Closes the streams after a failed round (not on UNIMPLEMENTED: the caller falls back
+        to unary calls); True when the client moved to another node."""
+        if isinstance(error, Unimplemented):
+            return False
+        self._stream_failed(error)
+        return error.code() == grpc.StatusCode.UNAVAILABLE and self._client._transport.target != self._target
 
     def _stream_failed(self, error: AgentKeeperError) -> None:
         log.warning("agentkeeper: keep-alive stream failed (reopened at once on another node, else at the next tick): %s", error)
