@@ -17,7 +17,7 @@
 //! all `*`/`*`/`*` (or that share one short anchor), puts them in one bucket and a check then
 //! verifies them all: they all match the same queries anyway, and the limit on policies bounds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::sync::Arc;
 
 use slab::Slab;
@@ -225,16 +225,32 @@ impl PolicyTable {
 
     /// Inserts or replaces the policy with this id; returns the replaced one.
     pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
-        let replaced = self.remove(&policy.id);
         let anchor = anchor_of(&policy);
-        let id = policy.id.clone();
-        let key = self.entries.insert(Entry {
-            policy: Arc::new(policy),
-            anchor: anchor.clone(),
-            position: 0,
-        });
+        // One search of the ordered ids, whether the policy is new or replaces one.
+        let (key, replaced) = match self.by_id.entry(policy.id.clone()) {
+            btree_map::Entry::Occupied(slot) => {
+                let key = *slot.get();
+                let old = &self.entries[key];
+                let index = &mut self.fields[old.anchor.field];
+                if let Some(moved) = index.remove(old.anchor.kind, &old.anchor.text, old.position) {
+                    self.entries[moved].position = self.entries[key].position;
+                }
+                let entry = &mut self.entries[key];
+                let old = std::mem::replace(&mut entry.policy, Arc::new(policy));
+                entry.anchor = anchor.clone();
+                (key, Some(Arc::unwrap_or_clone(old)))
+            }
+            btree_map::Entry::Vacant(slot) => {
+                let key = self.entries.insert(Entry {
+                    policy: Arc::new(policy),
+                    anchor: anchor.clone(),
+                    position: 0,
+                });
+                slot.insert(key);
+                (key, None)
+            }
+        };
         self.entries[key].position = self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
-        self.by_id.insert(id, key);
         debug_assert_eq!(self.by_id.len(), self.entries.len());
         replaced
     }
