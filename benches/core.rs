@@ -179,6 +179,23 @@ fn policies(c: &mut Criterion) {
         };
         core.apply(NOW, Command::SetPolicy { policy: wildcard })
             .expect("set policy");
+        if full == 100_000 {
+            // The load generator's set-policy: one of the table's ids set again, its effect flipped.
+            let mut j = 0usize;
+            c.bench_function(&format!("set policy, replacing one ({full} policies)"), |b| {
+                b.iter(|| {
+                    j = (j + 7919) % n;
+                    let policy = PolicyInput {
+                        id: format!("p{j:07}"),
+                        subject: format!("agent:a{j}"),
+                        action: "call".into(),
+                        resource: format!("tool:t{}", j % 100),
+                        effect: Some(if j % 2 == 0 { Effect::Deny } else { Effect::Allow }),
+                    };
+                    black_box(core.apply(NOW, Command::SetPolicy { policy })).ok();
+                })
+            });
+        }
         let mut i = 0usize;
         c.bench_function(&format!("check policy ({full} policies)"), |b| {
             b.iter(|| {
