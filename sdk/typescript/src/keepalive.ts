@@ -19,6 +19,13 @@ export const TICK_MAX_MS = 500;
 export const ITEMS_MAX = 10_000;
 /** How long to wait for a message's answer when the client has no default timeout. */
 const ANSWER_TIMEOUT_MS = 10_000;
+/** With several endpoints, how long to wait for a message's answer before the node counts as
+ * hung and the message goes to the next one. A node answers at once, or within ~5 s when it
+ * knows no leader (UNAVAILABLE): moving on sooner only asks another node. The Python SDK finds a
+ * hung node by HTTP/2 pings; connect-node's pings can throw from a timer on a destroyed session
+ * (connect-es #1795), so this SDK bounds the wait instead. Unary calls still wait out their
+ * deadline on a hung node. */
+export const HUNG_ANSWER_MS = 4_000;
 
 /** What the keep-alives need of an agent handle. */
 export interface Beating {
@@ -260,7 +267,8 @@ export class KeepAlives {
   }
 
   private answerTimeoutMs(): number {
-    return this.connection.defaultTimeoutMs ?? ANSWER_TIMEOUT_MS;
+    const timeout = this.connection.defaultTimeoutMs ?? ANSWER_TIMEOUT_MS;
+    return this.connection.options.endpoints.length > 1 ? Math.min(timeout, HUNG_ANSWER_MS) : timeout;
   }
 
   /** Streams go to the node the client talks to now: reopened there when it moved. */

@@ -99,6 +99,36 @@ test("a registered agent's heartbeats continue across a leader kill and it stays
   assert.deepEqual(topics, ["agent.registered"]);
 });
 
+test("heartbeats on a hung node move to another and the agent stays ALIVE", async (t) => {
+  // A hung node (SIGSTOP: its sockets stay open, it answers nothing) never resets the stream;
+  // a keep-alive answer that does not come within HUNG_ANSWER_MS moves the beats on at once.
+  const cluster = await startCluster(t);
+  const leader = await cluster.leader();
+  const hung = cluster.running.find((n) => n !== leader);
+  const client = clientOf(t, cluster, hung);
+  const agent = await client.register({ name: "steady", ttlSeconds: 10 }); // heartbeats every ~3.3 s
+  const observer = new AgentKeeperClient({ address: cluster.address(leader), timeoutMs: HANG_GUARD_MS });
+  t.after(() => observer.close());
+  cluster.stopProcess(hung);
+  try {
+    const stoppedAt = (await observer.getAgent(agent.agentId)).lastHeartbeatAt.getTime();
+    await waitFor(
+      async () => (await observer.getAgent(agent.agentId)).lastHeartbeatAt.getTime() > stoppedAt,
+      "a heartbeat through another node",
+    );
+  } finally {
+    cluster.resumeProcess(hung);
+  }
+  assert.equal(agent.alive, true);
+  const marker = await observer.register({ name: "marker", heartbeat: false });
+  const topics = [];
+  for await (const event of observer.watch(["agent."], { fromSequence: 1 })) {
+    if (event.payload.agent.agentId === marker.agentId) break;
+    if (event.payload.agent.agentId === agent.agentId) topics.push(event.topic);
+  }
+  assert.deepEqual(topics, ["agent.registered"], "never UNREACHABLE");
+});
+
 test("a watch resumes on another node with no gap and no repeat", async (t) => {
   const cluster = await startCluster(t);
   const leader = await cluster.leader();
