@@ -190,7 +190,11 @@ fn policies(c: &mut Criterion) {
                         subject: format!("agent:a{j}"),
                         action: "call".into(),
                         resource: format!("tool:t{}", j % 100),
-                        effect: Some(if j % 2 == 0 { Effect::Deny } else { Effect::Allow }),
+                        effect: Some(if j.is_multiple_of(2) {
+                            Effect::Deny
+                        } else {
+                            Effect::Allow
+                        }),
                     };
                     black_box(core.apply(NOW, Command::SetPolicy { policy })).ok();
                 })
