@@ -643,3 +643,46 @@ async fn a_heartbeat_on_the_lean_path_answers_with_one_empty_message_and_status_
         .into_inner();
     assert_eq!(got.agent.expect("an agent").agent_id, agent);
 }
+
+#[tokio::test]
+async fn a_daemon_out_of_file_descriptors_backs_off_and_serves_again_once_they_free_up() {
+    // Few enough descriptors that idle connections exhaust them: accept then fails (EMFILE) while
+    // more wait in the listen backlog. The acceptor must back off (no spin, no exit) and, once
+    // the idle clients go, take connections again.
+    const FILES_MAX: u64 = 64;
+    let args = ["--addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"].map(String::from);
+    let mut daemon = Daemon::spawn_with_files_max(&args, FILES_MAX);
+    daemon.wait_serving();
+    let idle: Vec<TcpStream> = (0..FILES_MAX + 32).map(|_| connect(&daemon)).collect();
+    wait_until("the acceptor out of descriptors", async || {
+        match daemon.stderr().contains("accept failed; trying again in 50 ms") {
+            true => Ok(()),
+            false => Err("no accept failure logged yet".to_string()),
+        }
+    })
+    .await;
+    assert!(daemon.is_running(), "out of descriptors is no reason to stop");
+    drop(idle);
+    // The backlog still holds some of the closed connections: the acceptor takes and drops
+    // them, then this client's.
+    let agent = wait_until("a call served after the descriptors freed up", async || {
+        let channel = tonic::transport::Endpoint::from_shared(daemon.url())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = pb::RegisterRequest {
+            card: Some(common::card("after", "after agent", &["web"])),
+            ttl_seconds: 60,
+        };
+        let registered = Clients::over(channel).registry.register(request).await;
+        registered
+            .map(|r| r.into_inner().agent_id)
+            .map_err(|e| format!("register: {e}"))
+    })
+    .await;
+    assert!(!agent.is_empty());
+    assert!(daemon.is_running());
+}

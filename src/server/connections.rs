@@ -55,6 +55,30 @@ impl Gate {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
+
+    /// What an acceptor does after `accept` failed. An error of the one connection (it went
+    /// before it was taken) is skipped. Any other is the listener's (out of file descriptors,
+    /// out of memory): logged, and waited out for `ACCEPT_BACKOFF`, or the acceptor would spin
+    /// on it at full CPU until a descriptor frees up (tonic's own loop retries at once).
+    pub async fn accept_failed(&self, error: &io::Error) {
+        if is_per_connection(error) {
+            tracing::debug!(%error, "a connection went before it was accepted");
+            return;
+        }
+        tracing::warn!(%error, "accept failed; trying again in {} ms", ACCEPT_BACKOFF.as_millis());
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// How long an acceptor waits after its listener failed before it accepts again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// An error of one connection (it went before it was accepted), not of the listener.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
 /// One open connection's place; dropping it frees the place.

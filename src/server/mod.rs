@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
@@ -118,14 +117,22 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     // The builder's tcp_nodelay applies only to listeners tonic binds itself: set it on each
     // accepted socket, or small replies wait on Nagle's algorithm behind a watch stream's data.
-    let incoming = TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
-        Ok(stream) => {
-            // Past the bound the stream is dropped here: closed before a byte is read.
-            let slot = gate.enter()?;
-            let _ = stream.set_nodelay(true);
-            Some(Ok(connections::Counted::new(stream, slot)))
+    let incoming = futures_util::StreamExt::filter_map(TcpListenerStream::new(listener), move |accepted| {
+        let gate = gate.clone();
+        async move {
+            match accepted {
+                Ok(stream) => {
+                    // Past the bound the stream is dropped here: closed before a byte is read.
+                    let slot = gate.enter()?;
+                    let _ = stream.set_nodelay(true);
+                    Some(Ok::<_, std::io::Error>(connections::Counted::new(stream, slot)))
+                }
+                Err(error) => {
+                    gate.accept_failed(&error).await;
+                    None
+                }
+            }
         }
-        Err(error) => Some(Err(error)),
     });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {

@@ -13,7 +13,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::{Grpc, connections};
@@ -159,12 +158,20 @@ pub async fn serve(
     streams_per_connection_max: u32,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
-        Ok(stream) => {
-            let slot = gate.enter()?;
-            Some(Ok(connections::Counted::new(stream, slot)))
+    let incoming = futures_util::StreamExt::filter_map(UnixListenerStream::new(listener), move |accepted| {
+        let gate = gate.clone();
+        async move {
+            match accepted {
+                Ok(stream) => {
+                    let slot = gate.enter()?;
+                    Some(Ok::<_, std::io::Error>(connections::Counted::new(stream, slot)))
+                }
+                Err(error) => {
+                    gate.accept_failed(&error).await;
+                    None
+                }
+            }
         }
-        Err(error) => Some(Err(error)),
     });
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(streams_per_connection_max))

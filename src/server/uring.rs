@@ -197,26 +197,11 @@ pub async fn accept(
                     }
                     next = (next + 1) % threads.len();
                 }
-                Err(error) if is_per_connection(&error) => {
-                    tracing::warn!(%error, "cannot hand over an accepted connection");
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                Err(error) => gate.accept_failed(&error).await,
             },
             () = &mut stop => return,
         }
     }
-}
-
-/// An error of one connection (it went before it was handed over), not of the listener.
-fn is_per_connection(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
-    )
 }
 
 async fn serve(

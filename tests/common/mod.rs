@@ -181,6 +181,16 @@ impl Daemon {
 
     /// Like [`Daemon::spawn`], with extra environment variables for the daemon.
     pub fn spawn_env(args: &[String], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_with(args, env, None)
+    }
+
+    /// Starts the daemon with at most `files_max` open file descriptors (its hard limit: the
+    /// daemon raises its soft limit only that far).
+    pub fn spawn_with_files_max(args: &[String], files_max: u64) -> Daemon {
+        Daemon::spawn_with(args, &[], Some(files_max))
+    }
+
+    fn spawn_with(args: &[String], env: &[(&str, &str)], files_max: Option<u64>) -> Daemon {
         let files = tempfile::Builder::new()
             .prefix("agentkeeper-e2e-")
             .tempdir()
@@ -208,14 +218,29 @@ impl Daemon {
         if !args.iter().any(|a| a.starts_with("--search-model")) {
             args.push("--search-model=off".into());
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_agentkeeper"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentkeeper"));
+        command
             .args(&args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the daemon");
+            .stderr(stderr);
+        if let Some(files_max) = files_max {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: files_max,
+                rlim_max: files_max,
+            };
+            // SAFETY: between fork and exec the closure calls only setrlimit, which is
+            // async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
+        }
+        let child = command.spawn().expect("start the daemon");
         Daemon {
             port: 0,
             metrics_port: 0,
