@@ -70,6 +70,35 @@ impl Gate {
     }
 }
 
+/// The connections a listener's stream accepts, each with its slot, for tonic's server (the
+/// epoll path): one past the bound is closed before a byte of it is read, a failed accept is
+/// waited out (`Gate::accept_failed`), and `prepare` sees each admitted stream first.
+pub fn admitted<S, IO>(
+    accepted: S,
+    gate: Gate,
+    prepare: fn(&IO),
+) -> impl futures_core::Stream<Item = io::Result<Counted<IO>>>
+where
+    S: futures_core::Stream<Item = io::Result<IO>>,
+{
+    futures_util::StreamExt::filter_map(accepted, move |accepted| {
+        let gate = gate.clone();
+        async move {
+            match accepted {
+                Ok(stream) => {
+                    let slot = gate.enter()?;
+                    prepare(&stream);
+                    Some(Ok(Counted::new(stream, slot)))
+                }
+                Err(error) => {
+                    gate.accept_failed(&error).await;
+                    None
+                }
+            }
+        }
+    })
+}
+
 /// How long an acceptor waits after its listener failed before it accepts again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 

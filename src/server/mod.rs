@@ -117,22 +117,8 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     // The builder's tcp_nodelay applies only to listeners tonic binds itself: set it on each
     // accepted socket, or small replies wait on Nagle's algorithm behind a watch stream's data.
-    let incoming = futures_util::StreamExt::filter_map(TcpListenerStream::new(listener), move |accepted| {
-        let gate = gate.clone();
-        async move {
-            match accepted {
-                Ok(stream) => {
-                    // Past the bound the stream is dropped here: closed before a byte is read.
-                    let slot = gate.enter()?;
-                    let _ = stream.set_nodelay(true);
-                    Some(Ok::<_, std::io::Error>(connections::Counted::new(stream, slot)))
-                }
-                Err(error) => {
-                    gate.accept_failed(&error).await;
-                    None
-                }
-            }
-        }
+    let incoming = connections::admitted(TcpListenerStream::new(listener), gate, |stream| {
+        let _ = stream.set_nodelay(true);
     });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {

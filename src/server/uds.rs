@@ -158,21 +158,7 @@ pub async fn serve(
     streams_per_connection_max: u32,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = futures_util::StreamExt::filter_map(UnixListenerStream::new(listener), move |accepted| {
-        let gate = gate.clone();
-        async move {
-            match accepted {
-                Ok(stream) => {
-                    let slot = gate.enter()?;
-                    Some(Ok::<_, std::io::Error>(connections::Counted::new(stream, slot)))
-                }
-                Err(error) => {
-                    gate.accept_failed(&error).await;
-                    None
-                }
-            }
-        }
-    });
+    let incoming = connections::admitted(UnixListenerStream::new(listener), gate, |_| {});
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(streams_per_connection_max))
         .layer(grpc.layer)
