@@ -608,6 +608,10 @@ fn chart(_: &[Row], png: &Path, _: &Path) -> Result<(), String> {
 }
 
 fn main() {
+    // A reader that stops early (`| head`) ends the report quietly, as it ends any Unix filter,
+    // rather than as a panic in println!.
+    // SAFETY: sets this process's SIGPIPE disposition back to the default, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let flags = Flags::parse();
     let run = || -> Result<(), String> {
         let text = std::fs::read_to_string(&flags.results).map_err(|e| format!("{}: {e}", flags.results.display()))?;
