@@ -226,43 +226,44 @@ impl PolicyTable {
     /// Inserts or replaces the policy with this id; returns the replaced one.
     pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
         let anchor = anchor_of(&policy);
-        // One search of the ordered ids, whether the policy is new or replaces one.
-        let (key, replaced) = match self.by_id.entry(policy.id.clone()) {
+        let id = policy.id.clone();
+        let entry = Entry {
+            policy: Arc::new(policy),
+            anchor,
+            position: 0,
+        };
+        // One search of the ordered ids, whether the policy is new or replaces one (in place).
+        let (key, replaced) = match self.by_id.entry(id) {
             btree_map::Entry::Occupied(slot) => {
                 let key = *slot.get();
-                let old = &self.entries[key];
-                let index = &mut self.fields[old.anchor.field];
-                if let Some(moved) = index.remove(old.anchor.kind, &old.anchor.text, old.position) {
-                    self.entries[moved].position = self.entries[key].position;
-                }
-                let entry = &mut self.entries[key];
-                let old = std::mem::replace(&mut entry.policy, Arc::new(policy));
-                entry.anchor = anchor.clone();
-                (key, Some(Arc::unwrap_or_clone(old)))
+                (key, Some(std::mem::replace(&mut self.entries[key], entry)))
             }
-            btree_map::Entry::Vacant(slot) => {
-                let key = self.entries.insert(Entry {
-                    policy: Arc::new(policy),
-                    anchor: anchor.clone(),
-                    position: 0,
-                });
-                slot.insert(key);
-                (key, None)
-            }
+            btree_map::Entry::Vacant(slot) => (*slot.insert(self.entries.insert(entry)), None),
         };
-        self.entries[key].position = self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
+        if let Some(old) = &replaced {
+            self.unfile(old);
+        }
+        let anchor = &self.entries[key].anchor;
+        let position = self.fields[anchor.field].insert(anchor.kind, &anchor.text, key);
+        self.entries[key].position = position;
         debug_assert_eq!(self.by_id.len(), self.entries.len());
-        replaced
+        replaced.map(|old| Arc::unwrap_or_clone(old.policy))
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Policy> {
         let key = self.by_id.remove(id)?;
         let entry = self.entries.remove(key);
+        self.unfile(&entry);
+        Some(Arc::unwrap_or_clone(entry.policy))
+    }
+
+    /// Takes `entry`, no longer in `entries` at its key, out of its anchor's bucket in O(1); the
+    /// policy moved into its place there learns its new position.
+    fn unfile(&mut self, entry: &Entry) {
         let index = &mut self.fields[entry.anchor.field];
         if let Some(moved) = index.remove(entry.anchor.kind, &entry.anchor.text, entry.position) {
             self.entries[moved].position = entry.position;
         }
-        Some(Arc::unwrap_or_clone(entry.policy))
     }
 
     /// Every policy whose subject pattern starts with `subject_prefix`, sorted by id: O(table),
