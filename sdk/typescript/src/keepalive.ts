@@ -292,18 +292,22 @@ export class KeepAlives {
     try {
       return await send();
     } catch (thrown) {
-      const error = thrown as AgentKeeperError;
-      if (error.code === "UNIMPLEMENTED") throw error;
-      this.streamFailed(error);
-      if (error.code !== "UNAVAILABLE" || this.connection.endpoint === this.endpoint) throw error;
+      if (!this.failedAndMoved(thrown as AgentKeeperError)) throw thrown;
     }
     try {
       return await send();
     } catch (thrown) {
-      const error = thrown as AgentKeeperError;
-      if (error.code !== "UNIMPLEMENTED") this.streamFailed(error);
-      throw error;
+      this.failedAndMoved(thrown as AgentKeeperError);
+      throw thrown;
     }
+  }
+
+  /** Closes the streams after a failed round (not on UNIMPLEMENTED: the caller falls back to
+   * unary calls); true when the client moved to another node. */
+  private failedAndMoved(error: AgentKeeperError): boolean {
+    if (error.code === "UNIMPLEMENTED") return false;
+    this.streamFailed(error);
+    return error.code === "UNAVAILABLE" && this.connection.endpoint !== this.endpoint;
   }
 
   private streamFailed(error: AgentKeeperError): void {
