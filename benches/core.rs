@@ -47,7 +47,7 @@ fn register_card(core: &mut Core, card: AgentCard) -> String {
     match core.apply(
         NOW,
         Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 86_400,
             vector: None,
         },
@@ -168,7 +168,13 @@ fn policies(c: &mut Criterion) {
                 resource: format!("tool:t{}", i % 100),
                 effect: Some(if i % 10 == 0 { Effect::Deny } else { Effect::Allow }),
             };
-            core.apply(NOW, Command::SetPolicy { policy }).expect("set policy");
+            core.apply(
+                NOW,
+                Command::SetPolicy {
+                    policy: Box::new(policy),
+                },
+            )
+            .expect("set policy");
         }
         let wildcard = PolicyInput {
             id: "w".into(),
@@ -177,8 +183,13 @@ fn policies(c: &mut Criterion) {
             resource: "*".into(),
             effect: Some(Effect::Allow),
         };
-        core.apply(NOW, Command::SetPolicy { policy: wildcard })
-            .expect("set policy");
+        core.apply(
+            NOW,
+            Command::SetPolicy {
+                policy: Box::new(wildcard),
+            },
+        )
+        .expect("set policy");
         if full == 100_000 {
             // The load generator's set-policy: one of the table's ids set again, its effect flipped.
             let mut j = 0usize;
@@ -196,7 +207,13 @@ fn policies(c: &mut Criterion) {
                             Effect::Allow
                         }),
                     };
-                    black_box(core.apply(NOW, Command::SetPolicy { policy })).ok();
+                    black_box(core.apply(
+                        NOW,
+                        Command::SetPolicy {
+                            policy: Box::new(policy),
+                        },
+                    ))
+                    .ok();
                 })
             });
         }
@@ -623,7 +640,13 @@ fn fleet() -> Core {
             resource: format!("tool:t{}", i % 100),
             effect: Some(Effect::Allow),
         };
-        core.apply(NOW, Command::SetPolicy { policy }).expect("set policy");
+        core.apply(
+            NOW,
+            Command::SetPolicy {
+                policy: Box::new(policy),
+            },
+        )
+        .expect("set policy");
     }
     let tasks = size(1_000_000);
     for i in 0..tasks {

@@ -245,7 +245,7 @@ fn data_dir_with_registrations(dir: &std::path::Path, agents: usize) {
             ..AgentCard::default()
         };
         let command = Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 86_400,
             vector: None,
         };

@@ -267,11 +267,11 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
     let group = |i: u8| format!("group-{}", i % 3);
     Some(match op.clone() {
         Op::Register(name, t, ttl_seconds) => Command::Register {
-            card: AgentCard {
+            card: Box::new(AgentCard {
                 name,
                 tools: tools(&t),
                 ..AgentCard::default()
-            },
+            }),
             ttl_seconds,
             vector: None,
         },
@@ -309,13 +309,13 @@ fn command(op: &Op, known: &Known) -> Option<Command> {
             agent_id: agent(a),
         },
         Op::SetPolicy(subject, action, resource, allow) => Command::SetPolicy {
-            policy: PolicyInput {
+            policy: Box::new(PolicyInput {
                 id: format!("p{}", subject.len() % 4),
                 subject,
                 action,
                 resource,
                 effect: Some(if allow { Effect::Allow } else { Effect::Deny }),
-            },
+            }),
         },
         Op::DeletePolicy(id) => Command::DeletePolicy { id },
         Op::CheckPolicy(subject, action, resource) => Command::CheckPolicy {

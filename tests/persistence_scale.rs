@@ -37,7 +37,7 @@ fn restart_time_and_snapshot_pause_at_100k_agents_and_1m_leases() {
         let agent_id = match core.apply(
             now,
             Command::Register {
-                card,
+                card: Box::new(card),
                 ttl_seconds: 86_400,
                 vector: None,
             },

@@ -548,7 +548,7 @@ impl ClusterSim {
             "register"
         };
         let command = Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds,
             vector,
         };
@@ -566,13 +566,13 @@ impl ClusterSim {
                     (Effect::Deny, policies::Effect::Deny)
                 };
                 let command = Command::SetPolicy {
-                    policy: PolicyInput {
+                    policy: Box::new(PolicyInput {
                         id: POLICY_IDS[id].to_string(),
                         subject: SUBJECT.into(),
                         action: ACTION.into(),
                         resource: RESOURCE.into(),
                         effect: Some(effect),
-                    },
+                    }),
                 };
                 ("set_policy", PolicyOp::Set(id, modelled), command)
             }
@@ -1086,10 +1086,10 @@ impl ClusterSim {
                     },
                 );
                 let command = Command::Register {
-                    card: AgentCard {
+                    card: Box::new(AgentCard {
                         name: "after-the-heal".into(),
                         ..AgentCard::default()
-                    },
+                    }),
                     ttl_seconds: 60,
                     vector: None,
                 };

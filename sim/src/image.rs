@@ -284,10 +284,10 @@ mod tests {
         let mut core = Core::new(config.clone(), 1000);
         let mut image = StoreImage::new(5, 1000);
         let register = Command::Register {
-            card: agentkeeper::core::types::AgentCard {
+            card: Box::new(agentkeeper::core::types::AgentCard {
                 name: "a".into(),
                 ..Default::default()
-            },
+            }),
             ttl_seconds: 10,
             vector: None,
         };

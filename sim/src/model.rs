@@ -1641,7 +1641,7 @@ mod tests {
         };
         let registered: Outcome = Ok(Reply::Registered { agent_id: Id128(7) });
         let register = Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 1,
             vector: None,
         };
@@ -1679,7 +1679,7 @@ mod tests {
                 .apply(
                     0,
                     &Command::Register {
-                        card,
+                        card: Box::new(card),
                         ttl_seconds,
                         vector: None,
                     },

@@ -197,10 +197,10 @@ fn acquire(key: &str, agent: &str) -> Command {
 
 fn register(name: &str) -> Command {
     Command::Register {
-        card: crate::core::types::AgentCard {
+        card: Box::new(crate::core::types::AgentCard {
             name: name.into(),
             ..Default::default()
-        },
+        }),
         ttl_seconds: 60,
         vector: None,
     }
@@ -820,5 +820,5 @@ fn card_named(name: &str) -> crate::core::types::AgentCard {
     let Command::Register { card, .. } = register(name) else {
         unreachable!("a Register")
     };
-    card
+    *card
 }

@@ -142,7 +142,9 @@ pub enum Command {
     /// lexical until a `SetCardVector` gives it one) where that would be refused. One command
     /// and one log record where there were two.
     Register {
-        card: AgentCard,
+        /// Boxed: the card is the largest thing a command carries, and every command of every
+        /// kind is moved between threads as an enum as large as its largest variant.
+        card: Box<AgentCard>,
         ttl_seconds: u32,
         vector: Option<Arc<CardVector>>,
     },
@@ -228,7 +230,8 @@ pub enum Command {
         group: String,
     },
     SetPolicy {
-        policy: PolicyInput,
+        /// Boxed, as `Register`'s card.
+        policy: Box<PolicyInput>,
     },
     DeletePolicy {
         id: String,
@@ -666,7 +669,7 @@ impl Core {
                 card,
                 ttl_seconds,
                 vector,
-            } => self.register(card, ttl_seconds, vector, principal),
+            } => self.register(*card, ttl_seconds, vector, principal),
             Command::Once { .. } => Err(CoreError::new(
                 ErrorCode::InvalidArgument,
                 "a numbered request inside another",
@@ -711,7 +714,7 @@ impl Core {
             Command::Campaign { group, agent_id } => self.campaign(group, &agent_id),
             Command::Resign { group, agent_id } => self.resign(&group, &agent_id),
             Command::WatchElection { group } => self.watch_election(group),
-            Command::SetPolicy { policy } => self.set_policy(policy),
+            Command::SetPolicy { policy } => self.set_policy(*policy),
             Command::DeletePolicy { id } => self.delete_policy(&id),
             Command::ListPolicies {
                 subject_prefix,

@@ -414,12 +414,12 @@ mod tests {
             let key = format!("k{}", self.next(6));
             match self.next(11) {
                 0 | 1 => Command::Register {
-                    card: AgentCard {
+                    card: Box::new(AgentCard {
                         name: format!("agent {}", self.next(5)),
                         tools: vec![format!("tool{}", self.next(3))],
                         description: "does web and sql things".into(),
                         ..AgentCard::default()
-                    },
+                    }),
                     ttl_seconds: 1 + self.next(4) as u32,
                     vector: None,
                 },
@@ -449,13 +449,13 @@ mod tests {
                     agent_id: self.agent(),
                 },
                 9 => Command::SetPolicy {
-                    policy: PolicyInput {
+                    policy: Box::new(PolicyInput {
                         id: format!("p{}", self.next(4)),
                         subject: "agent:*".into(),
                         action: "call".into(),
                         resource: format!("tool:{}", self.next(2)),
                         effect: Some(if self.next(2) == 0 { Effect::Allow } else { Effect::Deny }),
-                    },
+                    }),
                 },
                 _ => Command::Find {
                     query: "web sql".into(),

@@ -71,7 +71,7 @@ impl Harness {
             ..AgentCard::default()
         };
         match self.ok(Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds,
             vector: None,
         }) {
@@ -145,13 +145,13 @@ impl Harness {
 
 fn policy(id: &str, subject: &str, action: &str, resource: &str, effect: Effect) -> Command {
     Command::SetPolicy {
-        policy: PolicyInput {
+        policy: Box::new(PolicyInput {
             id: id.into(),
             subject: subject.into(),
             action: action.into(),
             resource: resource.into(),
             effect: Some(effect),
-        },
+        }),
     }
 }
 
@@ -193,7 +193,7 @@ fn register_ttl_zero_means_thirty_seconds_and_bounds_are_enforced() {
         ..AgentCard::default()
     };
     let error = h.err(Command::Register {
-        card: card.clone(),
+        card: Box::new(card.clone()),
         ttl_seconds: 86_401,
         vector: None,
     });
@@ -204,7 +204,7 @@ fn register_ttl_zero_means_thirty_seconds_and_bounds_are_enforced() {
         error.message
     );
     let id = match h.ok(Command::Register {
-        card,
+        card: Box::new(card),
         ttl_seconds: 86_400,
         vector: None,
     }) {
@@ -311,7 +311,7 @@ fn register_rejects_each_invalid_card_field_naming_it_and_changes_nothing() {
     h.topics();
     for (card, field) in cases {
         let error = h.err(Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 10,
             vector: None,
         });
@@ -502,7 +502,7 @@ fn find_query_ranks_every_candidate_without_filtering() {
         ("translator", "Translates documents between languages"),
     ] {
         h.ok(Command::Register {
-            card: card(name, description),
+            card: Box::new(card(name, description)),
             ttl_seconds: 10,
             vector: None,
         });
@@ -920,13 +920,13 @@ fn set_policy_upserts_by_id_and_validates() {
     );
     assert_eq!(check(&mut h, "x", "y", "z").reason, "denied by policy \"p\"");
     let unspecified = Command::SetPolicy {
-        policy: PolicyInput {
+        policy: Box::new(PolicyInput {
             id: "q".into(),
             subject: "a".into(),
             action: "b".into(),
             resource: "c".into(),
             effect: None,
-        },
+        }),
     };
     assert_eq!(h.err(unspecified).code, ErrorCode::InvalidArgument);
     for (id, subject) in [
@@ -1113,7 +1113,7 @@ fn agents_limit_is_resource_exhausted_and_changes_nothing() {
         ..AgentCard::default()
     };
     let error = h.err(Command::Register {
-        card,
+        card: Box::new(card),
         ttl_seconds: 60,
         vector: None,
     });
@@ -1334,7 +1334,7 @@ fn an_agent_token_acts_only_for_its_own_agents_across_a_snapshot_until_the_agent
         ..AgentCard::default()
     };
     let register = Command::Register {
-        card,
+        card: Box::new(card),
         ttl_seconds: 10,
         vector: None,
     };
@@ -1396,10 +1396,10 @@ fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as
         command: Box::new(command),
     };
     let register = || Command::Register {
-        card: AgentCard {
+        card: Box::new(AgentCard {
             name: "worker".into(),
             ..AgentCard::default()
-        },
+        }),
         ttl_seconds: 60,
         vector: None,
     };
@@ -1445,7 +1445,7 @@ fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as
     let refused = restored.apply(T0 + 11, numbered(4, heartbeat)).unwrap_err();
     assert_eq!(refused.code, ErrorCode::InvalidArgument);
     let bad = Command::Register {
-        card: AgentCard::default(),
+        card: Box::new(AgentCard::default()),
         ttl_seconds: 60,
         vector: None,
     };
@@ -1455,4 +1455,15 @@ fn a_numbered_register_or_create_task_sent_again_is_applied_once_and_answered_as
     );
     assert_eq!(restored.apply(T0 + 13, numbered(5, register())).map(|_| ()), Ok(()));
     restored.check_invariants();
+}
+
+/// Every command is moved by value through the driver's queues and lanes (several copies per
+/// call on the hot path), as large as its largest variant: big payloads travel boxed.
+#[test]
+fn a_command_stays_small_enough_to_move_cheaply_between_threads() {
+    assert!(
+        std::mem::size_of::<Command>() <= 96,
+        "Command grew to {} bytes: box the new large variant's payload",
+        std::mem::size_of::<Command>()
+    );
 }

@@ -35,7 +35,7 @@ fn a_full_bulk_lane_sheds_bulk_work_but_heartbeats_still_keep_an_agent_alive() {
     let Ok(Reply::Registered { agent_id }) = core.apply(
         T0,
         Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 1,
             vector: None,
         },

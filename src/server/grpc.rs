@@ -301,7 +301,7 @@ impl pb::registry_service_server::RegistryService for Api {
             None => (None, None),
         };
         let command = Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: request.ttl_seconds,
             vector,
         };
@@ -563,7 +563,15 @@ impl pb::entitlements_service_server::EntitlementsService for Api {
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
         let policy = convert::policy_from_pb(request.into_inner().policy.unwrap_or_default());
-        match self.call("SetPolicy", Command::SetPolicy { policy }).await? {
+        match self
+            .call(
+                "SetPolicy",
+                Command::SetPolicy {
+                    policy: Box::new(policy),
+                },
+            )
+            .await?
+        {
             Reply::Policy(policy) => Ok(Response::new(pb::SetPolicyResponse {
                 policy: Some(convert::policy_to_pb(&policy)),
             })),

@@ -889,7 +889,7 @@ mod recovery_tests {
             ..Default::default()
         };
         let register = Command::Register {
-            card: card.clone(),
+            card: Box::new(card.clone()),
             ttl_seconds: 600,
             vector: None,
         };
@@ -934,7 +934,7 @@ mod recovery_tests {
         let replica = Entry::Apply {
             now: 12,
             command: Command::Register {
-                card: card.clone(),
+                card: Box::new(card.clone()),
                 ttl_seconds: 600,
                 vector: Some(std::sync::Arc::new(CardVector {
                     card_digest: card_digest(&card),

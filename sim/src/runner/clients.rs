@@ -178,7 +178,7 @@ impl Runner {
                 ttl_seconds,
                 vector,
             } => Command::Register {
-                card: card.clone(),
+                card: Box::new(card.clone()),
                 ttl_seconds: *ttl_seconds,
                 vector: vector.map(|v| std::sync::Arc::new(crate::vectors::register_vector(card, &v))),
             },
@@ -264,7 +264,9 @@ impl Runner {
             Op::WatchElection { group, buffer } => {
                 return (Command::WatchElection { group: group.clone() }, *buffer);
             }
-            Op::SetPolicy { policy } => Command::SetPolicy { policy: policy.clone() },
+            Op::SetPolicy { policy } => Command::SetPolicy {
+                policy: Box::new(policy.clone()),
+            },
             Op::DeletePolicy { id } => Command::DeletePolicy { id: id.clone() },
             Op::ListPolicies { prefix } => Command::ListPolicies {
                 subject_prefix: prefix.clone(),

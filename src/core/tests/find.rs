@@ -17,7 +17,7 @@ fn quietly_register(h: &mut Harness, name: &str, description: &str, tools: &[Str
     match h.core.apply(
         h.now,
         Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds: 600,
             vector: None,
         },

@@ -158,7 +158,7 @@ fn an_agent_token_keeps_alive_only_its_own_agents_item_by_item() {
         match h.core.apply_as(
             h.now,
             Command::Register {
-                card,
+                card: Box::new(card),
                 ttl_seconds: 10,
                 vector: None,
             },

@@ -39,7 +39,7 @@ fn agents_max_refuses_one_more_registration() {
     h.register("a", &[], 60);
     h.register("b", &[], 60);
     let register = Command::Register {
-        card: card("c"),
+        card: Box::new(card("c")),
         ttl_seconds: 60,
         vector: None,
     };
@@ -81,10 +81,16 @@ fn policies_max_refuses_a_new_policy_but_not_a_replacement() {
         resource: "r".into(),
         effect: Some(Effect::Allow),
     };
-    h.ok(Command::SetPolicy { policy: policy("p1") });
-    let set = Command::SetPolicy { policy: policy("p2") };
+    h.ok(Command::SetPolicy {
+        policy: Box::new(policy("p1")),
+    });
+    let set = Command::SetPolicy {
+        policy: Box::new(policy("p2")),
+    };
     assert_limit(&mut h, set, "policies_max", 1);
-    h.ok(Command::SetPolicy { policy: policy("p1") });
+    h.ok(Command::SetPolicy {
+        policy: Box::new(policy("p1")),
+    });
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn quietly_register(h: &mut Harness, name: &str, ttl_seconds: u32) -> String {
     match quietly(
         h,
         Command::Register {
-            card,
+            card: Box::new(card),
             ttl_seconds,
             vector: None,
         },

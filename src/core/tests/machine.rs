@@ -61,11 +61,11 @@ impl Driven {
 
     fn register(&mut self, name: &str, tools: &[&str]) -> String {
         let caller = self.call(Command::Register {
-            card: AgentCard {
+            card: Box::new(AgentCard {
                 name: name.into(),
                 tools: tools.iter().map(|t| t.to_string()).collect(),
                 ..AgentCard::default()
-            },
+            }),
             ttl_seconds: 10,
             vector: None,
         });
@@ -186,10 +186,10 @@ fn a_read_behind_an_unpersisted_write_waits_for_it_but_a_read_with_nothing_pendi
 fn a_watch_whose_replay_holds_an_undurable_event_is_answered_only_after_that_event_is_durable() {
     let mut d = Driven::new(true);
     let _agent_caller = d.call(Command::Register {
-        card: AgentCard {
+        card: Box::new(AgentCard {
             name: "a".into(),
             ..AgentCard::default()
-        },
+        }),
         ttl_seconds: 10,
         vector: None,
     });
@@ -358,10 +358,10 @@ fn an_overflowing_subscriber_is_cut_off_naming_the_last_sequence_and_nothing_mor
     let (_, subscriber) = watch(&mut d, 0);
     d.register("a", &[]);
     d.call(Command::Register {
-        card: AgentCard {
+        card: Box::new(AgentCard {
             name: "b".into(),
             ..AgentCard::default()
-        },
+        }),
         ttl_seconds: 10,
         vector: None,
     });

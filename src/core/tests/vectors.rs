@@ -95,7 +95,7 @@ fn register_with(h: &mut Harness, card: AgentCard, digest: CardDigest, model: &s
         vector: ModelVector::new(model, vector),
     }));
     match h.ok(Command::Register {
-        card,
+        card: Box::new(card),
         ttl_seconds: 60,
         vector,
     }) {
@@ -151,7 +151,7 @@ fn a_register_vector_that_set_card_vector_would_refuse_is_left_out_and_the_agent
     let bad = AgentCard::default();
     let digest = card_digest(&bad);
     let error = h.err(Command::Register {
-        card: bad,
+        card: Box::new(bad),
         ttl_seconds: 60,
         vector: Some(Arc::new(CardVector {
             card_digest: digest,
@@ -224,7 +224,7 @@ fn a_hybrid_find_scans_every_vector_within_its_bound() {
         let id = match h.core.apply(
             h.now,
             Command::Register {
-                card,
+                card: Box::new(card),
                 ttl_seconds: 600,
                 vector: None,
             },
@@ -324,7 +324,7 @@ fn live_agents_without_a_vector_of_a_model_are_read_a_bounded_page_at_a_time() {
         let id = match h.core.apply(
             h.now,
             Command::Register {
-                card,
+                card: Box::new(card),
                 ttl_seconds: 600,
                 vector: None,
             },

@@ -235,7 +235,7 @@ pub fn command(logged: v7::LoggedCommand<'_>) -> Command {
             ttl_seconds,
             vector,
         } => Command::Register {
-            card: card_from(card),
+            card: Box::new(card_from(card)),
             ttl_seconds,
             vector: vector.map(|v| {
                 Arc::new(CardVector {
@@ -288,13 +288,13 @@ pub fn command(logged: v7::LoggedCommand<'_>) -> Command {
             agent_id: agent_id.into_owned(),
         },
         L::SetPolicy { policy } => Command::SetPolicy {
-            policy: PolicyInput {
+            policy: Box::new(PolicyInput {
                 id: policy.id.into_owned(),
                 subject: policy.subject.into_owned(),
                 action: policy.action.into_owned(),
                 resource: policy.resource.into_owned(),
                 effect: policy.effect.map(effect_from),
-            },
+            }),
         },
         L::DeletePolicy { id } => Command::DeletePolicy { id: id.into_owned() },
         L::CreateTask {

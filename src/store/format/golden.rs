@@ -67,7 +67,7 @@ const MODEL: &str = "nomic-embed-text:v1.5";
 fn logged_commands() -> Vec<Command> {
     let mut commands = logged_commands_with(MODEL);
     commands.push(Command::Register {
-        card: card(),
+        card: Box::new(card()),
         ttl_seconds: 45,
         vector: Some(Arc::new(CardVector {
             card_digest: CardDigest(std::array::from_fn(|i| i as u8 ^ 0x3c)),
@@ -109,7 +109,7 @@ fn vector(model: &str) -> ModelVector {
 fn logged_commands_before_5() -> Vec<Command> {
     vec![
         Command::Register {
-            card: card(),
+            card: Box::new(card()),
             ttl_seconds: 30,
             vector: None,
         },
@@ -140,13 +140,13 @@ fn logged_commands_before_5() -> Vec<Command> {
             agent_id: AGENT.into(),
         },
         Command::SetPolicy {
-            policy: PolicyInput {
+            policy: Box::new(PolicyInput {
                 id: "no-prod".into(),
                 subject: "agent:*".into(),
                 action: "call".into(),
                 resource: "tool:prod-*".into(),
                 effect: Some(Effect::Deny),
-            },
+            }),
         },
         Command::DeletePolicy { id: "no-prod".into() },
         Command::CreateTask {
