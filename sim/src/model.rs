@@ -1615,7 +1615,7 @@ impl Model {
             Some(index) => self.policies[index] = policy.clone(),
             None => self.policies.push(policy.clone()),
         }
-        Ok(Reply::Policy(policy))
+        Ok(Reply::Policy(policy.into()))
     }
 }
 

@@ -223,12 +223,14 @@ impl PolicyTable {
         self.by_id.get(id).map(|&key| &*self.entries[key].policy)
     }
 
-    /// Inserts or replaces the policy with this id; returns the replaced one.
-    pub fn upsert(&mut self, policy: Policy) -> Option<Policy> {
+    /// Inserts or replaces the policy with this id (shared with the caller's answer when it
+    /// comes as an `Arc`); returns the replaced one.
+    pub fn upsert(&mut self, policy: impl Into<Arc<Policy>>) -> Option<Policy> {
+        let policy = policy.into();
         let anchor = anchor_of(&policy);
         let id = policy.id.clone();
         let entry = Entry {
-            policy: Arc::new(policy),
+            policy,
             anchor,
             position: 0,
         };

@@ -429,7 +429,7 @@ pub enum Reply {
         subscriber: SubscriberId,
         state: ElectionView,
     },
-    Policy(Policy),
+    Policy(Arc<Policy>),
     /// A page of policies; an empty token means the last page.
     Policies {
         policies: Vec<Arc<Policy>>,
@@ -954,11 +954,13 @@ impl Core {
     }
 
     fn set_policy(&mut self, input: PolicyInput) -> Outcome {
-        let policy = validate::policy(input)?;
-        if self.policies.get(&policy.id).is_none() && self.policies.len() >= self.config.policies_max {
+        let policy = Arc::new(validate::policy(input)?);
+        // The id is looked up only at the limit: below it, a new id and a replaced one both fit.
+        if self.policies.len() >= self.config.policies_max && self.policies.get(&policy.id).is_none() {
             return Err(limit_reached("policies_max", self.config.policies_max));
         }
-        self.policies.upsert(policy.clone());
+        // The table and the answer share the policy: no copy of its four strings per write.
+        self.policies.upsert(Arc::clone(&policy));
         Ok(Reply::Policy(policy))
     }
 
