@@ -5,7 +5,7 @@
 # Per round (--runs, the systems interleaved): one durable node (--data-dir), a 3-node
 # AgentKeeper cluster driven through its leader and then through a follower (which forwards
 # writes to the leader), and a 3-node etcd driven the same two ways; each with SetPolicy / Put
-# and the lease cycle at every shape. Each system is stopped before the next starts. Then
+# (sent by the load generator, then by h2load) and the lease cycle at every shape. Each system is stopped before the next starts. Then
 # failover: both clusters up side by side, the leader of each killed in turn (kill -9) --kills
 # times, the killed node restarted and caught up before the next kill. Writes <out>/cluster.json
 # (runs, kills, machine, commit, settings) and prints the tables cluster-report makes of it.
@@ -94,6 +94,9 @@ aim() {
 
 cluster_rows() { # system-name kind
     run write "$1" "$3" "$2" set-policy
+    # The same writes sent by h2load (C, one thread), so the client's own CPU, which shares the
+    # two cores with the servers, weighs less in the ratio: one policy / one key each call.
+    client=h2load run "write, h2load" "$1" "$3" "$2" set-policy
     run "acquire-release" "$1" "$3" "$2" acquire-release
 }
 

@@ -121,30 +121,39 @@ fn clone(call: &Call) -> Call {
 /// abandoned at its end. Otherwise the shortfall and the failures are errors. Without
 /// `--scrape` nothing is checked here (curl checked one call).
 fn check_served(call: &Call, metrics: &[scrape::NodeMetrics], seen: &mut Seen) {
+    // Summed over the nodes: in a cluster the node h2load calls serves every call, whichever
+    // node the write then goes through.
+    let (mut served, mut failed, mut answered) = (0, 0, 0);
     for node in metrics {
         if let Some(error) = &node.error {
             seen.first_error
                 .get_or_insert_with(|| format!("scrape {}: {error}", node.address));
             continue;
         }
-        let served = node.delta.get(call.served).copied().unwrap_or(0.0) as u64;
-        let failed = node.delta.get(call.failed).copied().unwrap_or(0.0) as u64;
-        eprintln!(
-            "h2load: the server counted {served} successful and {failed} failed calls over the run ({}); h2load saw {} answered 2xx and abandoned {} at its end",
-            node.address, seen.ok, seen.abandoned
+        answered += 1;
+        served += node.delta.get(call.served).copied().unwrap_or(0.0) as u64;
+        failed += node.delta.get(call.failed).copied().unwrap_or(0.0) as u64;
+    }
+    if answered == 0 {
+        return;
+    }
+    eprintln!(
+        "h2load: the server{} counted {served} successful and {failed} failed calls over the run; h2load saw {} answered 2xx and abandoned {} at its end",
+        if answered > 1 { "s" } else { "" },
+        seen.ok,
+        seen.abandoned
+    );
+    if failed > seen.abandoned || served < seen.ok {
+        let why = format!(
+            "the server counted {served} successful and {failed} failed calls for {} 2xx answers ({} abandoned)",
+            seen.ok, seen.abandoned
         );
-        if failed > seen.abandoned || served < seen.ok {
-            let why = format!(
-                "the server counted {served} successful and {failed} failed calls for {} 2xx answers ({} abandoned)",
-                seen.ok, seen.abandoned
-            );
-            let missing = (seen.ok.saturating_sub(served))
-                .max(failed - failed.min(seen.abandoned))
-                .min(seen.ok);
-            seen.errors += missing;
-            seen.ok -= missing;
-            seen.first_error.get_or_insert(why);
-        }
+        let missing = (seen.ok.saturating_sub(served))
+            .max(failed - failed.min(seen.abandoned))
+            .min(seen.ok);
+        seen.errors += missing;
+        seen.ok -= missing;
+        seen.first_error.get_or_insert(why);
     }
 }
 
@@ -228,6 +237,17 @@ pub fn call(kind: TargetKind, scenario: Scenario, agent_id: &str) -> Result<Call
             work: "h2load: unary GetAgent, one agent",
             served: "agentkeeper_rpc_total{method=\"GetAgent\"}",
             failed: "agentkeeper_rpc_errors_total{method=\"GetAgent\"}",
+        }),
+        // The same policy each time, as etcd's row puts the same key: one replicated, durable
+        // write per call either way.
+        (TargetKind::Agentkeeper, Scenario::SetPolicy) => Ok(Call {
+            path: "/agentkeeper.v1.EntitlementsService/SetPolicy",
+            body: checked(pb::SetPolicyRequest {
+                policy: Some(crate::scenario::policy(0, pb::PolicyEffect::Allow)),
+            })?,
+            work: "h2load: unary SetPolicy, one policy",
+            served: "agentkeeper_rpc_total{method=\"SetPolicy\"}",
+            failed: "agentkeeper_rpc_errors_total{method=\"SetPolicy\"}",
         }),
         #[cfg(feature = "peers")]
         (TargetKind::Etcd, Scenario::SetPolicy) => Ok(Call {
@@ -509,6 +529,26 @@ mod tests {
         check_served(&call, &served(90.0, 14.0), &mut failed);
         assert_eq!((failed.ok, failed.errors), (90, 10));
         assert!(failed.first_error.unwrap().contains("90 successful and 14 failed"));
+    }
+
+    #[test]
+    fn a_cluster_s_calls_count_once_whichever_node_served_them() {
+        let call = call(TargetKind::Agentkeeper, Scenario::SetPolicy, "a").unwrap();
+        let node = |address: &str, ok: f64| scrape::NodeMetrics {
+            address: address.into(),
+            delta: [(call.served.to_string(), ok), (call.failed.to_string(), 0.0)].into(),
+            error: None,
+        };
+        // The called node served all of them; the other two none.
+        let mut all_served = seen(100, 0);
+        let nodes = [node("n1", 0.0), node("n2", 100.0), node("n3", 0.0)];
+        check_served(&call, &nodes, &mut all_served);
+        assert_eq!((all_served.ok, all_served.errors), (100, 0));
+        // Together short of h2load's 2xx answers: the shortfall is errors.
+        let mut short = seen(100, 0);
+        let nodes = [node("n1", 30.0), node("n2", 60.0), node("n3", 0.0)];
+        check_served(&call, &nodes, &mut short);
+        assert_eq!((short.ok, short.errors), (90, 10));
     }
 
     #[test]

@@ -259,7 +259,7 @@ where
 }
 
 /// Policy `i` of the bench's key space.
-fn policy(i: usize, effect: pb::PolicyEffect) -> pb::Policy {
+pub fn policy(i: usize, effect: pb::PolicyEffect) -> pb::Policy {
     pb::Policy {
         id: format!("bench-{i:07}"),
         subject: format!("agent:a{i}"),
