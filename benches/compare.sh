@@ -25,7 +25,8 @@
 # others take what is left. The same for every system; the report still shows what others took.
 # Rows besides the peers': unary Heartbeat against the KeepAlive stream (one heartbeat per
 # message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket (sent by the
-# tonic client, and by the h2 client).
+# tonic client, and by the h2 client), with the kernel's own round trip beside them (socket-floor:
+# two threads ping-pong 100 bytes, blocking and polling, printed in the log).
 # The h2load rows: nghttp2's h2load (C, one thread) instead of the tonic client sends unary
 # Heartbeat and GetAgent to ours and Put and Range to etcd, at the same shapes, so the client's
 # cost stops hiding the servers'. Each repeats one framed body (the load generator writes it
@@ -239,6 +240,9 @@ for round in $(seq "$runs"); do
     client=h2 shapes=1x1 run "transport, 1x1, h2 client" "agentkeeper TCP" ours agentkeeper heartbeat
     client=h2 shapes=1x1 target="unix:$work/agentkeeper.sock" run "transport, 1x1, h2 client" "agentkeeper unix socket" ours agentkeeper heartbeat
     stop_all
+    # What the kernel alone gives the same round trip (no daemon): the floor of the rows above.
+    "${niced[@]}" target/release/socket-floor --rounds 1 --round-trips 50000 | sed 's/^/  socket floor, /' >&2
+    "${niced[@]}" target/release/socket-floor --rounds 1 --round-trips 50000 --spin | sed 's/^/  socket floor, /' >&2
 
     if [ "$suite" = single ]; then
         echo "redis $redis_version, no persistence (run $round)" >&2
