@@ -86,18 +86,27 @@ fn applying_entries_before_they_are_committed_is_caught() {
 }
 
 /// A leader that proposes a forwarded write each time it arrives commits a doubled message's
-/// write twice (seed 2's network doubles messages early).
+/// write twice. Which seeds double a forward early depends on the whole run, so the check is
+/// that the first few seeds catch it (each clean without the misuse), not one seed's story.
 #[test]
 fn a_forwarded_write_committed_twice_is_caught() {
-    let report = run_cluster(2, 3, 2_000, ClusterPlanted::ForwardTwice);
-    let violation = report.violation.expect("the planted misuse must be caught");
-    assert_eq!(
-        violation.invariant,
-        invariant::EACH_PROPOSAL_COMMITTED_ONCE,
-        "{violation}"
+    let mut caught = Vec::new();
+    for seed in 1..=6 {
+        let report = run_cluster(seed, 3, 3_000, ClusterPlanted::ForwardTwice);
+        let Some(violation) = report.violation else { continue };
+        assert_eq!(
+            violation.invariant,
+            invariant::EACH_PROPOSAL_COMMITTED_ONCE,
+            "seed {seed}: {violation}"
+        );
+        let clean = run_cluster(seed, 3, violation.step, ClusterPlanted::None);
+        assert_eq!(clean.violation, None, "seed {seed}");
+        caught.push(seed);
+    }
+    assert!(
+        caught.len() >= 2,
+        "the misuse was caught on seeds {caught:?} of 1-6 only"
     );
-    let clean = run_cluster(2, 3, violation.step, ClusterPlanted::None);
-    assert_eq!(clean.violation, None);
 }
 
 /// Reads answered from the local state without a ReadIndex: a lagging or deposed node answers
