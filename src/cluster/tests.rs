@@ -166,6 +166,20 @@ impl Net {
         view.members.into_iter().find(|member| member.id == id)
     }
 
+    /// What `node` sends since it was last polled, held back from the network (its replies
+    /// are kept as `settle` keeps them).
+    fn sent_by(&mut self, node: u64) -> Vec<Message> {
+        let mut sent = Vec::new();
+        while let Some(output) = self.nodes[node as usize - 1].poll() {
+            match output {
+                NodeOutput::Send(message) => sent.push(*message),
+                NodeOutput::Machine(Output::Reply { caller, outcome }) => self.replies.push((node, caller, outcome)),
+                _ => {}
+            }
+        }
+        sent
+    }
+
     fn call(&mut self, node: u64, caller: u64, command: Command) -> Outcome {
         let caller = CallerId(caller);
         self.nodes[node as usize - 1].handle(
@@ -703,6 +717,69 @@ fn a_leaders_appends_leave_before_its_own_sync_and_a_commit_only_hard_state_owes
             NodeOutput::Persist { sync: false, entries, hard_state: Some(_) } if entries.is_empty())),
         "the moved commit index is persisted lazily: {outputs:?}"
     );
+}
+
+/// Appends carrying entries among `messages`, to node `to`.
+fn appends_to(messages: &[Message], to: u64) -> Vec<&Message> {
+    (messages.iter())
+        .filter(|m| m.to == to && m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && !m.entries.is_empty())
+        .collect()
+}
+
+#[test]
+fn a_follower_has_at_most_two_appends_in_flight_and_the_writes_that_waited_leave_together() {
+    let mut net = Net::new(3);
+    net.advance(3_000);
+    let leader = net.leader().expect("a leader");
+    let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    // Ten writes, each a batch of its own on the leader, while no follower has answered yet.
+    let mut held = Vec::new();
+    for caller in 1..=10 {
+        let call = NodeInput::Call {
+            caller: CallerId(caller),
+            command: register(&format!("agent-{caller}")),
+            principal: None,
+        };
+        net.nodes[leader as usize - 1].handle(net.now, call);
+        held.extend(net.sent_by(leader));
+    }
+    for &follower in &followers {
+        let appends = appends_to(&held, follower);
+        assert_eq!(appends.len(), 2, "follower {follower}: two appends out, the rest wait");
+        assert!(
+            appends.iter().all(|m| m.entries.len() == 1),
+            "one write each: {appends:?}"
+        );
+    }
+    // The followers answer those two; the eight writes that waited go to each in one append.
+    let mut answers = Vec::new();
+    for message in held {
+        let to = message.to as usize - 1;
+        net.nodes[to].handle(net.now, NodeInput::Peer(Box::new(message)));
+        answers.extend(net.sent_by(to as u64 + 1));
+    }
+    let mut next = Vec::new();
+    for answer in answers {
+        net.nodes[leader as usize - 1].handle(net.now, NodeInput::Peer(Box::new(answer)));
+        next.extend(net.sent_by(leader));
+    }
+    for &follower in &followers {
+        let appends = appends_to(&next, follower);
+        assert_eq!(appends.len(), 1, "follower {follower}: one append for what waited");
+        assert_eq!(appends[0].entries.len(), 8, "the eight writes that waited, together");
+    }
+    // Delivered, every write is answered and every replica holds the ten agents.
+    for message in next {
+        let to = message.to as usize - 1;
+        net.nodes[to].handle(net.now, NodeInput::Peer(Box::new(message)));
+    }
+    net.settle();
+    net.advance(200);
+    let answered = (net.replies.iter())
+        .filter(|(node, caller, outcome)| *node == leader && (1..=10).contains(&caller.0) && outcome.is_ok())
+        .count();
+    assert_eq!(answered, 10);
+    net.assert_agents_alive(10);
 }
 
 #[test]
