@@ -8,7 +8,7 @@ use agentkeeper::core::entitlements::PolicyTable;
 use agentkeeper::core::events::Delivery;
 use agentkeeper::core::search::SearchIndex;
 use agentkeeper::core::types::{AgentCard, Effect, Policy};
-use agentkeeper::core::{Command, Core, CoreConfig, PolicyInput, Reply};
+use agentkeeper::core::{Command, Core, CoreConfig, Outcome, PolicyInput, Reply};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const NOW: u64 = 1_700_000_000_000;
@@ -54,6 +54,27 @@ fn register_card(core: &mut Core, card: AgentCard) -> String {
     ) {
         Ok(Reply::Registered { agent_id }) => agent_id.to_string(),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Sets `policy` (in the table, or replacing the one with its id).
+fn set_policy(core: &mut Core, policy: PolicyInput) -> Outcome {
+    core.apply(
+        NOW,
+        Command::SetPolicy {
+            policy: Box::new(policy),
+        },
+    )
+}
+
+/// The policies benchmark's table: policy `i` lets agent `a{i}` call one of 100 tools.
+fn table_policy(i: usize, effect: Effect) -> PolicyInput {
+    PolicyInput {
+        id: format!("p{i:07}"),
+        subject: format!("agent:a{i}"),
+        action: "call".into(),
+        resource: format!("tool:t{}", i % 100),
+        effect: Some(effect),
     }
 }
 
@@ -161,20 +182,8 @@ fn policies(c: &mut Criterion) {
         let n = size(full);
         let mut core = core();
         for i in 0..n {
-            let policy = PolicyInput {
-                id: format!("p{i:07}"),
-                subject: format!("agent:a{i}"),
-                action: "call".into(),
-                resource: format!("tool:t{}", i % 100),
-                effect: Some(if i % 10 == 0 { Effect::Deny } else { Effect::Allow }),
-            };
-            core.apply(
-                NOW,
-                Command::SetPolicy {
-                    policy: Box::new(policy),
-                },
-            )
-            .expect("set policy");
+            let effect = if i % 10 == 0 { Effect::Deny } else { Effect::Allow };
+            set_policy(&mut core, table_policy(i, effect)).expect("set policy");
         }
         let wildcard = PolicyInput {
             id: "w".into(),
@@ -183,37 +192,19 @@ fn policies(c: &mut Criterion) {
             resource: "*".into(),
             effect: Some(Effect::Allow),
         };
-        core.apply(
-            NOW,
-            Command::SetPolicy {
-                policy: Box::new(wildcard),
-            },
-        )
-        .expect("set policy");
+        set_policy(&mut core, wildcard).expect("set policy");
         if full == 100_000 {
             // The load generator's set-policy: one of the table's ids set again, its effect flipped.
             let mut j = 0usize;
             c.bench_function(&format!("set policy, replacing one ({full} policies)"), |b| {
                 b.iter(|| {
                     j = (j + 7919) % n;
-                    let policy = PolicyInput {
-                        id: format!("p{j:07}"),
-                        subject: format!("agent:a{j}"),
-                        action: "call".into(),
-                        resource: format!("tool:t{}", j % 100),
-                        effect: Some(if j.is_multiple_of(2) {
-                            Effect::Deny
-                        } else {
-                            Effect::Allow
-                        }),
+                    let effect = if j.is_multiple_of(2) {
+                        Effect::Deny
+                    } else {
+                        Effect::Allow
                     };
-                    black_box(core.apply(
-                        NOW,
-                        Command::SetPolicy {
-                            policy: Box::new(policy),
-                        },
-                    ))
-                    .ok();
+                    black_box(set_policy(&mut core, table_policy(j, effect))).ok();
                 })
             });
         }
@@ -640,13 +631,7 @@ fn fleet() -> Core {
             resource: format!("tool:t{}", i % 100),
             effect: Some(Effect::Allow),
         };
-        core.apply(
-            NOW,
-            Command::SetPolicy {
-                policy: Box::new(policy),
-            },
-        )
-        .expect("set policy");
+        set_policy(&mut core, policy).expect("set policy");
     }
     let tasks = size(1_000_000);
     for i in 0..tasks {
