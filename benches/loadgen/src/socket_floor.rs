@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use clap::Parser;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "The kernel's own 1x1 round trip: loopback TCP against a Unix socket")]
 struct Flags {
     /// Round trips measured per transport (after a tenth as many unmeasured).
@@ -40,35 +40,21 @@ fn main() {
     for round in 1..=flags.rounds {
         let tcp = {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-            let addr = listener.local_addr().expect("its address");
-            let server = {
-                let flags = flags_of(&flags);
-                std::thread::spawn(move || {
-                    let (stream, _) = listener.accept().expect("accept");
-                    stream.set_nodelay(true).expect("TCP_NODELAY");
-                    echo(stream, &flags)
-                })
-            };
-            let client = TcpStream::connect(addr).expect("connect");
+            let client = TcpStream::connect(listener.local_addr().expect("its address")).expect("connect");
             client.set_nodelay(true).expect("TCP_NODELAY");
-            let p50 = ping(client, &flags);
-            server.join().expect("the echo thread");
-            p50
+            let accept = move || {
+                let (stream, _) = listener.accept().expect("accept");
+                stream.set_nodelay(true).expect("TCP_NODELAY");
+                stream
+            };
+            p50(&flags, accept, client)
         };
         let uds = {
             let path = std::env::temp_dir().join(format!("socket-floor-{}.sock", std::process::id()));
             let _ = std::fs::remove_file(&path);
             let listener = UnixListener::bind(&path).expect("bind a Unix socket");
-            let server = {
-                let flags = flags_of(&flags);
-                std::thread::spawn(move || {
-                    let (stream, _) = listener.accept().expect("accept");
-                    echo(stream, &flags)
-                })
-            };
             let client = UnixStream::connect(&path).expect("connect");
-            let p50 = ping(client, &flags);
-            server.join().expect("the echo thread");
+            let p50 = p50(&flags, move || listener.accept().expect("accept").0, client);
             let _ = std::fs::remove_file(&path);
             p50
         };
@@ -84,25 +70,34 @@ fn main() {
     println!("median ratio {:.2}x", ratios[ratios.len() / 2]);
 }
 
-/// What the echo thread needs of the flags: its round trips, warm-up included, the size, and how it reads.
-fn flags_of(flags: &Flags) -> (usize, usize, bool) {
-    (warm_up(flags) + flags.round_trips, flags.bytes, flags.spin)
+/// The round trips' p50 in µs between `client` and an echo thread serving the connection
+/// `accept` takes (the client connected already: its connection waits in the listen backlog).
+fn p50<S, A>(flags: &Flags, accept: A, client: S) -> f64
+where
+    S: Read + Write + NonBlocking + Send + 'static,
+    A: FnOnce() -> S + Send + 'static,
+{
+    let echoing = flags.clone();
+    let server = std::thread::spawn(move || echo(accept(), &echoing));
+    let p50 = ping(client, flags);
+    server.join().expect("the echo thread");
+    p50
 }
 
 fn warm_up(flags: &Flags) -> usize {
     flags.round_trips / 10
 }
 
-fn echo<S: Read + Write + NonBlocking>(mut stream: S, &(count, bytes, spin): &(usize, usize, bool)) {
-    stream.nonblocking(spin);
-    let mut buffer = vec![0u8; bytes];
-    for _ in 0..count {
+fn echo<S: Read + Write + NonBlocking>(mut stream: S, flags: &Flags) {
+    stream.nonblocking(flags.spin);
+    let mut buffer = vec![0u8; flags.bytes];
+    for _ in 0..warm_up(flags) + flags.round_trips {
         read_all(&mut stream, &mut buffer);
         stream.write_all(&buffer).expect("echo");
     }
 }
 
-/// The round trips' p50 in µs.
+/// The round trips' p50 in µs, the client's side.
 fn ping<S: Read + Write + NonBlocking>(mut stream: S, flags: &Flags) -> f64 {
     stream.nonblocking(flags.spin);
     let mut buffer = vec![b'x'; flags.bytes];
