@@ -5,9 +5,10 @@
 # Per round (--runs, the systems interleaved): one durable node (--data-dir), a 3-node
 # AgentKeeper cluster driven through its leader and then through a follower (which forwards
 # writes to the leader), and a 3-node etcd driven the same two ways; each with SetPolicy / Put
-# (sent by the load generator, then by h2load) and the lease cycle at every shape. Each system is stopped before the next starts. Then
-# failover: both clusters up side by side, the leader of each killed in turn (kill -9) --kills
-# times, the killed node restarted and caught up before the next kill. Writes <out>/cluster.json
+# (sent by the load generator, then by h2load) and the lease cycle at every shape. Each system
+# is stopped before the next starts. Then failover: both clusters up side by side, the leader of
+# each killed in turn (kill -9) --kills times, the killed node restarted and caught up before
+# the next kill. Writes <out>/cluster.json
 # (runs, kills, machine, commit, settings) and prints the tables cluster-report makes of it.
 #
 # Comparable settings: both clusters with a 100 ms heartbeat and a 1 s election timeout (each
