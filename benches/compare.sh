@@ -26,7 +26,9 @@
 # Rows besides the peers': unary Heartbeat against the KeepAlive stream (one heartbeat per
 # message, and 100), and heartbeats 1x1 over TCP against the daemon's --uds socket (sent by the
 # tonic client, and by the h2 client), with the kernel's own round trip beside them (socket-floor:
-# two threads ping-pong 100 bytes, blocking and polling, printed in the log).
+# two threads ping-pong 100 bytes, blocking and polling, printed in the log). The hot suite also
+# prints h2-floor: what a server that does nothing (the h2 crate alone, and hyper over it)
+# answers under the same h2load at 4x64, the ceiling of the h2load rows on this machine.
 # The h2load rows: nghttp2's h2load (C, one thread) instead of the tonic client sends unary
 # Heartbeat and GetAgent to ours and Put and Range to etcd, at the same shapes, so the client's
 # cost stops hiding the servers'. Each repeats one framed body (the load generator writes it
@@ -230,6 +232,11 @@ for round in $(seq "$runs"); do
     # h2load sends the unary calls: one heartbeat per message, against etcd's LeaseKeepAlive.
     client=h2 run "h2 client, KeepAlive vs LeaseKeepAlive" "agentkeeper KeepAlive stream" ours agentkeeper stream-heartbeat
     stop_all
+    if [ "$suite" = hot ]; then
+        # What a server that does nothing answers under the same h2load at 4x64 (the h2 crate
+        # alone, and hyper over it): the ceiling of the h2load rows above (in the log).
+        "${niced[@]}" target/release/h2-floor --rounds 1 --duration "$duration" | sed 's/^/  h2 floor, /' >&2
+    fi
 
     echo "agentkeeper, in memory, TCP and its Unix socket (run $round)" >&2
     start_ours uds --uds "$work/agentkeeper.sock"
