@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod http2;
 pub mod keepalive;
 pub mod lean;
 mod lean_stream;

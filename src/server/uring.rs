@@ -1,5 +1,5 @@
-//! The io_uring transport: each net thread runs a tokio-uring runtime and serves HTTP/2 (hyper)
-//! over io_uring sockets (TCP, and the `--uds` Unix socket) handed to it by an acceptor per
+//! The io_uring transport: each net thread runs a tokio-uring runtime and serves HTTP/2
+//! (`http2`, on the h2 crate) over io_uring sockets (TCP, and the `--uds` Unix socket) handed to it by an acceptor per
 //! listener, with the same tonic routes as the epoll path. `probe` decides at start-up whether
 //! the kernel lets us use io_uring at all.
 //!
@@ -14,10 +14,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::thread;
 
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tower_layer::Layer;
 
@@ -212,57 +209,45 @@ async fn serve(
 ) {
     // Unary answers come back through this thread's mailbox: see `driver::mailbox`.
     tokio_uring::spawn(crate::driver::mailbox::install());
-    let service = TowerToHyperService::new(grpc.layer.layer(grpc.routes));
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
-    builder.timer(TokioTimer::new());
-    builder.max_concurrent_streams(streams_per_connection_max);
+    let service = grpc.layer.layer(grpc.routes);
+    // Every connection holds a clone of `open`: `all_closed` ends when the last one has ended.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let stop = shutdown.clone();
     loop {
         tokio::select! {
             handed = connections.recv() => {
                 let Some((stream, slot)) = handed else { break };
-                let connection = builder.serve_connection(UringIo::new(Socket::from_std(stream)), service.clone());
-                let connection = graceful.watch(connection);
+                let io = UringIo::new(Socket::from_std(stream));
+                let connection = super::http2::serve(io, service.clone(), streams_per_connection_max, stop.clone());
+                let open = open.clone();
                 tokio_uring::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "connection ended with an error");
                     }
-                    drop(slot);
+                    drop((slot, open));
                 });
             }
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    drop(connections);
-    graceful.shutdown().await;
-}
-
-/// Runs hyper's per-stream tasks on this thread's local executor (tokio-uring is single-threaded).
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio_uring::spawn(future);
-    }
+    drop((connections, open));
+    let _ = all_closed.recv().await;
 }
 
 type ReadOp = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 type WriteOp = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
 
-/// hyper's poll-based `Read`/`Write` over tokio-uring's owned-buffer operations.
+/// tokio's poll-based `AsyncRead`/`AsyncWrite` (what h2 reads and writes through) over
+/// tokio-uring's owned-buffer operations.
 ///
 /// Each direction owns one buffer that goes to the kernel and comes back: reads land in it and
-/// are copied into hyper's buffer. A write first goes straight to the socket (`send` with
+/// are copied into h2's buffer. A write first goes straight to the socket (`send` with
 /// MSG_DONTWAIT): with room in the socket buffer, as almost always, that is one syscall and no
 /// completion to wake the thread for (a ring write's completion cost a wake per response and
 /// 0.9x the throughput at 256 streams, see BENCHMARKS.md). Only when the socket is full are the
 /// bytes copied into the buffer and submitted whole (`write_all`), and `poll_write` reports them
 /// written at once. Back-pressure: a second `poll_write` (or a flush) waits until the write in
-/// flight completes, so hyper never queues more than one buffer per connection and a slow
+/// flight completes, so h2 never queues more than one buffer per connection and a slow
 /// reader stalls only its own connection. Cancellation: if the connection is dropped with an
 /// operation in flight, tokio-uring keeps the buffer alive until the kernel is done with it;
 /// nothing here needs to wait.
@@ -301,8 +286,8 @@ impl UringIo {
     }
 }
 
-impl Read for UringIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut cursor: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+impl AsyncRead for UringIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, cursor: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if let Some(buffer) = &this.read_buffer
@@ -337,7 +322,7 @@ impl Read for UringIo {
     }
 }
 
-impl Write for UringIo {
+impl AsyncWrite for UringIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_write_op(cx))?;
