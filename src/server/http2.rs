@@ -43,7 +43,7 @@ pub async fn serve<I, S, B>(
 ) -> Result<(), h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
-    S: Service<Request<RecvBody>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<RecvBody>, Response = Response<B>, Error = Infallible> + Clone + 'static,
     S::Future: 'static,
     B: Body<Data = Bytes> + 'static,
     B::Error: Into<BoxError>,
@@ -67,9 +67,22 @@ where
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    let Ok(()) = poll_fn(|cx| service.poll_ready(cx)).await;
-                    let call = service.call(request.map(RecvBody::new));
-                    tokio::task::spawn_local(answer(call, respond));
+                    let request = request.map(RecvBody::new);
+                    // Ready at once (our layers and tonic's routes always are): called here. A
+                    // service not ready waits in the call's own task, on a clone, so that the
+                    // connection (every other call on it) never waits for it.
+                    match poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await {
+                        Poll::Ready(Ok(())) => {
+                            tokio::task::spawn_local(answer(service.call(request), respond));
+                        }
+                        Poll::Pending => {
+                            let mut service = service.clone();
+                            tokio::task::spawn_local(async move {
+                                let Ok(()) = poll_fn(|cx| service.poll_ready(cx)).await;
+                                answer(service.call(request), respond).await;
+                            });
+                        }
+                    }
                 }
                 Some(Err(error)) => return Err(error),
                 None => return Ok(()),
@@ -200,10 +213,10 @@ impl Body for RecvBody {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // The peer ended its side early with no error: the body ends here.
-                Some(Err(error)) if matches!(error.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => {
-                    return Poll::Ready(None);
-                }
+                // The peer stopped sending with NO_ERROR (it needs no more of the body): the body
+                // ends here. Any other reset, CANCEL included, fails the body, so a request
+                // cancelled before its end is never served as if it were whole.
+                Some(Err(error)) if error.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
                 None => self.data_done = true,
             }
@@ -211,6 +224,7 @@ impl Body for RecvBody {
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
+            Err(error) if error.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
             Err(error) => Poll::Ready(Some(Err(error))),
         }
     }
@@ -232,7 +246,7 @@ mod tests {
     /// client to `client`; gives back what `client` returned and how `serve` ended.
     async fn with_server<S, C, F, T>(service: S, stop: watch::Receiver<bool>, client: C) -> (T, Result<(), h2::Error>)
     where
-        S: Service<Request<RecvBody>, Response = Response<Answer>, Error = Infallible> + 'static,
+        S: Service<Request<RecvBody>, Response = Response<Answer>, Error = Infallible> + Clone + 'static,
         S::Future: 'static,
         C: FnOnce(h2::client::SendRequest<Bytes>) -> F,
         F: Future<Output = T>,
@@ -307,7 +321,7 @@ mod tests {
     #[tokio::test]
     async fn a_reset_from_the_peer_drops_the_call_it_was_waiting_for() {
         let (dropped_tx, dropped) = oneshot::channel::<()>();
-        let dropped_tx = std::cell::RefCell::new(Some(dropped_tx));
+        let dropped_tx = std::rc::Rc::new(std::cell::RefCell::new(Some(dropped_tx)));
         let service = tower::service_fn(move |_: Request<RecvBody>| {
             // Sends on the channel when the call's future is dropped, never answering.
             struct Guard(Option<oneshot::Sender<()>>);
@@ -336,9 +350,96 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_cancelled_before_its_end_fails_its_body_instead_of_ending_it() {
+        let (read_tx, read) = oneshot::channel::<Result<Bytes, h2::Error>>();
+        let read_tx = std::rc::Rc::new(std::cell::RefCell::new(Some(read_tx)));
+        let service = tower::service_fn(move |request: Request<RecvBody>| {
+            let read_tx = read_tx.borrow_mut().take().expect("one call");
+            async move {
+                let read = request.into_body().collect().await.map(|whole| whole.to_bytes());
+                let _ = read_tx.send(read);
+                Ok::<_, Infallible>(Response::new(BodyExt::boxed_unsync(Full::new(Bytes::new()))))
+            }
+        });
+        let (_stop_tx, stop) = watch::channel(false);
+        let (read, _) = with_server(service, stop, |mut send| async move {
+            let (_response, mut body) = send.send_request(post("/cancelled"), false).expect("send");
+            body.send_data(Bytes::from_static(b"a whole message, but no end"), false)
+                .expect("data");
+            tokio::task::yield_now().await;
+            body.send_reset(Reason::CANCEL);
+            read.await.expect("the service read its body")
+        })
+        .await;
+        assert!(read.is_err(), "a cancelled request's body fails: {read:?}");
+    }
+
+    /// A service that is ready only once `open` is set (waking whoever waited).
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: std::rc::Rc<std::cell::Cell<bool>>,
+        waiting: std::rc::Rc<std::cell::RefCell<Vec<std::task::Waker>>>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            self.open.set(true);
+            self.waiting.borrow_mut().drain(..).for_each(|waker| waker.wake());
+        }
+    }
+
+    impl Service<Request<RecvBody>> for Gated {
+        type Response = Response<Answer>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Answer>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.open.get() {
+                return Poll::Ready(Ok(()));
+            }
+            self.waiting.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn call(&mut self, _: Request<RecvBody>) -> Self::Future {
+            let body = Full::new(Bytes::from_static(b"served"));
+            std::future::ready(Ok(Response::new(BodyExt::boxed_unsync(body))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_holds_back_its_call_but_not_the_connection() {
+        let gated = Gated::default();
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        let local = tokio::task::LocalSet::new();
+        let answer = local
+            .run_until(async move {
+                tokio::task::spawn_local(serve(far, gated.clone(), 16, stop));
+                let (mut send, mut connection) = h2::client::handshake(near).await.expect("handshake");
+                let mut ping_pong = connection.ping_pong().expect("a ping handle");
+                tokio::task::spawn_local(async move {
+                    let _ = connection.await;
+                });
+                let (response, _) = send.send_request(post("/gated"), true).expect("send");
+                while gated.waiting.borrow().is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                // The call waits for the service: the connection still answers a ping.
+                let pong = tokio::time::timeout(std::time::Duration::from_secs(30), ping_pong.ping(h2::Ping::opaque()));
+                pong.await.expect("the connection is served meanwhile").expect("a pong");
+                gated.open();
+                let mut body = response.await.expect("answered once ready").into_body();
+                body.data().await.expect("data").expect("data")
+            })
+            .await;
+        assert_eq!(&answer[..], b"served");
+    }
+
+    #[tokio::test]
     async fn on_stop_the_call_in_flight_is_answered_and_then_the_connection_ends() {
         let (release_tx, release) = oneshot::channel::<()>();
-        let release = std::cell::RefCell::new(Some(release));
+        let release = std::rc::Rc::new(std::cell::RefCell::new(Some(release)));
         let service = tower::service_fn(move |_: Request<RecvBody>| {
             let release = release.borrow_mut().take().expect("one call");
             async move {

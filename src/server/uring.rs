@@ -152,17 +152,26 @@ pub fn spawn(
         let grpc = grpc.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
+        // Each thread sets up its ring before any connection is accepted, and says whether it
+        // could (it cannot when out of descriptors or locked memory): an error, not a panic.
+        let (ring_tx, ring) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         thread::Builder::new()
             .name(format!("agentkeeper-uring-{i}"))
             .spawn(move || {
-                tokio_uring::builder().entries(RING_ENTRIES).start(serve(
-                    connections,
-                    grpc,
-                    streams_per_connection_max,
-                    shutdown,
-                ));
+                let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)) {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ring_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ring_tx.send(Ok(()));
+                runtime.block_on(serve(connections, grpc, streams_per_connection_max, shutdown));
                 drop(done);
             })?;
+        ring.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a net thread ended before setting up its ring")))
+            .map_err(|error| io::Error::new(error.kind(), format!("net thread {i}: io_uring setup: {error}")))?;
         senders.push(sender);
     }
     Ok((senders, finished))
