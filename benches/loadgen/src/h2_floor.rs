@@ -11,10 +11,12 @@
 //! Invariant: the server runs on one thread of a current-thread runtime, as the daemon's one
 //! net thread does, and the CPU reported is that process's alone (h2load is a child process).
 
+#[path = "h2load_command.rs"]
+mod h2load_command;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::Command;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use agentkeeper::proto as pb;
 
 #[derive(Parser, Debug)]
 #[command(about = "The h2 crate's own ceiling for unary gRPC calls under h2load, no daemon")]
@@ -55,13 +59,9 @@ enum Server {
 
 /// A request as the hot suite sends it: a Heartbeat of a 32-hex-digit agent id, gRPC-framed.
 fn request_body() -> Vec<u8> {
-    let id = b"0123456789abcdef0123456789abcdef";
-    let mut message = vec![0x0a, id.len() as u8];
-    message.extend_from_slice(id);
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    body
+    h2load_command::frame(&pb::HeartbeatRequest {
+        agent_id: "0123456789abcdef0123456789abcdef".into(),
+    })
 }
 
 /// The answer: an empty message (as Heartbeat's), framed.
@@ -120,44 +120,27 @@ fn measure(flags: &Flags, server: Server, body: &std::path::Path) -> (f64, f64) 
             }
         });
     });
-    let before = process_cpu();
+    let before = h2load_command::cpu_seconds(libc::RUSAGE_SELF);
     let output = h2load(flags, addr, body);
-    let cpu = process_cpu() - before;
-    let requests = succeeded(&output).unwrap_or_else(|| panic!("h2load's output:\n{output}"));
+    let cpu = h2load_command::cpu_seconds(libc::RUSAGE_SELF) - before;
+    let requests = h2load_command::counts(&output)
+        .ok()
+        .and_then(|counts| counts.get("succeeded").copied())
+        .unwrap_or_else(|| panic!("h2load's output:\n{output}"));
     let seconds = flags.duration.as_secs_f64();
     // The CPU spans h2load's warm-up too: count the calls of the warm-up at the measured rate.
     let calls = requests as f64 * (seconds + 1.0) / seconds;
-    (requests as f64 / seconds, cpu.as_secs_f64() * 1e6 / calls)
+    (requests as f64 / seconds, cpu * 1e6 / calls)
 }
 
+/// The hot suite's h2load command against `addr`, with one second of h2load's own warm-up.
 fn h2load(flags: &Flags, addr: SocketAddr, body: &std::path::Path) -> String {
-    let output = Command::new("h2load")
-        .arg(format!("http://{addr}/agentkeeper.v1.RegistryService/Heartbeat"))
-        .args(["--data", &body.display().to_string()])
-        .args(["--header", "content-type: application/grpc", "--header", "te: trailers"])
-        .args(["--clients", &flags.connections.to_string()])
-        .args(["--max-concurrent-streams", &flags.streams.to_string()])
-        .args(["--threads", "1", "--warm-up-time", "1s"])
-        .args(["--duration", &format!("{}ms", flags.duration.as_millis())])
+    let url = format!("http://{addr}/agentkeeper.v1.RegistryService/Heartbeat");
+    let output = h2load_command::command(&url, body, flags.connections, flags.streams, flags.duration)
+        .args(["--warm-up-time", "1s"])
         .output()
         .expect("run h2load (Debian: nghttp2-client)");
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The "N succeeded" of h2load's "requests:" line.
-fn succeeded(output: &str) -> Option<u64> {
-    let line = output.lines().find(|l| l.trim_start().starts_with("requests:"))?;
-    let before = line.split(" succeeded").next()?;
-    before.rsplit(' ').next()?.parse().ok()
-}
-
-/// This process's CPU time so far (user and system, every thread).
-fn process_cpu() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct it is given.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn trailers() -> HeaderMap {

@@ -9,7 +9,6 @@
 //! Invariant: every request carries the same body (h2load posts one file), so each row names
 //! the one agent or key it touches; nothing here is timed but h2load's measured run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,6 +16,8 @@ use std::time::{Duration, Instant};
 use agentkeeper::proto as pb;
 use hdrhistogram::Histogram;
 
+pub use crate::h2load_command::frame;
+use crate::h2load_command::{self, counts};
 use crate::scenario::Scenario;
 use crate::{Flags, Report, TargetKind, host, scrape};
 
@@ -168,17 +169,6 @@ pub struct Call {
     pub failed: &'static str,
 }
 
-/// gRPC's length-prefixed message: flag 0 (not compressed), the length big-endian, the bytes.
-pub fn frame(message: &impl prost::Message) -> Vec<u8> {
-    let bytes = message.encode_to_vec();
-    let length = u32::try_from(bytes.len()).expect("a request under 4 GiB");
-    let mut body = Vec::with_capacity(5 + bytes.len());
-    body.push(0);
-    body.extend_from_slice(&length.to_be_bytes());
-    body.extend_from_slice(&bytes);
-    body
-}
-
 /// The message a framed body carries, refused unless the body is exactly one uncompressed
 /// message of the length its prefix says.
 pub fn unframe<M: prost::Message + Default>(body: &[u8]) -> Result<M, String> {
@@ -290,16 +280,13 @@ pub struct Seen {
 
 /// The h2load command line for `call` at `target` (HOST:PORT).
 fn command(target: &str, call: &Call, body: &Path, connections: usize, streams: usize, duration: Duration) -> Command {
-    let mut h2load = Command::new("h2load");
-    h2load
-        .arg(format!("http://{target}{}", call.path))
-        .args(["--data", &body.display().to_string()])
-        .args(["--header", "content-type: application/grpc", "--header", "te: trailers"])
-        .args(["--clients", &connections.to_string()])
-        .args(["--max-concurrent-streams", &streams.to_string()])
-        .args(["--threads", "1"])
-        .args(["--duration", &format!("{}ms", duration.as_millis().max(1))]);
-    h2load
+    h2load_command::command(
+        &format!("http://{target}{}", call.path),
+        body,
+        connections,
+        streams,
+        duration,
+    )
 }
 
 /// A request's status answered by the server with one curl call: the body is accepted and the
@@ -339,11 +326,11 @@ fn run_once(mut h2load: Command, log: Option<&Path>) -> Result<(String, f64), St
     if let Some(log) = log {
         h2load.arg(format!("--log-file={}", log.display()));
     }
-    let before = children_cpu_seconds();
+    let before = h2load_command::cpu_seconds(libc::RUSAGE_CHILDREN);
     let output = h2load
         .output()
         .map_err(|e| format!("h2load: {e} (is nghttp2-client installed?)"))?;
-    let cpu = children_cpu_seconds() - before;
+    let cpu = h2load_command::cpu_seconds(libc::RUSAGE_CHILDREN) - before;
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     if !output.status.success() {
         return Err(format!(
@@ -462,33 +449,6 @@ fn finished_in(stdout: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("finished in "))?;
     rest.split(',').next()?.trim().strip_suffix('s')?.parse().ok()
-}
-
-/// The counts of h2load's "requests:" line ("N total, N started, N done, N succeeded, ...").
-fn counts(stdout: &str) -> Result<BTreeMap<String, u64>, String> {
-    let line = (stdout.lines())
-        .find_map(|l| l.trim_start().strip_prefix("requests:"))
-        .ok_or("h2load printed no requests: line")?;
-    let mut counts = BTreeMap::new();
-    for part in line.split(',') {
-        let mut words = part.split_whitespace();
-        if let (Some(n), Some(what)) = (words.next(), words.next()) {
-            let n: u64 = n.parse().map_err(|_| format!("h2load's requests line: {part:?}"))?;
-            counts.insert(what.to_string(), n);
-        }
-    }
-    Ok(counts)
-}
-
-/// User + system CPU of the children this process waited for, in seconds (h2load's).
-fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid one.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    assert_eq!(rc, 0, "getrusage(RUSAGE_CHILDREN) cannot fail with a valid pointer");
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// A fresh directory for the body and the log, under the system's temporary directory.

@@ -23,6 +23,7 @@
 
 mod background;
 mod h2load;
+mod h2load_command;
 mod h2stream;
 mod host;
 #[cfg(feature = "peers")]
