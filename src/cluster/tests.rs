@@ -68,23 +68,10 @@ impl Net {
         loop {
             let mut sent = Vec::new();
             let mut forwards = Vec::new();
-            for (i, node) in self.nodes.iter_mut().enumerate() {
-                while let Some(output) = node.poll() {
-                    match output {
-                        NodeOutput::Send(message) => sent.push(message),
-                        NodeOutput::Forward(forward) => forwards.push(forward),
-                        NodeOutput::Machine(Output::Reply { caller, outcome }) => {
-                            self.replies.push((i as u64 + 1, caller, outcome));
-                        }
-                        NodeOutput::MembersChanged { ticket, outcome } => {
-                            self.changes.push((i as u64 + 1, ticket, outcome));
-                        }
-                        NodeOutput::Machine(_)
-                        | NodeOutput::Persist { .. }
-                        | NodeOutput::Snapshot { .. }
-                        | NodeOutput::Peers(_) => {}
-                    }
-                }
+            for node in 1..=self.nodes.len() as u64 {
+                let (node_sent, node_forwards) = self.drain(node);
+                sent.extend(node_sent);
+                forwards.extend(node_forwards);
             }
             if sent.is_empty() && forwards.is_empty() {
                 return;
@@ -102,9 +89,28 @@ impl Net {
                     continue;
                 }
                 let to = message.to as usize - 1;
-                self.nodes[to].handle(self.now, NodeInput::Peer(message));
+                self.nodes[to].handle(self.now, NodeInput::Peer(Box::new(message)));
             }
         }
+    }
+
+    /// Polls `node` until it has nothing more to say: keeps its replies and its membership
+    /// changes' answers, gives back what it sends and what it forwards.
+    fn drain(&mut self, node: u64) -> (Vec<Message>, Vec<Forward>) {
+        let (mut sent, mut forwards) = (Vec::new(), Vec::new());
+        while let Some(output) = self.nodes[node as usize - 1].poll() {
+            match output {
+                NodeOutput::Send(message) => sent.push(*message),
+                NodeOutput::Forward(forward) => forwards.push(forward),
+                NodeOutput::Machine(Output::Reply { caller, outcome }) => self.replies.push((node, caller, outcome)),
+                NodeOutput::MembersChanged { ticket, outcome } => self.changes.push((node, ticket, outcome)),
+                NodeOutput::Machine(_)
+                | NodeOutput::Persist { .. }
+                | NodeOutput::Snapshot { .. }
+                | NodeOutput::Peers(_) => {}
+            }
+        }
+        (sent, forwards)
     }
 
     fn advance(&mut self, ms: Millis) {
@@ -167,16 +173,10 @@ impl Net {
     }
 
     /// What `node` sends since it was last polled, held back from the network (its replies
-    /// are kept as `settle` keeps them).
+    /// are kept as `settle` keeps them; it must have nothing to forward).
     fn sent_by(&mut self, node: u64) -> Vec<Message> {
-        let mut sent = Vec::new();
-        while let Some(output) = self.nodes[node as usize - 1].poll() {
-            match output {
-                NodeOutput::Send(message) => sent.push(*message),
-                NodeOutput::Machine(Output::Reply { caller, outcome }) => self.replies.push((node, caller, outcome)),
-                _ => {}
-            }
-        }
+        let (sent, forwards) = self.drain(node);
+        assert!(forwards.is_empty(), "node {node} forwarded {forwards:?}");
         sent
     }
 
